@@ -1,0 +1,26 @@
+"""alphagrad: exact Jacobians by cross-country vertex elimination, with searched elimination orders."""
+
+__version__ = "0.1.0"
+
+from alphagrad.errors import (  # noqa: E402
+    AlphagradError,
+    GraphMismatchError,
+    OrderError,
+    OrderFileError,
+    TraceError,
+    UnsupportedPrimitiveError,
+)
+from alphagrad import graph, orders, tasks  # noqa: E402
+
+__all__ = [
+    "AlphagradError",
+    "GraphMismatchError",
+    "OrderError",
+    "OrderFileError",
+    "TraceError",
+    "UnsupportedPrimitiveError",
+    "graph",
+    "orders",
+    "tasks",
+    "__version__",
+]

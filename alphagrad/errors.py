@@ -1,0 +1,36 @@
+"""Exception hierarchy: every error alphagrad raises on bad input derives from `AlphagradError`."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlphagradError",
+    "TraceError",
+    "UnsupportedPrimitiveError",
+    "OrderError",
+    "OrderFileError",
+    "GraphMismatchError",
+]
+
+
+class AlphagradError(Exception):
+    """Base class of all errors that alphagrad raises on bad input."""
+
+
+class TraceError(AlphagradError):
+    """A function could not be turned into an elimination graph."""
+
+
+class UnsupportedPrimitiveError(TraceError):
+    """An equation uses a primitive (or an array rank) that the graph builder has no rule for."""
+
+
+class OrderError(AlphagradError, ValueError):
+    """An elimination order is not a permutation of the graph's intermediate vertices."""
+
+
+class OrderFileError(AlphagradError):
+    """An order file is malformed or cannot be read."""
+
+
+class GraphMismatchError(OrderFileError):
+    """An order file was made for a different graph than the one it is applied to."""

@@ -1,0 +1,241 @@
+"""The cost model (lookup tables, as data) and exact elimination on a `Graph`.
+
+A cost model answers three questions for a pair of structure codes (in = code of p->v,
+out = code of v->c): which of the six size factors (c1, c2, v1, v2, p1, p2) the product
+(v->c)(p->v) multiplies together (its multiplication count), the code of the product, and the
+code of the sum when the product is added into an existing edge p->c (additions are free).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.resources
+import json
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from alphagrad.errors import AlphagradError, OrderError
+from alphagrad.graph._graph import Graph, Shape2D
+
+__all__ = [
+    "CODES",
+    "CostModel",
+    "cost_model",
+    "cost_models",
+    "cost",
+    "elimination_costs",
+    "check_order",
+    "Eliminator",
+]
+
+#: Structure codes -10..11 (0 = no edge); tables are indexed by ``code - MIN_CODE``.
+MIN_CODE = -10
+MAX_CODE = 11
+CODES = tuple(range(MIN_CODE, MAX_CODE + 1))
+NUM_CODES = len(CODES)
+FACTOR_NAMES = ("c1", "c2", "v1", "v2", "p1", "p2")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CostModel:
+    """Lookup tables of a cost model.
+
+    Attributes:
+      name: the model's name, recorded in graphs and order files.
+      mask: bool[22, 22, 6], ``mask[in - MIN_CODE, out - MIN_CODE]`` selects the size factors
+        (c1, c2, v1, v2, p1, p2) whose product is the multiplication count of one edge pair.
+      mul: int32[22, 22], code of the product edge p->c.
+      add: int32[22, 22], ``add[old - MIN_CODE, new - MIN_CODE]`` is the code of a sum.
+      unit_pairs: (in, out) pairs whose product costs exactly 1 although their mask is empty
+        (the scaling of two constant multiples of the identity).
+    """
+
+    name: str
+    mask: np.ndarray
+    mul: np.ndarray
+    add: np.ndarray
+    unit_pairs: frozenset[tuple[int, int]] = frozenset()
+
+    def pair_cost(self, in_code: int, out_code: int, c: Shape2D, v: Shape2D, p: Shape2D) -> int:
+        """Multiplications of the product (v->c)(p->v) for the given 2-D shapes."""
+        if (in_code, out_code) in self.unit_pairs:
+            return 1
+        selected = self.mask[in_code - MIN_CODE, out_code - MIN_CODE]
+        if not selected.any() or in_code == 0 or out_code == 0:
+            return 0
+        factors = (c[0], c[1], abs(v[0]), abs(v[1]), p[0], p[1])
+        total = 1
+        for keep, size in zip(selected, factors):
+            if keep:
+                total *= size if size > 0 else 1
+        return int(total)
+
+    def product_code(self, in_code: int, out_code: int) -> int:
+        return int(self.mul[in_code - MIN_CODE, out_code - MIN_CODE])
+
+    def sum_code(self, old_code: int, new_code: int) -> int:
+        return int(self.add[old_code - MIN_CODE, new_code - MIN_CODE])
+
+
+def _parse_tables(name: str, data: dict) -> CostModel:
+    mask = np.zeros((NUM_CODES, NUM_CODES, len(FACTOR_NAMES)), dtype=bool)
+    mul = np.zeros((NUM_CODES, NUM_CODES), dtype=np.int32)
+    add = np.zeros((NUM_CODES, NUM_CODES), dtype=np.int32)
+    for key, entry in data["contraction"].items():
+        a, b = (int(x) - MIN_CODE for x in key.split(","))
+        for factor in entry["mask"]:
+            mask[a, b, FACTOR_NAMES.index(factor)] = True
+        mul[a, b] = entry["mul"]
+    for key, code in data["add"].items():
+        a, b = (int(x) - MIN_CODE for x in key.split(","))
+        add[a, b] = code
+    for arr in (mask, mul, add):
+        arr.setflags(write=False)
+    # Two constant multiples of the identity multiply with a single scalar product.
+    return CostModel(name, mask, mul, add, unit_pairs=frozenset({(10, 10)}))
+
+
+_MODEL_FILES = {"alphagrad-2024": "alphagrad-2024.json"}
+
+
+def cost_models() -> list[str]:
+    """Names of the available cost models."""
+    return list(_MODEL_FILES)
+
+
+@functools.cache
+def cost_model(name: str = "alphagrad-2024") -> CostModel:
+    """Loads the named cost model from the package data.
+
+    Raises:
+      AlphagradError: unknown name; the message lists the known models.
+    """
+    if name not in _MODEL_FILES:
+        raise AlphagradError(f"unknown cost model {name!r}; known models: {', '.join(_MODEL_FILES)}")
+    text = importlib.resources.files("alphagrad.graph").joinpath("data", _MODEL_FILES[name]).read_text()
+    return _parse_tables(name, json.loads(text))
+
+
+class Eliminator:
+    """Mutable elimination state of one graph, for Python-side scoring and greedy heuristics.
+
+    Node ids follow `Graph`: inputs 1..num_inputs, vertex k is ``num_inputs + k``.
+    ``preds[n]`` / ``succs[n]`` map a neighbour's node id to the edge ``(code, out_shape, in_shape)``.
+    """
+
+    def __init__(self, graph: Graph, model: CostModel | None = None):
+        self.graph = graph
+        self.model = model if model is not None else cost_model(graph.cost_model)
+        n = graph.num_inputs + graph.num_vertices + 1
+        self.preds: list[dict[int, tuple[int, Shape2D, Shape2D]]] = [{} for _ in range(n)]
+        self.succs: list[dict[int, tuple[int, Shape2D, Shape2D]]] = [{} for _ in range(n)]
+        for e in graph.edges:
+            self.succs[e.src][e.dst] = (e.code, e.out_shape, e.in_shape)
+            self.preds[e.dst][e.src] = (e.code, e.out_shape, e.in_shape)
+        self.eliminated: set[int] = set()
+
+    def elimination_cost(self, vertex: int) -> int:
+        """Multiplications that eliminating `vertex` would cost now (does not change the state)."""
+        node = self.graph.node_id(vertex)
+        total = 0
+        for _, (out_code, c_shape, v_shape) in sorted(self.succs[node].items()):
+            for _, (in_code, _, p_shape) in self.preds[node].items():
+                total += self.model.pair_cost(in_code, out_code, c_shape, v_shape, p_shape)
+        return total
+
+    def eliminate(self, vertex: int) -> int:
+        """Eliminates `vertex` (a vertex number) and returns its multiplications."""
+        model = self.model
+        node = self.graph.node_id(vertex)
+        preds, succs = self.preds[node], self.succs[node]
+        total = 0
+        for c, (out_code, c_shape, v_shape) in sorted(succs.items()):
+            for p, (in_code, _, p_shape) in sorted(preds.items()):
+                total += model.pair_cost(in_code, out_code, c_shape, v_shape, p_shape)
+                new = model.product_code(in_code, out_code)
+                old = self.succs[p].get(c)
+                code = new if old is None else model.sum_code(old[0], new)
+                edge = (code, c_shape, p_shape)
+                self.succs[p][c] = edge
+                self.preds[c][p] = edge
+        for c in succs:
+            del self.preds[c][node]
+        for p in preds:
+            del self.succs[p][node]
+        self.preds[node] = {}
+        self.succs[node] = {}
+        self.eliminated.add(vertex)
+        return total
+
+
+def check_order(graph: Graph, order: Iterable[int], *, complete: bool = True) -> list[int]:
+    """Validates an elimination order and returns it as a list of ints.
+
+    Args:
+      graph: the graph the order is for.
+      order: vertex numbers (1-based).
+      complete: whether every intermediate vertex must appear.
+
+    Raises:
+      OrderError: naming the entry that is not a vertex number, out of range, an output, repeated,
+        or (with ``complete``) the intermediates that are missing.
+    """
+    try:
+        entries = list(order)
+    except TypeError:
+        raise OrderError(f"an order must be a sequence of vertex numbers, got {type(order).__name__}") from None
+    outputs = set(graph.outputs)
+    label = f" of graph {graph.name!r}" if graph.name else ""
+    seen: dict[int, int] = {}
+    clean: list[int] = []
+    for position, entry in enumerate(entries):
+        if isinstance(entry, (bool, np.bool_)) or not isinstance(entry, (int, np.integer)):
+            raise OrderError(f"order entry {position} is {entry!r}, which is not a vertex number (an int)")
+        k = int(entry)
+        if not 1 <= k <= graph.num_vertices:
+            raise OrderError(
+                f"order entry {position} is {k}, which is not a vertex{label}: "
+                f"vertex numbers run from 1 to {graph.num_vertices}"
+            )
+        if k in outputs:
+            raise OrderError(
+                f"order entry {position} is {graph.describe_vertex(k)}, an output vertex; "
+                "outputs are never eliminated"
+            )
+        if k in seen:
+            raise OrderError(f"vertex {k} appears twice in the order, at positions {seen[k]} and {position}")
+        seen[k] = position
+        clean.append(k)
+    if complete:
+        missing = [k for k in graph.intermediates if k not in seen]
+        if missing:
+            shown = ", ".join(map(str, missing[:20])) + (", ..." if len(missing) > 20 else "")
+            raise OrderError(
+                f"the order misses {len(missing)} of the {graph.num_intermediates} intermediate "
+                f"vertices{label}: {shown}"
+            )
+    return clean
+
+
+def elimination_costs(graph: Graph, order: Sequence[int], *, complete: bool = True) -> list[int]:
+    """Multiplications of each step of `order` (validated; a prefix is allowed with complete=False)."""
+    steps = check_order(graph, order, complete=complete)
+    eliminator = Eliminator(graph)
+    return [eliminator.eliminate(k) for k in steps]
+
+
+def cost(graph: Graph, order) -> int:
+    """Multiplications needed to accumulate the Jacobian of `graph` by eliminating in `order`.
+
+    Args:
+      graph: the elimination graph.
+      order: "forward", "reverse", "markowitz", a list of vertex numbers, or an `OrderFile`.
+
+    Raises:
+      OrderError: the order is not a permutation of ``graph.intermediates``.
+    """
+    from alphagrad import orders as _orders  # orders depends on this module
+
+    return int(sum(elimination_costs(graph, _orders.resolve(graph, order))))

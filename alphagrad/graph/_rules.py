@@ -1,0 +1,187 @@
+"""Structure codes of the partial Jacobians of each supported primitive.
+
+For an edge p->v the Jacobian indices are (1, 2) = v's two dimensions and (3, 4) = p's, after
+normalising both to 2-D (scalar -> (1, 1), vector (n,) -> (n, 1)). A "diagonal" pairing ties two
+indices and carries values; a "Kronecker" pairing ties them with a constant. The code of every
+combination is listed in REFERENCE.md section 1.3; docs/cost-model.md lists where our rules
+deliberately differ from the reference graph builder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "UNARY",
+    "BINARY",
+    "ZERO_DERIVATIVE",
+    "STRUCTURAL",
+    "RULED_PRIMITIVES",
+    "normalise",
+    "edge_codes",
+]
+
+Shape = tuple[int, ...]
+
+UNARY = frozenset(
+    "neg abs exp exp2 log log1p expm1 sin cos tan asin acos atan sinh cosh tanh asinh acosh atanh "
+    "integer_pow sqrt rsqrt cbrt logistic erf erfc erf_inv square".split()
+)
+# Binary elementwise primitives; for LINEAR_IN[name] operand positions the partial is a constant
+# multiple of the identity when the other operand is a scalar (x + s, s * x, x / s).
+BINARY = frozenset("add sub mul div pow atan2 max min add_any rem nextafter select_n".split())
+LINEAR_IN = {"add": (0, 1), "add_any": (0, 1), "sub": (0, 1), "mul": (0, 1), "div": (0,)}
+# Primitives whose outputs carry no derivative: they become vertices without in-edges.
+ZERO_DERIVATIVE = frozenset(
+    "eq ne lt le gt ge and or not xor sign floor ceil round is_finite stop_gradient iota "
+    "argmax argmin".split()
+)
+# Primitives that only move, copy or reinterpret values.
+STRUCTURAL = frozenset(
+    "reshape slice dynamic_slice dynamic_update_slice concatenate stack squeeze broadcast_in_dim "
+    "transpose convert_element_type copy copy_p reduce_precision".split()
+)
+REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min".split())
+RULED_PRIMITIVES = UNARY | BINARY | ZERO_DERIVATIVE | STRUCTURAL | REDUCTIONS | {"dot_general"}
+
+# (tied index pairs) -> code; each tie is (v index, p index, kind) with kind "D" (values) or "K".
+_TIE_CODES: dict[frozenset, int] = {
+    frozenset(): 1,
+    frozenset({(1, 3, "D")}): 2,
+    frozenset({(2, 4, "D")}): 3,
+    frozenset({(1, 4, "D")}): 4,
+    frozenset({(2, 3, "D")}): 5,
+    frozenset({(1, 3, "D"), (2, 4, "D")}): 6,
+    frozenset({(1, 4, "D"), (2, 3, "D")}): 7,
+    frozenset({(1, 3, "K"), (2, 4, "D")}): 8,
+    frozenset({(1, 4, "K"), (2, 3, "D")}): 9,
+    frozenset({(1, 3, "K"), (2, 4, "K")}): 10,
+    frozenset({(1, 3, "K")}): -2,
+    frozenset({(2, 4, "K")}): -3,
+    frozenset({(1, 4, "K")}): -4,
+    frozenset({(2, 3, "K")}): -5,
+    frozenset({(1, 3, "D"), (2, 4, "K")}): -8,
+    frozenset({(1, 4, "D"), (2, 3, "K")}): -9,
+    frozenset({(1, 4, "K"), (2, 3, "K")}): -10,
+}
+
+
+def normalise(shape: Shape) -> tuple[int, int]:
+    """The paper's 2-D normalisation: () -> (1, 1), (n,) -> (n, 1), (n, m) unchanged."""
+    if len(shape) == 0:
+        return (1, 1)
+    if len(shape) == 1:
+        return (int(shape[0]), 1)
+    if len(shape) == 2:
+        return (int(shape[0]), int(shape[1]))
+    raise ValueError(f"shape {shape} has more than 2 dimensions")
+
+
+def _code_from_ties(ties: set[tuple[int, int, str]]) -> int:
+    # Ties between original dimensions, turned into 2-D index positions: v dims -> 1, 2; p dims -> 3, 4.
+    return _TIE_CODES[frozenset(ties)]
+
+
+def _dot_general_codes(lhs: Shape, rhs: Shape, params: dict[str, Any]) -> tuple[int, int]:
+    """Codes of d(out)/d(lhs) and d(out)/d(rhs) from which output and operand dimensions coincide."""
+    (lc, rc), (lb, rb) = params["dimension_numbers"]
+    lhs_free = [d for d in range(len(lhs)) if d not in lc and d not in lb]
+    rhs_free = [d for d in range(len(rhs)) if d not in rc and d not in rb]
+    # Output dimensions: batch, lhs free, rhs free.
+    out_of_lhs = {d: i for i, d in enumerate(lb)}
+    out_of_rhs = {d: i for i, d in enumerate(rb)}
+    for j, d in enumerate(lhs_free):
+        out_of_lhs[d] = len(lb) + j
+    for j, d in enumerate(rhs_free):
+        out_of_rhs[d] = len(lb) + len(lhs_free) + j
+    lhs_ties = {(out_of_lhs[d] + 1, d + 3, "D" if d in lb else "K") for d in out_of_lhs}
+    rhs_ties = {(out_of_rhs[d] + 1, d + 3, "D" if d in rb else "K") for d in out_of_rhs}
+    return _code_from_ties(lhs_ties), _code_from_ties(rhs_ties)
+
+
+def _reduction_code(operand: Shape, axes: Sequence[int], kind: str) -> int:
+    kept = [d for d in range(len(operand)) if d not in axes]
+    # Kept dimensions tie to the output's; a sum ties them with ones, max/min with a 0/1 selector.
+    return _code_from_ties({(i + 1, d + 3, kind) for i, d in enumerate(kept)})
+
+
+def _binary_code(name: str, position: int, out: tuple[int, int], x: tuple[int, int],
+                 others: Sequence[tuple[int, int]]) -> int:
+    """Code of one operand of an elementwise binary op (the reference rule, with its scalar bug fixed)."""
+    if x == (1, 1):
+        return 1
+    other_scalar = any(o == (1, 1) for o in others)
+    constant = other_scalar and position in LINEAR_IN.get(name, ())
+    if x[1] == 1:  # column vector
+        if out[1] == 1:
+            return -2 if constant else 2
+        return 2
+    if x[0] == 1:  # row vector
+        if out[0] == 1:
+            return -3 if constant else 3
+        return 3
+    other = others[0] if others else x
+    if other == (1, 1):
+        return 10 if constant else 6
+    if other[1] == 1:
+        return -8
+    if other[0] == 1:
+        return 8
+    return 6
+
+
+def edge_codes(
+    name: str,
+    in_shapes: Sequence[Shape],
+    out_shape: Shape,
+    params: dict[str, Any],
+    differentiable: Sequence[bool],
+) -> dict[int, int]:
+    """Structure codes of the edges of one equation.
+
+    Args:
+      name: primitive name (must be in RULED_PRIMITIVES).
+      in_shapes: original (not normalised) shapes of the operands.
+      out_shape: original shape of the single output.
+      params: the equation's parameters.
+      differentiable: per operand, whether it is a variable of a floating dtype (edges come only
+        from these).
+
+    Returns:
+      operand index -> code, for the operands that get an edge.
+    """
+    out = normalise(out_shape)
+    norm = [normalise(s) for s in in_shapes]
+    live = [i for i, d in enumerate(differentiable) if d]
+    if name in ZERO_DERIVATIVE:
+        return {}
+    if name in UNARY:
+        return {i: (1 if out == (1, 1) else 6) for i in live}
+    if name in BINARY:
+        cases = list(range(1, len(in_shapes))) if name == "select_n" else list(range(len(in_shapes)))
+        return {
+            i: _binary_code(name, i, out, norm[i], [norm[j] for j in cases if j != i])
+            for i in live
+            if i in cases
+        }
+    if name == "dot_general":
+        codes = _dot_general_codes(in_shapes[0], in_shapes[1], params)
+        return {i: codes[i] for i in live}
+    if name == "reduce_sum":
+        return {i: _reduction_code(in_shapes[0], params["axes"], "K") for i in live}
+    if name in ("reduce_max", "reduce_min"):
+        return {i: _reduction_code(in_shapes[0], params["axes"], "D") for i in live}
+    if name in ("broadcast_in_dim", "squeeze"):
+        return {i: (-6 if norm[0] == out else -7) for i in live if i == 0}
+    if name == "transpose":
+        permutation = tuple(params["permutation"])
+        return {i: (-7 if permutation == (1, 0) else -6) for i in live}
+    if name in ("convert_element_type", "copy", "copy_p", "reduce_precision"):
+        return {i: -1 for i in live}
+    if name in ("reshape", "slice", "concatenate", "stack"):
+        return {i: 11 for i in live}
+    if name in ("dynamic_slice", "dynamic_update_slice"):
+        data = (0,) if name == "dynamic_slice" else (0, 1)
+        return {i: 11 for i in live if i in data}
+    raise KeyError(name)

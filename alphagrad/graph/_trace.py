@@ -1,0 +1,275 @@
+"""`trace`: turn a JAX function into an elimination `Graph`.
+
+The function's jaxpr is walked once. Calls of nested jaxprs (``jit``/``pjit``, ``custom_jvp_call``,
+``custom_vjp_call``, ``remat``, ``closed_call``) are inlined, so that every remaining equation
+becomes exactly one vertex, numbered 1, 2, ... in equation order (the AlphaGrad paper's numbering).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
+
+from alphagrad.errors import TraceError, UnsupportedPrimitiveError
+from alphagrad.graph import _rules
+from alphagrad.graph._graph import Edge, Graph, Vertex
+
+__all__ = ["trace", "SUPPORTED_PRIMITIVES", "Operand", "Equation", "Program"]
+
+# Call-like primitives whose body is inlined, and the parameter that holds the body.
+_INLINED = {
+    "jit": "jaxpr",
+    "pjit": "jaxpr",
+    "closed_call": "call_jaxpr",
+    "core_call": "call_jaxpr",
+    "custom_jvp_call": "call_jaxpr",
+    "custom_vjp_call": "call_jaxpr",
+    "custom_vjp_call_jaxpr": "fun_jaxpr",
+    "remat": "jaxpr",
+    "remat2": "jaxpr",
+    "checkpoint": "jaxpr",
+}
+SUPPORTED_PRIMITIVES = frozenset(_rules.RULED_PRIMITIVES | set(_INLINED))
+
+# Structure code of the edge from an output vertex that is reused later to its output copy
+# (the reference's choice; docs/cost-model.md).
+REUSED_OUTPUT_CODE = 8
+# Structure code of the edge to an output that is an input or repeats another output: a plain copy.
+COPY_CODE = -1
+
+
+class Operand(NamedTuple):
+    """An equation operand: a node (input or vertex) or a constant.
+
+    Attributes:
+      node: node id (inputs 1..num_inputs, vertex k -> num_inputs + k), or None for a constant.
+      value: the constant (a literal or a captured array) when ``node`` is None.
+    """
+
+    node: int | None
+    value: Any = None
+
+
+class Equation(NamedTuple):
+    """One vertex's computation, for the interpreter.
+
+    Attributes:
+      vertex: vertex number.
+      primitive: the JAX primitive, or None for an appended output copy.
+      params: the primitive's parameters.
+      operands: the inputs, in the primitive's operand order.
+      aval: the output's abstract value (shape and dtype, original rank).
+    """
+
+    vertex: int
+    primitive: Any
+    params: dict
+    operands: tuple[Operand, ...]
+    aval: Any
+
+
+class Program(NamedTuple):
+    """What the interpreter needs besides the graph.
+
+    Attributes:
+      equations: [num_vertices] one per vertex, in vertex order.
+      input_avals: [num_inputs] abstract values of the flattened inputs.
+      in_tree, out_tree: pytree structures of the arguments and of the result.
+      outputs: per flattened output, the node that holds it or a constant.
+    """
+
+    equations: tuple[Equation, ...]
+    input_avals: tuple[Any, ...]
+    in_tree: Any
+    out_tree: Any
+    outputs: tuple[Operand, ...]
+
+
+def _is_differentiable(aval) -> bool:
+    return jnp.issubdtype(aval.dtype, jnp.floating)
+
+
+_JAX_DIR = os.path.dirname(jax.__file__)
+_OWN_DIRS = (os.path.dirname(os.path.abspath(__file__)),)
+
+
+def _source_of(eqn) -> str:
+    """'file:line (function)' of the innermost user frame that emitted `eqn`."""
+    traceback = getattr(getattr(eqn, "source_info", None), "traceback", None)
+    frames = getattr(traceback, "frames", None) or []
+    for frame in frames:
+        path = frame.file_name
+        if path.startswith(_JAX_DIR) or "jaxlib" in path or path.startswith(_OWN_DIRS) or path.startswith("<frozen"):
+            continue
+        return f"{os.path.relpath(path) if not path.startswith('<') else path}:{frame.line_num} ({frame.function_name})"
+    return ""
+
+
+def _unsupported(message: str, number: int, eqn, name: str) -> UnsupportedPrimitiveError:
+    where = _source_of(eqn)
+    return UnsupportedPrimitiveError(
+        f"{message} in equation {number} (primitive '{name}'"
+        f"{', from ' + where if where else ''}). Supported primitives: "
+        f"{', '.join(sorted(SUPPORTED_PRIMITIVES))}; arrays may have at most 2 dimensions."
+    )
+
+
+class _Builder:
+    def __init__(self, num_inputs: int):
+        self.num_inputs = num_inputs
+        self.vertices: list[Vertex] = []
+        self.equations: list[Equation] = []
+        self.edges: dict[tuple[int, int], Edge] = {}
+        self.uses: set[int] = set()  # nodes read by some equation
+
+    def add_edge(self, src: int, dst: int, code: int, out_shape, in_shape, model) -> None:
+        key = (src, dst)
+        if key in self.edges:
+            # The same variable feeding two operands: the partials add up.
+            code = model.sum_code(self.edges[key].code, code)
+        self.edges[key] = Edge(src, dst, code, out_shape, in_shape)
+
+    def walk(self, jaxpr: Jaxpr, consts: list[Any], args: list[Operand], model) -> list[Operand]:
+        env: dict[Any, Operand] = {}
+        for var, value in zip(jaxpr.constvars, consts):
+            env[var] = Operand(None, value)
+        for var, arg in zip(jaxpr.invars, args):
+            env[var] = arg
+
+        def read(atom) -> Operand:
+            if isinstance(atom, Literal):
+                return Operand(None, atom.val)
+            return env[atom]
+
+        for eqn in jaxpr.eqns:
+            name = eqn.primitive.name
+            operands = [read(a) for a in eqn.invars]
+            if name in _INLINED:
+                body = eqn.params[_INLINED[name]]
+                if isinstance(body, ClosedJaxpr):
+                    outs = self.walk(body.jaxpr, list(body.consts), operands, model)
+                else:
+                    outs = self.walk(body, [], operands, model)
+                for var, out in zip(eqn.outvars, outs):
+                    env[var] = out
+                continue
+            number = len(self.vertices) + 1
+            if name not in _rules.RULED_PRIMITIVES:
+                raise _unsupported("unsupported primitive", number, eqn, name)
+            if len(eqn.outvars) != 1:
+                raise _unsupported(f"{len(eqn.outvars)} outputs (one is supported)", number, eqn, name)
+            avals = [a.aval for a in eqn.invars] + [eqn.outvars[0].aval]
+            for aval in avals:
+                if len(getattr(aval, "shape", ())) > 2:
+                    raise _unsupported(
+                        f"an array of shape {tuple(aval.shape)} ({len(aval.shape)} dimensions)", number, eqn, name
+                    )
+            out_aval = eqn.outvars[0].aval
+            node = self.num_inputs + number
+            differentiable = [
+                op.node is not None and _is_differentiable(a.aval) for op, a in zip(operands, eqn.invars)
+            ]
+            codes = _rules.edge_codes(
+                name, [tuple(a.aval.shape) for a in eqn.invars], tuple(out_aval.shape), eqn.params, differentiable
+            )
+            if not _is_differentiable(out_aval):
+                codes = {}
+            out_shape = _rules.normalise(out_aval.shape)
+            for i, code in codes.items():
+                src = operands[i].node
+                self.add_edge(src, node, code, out_shape, _rules.normalise(eqn.invars[i].aval.shape), model)
+            for op in operands:
+                if op.node is not None:
+                    self.uses.add(op.node)
+            self.vertices.append(Vertex(number, name, out_shape, _source_of(eqn)))
+            self.equations.append(Equation(number, eqn.primitive, dict(eqn.params), tuple(operands), out_aval))
+            env[eqn.outvars[0]] = Operand(node)
+        return [read(a) for a in jaxpr.outvars]
+
+    def add_copy(self, source: int, code: int, shape, aval) -> int:
+        number = len(self.vertices) + 1
+        node = self.num_inputs + number
+        self.vertices.append(Vertex(number, "copy", shape, ""))
+        self.equations.append(Equation(number, None, {}, (Operand(source),), aval))
+        if aval is None or _is_differentiable(aval):
+            self.edges[(source, node)] = Edge(source, node, code, shape, shape)
+        return number
+
+
+def trace(f: Callable[..., Any], *example_args: Any, cost_model: str = "alphagrad-2024", name: str | None = None) -> Graph:
+    """Traces `f` at `example_args` into an elimination graph.
+
+    Args:
+      f: a JAX-traceable function of pytrees of arrays or Python scalars, returning a pytree.
+      *example_args: example arguments; only their shapes and dtypes matter.
+      cost_model: the cost model the graph is scored with.
+      name: label for messages (default: f's ``__name__``).
+
+    Returns:
+      A `Graph` with one input per argument leaf (Python scalars included), one vertex per
+      equation of the inlined jaxpr, and one output per result leaf. Arrays are at most 2-D.
+
+    Raises:
+      UnsupportedPrimitiveError: a primitive without an edge rule, a multi-output primitive, or an
+        array of 3 or more dimensions; the message names the primitive, the equation number and
+        the user's source line, and lists the supported primitives.
+      TraceError: `f` could not be traced by JAX, or has no array inputs.
+    """
+    from alphagrad.graph._cost import cost_model as load_model
+
+    model = load_model(cost_model)
+    label = name if name is not None else getattr(f, "__name__", type(f).__name__)
+    try:
+        closed, out_shapes = jax.make_jaxpr(f, return_shape=True)(*example_args)
+    except Exception as err:  # JAX reports tracing errors with many exception types
+        raise TraceError(f"JAX could not trace {label!r} at the example arguments: {err}") from err
+    flat_args, in_tree = jax.tree.flatten(example_args)
+    _, out_tree = jax.tree.flatten(out_shapes)
+    jaxpr = closed.jaxpr
+    input_avals = tuple(v.aval for v in jaxpr.invars)
+    for i, aval in enumerate(input_avals):
+        if len(aval.shape) > 2:
+            raise UnsupportedPrimitiveError(
+                f"input {i} of {label!r} has shape {tuple(aval.shape)}: arrays may have at most 2 dimensions"
+            )
+    builder = _Builder(num_inputs=len(jaxpr.invars))
+    inputs = [Operand(i + 1) for i in range(len(jaxpr.invars))]
+    outs = builder.walk(jaxpr, list(closed.consts), inputs, model)
+
+    outputs: list[int] = []
+    output_operands: list[Operand] = []
+    claimed: set[int] = set()
+    for operand, aval in zip(outs, (v.aval if not isinstance(v, Literal) else None for v in jaxpr.outvars)):
+        if operand.node is None:
+            output_operands.append(operand)  # a constant output: its Jacobian is zero
+            continue
+        node = operand.node
+        is_vertex = node > builder.num_inputs
+        shape = _rules.normalise(aval.shape) if aval is not None else (1, 1)
+        if is_vertex and node not in builder.uses and node not in claimed:
+            vertex = node - builder.num_inputs
+        elif is_vertex and node not in claimed:
+            vertex = builder.add_copy(node, REUSED_OUTPUT_CODE, shape, aval)
+        else:
+            vertex = builder.add_copy(node, COPY_CODE, shape, aval)
+        claimed.add(node)
+        outputs.append(vertex)
+        output_operands.append(Operand(builder.num_inputs + vertex))
+
+    program = Program(tuple(builder.equations), input_avals, in_tree, out_tree, tuple(output_operands))
+    return Graph(
+        num_inputs=len(jaxpr.invars),
+        input_shapes=tuple(_rules.normalise(a.shape) for a in input_avals),
+        vertices=tuple(builder.vertices),
+        edges=tuple(builder.edges.values()),
+        outputs=tuple(outputs),
+        cost_model=cost_model,
+        name=label,
+        program=program,
+    )
