@@ -111,8 +111,7 @@ def _source_of(eqn) -> str:
     return ""
 
 
-def _unsupported(message: str, number: int, eqn, name: str) -> UnsupportedPrimitiveError:
-    where = _source_of(eqn)
+def _unsupported(message: str, number: int, where: str, name: str) -> UnsupportedPrimitiveError:
     return UnsupportedPrimitiveError(
         f"{message} in equation {number} (primitive '{name}'"
         f"{', from ' + where if where else ''}). Supported primitives: "
@@ -135,7 +134,8 @@ class _Builder:
             code = model.sum_code(self.edges[key].code, code)
         self.edges[key] = Edge(src, dst, code, out_shape, in_shape)
 
-    def walk(self, jaxpr: Jaxpr, consts: list[Any], args: list[Operand], model) -> list[Operand]:
+    def walk(self, jaxpr: Jaxpr, consts: list[Any], args: list[Operand], model, caller: str = "") -> list[Operand]:
+        """Adds the equations of `jaxpr` (inlining calls); `caller` is the source of the call site."""
         env: dict[Any, Operand] = {}
         for var, value in zip(jaxpr.constvars, consts):
             env[var] = Operand(None, value)
@@ -150,25 +150,27 @@ class _Builder:
         for eqn in jaxpr.eqns:
             name = eqn.primitive.name
             operands = [read(a) for a in eqn.invars]
+            # Equations inside library calls (jnp.cumsum is a jit) point at the user's call site.
+            source = _source_of(eqn) or caller
             if name in _INLINED:
                 body = eqn.params[_INLINED[name]]
                 if isinstance(body, ClosedJaxpr):
-                    outs = self.walk(body.jaxpr, list(body.consts), operands, model)
+                    outs = self.walk(body.jaxpr, list(body.consts), operands, model, source)
                 else:
-                    outs = self.walk(body, [], operands, model)
+                    outs = self.walk(body, [], operands, model, source)
                 for var, out in zip(eqn.outvars, outs):
                     env[var] = out
                 continue
             number = len(self.vertices) + 1
             if name not in _rules.RULED_PRIMITIVES:
-                raise _unsupported("unsupported primitive", number, eqn, name)
+                raise _unsupported("unsupported primitive", number, source, name)
             if len(eqn.outvars) != 1:
-                raise _unsupported(f"{len(eqn.outvars)} outputs (one is supported)", number, eqn, name)
+                raise _unsupported(f"{len(eqn.outvars)} outputs (one is supported)", number, source, name)
             avals = [a.aval for a in eqn.invars] + [eqn.outvars[0].aval]
             for aval in avals:
                 if len(getattr(aval, "shape", ())) > 2:
                     raise _unsupported(
-                        f"an array of shape {tuple(aval.shape)} ({len(aval.shape)} dimensions)", number, eqn, name
+                        f"an array of shape {tuple(aval.shape)} ({len(aval.shape)} dimensions)", number, source, name
                     )
             out_aval = eqn.outvars[0].aval
             node = self.num_inputs + number
@@ -187,7 +189,7 @@ class _Builder:
             for op in operands:
                 if op.node is not None:
                     self.uses.add(op.node)
-            self.vertices.append(Vertex(number, name, out_shape, _source_of(eqn)))
+            self.vertices.append(Vertex(number, name, out_shape, source))
             self.equations.append(Equation(number, eqn.primitive, dict(eqn.params), tuple(operands), out_aval))
             env[eqn.outvars[0]] = Operand(node)
         return [read(a) for a in jaxpr.outvars]

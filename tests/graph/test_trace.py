@@ -1,0 +1,226 @@
+"""`graph.trace`: numbering, inlining, edge rules, outputs, and errors."""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from alphagrad import graph
+from alphagrad.errors import AlphagradError, TraceError, UnsupportedPrimitiveError
+
+
+def edge_map(g):
+    return {(e.src, e.dst): e for e in g.edges}
+
+
+def test_one_vertex_per_equation_in_order():
+    def f(x, y):
+        a = x * y  # 1
+        b = jnp.sin(a)  # 2
+        return b + y  # 3
+
+    g = graph.trace(f, 1.0, 2.0)
+    assert [v.primitive for v in g.vertices] == ["mul", "sin", "add"]
+    assert g.outputs == (3,)
+    assert g.intermediates == [1, 2]
+    assert "test_trace.py" in g.vertices[0].source
+
+
+def test_nested_jit_custom_jvp_and_custom_vjp_are_inlined():
+    @jax.custom_vjp
+    def my_sin(x):
+        return jnp.sin(x)
+
+    my_sin.defvjp(lambda x: (jnp.sin(x), x), lambda x, ct: (ct * jnp.cos(x),))
+
+    @jax.jit
+    def inner(x):
+        return jax.nn.relu(x) * 2.0
+
+    def f(x):
+        return my_sin(inner(x)) + jax.nn.softplus(x)
+
+    g = graph.trace(f, jnp.ones(3))
+    primitives = [v.primitive for v in g.vertices]
+    assert "jit" not in primitives and "custom_jvp_call" not in primitives and "custom_vjp_call" not in primitives
+    assert primitives[:3] == ["max", "mul", "sin"]
+
+
+def test_pytree_and_python_scalar_inputs():
+    def f(params, scale):
+        return {"out": params["w"] @ params["x"] * scale}
+
+    g = graph.trace(f, {"w": jnp.ones((2, 3)), "x": jnp.ones(3)}, 0.5)
+    assert g.num_inputs == 3
+    assert g.input_shapes == ((2, 3), (3, 1), (1, 1))
+    # the Python float is an input with a real edge into the product
+    assert any(e.src == 3 for e in g.edges)
+
+
+@pytest.mark.parametrize(
+    "lhs_shape, rhs_shape, contract, expected",
+    [
+        ((3, 4), (4, 5), ((1,), (0,)), (-2, -3)),  # A @ B
+        ((3, 4), (5, 4), ((1,), (1,)), (-2, -5)),  # A @ B.T
+        ((4, 3), (4, 5), ((0,), (0,)), (-4, -3)),  # A.T @ B
+        ((4, 3), (5, 4), ((0,), (1,)), (-4, -5)),  # A.T @ B.T
+        ((3, 4), (4,), ((1,), (0,)), (-2, 1)),  # matrix @ vector
+        ((4,), (4,), ((0,), (0,)), (1, 1)),  # dot product
+        ((4,), (4, 5), ((0,), (0,)), (1, -4)),  # vector @ matrix
+    ],
+)
+def test_dot_general_codes(lhs_shape, rhs_shape, contract, expected):
+    def f(a, b):
+        return jax.lax.dot_general(a, b, (contract, ((), ())))
+
+    g = graph.trace(f, jnp.ones(lhs_shape), jnp.ones(rhs_shape))
+    edges = edge_map(g)
+    assert (edges[(1, 3)].code, edges[(2, 3)].code) == expected
+
+
+def test_reductions_and_structural_codes():
+    def f(m):
+        return (
+            jnp.sum(m, axis=1),  # 1: -2
+            jnp.sum(m, axis=0),  # 2: -4
+            jnp.max(m, axis=1),  # 3: 2
+            jnp.max(m, axis=0),  # 4: 4
+            m.T,  # 5: -7
+            m.reshape(-1),  # 6: 11
+            m[:1, :2],  # 7: 11
+        )
+
+    g = graph.trace(f, jnp.ones((3, 4)))
+    codes = [edge_map(g)[(1, g.node_id(k))].code for k in range(1, 8)]
+    assert codes == [-2, -4, 2, 4, -7, 11, 11]
+
+
+def test_concatenate_edges_carry_each_operands_own_shape():
+    g = graph.trace(lambda a, b: jnp.concatenate([a, b]), jnp.ones(2), jnp.ones(5))
+    edges = edge_map(g)
+    assert edges[(1, 3)].in_shape == (2, 1) and edges[(2, 3)].in_shape == (5, 1)
+    assert edges[(1, 3)].out_shape == (7, 1) and edges[(1, 3)].code == 11
+
+
+def test_scalar_times_matrix_is_a_constant_multiple_of_identity():
+    g = graph.trace(lambda m, s: m * s, jnp.ones((3, 4)), jnp.ones(()))
+    edges = edge_map(g)
+    assert edges[(1, 3)].code == 10  # the reference builder gave -8 here
+    assert edges[(2, 3)].code == 1
+    # a nonlinear op with a scalar partner is a diagonal, not a constant multiple
+    g = graph.trace(lambda m: jnp.maximum(m, 0.0), jnp.ones((3, 4)))
+    assert edge_map(g)[(1, 2)].code == 6
+
+
+def test_comparisons_select_and_stop_gradient():
+    def f(x, y):
+        mask = x > y  # 1: no derivative
+        z = jnp.where(mask, x, y)  # 2: select_n, edges from x and y only
+        w = jax.lax.stop_gradient(z)  # 3: no edge
+        return z * w  # 4
+
+    g = graph.trace(f, jnp.ones(3), jnp.ones(3))
+    edges = edge_map(g)
+    assert [v.primitive for v in g.vertices] == ["gt", "select_n", "stop_gradient", "mul"]
+    assert not any(e.dst == g.node_id(1) for e in g.edges)
+    assert {e.src for e in g.edges if e.dst == g.node_id(2)} == {1, 2}
+    assert not any(e.dst == g.node_id(3) for e in g.edges)
+    assert edges[(g.node_id(2), g.node_id(4))].code == 2
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        jnp.square, jnp.expm1, jnp.abs, jnp.tanh, jnp.arcsinh, jnp.log1p, jax.nn.sigmoid, jax.scipy.special.erf,
+        lambda x: x ** 3, lambda x: jnp.sqrt(x), lambda x: x.astype(jnp.float32), lambda x: jnp.copy(x),
+        lambda x: jnp.minimum(x, 2.0 * x), lambda x: jnp.max(x), lambda x: jnp.min(x),
+        lambda x: jnp.expand_dims(x, 0), lambda x: jnp.stack([x, x]), lambda x: jnp.squeeze(x[None, :]),
+        lambda x: jnp.arctan2(x, 1.0 + x), lambda x: x ** x,
+    ],
+)
+def test_supported_primitives_trace(fn):
+    g = graph.trace(fn, jnp.linspace(0.1, 0.9, 4))
+    assert g.num_outputs == 1
+    assert graph.cost(g, "reverse") >= 0
+
+
+def test_reused_output_gets_a_copy_vertex():
+    def f(x):
+        a = jnp.sin(x)
+        return a, a * 2.0
+
+    g = graph.trace(f, 1.0)
+    assert g.num_vertices == 3  # sin, mul, copy of sin
+    assert g.outputs == (3, 2)
+    assert g.intermediates == [1]
+    assert edge_map(g)[(g.node_id(1), g.node_id(3))].code == 8
+    assert graph.cost(g, "forward") == 2
+
+
+def test_input_returned_as_output_gets_a_copy():
+    g = graph.trace(lambda x, y: (x, x * y), 1.0, 2.0)
+    assert g.outputs == (2, 1)
+    assert edge_map(g)[(1, g.node_id(2))].code == -1
+
+
+def test_three_dimensional_arrays_are_refused():
+    with pytest.raises(UnsupportedPrimitiveError, match=r"input 0 .*\(2, 2, 2\).*at most 2 dimensions"):
+        graph.trace(jnp.sin, jnp.ones((2, 2, 2)))
+
+    def f(x):
+        return jnp.sum(jnp.sin(x.reshape(2, 2, 2)), axis=(1, 2))
+
+    with pytest.raises(UnsupportedPrimitiveError, match=r"shape \(2, 2, 2\).*equation 1 \(primitive 'reshape', from .*test_trace.py:\d+"):
+        graph.trace(f, jnp.ones(8))
+
+
+def test_unsupported_primitive_names_primitive_equation_and_source_line():
+    def f(x):
+        y = jnp.sin(x)
+        return jnp.cumsum(y)
+
+    with pytest.raises(UnsupportedPrimitiveError) as info:
+        graph.trace(f, jnp.ones(4))
+    message = str(info.value)
+    assert "primitive 'cumsum'" in message
+    assert "equation 2" in message
+    cumsum_line = inspect.getsourcelines(f)[1] + 2
+    assert f"test_trace.py:{cumsum_line}" in message and ".f)" in message
+    assert "Supported primitives:" in message and "dot_general" in message
+
+
+def test_control_flow_is_refused_clearly():
+    def f(x):
+        return jax.lax.fori_loop(0, 3, lambda i, c: c * 2.0, x)
+
+    with pytest.raises(UnsupportedPrimitiveError, match="unsupported primitive in equation 1 \\(primitive '(scan|while)'"):
+        graph.trace(f, 1.0)
+
+
+def test_untraceable_function_raises_trace_error():
+    def f(x):
+        if x > 0:  # Python control flow on a tracer
+            return x
+        return -x
+
+    with pytest.raises(TraceError, match="could not trace 'f'"):
+        graph.trace(f, 1.0)
+    assert issubclass(TraceError, AlphagradError)
+
+
+def test_fingerprint_is_structural():
+    def f(x, y):
+        return jnp.sin(x * y)
+
+    a = graph.trace(f, 1.0, 2.0)
+    b = graph.trace(f, 3.0, 4.0)
+    c = graph.trace(lambda x, y: jnp.cos(x + y), 1.0, 2.0)
+    d = graph.trace(f, jnp.ones(3), jnp.ones(3))
+    assert a.fingerprint == b.fingerprint
+    assert a.fingerprint.startswith("sha256:")
+    assert a.fingerprint != d.fingerprint
+    # same structure codes and shapes: a different primitive does not change the structure
+    assert a.fingerprint == c.fingerprint
