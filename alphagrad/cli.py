@@ -81,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `alphagrad` console script; returns the exit status."""
     ns = _parser().parse_args(argv)
-    console = Console()
+    # Piped output (files, CI logs) gets full-width tables instead of 80-column wrapping.
+    console = Console(width=None if sys.stdout.isatty() else 200)
     try:
         return ns.run(ns, console)
     except AlphagradError as err:

@@ -1,0 +1,120 @@
+"""Classic orders and the order file."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import pytest
+
+from alphagrad import graph, orders
+from alphagrad.errors import GraphMismatchError, OrderError, OrderFileError
+
+SCALAR_REFERENCES = ["RoeFlux_1d", "RobotArm_6DOF", "HumanHeartDipole", "PropaneCombustion", "BlackScholes_Jacobian", "g"]
+
+
+def test_forward_and_reverse(diamond):
+    assert orders.forward(diamond) == [1, 2, 3]
+    assert orders.reverse(diamond) == [3, 2, 1]
+
+
+@pytest.mark.parametrize("name", SCALAR_REFERENCES)
+def test_markowitz_reproduces_the_reference_order_on_scalar_graphs(name, reference_graphs, reference_info):
+    g = reference_graphs[name]
+    assert orders.markowitz(g) == list(reference_info[name].minimal_markowitz_order)
+    assert orders.markowitz(g, degree="components") == list(reference_info[name].minimal_markowitz_order)
+
+
+@pytest.mark.parametrize("name", graph.reference_names())
+def test_markowitz_orders_are_valid(name, reference_graphs):
+    g = reference_graphs[name]
+    for degree in ("cost", "components"):
+        order = orders.markowitz(g, degree=degree)
+        assert sorted(order) == g.intermediates
+
+
+def test_markowitz_rejects_unknown_degree(diamond):
+    with pytest.raises(ValueError, match="degree must be"):
+        orders.markowitz(diamond, degree="edges")
+
+
+def test_save_and_load_round_trip(tmp_path, reference_graphs):
+    g = reference_graphs["PropaneCombustion"]
+    order = orders.markowitz(g)
+    path = tmp_path / "sub" / "best.json"
+    written = orders.save(path, order, graph=g, method="markowitz", task="ref:PropaneCombustion", seed=3)
+    data = json.loads(path.read_text())
+    assert data["format"] == "alphagrad-order/1"
+    assert data["multiplications"] == graph.cost(g, order) == 111
+    assert data["baselines"] == {"forward": 151, "reverse": 90, "markowitz": 111}
+    assert data["graph"]["fingerprint"] == g.fingerprint
+    assert data["graph"]["num_intermediates"] == 51
+    assert data["cost_model"] == "alphagrad-2024" and data["seed"] == 3
+    loaded = orders.load(path, graph=g)
+    assert loaded == written
+    assert graph.cost(g, loaded) == 111  # an OrderFile is accepted wherever an order is
+    assert os.listdir(path.parent) == ["best.json"]  # no temporary files left behind
+
+
+def test_order_for_another_graph_is_refused(tmp_path, reference_graphs):
+    g, other = reference_graphs["PropaneCombustion"], reference_graphs["HumanHeartDipole"]
+    path = tmp_path / "o.json"
+    orders.save(path, orders.forward(g), graph=g)
+    with pytest.raises(GraphMismatchError, match=r"11 inputs, 51 intermediates, 11 outputs.*8 inputs, 78 intermediates, 8 outputs"):
+        orders.load(path, graph=other)
+    record = orders.load(path)
+    with pytest.raises(GraphMismatchError):
+        graph.cost(other, record)
+
+
+def test_save_refuses_an_invalid_order(tmp_path, diamond):
+    with pytest.raises(OrderError, match="appears twice"):
+        orders.save(tmp_path / "o.json", [1, 1, 2], graph=diamond)
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path, diamond, monkeypatch):
+    path = tmp_path / "o.json"
+    orders.save(path, [1, 2, 3], graph=diamond)
+    before = path.read_text()
+
+    def broken_dump(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(orders.json, "dump", broken_dump)
+    with pytest.raises(RuntimeError, match="disk full"):
+        orders.save(path, [3, 2, 1], graph=diamond)
+    assert path.read_text() == before
+    assert os.listdir(tmp_path) == ["o.json"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("not json", "cannot read order file"),
+        ('{"order": [1]}', "not an alphagrad order file"),
+        ('{"format": "alphagrad-order/1", "order": [1]}', "lacks the field"),
+        ('{"format": "alphagrad-order/1", "order": ["a"], "multiplications": 1, "graph": {"fingerprint": "x"}}',
+         "must be a list of vertex numbers"),
+    ],
+)
+def test_malformed_files(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(OrderFileError, match=message):
+        orders.load(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(OrderFileError, match="cannot read order file"):
+        orders.load(tmp_path / "nope.json")
+
+
+def test_traced_graph_order_file(tmp_path):
+    def f(x, y):
+        return jnp.sin(x * y) + y
+
+    g = graph.trace(f, 1.0, 2.0)
+    orders.save(tmp_path / "o.json", "reverse" and orders.reverse(g), graph=g)
+    assert orders.load(tmp_path / "o.json", graph=graph.trace(f, 3.0, 4.0)).order == (2, 1)
