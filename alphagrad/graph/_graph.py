@@ -113,6 +113,34 @@ class Graph:
         rows = [(e.src, e.dst, e.code, *e.out_shape, *e.in_shape) for e in self.edges]
         return np.asarray(rows, dtype=np.int64).reshape(-1, 7)
 
+    def node_shapes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-node 2-D shapes as seen by the cost model, indexed by node id (row 0 unused).
+
+        Returns:
+          (as_source, as_destination): int64[num_inputs + num_vertices + 1, 2] each. An edge p->c
+          always carries ``(as_destination[c], as_source[p])``, and elimination keeps it that way,
+          so the two tables describe every edge the graph will ever have. They differ only where
+          a loaded reference graph has the reference builder's concatenate-shape bug.
+
+        Raises:
+          ValueError: two edges disagree about a node's shape (not a valid elimination graph).
+        """
+        n = self.num_inputs + self.num_vertices + 1
+        as_source = np.zeros((n, 2), dtype=np.int64)
+        as_destination = np.zeros((n, 2), dtype=np.int64)
+        for v in self.vertices:
+            as_source[self.node_id(v.number)] = as_destination[self.node_id(v.number)] = v.shape
+        for i, shape in enumerate(self.input_shapes, start=1):
+            as_source[i] = as_destination[i] = shape
+        seen_src: dict[int, tuple] = {}
+        seen_dst: dict[int, tuple] = {}
+        for e in self.edges:
+            for seen, node, shape, table in ((seen_src, e.src, e.in_shape, as_source), (seen_dst, e.dst, e.out_shape, as_destination)):
+                if seen.setdefault(node, shape) != shape:
+                    raise ValueError(f"node {node} has edges with shapes {seen[node]} and {shape}")
+                table[node] = shape
+        return as_source, as_destination
+
     def describe_vertex(self, vertex: int) -> str:
         """A short human description: 'vertex 12 (mul at tasks.py:40 (roe))'."""
         v = self.vertices[vertex - 1]

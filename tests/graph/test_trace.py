@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from alphagrad import graph
+from alphagrad import graph, tasks
 from alphagrad.errors import AlphagradError, TraceError, UnsupportedPrimitiveError
 
 
@@ -224,3 +224,28 @@ def test_fingerprint_is_structural():
     assert a.fingerprint != d.fingerprint
     # same structure codes and shapes: a different primitive does not change the structure
     assert a.fingerprint == c.fingerprint
+
+
+# --- the benchmark tasks ---------------------------------------------------------------------
+
+# Tasks whose traced graph reproduces the reference graph's costs exactly (docs/tasks.md explains
+# the others: a newer jaxpr, our fixed edge rules, or a different derivative program).
+EXACT_TASKS = ["RoeFlux_1d", "RoeFlux_3d", "RobotArm_6DOF", "HumanHeartDipole", "PropaneCombustion"]
+
+
+@pytest.mark.parametrize("name", tasks.names())
+def test_every_task_traces(name):
+    task = tasks.get(name)
+    g = graph.trace(task.fn, *task.args, name=name)
+    assert g.num_outputs >= 1 and g.num_intermediates >= 1
+    costs = [graph.cost(g, o) for o in ("forward", "reverse", "markowitz")]
+    assert all(c > 0 for c in costs)
+
+
+@pytest.mark.parametrize("name", EXACT_TASKS)
+def test_scalar_tasks_reproduce_the_reference_costs(name, reference_info):
+    task = tasks.get(name)
+    g = graph.trace(task.fn, *task.args, name=name)
+    info = reference_info[name]
+    assert graph.cost(g, "forward") == info.forward
+    assert graph.cost(g, "reverse") == info.reverse
