@@ -93,11 +93,13 @@ def _parse_tables(name: str, data: dict) -> CostModel:
         add[a, b] = code
     for arr in (mask, mul, add):
         arr.setflags(write=False)
-    # Two constant multiples of the identity multiply with a single scalar product.
-    return CostModel(name, mask, mul, add, unit_pairs=frozenset({(10, 10)}))
+    # Two constant multiples of the identity multiply with a single scalar product; the AlphaGrad
+    # tables encode this only for (10, 10), outside the masks.
+    unit_pairs = frozenset(tuple(pair) for pair in data.get("unit_pairs", [[10, 10]]))
+    return CostModel(name, mask, mul, add, unit_pairs=unit_pairs)
 
 
-_MODEL_FILES = {"alphagrad-2024": "alphagrad-2024.json"}
+_MODEL_FILES = {"alphagrad-2024": "alphagrad-2024.json", "exact": "exact.json"}
 
 
 def cost_models() -> list[str]:

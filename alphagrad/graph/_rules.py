@@ -131,12 +131,52 @@ def _binary_code(name: str, position: int, out: tuple[int, int], x: tuple[int, i
     return 6
 
 
+def _relabel_code(norm_in: tuple[int, int], norm_out: tuple[int, int]) -> int:
+    """Code of a pure data movement: identity, 2-D transpose, or a general index map (11)."""
+    if norm_in == norm_out:
+        return -6
+    if norm_in == norm_out[::-1] and 1 in norm_in:
+        return -7  # (n, 1) <-> (1, n): the same values, transposed
+    return 11
+
+
+def _exact_codes(name, norm, out, params, live, in_shapes) -> dict[int, int] | None:
+    """Rules of the exact model where they differ from the reference's; None = same rule."""
+    scalar_out = out == (1, 1)
+    if name == "neg":
+        return {i: 10 for i in live}
+    if name in ("add", "add_any", "sub", "mul", "div") or name in BINARY:
+        codes = {}
+        for i in live:
+            if name == "select_n" and i == 0:
+                continue
+            others = [norm[j] for j in range(len(norm)) if j != i and not (name == "select_n" and j == 0)]
+            if norm[i] != out:  # a scalar broadcast against an array
+                codes[i] = 11 if name in ("add", "add_any") or (name == "sub" and i == 0) else 1
+            elif name in ("add", "add_any") or (name == "sub" and i == 0):
+                codes[i] = -6  # the identity
+            elif name == "sub":
+                codes[i] = 10  # minus the identity
+            elif name in ("mul",) or (name == "div" and i == 0):
+                codes[i] = 10 if any(o == (1, 1) for o in others) and not scalar_out else (1 if scalar_out else 6)
+            else:
+                codes[i] = 1 if scalar_out else 6
+        return codes
+    if name == "reduce_sum":
+        return {i: 11 for i in live}  # a sum adds only
+    if name in ("broadcast_in_dim", "squeeze", "reshape"):
+        return {i: _relabel_code(norm[0], out) for i in live if i == 0}
+    return None
+
+
 def edge_codes(
     name: str,
     in_shapes: Sequence[Shape],
     out_shape: Shape,
     params: dict[str, Any],
     differentiable: Sequence[bool],
+    *,
+    model: str = "alphagrad-2024",
 ) -> dict[int, int]:
     """Structure codes of the edges of one equation.
 
@@ -147,6 +187,9 @@ def edge_codes(
       params: the equation's parameters.
       differentiable: per operand, whether it is a variable of a floating dtype (edges come only
         from these).
+      model: "alphagrad-2024" reproduces the reference graph builder (with the fixes listed in
+        docs/cost-model.md); "exact" gives every edge the code that describes its partial exactly,
+        as the interpreter evaluates it (identities for add/sub, index maps for sums and broadcasts).
 
     Returns:
       operand index -> code, for the operands that get an edge.
@@ -156,6 +199,10 @@ def edge_codes(
     live = [i for i, d in enumerate(differentiable) if d]
     if name in ZERO_DERIVATIVE:
         return {}
+    if model == "exact":
+        exact = _exact_codes(name, norm, out, params, live, in_shapes)
+        if exact is not None:
+            return exact
     if name in UNARY:
         return {i: (1 if out == (1, 1) else 6) for i in live}
     if name in BINARY:

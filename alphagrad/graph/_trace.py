@@ -37,9 +37,9 @@ _INLINED = {
 }
 SUPPORTED_PRIMITIVES = frozenset(_rules.RULED_PRIMITIVES | set(_INLINED))
 
-# Structure code of the edge from an output vertex that is reused later to its output copy
-# (the reference's choice; docs/cost-model.md).
-REUSED_OUTPUT_CODE = 8
+# Structure code of the edge from an output vertex that is reused later to its output copy: the
+# reference's choice in its model (docs/cost-model.md), a plain copy in the exact one.
+REUSED_OUTPUT_CODE = {"alphagrad-2024": 8, "exact": -1}
 # Structure code of the edge to an output that is an input or repeats another output: a plain copy.
 COPY_CODE = -1
 
@@ -54,6 +54,12 @@ class Operand(NamedTuple):
 
     node: int | None
     value: Any = None
+
+
+class LeafRef(NamedTuple):
+    """A reference to a flattened argument that is not differentiated (see `trace`'s argnums)."""
+
+    index: int
 
 
 class Equation(NamedTuple):
@@ -79,13 +85,15 @@ class Program(NamedTuple):
 
     Attributes:
       equations: [num_vertices] one per vertex, in vertex order.
-      input_avals: [num_inputs] abstract values of the flattened inputs.
-      in_tree, out_tree: pytree structures of the arguments and of the result.
+      leaf_avals: abstract values of all flattened arguments.
+      input_leaves: [num_inputs] the flattened-argument index of each graph input.
+      in_tree, out_tree: pytree structures of the arguments (a tuple) and of the result.
       outputs: per flattened output, the node that holds it or a constant.
     """
 
     equations: tuple[Equation, ...]
-    input_avals: tuple[Any, ...]
+    leaf_avals: tuple[Any, ...]
+    input_leaves: tuple[int, ...]
     in_tree: Any
     out_tree: Any
     outputs: tuple[Operand, ...]
@@ -178,7 +186,12 @@ class _Builder:
                 op.node is not None and _is_differentiable(a.aval) for op, a in zip(operands, eqn.invars)
             ]
             codes = _rules.edge_codes(
-                name, [tuple(a.aval.shape) for a in eqn.invars], tuple(out_aval.shape), eqn.params, differentiable
+                name,
+                [tuple(a.aval.shape) for a in eqn.invars],
+                tuple(out_aval.shape),
+                eqn.params,
+                differentiable,
+                model=model.name,
             )
             if not _is_differentiable(out_aval):
                 codes = {}
@@ -204,24 +217,53 @@ class _Builder:
         return number
 
 
-def trace(f: Callable[..., Any], *example_args: Any, cost_model: str = "alphagrad-2024", name: str | None = None) -> Graph:
+def _differentiated_leaves(example_args: tuple, argnums) -> list[int]:
+    if argnums is None:
+        return list(range(len(jax.tree.leaves(example_args))))
+    selected = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    offsets, start = [], 0
+    for arg in example_args:
+        count = len(jax.tree.leaves(arg))
+        offsets.append(range(start, start + count))
+        start += count
+    leaves: list[int] = []
+    for k in selected:
+        if not isinstance(k, int) or not -len(example_args) <= k < len(example_args):
+            raise TraceError(f"argnums entry {k!r} does not name one of the {len(example_args)} arguments")
+        leaves.extend(offsets[k])
+    if len(set(leaves)) != len(leaves):
+        raise TraceError(f"argnums {argnums!r} names an argument twice")
+    return leaves
+
+
+def trace(
+    f: Callable[..., Any],
+    *example_args: Any,
+    argnums: int | tuple[int, ...] | None = None,
+    cost_model: str = "alphagrad-2024",
+    name: str | None = None,
+) -> Graph:
     """Traces `f` at `example_args` into an elimination graph.
 
     Args:
       f: a JAX-traceable function of pytrees of arrays or Python scalars, returning a pytree.
       *example_args: example arguments; only their shapes and dtypes matter.
-      cost_model: the cost model the graph is scored with.
+      argnums: the positional arguments to differentiate (int or tuple); None means all. The
+        leaves of the other arguments are constants: no input, no edges.
+      cost_model: the cost model the graph is scored with: "alphagrad-2024" (the AlphaGrad
+        paper's) or "exact" (the one the interpreter performs).
       name: label for messages (default: f's ``__name__``).
 
     Returns:
-      A `Graph` with one input per argument leaf (Python scalars included), one vertex per
-      equation of the inlined jaxpr, and one output per result leaf. Arrays are at most 2-D.
+      A `Graph` with one input per differentiated argument leaf (Python scalars included), one
+      vertex per equation of the inlined jaxpr, and one output per result leaf. Arrays are at
+      most 2-D.
 
     Raises:
       UnsupportedPrimitiveError: a primitive without an edge rule, a multi-output primitive, or an
         array of 3 or more dimensions; the message names the primitive, the equation number and
         the user's source line, and lists the supported primitives.
-      TraceError: `f` could not be traced by JAX, or has no array inputs.
+      TraceError: `f` could not be traced by JAX, or `argnums` is invalid.
     """
     from alphagrad.graph._cost import cost_model as load_model
 
@@ -231,47 +273,53 @@ def trace(f: Callable[..., Any], *example_args: Any, cost_model: str = "alphagra
         closed, out_shapes = jax.make_jaxpr(f, return_shape=True)(*example_args)
     except Exception as err:  # JAX reports tracing errors with many exception types
         raise TraceError(f"JAX could not trace {label!r} at the example arguments: {err}") from err
-    flat_args, in_tree = jax.tree.flatten(example_args)
+    _, in_tree = jax.tree.flatten(example_args)
     _, out_tree = jax.tree.flatten(out_shapes)
     jaxpr = closed.jaxpr
-    input_avals = tuple(v.aval for v in jaxpr.invars)
-    for i, aval in enumerate(input_avals):
-        if len(aval.shape) > 2:
+    leaf_avals = tuple(v.aval for v in jaxpr.invars)
+    input_leaves = _differentiated_leaves(example_args, argnums)
+    for i in input_leaves:
+        if len(leaf_avals[i].shape) > 2:
             raise UnsupportedPrimitiveError(
-                f"input {i} of {label!r} has shape {tuple(aval.shape)}: arrays may have at most 2 dimensions"
+                f"input {i} of {label!r} has shape {tuple(leaf_avals[i].shape)}: arrays may have at most 2 dimensions"
             )
-    builder = _Builder(num_inputs=len(jaxpr.invars))
-    inputs = [Operand(i + 1) for i in range(len(jaxpr.invars))]
-    outs = builder.walk(jaxpr, list(closed.consts), inputs, model)
+    builder = _Builder(num_inputs=len(input_leaves))
+    leaf_operands = [Operand(None, LeafRef(i)) for i in range(len(leaf_avals))]
+    for node, leaf in enumerate(input_leaves, start=1):
+        leaf_operands[leaf] = Operand(node)
+    outs = builder.walk(jaxpr, list(closed.consts), leaf_operands, model)
 
     outputs: list[int] = []
     output_operands: list[Operand] = []
     claimed: set[int] = set()
-    for operand, aval in zip(outs, (v.aval if not isinstance(v, Literal) else None for v in jaxpr.outvars)):
+    for operand, atom in zip(outs, jaxpr.outvars):
         if operand.node is None:
             output_operands.append(operand)  # a constant output: its Jacobian is zero
             continue
         node = operand.node
+        aval = atom.aval
+        shape = _rules.normalise(aval.shape)
         is_vertex = node > builder.num_inputs
-        shape = _rules.normalise(aval.shape) if aval is not None else (1, 1)
         if is_vertex and node not in builder.uses and node not in claimed:
             vertex = node - builder.num_inputs
         elif is_vertex and node not in claimed:
-            vertex = builder.add_copy(node, REUSED_OUTPUT_CODE, shape, aval)
+            vertex = builder.add_copy(node, REUSED_OUTPUT_CODE[model.name], shape, aval)
         else:
             vertex = builder.add_copy(node, COPY_CODE, shape, aval)
         claimed.add(node)
         outputs.append(vertex)
         output_operands.append(Operand(builder.num_inputs + vertex))
 
-    program = Program(tuple(builder.equations), input_avals, in_tree, out_tree, tuple(output_operands))
+    program = Program(
+        tuple(builder.equations), leaf_avals, tuple(input_leaves), in_tree, out_tree, tuple(output_operands)
+    )
     return Graph(
-        num_inputs=len(jaxpr.invars),
-        input_shapes=tuple(_rules.normalise(a.shape) for a in input_avals),
+        num_inputs=len(input_leaves),
+        input_shapes=tuple(_rules.normalise(leaf_avals[i].shape) for i in input_leaves),
         vertices=tuple(builder.vertices),
         edges=tuple(builder.edges.values()),
         outputs=tuple(outputs),
-        cost_model=cost_model,
+        cost_model=model.name,
         name=label,
         program=program,
     )
