@@ -1,0 +1,282 @@
+"""`jacobian(f, order)`: exact Jacobians by cross-country vertex elimination, as JAX computations."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alphagrad import orders as orders_lib
+from alphagrad.errors import AlphagradError
+from alphagrad.graph import Graph, cost_model, trace
+from alphagrad.graph._rules import normalise
+from alphagrad.graph._structure import INDEX_MAP, VALUELESS, structure_of
+from alphagrad.graph._trace import Equation, LeafRef, Operand, Program
+from alphagrad.interpreter._structured import IndexMap, MultiplicationCounter, Partial, add, densify, multiply
+
+__all__ = ["jacobian", "count_muls", "graph_of"]
+
+MODEL = "exact"
+
+
+def _signature(args: tuple) -> tuple:
+    leaves, tree = jax.tree.flatten(args)
+    return tree, tuple(
+        (tuple(np.shape(x)), str(jnp.result_type(x)), isinstance(x, (int, float)) or getattr(x, "weak_type", False))
+        for x in leaves
+    )
+
+
+def _abstract(args: tuple) -> tuple:
+    """Shape/dtype stand-ins for the arguments, so tracing never touches (possibly traced) values."""
+
+    def spec(x):
+        if isinstance(x, (bool, int, float, complex)):
+            return x  # Python scalars keep their weak type
+        return jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
+
+    return jax.tree.map(spec, args)
+
+
+def graph_of(f: Callable, *args: Any, argnums: int | Sequence[int] = 0) -> Graph:
+    """The elimination graph (exact cost model) the interpreter uses for `f` at these arguments."""
+    return trace(f, *_abstract(args), argnums=argnums, cost_model=MODEL, name=getattr(f, "__name__", None))
+
+
+# ---- evaluation ---------------------------------------------------------------------------
+
+
+def _operand_value(op: Operand, env: dict[int, Any], leaves: list[Any]) -> Any:
+    if op.node is not None:
+        return env[op.node]
+    if isinstance(op.value, LeafRef):
+        return leaves[op.value.index]
+    return op.value
+
+
+def _bind(eqn: Equation, values: list[Any]) -> Any:
+    if eqn.primitive is None:  # an appended output copy
+        return values[0]
+    return eqn.primitive.bind(*values, **eqn.params)
+
+
+def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: int,
+                out_shape, in_shape) -> Partial:
+    """Evaluates the partial d(eqn)/d(operands at `positions`) in the layout of `code`."""
+    if code in VALUELESS:
+        return Partial(code, out_shape, in_shape, None)
+    p_aval_shape = np.shape(values[positions[0]])
+    out_aval_shape = tuple(eqn.aval.shape)
+    dtype = jnp.result_type(values[positions[0]])
+
+    def tangent_map(t_norm):
+        """[p1, p2] tangent of the operand -> [v1, v2] tangent of the output (linear)."""
+        t = t_norm.reshape(p_aval_shape).astype(dtype)
+        tangents = [jnp.zeros_like(v) if i not in positions else t for i, v in enumerate(values)]
+        tangents = [
+            tan if jnp.issubdtype(jnp.result_type(v), jnp.floating) else np.zeros(np.shape(v), jax.dtypes.float0)
+            for tan, v in zip(tangents, values)
+        ]
+        _, out = jax.jvp(lambda *xs: _bind(eqn, list(xs)), tuple(values), tuple(tangents))
+        return out.reshape(out_shape)
+
+    if code == INDEX_MAP:
+        transpose = jax.linear_transpose(tangent_map, jax.ShapeDtypeStruct(in_shape, dtype))
+        return Partial(code, out_shape, in_shape, IndexMap(tangent_map, lambda ct: transpose(ct)[0]))
+
+    structure = structure_of(code)
+    sizes = {3: in_shape[0], 4: in_shape[1]}
+    tied_p = {b for _, b, _ in structure.ties}
+    free_p = [pos for pos in (3, 4) if pos not in tied_p]
+    # Seeds: ones along tied operand indices (the tie picks one entry), a one-hot per free index.
+    num_seeds = math.prod(sizes[pos] for pos in free_p)
+    seeds = jnp.ones((num_seeds, *in_shape), dtype)
+    if free_p:
+        onehots = jnp.eye(num_seeds, dtype=dtype).reshape(num_seeds, *(sizes[pos] for pos in free_p))
+        expand = [1 if pos in tied_p else sizes[pos] for pos in (3, 4)]
+        seeds = jnp.broadcast_to(onehots.reshape(num_seeds, *expand), (num_seeds, *in_shape))
+    responses = jax.vmap(tangent_map)(seeds)  # [num_seeds, v1, v2]
+    responses = responses.reshape(*(sizes[pos] for pos in free_p), *out_shape)
+    # Axes of `responses`: free operand positions, then v positions 1 and 2.
+    axis_of = {pos: i for i, pos in enumerate(free_p)}
+    axis_of.update({1: len(free_p), 2: len(free_p) + 1})
+    k_tied_v = [a for a, _, kind in structure.ties if kind == "K"]
+    index = [slice(None)] * responses.ndim
+    for a in k_tied_v:  # constant along a Kronecker-tied output index
+        index[axis_of[a]] = 0
+    reduced = responses[tuple(index)]
+    remaining = [pos for pos in sorted(axis_of, key=axis_of.get) if pos not in k_tied_v]
+    value = jnp.transpose(reduced, [remaining.index(pos) for pos in structure.value_axes])
+    return Partial(code, out_shape, in_shape, value)
+
+
+def _eliminate_all(graph: Graph, order: list[int], leaves: list[Any], counter: MultiplicationCounter):
+    """Evaluates the primal, the partials, and eliminates `order`; returns (outputs, input->output edges)."""
+    program: Program = graph.program
+    model = cost_model(graph.cost_model)
+    env: dict[int, Any] = {}
+    for node, leaf in enumerate(program.input_leaves, start=1):
+        env[node] = leaves[leaf]
+    incoming: dict[int, list] = {}
+    for e in graph.edges:
+        incoming.setdefault(e.dst, []).append(e)
+    edges: dict[tuple[int, int], Partial] = {}
+    for eqn in program.equations:
+        node = graph.node_id(eqn.vertex)
+        values = [_operand_value(op, env, leaves) for op in eqn.operands]
+        env[node] = _bind(eqn, values)
+        for e in incoming.get(node, ()):
+            positions = [i for i, op in enumerate(eqn.operands) if op.node == e.src]
+            edges[(e.src, e.dst)] = _partial_of(eqn, values, positions, e.code, e.out_shape, e.in_shape)
+
+    dtype = jnp.result_type(*[env[n] for n in env]) if env else jnp.float32
+    succs: dict[int, set[int]] = {}
+    preds: dict[int, set[int]] = {}
+    for src, dst in edges:
+        succs.setdefault(src, set()).add(dst)
+        preds.setdefault(dst, set()).add(src)
+    for vertex in order:
+        v = graph.node_id(vertex)
+        for c in sorted(succs.get(v, ())):
+            out = edges[(v, c)]
+            for p in sorted(preds.get(v, ())):
+                inp = edges[(p, v)]
+                code = model.product_code(inp.code, out.code)
+                product = multiply(out, inp, code, counter, dtype)
+                if (p, c) in edges:
+                    old = edges[(p, c)]
+                    edges[(p, c)] = add(old, product, model.sum_code(old.code, product.code), dtype)
+                else:
+                    edges[(p, c)] = product
+                    succs.setdefault(p, set()).add(c)
+                    preds.setdefault(c, set()).add(p)
+        for c in succs.pop(v, set()):
+            preds[c].discard(v)
+            del edges[(v, c)]
+        for p in preds.pop(v, set()):
+            succs[p].discard(v)
+            del edges[(p, v)]
+    outputs = [_operand_value(op, env, leaves) for op in program.outputs]
+    return outputs, edges
+
+
+def _assemble(graph: Graph, outputs: list[Any], edges, argnums, args: tuple):
+    """Dense Jacobian blocks in jax.jacrev's output structure."""
+    program: Program = graph.program
+    leaf_avals = program.leaf_avals
+    single = isinstance(argnums, int)
+    selected = (argnums,) if single else tuple(argnums)
+    arg_trees = [jax.tree.structure(args[k]) for k in selected]
+    blocks_per_output = []
+    for out_value, op in zip(outputs, program.outputs):
+        out_shape = tuple(np.shape(out_value))
+        per_input = []
+        for node, leaf in enumerate(program.input_leaves, start=1):
+            in_shape = tuple(leaf_avals[leaf].shape)
+            dtype = jnp.result_type(leaf_avals[leaf].dtype)
+            if not jnp.issubdtype(dtype, jnp.floating):
+                dtype = jax.dtypes.float0
+                per_input.append(np.zeros(out_shape + in_shape, dtype))
+                continue
+            partial = edges.get((node, op.node)) if op.node is not None else None
+            if partial is None:
+                per_input.append(jnp.zeros(out_shape + in_shape, dtype))
+            else:
+                per_input.append(densify(partial, dtype).reshape(out_shape + in_shape).astype(dtype))
+        # Regroup the flat input blocks by argument.
+        grouped, start = [], 0
+        for tree in arg_trees:
+            count = tree.num_leaves
+            grouped.append(tree.unflatten(per_input[start : start + count]))
+            start += count
+        blocks_per_output.append(grouped[0] if single else tuple(grouped))
+    return program.out_tree.unflatten(blocks_per_output)
+
+
+# ---- public API -----------------------------------------------------------------------------
+
+
+def _resolve(graph: Graph, order) -> list[int]:
+    return orders_lib.resolve(graph, order)
+
+
+def jacobian(
+    f: Callable,
+    order: Any = "reverse",
+    argnums: int | Sequence[int] = 0,
+    has_aux: bool = False,
+) -> Callable:
+    """Jacobian of `f` by cross-country elimination in `order`, used like ``jax.jacrev(f, argnums, has_aux)``.
+
+    Args:
+      f: a function of pytrees of arrays (or Python scalars) returning a pytree of arrays (or
+        ``(output, aux)`` with ``has_aux``). Every array is at most 2-D.
+      order: "forward", "reverse", "markowitz", a list of vertex numbers of
+        ``graph_of(f, *args, argnums=argnums)``, or an `OrderFile` made for that graph.
+      argnums: which positional argument(s) to differentiate.
+      has_aux: whether `f` returns ``(output, aux)``; aux is returned unchanged.
+
+    Returns:
+      A function with f's signature returning, like ``jax.jacrev``, for each output leaf the
+      Jacobian blocks [*out_shape, *in_shape] in the argument's pytree structure (a tuple over
+      argnums when `argnums` is a tuple), plus aux with ``has_aux``. It works under ``jax.jit`` and
+      ``jax.vmap``. The graph is traced once per input signature.
+    """
+    if isinstance(argnums, bool) or not isinstance(argnums, (int, tuple, list)):
+        raise AlphagradError(f"argnums must be an int or a tuple of ints, got {argnums!r}")
+    if isinstance(argnums, list):
+        argnums = tuple(argnums)
+    target = (lambda *a: f(*a)[0]) if has_aux else f
+
+    @functools.lru_cache(maxsize=64)
+    def plan_for(signature):
+        del signature  # the cache key; the arguments come from the closure below
+        return None
+
+    cache: dict[Any, tuple[Graph, list[int]]] = {}
+
+    def prepare(args):
+        key = _signature(args)
+        if key not in cache:
+            g = graph_of(target, *args, argnums=argnums)
+            cache[key] = (g, _resolve(g, order))
+        return cache[key]
+
+    def jacobian_fn(*args):
+        graph, resolved = prepare(args)
+        leaves = jax.tree.leaves(args)
+        counter = MultiplicationCounter()
+        outputs, edges = _eliminate_all(graph, resolved, leaves, counter)
+        jac = _assemble(graph, outputs, edges, argnums, args)
+        if has_aux:
+            return jac, f(*args)[1]
+        return jac
+
+    jacobian_fn.prepare = prepare  # for count_muls and tests
+    del plan_for
+    return jacobian_fn
+
+
+def count_muls(f: Callable, order: Any, *args: Any, argnums: int | Sequence[int] = 0) -> int:
+    """Multiplications that ``jacobian(f, order, argnums)(*args)`` performs in its eliminations.
+
+    Counted from the shapes of the products the interpreter actually builds (traced abstractly,
+    nothing is computed); equals ``graph.cost(graph_of(f, *args, argnums=argnums), order)``.
+    """
+    if isinstance(argnums, list):
+        argnums = tuple(argnums)
+    graph = graph_of(f, *args, argnums=argnums)
+    resolved = _resolve(graph, order)
+    counter = MultiplicationCounter()
+
+    def run(*xs):
+        _eliminate_all(graph, resolved, jax.tree.leaves(xs), counter)
+        return 0
+
+    jax.eval_shape(run, *args)
+    return counter.total

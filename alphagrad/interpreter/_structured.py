@@ -1,0 +1,185 @@
+"""Structured partial Jacobians as JAX values, and their exact products.
+
+Every edge value is a `Partial`: its structure code, its normalised 2-D shapes, and either a
+compact value array laid out as `structure_of(code).value_axes` says, nothing (an identity), or an
+`IndexMap` (code 11, a linear map that only moves and adds data). Products follow the
+`product_plan` of the structure algebra, so the multiplications they perform are exactly those the
+`exact` cost model counts; `MultiplicationCounter` records them from the operands' actual shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from alphagrad.graph._structure import INDEX_MAP, VALUELESS, product_plan, structure_of
+
+__all__ = ["IndexMap", "Partial", "MultiplicationCounter", "multiply", "add", "densify", "convert"]
+
+Shape2D = tuple[int, int]
+
+
+class IndexMap(NamedTuple):
+    """A linear map from p-shaped to v-shaped arrays (normalised 2-D shapes) that moves data only.
+
+    Attributes:
+      apply: [p1, p2] -> [v1, v2], linear.
+      transpose: [v1, v2] -> [p1, p2], its adjoint.
+    """
+
+    apply: Callable[[jax.Array], jax.Array]
+    transpose: Callable[[jax.Array], jax.Array]
+
+
+class Partial(NamedTuple):
+    """A structured partial d(v)/d(p).
+
+    Attributes:
+      code: structure code.
+      out_shape: v's normalised shape (v1, v2).
+      in_shape: p's normalised shape (p1, p2).
+      value: the value array (layout given by the code), None for an identity, or an IndexMap.
+    """
+
+    code: int
+    out_shape: Shape2D
+    in_shape: Shape2D
+    value: Any
+
+
+class MultiplicationCounter:
+    """Counts the scalar multiplications the products perform (from their operands' shapes)."""
+
+    def __init__(self):
+        self.total = 0
+
+    def add(self, count: int) -> None:
+        self.total += int(count)
+
+
+def _sizes(shape_c: Shape2D, shape_v: Shape2D, shape_p: Shape2D) -> dict[str, int]:
+    return {"a": shape_c[0], "b": shape_c[1], "x": shape_v[0], "y": shape_v[1], "m": shape_p[0], "n": shape_p[1]}
+
+
+def _position_sizes(out_shape: Shape2D, in_shape: Shape2D) -> dict[int, int]:
+    return {1: out_shape[0], 2: out_shape[1], 3: in_shape[0], 4: in_shape[1]}
+
+
+def _identity_map(code: int, out_shape: Shape2D, in_shape: Shape2D) -> IndexMap:
+    if code == -7:
+        return IndexMap(lambda t: t.T.reshape(out_shape), lambda t: t.T.reshape(in_shape))
+    return IndexMap(lambda t: t.reshape(out_shape), lambda t: t.reshape(in_shape))
+
+
+def densify(partial: Partial, dtype) -> jax.Array:
+    """The full [v1, v2, p1, p2] tensor, built by selection and broadcasting (no multiplications)."""
+    (o1, o2), (p1, p2) = partial.out_shape, partial.in_shape
+    if partial.code == INDEX_MAP:
+        basis = jnp.eye(p1 * p2, dtype=dtype).reshape(p1 * p2, p1, p2)
+        columns = jax.vmap(partial.value.apply)(basis)  # [p1*p2, o1, o2]
+        return jnp.moveaxis(columns.reshape(p1, p2, o1, o2), (0, 1), (2, 3))
+    structure = structure_of(partial.code)
+    sizes = _position_sizes(partial.out_shape, partial.in_shape)
+    if partial.value is None:
+        values = jnp.ones((), dtype)
+    else:
+        values = jnp.asarray(partial.value, dtype)
+    # Put the value axes at their positions, size-1 elsewhere, then broadcast and mask the ties.
+    shape = [1, 1, 1, 1]
+    for axis, pos in enumerate(structure.value_axes):
+        shape[pos - 1] = values.shape[axis]
+    full = jnp.broadcast_to(values.reshape(shape), (o1, o2, p1, p2))
+    for a, b, _ in structure.ties:
+        eye = jnp.eye(sizes[a], sizes[b], dtype=bool)
+        mask_shape = [1, 1, 1, 1]
+        mask_shape[a - 1], mask_shape[b - 1] = sizes[a], sizes[b]
+        full = jnp.where(eye.reshape(mask_shape), full, jnp.zeros((), dtype))
+    return full
+
+
+def _extract(dense: jax.Array, code: int) -> Any:
+    """The value array of `code` read off a dense [v1, v2, p1, p2] tensor that has its structure."""
+    if code in VALUELESS:
+        return None
+    structure = structure_of(code)
+    letters = ["i", "j", "k", "l"]
+    for a, b, _ in structure.ties:
+        letters[b - 1] = letters[a - 1]
+    # A Kronecker tie is a constant times a delta: read it at index 0 of both its positions.
+    constant = {pos for a, b, kind in structure.ties if kind == "K" for pos in (a, b)}
+    x = dense
+    index = tuple(0 if pos in constant else slice(None) for pos in (1, 2, 3, 4))
+    x = x[index]
+    kept_letters = [letters[pos - 1] for pos in (1, 2, 3, 4) if pos not in constant]
+    out = "".join(letters[pos - 1] for pos in structure.value_axes)
+    return jnp.einsum(f"{''.join(kept_letters)}->{out}", x)
+
+
+def convert(partial: Partial, code: int, dtype) -> Partial:
+    """The same partial laid out as a less structured `code` (free: selection only)."""
+    if partial.code == code:
+        return partial
+    dense = densify(partial, dtype)
+    if code == 1:
+        return Partial(1, partial.out_shape, partial.in_shape, dense)
+    return Partial(code, partial.out_shape, partial.in_shape, _extract(dense, code))
+
+
+def add(old: Partial, new: Partial, code: int, dtype) -> Partial:
+    """old + new, laid out as `code` (the cost model's sum code). Additions are free."""
+    a, b = convert(old, code, dtype), convert(new, code, dtype)
+    if code in VALUELESS:
+        raise AssertionError("a sum always carries values")
+    return Partial(code, old.out_shape, old.in_shape, a.value + b.value)
+
+
+def _apply_on_v(out_map: IndexMap, dense_in: jax.Array) -> jax.Array:
+    """(map v->c) @ dense [v1, v2, p1, p2] -> [c1, c2, p1, p2]."""
+    v1, v2, p1, p2 = dense_in.shape
+    columns = jnp.moveaxis(dense_in, (2, 3), (0, 1)).reshape(p1 * p2, v1, v2)
+    mapped = jax.vmap(out_map.apply)(columns)  # [p1*p2, c1, c2]
+    c1, c2 = mapped.shape[1:]
+    return jnp.moveaxis(mapped.reshape(p1, p2, c1, c2), (0, 1), (2, 3))
+
+
+def _apply_on_p(dense_out: jax.Array, in_map: IndexMap) -> jax.Array:
+    """dense [c1, c2, v1, v2] @ (map p->v) -> [c1, c2, p1, p2]."""
+    c1, c2, v1, v2 = dense_out.shape
+    rows = dense_out.reshape(c1 * c2, v1, v2)
+    pulled = jax.vmap(in_map.transpose)(rows)  # [c1*c2, p1, p2]
+    return pulled.reshape(c1, c2, *pulled.shape[1:])
+
+
+def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCounter, dtype) -> Partial:
+    """The product out(v->c) @ in(p->v), laid out as `code` (the cost model's product code)."""
+    c_shape, v_shape, p_shape = out.out_shape, out.in_shape, inp.in_shape
+    moves_only = {INDEX_MAP} | VALUELESS
+    if out.code == INDEX_MAP or inp.code == INDEX_MAP:
+        if out.code in moves_only and inp.code in moves_only:
+            first = inp.value if inp.code == INDEX_MAP else _identity_map(inp.code, v_shape, p_shape)
+            second = out.value if out.code == INDEX_MAP else _identity_map(out.code, c_shape, v_shape)
+            composed = IndexMap(
+                lambda t: second.apply(first.apply(t)), lambda t: first.transpose(second.transpose(t))
+            )
+            return convert(Partial(INDEX_MAP, c_shape, p_shape, composed), code, dtype)
+        if out.code == INDEX_MAP:
+            dense = _apply_on_v(out.value, densify(inp, dtype))
+        else:
+            dense = _apply_on_p(densify(out, dtype), inp.value)
+        return convert(Partial(1, c_shape, p_shape, dense), code, dtype)
+
+    plan = product_plan(inp.code, out.code)
+    if out.value is None and inp.value is None:
+        value = None
+    elif out.value is None or inp.value is None:
+        letters, value = (plan.in_letters, inp.value) if out.value is None else (plan.out_letters, out.value)
+        value = jnp.einsum(f"{letters}->{plan.result_letters}", value)
+    else:
+        sizes = _sizes(c_shape, v_shape, p_shape)
+        counter.add(math.prod(sizes[c] for c in set(plan.out_letters) | set(plan.in_letters)))
+        value = jnp.einsum(f"{plan.out_letters},{plan.in_letters}->{plan.result_letters}", out.value, inp.value)
+    return convert(Partial(plan.result_code, c_shape, p_shape, value), code, dtype)

@@ -1,0 +1,179 @@
+"""`interpreter.jacobian`: exact Jacobians in jax.jacrev's structure, and multiplication counts."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alphagrad import graph, interpreter, orders, tasks
+from alphagrad.errors import GraphMismatchError, OrderError, UnsupportedPrimitiveError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def float64():
+    with jax.enable_x64(True):
+        yield
+
+
+def as_float64(args):
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) if hasattr(x, "dtype") else x, args)
+
+
+def assert_close(actual, expected, rtol=1e-10):
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
+        scale = max(float(jnp.max(jnp.abs(b))), 1.0) if b.size else 1.0
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=rtol * scale)
+
+
+def random_orders(g, count, seed=0):
+    rng = np.random.default_rng(seed)
+    return [list(rng.permutation(g.intermediates).tolist()) for _ in range(count)]
+
+
+CLOSED_FORM = [n for n in tasks.names() if not n.startswith("Random")]
+RANDOM_PROGRAMS = ["RandomScalar-0", "RandomTensor-0"]
+
+
+@pytest.mark.parametrize("name", CLOSED_FORM + RANDOM_PROGRAMS)
+def test_tasks_match_jacfwd_and_count_what_the_cost_model_says(name):
+    task = tasks.get(name)
+    args = as_float64(task.args)
+    argnums = tuple(range(len(args)))
+    expected = jax.jacfwd(task.fn, argnums=argnums)(*args)
+    g = interpreter.graph_of(task.fn, *args, argnums=argnums)
+    assert g.cost_model == "exact"
+    for order in ["forward", "reverse", "markowitz", *random_orders(g, 10)]:
+        actual = interpreter.jacobian(task.fn, order, argnums=argnums)(*args)
+        assert_close(actual, expected)
+        assert interpreter.count_muls(task.fn, order, *args, argnums=argnums) == graph.cost(g, order)
+
+
+def test_worked_example_counts():
+    def loss(W, x):
+        return jnp.sum(jnp.tanh(W @ x) ** 2)
+
+    W, x = jnp.arange(12.0).reshape(3, 4) / 10, jnp.ones(4)
+    assert interpreter.count_muls(loss, "reverse", W, x, argnums=(0, 1)) == graph.cost(
+        interpreter.graph_of(loss, W, x, argnums=(0, 1)), "reverse"
+    )
+    assert_close(interpreter.jacobian(loss, "forward", argnums=(0, 1))(W, x), jax.jacrev(loss, argnums=(0, 1))(W, x))
+
+
+def test_pytrees_in_and_out_and_argnums():
+    def f(params, x, scale):
+        h = jnp.tanh(params["w"] @ x + params["b"])
+        return {"h": h * scale, "s": (jnp.sum(h), jnp.sin(x))}
+
+    params = {"w": jnp.arange(6.0).reshape(2, 3) / 7, "b": jnp.array([0.1, -0.2])}
+    x = jnp.array([0.3, -0.5, 0.9])
+    for argnums in (0, 1, (0, 1), (1, 2), (2, 0)):
+        for order in ("forward", "reverse", "markowitz"):
+            assert_close(
+                interpreter.jacobian(f, order, argnums=argnums)(params, x, 1.5),
+                jax.jacrev(f, argnums=argnums)(params, x, 1.5),
+            )
+
+
+def test_has_aux():
+    def f(x):
+        y = jnp.sin(x) * x
+        return y, {"norm": jnp.sum(y**2)}
+
+    x = jnp.linspace(0.1, 1.0, 4)
+    jac, aux = interpreter.jacobian(f, "reverse", has_aux=True)(x)
+    expected_jac, expected_aux = jax.jacrev(f, has_aux=True)(x)
+    assert_close(jac, expected_jac)
+    assert_close(aux, expected_aux)
+
+
+def test_jit_and_vmap():
+    def f(x, y):
+        return jnp.stack([x[0] * y, jnp.exp(x[1]) - y])
+
+    jac = interpreter.jacobian(f, "markowitz", argnums=(0, 1))
+    xs = jnp.linspace(0.1, 1.0, 10).reshape(5, 2)
+    ys = jnp.linspace(-1.0, 1.0, 5)
+    batched = jax.jit(jax.vmap(jac))(xs, ys)
+    expected = jax.vmap(jax.jacrev(f, argnums=(0, 1)))(xs, ys)
+    assert_close(batched, expected)
+
+
+def test_float32():
+    def f(x):
+        return jnp.tanh(x) * jnp.cos(x)
+
+    x = jnp.linspace(0.1, 1.0, 3, dtype=jnp.float32)
+    actual = interpreter.jacobian(f, "forward")(x)
+    assert actual.dtype == jnp.float32
+    assert_close(actual, jax.jacrev(f)(x), rtol=1e-6)
+
+
+def test_python_scalar_inputs():
+    def f(a, b):
+        return jnp.arcsinh(a * b) + a
+
+    actual = interpreter.jacobian(f, "reverse", argnums=(0, 1))(0.5, 2.0)
+    expected = jax.jacrev(f, argnums=(0, 1))(0.5, 2.0)
+    assert_close(actual, expected)
+    assert float(actual[0]) != 0.0
+
+
+def test_nondifferentiable_points_follow_jacfwd():
+    def f(x):
+        return jnp.maximum(x, 0.0) + jnp.abs(x) + jnp.where(x > 0, x, 2 * x)
+
+    x = jnp.array([-1.0, 0.0, 1.0])
+    assert_close(interpreter.jacobian(f, "forward")(x), jax.jacfwd(f)(x))
+
+
+def test_graph_is_traced_once_per_signature():
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return jnp.sin(x)
+
+    jac = interpreter.jacobian(f, "reverse")
+    jac(jnp.ones(3))
+    traced = len(calls)
+    jac(jnp.zeros(3))
+    assert len(calls) == traced
+    jac(jnp.ones(4))
+    assert len(calls) > traced
+
+
+def test_order_file_for_another_function_is_refused(tmp_path):
+    def f(x):
+        return jnp.sin(x) * x
+
+    def h(x):
+        return jnp.exp(jnp.cos(x) + x)
+
+    x = jnp.ones(3)
+    g = interpreter.graph_of(h, x)
+    orders.save(tmp_path / "h.json", orders.reverse(g), graph=g)
+    record = orders.load(tmp_path / "h.json")
+    assert_close(interpreter.jacobian(h, record)(x), jax.jacrev(h)(x))
+    with pytest.raises(GraphMismatchError, match="made for another graph"):
+        interpreter.jacobian(f, record)(x)
+
+
+def test_bad_orders_raise_before_any_computation():
+    def f(x):
+        return jnp.sin(jnp.cos(x))
+
+    with pytest.raises(OrderError, match="appears twice"):
+        interpreter.jacobian(f, [1, 1])(jnp.ones(2))
+    with pytest.raises(OrderError, match="an output vertex"):
+        interpreter.jacobian(f, [1, 2])(jnp.ones(2))
+    with pytest.raises(OrderError, match="unknown order name"):
+        interpreter.jacobian(f, "sideways")(jnp.ones(2))
+
+
+def test_unsupported_primitive_is_named():
+    with pytest.raises(UnsupportedPrimitiveError, match="cumsum"):
+        interpreter.jacobian(jnp.cumsum, "reverse")(jnp.ones(3))
