@@ -96,11 +96,12 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
     # Seeds: ones along tied operand indices (the tie picks one entry), a one-hot per free index.
     num_seeds = math.prod(sizes[pos] for pos in free_p)
     seeds = jnp.ones((num_seeds, *in_shape), dtype)
-    if free_p:
+    if num_seeds > 1:
         onehots = jnp.eye(num_seeds, dtype=dtype).reshape(num_seeds, *(sizes[pos] for pos in free_p))
         expand = [1 if pos in tied_p else sizes[pos] for pos in (3, 4)]
         seeds = jnp.broadcast_to(onehots.reshape(num_seeds, *expand), (num_seeds, *in_shape))
-    responses = jax.vmap(tangent_map)(seeds)  # [num_seeds, v1, v2]
+    # [num_seeds, v1, v2]; a single seed (elementwise partials) needs no vmap.
+    responses = tangent_map(seeds[0])[None] if num_seeds == 1 else jax.vmap(tangent_map)(seeds)
     responses = responses.reshape(*(sizes[pos] for pos in free_p), *out_shape)
     # Axes of `responses`: free operand positions, then v positions 1 and 2.
     axis_of = {pos: i for i, pos in enumerate(free_p)}
@@ -111,7 +112,8 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
         index[axis_of[a]] = 0
     reduced = responses[tuple(index)]
     remaining = [pos for pos in sorted(axis_of, key=axis_of.get) if pos not in k_tied_v]
-    value = jnp.transpose(reduced, [remaining.index(pos) for pos in structure.value_axes])
+    permutation = [remaining.index(pos) for pos in structure.value_axes]
+    value = reduced if permutation == sorted(permutation) else jnp.transpose(reduced, permutation)
     return Partial(code, out_shape, in_shape, value)
 
 

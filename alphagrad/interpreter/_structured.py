@@ -92,8 +92,12 @@ def densify(partial: Partial, dtype) -> jax.Array:
     shape = [1, 1, 1, 1]
     for axis, pos in enumerate(structure.value_axes):
         shape[pos - 1] = values.shape[axis]
-    full = jnp.broadcast_to(values.reshape(shape), (o1, o2, p1, p2))
+    full = values.reshape(shape)
+    if tuple(shape) != (o1, o2, p1, p2):
+        full = jnp.broadcast_to(full, (o1, o2, p1, p2))
     for a, b, _ in structure.ties:
+        if sizes[a] == 1 and sizes[b] == 1:
+            continue  # a 1x1 diagonal masks nothing
         eye = jnp.eye(sizes[a], sizes[b], dtype=bool)
         mask_shape = [1, 1, 1, 1]
         mask_shape[a - 1], mask_shape[b - 1] = sizes[a], sizes[b]
@@ -154,6 +158,35 @@ def _apply_on_p(dense_out: jax.Array, in_map: IndexMap) -> jax.Array:
     return pulled.reshape(c1, c2, *pulled.shape[1:])
 
 
+def _contract(letters_a: str, a: jax.Array, letters_b: str, b: jax.Array, result: str) -> jax.Array:
+    """einsum(a, b) as one broadcast multiply over the joint index space, then a sum.
+
+    Exactly one multiplication per point of the joint index space, which is what the cost model
+    counts. For the small factors of elimination graphs (and under vmap, with a leading batch
+    axis) XLA fuses this into elementwise loops, where a batched dot_general of tiny matrices is
+    slow. Size-1 indices are dropped first so that scalar graphs become plain multiplies.
+    """
+    size = {c: n for letters, x in ((letters_a, a), (letters_b, b)) for c, n in zip(letters, x.shape)}
+    live = "".join(c for c in dict.fromkeys(letters_a + letters_b) if size[c] != 1)
+
+    def spread(x, letters):
+        x = x.reshape([n for c, n in zip(letters, x.shape) if size[c] != 1])
+        mine = "".join(c for c in letters if size[c] != 1)
+        ordered = "".join(c for c in live if c in mine)
+        if mine != ordered:
+            x = jnp.transpose(x, [mine.index(c) for c in ordered])
+        return x.reshape([size[c] if c in mine else 1 for c in live])
+
+    product = spread(a, letters_a) * spread(b, letters_b)
+    summed = tuple(i for i, c in enumerate(live) if c not in result)
+    reduced = product.sum(axis=summed) if summed else product
+    kept = "".join(c for c in live if c in result)
+    target = "".join(c for c in result if size[c] != 1)
+    if kept != target:
+        reduced = jnp.transpose(reduced, [kept.index(c) for c in target])
+    return reduced.reshape([size[c] for c in result])
+
+
 def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCounter, dtype) -> Partial:
     """The product out(v->c) @ in(p->v), laid out as `code` (the cost model's product code)."""
     c_shape, v_shape, p_shape = out.out_shape, out.in_shape, inp.in_shape
@@ -181,5 +214,5 @@ def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCount
     else:
         sizes = _sizes(c_shape, v_shape, p_shape)
         counter.add(math.prod(sizes[c] for c in set(plan.out_letters) | set(plan.in_letters)))
-        value = jnp.einsum(f"{plan.out_letters},{plan.in_letters}->{plan.result_letters}", out.value, inp.value)
+        value = _contract(plan.out_letters, out.value, plan.in_letters, inp.value, plan.result_letters)
     return convert(Partial(plan.result_code, c_shape, p_shape, value), code, dtype)
