@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,7 +12,7 @@ import numpy as np
 
 from alphagrad import orders as orders_lib
 from alphagrad.errors import AlphagradError
-from alphagrad.graph import Graph, cost_model, trace
+from alphagrad.graph import Graph, cost_model, cost_models, trace
 from alphagrad.graph._rules import normalise
 from alphagrad.graph._structure import INDEX_MAP, VALUELESS, structure_of
 from alphagrad.graph._trace import Equation, LeafRef, Operand, Program
@@ -203,7 +202,19 @@ def _assemble(graph: Graph, outputs: list[Any], edges, argnums, args: tuple):
 # ---- public API -----------------------------------------------------------------------------
 
 
-def _resolve(graph: Graph, order) -> list[int]:
+def _resolve(graph: Graph, order, f: Callable, args: tuple, argnums) -> list[int]:
+    """Validates `order` for the interpreter's graph of f.
+
+    An order file made under another cost model (e.g. on ``graph.trace(f, ...)`` with the default
+    AlphaGrad model) is checked against f's graph in that model; vertex numbers are the same in
+    every model, so the checked order then applies here.
+    """
+    if isinstance(order, orders_lib.OrderFile) and order.cost_model and order.cost_model != graph.cost_model:
+        if order.cost_model not in cost_models():
+            raise AlphagradError(f"the order file names an unknown cost model {order.cost_model!r}")
+        original = trace(f, *_abstract(args), argnums=argnums, cost_model=order.cost_model, name=graph.name)
+        order.check_graph(original)
+        return orders_lib.resolve(graph, list(order.order))
     return orders_lib.resolve(graph, order)
 
 
@@ -235,18 +246,13 @@ def jacobian(
         argnums = tuple(argnums)
     target = (lambda *a: f(*a)[0]) if has_aux else f
 
-    @functools.lru_cache(maxsize=64)
-    def plan_for(signature):
-        del signature  # the cache key; the arguments come from the closure below
-        return None
-
     cache: dict[Any, tuple[Graph, list[int]]] = {}
 
     def prepare(args):
         key = _signature(args)
         if key not in cache:
             g = graph_of(target, *args, argnums=argnums)
-            cache[key] = (g, _resolve(g, order))
+            cache[key] = (g, _resolve(g, order, target, args, argnums))
         return cache[key]
 
     def jacobian_fn(*args):
@@ -259,8 +265,6 @@ def jacobian(
             return jac, f(*args)[1]
         return jac
 
-    jacobian_fn.prepare = prepare  # for count_muls and tests
-    del plan_for
     return jacobian_fn
 
 
@@ -273,7 +277,7 @@ def count_muls(f: Callable, order: Any, *args: Any, argnums: int | Sequence[int]
     if isinstance(argnums, list):
         argnums = tuple(argnums)
     graph = graph_of(f, *args, argnums=argnums)
-    resolved = _resolve(graph, order)
+    resolved = _resolve(graph, order, f, args, argnums)
     counter = MultiplicationCounter()
 
     def run(*xs):

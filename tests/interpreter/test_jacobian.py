@@ -177,3 +177,17 @@ def test_bad_orders_raise_before_any_computation():
 def test_unsupported_primitive_is_named():
     with pytest.raises(UnsupportedPrimitiveError, match="cumsum"):
         interpreter.jacobian(jnp.cumsum, "reverse")(jnp.ones(3))
+
+
+def test_order_file_from_the_default_trace_is_accepted(tmp_path):
+    def f(x):
+        return jnp.sum(jnp.tanh(x) * x)
+
+    x = jnp.linspace(0.1, 1.0, 4)
+    g = graph.trace(f, x)  # the AlphaGrad model, as `alphagrad baselines` writes them
+    assert g.cost_model == "alphagrad-2024"
+    orders.save(tmp_path / "f.json", orders.markowitz(g), graph=g)
+    record = orders.load(tmp_path / "f.json")
+    assert_close(interpreter.jacobian(f, record)(x), jax.jacrev(f)(x))
+    with pytest.raises(GraphMismatchError):
+        interpreter.jacobian(lambda y: jnp.sum(jnp.sin(y)), record)(x)
