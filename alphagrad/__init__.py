@@ -10,7 +10,7 @@ from alphagrad.errors import (  # noqa: E402
     TraceError,
     UnsupportedPrimitiveError,
 )
-from alphagrad import graph, orders, tasks  # noqa: E402
+from alphagrad import env, graph, interpreter, orders, tasks  # noqa: E402
 
 __all__ = [
     "AlphagradError",
@@ -19,7 +19,9 @@ __all__ = [
     "OrderFileError",
     "TraceError",
     "UnsupportedPrimitiveError",
+    "env",
     "graph",
+    "interpreter",
     "orders",
     "tasks",
     "__version__",

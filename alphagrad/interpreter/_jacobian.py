@@ -73,15 +73,15 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
     out_aval_shape = tuple(eqn.aval.shape)
     dtype = jnp.result_type(values[positions[0]])
 
+    def of_operand(x):
+        # The other operands are closed over, so the JVP carries no zero tangents for them
+        # (XLA cannot drop a float multiply by zero).
+        return _bind(eqn, [x if i in positions else v for i, v in enumerate(values)])
+
     def tangent_map(t_norm):
         """[p1, p2] tangent of the operand -> [v1, v2] tangent of the output (linear)."""
         t = t_norm.reshape(p_aval_shape).astype(dtype)
-        tangents = [jnp.zeros_like(v) if i not in positions else t for i, v in enumerate(values)]
-        tangents = [
-            tan if jnp.issubdtype(jnp.result_type(v), jnp.floating) else np.zeros(np.shape(v), jax.dtypes.float0)
-            for tan, v in zip(tangents, values)
-        ]
-        _, out = jax.jvp(lambda *xs: _bind(eqn, list(xs)), tuple(values), tuple(tangents))
+        _, out = jax.jvp(of_operand, (values[positions[0]],), (t,))
         return out.reshape(out_shape)
 
     if code == INDEX_MAP:

@@ -17,5 +17,6 @@ from alphagrad.tasks._registry import Task, get, names, register
 from alphagrad.tasks import _benchmarks as _benchmarks  # noqa: E402,F401
 from alphagrad.tasks import _random as _random  # noqa: E402,F401
 from alphagrad.tasks._random import random_program
+from alphagrad.tasks._resolve import load_graph, parse_args_spec
 
-__all__ = ["Task", "get", "names", "register", "random_program"]
+__all__ = ["Task", "get", "names", "register", "random_program", "load_graph", "parse_args_spec"]

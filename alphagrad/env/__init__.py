@@ -1,0 +1,72 @@
+"""The vertex elimination game: a pure JAX core, gymnasium environments and graph generators.
+
+    >>> from alphagrad import env, graph
+    >>> g = graph.load_reference()["RoeFlux_1d"]
+    >>> state = env.init_state(g, max_vertices=128, max_inputs=16)   # padded: one compile serves many graphs
+    >>> state, reward, terminated = jax.jit(env.step)(state, 97)     # eliminates vertex 98
+    >>> gym_env = gymnasium.make("alphagrad/VertexElimination-v0", task="RoeFlux_1d")
+
+Importing this package registers ``alphagrad/VertexElimination-v0`` with gymnasium (with a
+``vector_entry_point`` for ``gymnasium.make_vec``).
+"""
+
+import gymnasium as _gymnasium
+
+from alphagrad.env._core import (
+    NODE_ELIMINATED,
+    NODE_INPUT,
+    NODE_INTERMEDIATE,
+    NODE_OUTPUT,
+    NODE_PADDING,
+    State,
+    StateSizeError,
+    init_state,
+    is_terminal,
+    legal_actions,
+    observe,
+    order_of,
+    rollout,
+    stack,
+    step,
+)
+from alphagrad.env._generator import ChoiceGenerator, GraphGenerator, RandomGraphGenerator
+from alphagrad.env._gym import (
+    ENV_ID,
+    IllegalActionError,
+    VertexEliminationEnv,
+    VertexEliminationVectorEnv,
+    observation_space,
+)
+
+__all__ = [
+    "ENV_ID",
+    "NODE_ELIMINATED",
+    "NODE_INPUT",
+    "NODE_INTERMEDIATE",
+    "NODE_OUTPUT",
+    "NODE_PADDING",
+    "ChoiceGenerator",
+    "GraphGenerator",
+    "IllegalActionError",
+    "RandomGraphGenerator",
+    "State",
+    "StateSizeError",
+    "VertexEliminationEnv",
+    "VertexEliminationVectorEnv",
+    "init_state",
+    "is_terminal",
+    "legal_actions",
+    "observation_space",
+    "observe",
+    "order_of",
+    "rollout",
+    "stack",
+    "step",
+]
+
+if ENV_ID not in _gymnasium.registry:
+    _gymnasium.register(
+        ENV_ID,
+        entry_point="alphagrad.env._gym:VertexEliminationEnv",
+        vector_entry_point="alphagrad.env._gym:VertexEliminationVectorEnv",
+    )
