@@ -177,6 +177,19 @@ def _contract(letters_a: str, a: jax.Array, letters_b: str, b: jax.Array, result
             x = jnp.transpose(x, [mine.index(c) for c in ordered])
         return x.reshape([size[c] if c in mine else 1 for c in live])
 
+    summed_letters = [c for c in live if c not in result]
+    if summed_letters:
+        # A real contraction: one dot_general performs the same multiplications with far less
+        # memory traffic than materialising the joint index space.
+        mine_a = "".join(c for c in letters_a if size[c] != 1)
+        mine_b = "".join(c for c in letters_b if size[c] != 1)
+        target = "".join(c for c in result if size[c] != 1)
+        reduced = jnp.einsum(
+            f"{mine_a},{mine_b}->{target}",
+            a.reshape([size[c] for c in mine_a]),
+            b.reshape([size[c] for c in mine_b]),
+        )
+        return reduced.reshape([size[c] for c in result])
     product = spread(a, letters_a) * spread(b, letters_b)
     summed = tuple(i for i, c in enumerate(live) if c not in result)
     reduced = product.sum(axis=summed) if summed else product
