@@ -13,7 +13,6 @@ import numpy as np
 from alphagrad import orders as orders_lib
 from alphagrad.errors import AlphagradError
 from alphagrad.graph import Graph, cost_model, cost_models, trace
-from alphagrad.graph._rules import normalise
 from alphagrad.graph._structure import INDEX_MAP, VALUELESS, structure_of
 from alphagrad.graph._trace import Equation, LeafRef, Operand, Program
 from alphagrad.interpreter._structured import IndexMap, MultiplicationCounter, Partial, add, densify, multiply
@@ -70,7 +69,6 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
     if code in VALUELESS:
         return Partial(code, out_shape, in_shape, None)
     p_aval_shape = np.shape(values[positions[0]])
-    out_aval_shape = tuple(eqn.aval.shape)
     dtype = jnp.result_type(values[positions[0]])
 
     def of_operand(x):
