@@ -42,7 +42,7 @@ def test_check_env_passes_for_a_traced_function():
 def play(e, order):
     obs, info = e.reset(seed=0)
     assert obs in e.observation_space and info == {"cost": 0, "step_cost": 0, "order": []}
-    total, rewards = 0.0, []
+    rewards = []
     for i, vertex in enumerate(order):
         assert obs["action_mask"][vertex - 1] == 1
         obs, reward, terminated, truncated, info = e.step(vertex - 1)
