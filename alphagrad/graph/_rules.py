@@ -40,7 +40,7 @@ ZERO_DERIVATIVE = frozenset(
 # Primitives that only move, copy or reinterpret values.
 STRUCTURAL = frozenset(
     "reshape slice dynamic_slice dynamic_update_slice concatenate stack squeeze broadcast_in_dim "
-    "transpose convert_element_type copy copy_p reduce_precision rev pad".split()
+    "transpose convert_element_type copy copy_p device_put reduce_precision rev pad".split()
 )
 REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min".split())
 RULED_PRIMITIVES = UNARY | BINARY | ZERO_DERIVATIVE | STRUCTURAL | REDUCTIONS | {"dot_general"}
@@ -224,7 +224,7 @@ def edge_codes(
     if name == "transpose":
         permutation = tuple(params["permutation"])
         return {i: (-7 if permutation == (1, 0) else -6) for i in live}
-    if name in ("convert_element_type", "copy", "copy_p", "reduce_precision"):
+    if name in ("convert_element_type", "copy", "copy_p", "device_put", "reduce_precision"):
         return {i: -1 for i in live}
     if name in ("reshape", "slice", "concatenate", "stack", "rev", "pad"):
         return {i: 11 for i in live}

@@ -60,7 +60,9 @@ def _operand_value(op: Operand, env: dict[int, Any], leaves: list[Any]) -> Any:
 def _bind(eqn: Equation, values: list[Any]) -> Any:
     if eqn.primitive is None:  # an appended output copy
         return values[0]
-    return eqn.primitive.bind(*values, **eqn.params)
+    result = eqn.primitive.bind(*values, **eqn.params)
+    # Some primitives (device_put) return a list even for their single output.
+    return result[0] if eqn.primitive.multiple_results else result
 
 
 def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: int,
@@ -83,8 +85,39 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
         return out.reshape(out_shape)
 
     if code == INDEX_MAP:
-        transpose = jax.linear_transpose(tangent_map, jax.ShapeDtypeStruct(in_shape, dtype))
-        return Partial(code, out_shape, in_shape, IndexMap(tangent_map, lambda ct: transpose(ct)[0]))
+        # Index-map primitives (reshape, slice, pad, concatenate, sums, broadcasts, ...) are linear
+        # in their floating-point operands jointly, so the map is the primitive itself with the
+        # other floating-point operands set to zero; integer operands (indices) keep their values.
+        def index_map(t_norm):
+            t = t_norm.reshape(p_aval_shape).astype(dtype)
+            operands = [
+                t if i in positions
+                else (jnp.zeros_like(v) if jnp.issubdtype(jnp.result_type(v), jnp.floating) else v)
+                for i, v in enumerate(values)
+            ]
+            return _bind(eqn, operands).reshape(out_shape)
+
+        # Transpose the primitive jointly in all its floating-point operands (it is linear in all
+        # of them; transposing in one while another is a constant trips pad's transpose rule),
+        # then keep the cotangents of ours.
+        floats = [i for i, v in enumerate(values) if jnp.issubdtype(jnp.result_type(v), jnp.floating)]
+
+        def joint_map(*linear):
+            operands = list(values)
+            for i, x in zip(floats, linear):
+                operands[i] = x
+            return _bind(eqn, operands).reshape(out_shape)
+
+        joint_transpose = jax.linear_transpose(
+            joint_map, *(jax.ShapeDtypeStruct(np.shape(values[i]), jnp.result_type(values[i])) for i in floats)
+        )
+
+        def transpose(ct):
+            cotangents = joint_transpose(ct)
+            total = sum(cotangents[floats.index(i)] for i in positions)
+            return jnp.asarray(total, dtype).reshape(in_shape)
+
+        return Partial(code, out_shape, in_shape, IndexMap(index_map, transpose))
 
     structure = structure_of(code)
     sizes = {3: in_shape[0], 4: in_shape[1]}

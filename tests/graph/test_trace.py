@@ -138,7 +138,8 @@ def test_comparisons_select_and_stop_gradient():
         lambda x: x ** 3, lambda x: jnp.sqrt(x), lambda x: x.astype(jnp.float32), lambda x: jnp.copy(x),
         lambda x: jnp.minimum(x, 2.0 * x), lambda x: jnp.max(x), lambda x: jnp.min(x),
         lambda x: jnp.expand_dims(x, 0), lambda x: jnp.stack([x, x]), lambda x: jnp.squeeze(x[None, :]),
-        lambda x: jnp.arctan2(x, 1.0 + x), lambda x: x ** x,
+        lambda x: jnp.arctan2(x, 1.0 + x), lambda x: x ** x, lambda x: jax.device_put(x) * x,
+        lambda x: jnp.flip(x) * x, lambda x: jnp.pad(x, 1)[1:-1] * x,
     ],
 )
 def test_supported_primitives_trace(fn):

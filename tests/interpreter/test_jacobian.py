@@ -191,3 +191,22 @@ def test_order_file_from_the_default_trace_is_accepted(tmp_path):
     assert_close(interpreter.jacobian(f, record)(x), jax.jacrev(f)(x))
     with pytest.raises(GraphMismatchError):
         interpreter.jacobian(lambda y: jnp.sum(jnp.sin(y)), record)(x)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: jnp.pad(x, (1, 2), constant_values=x[0]) * 2.0,  # a traced padding value
+        lambda x: jnp.sum(jnp.pad(x, 1)[1:-1] * x),
+        lambda x: jnp.concatenate([x, x[:2] * 3.0, x]),
+        lambda x: jnp.flip(x) * jax.device_put(x) + jnp.copy(x),
+        lambda x: jax.lax.dynamic_update_slice(x, x[:2] ** 2, (1,)),
+        lambda x: jax.lax.dynamic_slice(x, (1,), (2,)) * x[0],
+        lambda x: jnp.stack([x, 2.0 * x]).T @ jnp.ones(2),
+        lambda x: jnp.broadcast_to(x, (3, 4)) * x[:3, None],
+    ],
+)
+def test_structural_primitives(fn):
+    x = jnp.linspace(0.1, 1.0, 4)
+    for order in ("forward", "reverse", "markowitz"):
+        assert_close(interpreter.jacobian(fn, order)(x), jax.jacfwd(fn)(x))
