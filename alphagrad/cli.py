@@ -60,6 +60,57 @@ def _cmd_baselines(ns: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_alphazero(ns: argparse.Namespace, console: Console) -> int:
+    from alphagrad.agents.alphazero import _commands  # imported late: flax and mctx load slowly
+
+    return getattr(_commands, f"{ns.verb}_command")(ns, console)
+
+
+def _add_alphazero_verbs(verbs) -> None:
+    """`train`, `solve` and `eval` (the AlphaZero agent and order checking)."""
+    task_help = "task name, ref:NAME, or module:function (with --args)"
+    p = verbs.add_parser("train", help="train the AlphaZero agent on one or more tasks; keeps the best orders")
+    p.add_argument("tasks", nargs="+", metavar="TASK", help=task_help + "; several train one network jointly")
+    p.add_argument("--minutes", type=float, help="stop after this many minutes")
+    p.add_argument("--iterations", type=int, help="stop after this many iterations in all (default 100)")
+    p.add_argument("--seed", type=int, help="PRNG seed (default 0)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/alphazero-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the stopped run in --out")
+    p.add_argument("--config", metavar="FILE.toml", help="AlphaZeroConfig values (key = value)")
+    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="override config values")
+    p.add_argument("--args", help="example inputs of module:function, e.g. 'f32[3] f32[2,3]'")
+    p.set_defaults(run=_cmd_alphazero)
+
+    p = verbs.add_parser("solve", help="order a graph with a trained network and search, without training")
+    p.add_argument("task", help=task_help)
+    p.add_argument("--model", required=True, metavar="DIR", help="run directory of `alphagrad train`")
+    p.add_argument("--simulations", type=int, help="search simulations per move (default: the training config's)")
+    p.add_argument("--games", type=int, default=8, help="games played; the best is kept (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed")
+    p.add_argument("--out", metavar="FILE", help="write the order file here")
+    p.add_argument("--args", help="example inputs of module:function, e.g. 'f32[3] f32[2,3]'")
+    p.set_defaults(run=_cmd_alphazero)
+
+    p = verbs.add_parser("eval", help="re-score an order file; for a JAX function, check it with the interpreter")
+    p.add_argument("order", metavar="ORDER.json")
+    p.add_argument("--task", help="the task the order is for (default: the file's task)")
+    p.add_argument("--args", help="example inputs of module:function, e.g. 'f32[3] f32[2,3]'")
+    p.set_defaults(run=_cmd_alphazero)
+
+
+def _cmd_search(ns: argparse.Namespace, console: Console) -> int:
+    from alphagrad.agents import _commands as search_commands
+
+    return getattr(search_commands, f"{ns.verb}_command")(ns, console)
+
+
+def _add_search_verbs(verbs) -> None:
+    """`search` and `bench` (the non-learned searches and the results table)."""
+    from alphagrad.agents._commands import add_search_verbs
+
+    add_search_verbs(verbs, _cmd_search)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alphagrad", description=__doc__)
     parser.add_argument("--graph", metavar="FILE", help="graphs.json file for ref:NAME (default: the shipped copy)")
@@ -75,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--args", help="example inputs of module:function, e.g. 'f32[3] f32[2,3]'")
     p.add_argument("--out", metavar="DIR", help="write forward.json, reverse.json, markowitz.json here")
     p.set_defaults(run=_cmd_baselines)
+    _add_alphazero_verbs(verbs)
+    _add_search_verbs(verbs)
     return parser
 
 

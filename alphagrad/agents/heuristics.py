@@ -1,0 +1,259 @@
+"""Greedy vertex-elimination heuristics of ANGEL (REFERENCE.md section 8), as chains of filters.
+
+A *filter* receives the candidate vertices (not yet eliminated intermediates) and returns the
+best of them, ties included. A *chain* ``"markowitz>lmmd>forward"`` applies filters in turn
+until one candidate is left (the last resort picks one: ``forward`` the lowest number,
+``reverse`` the highest, ``random`` one at random); that vertex is eliminated and the next
+step starts. Filters:
+
+- ``forward`` / ``reverse``: lowest / highest vertex number.
+- ``markowitz`` (VLM): lowest Markowitz degree.
+- ``relative_markowitz`` (VLR): lowest Markowitz degree − indep(v) · dep(v), where indep and
+  dep count the inputs and outputs connected to v by paths.
+- ``fill_in``: fewest new edges created.
+- ``lmmd``: lowest Markowitz degree + w · (total increase of the neighbours' degrees), w = 1.
+- ``momr``: largest Markowitz degree − (total increase of the neighbours' degrees).
+- ``random``: one candidate at random (random tie-breaking; restart with other seeds).
+
+The *Markowitz degree* of a vertex is the number of multiplications its elimination costs now
+under the graph's cost model (`alphagrad.graph.Eliminator.elimination_cost`). On scalar graphs
+it is in-degree × out-degree, exactly ANGEL's; on tensor graphs it measures what an
+elimination really costs instead of counting edges. indep(v) · dep(v) is a count of inputs and
+outputs on either model (a documented simplification on tensor graphs).
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Callable, Sequence
+
+from alphagrad.agents._elim import ElimState
+from alphagrad.agents._result import Deadline, Progress, SearchError, SearchResult
+from alphagrad.graph import Graph
+from alphagrad.graph import cost as graph_cost
+
+__all__ = [
+    "DEFAULT_CHAINS",
+    "FILTERS",
+    "RANDOM_CHAINS",
+    "heuristic_order",
+    "search_heuristics",
+]
+
+
+def _connected_counts(graph: Graph) -> tuple[dict[int, int], dict[int, int]]:
+    """Per vertex number: number of inputs with a path to it, number of outputs it reaches.
+
+    Eliminations keep the reachability between the remaining nodes, so these never change.
+    """
+    I = graph.num_inputs
+    n = I + graph.num_vertices + 1
+    succs: list[list[int]] = [[] for _ in range(n)]
+    for e in graph.edges:
+        succs[e.src].append(e.dst)
+    reach_in = [0] * n  # bitset of inputs
+    for i in range(1, I + 1):
+        reach_in[i] = 1 << i
+    for node in range(1, n):  # node ids are topologically sorted (edges go to later vertices)
+        for d in succs[node]:
+            reach_in[d] |= reach_in[node]
+    outputs = {I + k for k in graph.outputs}
+    reach_out = [0] * n
+    for node in range(n - 1, 0, -1):
+        bits = 1 << node if node in outputs else 0
+        for d in succs[node]:
+            bits |= reach_out[d]
+        reach_out[node] = bits
+    indep = {k: reach_in[I + k].bit_count() for k in graph.intermediates}
+    dep = {k: reach_out[I + k].bit_count() for k in graph.intermediates}
+    return indep, dep
+
+
+class _Context:
+    """What the filters see: the elimination state, static counts, and the random generator."""
+
+    def __init__(self, graph: Graph, rng: _random.Random, lmmd_weight: float):
+        self.state = ElimState(graph)
+        self.indep, self.dep = _connected_counts(graph)
+        self.rng = rng
+        self.lmmd_weight = lmmd_weight
+
+
+def _argmin(candidates: list[int], score: Callable[[int], float]) -> list[int]:
+    scores = [score(v) for v in candidates]
+    best = min(scores)
+    return [v for v, s in zip(candidates, scores) if s == best]
+
+
+def _markowitz(ctx: _Context, cands: list[int]) -> list[int]:
+    return _argmin(cands, ctx.state.cost)
+
+
+def _relative(ctx: _Context, cands: list[int]) -> list[int]:
+    return _argmin(cands, lambda v: ctx.state.cost(v) - ctx.indep[v] * ctx.dep[v])
+
+
+def _fill_in(ctx: _Context, cands: list[int]) -> list[int]:
+    return _argmin(cands, ctx.state.fill_in)
+
+
+def _lmmd(ctx: _Context, cands: list[int]) -> list[int]:
+    w = ctx.lmmd_weight
+    return _argmin(cands, lambda v: ctx.state.cost(v) + w * ctx.state.neighbour_change(v))
+
+
+def _momr(ctx: _Context, cands: list[int]) -> list[int]:
+    return _argmin(cands, lambda v: ctx.state.neighbour_change(v) - ctx.state.cost(v))
+
+
+#: name -> filter(context, candidates) -> best candidates (ties kept).
+FILTERS: dict[str, Callable[[_Context, list[int]], list[int]]] = {
+    "forward": lambda ctx, c: [min(c)],
+    "reverse": lambda ctx, c: [max(c)],
+    "random": lambda ctx, c: [ctx.rng.choice(c)],
+    "markowitz": _markowitz,
+    "relative_markowitz": _relative,
+    "fill_in": _fill_in,
+    "lmmd": _lmmd,
+    "momr": _momr,
+}
+
+#: Deterministic chains tried by `search_heuristics` (each ends in a forward/reverse tie-break).
+DEFAULT_CHAINS: tuple[str, ...] = tuple(
+    f"{h}>{last}"
+    for h in ("markowitz", "relative_markowitz", "fill_in>markowitz", "lmmd", "momr", "markowitz>lmmd",
+              "markowitz>momr", "markowitz>fill_in", "markowitz>relative_markowitz", "lmmd>markowitz",
+              "fill_in>lmmd", "relative_markowitz>lmmd")
+    for last in ("forward", "reverse")
+)
+
+#: Chains with random tie-breaking that `search_heuristics` restarts with new seeds.
+RANDOM_CHAINS: tuple[str, ...] = (
+    "markowitz>random",
+    "lmmd>random",
+    "relative_markowitz>random",
+    "momr>random",
+    "markowitz>lmmd>random",
+    "fill_in>markowitz>random",
+)
+
+
+def _parse_chain(chain: str | Sequence[str]) -> list[str]:
+    names = chain.split(">") if isinstance(chain, str) else list(chain)
+    names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in FILTERS]
+    if unknown or not names:
+        raise SearchError(
+            f"unknown heuristic filter(s) {unknown or chain!r}; write a chain like 'markowitz>lmmd>forward' "
+            f"from: {', '.join(FILTERS)}"
+        )
+    if names[-1] not in ("forward", "reverse", "random"):
+        names.append("forward")  # ANGEL's usual last resort
+    return names
+
+
+def heuristic_order(
+    graph: Graph, chain: str | Sequence[str] = "markowitz>forward", *, seed: int | None = 0, lmmd_weight: float = 1.0
+) -> tuple[list[int], int]:
+    """The greedy order a chain of filters builds, and its cost.
+
+    Args:
+      graph: the graph.
+      chain: filter names joined by ">" (or a sequence); ``forward`` is appended when the chain
+        does not end in ``forward``, ``reverse`` or ``random``.
+      seed: seed of the ``random`` filter (default 0).
+      lmmd_weight: w of the ``lmmd`` filter (default 1.0, ANGEL's).
+
+    Returns:
+      (order: [num_intermediates] vertex numbers, cost: multiplications = ``graph.cost(g, order)``).
+
+    Raises:
+      SearchError: unknown filter name.
+    """
+    filters = [FILTERS[n] for n in _parse_chain(chain)]
+    ctx = _Context(graph, _random.Random(seed), lmmd_weight)
+    remaining = sorted(ctx.state.remaining)
+    order: list[int] = []
+    total = 0
+    while remaining:
+        cands = remaining
+        for f in filters:
+            cands = f(ctx, cands)
+            if len(cands) == 1:
+                break
+        v = cands[0]
+        total += ctx.state.eliminate(v)
+        remaining.remove(v)
+        order.append(v)
+    return order, total
+
+
+def search_heuristics(
+    graph: Graph,
+    *,
+    seconds: float | None = 10.0,
+    chains: Sequence[str] = DEFAULT_CHAINS,
+    random_chains: Sequence[str] = RANDOM_CHAINS,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> SearchResult:
+    """Runs every chain in `chains` (plus forward and reverse mode), then restarts the
+    `random_chains` with new seeds until the time limit; returns the cheapest order.
+
+    Args:
+      graph: the graph.
+      seconds: wall-time limit (default 10; None: only `chains` and one pass of `random_chains`).
+        The deterministic chains run first (at least the first one, whatever the limit); on the
+        reference graphs all of them together take about 1-3 s.
+      chains: deterministic chains (see `heuristic_order`).
+      random_chains: chains ending in ``random`` restarted with seeds seed, seed + 1, ...
+      seed: first seed of the random restarts.
+      progress: called with (best cost, fraction of the budget used) on improvements.
+
+    Returns:
+      A `SearchResult` with ``info["chain"]`` the chain (and ``info["seed"]``) that won and
+      ``info["chains"]`` the cost of every deterministic chain.
+    """
+    deadline = Deadline(seconds)
+    best_order, best_cost, best_chain, best_seed = None, None, "", None
+    per_chain: dict[str, int] = {}
+    evaluations = 0
+
+    def consider(order, cost, chain, s):
+        nonlocal best_order, best_cost, best_chain, best_seed
+        if best_cost is None or cost < best_cost:
+            best_order, best_cost, best_chain, best_seed = order, cost, chain, s
+            if progress is not None:
+                progress(best_cost, deadline.fraction())
+
+    for name, order in (("forward", list(graph.intermediates)), ("reverse", list(reversed(graph.intermediates)))):
+        c = graph_cost(graph, order)
+        per_chain[name] = c
+        consider(order, c, name, None)
+    for n, chain in enumerate(chains):
+        if n and seconds is not None and deadline.expired():
+            break
+        order, c = heuristic_order(graph, chain)
+        evaluations += 1
+        per_chain[chain] = c
+        consider(order, c, chain, None)
+    s = seed
+    while random_chains:
+        for chain in random_chains:
+            if seconds is not None and deadline.expired():
+                break
+            order, c = heuristic_order(graph, chain, seed=s)
+            evaluations += 1
+            consider(order, c, chain, s)
+        s += 1
+        if seconds is None or deadline.expired():
+            break
+    assert best_order is not None
+    return SearchResult(
+        order=tuple(best_order),
+        cost=int(best_cost),
+        method="heuristics",
+        evaluations=evaluations,
+        seconds=deadline.elapsed(),
+        info={"chain": best_chain, "seed": best_seed, "chains": per_chain, "random_restarts": s - seed},
+    )

@@ -1,0 +1,208 @@
+"""The search portfolio: one entry point for every method, `optimize` for JAX functions.
+
+    >>> from alphagrad.agents import portfolio
+    >>> result = portfolio.search(graph, "best", seconds=60)       # SearchResult
+    >>> order_file = portfolio.optimize(f, x, y, minutes=1.0)      # OrderFile for interpreter.jacobian
+
+``best`` spends its budget in this order and keeps the cheapest order: the heuristic chains
+(10 %, at most 30 s), the exact solver seeded with that order (10 %, at most 30 s; on scalar
+graphs, and on tensor graphs of at most 20 intermediates; it may prove the order optimal, which
+ends the search), beam search (25 % of what is left) and
+simulated annealing started from everything found so far (the rest). AlphaZero is not part of
+``best`` (training from scratch rarely pays off within one search budget); run it explicitly
+with ``method="alphazero"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from alphagrad.agents._batch import is_scalar_graph
+from alphagrad.agents._result import Deadline, Progress, SearchError, SearchResult
+from alphagrad.agents.annealing import anneal
+from alphagrad.agents.beam import beam_search
+from alphagrad.agents.exact import solve_exact
+from alphagrad.agents.heuristics import search_heuristics
+from alphagrad.graph import Graph
+from alphagrad.graph import cost as graph_cost
+
+__all__ = ["METHODS", "alphazero_status", "optimize", "search", "to_order_file"]
+
+METHODS = ("heuristics", "sa", "beam", "exact", "alphazero", "best")
+
+#: `best` runs the exact solver on tensor graphs only up to this many intermediates.
+_EXACT_TENSOR_LIMIT = 20
+
+
+def alphazero_status() -> tuple[bool, str]:
+    """(available, message): whether ``alphagrad.agents.alphazero`` imports and exposes ``train``."""
+    try:
+        module = importlib.import_module("alphagrad.agents.alphazero")
+    except Exception as err:  # noqa: BLE001 - any import failure means "not available"
+        return False, f"the AlphaZero agent is not available (importing alphagrad.agents.alphazero failed: {err})"
+    if not callable(getattr(module, "train", None)):
+        return False, "the AlphaZero agent is not available (alphagrad.agents.alphazero has no train function)"
+    return True, "available"
+
+
+def _alphazero(graph: Graph, seconds: float, progress: Progress | None) -> SearchResult:
+    ok, message = alphazero_status()
+    if not ok:
+        raise SearchError(message + "; use --method best, sa, beam, heuristics or exact")
+    module = importlib.import_module("alphagrad.agents.alphazero")
+    deadline = Deadline(seconds)
+    config_cls = getattr(module, "AlphaZeroConfig", None)
+    config = None
+    if config_cls is not None:
+        config = config_cls()
+        fields = {f.name for f in dataclasses.fields(config)} if dataclasses.is_dataclass(config) else set()
+        if "minutes" in fields:
+            changes = {"minutes": seconds / 60.0}
+            if "iterations" in fields:
+                changes["iterations"] = None
+            config = dataclasses.replace(config, **changes)
+
+    def callback(row: dict[str, Any]) -> None:
+        best = row.get("best") if isinstance(row, dict) else None
+        if progress is not None and isinstance(best, (int, float)):
+            progress(int(best), deadline.fraction())
+
+    result = module.train(graph, config, callback=callback)
+    order = list(getattr(result, "best_order", None) or [])
+    if not order:
+        raise SearchError("AlphaZero finished no game within the budget; give it more minutes")
+    return SearchResult(tuple(order), graph_cost(graph, order), "alphazero", seconds=deadline.elapsed(),
+                        info={"iterations": getattr(result, "iterations", None)})
+
+
+def _best(graph: Graph, seconds: float, seed: int, progress: Progress | None) -> SearchResult:
+    deadline = Deadline(seconds)
+    found: list[SearchResult] = []
+
+    def report(cost: int, _fraction: float) -> None:
+        if progress is not None:
+            best = min([cost] + [r.cost for r in found])
+            progress(best, deadline.fraction())
+
+    def best_so_far() -> SearchResult:
+        return min(found, key=lambda r: (r.cost, not r.optimal))
+
+    found.append(search_heuristics(graph, seconds=min(0.1 * seconds, 30.0), seed=seed, progress=report))
+    if is_scalar_graph(graph) or graph.num_intermediates <= _EXACT_TENSOR_LIMIT:
+        exact = solve_exact(graph, seconds=max(0.5, min(0.1 * seconds, 30.0)), init_order=best_so_far().order,
+                            progress=report)
+    else:  # no lower bound on tensor graphs: a partial search would prove nothing
+        exact = SearchResult(best_so_far().order, best_so_far().cost, "exact", info={"stopped": "skipped"})
+    found.append(exact)
+    lower = exact.lower_bound
+    if not exact.optimal and deadline.left() > 1.0:
+        found.append(beam_search(graph, seconds=0.25 * deadline.left(), init_order=best_so_far().order,
+                                 progress=report))
+    if not exact.optimal and best_so_far().cost > lower and deadline.left() > 1.0:
+        starts = [best_so_far().order] + [r.order for r in found]
+        found.append(anneal(graph, seconds=deadline.left(), init_orders=starts, seed=seed, progress=report))
+    winner = best_so_far()
+    optimal = exact.optimal or winner.cost <= lower
+    return SearchResult(
+        order=winner.order,
+        cost=winner.cost,
+        method="best",
+        optimal=optimal,
+        lower_bound=winner.cost if optimal else lower,
+        evaluations=sum(r.evaluations for r in found),
+        seconds=deadline.elapsed(),
+        info={"found_by": winner.method, "stages": {r.method: r.cost for r in found}},
+    )
+
+
+def search(
+    graph: Graph, method: str = "best", *, seconds: float = 60.0, seed: int = 0, progress: Progress | None = None
+) -> SearchResult:
+    """Runs one search method on `graph` within `seconds`.
+
+    Args:
+      graph: the graph.
+      method: one of `METHODS`: "heuristics", "sa", "beam", "exact", "alphazero" or "best".
+      seconds: wall-time budget (default 60).
+      seed: seed of the randomised methods.
+      progress: called with (best cost, fraction of the budget used).
+
+    Returns:
+      A `SearchResult` whose ``cost == graph.cost(graph, order)``.
+
+    Raises:
+      SearchError: unknown method, or "alphazero" when the agent is not available.
+    """
+    if method == "heuristics":
+        return search_heuristics(graph, seconds=seconds, seed=seed, progress=progress)
+    if method == "sa":
+        return anneal(graph, seconds=seconds, seed=seed, progress=progress)
+    if method == "beam":
+        return beam_search(graph, seconds=seconds, progress=progress)
+    if method == "exact":
+        return solve_exact(graph, seconds=seconds, progress=progress)
+    if method == "alphazero":
+        return _alphazero(graph, seconds, progress)
+    if method == "best":
+        return _best(graph, seconds, seed, progress)
+    raise SearchError(f"unknown search method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def to_order_file(graph: Graph, result: SearchResult, *, task: str = "", path: str | None = None):
+    """The `alphagrad.orders.OrderFile` of a search result (written to `path` if given)."""
+    from alphagrad import __version__, orders
+
+    meta = {"optimal": result.optimal, "lower_bound": result.lower_bound, "search_seconds": round(result.seconds, 2)}
+    if path is not None:
+        return orders.save(path, result.order, graph=graph, method=result.method, task=task or graph.name, **meta)
+    return orders.OrderFile(
+        order=tuple(result.order),
+        multiplications=graph_cost(graph, result.order),
+        cost_model=graph.cost_model,
+        graph=graph.summary(),
+        baselines={name: graph_cost(graph, name) for name in orders.NAMED_ORDERS},
+        method=result.method,
+        task=task or graph.name,
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        alphagrad_version=__version__,
+        extra=meta,
+    )
+
+
+def optimize(
+    f: Callable[..., Any],
+    *example_args: Any,
+    minutes: float = 1.0,
+    method: str = "best",
+    argnums: int | tuple[int, ...] = 0,
+    seed: int = 0,
+    progress: Progress | None = None,
+):
+    """The cheapest elimination order the search finds for the Jacobian of `f` at these inputs.
+
+    The search runs on ``interpreter.graph_of(f, *example_args, argnums=argnums)``, the graph
+    (exact cost model) that ``interpreter.jacobian(f, order, argnums=argnums)`` executes, so the
+    returned order applies to it directly.
+
+    Args:
+      f: a JAX-traceable function.
+      *example_args: example inputs (arrays; only shapes and dtypes matter).
+      minutes: search budget (default 1.0).
+      method: one of `METHODS` (default "best").
+      argnums: the arguments to differentiate with respect to, as for ``jax.jacrev``.
+      seed: seed of the randomised methods.
+      progress: called with (best cost, fraction of the budget used).
+
+    Returns:
+      An `alphagrad.orders.OrderFile` (fingerprint of the graph, multiplications, baselines;
+      ``extra["optimal"]`` says whether the order is proven optimal).
+    """
+    from alphagrad import interpreter
+
+    graph = interpreter.graph_of(f, *example_args, argnums=argnums)
+    result = search(graph, method, seconds=60.0 * float(minutes), seed=seed, progress=progress)
+    return to_order_file(graph, result, task=getattr(f, "__name__", "") or "")

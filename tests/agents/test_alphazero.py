@@ -1,0 +1,301 @@
+"""The AlphaZero agent: network, value transform, replay buffer, training runs, resume, CLI.
+
+One tiny configuration is shared by every training run here, so the iteration is compiled once
+(`build_iteration` caches it); the sharding check runs in a subprocess with two forced CPU
+devices (tests/agents/test_alphazero_sharding.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from alphagrad import env, graph, orders
+from alphagrad.agents import alphazero
+from alphagrad.agents.alphazero._core import Tasks, loss_fn
+from alphagrad.agents.alphazero._replay import Transitions, replay_add, replay_init, replay_sample
+from alphagrad.agents.alphazero._search import make_network
+from alphagrad.agents.alphazero._train import make_tasks
+
+TASK = "PropaneCombustion"
+
+#: Small enough for 2 CPU cores; shared by every run so that one compilation serves them all.
+TINY = alphazero.AlphaZeroConfig(
+    embed_dim=16,
+    edge_dim=8,
+    num_layers=1,
+    num_heads=2,
+    num_simulations=4,
+    max_num_considered_actions=4,
+    num_games=4,
+    replay_size=1024,
+    batch_size=16,
+    updates_per_iteration=2,
+    min_replay=16,
+    warmup_iterations=1,
+    schedule_iterations=10,
+    iterations=3,
+    checkpoint_every=2,
+    seed=3,
+    xla_opt_level=0,  # compiles 4x faster; the runs here are tiny
+)
+#: jit for the small functions of these tests: compiling dominates, so skip XLA's optimisations.
+fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+TINY_SET = [f"{k}={v}" for k, v in TINY.to_dict().items() if k not in ("iterations", "minutes", "seed") and v is not None]
+
+
+@pytest.fixture(scope="module")
+def propane(reference_graphs) -> graph.Graph:
+    return reference_graphs[TASK]
+
+
+@pytest.fixture(scope="module")
+def first_run(propane, tmp_path_factory):
+    """A 3-iteration run with files (checkpoints at iterations 2 and 3)."""
+    out = tmp_path_factory.mktemp("run")
+    return alphazero.train({TASK: propane}, TINY, out_dir=out), out
+
+
+# ---- value transform --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["symlog", "identity"])
+def test_value_transform_round_trips(kind):
+    x = jnp.asarray([-1e4, -300.0, -2.5, -1.0, -1e-3, 0.0, 1e-3, 0.7, 1.0, 42.0, 1e4], jnp.float32)
+    back = alphazero.inverse_value_transform(alphazero.value_transform(x, kind), kind)
+    np.testing.assert_allclose(back, x, rtol=2e-6, atol=1e-7)
+    y = jnp.linspace(-8.0, 8.0, 33)
+    np.testing.assert_allclose(alphazero.value_transform(alphazero.inverse_value_transform(y, kind), kind), y, rtol=2e-6, atol=2e-6)
+
+
+def test_symlog_inverse_is_not_the_papers_wrong_one():
+    # The reference decoded symlog with sign(y) exp(|y| - 1); the right inverse of -1 is -1.
+    assert float(alphazero.inverse_value_transform(alphazero.value_transform(jnp.float32(-1.0), "symlog"), "symlog")) == pytest.approx(-1.0)
+
+
+# ---- network ----------------------------------------------------------------------------------
+
+
+def _permute(state: env.State, perm: np.ndarray) -> env.State:
+    """Renumbers the vertex slots: new slot i holds old slot perm[i]."""
+    V = state.num_vertex_slots
+    rows = np.concatenate([perm, np.arange(V, state.codes.shape[0])])
+    return dataclasses.replace(
+        state,
+        codes=state.codes[rows][:, perm],
+        src_shape=state.src_shape[rows],
+        dst_shape=state.dst_shape[perm],
+        eliminable=state.eliminable[perm],
+        is_output=state.is_output[perm],
+        vertex_mask=state.vertex_mask[perm],
+    )
+
+
+@fast_jit
+def _trajectory(state: env.State, actions: jax.Array) -> env.State:
+    """The states before each of `actions` (int32[T]), stacked: `State` [T]."""
+    return jax.lax.scan(lambda s, a: (env.step(s, a)[0], s), state, actions)[1]
+
+
+def test_network_is_permutation_equivariant_and_size_independent(propane):
+    net = make_network(TINY)
+    apply = fast_jit(net.apply)
+    steps = _trajectory(env.init_state(propane), jnp.asarray([10, 20, 0, 0, 0, 0, 0, 0], jnp.int32))
+    state = jax.tree.map(lambda x: x[2], steps)  # two vertices eliminated, so masks matter
+    params = fast_jit(net.init)(jax.random.PRNGKey(0), state, jnp.float32(0.0))
+    logits, value = apply(params, state, jnp.log(90.0))
+
+    perm = np.random.default_rng(0).permutation(state.num_vertex_slots)
+    p_logits, p_value = apply(params, _permute(state, perm), jnp.log(90.0))
+    np.testing.assert_allclose(p_logits, logits[perm], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(p_value, value, rtol=1e-4, atol=1e-4)
+
+    padded = env.init_state(propane, max_vertices=propane.num_vertices + 9, max_inputs=propane.num_inputs + 3)
+    padded = dataclasses.replace(
+        padded,
+        codes=padded.codes.at[: propane.num_vertices, : propane.num_vertices].set(state.codes[: propane.num_vertices])
+        .at[padded.num_vertex_slots : padded.num_vertex_slots + propane.num_inputs, : propane.num_vertices]
+        .set(state.codes[propane.num_vertices :]),
+        eliminable=padded.eliminable.at[: propane.num_vertices].set(state.eliminable),
+    )
+    q_logits, q_value = apply(params, padded, jnp.log(90.0))
+    np.testing.assert_allclose(q_logits[: propane.num_vertices], logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(q_value, value, rtol=1e-4, atol=1e-4)
+
+
+def test_network_overfits_a_fixed_batch(propane):
+    """Targets that depend on the structure only (vertices with the same surroundings are
+    interchangeable to an equivariant network): a softmax of minus the Markowitz degree over the
+    legal vertices, and a value per state."""
+    config = dataclasses.replace(TINY, embed_dim=32, edge_dim=16, num_heads=4, num_layers=2)
+    net = make_network(config)
+    tasks, _ = make_tasks([propane])
+    rng = np.random.default_rng(0)
+    actions = jnp.asarray([a - 1 for a in rng.permutation(propane.intermediates)[:8]], jnp.int32)
+    stacked = _trajectory(env.init_state(propane), actions)  # 8 states along one random game
+    codes = np.asarray(stacked.codes) != 0
+    V = propane.num_vertices
+    degree = codes.sum(1)[:, :V] * codes[:, :V, :].sum(2)  # in-degree * out-degree, [8, V]
+    legal = np.asarray(stacked.eliminable)
+    logits = np.where(legal, -0.5 * degree, -np.inf)
+    policy = np.exp(logits - logits.max(1, keepdims=True))
+    policy /= policy.sum(1, keepdims=True)
+    batch = Transitions(
+        codes=stacked.codes,
+        eliminable=stacked.eliminable,
+        task=jnp.zeros(8, jnp.int32),
+        policy=jnp.asarray(policy, jnp.float32),
+        value=jnp.asarray(-rng.uniform(0.1, 1.5, 8), jnp.float32),
+    )
+    params = fast_jit(net.init)(jax.random.PRNGKey(1), jax.tree.map(lambda x: x[0], stacked), jnp.float32(0.0))
+    optimizer = optax.adam(5e-3)
+    loss = lambda p: loss_fn(p, net, batch, tasks, value_kind="symlog", value_weight=1.0)[0]  # noqa: E731
+
+    @fast_jit
+    def fit(params):
+        def one(carry, _):
+            params, opt_state = carry
+            grads = jax.grad(loss)(params)
+            updates, opt_state = optimizer.update(grads, opt_state)
+            return (optax.apply_updates(params, updates), opt_state), None
+
+        (params, _), _ = jax.lax.scan(one, (params, optimizer.init(params)), None, length=100)
+        return loss(params), params
+
+    first = float(loss(params))
+    last, _ = fit(params)
+    assert float(last) < first / 10
+
+
+# ---- replay buffer ----------------------------------------------------------------------------
+
+
+def _items(values) -> Transitions:
+    n = len(values)
+    return Transitions(
+        codes=jnp.zeros((n, 3, 2), jnp.int8),
+        eliminable=jnp.ones((n, 2), bool),
+        task=jnp.zeros(n, jnp.int32),
+        policy=jnp.full((n, 2), 0.5),
+        value=jnp.asarray(values, jnp.float32),
+    )
+
+
+def test_replay_buffer_packs_valid_items_and_keeps_the_most_recent():
+    buffer = replay_init(8, 3, 2)
+    buffer = replay_add(buffer, _items([1, 2, 3, 4, 5]), jnp.asarray([True, False, True, True, False]))
+    assert int(buffer.size) == 3 and int(buffer.position) == 3
+    np.testing.assert_array_equal(buffer.data.value[:3], [1, 3, 4])
+    buffer = replay_add(buffer, _items(list(range(10, 20))), jnp.ones(10, bool))
+    assert int(buffer.size) == 8 and int(buffer.added) == 13
+    assert sorted(np.asarray(buffer.data.value).tolist()) == list(range(12, 20))  # the last 8 of 13
+    sample = replay_sample(buffer, jax.random.PRNGKey(0), 64)
+    assert set(np.asarray(sample.value).tolist()) <= set(range(12, 20))
+
+
+# ---- configuration ----------------------------------------------------------------------------
+
+
+def test_config_overrides_and_toml(tmp_path):
+    config = alphazero.AlphaZeroConfig().with_overrides(["num_simulations=32", "learning_rate=1e-3", "minutes=none"])
+    assert config.num_simulations == 32 and config.minutes is None
+    path = tmp_path / "az.toml"
+    path.write_text('[alphazero]\nnum_games = 16\nvalue_transform = "identity"\nweight_decay = 0\n')
+    loaded = alphazero.AlphaZeroConfig.from_toml(str(path))
+    assert loaded.num_games == 16 and loaded.value_transform == "identity" and loaded.weight_decay == 0.0
+    with pytest.raises(alphazero.ConfigError, match="unknown config key 'num_sims'"):
+        config.with_overrides(["num_sims=3"])
+    with pytest.raises(alphazero.ConfigError, match="num_games must be int"):
+        config.replace(num_games="many")
+
+
+# ---- training runs ----------------------------------------------------------------------------
+
+
+def test_end_to_end_run_writes_a_valid_order_file(first_run, propane):
+    result, out = first_run
+    assert result.iterations == 3 and len(result.history) == 3
+    record = orders.load(out / "best_order.json", graph=propane)
+    assert record.multiplications == graph.cost(propane, list(record.order)) == result.best_cost
+    assert list(record.order) == result.best_order and record.method == "alphazero"
+    assert record.baselines == {"forward": 151, "reverse": 90, "markowitz": 111}
+    with open(out / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3]
+    assert int(rows[-1][f"best:{TASK}"]) == result.best_cost
+    assert (out / "training_curve.png").stat().st_size > 1000
+    assert sorted(os.listdir(out / "checkpoints")) == ["2", "3"]
+    assert any(row["loss"] > 0 for row in result.history)  # gradient steps were taken
+
+
+def test_same_seed_gives_the_same_run(first_run, propane):
+    result, _ = first_run
+    again = alphazero.train({TASK: propane}, TINY)
+    assert again.best_order == result.best_order and again.best_cost == result.best_cost
+    assert [r["loss"] for r in again.history] == [r["loss"] for r in result.history]
+    assert [r[f"mean:{TASK}"] for r in again.history] == [r[f"mean:{TASK}"] for r in result.history]
+
+
+def test_resume_after_a_killed_run_keeps_the_best_order(propane, tmp_path):
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(row):
+        if row["iteration"] == 3:  # after iteration 3's order file and metrics, before its checkpoint
+            raise Killed
+
+    with pytest.raises(Killed):
+        alphazero.train({TASK: propane}, TINY, out_dir=tmp_path, callback=kill_at_3)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+    # Pretend the killed iteration had found reverse mode's 90, better than this tiny agent finds.
+    orders.save(tmp_path / "best_order.json", orders.reverse(propane), graph=propane, method="alphazero", task=TASK)
+
+    resumed = alphazero.train({TASK: propane}, dataclasses.replace(TINY, iterations=4), out_dir=tmp_path, resume=True)
+    assert resumed.iterations == 4
+    assert [r["iteration"] for r in resumed.history] == [1, 2, 3, 4]
+    assert resumed.best_cost == 90
+    assert orders.load(tmp_path / "best_order.json", graph=propane).multiplications == 90
+    with open(tmp_path / "metrics.csv") as fh:
+        assert [int(r["iteration"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4]
+
+    with pytest.raises(alphazero.ConfigError, match="num_simulations"):
+        alphazero.train({TASK: propane}, dataclasses.replace(TINY, num_simulations=8), out_dir=tmp_path, resume=True)
+
+
+def test_solve_orders_an_unseen_graph(first_run, reference_graphs):
+    result, out = first_run
+    heart = reference_graphs["HumanHeartDipole"]
+    solved = alphazero.solve(heart, out, num_games=2, num_simulations=2)
+    assert solved.cost == graph.cost(heart, solved.order) == min(solved.costs)
+    assert sorted(solved.order) == heart.intermediates
+
+
+def test_cli_train_resume_and_eval(first_run, tmp_path, capsys):
+    from alphagrad import cli
+
+    out = tmp_path / "cli"
+    args = ["train", f"ref:{TASK}", "--iterations", "1", "--seed", "3", "--out", str(out), "--set", *TINY_SET]
+    assert cli.main(args) == 0
+    assert cli.main(args[:3] + ["2"] + args[4:] + ["--resume"]) == 0
+    with open(out / "metrics.csv") as fh:
+        assert [int(r["iteration"]) for r in csv.DictReader(fh)] == [1, 2]
+    capsys.readouterr()
+    assert cli.main(["eval", str(out / "best_order.json")]) == 0
+    text = capsys.readouterr().out
+    assert str(json.loads((out / "best_order.json").read_text())["multiplications"]) in text
+
+    # An order for a JAX-function task is also checked with the interpreter.
+    assert cli.main(["baselines", TASK, "--out", str(tmp_path / "bl")]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(tmp_path / "bl" / "markowitz.json")]) == 0
+    assert "jax.jacfwd" in capsys.readouterr().out
