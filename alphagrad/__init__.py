@@ -11,6 +11,7 @@ from alphagrad.errors import (  # noqa: E402
     UnsupportedPrimitiveError,
 )
 from alphagrad import env, graph, interpreter, orders, tasks  # noqa: E402
+from alphagrad.agents.portfolio import optimize  # noqa: E402
 
 __all__ = [
     "AlphagradError",
@@ -22,6 +23,7 @@ __all__ = [
     "env",
     "graph",
     "interpreter",
+    "optimize",
     "orders",
     "tasks",
     "__version__",

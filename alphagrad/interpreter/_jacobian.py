@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from alphagrad.graph._structure import INDEX_MAP, VALUELESS, structure_of
 from alphagrad.graph._trace import Equation, LeafRef, Operand, Program
 from alphagrad.interpreter._structured import IndexMap, MultiplicationCounter, Partial, add, densify, multiply
 
-__all__ = ["jacobian", "count_muls", "graph_of"]
+__all__ = ["jacobian", "count_muls", "graph_of", "cache_dir", "AUTO_SECONDS"]
 
 MODEL = "exact"
 
@@ -233,6 +234,31 @@ def _assemble(graph: Graph, outputs: list[Any], edges, argnums, args: tuple):
 # ---- public API -----------------------------------------------------------------------------
 
 
+#: Search budget of ``order="auto"`` (seconds), unless ALPHAGRAD_AUTO_SECONDS says otherwise.
+AUTO_SECONDS = 10.0
+
+
+def cache_dir() -> str:
+    """Where ``order="auto"`` keeps its order files: $ALPHAGRAD_CACHE, else ~/.cache/alphagrad."""
+    return os.environ.get("ALPHAGRAD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "alphagrad")
+
+
+def _auto_order(graph: Graph) -> list[int]:
+    """The cached searched order of `graph`, searching (and caching) once per graph fingerprint."""
+    from alphagrad.agents import portfolio  # the searches import the interpreter: import late
+
+    path = os.path.join(cache_dir(), "orders", graph.fingerprint.replace(":", "-") + ".json")
+    if os.path.exists(path):
+        try:
+            return list(orders_lib.load(path, graph=graph).order)
+        except AlphagradError:
+            pass  # a damaged or foreign file: search again and overwrite it
+    seconds = float(os.environ.get("ALPHAGRAD_AUTO_SECONDS", AUTO_SECONDS))
+    result = portfolio.search(graph, "best", seconds=seconds)
+    portfolio.to_order_file(graph, result, path=path)
+    return list(result.order)
+
+
 def _resolve(graph: Graph, order, f: Callable, args: tuple, argnums) -> list[int]:
     """Validates `order` for the interpreter's graph of f.
 
@@ -240,6 +266,8 @@ def _resolve(graph: Graph, order, f: Callable, args: tuple, argnums) -> list[int
     AlphaGrad model) is checked against f's graph in that model; vertex numbers are the same in
     every model, so the checked order then applies here.
     """
+    if isinstance(order, str) and order == "auto":
+        return _auto_order(graph)
     if isinstance(order, orders_lib.OrderFile) and order.cost_model and order.cost_model != graph.cost_model:
         if order.cost_model not in cost_models():
             raise AlphagradError(f"the order file names an unknown cost model {order.cost_model!r}")
@@ -260,8 +288,10 @@ def jacobian(
     Args:
       f: a function of pytrees of arrays (or Python scalars) returning a pytree of arrays (or
         ``(output, aux)`` with ``has_aux``). Every array is at most 2-D.
-      order: "forward", "reverse", "markowitz", a list of vertex numbers of
-        ``graph_of(f, *args, argnums=argnums)``, or an `OrderFile` made for that graph.
+      order: "forward", "reverse", "markowitz", "auto", a list of vertex numbers of
+        ``graph_of(f, *args, argnums=argnums)``, or an `OrderFile` made for that graph. "auto"
+        searches once per graph (`AUTO_SECONDS`, or $ALPHAGRAD_AUTO_SECONDS) and caches the order
+        file on disk under `cache_dir()`, keyed by the graph's fingerprint.
       argnums: which positional argument(s) to differentiate.
       has_aux: whether `f` returns ``(output, aux)``; aux is returned unchanged.
 

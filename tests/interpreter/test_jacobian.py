@@ -210,3 +210,36 @@ def test_structural_primitives(fn):
     x = jnp.linspace(0.1, 1.0, 4)
     for order in ("forward", "reverse", "markowitz"):
         assert_close(interpreter.jacobian(fn, order)(x), jax.jacfwd(fn)(x))
+
+
+def test_auto_order_is_searched_once_and_cached_on_disk(tmp_path, monkeypatch):
+    from alphagrad.agents import portfolio
+
+    monkeypatch.setenv("ALPHAGRAD_CACHE", str(tmp_path))
+    monkeypatch.setenv("ALPHAGRAD_AUTO_SECONDS", "0.5")
+    searches = []
+    real_search = portfolio.search
+
+    def counting_search(graph, method="best", **kwargs):
+        searches.append(graph.fingerprint)
+        return real_search(graph, method, **kwargs)
+
+    monkeypatch.setattr(portfolio, "search", counting_search)
+
+    def f(x):
+        return jnp.sin(x) * jnp.cos(x) + x[0]
+
+    x = jnp.linspace(0.1, 1.0, 3)
+    assert_close(interpreter.jacobian(f, "auto")(x), jax.jacrev(f)(x))
+    assert len(searches) == 1
+    cached = list((tmp_path / "orders").iterdir())
+    assert len(cached) == 1 and cached[0].name.startswith("sha256-")
+    # a new jacobian of the same function reuses the file
+    assert_close(interpreter.jacobian(f, "auto")(x + 1.0), jax.jacrev(f)(x + 1.0))
+    assert len(searches) == 1
+
+    def h(x):  # a changed function: another graph, another search
+        return jnp.exp(jnp.sin(x) * x) / (1.0 + x)
+
+    assert_close(interpreter.jacobian(h, "auto")(x), jax.jacrev(h)(x))
+    assert len(searches) == 2 and len(list((tmp_path / "orders").iterdir())) == 2
