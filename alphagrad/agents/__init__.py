@@ -11,7 +11,13 @@ from alphagrad.agents.annealing import anneal
 from alphagrad.agents.beam import beam_search
 from alphagrad.agents.exact import cut_lower_bound, solve_exact
 from alphagrad.agents.heuristics import heuristic_order, search_heuristics
-from alphagrad.agents.portfolio import METHODS, alphazero_status, optimize, search, to_order_file
+from alphagrad.agents.portfolio import (
+    METHODS,
+    alphazero_status,
+    optimize,
+    search,
+    to_order_file,
+)
 
 __all__ = [
     "METHODS",

@@ -25,10 +25,14 @@ from collections.abc import Sequence
 from alphagrad import orders as orders_lib
 from alphagrad.agents._batch import is_scalar_graph
 from alphagrad.agents._result import Deadline, Progress, SearchResult
+from alphagrad.agents.heuristics import heuristic_order
 from alphagrad.graph import Graph, check_order, cost_model
 from alphagrad.graph import cost as graph_cost
 
 __all__ = ["cut_lower_bound", "solve_exact"]
+
+#: Greedy chains whose best order is the default incumbent (cheap, and often already optimal).
+_SEED_CHAINS = ("markowitz>forward", "markowitz>reverse", "lmmd>reverse", "fill_in>markowitz>reverse")
 
 
 def _disjoint_paths(succ: dict[int, list[int]], sources: Sequence[int], target: int) -> int:
@@ -206,7 +210,8 @@ def solve_exact(
       graph: the graph. Optima are usually proven for up to about 20 intermediates (scalar
         graphs with a tight cut bound: many more); beyond that, the result carries a lower bound.
       seconds: wall-time limit (default 60; None: no limit). Checked before every expansion.
-      init_order: the incumbent to beat (default: the cheapest of Markowitz, reverse, forward).
+      init_order: the incumbent to beat (default: the cheapest of forward, reverse and a few
+        greedy heuristic chains).
       max_states: stop when this many states have been stored (memory guard; a state holds its
         edge list, a few kB on the reference graphs, so the default stays below about 2 GB).
       progress: called with (best cost, fraction of the budget used) on improvements.
@@ -219,8 +224,9 @@ def solve_exact(
     deadline = Deadline(seconds)
     prob = _Problem(graph)
     if init_order is None:
-        init_order = min((orders_lib.resolve(graph, n) for n in ("markowitz", "reverse", "forward")),
-                         key=lambda o: graph_cost(graph, o))
+        candidates = [orders_lib.reverse(graph), orders_lib.forward(graph)]
+        candidates += [heuristic_order(graph, chain)[0] for chain in _SEED_CHAINS]
+        init_order = min(candidates, key=lambda o: graph_cost(graph, o))
     best_order = check_order(graph, init_order)
     best_cost = graph_cost(graph, best_order)
     if progress is not None:

@@ -66,4 +66,10 @@ def test_sharded_iteration_matches_single_device():
     assert abs(one["loss"] - two["loss"]) < 1e-4 * max(1.0, abs(one["loss"]))
     import numpy as np
 
-    np.testing.assert_allclose(two["params"], one["params"], rtol=1e-4, atol=1e-4)  # Adam magnifies rounding of ~0 gradients
+    # Adam moves every parameter by about the learning rate whatever the gradient's size, so a
+    # near-zero gradient whose rounding differs between the sharded and the single-device
+    # reduction can move a parameter by up to the (warm-up) learning rate per update, in either
+    # direction. Four updates at warm-up rates below 1e-3 bound that by 4e-3.
+    diff = np.abs(np.asarray(two["params"]) - np.asarray(one["params"]))
+    assert diff.max() < 4e-3, diff.max()
+    assert np.median(diff) < 1e-5, np.median(diff)  # but almost all parameters agree to rounding
