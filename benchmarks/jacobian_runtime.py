@@ -12,40 +12,18 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 
 from alphagrad import graph, interpreter, tasks
-
-
-def median_ms(fn, args, reps: int) -> float:
-    jax.block_until_ready(fn(*args))
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        samples.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(samples)
+from alphagrad.interpreter._timing import batched_inputs, median_ms
 
 
 def compile_s(fn, args) -> tuple[object, float]:
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     return compiled, time.perf_counter() - start
-
-
-def batched(args, batch: int, seed: int = 0):
-    """`batch` copies of the example inputs, perturbed so that examples differ."""
-    key = jax.random.PRNGKey(seed)
-    out = []
-    for i, a in enumerate(args):
-        a = jnp.asarray(a, jnp.float32)
-        noise = 0.01 * jax.random.uniform(jax.random.fold_in(key, i), (batch, *a.shape), a.dtype)
-        out.append(a[None] * (1.0 + noise))
-    return tuple(out)
 
 
 def main() -> None:
@@ -73,7 +51,7 @@ def main() -> None:
             "jacrev": jax.vmap(jax.jacrev(task.fn, argnums=argnums)),
         }
         for batch in ns.batches:
-            args = batched(task.args, batch)
+            args = batched_inputs(task.args, batch)
             times, compiles = {}, {}
             for label, fn in {**peers, **ours}.items():
                 compiled, seconds = compile_s(fn, args)

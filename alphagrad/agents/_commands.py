@@ -32,6 +32,7 @@ def add_search_verbs(verbs, run) -> None:
     p.add_argument("tasks", nargs="*", metavar="TASK", help="tasks to run (default: all ref: graphs and tasks)")
     p.add_argument("--seconds", type=float, default=20.0, help="budget per method and graph (default 20)")
     p.add_argument("--alphazero", action="store_true", help="also train AlphaZero (if available) per graph")
+    p.add_argument("--no-runtime", action="store_true", help="skip timing the interpreter on the traced tasks")
     p.add_argument("--out", metavar="FILE", default=os.path.join("docs", "RESULTS.md"),
                    help="markdown file to write (default docs/RESULTS.md; a PNG plot goes beside it)")
     p.set_defaults(run=run)
@@ -88,7 +89,8 @@ def bench_command(ns: argparse.Namespace, console: Console) -> int:
                           + (f" (published {row.published})" if row.published else ""))
 
         rows = run_bench(specs, seconds=ns.seconds, alphazero=ns.alphazero, graph_file=ns.graph, on_row=on_row,
-                         on_start=lambda spec, m: bar.update(job, description=f"{spec} {m}"))
+                         on_start=lambda spec, m: bar.update(job, description=f"{spec} {m}"),
+                         runtime=not ns.no_runtime)
     os.makedirs(os.path.dirname(os.path.abspath(ns.out)), exist_ok=True)
     plot = os.path.splitext(ns.out)[0] + ".png"
     plot = plot if write_plot(rows, plot) else None

@@ -17,6 +17,8 @@ from alphagrad.agents.portfolio import alphazero_status, search
 __all__ = ["BenchRow", "default_specs", "render_markdown", "run_bench"]
 
 BENCH_METHODS = ("heuristics", "sa", "beam", "exact")
+#: Batch size of the interpreter timing in `alphagrad bench`.
+RUNTIME_BATCH = 512
 
 
 @dataclasses.dataclass
@@ -29,6 +31,14 @@ class BenchRow:
     results: dict[str, SearchResult]
     published: int | None
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
+    runtime: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def best_order(self):
+        """The cheapest order of the row: a search's order or a baseline's name."""
+        found = min(self.results.values(), key=lambda r: r.cost, default=None)
+        base = min(self.baselines, key=self.baselines.get)
+        return found.order if found is not None and found.cost <= self.baselines[base] else base
 
     @property
     def best(self) -> int:
@@ -60,6 +70,7 @@ def run_bench(
     graph_file: str | None = None,
     on_row: Callable[[BenchRow], None] | None = None,
     on_start: Callable[[str, str], None] | None = None,
+    runtime: bool = True,
 ) -> list[BenchRow]:
     """Runs `BENCH_METHODS` (and AlphaZero if asked and available) with `seconds` each per graph.
 
@@ -70,6 +81,8 @@ def run_bench(
       graph_file: graphs.json for ``ref:`` specs (default: the shipped copy).
       on_row: called with each finished row.
       on_start: called with (spec, method) before each search.
+      runtime: for registered tasks (JAX functions), also time the interpreter with the best
+        order against jax.jacfwd / jax.jacrev at batch `RUNTIME_BATCH`.
     """
     info = graph_lib.reference_info(graph_file)
     az_ok, az_message = alphazero_status()
@@ -90,6 +103,14 @@ def run_bench(
             notes["alphazero"] = az_message
         published = info[spec[4:]].best_published if spec.startswith("ref:") and spec[4:] in info else None
         row = BenchRow(spec, g.num_intermediates, baselines, results, published, notes)
+        if runtime and spec in tasks.names():
+            from alphagrad.interpreter._timing import runtime_ratios
+
+            if on_start is not None:
+                on_start(spec, "runtime")
+            task = tasks.get(spec)
+            row.runtime = runtime_ratios(task.fn, task.args, list(row.best_order) if not isinstance(
+                row.best_order, str) else row.best_order, batch=RUNTIME_BATCH)
         rows.append(row)
         if on_row is not None:
             on_row(row)
@@ -160,15 +181,27 @@ def render_markdown(rows: Sequence[BenchRow], *, seconds: float, plot: str | Non
         lines += ["", "Notes:", *notes]
     if plot:
         lines += ["", f"![cost relative to the published count or to reverse mode]({os.path.basename(plot)})"]
-    lines += [
-        "",
-        "## Interpreter runtime",
-        "",
-        "TODO (lead): runtime ratio of `interpreter.jacobian` with the best orders above against",
-        "`jax.jacrev`, from `benchmarks/jacobian_runtime.py` (not run by `alphagrad bench`: it compiles",
-        "every task several times and takes minutes).",
-        "",
-    ]
+    timed = [r for r in rows if r.runtime]
+    lines += ["", "## Interpreter runtime", ""]
+    if timed:
+        lines += [
+            "Median time per call of `jit(vmap(interpreter.jacobian(f, best order)))` for per-example",
+            f"Jacobians at batch {RUNTIME_BATCH}, beside `jit(vmap(jax.jacfwd(f)))` and `jit(vmap(jax.jacrev(f)))`",
+            "in the same run (ratio above 1: ours is faster). A shared machine makes single numbers vary;",
+            "`benchmarks/jacobian_runtime.py` measures more orders and batch sizes (docs/benchmarks.md).",
+            "",
+            "| task | best order (muls) | ours ms | jacfwd ms | jacrev ms | jacfwd / ours | jacrev / ours |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in timed:
+            t = row.runtime
+            lines.append(
+                f"| {row.spec} | {row.best} | {t['ours']:.3f} | {t['jacfwd']:.3f} | {t['jacrev']:.3f} "
+                f"| {t['jacfwd'] / t['ours']:.2f} | {t['jacrev'] / t['ours']:.2f} |"
+            )
+    else:
+        lines.append("Not measured in this run (`alphagrad bench --no-runtime`); see docs/benchmarks.md.")
+    lines.append("")
     return "\n".join(lines)
 
 

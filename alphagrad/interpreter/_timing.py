@@ -1,0 +1,47 @@
+"""Timing helpers shared by `alphagrad bench` and benchmarks/jacobian_runtime.py."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["median_ms", "batched_inputs", "runtime_ratios"]
+
+
+def median_ms(fn, args, reps: int) -> float:
+    """Median wall time of ``fn(*args)`` in milliseconds over `reps` calls (after one warm-up)."""
+    jax.block_until_ready(fn(*args))
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        samples.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(samples)
+
+
+def batched_inputs(args, batch: int, seed: int = 0) -> tuple:
+    """`batch` copies of the example inputs (float32), perturbed so that examples differ: [batch, *shape]."""
+    key = jax.random.PRNGKey(seed)
+    out = []
+    for i, a in enumerate(args):
+        a = jnp.asarray(a, jnp.float32)
+        noise = 0.01 * jax.random.uniform(jax.random.fold_in(key, i), (batch, *a.shape), a.dtype)
+        out.append(a[None] * (1.0 + noise))
+    return tuple(out)
+
+
+def runtime_ratios(fn, args, order, *, batch: int = 512, reps: int = 50) -> dict[str, float]:
+    """Milliseconds of ``jit(vmap(jacobian(fn, order)))`` and of jax.jacfwd / jax.jacrev, same run."""
+    from alphagrad import interpreter
+
+    argnums = tuple(range(len(args)))
+    xs = batched_inputs(args, batch)
+    candidates = {
+        "ours": jax.vmap(interpreter.jacobian(fn, order, argnums=argnums)),
+        "jacfwd": jax.vmap(jax.jacfwd(fn, argnums=argnums)),
+        "jacrev": jax.vmap(jax.jacrev(fn, argnums=argnums)),
+    }
+    return {label: median_ms(jax.jit(f), xs, reps) for label, f in candidates.items()}
