@@ -52,12 +52,16 @@ def default_specs() -> list[str]:
 
 def _graph_of(spec: str, graph_file: str | None) -> graph_lib.Graph:
     """Reference graphs as shipped; registered tasks as the interpreter runs them (exact cost
-    model, derivatives with respect to every argument, as `benchmarks/jacobian_runtime.py`)."""
+    model, derivatives with respect to every argument, float32 array inputs, as
+    `benchmarks/jacobian_runtime.py`)."""
     if spec in tasks.names():
         from alphagrad import interpreter
 
+        from alphagrad.interpreter._timing import example_arrays
+
         task = tasks.get(spec)
-        g = interpreter.graph_of(task.fn, *task.args, argnums=tuple(range(len(task.args))))
+        args = example_arrays(task.args)  # as the runtime section runs it
+        g = interpreter.graph_of(task.fn, *args, argnums=tuple(range(len(args))))
         return dataclasses.replace(g, name=spec)
     return tasks.load_graph(spec, graph_file=graph_file)
 

@@ -8,7 +8,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-__all__ = ["median_ms", "batched_inputs", "runtime_ratios"]
+__all__ = ["median_ms", "example_arrays", "batched_inputs", "runtime_ratios"]
 
 
 def median_ms(fn, args, reps: int) -> float:
@@ -20,6 +20,16 @@ def median_ms(fn, args, reps: int) -> float:
         jax.block_until_ready(fn(*args))
         samples.append(time.perf_counter() - start)
     return 1e3 * statistics.median(samples)
+
+
+def example_arrays(args) -> tuple:
+    """The example inputs as float32 arrays, as each example of `batched_inputs` sees them.
+
+    Python-float arguments become arrays here, which can change the traced graph (a weak-typed
+    scalar may need one conversion equation less), so orders for timed runs are searched on
+    ``interpreter.graph_of(f, *example_arrays(args))``.
+    """
+    return tuple(jnp.asarray(a, jnp.float32) for a in args)
 
 
 def batched_inputs(args, batch: int, seed: int = 0) -> tuple:
