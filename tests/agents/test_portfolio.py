@@ -69,3 +69,13 @@ def test_results_markdown_marks_proven_optima(reference_graphs):
                    {"exact": r}, 88)
     text = render_markdown([row], seconds=5)
     assert "88 (optimal)" in text and "TODO (lead)" in text and "| ref:PropaneCombustion |" in text
+
+
+def test_bench_times_the_interpreter_with_the_best_order_of_a_task_with_python_floats():
+    from alphagrad.agents.bench import render_markdown, run_bench
+
+    # Perceptron takes Python floats: the searched graph must be the one the timing runs.
+    (row,) = run_bench(["Perceptron"], seconds=0.5, runtime=True)
+    assert set(row.runtime) == {"ours", "jacfwd", "jacrev"} and all(t > 0 for t in row.runtime.values())
+    text = render_markdown([row], seconds=0.5)
+    assert "## Interpreter runtime" in text and "| Perceptron |" in text.split("## Interpreter runtime")[1]
