@@ -16,7 +16,15 @@ from alphagrad.errors import AlphagradError
 from alphagrad.graph import Graph, cost_model, cost_models, trace
 from alphagrad.graph._structure import INDEX_MAP, VALUELESS, structure_of
 from alphagrad.graph._trace import Equation, LeafRef, Operand, Program
-from alphagrad.interpreter._structured import IndexMap, MultiplicationCounter, Partial, add, densify, multiply
+from alphagrad.interpreter._structured import (
+    IndexMap,
+    MultiplicationCounter,
+    Partial,
+    add,
+    densify,
+    extract,
+    multiply,
+)
 
 __all__ = ["jacobian", "count_muls", "graph_of", "cache_dir", "AUTO_SECONDS"]
 
@@ -64,6 +72,62 @@ def _bind(eqn: Equation, values: list[Any]) -> Any:
     result = eqn.primitive.bind(*values, **eqn.params)
     # Some primitives (device_put) return a list even for their single output.
     return result[0] if eqn.primitive.multiple_results else result
+
+
+#: Read dot_general partials without tied operand indices off the other operand by selection
+#: (False: always the seeded JVP; tests compare both).
+DOT_BY_SELECTION = True
+
+
+def _dot_general_partial(values: list[Any], params: dict, wrt: int, dtype) -> jax.Array:
+    """d dot_general(lhs, rhs) / d operand `wrt` as a dense [*out_shape, *operand_shape] array.
+
+    The partial is the other operand placed on the right diagonals, so it is built by
+    broadcasting and selection alone: a one-hot seeded JVP would run real (uncounted) dot
+    products with identity matrices, which on small graphs cost more to launch than to run.
+    """
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = params["dimension_numbers"]
+    lhs, rhs = values
+    me, other = (lhs, rhs) if wrt == 0 else (rhs, lhs)
+    me_contract, other_contract = (lhs_contract, rhs_contract) if wrt == 0 else (rhs_contract, lhs_contract)
+    me_batch, other_batch = (lhs_batch, rhs_batch) if wrt == 0 else (rhs_batch, lhs_batch)
+    me_free = [d for d in range(np.ndim(me)) if d not in me_contract and d not in me_batch]
+    other_free = [d for d in range(np.ndim(other)) if d not in other_contract and d not in other_batch]
+    n_batch = len(lhs_batch)
+    # Output axes: batch, lhs free, rhs free.
+    lhs_free_count = np.ndim(lhs) - len(lhs_contract) - n_batch
+    me_free_out = n_batch + (0 if wrt == 0 else lhs_free_count)
+    other_free_out = n_batch + (lhs_free_count if wrt == 0 else 0)
+    out_ndim = n_batch + len(me_free) + len(other_free)
+    sizes_out = [None] * out_ndim
+    for i in range(n_batch):
+        sizes_out[i] = np.shape(me)[me_batch[i]]
+    for j, d in enumerate(me_free):
+        sizes_out[me_free_out + j] = np.shape(me)[d]
+    for j, d in enumerate(other_free):
+        sizes_out[other_free_out + j] = np.shape(other)[d]
+    full_shape = sizes_out + list(np.shape(me))
+    # Where each axis of `other` lands in the full [out..., me...] array.
+    target = {}
+    for i, d in enumerate(other_batch):
+        target[d] = i
+    for j, d in enumerate(other_free):
+        target[d] = other_free_out + j
+    for c_other, c_me in zip(other_contract, me_contract):
+        target[c_other] = out_ndim + c_me
+    axes = sorted(range(np.ndim(other)), key=target.get)
+    placed = jnp.transpose(jnp.asarray(other, dtype), axes)
+    shape = [1] * len(full_shape)
+    for d in axes:
+        shape[target[d]] = np.shape(other)[d]
+    full = jnp.broadcast_to(placed.reshape(shape), full_shape)
+    mask = None
+    ties = [(i, out_ndim + me_batch[i]) for i in range(n_batch)]
+    ties += [(me_free_out + j, out_ndim + d) for j, d in enumerate(me_free)]
+    for a, b in ties:
+        eq = jax.lax.broadcasted_iota(jnp.int32, full_shape, a) == jax.lax.broadcasted_iota(jnp.int32, full_shape, b)
+        mask = eq if mask is None else mask & eq
+    return full if mask is None else jnp.where(mask, full, jnp.zeros((), dtype))
 
 
 def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: int,
@@ -126,6 +190,13 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
     free_p = [pos for pos in (3, 4) if pos not in tied_p]
     # Seeds: ones along tied operand indices (the tie picks one entry), a one-hot per free index.
     num_seeds = math.prod(sizes[pos] for pos in free_p)
+    if (DOT_BY_SELECTION and eqn.primitive is jax.lax.dot_general_p and len(positions) == 1
+            and num_seeds == math.prod(in_shape)):
+        # Every operand entry needs its own seed anyway, so the dense partial is no larger than
+        # the seeded responses, and selection spares the dot products with identity seeds.
+        dense = _dot_general_partial(values, eqn.params, positions[0], dtype)
+        dense = dense.reshape(*out_shape, *in_shape)
+        return Partial(code, out_shape, in_shape, dense if code == 1 else extract(dense, code))
     seeds = jnp.ones((num_seeds, *in_shape), dtype)
     if num_seeds > 1:
         onehots = jnp.eye(num_seeds, dtype=dtype).reshape(num_seeds, *(sizes[pos] for pos in free_p))

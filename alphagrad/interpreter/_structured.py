@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from alphagrad.graph._structure import INDEX_MAP, VALUELESS, product_plan, structure_of
 
-__all__ = ["IndexMap", "Partial", "MultiplicationCounter", "multiply", "add", "densify", "convert"]
+__all__ = ["IndexMap", "Partial", "MultiplicationCounter", "multiply", "add", "densify", "convert", "extract"]
 
 Shape2D = tuple[int, int]
 
@@ -105,7 +105,7 @@ def densify(partial: Partial, dtype) -> jax.Array:
     return full
 
 
-def _extract(dense: jax.Array, code: int) -> Any:
+def extract(dense: jax.Array, code: int) -> Any:
     """The value array of `code` read off a dense [v1, v2, p1, p2] tensor that has its structure."""
     if code in VALUELESS:
         return None
@@ -130,7 +130,7 @@ def convert(partial: Partial, code: int, dtype) -> Partial:
     dense = densify(partial, dtype)
     if code == 1:
         return Partial(1, partial.out_shape, partial.in_shape, dense)
-    return Partial(code, partial.out_shape, partial.in_shape, _extract(dense, code))
+    return Partial(code, partial.out_shape, partial.in_shape, extract(dense, code))
 
 
 def add(old: Partial, new: Partial, code: int, dtype) -> Partial:
