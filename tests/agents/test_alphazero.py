@@ -46,6 +46,9 @@ TINY = alphazero.AlphaZeroConfig(
     iterations=3,
     checkpoint_every=2,
     seed=3,
+    demo_seconds=0.0,  # classic orders only: deterministic (a search demonstration is time-limited)
+    demo_pretrain_steps=4,
+    num_policy_games=4,
     xla_opt_level=0,  # compiles 4x faster; the runs here are tiny
 )
 #: jit for the small functions of these tests: compiling dominates, so skip XLA's optimisations.
@@ -299,3 +302,140 @@ def test_cli_train_resume_and_eval(first_run, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["eval", str(tmp_path / "bl" / "markowitz.json")]) == 0
     assert "jax.jacfwd" in capsys.readouterr().out
+
+
+# ---- demonstrations and policy games ----------------------------------------------------------
+
+
+def test_demo_episodes_replay_the_demonstrated_actions(propane):
+    """Each demonstrated move is one example whose policy target is one-hot on the demo's action
+    and whose value is the true normalised return-to-go of the rest of the order."""
+    from alphagrad.agents.alphazero._core import demo_episodes
+
+    tasks, (base,) = make_tasks([propane])
+    order = orders.markowitz(propane)
+    actions = jnp.asarray([[v - 1 for v in order]], jnp.int32)
+    final, items, valid = fast_jit(demo_episodes, static_argnums=3)(tasks, jnp.zeros(1, jnp.int32), actions, 0.0)
+    assert int(final.cost[0]) == graph.cost(propane, order) == base["markowitz"]
+    assert bool(valid.all()) and valid.shape == (len(order),)
+    np.testing.assert_array_equal(np.asarray(items.policy).argmax(-1), np.asarray(order) - 1)
+    np.testing.assert_array_equal(np.asarray(items.policy).max(-1), 1.0)
+    scale = float(tasks.scale[0])
+    _, rewards, _ = fast_jit(env.rollout)(env.init_state(propane), actions[0])
+    expected = np.cumsum(np.asarray(rewards)[::-1])[::-1] / scale  # -(cost of the moves from t on)
+    assert expected[0] == pytest.approx(-base["markowitz"] / scale)
+    np.testing.assert_allclose(items.value, expected, rtol=1e-5)
+    assert bool(np.asarray(items.eliminable)[np.arange(len(order)), np.asarray(order) - 1].all())
+
+
+def test_demonstrations_fill_their_buffer_and_training_batches(reference_graphs, monkeypatch):
+    """Every demonstrated move lands in the demo buffer, and minibatches draw their first
+    demo_fraction slots from it (all slots while the replay buffer is below min_replay)."""
+    import alphagrad.agents.alphazero._train as train_mod
+    from alphagrad.agents.alphazero import _demos
+    from alphagrad.agents.alphazero._core import sample_batch
+
+    g = reference_graphs["Perceptron"]
+    seen = {}
+
+    def fill(buffer, tasks, demos, smoothing, level=None):
+        filled = _demos.fill_demos(buffer, tasks, demos, smoothing, level)
+        seen.setdefault("demos", jax.device_get(filled))  # a host copy: the run donates its state
+        seen["last"] = list(demos)
+        return filled
+
+    monkeypatch.setattr(train_mod, "fill_demos", fill)
+    result = alphazero.train({"P": g}, dataclasses.replace(TINY, iterations=2))
+    demos = seen["demos"]
+    shown = result.demonstrations["P"]
+    assert {d["source"] for d in shown} <= {"forward", "reverse", "markowitz"}
+    assert int(demos.size) == sum(len(d["order"]) for d in shown)
+    assert result.demo_costs["P"] == min(d["cost"] for d in shown) == 392  # reverse; forward is dropped
+    assert result.best_sources["P"] in ("search", "greedy", "sampled")
+    assert result.best_cost == graph.cost(g, result.best_order)
+    assert [r["demo:P"] for r in result.history] == [392, 392]
+    # Self-imitation: the agent's own best order joins the demonstrations (and is not one).
+    agent = [d for d in seen["last"] if d.source == "agent"]
+    assert [list(d.order) for d in agent] == [result.best_order] and agent[0].cost == result.best_cost
+
+    sample = fast_jit(sample_batch, static_argnums=(3, 4, 5))
+    demo_values = set(np.asarray(demos.data.value[: int(demos.size)]).round(5).tolist())
+    empty = replay_init(64, *demos.data.codes.shape[1:])
+    batch = sample(empty, demos, jax.random.PRNGKey(0), 8, 2, 1)
+    assert set(np.asarray(batch.value).round(5).tolist()) <= demo_values
+    full = replay_add(empty, _items_like(demos, 64, -7.0), jnp.ones(64, bool))
+    values = np.asarray(sample(full, demos, jax.random.PRNGKey(1), 8, 2, 1).value)
+    assert set(values[:2].round(5).tolist()) <= demo_values and (values[2:] == -7.0).all()
+
+
+def _items_like(buffer, n: int, value: float) -> Transitions:
+    N, V = buffer.data.codes.shape[1:]
+    return Transitions(
+        codes=jnp.zeros((n, N, V), jnp.int8),
+        eliminable=jnp.ones((n, V), bool),
+        task=jnp.zeros(n, jnp.int32),
+        policy=jnp.full((n, V), 1.0 / V),
+        value=jnp.full((n,), value, jnp.float32),
+    )
+
+
+def test_best_order_never_comes_from_a_demonstration(propane, tmp_path, monkeypatch):
+    """A demonstration recorded with an impossible cost (1) is reported as the best
+    demonstration, but the run's best order and order file hold a game's real order."""
+    import alphagrad.agents.alphazero._train as train_mod
+    from alphagrad.agents.alphazero import _demos
+
+    rev = tuple(orders.reverse(propane))
+    monkeypatch.setattr(train_mod, "demo_orders", lambda graphs, cfg: [_demos.Demonstration(0, "test", rev, 1)])
+    real = lambda buffer, tasks, demos, s, level=None: _demos.fill_demos(  # noqa: E731
+        buffer, tasks, [dataclasses.replace(d, cost=90) if d.source == "test" else d for d in demos], s, level
+    )
+    monkeypatch.setattr(train_mod, "fill_demos", real)
+    result = alphazero.train({TASK: propane}, dataclasses.replace(TINY, iterations=1), out_dir=tmp_path)
+    assert result.demo_costs[TASK] == 1
+    assert result.best_cost >= 88 and result.best_cost == graph.cost(propane, result.best_order)
+    record = orders.load(tmp_path / "best_order.json", graph=propane)
+    assert record.multiplications == result.best_cost and record.extra["found_by"] == result.best_sources[TASK]
+    assert json.loads((tmp_path / "demonstrations.json").read_text())[TASK][0]["cost"] == 1
+
+
+def test_greedy_policy_game_follows_the_argmax_of_the_prior(propane):
+    """The greedy game plays the argmax of the masked prior at every move (checked against a
+    step-by-step replay), and sampled games play legal complete orders."""
+    from alphagrad.agents.alphazero._core import play_policy
+    from alphagrad.agents.alphazero._search import evaluate
+
+    net = make_network(TINY)
+    tasks, _ = make_tasks([propane])
+    params = fast_jit(net.init)(jax.random.PRNGKey(5), jax.tree.map(lambda x: x[0], tasks.initial), jnp.float32(0.0))
+    play = fast_jit(
+        functools.partial(play_policy, net, temperature=1.0, transform="symlog", length=propane.num_intermediates)
+    )
+    final = play(params, tasks, jnp.zeros(3, jnp.int32), jnp.asarray([True, False, False]), jax.random.PRNGKey(0))
+    for b in range(3):
+        order = [int(v) for v in final.order[b][: propane.num_intermediates]]
+        assert sorted(order) == propane.intermediates
+        assert int(final.cost[b]) == graph.cost(propane, order)
+    greedy = [int(v) for v in final.order[0][: propane.num_intermediates]]
+
+    ev = fast_jit(lambda p, s, sc: evaluate(net, p, s, sc, "symlog")[0])
+    state = jax.tree.map(lambda x: x[:1], tasks.initial)
+    step = fast_jit(jax.vmap(env.step))
+    for v in greedy:
+        logits = ev(params, state, tasks.scale[:1])
+        assert int(jnp.argmax(logits[0])) == v - 1
+        state = step(state, jnp.asarray([v - 1], jnp.int32))[0]
+
+
+def test_learning_rate_warms_up_and_decays_with_progress():
+    from alphagrad.agents.alphazero._core import learning_rate
+
+    config = alphazero.AlphaZeroConfig(learning_rate=1e-3, warmup_iterations=2, updates_per_iteration=5,
+                                       end_lr_factor=0.1, iterations=None, minutes=10.0)  # fmt: skip
+    assert float(learning_rate(config, 0, 0.0)) == pytest.approx(1e-4)
+    assert float(learning_rate(config, 9, 0.0)) == pytest.approx(1e-3)
+    assert float(learning_rate(config, 100, 0.5)) == pytest.approx(0.55e-3)
+    assert float(learning_rate(config, 100, 1.0)) == pytest.approx(1e-4)
+    # A time-limited run decays by the clock; an iteration-limited one by its iterations.
+    assert config.progress(3, 300.0) == pytest.approx(0.5)
+    assert alphazero.AlphaZeroConfig(iterations=40).progress(10, 1e6) == pytest.approx(0.25)

@@ -1,5 +1,7 @@
 """The AlphaZero agent: a permutation-equivariant policy-value network over vertex tokens,
-Gumbel MuZero search (mctx) with the env core as a perfect model, and self-play training.
+Gumbel MuZero search (mctx) with the env core as a perfect model, and self-play training warm-
+started from demonstrations (classic orders and a short plain search; see `_demos`), with
+cheap raw-policy games beside the search games. The best order is always one the agent played.
 
     >>> from alphagrad.agents import alphazero
     >>> from alphagrad.tasks import load_graph

@@ -56,7 +56,9 @@ class TrainProgress:
         parts = []
         for name, base in row["baselines"].items():
             best = row["best"].get(name, "–")
-            parts.append(f"{name}: best {best} (fwd {base['forward']} rev {base['reverse']} mM {base['markowitz']})")
+            demo = row.get("demos", {}).get(name)
+            shown = f" demo {demo}" if demo is not None else ""
+            parts.append(f"{name}: best {best} (fwd {base['forward']} rev {base['reverse']} mM {base['markowitz']}{shown})")
         total = self._total
         if total is None and self._minutes:  # a time limit: show the fraction of it used
             total = row["iteration"] * 60 * self._minutes / max(time.monotonic() - self._start, 1e-9)
@@ -107,12 +109,13 @@ def train_command(ns, console: Console) -> int:
     with TrainProgress(console, config.iterations, config.minutes, done) as progress:
         result = train(graphs, config, out_dir=out, resume=ns.resume, callback=progress)
     table = Table(title=f"AlphaZero after {result.iterations} iterations ({out})")
-    for column in ("task", "best", "forward", "reverse", "markowitz", "file"):
-        table.add_column(column, justify="left" if column in ("task", "file") else "right")
+    for column in ("task", "best", "found by", "best demo", "forward", "reverse", "markowitz", "file"):
+        table.add_column(column, justify="left" if column in ("task", "found by", "file") else "right")
     for name in graphs:
         base = result.baselines[name]
         best = result.best_costs.get(name)
-        table.add_row(name, str(best if best is not None else "–"), str(base["forward"]), str(base["reverse"]),
+        table.add_row(name, str(best if best is not None else "–"), result.best_sources.get(name, "–"),
+                      str(result.demo_costs.get(name, "–")), str(base["forward"]), str(base["reverse"]),
                       str(base["markowitz"]), best_order_path(out, list(graphs), name))  # fmt: skip
     console.print(table)
     return 0

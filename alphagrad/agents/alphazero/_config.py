@@ -47,11 +47,41 @@ class AlphaZeroConfig:
       updates_per_iteration: gradient steps per iteration.
       min_replay: no gradient step until the buffer holds this many transitions.
       learning_rate: peak learning rate; linear warm-up over ``warmup_iterations`` iterations,
-        then cosine decay to ``learning_rate * end_lr_factor`` at ``schedule_iterations``
-        (None: ``iterations``, or 1000 when only a time limit is given).
+        then cosine decay to ``learning_rate * end_lr_factor`` over the run's progress: the
+        fraction of ``schedule_iterations`` done when it is set, else the larger of the fractions
+        of ``iterations`` and of ``minutes`` used (so a time-limited run decays by the clock).
       weight_decay: decoupled weight decay (AdamW) on the weight matrices (not biases, norms).
       max_grad_norm: gradient clipping by global norm (before Adam).
       value_weight: weight of the value loss beside the policy cross-entropy.
+
+    Demonstrations (expert-iteration warm start; `alphagrad.agents.alphazero._demos`):
+      demo_seconds: seconds of plain search (``demo_method``) per task before training, whose
+        order joins the forward, reverse and Markowitz orders as demonstrations (0 = classic
+        orders only). The time counts against ``minutes``; with a time limit the searches
+        together take at most a quarter of it.
+      demo_method: the `alphagrad.agents.search` method producing that order ("best", "sa", ...).
+      demo_fraction: fraction of every training minibatch drawn from the demonstrations (0 =
+        no demonstrations at all: none are computed).
+      demo_max_ratio: demonstrations costing more than this times the task's best demonstration
+        are dropped (imitating forward mode on a graph where reverse mode is twice as cheap
+        only teaches bad moves).
+      demo_smoothing: policy target of a demonstrated move: (1 - s) one-hot on the demo's action
+        plus s spread uniformly over the legal actions.
+      demo_pretrain_steps: gradient steps on demonstrations alone before the first self-play
+        game (so the first games already follow them).
+      imitate_best: also imitate the agent's own best order of each task (self-imitation):
+        whenever a game of the agent finds a cheaper order, it replaces the previous one in the
+        demonstration buffer, so the policy follows the best known order and search and sampled
+        games explore around it. Not counted as a demonstration.
+      The demonstrations train the network only; the best order of a run comes from the games
+      the agent plays itself. The best demonstration's cost is reported beside it.
+
+    Policy games (no search, one network call per move):
+      num_policy_games: games per iteration played by the raw network policy (a multiple of
+        the device count; 0 = none). The first game of each task is greedy (argmax of the
+        prior over the legal actions), the others sample from softmax(logits / temperature).
+        Their orders compete for the best order; they add nothing to the replay buffer.
+      policy_temperature: the sampling temperature of those games.
 
     Run control:
       iterations: stop after this many iterations in all (a resumed run continues the count);
@@ -90,6 +120,17 @@ class AlphaZeroConfig:
     weight_decay: float = 1e-4
     max_grad_norm: float = 1.0
     value_weight: float = 1.0
+    # demonstrations
+    demo_seconds: float = 10.0
+    demo_method: str = "best"
+    demo_fraction: float = 0.25
+    demo_max_ratio: float = 1.2
+    demo_smoothing: float = 0.0
+    demo_pretrain_steps: int = 100
+    imitate_best: bool = True
+    # policy games
+    num_policy_games: int = 16
+    policy_temperature: float = 1.0
     # run control
     iterations: int | None = 100
     minutes: float | None = None
@@ -115,17 +156,35 @@ class AlphaZeroConfig:
             raise ConfigError("set iterations or minutes (or both); otherwise the run never stops")
         if self.iterations is not None and self.iterations < 0:
             raise ConfigError(f"config iterations must be >= 0, got {self.iterations}")
-        for name in ("updates_per_iteration", "min_replay", "warmup_iterations", "seed"):
+        for name in ("updates_per_iteration", "min_replay", "warmup_iterations", "seed", "demo_seconds",
+                     "demo_pretrain_steps", "num_policy_games"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ConfigError(f"config {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("demo_fraction", "demo_smoothing"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"config {name} must be in [0, 1], got {getattr(self, name)}")
+        if self.demo_max_ratio < 1.0:
+            raise ConfigError(f"config demo_max_ratio must be >= 1, got {self.demo_max_ratio}")
+        if self.policy_temperature <= 0.0:
+            raise ConfigError(f"config policy_temperature must be > 0, got {self.policy_temperature}")
 
     # -- derived ------------------------------------------------------------------------------
     @property
-    def schedule_length(self) -> int:
-        """Iterations over which the learning rate decays."""
+    def use_demos(self) -> bool:
+        """Demonstrations are computed and trained on."""
+        return self.demo_fraction > 0.0
+
+    def progress(self, iteration: int, elapsed_s: float) -> float:
+        """The fraction of the run done after `iteration` iterations and `elapsed_s` seconds of
+        this invocation (in [0, 1]); the learning rate's cosine decay follows it."""
         if self.schedule_iterations is not None:
-            return max(1, self.schedule_iterations)
-        return max(1, self.iterations) if self.iterations is not None else 1000
+            return min(1.0, iteration / max(1, self.schedule_iterations))
+        fractions = []
+        if self.iterations is not None:
+            fractions.append(iteration / max(1, self.iterations))
+        if self.minutes is not None:
+            fractions.append(elapsed_s / max(1e-9, 60.0 * self.minutes))
+        return min(1.0, max(fractions))
 
     # -- (de)serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -173,6 +232,8 @@ class AlphaZeroConfig:
 def _parse_value(raw: str) -> Any:
     if raw.lower() in ("none", "null"):
         return None
+    if raw.lower() in ("true", "false"):  # Python's spelling as well as TOML's
+        return raw.lower() == "true"
     try:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:

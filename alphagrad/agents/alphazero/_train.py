@@ -4,7 +4,9 @@ A run directory holds::
 
     config.json              the AlphaZeroConfig of the run
     run.json                 the tasks (names, fingerprints, baselines)
-    best_order.json          the best order found (one task), or best_order_<task>.json (several)
+    best_order.json          the best order a game of the agent played (one task), or
+                             best_order_<task>.json (several); never a demonstration
+    demonstrations.json      the demonstrated orders (source, cost) per task, if any
     metrics.csv              one row per iteration
     training_curve.png       best and mean costs (relative to the best classic order) and losses
     checkpoints/<iteration>/ orbax checkpoints: params, train state (optimiser, replay buffer,
@@ -36,9 +38,12 @@ from alphagrad.agents.alphazero._core import (
     Tasks,
     TrainState,
     build_iteration,
+    build_pretrain,
     init_train_state,
-    make_optimizer,
+    learning_rate,
 )
+from alphagrad.agents.alphazero._demos import Demonstration, demo_orders, fill_demos
+from alphagrad.agents.alphazero._replay import replay_init
 from alphagrad.errors import AlphagradError
 from alphagrad.graph import Graph
 
@@ -55,7 +60,8 @@ class TrainResult:
     """The outcome of `train`.
 
     Attributes:
-      best_order: the best order found for the first task (vertex numbers).
+      best_order: the best order a game of the agent (self-play or policy game) played for the
+        first task (vertex numbers); never copied from a demonstration.
       best_cost: its multiplications (``graph.cost`` of ``best_order``); None if no game finished.
       history: one dict per iteration (the rows of metrics.csv).
       params: the trained network parameters (a pytree).
@@ -63,6 +69,10 @@ class TrainResult:
       baselines: per task name, ``{"forward", "reverse", "markowitz"}`` costs.
       config: the configuration of the run.
       iterations: iterations done in all (a resumed run counts its earlier iterations).
+      demo_costs: per task name, the cost of its best demonstration (absent: none).
+      demonstrations: per task name, ``{"source", "cost", "order"}`` of each demonstration.
+      best_sources: per task name, the kind of game that found the best order ("search",
+        "greedy" or "sampled").
     """
 
     best_order: list[int]
@@ -74,6 +84,9 @@ class TrainResult:
     baselines: dict[str, dict[str, int]]
     config: AlphaZeroConfig
     iterations: int
+    demo_costs: dict[str, int] = dataclasses.field(default_factory=dict)
+    demonstrations: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    best_sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def task_names(graphs: Sequence[Graph]) -> list[str]:
@@ -142,7 +155,7 @@ def _metrics_columns(names: Sequence[str]) -> list[str]:
     columns = ["iteration", "elapsed_s", "games", "games_per_s", "loss", "policy_loss", "value_loss",
                "learning_rate", "replay_size"]  # fmt: skip
     for name in names:
-        columns += [f"best:{name}", f"mean:{name}"]
+        columns += [f"best:{name}", f"mean:{name}", f"greedy:{name}", f"demo:{name}"]
     return columns
 
 
@@ -163,8 +176,10 @@ def _append_metrics(path: str, names: Sequence[str], row: Mapping[str, Any]) -> 
         csv.DictWriter(fh, _metrics_columns(names), extrasaction="ignore").writerow(row)
 
 
-def plot_curve(path: str, names: Sequence[str], history: Sequence[Mapping[str, Any]], baselines) -> None:
-    """Writes the training curve: per task, best and mean cost divided by its best classic cost."""
+def plot_curve(path: str, names: Sequence[str], history: Sequence[Mapping[str, Any]], baselines,
+               demo_costs: Mapping[str, int] | None = None) -> None:  # fmt: skip
+    """Writes the training curve: per task, best and mean cost divided by its best classic cost
+    (and its best demonstration's, dashed, when there are demonstrations)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,6 +194,9 @@ def plot_curve(path: str, names: Sequence[str], history: Sequence[Mapping[str, A
         line = ax.plot(its, [b / ref if b not in (None, "") else np.nan for b in best], label=f"{name} best")[0]
         ax.plot(its, [m / ref if m not in (None, "") else np.nan for m in mean], ":", color=line.get_color(),
                 label=f"{name} mean")  # fmt: skip
+        if demo_costs and name in demo_costs:
+            ax.axhline(demo_costs[name] / ref, color=line.get_color(), lw=0.8, ls="-.",
+                       label=f"{name} best demonstration")  # fmt: skip
     ax.axhline(1.0, color="black", lw=0.8, ls="--", label="best of forward/reverse/Markowitz")
     ax.set_ylabel("multiplications / best classic")
     ax.legend(fontsize="small")
@@ -208,8 +226,8 @@ def _manager(out_dir: str):
 def _save_checkpoint(manager, ts: TrainState, meta: dict) -> None:
     import orbax.checkpoint as ocp
 
-    rest = {"opt_state": ts.opt_state, "buffer": ts.buffer, "key": ts.key, "iteration": ts.iteration,
-            "updates": ts.updates}  # fmt: skip
+    rest = {"opt_state": ts.opt_state, "buffer": ts.buffer, "demos": ts.demos, "key": ts.key,
+            "iteration": ts.iteration, "updates": ts.updates}  # fmt: skip
     manager.save(
         int(ts.iteration),
         args=ocp.args.Composite(
@@ -229,8 +247,8 @@ def _restore_checkpoint(manager, like: TrainState) -> tuple[TrainState, dict] | 
     if step is None:
         return None
     abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
-    rest = {"opt_state": like.opt_state, "buffer": like.buffer, "key": like.key, "iteration": like.iteration,
-            "updates": like.updates}  # fmt: skip
+    rest = {"opt_state": like.opt_state, "buffer": like.buffer, "demos": like.demos, "key": like.key,
+            "iteration": like.iteration, "updates": like.updates}  # fmt: skip
     restored = manager.restore(
         step,
         args=ocp.args.Composite(
@@ -333,6 +351,12 @@ def train(
 ) -> TrainResult:
     """Trains one network on one or several graphs by AlphaZero self-play and keeps the best orders.
 
+    With demonstrations (``config.demo_fraction > 0``) the run first searches each graph for
+    ``demo_seconds`` without the network, replays those orders and the classic ones into a
+    demonstration buffer, pre-trains on it, and mixes it into every minibatch. Each iteration
+    plays ``num_games`` search games and ``num_policy_games`` raw-policy games; the best order
+    of a task is the cheapest of those games, never a demonstration.
+
     Args:
       graphs: a graph, a list of graphs, or a mapping task name -> graph. Several graphs train
         one network jointly (padded to the largest; game b of iteration i plays graph
@@ -343,7 +367,7 @@ def train(
       resume: continue the run in `out_dir` from its latest checkpoint (the iteration count
         continues; the best orders are the better of the checkpoint's and the order files').
       callback: called after every iteration with its metrics row (plus "best", "baselines",
-        "total" entries), e.g. a progress bar.
+        "demos" (best demonstration cost per task), "total" entries), e.g. a progress bar.
       mesh: the device mesh (default: all devices, axis "games"); ``num_games`` and
         ``batch_size`` must be multiples of its size.
 
@@ -357,10 +381,11 @@ def train(
     config = config or AlphaZeroConfig()
     graphs, names = _normalise_graphs(graphs)
     mesh = mesh or default_mesh()
-    if config.num_games % mesh.size or config.batch_size % mesh.size:
+    if config.num_games % mesh.size or config.batch_size % mesh.size or config.num_policy_games % mesh.size:
         raise ConfigError(
-            f"num_games ({config.num_games}) and batch_size ({config.batch_size}) must be multiples of the "
-            f"number of devices ({mesh.size}); set them with --set num_games=... batch_size=..."
+            f"num_games ({config.num_games}), num_policy_games ({config.num_policy_games}) and batch_size "
+            f"({config.batch_size}) must be multiples of the number of devices ({mesh.size}); set them with "
+            "--set num_games=... num_policy_games=... batch_size=..."
         )
     out_dir = os.fspath(out_dir) if out_dir is not None else None
     # With several processes (jax.distributed) every one runs this loop on the same data; only
@@ -369,6 +394,7 @@ def train(
     if resume and out_dir is None:
         raise AlphagradError("resume needs the run directory (out_dir)")
 
+    start = time.monotonic()  # the demonstrations' search time counts against `minutes`
     tasks, baselines = make_tasks(graphs, max_vertices=config.max_vertices, max_inputs=config.max_inputs)
     length = max(g.num_intermediates for g in graphs)
     replicated = NamedSharding(mesh, P())
@@ -377,9 +403,12 @@ def train(
 
     best_costs: dict[str, int] = {}
     best_orders: dict[str, list[int]] = {}
+    best_sources: dict[str, str] = {}
+    demonstrations: dict[str, list[dict[str, Any]]] = {}
     history: list[dict[str, Any]] = []
     elapsed0, games0 = 0.0, 0
     manager = None
+    restored = None
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
         has_run = os.path.exists(os.path.join(out_dir, "config.json"))
@@ -403,6 +432,8 @@ def train(
                 elapsed0, games0 = float(meta.get("elapsed_s", 0.0)), int(meta.get("games", 0))
                 for name, rec in meta.get("best", {}).items():
                     best_costs[name], best_orders[name] = int(rec["cost"]), list(rec["order"])
+                    best_sources[name] = str(rec.get("source", ""))
+                demonstrations = {k: list(v) for k, v in meta.get("demonstrations", {}).items()}
             # An improvement written after the last checkpoint survives in the order files.
             for g, name in zip(graphs, names):
                 path = best_order_path(out_dir, names, name)
@@ -410,12 +441,41 @@ def train(
                     record = orders.load(path, graph=g)
                     if name not in best_costs or record.multiplications < best_costs[name]:
                         best_costs[name], best_orders[name] = record.multiplications, list(record.order)
+                        best_sources[name] = str(record.extra.get("found_by", ""))
         if writer:
             _write_metrics(os.path.join(out_dir, "metrics.csv"), names, history)
 
+    if restored is None and config.use_demos:
+        # A resumed run keeps the demonstrations of its checkpoint (the search is time-limited,
+        # so running it again would give other orders).
+        shown = demo_orders(graphs, config)
+        ts = dataclasses.replace(ts, demos=fill_demos(ts.demos, tasks, shown, config.demo_smoothing,
+                                                      config.xla_opt_level))  # fmt: skip
+        ts = jax.device_put(ts, replicated)
+        demonstrations = {name: [] for name in names}
+        for d in shown:
+            demonstrations[names[d.task]].append({"source": d.source, "cost": d.cost, "order": list(d.order)})
+        if writer:
+            _write_json(os.path.join(out_dir, "demonstrations.json"), demonstrations)
+        if config.demo_pretrain_steps and shown:
+            pretrain = build_pretrain(config, mesh, len(graphs), length)
+            ts, _ = pretrain(ts, tasks, jnp.float32(config.progress(int(ts.iteration), time.monotonic() - start)))
+    demo_costs = {name: min(d["cost"] for d in demos) for name, demos in demonstrations.items() if demos}
+    shown = [Demonstration(names.index(name), d["source"], tuple(d["order"]), int(d["cost"]))
+             for name, demos in demonstrations.items() for d in demos]  # fmt: skip
+    imitated: dict[str, int] = {}  # the agent's best cost each task's demo buffer holds
+
+    def imitate_best(ts: TrainState) -> TrainState:
+        """Rebuilds the demonstration buffer from the demonstrations and the agent's current
+        best orders (rare: only after an improvement)."""
+        agent = [Demonstration(k, "agent", tuple(best_orders[n]), best_costs[n])
+                 for k, n in enumerate(names) if n in best_costs]  # fmt: skip
+        empty = replay_init(ts.demos.capacity, *ts.demos.data.codes.shape[1:])
+        demos = fill_demos(empty, tasks, shown + agent, config.demo_smoothing, config.xla_opt_level)
+        imitated.update({n: best_costs[n] for n in names if n in best_costs})
+        return dataclasses.replace(ts, demos=jax.device_put(demos, replicated))
+
     iteration_fn = build_iteration(config, mesh, len(graphs), length)
-    _, schedule = make_optimizer(config)
-    start = time.monotonic()
     done_iterations = int(ts.iteration)
     total = config.iterations
 
@@ -427,56 +487,84 @@ def train(
             "iteration": done_iterations,
             "elapsed_s": elapsed0 + time.monotonic() - start,
             "games": games0 + games,
-            "best": {n: {"cost": best_costs[n], "order": best_orders[n]} for n in best_costs},
+            "best": {
+                n: {"cost": best_costs[n], "order": best_orders[n], "source": best_sources.get(n, "")}
+                for n in best_costs
+            },
+            "demonstrations": demonstrations,
             "history": history,
         }
 
+    def consider(k: int, name: str, g: Graph, order_row, cost: int, source: str) -> None:
+        """Makes a finished game's order the best of its task if it is cheaper."""
+        if name in best_costs and cost >= best_costs[name]:
+            return
+        order = [int(v) for v in order_row[: g.num_intermediates]]
+        checked = graph_lib.cost(g, order)  # the cost model confirms the env's count
+        if checked != cost:
+            raise AlphagradError(f"internal error: the env scored an order of {name} {cost}, graph.cost {checked}")
+        best_costs[name], best_orders[name], best_sources[name] = cost, order, source
+        if writer:
+            orders.save(best_order_path(out_dir, names, name), order, graph=g, method="alphazero",
+                        task=name, iteration=done_iterations, seed=config.seed, found_by=source,
+                        best_demonstration=demo_costs.get(name))  # fmt: skip
+
     games = 0
     last_saved = done_iterations
+    per_iteration = config.num_games + config.num_policy_games
     while (total is None or done_iterations < total) and not out_of_time():
         tick = time.monotonic()
-        ts, out = iteration_fn(ts, tasks)
+        progress = config.progress(done_iterations, time.monotonic() - start)
+        lr = float(learning_rate(config, int(ts.updates), progress))
+        ts, out = iteration_fn(ts, tasks, jnp.float32(progress))
         out = jax.device_get(out)
         seconds = time.monotonic() - tick
         done_iterations = int(ts.iteration)
-        games += config.num_games
+        games += per_iteration
         means: dict[str, float] = {}
+        greedy: dict[str, int] = {}
+        greedy_game = np.arange(len(out.policy_task)) < len(graphs)
         for k, (g, name) in enumerate(zip(graphs, names)):
             mine = (out.task == k) & out.done
-            if not mine.any():
-                continue
-            costs = out.costs[mine]
-            means[name] = float(costs.mean())
-            b = int(np.flatnonzero(mine)[np.argmin(costs)])
-            cost = int(out.costs[b])
-            if name not in best_costs or cost < best_costs[name]:
-                order = [int(v) for v in out.orders[b][: g.num_intermediates]]
-                checked = graph_lib.cost(g, order)  # the cost model confirms the env's count
-                if checked != cost:
-                    raise AlphagradError(f"internal error: the env scored an order of {name} {cost}, graph.cost {checked}")
-                best_costs[name], best_orders[name] = cost, order
-                if writer:
-                    orders.save(best_order_path(out_dir, names, name), order, graph=g, method="alphazero",
-                                task=name, iteration=done_iterations, seed=config.seed)  # fmt: skip
+            if mine.any():
+                costs = out.costs[mine]
+                means[name] = float(costs.mean())
+                b = int(np.flatnonzero(mine)[np.argmin(costs)])
+                consider(k, name, g, out.orders[b], int(out.costs[b]), "search")
+            for is_greedy, source in ((True, "greedy"), (False, "sampled")):
+                theirs = (out.policy_task == k) & out.policy_done & (greedy_game == is_greedy)
+                if not theirs.any():
+                    continue
+                b = int(np.flatnonzero(theirs)[np.argmin(out.policy_costs[theirs])])
+                if is_greedy:
+                    greedy[name] = int(out.policy_costs[b])
+                consider(k, name, g, out.policy_orders[b], int(out.policy_costs[b]), source)
         row: dict[str, Any] = {
             "iteration": done_iterations,
             "elapsed_s": round(elapsed0 + time.monotonic() - start, 3),
             "games": games0 + games,
-            "games_per_s": round(config.num_games / max(seconds, 1e-9), 3),
+            "games_per_s": round(per_iteration / max(seconds, 1e-9), 3),
             "loss": float(out.loss),
             "policy_loss": float(out.policy_loss),
             "value_loss": float(out.value_loss),
-            "learning_rate": float(schedule(max(int(ts.updates) - 1, 0))),
+            "learning_rate": lr,
             "replay_size": int(ts.buffer.size),
         }
         for name in names:
             row[f"best:{name}"] = best_costs.get(name, "")
             row[f"mean:{name}"] = round(means[name], 3) if name in means else ""
+            row[f"greedy:{name}"] = greedy.get(name, "")
+            row[f"demo:{name}"] = demo_costs.get(name, "")
         history.append(row)
+        if config.use_demos and config.imitate_best and shown and any(
+            imitated.get(n) != best_costs.get(n) for n in best_costs
+        ):
+            ts = imitate_best(ts)
         if writer:
             _append_metrics(os.path.join(out_dir, "metrics.csv"), names, row)
         if callback is not None:
-            callback({**row, "best": dict(best_costs), "baselines": dict(zip(names, baselines)), "total": total})
+            callback({**row, "best": dict(best_costs), "baselines": dict(zip(names, baselines)), "total": total,
+                      "demos": dict(demo_costs)})  # fmt: skip
         finished = (total is not None and done_iterations >= total) or out_of_time()
         if manager is not None and (done_iterations % config.checkpoint_every == 0 or finished):
             _save_checkpoint(manager, ts, meta())
@@ -486,7 +574,7 @@ def train(
         if manager is not None and last_saved != done_iterations:
             _save_checkpoint(manager, ts, meta())
         if history and writer:
-            plot_curve(os.path.join(out_dir, "training_curve.png"), names, history, baselines)
+            plot_curve(os.path.join(out_dir, "training_curve.png"), names, history, baselines, demo_costs)
     first = names[0]
     return TrainResult(
         best_order=best_orders.get(first, []),
@@ -498,4 +586,7 @@ def train(
         baselines=dict(zip(names, baselines)),
         config=config,
         iterations=done_iterations,
+        demo_costs=demo_costs,
+        demonstrations=demonstrations,
+        best_sources=best_sources,
     )
