@@ -3,7 +3,7 @@ classic orders and the AlphaGrad paper's published count.
 
     python benchmarks/search_quality_alphazero.py --minutes 10                 # all ten graphs
     python benchmarks/search_quality_alphazero.py --minutes 2.5 PropaneCombustion HumanHeartDipole
-    python benchmarks/search_quality_alphazero.py --minutes 3 --set num_simulations=32 RoeFlux_1d
+    python benchmarks/search_quality_alphazero.py RoeFlux_1d --minutes 3 --set num_simulations=32   # graphs before --set
 
 Each graph trains its own network from scratch (default `AlphaZeroConfig`, seed 0); the time
 includes the demonstrations' search (``demo_seconds``) and compilation. Prints a markdown table:
