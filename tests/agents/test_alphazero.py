@@ -399,6 +399,32 @@ def test_best_order_never_comes_from_a_demonstration(propane, tmp_path, monkeypa
     assert json.loads((tmp_path / "demonstrations.json").read_text())[TASK][0]["cost"] == 1
 
 
+def test_pretraining_runs_in_chunks_and_stops_at_its_share_of_the_time(propane, monkeypatch):
+    """demo_pretrain_steps run as equal chunks (4 steps at chunk size <= 3: two calls of 2); a
+    time-limited run stops after the chunk that uses up its share of the budget."""
+    import alphagrad.agents.alphazero._train as train_mod
+    from alphagrad.agents.alphazero._core import build_pretrain
+
+    calls = []
+
+    def counting(config, mesh, num_tasks, length, steps=None):
+        fn = build_pretrain(config, mesh, num_tasks, length, steps=steps)
+
+        def run(ts, tasks, progress):
+            calls.append(steps)
+            return fn(ts, tasks, progress)
+
+        return run
+
+    monkeypatch.setattr(train_mod, "build_pretrain", counting)
+    monkeypatch.setattr(train_mod, "PRETRAIN_CHUNK", 3)
+    alphazero.train({TASK: propane}, dataclasses.replace(TINY, iterations=1))
+    assert calls == [2, 2]
+    calls.clear()
+    alphazero.train({TASK: propane}, dataclasses.replace(TINY, iterations=None, minutes=1e-6))
+    assert calls == [2]
+
+
 def test_greedy_policy_game_follows_the_argmax_of_the_prior(propane):
     """The greedy game plays the argmax of the masked prior at every move (checked against a
     step-by-step replay), and sampled games play legal complete orders."""

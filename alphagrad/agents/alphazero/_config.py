@@ -68,7 +68,9 @@ class AlphaZeroConfig:
       demo_smoothing: policy target of a demonstrated move: (1 - s) one-hot on the demo's action
         plus s spread uniformly over the legal actions.
       demo_pretrain_steps: gradient steps on demonstrations alone before the first self-play
-        game (so the first games already follow them).
+        game (so the first games already follow them). Run in equal chunks of at most 100
+        (rounded up to whole chunks); with ``minutes`` set, pre-training stops after the chunk
+        that brings the run past 40% of its budget.
       imitate_best: also imitate the agent's own best order of each task (self-imitation):
         whenever a game of the agent finds a cheaper order, it replaces the previous one in the
         demonstration buffer, so the policy follows the best known order and search and sampled

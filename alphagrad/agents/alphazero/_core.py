@@ -345,11 +345,11 @@ def build_iteration(config: AlphaZeroConfig, mesh: Mesh, num_tasks: int, length:
     return _build(_compile_key(config), mesh, num_tasks, length)[0]
 
 
-def build_pretrain(config: AlphaZeroConfig, mesh: Mesh, num_tasks: int, length: int):
+def build_pretrain(config: AlphaZeroConfig, mesh: Mesh, num_tasks: int, length: int, steps: int | None = None):
     """The jitted ``pretrain(state: TrainState, tasks: Tasks, progress: float32[]) -> (TrainState,
-    losses float32[3])``: ``demo_pretrain_steps`` gradient steps on demonstrations alone (state
-    donated; losses = mean total, policy and value loss)."""
-    steps = config.demo_pretrain_steps
+    losses float32[3])``: `steps` (default ``demo_pretrain_steps``) gradient steps on
+    demonstrations alone (state donated; losses = mean total, policy and value loss)."""
+    steps = config.demo_pretrain_steps if steps is None else steps
     return _build(_compile_key(config), mesh, num_tasks, length, steps)[1]
 
 

@@ -50,6 +50,8 @@ from alphagrad.graph import Graph
 __all__ = ["train", "TrainResult", "make_tasks", "default_mesh", "task_names", "RUN_CONTROL_KEYS"]
 
 #: Config keys a resumed run may change; every other key must match the stopped run's.
+PRETRAIN_CHUNK = 100  # at most this many pre-training steps per jitted call
+PRETRAIN_SHARE = 0.4  # of a time-limited run, at most this share goes to demonstrations before self-play
 RUN_CONTROL_KEYS = ("iterations", "minutes", "checkpoint_every", "seed")
 
 _BASELINES = ("forward", "reverse", "markowitz")
@@ -458,8 +460,15 @@ def train(
         if writer:
             _write_json(os.path.join(out_dir, "demonstrations.json"), demonstrations)
         if config.demo_pretrain_steps and shown:
-            pretrain = build_pretrain(config, mesh, len(graphs), length)
-            ts, _ = pretrain(ts, tasks, jnp.float32(config.progress(int(ts.iteration), time.monotonic() - start)))
+            # In chunks, so that a time-limited run stops pre-training once the demonstrations
+            # (search and pre-training) have had their share of the budget.
+            num_chunks = -(-config.demo_pretrain_steps // PRETRAIN_CHUNK)
+            chunk = -(-config.demo_pretrain_steps // num_chunks)
+            pretrain = build_pretrain(config, mesh, len(graphs), length, steps=chunk)
+            for _ in range(num_chunks):
+                ts, _ = pretrain(ts, tasks, jnp.float32(config.progress(int(ts.iteration), time.monotonic() - start)))
+                if config.minutes is not None and time.monotonic() - start >= PRETRAIN_SHARE * 60.0 * config.minutes:
+                    break
     demo_costs = {name: min(d["cost"] for d in demos) for name, demos in demonstrations.items() if demos}
     shown = [Demonstration(names.index(name), d["source"], tuple(d["order"]), int(d["cost"]))
              for name, demos in demonstrations.items() for d in demos]  # fmt: skip
