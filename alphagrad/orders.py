@@ -68,9 +68,10 @@ def markowitz_degree(eliminator: Eliminator, vertex: int) -> int:
     an elementwise edge 1, a partly diagonal edge the vertex dimension of its dense index pair.
     """
     node = eliminator.graph.node_id(vertex)
-    # On an out-edge v->c the vertex is the source: its shape is the edge's in_shape.
-    out_w = sum(_vertex_side_weight(code, in_shape) for code, _, in_shape in eliminator.succs[node].values())
-    in_w = sum(_vertex_side_weight(code, out_shape) for code, out_shape, _ in eliminator.preds[node].values())
+    # On an out-edge v->c the vertex is the source, on an in-edge p->v the destination.
+    as_source, as_destination = eliminator.src_shape[node], eliminator.dst_shape[node]
+    out_w = sum(_vertex_side_weight(code, as_source) for code in eliminator.succs[node].values())
+    in_w = sum(_vertex_side_weight(code, as_destination) for code in eliminator.preds[node].values())
     return out_w * in_w
 
 

@@ -27,9 +27,8 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Callable, Sequence
 
-from alphagrad.agents._elim import ElimState
 from alphagrad.agents._result import Deadline, Progress, SearchError, SearchResult
-from alphagrad.graph import Graph
+from alphagrad.graph import Eliminator, Graph
 from alphagrad.graph import cost as graph_cost
 
 __all__ = [
@@ -73,7 +72,7 @@ class _Context:
     """What the filters see: the elimination state, static counts, and the random generator."""
 
     def __init__(self, graph: Graph, rng: _random.Random, lmmd_weight: float):
-        self.state = ElimState(graph)
+        self.state = Eliminator(graph)
         self.indep, self.dep = _connected_counts(graph)
         self.rng = rng
         self.lmmd_weight = lmmd_weight
@@ -86,11 +85,11 @@ def _argmin(candidates: list[int], score: Callable[[int], float]) -> list[int]:
 
 
 def _markowitz(ctx: _Context, cands: list[int]) -> list[int]:
-    return _argmin(cands, ctx.state.cost)
+    return _argmin(cands, ctx.state.elimination_cost)
 
 
 def _relative(ctx: _Context, cands: list[int]) -> list[int]:
-    return _argmin(cands, lambda v: ctx.state.cost(v) - ctx.indep[v] * ctx.dep[v])
+    return _argmin(cands, lambda v: ctx.state.elimination_cost(v) - ctx.indep[v] * ctx.dep[v])
 
 
 def _fill_in(ctx: _Context, cands: list[int]) -> list[int]:
@@ -99,11 +98,11 @@ def _fill_in(ctx: _Context, cands: list[int]) -> list[int]:
 
 def _lmmd(ctx: _Context, cands: list[int]) -> list[int]:
     w = ctx.lmmd_weight
-    return _argmin(cands, lambda v: ctx.state.cost(v) + w * ctx.state.neighbour_change(v))
+    return _argmin(cands, lambda v: ctx.state.elimination_cost(v) + w * ctx.state.neighbour_change(v))
 
 
 def _momr(ctx: _Context, cands: list[int]) -> list[int]:
-    return _argmin(cands, lambda v: ctx.state.neighbour_change(v) - ctx.state.cost(v))
+    return _argmin(cands, lambda v: ctx.state.neighbour_change(v) - ctx.state.elimination_cost(v))
 
 
 #: name -> filter(context, candidates) -> best candidates (ties kept).
