@@ -125,10 +125,10 @@ class AlphaZeroConfig:
     # demonstrations
     demo_seconds: float = 10.0
     demo_method: str = "best"
-    demo_fraction: float = 0.25
+    demo_fraction: float = 0.5
     demo_max_ratio: float = 1.2
     demo_smoothing: float = 0.0
-    demo_pretrain_steps: int = 100
+    demo_pretrain_steps: int = 1000
     imitate_best: bool = True
     # policy games
     num_policy_games: int = 16
