@@ -49,9 +49,11 @@ from alphagrad.graph import Graph
 
 __all__ = ["train", "TrainResult", "make_tasks", "default_mesh", "task_names", "RUN_CONTROL_KEYS"]
 
+#: At most this many pre-training steps per jitted call.
+PRETRAIN_CHUNK = 100
+#: A time-limited run stops pre-training once this share of its budget has passed.
+PRETRAIN_SHARE = 0.4
 #: Config keys a resumed run may change; every other key must match the stopped run's.
-PRETRAIN_CHUNK = 100  # at most this many pre-training steps per jitted call
-PRETRAIN_SHARE = 0.4  # of a time-limited run, at most this share goes to demonstrations before self-play
 RUN_CONTROL_KEYS = ("iterations", "minutes", "checkpoint_every", "seed")
 
 _BASELINES = ("forward", "reverse", "markowitz")
