@@ -23,9 +23,9 @@ from collections import deque
 from collections.abc import Sequence
 
 from alphagrad import orders as orders_lib
-from alphagrad.agents._batch import is_scalar_graph
 from alphagrad.agents._result import Deadline, Progress, SearchResult
 from alphagrad.agents.heuristics import heuristic_order
+from alphagrad.env import is_scalar_graph
 from alphagrad.graph import Graph, check_order, cost_model
 from alphagrad.graph import cost as graph_cost
 

@@ -21,12 +21,12 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from alphagrad.agents._batch import is_scalar_graph
 from alphagrad.agents._result import Deadline, Progress, SearchError, SearchResult
 from alphagrad.agents.annealing import anneal
 from alphagrad.agents.beam import beam_search
 from alphagrad.agents.exact import solve_exact
 from alphagrad.agents.heuristics import search_heuristics
+from alphagrad.env import is_scalar_graph
 from alphagrad.graph import Graph
 from alphagrad.graph import cost as graph_cost
 

@@ -1,4 +1,4 @@
-"""The vertex elimination game: a pure JAX core, gymnasium environments and graph generators.
+"""The vertex elimination game: two pure JAX cores, gymnasium environments and graph generators.
 
     >>> from alphagrad import env, graph
     >>> g = graph.load_reference()["RoeFlux_1d"]
@@ -6,12 +6,19 @@
     >>> state, reward, terminated = jax.jit(env.step)(state, 97)     # eliminates vertex 98
     >>> gym_env = gymnasium.make("alphagrad/VertexElimination-v0", task="RoeFlux_1d")
 
+The two jitted cores are the fast paths of `alphagrad.graph.Eliminator`'s elimination rules for
+search and RL: `step` is table-driven and serves every graph and cost model; `bitset_step`
+serves scalar graphs only (`is_scalar_graph`), with successor sets as bit words (O(N * W) word
+operations a step). Both use one node layout and one action numbering, and score exactly like
+`graph.cost` (tests/env/test_engine_equivalence.py).
+
 Importing this package registers ``alphagrad/VertexElimination-v0`` with gymnasium (with a
 ``vector_entry_point`` for ``gymnasium.make_vec``).
 """
 
 import gymnasium as _gymnasium
 
+from alphagrad.env._bitset import BitsetState, bitset_init, bitset_step, is_scalar_graph
 from alphagrad.env._core import (
     NODE_ELIMINATED,
     NODE_INPUT,
@@ -39,6 +46,7 @@ from alphagrad.env._gym import (
 )
 
 __all__ = [
+    "BitsetState",
     "ENV_ID",
     "NODE_ELIMINATED",
     "NODE_INPUT",
@@ -53,7 +61,10 @@ __all__ = [
     "StateSizeError",
     "VertexEliminationEnv",
     "VertexEliminationVectorEnv",
+    "bitset_init",
+    "bitset_step",
     "init_state",
+    "is_scalar_graph",
     "is_terminal",
     "legal_actions",
     "observation_space",

@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from alphagrad.errors import AlphagradError
-from alphagrad.graph import Graph, cost_model as _load_cost_model
+from alphagrad.graph import MAX_CODE, MIN_CODE, NUM_CODES, Graph
+from alphagrad.graph import cost_model as _load_cost_model
 
 __all__ = [
     "State",
@@ -61,10 +62,7 @@ __all__ = [
     "NODE_OUTPUT",
 ]
 
-MIN_CODE = -10
-MAX_CODE = 11
-NUM_CODES = MAX_CODE - MIN_CODE + 1  # 22; code 0 (no edge) sits at table index 10
-_ZERO = -MIN_CODE
+_ZERO = -MIN_CODE  # table index of code 0 (no edge)
 
 #: Values of ``observe(state)["node_type"]``.
 NODE_PADDING = 0

@@ -5,7 +5,7 @@ returns a `Graph`; its ``max_vertices`` and ``max_inputs`` bound every graph it 
 environment can size its state once. `RandomGraphGenerator` builds graphs of random
 straight-line programs directly (no JAX tracing): it draws a program from a small primitive set
 with shapes of at most two dimensions, and asks the graph builder's own edge rules
-(`alphagrad.graph._rules.edge_codes`, the function `graph.trace` uses) for each equation's
+(`alphagrad.graph.edge_codes`, the function `graph.trace` uses) for each equation's
 structure codes, so a drawn graph is exactly the graph `graph.trace` would build for that program.
 """
 
@@ -20,9 +20,8 @@ import jax
 import numpy as np
 
 from alphagrad.errors import AlphagradError
-from alphagrad.graph import Edge, Graph, Vertex, cost_model as _load_cost_model
-from alphagrad.graph import _rules
-from alphagrad.graph import _trace
+from alphagrad.graph import REUSED_OUTPUT_CODE, Edge, Graph, Vertex, edge_codes, normalise_shape
+from alphagrad.graph import cost_model as _load_cost_model
 
 __all__ = ["GraphGenerator", "RandomGraphGenerator", "ChoiceGenerator", "as_rng"]
 
@@ -410,11 +409,11 @@ class _Program:
         node = self.num_inputs + number
         in_shapes = [self.shape(op) for op in operands]
         differentiable = [self.differentiable[op - 1] for op in operands]
-        codes = _rules.edge_codes(name, in_shapes, out, params or {}, differentiable)
-        out_norm = _rules.normalise(out)
+        codes = edge_codes(name, in_shapes, out, params or {}, differentiable)
+        out_norm = normalise_shape(out)
         for i, code in codes.items():
             src = operands[i]
-            edge = Edge(src, node, code, out_norm, _rules.normalise(in_shapes[i]))
+            edge = Edge(src, node, code, out_norm, normalise_shape(in_shapes[i]))
             if (src, node) in self.edges:  # one variable feeding two operands: the partials add up
                 edge = edge._replace(code=self.model.sum_code(self.edges[(src, node)].code, code))
             self.edges[(src, node)] = edge
@@ -435,26 +434,21 @@ class _Program:
         outputs = [n - self.num_inputs for n in sinks]
         for node in chosen:
             number = len(self.vertices) + 1
-            shape = _rules.normalise(self.shape(node))
+            shape = normalise_shape(self.shape(node))
             self.vertices.append(Vertex(number, "copy", shape, ""))
             self.edges[(node, self.num_inputs + number)] = Edge(
-                node, self.num_inputs + number, _reused_output_code(cost_model), shape, shape
+                node, self.num_inputs + number, REUSED_OUTPUT_CODE[cost_model], shape, shape
             )
             outputs.append(number)
         return Graph(
             num_inputs=self.num_inputs,
-            input_shapes=tuple(_rules.normalise(s) for s in self.shapes[: self.num_inputs]),
+            input_shapes=tuple(normalise_shape(s) for s in self.shapes[: self.num_inputs]),
             vertices=tuple(self.vertices),
             edges=tuple(self.edges.values()),
             outputs=tuple(outputs),
             cost_model=cost_model,
             name=name,
         )
-
-
-def _reused_output_code(cost_model: str) -> int:
-    """The code of the edge from a read output to its copy, as `graph.trace` writes it."""
-    return int(_trace.REUSED_OUTPUT_CODE[cost_model])
 
 
 # Statement kinds and weights (the methods of _Program named "_" + kind).

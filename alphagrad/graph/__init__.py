@@ -6,6 +6,10 @@
 """
 
 from alphagrad.graph._cost import (
+    CODES,
+    MAX_CODE,
+    MIN_CODE,
+    NUM_CODES,
     CostModel,
     Eliminator,
     check_order,
@@ -16,13 +20,20 @@ from alphagrad.graph._cost import (
 )
 from alphagrad.graph._graph import Edge, Graph, Vertex
 from alphagrad.graph._reference import ReferenceInfo, load_reference, reference_info, reference_names
-from alphagrad.graph._trace import SUPPORTED_PRIMITIVES, trace
+from alphagrad.graph._rules import edge_codes
+from alphagrad.graph._rules import normalise as normalise_shape
+from alphagrad.graph._trace import REUSED_OUTPUT_CODE, SUPPORTED_PRIMITIVES, trace
 
 __all__ = [
+    "CODES",
     "CostModel",
     "Edge",
     "Eliminator",
     "Graph",
+    "MAX_CODE",
+    "MIN_CODE",
+    "NUM_CODES",
+    "REUSED_OUTPUT_CODE",
     "ReferenceInfo",
     "SUPPORTED_PRIMITIVES",
     "Vertex",
@@ -30,8 +41,10 @@ __all__ = [
     "cost",
     "cost_model",
     "cost_models",
+    "edge_codes",
     "elimination_costs",
     "load_reference",
+    "normalise_shape",
     "reference_info",
     "reference_names",
     "trace",

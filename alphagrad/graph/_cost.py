@@ -21,6 +21,9 @@ from alphagrad.graph._graph import Graph, Shape2D
 
 __all__ = [
     "CODES",
+    "MAX_CODE",
+    "MIN_CODE",
+    "NUM_CODES",
     "CostModel",
     "cost_model",
     "cost_models",
@@ -30,10 +33,13 @@ __all__ = [
     "Eliminator",
 ]
 
-#: Structure codes -10..11 (0 = no edge); tables are indexed by ``code - MIN_CODE``.
+#: Structure codes run from MIN_CODE to MAX_CODE (0 = no edge). Every code table (the cost
+#: models', the env cores', the policy network's code embedding) is indexed by ``code - MIN_CODE``.
 MIN_CODE = -10
 MAX_CODE = 11
+#: All structure codes, in table order.
 CODES = tuple(range(MIN_CODE, MAX_CODE + 1))
+#: The number of structure codes (22): the length of each code axis of a table.
 NUM_CODES = len(CODES)
 FACTOR_NAMES = ("c1", "c2", "v1", "v2", "p1", "p2")
 

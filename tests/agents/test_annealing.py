@@ -9,8 +9,9 @@ import numpy as np
 
 from alphagrad import graph
 from alphagrad.agents import anneal
-from alphagrad.agents._batch import evaluator, is_scalar_graph
+from alphagrad.agents._batch import evaluator
 from alphagrad.agents.annealing import propose
+from alphagrad.env import is_scalar_graph
 
 
 def test_bitset_and_env_back_ends_score_like_the_cost_model(reference_graphs):

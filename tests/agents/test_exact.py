@@ -12,7 +12,7 @@ from alphagrad.agents import (
     search_heuristics,
     solve_exact,
 )
-from alphagrad.agents._batch import is_scalar_graph
+from alphagrad.env import is_scalar_graph
 from tests.agents.conftest import brute_force
 
 

@@ -10,7 +10,6 @@ from hypothesis import given, settings
 
 from alphagrad import env, graph
 from alphagrad.errors import AlphagradError
-from alphagrad.graph import _rules
 
 
 def check_valid(g: graph.Graph, gen: env.RandomGraphGenerator) -> None:
@@ -21,7 +20,7 @@ def check_valid(g: graph.Graph, gen: env.RandomGraphGenerator) -> None:
     n = g.num_inputs + g.num_vertices
     for e in g.edges:
         assert 1 <= e.src < e.dst <= n and e.dst > g.num_inputs  # a DAG in node-id order
-        assert e.code != 0 and _rules.normalise(e.out_shape) == e.out_shape
+        assert e.code != 0 and graph.normalise_shape(e.out_shape) == e.out_shape
     as_source, as_destination = g.node_shapes()  # consistent shapes per node
     assert (as_source == as_destination).all()
     for v in g.vertices:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from alphagrad.env import NODE_INTERMEDIATE, NODE_OUTPUT, State, observe
-from alphagrad.env._core import MIN_CODE, NUM_CODES
+from alphagrad.graph import MIN_CODE, NUM_CODES
 
 __all__ = ["PolicyValueNet", "value_transform", "inverse_value_transform", "mask_logits", "MASKED_LOGIT"]
 
