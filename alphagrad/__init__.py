@@ -1,6 +1,6 @@
 """alphagrad: exact Jacobians by cross-country vertex elimination, with searched elimination orders."""
 
-__version__ = "0.1.0"
+from alphagrad.version import VERSION as __version__
 
 from alphagrad.errors import (  # noqa: E402
     AlphagradError,

@@ -1,4 +1,4 @@
-"""Elimination orders: the classic ones, and the JSON order file (DESIGN.md section 4).
+"""The JSON order file (DESIGN.md section 4), and the classic orders of `alphagrad.graph` re-exported.
 
 An order is a list of vertex numbers (1-based jaxpr equation positions) containing every
 intermediate vertex of a graph exactly once.
@@ -10,13 +10,23 @@ import dataclasses
 import datetime
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from alphagrad.errors import GraphMismatchError, OrderError, OrderFileError
-from alphagrad.graph import Graph
-from alphagrad.graph._cost import Eliminator, check_order
+from alphagrad.errors import GraphMismatchError, OrderFileError
+from alphagrad.files import write_atomically
+from alphagrad.graph import (
+    CLASSIC_ORDERS,
+    Graph,
+    check_order,
+    cost,
+    forward,
+    markowitz,
+    markowitz_degree,
+    resolve_order,
+    reverse,
+)
+from alphagrad.version import VERSION
 
 __all__ = [
     "FORMAT",
@@ -28,82 +38,12 @@ __all__ = [
     "resolve",
     "save",
     "load",
+    "record",
 ]
 
 FORMAT = "alphagrad-order/1"
-NAMED_ORDERS = ("forward", "reverse", "markowitz")
-
-
-def forward(graph: Graph) -> list[int]:
-    """Forward mode: the intermediates in ascending (topological) order."""
-    return list(graph.intermediates)
-
-
-def reverse(graph: Graph) -> list[int]:
-    """Reverse mode: the intermediates in descending order."""
-    return list(reversed(graph.intermediates))
-
-
-def _vertex_side_weight(code: int, vertex_shape: tuple[int, int]) -> int:
-    """Components of one edge as seen from the vertex end (REFERENCE.md 2.4, made total).
-
-    Dense edges weigh the vertex's size, elementwise/Kronecker-paired edges weigh 1, and edges
-    that are dense in one index pair weigh the vertex dimension of that dense pair.
-    """
-    d1, d2 = abs(vertex_shape[0]), abs(vertex_shape[1])
-    if code == 1:
-        return d1 * d2
-    if code in (2, -2, 4, -4):  # the vertex's first index is tied, its second is dense
-        return d2
-    if code in (3, -3, 5, -5):
-        return d1
-    return 1
-
-
-def markowitz_degree(eliminator: Eliminator, vertex: int) -> int:
-    """The Markowitz degree of `vertex` in the current state: (Σ out-edge weights)(Σ in-edge weights).
-
-    On scalar graphs this is in-degree × out-degree. For tensor edges the weights follow the
-    reference's per-component rule (REFERENCE.md 2.4): a dense edge weighs the vertex's own size,
-    an elementwise edge 1, a partly diagonal edge the vertex dimension of its dense index pair.
-    """
-    node = eliminator.graph.node_id(vertex)
-    # On an out-edge v->c the vertex is the source, on an in-edge p->v the destination.
-    as_source, as_destination = eliminator.src_shape[node], eliminator.dst_shape[node]
-    out_w = sum(_vertex_side_weight(code, as_source) for code in eliminator.succs[node].values())
-    in_w = sum(_vertex_side_weight(code, as_destination) for code in eliminator.preds[node].values())
-    return out_w * in_w
-
-
-def markowitz(graph: Graph, *, degree: str = "cost") -> list[int]:
-    """Minimal Markowitz order: greedily eliminate the vertex of smallest degree; ties to the lowest number.
-
-    Args:
-      graph: the graph.
-      degree: "cost" (default) measures a vertex by the multiplications its elimination costs now
-        under the graph's cost model; "components" uses the reference's per-component estimate
-        (`markowitz_degree`). On scalar graphs both equal in-degree × out-degree and reproduce the
-        reference's order exactly; on tensor graphs "cost" finds much cheaper orders
-        (docs/cost-model.md lists both).
-
-    Returns:
-      [num_intermediates] vertex numbers.
-    """
-    if degree not in ("cost", "components"):
-        raise ValueError(f"degree must be 'cost' or 'components', got {degree!r}")
-    eliminator = Eliminator(graph)
-    measure = eliminator.elimination_cost if degree == "cost" else (lambda k: markowitz_degree(eliminator, k))
-    remaining = list(graph.intermediates)
-    order: list[int] = []
-    while remaining:
-        best = min(remaining, key=lambda k: (measure(k), k))
-        eliminator.eliminate(best)
-        remaining.remove(best)
-        order.append(best)
-    return order
-
-
-_BUILDERS = {"forward": forward, "reverse": reverse, "markowitz": markowitz}
+#: The baselines recorded in every order file.
+NAMED_ORDERS = CLASSIC_ORDERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,27 +108,41 @@ def _sizes(summary: dict[str, Any]) -> str:
 
 
 def resolve(graph: Graph, order) -> list[int]:
-    """Turns any accepted order spelling into a validated list of vertex numbers.
+    """Turns any accepted order spelling into a validated list of vertex numbers (`graph.resolve_order`).
 
     Args:
       graph: the graph the order is for.
-      order: "forward", "reverse", "markowitz", a sequence of vertex numbers, or an `OrderFile`
-        (whose fingerprint must match `graph`).
+      order: "forward", "reverse", "markowitz" (or another registered name), a sequence of vertex
+        numbers, a callable ``Graph -> order``, or an `OrderFile` (whose fingerprint must match `graph`).
 
     Raises:
       OrderError: unknown name or invalid order. GraphMismatchError: an order file for another graph.
     """
-    if isinstance(order, str):
-        try:
-            return _BUILDERS[order](graph)
-        except KeyError:
-            raise OrderError(
-                f"unknown order name {order!r}; use one of {', '.join(NAMED_ORDERS)} or a list of vertex numbers"
-            ) from None
-    if isinstance(order, OrderFile):
-        order.check_graph(graph)
-        order = order.order
-    return check_order(graph, order)
+    return resolve_order(graph, order)
+
+
+def record(order: Sequence[int], *, graph: Graph, method: str = "", task: str = "", **meta: Any) -> OrderFile:
+    """The `OrderFile` of `order` on `graph`: validated, scored, with the baselines and provenance.
+
+    Args:
+      order: the elimination order (validated against `graph`).
+      graph: the graph it was made for; its fingerprint and the baselines are recorded.
+      method, task: provenance (task defaults to the graph's name); further keyword arguments
+        are stored as extra metadata.
+    """
+    steps = check_order(graph, order)
+    return OrderFile(
+        order=tuple(steps),
+        multiplications=cost(graph, steps),
+        cost_model=graph.cost_model,
+        graph=graph.summary(),
+        baselines={name: cost(graph, name) for name in NAMED_ORDERS},
+        method=method,
+        task=task or graph.name,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        alphagrad_version=VERSION,
+        extra=dict(meta),
+    )
 
 
 def save(
@@ -211,36 +165,9 @@ def save(
     Returns:
       The `OrderFile` that was written.
     """
-    from alphagrad import __version__
-    from alphagrad.graph import cost
-
-    steps = check_order(graph, order)
-    record = OrderFile(
-        order=tuple(steps),
-        multiplications=cost(graph, steps),
-        cost_model=graph.cost_model,
-        graph=graph.summary(),
-        baselines={name: cost(graph, name) for name in NAMED_ORDERS},
-        method=method,
-        task=task or graph.name,
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        alphagrad_version=__version__,
-        extra=dict(meta),
-    )
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".order-", suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record.to_json(), fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return record
+    written = record(order, graph=graph, method=method, task=task, **meta)
+    write_atomically(path, json.dumps(written.to_json(), indent=2) + "\n")
+    return written
 
 
 _KNOWN_KEYS = {f.name for f in dataclasses.fields(OrderFile)} | {"format"}
@@ -270,7 +197,7 @@ def load(path: str | os.PathLike, graph: Graph | None = None) -> OrderFile:
     order = data["order"]
     if not isinstance(order, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in order):
         raise OrderFileError(f"order file {os.fspath(path)!r}: \"order\" must be a list of vertex numbers")
-    record = OrderFile(
+    loaded = OrderFile(
         order=tuple(order),
         multiplications=int(data["multiplications"]),
         cost_model=str(data.get("cost_model", "")),
@@ -283,6 +210,6 @@ def load(path: str | os.PathLike, graph: Graph | None = None) -> OrderFile:
         extra={k: v for k, v in data.items() if k not in _KNOWN_KEYS},
     )
     if graph is not None:
-        record.check_graph(graph)
-        check_order(graph, record.order)
-    return record
+        loaded.check_graph(graph)
+        check_order(graph, loaded.order)
+    return loaded

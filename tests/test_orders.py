@@ -8,7 +8,7 @@ import os
 import jax.numpy as jnp
 import pytest
 
-from alphagrad import graph, orders
+from alphagrad import files, graph, orders
 from alphagrad.errors import GraphMismatchError, OrderError, OrderFileError
 
 SCALAR_REFERENCES = ["RoeFlux_1d", "RobotArm_6DOF", "HumanHeartDipole", "PropaneCombustion", "BlackScholes_Jacobian", "g"]
@@ -79,10 +79,11 @@ def test_failed_write_keeps_the_previous_file(tmp_path, diamond, monkeypatch):
     orders.save(path, [1, 2, 3], graph=diamond)
     before = path.read_text()
 
-    def broken_dump(*args, **kwargs):
+    def broken_replace(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(orders.json, "dump", broken_dump)
+    # The temporary file is complete when the rename fails: the last moment a write can fail.
+    monkeypatch.setattr(files.os, "replace", broken_replace)
     with pytest.raises(RuntimeError, match="disk full"):
         orders.save(path, [3, 2, 1], graph=diamond)
     assert path.read_text() == before

@@ -16,8 +16,8 @@ with ``method="alphazero"``.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import importlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -27,10 +27,13 @@ from alphagrad.agents.beam import beam_search
 from alphagrad.agents.exact import solve_exact
 from alphagrad.agents.heuristics import search_heuristics
 from alphagrad.env import is_scalar_graph
-from alphagrad.graph import Graph
+from alphagrad import orders
+from alphagrad.errors import AlphagradError
+from alphagrad.graph import Graph, jacobian_graph
 from alphagrad.graph import cost as graph_cost
+from alphagrad.orders import OrderFile
 
-__all__ = ["METHODS", "alphazero_status", "optimize", "search", "to_order_file"]
+__all__ = ["AUTO_SECONDS", "METHODS", "alphazero_status", "auto_order", "cache_dir", "optimize", "search", "to_order_file"]
 
 METHODS = ("heuristics", "sa", "beam", "exact", "alphazero", "best")
 
@@ -152,25 +155,40 @@ def search(
     raise SearchError(f"unknown search method {method!r}; choose one of {', '.join(METHODS)}")
 
 
-def to_order_file(graph: Graph, result: SearchResult, *, task: str = "", path: str | None = None):
+def to_order_file(graph: Graph, result: SearchResult, *, task: str = "", path: str | None = None) -> OrderFile:
     """The `alphagrad.orders.OrderFile` of a search result (written to `path` if given)."""
-    from alphagrad import __version__, orders
-
     meta = {"optimal": result.optimal, "lower_bound": result.lower_bound, "search_seconds": round(result.seconds, 2)}
     if path is not None:
-        return orders.save(path, result.order, graph=graph, method=result.method, task=task or graph.name, **meta)
-    return orders.OrderFile(
-        order=tuple(result.order),
-        multiplications=graph_cost(graph, result.order),
-        cost_model=graph.cost_model,
-        graph=graph.summary(),
-        baselines={name: graph_cost(graph, name) for name in orders.NAMED_ORDERS},
-        method=result.method,
-        task=task or graph.name,
-        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        alphagrad_version=__version__,
-        extra=meta,
-    )
+        return orders.save(path, result.order, graph=graph, method=result.method, task=task, **meta)
+    return orders.record(result.order, graph=graph, method=result.method, task=task, **meta)
+
+
+#: Search budget of ``order="auto"`` (seconds), unless $ALPHAGRAD_AUTO_SECONDS says otherwise.
+AUTO_SECONDS = 10.0
+
+
+def cache_dir() -> str:
+    """Where ``order="auto"`` keeps its order files: $ALPHAGRAD_CACHE, else ~/.cache/alphagrad."""
+    return os.environ.get("ALPHAGRAD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "alphagrad")
+
+
+def auto_order(graph: Graph) -> list[int]:
+    """The order ``"auto"`` names: the cached searched order of `graph`, searched (`AUTO_SECONDS`,
+    method "best") and cached under `cache_dir()` once per graph fingerprint.
+
+    Registered with `alphagrad.graph.register_order` when `alphagrad.agents` is imported, so every
+    place that takes an order (``graph.cost``, ``interpreter.jacobian``) accepts "auto".
+    """
+    path = os.path.join(cache_dir(), "orders", graph.fingerprint.replace(":", "-") + ".json")
+    if os.path.exists(path):
+        try:
+            return list(orders.load(path, graph=graph).order)
+        except AlphagradError:
+            pass  # a damaged or foreign file: search again and overwrite it
+    seconds = float(os.environ.get("ALPHAGRAD_AUTO_SECONDS", AUTO_SECONDS))
+    result = search(graph, "best", seconds=seconds)
+    to_order_file(graph, result, path=path)
+    return list(result.order)
 
 
 def optimize(
@@ -184,7 +202,7 @@ def optimize(
 ):
     """The cheapest elimination order the search finds for the Jacobian of `f` at these inputs.
 
-    The search runs on ``interpreter.graph_of(f, *example_args, argnums=argnums)``, the graph
+    The search runs on ``graph.jacobian_graph(f, *example_args, argnums=argnums)``, the graph
     (exact cost model) that ``interpreter.jacobian(f, order, argnums=argnums)`` executes, so the
     returned order applies to it directly.
 
@@ -201,8 +219,6 @@ def optimize(
       An `alphagrad.orders.OrderFile` (fingerprint of the graph, multiplications, baselines;
       ``extra["optimal"]`` says whether the order is proven optimal).
     """
-    from alphagrad import interpreter
-
-    graph = interpreter.graph_of(f, *example_args, argnums=argnums)
+    graph = jacobian_graph(f, *example_args, argnums=argnums)
     result = search(graph, method, seconds=60.0 * float(minutes), seed=seed, progress=progress)
     return to_order_file(graph, result, task=getattr(f, "__name__", "") or "")

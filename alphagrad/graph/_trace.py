@@ -8,18 +8,19 @@ becomes exactly one vertex, numbered 1, 2, ... in equation order (the AlphaGrad 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 
 from alphagrad.errors import TraceError, UnsupportedPrimitiveError
 from alphagrad.graph import _rules
 from alphagrad.graph._graph import Edge, Graph, Vertex
 
-__all__ = ["trace", "SUPPORTED_PRIMITIVES", "Operand", "Equation", "Program"]
+__all__ = ["trace", "jacobian_graph", "INTERPRETER_COST_MODEL", "SUPPORTED_PRIMITIVES", "Operand", "Equation", "Program"]
 
 # Call-like primitives whose body is inlined, and the parameter that holds the body.
 _INLINED = {
@@ -322,3 +323,33 @@ def trace(
         name=label,
         program=program,
     )
+
+
+#: The cost model of the graphs the interpreter executes: the one whose products it performs.
+INTERPRETER_COST_MODEL = "exact"
+
+
+def _abstract(args: tuple) -> tuple:
+    """Shape/dtype stand-ins for the arguments, so tracing never touches (possibly traced) values."""
+
+    def spec(x):
+        if isinstance(x, (bool, int, float, complex)):
+            return x  # Python scalars keep their weak type
+        return jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
+
+    return jax.tree.map(spec, args)
+
+
+def jacobian_graph(
+    f: Callable[..., Any], *args: Any, argnums: int | Sequence[int] = 0, cost_model: str = INTERPRETER_COST_MODEL
+) -> Graph:
+    """The elimination graph that ``interpreter.jacobian(f, order, argnums)`` executes at these arguments.
+
+    It is `trace` at shape/dtype stand-ins of `args` (which may be tracers, e.g. under ``jax.jit``)
+    under the exact cost model (`INTERPRETER_COST_MODEL`), so orders searched on it apply to the
+    interpreter directly. Another `cost_model` gives the same vertices scored by that model (to
+    check an order file made under it).
+    """
+    if isinstance(argnums, list):
+        argnums = tuple(argnums)
+    return trace(f, *_abstract(args), argnums=argnums, cost_model=cost_model, name=getattr(f, "__name__", None))

@@ -4,6 +4,6 @@
     >>> J = interpreter.jacobian(f, "markowitz")(x)      # like jax.jacrev(f)(x)
 """
 
-from alphagrad.interpreter._jacobian import AUTO_SECONDS, cache_dir, count_muls, graph_of, jacobian
+from alphagrad.interpreter._jacobian import count_muls, graph_of, jacobian
 
-__all__ = ["jacobian", "count_muls", "graph_of", "cache_dir", "AUTO_SECONDS"]
+__all__ = ["jacobian", "count_muls", "graph_of"]
