@@ -409,7 +409,7 @@ class _Program:
         node = self.num_inputs + number
         in_shapes = [self.shape(op) for op in operands]
         differentiable = [self.differentiable[op - 1] for op in operands]
-        codes = edge_codes(name, in_shapes, out, params or {}, differentiable)
+        codes = edge_codes(name, in_shapes, out, params or {}, differentiable, model=self.model.name)
         out_norm = normalise_shape(out)
         for i, code in codes.items():
             src = operands[i]

@@ -121,3 +121,17 @@ def test_bad_seed():
     for seed in (-1, 1.5, "x", True):
         with pytest.raises(AlphagradError, match="seed"):
             gen(seed)
+
+
+def test_exact_model_graphs_use_the_exact_rules():
+    """Under the exact model, sums and broadcasts are index maps, as `graph.trace(..., cost_model="exact")` makes them."""
+    gen = env.RandomGraphGenerator(num_inputs=(3, 6), num_vertices=(60, 80), tensor_fraction=1.0, max_dim=5,
+                                   cost_model="exact")
+    codes = {
+        e.code
+        for seed in range(10)
+        for g in [gen(seed)]
+        for e in g.edges
+        if g.vertices[e.dst - g.num_inputs - 1].primitive in ("reduce_sum", "broadcast_in_dim") and e.in_shape != e.out_shape
+    }
+    assert codes == {graph.INDEX_MAP}
