@@ -1,4 +1,5 @@
-"""The elimination graph: tracing JAX functions, the reference graphs, and the cost model.
+"""The elimination graph: tracing JAX functions, the reference graphs, the cost models, the
+elimination engine, and the classic orders.
 
     >>> from alphagrad import graph
     >>> g = graph.trace(f, x, y)
@@ -11,31 +12,63 @@ from alphagrad.graph._cost import (
     MIN_CODE,
     NUM_CODES,
     CostModel,
-    Eliminator,
     check_order,
-    cost,
     cost_model,
     cost_models,
-    elimination_costs,
 )
+from alphagrad.graph._engine import Eliminator, Product, Step, elimination_costs, plan
 from alphagrad.graph._graph import Edge, Graph, Vertex
+from alphagrad.graph._orders import (
+    CLASSIC_ORDERS,
+    cost,
+    forward,
+    markowitz,
+    markowitz_degree,
+    order_names,
+    register_order,
+    resolve_order,
+    reverse,
+)
 from alphagrad.graph._reference import ReferenceInfo, load_reference, reference_info, reference_names
 from alphagrad.graph._rules import edge_codes
 from alphagrad.graph._rules import normalise as normalise_shape
-from alphagrad.graph._trace import REUSED_OUTPUT_CODE, SUPPORTED_PRIMITIVES, trace
+from alphagrad.graph._structure import INDEX_MAP, VALUELESS, ProductPlan, Structure, product_plan, structure_of
+from alphagrad.graph._trace import (
+    INTERPRETER_COST_MODEL,
+    Equation,
+    LeafRef,
+    Operand,
+    Program,
+    REUSED_OUTPUT_CODE,
+    SUPPORTED_PRIMITIVES,
+    jacobian_graph,
+    trace,
+)
 
 __all__ = [
+    "CLASSIC_ORDERS",
     "CODES",
     "CostModel",
     "Edge",
+    "Equation",
     "Eliminator",
     "Graph",
+    "INDEX_MAP",
+    "INTERPRETER_COST_MODEL",
+    "LeafRef",
     "MAX_CODE",
     "MIN_CODE",
     "NUM_CODES",
+    "Operand",
+    "Product",
+    "ProductPlan",
+    "Program",
     "REUSED_OUTPUT_CODE",
     "ReferenceInfo",
     "SUPPORTED_PRIMITIVES",
+    "Step",
+    "Structure",
+    "VALUELESS",
     "Vertex",
     "check_order",
     "cost",
@@ -43,9 +76,20 @@ __all__ = [
     "cost_models",
     "edge_codes",
     "elimination_costs",
+    "forward",
+    "jacobian_graph",
     "load_reference",
+    "markowitz",
+    "markowitz_degree",
     "normalise_shape",
+    "order_names",
+    "plan",
+    "product_plan",
     "reference_info",
     "reference_names",
+    "register_order",
+    "resolve_order",
+    "reverse",
+    "structure_of",
     "trace",
 ]

@@ -1,4 +1,4 @@
-"""The cost model (lookup tables, as data) and exact elimination on a `Graph`.
+"""The cost model (lookup tables, as data) and the validation of elimination orders.
 
 A cost model answers three questions for a pair of structure codes (in = code of p->v,
 out = code of v->c): which of the six size factors (c1, c2, v1, v2, p1, p2) the product
@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import importlib.resources
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -27,10 +27,7 @@ __all__ = [
     "CostModel",
     "cost_model",
     "cost_models",
-    "cost",
-    "elimination_costs",
     "check_order",
-    "Eliminator",
 ]
 
 #: Structure codes run from MIN_CODE to MAX_CODE (0 = no edge). Every code table (the cost
@@ -126,125 +123,6 @@ def cost_model(name: str = "alphagrad-2024") -> CostModel:
     return _parse_tables(name, json.loads(text))
 
 
-class Eliminator:
-    """Mutable elimination state of one graph, for Python-side scoring and greedy searches.
-
-    Edges carry only their code: shapes are per node and never change under elimination
-    (`Graph.node_shapes`). Elimination costs are cached per vertex (eliminating v changes the
-    costs of v's neighbours only), and `neighbour_change` previews an elimination's effect on
-    the neighbours' costs without changing the state (for the LMMD and MOMR heuristics).
-
-    Node ids follow `Graph`: inputs 1..num_inputs, vertex k is ``num_inputs + k``.
-
-    Attributes:
-      preds, succs: per node id, ``{neighbour node id: code}`` (zero partials are not edges).
-      src_shape, dst_shape: per node id, its 2-D shape as an edge's source / destination.
-      remaining: vertex numbers of the intermediates not yet eliminated.
-      eliminated: vertex numbers eliminated so far.
-    """
-
-    def __init__(self, graph: Graph, model: CostModel | None = None):
-        self.graph = graph
-        self.model = model if model is not None else cost_model(graph.cost_model)
-        self.num_inputs = graph.num_inputs
-        src_shape, dst_shape = graph.node_shapes()
-        self.src_shape: list[Shape2D] = [(int(a), int(b)) for a, b in src_shape]
-        self.dst_shape: list[Shape2D] = [(int(a), int(b)) for a, b in dst_shape]
-        n = graph.num_inputs + graph.num_vertices + 1
-        self.preds: list[dict[int, int]] = [{} for _ in range(n)]
-        self.succs: list[dict[int, int]] = [{} for _ in range(n)]
-        for e in graph.edges:
-            if e.code != 0:
-                self.succs[e.src][e.dst] = e.code
-                self.preds[e.dst][e.src] = e.code
-        self.remaining: set[int] = set(graph.intermediates)
-        self.eliminated: set[int] = set()
-        self._cost: dict[int, int] = {}
-        self._pair_cache: dict[tuple[int, int, int, int, int], int] = {}
-
-    def _pair(self, in_code: int, out_code: int, p: int, v: int, c: int) -> int:
-        key = (in_code, out_code, p, v, c)
-        value = self._pair_cache.get(key)
-        if value is None:
-            value = self.model.pair_cost(in_code, out_code, self.dst_shape[c], self.src_shape[v], self.src_shape[p])
-            self._pair_cache[key] = value
-        return value
-
-    def _cost_with(self, node: int, preds: dict[int, int], succs: dict[int, int]) -> int:
-        pair = self._pair
-        return sum(pair(ic, oc, p, node, c) for c, oc in succs.items() for p, ic in preds.items())
-
-    def elimination_cost(self, vertex: int) -> int:
-        """Multiplications that eliminating `vertex` (a vertex number) costs now (cached; does not
-        change the state)."""
-        value = self._cost.get(vertex)
-        if value is None:
-            node = self.num_inputs + vertex
-            value = self._cost[vertex] = self._cost_with(node, self.preds[node], self.succs[node])
-        return value
-
-    def fill_in(self, vertex: int) -> int:
-        """Number of edges p -> c that eliminating `vertex` would create (not absorbed)."""
-        node = self.num_inputs + vertex
-        succs = self.succs[node]
-        return sum(1 for p in self.preds[node] for c in succs if c not in self.succs[p])
-
-    def neighbour_change(self, vertex: int) -> int:
-        """Sum over remaining neighbours u of (cost of u after eliminating `vertex` - cost of u now)."""
-        node = self.num_inputs + vertex
-        I, model = self.num_inputs, self.model
-        preds, succs = self.preds[node], self.succs[node]
-        total = 0
-        for p, in_code in preds.items():
-            if p - I not in self.remaining:
-                continue
-            new_succs = dict(self.succs[p])
-            del new_succs[node]
-            for c, out_code in succs.items():
-                new = model.product_code(in_code, out_code)
-                old = new_succs.get(c)
-                new_succs[c] = new if old is None else model.sum_code(old, new)
-            total += self._cost_with(p, self.preds[p], new_succs) - self.elimination_cost(p - I)
-        for c, out_code in succs.items():
-            if c - I not in self.remaining:
-                continue
-            new_preds = dict(self.preds[c])
-            del new_preds[node]
-            for p, in_code in preds.items():
-                new = model.product_code(in_code, out_code)
-                old = new_preds.get(p)
-                new_preds[p] = new if old is None else model.sum_code(old, new)
-            total += self._cost_with(c, new_preds, self.succs[c]) - self.elimination_cost(c - I)
-        return total
-
-    def eliminate(self, vertex: int) -> int:
-        """Eliminates `vertex` (a vertex number) and returns its multiplications."""
-        model = self.model
-        node = self.num_inputs + vertex
-        cost = self.elimination_cost(vertex)
-        preds, succs = self.preds[node], self.succs[node]
-        for c, out_code in succs.items():
-            for p, in_code in preds.items():
-                new = model.product_code(in_code, out_code)
-                old = self.succs[p].get(c)
-                code = new if old is None else model.sum_code(old, new)
-                self.succs[p][c] = code
-                self.preds[c][p] = code
-        for c in succs:
-            del self.preds[c][node]
-        for p in preds:
-            del self.succs[p][node]
-        I = self.num_inputs
-        for u in (*preds, *succs):
-            self._cost.pop(u - I, None)
-        self.preds[node] = {}
-        self.succs[node] = {}
-        self._cost.pop(vertex, None)
-        self.remaining.discard(vertex)
-        self.eliminated.add(vertex)
-        return cost
-
-
 def check_order(graph: Graph, order: Iterable[int], *, complete: bool = True) -> list[int]:
     """Validates an elimination order and returns it as a list of ints.
 
@@ -292,25 +170,3 @@ def check_order(graph: Graph, order: Iterable[int], *, complete: bool = True) ->
                 f"vertices{label}: {shown}"
             )
     return clean
-
-
-def elimination_costs(graph: Graph, order: Sequence[int], *, complete: bool = True) -> list[int]:
-    """Multiplications of each step of `order` (validated; a prefix is allowed with complete=False)."""
-    steps = check_order(graph, order, complete=complete)
-    eliminator = Eliminator(graph)
-    return [eliminator.eliminate(k) for k in steps]
-
-
-def cost(graph: Graph, order) -> int:
-    """Multiplications needed to accumulate the Jacobian of `graph` by eliminating in `order`.
-
-    Args:
-      graph: the elimination graph.
-      order: "forward", "reverse", "markowitz", a list of vertex numbers, or an `OrderFile`.
-
-    Raises:
-      OrderError: the order is not a permutation of ``graph.intermediates``.
-    """
-    from alphagrad import orders as _orders  # orders depends on this module
-
-    return int(sum(elimination_costs(graph, _orders.resolve(graph, order))))
