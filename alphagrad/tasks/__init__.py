@@ -7,6 +7,13 @@
 The eight closed-form tasks of the AlphaGrad paper are registered under their paper names;
 seeded random straight-line programs are registered as ``RandomScalar-<seed>`` and
 ``RandomTensor-<seed>``.
+
+A TASK argument (a task name, ``ref:NAME`` or ``module:function`` with example inputs) becomes a
+graph through one resolver:
+
+    >>> task = tasks.resolve("RoeFlux_1d")        # or "ref:RoeFlux_1d", or "mod:f", args="f32[3]"
+    >>> g = task.graph()                          # default cost model; task.graph("exact") too
+    >>> task.fn, task.args                        # the JAX function (None for ref:NAME)
 """
 
 from __future__ import annotations
@@ -17,6 +24,16 @@ from alphagrad.tasks._registry import Task, get, names, register
 from alphagrad.tasks import _benchmarks as _benchmarks  # noqa: E402,F401
 from alphagrad.tasks import _random as _random  # noqa: E402,F401
 from alphagrad.tasks._random import random_program
-from alphagrad.tasks._resolve import load_graph, parse_args_spec
+from alphagrad.tasks._resolve import ResolvedTask, load_graph, parse_args_spec, resolve
 
-__all__ = ["Task", "get", "names", "register", "random_program", "load_graph", "parse_args_spec"]
+__all__ = [
+    "ResolvedTask",
+    "Task",
+    "get",
+    "load_graph",
+    "names",
+    "parse_args_spec",
+    "random_program",
+    "register",
+    "resolve",
+]

@@ -1,9 +1,17 @@
-"""Turning a TASK argument (CLI, benchmarks) into a `Graph`."""
+"""Turning a TASK argument (CLI, bench, benchmarks, training) into a graph, in one place.
+
+A TASK is a registered task name, ``ref:NAME`` for a reference graph, or ``module:function``
+with example inputs (``--args 'f32[3] f32[2,3]'``). `resolve` parses it once; the result gives
+the graph under any cost model and, for a JAX function, the function and its example inputs.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -11,7 +19,7 @@ from alphagrad.errors import AlphagradError
 from alphagrad.graph import Graph, load_reference, trace
 from alphagrad.tasks._registry import get, names
 
-__all__ = ["load_graph", "parse_args_spec"]
+__all__ = ["ResolvedTask", "resolve", "load_graph", "parse_args_spec"]
 
 _SPEC = re.compile(r"^(f16|f32|f64|bf16)\[([0-9, ]*)\]$")
 _DTYPES = {"f16": jnp.float16, "bf16": jnp.bfloat16, "f32": jnp.float32, "f64": jnp.float64}
@@ -29,8 +37,93 @@ def parse_args_spec(spec: str) -> tuple:
     return tuple(args)
 
 
+@dataclasses.dataclass(frozen=True)
+class ResolvedTask:
+    """A TASK argument, parsed once: a reference graph, or a JAX function with example inputs.
+
+    Attributes:
+      spec: the TASK argument as given; the graphs it gives carry it as their name.
+      fn: the JAX function (a registered task or ``module:function``); None for ``ref:NAME``.
+      args: ``fn``'s example positional arguments; ``()`` for ``ref:NAME``.
+      reference: the graph of ``ref:NAME``; None for a JAX function.
+    """
+
+    spec: str
+    fn: Callable[..., Any] | None = None
+    args: tuple = ()
+    reference: Graph | None = None
+    # Graphs already traced, by the cost model asked for (None: trace's default).
+    _traced: dict[str | None, Graph] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def graph(self, cost_model: str | None = None) -> Graph:
+        """The elimination graph, with respect to every argument; a JAX function is traced once per model.
+
+        Args:
+          cost_model: the model the graph is scored with, e.g. ``"exact"`` (the one the
+            interpreter performs, as `interpreter.graph_of` uses); None: the default model
+            (``graph.trace``'s), and a reference graph's own model for ``ref:NAME``.
+
+        Raises:
+          AlphagradError: ``ref:NAME`` asked for another model than the one it is published in,
+            or an unknown cost model.
+        """
+        if self.fn is None:
+            if cost_model not in (None, self.reference.cost_model):
+                raise AlphagradError(
+                    f"{self.spec} is a reference graph of the {self.reference.cost_model!r} cost model; "
+                    f"it has no JAX function to trace under {cost_model!r}"
+                )
+            return self.reference
+        if cost_model not in self._traced:
+            model = {} if cost_model is None else {"cost_model": cost_model}
+            self._traced[cost_model] = trace(self.fn, *self.args, name=self.spec, **model)
+        return self._traced[cost_model]
+
+    def with_args(self, args: tuple) -> ResolvedTask:
+        """The same function at other example inputs (e.g. the float32 arrays a timed run sees)."""
+        if self.fn is None:
+            raise AlphagradError(f"{self.spec} is a reference graph; it takes no example inputs")
+        return dataclasses.replace(self, args=tuple(args))
+
+
+def resolve(spec: str, *, graph_file: str | None = None, args: str | None = None) -> ResolvedTask:
+    """Parses a TASK argument.
+
+    Args:
+      spec: a registered task name, ``ref:NAME`` for a reference graph, or ``module:function``.
+      graph_file: a graphs.json-layout file that ``ref:NAME`` is read from instead of the
+        copy shipped with alphagrad.
+      args: for ``module:function``, the example inputs (see `parse_args_spec`).
+
+    Raises:
+      AlphagradError: the task, reference graph, module or function does not exist, or
+        ``module:function`` comes without example inputs.
+    """
+    if spec.startswith("ref:"):
+        refs = load_reference(graph_file)
+        key = spec[4:]
+        if key not in refs:
+            raise AlphagradError(f"no reference graph {key!r}; known: {', '.join('ref:' + k for k in refs)}")
+        return ResolvedTask(spec, reference=refs[key])
+    if spec in names():
+        task = get(spec)
+        return ResolvedTask(spec, fn=task.fn, args=tuple(task.args))
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise AlphagradError(f"cannot load function {spec!r}: {err}") from err
+        if args is None:
+            raise AlphagradError(f"{spec!r} needs example inputs: pass --args 'f32[3] f32[2,3]'")
+        return ResolvedTask(spec, fn=fn, args=parse_args_spec(args))
+    raise AlphagradError(
+        f"unknown task {spec!r}: use a task name ({', '.join(names())}), ref:NAME or module:function"
+    )
+
+
 def load_graph(spec: str, *, graph_file: str | None = None, args: str | None = None) -> Graph:
-    """The graph a TASK argument names.
+    """The graph a TASK argument names, under the default cost model: ``resolve(...).graph()``.
 
     Args:
       spec: a registered task name, ``ref:NAME`` for a reference graph, or ``module:function``.
@@ -41,24 +134,4 @@ def load_graph(spec: str, *, graph_file: str | None = None, args: str | None = N
     Raises:
       AlphagradError: the task, reference graph, module or function does not exist.
     """
-    if spec.startswith("ref:"):
-        refs = load_reference(graph_file)
-        key = spec[4:]
-        if key not in refs:
-            raise AlphagradError(f"no reference graph {key!r}; known: {', '.join('ref:' + k for k in refs)}")
-        return refs[key]
-    if spec in names():
-        task = get(spec)
-        return trace(task.fn, *task.args, name=spec)
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise AlphagradError(f"cannot load function {spec!r}: {err}") from err
-        if args is None:
-            raise AlphagradError(f"{spec!r} needs example inputs: pass --args 'f32[3] f32[2,3]'")
-        return trace(fn, *parse_args_spec(args), name=spec)
-    raise AlphagradError(
-        f"unknown task {spec!r}: use a task name ({', '.join(names())}), ref:NAME or module:function"
-    )
+    return resolve(spec, graph_file=graph_file, args=args).graph()

@@ -1,0 +1,71 @@
+"""The one resolver of TASK arguments: `tasks.resolve` and `tasks.load_graph`."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import pytest
+
+from alphagrad import graph, interpreter, tasks
+from alphagrad.errors import AlphagradError
+
+
+def test_a_registered_task_gives_its_function_and_a_graph_per_cost_model():
+    task = tasks.resolve("PropaneCombustion")
+    registered = tasks.get("PropaneCombustion")
+    assert task.fn is registered.fn and len(task.args) == len(registered.args) and task.reference is None
+    g = task.graph()
+    assert g is task.graph() and g.name == "PropaneCombustion" and g.cost_model == "alphagrad-2024"
+    assert g.fingerprint == graph.trace(registered.fn, *registered.args).fingerprint
+    exact = task.graph("exact")
+    assert exact is task.graph("exact") and exact.cost_model == "exact"
+    # The exact-model graph is the one the interpreter runs.
+    argnums = tuple(range(len(task.args)))
+    assert exact.fingerprint == interpreter.graph_of(task.fn, *task.args, argnums=argnums).fingerprint
+
+
+def test_load_graph_is_the_resolvers_default_graph():
+    assert tasks.load_graph("RoeFlux_1d").fingerprint == tasks.resolve("RoeFlux_1d").graph().fingerprint
+    assert tasks.load_graph("ref:PropaneCombustion") is not None
+
+
+def test_a_reference_graph_has_no_function_and_only_its_own_model():
+    task = tasks.resolve("ref:PropaneCombustion")
+    assert task.fn is None and task.args == ()
+    g = task.graph()
+    assert g.name == "ref:PropaneCombustion" and graph.cost(g, "reverse") == 90
+    assert task.graph("alphagrad-2024") is g
+    with pytest.raises(AlphagradError, match="no JAX function to trace under 'exact'"):
+        task.graph("exact")
+    with pytest.raises(AlphagradError, match="takes no example inputs"):
+        task.with_args(())
+
+
+def test_a_module_function_with_its_args_spec():
+    task = tasks.resolve("jax.numpy:sin", args="f32[3]")
+    assert task.fn is jnp.sin and task.args[0].shape == (3,)
+    assert task.graph().name == "jax.numpy:sin" and task.graph().num_inputs == 1
+
+
+def test_with_args_traces_the_function_at_other_inputs():
+    task = tasks.resolve("jax.numpy:sin", args="f32[3]")
+    wider = task.with_args((jnp.ones(5, jnp.float32),))
+    assert wider.graph().input_shapes != task.graph().input_shapes
+    assert task.args[0].shape == (3,)  # the original is unchanged
+
+
+@pytest.mark.parametrize(
+    ("spec", "kwargs", "message"),
+    [
+        ("NoSuchTask", {}, "unknown task 'NoSuchTask'"),
+        ("ref:nope", {}, "no reference graph 'nope'"),
+        ("no_such_module_xyz:f", {"args": "f32[3]"}, "cannot load function"),
+        ("jax.numpy:no_such_function", {"args": "f32[3]"}, "cannot load function"),
+        ("jax.numpy:sin", {}, "needs example inputs"),
+        ("jax.numpy:sin", {"args": "i32[3]"}, "cannot read input spec"),
+    ],
+)
+def test_bad_specs_are_clear_errors(spec, kwargs, message):
+    with pytest.raises(AlphagradError, match=message):
+        tasks.resolve(spec, **kwargs)
+    with pytest.raises(AlphagradError, match=message):
+        tasks.load_graph(spec, **kwargs)
