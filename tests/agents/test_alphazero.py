@@ -24,7 +24,7 @@ from alphagrad.agents import alphazero
 from alphagrad.agents.alphazero._core import Tasks, loss_fn
 from alphagrad.agents.alphazero._replay import Transitions, replay_add, replay_init, replay_sample
 from alphagrad.agents.alphazero._search import make_network
-from alphagrad.agents.alphazero._train import make_tasks
+from alphagrad.agents.alphazero._tasks import make_tasks
 
 TASK = "PropaneCombustion"
 

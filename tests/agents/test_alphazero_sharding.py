@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from alphagrad.agents.alphazero import AlphaZeroConfig
     from alphagrad.agents.alphazero._core import build_iteration, init_train_state
-    from alphagrad.agents.alphazero._train import make_tasks
+    from alphagrad.agents.alphazero._tasks import make_tasks
     from alphagrad.tasks import load_graph
 
     assert len(jax.devices()) == 2, jax.devices()

@@ -11,8 +11,10 @@ cheap raw-policy games beside the search games. The best order is always one the
     >>> alphazero.solve(load_graph("ref:HumanHeartDipole"), "runs/propane").cost
 """
 
+from alphagrad.agents.alphazero._checkpoints import load_params
 from alphagrad.agents.alphazero._config import AlphaZeroConfig, ConfigError
 from alphagrad.agents.alphazero._network import PolicyValueNet, inverse_value_transform, value_transform
+from alphagrad.agents.alphazero._rundir import best_order_path
 from alphagrad.agents.alphazero._solve import SolveResult, solve
 from alphagrad.agents.alphazero._train import TrainResult, train
 
@@ -22,7 +24,9 @@ __all__ = [
     "PolicyValueNet",
     "SolveResult",
     "TrainResult",
+    "best_order_path",
     "inverse_value_transform",
+    "load_params",
     "solve",
     "train",
     "value_transform",

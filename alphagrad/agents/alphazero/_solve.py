@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +13,9 @@ from alphagrad import graph as graph_lib
 from alphagrad.agents.alphazero._config import AlphaZeroConfig
 from alphagrad.agents.alphazero._core import compiler_options, play_episode
 from alphagrad.agents.alphazero._search import SearchSettings, make_network
-from alphagrad.agents.alphazero._train import TrainResult, load_params, make_tasks
+from alphagrad.agents.alphazero._checkpoints import load_params
+from alphagrad.agents.alphazero._tasks import make_tasks
+from alphagrad.agents.alphazero._train import TrainResult
 from alphagrad.errors import AlphagradError
 from alphagrad.graph import Graph
 
