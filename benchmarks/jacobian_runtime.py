@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from alphagrad import graph, interpreter, orders, tasks
 from alphagrad.agents import search
-from alphagrad.interpreter._timing import batched_inputs, example_arrays
+from alphagrad.cli.timing import batched_inputs, example_arrays
 
 CLASSIC = ("forward", "reverse", "markowitz")
 
@@ -86,9 +86,10 @@ def interleaved_medians(compiled: dict, args, reps: int, rounds: int = 10) -> di
     return {label: 1e3 * statistics.median(s) for label, s in samples.items()}
 
 
-def cheapest_order(fn, args, argnums, seconds: float):
-    """The cheapest of the classic orders and of a `seconds` search, on the graph the timing runs."""
-    g = interpreter.graph_of(fn, *example_arrays(args), argnums=argnums)
+def cheapest_order(task: tasks.ResolvedTask, seconds: float):
+    """The cheapest of the classic orders and of a `seconds` search, on the graph the timing runs
+    (float32 array inputs, every argument differentiated, the exact cost model)."""
+    g = task.with_args(example_arrays(task.args)).graph(cost_model="exact")
     candidates = {name: orders.resolve(g, name) for name in CLASSIC}
     if seconds > 0:
         candidates["searched"] = list(search(g, "best", seconds=seconds).order)
@@ -115,9 +116,9 @@ def main() -> None:
     print("|---|---:|---|---:|" + "---:|" * len(labels) + "---|---|")
     compile_rows = []
     for name in ns.tasks:
-        task = tasks.get(name)
+        task = tasks.resolve(name)
         argnums = tuple(range(len(task.args)))
-        label, cheap, costs = cheapest_order(task.fn, task.args, argnums, ns.search_seconds)
+        label, cheap, costs = cheapest_order(task, ns.search_seconds)
         classic_costs = "/".join(str(costs[o]) for o in CLASSIC)
         functions = {
             "jacfwd": jax.vmap(jax.jacfwd(task.fn, argnums=argnums)),

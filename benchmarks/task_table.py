@@ -35,8 +35,8 @@ def traced_table() -> str:
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name in tasks.names():
-        task = tasks.get(name)
-        g = graph.trace(task.fn, *task.args, name=name)
+        task = tasks.resolve(name)
+        g = task.graph()
         fwd, rev, mm = (graph.cost(g, o) for o in BASELINES)
         r = info.get(name)
         ref = graph.load_reference()[name] if r else None
@@ -47,7 +47,7 @@ def traced_table() -> str:
             flag = " **≠**" if abs(ours - theirs) > 0.1 * theirs else ""
             return f"{ours} ({theirs}){flag}"
 
-        exact = graph.trace(task.fn, *task.args, name=name, cost_model="exact")
+        exact = task.graph("exact")
         exact_costs = " / ".join(str(graph.cost(exact, o)) for o in BASELINES)
         rows.append(
             f"| {name} | {g.num_inputs} | {cell(g.num_intermediates, ref.num_intermediates if ref else None)} "

@@ -1,4 +1,4 @@
-"""The portfolio, `optimize`, and the `search` / `bench` commands."""
+"""The portfolio, `optimize`, and the `search` command."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 
 from alphagrad import cli, graph, interpreter, orders
 from alphagrad.agents import METHODS, SearchError, alphazero_status, optimize, search
-from alphagrad.agents.bench import BenchRow, render_markdown
 
 
 def test_best_proves_propane_optimal_quickly(reference_graphs):
@@ -60,23 +59,3 @@ def test_search_command_writes_an_order_file(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["method"] == "heuristics" and data["multiplications"] == 88
     assert "published (AlphaGrad): 88" in capsys.readouterr().out
-
-
-def test_results_markdown_marks_proven_optima(reference_graphs):
-    g = reference_graphs["PropaneCombustion"]
-    r = search(g, "exact", seconds=5)
-    row = BenchRow("ref:PropaneCombustion", g.num_intermediates, {"forward": 151, "reverse": 90, "markowitz": 111},
-                   {"exact": r}, 88)
-    text = render_markdown([row], seconds=5)
-    assert "88 (optimal)" in text and "| ref:PropaneCombustion |" in text
-    assert "Not measured in this run" in text  # no task rows, so no interpreter timing
-
-
-def test_bench_times_the_interpreter_with_the_best_order_of_a_task_with_python_floats():
-    from alphagrad.agents.bench import render_markdown, run_bench
-
-    # Perceptron takes Python floats: the searched graph must be the one the timing runs.
-    (row,) = run_bench(["Perceptron"], seconds=0.5, runtime=True)
-    assert set(row.runtime) == {"ours", "jacfwd", "jacrev"} and all(t > 0 for t in row.runtime.values())
-    text = render_markdown([row], seconds=0.5)
-    assert "## Interpreter runtime" in text and "| Perceptron |" in text.split("## Interpreter runtime")[1]

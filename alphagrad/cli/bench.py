@@ -1,5 +1,10 @@
 """`alphagrad bench`: every search method on the reference graphs and the traced tasks, written
-to ``docs/RESULTS.md`` (and a plot, when matplotlib is installed)."""
+to ``docs/RESULTS.md`` (and a plot, when matplotlib is installed).
+
+    >>> from alphagrad.cli.bench import run_bench, render_markdown
+    >>> rows = run_bench(["ref:PropaneCombustion", "Perceptron"], seconds=5)
+    >>> text = render_markdown(rows, seconds=5)
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,18 @@ from collections.abc import Callable, Sequence
 
 from alphagrad import graph as graph_lib
 from alphagrad import tasks
-from alphagrad.agents._result import SearchResult
-from alphagrad.agents.portfolio import alphazero_status, search
+from alphagrad.agents import SearchResult, alphazero_status, search
+from alphagrad.cli.timing import example_arrays, runtime_ratios
 
-__all__ = ["BenchRow", "default_specs", "render_markdown", "run_bench"]
+__all__ = [
+    "BENCH_METHODS",
+    "RUNTIME_BATCH",
+    "BenchRow",
+    "default_specs",
+    "render_markdown",
+    "run_bench",
+    "write_plot",
+]
 
 BENCH_METHODS = ("heuristics", "sa", "beam", "exact")
 #: Batch size of the interpreter timing in `alphagrad bench`.
@@ -50,20 +63,13 @@ def default_specs() -> list[str]:
     return ["ref:" + n for n in graph_lib.reference_names()] + list(tasks.names())
 
 
-def _graph_of(spec: str, graph_file: str | None) -> graph_lib.Graph:
-    """Reference graphs as shipped; registered tasks as the interpreter runs them (exact cost
-    model, derivatives with respect to every argument, float32 array inputs, as
-    `benchmarks/jacobian_runtime.py`)."""
-    if spec in tasks.names():
-        from alphagrad import interpreter
-
-        from alphagrad.interpreter._timing import example_arrays
-
-        task = tasks.get(spec)
-        args = example_arrays(task.args)  # as the runtime section runs it
-        g = interpreter.graph_of(task.fn, *args, argnums=tuple(range(len(args))))
-        return dataclasses.replace(g, name=spec)
-    return tasks.load_graph(spec, graph_file=graph_file)
+def _bench_graph(task: tasks.ResolvedTask) -> graph_lib.Graph:
+    """Reference graphs as shipped; JAX functions as the interpreter runs them in the runtime
+    section (exact cost model, derivatives with respect to every argument, float32 array inputs,
+    as `benchmarks/jacobian_runtime.py`), so that the best order is one for the timed graph."""
+    if task.fn is None:
+        return task.graph()
+    return task.with_args(example_arrays(task.args)).graph(cost_model="exact")
 
 
 def run_bench(
@@ -85,14 +91,15 @@ def run_bench(
       graph_file: graphs.json for ``ref:`` specs (default: the shipped copy).
       on_row: called with each finished row.
       on_start: called with (spec, method) before each search.
-      runtime: for registered tasks (JAX functions), also time the interpreter with the best
+      runtime: for JAX functions (registered tasks), also time the interpreter with the best
         order against jax.jacfwd / jax.jacrev at batch `RUNTIME_BATCH`.
     """
     info = graph_lib.reference_info(graph_file)
     az_ok, az_message = alphazero_status()
     rows = []
     for spec in specs or default_specs():
-        g = _graph_of(spec, graph_file)
+        task = tasks.resolve(spec, graph_file=graph_file)
+        g = _bench_graph(task)
         baselines = {name: graph_lib.cost(g, name) for name in ("forward", "reverse", "markowitz")}
         methods = list(BENCH_METHODS) + (["alphazero"] if alphazero and az_ok else [])
         results, notes = {}, {}
@@ -107,12 +114,9 @@ def run_bench(
             notes["alphazero"] = az_message
         published = info[spec[4:]].best_published if spec.startswith("ref:") and spec[4:] in info else None
         row = BenchRow(spec, g.num_intermediates, baselines, results, published, notes)
-        if runtime and spec in tasks.names():
-            from alphagrad.interpreter._timing import runtime_ratios
-
+        if runtime and task.fn is not None:
             if on_start is not None:
                 on_start(spec, "runtime")
-            task = tasks.get(spec)
             row.runtime = runtime_ratios(task.fn, task.args, list(row.best_order) if not isinstance(
                 row.best_order, str) else row.best_order, batch=RUNTIME_BATCH)
         rows.append(row)

@@ -1,28 +1,24 @@
-"""The work behind ``alphagrad train``, ``alphagrad solve`` and ``alphagrad eval`` (the CLI stays thin)."""
+"""The `alphagrad train` and `alphagrad solve` commands (thin: config, progress bar, printing; the
+work is `agents.alphazero.train` and `solve`). Imported only when one of them runs: it loads
+flax, mctx and orbax."""
 
 from __future__ import annotations
 
-import importlib
+import argparse
 import json
 import os
 import time
 from typing import Any
 
 import jax
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from alphagrad import graph as graph_lib
-from alphagrad import interpreter, orders
-from alphagrad import tasks as tasks_lib
-from alphagrad.agents.alphazero._config import AlphaZeroConfig
-from alphagrad.agents.alphazero._solve import solve
-from alphagrad.agents.alphazero._train import best_order_path, train
-from alphagrad.errors import OrderFileError
+from alphagrad import orders, tasks
+from alphagrad.agents.alphazero import AlphaZeroConfig, best_order_path, solve, train
 
-__all__ = ["train_command", "solve_command", "eval_command", "TrainProgress"]
+__all__ = ["TrainProgress", "solve_command", "train_command"]
 
 
 class TrainProgress:
@@ -71,7 +67,7 @@ class TrainProgress:
         )
 
 
-def _resolve_config(ns) -> AlphaZeroConfig:
+def _resolve_config(ns: argparse.Namespace) -> AlphaZeroConfig:
     """Saved config (on --resume) < --config TOML < --set key=value < --iterations/--minutes/--seed."""
     config = AlphaZeroConfig()
     saved = os.path.join(ns.out, "config.json") if ns.out else None
@@ -93,10 +89,10 @@ def _resolve_config(ns) -> AlphaZeroConfig:
     return config.replace(**changes)
 
 
-def train_command(ns, console: Console) -> int:
+def train_command(ns: argparse.Namespace, console: Console) -> int:
     """``alphagrad train TASK... [--minutes N | --iterations N] [--seed S] [--out DIR] [--resume]``."""
     config = _resolve_config(ns)
-    graphs = {spec: tasks_lib.load_graph(spec, graph_file=ns.graph, args=ns.args) for spec in ns.tasks}
+    graphs = {spec: tasks.resolve(spec, graph_file=ns.graph, args=ns.args).graph() for spec in ns.tasks}
     out = ns.out or os.path.join("runs", "alphazero-" + time.strftime("%Y%m%d-%H%M%S"))
     devices = jax.devices()
     console.print(
@@ -121,9 +117,9 @@ def train_command(ns, console: Console) -> int:
     return 0
 
 
-def solve_command(ns, console: Console) -> int:
+def solve_command(ns: argparse.Namespace, console: Console) -> int:
     """``alphagrad solve TASK --model DIR [--simulations N] [--games N] [--out FILE]``."""
-    g = tasks_lib.load_graph(ns.task, graph_file=ns.graph, args=ns.args)
+    g = tasks.resolve(ns.task, graph_file=ns.graph, args=ns.args).graph()
     result = solve(g, ns.model, num_simulations=ns.simulations, num_games=ns.games, seed=ns.seed or 0)
     base = result.baselines
     console.print(
@@ -134,56 +130,3 @@ def solve_command(ns, console: Console) -> int:
         orders.save(ns.out, result.order, graph=g, method="alphazero-solve", task=ns.task, model=os.fspath(ns.model))
         console.print(f"order written to {ns.out}")
     return 0
-
-
-def _function_task(spec: str, args_spec: str | None):
-    """(fn, args) when `spec` names a JAX function (a registered task or module:function), else None."""
-    if spec.startswith("ref:"):
-        return None
-    if spec in tasks_lib.names():
-        task = tasks_lib.get(spec)
-        return task.fn, tuple(task.args)
-    if ":" in spec and args_spec:
-        module, _, attr = spec.partition(":")
-        return getattr(importlib.import_module(module), attr), tasks_lib.parse_args_spec(args_spec)
-    return None
-
-
-def eval_command(ns, console: Console) -> int:
-    """``alphagrad eval ORDER.json [--task TASK]``: re-scores the order; for a JAX function, checks
-    ``interpreter.jacobian`` against ``jax.jacfwd`` and ``count_muls`` against the cost model."""
-    record = orders.load(ns.order)
-    spec = ns.task or record.task
-    if not spec:
-        raise OrderFileError(f"{ns.order} does not name its task; pass --task TASK")
-    g = tasks_lib.load_graph(spec, graph_file=ns.graph, args=ns.args)
-    record = orders.load(ns.order, graph=g)  # checks the fingerprint
-    cost = graph_lib.cost(g, list(record.order))
-    ok = cost == record.multiplications
-    table = Table(title=f"{ns.order}: {spec}, cost model {g.cost_model}")
-    table.add_column("check")
-    table.add_column("value", justify="right")
-    table.add_column("", justify="left")
-    table.add_row("multiplications (cost model)", str(cost), "" if ok else f"[red]file says {record.multiplications}")
-    for name in ("forward", "reverse", "markowitz"):
-        table.add_row(f"  {name}", str(graph_lib.cost(g, name)), "")
-    fn_args = _function_task(spec, ns.args)
-    if fn_args is not None:
-        fn, args = fn_args
-        argnums = tuple(range(len(args)))
-        order = list(record.order)
-        ours = interpreter.jacobian(fn, order, argnums=argnums)(*args)
-        ref = jax.jacfwd(fn, argnums=argnums)(*args)
-        close = all(
-            np.allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
-            for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True)
-        )
-        muls = interpreter.count_muls(fn, order, *args, argnums=argnums)
-        exact = graph_lib.cost(interpreter.graph_of(fn, *args, argnums=argnums), order)
-        table.add_row("interpreter.jacobian == jax.jacfwd", "yes" if close else "[red]NO", "")
-        table.add_row("count_muls (interpreter)", str(muls), f"exact cost model: {exact}")
-        ok = ok and close and muls == exact
-    else:
-        table.add_row("interpreter check", "–", "a reference graph has no JAX function")
-    console.print(table)
-    return 0 if ok else 1

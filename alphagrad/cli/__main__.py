@@ -1,0 +1,7 @@
+"""``python -m alphagrad.cli``: the `alphagrad` command."""
+
+import sys
+
+from alphagrad.cli import main
+
+sys.exit(main())
