@@ -125,13 +125,6 @@ def resolve(spec: str, *, graph_file: str | None = None, args: str | None = None
 def load_graph(spec: str, *, graph_file: str | None = None, args: str | None = None) -> Graph:
     """The graph a TASK argument names, under the default cost model: ``resolve(...).graph()``.
 
-    Args:
-      spec: a registered task name, ``ref:NAME`` for a reference graph, or ``module:function``.
-      graph_file: a graphs.json-layout file that ``ref:NAME`` is read from instead of the
-        copy shipped with alphagrad.
-      args: for ``module:function``, the example inputs (see `parse_args_spec`).
-
-    Raises:
-      AlphagradError: the task, reference graph, module or function does not exist.
+    The arguments and errors are those of `resolve`.
     """
     return resolve(spec, graph_file=graph_file, args=args).graph()
