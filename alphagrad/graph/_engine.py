@@ -88,6 +88,19 @@ def _model_tables(model: CostModel) -> _ModelTables:
     return _ModelTables(model.mul.tolist(), model.add.tolist(), {})
 
 
+_NO_EDGES: tuple[tuple[int, int], ...] = ()
+
+
+def _make_own(adjacency: list[dict[int, int]], nodes: Iterable[int], own: int) -> int:
+    """Replaces ``adjacency[u]`` by a private copy for each of `nodes` whose bit in `own` is not
+    set yet; returns `own` with their bits set."""
+    for u in nodes:
+        if not own >> u & 1:
+            adjacency[u] = dict(adjacency[u])
+            own |= 1 << u
+    return own
+
+
 class Eliminator:
     """Elimination state of one graph: performs, prices and records eliminations.
 
@@ -106,8 +119,11 @@ class Eliminator:
       preds, succs: per node id, ``{neighbour node id: code}`` (zero partials are not edges).
         Read only: the dicts may be shared with copies.
       src_shape, dst_shape: per node id, its 2-D shape as an edge's source / destination.
-      remaining: vertex numbers of the intermediates not yet eliminated.
     """
+
+    __slots__ = ("graph", "model", "num_inputs", "src_shape", "dst_shape", "preds", "succs", "_remaining",
+                 "_mul", "_add", "_model_pairs", "_pair_cache", "_cost", "_own_preds", "_own_succs",
+                 "_succ_keys")
 
     def __init__(self, graph: Graph, model: CostModel | None = None):
         self.graph = graph
@@ -123,28 +139,41 @@ class Eliminator:
             if e.code != 0:
                 self.succs[e.src][e.dst] = e.code
                 self.preds[e.dst][e.src] = e.code
-        self.remaining: set[int] = set(graph.intermediates)
+        # Bit k set: vertex k is an intermediate not yet eliminated (an int: free to snapshot).
+        self._remaining = sum(1 << k for k in graph.intermediates)
         self._mul, self._add, self._model_pairs = _model_tables(self.model)
-        self._cost: dict[int, int] = {}
         # Multiplications per (in code, out code, p, v, c): a pure function of the graph, so
         # copies share it.
         self._pair_cache: dict[tuple[int, int, int, int, int], int] = {}
-        # Node ids whose preds / succs dict this state may change in place; None: all of them
-        # (nothing is shared yet).
-        self._own_preds: set[int] | None = None
-        self._own_succs: set[int] | None = None
+        self._cost: dict[int, int] = {}
+        # Bit u set: this state may change node u's preds / succs dict in place (copy on write).
+        # Bitmasks rather than sets: a search keeps many states, and ints cost the garbage
+        # collector nothing. -1 (every bit set): nothing is shared yet.
+        self._own_preds = self._own_succs = -1
+        # Per node id, tuple(sorted(succs[u].items())), kept up to date once `edge_key` is first
+        # asked for. Tuples of ints rather than frozensets: the garbage collector stops tracking
+        # them, which matters in a search that keeps many states.
+        self._succ_keys: list[tuple[tuple[int, int], ...]] | None = None
 
     def copy(self) -> Eliminator:
         """An independent snapshot of the state (shares the adjacency dicts until either changes)."""
         new = object.__new__(Eliminator)
-        new.__dict__.update(self.__dict__)
+        new.graph, new.model, new.num_inputs = self.graph, self.model, self.num_inputs
+        new.src_shape, new.dst_shape = self.src_shape, self.dst_shape
+        new._mul, new._add, new._model_pairs, new._pair_cache = self._mul, self._add, self._model_pairs, self._pair_cache
         new.preds, new.succs = list(self.preds), list(self.succs)
-        new.remaining = set(self.remaining)
+        new._remaining = self._remaining
+        new._succ_keys = None if self._succ_keys is None else list(self._succ_keys)
         new._cost = dict(self._cost)
         # From now on every dict is shared by both states.
-        self._own_preds, self._own_succs = set(), set()
-        new._own_preds, new._own_succs = set(), set()
+        self._own_preds = self._own_succs = new._own_preds = new._own_succs = 0
         return new
+
+    @property
+    def remaining(self) -> list[int]:
+        """Vertex numbers of the intermediates not yet eliminated, ascending."""
+        bits = self._remaining
+        return [k for k in range(bits.bit_length()) if bits >> k & 1]
 
     def _pair(self, in_code: int, out_code: int, p: int, v: int, c: int) -> int:
         key = (in_code, out_code, p, v, c)
@@ -188,7 +217,7 @@ class Eliminator:
         preds, succs = self.preds[node], self.succs[node]
         total = 0
         for p, in_code in preds.items():
-            if p - I not in self.remaining:
+            if p <= I or not self._remaining >> (p - I) & 1:  # inputs are never eliminated
                 continue
             new_succs = dict(self.succs[p])
             del new_succs[node]
@@ -196,7 +225,7 @@ class Eliminator:
                 new_succs[c] = self._new_code(new_succs.get(c), in_code, out_code)
             total += self._cost_with(p, self.preds[p], new_succs) - self.elimination_cost(p - I)
         for c, out_code in succs.items():
-            if c - I not in self.remaining:
+            if not self._remaining >> (c - I) & 1:
                 continue
             new_preds = dict(self.preds[c])
             del new_preds[node]
@@ -225,19 +254,12 @@ class Eliminator:
         I = self.num_inputs
         node = I + vertex
         all_preds, all_succs = self.preds, self.succs
-        own_preds, own_succs = self._own_preds, self._own_succs
         preds, succs = all_preds[node], all_succs[node]
-        # Copy on write: take private copies of the neighbours' dicts that copies still share.
-        if own_succs is not None:
-            for p in preds:
-                if p not in own_succs:
-                    all_succs[p] = dict(all_succs[p])
-                    own_succs.add(p)
-        if own_preds is not None:
-            for c in succs:
-                if c not in own_preds:
-                    all_preds[c] = dict(all_preds[c])
-                    own_preds.add(c)
+        # Copy on write: the neighbours' dicts this elimination changes must be this state's own.
+        if self._own_succs != -1:
+            self._own_succs = _make_own(all_succs, preds, self._own_succs)
+        if self._own_preds != -1:
+            self._own_preds = _make_own(all_preds, succs, self._own_preds)
         mul, add = self._mul, self._add
         for c, out_code in succs.items():
             c_preds = all_preds[c]
@@ -259,11 +281,23 @@ class Eliminator:
             cost.pop(u - I, None)
         cost.pop(vertex, None)
         all_preds[node], all_succs[node] = {}, {}
-        self.remaining.discard(vertex)
+        keys = self._succ_keys
+        if keys is not None:
+            for p in preds:
+                keys[p] = tuple(sorted(all_succs[p].items()))
+            keys[node] = _NO_EDGES
+        self._remaining &= ~(1 << vertex)
 
-    def edge_codes(self) -> tuple[tuple[int, int, int], ...]:
-        """Every edge of the current state as (src, dst, code), sorted: the state as a hashable key."""
-        return tuple((p, c, code) for p, succs in enumerate(self.succs) for c, code in sorted(succs.items()))
+    def edge_key(self) -> tuple[tuple[tuple[int, int], ...], ...]:
+        """The current edges and their codes as a hashable key (equal exactly for equal edges):
+        per node id, its (successor, code) pairs, sorted.
+
+        The first call makes this state (and its later copies) keep the per-node sets up to date,
+        so that a search that keys every state pays only for the nodes each elimination changes.
+        """
+        if self._succ_keys is None:
+            self._succ_keys = [tuple(sorted(succs.items())) for succs in self.succs]
+        return tuple(self._succ_keys)
 
 
 def elimination_costs(graph: Graph, order: Iterable[int], *, complete: bool = True) -> list[int]:
