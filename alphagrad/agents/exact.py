@@ -20,13 +20,13 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from alphagrad import orders as orders_lib
 from alphagrad.agents._result import Deadline, Progress, SearchResult
 from alphagrad.agents.heuristics import heuristic_order
 from alphagrad.env import is_scalar_graph
-from alphagrad.graph import Graph, check_order, cost_model
+from alphagrad.graph import Eliminator, Graph, check_order
 from alphagrad.graph import cost as graph_cost
 
 __all__ = ["cut_lower_bound", "solve_exact"]
@@ -35,9 +35,14 @@ __all__ = ["cut_lower_bound", "solve_exact"]
 _SEED_CHAINS = ("markowitz>forward", "markowitz>reverse", "lmmd>reverse", "fill_in>markowitz>reverse")
 
 
-def _disjoint_paths(succ: dict[int, list[int]], sources: Sequence[int], target: int) -> int:
+def _disjoint_paths(succ: Sequence[Mapping[int, int]], pred: Sequence[Mapping[int, int]],
+                    sources: Sequence[int], target: int) -> int:
     """Maximum number of vertex-disjoint paths from `sources` to `target` (every node but the
-    target may carry one path; a source counts as a node), by augmenting paths on the split graph."""
+    target may carry one path; a source counts as a node), by augmenting paths on the split graph.
+
+    `succ` and `pred` are the two directions of one adjacency, per node id (an `Eliminator`'s
+    ``succs`` and ``preds``; swap them for paths from `target` to `sources` the other way round).
+    """
     # Split node u into (u, 0) -> (u, 1) of capacity 1; edges (u, 1) -> (w, 0) of capacity 1.
     residual: dict[tuple, dict[tuple, int]] = {}
 
@@ -48,15 +53,11 @@ def _disjoint_paths(succ: dict[int, list[int]], sources: Sequence[int], target: 
         residual[b].setdefault(a, 0)
 
     # Only nodes that reach the target matter.
-    preds: dict[int, list[int]] = {}
-    for u, ws in succ.items():
-        for w in ws:
-            preds.setdefault(w, []).append(u)
     relevant = {target}
     queue = deque([target])
     while queue:
         w = queue.popleft()
-        for u in preds.get(w, ()):
+        for u in pred[w]:
             if u not in relevant:
                 relevant.add(u)
                 queue.append(u)
@@ -65,7 +66,7 @@ def _disjoint_paths(succ: dict[int, list[int]], sources: Sequence[int], target: 
     for u in relevant:
         if u != target:
             add((u, 0), (u, 1))
-            for w in succ.get(u, ()):
+            for w in succ[u]:
                 if w in relevant:
                     add((u, 1), (w, 0))
     for s in sources:
@@ -95,16 +96,12 @@ def _disjoint_paths(succ: dict[int, list[int]], sources: Sequence[int], target: 
 
 
 class _Problem:
-    """Static data of one graph: node ids, shapes, ancestor masks, the cost model."""
+    """Static data of one graph: the vertices as bits, ancestor and descendant masks, cut caches."""
 
     def __init__(self, graph: Graph):
         self.graph = graph
         self.I = graph.num_inputs
-        self.model = cost_model(graph.cost_model)
         self.scalar = is_scalar_graph(graph)
-        src_shape, dst_shape = graph.node_shapes()
-        self.src_shape = [tuple(int(x) for x in s) for s in src_shape]
-        self.dst_shape = [tuple(int(x) for x in s) for s in dst_shape]
         self.vertices = list(graph.intermediates)
         self.bit = {v: 1 << i for i, v in enumerate(self.vertices)}
         self.inputs = list(range(1, self.I + 1))
@@ -125,21 +122,9 @@ class _Problem:
         self.anc, self.desc = anc, desc
         self._lam_in: dict[tuple[int, int], int] = {}
         self._lam_out: dict[tuple[int, int], int] = {}
-        self._pairs: dict[tuple, int] = {}
 
-    def initial_edges(self) -> dict[tuple[int, int], int]:
-        return {(e.src, e.dst): e.code for e in self.graph.edges if e.code != 0}
-
-    def pair(self, in_code, out_code, p, v, c) -> int:
-        key = (in_code, out_code, p, v, c)
-        value = self._pairs.get(key)
-        if value is None:
-            value = self._pairs[key] = self.model.pair_cost(
-                in_code, out_code, self.dst_shape[c], self.src_shape[v], self.src_shape[p])
-        return value
-
-    def bound(self, T: int, remaining: list[int], succ: dict[int, list[int]], pred: dict[int, list[int]]) -> int:
-        """Σ over remaining v of λin(v, T) · λout(v, T) (scalar graphs; 0 otherwise)."""
+    def bound(self, T: int, remaining: list[int], state: Eliminator) -> int:
+        """Σ over remaining v of λin(v, T) · λout(v, T) in `state` (scalar graphs; 0 otherwise)."""
         if not self.scalar:
             return 0
         total = 0
@@ -148,52 +133,20 @@ class _Problem:
             k_in = (v, T & self.anc[node])
             lam_in = self._lam_in.get(k_in)
             if lam_in is None:
-                lam_in = self._lam_in[k_in] = _disjoint_paths(succ, self.inputs, node)
+                lam_in = self._lam_in[k_in] = _disjoint_paths(state.succs, state.preds, self.inputs, node)
             k_out = (v, T & self.desc[node])
             lam_out = self._lam_out.get(k_out)
             if lam_out is None:
-                lam_out = self._lam_out[k_out] = _disjoint_paths(pred, self.outputs, node)
+                lam_out = self._lam_out[k_out] = _disjoint_paths(state.preds, state.succs, self.outputs, node)
             total += lam_in * lam_out
         return total
-
-
-def _adjacency(edges: dict[tuple[int, int], int]):
-    succ: dict[int, list[int]] = {}
-    pred: dict[int, list[int]] = {}
-    for p, c in edges:
-        succ.setdefault(p, []).append(c)
-        pred.setdefault(c, []).append(p)
-    return succ, pred
-
-
-def _eliminate(prob: _Problem, edges, succ, pred, v: int):
-    """(new edges, cost) of eliminating vertex v from the state `edges`."""
-    node = prob.I + v
-    model = prob.model
-    new = dict(edges)
-    total = 0
-    ins = [(p, edges[(p, node)]) for p in pred.get(node, ())]
-    outs = [(c, edges[(node, c)]) for c in succ.get(node, ())]
-    for p, _ in ins:
-        del new[(p, node)]
-    for c, _ in outs:
-        del new[(node, c)]
-    for c, out_code in outs:
-        for p, in_code in ins:
-            total += prob.pair(in_code, out_code, p, node, c)
-            code = model.product_code(in_code, out_code)
-            old = new.get((p, c))
-            new[(p, c)] = code if old is None else model.sum_code(old, code)
-    return new, total
 
 
 def cut_lower_bound(graph: Graph) -> int:
     """Σ_v λin(v, ∅) · λout(v, ∅): a lower bound on the cost of every order of a scalar graph
     (0 for tensor graphs, where this argument does not hold). See LOWER_BOUNDS.md."""
     prob = _Problem(graph)
-    edges = prob.initial_edges()
-    succ, pred = _adjacency(edges)
-    return prob.bound(0, prob.vertices, succ, pred)
+    return prob.bound(0, prob.vertices, Eliminator(graph))
 
 
 def solve_exact(
@@ -212,8 +165,9 @@ def solve_exact(
       seconds: wall-time limit (default 60; None: no limit). Checked before every expansion.
       init_order: the incumbent to beat (default: the cheapest of forward, reverse and a few
         greedy heuristic chains).
-      max_states: stop when this many states have been stored (memory guard; a state holds its
-        edge list, a few kB on the reference graphs, so the default stays below about 2 GB).
+      max_states: stop when this many states have been stored (memory guard; a state holds an
+        engine snapshot, the adjacency dicts it changed and lists of the shared ones, a few kB on
+        the reference graphs, so the default stays below about 2 GB).
       progress: called with (best cost, fraction of the budget used) on improvements.
 
     Returns:
@@ -232,24 +186,23 @@ def solve_exact(
     if progress is not None:
         progress(best_cost, 0.0)
 
-    edges0 = prob.initial_edges()
-    succ0, pred0 = _adjacency(edges0)
-    root_bound = prob.bound(0, prob.vertices, succ0, pred0)
+    root = Eliminator(graph)
+    root_bound = prob.bound(0, prob.vertices, root)
 
-    def key_of(T, edges):
-        return T if prob.scalar else (T, tuple(sorted(edges.items())))
+    def key_of(T: int, state: Eliminator):
+        return T if prob.scalar else (T, state.edge_key())
 
     counter = itertools.count()
-    root_key = key_of(0, edges0)
+    root_key = key_of(0, root)
     best_g = {root_key: 0}
     parent: dict = {root_key: None}
-    heap = [(root_bound, 0, next(counter), 0, 0, root_key, edges0)]  # f, -depth, tie, g, T, key, edges
+    heap = [(root_bound, 0, next(counter), 0, 0, root_key, root)]  # f, -depth, tie, g, T, key, state
     all_bits = (1 << len(prob.vertices)) - 1
     expansions = 0
     stopped = "proved"
     lower = root_bound
     while heap:
-        f, neg_depth, _, g, T, key, edges = heap[0]
+        f, neg_depth, _, g, T, key, state = heap[0]
         if f >= best_cost:
             break  # nothing open can beat the incumbent
         lower = max(lower, f)
@@ -272,28 +225,27 @@ def solve_exact(
         if len(best_g) > max_states:
             stopped = "states"
             break
-        succ, pred = _adjacency(edges)
         remaining = [v for v in prob.vertices if not T & prob.bit[v]]
-        for v in remaining:
-            new_edges, c = _eliminate(prob, edges, succ, pred, v)
+        # Price every move first, so that the children's snapshots inherit all the cached costs.
+        step_costs = [state.elimination_cost(v) for v in remaining]
+        for v, c in zip(remaining, step_costs):
             g2 = g + c
             if g2 >= best_cost:
                 continue
             T2 = T | prob.bit[v]
-            k2 = key_of(T2, new_edges)
+            if prob.scalar and best_g.get(T2, best_cost) <= g2:
+                continue  # the key is T2 alone: no need to build the child
+            child = state.copy()
+            child.eliminate(v)
+            k2 = key_of(T2, child)
             if best_g.get(k2, best_cost) <= g2:
                 continue
-            rest = [u for u in remaining if u != v]
-            if prob.scalar:
-                s2, p2 = _adjacency(new_edges)
-                h = prob.bound(T2, rest, s2, p2)
-            else:
-                h = 0
+            h = prob.bound(T2, [u for u in remaining if u != v], child) if prob.scalar else 0
             if g2 + h >= best_cost:
                 continue
             best_g[k2] = g2
             parent[k2] = (key, v)
-            heapq.heappush(heap, (g2 + h, neg_depth - 1, next(counter), g2, T2, k2, new_edges))
+            heapq.heappush(heap, (g2 + h, neg_depth - 1, next(counter), g2, T2, k2, child))
     if stopped == "proved" or not heap:
         stopped, optimal, lower = "proved", True, best_cost
     else:

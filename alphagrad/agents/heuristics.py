@@ -171,7 +171,7 @@ def heuristic_order(
     """
     filters = [FILTERS[n] for n in _parse_chain(chain)]
     ctx = _Context(graph, _random.Random(seed), lmmd_weight)
-    remaining = sorted(ctx.state.remaining)
+    remaining = ctx.state.remaining
     order: list[int] = []
     total = 0
     while remaining:
