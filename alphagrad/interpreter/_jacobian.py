@@ -13,7 +13,7 @@ import numpy as np
 
 from alphagrad import orders as orders_lib
 from alphagrad.errors import AlphagradError
-from alphagrad.graph import Graph, cost_model, cost_models, trace
+from alphagrad.graph import Graph, Product, Step, cost_models, plan, trace
 from alphagrad.graph._structure import INDEX_MAP, VALUELESS, structure_of
 from alphagrad.graph._trace import Equation, LeafRef, Operand, Program
 from alphagrad.interpreter._structured import (
@@ -220,15 +220,21 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
 
 
 def _eliminate_all(graph: Graph, order: list[int], leaves: list[Any], counter: MultiplicationCounter):
-    """Evaluates the primal, the partials, and eliminates `order`; returns (outputs, input->output edges)."""
+    """Evaluates the primal and the partials, then replays the elimination engine's plan of `order`.
+
+    Returns:
+      (outputs: the primal output values, edges: ``{(src, dst): Partial}`` left after the
+      eliminations, whose input -> output entries are the Jacobian, performed: one
+      `graph.Product` per product, as read off the arrays; equal to ``graph.plan(graph, order)``'s).
+    """
     program: Program = graph.program
-    model = cost_model(graph.cost_model)
     env: dict[int, Any] = {}
     for node, leaf in enumerate(program.input_leaves, start=1):
         env[node] = leaves[leaf]
     incoming: dict[int, list] = {}
     for e in graph.edges:
-        incoming.setdefault(e.dst, []).append(e)
+        if e.code != 0:  # a zero partial is no edge (as in the engine)
+            incoming.setdefault(e.dst, []).append(e)
     edges: dict[tuple[int, int], Partial] = {}
     for eqn in program.equations:
         node = graph.node_id(eqn.vertex)
@@ -239,34 +245,43 @@ def _eliminate_all(graph: Graph, order: list[int], leaves: list[Any], counter: M
             edges[(e.src, e.dst)] = _partial_of(eqn, values, positions, e.code, e.out_shape, e.in_shape)
 
     dtype = jnp.result_type(*[env[n] for n in env]) if env else jnp.float32
-    succs: dict[int, set[int]] = {}
-    preds: dict[int, set[int]] = {}
-    for src, dst in edges:
-        succs.setdefault(src, set()).add(dst)
-        preds.setdefault(dst, set()).add(src)
-    for vertex in order:
-        v = graph.node_id(vertex)
-        for c in sorted(succs.get(v, ())):
-            out = edges[(v, c)]
-            for p in sorted(preds.get(v, ())):
-                inp = edges[(p, v)]
-                code = model.product_code(inp.code, out.code)
-                product = multiply(out, inp, code, counter, dtype)
-                if (p, c) in edges:
-                    old = edges[(p, c)]
-                    edges[(p, c)] = add(old, product, model.sum_code(old.code, product.code), dtype)
-                else:
-                    edges[(p, c)] = product
-                    succs.setdefault(p, set()).add(c)
-                    preds.setdefault(c, set()).add(p)
-        for c in succs.pop(v, set()):
-            preds[c].discard(v)
-            del edges[(v, c)]
-        for p in preds.pop(v, set()):
-            succs[p].discard(v)
-            del edges[(p, v)]
+    performed = _replay(graph, plan(graph, order), edges, counter, dtype)
     outputs = [_operand_value(op, env, leaves) for op in program.outputs]
-    return outputs, edges
+    return outputs, edges, performed
+
+
+def _replay(graph: Graph, steps: Sequence[Step], edges: dict[tuple[int, int], Partial],
+            counter: MultiplicationCounter, dtype) -> list[Product]:
+    """Performs the engine's `steps` on the partials in `edges` (in place); returns what it did.
+
+    Each product is checked against its plan entry at trace time: the codes of the two partials,
+    whether it adds into an edge, the codes of the product and the sum, and the multiplications
+    the structured product counted. The engine and the structured products implement one cost
+    model, so a mismatch is a bug, reported as an AlphagradError naming the vertex.
+    """
+    performed = []
+    for step in steps:
+        for planned in step.products:
+            p, v, c = planned.pred, planned.vertex, planned.succ
+            out, inp = edges[(v, c)], edges[(p, v)]
+            before = counter.total
+            product = multiply(out, inp, planned.code, counter, dtype)
+            old = edges.get((p, c))
+            edges[(p, c)] = product if old is None else add(old, product, planned.sum_code, dtype)
+            done = Product(p, v, c, inp.code, out.code, product.code, 0 if old is None else old.code,
+                           0 if old is None else edges[(p, c)].code, counter.total - before)
+            if done != planned:
+                raise AlphagradError(
+                    f"internal error while eliminating {graph.describe_vertex(step.vertex)}: the interpreter "
+                    f"performed {done} where the elimination engine planned {planned}; please report this"
+                )
+            performed.append(done)
+        node = graph.node_id(step.vertex)
+        for p in step.preds:
+            del edges[(p, node)]
+        for c in step.succs:
+            del edges[(node, c)]
+    return performed
 
 
 def _assemble(graph: Graph, outputs: list[Any], edges, argnums, args: tuple):
@@ -391,7 +406,7 @@ def jacobian(
         graph, resolved = prepare(args)
         leaves = jax.tree.leaves(args)
         counter = MultiplicationCounter()
-        outputs, edges = _eliminate_all(graph, resolved, leaves, counter)
+        outputs, edges, _ = _eliminate_all(graph, resolved, leaves, counter)
         jac = _assemble(graph, outputs, edges, argnums, args)
         if has_aux:
             return jac, f(*args)[1]
