@@ -165,9 +165,9 @@ def solve_exact(
       seconds: wall-time limit (default 60; None: no limit). Checked before every expansion.
       init_order: the incumbent to beat (default: the cheapest of forward, reverse and a few
         greedy heuristic chains).
-      max_states: stop when this many states have been stored (memory guard; a state holds an
-        engine snapshot, the adjacency dicts it changed and lists of the shared ones, a few kB on
-        the reference graphs, so the default stays below about 2 GB).
+      max_states: stop when this many states have been stored (memory guard; an open state
+        holds its key and its parent, an expanded state an engine snapshot of a few kB on the
+        reference graphs, so the default stays well below 2 GB).
       progress: called with (best cost, fraction of the budget used) on improvements.
 
     Returns:
@@ -196,13 +196,17 @@ def solve_exact(
     root_key = key_of(0, root)
     best_g = {root_key: 0}
     parent: dict = {root_key: None}
-    heap = [(root_bound, 0, next(counter), 0, 0, root_key, root)]  # f, -depth, tie, g, T, key, state
+    # Entries (f, -depth, tie, g, T, key, parent state, vertex): an open state is stored as its
+    # parent's engine snapshot and the vertex that leads to it, and rebuilt when it is expanded.
+    # Far fewer states are expanded than stored, so the search keeps (and the garbage collector
+    # scans) one engine per expanded state instead of one per stored state.
+    heap = [(root_bound, 0, next(counter), 0, 0, root_key, root, None)]
     all_bits = (1 << len(prob.vertices)) - 1
     expansions = 0
     stopped = "proved"
     lower = root_bound
     while heap:
-        f, neg_depth, _, g, T, key, state = heap[0]
+        f, neg_depth, _, g, T, key, base, last = heap[0]
         if f >= best_cost:
             break  # nothing open can beat the incumbent
         lower = max(lower, f)
@@ -225,6 +229,10 @@ def solve_exact(
         if len(best_g) > max_states:
             stopped = "states"
             break
+        state = base
+        if last is not None:
+            state = base.copy()
+            state.eliminate(last)
         remaining = [v for v in prob.vertices if not T & prob.bit[v]]
         # Price every move first, so that the children's snapshots inherit all the cached costs.
         step_costs = [state.elimination_cost(v) for v in remaining]
@@ -245,7 +253,7 @@ def solve_exact(
                 continue
             best_g[k2] = g2
             parent[k2] = (key, v)
-            heapq.heappush(heap, (g2 + h, neg_depth - 1, next(counter), g2, T2, k2, child))
+            heapq.heappush(heap, (g2 + h, neg_depth - 1, next(counter), g2, T2, k2, state, v))
     if stopped == "proved" or not heap:
         stopped, optimal, lower = "proved", True, best_cost
     else:
