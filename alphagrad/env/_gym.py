@@ -1,27 +1,32 @@
-"""Gymnasium environments over the JAX core: a thin shell (validation, numpy conversion, text).
+"""Gymnasium environments at Python speed: the elimination engine, observations updated in place.
 
 `VertexEliminationEnv` plays one graph (or a graph drawn by a generator at every reset);
-`VertexEliminationVectorEnv` plays a batch with one jitted, vmapped step per call. Both keep a
-jitted step compiled once per state size and cost model (module-level `jax.jit` functions, whose
-cache is keyed by the state's shapes), so creating many environments of one size compiles once.
+`VertexEliminationVectorEnv` plays a batch. Both step with the Python elimination engine
+(`graph.Eliminator`), not with the jitted core: a gymnasium step is one elimination asked for by
+Python code, and a jitted call per step costs more than the elimination itself. The observation
+is the jitted core's (`_core.observe` of the initial state, computed once per graph), then kept
+up to date in numpy: an elimination rewrites only the entries it changes (the predecessor rows
+at the successor columns, the vertex's own row and column, its node type and action bit).
+The jitted core (`env.step`, `env.observe`) stays the path for batched, in-jit use; the two are
+tested equal observation by observation (tests/env/test_gym.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium
 import jax
-import jax.numpy as jnp
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from alphagrad.errors import AlphagradError
-from alphagrad.graph import Graph, trace
+from alphagrad.graph import Eliminator, Graph, trace
 from alphagrad.env import _core
 from alphagrad.env._generator import GraphGenerator
 
@@ -35,39 +40,9 @@ class IllegalActionError(AlphagradError, ValueError):
     """An action that does not eliminate a vertex: eliminated, an output, padding, out of range."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Jitted functions shared by every environment (compiled once per state size and cost model)
-# ----------------------------------------------------------------------------------------------
-
-
-def _step_observe(state: _core.State, action):
-    new, _, terminated = _core.step(state, action)
-    return new, new.cost - state.cost, terminated, _core.observe(new)
-
-
-def _batch_step_observe(states: _core.State, actions, init: _core.State, pending):
-    """vmap of step; envs with ``pending`` (terminated last step) restart from ``init`` instead."""
-    new, _, terminated = jax.vmap(_core.step)(states, actions)
-    batched = init.codes.ndim == states.codes.ndim
-
-    def pick(start, stepped):
-        if not batched:
-            start = jnp.broadcast_to(start, stepped.shape)
-        mask = pending.reshape(pending.shape + (1,) * (stepped.ndim - 1))
-        return jnp.where(mask, start, stepped)
-
-    new = jax.tree.map(pick, init, new)
-    step_cost = jnp.where(pending, 0, new.cost - states.cost)
-    terminated = jnp.where(pending, False, terminated)
-    return new, step_cost, terminated, jax.vmap(_core.observe)(new)
-
-
-# The single env keeps its state readable (`VertexEliminationEnv.state`); the vector env owns
-# its batch, whose buffers every step donates (updated in place, no copy of the batch).
-_jit_step_observe = jax.jit(_step_observe)
+# The initial observation of a graph comes from the core's own `observe` (one definition of the
+# observation), compiled once per state size and cost model.
 _jit_observe = jax.jit(_core.observe)
-_jit_batch_step_observe = jax.jit(_batch_step_observe, donate_argnums=0)
-_jit_batch_observe = jax.jit(jax.vmap(_core.observe))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,9 +159,148 @@ def _sizes(task, example_args, generator, max_vertices, max_inputs) -> tuple[Gra
     return graph, V, I
 
 
-def _to_numpy(tree):
-    """Writable numpy copies of a pytree of arrays (observations users may keep and modify)."""
-    return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(tree))
+class _Start(NamedTuple):
+    """What every episode of one graph starts from (built once per graph and state size).
+
+    Attributes:
+      graph: the graph.
+      state: its initial `State` as numpy arrays (`_core._encode`, which also validates the graph).
+      obs: the initial observation, ``_core.observe(state)`` as read-only numpy arrays.
+      engine: an `Eliminator` of the graph that is never stepped: every episode plays a copy
+        (copy on write, so a reset copies no edges), and the copies share its pair costs.
+      row: per engine node id (inputs 1..gi, vertex k = gi + k), its row in the node layout.
+      num_intermediates: the eliminations of a complete episode.
+    """
+
+    graph: Graph
+    state: _core.State
+    obs: dict[str, np.ndarray]
+    engine: Eliminator
+    row: tuple[int, ...]
+    num_intermediates: int
+
+
+def _start(graph: Graph, V: int, I: int) -> _Start:
+    """The `_Start` of `graph` in a state of V vertex and I input slots (StateSizeError if it does
+    not fit or is not a valid elimination graph)."""
+    state = _core._encode(graph, V, I)
+    obs = {key: np.array(value) for key, value in jax.device_get(_jit_observe(state)).items()}
+    for value in obs.values():
+        value.setflags(write=False)
+    gi = graph.num_inputs
+    row = (0, *(V + i - 1 for i in range(1, gi + 1)), *range(graph.num_vertices))
+    return _Start(graph, state, obs, Eliminator(graph), row, int(state.num_intermediates))
+
+
+class _Starts:
+    """`_Start`s of recently played graphs, so that a generator that redraws its graphs (a
+    `ChoiceGenerator`) does not re-encode them at every reset. Keyed by the graph object, which
+    the cache holds (so an id is never reused while its entry lives)."""
+
+    _SIZE = 64
+
+    def __init__(self, V: int, I: int):
+        self._V, self._I = V, I
+        self._cache: dict[int, _Start] = {}
+
+    def __call__(self, graph: Graph) -> _Start:
+        start = self._cache.get(id(graph))
+        if start is None or start.graph is not graph:
+            start = _start(graph, self._V, self._I)
+            if len(self._cache) >= self._SIZE:
+                del self._cache[next(iter(self._cache))]  # the oldest entry
+            self._cache[id(graph)] = start
+        return start
+
+
+class _Game:
+    """One episode on the host: a copy of the graph's engine and the episode's observation arrays,
+    updated in place by each elimination (only the entries it changes).
+
+    The arrays belong to the owner: the single env's own, or row i of the vector env's batch
+    arrays (so a batch observation is never stacked). Shapes never change during an episode.
+
+    Attributes:
+      codes: int8[N, V], shapes: int32[N, 4], node_type: int8[N], mask: int8[V]  # the observation
+      order_row: int32[V]  # vertex numbers eliminated so far, -1 padded (the vector env's info)
+      order: list[int]  # the same, as a list
+      cost: int  # multiplications so far
+    """
+
+    __slots__ = ("start", "engine", "codes", "shapes", "node_type", "mask", "order_row", "order", "cost")
+
+    def __init__(self, codes: np.ndarray, shapes: np.ndarray, node_type: np.ndarray, mask: np.ndarray,
+                 order_row: np.ndarray):
+        self.codes, self.shapes, self.node_type, self.mask = codes, shapes, node_type, mask
+        self.order_row = order_row
+        self.start: _Start | None = None
+        self.engine: Eliminator | None = None
+        self.order: list[int] = []
+        self.cost = 0
+
+    def reset(self, start: _Start) -> None:
+        """Starts an episode of ``start.graph``."""
+        self.start = start
+        self.engine = start.engine.copy()
+        obs = start.obs
+        self.codes[...] = obs["codes"]
+        self.shapes[...] = obs["shapes"]
+        self.node_type[...] = obs["node_type"]
+        self.mask[...] = obs["action_mask"]
+        self.order_row[...] = -1
+        self.order = []
+        self.cost = 0
+
+    @property
+    def done(self) -> bool:
+        """Every intermediate vertex is eliminated."""
+        return len(self.order) == self.start.num_intermediates
+
+    def eliminate(self, vertex: int) -> int:
+        """Eliminates `vertex` (a vertex number with action_mask 1); returns its multiplications."""
+        engine = self.engine
+        gi = engine.num_inputs
+        node = gi + vertex
+        preds, succs = list(engine.preds[node]), list(engine.succs[node])
+        step_cost = engine.eliminate(vertex)
+        # What changed: every edge p->c (a product added into it or creating it), v's in-edges
+        # (column a of the predecessor rows) and v's out-edges (row a); nothing else.
+        codes, row, edges = self.codes, self.start.row, engine.succs
+        a = vertex - 1
+        columns = [c - gi - 1 for c in succs]
+        for p in preds:
+            r, p_edges = row[p], edges[p]
+            codes[r, a] = 0
+            for c, column in zip(succs, columns):
+                codes[r, column] = p_edges[c]
+        codes[a, columns] = 0
+        self.node_type[a] = _core.NODE_ELIMINATED
+        self.mask[a] = 0
+        self.order_row[len(self.order)] = vertex
+        self.order.append(vertex)
+        self.cost += step_cost
+        return step_cost
+
+    def observation(self) -> dict[str, np.ndarray]:
+        """Copies of the observation arrays (users may keep and modify what a step returns)."""
+        return {
+            "codes": self.codes.copy(),
+            "shapes": self.shapes.copy(),
+            "node_type": self.node_type.copy(),
+            "action_mask": self.mask.copy(),
+        }
+
+    def state(self) -> _core.State:
+        """The episode's `State` of the jitted core, as numpy arrays."""
+        return dataclasses.replace(
+            self.start.state,
+            codes=self.codes.copy(),
+            eliminable=self.mask.astype(bool),
+            order=self.order_row.copy(),
+            step_count=np.asarray(len(self.order), np.int32),
+            cost=np.asarray(self.cost, np.int32),
+            illegal=np.zeros((), bool),
+        )
 
 
 def _action_index(action, V: int) -> int:
@@ -234,10 +348,8 @@ def _illegal_reason(graph: Graph, a: int, V: int, mask: np.ndarray, order: list[
     )
 
 
-def _describe(graph: Graph, state: _core.State, order: list[int], cost: int, V: int, I: int) -> str:
+def _describe(graph: Graph, codes: np.ndarray, order: list[int], cost: int, V: int, I: int) -> str:
     """Text rendering: the graph, the order so far, and the remaining edges per vertex."""
-    host = jax.device_get(state)
-    codes = np.asarray(host.codes)
     gi = graph.num_inputs
     label = lambda idx: f"v{idx + 1}" if idx < V else f"x{idx - V + 1}"  # noqa: E731
     lines = [
@@ -280,7 +392,7 @@ class VertexEliminationEnv(gymnasium.Env):
       generator: a `GraphGenerator`; every reset draws a new graph from it with the env's
         ``np_random`` (so ``reset(seed=...)`` is reproducible).
       max_vertices, max_inputs: the state size V, I (default: the graph's, or the generator's
-        bounds). Environments of one size share one compiled step.
+        bounds): the observation's shapes.
       reward_scale: the reward is ``-multiplications * reward_scale``.
       render_mode: ``"human"`` (print) or ``"ansi"`` (return the text); None prints too.
 
@@ -294,6 +406,10 @@ class VertexEliminationEnv(gymnasium.Env):
     0, "order": []}``. ``reset(options={"graph": g})`` plays graph ``g`` (it must fit the state).
     An illegal action raises `IllegalActionError` (a ValueError) naming the vertex and the
     reason, and leaves the state unchanged.
+
+    A step is one `graph.Eliminator` elimination plus writes of the observation entries it
+    changes (tens of thousands of steps per second); ``state`` gives the jitted core's `State`
+    of the current position, equal to what `alphagrad.env.step` reaches with the same actions.
     """
 
     metadata = {"render_modes": ["human", "ansi"], "render_fps": 4}
@@ -320,64 +436,63 @@ class VertexEliminationEnv(gymnasium.Env):
         self.render_mode = render_mode
         self.action_space = _LegalDiscrete(self.max_vertices, self)
         self.observation_space = observation_space(self.max_vertices, self.max_inputs)
-        self._initial = None if self._fixed is None else _core._encode(self._fixed, self.max_vertices, self.max_inputs)
+        self._starts = _Starts(self.max_vertices, self.max_inputs)
+        self._fixed_start = None if self._fixed is None else self._starts(self._fixed)
         self.graph: Graph | None = self._fixed
-        self._state: _core.State | None = None
-        self._mask: np.ndarray | None = None
-        self._order: list[int] = []
-        self._cost = 0
+        n, V = self.max_vertices + self.max_inputs, self.max_vertices
+        self._game = _Game(
+            np.zeros((n, V), np.int8), np.zeros((n, 4), np.int32), np.zeros(n, np.int8), np.zeros(V, np.int8),
+            np.full(V, -1, np.int32),
+        )
+        self._state: _core.State | None = None  # built when asked for, until the next step
 
     # The current state, for agents that want the pure core (e.g. to search from it).
     @property
     def state(self) -> _core.State:
         """The current `State` (device arrays); call `reset` first."""
-        if self._state is None:
+        if self._game.start is None:
             raise AlphagradError("call reset() before reading the state")
+        if self._state is None:
+            self._state = jax.device_put(self._game.state())
         return self._state
 
     def _legal_mask(self) -> np.ndarray | None:
-        return None if self._mask is None else self._mask.copy()
+        return None if self._game.start is None else self._game.mask.astype(bool)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         graph = (options or {}).get("graph")
         if graph is not None:
-            initial = _core._encode(graph, self.max_vertices, self.max_inputs)
+            start = self._starts(graph)
         elif self.generator is not None:
-            graph = self.generator(self.np_random)
-            initial = _core._encode(graph, self.max_vertices, self.max_inputs)
+            start = self._starts(self.generator(self.np_random))
         else:
-            graph, initial = self._fixed, self._initial
-        self.graph = graph
-        self._state = jax.device_put(initial)
-        obs = _to_numpy(_jit_observe(self._state))
-        self._mask = obs["action_mask"].astype(bool)
-        self._order, self._cost = [], 0
-        return obs, self._info(0)
+            start = self._fixed_start
+        self.graph = start.graph
+        self._game.reset(start)
+        self._state = None
+        return self._game.observation(), self._info(0)
 
     def _info(self, step_cost: int) -> dict[str, Any]:
-        return {"cost": self._cost, "step_cost": step_cost, "order": list(self._order)}
+        return {"cost": self._game.cost, "step_cost": step_cost, "order": list(self._game.order)}
 
     def step(self, action):
-        if self._state is None:
+        game = self._game
+        if game.start is None:
             raise AlphagradError("call reset() before step()")
         a = _action_index(action, self.max_vertices)
-        reason = _illegal_reason(self.graph, a, self.max_vertices, self._mask, self._order)
-        if reason is not None:
-            raise IllegalActionError(reason)
-        self._state, step_cost, terminated, obs = _jit_step_observe(self._state, np.int32(a))
-        step_cost, terminated, obs = _to_numpy((step_cost, terminated, obs))
-        step_cost = int(step_cost)
-        self._mask = obs["action_mask"].astype(bool)
-        self._order.append(a + 1)
-        self._cost += step_cost
+        if not game.mask[a]:
+            raise IllegalActionError(_illegal_reason(self.graph, a, self.max_vertices, game.mask, game.order))
+        step_cost = game.eliminate(a + 1)
+        self._state = None
         reward = -float(step_cost) * self.reward_scale
-        return obs, reward, bool(terminated), False, self._info(step_cost)
+        return game.observation(), reward, game.done, False, self._info(step_cost)
 
     def render(self):
-        if self._state is None:
+        game = self._game
+        if game.start is None:
             raise AlphagradError("call reset() before render()")
-        text = _describe(self.graph, self._state, self._order, self._cost, self.max_vertices, self.max_inputs)
+        text = _describe(self.graph, game.codes, game.order, game.cost, self.max_vertices, self.max_inputs)
         if self.render_mode == "ansi":
             return text
         print(text)
@@ -390,15 +505,20 @@ class VertexEliminationEnv(gymnasium.Env):
 
 
 class VertexEliminationVectorEnv(VectorEnv):
-    """A batch of ``num_envs`` elimination games stepped by one jitted ``vmap`` of the core.
+    """A batch of ``num_envs`` elimination games, each stepped by the Python engine in place.
 
     Arguments as `VertexEliminationEnv` (one task for all sub-envs, or a generator drawing a
     graph per sub-env and episode). Autoreset is ``NEXT_STEP``: the step after a sub-env
     terminates resets it (its action is ignored, reward 0, not terminated). Observations are
     the single env's Dict with a leading batch axis; ``info`` holds int arrays ``cost``,
-    ``step_cost`` ([B]) and ``order`` ([B, V], vertex numbers, -1 padded). An illegal action of
-    any sub-env raises `IllegalActionError` naming the sub-env and the vertex, before any
-    sub-env moves. ``action_space.sample()`` draws a legal action for every sub-env.
+    ``step_cost`` ([B], int64) and ``order`` ([B, V] int32, vertex numbers, -1 padded). An
+    illegal action of any sub-env raises `IllegalActionError` naming the sub-env and the vertex,
+    before any sub-env moves. ``action_space.sample()`` draws a legal action for every sub-env.
+
+    Sub-env i plays like a `VertexEliminationEnv` (its own engine, its observation updated in
+    place) in row i of the batch arrays, so a step costs about what B single-env steps cost and
+    the batch observation is never stacked. For large batches, ``jax.jit(jax.vmap(env.step))``
+    (the jitted core, no gymnasium) is faster: see docs/benchmarks.md.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["ansi"]}
@@ -419,7 +539,7 @@ class VertexEliminationVectorEnv(VectorEnv):
             raise AlphagradError(f"num_envs must be positive, got {num_envs}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise AlphagradError(f"render_mode must be 'ansi' or None, got {render_mode!r}")
-        self.num_envs = int(num_envs)
+        self.num_envs = B = int(num_envs)
         sizes = _sizes(task, example_args, generator, max_vertices, max_inputs)
         self._fixed, self.max_vertices, self.max_inputs = sizes
         self.generator = generator
@@ -429,97 +549,103 @@ class VertexEliminationVectorEnv(VectorEnv):
         self.action_space = _LegalMultiDiscrete(self.max_vertices, self.num_envs, self)
         self.single_observation_space = observation_space(self.max_vertices, self.max_inputs)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self.graphs: list[Graph | None] = [self._fixed] * self.num_envs
-        self._fixed_init = None
-        if self._fixed is not None:
-            self._fixed_init = jax.device_put(_core._encode(self._fixed, self.max_vertices, self.max_inputs))
-        self._states: _core.State | None = None
-        self._init_host: list[_core.State] | None = None
-        self._mask: np.ndarray | None = None
-        self._pending = np.zeros(self.num_envs, dtype=bool)
+        self.graphs: list[Graph | None] = [self._fixed] * B
+        self._starts = _Starts(self.max_vertices, self.max_inputs)
+        self._fixed_start = None if self._fixed is None else self._starts(self._fixed)
+        n, V = self.max_vertices + self.max_inputs, self.max_vertices
+        self._obs = {
+            "codes": np.zeros((B, n, V), np.int8),
+            "shapes": np.zeros((B, n, 4), np.int32),
+            "node_type": np.zeros((B, n), np.int8),
+            "action_mask": np.zeros((B, V), np.int8),
+        }
+        self._order = np.full((B, V), -1, np.int32)
+        o = self._obs
+        self._games = [
+            _Game(o["codes"][i], o["shapes"][i], o["node_type"][i], o["action_mask"][i], self._order[i])
+            for i in range(B)
+        ]
+        self._started = False
+        self._pending = np.zeros(B, dtype=bool)
 
     def _legal_mask(self) -> np.ndarray | None:
-        return None if self._mask is None else self._mask.copy()
+        return self._obs["action_mask"].astype(bool) if self._started else None
 
-    def _draw(self, env_ids) -> None:
-        """Draws new graphs from the generator for the given sub-envs (host-side init states)."""
-        for i in env_ids:
-            self.graphs[i] = self.generator(self.np_random)
-            self._init_host[i] = _core._encode(self.graphs[i], self.max_vertices, self.max_inputs)
-
-    def _init_batch(self) -> _core.State:
-        if self._fixed is not None:
-            return self._fixed_init
-        return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *self._init_host))
+    def _start_episode(self, i: int) -> None:
+        """Starts a new episode of sub-env i (on a new graph from the generator, if any)."""
+        if self.generator is None:
+            start = self._fixed_start
+        else:
+            start = self._starts(self.generator(self.np_random))
+            self.graphs[i] = start.graph
+        self._games[i].reset(start)
 
     def reset(self, *, seed=None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        if self.generator is not None:
-            self._init_host = [None] * self.num_envs
-            self._draw(range(self.num_envs))
-        init = self._init_batch()
-        if self._fixed is not None:
-            init = jax.tree.map(lambda x: jnp.broadcast_to(x, (self.num_envs,) + x.shape), init)
-        self._states = jax.tree.map(jnp.array, init)  # own buffers (steps donate them)
-        obs = _to_numpy(_jit_batch_observe(self._states))
-        self._mask = obs["action_mask"].astype(bool)
+        for i in range(self.num_envs):
+            self._start_episode(i)
+        self._started = True
         self._pending[:] = False
-        zeros = np.zeros(self.num_envs, dtype=np.int32)
-        return obs, self._info(zeros, zeros, np.asarray(self._states.order))
+        zeros = np.zeros(self.num_envs, dtype=np.int64)
+        return self._observation(), self._info(zeros, zeros.copy())
 
-    def _info(self, cost, step_cost, order) -> dict[str, Any]:
+    def _observation(self) -> dict[str, np.ndarray]:
+        return {key: value.copy() for key, value in self._obs.items()}
+
+    def _info(self, cost, step_cost) -> dict[str, Any]:
         every = np.ones(self.num_envs, dtype=bool)
         return {
-            "cost": np.asarray(cost).copy(),
-            "step_cost": np.asarray(step_cost).copy(),
-            "order": np.array(order, copy=True),
+            "cost": cost,
+            "step_cost": step_cost,
+            "order": self._order.copy(),
             "_cost": every.copy(),
             "_step_cost": every.copy(),
             "_order": every.copy(),
         }
 
     def step(self, actions):
-        if self._states is None:
+        if not self._started:
             raise AlphagradError("call reset() before step()")
         actions = np.asarray(actions)
         if actions.shape != (self.num_envs,) or not np.issubdtype(actions.dtype, np.integer):
             raise IllegalActionError(
                 f"actions must be {self.num_envs} integers in 0..{self.max_vertices - 1}, got {actions!r}"
             )
+        mask = self._obs["action_mask"]
         in_range = (actions >= 0) & (actions < self.max_vertices)
-        legal = in_range & self._mask[np.arange(self.num_envs), np.clip(actions, 0, self.max_vertices - 1)]
+        legal = in_range & (mask[np.arange(self.num_envs), np.clip(actions, 0, self.max_vertices - 1)] != 0)
         # Sub-envs pending autoreset ignore their action; one with no legal action (a graph
         # without intermediates) plays the core's absorbing no-op and reports termination.
-        bad = np.nonzero(~legal & ~self._pending & self._mask.any(axis=1))[0]
+        bad = np.nonzero(~legal & ~self._pending & mask.any(axis=1))[0]
         if bad.size:
             i, a = int(bad[0]), int(actions[bad[0]])
+            game = self._games[i]
             reason = (
-                _illegal_reason(self.graphs[i], a, self.max_vertices, self._mask[i], [])
+                _illegal_reason(self.graphs[i], a, self.max_vertices, game.mask, game.order)
                 if in_range[i]
                 else f"action {a} is out of range: actions are 0..{self.max_vertices - 1}"
             )
             raise IllegalActionError(f"sub-environment {i}: {reason}")
-        if self.generator is not None and self._pending.any():
-            self._draw(np.nonzero(self._pending)[0])
-        safe = np.where(self._pending, 0, actions).astype(np.int32)
-        self._states, step_cost, terminated, obs = _jit_batch_step_observe(
-            self._states, safe, self._init_batch(), self._pending
-        )
-        step_cost, terminated, obs, cost, order = _to_numpy(
-            (step_cost, terminated, obs, self._states.cost, self._states.order)
-        )
-        self._mask = obs["action_mask"].astype(bool)
+        step_cost = np.zeros(self.num_envs, dtype=np.int64)
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        for i, (game, action, pending) in enumerate(zip(self._games, actions.tolist(), self._pending.tolist())):
+            if pending:
+                self._start_episode(i)
+            elif game.done:
+                terminated[i] = True
+            else:
+                step_cost[i] = game.eliminate(action + 1)
+                terminated[i] = game.done
         self._pending = terminated.copy()
         rewards = -step_cost.astype(np.float64) * self.reward_scale
         truncated = np.zeros(self.num_envs, dtype=bool)
-        return obs, rewards, terminated, truncated, self._info(cost, step_cost, order)
+        cost = np.array([game.cost for game in self._games], dtype=np.int64)
+        return self._observation(), rewards, terminated, truncated, self._info(cost, step_cost)
 
     def render(self):
-        if self._states is None:
+        if not self._started:
             raise AlphagradError("call reset() before render()")
-        texts = []
-        for i in range(self.num_envs):
-            state = jax.tree.map(lambda x: x[i], self._states)
-            order = _core.order_of(state)
-            texts.append(_describe(self.graphs[i], state, order, int(state.cost), self.max_vertices, self.max_inputs))
-        return tuple(texts)
+        V, I = self.max_vertices, self.max_inputs
+        return tuple(
+            _describe(self.graphs[i], game.codes, game.order, game.cost, V, I) for i, game in enumerate(self._games)
+        )

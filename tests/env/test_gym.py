@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import gymnasium
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from alphagrad import env, graph, orders
 from alphagrad.env import IllegalActionError, VertexEliminationEnv, VertexEliminationVectorEnv
 from alphagrad.errors import AlphagradError
 from tests.conftest import scalar_graph
+from tests.env.conftest import REF_INPUTS, REF_VERTICES, jit_step
 
 
 def small_function(x, W):
@@ -179,6 +182,27 @@ def test_bad_construction():
         VertexEliminationEnv("ref:Perceptron", render_mode="rgb_array")
 
 
+def test_gym_loop_reaches_20000_steps_per_second():
+    """Issue 14, item 14: the gymnasium loop steps with the Python engine, at least 20,000 steps/s
+    on RoeFlux_1d, observations and info included (the best of short rounds of two episodes:
+    a round fits in a time slice of a shared machine)."""
+    e = gymnasium.make(env.ENV_ID, task="ref:RoeFlux_1d")
+    g = e.unwrapped.graph
+    rng = np.random.default_rng(0)
+    plays = [[int(k) - 1 for k in rng.permutation(g.intermediates)] for _ in range(2)]
+    best = 0.0
+    for _ in range(20):
+        start = time.perf_counter()
+        for play in plays:
+            e.reset(seed=0)
+            for action in play:
+                e.step(action)
+        best = max(best, sum(map(len, plays)) / (time.perf_counter() - start))
+        if best >= 20_000:
+            break
+    assert best >= 20_000, f"{best:,.0f} steps/s"
+
+
 # -- vector environment ----------------------------------------------------------------------
 
 
@@ -244,3 +268,144 @@ def test_vector_env_with_a_generator():
             finished += 1
     assert finished > 4
     assert len(envs.render()) == 4
+
+
+# -- the gymnasium envs (Python engine) equal the jitted core ---------------------------------
+#
+# The envs step with `graph.Eliminator` and update their observation in place; the reference is
+# the jitted core (`env.step`, `env.observe`) played with the same actions. Every observation key
+# (value, dtype, shape), reward, termination, info, the `state` property and the error for each
+# kind of illegal action must agree, over random legal orders on reference graphs
+# (alphagrad-2024), random generated graphs and a traced function under both cost models.
+
+#: The state size of the random graphs (one compilation of the core per cost model).
+RANDOM_V, RANDOM_I = 40, 8
+
+jit_observe = jax.jit(env.observe)
+
+
+def assert_observation(obs, state, space):
+    """`obs` is the core's observation of `state`, key by key, in the dtypes and shapes of `space`."""
+    core = jax.device_get(jit_observe(state))
+    assert set(obs) == set(space.spaces) == set(core)
+    for key, value in obs.items():
+        assert isinstance(value, np.ndarray) and value.flags.writeable, key
+        assert value.dtype == space[key].dtype and value.shape == space[key].shape, key
+        np.testing.assert_array_equal(value, core[key], err_msg=key)
+    assert obs in space
+
+
+def illegal_actions(g, state, V):
+    """One action of each illegal kind the state has: (action, what the message must name)."""
+    host = jax.device_get(state)
+    eliminated = [int(k) - 1 for k in host.order[: int(host.step_count)]]
+    cases = [(V, "out of range"), (-1, "out of range")]
+    if eliminated:
+        cases.append((eliminated[0], "already eliminated at step 1"))
+    cases.append((g.outputs[0] - 1, "an output vertex"))
+    if g.num_vertices < V:
+        cases.append((g.num_vertices, "a padding slot"))
+    return cases
+
+
+def play_against_core(e, g, seed, *, check_illegal_at=(0, 1)):
+    """Plays a random legal order of `g` in the single env `e` and in the jitted core, comparing
+    everything after every step; tries every illegal kind at the steps in `check_illegal_at`."""
+    V, I = e.max_vertices, e.max_inputs
+    rng = np.random.default_rng(seed)
+    obs, info = e.reset(options={"graph": g})
+    state = env.init_state(g, max_vertices=V, max_inputs=I)
+    assert_observation(obs, state, e.observation_space)
+    assert info == {"cost": 0, "step_cost": 0, "order": []}
+    terminated, t = bool(env.is_terminal(state)), 0
+    while not terminated:
+        if t in check_illegal_at:
+            for action, named in illegal_actions(g, state, V):
+                with pytest.raises(IllegalActionError, match=named):
+                    e.step(action)
+                if 0 <= action < V:  # the core's illegal action: a no-op flagged `illegal`
+                    same, reward, _ = jit_step(state, action)
+                    assert bool(same.illegal) and float(reward) == 0.0
+                    np.testing.assert_array_equal(same.codes, state.codes)
+        action = int(rng.choice(np.flatnonzero(obs["action_mask"])))
+        obs, reward, terminated, truncated, info = e.step(action)
+        new, core_reward, core_terminated = jit_step(state, action)
+        step_cost = int(new.cost) - int(state.cost)
+        state, t = new, t + 1
+        assert_observation(obs, state, e.observation_space)
+        assert reward == -step_cost * e.reward_scale and float(core_reward) == -step_cost
+        assert terminated == bool(core_terminated) and truncated is False
+        assert info == {"cost": int(state.cost), "step_cost": step_cost, "order": env.order_of(state)}
+        for field in ("codes", "eliminable", "order", "step_count", "cost", "illegal"):
+            np.testing.assert_array_equal(getattr(e.state, field), getattr(state, field), err_msg=field)
+    with pytest.raises(IllegalActionError, match="episode is over"):
+        e.step(0)
+    assert info["cost"] == graph.cost(g, info["order"])
+
+
+def test_single_env_equals_the_core_on_reference_graphs(reference_graphs):
+    e = VertexEliminationEnv("ref:Perceptron", max_vertices=REF_VERTICES, max_inputs=REF_INPUTS, reward_scale=0.5)
+    for seed, name in enumerate(["Perceptron", "RoeFlux_1d", "RobotArm_6DOF", "Encoder", "PropaneCombustion"]):
+        play_against_core(e, reference_graphs[name], seed)
+
+
+@pytest.mark.parametrize("model", graph.cost_models())
+def test_single_env_equals_the_core_on_random_graphs(model):
+    gen = env.RandomGraphGenerator(num_inputs=(1, RANDOM_I), num_vertices=(3, RANDOM_V), cost_model=model)
+    e = VertexEliminationEnv(generator=gen, max_vertices=RANDOM_V, max_inputs=RANDOM_I)
+    graphs = [gen(seed) for seed in range(8)] + [graph.trace(small_function, *SMALL_ARGS, cost_model=model)]
+    assert {g.cost_model for g in graphs} == {model}
+    for seed, g in enumerate(graphs):
+        play_against_core(e, g, seed, check_illegal_at=(0, 2))
+
+
+def test_vector_env_equals_single_envs():
+    """Sub-env i of the vector env (generator draws, NEXT_STEP autoreset) plays exactly like a
+    single env of the same graph: observations, rewards, terminations, info and errors."""
+    gen = env.RandomGraphGenerator(num_inputs=(1, 4), num_vertices=(2, 12), cost_model="exact")
+    B = 3
+    envs = VertexEliminationVectorEnv(B, generator=gen, reward_scale=0.25)
+    singles = [VertexEliminationEnv(generator=gen, reward_scale=0.25) for _ in range(B)]
+    space = envs.observation_space
+
+    def restart(i):
+        return singles[i].reset(options={"graph": envs.graphs[i]})[0]
+
+    obs, info = envs.reset(seed=5)
+    firsts = [restart(i) for i in range(B)]
+    pending = np.zeros(B, dtype=bool)
+    rng = np.random.default_rng(0)
+    for t in range(50):
+        for key in obs:
+            assert obs[key].dtype == space[key].dtype and obs[key].shape == space[key].shape
+            np.testing.assert_array_equal(obs[key], np.stack([f[key] for f in firsts]), err_msg=key)
+        assert obs in space
+        actions = envs.action_space.sample()
+        live = [i for i in range(B) if not pending[i] and obs["action_mask"][i].any()]
+        if t % 3 == 0 and live:  # an illegal action of one sub-env: the same error as the single env
+            i = live[t % len(live)]
+            bad = np.array(actions)
+            bad[i] = int(rng.choice(np.flatnonzero(obs["action_mask"][i] == 0)))  # an output at least
+            with pytest.raises(IllegalActionError) as single_err:
+                singles[i].step(int(bad[i]))
+            with pytest.raises(IllegalActionError) as vector_err:
+                envs.step(bad)
+            assert str(vector_err.value) == f"sub-environment {i}: {single_err.value}"
+        graphs = list(envs.graphs)
+        obs, rewards, terminated, truncated, info = envs.step(actions)
+        assert not truncated.any()
+        for i in range(B):
+            if pending[i]:  # autoreset: a new graph, reward 0, not terminated
+                firsts[i] = restart(i)
+                assert rewards[i] == 0 and not terminated[i] and info["cost"][i] == 0
+                continue
+            assert graphs[i] is envs.graphs[i]
+            if not singles[i]._legal_mask().any():  # no intermediates: the absorbing no-op
+                assert terminated[i] and rewards[i] == 0
+                continue
+            first, reward, done, _, single_info = singles[i].step(int(actions[i]))
+            firsts[i] = first
+            assert (rewards[i], terminated[i]) == (reward, done)
+            assert (info["cost"][i], info["step_cost"][i]) == (single_info["cost"], single_info["step_cost"])
+            assert [int(k) for k in info["order"][i] if k > 0] == single_info["order"]
+        pending = terminated.copy()
