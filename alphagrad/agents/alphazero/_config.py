@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import tomllib
 import types
 import typing
@@ -22,7 +24,8 @@ class ConfigError(AlphagradError, ValueError):
 class AlphaZeroConfig:
     """Hyper-parameters of an AlphaZero run. The defaults suit a 2-core laptop (a few seconds per
     iteration on a 100-vertex graph, 16 simulations per move); raise ``num_games``, ``num_simulations`` and the network
-    size on an accelerator.
+    size on an accelerator. Construction and `replace` check every field's type and range (a
+    `ConfigError` names the key, the value and the allowed values).
 
     Network (`PolicyValueNet`):
       embed_dim: width D of the vertex tokens.
@@ -143,32 +146,26 @@ class AlphaZeroConfig:
     xla_opt_level: int | None = None
 
     def __post_init__(self):
-        positive = [
-            "embed_dim", "edge_dim", "num_layers", "num_heads", "num_simulations", "max_num_considered_actions",
-            "num_games", "replay_size", "batch_size", "checkpoint_every",
-        ]  # fmt: skip
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"config {name} must be >= 1, got {getattr(self, name)}")
+        # Types first (a constructor call is not checked by Python), so that the ranges compare numbers.
+        hints = _field_types()
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, _coerce(field.name, getattr(self, field.name), hints[field.name]))
+        for name, allowed in _RANGES.items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                kind = "an integer" if isinstance(value, int) else "a finite number"
+                raise ConfigError(f"config {name} must be {kind} {allowed}, got {value!r}")
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"config embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
         if self.value_transform not in ("symlog", "identity"):
             raise ConfigError(f"config value_transform must be 'symlog' or 'identity', got {self.value_transform!r}")
         if self.iterations is None and self.minutes is None:
             raise ConfigError("set iterations or minutes (or both); otherwise the run never stops")
-        if self.iterations is not None and self.iterations < 0:
-            raise ConfigError(f"config iterations must be >= 0, got {self.iterations}")
-        for name in ("updates_per_iteration", "min_replay", "warmup_iterations", "seed", "demo_seconds",
-                     "demo_pretrain_steps", "num_policy_games"):  # fmt: skip
-            if getattr(self, name) < 0:
-                raise ConfigError(f"config {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("demo_fraction", "demo_smoothing"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"config {name} must be in [0, 1], got {getattr(self, name)}")
-        if self.demo_max_ratio < 1.0:
-            raise ConfigError(f"config demo_max_ratio must be >= 1, got {self.demo_max_ratio}")
-        if self.policy_temperature <= 0.0:
-            raise ConfigError(f"config policy_temperature must be > 0, got {self.policy_temperature}")
+        if self.min_replay > self.replay_size:
+            raise ConfigError(
+                f"config min_replay ({self.min_replay}) must be <= replay_size ({self.replay_size}): "
+                "the buffer never holds more, so no self-play transition would ever be trained on"
+            )
 
     # -- derived ------------------------------------------------------------------------------
     @property
@@ -209,15 +206,13 @@ class AlphaZeroConfig:
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> AlphaZeroConfig:
-        """A copy with `changes` applied (type-checked; ints are accepted for float fields)."""
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        hints = typing.get_type_hints(type(self))
-        clean = {}
-        for key, value in changes.items():
+        """A copy with `changes` applied (type- and range-checked like the constructor; ints are
+        accepted for float fields)."""
+        fields = _field_types()
+        for key in changes:
             if key not in fields:
                 raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(fields)}")
-            clean[key] = _coerce(key, value, hints[key])
-        return dataclasses.replace(self, **clean)
+        return dataclasses.replace(self, **changes)  # __post_init__ checks the types and ranges
 
     def with_overrides(self, assignments: Iterable[str]) -> AlphaZeroConfig:
         """Applies ``key=value`` strings (values parsed as TOML literals: ``16``, ``1e-3``, ``"symlog"``;
@@ -229,6 +224,64 @@ class AlphaZeroConfig:
                 raise ConfigError(f"cannot read override {item!r}: write key=value, e.g. num_simulations=32")
             changes[key.strip()] = _parse_value(raw.strip())
         return self.replace(**changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Range:
+    """The allowed values of a numeric field: finite, at least `low` (more than it when
+    `low_open`) and at most `high`."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        return math.isfinite(value) and above and value <= self.high
+
+    def __str__(self) -> str:
+        if self.high < math.inf:
+            return f"in [{_number(self.low)}, {_number(self.high)}]"
+        return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+_POSITIVE = _Range(0.0, low_open=True)
+_NONNEGATIVE = _Range(0.0)
+_COUNT = _Range(1)
+_FRACTION = _Range(0.0, 1.0)
+
+#: The range of every numeric field (checked when set; None stays allowed where the type has it).
+_RANGES: dict[str, _Range] = {
+    # network
+    "embed_dim": _COUNT, "edge_dim": _COUNT, "num_layers": _COUNT, "num_heads": _COUNT,
+    # search
+    "num_simulations": _COUNT, "max_num_considered_actions": _COUNT, "gumbel_scale": _NONNEGATIVE,
+    "value_scale": _POSITIVE, "maxvisit_init": _NONNEGATIVE,
+    # self-play and training
+    "num_games": _COUNT, "replay_size": _COUNT, "batch_size": _COUNT, "updates_per_iteration": _NONNEGATIVE,
+    "min_replay": _NONNEGATIVE, "learning_rate": _POSITIVE, "warmup_iterations": _NONNEGATIVE,
+    "schedule_iterations": _COUNT, "end_lr_factor": _FRACTION, "weight_decay": _NONNEGATIVE,
+    "max_grad_norm": _POSITIVE, "value_weight": _NONNEGATIVE,
+    # demonstrations
+    "demo_seconds": _NONNEGATIVE, "demo_fraction": _FRACTION, "demo_max_ratio": _Range(1.0),
+    "demo_smoothing": _FRACTION, "demo_pretrain_steps": _NONNEGATIVE,
+    # policy games
+    "num_policy_games": _NONNEGATIVE, "policy_temperature": _POSITIVE,
+    # run control: a seed above 32 bits would be truncated by jax.random.PRNGKey (two seeds, one run);
+    # XLA's backend optimisation levels are 0 to 3
+    "iterations": _NONNEGATIVE, "minutes": _POSITIVE, "seed": _Range(0, 2**32 - 1), "checkpoint_every": _COUNT,
+    "max_vertices": _COUNT, "max_inputs": _COUNT, "xla_opt_level": _Range(0, 3),
+}  # fmt: skip
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    """The type of every config field, by name (evaluated once: the annotations are strings)."""
+    return typing.get_type_hints(AlphaZeroConfig)
 
 
 def _parse_value(raw: str) -> Any:
