@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -90,13 +92,16 @@ def resolve(spec: str, *, graph_file: str | None = None, args: str | None = None
     """Parses a TASK argument.
 
     Args:
-      spec: a registered task name, ``ref:NAME`` for a reference graph, or ``module:function``.
+      spec: a registered task name, ``ref:NAME`` for a reference graph, or ``module:function``
+        (the module is imported as ``python -m`` finds it: from the current directory, which is
+        put on ``sys.path`` if it is not there, or from ``sys.path`` and ``$PYTHONPATH``).
       graph_file: a graphs.json-layout file that ``ref:NAME`` is read from instead of the
         copy shipped with alphagrad.
       args: for ``module:function``, the example inputs (see `parse_args_spec`).
 
     Raises:
-      AlphagradError: the task, reference graph, module or function does not exist, or
+      AlphagradError: the task, reference graph, module or function does not exist (a missing
+        module's message says where it was looked for), the module fails to import, or
         ``module:function`` comes without example inputs.
     """
     if spec.startswith("ref:"):
@@ -109,17 +114,70 @@ def resolve(spec: str, *, graph_file: str | None = None, args: str | None = None
         task = get(spec)
         return ResolvedTask(spec, fn=task.fn, args=tuple(task.args))
     if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise AlphagradError(f"cannot load function {spec!r}: {err}") from err
+        fn = _load_function(spec)
         if args is None:
             raise AlphagradError(f"{spec!r} needs example inputs: pass --args 'f32[3] f32[2,3]'")
         return ResolvedTask(spec, fn=fn, args=parse_args_spec(args))
     raise AlphagradError(
         f"unknown task {spec!r}: use a task name ({', '.join(names())}), ref:NAME or module:function"
     )
+
+
+def _load_function(spec: str) -> Callable[..., Any]:
+    """The function ``module:function`` names, imported as ``python -m`` would find the module.
+
+    Raises:
+      AlphagradError: a malformed spec, a module that is not found (the message says where it was
+        looked for) or fails to import, or a name the module lacks or that is not callable.
+    """
+    module_name, _, attr = spec.partition(":")
+    if not all(part.isidentifier() for part in module_name.split(".")) or not attr.isidentifier():
+        raise AlphagradError(f"cannot load function {spec!r}: write module:function, e.g. mypackage.models:loss")
+    cwd = _current_directory_on_path()
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name is None or not (module_name == err.name or module_name.startswith(err.name + ".")):
+            raise AlphagradError(f"cannot load function {spec!r}: importing {module_name} failed: {err}") from err
+        where = f"the current directory ({cwd}) and " if cwd else ""
+        raise AlphagradError(
+            f"cannot load function {spec!r}: no module {err.name!r} in {where}the Python path "
+            f"(sys.path, which includes $PYTHONPATH); run from the directory that holds it or add that to PYTHONPATH"
+        ) from err
+    except Exception as err:  # the user's module itself fails (syntax error, exception at import): say which
+        raise AlphagradError(
+            f"cannot load function {spec!r}: importing {module_name} raised {type(err).__name__}: {err}"
+        ) from err
+    if not hasattr(module, attr):
+        raise AlphagradError(
+            f"cannot load function {spec!r}: module {module_name} ({getattr(module, '__file__', None) or 'built in'}) "
+            f"has no attribute {attr!r}"
+        )
+    fn = getattr(module, attr)
+    if not callable(fn):
+        raise AlphagradError(
+            f"cannot load function {spec!r}: {module_name}.{attr} is not callable ({type(fn).__name__})"
+        )
+    return fn
+
+
+def _current_directory_on_path() -> str | None:
+    """Puts the current directory at the front of ``sys.path`` unless it is already there, as
+    ``python -m`` and pytest do, so that ``mymod:f`` finds ``./mymod.py`` from the `alphagrad`
+    script too. Returns the directory (None when it no longer exists).
+
+    Permanently, like ``python -m``, not only around the import: the user's module may import its
+    neighbours later, e.g. inside the function while it is traced. An interpreter or notebook
+    already has the directory on the path (as ``""``), so there this changes nothing.
+    """
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the directory was deleted under the process: nothing to add
+        return None
+    if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path if isinstance(entry, str)):
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()  # a finder may have listed a directory before the module was written
+    return cwd
 
 
 def load_graph(spec: str, *, graph_file: str | None = None, args: str | None = None) -> Graph:

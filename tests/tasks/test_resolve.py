@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import jax.numpy as jnp
 import pytest
 
@@ -69,3 +71,50 @@ def test_bad_specs_are_clear_errors(spec, kwargs, message):
         tasks.resolve(spec, **kwargs)
     with pytest.raises(AlphagradError, match=message):
         tasks.load_graph(spec, **kwargs)
+
+
+# ---- module:function from the current directory (issue 14 item 12) -------------------------------
+
+
+@pytest.fixture
+def in_tmp_cwd(tmp_path, monkeypatch):
+    """tmp_path as the current directory, not on sys.path (as for the `alphagrad` script); sys.path
+    and the modules imported from tmp_path are restored afterwards."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    before = set(sys.modules)
+    yield tmp_path
+    for name in set(sys.modules) - before:
+        if str(tmp_path) in (getattr(sys.modules[name], "__file__", None) or ""):
+            del sys.modules[name]
+
+
+def test_a_module_in_the_current_directory_is_found_like_python_m(in_tmp_cwd):
+    (in_tmp_cwd / "mymod.py").write_text("import helper\n\ndef f(x):\n    return helper.g(x)\n")
+    # A neighbour imported only when the function runs (here: traced) is found too: the directory stays.
+    (in_tmp_cwd / "helper.py").write_text("import jax.numpy as jnp\n\ndef g(x):\n    return jnp.sin(x) * x\n")
+    task = tasks.resolve("mymod:f", args="f32[3]")
+    assert task.fn.__module__ == "mymod" and task.args[0].shape == (3,)
+    assert task.graph().num_inputs == 1 and graph.cost(task.graph(), "reverse") > 0
+    assert sys.path[0] == str(in_tmp_cwd)
+
+
+@pytest.mark.parametrize(
+    ("source", "spec", "message"),
+    [
+        (None, "absent_mod:f", r"no module 'absent_mod' in the current directory \(.*\).*PYTHONPATH"),
+        ("import absent_dependency\n", "mymod:f", "importing mymod failed: No module named 'absent_dependency'"),
+        ("def f(:\n", "mymod:f", "importing mymod raised SyntaxError"),
+        ("f = 3\n", "mymod:f", r"mymod.f is not callable \(int\)"),
+        ("def g(x):\n    return x\n", "mymod:f", r"module mymod \(.*mymod.py\) has no attribute 'f'"),
+        (None, ":f", "write module:function"),
+        (None, "mymod:", "write module:function"),
+        (None, ".mymod:f", "write module:function"),
+    ],
+)
+def test_a_module_function_that_cannot_be_loaded_says_why(in_tmp_cwd, source, spec, message):
+    if source is not None:
+        (in_tmp_cwd / "mymod.py").write_text(source)
+    with pytest.raises(AlphagradError, match=message) as info:
+        tasks.resolve(spec, args="f32[3]")
+    assert f"cannot load function {spec!r}" in str(info.value)
