@@ -9,8 +9,10 @@ import sys
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 
 from alphagrad.agents import METHODS
+from alphagrad.cli._flags import nonnegative_int, out_dir, out_file, positive_float, positive_int
 from alphagrad.errors import AlphagradError
 
 __all__ = ["main"]
@@ -42,15 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("baselines", help="forward, reverse and Markowitz costs of one task; saves the orders")
     p.add_argument("task", help=_TASK_HELP)
     p.add_argument("--args", help=_ARGS_HELP)
-    p.add_argument("--out", metavar="DIR", help="write forward.json, reverse.json, markowitz.json here")
+    p.add_argument("--out", metavar="DIR", type=out_dir, help="write forward.json, reverse.json, markowitz.json here")
     p.set_defaults(run=_late("alphagrad.cli._tasks", "baselines_command"))
 
     p = verbs.add_parser("train", help="train the AlphaZero agent on one or more tasks; keeps the best orders")
     p.add_argument("tasks", nargs="+", metavar="TASK", help=_TASK_HELP + "; several train one network jointly")
-    p.add_argument("--minutes", type=float, help="stop after this many minutes")
-    p.add_argument("--iterations", type=int, help="stop after this many iterations in all (default 100)")
-    p.add_argument("--seed", type=int, help="PRNG seed (default 0)")
-    p.add_argument("--out", metavar="DIR", help="run directory (default runs/alphazero-<time>)")
+    p.add_argument("--minutes", type=positive_float, help="stop after this many minutes")
+    p.add_argument("--iterations", type=positive_int, help="stop after this many iterations in all (default 100)")
+    p.add_argument("--seed", type=nonnegative_int, help="PRNG seed (default 0)")
+    p.add_argument("--out", metavar="DIR", type=out_dir, help="run directory (default runs/alphazero-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the stopped run in --out")
     p.add_argument("--config", metavar="FILE.toml", help="AlphaZeroConfig values (key = value)")
     p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="override config values")
@@ -60,10 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("solve", help="order a graph with a trained network and search, without training")
     p.add_argument("task", help=_TASK_HELP)
     p.add_argument("--model", required=True, metavar="DIR", help="run directory of `alphagrad train`")
-    p.add_argument("--simulations", type=int, help="search simulations per move (default: the training config's)")
-    p.add_argument("--games", type=int, default=8, help="games played; the best is kept (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed")
-    p.add_argument("--out", metavar="FILE", help="write the order file here")
+    p.add_argument("--simulations", type=positive_int,
+                   help="search simulations per move (default: the training config's)")
+    p.add_argument("--games", type=positive_int, default=8, help="games played; the best is kept (default 8)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="PRNG seed")
+    p.add_argument("--out", metavar="FILE", type=out_file, help="write the order file here")
     p.add_argument("--args", help=_ARGS_HELP)
     p.set_defaults(run=_late("alphagrad.cli._train", "solve_command"))
 
@@ -76,30 +79,43 @@ def _parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("search", help="search a cheap elimination order (heuristics, SA, beam, exact, best)")
     p.add_argument("task", help=_TASK_HELP)
     p.add_argument("--method", choices=METHODS, default="best", help="search method (default best)")
-    p.add_argument("--minutes", type=float, default=1.0, help="time budget (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the randomised methods")
-    p.add_argument("--out", metavar="FILE", help="write the order file here")
+    p.add_argument("--minutes", type=positive_float, default=1.0, help="time budget (default 1)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the randomised methods")
+    p.add_argument("--out", metavar="FILE", type=out_file, help="write the order file here")
     p.add_argument("--args", help=_ARGS_HELP)
     p.set_defaults(run=_late("alphagrad.cli._search", "search_command"))
 
     p = verbs.add_parser("bench", help="run every search on the reference graphs and tasks; writes docs/RESULTS.md")
     p.add_argument("tasks", nargs="*", metavar="TASK", help="tasks to run (default: all ref: graphs and tasks)")
-    p.add_argument("--seconds", type=float, default=20.0, help="budget per method and graph (default 20)")
+    p.add_argument("--seconds", type=positive_float, default=20.0, help="budget per method and graph (default 20)")
     p.add_argument("--alphazero", action="store_true", help="also train AlphaZero (if available) per graph")
     p.add_argument("--no-runtime", action="store_true", help="skip timing the interpreter on the traced tasks")
-    p.add_argument("--out", metavar="FILE", default=os.path.join("docs", "RESULTS.md"),
+    p.add_argument("--out", metavar="FILE", type=out_file, default=os.path.join("docs", "RESULTS.md"),
                    help="markdown file to write (default docs/RESULTS.md; a PNG plot goes beside it)")
     p.set_defaults(run=_late("alphagrad.cli._search", "bench_command"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `alphagrad` console script; returns the exit status."""
-    ns = _parser().parse_args(argv)
+    """Entry point of the `alphagrad` console script; returns the exit status (also for ``--help``
+    and a bad flag, which argparse would end with SystemExit): 2 after one ``error:`` line on
+    stderr for any bad input (flag, file, task), never a traceback."""
+    try:
+        ns = _parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a bad flag: argparse has printed the usage and its error line
+        return int(stop.code or 0)
     # Piped output (files, CI logs) gets full-width tables instead of 80-column wrapping.
     console = Console(width=None if sys.stdout.isatty() else 200)
     try:
         return ns.run(ns, console)
     except AlphagradError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}")
-        return 2
+        _print_error(str(err))
+    except OSError as err:  # a file the system refused where no verb named it (verbs name their --out)
+        _print_error(f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err))
+    return 2
+
+
+def _print_error(message: str) -> None:
+    """One ``error:`` line on stderr: the message is escaped (a path or ``f32[3]`` is not rich
+    markup) and never wrapped, so that it stays one line to read and to grep."""
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)

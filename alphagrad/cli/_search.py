@@ -13,6 +13,7 @@ from rich.table import Table
 from alphagrad import graph as graph_lib
 from alphagrad import tasks
 from alphagrad.agents import search, to_order_file
+from alphagrad.cli._flags import writing
 from alphagrad.cli.bench import default_specs, render_markdown, run_bench, write_plot
 from alphagrad.files import write_atomically
 
@@ -31,7 +32,8 @@ def search_command(ns: argparse.Namespace, console: Console) -> int:
         job = bar.add_task(f"{ns.method} on {ns.task}", total=1.0, best="–")
         result = search(g, ns.method, seconds=60.0 * ns.minutes, seed=ns.seed,
                         progress=lambda cost, frac: bar.update(job, completed=frac, best=cost))
-    record = to_order_file(g, result, task=ns.task, path=ns.out)
+    with writing(ns.out):
+        record = to_order_file(g, result, task=ns.task, path=ns.out)
     table = Table(title=f"{ns.task}: {g.num_intermediates} intermediates, {result.method} for {result.seconds:.1f} s")
     table.add_column("order")
     table.add_column("multiplications", justify="right")
@@ -65,9 +67,10 @@ def bench_command(ns: argparse.Namespace, console: Console) -> int:
         rows = run_bench(specs, seconds=ns.seconds, alphazero=ns.alphazero, graph_file=ns.graph, on_row=on_row,
                          on_start=lambda spec, m: bar.update(job, description=f"{spec} {m}"),
                          runtime=not ns.no_runtime)
-    os.makedirs(os.path.dirname(os.path.abspath(ns.out)), exist_ok=True)
     plot = os.path.splitext(ns.out)[0] + ".png"
-    plot = plot if write_plot(rows, plot) else None
-    write_atomically(ns.out, render_markdown(rows, seconds=ns.seconds, plot=plot))
+    with writing(ns.out):
+        os.makedirs(os.path.dirname(os.path.abspath(ns.out)), exist_ok=True)
+        plot = plot if write_plot(rows, plot) else None
+        write_atomically(ns.out, render_markdown(rows, seconds=ns.seconds, plot=plot))
     console.print(f"wrote {ns.out}" + (f" and {plot}" if plot else ""))
     return 0

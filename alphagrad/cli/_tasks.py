@@ -10,6 +10,7 @@ from rich.table import Table
 
 from alphagrad import graph as graph_lib
 from alphagrad import orders, tasks
+from alphagrad.cli._flags import writing
 
 __all__ = ["baselines_command", "tasks_command"]
 
@@ -53,7 +54,8 @@ def baselines_command(ns: argparse.Namespace, console: Console) -> int:
         path = ""
         if ns.out:
             path = os.path.join(ns.out, f"{name}.json")
-            orders.save(path, order, graph=g, method=name, task=ns.task)
+            with writing(path):
+                orders.save(path, order, graph=g, method=name, task=ns.task)
         table.add_row(name, str(graph_lib.cost(g, order)), path)
     console.print(table)
     return 0
