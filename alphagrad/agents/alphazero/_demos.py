@@ -11,13 +11,17 @@ improves on them.
 The demonstrations only train the network: a run's best order is always one that a game of
 the agent played (`alphagrad.agents.alphazero._train`), and the best demonstration's cost is
 reported beside it, so a reader can tell the agent's result from the search that taught it.
+Only a task that no game of the agent has finished yet (a time limit used up by the
+demonstrations and compilation, or a Ctrl-C) gets the best demonstration or classic order as
+its order file, labelled as such (`fallback_order`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,11 +31,12 @@ from alphagrad import graph as graph_lib
 from alphagrad import orders
 from alphagrad.agents.alphazero._config import AlphaZeroConfig
 from alphagrad.agents.alphazero._core import Tasks, demo_episodes
+from alphagrad.agents.alphazero._record import BestOrder, fallback_label
 from alphagrad.agents.alphazero._replay import ReplayBuffer, replay_add
 from alphagrad.errors import AlphagradError
 from alphagrad.graph import Graph
 
-__all__ = ["Demonstration", "demo_orders", "fill_demos"]
+__all__ = ["Demonstration", "demo_orders", "fallback_order", "fill_demos"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +85,19 @@ def demo_orders(graphs: Sequence[Graph], config: AlphaZeroConfig) -> list[Demons
         best = min(d.cost for d in mine)
         found += [d for d in mine if d.cost <= config.demo_max_ratio * best]
     return found
+
+
+def fallback_order(graph: Graph, demonstrations: Sequence[Mapping[str, Any]]) -> BestOrder:
+    """The order file of a task that no game of the agent has finished: the cheapest of the
+    classic orders and `demonstrations` (``{"source", "order"}`` each), re-scored with
+    ``graph.cost``, its source labelled by `fallback_label` ("classic: reverse",
+    "demonstration: search:best"). Ties go to the classic order."""
+    candidates = [(name, orders.resolve(graph, name)) for name in graph_lib.CLASSIC_ORDERS]
+    candidates += [(str(d["source"]), [int(v) for v in d["order"]]) for d in demonstrations]
+    scored = [(graph_lib.cost(graph, order), k) for k, (_, order) in enumerate(candidates)]
+    cost, k = min(scored)
+    source, order = candidates[k]
+    return BestOrder(tuple(order), cost, fallback_label(source))
 
 
 def fill_demos(buffer: ReplayBuffer, tasks: Tasks, demos: Sequence[Demonstration], smoothing: float,

@@ -9,18 +9,38 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["BestOrder", "RunRecord"]
+from alphagrad.graph import CLASSIC_ORDERS
+
+__all__ = ["BestOrder", "RunRecord", "fallback_label", "is_fallback"]
+
+#: How an order file's ``found_by`` starts when it holds a fallback, not an order of the agent.
+_FALLBACK_PREFIXES = ("classic: ", "demonstration: ")
+
+
+def fallback_label(source: str) -> str:
+    """The ``found_by`` of a fallback order whose demonstration source is `source`: "classic:
+    reverse" for a classic order, "demonstration: search:best" for any other demonstration."""
+    return f"classic: {source}" if source in CLASSIC_ORDERS else f"demonstration: {source}"
+
+
+def is_fallback(found_by: str) -> bool:
+    """Whether an order file's ``found_by`` labels a fallback (see `fallback_label`)."""
+    return found_by.startswith(_FALLBACK_PREFIXES)
 
 
 @dataclasses.dataclass(frozen=True)
 class BestOrder:
-    """The cheapest order a game of the agent played for one task (never a demonstration).
+    """An order of one task and who found it.
+
+    ``RunRecord.best`` holds only orders a game of the agent played. A fallback (the order file
+    of a task no game of the agent has finished yet) is a `BestOrder` too, labelled by
+    `fallback_label`.
 
     Attributes:
       order: vertex numbers.
       cost: its multiplications (``graph.cost``).
       source: the kind of game that played it: "search", "greedy" or "sampled" ("" when
-        unknown, e.g. an order file without ``found_by``).
+        unknown, e.g. an order file without ``found_by``), or a fallback's label.
     """
 
     order: tuple[int, ...]

@@ -5,7 +5,9 @@ A run directory holds::
     config.json              the AlphaZeroConfig of the run
     run.json                 the tasks (names, fingerprints, baselines)
     best_order.json          the best order a game of the agent played (one task), or
-                             best_order_<task>.json (several); never a demonstration
+                             best_order_<task>.json (several); before any game of a task has
+                             finished, its best demonstration or classic order, labelled so in
+                             ``found_by`` ("classic: reverse", "demonstration: search:best")
     demonstrations.json      the demonstrated orders (source, cost) per task, if any
     metrics.csv              one row per iteration
     training_curve.png       best and mean costs (relative to the best classic order) and losses
@@ -26,12 +28,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from alphagrad import graph as graph_lib
 from alphagrad import orders
 from alphagrad.agents.alphazero._checkpoints import open_checkpoints, restore_checkpoint, save_checkpoint
 from alphagrad.agents.alphazero._config import AlphaZeroConfig, ConfigError
 from alphagrad.agents.alphazero._core import TrainState
-from alphagrad.agents.alphazero._record import BestOrder, RunRecord
-from alphagrad.errors import AlphagradError
+from alphagrad.agents.alphazero._record import BestOrder, RunRecord, is_fallback
+from alphagrad.errors import AlphagradError, OrderFileError
 from alphagrad.files import write_atomically
 from alphagrad.graph import Graph
 
@@ -135,6 +138,7 @@ class RunDirectory:
         self.writes = path is not None and jax.process_index() == 0
         self._has_run = False  # the directory held a run when it was opened
         self._checkpoints = None
+        self._written: dict[str, BestOrder] = {}  # the order files found when resuming, re-scored
 
     @classmethod
     def open(cls, path: str | os.PathLike | None, config: AlphaZeroConfig, graphs: Sequence[Graph],
@@ -143,9 +147,14 @@ class RunDirectory:
         """Creates the run directory (or, with `resume`, checks that the run in it is this one) and
         writes config.json and run.json.
 
+        With `resume`, every order file in the directory is read and re-scored here, before any
+        training work, so that a bad file stops the run at once.
+
         Raises:
           AlphagradError: the directory holds a run and `resume` is false, or it holds a run of
-            other tasks; ConfigError: of other settings (see RUN_CONTROL_KEYS).
+            other tasks; ConfigError: of other settings (see RUN_CONTROL_KEYS); OrderFileError:
+            an order file that cannot be read, is for another graph, or whose recorded
+            multiplications are not its order's cost.
         """
         run = cls(os.fspath(path) if path is not None else None, names)
         if run.path is None:
@@ -154,6 +163,8 @@ class RunDirectory:
         run._has_run = os.path.exists(os.path.join(run.path, "config.json"))
         if resume and run._has_run:
             _check_resume(run.path, config, names, graphs)
+        if resume:
+            run._written = run._read_order_files(graphs)
         elif run._has_run and not resume:
             raise AlphagradError(
                 f"{run.path} already holds a run; pass --resume to continue it or choose another --out"
@@ -166,26 +177,83 @@ class RunDirectory:
         run._checkpoints = open_checkpoints(run.path)
         return run
 
+    def _read_order_files(self, graphs: Sequence[Graph]) -> dict[str, BestOrder]:
+        """The order files in the directory, per task name, each re-scored with ``graph.cost``.
+
+        Raises:
+          OrderFileError: a file cannot be read, is for another graph or holds an invalid
+            order, or records multiplications other than its order's cost.
+        """
+        found = {}
+        for g, name in zip(graphs, self.names):
+            path = best_order_path(self.path, self.names, name)
+            if not os.path.exists(path):
+                continue
+            try:
+                written = orders.load(path, graph=g)
+            except AlphagradError as err:
+                raise OrderFileError(f"cannot resume the run in {self.path} from {path}: {err}; "
+                                     "delete or fix the file, then resume") from None  # fmt: skip
+            cost = graph_lib.cost(g, list(written.order))
+            if cost != written.multiplications:
+                raise OrderFileError(
+                    f"{path} is inconsistent: it records {written.multiplications} multiplications, but its order "
+                    f"costs {cost} on task {name} (graph.cost); delete the file or correct its \"multiplications\", "
+                    "then resume"
+                )
+            found[name] = BestOrder(tuple(written.order), cost, str(written.extra.get("found_by", "")))
+        return found
+
     def resume(self, like: TrainState, graphs: Sequence[Graph]) -> tuple[TrainState, RunRecord, bool]:
         """Where the run in the directory stopped: the train state and record of its latest
-        checkpoint, its best orders improved by any order file written after that checkpoint.
+        checkpoint, its best orders improved by any order file of the agent (not a fallback)
+        written after that checkpoint.
 
         Returns:
           (train state, record, restored): `like` and a record of the order files alone, with
           restored False, when there is no checkpoint.
+
+        Raises:
+          AlphagradError: the checkpoint records an order whose cost is not ``graph.cost``'s.
         """
         if self.path is None:
             return like, RunRecord(), False
         restored = restore_checkpoint(self._checkpoints, like) if self._has_run else None
         ts, record = (restored[0], RunRecord.from_json(restored[1])) if restored is not None else (like, RunRecord())
-        for g, name in zip(graphs, self.names):
-            path = best_order_path(self.path, self.names, name)
-            if os.path.exists(path):
-                written = orders.load(path, graph=g)
-                if record.improves(name, written.multiplications):
-                    found_by = str(written.extra.get("found_by", ""))
-                    record.best[name] = BestOrder(tuple(written.order), written.multiplications, found_by)
+        if restored is not None:
+            self._check_scores(record, graphs)
+        for name, written in self._written.items():
+            if not is_fallback(written.source) and record.improves(name, written.cost):
+                record.best[name] = written
         return ts, record, restored is not None
+
+    def _check_scores(self, record: RunRecord, graphs: Sequence[Graph]) -> None:
+        """Raises unless every order `record` (a checkpoint's) holds costs what it says, so that a
+        damaged checkpoint stops the run now, not inside the first iteration."""
+        by_name = dict(zip(self.names, graphs))
+        recorded = [(name, "best order", best.order, best.cost) for name, best in record.best.items()]
+        recorded += [(name, f"demonstration {d['source']}", d["order"], d["cost"])
+                     for name, demos in record.demonstrations.items() for d in demos]  # fmt: skip
+        for name, what, order, cost in recorded:
+            actual = graph_lib.cost(by_name[name], [int(v) for v in order])
+            if actual != int(cost):
+                raise AlphagradError(
+                    f"the checkpoint of iteration {record.iteration} in {self.path} is inconsistent: its {what} of "
+                    f"task {name} records {cost} multiplications, graph.cost gives {actual}; delete "
+                    f"{os.path.join(self.path, 'checkpoints', str(record.iteration))} to resume from the one before"
+                )
+
+    def written_fallback(self, name: str) -> BestOrder | None:
+        """The fallback that task `name`'s order file held when the run was resumed (None: none)."""
+        written = self._written.get(name)
+        return written if written is not None and is_fallback(written.source) else None
+
+    def order_files(self) -> dict[str, str]:
+        """Task name -> the path of its order file, for the tasks that have one."""
+        if self.path is None:
+            return {}
+        paths = {name: best_order_path(self.path, self.names, name) for name in self.names}
+        return {name: path for name, path in paths.items() if os.path.exists(path)}
 
     def save_checkpoint(self, ts: TrainState, record: RunRecord) -> None:
         """Checkpoints `ts` and `record` (every process takes part)."""

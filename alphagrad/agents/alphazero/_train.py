@@ -28,7 +28,7 @@ from alphagrad.agents.alphazero._core import (
     init_train_state,
     learning_rate,
 )
-from alphagrad.agents.alphazero._demos import Demonstration, demo_orders, fill_demos
+from alphagrad.agents.alphazero._demos import Demonstration, demo_orders, fallback_order, fill_demos
 from alphagrad.agents.alphazero._record import BestOrder, RunRecord
 from alphagrad.agents.alphazero._replay import replay_init
 from alphagrad.agents.alphazero._rundir import RunDirectory
@@ -50,7 +50,7 @@ class TrainResult:
 
     Attributes:
       best_order: the best order a game of the agent (self-play or policy game) played for the
-        first task (vertex numbers); never copied from a demonstration.
+        first task (vertex numbers; empty if no game finished); never copied from a demonstration.
       best_cost: its multiplications (``graph.cost`` of ``best_order``); None if no game finished.
       history: one dict per iteration (the rows of metrics.csv).
       params: the trained network parameters (a pytree).
@@ -62,6 +62,14 @@ class TrainResult:
       demonstrations: per task name, ``{"source", "cost", "order"}`` of each demonstration.
       best_sources: per task name, the kind of game that found the best order ("search",
         "greedy" or "sampled").
+      fallbacks: per task name that no game of the agent finished (a time limit used up before
+        the first iteration, or a stop request), ``{"order", "cost", "found_by"}`` of the order
+        its order file holds instead: the cheapest demonstration or classic order, ``found_by``
+        "classic: <name>" or "demonstration: <source>".
+      order_files: per task name, the path of its order file (only files that exist; empty
+        without a run directory).
+      stopped: `should_stop` returned True when the loop ended (the run stopped at its request).
+      elapsed_s: seconds this call trained (the time ``config.minutes`` limits).
     """
 
     best_order: list[int]
@@ -76,6 +84,10 @@ class TrainResult:
     demo_costs: dict[str, int] = dataclasses.field(default_factory=dict)
     demonstrations: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
     best_sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    fallbacks: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    order_files: dict[str, str] = dataclasses.field(default_factory=dict)
+    stopped: bool = False
+    elapsed_s: float = 0.0
 
 
 def train(
@@ -86,6 +98,7 @@ def train(
     resume: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
     mesh: Mesh | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Trains one network on one or several graphs by AlphaZero self-play and keeps the best orders.
 
@@ -94,6 +107,11 @@ def train(
     demonstration buffer, pre-trains on it, and mixes it into every minibatch. Each iteration
     plays ``num_games`` search games and ``num_policy_games`` raw-policy games; the best order
     of a task is the cheapest of those games, never a demonstration.
+
+    Every task gets an order file as soon as its demonstrations are known: until a game of the
+    agent finishes, the cheapest demonstration or classic order, labelled so in ``found_by``
+    (see `TrainResult.fallbacks`). A run whose time limit or stop request comes before the first
+    iteration thus still ends with an order file, and a checkpoint of its pre-trained network.
 
     Args:
       graphs: a graph, a list of graphs, or a mapping task name -> graph. Several graphs train
@@ -108,13 +126,18 @@ def train(
         "demos" (best demonstration cost per task), "total" entries), e.g. a progress bar.
       mesh: the device mesh (default: all devices, axis "games"); ``num_games`` and
         ``batch_size`` must be multiples of its size.
+      should_stop: polled between iterations (and pre-training chunks); once it returns True
+        the run stops as at its end: checkpoint, curve, result with ``stopped`` set. The
+        `alphagrad train` command sets it on Ctrl-C; `train` itself handles no signal. With
+        several processes (jax.distributed) every process must give the same answer.
 
     Returns:
       A `TrainResult`.
 
     Raises:
       AlphagradError: unusable graphs, a configuration that does not fit the mesh, or a resume
-        into a run of other tasks or settings.
+        into a run of other tasks or settings, or from an order file or checkpoint whose
+        recorded cost is not its order's (all raised before any training work).
     """
     config = config or AlphaZeroConfig()
     graphs, names = normalise_graphs(graphs)
@@ -122,15 +145,17 @@ def train(
     _check_fits(config, mesh)
     if resume and out_dir is None:
         raise AlphagradError("resume needs the run directory (out_dir)")
+    stop = should_stop or (lambda: False)
     clock = _Clock(config.minutes)  # the demonstrations' search time counts against `minutes`
     tasks, baselines = make_tasks(graphs, max_vertices=config.max_vertices, max_inputs=config.max_inputs)
+    # The run directory (a resumed run's order files are re-scored here, before any work).
+    run = RunDirectory.open(out_dir, config, graphs, names, baselines, resume=resume)
     length = max(g.num_intermediates for g in graphs)
     replicated = NamedSharding(mesh, P())
     tasks = jax.device_put(tasks, replicated)
     ts = jax.device_put(init_train_state(config, tasks, jax.random.PRNGKey(config.seed)), replicated)
 
-    # The run directory, and where the stopped run in it left off.
-    run = RunDirectory.open(out_dir, config, graphs, names, baselines, resume=resume)
+    # Where the stopped run in the directory left off.
     record, restored = RunRecord(), False
     if resume:
         ts, record, restored = run.resume(ts, graphs)
@@ -138,14 +163,16 @@ def train(
         clock.before = record.elapsed_s
     run.write_metrics(record.history)
 
-    # Demonstrations and pre-training. A resumed run keeps the demonstrations of its checkpoint
-    # (the search is time-limited, so running it again would give other orders).
+    # Demonstrations, the order files of the tasks no game has finished yet, and pre-training. A
+    # resumed run keeps the demonstrations of its checkpoint (the search is time-limited, so
+    # running it again would give other orders).
     if not restored and config.use_demos:
         ts, record.demonstrations = _demonstrate(ts, tasks, graphs, names, config, replicated)
         run.write_demonstrations(record.demonstrations)
-        if config.demo_pretrain_steps and any(record.demonstrations.values()):
-            ts = _pretrain(ts, tasks, config, mesh, len(graphs), length, clock)
     demo_costs = record.demo_costs()
+    fallbacks = _write_fallbacks(run, graphs, names, record, config.seed, demo_costs)
+    if not restored and config.use_demos and config.demo_pretrain_steps and any(record.demonstrations.values()):
+        ts = _pretrain(ts, tasks, config, mesh, len(graphs), length, clock, stop)
     shown = [Demonstration(names.index(name), d["source"], tuple(d["order"]), int(d["cost"]))
              for name, demos in record.demonstrations.items() for d in demos]  # fmt: skip
     imitate = config.use_demos and config.imitate_best and bool(shown)
@@ -155,8 +182,9 @@ def train(
     iteration_fn = build_iteration(config, mesh, len(graphs), length)
     per_iteration = config.num_games + config.num_policy_games
     total = config.iterations
-    record.iteration = saved = int(ts.iteration)
-    while (total is None or record.iteration < total) and not clock.out_of_time():
+    record.iteration = int(ts.iteration)
+    saved = record.iteration if restored else None  # the iteration of the latest checkpoint
+    while (total is None or record.iteration < total) and not clock.out_of_time() and not stop():
         tick = time.monotonic()
         progress = config.progress(record.iteration, clock.session())
         lr = float(learning_rate(config, int(ts.updates), progress))
@@ -181,11 +209,15 @@ def train(
         if record.iteration % config.checkpoint_every == 0 or finished:
             saved = _checkpoint(run, ts, record, clock)
 
-    # The end: the last state checkpointed, the curve drawn.
+    # The end: the last state checkpointed (also a run that did no iteration: it keeps its
+    # pre-training), the curve drawn.
+    stopped = stop()
     if saved != record.iteration:
         _checkpoint(run, ts, record, clock)
     run.plot(record.history, baselines, demo_costs)
-    return _result(record, names, baselines, ts, config, demo_costs)
+    fallbacks = {name: best for name, best in fallbacks.items() if name not in record.best}
+    return _result(record, names, baselines, ts, config, demo_costs, fallbacks, run.order_files(), stopped,
+                   clock.session())  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -236,15 +268,37 @@ def _demonstrate(ts: TrainState, tasks: Tasks, graphs: Sequence[Graph], names: S
     return ts, demonstrations
 
 
+def _write_fallbacks(run: RunDirectory, graphs: Sequence[Graph], names: Sequence[str], record: RunRecord, seed: int,
+                     demo_costs: Mapping[str, int]) -> dict[str, BestOrder]:  # fmt: skip
+    """Gives every task without an order of the agent an order file: its cheapest demonstration or
+    classic order (`fallback_order`), unless the file already holds a fallback at least as cheap
+    (a resumed run). Returns those fallbacks per task name."""
+    fallbacks = {}
+    for g, name in zip(graphs, names):
+        if name in record.best:
+            continue
+        fallback = fallback_order(g, record.demonstrations.get(name, []))
+        written = run.written_fallback(name)
+        if written is not None and written.cost <= fallback.cost:
+            fallback = written
+        else:
+            run.write_best(name, g, fallback, iteration=record.iteration, seed=seed,
+                           best_demonstration=demo_costs.get(name))  # fmt: skip
+        fallbacks[name] = fallback
+    return fallbacks
+
+
 def _pretrain(ts: TrainState, tasks: Tasks, config: AlphaZeroConfig, mesh: Mesh, num_tasks: int, length: int,
-              clock: _Clock) -> TrainState:  # fmt: skip
+              clock: _Clock, stop: Callable[[], bool]) -> TrainState:  # fmt: skip
     """Pre-trains on the demonstrations for ``config.demo_pretrain_steps`` steps, in chunks, so
     that a time-limited run stops once the demonstrations (search and pre-training) have had
-    their share (PRETRAIN_SHARE) of the budget."""
+    their share (PRETRAIN_SHARE) of the budget, and a stop request after the current chunk."""
     num_chunks = -(-config.demo_pretrain_steps // PRETRAIN_CHUNK)
     chunk = -(-config.demo_pretrain_steps // num_chunks)
     pretrain = build_pretrain(config, mesh, num_tasks, length, steps=chunk)
     for _ in range(num_chunks):
+        if stop():
+            break
         ts, _ = pretrain(ts, tasks, jnp.float32(config.progress(int(ts.iteration), clock.session())))
         if clock.past(PRETRAIN_SHARE):
             break
@@ -343,7 +397,8 @@ def _checkpoint(run: RunDirectory, ts: TrainState, record: RunRecord, clock: _Cl
 
 
 def _result(record: RunRecord, names: Sequence[str], baselines, ts: TrainState, config: AlphaZeroConfig,
-            demo_costs: dict[str, int]) -> TrainResult:  # fmt: skip
+            demo_costs: dict[str, int], fallbacks: Mapping[str, BestOrder], order_files: dict[str, str],
+            stopped: bool, elapsed_s: float) -> TrainResult:  # fmt: skip
     first = record.best.get(names[0])
     return TrainResult(
         best_order=list(first.order) if first else [],
@@ -358,4 +413,9 @@ def _result(record: RunRecord, names: Sequence[str], baselines, ts: TrainState, 
         demo_costs=demo_costs,
         demonstrations=record.demonstrations,
         best_sources={name: best.source for name, best in record.best.items()},
+        fallbacks={name: {"order": list(best.order), "cost": best.cost, "found_by": best.source}
+                   for name, best in fallbacks.items()},  # fmt: skip
+        order_files=order_files,
+        stopped=stopped,
+        elapsed_s=elapsed_s,
     )
