@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,9 +12,22 @@ import numpy as np
 
 from alphagrad import orders as orders_lib
 from alphagrad.errors import AlphagradError
-from alphagrad.graph import Graph, Product, Step, cost_models, plan, trace
-from alphagrad.graph._structure import INDEX_MAP, VALUELESS, structure_of
-from alphagrad.graph._trace import Equation, LeafRef, Operand, Program
+from alphagrad.graph import (
+    INDEX_MAP,
+    VALUELESS,
+    Equation,
+    Graph,
+    LeafRef,
+    Operand,
+    Program,
+    Product,
+    Step,
+    cost_models,
+    jacobian_graph,
+    plan,
+    resolve_order,
+    structure_of,
+)
 from alphagrad.interpreter._structured import (
     IndexMap,
     MultiplicationCounter,
@@ -26,9 +38,7 @@ from alphagrad.interpreter._structured import (
     multiply,
 )
 
-__all__ = ["jacobian", "count_muls", "graph_of", "cache_dir", "AUTO_SECONDS"]
-
-MODEL = "exact"
+__all__ = ["jacobian", "count_muls", "graph_of"]
 
 
 def _signature(args: tuple) -> tuple:
@@ -39,20 +49,10 @@ def _signature(args: tuple) -> tuple:
     )
 
 
-def _abstract(args: tuple) -> tuple:
-    """Shape/dtype stand-ins for the arguments, so tracing never touches (possibly traced) values."""
-
-    def spec(x):
-        if isinstance(x, (bool, int, float, complex)):
-            return x  # Python scalars keep their weak type
-        return jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
-
-    return jax.tree.map(spec, args)
-
-
 def graph_of(f: Callable, *args: Any, argnums: int | Sequence[int] = 0) -> Graph:
-    """The elimination graph (exact cost model) the interpreter uses for `f` at these arguments."""
-    return trace(f, *_abstract(args), argnums=argnums, cost_model=MODEL, name=getattr(f, "__name__", None))
+    """The elimination graph (exact cost model) the interpreter uses for `f` at these arguments
+    (`alphagrad.graph.jacobian_graph`)."""
+    return jacobian_graph(f, *args, argnums=argnums)
 
 
 # ---- evaluation ---------------------------------------------------------------------------
@@ -219,8 +219,9 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
     return Partial(code, out_shape, in_shape, value)
 
 
-def _eliminate_all(graph: Graph, order: list[int], leaves: list[Any], counter: MultiplicationCounter):
-    """Evaluates the primal and the partials, then replays the elimination engine's plan of `order`.
+def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], counter: MultiplicationCounter):
+    """Evaluates the primal and the partials, then replays the elimination engine's plan `steps`
+    (``graph.plan(graph, order)``).
 
     Returns:
       (outputs: the primal output values, edges: ``{(src, dst): Partial}`` left after the
@@ -245,7 +246,7 @@ def _eliminate_all(graph: Graph, order: list[int], leaves: list[Any], counter: M
             edges[(e.src, e.dst)] = _partial_of(eqn, values, positions, e.code, e.out_shape, e.in_shape)
 
     dtype = jnp.result_type(*[env[n] for n in env]) if env else jnp.float32
-    performed = _replay(graph, plan(graph, order), edges, counter, dtype)
+    performed = _replay(graph, steps, edges, counter, dtype)
     outputs = [_operand_value(op, env, leaves) for op in program.outputs]
     return outputs, edges, performed
 
@@ -320,31 +321,6 @@ def _assemble(graph: Graph, outputs: list[Any], edges, argnums, args: tuple):
 # ---- public API -----------------------------------------------------------------------------
 
 
-#: Search budget of ``order="auto"`` (seconds), unless ALPHAGRAD_AUTO_SECONDS says otherwise.
-AUTO_SECONDS = 10.0
-
-
-def cache_dir() -> str:
-    """Where ``order="auto"`` keeps its order files: $ALPHAGRAD_CACHE, else ~/.cache/alphagrad."""
-    return os.environ.get("ALPHAGRAD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "alphagrad")
-
-
-def _auto_order(graph: Graph) -> list[int]:
-    """The cached searched order of `graph`, searching (and caching) once per graph fingerprint."""
-    from alphagrad.agents import portfolio  # the searches import the interpreter: import late
-
-    path = os.path.join(cache_dir(), "orders", graph.fingerprint.replace(":", "-") + ".json")
-    if os.path.exists(path):
-        try:
-            return list(orders_lib.load(path, graph=graph).order)
-        except AlphagradError:
-            pass  # a damaged or foreign file: search again and overwrite it
-    seconds = float(os.environ.get("ALPHAGRAD_AUTO_SECONDS", AUTO_SECONDS))
-    result = portfolio.search(graph, "best", seconds=seconds)
-    portfolio.to_order_file(graph, result, path=path)
-    return list(result.order)
-
-
 def _resolve(graph: Graph, order, f: Callable, args: tuple, argnums) -> list[int]:
     """Validates `order` for the interpreter's graph of f.
 
@@ -352,15 +328,13 @@ def _resolve(graph: Graph, order, f: Callable, args: tuple, argnums) -> list[int
     AlphaGrad model) is checked against f's graph in that model; vertex numbers are the same in
     every model, so the checked order then applies here.
     """
-    if isinstance(order, str) and order == "auto":
-        return _auto_order(graph)
     if isinstance(order, orders_lib.OrderFile) and order.cost_model and order.cost_model != graph.cost_model:
         if order.cost_model not in cost_models():
             raise AlphagradError(f"the order file names an unknown cost model {order.cost_model!r}")
-        original = trace(f, *_abstract(args), argnums=argnums, cost_model=order.cost_model, name=graph.name)
+        original = jacobian_graph(f, *args, argnums=argnums, cost_model=order.cost_model)
         order.check_graph(original)
-        return orders_lib.resolve(graph, list(order.order))
-    return orders_lib.resolve(graph, order)
+        return resolve_order(graph, list(order.order))
+    return resolve_order(graph, order)
 
 
 def jacobian(
@@ -375,9 +349,11 @@ def jacobian(
       f: a function of pytrees of arrays (or Python scalars) returning a pytree of arrays (or
         ``(output, aux)`` with ``has_aux``). Every array is at most 2-D.
       order: "forward", "reverse", "markowitz", "auto", a list of vertex numbers of
-        ``graph_of(f, *args, argnums=argnums)``, or an `OrderFile` made for that graph. "auto"
-        searches once per graph (`AUTO_SECONDS`, or $ALPHAGRAD_AUTO_SECONDS) and caches the order
-        file on disk under `cache_dir()`, keyed by the graph's fingerprint.
+        ``graph_of(f, *args, argnums=argnums)``, a callable ``Graph -> order`` (called once per
+        input signature), or an `OrderFile` made for that graph. "auto" (registered by
+        `alphagrad.agents`) searches once per graph (`alphagrad.agents.AUTO_SECONDS`, or
+        $ALPHAGRAD_AUTO_SECONDS) and caches the order file on disk under
+        `alphagrad.agents.cache_dir()`, keyed by the graph's fingerprint.
       argnums: which positional argument(s) to differentiate.
       has_aux: whether `f` returns ``(output, aux)``; aux is returned unchanged.
 
@@ -393,20 +369,22 @@ def jacobian(
         argnums = tuple(argnums)
     target = (lambda *a: f(*a)[0]) if has_aux else f
 
-    cache: dict[Any, tuple[Graph, list[int]]] = {}
+    # Per input signature: the graph and the engine's plan of the order (traced, resolved and
+    # planned once; every later trace or eager call only replays the plan).
+    cache: dict[Any, tuple[Graph, tuple[Step, ...]]] = {}
 
     def prepare(args):
         key = _signature(args)
         if key not in cache:
             g = graph_of(target, *args, argnums=argnums)
-            cache[key] = (g, _resolve(g, order, target, args, argnums))
+            cache[key] = (g, plan(g, _resolve(g, order, target, args, argnums)))
         return cache[key]
 
     def jacobian_fn(*args):
-        graph, resolved = prepare(args)
+        graph, steps = prepare(args)
         leaves = jax.tree.leaves(args)
         counter = MultiplicationCounter()
-        outputs, edges, _ = _eliminate_all(graph, resolved, leaves, counter)
+        outputs, edges, _ = _eliminate_all(graph, steps, leaves, counter)
         jac = _assemble(graph, outputs, edges, argnums, args)
         if has_aux:
             return jac, f(*args)[1]
@@ -419,16 +397,17 @@ def count_muls(f: Callable, order: Any, *args: Any, argnums: int | Sequence[int]
     """Multiplications that ``jacobian(f, order, argnums)(*args)`` performs in its eliminations.
 
     Counted from the shapes of the products the interpreter actually builds (traced abstractly,
-    nothing is computed); equals ``graph.cost(graph_of(f, *args, argnums=argnums), order)``.
+    nothing is computed); each product's count is checked against the engine's plan as it is
+    built, so this equals ``graph.cost(graph_of(f, *args, argnums=argnums), order)``.
     """
     if isinstance(argnums, list):
         argnums = tuple(argnums)
     graph = graph_of(f, *args, argnums=argnums)
-    resolved = _resolve(graph, order, f, args, argnums)
+    steps = plan(graph, _resolve(graph, order, f, args, argnums))
     counter = MultiplicationCounter()
 
     def run(*xs):
-        _eliminate_all(graph, resolved, jax.tree.leaves(xs), counter)
+        _eliminate_all(graph, steps, jax.tree.leaves(xs), counter)
         return 0
 
     jax.eval_shape(run, *args)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from alphagrad.graph._structure import INDEX_MAP, VALUELESS, product_plan, structure_of
+from alphagrad.graph import INDEX_MAP, VALUELESS, product_plan, structure_of
 
 __all__ = ["IndexMap", "Partial", "MultiplicationCounter", "multiply", "add", "densify", "convert", "extract"]
 

@@ -26,7 +26,7 @@ def replayed(f, order, *args):
     performed = []
 
     def run(*xs):
-        performed.extend(_eliminate_all(g, resolved, jax.tree.leaves(xs), counter)[2])
+        performed.extend(_eliminate_all(g, graph.plan(g, resolved), jax.tree.leaves(xs), counter)[2])
         return 0
 
     jax.eval_shape(run, *args)
