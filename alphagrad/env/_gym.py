@@ -607,28 +607,26 @@ class VertexEliminationVectorEnv(VectorEnv):
         if not self._started:
             raise AlphagradError("call reset() before step()")
         actions = np.asarray(actions)
-        if actions.shape != (self.num_envs,) or not np.issubdtype(actions.dtype, np.integer):
+        if actions.shape != (self.num_envs,) or actions.dtype.kind not in "iu":
             raise IllegalActionError(
                 f"actions must be {self.num_envs} integers in 0..{self.max_vertices - 1}, got {actions!r}"
             )
-        mask = self._obs["action_mask"]
-        in_range = (actions >= 0) & (actions < self.max_vertices)
-        legal = in_range & (mask[np.arange(self.num_envs), np.clip(actions, 0, self.max_vertices - 1)] != 0)
-        # Sub-envs pending autoreset ignore their action; one with no legal action (a graph
-        # without intermediates) plays the core's absorbing no-op and reports termination.
-        bad = np.nonzero(~legal & ~self._pending & mask.any(axis=1))[0]
-        if bad.size:
-            i, a = int(bad[0]), int(actions[bad[0]])
-            game = self._games[i]
-            reason = (
-                _illegal_reason(self.graphs[i], a, self.max_vertices, game.mask, game.order)
-                if in_range[i]
-                else f"action {a} is out of range: actions are 0..{self.max_vertices - 1}"
-            )
-            raise IllegalActionError(f"sub-environment {i}: {reason}")
+        V = self.max_vertices
+        plays = list(zip(self._games, actions.tolist(), self._pending.tolist()))
+        # Every action is checked before any sub-env moves. Sub-envs pending autoreset ignore
+        # their action; one with no legal action (a graph without intermediates: done before
+        # its first step) plays the core's absorbing no-op and reports termination.
+        for i, (game, a, pending) in enumerate(plays):
+            if not (pending or game.done or (0 <= a < V and game.mask[a])):
+                reason = (
+                    _illegal_reason(self.graphs[i], a, V, game.mask, game.order)
+                    if 0 <= a < V
+                    else f"action {a} is out of range: actions are 0..{V - 1}"
+                )
+                raise IllegalActionError(f"sub-environment {i}: {reason}")
         step_cost = np.zeros(self.num_envs, dtype=np.int64)
         terminated = np.zeros(self.num_envs, dtype=bool)
-        for i, (game, action, pending) in enumerate(zip(self._games, actions.tolist(), self._pending.tolist())):
+        for i, (game, action, pending) in enumerate(plays):
             if pending:
                 self._start_episode(i)
             elif game.done:
