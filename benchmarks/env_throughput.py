@@ -1,11 +1,16 @@
 """Elimination steps per second of the environment on the RoeFlux_1d reference graph.
 
-Compares the gymnasium API loop (``gymnasium.make(...)``, one ``env.step`` per elimination)
-with the jitted core stepped in batches (``jax.jit(jax.vmap(env.step))``, one call per
-elimination of every game in the batch) and prints a markdown table of steps per second and
-the ratio to the gymnasium loop. Every game plays a uniformly random order of the graph's 98
-intermediate vertices (precomputed, so action choice is not timed). Each rate is the best of
-several rounds, which damps the noise of a shared machine.
+Measures in one run:
+- the gymnasium API loop (``gymnasium.make(...)``, one ``env.step`` per elimination), which
+  steps with the Python elimination engine and updates its numpy observation in place;
+- the gymnasium vector env (``gymnasium.make_vec``, one engine per sub-env);
+- the jitted core stepped in batches (``jax.jit(jax.vmap(env.step))``, one call per elimination
+  of every game in the batch; batch 1 is about what a gymnasium step cost while it called the
+  jitted core), and whole episodes in one call (``rollout``);
+and prints a markdown table of steps per second and each rate's ratio to the gymnasium loop.
+Every game plays a uniformly random order of the graph's 98 intermediate vertices
+(precomputed, so action choice is not timed). Each rate is the best of several rounds, which
+damps the noise of a shared machine.
 
     PYTHONPATH=. python benchmarks/env_throughput.py            # the table in docs/benchmarks.md
     PYTHONPATH=. python benchmarks/env_throughput.py --quick    # fewer repetitions
@@ -28,6 +33,7 @@ from alphagrad import env, graph
 
 GRAPH = "RoeFlux_1d"
 BATCHES = (1, 64, 512, 2048)
+VECTOR_BATCHES = (1, 8, 64, 512)
 
 
 def random_orders(g: graph.Graph, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -36,11 +42,12 @@ def random_orders(g: graph.Graph, count: int, rng: np.random.Generator) -> np.nd
 
 
 def gym_loop(g: graph.Graph, episodes: int, repeats: int, rng: np.random.Generator) -> float:
-    """Steps per second of the plain gymnasium loop (best of `repeats` rounds of `episodes`)."""
+    """Steps per second of the plain gymnasium loop (best of `repeats` rounds of `episodes`),
+    observations, rewards and info included."""
     e = gymnasium.make(env.ENV_ID, task=f"ref:{GRAPH}")
     orders = random_orders(g, episodes * repeats + 1, rng)
     e.reset(seed=0)
-    for a in orders[:, 0]:  # warm-up episode: compiles the step
+    for a in orders[:, 0]:  # warm-up episode (fills the engine's pair-cost cache)
         e.step(int(a))
     best = 0.0
     for r in range(repeats):
@@ -91,7 +98,7 @@ def scanned_core(g: graph.Graph, batch: int, repeats: int, rng: np.random.Genera
 
 
 def vector_env(batch: int, repeats: int, rng: np.random.Generator, g: graph.Graph) -> float:
-    """Steps per second of gymnasium.make_vec (the jitted vector env, numpy observations)."""
+    """Steps per second of gymnasium.make_vec (the vector env: one engine per sub-env)."""
     envs = gymnasium.make_vec(env.ENV_ID, num_envs=batch, task=f"ref:{GRAPH}")
     orders = random_orders(g, batch, rng)
     best = 0.0
@@ -100,7 +107,7 @@ def vector_env(batch: int, repeats: int, rng: np.random.Generator, g: graph.Grap
         start = time.perf_counter()
         for a in orders:
             envs.step(a)
-        if r:  # the first round compiles
+        if r:  # the first round warms up
             best = max(best, batch * orders.shape[0] / (time.perf_counter() - start))
     envs.close()
     return best
@@ -111,18 +118,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     args = parser.parse_args()
     episodes, repeats = (3, 2) if args.quick else (5, 5)
+    gym_episodes = 10 * episodes  # a gymnasium episode takes about a millisecond: time more of them
     rng = np.random.default_rng(0)
     g = graph.load_reference()[GRAPH]
 
     rows: list[tuple[str, float]] = []
-    base = gym_loop(g, episodes, repeats, rng)
+    base = gym_loop(g, gym_episodes, repeats, rng)
     rows.append(("gymnasium loop (`gymnasium.make`, one `env.step` per elimination)", base))
+    for batch in VECTOR_BATCHES:
+        rows.append((f"`gymnasium.make_vec` vector env, batch {batch}", vector_env(batch, repeats, rng, g)))
     for batch in BATCHES:
         rows.append((f"`jit(vmap(step))`, batch {batch}", jitted_core(g, batch, repeats, rng)))
     undonated = jitted_core(g, 512, repeats, rng, donate=False)
     rows.append(("`jit(vmap(step))` without buffer donation, batch 512", undonated))
     rows.append(("`jit(vmap(rollout))` (whole episodes, `lax.scan`), batch 512", scanned_core(g, 512, repeats, rng)))
-    rows.append(("`gymnasium.make_vec` vector env (numpy observations), batch 512", vector_env(512, 2, rng, g)))
 
     cpu = platform.processor() or platform.machine()
     print(f"Environment throughput on ref:{GRAPH} ({g.num_intermediates} eliminations per episode)")
