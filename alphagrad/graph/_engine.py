@@ -187,8 +187,15 @@ class Eliminator:
         return value
 
     def _cost_with(self, node: int, preds: dict[int, int], succs: dict[int, int]) -> int:
-        pair = self._pair
-        return sum(pair(ic, oc, p, node, c) for c, oc in succs.items() for p, ic in preds.items())
+        # The hottest loop of every Python caller (heuristics, gymnasium env): the cache is read
+        # inline, and `_pair` is called only on a miss.
+        cache = self._pair_cache
+        total = 0
+        for c, oc in succs.items():
+            for p, ic in preds.items():
+                value = cache.get((ic, oc, p, node, c))
+                total += self._pair(ic, oc, p, node, c) if value is None else value
+        return total
 
     def _new_code(self, old: int | None, in_code: int, out_code: int) -> int:
         """Code of p->c after adding the product of (in_code, out_code) into `old` (None: no edge)."""
