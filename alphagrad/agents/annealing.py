@@ -45,14 +45,17 @@ def propose(key: jax.Array, order: jax.Array) -> jax.Array:
     """
     order = jnp.asarray(order)
     T = order.shape[0]
+    # Explicit int32 everywhere: the default integer is int64 under jax_enable_x64, and the
+    # annealing scan's carry must keep one dtype in both modes.
+    i32 = jnp.int32
     k_kind, k_i, k_far, k_near, k_sign = jax.random.split(key, 5)
-    kind = jax.random.randint(k_kind, (), 0, 3)
-    i = jax.random.randint(k_i, (), 0, T)
-    far = jax.random.randint(k_far, (), 0, T)
-    sign = jnp.where(jax.random.bernoulli(k_sign), 1, -1)
-    near = jnp.clip(i + sign * jax.random.randint(k_near, (), 1, 9), 0, T - 1)
+    kind = jax.random.randint(k_kind, (), 0, 3, dtype=i32)
+    i = jax.random.randint(k_i, (), 0, T, dtype=i32)
+    far = jax.random.randint(k_far, (), 0, T, dtype=i32)
+    sign = jnp.where(jax.random.bernoulli(k_sign), i32(1), i32(-1))
+    near = jnp.clip(i + sign * jax.random.randint(k_near, (), 1, 9, dtype=i32), 0, T - 1)
     j = jnp.where(kind == 1, near, far)
-    k = jnp.arange(T)
+    k = jnp.arange(T, dtype=i32)
     lo, hi = jnp.minimum(i, j), jnp.maximum(i, j)
     shifted = jnp.where(i < j, k + 1, k - 1)
     insert = jnp.where((k < lo) | (k > hi), k, jnp.where(k == j, i, shifted))
@@ -76,7 +79,7 @@ def _sweep_fn(ev: Evaluator):
         proposals = jax.vmap(propose)(jax.random.split(k_prop, B), orders)
         new_costs = score(proposals)
         delta = (new_costs - costs).astype(jnp.float32)
-        accept = (delta <= 0) | (jax.random.uniform(k_acc, (B,)) < jnp.exp(-delta / temp))
+        accept = (delta <= 0) | (jax.random.uniform(k_acc, (B,), jnp.float32) < jnp.exp(-delta / temp))
         orders = jnp.where(accept[:, None], proposals, orders)
         costs = jnp.where(accept, new_costs, costs)
         improved = costs < best_costs

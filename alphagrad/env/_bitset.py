@@ -110,7 +110,8 @@ def bitset_step(state: BitsetState, action) -> BitsetState:
     column_bit = jnp.left_shift(jnp.uint32(1), bit)
     is_pred = ((succ[:, word] & column_bit) != 0) & legal  # [N]
     out = succ[a]  # [W]
-    cost = jnp.sum(is_pred.astype(jnp.int32)) * jnp.sum(jax.lax.population_count(out).astype(jnp.int32))
+    # dtype=int32: reductions default to int64 under jax_enable_x64; the cost stays int32 in both modes.
+    cost = jnp.sum(is_pred, dtype=jnp.int32) * jnp.sum(jax.lax.population_count(out), dtype=jnp.int32)
     succ = jnp.where(is_pred[:, None], succ | out[None, :], succ)
     keep_word = jnp.where((jnp.arange(succ.shape[1]) == word) & legal, ~column_bit, jnp.uint32(0xFFFFFFFF))
     succ = succ & keep_word[None, :]

@@ -401,7 +401,9 @@ def _step_cost(state: State, tables: _Tables, index, s_in, out_codes) -> jax.Arr
     p_part = sum(jnp.where(tables.p_mask == m, s_in[:, m][:, None], 0) for m in range(4))  # [22 in, 22 out]
     c_part = sum(jnp.where(tables.c_mask == m, s_out[:, m][None, :], 0) for m in range(4))
     v_part = sum(jnp.where(tables.v_mask == m, v_factor[m], 0) for m in range(4))
-    return jnp.sum(jnp.where(tables.valid, p_part * c_part * v_part, 0))
+    # dtype: a reduction of int32 would give int64 under jax_enable_x64, and the cost is an
+    # int32 field of State (scan carries and vmapped batches need one dtype in both modes).
+    return jnp.sum(jnp.where(tables.valid, p_part * c_part * v_part, 0), dtype=jnp.int32)
 
 
 #: Predecessor rows updated per pass of `_eliminate`. Most vertices have fewer predecessors,
@@ -482,8 +484,8 @@ def _eliminate(state: State, tables: _Tables, in_codes, out_codes, column):
     n = codes.shape[0]
     src_factors = _factors(state.src_shape)
     is_pred = in_codes != 0
-    position = jnp.cumsum(is_pred) - 1
-    num_preds = jnp.sum(is_pred)
+    position = jnp.cumsum(is_pred, dtype=jnp.int32) - 1  # int32 under jax_enable_x64 too
+    num_preds = jnp.sum(is_pred, dtype=jnp.int32)
     rows = jnp.full(n + _ROW_CHUNK, n, dtype=jnp.int32)
     rows = rows.at[jnp.where(is_pred, position, n + _ROW_CHUNK)].set(jnp.arange(n, dtype=jnp.int32), mode="drop")
     s_in = jnp.zeros((NUM_CODES, 4), jnp.int32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import jax.numpy as jnp
 import pytest
 
 from alphagrad import graph
@@ -27,3 +28,13 @@ def small_graphs() -> list[graph.Graph]:
         if 2 <= g.num_intermediates <= 7:
             graphs.append(g)
     return graphs
+
+
+@pytest.fixture(scope="session")
+def small_tensor_graph() -> graph.Graph:
+    """A tensor graph of 8 intermediates (an explicit heat-equation step), scored by the env core."""
+
+    def heat_step(u):
+        return u[1:-1] + 0.1 * (u[2:] - 2.0 * u[1:-1] + u[:-2])
+
+    return graph.jacobian_graph(heat_step, jnp.ones(16))
