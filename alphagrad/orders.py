@@ -171,44 +171,93 @@ def save(
 
 
 _KNOWN_KEYS = {f.name for f in dataclasses.fields(OrderFile)} | {"format"}
+_TEXT_FIELDS = ("cost_model", "method", "task", "created", "alphagrad_version")
+_GRAPH_SIZES = ("num_inputs", "num_intermediates", "num_outputs")
+
+
+def _is_count(value: Any) -> bool:
+    """A JSON integer >= 0 (not a bool, not a float such as NaN or Infinity)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _shown(value: Any) -> str:
+    """`value` as it would read in the file, shortened for an error message."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _validated(data: dict[str, Any], where: str) -> OrderFile:
+    """The `OrderFile` of a parsed order file, every field checked (`where` names the file)."""
+
+    def bad(field: str, expected: str, value: Any) -> OrderFileError:
+        return OrderFileError(f"{where}: \"{field}\" must be {expected}, got {_shown(value)}")
+
+    order = data["order"]
+    if not isinstance(order, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in order):
+        raise OrderFileError(f"{where}: \"order\" must be a list of vertex numbers")
+    if not _is_count(data["multiplications"]):
+        raise bad("multiplications", "a non-negative integer", data["multiplications"])
+    summary = data["graph"]
+    if not isinstance(summary, dict) or "fingerprint" not in summary:
+        raise OrderFileError(f"{where} has no graph fingerprint (\"graph\": {{\"fingerprint\": ...}})")
+    if not isinstance(summary["fingerprint"], str):
+        raise bad("graph.fingerprint", "a string", summary["fingerprint"])
+    for key in _GRAPH_SIZES:
+        if key in summary and not _is_count(summary[key]):
+            raise bad(f"graph.{key}", "a non-negative integer", summary[key])
+    baselines = data.get("baselines", {})
+    if not isinstance(baselines, dict):
+        raise bad("baselines", 'an object such as {"forward": 151, "reverse": 90}', baselines)
+    for name, value in baselines.items():
+        if not _is_count(value):
+            raise bad(f"baselines.{name}", "a non-negative integer", value)
+    for key in _TEXT_FIELDS:
+        if not isinstance(data.get(key, ""), str):
+            raise bad(key, "a string", data[key])
+    return OrderFile(
+        order=tuple(order),
+        multiplications=data["multiplications"],
+        cost_model=data.get("cost_model", ""),
+        graph=dict(summary),
+        baselines=dict(baselines),
+        method=data.get("method", ""),
+        task=data.get("task", ""),
+        created=data.get("created", ""),
+        alphagrad_version=data.get("alphagrad_version", ""),
+        extra={k: v for k, v in data.items() if k not in _KNOWN_KEYS},
+    )
 
 
 def load(path: str | os.PathLike, graph: Graph | None = None) -> OrderFile:
     """Reads an order file; with `graph`, checks it was made for that graph and re-validates it.
 
+    Every field is checked on reading: ``multiplications`` and the ``baselines`` and graph sizes
+    are non-negative integers (not NaN, Infinity or strings), ``graph.fingerprint`` and the
+    provenance fields are strings, ``order`` is a list of integers.
+
     Raises:
-      OrderFileError: unreadable or malformed file. GraphMismatchError: made for another graph.
-      OrderError: the order is not valid for `graph`.
+      OrderFileError: unreadable or malformed file (the message names the file and the field).
+      GraphMismatchError: made for another graph. OrderError: the order is not valid for `graph`.
     """
+    where = f"order file {os.fspath(path)!r}"
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (OSError, json.JSONDecodeError) as err:
-        raise OrderFileError(f"cannot read order file {os.fspath(path)!r}: {err}") from err
+    except (OSError, ValueError) as err:  # ValueError: bad JSON, bad UTF-8, an integer too long to parse
+        raise OrderFileError(f"cannot read {where}: {err}") from err
+    except RecursionError:
+        raise OrderFileError(f"cannot read {where}: its JSON is nested too deeply") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise OrderFileError(
             f"{os.fspath(path)!r} is not an alphagrad order file (expected \"format\": \"{FORMAT}\")"
         )
     missing = [k for k in ("order", "multiplications", "graph") if k not in data]
     if missing:
-        raise OrderFileError(f"order file {os.fspath(path)!r} lacks the field(s) {', '.join(missing)}")
-    if not isinstance(data["graph"], dict) or "fingerprint" not in data["graph"]:
-        raise OrderFileError(f"order file {os.fspath(path)!r} has no graph fingerprint")
-    order = data["order"]
-    if not isinstance(order, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in order):
-        raise OrderFileError(f"order file {os.fspath(path)!r}: \"order\" must be a list of vertex numbers")
-    loaded = OrderFile(
-        order=tuple(order),
-        multiplications=int(data["multiplications"]),
-        cost_model=str(data.get("cost_model", "")),
-        graph=dict(data["graph"]),
-        baselines={k: int(v) for k, v in dict(data.get("baselines", {})).items()},
-        method=str(data.get("method", "")),
-        task=str(data.get("task", "")),
-        created=str(data.get("created", "")),
-        alphagrad_version=str(data.get("alphagrad_version", "")),
-        extra={k: v for k, v in data.items() if k not in _KNOWN_KEYS},
-    )
+        raise OrderFileError(f"{where} lacks the field(s) {', '.join(missing)}")
+    loaded = _validated(data, where)
     if graph is not None:
         loaded.check_graph(graph)
         check_order(graph, loaded.order)

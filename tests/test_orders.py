@@ -119,3 +119,75 @@ def test_traced_graph_order_file(tmp_path):
     g = graph.trace(f, 1.0, 2.0)
     orders.save(tmp_path / "o.json", "reverse" and orders.reverse(g), graph=g)
     assert orders.load(tmp_path / "o.json", graph=graph.trace(f, 3.0, 4.0)).order == (2, 1)
+
+
+# ---- issue 14, item 6: a malformed field is an OrderFileError naming the file and the field --------------
+
+_GOOD = {"format": "alphagrad-order/1", "order": [1, 2, 3], "multiplications": 4, "cost_model": "alphagrad-2024",
+         "graph": {"fingerprint": "sha256:x", "num_inputs": 2, "num_intermediates": 3, "num_outputs": 2},
+         "baselines": {"forward": 4, "reverse": 5, "markowitz": 4}}
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("multiplications", "abc", r'"multiplications" must be a non-negative integer, got "abc"'),
+        ("multiplications", None, r'"multiplications" must be a non-negative integer, got null'),
+        ("multiplications", float("nan"), r'"multiplications" must be a non-negative integer, got NaN'),
+        ("multiplications", float("inf"), r'"multiplications" must be a non-negative integer, got Infinity'),
+        ("multiplications", -3, r'"multiplications" must be a non-negative integer, got -3'),
+        ("multiplications", True, r'"multiplications" must be a non-negative integer, got true'),
+        ("baselines", [1, 2], r'"baselines" must be an object .* got \[1, 2\]'),
+        ("baselines", {"forward": "x"}, r'"baselines.forward" must be a non-negative integer, got "x"'),
+        ("graph", {"fingerprint": 12345}, r'"graph.fingerprint" must be a string, got 12345'),
+        ("graph", {"fingerprint": "sha256:x", "num_inputs": 1.5}, r'"graph.num_inputs" must be a non-negative'),
+        ("graph", [1], r"has no graph fingerprint"),
+        ("cost_model", 7, r'"cost_model" must be a string, got 7'),
+        ("task", {"a": 1}, r'"task" must be a string'),
+    ],
+)
+def test_malformed_fields_name_the_file_and_the_field(tmp_path, field, value, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(dict(_GOOD, **{field: value})))  # NaN and Infinity as Python's json writes them
+    with pytest.raises(OrderFileError, match=message) as info:
+        orders.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_deeply_nested_and_unparsable_files_are_order_file_errors(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"format": "alphagrad-order/1", "x": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    with pytest.raises(OrderFileError, match="nested too deeply") as info:
+        orders.load(deep)
+    assert str(deep) in str(info.value)
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps(_GOOD).replace('"multiplications": 4', '"multiplications": ' + "9" * 5000))
+    with pytest.raises(OrderFileError, match="cannot read order file"):
+        orders.load(huge)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00{")
+    with pytest.raises(OrderFileError, match="cannot read order file"):
+        orders.load(binary)
+
+
+def test_eval_command_reports_a_malformed_file(tmp_path, capsys):
+    from alphagrad import cli
+
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(dict(_GOOD, multiplications=float("nan"))))
+    assert cli.main(["eval", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "multiplications" in err and "bad.json" in err and "Traceback" not in err
+
+
+# ---- issue 14, item 10: order files get the mode of any other file (0o666 minus the umask) ---------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_order_files_follow_the_umask(tmp_path, diamond, umask):
+    old = os.umask(umask)
+    try:
+        orders.save(tmp_path / "o.json", [1, 2, 3], graph=diamond)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "o.json").stat().st_mode & 0o777 == 0o666 & ~umask
