@@ -112,7 +112,10 @@ def evaluator(graph: Graph, *, backend: str = "auto") -> Evaluator:
     if key not in _CACHE:
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = _make(graph, backend)
+        # Concrete arrays even when called under a caller's jit or vmap trace: the cached
+        # evaluator outlives that trace, and a leaked tracer would break every later search.
+        with jax.ensure_compile_time_eval():
+            _CACHE[key] = _make(graph, backend)
     return _CACHE[key]
 
 

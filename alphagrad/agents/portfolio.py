@@ -4,10 +4,12 @@
     >>> result = portfolio.search(graph, "best", seconds=60)       # SearchResult
     >>> order_file = portfolio.optimize(f, x, y, minutes=1.0)      # OrderFile for interpreter.jacobian
 
-``best`` spends its budget in this order and keeps the cheapest order: the heuristic chains
-(10 %, at most 30 s), the exact solver seeded with that order (10 %, at most 30 s; on scalar
-graphs, and on tensor graphs of at most 20 intermediates; it may prove the order optimal, which
-ends the search), beam search (25 % of what is left) and
+``best`` first takes the floor (`floor_order`: the cheapest of forward, reverse, Markowitz and
+every deterministic heuristic chain, whatever the budget, so that it is never worse than any of
+them), then spends its budget in this order and keeps the cheapest order: random restarts of the
+heuristic chains (up to 10 % with the floor, at most 30 s), the exact solver seeded with the best
+order (10 %, at most 30 s; on scalar graphs, and on tensor graphs of at most 20 intermediates; it
+may prove the order optimal, which ends the search), beam search (25 % of what is left) and
 simulated annealing started from everything found so far (the rest). AlphaZero is not part of
 ``best`` (training from scratch rarely pays off within one search budget); run it explicitly
 with ``method="alphazero"``.
@@ -15,9 +17,12 @@ with ``method="alphazero"``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import importlib
+import math
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -29,11 +34,21 @@ from alphagrad.agents.heuristics import search_heuristics
 from alphagrad.env import is_scalar_graph
 from alphagrad import orders
 from alphagrad.errors import AlphagradError
-from alphagrad.graph import Graph, jacobian_graph
+from alphagrad.graph import Graph, jacobian_graph, resolve_order
 from alphagrad.graph import cost as graph_cost
 from alphagrad.orders import OrderFile
 
-__all__ = ["AUTO_SECONDS", "METHODS", "alphazero_status", "auto_order", "cache_dir", "optimize", "search", "to_order_file"]
+__all__ = [
+    "AUTO_SECONDS",
+    "METHODS",
+    "alphazero_status",
+    "auto_order",
+    "cache_dir",
+    "floor_order",
+    "optimize",
+    "search",
+    "to_order_file",
+]
 
 METHODS = ("heuristics", "sa", "beam", "exact", "alphazero", "best")
 
@@ -82,6 +97,44 @@ def _alphazero(graph: Graph, seconds: float, progress: Progress | None) -> Searc
                         info={"iterations": getattr(result, "iterations", None)})
 
 
+def floor_order(graph: Graph) -> SearchResult:
+    """The cheapest of the orders that cost no search: forward, reverse, Markowitz and every
+    deterministic heuristic chain (`alphagrad.agents.heuristics.DEFAULT_CHAINS`).
+
+    Pure Python on the elimination engine (nothing is compiled): from a few hundredths of a second
+    to about a second on the tasks' graphs. ``"auto"`` and ``search(..., "best")`` never return an
+    order costlier than this one, whatever their budget; on the exact cost model Markowitz alone
+    is often costlier than the cheaper of forward and reverse (docs/cost-model.md).
+
+    Returns:
+      A `SearchResult` of method "heuristics"; ``info["chain"]`` names the winning order or chain.
+    """
+    chains = search_heuristics(graph, seconds=None, random_chains=())
+    # graph.markowitz is also the chain "markowitz>forward"; it is scored here by its own
+    # definition so that the guarantee does not rest on the two staying the same.
+    markowitz = resolve_order(graph, "markowitz")
+    cost = graph_cost(graph, markowitz)
+    if cost < chains.cost:
+        info = dict(chains.info, chain="markowitz", seed=None)
+        return dataclasses.replace(chains, order=tuple(markowitz), cost=cost, info=info)
+    return chains
+
+
+def _heuristics_stage(graph: Graph, seconds: float, seed: int, progress: Progress | None) -> SearchResult:
+    """The floor (always complete), then random restarts of the chains for what is left of `seconds`."""
+    deadline = Deadline(seconds)
+    floor = floor_order(graph)
+    if progress is not None:
+        progress(floor.cost, deadline.fraction())
+    if deadline.left() <= 0:
+        return dataclasses.replace(floor, seconds=deadline.elapsed())
+    restarts = search_heuristics(graph, seconds=deadline.left(), chains=(), seed=seed, progress=progress)
+    best = restarts if restarts.cost < floor.cost else floor
+    info = dict(best.info, chains=floor.info["chains"], random_restarts=restarts.info["random_restarts"])
+    return dataclasses.replace(best, evaluations=floor.evaluations + restarts.evaluations,
+                               seconds=deadline.elapsed(), info=info)
+
+
 def _best(graph: Graph, seconds: float, seed: int, progress: Progress | None) -> SearchResult:
     deadline = Deadline(seconds)
     found: list[SearchResult] = []
@@ -94,7 +147,7 @@ def _best(graph: Graph, seconds: float, seed: int, progress: Progress | None) ->
     def best_so_far() -> SearchResult:
         return min(found, key=lambda r: (r.cost, not r.optimal))
 
-    found.append(search_heuristics(graph, seconds=min(0.1 * seconds, 30.0), seed=seed, progress=report))
+    found.append(_heuristics_stage(graph, min(0.1 * seconds, 30.0), seed, report))
     if is_scalar_graph(graph) or graph.num_intermediates <= _EXACT_TENSOR_LIMIT:
         exact = solve_exact(graph, seconds=max(0.5, min(0.1 * seconds, 30.0)), init_order=best_so_far().order,
                             progress=report)
@@ -172,22 +225,119 @@ def cache_dir() -> str:
     return os.environ.get("ALPHAGRAD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "alphagrad")
 
 
+def _auto_seconds() -> float:
+    """The budget of "auto": $ALPHAGRAD_AUTO_SECONDS (a finite number >= 0), else `AUTO_SECONDS`."""
+    raw = os.environ.get("ALPHAGRAD_AUTO_SECONDS", "").strip()
+    if not raw:
+        return float(AUTO_SECONDS)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise AlphagradError(
+            f"ALPHAGRAD_AUTO_SECONDS must be a number of seconds >= 0 (0: no search, the best classic or "
+            f"heuristic order), got {raw!r}"
+        )
+    return seconds
+
+
+def _cached_order(path: str, graph: Graph) -> list[int] | None:
+    """The order of the cache file `path` if it is usable for `graph`, else None.
+
+    Not usable: missing, unreadable, malformed, made for another graph, or its recorded cost is
+    not what its order costs or exceeds a baseline recorded beside it (a stale or edited file).
+    Each means the same thing for a cache: search again and overwrite the file.
+    """
+    try:
+        record = orders.load(path, graph=graph)
+        cost = graph_cost(graph, list(record.order))
+    except Exception:  # noqa: BLE001 - whatever is wrong with a cache file, it must not stop the Jacobian
+        return None
+    if cost != record.multiplications or cost > min(record.baselines.values(), default=cost):
+        return None
+    return list(record.order)
+
+
+def _outside_any_trace(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` run in a new thread, waited for; its exception is re-raised here.
+
+    JAX keeps its trace state per thread, so a new thread starts at the top level, outside any
+    ``jax.jit``, ``vmap`` or ``grad`` the caller is being traced under: the search's arrays are
+    concrete, its jitted functions compile and run as in a plain program (and share their
+    compilations with it). ``jax.ensure_compile_time_eval`` would also give concrete arrays, but
+    it folds constants inside the search's own jitted functions and keys their compilations apart.
+    """
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="alphagrad-auto")
+    try:
+        return pool.submit(fn, *args, **kwargs).result()
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _label(graph: Graph) -> str:
+    return f"graph {graph.name!r}" if graph.name else f"graph {graph.fingerprint[:19]}…"
+
+
+def _fallback(graph: Graph) -> tuple[list[int], str]:
+    """(order, what it is) when the search failed: the floor, or the cheaper of forward and
+    reverse should the heuristics fail too (those need nothing but the elimination engine)."""
+    try:
+        floor = floor_order(graph)
+        return list(floor.order), f"{floor.info['chain']}, {floor.cost} multiplications"
+    except Exception:  # noqa: BLE001 - "auto" must still give a Jacobian
+        name = min(("forward", "reverse"), key=lambda n: graph_cost(graph, n))
+        return resolve_order(graph, name), f"{name}, {graph_cost(graph, name)} multiplications"
+
+
 def auto_order(graph: Graph) -> list[int]:
     """The order ``"auto"`` names: the cached searched order of `graph`, searched (`AUTO_SECONDS`,
     method "best") and cached under `cache_dir()` once per graph fingerprint.
 
     Registered with `alphagrad.graph.register_order` when `alphagrad.agents` is imported, so every
-    place that takes an order (``graph.cost``, ``interpreter.jacobian``) accepts "auto".
+    place that takes an order (``graph.cost``, ``interpreter.jacobian``) accepts "auto", also
+    under ``jax.jit``: the search runs in a thread of its own, outside the caller's trace.
+
+    Never costlier than `floor_order` (forward, reverse, Markowitz, the heuristic chains), and
+    never stops the Jacobian:
+
+    - $ALPHAGRAD_AUTO_SECONDS=0: no search and nothing written; a cached order, else the floor.
+    - a cache file that cannot be used (damaged, for another graph, inconsistent): searched
+      again and overwritten.
+    - the search fails: a warning, and the floor (nothing is cached, so the next process
+      searches again).
+    - the cache cannot be written ($ALPHAGRAD_CACHE is a file, or not writable): a warning, and
+      the searched order is used all the same.
+
+    Raises:
+      AlphagradError: $ALPHAGRAD_AUTO_SECONDS is not a number of seconds >= 0.
     """
+    seconds = _auto_seconds()
     path = os.path.join(cache_dir(), "orders", graph.fingerprint.replace(":", "-") + ".json")
-    if os.path.exists(path):
-        try:
-            return list(orders.load(path, graph=graph).order)
-        except AlphagradError:
-            pass  # a damaged or foreign file: search again and overwrite it
-    seconds = float(os.environ.get("ALPHAGRAD_AUTO_SECONDS", AUTO_SECONDS))
-    result = search(graph, "best", seconds=seconds)
-    to_order_file(graph, result, path=path)
+    cached = _cached_order(path, graph)
+    if cached is not None:
+        return cached
+    if seconds == 0:
+        return list(floor_order(graph).order)
+    try:
+        result = _outside_any_trace(search, graph, "best", seconds=seconds)
+    except Exception as err:  # noqa: BLE001 - "auto" must still give a Jacobian
+        order, what = _fallback(graph)
+        warnings.warn(
+            f"order='auto': the search for {_label(graph)} failed ({type(err).__name__}: {err}); using the "
+            f"best order that needs no search instead ({what}). Nothing was cached; please report this "
+            "error to alphagrad",
+            stacklevel=2,
+        )
+        return order
+    try:
+        to_order_file(graph, result, path=path)
+    except OSError as err:
+        warnings.warn(
+            f"order='auto' could not cache the order it found for {_label(graph)} in {path!r} ({err}); the "
+            "order is used now but will be searched for again. Point $ALPHAGRAD_CACHE at a writable directory",
+            stacklevel=2,
+        )
     return list(result.order)
 
 
