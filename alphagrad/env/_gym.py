@@ -1,14 +1,20 @@
 """Gymnasium environments at Python speed: the elimination engine, observations updated in place.
 
-`VertexEliminationEnv` plays one graph (or a graph drawn by a generator at every reset);
-`VertexEliminationVectorEnv` plays a batch. Both step with the Python elimination engine
-(`graph.Eliminator`), not with the jitted core: a gymnasium step is one elimination asked for by
-Python code, and a jitted call per step costs more than the elimination itself. The observation
-is the jitted core's (`_core.observe` of the initial state, computed once per graph), then kept
-up to date in numpy: an elimination rewrites only the entries it changes (the predecessor rows
-at the successor columns, the vertex's own row and column, its node type and action bit).
-The jitted core (`env.step`, `env.observe`) stays the path for batched, in-jit use; the two are
-tested equal observation by observation (tests/env/test_gym.py).
+`VertexEliminationEnv` plays one graph (or a graph drawn by a generator at every reset) with the
+Python elimination engine (`graph.Eliminator`), not with the jitted core: a gymnasium step is one
+elimination asked for by Python code, and a jitted call per step costs more than the elimination
+itself. The observation is the jitted core's (`_core.observe` of the initial state, computed once
+per graph), then kept up to date in numpy: an elimination rewrites only the entries it changes
+(the predecessor rows at the successor columns, the vertex's own row and column, its node type
+and action bit).
+
+`VertexEliminationVectorEnv` plays a batch with one of two backends: one engine per sub-env
+(``"python"``, fastest for small batches) or the jitted core, ``jax.vmap(env.step)`` over a
+batch of `State`s in one compiled call per vector step (``"jax"``, fastest for large batches);
+``"auto"`` picks by batch size (`AUTO_JAX_MIN_ENVS`). The env itself checks the actions, draws
+the graphs, builds the info and renders, for both backends alike. The gymnasium envs, both
+backends and the jitted core are tested equal observation by observation
+(tests/env/test_gym.py).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any, NamedTuple
 
 import gymnasium
 import jax
+import jax.numpy as jnp
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
@@ -28,7 +35,7 @@ from gymnasium.vector.utils import batch_space
 from alphagrad.errors import AlphagradError
 from alphagrad.graph import Eliminator, Graph, trace
 from alphagrad.env import _core
-from alphagrad.env._generator import GraphGenerator
+from alphagrad.env._generator import ChoiceGenerator, GraphGenerator
 
 __all__ = ["ENV_ID", "IllegalActionError", "VertexEliminationEnv", "VertexEliminationVectorEnv", "observation_space"]
 
@@ -500,25 +507,236 @@ class VertexEliminationEnv(gymnasium.Env):
 
 
 # ----------------------------------------------------------------------------------------------
-# The vector environment
+# The vector environment: two backends of one game
 # ----------------------------------------------------------------------------------------------
+
+#: The backends of `VertexEliminationVectorEnv`.
+BACKENDS = ("auto", "python", "jax")
+
+#: ``backend="auto"`` steps batches of at least this many sub-envs with the jitted core. Measured
+#: on RoeFlux_1d (98 eliminations, 101 x 6 slots; 2 shared CPU cores, 2026-11-29, two runs):
+#: the Python engine's rate is flat in the batch size (116k-125k steps/s from 8 to 64 sub-envs)
+#: while the jitted call's fixed cost is shared by the batch (jax / python: 0.48 at 8, 0.75 at 16,
+#: 1.00 at 24, 1.20 at 32, 1.5 at 48, 1.6-1.8 at 64). The crossover is 24; 32 leaves a margin for
+#: the first step's compilation and for graphs whose engine steps are cheaper.
+AUTO_JAX_MIN_ENVS = 32
+
+
+def _batch_step(states: _core.State, actions, init: _core.State | None = None, pending=None):
+    """One vector step of the jitted core: `step` vmapped over the batch; with ``init`` and
+    ``pending``, the sub-envs with ``pending`` (terminated at the previous step) restart from
+    ``init`` instead.
+
+    Args:
+      states: the batch (every field with a leading axis B).
+      actions: int32[B]; pending rows' actions are ignored.
+      init: initial states, batched like ``states`` or one unbatched state for every row.
+      pending: bool[B].
+
+    Returns:
+      (states, step_cost: int32[B] (0 where pending), terminated: bool[B] (False where pending),
+      node_type: int8[B, N], action_mask: int8[B, V]): the observation's other keys are read on
+      the host, ``codes`` from the states and ``shapes`` from the initial observations (a step
+      never changes them), so the code matrices are not copied on the device.
+    """
+    new, _, terminated = jax.vmap(_core.step)(states, actions)
+    step_cost = new.cost - states.cost
+    if pending is not None:
+
+        def restart(start, stepped):
+            mask = pending.reshape(pending.shape + (1,) * (stepped.ndim - 1))
+            return jnp.where(mask, start, stepped)  # an unbatched start broadcasts over the batch
+
+        new = jax.tree.map(restart, init, new)
+        step_cost = jnp.where(pending, 0, step_cost)
+        terminated = terminated & ~pending
+    obs = jax.vmap(_core.observe)(new)
+    return new, step_cost, terminated, obs["node_type"], obs["action_mask"]
+
+
+# Compiled once per batch size, state size and cost model, with and without restarts (a step
+# that restarts no sub-env skips the select over the batch); every step donates the batch (the
+# code matrices are updated in place, never copied).
+_jit_batch_step = jax.jit(_batch_step, donate_argnums=0)
+
+
+class _EngineBatch:
+    """The ``"python"`` backend: sub-env i is a `_Game` (its own engine) in row i of the batch
+    observation arrays, updated in place.
+
+    Shared with `_CoreBatch` (what `VertexEliminationVectorEnv` reads between steps):
+      mask: int8[B, V]  # the batch's action masks (do not modify)
+      mask_rows: list of its B rows (the action check indexes rows in a Python loop)
+      order: int32[B, V]  # vertex numbers eliminated so far, -1 padded
+      cost: int64[B]  # multiplications so far
+    """
+
+    def __init__(self, num_envs: int, V: int, I: int):
+        space = observation_space(V, I)
+        self._obs = {key: np.zeros((num_envs, *s.shape), s.dtype) for key, s in space.spaces.items()}
+        self.order = np.full((num_envs, V), -1, np.int32)
+        o = self._obs
+        self._games = [
+            _Game(o["codes"][i], o["shapes"][i], o["node_type"][i], o["action_mask"][i], self.order[i])
+            for i in range(num_envs)
+        ]
+        self.mask = o["action_mask"]
+        self.mask_rows = list(self.mask)
+        self.cost = np.zeros(num_envs, np.int64)
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        return {key: value.copy() for key, value in self._obs.items()}
+
+    def reset(self, starts: list[_Start]) -> dict[str, np.ndarray]:
+        """Starts an episode of ``starts[i].graph`` in every sub-env i; returns the observation."""
+        for game, start in zip(self._games, starts):
+            game.reset(start)
+        self.cost = np.zeros(len(starts), np.int64)
+        return self._observation()
+
+    def step(self, actions: np.ndarray, pending: list[bool], starts: dict[int, _Start]):
+        """Plays checked actions: pending sub-envs restart from ``starts[i]``, sub-envs without a
+        legal action stay put (terminated), the others eliminate vertex ``actions[i] + 1``.
+
+        Returns (observation, step_cost: int64[B], terminated: bool[B]).
+        """
+        B = len(self._games)
+        step_cost = np.zeros(B, dtype=np.int64)
+        terminated = np.zeros(B, dtype=bool)
+        for i, (game, action, restart) in enumerate(zip(self._games, actions.tolist(), pending)):
+            if restart:
+                game.reset(starts[i])
+            elif game.done:
+                terminated[i] = True
+            else:
+                step_cost[i] = game.eliminate(action + 1)
+                terminated[i] = game.done
+        self.cost = np.array([game.cost for game in self._games], dtype=np.int64)
+        return self._observation(), step_cost, terminated
+
+    def codes(self) -> np.ndarray:
+        """int8[B, N, V]: the batch's code matrices (for rendering)."""
+        return self._obs["codes"]
+
+
+class _CoreBatch:
+    """The ``"jax"`` backend: the batch is a `State` of device arrays stepped by one compiled,
+    vmapped call of the core per vector step (`_batch_step`); its attributes are `_EngineBatch`'s.
+
+    Episodes restart from the initial states and observations of `_start` (the same encoding
+    and observation as the Python backend): one unbatched state of a fixed graph, or, with a
+    generator, a batch of every sub-env's current initial state, uploaded when a row changes.
+    A batch holds one cost model (it is static in the compiled step). Everything read on the
+    host is copied out of the device buffers before the next step donates them.
+    """
+
+    def __init__(self, num_envs: int, V: int, I: int, fixed: _Start | None):
+        self._fixed_init = None if fixed is None else jax.device_put(fixed.state)
+        self._init_host: _core.State | None = None  # the generator's initial states, batched
+        self._init_device: _core.State | None = None  # its upload, None while a row is stale
+        self._states: _core.State | None = None
+        self._shapes = np.zeros((num_envs, V + I, 4), np.int32)  # the episodes' obs["shapes"]
+        self.mask = np.zeros((num_envs, V), np.int8)
+        self.mask_rows = list(self.mask)
+        self.order = np.full((num_envs, V), -1, np.int32)
+        self.cost = np.zeros(num_envs, np.int64)
+
+    def reset(self, starts: list[_Start]) -> dict[str, np.ndarray]:
+        """Starts an episode of ``starts[i].graph`` in every sub-env i; returns the observation."""
+        models = {start.state.cost_model for start in starts}
+        if len(models) > 1:
+            raise AlphagradError(
+                f"backend='jax' steps one cost model per batch, but the generator drew graphs scored with "
+                f"{sorted(models)}; use backend='python'"
+            )
+        host = jax.tree.map(lambda *xs: np.stack(xs), *(start.state for start in starts))
+        if self._fixed_init is None:
+            self._init_host, self._init_device = host, None
+        self._states = jax.tree.map(jnp.array, host)  # own buffers (every step donates them)
+        obs = {key: np.stack([start.obs[key] for start in starts]) for key in starts[0].obs}
+        self._shapes[...] = obs["shapes"]
+        self.mask = obs["action_mask"].copy()  # the user owns obs
+        self.mask_rows = list(self.mask)
+        self.order = host.order.copy()
+        self.cost = np.zeros(len(starts), np.int64)
+        return obs
+
+    def _init(self, starts: dict[int, _Start]) -> _core.State:
+        """The initial states the pending sub-envs restart from (rows of ``starts`` replaced)."""
+        for i, start in starts.items():
+            self._shapes[i] = start.obs["shapes"]
+        if self._fixed_init is not None:
+            return self._fixed_init
+        host = self._init_host
+        for i, start in starts.items():
+            if start.state.cost_model != host.cost_model:
+                raise AlphagradError(
+                    f"backend='jax' steps one cost model per batch ({host.cost_model!r}), but the generator "
+                    f"drew graph {start.graph.name!r} scored with {start.state.cost_model!r}; use backend='python'"
+                )
+            for row, value in zip(jax.tree.leaves(host), jax.tree.leaves(start.state)):
+                row[i] = value
+            self._init_device = None
+        if self._init_device is None:
+            self._init_device = jax.tree.map(jnp.array, host)
+        return self._init_device
+
+    def step(self, actions: np.ndarray, pending: list[bool], starts: dict[int, _Start]):
+        """As `_EngineBatch.step`, in one compiled call."""
+        actions = actions.astype(np.int32)
+        if starts:
+            restart = (self._init(starts), np.array(pending, dtype=bool))
+            self._states, *out = _jit_batch_step(self._states, actions, *restart)
+        else:
+            self._states, *out = _jit_batch_step(self._states, actions)
+        states = self._states
+        step_cost, terminated, node_type, mask, self.order, cost, codes = (
+            np.array(x) for x in (*out, states.order, states.cost, states.codes)
+        )
+        self.mask = mask
+        self.mask_rows = list(mask)
+        self.cost = cost.astype(np.int64)
+        # The keys in the order of the observation space (and of the Python backend).
+        obs = {"action_mask": mask.copy(), "codes": codes, "node_type": node_type, "shapes": self._shapes.copy()}
+        return obs, step_cost.astype(np.int64), terminated
+
+    def codes(self) -> np.ndarray:
+        """int8[B, N, V]: the batch's code matrices (for rendering)."""
+        return np.asarray(self._states.codes)
+
+
+def _mixed_cost_models(generator: GraphGenerator | None) -> bool:
+    """The generator is known to draw graphs of more than one cost model."""
+    return isinstance(generator, ChoiceGenerator) and len({g.cost_model for g in generator.graphs}) > 1
 
 
 class VertexEliminationVectorEnv(VectorEnv):
-    """A batch of ``num_envs`` elimination games, each stepped by the Python engine in place.
+    """A batch of ``num_envs`` elimination games, stepped by the Python engine or the jitted core.
 
     Arguments as `VertexEliminationEnv` (one task for all sub-envs, or a generator drawing a
-    graph per sub-env and episode). Autoreset is ``NEXT_STEP``: the step after a sub-env
-    terminates resets it (its action is ignored, reward 0, not terminated). Observations are
-    the single env's Dict with a leading batch axis; ``info`` holds int arrays ``cost``,
-    ``step_cost`` ([B], int64) and ``order`` ([B, V] int32, vertex numbers, -1 padded). An
-    illegal action of any sub-env raises `IllegalActionError` naming the sub-env and the vertex,
-    before any sub-env moves. ``action_space.sample()`` draws a legal action for every sub-env.
+    graph per sub-env and episode), plus:
 
-    Sub-env i plays like a `VertexEliminationEnv` (its own engine, its observation updated in
-    place) in row i of the batch arrays, so a step costs about what B single-env steps cost and
-    the batch observation is never stacked. For large batches, ``jax.jit(jax.vmap(env.step))``
-    (the jitted core, no gymnasium) is faster: see docs/benchmarks.md.
+      backend: ``"python"``: sub-env i plays like a `VertexEliminationEnv` (its own
+        `graph.Eliminator`, its observation updated in place in row i of the batch arrays), so
+        a vector step costs about B single-env steps. ``"jax"``: the batch is a `State` stepped
+        by one compiled ``jax.vmap`` of `alphagrad.env.step` per vector step, whose fixed cost
+        is shared by the batch (one compilation per batch size, state size and cost model, at
+        the first step; a batch holds one cost model). ``"auto"`` (default): ``"jax"`` when
+        ``num_envs >= AUTO_JAX_MIN_ENVS`` (the measured crossover) and the generator (if any) is
+        not a `ChoiceGenerator` of several cost models, else ``"python"``. The chosen backend is
+        the ``backend`` attribute.
+
+    Both backends play the same game with the same results: observations, rewards,
+    terminations, truncations, info, autoresets, errors, ``action_space.sample()`` and
+    ``render()`` are equal step by step (tests/env/test_gym.py).
+
+    Autoreset is ``NEXT_STEP``: the step after a sub-env terminates resets it (its action is
+    ignored, reward 0, not terminated). A sub-env whose graph has no intermediate vertex
+    terminates at every step it is not reset (reward 0). Observations are the single env's Dict
+    with a leading batch axis; ``info`` holds ``cost``, ``step_cost`` (int64[B]) and ``order``
+    (int32[B, V], vertex numbers, -1 padded). An illegal action of any sub-env raises
+    `IllegalActionError` naming the sub-env, the vertex and the reason, before any sub-env
+    moves. ``action_space.sample()`` draws a legal action for every sub-env.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["ansi"]}
@@ -534,14 +752,25 @@ class VertexEliminationVectorEnv(VectorEnv):
         max_inputs: int | None = None,
         reward_scale: float = 1.0,
         render_mode: str | None = None,
+        backend: str = "auto",
     ):
         if int(num_envs) < 1:
             raise AlphagradError(f"num_envs must be positive, got {num_envs}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise AlphagradError(f"render_mode must be 'ansi' or None, got {render_mode!r}")
+        if backend not in BACKENDS:
+            raise AlphagradError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
         self.num_envs = B = int(num_envs)
         sizes = _sizes(task, example_args, generator, max_vertices, max_inputs)
         self._fixed, self.max_vertices, self.max_inputs = sizes
+        if backend == "jax" and _mixed_cost_models(generator):
+            raise AlphagradError(
+                "backend='jax' steps one cost model per batch, but the ChoiceGenerator's graphs use "
+                f"{sorted({g.cost_model for g in generator.graphs})}; use backend='python' or 'auto'"
+            )
+        if backend == "auto":
+            backend = "jax" if B >= AUTO_JAX_MIN_ENVS and not _mixed_cost_models(generator) else "python"
+        self.backend = backend
         self.generator = generator
         self.reward_scale = float(reward_scale)
         self.render_mode = render_mode
@@ -552,56 +781,58 @@ class VertexEliminationVectorEnv(VectorEnv):
         self.graphs: list[Graph | None] = [self._fixed] * B
         self._starts = _Starts(self.max_vertices, self.max_inputs)
         self._fixed_start = None if self._fixed is None else self._starts(self._fixed)
-        n, V = self.max_vertices + self.max_inputs, self.max_vertices
-        self._obs = {
-            "codes": np.zeros((B, n, V), np.int8),
-            "shapes": np.zeros((B, n, 4), np.int32),
-            "node_type": np.zeros((B, n), np.int8),
-            "action_mask": np.zeros((B, V), np.int8),
-        }
-        self._order = np.full((B, V), -1, np.int32)
-        o = self._obs
-        self._games = [
-            _Game(o["codes"][i], o["shapes"][i], o["node_type"][i], o["action_mask"][i], self._order[i])
-            for i in range(B)
-        ]
+        V, I = self.max_vertices, self.max_inputs
+        self._batch = _EngineBatch(B, V, I) if backend == "python" else _CoreBatch(B, V, I, self._fixed_start)
         self._started = False
         self._pending = np.zeros(B, dtype=bool)
 
     def _legal_mask(self) -> np.ndarray | None:
-        return self._obs["action_mask"].astype(bool) if self._started else None
+        return self._batch.mask.astype(bool) if self._started else None
 
-    def _start_episode(self, i: int) -> None:
-        """Starts a new episode of sub-env i (on a new graph from the generator, if any)."""
+    def _next_start(self, i: int) -> _Start:
+        """What sub-env i's next episode starts from (a new graph from the generator, if any)."""
         if self.generator is None:
-            start = self._fixed_start
-        else:
-            start = self._starts(self.generator(self.np_random))
-            self.graphs[i] = start.graph
-        self._games[i].reset(start)
+            return self._fixed_start
+        start = self._starts(self.generator(self.np_random))
+        self.graphs[i] = start.graph
+        return start
 
     def reset(self, *, seed=None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        for i in range(self.num_envs):
-            self._start_episode(i)
+        self._started = False  # until the batch has started (a draw the backend refuses leaves it so)
+        obs = self._batch.reset([self._next_start(i) for i in range(self.num_envs)])
         self._started = True
         self._pending[:] = False
-        zeros = np.zeros(self.num_envs, dtype=np.int64)
-        return self._observation(), self._info(zeros, zeros.copy())
+        return obs, self._info(np.zeros(self.num_envs, dtype=np.int64))
 
-    def _observation(self) -> dict[str, np.ndarray]:
-        return {key: value.copy() for key, value in self._obs.items()}
-
-    def _info(self, cost, step_cost) -> dict[str, Any]:
+    def _info(self, step_cost: np.ndarray) -> dict[str, Any]:
         every = np.ones(self.num_envs, dtype=bool)
         return {
-            "cost": cost,
+            "cost": self._batch.cost.copy(),
             "step_cost": step_cost,
-            "order": self._order.copy(),
+            "order": self._batch.order.copy(),
             "_cost": every.copy(),
             "_step_cost": every.copy(),
             "_order": every.copy(),
         }
+
+    def _order_of(self, i: int) -> list[int]:
+        return [int(k) for k in self._batch.order[i] if k > 0]
+
+    def _check(self, actions: list[int], pending: list[bool]) -> None:
+        """IllegalActionError for the first sub-env whose action does not eliminate a vertex.
+        Sub-envs pending autoreset ignore their action, and so do those without a legal action
+        (a graph without intermediates: terminated before its first step)."""
+        V = self.max_vertices
+        for i, (row, a, restart) in enumerate(zip(self._batch.mask_rows, actions, pending)):
+            if restart or (0 <= a < V and row[a]) or not row.any():
+                continue
+            reason = (
+                _illegal_reason(self.graphs[i], a, V, row, self._order_of(i))
+                if 0 <= a < V
+                else f"action {a} is out of range: actions are 0..{V - 1}"
+            )
+            raise IllegalActionError(f"sub-environment {i}: {reason}")
 
     def step(self, actions):
         if not self._started:
@@ -611,39 +842,21 @@ class VertexEliminationVectorEnv(VectorEnv):
             raise IllegalActionError(
                 f"actions must be {self.num_envs} integers in 0..{self.max_vertices - 1}, got {actions!r}"
             )
-        V = self.max_vertices
-        plays = list(zip(self._games, actions.tolist(), self._pending.tolist()))
-        # Every action is checked before any sub-env moves. Sub-envs pending autoreset ignore
-        # their action; one with no legal action (a graph without intermediates: done before
-        # its first step) plays the core's absorbing no-op and reports termination.
-        for i, (game, a, pending) in enumerate(plays):
-            if not (pending or game.done or (0 <= a < V and game.mask[a])):
-                reason = (
-                    _illegal_reason(self.graphs[i], a, V, game.mask, game.order)
-                    if 0 <= a < V
-                    else f"action {a} is out of range: actions are 0..{V - 1}"
-                )
-                raise IllegalActionError(f"sub-environment {i}: {reason}")
-        step_cost = np.zeros(self.num_envs, dtype=np.int64)
-        terminated = np.zeros(self.num_envs, dtype=bool)
-        for i, (game, action, pending) in enumerate(plays):
-            if pending:
-                self._start_episode(i)
-            elif game.done:
-                terminated[i] = True
-            else:
-                step_cost[i] = game.eliminate(action + 1)
-                terminated[i] = game.done
+        pending = self._pending.tolist()
+        self._check(actions.tolist(), pending)  # before any sub-env moves
+        self._started = False  # a draw the backend refuses (see _CoreBatch) leaves the env to reset
+        starts = {i: self._next_start(i) for i, restart in enumerate(pending) if restart}
+        obs, step_cost, terminated = self._batch.step(actions, pending, starts)
+        self._started = True
         self._pending = terminated.copy()
         rewards = -step_cost.astype(np.float64) * self.reward_scale
         truncated = np.zeros(self.num_envs, dtype=bool)
-        cost = np.array([game.cost for game in self._games], dtype=np.int64)
-        return self._observation(), rewards, terminated, truncated, self._info(cost, step_cost)
+        return obs, rewards, terminated, truncated, self._info(step_cost)
 
     def render(self):
         if not self._started:
             raise AlphagradError("call reset() before render()")
-        V, I = self.max_vertices, self.max_inputs
+        V, I, codes, cost = self.max_vertices, self.max_inputs, self._batch.codes(), self._batch.cost
         return tuple(
-            _describe(self.graphs[i], game.codes, game.order, game.cost, V, I) for i, game in enumerate(self._games)
+            _describe(self.graphs[i], codes[i], self._order_of(i), int(cost[i]), V, I) for i in range(self.num_envs)
         )

@@ -13,7 +13,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from alphagrad import env, graph, orders
-from alphagrad.env import IllegalActionError, VertexEliminationEnv, VertexEliminationVectorEnv
+from alphagrad.env import IllegalActionError, VertexEliminationEnv, VertexEliminationVectorEnv, _gym
 from alphagrad.errors import AlphagradError
 from tests.conftest import scalar_graph
 from tests.env.conftest import REF_INPUTS, REF_VERTICES, jit_step
@@ -206,10 +206,15 @@ def test_gym_loop_reaches_20000_steps_per_second():
 # -- vector environment ----------------------------------------------------------------------
 
 
-def test_make_vec_autoresets_and_scores(reference_graphs):
+#: The vector env's backends, every vector test runs on both.
+BACKENDS = ["python", "jax"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_make_vec_autoresets_and_scores(reference_graphs, backend):
     g = reference_graphs["Perceptron"]
-    envs = gymnasium.make_vec(env.ENV_ID, num_envs=3, task="ref:Perceptron")
-    assert isinstance(envs.unwrapped, VertexEliminationVectorEnv)
+    envs = gymnasium.make_vec(env.ENV_ID, num_envs=3, task="ref:Perceptron", backend=backend)
+    assert isinstance(envs.unwrapped, VertexEliminationVectorEnv) and envs.unwrapped.backend == backend
     obs, info = envs.reset(seed=0)
     assert obs in envs.observation_space
     shuffled = [int(k) for k in np.random.default_rng(0).permutation(g.intermediates)]
@@ -231,8 +236,9 @@ def test_make_vec_autoresets_and_scores(reference_graphs):
         envs.step(envs.action_space.sample())
 
 
-def test_vector_env_illegal_action_names_the_sub_env():
-    envs = VertexEliminationVectorEnv(2, "ref:Perceptron")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vector_env_illegal_action_names_the_sub_env(backend):
+    envs = VertexEliminationVectorEnv(2, "ref:Perceptron", backend=backend)
     envs.reset(seed=0)
     with pytest.raises(IllegalActionError, match=r"sub-environment 1: action 38 is vertex 39.*output"):
         envs.step(np.array([0, 38]))
@@ -243,9 +249,10 @@ def test_vector_env_illegal_action_names_the_sub_env():
         envs.step(np.array([0, 1]))
 
 
-def test_vector_env_graph_without_intermediates():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vector_env_graph_without_intermediates(backend):
     trivial = scalar_graph(1, 1, [(1, 2)], outputs=[1], name="trivial")
-    envs = VertexEliminationVectorEnv(2, trivial, max_vertices=3, max_inputs=1)
+    envs = VertexEliminationVectorEnv(2, trivial, max_vertices=3, max_inputs=1, backend=backend)
     obs, _ = envs.reset(seed=0)
     assert not obs["action_mask"].any()
     _, rewards, terminated, _, _ = envs.step(np.array([0, 2]))  # no legal move: absorbing no-op
@@ -359,12 +366,15 @@ def test_single_env_equals_the_core_on_random_graphs(model):
         play_against_core(e, g, seed, check_illegal_at=(0, 2))
 
 
-def test_vector_env_equals_single_envs():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vector_env_equals_single_envs(backend):
     """Sub-env i of the vector env (generator draws, NEXT_STEP autoreset) plays exactly like a
-    single env of the same graph: observations, rewards, terminations, info and errors."""
+    single env of the same graph, on both backends: observations, rewards, terminations, info
+    and errors."""
     gen = env.RandomGraphGenerator(num_inputs=(1, 4), num_vertices=(2, 12), cost_model="exact")
     B = 3
-    envs = VertexEliminationVectorEnv(B, generator=gen, reward_scale=0.25)
+    envs = VertexEliminationVectorEnv(B, generator=gen, reward_scale=0.25, backend=backend)
+    assert envs.backend == backend
     singles = [VertexEliminationEnv(generator=gen, reward_scale=0.25) for _ in range(B)]
     space = envs.observation_space
 
@@ -409,3 +419,111 @@ def test_vector_env_equals_single_envs():
             assert (info["cost"][i], info["step_cost"][i]) == (single_info["cost"], single_info["step_cost"])
             assert [int(k) for k in info["order"][i] if k > 0] == single_info["order"]
         pending = terminated.copy()
+
+
+# -- the vector env's two backends are one game ------------------------------------------------
+
+
+def assert_same(a, b, what):
+    """Equal values of the same types, dtypes and shapes, recursively through dicts and tuples."""
+    assert type(a) is type(b), what
+    if isinstance(a, dict):
+        assert list(a) == list(b), what
+        for key in a:
+            assert_same(a[key], b[key], f"{what}[{key!r}]")
+    elif isinstance(a, tuple):
+        assert len(a) == len(b), what
+        for k, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{what}[{k}]")
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape, what
+        np.testing.assert_array_equal(a, b, err_msg=what)
+    else:
+        assert a == b, what
+
+
+def test_backends_agree_step_by_step():
+    """The "python" and "jax" backends, fed the same random action sequences, return the same
+    observations (every key, dtype, shape), rewards, terminations, truncations and info (int64
+    cost and step_cost) at every step, draw the same generator graphs at every autoreset, raise
+    the same errors before any sub-env moves, sample the same legal actions and render the same
+    text. The generator's one-vertex graphs have no intermediate vertex (terminated at once)."""
+    gen = env.RandomGraphGenerator(num_inputs=(1, 4), num_vertices=(1, 10))
+    B = 5
+    py, jx = (VertexEliminationVectorEnv(B, generator=gen, reward_scale=0.5, backend=b) for b in BACKENDS)
+    assert (py.backend, jx.backend) == ("python", "jax")
+    for e in (py, jx):
+        e.action_space.seed(3)
+    assert_same(py.reset(seed=11), jx.reset(seed=11), "reset")
+    rng = np.random.default_rng(0)
+    restarts = no_intermediates = 0
+    for t in range(80):
+        actions = py.action_space.sample()
+        np.testing.assert_array_equal(jx.action_space.sample(), actions)
+        if t % 4 == 1:  # bad actions: the same error from both backends, and nothing moves
+            cases = [actions[:-1], actions + 0.5]
+            mask = py._legal_mask()
+            live = [i for i in range(B) if not py._pending[i] and mask[i].any()]
+            if live:  # (a sub-env pending autoreset or without intermediates ignores its action)
+                i = live[t % len(live)]
+                for a in (-1, py.max_vertices, int(rng.choice(np.flatnonzero(~mask[i])))):
+                    bad = np.array(actions)
+                    bad[i] = a
+                    cases.append(bad)
+            for bad in cases:
+                errors = []
+                for e in (py, jx):
+                    with pytest.raises(IllegalActionError) as err:
+                        e.step(bad)
+                    errors.append(str(err.value))
+                assert errors[0] == errors[1]
+        before = [g.fingerprint for g in py.graphs]
+        out = py.step(actions)
+        assert_same(out, jx.step(actions), f"step {t}")
+        assert [g.fingerprint for g in py.graphs] == [g.fingerprint for g in jx.graphs]
+        restarts += sum(a != b for a, b in zip(before, (g.fingerprint for g in py.graphs)))
+        no_intermediates += sum(g.num_intermediates == 0 for g in py.graphs)
+        assert out[4]["cost"].dtype == out[4]["step_cost"].dtype == np.int64
+        if t % 10 == 0:
+            assert py.render() == jx.render()
+    assert restarts > B and no_intermediates > 0
+
+
+def test_backend_argument():
+    tiny = scalar_graph(1, 2, [(1, 2), (2, 3)], outputs=[2], name="tiny")
+    with pytest.raises(AlphagradError, match=r"backend must be one of 'auto', 'python', 'jax', got 'numpy'"):
+        VertexEliminationVectorEnv(2, tiny, backend="numpy")
+    threshold = _gym.AUTO_JAX_MIN_ENVS
+    assert VertexEliminationVectorEnv(threshold - 1, tiny).backend == "python"
+    assert VertexEliminationVectorEnv(threshold, tiny).backend == "jax"
+    assert VertexEliminationVectorEnv(threshold, tiny, backend="python").backend == "python"
+    assert VertexEliminationVectorEnv(1, tiny, backend="jax").backend == "jax"
+    # A batch of the jitted core holds one cost model: a generator of several is Python's.
+    exact = graph.trace(small_function, *SMALL_ARGS, cost_model="exact")
+    mixed = env.ChoiceGenerator([graph.trace(small_function, *SMALL_ARGS), exact])
+    assert VertexEliminationVectorEnv(threshold, generator=mixed).backend == "python"
+    with pytest.raises(AlphagradError, match=r"one cost model per batch.*'alphagrad-2024', 'exact'.*backend='python'"):
+        VertexEliminationVectorEnv(2, generator=mixed, backend="jax")
+
+    class Switching(env.GraphGenerator):
+        """Draws the first graph `first` times, then the second (not a ChoiceGenerator: the env
+        cannot know in advance)."""
+
+        max_vertices, max_inputs = mixed.max_vertices, mixed.max_inputs
+
+        def __init__(self, first):
+            self.first = first
+
+        def __call__(self, seed):
+            self.first -= 1
+            return mixed.graphs[self.first < 0]
+
+    with pytest.raises(AlphagradError, match=r"one cost model per batch.*use backend='python'"):
+        VertexEliminationVectorEnv(2, generator=Switching(1), backend="jax").reset(seed=0)
+    envs = VertexEliminationVectorEnv(2, generator=Switching(2), backend="jax")
+    envs.reset(seed=0)
+    with pytest.raises(AlphagradError, match=r"drew graph .* scored with 'exact'; use backend='python'"):
+        for _ in range(mixed.graphs[0].num_intermediates + 1):  # the first autoreset draws an exact graph
+            envs.step(envs.action_space.sample())
+    with pytest.raises(AlphagradError, match=r"call reset\(\) before step\(\)"):
+        envs.step(envs.action_space.sample())
