@@ -3,17 +3,21 @@
 Measures in one run:
 - the gymnasium API loop (``gymnasium.make(...)``, one ``env.step`` per elimination), which
   steps with the Python elimination engine and updates its numpy observation in place;
-- the gymnasium vector env (``gymnasium.make_vec``, one engine per sub-env);
+- the gymnasium vector env (``gymnasium.make_vec``) with each backend: ``"python"`` (one engine
+  per sub-env) and ``"jax"`` (one jitted, vmapped core step per vector step), at batches 1, 8,
+  64 and 512, beside the jitted core at the same batch;
 - the jitted core stepped in batches (``jax.jit(jax.vmap(env.step))``, one call per elimination
   of every game in the batch; batch 1 is about what a gymnasium step cost while it called the
   jitted core), and whole episodes in one call (``rollout``);
-and prints a markdown table of steps per second and each rate's ratio to the gymnasium loop.
+and prints two markdown tables: steps per second with each rate's ratio to the gymnasium loop,
+and the vector env's two backends with their ratios to each other and to the jitted core.
 Every game plays a uniformly random order of the graph's 98 intermediate vertices
 (precomputed, so action choice is not timed). Each rate is the best of several rounds, which
 damps the noise of a shared machine.
 
     PYTHONPATH=. python benchmarks/env_throughput.py            # the table in docs/benchmarks.md
     PYTHONPATH=. python benchmarks/env_throughput.py --quick    # fewer repetitions
+    PYTHONPATH=. python benchmarks/env_throughput.py --batches 8,16,32,64   # the backends' crossover
 """
 
 from __future__ import annotations
@@ -97,9 +101,18 @@ def scanned_core(g: graph.Graph, batch: int, repeats: int, rng: np.random.Genera
     return best
 
 
-def vector_env(batch: int, repeats: int, rng: np.random.Generator, g: graph.Graph) -> float:
-    """Steps per second of gymnasium.make_vec (the vector env: one engine per sub-env)."""
+def auto_backend(batch: int) -> str:
+    """The backend ``backend="auto"`` picks for `batch` sub-envs of the graph."""
     envs = gymnasium.make_vec(env.ENV_ID, num_envs=batch, task=f"ref:{GRAPH}")
+    backend = envs.unwrapped.backend
+    envs.close()
+    return backend
+
+
+def vector_env(batch: int, backend: str, repeats: int, rng: np.random.Generator, g: graph.Graph) -> float:
+    """Steps per second of gymnasium.make_vec (the vector env) with the given backend."""
+    envs = gymnasium.make_vec(env.ENV_ID, num_envs=batch, task=f"ref:{GRAPH}", backend=backend)
+    assert envs.unwrapped.backend == backend
     orders = random_orders(g, batch, rng)
     best = 0.0
     for r in range(repeats + 1):
@@ -107,7 +120,7 @@ def vector_env(batch: int, repeats: int, rng: np.random.Generator, g: graph.Grap
         start = time.perf_counter()
         for a in orders:
             envs.step(a)
-        if r:  # the first round warms up
+        if r:  # the first round warms up (and compiles the jitted step)
             best = max(best, batch * orders.shape[0] / (time.perf_counter() - start))
     envs.close()
     return best
@@ -116,17 +129,24 @@ def vector_env(batch: int, repeats: int, rng: np.random.Generator, g: graph.Grap
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument(
+        "--batches", default=",".join(map(str, VECTOR_BATCHES)),
+        help="comma-separated batch sizes of the backend table (default %(default)s)",
+    )
     args = parser.parse_args()
+    vector_batches = [int(b) for b in args.batches.split(",")]
     episodes, repeats = (3, 2) if args.quick else (5, 5)
     gym_episodes = 10 * episodes  # a gymnasium episode takes about a millisecond: time more of them
     rng = np.random.default_rng(0)
     g = graph.load_reference()[GRAPH]
 
-    rows: list[tuple[str, float]] = []
     base = gym_loop(g, gym_episodes, repeats, rng)
-    rows.append(("gymnasium loop (`gymnasium.make`, one `env.step` per elimination)", base))
-    for batch in VECTOR_BATCHES:
-        rows.append((f"`gymnasium.make_vec` vector env, batch {batch}", vector_env(batch, repeats, rng, g)))
+    backends = []  # (batch, python, jax, core)
+    for batch in vector_batches:
+        python = vector_env(batch, "python", repeats, rng, g)
+        jax_backend = vector_env(batch, "jax", repeats, rng, g)
+        backends.append((batch, python, jax_backend, jitted_core(g, batch, repeats, rng)))
+    rows: list[tuple[str, float]] = [("gymnasium loop (`gymnasium.make`, one `env.step` per elimination)", base)]
     for batch in BATCHES:
         rows.append((f"`jit(vmap(step))`, batch {batch}", jitted_core(g, batch, repeats, rng)))
     undonated = jitted_core(g, 512, repeats, rng, donate=False)
@@ -137,13 +157,27 @@ def main() -> None:
     print(f"Environment throughput on ref:{GRAPH} ({g.num_intermediates} eliminations per episode)")
     print(
         f"{datetime.date.today().isoformat()}, {platform.system()} {cpu}, {os.cpu_count()} CPU cores, "
-        f"jax {jax.__version__} ({jax.default_backend()}), gymnasium {gymnasium.__version__}"
+        f"load average {os.getloadavg()[0]:.1f}, jax {jax.__version__} ({jax.default_backend()}), "
+        f"gymnasium {gymnasium.__version__}"
     )
     print()
     print("| configuration | elimination steps / s | ratio to the gymnasium loop |")
     print("|---|---:|---:|")
     for label, rate in rows:
         print(f"| {label} | {rate:,.0f} | {rate / base:.1f}x |")
+    print()
+    print("`gymnasium.make_vec` vector env by backend, beside `jit(vmap(step))` at the same batch:")
+    print()
+    print(
+        '| batch | `"python"` steps / s | `"jax"` steps / s | jax / python | `"auto"` picks '
+        "| `jit(vmap(step))` steps / s | python / core | jax / core |"
+    )
+    print("|---:|---:|---:|---:|---|---:|---:|---:|")
+    for batch, python, jax_backend, core in backends:
+        print(
+            f"| {batch} | {python:,.0f} | {jax_backend:,.0f} | {jax_backend / python:.2f}x | `{auto_backend(batch)}` "
+            f"| {core:,.0f} | {python / core:.2f}x | {jax_backend / core:.2f}x |"
+        )
 
 
 if __name__ == "__main__":
