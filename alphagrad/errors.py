@@ -9,6 +9,7 @@ __all__ = [
     "OrderError",
     "OrderFileError",
     "GraphMismatchError",
+    "AuxOutputError",
 ]
 
 
@@ -34,3 +35,8 @@ class OrderFileError(AlphagradError):
 
 class GraphMismatchError(OrderFileError):
     """An order file was made for a different graph than the one it is applied to."""
+
+
+class AuxOutputError(AlphagradError, TypeError):
+    """A function differentiated with ``has_aux=True`` did not return a pair ``(output, aux)``
+    (a TypeError too, as in ``jax.jacrev``)."""

@@ -214,9 +214,10 @@ def _tables(name: str) -> _Tables:
 def _factors(shape: jax.Array) -> jax.Array:
     """int32[..., 2] sizes -> int32[..., 4] products of the dimensions selected by m = 0..3.
 
-    A size <= 0 counts as 1 (REFERENCE.md 2.2).
+    A negative size counts as 1 (REFERENCE.md 2.2); a zero-size axis (an empty array, or a
+    padding node, which has no edges) counts as 0, as in `graph.CostModel.pair_cost`.
     """
-    f = jnp.where(shape > 0, shape, 1)
+    f = jnp.where(shape >= 0, shape, 1)
     one = jnp.ones_like(f[..., 0])
     return jnp.stack([one, f[..., 0], f[..., 1], f[..., 0] * f[..., 1]], axis=-1)
 

@@ -72,7 +72,9 @@ class CostModel:
         total = 1
         for keep, size in zip(selected, factors):
             if keep:
-                total *= size if size > 0 else 1
+                # A negative size (the reference's "replicating" mark) counts as 1 (REFERENCE.md
+                # 2.2); a zero-size axis leaves the joint loop empty: no multiplications.
+                total *= size if size >= 0 else 1
         return int(total)
 
     def product_code(self, in_code: int, out_code: int) -> int:

@@ -103,6 +103,19 @@ def _is_differentiable(aval) -> bool:
     return jnp.issubdtype(aval.dtype, jnp.floating)
 
 
+def _is_complex(aval) -> bool:
+    return jnp.issubdtype(aval.dtype, jnp.complexfloating)
+
+
+#: What to do about a complex value, in every message that refuses one.
+_COMPLEX_ADVICE = (
+    "alphagrad differentiates real floating-point computations only (its partials and products are "
+    "real; complex derivatives follow conventions its cost model does not count). Pass real and "
+    "imaginary parts as separate real arrays and compute with them (the Jacobian with respect to "
+    "them is real, not in jax.jacrev's complex convention), or use jax.jacrev"
+)
+
+
 _JAX_DIR = os.path.dirname(jax.__file__)
 _OWN_DIRS = (os.path.dirname(os.path.abspath(__file__)),)
 
@@ -128,12 +141,15 @@ def _unsupported(message: str, number: int, where: str, name: str) -> Unsupporte
 
 
 class _Builder:
-    def __init__(self, num_inputs: int):
+    def __init__(self, num_inputs: int, active: set[int]):
         self.num_inputs = num_inputs
         self.vertices: list[Vertex] = []
         self.equations: list[Equation] = []
         self.edges: dict[tuple[int, int], Edge] = {}
         self.uses: set[int] = set()  # nodes read by some equation
+        # Nodes with a path of edges from a differentiable input: their derivatives are nonzero
+        # in general, so no equation may carry them into a complex value (which has no edges).
+        self.active = active
 
     def add_edge(self, src: int, dst: int, code: int, out_shape, in_shape, model) -> None:
         key = (src, dst)
@@ -182,6 +198,12 @@ class _Builder:
                     )
             out_aval = eqn.outvars[0].aval
             node = self.num_inputs + number
+            if _is_complex(out_aval) and any(op.node in self.active for op in operands):
+                raise TraceError(
+                    f"equation {number} (primitive '{name}'{', from ' + source if source else ''}) makes a "
+                    f"{out_aval.dtype} value from one that depends on a differentiated input; no derivative "
+                    f"can pass through it. {_COMPLEX_ADVICE}."
+                )
             differentiable = [
                 op.node is not None and _is_differentiable(a.aval) for op, a in zip(operands, eqn.invars)
             ]
@@ -199,6 +221,8 @@ class _Builder:
             for i, code in codes.items():
                 src = operands[i].node
                 self.add_edge(src, node, code, out_shape, _rules.normalise(eqn.invars[i].aval.shape), model)
+                if src in self.active:
+                    self.active.add(node)
             for op in operands:
                 if op.node is not None:
                     self.uses.add(op.node)
@@ -236,6 +260,13 @@ def _differentiated_leaves(example_args: tuple, argnums) -> list[int]:
     return leaves
 
 
+def _describe_leaf(path) -> str:
+    """'argument 1' or "argument 1, leaf ['w']" for a path into the positional arguments."""
+    where = f"argument {path[0].idx}"
+    rest = jax.tree_util.keystr(tuple(path[1:]))
+    return f"{where}, leaf {rest}," if rest else where
+
+
 def trace(
     f: Callable[..., Any],
     *example_args: Any,
@@ -263,7 +294,9 @@ def trace(
       UnsupportedPrimitiveError: a primitive without an edge rule, a multi-output primitive, or an
         array of 3 or more dimensions; the message names the primitive, the equation number and
         the user's source line, and lists the supported primitives.
-      TraceError: `f` could not be traced by JAX, or `argnums` is invalid.
+      TraceError: `f` could not be traced by JAX, `argnums` is invalid, a differentiated
+        argument is complex, or an equation makes a complex value from one that depends on a
+        differentiated input (its derivative would be lost: the graph has real partials only).
     """
     from alphagrad.graph._cost import cost_model as load_model
 
@@ -278,12 +311,19 @@ def trace(
     jaxpr = closed.jaxpr
     leaf_avals = tuple(v.aval for v in jaxpr.invars)
     input_leaves = _differentiated_leaves(example_args, argnums)
+    leaf_paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(example_args)[0]]
     for i in input_leaves:
         if len(leaf_avals[i].shape) > 2:
             raise UnsupportedPrimitiveError(
                 f"input {i} of {label!r} has shape {tuple(leaf_avals[i].shape)}: arrays may have at most 2 dimensions"
             )
-    builder = _Builder(num_inputs=len(input_leaves))
+        if _is_complex(leaf_avals[i]):
+            raise TraceError(
+                f"{_describe_leaf(leaf_paths[i])} of {label!r} is differentiated and has dtype "
+                f"{leaf_avals[i].dtype}. {_COMPLEX_ADVICE}."
+            )
+    active = {node for node, leaf in enumerate(input_leaves, start=1) if _is_differentiable(leaf_avals[leaf])}
+    builder = _Builder(num_inputs=len(input_leaves), active=active)
     leaf_operands = [Operand(None, LeafRef(i)) for i in range(len(leaf_avals))]
     for node, leaf in enumerate(input_leaves, start=1):
         leaf_operands[leaf] = Operand(node)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alphagrad import orders as orders_lib
-from alphagrad.errors import AlphagradError
+from alphagrad.errors import AlphagradError, AuxOutputError, TraceError
 from alphagrad.graph import (
     INDEX_MAP,
     VALUELESS,
@@ -36,6 +37,7 @@ from alphagrad.interpreter._structured import (
     densify,
     extract,
     multiply,
+    read_constant,
 )
 
 __all__ = ["jacobian", "count_muls", "graph_of"]
@@ -209,10 +211,7 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
     axis_of = {pos: i for i, pos in enumerate(free_p)}
     axis_of.update({1: len(free_p), 2: len(free_p) + 1})
     k_tied_v = [a for a, _, kind in structure.ties if kind == "K"]
-    index = [slice(None)] * responses.ndim
-    for a in k_tied_v:  # constant along a Kronecker-tied output index
-        index[axis_of[a]] = 0
-    reduced = responses[tuple(index)]
+    reduced = read_constant(responses, [axis_of[a] for a in k_tied_v])  # constant along a Kronecker tie
     remaining = [pos for pos in sorted(axis_of, key=axis_of.get) if pos not in k_tied_v]
     permutation = [remaining.index(pos) for pos in structure.value_axes]
     value = reduced if permutation == sorted(permutation) else jnp.transpose(reduced, permutation)
@@ -321,6 +320,55 @@ def _assemble(graph: Graph, outputs: list[Any], edges, argnums, args: tuple):
 # ---- public API -----------------------------------------------------------------------------
 
 
+def _output_dtypes(graph: Graph) -> list[Any]:
+    """The dtype of each flattened output of the graph's function."""
+    program = graph.program
+    dtypes = []
+    for op in program.outputs:
+        if op.node is None:
+            value = program.leaf_avals[op.value.index] if isinstance(op.value, LeafRef) else op.value
+            dtypes.append(jnp.result_type(value.dtype if hasattr(value, "dtype") else value))
+        elif op.node <= graph.num_inputs:
+            dtypes.append(program.leaf_avals[program.input_leaves[op.node - 1]].dtype)
+        else:
+            dtypes.append(program.equations[op.node - graph.num_inputs - 1].aval.dtype)
+    return dtypes
+
+
+def _check_real_outputs(graph: Graph) -> None:
+    """Like ``jax.jacrev``, refuses complex outputs (whose Jacobian needs a convention)."""
+    dtypes = _output_dtypes(graph)
+    complex_ = [i for i, dtype in enumerate(dtypes) if jnp.issubdtype(dtype, jnp.complexfloating)]
+    if complex_:
+        paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(
+            graph.program.out_tree.unflatten(range(len(dtypes))))[0]]
+        where = "the output" if not paths[complex_[0]] else f"output {jax.tree_util.keystr(paths[complex_[0]])}"
+        raise TraceError(
+            f"{where} of {graph.name!r} has dtype {dtypes[complex_[0]]}: jacobian needs real-valued outputs, as "
+            "jax.jacrev does without holomorphic=True. Compute the output's real and imaginary parts as "
+            "separate real arrays, or use jax.jacrev(f, holomorphic=True) or jax.vjp."
+        )
+
+
+def _aux_pair(result: Any, f: Callable) -> Any:
+    """`result` if it is a pair ``(output, aux)`` (a tuple or list, as ``jax.jacrev`` accepts)."""
+    if isinstance(result, (tuple, list)) and len(result) == 2:
+        return result
+    if isinstance(result, (tuple, list)):
+        got = f"a {type(result).__name__} of length {len(result)}"
+    elif isinstance(result, dict):
+        got = f"a dict with keys {list(result)}"
+    elif hasattr(result, "shape") and hasattr(result, "dtype"):
+        got = f"an array of shape {tuple(np.shape(result))} and dtype {jnp.result_type(result)}"
+    else:
+        got = f"a {type(result).__name__}"
+    name = getattr(f, "__name__", type(f).__name__)
+    raise AuxOutputError(
+        f"has_aux=True needs f ({name!r}) to return a pair (output, aux); it returned {got}. Return "
+        "(output, aux), e.g. ((y1, y2), aux) for several outputs, or drop has_aux."
+    )
+
+
 def _resolve(graph: Graph, order, f: Callable, args: tuple, argnums) -> list[int]:
     """Validates `order` for the interpreter's graph of f.
 
@@ -361,13 +409,25 @@ def jacobian(
       A function with f's signature returning, like ``jax.jacrev``, for each output leaf the
       Jacobian blocks [*out_shape, *in_shape] in the argument's pytree structure (a tuple over
       argnums when `argnums` is a tuple), plus aux with ``has_aux``. It works under ``jax.jit`` and
-      ``jax.vmap``. The graph is traced once per input signature.
+      ``jax.vmap``. The graph is traced once per input signature. Zero-size arrays are fine (their
+      blocks are empty or zero, as jax.jacrev's); integer and boolean arguments get float0 blocks
+      (as ``jax.grad(..., allow_int=True)`` gives).
+
+    Raises (when the returned function is called):
+      TraceError: f cannot be traced into a graph; in particular a differentiated argument leaf,
+        an output, or a value computed from a differentiated argument is complex: alphagrad's
+        partials are real, so it refuses rather than lose that derivative (the message names the
+        leaf, output or equation and says what to do).
+      AuxOutputError: with ``has_aux``, f did not return a pair ``(output, aux)`` (a TypeError too,
+        as jax.jacrev raises).
     """
     if isinstance(argnums, bool) or not isinstance(argnums, (int, tuple, list)):
         raise AlphagradError(f"argnums must be an int or a tuple of ints, got {argnums!r}")
     if isinstance(argnums, list):
         argnums = tuple(argnums)
-    target = (lambda *a: f(*a)[0]) if has_aux else f
+    # With has_aux, every call checks f's result before tracing, so `target` sees a pair; it
+    # keeps f's name for messages.
+    target = functools.wraps(f)(lambda *a: f(*a)[0]) if has_aux else f
 
     # Per input signature: the graph and the engine's plan of the order (traced, resolved and
     # planned once; every later trace or eager call only replays the plan).
@@ -377,18 +437,18 @@ def jacobian(
         key = _signature(args)
         if key not in cache:
             g = graph_of(target, *args, argnums=argnums)
+            _check_real_outputs(g)
             cache[key] = (g, plan(g, _resolve(g, order, target, args, argnums)))
         return cache[key]
 
     def jacobian_fn(*args):
+        aux = _aux_pair(f(*args), f)[1] if has_aux else None
         graph, steps = prepare(args)
         leaves = jax.tree.leaves(args)
         counter = MultiplicationCounter()
         outputs, edges, _ = _eliminate_all(graph, steps, leaves, counter)
         jac = _assemble(graph, outputs, edges, argnums, args)
-        if has_aux:
-            return jac, f(*args)[1]
-        return jac
+        return (jac, aux) if has_aux else jac
 
     return jacobian_fn
 
@@ -403,6 +463,7 @@ def count_muls(f: Callable, order: Any, *args: Any, argnums: int | Sequence[int]
     if isinstance(argnums, list):
         argnums = tuple(argnums)
     graph = graph_of(f, *args, argnums=argnums)
+    _check_real_outputs(graph)
     steps = plan(graph, _resolve(graph, order, f, args, argnums))
     counter = MultiplicationCounter()
 

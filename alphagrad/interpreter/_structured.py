@@ -18,7 +18,9 @@ import jax.numpy as jnp
 
 from alphagrad.graph import INDEX_MAP, VALUELESS, product_plan, structure_of
 
-__all__ = ["IndexMap", "Partial", "MultiplicationCounter", "multiply", "add", "densify", "convert", "extract"]
+__all__ = [
+    "IndexMap", "Partial", "MultiplicationCounter", "multiply", "add", "densify", "convert", "extract", "read_constant",
+]
 
 Shape2D = tuple[int, int]
 
@@ -105,6 +107,22 @@ def densify(partial: Partial, dtype) -> jax.Array:
     return full
 
 
+def read_constant(x: jax.Array, axes) -> jax.Array:
+    """`x` read at index 0 along `axes`, along which it is constant (the sides of Kronecker ties).
+
+    An empty one of these axes leaves no entry to read, but then the partial's tensor has that
+    zero-size axis and no entries at all: its constant is taken as zero, which keeps every product
+    through it exact (the sum over an empty axis is zero; a product with an empty axis is empty).
+    """
+    axes = sorted(set(axes))
+    if not axes:
+        return x
+    kept = [n for i, n in enumerate(x.shape) if i not in axes]
+    if any(x.shape[i] == 0 for i in axes):
+        return jnp.zeros(kept, x.dtype)
+    return x[tuple(0 if i in axes else slice(None) for i in range(x.ndim))]
+
+
 def extract(dense: jax.Array, code: int) -> Any:
     """The value array of `code` read off a dense [v1, v2, p1, p2] tensor that has its structure."""
     if code in VALUELESS:
@@ -115,9 +133,7 @@ def extract(dense: jax.Array, code: int) -> Any:
         letters[b - 1] = letters[a - 1]
     # A Kronecker tie is a constant times a delta: read it at index 0 of both its positions.
     constant = {pos for a, b, kind in structure.ties if kind == "K" for pos in (a, b)}
-    x = dense
-    index = tuple(0 if pos in constant else slice(None) for pos in (1, 2, 3, 4))
-    x = x[index]
+    x = read_constant(dense, [pos - 1 for pos in constant])
     kept_letters = [letters[pos - 1] for pos in (1, 2, 3, 4) if pos not in constant]
     out = "".join(letters[pos - 1] for pos in structure.value_axes)
     return jnp.einsum(f"{''.join(kept_letters)}->{out}", x)
