@@ -1,25 +1,27 @@
 """alphagrad: exact Jacobians by cross-country vertex elimination, with searched elimination orders."""
 
 from alphagrad.version import VERSION as __version__
-
-from alphagrad.errors import (  # noqa: E402
+from alphagrad.errors import (
     AlphagradError,
+    AuxOutputError,
     GraphMismatchError,
     OrderError,
     OrderFileError,
     TraceError,
     UnsupportedPrimitiveError,
 )
-from alphagrad import env, graph, interpreter, orders, tasks  # noqa: E402
-from alphagrad.agents.portfolio import optimize  # noqa: E402
+from alphagrad import agents, env, graph, interpreter, orders, tasks
+from alphagrad.agents import optimize
 
 __all__ = [
     "AlphagradError",
+    "AuxOutputError",
     "GraphMismatchError",
     "OrderError",
     "OrderFileError",
     "TraceError",
     "UnsupportedPrimitiveError",
+    "agents",
     "env",
     "graph",
     "interpreter",

@@ -38,6 +38,8 @@ from alphagrad.env._core import (
 )
 from alphagrad.env._generator import ChoiceGenerator, GraphGenerator, RandomGraphGenerator
 from alphagrad.env._gym import (
+    AUTO_JAX_MIN_ENVS,
+    BACKENDS,
     ENV_ID,
     IllegalActionError,
     VertexEliminationEnv,
@@ -46,6 +48,8 @@ from alphagrad.env._gym import (
 )
 
 __all__ = [
+    "AUTO_JAX_MIN_ENVS",
+    "BACKENDS",
     "BitsetState",
     "ENV_ID",
     "NODE_ELIMINATED",
