@@ -41,6 +41,7 @@ from alphagrad.graph._trace import (
     Program,
     REUSED_OUTPUT_CODE,
     SUPPORTED_PRIMITIVES,
+    ValueRef,
     jacobian_graph,
     trace,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "Step",
     "Structure",
     "VALUELESS",
+    "ValueRef",
     "Vertex",
     "check_order",
     "cost",

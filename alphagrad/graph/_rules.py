@@ -1,10 +1,14 @@
-"""Structure codes of the partial Jacobians of each supported primitive.
+"""Structure codes of the partial Jacobians of each primitive.
 
 For an edge p->v the Jacobian indices are (1, 2) = v's two dimensions and (3, 4) = p's, after
 normalising both to 2-D (scalar -> (1, 1), vector (n,) -> (n, 1)). A "diagonal" pairing ties two
 indices and carries values; a "Kronecker" pairing ties them with a constant. The code of every
 combination is listed in REFERENCE.md section 1.3; docs/cost-model.md lists where our rules
 deliberately differ from the reference graph builder.
+
+Primitives in `RULED_PRIMITIVES` have structural rules. Every other primitive is accepted too: its
+partials are dense (`DENSE`, code 1: every output entry may depend on every operand entry), which
+is what the interpreter computes for it by JAX's own differentiation of the equation.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ __all__ = [
     "ZERO_DERIVATIVE",
     "STRUCTURAL",
     "RULED_PRIMITIVES",
+    "DENSE",
     "normalise",
     "edge_codes",
 ]
@@ -26,7 +31,7 @@ Shape = tuple[int, ...]
 
 UNARY = frozenset(
     "neg abs exp exp2 log log1p expm1 sin cos tan asin acos atan sinh cosh tanh asinh acosh atanh "
-    "integer_pow sqrt rsqrt cbrt logistic erf erfc erf_inv square".split()
+    "integer_pow sqrt rsqrt cbrt logistic erf erfc erf_inv square lgamma digamma".split()
 )
 # Binary elementwise primitives; for LINEAR_IN[name] operand positions the partial is a constant
 # multiple of the identity when the other operand is a scalar (x + s, s * x, x / s).
@@ -43,7 +48,10 @@ STRUCTURAL = frozenset(
     "transpose convert_element_type copy copy_p device_put reduce_precision rev pad".split()
 )
 REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min".split())
+# Primitives with a structural rule; every other primitive gets dense edges.
 RULED_PRIMITIVES = UNARY | BINARY | ZERO_DERIVATIVE | STRUCTURAL | REDUCTIONS | {"dot_general"}
+#: The code of a partial without known structure (the dense fallback): a full [v1, v2, p1, p2] array.
+DENSE = 1
 
 # (tied index pairs) -> code; each tie is (v index, p index, kind) with kind "D" (values) or "K".
 _TIE_CODES: dict[frozenset, int] = {
@@ -178,12 +186,13 @@ def edge_codes(
     *,
     model: str = "alphagrad-2024",
 ) -> dict[int, int]:
-    """Structure codes of the edges of one equation.
+    """Structure codes of the edges of one equation (into one of its outputs).
 
     Args:
-      name: primitive name (must be in RULED_PRIMITIVES).
+      name: primitive name; one outside RULED_PRIMITIVES gets a dense edge (`DENSE`) from every
+        differentiable operand.
       in_shapes: original (not normalised) shapes of the operands.
-      out_shape: original shape of the single output.
+      out_shape: original shape of the output.
       params: the equation's parameters.
       differentiable: per operand, whether it is a variable of a floating dtype (edges come only
         from these).
@@ -199,6 +208,8 @@ def edge_codes(
     live = [i for i, d in enumerate(differentiable) if d]
     if name in ZERO_DERIVATIVE:
         return {}
+    if name not in RULED_PRIMITIVES:
+        return {i: DENSE for i in live}
     if model == "exact":
         exact = _exact_codes(name, norm, out, params, live, in_shapes)
         if exact is not None:

@@ -3,6 +3,14 @@
 The function's jaxpr is walked once. Calls of nested jaxprs (``jit``/``pjit``, ``custom_jvp_call``,
 ``custom_vjp_call``, ``remat``, ``closed_call``) are inlined, so that every remaining equation
 becomes exactly one vertex, numbered 1, 2, ... in equation order (the AlphaGrad paper's numbering).
+An equation with several outputs (a loop with several carries, ``lu``, a sort of several operands)
+becomes one vertex per output that can carry a derivative (a floating-point output), numbered in
+the order of (equation, output); its other outputs are values without vertices.
+
+Every primitive is accepted: those in `SUPPORTED_PRIMITIVES` (the structural primitives) get edges
+with structure codes from their rules; any other primitive (control flow, sorts, cumulative ops,
+gathers and scatters, linear algebra, primitives JAX adds later) gets dense edges (code 1), whose
+partials the interpreter computes by JAX's own differentiation of the equation.
 """
 
 from __future__ import annotations
@@ -14,13 +22,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
+from jax.extend.core import ClosedJaxpr, DropVar, Jaxpr, Literal
 
 from alphagrad.errors import TraceError, UnsupportedPrimitiveError
 from alphagrad.graph import _rules
 from alphagrad.graph._graph import Edge, Graph, Vertex
 
-__all__ = ["trace", "jacobian_graph", "INTERPRETER_COST_MODEL", "SUPPORTED_PRIMITIVES", "Operand", "Equation", "Program"]
+__all__ = [
+    "trace", "jacobian_graph", "INTERPRETER_COST_MODEL", "SUPPORTED_PRIMITIVES", "Operand", "ValueRef", "Equation",
+    "Program",
+]
 
 # Call-like primitives whose body is inlined, and the parameter that holds the body.
 _INLINED = {
@@ -35,6 +46,9 @@ _INLINED = {
     "remat2": "jaxpr",
     "checkpoint": "jaxpr",
 }
+#: The structural primitives: those with an edge rule, and the calls that are inlined. Every other
+#: primitive is accepted too, with dense edges (docs/cost-model.md); the name is kept from when
+#: the others were refused.
 SUPPORTED_PRIMITIVES = frozenset(_rules.RULED_PRIMITIVES | set(_INLINED))
 
 # Structure code of the edge from an output vertex that is reused later to its output copy: the
@@ -62,15 +76,31 @@ class LeafRef(NamedTuple):
     index: int
 
 
-class Equation(NamedTuple):
-    """One vertex's computation, for the interpreter.
+class ValueRef(NamedTuple):
+    """A value an equation computes that is no vertex: an output of a multi-output equation that
+    carries no derivative (integer pivots, permutations, indices) or that nothing reads.
 
     Attributes:
-      vertex: vertex number.
+      equation: the equation's index in `Program.equations`.
+      output: which of its outputs.
+    """
+
+    equation: int
+    output: int
+
+
+class Equation(NamedTuple):
+    """One equation's computation, for the interpreter (evaluated once, whatever its outputs).
+
+    Attributes:
+      vertex: number of its (first) vertex; 0 if none of its outputs is a vertex.
       primitive: the JAX primitive, or None for an appended output copy.
       params: the primitive's parameters.
       operands: the inputs, in the primitive's operand order.
-      aval: the output's abstract value (shape and dtype, original rank).
+      aval: the (first) output's abstract value (shape and dtype, original rank).
+      outputs: per output of the primitive, where its value goes: ``Operand(node)`` for a vertex,
+        ``Operand(None, ValueRef(...))`` for a value without a vertex.
+      avals: per output, its abstract value.
     """
 
     vertex: int
@@ -78,13 +108,16 @@ class Equation(NamedTuple):
     params: dict
     operands: tuple[Operand, ...]
     aval: Any
+    outputs: tuple[Operand, ...] = ()
+    avals: tuple[Any, ...] = ()
 
 
 class Program(NamedTuple):
     """What the interpreter needs besides the graph.
 
     Attributes:
-      equations: [num_vertices] one per vertex, in vertex order.
+      equations: one per equation, in order (its vertices' numbers increase with it), then the
+        appended output copies.
       leaf_avals: abstract values of all flattened arguments.
       input_leaves: [num_inputs] the flattened-argument index of each graph input.
       in_tree, out_tree: pytree structures of the arguments (a tuple) and of the result.
@@ -132,11 +165,12 @@ def _source_of(eqn) -> str:
     return ""
 
 
-def _unsupported(message: str, number: int, where: str, name: str) -> UnsupportedPrimitiveError:
+def _too_many_dimensions(shape, number: int, where: str, name: str) -> UnsupportedPrimitiveError:
     return UnsupportedPrimitiveError(
-        f"{message} in equation {number} (primitive '{name}'"
-        f"{', from ' + where if where else ''}). Supported primitives: "
-        f"{', '.join(sorted(SUPPORTED_PRIMITIVES))}; arrays may have at most 2 dimensions."
+        f"an array of shape {tuple(shape)} ({len(shape)} dimensions) in equation {number} (primitive "
+        f"'{name}'{', from ' + where if where else ''}): arrays may have at most 2 dimensions (the structure "
+        "codes of the cost models are 2-D). Reshape to at most 2 dimensions around this computation, or "
+        "use jax.jacrev for this function."
     )
 
 
@@ -185,57 +219,63 @@ class _Builder:
                 for var, out in zip(eqn.outvars, outs):
                     env[var] = out
                 continue
-            number = len(self.vertices) + 1
-            if name not in _rules.RULED_PRIMITIVES:
-                raise _unsupported("unsupported primitive", number, source, name)
-            if len(eqn.outvars) != 1:
-                raise _unsupported(f"{len(eqn.outvars)} outputs (one is supported)", number, source, name)
-            avals = [a.aval for a in eqn.invars] + [eqn.outvars[0].aval]
-            for aval in avals:
+            index = len(self.equations)
+            number = index + 1  # the equation's number in messages
+            out_avals = [v.aval for v in eqn.outvars]
+            for aval in [a.aval for a in eqn.invars] + out_avals:
                 if len(getattr(aval, "shape", ())) > 2:
-                    raise _unsupported(
-                        f"an array of shape {tuple(aval.shape)} ({len(aval.shape)} dimensions)", number, source, name
-                    )
-            out_aval = eqn.outvars[0].aval
-            node = self.num_inputs + number
-            if _is_complex(out_aval) and any(op.node in self.active for op in operands):
+                    raise _too_many_dimensions(aval.shape, number, source, name)
+            if any(_is_complex(a) for a in out_avals) and any(op.node in self.active for op in operands):
+                dtype = next(a.dtype for a in out_avals if _is_complex(a))
                 raise TraceError(
                     f"equation {number} (primitive '{name}'{', from ' + source if source else ''}) makes a "
-                    f"{out_aval.dtype} value from one that depends on a differentiated input; no derivative "
+                    f"{dtype} value from one that depends on a differentiated input; no derivative "
                     f"can pass through it. {_COMPLEX_ADVICE}."
                 )
             differentiable = [
                 op.node is not None and _is_differentiable(a.aval) for op, a in zip(operands, eqn.invars)
             ]
-            codes = _rules.edge_codes(
-                name,
-                [tuple(a.aval.shape) for a in eqn.invars],
-                tuple(out_aval.shape),
-                eqn.params,
-                differentiable,
-                model=model.name,
-            )
-            if not _is_differentiable(out_aval):
+            in_shapes = [tuple(a.aval.shape) for a in eqn.invars]
+            single = len(eqn.outvars) == 1
+            outputs: list[Operand] = []
+            for k, (var, out_aval) in enumerate(zip(eqn.outvars, out_avals)):
+                # A single output is always a vertex (the paper's numbering); of several, those that
+                # can carry a derivative and are read.
+                if not single and (isinstance(var, DropVar) or not _is_differentiable(out_aval)):
+                    outputs.append(Operand(None, ValueRef(index, k)))
+                    continue
+                vertex = len(self.vertices) + 1
+                node = self.num_inputs + vertex
                 codes = {}
-            out_shape = _rules.normalise(out_aval.shape)
-            for i, code in codes.items():
-                src = operands[i].node
-                self.add_edge(src, node, code, out_shape, _rules.normalise(eqn.invars[i].aval.shape), model)
-                if src in self.active:
-                    self.active.add(node)
+                if _is_differentiable(out_aval):
+                    codes = _rules.edge_codes(
+                        name, in_shapes, tuple(out_aval.shape), eqn.params, differentiable, model=model.name
+                    )
+                out_shape = _rules.normalise(out_aval.shape)
+                for i, code in codes.items():
+                    src = operands[i].node
+                    self.add_edge(src, node, code, out_shape, _rules.normalise(in_shapes[i]), model)
+                    if src in self.active:
+                        self.active.add(node)
+                self.vertices.append(Vertex(vertex, name if single else f"{name}[{k}]", out_shape, source))
+                outputs.append(Operand(node))
             for op in operands:
                 if op.node is not None:
                     self.uses.add(op.node)
-            self.vertices.append(Vertex(number, name, out_shape, source))
-            self.equations.append(Equation(number, eqn.primitive, dict(eqn.params), tuple(operands), out_aval))
-            env[eqn.outvars[0]] = Operand(node)
+            first = next((op.node - self.num_inputs for op in outputs if op.node is not None), 0)
+            self.equations.append(Equation(
+                first, eqn.primitive, dict(eqn.params), tuple(operands), out_avals[0] if out_avals else None,
+                tuple(outputs), tuple(out_avals),
+            ))
+            for var, out in zip(eqn.outvars, outputs):
+                env[var] = out
         return [read(a) for a in jaxpr.outvars]
 
     def add_copy(self, source: int, code: int, shape, aval) -> int:
         number = len(self.vertices) + 1
         node = self.num_inputs + number
         self.vertices.append(Vertex(number, "copy", shape, ""))
-        self.equations.append(Equation(number, None, {}, (Operand(source),), aval))
+        self.equations.append(Equation(number, None, {}, (Operand(source),), aval, (Operand(node),), (aval,)))
         if aval is None or _is_differentiable(aval):
             self.edges[(source, node)] = Edge(source, node, code, shape, shape)
         return number
@@ -287,13 +327,13 @@ def trace(
 
     Returns:
       A `Graph` with one input per differentiated argument leaf (Python scalars included), one
-      vertex per equation of the inlined jaxpr, and one output per result leaf. Arrays are at
-      most 2-D.
+      vertex per equation of the inlined jaxpr (per floating-point output of an equation with
+      several outputs), and one output per result leaf. Arrays are at most 2-D. A primitive
+      without a structural rule (not in `SUPPORTED_PRIMITIVES`) gets dense edges (code 1).
 
     Raises:
-      UnsupportedPrimitiveError: a primitive without an edge rule, a multi-output primitive, or an
-        array of 3 or more dimensions; the message names the primitive, the equation number and
-        the user's source line, and lists the supported primitives.
+      UnsupportedPrimitiveError: an array of 3 or more dimensions; the message names the shape,
+        the primitive, the equation number and the user's source line.
       TraceError: `f` could not be traced by JAX, `argnums` is invalid, a differentiated
         argument is complex, or an equation makes a complex value from one that depends on a
         differentiated input (its derivative would be lost: the graph has real partials only).
