@@ -22,7 +22,9 @@ from alphagrad.graph import (
     Operand,
     Program,
     Product,
+    SUPPORTED_PRIMITIVES,
     Step,
+    ValueRef,
     cost_models,
     jacobian_graph,
     plan,
@@ -60,20 +62,29 @@ def graph_of(f: Callable, *args: Any, argnums: int | Sequence[int] = 0) -> Graph
 # ---- evaluation ---------------------------------------------------------------------------
 
 
-def _operand_value(op: Operand, env: dict[int, Any], leaves: list[Any]) -> Any:
+def _operand_value(op: Operand, env: dict[Any, Any], leaves: list[Any]) -> Any:
+    """The value of an operand; `env` holds nodes by id and values without vertices by ValueRef."""
     if op.node is not None:
         return env[op.node]
     if isinstance(op.value, LeafRef):
         return leaves[op.value.index]
+    if isinstance(op.value, ValueRef):
+        return env[op.value]
     return op.value
 
 
-def _bind(eqn: Equation, values: list[Any]) -> Any:
+def _bind_all(eqn: Equation, values: list[Any]) -> list[Any]:
+    """All outputs of the equation at these operand values."""
     if eqn.primitive is None:  # an appended output copy
-        return values[0]
+        return [values[0]]
     result = eqn.primitive.bind(*values, **eqn.params)
     # Some primitives (device_put) return a list even for their single output.
-    return result[0] if eqn.primitive.multiple_results else result
+    return list(result) if eqn.primitive.multiple_results else [result]
+
+
+def _bind(eqn: Equation, values: list[Any]) -> Any:
+    """The first (for most primitives the only) output of the equation."""
+    return _bind_all(eqn, values)[0]
 
 
 #: Read dot_general partials without tied operand indices off the other operand by selection
@@ -218,6 +229,47 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
     return Partial(code, out_shape, in_shape, value)
 
 
+def _dense_partials(eqn: Equation, values: list[Any], positions: list[int], outputs: list[int],
+                    out_shapes: list, in_shape) -> list[Partial]:
+    """Dense partials (code 1) of outputs of an equation without a structural rule w.r.t. the
+    operand at `positions` (JAX's own derivative of the primitive: the dense fallback).
+
+    One vmapped JVP of the whole equation, one one-hot tangent per operand entry, gives the
+    columns of every output's partial at once (a multi-output equation is differentiated once per
+    operand, not once per output). The other floating-point operands get zero tangents rather than
+    none: some JVP rules (custom_linear_solve's, when only its solver's operands have tangents)
+    fail on all-symbolic-zero tangents; a zero multiply costs nothing the cost model counts.
+
+    Returns:
+      per entry of `outputs`, the partial with value [v1, v2, p1, p2] (normalised shapes).
+    """
+    x = values[positions[0]]
+    dtype = jnp.result_type(x)
+    size = math.prod(in_shape)
+    floats = [i for i, v in enumerate(values) if jnp.issubdtype(jnp.result_type(v), jnp.floating)]
+    primals = tuple(jnp.asarray(values[i]) for i in floats)
+
+    def of_floats(*xs):
+        operands = list(values)
+        for i, y in zip(floats, xs):
+            operands[i] = y
+        results = _bind_all(eqn, operands)
+        return tuple(results[k] for k in outputs)
+
+    def tangent_map(t):
+        tangents = tuple(t.reshape(np.shape(x)) if i in positions else jnp.zeros_like(p)
+                         for i, p in zip(floats, primals))
+        return jax.jvp(of_floats, primals, tangents)[1]
+
+    seeds = jnp.eye(size, dtype=dtype)
+    columns = jax.vmap(tangent_map)(seeds)  # per output: [p1 * p2, *output shape]
+    partials = []
+    for column, out_shape in zip(columns, out_shapes):
+        dense = jnp.moveaxis(column.reshape(size, math.prod(out_shape)), 0, 1)
+        partials.append(Partial(1, out_shape, in_shape, dense.reshape(*out_shape, *in_shape)))
+    return partials
+
+
 def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], counter: MultiplicationCounter):
     """Evaluates the primal and the partials, then replays the elimination engine's plan `steps`
     (``graph.plan(graph, order)``).
@@ -228,7 +280,7 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
       `graph.Product` per product, as read off the arrays; equal to ``graph.plan(graph, order)``'s).
     """
     program: Program = graph.program
-    env: dict[int, Any] = {}
+    env: dict[Any, Any] = {}
     for node, leaf in enumerate(program.input_leaves, start=1):
         env[node] = leaves[leaf]
     incoming: dict[int, list] = {}
@@ -237,12 +289,30 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
             incoming.setdefault(e.dst, []).append(e)
     edges: dict[tuple[int, int], Partial] = {}
     for eqn in program.equations:
-        node = graph.node_id(eqn.vertex)
         values = [_operand_value(op, env, leaves) for op in eqn.operands]
-        env[node] = _bind(eqn, values)
-        for e in incoming.get(node, ()):
-            positions = [i for i, op in enumerate(eqn.operands) if op.node == e.src]
-            edges[(e.src, e.dst)] = _partial_of(eqn, values, positions, e.code, e.out_shape, e.in_shape)
+        results = _bind_all(eqn, values)  # evaluated once, whatever its number of outputs
+        for out, result in zip(eqn.outputs, results):
+            env[out.node if out.node is not None else out.value] = result
+        if eqn.primitive is None or eqn.primitive.name in SUPPORTED_PRIMITIVES:
+            node = eqn.outputs[0].node
+            for e in incoming.get(node, ()):
+                positions = [i for i, op in enumerate(eqn.operands) if op.node == e.src]
+                edges[(e.src, e.dst)] = _partial_of(eqn, values, positions, e.code, e.out_shape, e.in_shape)
+            continue
+        # No structural rule (every multi-output primitive): dense partials, one JVP per source for
+        # all the outputs it reaches.
+        by_source: dict[int, list] = {}
+        for k, out in enumerate(eqn.outputs):
+            for e in incoming.get(out.node, ()) if out.node is not None else ():
+                by_source.setdefault(e.src, []).append((k, e))
+        for src, reached in by_source.items():
+            positions = [i for i, op in enumerate(eqn.operands) if op.node == src]
+            partials = _dense_partials(eqn, values, positions, [k for k, _ in reached],
+                                       [e.out_shape for _, e in reached], reached[0][1].in_shape)
+            for (_, e), partial in zip(reached, partials):
+                if e.code != 1:
+                    raise AlphagradError(f"internal error: edge {e} of a primitive without rule is not dense")
+                edges[(e.src, e.dst)] = partial
 
     dtype = jnp.result_type(*[env[n] for n in env]) if env else jnp.float32
     performed = _replay(graph, steps, edges, counter, dtype)
@@ -323,15 +393,19 @@ def _assemble(graph: Graph, outputs: list[Any], edges, argnums, args: tuple):
 def _output_dtypes(graph: Graph) -> list[Any]:
     """The dtype of each flattened output of the graph's function."""
     program = graph.program
+    aval_of = {out.node if out.node is not None else out.value: aval
+               for eqn in program.equations for out, aval in zip(eqn.outputs, eqn.avals)}
     dtypes = []
     for op in program.outputs:
-        if op.node is None:
+        if op.node is None and isinstance(op.value, ValueRef):
+            dtypes.append(aval_of[op.value].dtype)
+        elif op.node is None:
             value = program.leaf_avals[op.value.index] if isinstance(op.value, LeafRef) else op.value
             dtypes.append(jnp.result_type(value.dtype if hasattr(value, "dtype") else value))
         elif op.node <= graph.num_inputs:
             dtypes.append(program.leaf_avals[program.input_leaves[op.node - 1]].dtype)
         else:
-            dtypes.append(program.equations[op.node - graph.num_inputs - 1].aval.dtype)
+            dtypes.append(aval_of[op.node].dtype)
     return dtypes
 
 

@@ -176,9 +176,15 @@ def test_bad_orders_raise_before_any_computation():
         interpreter.jacobian(f, "sideways")(jnp.ones(2))
 
 
-def test_unsupported_primitive_is_named():
-    with pytest.raises(UnsupportedPrimitiveError, match="cumsum"):
-        interpreter.jacobian(jnp.cumsum, "reverse")(jnp.ones(3))
+def test_a_primitive_without_rule_is_differentiated_densely():
+    # cumsum has no structural rule: once refused, now a dense vertex (tests/interpreter/test_any_primitive.py)
+    x = jnp.linspace(0.1, 1.0, 3)
+    assert_close(interpreter.jacobian(jnp.cumsum, "reverse")(x), jax.jacrev(jnp.cumsum)(x))
+
+
+def test_three_dimensional_arrays_are_refused():
+    with pytest.raises(UnsupportedPrimitiveError, match=r"\(2, 2, 2\).*at most 2 dimensions"):
+        interpreter.jacobian(lambda x: jnp.sum(x.reshape(2, 2, 2), axis=0), "reverse")(jnp.ones(8))
 
 
 def test_order_file_from_the_default_trace_is_accepted(tmp_path):
