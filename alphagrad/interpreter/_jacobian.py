@@ -45,6 +45,15 @@ from alphagrad.interpreter._structured import (
 __all__ = ["jacobian", "count_muls", "graph_of"]
 
 
+def _dtype_of(value: Any):
+    """The dtype of an array or Python scalar (PRNG keys keep their extended dtype)."""
+    return value.dtype if hasattr(value, "dtype") else jnp.result_type(value)
+
+
+def _is_float(value: Any) -> bool:
+    return jnp.issubdtype(_dtype_of(value), jnp.floating)
+
+
 def _signature(args: tuple) -> tuple:
     leaves, tree = jax.tree.flatten(args)
     return tree, tuple(
@@ -170,7 +179,7 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
             t = t_norm.reshape(p_aval_shape).astype(dtype)
             operands = [
                 t if i in positions
-                else (jnp.zeros_like(v) if jnp.issubdtype(jnp.result_type(v), jnp.floating) else v)
+                else (jnp.zeros_like(v) if _is_float(v) else v)
                 for i, v in enumerate(values)
             ]
             return _bind(eqn, operands).reshape(out_shape)
@@ -178,7 +187,7 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
         # Transpose the primitive jointly in all its floating-point operands (it is linear in all
         # of them; transposing in one while another is a constant trips pad's transpose rule),
         # then keep the cotangents of ours.
-        floats = [i for i, v in enumerate(values) if jnp.issubdtype(jnp.result_type(v), jnp.floating)]
+        floats = [i for i, v in enumerate(values) if _is_float(v)]
 
         def joint_map(*linear):
             operands = list(values)
@@ -246,7 +255,7 @@ def _dense_partials(eqn: Equation, values: list[Any], positions: list[int], outp
     x = values[positions[0]]
     dtype = jnp.result_type(x)
     size = math.prod(in_shape)
-    floats = [i for i, v in enumerate(values) if jnp.issubdtype(jnp.result_type(v), jnp.floating)]
+    floats = [i for i, v in enumerate(values) if _is_float(v)]
     primals = tuple(jnp.asarray(values[i]) for i in floats)
 
     def of_floats(*xs):
@@ -314,7 +323,10 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                     raise AlphagradError(f"internal error: edge {e} of a primitive without rule is not dense")
                 edges[(e.src, e.dst)] = partial
 
-    dtype = jnp.result_type(*[env[n] for n in env]) if env else jnp.float32
+    # The dtype of the partials: that of the numbers the graph computes (not of PRNG keys).
+    numbers = [v for n, v in env.items()
+               if isinstance(n, int) and not jax.dtypes.issubdtype(_dtype_of(v), jax.dtypes.extended)]
+    dtype = jnp.result_type(*numbers) if numbers else jnp.float32
     performed = _replay(graph, steps, edges, counter, dtype)
     outputs = [_operand_value(op, env, leaves) for op in program.outputs]
     return outputs, edges, performed
