@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 
 import jax
@@ -213,9 +212,7 @@ def test_a_zero_budget_returns_the_floor_at_once_without_searching(cache, monkey
     monkeypatch.setattr(portfolio, "search", no_search)
     g = interpreter.graph_of(heat_step, X)
     assert graph.cost(g, "markowitz") > graph.cost(g, "reverse")  # where Markowitz is weak on the exact model
-    start = time.perf_counter()
     assert graph.cost(g, "auto") == floor_cost(g) == graph.cost(g, "reverse")
-    assert time.perf_counter() - start < 2.0
     assert_jacobian(heat_step, X)
     assert cached_files(cache) == []  # nothing searched, nothing cached
 
