@@ -51,6 +51,29 @@ _INLINED = {
 #: the others were refused.
 SUPPORTED_PRIMITIVES = frozenset(_rules.RULED_PRIMITIVES | set(_INLINED))
 
+
+
+def structural_primitives_markdown() -> str:
+    """The table of structural primitives in docs/cost-model.md, generated from the rules.
+
+    ``python -c "from alphagrad.graph._trace import structural_primitives_markdown as m; print(m())"``
+    prints it; a test keeps the docs equal to it.
+    """
+    groups = [
+        ("elementwise unary", _rules.UNARY, "diagonal (6; 1 on a scalar); `neg` is −1 × the identity (10) in the exact model"),
+        ("elementwise binary", _rules.BINARY, "diagonal, a constant multiple of the identity, the identity (`add`), or a broadcast (docs above)"),
+        ("zero derivative", _rules.ZERO_DERIVATIVE, "no edges (the vertex stays, isolated)"),
+        ("data movement", _rules.STRUCTURAL, "identity (−6), transposed identity (−7), copy (−1) or an index map (11): free"),
+        ("reductions", _rules.REDUCTIONS, "index map 11 (`reduce_sum`, exact model), Kronecker/diagonal ties otherwise"),
+        ("contraction", {"dot_general"}, "Kronecker ties on free dimensions, diagonal ties on batch dimensions"),
+        ("calls (inlined)", set(_INLINED), "no vertex: their bodies' equations are numbered in place"),
+    ]
+    rows = ["| group | primitives | edges |", "|---|---|---|"]
+    for title, names, edges in groups:
+        rows.append(f"| {title} | {', '.join(f'`{n}`' for n in sorted(names))} | {edges} |")
+    return "\n".join(rows) + "\n"
+
+
 # Structure code of the edge from an output vertex that is reused later to its output copy: the
 # reference's choice in its model (docs/cost-model.md), a plain copy in the exact one.
 REUSED_OUTPUT_CODE = {"alphagrad-2024": 8, "exact": -1}
@@ -235,6 +258,10 @@ class _Builder:
             differentiable = [
                 op.node is not None and _is_differentiable(a.aval) for op, a in zip(operands, eqn.invars)
             ]
+            if name not in _rules.RULED_PRIMITIVES:
+                # A dense partial from a value no input reaches (behind stop_gradient, made from
+                # constants) never reaches the Jacobian: no edge, rather than products of zeros.
+                differentiable = [d and operands[i].node in self.active for i, d in enumerate(differentiable)]
             in_shapes = [tuple(a.aval.shape) for a in eqn.invars]
             single = len(eqn.outvars) == 1
             outputs: list[Operand] = []

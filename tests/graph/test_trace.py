@@ -201,6 +201,18 @@ def test_a_primitive_without_rule_is_a_dense_vertex_naming_its_source_line(model
     assert graph.cost(g, "forward") == 16
 
 
+def test_the_docs_list_the_structural_primitives_as_the_rules_decide():
+    from pathlib import Path
+
+    from alphagrad.graph._trace import structural_primitives_markdown
+
+    docs = (Path(__file__).parents[2] / "docs" / "cost-model.md").read_text()
+    block = docs.split("<!-- structural-primitives:start -->\n")[1].split("<!-- structural-primitives:end -->")[0]
+    assert block == structural_primitives_markdown()
+    for name in sorted(graph.SUPPORTED_PRIMITIVES):
+        assert f"`{name}`" in block
+
+
 def test_control_flow_is_one_dense_vertex_per_float_output():
     def f(x):
         return jax.lax.fori_loop(0, 3, lambda i, c: c * 2.0, x)
@@ -216,6 +228,17 @@ def test_control_flow_is_one_dense_vertex_per_float_output():
     g = graph.trace(newton, jnp.ones(3))
     assert [v.primitive for v in g.vertices] == ["while[1]"]
     assert [(e.src, e.dst, e.code) for e in g.edges] == [(1, 2, 1)]
+
+
+def test_dense_edges_come_only_from_values_an_input_reaches():
+    def f(x):
+        # cumsum of a value behind stop_gradient, sort of one made from constants: no dense edges
+        return jnp.cumsum(jax.lax.stop_gradient(x)) * jnp.sort(jnp.arange(4.0)) * x
+
+    g = graph.trace(f, jnp.ones(4))
+    dense_vertices = [v.number for v in g.vertices if v.primitive in ("cumsum", "sort")]
+    assert len(dense_vertices) == 2
+    assert not any(e.dst == g.node_id(k) for e in g.edges for k in dense_vertices)
 
 
 def test_multi_output_equations_number_vertices_by_equation_then_output():
