@@ -60,11 +60,15 @@ def structural_primitives_markdown() -> str:
     prints it; a test keeps the docs equal to it.
     """
     groups = [
-        ("elementwise unary", _rules.UNARY, "diagonal (6; 1 on a scalar); `neg` is −1 × the identity (10) in the exact model"),
-        ("elementwise binary", _rules.BINARY, "diagonal, a constant multiple of the identity, the identity (`add`), or a broadcast (docs above)"),
+        ("elementwise unary", _rules.UNARY,
+         "diagonal (6; 1 on a scalar); `neg` is −1 × the identity (10) in the exact model"),
+        ("elementwise binary", _rules.BINARY,
+         "diagonal, a constant multiple of the identity, the identity (`add`), or a broadcast (docs above)"),
         ("zero derivative", _rules.ZERO_DERIVATIVE, "no edges (the vertex stays, isolated)"),
-        ("data movement", _rules.STRUCTURAL, "identity (−6), transposed identity (−7), copy (−1) or an index map (11): free"),
-        ("reductions", _rules.REDUCTIONS, "index map 11 (`reduce_sum`, exact model), Kronecker/diagonal ties otherwise"),
+        ("data movement", _rules.STRUCTURAL,
+         "identity (−6), transposed identity (−7), copy (−1) or an index map (11): free"),
+        ("reductions", _rules.REDUCTIONS,
+         "index map 11 (`reduce_sum`, exact model), Kronecker/diagonal ties otherwise"),
         ("contraction", {"dot_general"}, "Kronecker ties on free dimensions, diagonal ties on batch dimensions"),
         ("calls (inlined)", set(_INLINED), "no vertex: their bodies' equations are numbered in place"),
     ]

@@ -161,7 +161,7 @@ def eigen_energy(a):
 
 
 CORPUS = {
-    "euler_integrator": (euler_integrator, (jnp.array([1.0, 0.0], jnp.float32), jnp.array([2.0, 0.3], jnp.float32)), (0, 1)),
+    "euler_integrator": (euler_integrator, (X4[:2], jnp.array([2.0, 0.3], jnp.float32)), (0, 1)),
     "rk_two_carries": (rk_two_carries, (X4[:3], X5[:3]), (0, 1)),
     "fori_static": (fori_static, (X4,), 0),
     "fori_dynamic": (fori_dynamic, (X4, 3), 0),
