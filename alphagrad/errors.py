@@ -22,7 +22,8 @@ class TraceError(AlphagradError):
 
 
 class UnsupportedPrimitiveError(TraceError):
-    """An equation uses a primitive (or an array rank) that the graph builder has no rule for."""
+    """An equation the graph builder cannot represent: today, arrays of 3 or more dimensions (every
+    primitive on arrays of rank <= 2 is accepted, with dense partials where it has no structural rule)."""
 
 
 class OrderError(AlphagradError, ValueError):
