@@ -17,12 +17,19 @@ class Task(NamedTuple):
       args: example positional arguments (pytrees of arrays or Python scalars).
       name: the registry name.
       description: one line saying what the function computes.
+      argnums: the positional arguments that are differentiated (int or tuple, as
+        ``jax.jacrev`` takes them); None: every argument (all registered tasks).
+      reference_jacobian: the JAX transform that gives the reference Jacobian, ``"jacrev"``,
+        or ``"jacfwd"`` where reverse mode cannot differentiate ``fn`` (a while loop whose trip
+        count is known only at run time; see `corpus`).
     """
 
     fn: Callable[..., Any]
     args: tuple
     name: str = ""
     description: str = ""
+    argnums: int | tuple[int, ...] | None = None
+    reference_jacobian: str = "jacrev"
 
 
 _REGISTRY: dict[str, Callable[[], Task]] = {}

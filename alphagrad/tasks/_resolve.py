@@ -1,8 +1,9 @@
 """Turning a TASK argument (CLI, bench, benchmarks, training) into a graph, in one place.
 
-A TASK is a registered task name, ``ref:NAME`` for a reference graph, or ``module:function``
-with example inputs (``--args 'f32[3] f32[2,3]'``). `resolve` parses it once; the result gives
-the graph under any cost model and, for a JAX function, the function and its example inputs.
+A TASK is a registered task name, ``ref:NAME`` for a reference graph, ``corpus:NAME`` for a
+function of the corpus (`corpus`), or ``module:function`` with example inputs (``--args 'f32[3]
+f32[2,3]'``). `resolve` parses it once; the result gives the graph under any cost model and, for a
+JAX function, the function and its example inputs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 
 from alphagrad.errors import AlphagradError
 from alphagrad.graph import Graph, load_reference, trace
+from alphagrad.tasks._corpus import corpus
 from alphagrad.tasks._registry import get, names
 
 __all__ = ["ResolvedTask", "resolve", "load_graph", "parse_args_spec"]
@@ -45,20 +47,24 @@ class ResolvedTask:
 
     Attributes:
       spec: the TASK argument as given; the graphs it gives carry it as their name.
-      fn: the JAX function (a registered task or ``module:function``); None for ``ref:NAME``.
+      fn: the JAX function (a registered task, ``corpus:NAME`` or ``module:function``); None
+        for ``ref:NAME``.
       args: ``fn``'s example positional arguments; ``()`` for ``ref:NAME``.
+      argnums: the differentiated arguments (a corpus function's `Task.argnums`: its integer
+        arguments are not); None: every argument.
       reference: the graph of ``ref:NAME``; None for a JAX function.
     """
 
     spec: str
     fn: Callable[..., Any] | None = None
     args: tuple = ()
+    argnums: int | tuple[int, ...] | None = None
     reference: Graph | None = None
     # Graphs already traced, by the cost model asked for (None: trace's default).
     _traced: dict[str | None, Graph] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def graph(self, cost_model: str | None = None) -> Graph:
-        """The elimination graph, with respect to every argument; a JAX function is traced once per model.
+        """The elimination graph, with respect to `argnums`; a JAX function is traced once per model.
 
         Args:
           cost_model: the model the graph is scored with, e.g. ``"exact"`` (the one the
@@ -78,7 +84,7 @@ class ResolvedTask:
             return self.reference
         if cost_model not in self._traced:
             model = {} if cost_model is None else {"cost_model": cost_model}
-            self._traced[cost_model] = trace(self.fn, *self.args, name=self.spec, **model)
+            self._traced[cost_model] = trace(self.fn, *self.args, argnums=self.argnums, name=self.spec, **model)
         return self._traced[cost_model]
 
     def with_args(self, args: tuple) -> ResolvedTask:
@@ -92,7 +98,8 @@ def resolve(spec: str, *, graph_file: str | None = None, args: str | None = None
     """Parses a TASK argument.
 
     Args:
-      spec: a registered task name, ``ref:NAME`` for a reference graph, or ``module:function``
+      spec: a registered task name, ``ref:NAME`` for a reference graph, ``corpus:NAME`` for a
+        function of `corpus`, or ``module:function``
         (the module is imported as ``python -m`` finds it: from the current directory, which is
         put on ``sys.path`` if it is not there, or from ``sys.path`` and ``$PYTHONPATH``).
       graph_file: a graphs.json-layout file that ``ref:NAME`` is read from instead of the
@@ -100,7 +107,7 @@ def resolve(spec: str, *, graph_file: str | None = None, args: str | None = None
       args: for ``module:function``, the example inputs (see `parse_args_spec`).
 
     Raises:
-      AlphagradError: the task, reference graph, module or function does not exist (a missing
+      AlphagradError: the task, reference graph, corpus entry, module or function does not exist (a missing
         module's message says where it was looked for), the module fails to import, or
         ``module:function`` comes without example inputs.
     """
@@ -110,6 +117,13 @@ def resolve(spec: str, *, graph_file: str | None = None, args: str | None = None
         if key not in refs:
             raise AlphagradError(f"no reference graph {key!r}; known: {', '.join('ref:' + k for k in refs)}")
         return ResolvedTask(spec, reference=refs[key])
+    if spec.startswith("corpus:"):
+        entries = corpus()
+        key = spec[len("corpus:"):]
+        if key not in entries:
+            raise AlphagradError(f"no corpus function {key!r}; known: {', '.join('corpus:' + k for k in entries)}")
+        task = entries[key]
+        return ResolvedTask(spec, fn=task.fn, args=tuple(task.args), argnums=task.argnums)
     if spec in names():
         task = get(spec)
         return ResolvedTask(spec, fn=task.fn, args=tuple(task.args))
@@ -119,7 +133,7 @@ def resolve(spec: str, *, graph_file: str | None = None, args: str | None = None
             raise AlphagradError(f"{spec!r} needs example inputs: pass --args 'f32[3] f32[2,3]'")
         return ResolvedTask(spec, fn=fn, args=parse_args_spec(args))
     raise AlphagradError(
-        f"unknown task {spec!r}: use a task name ({', '.join(names())}), ref:NAME or module:function"
+        f"unknown task {spec!r}: use a task name ({', '.join(names())}), ref:NAME, corpus:NAME or module:function"
     )
 
 

@@ -55,11 +55,24 @@ def test_with_args_traces_the_function_at_other_inputs():
     assert task.args[0].shape == (3,)  # the original is unchanged
 
 
+def test_a_corpus_function_resolves_with_its_argnums_and_stays_out_of_the_registry():
+    corpus = tasks.corpus()
+    assert not set(corpus) & set(tasks.names())
+    assert {n for n, t in corpus.items() if t.reference_jacobian == "jacfwd"} == {"fori_dynamic", "newton_sqrt"}
+    assert all(t.description and t.name == n for n, t in corpus.items())
+    task = tasks.resolve("corpus:window")  # window(x, start): the integer offset is not differentiated
+    assert task.fn is corpus["window"].fn and task.argnums == 0 and task.reference is None
+    g = task.graph("exact")
+    assert g.name == "corpus:window" and g.num_inputs == 1
+    assert g.fingerprint == interpreter.graph_of(task.fn, *task.args, argnums=0).fingerprint
+
+
 @pytest.mark.parametrize(
     ("spec", "kwargs", "message"),
     [
-        ("NoSuchTask", {}, "unknown task 'NoSuchTask'"),
+        ("NoSuchTask", {}, "unknown task 'NoSuchTask'.*RoeFlux_1d.*ref:NAME, corpus:NAME or module:function"),
         ("ref:nope", {}, "no reference graph 'nope'"),
+        ("corpus:nope", {}, "no corpus function 'nope'; known: corpus:euler_integrator, "),
         ("no_such_module_xyz:f", {"args": "f32[3]"}, "cannot load function"),
         ("jax.numpy:no_such_function", {"args": "f32[3]"}, "cannot load function"),
         ("jax.numpy:sin", {}, "needs example inputs"),

@@ -1,0 +1,213 @@
+"""The corpus: small real-looking functions, each built around a primitive without a structural rule.
+
+Loops (scan, fori_loop, while_loop), branches (cond, switch), sorts, cumulative ops, products,
+clipping, integer-array indexing (gather), scatters, dynamic slices, linear algebra (solve,
+triangular solve, Cholesky, eigh), log-softmax, an embedding lookup and fixed-key noise: what
+code outside the paper's eight tasks looks like. Every one of them is differentiated by the dense
+fallback (one vmapped JVP per equation without a rule), so the corpus checks that
+``interpreter.jacobian`` accepts any primitive, beside the registered tasks.
+
+The corpus is kept out of `names()`: the paper's task table, ``alphagrad tasks`` and ``bench`` list
+the registered tasks only. ``corpus()`` returns it; a TASK argument names an entry as
+``corpus:NAME``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alphagrad.tasks._registry import Task
+
+__all__ = ["corpus"]
+
+# Integer index constants (numpy, so importing alphagrad touches no device).
+_IDX = np.array([2, 0, 3, 2], np.int32)
+
+
+def euler_integrator(y0, k):
+    """An ODE solver loop: ten explicit Euler steps of a damped oscillator, with lax.scan (one carry)."""
+
+    def step(y, _):
+        dy = jnp.stack([y[1], -k[0] * y[0] - k[1] * y[1]])
+        return y + 0.1 * dy, y[0]
+
+    final, trajectory = jax.lax.scan(step, y0, None, length=10)
+    return final, trajectory
+
+
+def rk_two_carries(x, v):
+    """A symplectic (leapfrog) integrator, two carries (position, velocity) and a stacked energy, with lax.scan."""
+
+    def step(carry, dt):
+        q, p = carry
+        p = p - 0.5 * dt * jnp.sin(q)
+        q = q + dt * p
+        p = p - 0.5 * dt * jnp.sin(q)
+        return (q, p), jnp.sum(q * p)
+
+    (q, p), energy = jax.lax.scan(step, (x, v), jnp.full(4, 0.1))
+    return q, p, energy
+
+
+def fori_static(x):
+    """A fixed number of smoothing iterations (fori_loop with static bounds, i.e. a scan) of a logistic map."""
+    return jax.lax.fori_loop(0, 4, lambda i, c: 0.9 * c * (1.0 - 0.1 * c) + 0.01 * i, x)
+
+
+def fori_dynamic(x, n):
+    """An iteration count given at run time (fori_loop with a traced bound, i.e. a while_loop)."""
+    return jax.lax.fori_loop(0, n, lambda i, c: jnp.tanh(c) + c * 0.5, x)
+
+
+def newton_sqrt(a):
+    """A Newton solver: five iterations for sqrt(a) in a lax.while_loop."""
+
+    def body(state):
+        i, y = state
+        return i + 1, 0.5 * (y + a / y)
+
+    return jax.lax.while_loop(lambda s: s[0] < 5, body, (0, jnp.ones_like(a)))[1]
+
+
+def branchy(x):
+    """Data-dependent control flow: lax.cond on a value computed from x."""
+    return jax.lax.cond(jnp.sum(x) > 0, lambda y: jnp.sin(y) * y, lambda y: jnp.cos(y), x)
+
+
+def switched(x, i):
+    """A model variant chosen at run time: lax.switch (which clamps its index) over three branches."""
+    return jax.lax.switch(i, [jnp.sin, lambda y: y**2, lambda y: jnp.exp(-y)], x)
+
+
+def sorted_weights(x):
+    """A robust statistic (L-estimator): sorted values times fixed weights, with jnp.sort."""
+    return jnp.sort(x) * jnp.linspace(0.1, 1.0, x.shape[0])
+
+
+def cumulative(x):
+    """Running totals and compound growth: jnp.cumsum plus jnp.cumprod."""
+    return jnp.cumsum(x) + jnp.cumprod(1.0 + 0.1 * x)
+
+
+def running_max(x):
+    """Peak tracking (as in a drawdown): the running maximum of squares, with lax.cummax."""
+    return jax.lax.cummax(x * x, axis=0)
+
+
+def product(x):
+    """A likelihood of independent factors: jnp.prod over all and over a slice."""
+    return jnp.prod(x) + jnp.prod(x[:2] + 1.0)
+
+
+def clipped(x):
+    """Gradient-clipping-style saturation: jnp.clip times the input."""
+    return jnp.clip(x, -0.5, 0.8) * x
+
+
+def indexed(x):
+    """A lookup by an integer index array (gather), as in a neighbour list."""
+    return x[_IDX] * x[1]
+
+
+def scattered(x):
+    """Functional in-place updates: x.at[idx].set and .add (scatter, scatter-add), as in finite-element assembly."""
+    y = x.at[jnp.array([0, 2])].set(x[1:3] ** 2)
+    return y.at[_IDX].add(jnp.sin(x))
+
+
+def window(x, start):
+    """A sliding window at a run-time offset: dynamic_slice and dynamic_update_slice."""
+    w = jax.lax.dynamic_slice(x, (start,), (2,))
+    return jax.lax.dynamic_update_slice(x, w * 3.0, (start + 1,))
+
+
+def linear_solve(a, b):
+    """An implicit step solving A x = b: jnp.linalg.solve (lu, custom_linear_solve, triangular_solve)."""
+    return jnp.linalg.solve(a, b)
+
+
+def triangular(a, b):
+    """Forward substitution with a lower-triangular factor: jax.scipy.linalg.solve_triangular."""
+    return jax.scipy.linalg.solve_triangular(a, b, lower=True)
+
+
+def cholesky(a):
+    """A Gaussian-process covariance factor: the Cholesky factor of A A^T + I."""
+    return jnp.linalg.cholesky(a @ a.T + jnp.eye(3))
+
+
+def log_softmax(x):
+    """A classifier head: softmax plus logsumexp (reduce_max) plus an argmax off the derivative path."""
+    return jax.nn.softmax(x) + jax.scipy.special.logsumexp(x) + jnp.argmax(x)
+
+
+def embedding(table, tokens):
+    """A language-model input layer: an embedding lookup, mean pooling and a tied linear read-out."""
+    rows = table[tokens]
+    return jnp.mean(rows, axis=0) @ table[:2].T
+
+
+def noisy(x):
+    """Reproducible data augmentation: fixed-key multiplicative noise (key values flow through, without edges)."""
+    return x * (1.0 + 0.1 * jax.random.normal(jax.random.key(0), x.shape))
+
+
+def eigen_energy(a):
+    """A ground-state energy: the smallest eigenvalue of a symmetric matrix plus its vector's norm (eigh)."""
+    s = a + a.T
+    vectors, values = jax.lax.linalg.eigh(s)
+    return values[0] + jnp.sum(vectors[:, 0] ** 2)
+
+
+def corpus() -> dict[str, Task]:
+    """The corpus by name, each entry a `Task` with its example inputs, built on each call.
+
+    ``Task.argnums`` names the floating-point arguments, the ones differentiated (the others are
+    integer trip counts, branch indices, offsets and tokens; an int when there is one).
+    ``Task.reference_jacobian`` is ``"jacfwd"`` for the while loops with a trip count known only
+    at run time (``fori_dynamic``, ``newton_sqrt``), which ``jax.jacrev`` cannot differentiate,
+    and ``"jacrev"`` for the others.
+
+    Returns:
+      A dict from name (``corpus:NAME`` as a TASK argument) to `Task`; float32 inputs of at most
+      five entries (3x3 matrices for the linear algebra, a 4x3 embedding table).
+    """
+    x4 = jnp.array([0.3, -0.7, 1.1, 0.5], jnp.float32)
+    x5 = jnp.array([0.9, -0.2, 0.4, 1.3, -1.0], jnp.float32)
+    m3 = jnp.array([[2.0, 0.3, -0.1], [0.4, 1.5, 0.2], [-0.3, 0.1, 1.8]], jnp.float32)
+    b3 = jnp.array([0.5, -1.0, 0.25], jnp.float32)
+    entries = [
+        (euler_integrator, (x4[:2], jnp.array([2.0, 0.3], jnp.float32)), (0, 1)),
+        (rk_two_carries, (x4[:3], x5[:3]), (0, 1)),
+        (fori_static, (x4,), 0),
+        (fori_dynamic, (x4, 3), 0),
+        (newton_sqrt, (jnp.array([2.0, 3.0, 0.5], jnp.float32),), 0),
+        (branchy, (x4,), 0),
+        (switched, (x4, 1), 0),
+        (sorted_weights, (x5,), 0),
+        (cumulative, (x4,), 0),
+        (running_max, (x5,), 0),
+        (product, (x4,), 0),
+        (clipped, (x5,), 0),
+        (indexed, (x4,), 0),
+        (scattered, (x4,), 0),
+        (window, (x5, 1), 0),
+        (linear_solve, (m3, b3), (0, 1)),
+        (triangular, (m3, b3), (0, 1)),
+        (cholesky, (m3,), 0),
+        (log_softmax, (x5,), 0),
+        (embedding, (jnp.arange(12.0, dtype=jnp.float32).reshape(4, 3) / 10, jnp.asarray(_IDX[:3])), 0),
+        (eigen_energy, (m3,), 0),
+        (noisy, (x4,), 0),
+    ]
+    # Reverse mode needs a static trip count: jax.jacrev refuses these while loops.
+    forward_only = (fori_dynamic, newton_sqrt)
+    return {
+        fn.__name__: Task(
+            fn, args, fn.__name__, fn.__doc__.splitlines()[0], argnums,
+            "jacfwd" if fn in forward_only else "jacrev",
+        )
+        for fn, args, argnums in entries
+    }
