@@ -49,6 +49,15 @@ def test_eval_checks_a_function_order_with_the_interpreter(tmp_path, capsys):
     assert "interpreter.jacobian == jax.jacfwd" in out and "yes" in out and "cost model alphagrad-2024" in out
 
 
+def test_eval_of_a_corpus_order_differentiates_only_its_argnums(tmp_path, capsys):
+    """corpus:window takes an integer offset: eval must not differentiate it (jacfwd would refuse)."""
+    assert cli.main(["baselines", "corpus:window", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(tmp_path / "markowitz.json")]) == 0
+    out = capsys.readouterr().out
+    assert "interpreter.jacobian == jax.jacfwd" in out and "yes" in out
+
+
 def test_eval_of_a_reference_order_and_of_a_wrong_count(tmp_path, capsys):
     assert cli.main(["baselines", "ref:PropaneCombustion", "--out", str(tmp_path)]) == 0
     capsys.readouterr()
