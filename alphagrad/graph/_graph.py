@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from typing import Any, NamedTuple
@@ -92,16 +93,27 @@ class Graph:
 
     @property
     def num_intermediates(self) -> int:
-        return self.num_vertices - len(set(self.outputs))
+        return self.num_vertices - len(self._output_set)
 
     @property
     def intermediates(self) -> list[int]:
-        """Vertex numbers that an elimination order must contain, ascending."""
-        outs = set(self.outputs)
-        return [k for k in range(1, self.num_vertices + 1) if k not in outs]
+        """Vertex numbers that an elimination order must contain, ascending (a fresh list)."""
+        return list(self._intermediates)
 
     def is_output(self, vertex: int) -> bool:
-        return vertex in set(self.outputs)
+        return vertex in self._output_set
+
+    # Derived from the frozen fields once, on first use (cached in the instance's __dict__, not
+    # fields: equality, repr and the fingerprint do not see them). O(1) membership per call
+    # instead of a set built per call, which made per-vertex loops quadratic.
+    @functools.cached_property
+    def _output_set(self) -> frozenset[int]:
+        return frozenset(self.outputs)
+
+    @functools.cached_property
+    def _intermediates(self) -> tuple[int, ...]:
+        outs = self._output_set
+        return tuple(k for k in range(1, self.num_vertices + 1) if k not in outs)
 
     # Node ids ---------------------------------------------------------------------------------
     def node_id(self, vertex: int) -> int:
