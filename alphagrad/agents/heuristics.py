@@ -56,10 +56,11 @@ def _connected_counts(graph: Graph) -> tuple[dict[int, int], dict[int, int]]:
     for node in range(1, n):  # node ids are topologically sorted (edges go to later vertices)
         for d in succs[node]:
             reach_in[d] |= reach_in[node]
-    outputs = {I + k for k in graph.outputs}
+    # Bitsets over output positions, not node ids: they stay a few words long on big graphs.
+    outputs = {I + k: position for position, k in enumerate(graph.outputs)}
     reach_out = [0] * n
     for node in range(n - 1, 0, -1):
-        bits = 1 << node if node in outputs else 0
+        bits = 1 << outputs[node] if node in outputs else 0
         for d in succs[node]:
             bits |= reach_out[d]
         reach_out[node] = bits
@@ -169,8 +170,13 @@ def heuristic_order(
     Raises:
       SearchError: unknown filter name.
     """
-    filters = [FILTERS[n] for n in _parse_chain(chain)]
+    names = _parse_chain(chain)
     ctx = _Context(graph, _random.Random(seed), lmmd_weight)
+    key = _local_key(ctx, names)
+    if key is not None:
+        return ctx.state.greedy(key)
+    filters = [FILTERS[n] for n in names]
+    # The full scan: every filter is asked about every remaining vertex at every step (quadratic).
     remaining = ctx.state.remaining
     order: list[int] = []
     total = 0
@@ -185,6 +191,32 @@ def heuristic_order(
         remaining.remove(v)
         order.append(v)
     return order, total
+
+
+def _local_key(ctx: _Context, names: list[str]) -> Callable[[int], tuple[int, ...]] | None:
+    """The chain as one lexicographic key for `Eliminator.greedy`, where the chain allows it.
+
+    A chain of argmin filters ending in ``forward`` picks the vertex of smallest (score_1, ...,
+    score_n, number), ``reverse`` the smallest (score_1, ..., score_n, -number); filters after
+    the first forward/reverse never see two candidates. The engine's heap needs scores that
+    depend on a vertex's own edges only: ``markowitz`` and ``relative_markowitz`` do. ``fill_in``,
+    ``lmmd`` and ``momr`` look two edges away (a neighbour's other edges), and ``random`` draws
+    from the whole tie set: those chains keep the full scan. Returns None for them.
+    """
+    last = next(i for i, n in enumerate(names) if n in ("forward", "reverse", "random"))
+    if names[last] == "random" or any(n not in _LOCAL_SCORES for n in names[:last]):
+        return None
+    scores = [_LOCAL_SCORES[n](ctx) for n in names[:last]]
+    if names[last] == "reverse":
+        return lambda v: (*(score(v) for score in scores), -v)
+    return lambda v: tuple(score(v) for score in scores)
+
+
+#: Filters whose score depends on the vertex's own edges only: name -> (context -> score).
+_LOCAL_SCORES: dict[str, Callable[[_Context], Callable[[int], int]]] = {
+    "markowitz": lambda ctx: ctx.state.elimination_cost,
+    "relative_markowitz": lambda ctx: lambda v: ctx.state.elimination_cost(v) - ctx.indep[v] * ctx.dep[v],
+}
 
 
 def search_heuristics(
