@@ -107,7 +107,7 @@ class Eliminator:
 
     Edges carry only their code: shapes are per node and never change under elimination
     (`Graph.node_shapes`). Elimination costs are cached per vertex (eliminating v changes the
-    costs of v's neighbours only), and `neighbour_change` previews an elimination's effect on
+    costs of v's neighbours only, and the cached ones are updated by the terms that change), and `neighbour_change` previews an elimination's effect on
     the neighbours' costs without changing the state (for the LMMD and MOMR heuristics).
     `copy` is a cheap snapshot: the copies share the adjacency dicts until one of them changes a
     dict (copy on write), so a search can keep one state per node of its tree.
@@ -268,26 +268,41 @@ class Eliminator:
             self._own_succs = _make_own(all_succs, preds, self._own_succs)
         if self._own_preds != -1:
             self._own_preds = _make_own(all_preds, succs, self._own_preds)
-        mul, add = self._mul, self._add
+        mul, add, pair = self._mul, self._add, self._pair
+        # The neighbours' cached elimination costs are updated by the terms that change rather
+        # than recomputed: a neighbour of high degree (a value read by every step of an unrolled
+        # loop) would otherwise cost its whole degree at each of its neighbours' eliminations.
+        cost = self._cost
+        cost.pop(vertex, None)
+        delta = {u: 0 for u in (*preds, *succs) if u - I in cost}
         for c, out_code in succs.items():
-            c_preds = all_preds[c]
+            c_preds, c_succs = all_preds[c], all_succs[c]
+            track_c = c in delta
             for p, in_code in preds.items():
                 p_succs = all_succs[p]
                 new = mul[in_code - MIN_CODE][out_code - MIN_CODE]
                 old = p_succs.get(c)
                 code = new if old is None else add[old - MIN_CODE][new - MIN_CODE]
+                if p in delta:  # p's out-edge p->c goes from `old` to `code`
+                    delta[p] += sum(pair(q_code, code, q, p, c) - (0 if old is None else pair(q_code, old, q, p, c))
+                                    for q, q_code in all_preds[p].items())
+                if track_c:  # c's in-edge p->c goes from `old` to `code`
+                    delta[c] += sum(pair(code, s_code, p, c, s) - (0 if old is None else pair(old, s_code, p, c, s))
+                                    for s, s_code in c_succs.items())
                 p_succs[c] = c_preds[p] = code
                 if record is not None:
                     record.append(Product(p, node, c, in_code, out_code, new, 0 if old is None else old,
-                                          0 if old is None else code, self._pair(in_code, out_code, p, node, c)))
-        for c in succs:
+                                          0 if old is None else code, pair(in_code, out_code, p, node, c)))
+        for c, out_code in succs.items():
             del all_preds[c][node]
-        for p in preds:
+            if c in delta:
+                delta[c] -= sum(pair(out_code, s_code, node, c, s) for s, s_code in all_succs[c].items())
+        for p, in_code in preds.items():
             del all_succs[p][node]
-        cost = self._cost
-        for u in (*preds, *succs):
-            cost.pop(u - I, None)
-        cost.pop(vertex, None)
+            if p in delta:
+                delta[p] -= sum(pair(q_code, in_code, q, p, node) for q, q_code in all_preds[p].items())
+        for u, change in delta.items():
+            cost[u - I] += change
         all_preds[node], all_succs[node] = {}, {}
         keys = self._succ_keys
         if keys is not None:

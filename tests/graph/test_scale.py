@@ -148,3 +148,27 @@ def test_graph_derived_sets_are_cached_and_safe():
     assert all(g.is_output(k) for k in g.outputs)
     assert not any(g.is_output(k) for k in g.intermediates)
     assert g.num_intermediates == len(g.intermediates)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), model=MODELS, tensor_fraction=st.sampled_from([0.0, 0.5, 1.0]),
+       data=st.data())
+def test_cached_costs_updated_in_place_equal_recomputed_ones(seed, model, tensor_fraction, data):
+    """The engine updates cached neighbour costs by the changed terms; they equal a fresh sum,
+    also in a snapshot taken midway (copies keep their own caches)."""
+    g = _generator(model, tensor_fraction)(seed)
+    order = data.draw(st.permutations(g.intermediates), label="order")
+    state = graph.Eliminator(g)
+    snapshot = None
+    for n, k in enumerate(order):
+        for u in state.remaining:
+            state.elimination_cost(u)  # cache every cost, so every neighbour is updated in place
+        state.eliminate(k)
+        if n == len(order) // 2:
+            snapshot = state.copy()
+        for s in (state, snapshot):
+            if s is None:
+                continue
+            for u in s.remaining:
+                node = g.num_inputs + u
+                assert s.elimination_cost(u) == s._cost_with(node, s.preds[node], s.succs[node])
