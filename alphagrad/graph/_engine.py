@@ -311,23 +311,32 @@ class Eliminator:
             keys[node] = _NO_EDGES
         self._remaining &= ~(1 << vertex)
 
-    def greedy(self, key: Callable[[int], Any]) -> tuple[list[int], int]:
+    def greedy(self, key: Callable[[int], Any], *, reach: int = 1) -> tuple[list[int], int]:
         """Eliminates every remaining vertex, always the one of smallest ``(key(v), v)``.
 
-        `key` must depend only on the vertex's own edges (its preds, succs and their codes), as
-        `elimination_cost` and `alphagrad.graph.markowitz_degree` do, plus anything static:
-        eliminating v changes only the edges of v's neighbours, so only their keys are
-        recomputed. The vertices wait in a heap with lazy invalidation (an entry is live while
-        its key is the vertex's current key), so a whole order costs O((E + fill-in) log V) key
-        evaluations and heap operations plus the eliminations themselves, instead of a scan of
-        every remaining vertex per step. The order equals the one of that scan exactly.
+        Eliminating v changes only the edges of v's neighbours, so only the keys that read them
+        are recomputed. With ``reach=1``, `key` must depend only on the vertex's own edges (its
+        preds, succs and their codes), as `elimination_cost` and
+        `alphagrad.graph.markowitz_degree` do, plus anything static; with ``reach=2`` it may
+        also read the edges of the vertex's neighbours, as `fill_in` and `neighbour_change` do,
+        and the neighbours of v's non-input neighbours are re-scored too. (An input's successors
+        are never re-scored through it: `neighbour_change` skips inputs, and the fill-in of u
+        changes through its predecessor p only where p gains or loses a successor c of u, and u
+        is then a neighbour of c, itself a neighbour of v.) The vertices wait in a heap with lazy
+        invalidation (an entry is live while its key is the vertex's current key), so with
+        bounded degrees a whole order costs O((E + fill-in) log V) key evaluations and heap
+        operations plus the eliminations themselves, instead of a scan of every remaining vertex
+        per step. The order equals the one of that scan exactly.
 
         Args:
-          key: vertex number -> comparable score (ints, or tuples of them, compared with ==).
+          key: vertex number -> comparable score (numbers, or tuples of them, compared with ==).
+          reach: 1 or 2, how far from a vertex its key reads edges (see above).
 
         Returns:
           (order: the vertex numbers in elimination order, multiplications of the eliminations).
         """
+        if reach not in (1, 2):
+            raise ValueError(f"reach must be 1 or 2, got {reach!r}")
         I = self.num_inputs
         current = {k: key(k) for k in self.remaining}  # vertex number -> its key now
         heap = [(score, k) for k, score in current.items()]
@@ -341,9 +350,16 @@ class Eliminator:
                 continue  # eliminated, or a key the vertex no longer has
             del current[k]
             node = I + k
-            neighbours = [*self.preds[node], *self.succs[node]]
+            neighbours: Iterable[int] = [*self.preds[node], *self.succs[node]]
             total += self.eliminate(k)
             order.append(k)
+            if reach == 2:
+                around = set(neighbours)
+                for x in neighbours:
+                    if x > I:
+                        around.update(self.preds[x])
+                        around.update(self.succs[x])
+                neighbours = around
             for u in neighbours:
                 old = current.get(u - I, missing)
                 if old is missing:  # an input, an output, or eliminated already

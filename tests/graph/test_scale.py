@@ -21,15 +21,13 @@ from alphagrad.agents.heuristics import FILTERS, _Context
 MODELS = st.sampled_from(graph.cost_models())
 SETTINGS = settings(max_examples=30, deadline=None)
 DEGREES = ("cost", "components")
-#: Chains the heap runs (local scores, forward/reverse tie-break), compared with the filter scan.
+#: Chains the heap runs (every chain not ending in random), compared with the filter scan.
 HEAP_CHAINS = (
     "forward",
     "reverse",
-    "markowitz>forward",
-    "markowitz>reverse",
-    "relative_markowitz>forward",
-    "relative_markowitz>reverse",
     "markowitz>relative_markowitz>reverse",
+    "momr>lmmd>fill_in>reverse",
+    *heuristics.DEFAULT_CHAINS,
 )
 
 
