@@ -85,25 +85,20 @@ def _argmin(candidates: list[int], score: Callable[[int], float]) -> list[int]:
     return [v for v, s in zip(candidates, scores) if s == best]
 
 
-def _markowitz(ctx: _Context, cands: list[int]) -> list[int]:
-    return _argmin(cands, ctx.state.elimination_cost)
+#: The filters that keep the candidates of smallest score: name -> (reach, context -> score).
+#: reach is how far from a vertex its score reads edges (`Eliminator.greedy`): 1 for its own
+#: edges, 2 where it also reads its neighbours' edges (new edges, the neighbours' cost change).
+_SCORES: dict[str, tuple[int, Callable[[_Context], Callable[[int], float]]]] = {
+    "markowitz": (1, lambda ctx: ctx.state.elimination_cost),
+    "relative_markowitz": (1, lambda ctx: lambda v: ctx.state.elimination_cost(v) - ctx.indep[v] * ctx.dep[v]),
+    "fill_in": (2, lambda ctx: ctx.state.fill_in),
+    "lmmd": (2, lambda ctx: lambda v: ctx.state.elimination_cost(v) + ctx.lmmd_weight * ctx.state.neighbour_change(v)),
+    "momr": (2, lambda ctx: lambda v: ctx.state.neighbour_change(v) - ctx.state.elimination_cost(v)),
+}
 
 
-def _relative(ctx: _Context, cands: list[int]) -> list[int]:
-    return _argmin(cands, lambda v: ctx.state.elimination_cost(v) - ctx.indep[v] * ctx.dep[v])
-
-
-def _fill_in(ctx: _Context, cands: list[int]) -> list[int]:
-    return _argmin(cands, ctx.state.fill_in)
-
-
-def _lmmd(ctx: _Context, cands: list[int]) -> list[int]:
-    w = ctx.lmmd_weight
-    return _argmin(cands, lambda v: ctx.state.elimination_cost(v) + w * ctx.state.neighbour_change(v))
-
-
-def _momr(ctx: _Context, cands: list[int]) -> list[int]:
-    return _argmin(cands, lambda v: ctx.state.neighbour_change(v) - ctx.state.elimination_cost(v))
+def _score_filter(make_score: Callable[[_Context], Callable[[int], float]]):
+    return lambda ctx, cands: _argmin(cands, make_score(ctx))
 
 
 #: name -> filter(context, candidates) -> best candidates (ties kept).
@@ -111,11 +106,7 @@ FILTERS: dict[str, Callable[[_Context, list[int]], list[int]]] = {
     "forward": lambda ctx, c: [min(c)],
     "reverse": lambda ctx, c: [max(c)],
     "random": lambda ctx, c: [ctx.rng.choice(c)],
-    "markowitz": _markowitz,
-    "relative_markowitz": _relative,
-    "fill_in": _fill_in,
-    "lmmd": _lmmd,
-    "momr": _momr,
+    **{name: _score_filter(make_score) for name, (_, make_score) in _SCORES.items()},
 }
 
 #: Deterministic chains tried by `search_heuristics` (each ends in a forward/reverse tie-break).
@@ -172,11 +163,19 @@ def heuristic_order(
     """
     names = _parse_chain(chain)
     ctx = _Context(graph, _random.Random(seed), lmmd_weight)
-    key = _local_key(ctx, names)
-    if key is not None:
-        return ctx.state.greedy(key)
+    last = next(i for i, n in enumerate(names) if n in ("forward", "reverse", "random"))
+    if names[last] != "random":
+        # Filters after the first forward/reverse never see two candidates, and a chain of
+        # argmin filters picks the smallest (score_1, ..., score_n, number) (forward) or
+        # (score_1, ..., score_n, -number) (reverse): one key for the engine's heap.
+        scores = [_SCORES[n][1](ctx) for n in names[:last]]
+        reach = max((_SCORES[n][0] for n in names[:last]), default=1)
+        if names[last] == "reverse":
+            return ctx.state.greedy(lambda v: (*(score(v) for score in scores), -v), reach=reach)
+        return ctx.state.greedy(lambda v: tuple(score(v) for score in scores), reach=reach)
+    # ``random`` draws from the whole tie set in candidate order: the filters scan every
+    # remaining vertex at every step (quadratic in the number of vertices).
     filters = [FILTERS[n] for n in names]
-    # The full scan: every filter is asked about every remaining vertex at every step (quadratic).
     remaining = ctx.state.remaining
     order: list[int] = []
     total = 0
@@ -191,32 +190,6 @@ def heuristic_order(
         remaining.remove(v)
         order.append(v)
     return order, total
-
-
-def _local_key(ctx: _Context, names: list[str]) -> Callable[[int], tuple[int, ...]] | None:
-    """The chain as one lexicographic key for `Eliminator.greedy`, where the chain allows it.
-
-    A chain of argmin filters ending in ``forward`` picks the vertex of smallest (score_1, ...,
-    score_n, number), ``reverse`` the smallest (score_1, ..., score_n, -number); filters after
-    the first forward/reverse never see two candidates. The engine's heap needs scores that
-    depend on a vertex's own edges only: ``markowitz`` and ``relative_markowitz`` do. ``fill_in``,
-    ``lmmd`` and ``momr`` look two edges away (a neighbour's other edges), and ``random`` draws
-    from the whole tie set: those chains keep the full scan. Returns None for them.
-    """
-    last = next(i for i, n in enumerate(names) if n in ("forward", "reverse", "random"))
-    if names[last] == "random" or any(n not in _LOCAL_SCORES for n in names[:last]):
-        return None
-    scores = [_LOCAL_SCORES[n](ctx) for n in names[:last]]
-    if names[last] == "reverse":
-        return lambda v: (*(score(v) for score in scores), -v)
-    return lambda v: tuple(score(v) for score in scores)
-
-
-#: Filters whose score depends on the vertex's own edges only: name -> (context -> score).
-_LOCAL_SCORES: dict[str, Callable[[_Context], Callable[[int], int]]] = {
-    "markowitz": lambda ctx: ctx.state.elimination_cost,
-    "relative_markowitz": lambda ctx: lambda v: ctx.state.elimination_cost(v) - ctx.indep[v] * ctx.dep[v],
-}
 
 
 def search_heuristics(
