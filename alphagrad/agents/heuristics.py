@@ -15,6 +15,11 @@ step starts. Filters:
 - ``momr``: largest Markowitz degree − (total increase of the neighbours' degrees).
 - ``random``: one candidate at random (random tie-breaking; restart with other seeds).
 
+A chain not ending in ``random`` is one lexicographic key (its scores, then the vertex number),
+so it runs on the engine's heap (`alphagrad.graph.Eliminator.greedy`): after each elimination
+only the vertices near it are re-scored, and the order is exactly the one of the filter scan.
+Chains ending in ``random`` scan every remaining vertex at every step.
+
 The *Markowitz degree* of a vertex is the number of multiplications its elimination costs now
 under the graph's cost model (`alphagrad.graph.Eliminator.elimination_cost`). On scalar graphs
 it is in-degree × out-degree, exactly ANGEL's; on tensor graphs it measures what an
