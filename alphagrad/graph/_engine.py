@@ -141,7 +141,11 @@ class Eliminator:
                 self.succs[e.src][e.dst] = e.code
                 self.preds[e.dst][e.src] = e.code
         # Bit k set: vertex k is an intermediate not yet eliminated (an int: free to snapshot).
-        self._remaining = sum(1 << k for k in graph.intermediates)
+        # Built from a binary string: summing the powers of two would be quadratic in V.
+        flags = ["0"] * (graph.num_vertices + 1)
+        for k in graph.intermediates:
+            flags[k] = "1"
+        self._remaining = int("".join(reversed(flags)), 2)
         self._mul, self._add, self._model_pairs = _model_tables(self.model)
         # Multiplications per (in code, out code, p, v, c): a pure function of the graph, so
         # copies share it.
