@@ -13,8 +13,11 @@ is what the interpreter computes for it by JAX's own differentiation of the equa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
+
+from alphagrad.graph._structure import INDEX_MAP
 
 __all__ = [
     "UNARY",
@@ -24,6 +27,7 @@ __all__ = [
     "RULED_PRIMITIVES",
     "DENSE",
     "normalise",
+    "has_high_rank",
     "edge_codes",
 ]
 
@@ -76,14 +80,25 @@ _TIE_CODES: dict[frozenset, int] = {
 
 
 def normalise(shape: Shape) -> tuple[int, int]:
-    """The paper's 2-D normalisation: () -> (1, 1), (n,) -> (n, 1), (n, m) unchanged."""
+    """The paper's 2-D normalisation: () -> (1, 1), (n,) -> (n, 1), (n, m) unchanged.
+
+    An array of 3 or more dimensions is flattened in row-major order to a column (prod(shape), 1):
+    elementwise partials stay diagonal and data movement stays an index map, while partials whose
+    structure ties axes of such arrays (a batched contraction, a reduction of some axes) are dense
+    over the flattened entries (`has_high_rank`). Only the exact model accepts such shapes.
+    """
     if len(shape) == 0:
         return (1, 1)
     if len(shape) == 1:
         return (int(shape[0]), 1)
     if len(shape) == 2:
         return (int(shape[0]), int(shape[1]))
-    raise ValueError(f"shape {shape} has more than 2 dimensions")
+    return (math.prod(int(n) for n in shape), 1)
+
+
+def has_high_rank(*shapes: Shape) -> bool:
+    """Whether any of `shapes` has 3 or more dimensions (and is flattened by `normalise`)."""
+    return any(len(s) > 2 for s in shapes)
 
 
 def _code_from_ties(ties: set[tuple[int, int, str]]) -> int:
@@ -177,6 +192,31 @@ def _exact_codes(name, norm, out, params, live, in_shapes) -> dict[int, int] | N
     return None
 
 
+def _high_rank_codes(name, norm, out, params, live, in_shapes) -> dict[int, int]:
+    """Exact-model codes for an equation touching an array of 3 or more dimensions.
+
+    Such arrays are flattened columns (see `normalise`): elementwise rules and identities carry
+    over unchanged (flattening keeps entries aligned), every data movement is an index map, and
+    every other partial is dense over the flattened entries.
+    """
+    if name == "transpose":
+        identity = tuple(params["permutation"]) == tuple(range(len(in_shapes[0])))
+        return {i: (-6 if identity else INDEX_MAP) for i in live}
+    if name in UNARY or name in BINARY or name in ("reduce_sum", "broadcast_in_dim", "squeeze", "reshape"):
+        exact = _exact_codes(name, norm, out, params, live, in_shapes)
+        if exact is not None:
+            return exact
+        return {i: (1 if out == (1, 1) else 6) for i in live}  # a unary elementwise map: diagonal
+    if name in ("convert_element_type", "copy", "copy_p", "device_put", "reduce_precision"):
+        return {i: -1 for i in live}
+    if name in ("slice", "concatenate", "stack", "rev", "pad"):
+        return {i: INDEX_MAP for i in live}
+    if name in ("dynamic_slice", "dynamic_update_slice"):
+        data = (0,) if name == "dynamic_slice" else (0, 1)
+        return {i: INDEX_MAP for i in live if i in data}
+    return {i: DENSE for i in live}
+
+
 def edge_codes(
     name: str,
     in_shapes: Sequence[Shape],
@@ -210,6 +250,8 @@ def edge_codes(
         return {}
     if name not in RULED_PRIMITIVES:
         return {i: DENSE for i in live}
+    if model == "exact" and has_high_rank(out_shape, *in_shapes):
+        return _high_rank_codes(name, norm, out, params, live, in_shapes)
     if model == "exact":
         exact = _exact_codes(name, norm, out, params, live, in_shapes)
         if exact is not None:

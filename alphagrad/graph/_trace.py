@@ -196,8 +196,8 @@ def _too_many_dimensions(shape, number: int, where: str, name: str) -> Unsupport
     return UnsupportedPrimitiveError(
         f"an array of shape {tuple(shape)} ({len(shape)} dimensions) in equation {number} (primitive "
         f"'{name}'{', from ' + where if where else ''}): arrays may have at most 2 dimensions (the structure "
-        "codes of the cost models are 2-D). Reshape to at most 2 dimensions around this computation, or "
-        "use jax.jacrev for this function."
+        "codes of the AlphaGrad 2024 cost model are 2-D). Trace with cost_model=\"exact\" (the interpreter's "
+        "model, which flattens such arrays), or reshape to at most 2 dimensions around this computation."
     )
 
 
@@ -250,7 +250,7 @@ class _Builder:
             number = index + 1  # the equation's number in messages
             out_avals = [v.aval for v in eqn.outvars]
             for aval in [a.aval for a in eqn.invars] + out_avals:
-                if len(getattr(aval, "shape", ())) > 2:
+                if len(getattr(aval, "shape", ())) > 2 and model.name != "exact":
                     raise _too_many_dimensions(aval.shape, number, source, name)
             if any(_is_complex(a) for a in out_avals) and any(op.node in self.active for op in operands):
                 dtype = next(a.dtype for a in out_avals if _is_complex(a))
@@ -359,12 +359,14 @@ def trace(
     Returns:
       A `Graph` with one input per differentiated argument leaf (Python scalars included), one
       vertex per equation of the inlined jaxpr (per floating-point output of an equation with
-      several outputs), and one output per result leaf. Arrays are at most 2-D. A primitive
+      several outputs), and one output per result leaf. Shapes are normalised to 2-D (an array of
+      3 or more dimensions, accepted by the exact model only, is a flattened column). A primitive
       without a structural rule (not in `SUPPORTED_PRIMITIVES`) gets dense edges (code 1).
 
     Raises:
-      UnsupportedPrimitiveError: an array of 3 or more dimensions; the message names the shape,
-        the primitive, the equation number and the user's source line.
+      UnsupportedPrimitiveError: under the "alphagrad-2024" model, an array of 3 or more
+        dimensions; the message names the shape, the primitive, the equation number and the
+        user's source line.
       TraceError: `f` could not be traced by JAX, `argnums` is invalid, a differentiated
         argument is complex, or an equation makes a complex value from one that depends on a
         differentiated input (its derivative would be lost: the graph has real partials only).
@@ -384,9 +386,11 @@ def trace(
     input_leaves = _differentiated_leaves(example_args, argnums)
     leaf_paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(example_args)[0]]
     for i in input_leaves:
-        if len(leaf_avals[i].shape) > 2:
+        if len(leaf_avals[i].shape) > 2 and model.name != "exact":
             raise UnsupportedPrimitiveError(
-                f"input {i} of {label!r} has shape {tuple(leaf_avals[i].shape)}: arrays may have at most 2 dimensions"
+                f"input {i} of {label!r} has shape {tuple(leaf_avals[i].shape)}: arrays may have at most 2 "
+                f"dimensions under the {model.name} cost model; trace with cost_model=\"exact\" (the "
+                "interpreter's model, which flattens such arrays)"
             )
         if _is_complex(leaf_avals[i]):
             raise TraceError(
