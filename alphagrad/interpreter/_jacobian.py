@@ -31,6 +31,7 @@ from alphagrad.graph import (
     resolve_order,
     structure_of,
 )
+from alphagrad.interpreter import _tape
 from alphagrad.interpreter._structured import (
     IndexMap,
     MultiplicationCounter,
@@ -399,6 +400,18 @@ def _assemble(graph: Graph, outputs: list[Any], edges, argnums, args: tuple):
     return program.out_tree.unflatten(blocks_per_output)
 
 
+def _tape_of(graph: Graph, steps: Sequence[Step]) -> _tape.Tape | None:
+    """The tape of a program of at least `_tape.TAPE_MIN_EQUATIONS` equations in the tape's class
+    (module _tape), else None: the straight-line path (one XLA operation per equation and product)
+    runs. Both perform the plan's products exactly."""
+    if graph.program is None or len(graph.program.equations) < _tape.TAPE_MIN_EQUATIONS:
+        return None
+    try:
+        return _tape.build(graph, steps)
+    except _tape.Unsupported:
+        return None
+
+
 # ---- public API -----------------------------------------------------------------------------
 
 
@@ -518,24 +531,28 @@ def jacobian(
     # keeps f's name for messages.
     target = functools.wraps(f)(lambda *a: f(*a)[0]) if has_aux else f
 
-    # Per input signature: the graph and the engine's plan of the order (traced, resolved and
-    # planned once; every later trace or eager call only replays the plan).
-    cache: dict[Any, tuple[Graph, tuple[Step, ...]]] = {}
+    # Per input signature: the graph, the engine's plan of the order and, for a long program in
+    # its class, the tape (traced, resolved, planned and taped once; every later trace or eager
+    # call only replays them).
+    cache: dict[Any, tuple[Graph, tuple[Step, ...], _tape.Tape | None]] = {}
 
     def prepare(args):
         key = _signature(args)
         if key not in cache:
             g = graph_of(target, *args, argnums=argnums)
             _check_real_outputs(g)
-            cache[key] = (g, plan(g, _resolve(g, order, target, args, argnums)))
+            steps = plan(g, _resolve(g, order, target, args, argnums))
+            cache[key] = (g, steps, _tape_of(g, steps))
         return cache[key]
 
     def jacobian_fn(*args):
         aux = _aux_pair(f(*args), f)[1] if has_aux else None
-        graph, steps = prepare(args)
+        graph, steps, tape = prepare(args)
         leaves = jax.tree.leaves(args)
-        counter = MultiplicationCounter()
-        outputs, edges, _ = _eliminate_all(graph, steps, leaves, counter)
+        if tape is not None:
+            outputs, edges = _tape.run(tape, leaves)
+        else:
+            outputs, edges, _ = _eliminate_all(graph, steps, leaves, MultiplicationCounter())
         jac = _assemble(graph, outputs, edges, argnums, args)
         return (jac, aux) if has_aux else jac
 
@@ -554,6 +571,9 @@ def count_muls(f: Callable, order: Any, *args: Any, argnums: int | Sequence[int]
     graph = graph_of(f, *args, argnums=argnums)
     _check_real_outputs(graph)
     steps = plan(graph, _resolve(graph, order, f, args, argnums))
+    tape = _tape_of(graph, steps)
+    if tape is not None:
+        return tape.muls  # one multiply step per counted multiplication, checked against the plan
     counter = MultiplicationCounter()
 
     def run(*xs):
