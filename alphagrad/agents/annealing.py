@@ -7,6 +7,12 @@ jitted evaluator (`alphagrad.agents._batch`: bitsets for scalar graphs, `alphagr
 otherwise), and accepts with probability ``min(1, exp(-Δ / temperature))``. The temperature
 cools geometrically from ``t_start`` to ``t_end`` in each round; every new round restarts the
 chains from their own best orders and a quarter of them from the best order overall.
+
+On long programs one scored order costs T·V² state operations (`alphagrad.agents._batch.order_seconds`):
+when one jitted call (B x 4 orders) is predicted to take more than a quarter of the time limit,
+nothing is built or compiled and the cheapest start order is returned at once
+(``info["skipped"]`` says why); and a call is not started when the previous one took longer
+than the time left.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import numpy as np
 from alphagrad import orders as orders_lib
 from alphagrad.agents._batch import Evaluator
 from alphagrad.agents._batch import evaluator as make_evaluator
+from alphagrad.agents._batch import order_seconds
 from alphagrad.agents._result import (
     Deadline,
     Progress,
@@ -131,8 +138,10 @@ def anneal(
 
     Args:
       graph: the graph.
-      seconds: wall-time limit (default 30), compilation included; the last jitted call may
-        overrun it by its own duration (a few hundredths of a second on the reference graphs).
+      seconds: wall-time limit (default 30), compilation included; a call is started only while
+        the previous one took less than the time left (one call lasts a few hundredths of a
+        second on the reference graphs). Skipped (the cheapest start order is returned) when one
+        call is predicted to take more than a quarter of it.
       init_orders: orders (vertex numbers) the chains start from, cycled over the chains
         (default: Markowitz, reverse and forward).
       chains: B, the number of chains scored together (default 256).
@@ -147,19 +156,31 @@ def anneal(
         least once per second.
 
     Returns:
-      A `SearchResult`; ``info["orders_per_second"]`` is the scoring rate after compilation.
+      A `SearchResult`; ``info["orders_per_second"]`` is the scoring rate after compilation,
+      ``info["skipped"]`` the reason when nothing was scored (else None).
     """
     if chains < 1:
         raise SearchError(f"chains must be at least 1, got {chains}")
     deadline = Deadline(seconds)
     if graph.num_intermediates == 0:
         return SearchResult((), 0, "sa", optimal=True, seconds=deadline.elapsed())
-    ev = make_evaluator(graph, backend=backend)
     if not init_orders:
         init_orders = [orders_lib.markowitz(graph), orders_lib.reverse(graph), orders_lib.forward(graph)]
     starts = [np.asarray(check_order(graph, o), dtype=np.int32) - 1 for o in init_orders]
-    start = np.stack([starts[b % len(starts)] for b in range(chains)])
     start_costs = [graph_cost(graph, [int(a) + 1 for a in o]) for o in starts]
+    call_seconds = chains * _ITERS_PER_CALL * order_seconds(graph, backend=backend)
+    if call_seconds > 0.25 * deadline.left():
+        best_i = int(np.argmin(start_costs))
+        if progress is not None:
+            progress(start_costs[best_i], 1.0)
+        reason = (f"one call of {chains} x {_ITERS_PER_CALL} orders is predicted to take {call_seconds:.3g} s, "
+                  f"more than a quarter of the {seconds:g} s limit")
+        return SearchResult(tuple(int(a) + 1 for a in starts[best_i]), start_costs[best_i], "sa",
+                            seconds=deadline.elapsed(),
+                            info={"orders_per_second": 0.0, "chains": chains, "compiled_in_time": False,
+                                  "skipped": reason})
+    ev = make_evaluator(graph, backend=backend)
+    start = np.stack([starts[b % len(starts)] for b in range(chains)])
     key = jax.random.PRNGKey(seed)
     est = _estimate_temperatures(graph, starts, seed)
     t0 = float(t_start) if t_start is not None else est[0]
@@ -182,9 +203,11 @@ def anneal(
     last_report = deadline.elapsed()
     round_len = max(deadline.left(), 1e-3) / n_rounds
     round_start, current_round = deadline.elapsed(), 0
-    while not deadline.expired():
+    last_call = 0.0  # seconds the last call took: the next one is started only if it fits
+    while deadline.left() > last_call:
         if max_iterations is not None and calls * _ITERS_PER_CALL >= max_iterations:
             break
+        call_start = deadline.elapsed()
         phase = min(1.0, (deadline.elapsed() - round_start) / round_len)
         if phase >= 1.0 and current_round + 1 < n_rounds:  # next round: restart from the bests
             current_round += 1
@@ -205,6 +228,8 @@ def anneal(
         else:
             carry = sweep(carry, jnp.asarray(temps, jnp.float32))
         b_costs = np.asarray(carry[4])
+        if calls:  # the first call compiles: it says nothing about the next one
+            last_call = deadline.elapsed() - call_start
         calls += 1
         evaluations += chains * _ITERS_PER_CALL
         if calls == 1:  # the first call compiles; measure the rate from here on
@@ -232,5 +257,5 @@ def anneal(
         evaluations=evaluations,
         seconds=deadline.elapsed(),
         info={"orders_per_second": rate, "backend": ev.backend, "chains": chains, "rounds": n_rounds,
-              "t_start": t0, "t_end": t1, "compiled_in_time": compiled},
+              "t_start": t0, "t_end": t1, "compiled_in_time": compiled, "skipped": None},
     )

@@ -8,6 +8,11 @@ and scored by the cost of that complete order. The W best candidates with distin
 eliminated vertices form the next beam. A completion cheaper than the incumbent replaces it at
 once, so later depths complete with a better order (the "pilot method"). Passes repeat with a
 doubled width until the time limit.
+
+On long programs one scored order costs T·V² state operations (`alphagrad.agents._batch.order_seconds`):
+when the first pass is predicted not to reach depth 50 (or its end) within the time limit,
+nothing is built or compiled and the first incumbent is returned at once (``info["skipped"]``
+says why); and a depth is not started when the previous one took longer than the time left.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 from alphagrad import orders as orders_lib
 from alphagrad.agents._batch import Evaluator
 from alphagrad.agents._batch import evaluator as make_evaluator
+from alphagrad.agents._batch import order_seconds
 from alphagrad.agents._result import (
     Deadline,
     Progress,
@@ -76,11 +82,13 @@ def _one_pass(ev, width, per_state, incumbent, inc_cost, deadline, on_improve):
     alive[0] = True
     evaluations = 0
     warm_start, warm_evals = None, 0
+    last_depth = 0.0  # seconds the last depth took (the first compiles: not counted)
     for depth in range(T):
         if depth == 1:
             warm_start, warm_evals = deadline.elapsed(), evaluations
-        if deadline.expired():
+        if deadline.left() <= last_depth:
             break
+        depth_start = deadline.elapsed()
         if depth == 0:  # compiles for a new width: give up at the deadline rather than overrun it
             ok, step_costs = run_within(deadline, lambda b: np.asarray(expand(b)), beam)
             if not ok:
@@ -133,6 +141,8 @@ def _one_pass(ev, width, per_state, incumbent, inc_cost, deadline, on_improve):
         beam = jax.tree.map(lambda x, keep=keep: x[keep], children)
         prefixes = [prefixes[parents[i]] + [int(actions[i])] for i in pad]
         alive = np.arange(width) < len(chosen)
+        if depth:
+            last_depth = deadline.elapsed() - depth_start
     else:
         depth = T
     warm = (evaluations - warm_evals, deadline.elapsed() - warm_start) if warm_start is not None else (0, 0.0)
@@ -155,8 +165,10 @@ def beam_search(
 
     Args:
       graph: the graph.
-      seconds: wall-time limit (default 30), compilation included; a pass is abandoned at the
-        limit (one depth may overrun it, typically by well under a second).
+      seconds: wall-time limit (default 30), compilation included; a pass is abandoned when the
+        last depth took longer than the time left (one depth lasts well under a second on the
+        reference graphs). Skipped (the first incumbent is returned) when the first pass is
+        predicted not to reach depth 50 (or its end) within it.
       init_order: the first incumbent (default: the cheapest of Markowitz, reverse, forward).
       width: W of the first pass (default 16); each further pass doubles it, up to `max_width`.
       per_state: M, the cheapest next eliminations kept per beam state (default 8).
@@ -167,14 +179,14 @@ def beam_search(
 
     Returns:
       A `SearchResult`; ``info["orders_per_second"]`` counts completed orders scored per second
-      (leaving out the first depth of each pass, which compiles for a new width).
+      (leaving out the first depth of each pass, which compiles for a new width);
+      ``info["skipped"]`` the reason when nothing was scored (else None).
     """
     if width < 1 or per_state < 1:
         raise SearchError(f"width and per_state must be at least 1, got {width} and {per_state}")
     deadline = Deadline(seconds)
     if graph.num_intermediates == 0:
         return SearchResult((), 0, "beam", optimal=True, seconds=deadline.elapsed())
-    ev = make_evaluator(graph, backend=backend)
     if init_order is None:
         init_order = min((orders_lib.resolve(graph, n) for n in ("markowitz", "reverse", "forward")),
                          key=lambda o: graph_cost(graph, o))
@@ -186,6 +198,16 @@ def beam_search(
             progress(cost, deadline.fraction())
 
     on_improve(inc_cost)
+    # A depth completes width x per_state orders and tries every action of every state.
+    T, V = graph.num_intermediates, graph.num_vertices
+    depth_seconds = (width * per_state + width * V / T) * order_seconds(graph, backend=backend)
+    depths = min(T, 50)
+    if depth_seconds * depths > deadline.left():
+        reason = (f"{depths} depths of width {width} are predicted to take {depth_seconds * depths:.3g} s, "
+                  f"more than the {seconds:g} s limit")
+        return SearchResult(tuple(int(a) + 1 for a in incumbent), inc_cost, "beam", seconds=deadline.elapsed(),
+                            info={"orders_per_second": 0.0, "passes": 0, "final_width": width, "skipped": reason})
+    ev = make_evaluator(graph, backend=backend)
     evaluations, passes, warm_evals, warm_time = 0, 0, 0, 0.0
     w = width
     while not deadline.expired() and (max_passes is None or passes < max_passes):
@@ -207,5 +229,6 @@ def beam_search(
         method="beam",
         evaluations=evaluations,
         seconds=deadline.elapsed(),
-        info={"orders_per_second": rate, "passes": passes, "final_width": w, "backend": ev.backend},
+        info={"orders_per_second": rate, "passes": passes, "final_width": w, "backend": ev.backend,
+              "skipped": None},
     )

@@ -20,6 +20,14 @@ so it runs on the engine's heap (`alphagrad.graph.Eliminator.greedy`): after eac
 only the vertices near it are re-scored, and the order is exactly the one of the filter scan.
 Chains ending in ``random`` scan every remaining vertex at every step.
 
+Time limits (`search_heuristics`): a chain is stopped inside, at the limit (the key it scores
+checks the clock), not only between chains, because one chain can take minutes on a long
+program: next to a vertex read by every step of an unrolled loop (a hub), every elimination
+re-scores all the hub's neighbours, and each ``lmmd`` / ``momr`` / ``fill_in`` score reads the
+hub's edges. The chains run cheapest kind first (local scores, then ``fill_in``, then the
+neighbour-change scores), and a chain is skipped when one of its kind (or a cheaper kind) already
+took longer than the time left, or was stopped.
+
 The *Markowitz degree* of a vertex is the number of multiplications its elimination costs now
 under the graph's cost model (`alphagrad.graph.Eliminator.elimination_cost`). On scalar graphs
 it is in-degree × out-degree, exactly ANGEL's; on tensor graphs it measures what an
@@ -148,6 +156,68 @@ def _parse_chain(chain: str | Sequence[str]) -> list[str]:
     return names
 
 
+class _OutOfTime(Exception):
+    """Raised inside a chain when its deadline passes (caught by `search_heuristics`)."""
+
+
+#: A chain checks its deadline once per this many key evaluations (a clock read per key would
+#: cost a third of a Markowitz key).
+_CHECK_EVERY = 64
+
+
+def _checked(score: Callable[[int], object], deadline: Deadline | None, calls: list[int]) -> Callable[[int], object]:
+    """`score`, counting its calls in ``calls[0]`` and raising `_OutOfTime` once `deadline` passed."""
+    if deadline is None:
+        return score
+
+    def checked(v: int) -> object:
+        calls[0] += 1
+        if not calls[0] % _CHECK_EVERY and deadline.expired():
+            raise _OutOfTime
+        return score(v)
+
+    return checked
+
+
+def _chain_order(graph: Graph, names: list[str], seed: int | None, lmmd_weight: float,
+                 deadline: Deadline | None, calls: list[int]) -> tuple[list[int], int]:
+    """`heuristic_order` of a parsed chain; raises `_OutOfTime` once `deadline` (if any) passed.
+    ``calls[0]`` counts the scores evaluated (the chains' unit of work for predicting times)."""
+    ctx = _Context(graph, _random.Random(seed), lmmd_weight)
+    last = next(i for i, n in enumerate(names) if n in ("forward", "reverse", "random"))
+    if names[last] != "random":
+        # Filters after the first forward/reverse never see two candidates, and a chain of
+        # argmin filters picks the smallest (score_1, ..., score_n, number) (forward) or
+        # (score_1, ..., score_n, -number) (reverse): one key for the engine's heap.
+        scores = [_SCORES[n][1](ctx) for n in names[:last]]
+        reach = max((_SCORES[n][0] for n in names[:last]), default=1)
+        if names[last] == "reverse":
+            key = _checked(lambda v: (*(score(v) for score in scores), -v), deadline, calls)
+        else:
+            key = _checked(lambda v: tuple(score(v) for score in scores), deadline, calls)
+        return ctx.state.greedy(key, reach=reach)
+    # ``random`` draws from the whole tie set in candidate order: the filters scan every
+    # remaining vertex at every step (quadratic in the number of vertices).
+    filters = [FILTERS[n] for n in names]
+    remaining = ctx.state.remaining
+    order: list[int] = []
+    total = 0
+    while remaining:
+        if deadline is not None and deadline.expired():
+            raise _OutOfTime
+        calls[0] += len(remaining)
+        cands = remaining
+        for f in filters:
+            cands = f(ctx, cands)
+            if len(cands) == 1:
+                break
+        v = cands[0]
+        total += ctx.state.eliminate(v)
+        remaining.remove(v)
+        order.append(v)
+    return order, total
+
+
 def heuristic_order(
     graph: Graph, chain: str | Sequence[str] = "markowitz>forward", *, seed: int | None = 0, lmmd_weight: float = 1.0
 ) -> tuple[list[int], int]:
@@ -166,35 +236,17 @@ def heuristic_order(
     Raises:
       SearchError: unknown filter name.
     """
-    names = _parse_chain(chain)
-    ctx = _Context(graph, _random.Random(seed), lmmd_weight)
-    last = next(i for i, n in enumerate(names) if n in ("forward", "reverse", "random"))
-    if names[last] != "random":
-        # Filters after the first forward/reverse never see two candidates, and a chain of
-        # argmin filters picks the smallest (score_1, ..., score_n, number) (forward) or
-        # (score_1, ..., score_n, -number) (reverse): one key for the engine's heap.
-        scores = [_SCORES[n][1](ctx) for n in names[:last]]
-        reach = max((_SCORES[n][0] for n in names[:last]), default=1)
-        if names[last] == "reverse":
-            return ctx.state.greedy(lambda v: (*(score(v) for score in scores), -v), reach=reach)
-        return ctx.state.greedy(lambda v: tuple(score(v) for score in scores), reach=reach)
-    # ``random`` draws from the whole tie set in candidate order: the filters scan every
-    # remaining vertex at every step (quadratic in the number of vertices).
-    filters = [FILTERS[n] for n in names]
-    remaining = ctx.state.remaining
-    order: list[int] = []
-    total = 0
-    while remaining:
-        cands = remaining
-        for f in filters:
-            cands = f(ctx, cands)
-            if len(cands) == 1:
-                break
-        v = cands[0]
-        total += ctx.state.eliminate(v)
-        remaining.remove(v)
-        order.append(v)
-    return order, total
+    return _chain_order(graph, _parse_chain(chain), seed, lmmd_weight, None, [0])
+
+
+#: How expensive a filter's score is: 0 reads the vertex's own edges (cached elimination
+#: costs), 1 previews the fill-in, 2 prices every neighbour's elimination before and after.
+_KIND = {"forward": 0, "reverse": 0, "random": 0, "markowitz": 0, "relative_markowitz": 0, "fill_in": 1,
+         "lmmd": 2, "momr": 2}
+
+
+def _kind(chain: str) -> int:
+    return max(_KIND[n] for n in _parse_chain(chain))
 
 
 def search_heuristics(
@@ -206,27 +258,39 @@ def search_heuristics(
     seed: int = 0,
     progress: Progress | None = None,
 ) -> SearchResult:
-    """Runs every chain in `chains` (plus forward and reverse mode), then restarts the
+    """Runs forward and reverse mode, Markowitz and every chain in `chains`, then restarts the
     `random_chains` with new seeds until the time limit; returns the cheapest order.
 
     Args:
       graph: the graph.
-      seconds: wall-time limit (default 10; None: only `chains` and one pass of `random_chains`).
-        The deterministic chains run first (at least the first one, whatever the limit); on the
-        reference graphs all of them together take about 1-3 s.
+      seconds: wall-time limit (default 10; None: every chain of `chains` and one pass of
+        `random_chains`, however long they take). Forward, reverse and Markowitz (the chain
+        ``markowitz>forward``, near-linear in the edges) always complete, whatever the limit;
+        every other chain is stopped at the limit, cheapest kind first (see the module
+        docstring), and skipped when predicted not to finish in the time left (a chain of its
+        kind, or of a cheaper kind, took longer or was stopped; a ``random`` chain: the
+        remaining-vertex scan, about T²/2 scores at the measured rate of its kind). On the
+        reference graphs all deterministic chains together take about 1-3 s.
       chains: deterministic chains (see `heuristic_order`).
       random_chains: chains ending in ``random`` restarted with seeds seed, seed + 1, ...
       seed: first seed of the random restarts.
       progress: called with (best cost, fraction of the budget used) on improvements.
 
     Returns:
-      A `SearchResult` with ``info["chain"]`` the chain (and ``info["seed"]``) that won and
-      ``info["chains"]`` the cost of every deterministic chain.
+      A `SearchResult` with ``info["chain"]`` the chain (and ``info["seed"]``) that won,
+      ``info["chains"]`` the cost of every deterministic chain that finished and
+      ``info["skipped"]`` the chains skipped or stopped at the limit.
     """
     deadline = Deadline(seconds)
+    limit = None if seconds is None else deadline
     best_order, best_cost, best_chain, best_seed = None, None, "", None
     per_chain: dict[str, int] = {}
+    skipped: list[str] = []
     evaluations = 0
+    # Per kind of chain: the longest time a finished chain took, and seconds per score.
+    took: dict[int, float] = {}
+    per_call: dict[int, float] = {}
+    stopped_kind: int | None = None  # the cheapest kind a chain of which was stopped at the limit
 
     def consider(order, cost, chain, s):
         nonlocal best_order, best_cost, best_chain, best_seed
@@ -235,27 +299,78 @@ def search_heuristics(
             if progress is not None:
                 progress(best_cost, deadline.fraction())
 
+    def run(chain: str, s: int | None, bounded: bool) -> tuple[list[int], int] | None:
+        """The chain's (order, cost), or None when it was stopped at the limit."""
+        nonlocal stopped_kind
+        kind, calls, start = _kind(chain), [0], deadline.elapsed()
+        try:
+            result = _chain_order(graph, _parse_chain(chain), s, 1.0, limit if bounded else None, calls)
+        except _OutOfTime:
+            skipped.append(chain)
+            stopped_kind = kind if stopped_kind is None else min(kind, stopped_kind)
+            return None
+        spent = deadline.elapsed() - start
+        took[kind] = max(took.get(kind, 0.0), spent)
+        if calls[0]:
+            per_call[kind] = max(per_call.get(kind, 0.0), spent / calls[0])
+        return result
+
+    def too_slow(kind: int, predicted: float | None) -> bool:
+        if seconds is None:
+            return False
+        if stopped_kind is not None and kind >= stopped_kind:
+            return True
+        return predicted is not None and predicted > deadline.left()
+
+    def known(table: dict[int, float], kind: int) -> float | None:
+        """The measurement of this kind, else the largest of a cheaper kind (a lower estimate)."""
+        if kind in table:
+            return table[kind]
+        cheaper = [v for k, v in table.items() if k < kind]
+        return max(cheaper) if cheaper else None
+
     for name, order in (("forward", list(graph.intermediates)), ("reverse", list(reversed(graph.intermediates)))):
         c = graph_cost(graph, order)
         per_chain[name] = c
         consider(order, c, name, None)
-    for n, chain in enumerate(chains):
-        if n and seconds is not None and deadline.expired():
-            break
-        order, c = heuristic_order(graph, chain)
+    # Markowitz first and whatever the limit: the guarantee "never worse than the classic orders".
+    first = "markowitz>forward"
+    order, c = run(first, None, bounded=False)
+    evaluations += 1
+    per_chain[first] = c
+    consider(order, c, first, None)
+    for chain in sorted((c for c in dict.fromkeys(chains) if c != first), key=_kind):
+        kind = _kind(chain)
+        if too_slow(kind, known(took, kind)):
+            skipped.append(chain)
+            continue
+        found = run(chain, None, bounded=True)
+        if found is None:
+            continue
         evaluations += 1
-        per_chain[chain] = c
-        consider(order, c, chain, None)
+        per_chain[chain] = found[1]
+        consider(found[0], found[1], chain, None)
+    T = graph.num_intermediates
     s = seed
     while random_chains:
+        ran = False
         for chain in random_chains:
             if seconds is not None and deadline.expired():
                 break
-            order, c = heuristic_order(graph, chain, seed=s)
+            kind = _kind(chain)
+            rate = known(per_call, kind)
+            if too_slow(kind, None if rate is None else rate * T * (T + 1) / 2):
+                if s == seed:
+                    skipped.append(chain)
+                continue
+            found = run(chain, s, bounded=True)
+            if found is None:
+                break
+            ran = True
             evaluations += 1
-            consider(order, c, chain, s)
+            consider(found[0], found[1], chain, s)
         s += 1
-        if seconds is None or deadline.expired():
+        if seconds is None or deadline.expired() or not ran:
             break
     assert best_order is not None
     return SearchResult(
@@ -264,5 +379,6 @@ def search_heuristics(
         method="heuristics",
         evaluations=evaluations,
         seconds=deadline.elapsed(),
-        info={"chain": best_chain, "seed": best_seed, "chains": per_chain, "random_restarts": s - seed},
+        info={"chain": best_chain, "seed": best_seed, "chains": per_chain, "random_restarts": s - seed,
+              "skipped": skipped},
     )

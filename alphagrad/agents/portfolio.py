@@ -5,27 +5,39 @@
     >>> order_file = portfolio.optimize(f, x, y, minutes=1.0)      # OrderFile for interpreter.jacobian
 
 ``best`` first takes the floor (`floor_order`: the cheapest of forward, reverse, Markowitz and
-every deterministic heuristic chain, whatever the budget, so that it is never worse than any of
-them), then spends its budget in this order and keeps the cheapest order: random restarts of the
-heuristic chains (up to 10 % with the floor, at most 30 s), the exact solver seeded with the best
-order (10 %, at most 30 s; on scalar graphs, and on tensor graphs of at most 20 intermediates; it
-may prove the order optimal, which ends the search), beam search (25 % of what is left) and
-simulated annealing started from everything found so far (the rest). AlphaZero is not part of
-``best`` (training from scratch rarely pays off within one search budget); run it explicitly
-with ``method="alphazero"``.
+every deterministic heuristic chain that fits in at least `FLOOR_SECONDS_MIN`, whatever the
+budget, so that it is never worse than the classic orders, nor on graphs of a few hundred
+vertices than any chain), then spends its budget in this order and keeps the cheapest order:
+random restarts of the heuristic chains (up to 10 % with the floor, at most 30 s), the exact
+solver seeded with the best order (10 %, at most 30 s; on scalar graphs, and on tensor graphs of
+at most 20 intermediates; it may prove the order optimal, which ends the search), beam search
+(25 % of what is left) and simulated annealing started from everything found so far (the rest).
+
+On long programs (about 1,000 equations and more) scoring one order on the batched core costs
+more than beam search and annealing can use (`alphagrad.agents._batch.order_seconds`): they are
+left out, and the heuristics get the budget (40 % where the exact solver's root bound, about
+5 µs·V², fits in the rest, which then goes to the exact solver; else all of it). Every stage
+stops at the budget, so ``best`` returns within it plus a small constant (the floor's minimum
+and the exact solver's half second) at any size.
+
+AlphaZero is not part of ``best`` (training from scratch rarely pays off within one search
+budget); run it explicitly with ``method="alphazero"``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import dataclasses
 import importlib
 import math
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
 
+from alphagrad.agents._batch import order_seconds
 from alphagrad.agents._result import Deadline, Progress, SearchError, SearchResult
 from alphagrad.agents.annealing import anneal
 from alphagrad.agents.beam import beam_search
@@ -39,7 +51,10 @@ from alphagrad.graph import cost as graph_cost
 from alphagrad.orders import OrderFile
 
 __all__ = [
+    "AUTO_MAX_SECONDS",
     "AUTO_SECONDS",
+    "FLOOR_SECONDS",
+    "FLOOR_SECONDS_MIN",
     "METHODS",
     "alphazero_status",
     "auto_order",
@@ -54,6 +69,17 @@ METHODS = ("heuristics", "sa", "beam", "exact", "alphazero", "best")
 
 #: `best` runs the exact solver on tensor graphs only up to this many intermediates.
 _EXACT_TENSOR_LIMIT = 20
+
+#: Seconds per V² of the exact solver's root bound (a maximum flow per vertex) on scalar graphs,
+#: about 4.5 s at 1,000 vertices on a 2-core VM: `best` runs the solver only where it fits.
+_EXACT_BOUND_SECONDS_PER_V2 = 5e-6
+
+#: Default time limit of `floor_order`'s heuristic chains (forward, reverse and Markowitz always
+#: complete): every chain fits on graphs of a few hundred vertices, where they take under a second.
+FLOOR_SECONDS = 5.0
+
+#: `best` gives the floor at least this long, whatever its budget.
+FLOOR_SECONDS_MIN = 2.0
 
 
 def alphazero_status() -> tuple[bool, str]:
@@ -97,19 +123,29 @@ def _alphazero(graph: Graph, seconds: float, progress: Progress | None) -> Searc
                         info={"iterations": getattr(result, "iterations", None)})
 
 
-def floor_order(graph: Graph) -> SearchResult:
+def floor_order(graph: Graph, *, seconds: float | None = FLOOR_SECONDS) -> SearchResult:
     """The cheapest of the orders that cost no search: forward, reverse, Markowitz and every
-    deterministic heuristic chain (`alphagrad.agents.heuristics.DEFAULT_CHAINS`).
+    deterministic heuristic chain (`alphagrad.agents.heuristics.DEFAULT_CHAINS`) that fits in
+    `seconds`.
 
     Pure Python on the elimination engine (nothing is compiled): from a few hundredths of a second
-    to about a second on the tasks' graphs. ``"auto"`` and ``search(..., "best")`` never return an
-    order costlier than this one, whatever their budget; on the exact cost model Markowitz alone
-    is often costlier than the cheaper of forward and reverse (docs/cost-model.md).
+    to about a second on the tasks' graphs, where every chain fits. ``"auto"`` and
+    ``search(..., "best")`` never return an order costlier than this one, whatever their budget;
+    on the exact cost model Markowitz alone is often costlier than the cheaper of forward and
+    reverse (docs/cost-model.md). On long programs with hub vertices some chains take minutes:
+    they are stopped at the limit or skipped (`search_heuristics`), while forward, reverse and
+    Markowitz (near-linear in the edges) always complete.
+
+    Args:
+      graph: the graph.
+      seconds: time limit of the chains (default `FLOOR_SECONDS`; None: every chain, however
+        long it takes).
 
     Returns:
-      A `SearchResult` of method "heuristics"; ``info["chain"]`` names the winning order or chain.
+      A `SearchResult` of method "heuristics"; ``info["chain"]`` names the winning order or chain,
+      ``info["skipped"]`` the chains that did not fit.
     """
-    chains = search_heuristics(graph, seconds=None, random_chains=())
+    chains = search_heuristics(graph, seconds=seconds, random_chains=())
     # graph.markowitz is also the chain "markowitz>forward"; it is scored here by its own
     # definition so that the guarantee does not rest on the two staying the same.
     markowitz = resolve_order(graph, "markowitz")
@@ -121,9 +157,10 @@ def floor_order(graph: Graph) -> SearchResult:
 
 
 def _heuristics_stage(graph: Graph, seconds: float, seed: int, progress: Progress | None) -> SearchResult:
-    """The floor (always complete), then random restarts of the chains for what is left of `seconds`."""
+    """The floor (at least `FLOOR_SECONDS_MIN`), then random restarts of the chains for what is
+    left of `seconds`."""
     deadline = Deadline(seconds)
-    floor = floor_order(graph)
+    floor = floor_order(graph, seconds=max(seconds, FLOOR_SECONDS_MIN))
     if progress is not None:
         progress(floor.cost, deadline.fraction())
     if deadline.left() <= 0:
@@ -133,6 +170,39 @@ def _heuristics_stage(graph: Graph, seconds: float, seed: int, progress: Progres
     info = dict(best.info, chains=floor.info["chains"], random_restarts=restarts.info["random_restarts"])
     return dataclasses.replace(best, evaluations=floor.evaluations + restarts.evaluations,
                                seconds=deadline.elapsed(), info=info)
+
+
+class _Interrupted(BaseException):
+    """Raised inside a stage's thread at its hard time limit (BaseException: no ``except
+    Exception`` in the stage swallows it)."""
+
+
+def _within(limit: float, fn: Callable[..., SearchResult], **kwargs: Any) -> SearchResult | None:
+    """``fn(**kwargs)`` run in a thread and interrupted after `limit` seconds; None when interrupted.
+
+    For the exact solver, which checks its time limit only between expansions: on graphs of a
+    few hundred vertices one expansion (or the root bound) can take several seconds. Pure Python
+    stops at the next bytecode once `_Interrupted` is raised in its thread.
+    """
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["value"] = fn(**kwargs)
+        except _Interrupted:
+            pass
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=work, daemon=True, name="alphagrad-stage")
+    thread.start()
+    thread.join(max(0.0, limit))
+    while thread.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_Interrupted))
+        thread.join(0.1)
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
 
 
 def _best(graph: Graph, seconds: float, seed: int, progress: Progress | None) -> SearchResult:
@@ -147,18 +217,33 @@ def _best(graph: Graph, seconds: float, seed: int, progress: Progress | None) ->
     def best_so_far() -> SearchResult:
         return min(found, key=lambda r: (r.cost, not r.optimal))
 
-    found.append(_heuristics_stage(graph, min(0.1 * seconds, 30.0), seed, report))
-    if is_scalar_graph(graph) or graph.num_intermediates <= _EXACT_TENSOR_LIMIT:
-        exact = solve_exact(graph, seconds=max(0.5, min(0.1 * seconds, 30.0)), init_order=best_so_far().order,
-                            progress=report)
-    else:  # no lower bound on tensor graphs: a partial search would prove nothing
-        exact = SearchResult(best_so_far().order, best_so_far().cost, "exact", info={"stopped": "skipped"})
+    share = min(0.1 * seconds, 30.0)
+    # Beam search and annealing need thousands of scored orders; where one costs too much they
+    # are left out, and their share goes to the heuristics and the exact solver.
+    batched = order_seconds(graph) * 1000 <= 0.5 * seconds
+    exact_seconds = max(0.5, share if batched else 0.6 * seconds)
+    if is_scalar_graph(graph):  # the root bound must fit, or the solver would find nothing in time
+        exact_fits = _EXACT_BOUND_SECONDS_PER_V2 * graph.num_vertices ** 2 <= max(0.25, 0.5 * exact_seconds)
+    else:
+        exact_fits = graph.num_intermediates <= _EXACT_TENSOR_LIMIT
+    heuristics_seconds = share if batched else (0.4 * seconds if exact_fits else seconds)
+    found.append(_heuristics_stage(graph, heuristics_seconds, seed, report))
+    exact = None
+    if exact_fits:
+        if not batched:
+            exact_seconds = max(0.5, deadline.left())
+        # A hard limit a second later: the solver checks its own only between expansions.
+        exact = _within(exact_seconds + 1.0, solve_exact, graph=graph, seconds=exact_seconds,
+                        init_order=best_so_far().order, progress=report)
+    if exact is None:  # skipped or interrupted; no lower bound on tensor graphs: a partial search proves nothing
+        exact = SearchResult(best_so_far().order, best_so_far().cost, "exact",
+                             info={"stopped": "skipped" if not exact_fits else "interrupted"})
     found.append(exact)
     lower = exact.lower_bound
-    if not exact.optimal and deadline.left() > 1.0:
+    if batched and not exact.optimal and deadline.left() > 1.0:
         found.append(beam_search(graph, seconds=0.25 * deadline.left(), init_order=best_so_far().order,
                                  progress=report))
-    if not exact.optimal and best_so_far().cost > lower and deadline.left() > 1.0:
+    if batched and not exact.optimal and best_so_far().cost > lower and deadline.left() > 1.0:
         starts = [best_so_far().order] + [r.order for r in found]
         found.append(anneal(graph, seconds=deadline.left(), init_orders=starts, seed=seed, progress=report))
     winner = best_so_far()
@@ -216,8 +301,13 @@ def to_order_file(graph: Graph, result: SearchResult, *, task: str = "", path: s
     return orders.record(result.order, graph=graph, method=result.method, task=task, **meta)
 
 
-#: Search budget of ``order="auto"`` (seconds), unless $ALPHAGRAD_AUTO_SECONDS says otherwise.
+#: Search budget of ``order="auto"`` (seconds) on graphs of up to 2,000 edges (about 1,000
+#: scalar equations), unless $ALPHAGRAD_AUTO_SECONDS says otherwise.
 AUTO_SECONDS = 10.0
+
+#: The largest budget of ``order="auto"``: beyond 2,000 edges it grows with the edges (the floor's
+#: chains and the exact solver's bound take longer), up to this (reached at 12,000 edges).
+AUTO_MAX_SECONDS = 60.0
 
 
 def cache_dir() -> str:
@@ -225,11 +315,12 @@ def cache_dir() -> str:
     return os.environ.get("ALPHAGRAD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "alphagrad")
 
 
-def _auto_seconds() -> float:
-    """The budget of "auto": $ALPHAGRAD_AUTO_SECONDS (a finite number >= 0), else `AUTO_SECONDS`."""
+def _auto_seconds(graph: Graph) -> float:
+    """The budget of "auto": $ALPHAGRAD_AUTO_SECONDS (a finite number >= 0), else `AUTO_SECONDS`
+    per 2,000 edges of `graph` (at least `AUTO_SECONDS`, at most `AUTO_MAX_SECONDS`)."""
     raw = os.environ.get("ALPHAGRAD_AUTO_SECONDS", "").strip()
     if not raw:
-        return float(AUTO_SECONDS)
+        return min(AUTO_MAX_SECONDS, AUTO_SECONDS * max(1.0, len(graph.edges) / 2000))
     try:
         seconds = float(raw)
     except ValueError:
@@ -291,8 +382,9 @@ def _fallback(graph: Graph) -> tuple[list[int], str]:
 
 
 def auto_order(graph: Graph) -> list[int]:
-    """The order ``"auto"`` names: the cached searched order of `graph`, searched (`AUTO_SECONDS`,
-    method "best") and cached under `cache_dir()` once per graph fingerprint.
+    """The order ``"auto"`` names: the cached searched order of `graph`, searched (method "best",
+    `AUTO_SECONDS`, or on graphs of more than 2,000 edges that per 2,000 edges up to
+    `AUTO_MAX_SECONDS`) and cached under `cache_dir()` once per graph fingerprint.
 
     Registered with `alphagrad.graph.register_order` when `alphagrad.agents` is imported, so every
     place that takes an order (``graph.cost``, ``interpreter.jacobian``) accepts "auto", also
@@ -301,7 +393,9 @@ def auto_order(graph: Graph) -> list[int]:
     Never costlier than `floor_order` (forward, reverse, Markowitz, the heuristic chains), and
     never stops the Jacobian:
 
-    - $ALPHAGRAD_AUTO_SECONDS=0: no search and nothing written; a cached order, else the floor.
+    - $ALPHAGRAD_AUTO_SECONDS=0: no search and nothing written; a cached order, else the floor
+      (`floor_order`, at most `FLOOR_SECONDS` of heuristic chains).
+    - $ALPHAGRAD_AUTO_SECONDS=s: the budget is s seconds whatever the graph's size.
     - a cache file that cannot be used (damaged, for another graph, inconsistent): searched
       again and overwritten.
     - the search fails: a warning, and the floor (nothing is cached, so the next process
@@ -312,7 +406,7 @@ def auto_order(graph: Graph) -> list[int]:
     Raises:
       AlphagradError: $ALPHAGRAD_AUTO_SECONDS is not a number of seconds >= 0.
     """
-    seconds = _auto_seconds()
+    seconds = _auto_seconds(graph)
     path = os.path.join(cache_dir(), "orders", graph.fingerprint.replace(":", "-") + ".json")
     cached = _cached_order(path, graph)
     if cached is not None:
