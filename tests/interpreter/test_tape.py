@@ -1,0 +1,159 @@
+"""The tape interpreter (interpreter/_tape.py): forced onto small programs, it gives jax.jacfwd's
+Jacobians (float64 to 1e-10, float32 close), under jit and vmap, in every order; count_muls stays
+graph.cost; graphs outside its class fall back to the straight-line path."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from alphagrad import graph, interpreter, tasks
+from alphagrad.interpreter import _jacobian, _tape
+
+
+@pytest.fixture
+def force_tape(monkeypatch):
+    """Every program in the tape's class runs on the tape, however short."""
+    monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
+
+
+def integrator(s, p):
+    """A state vector indexed into scalars, a few explicit steps, the state stacked; literals,
+    a repeated operand (x * x), neg, a comparison and a select, an output that is also read."""
+    x, y, z = s[0], s[1], s[2]
+    for _ in range(3):
+        dx = p[0] * (y - x)
+        dy = x * (p[1] - z) - y
+        dz = x * y - p[2] * z + 0.1 * (x * x)
+        x, y, z = x + 0.01 * dx, y - 0.01 * -dy, jnp.where(z > 0.5, z + 0.01 * dz, jnp.sin(z))
+    return jnp.stack([x, y, z]), x * 2.0, jnp.tanh(y) / (1.0 + z**2)
+
+
+def scalars(a, b, c):
+    """Scalar arguments and outputs; an output that an equation reads later (an output copy)."""
+    u = jnp.exp(a) * b
+    v = jnp.log1p(u * u) - c
+    w = jnp.maximum(u, v) + jnp.arctan2(v, 2.0)
+    return u, w, u * w
+
+
+S = np.array([0.7, 0.9, 0.4])
+P = np.array([10.0, 28.0, 2.6])
+
+
+def _orders(g):
+    rng = np.random.default_rng(0)
+    shuffled = list(g.intermediates)
+    rng.shuffle(shuffled)
+    return ["forward", "reverse", "markowitz", shuffled]
+
+
+def _close(actual, expected, rtol, atol=1e-12):
+    leaves_a, leaves_b = jax.tree.leaves(actual), jax.tree.leaves(expected)
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, b in zip(leaves_a, leaves_b):
+        assert np.shape(a) == np.shape(b)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("fn, args, argnums", [
+    (integrator, (S, P), (0, 1)),
+    (scalars, (0.3, 1.2, 0.5), (0, 1, 2)),
+])
+def test_tape_equals_jacfwd_float64_every_order_jit_and_vmap(force_tape, fn, args, argnums):
+    with jax.enable_x64(True):
+        args = tuple(jnp.asarray(a, jnp.float64) for a in args)
+        g = interpreter.graph_of(fn, *args, argnums=argnums)
+        expected = jax.jacfwd(fn, argnums=argnums)(*args)
+        batch = tuple(jnp.stack([a, a * 0.9, a * 1.1]) for a in args)
+        expected_batch = jax.vmap(jax.jacfwd(fn, argnums=argnums))(*batch)
+        for order in _orders(g):
+            tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, order)))  # in the class
+            assert tape.muls == graph.cost(g, order)
+            assert interpreter.count_muls(fn, order, *args, argnums=argnums) == graph.cost(g, order)
+            jac = interpreter.jacobian(fn, order, argnums=argnums)
+            _close(jax.jit(jac)(*args), expected, rtol=1e-10)
+            if order in ("reverse", "markowitz"):  # vmap in two orders keeps the test fast
+                _close(jax.jit(jax.vmap(jac))(*batch), expected_batch, rtol=1e-10)
+
+
+def test_tape_float32_and_has_aux(force_tape):
+    args = (jnp.asarray(S, jnp.float32), jnp.asarray(P, jnp.float32))
+
+    def with_aux(s, p):
+        return integrator(s, p), s.sum()
+
+    jac, aux = jax.jit(interpreter.jacobian(with_aux, "markowitz", argnums=1, has_aux=True))(*args)
+    np.testing.assert_allclose(aux, S.sum(), rtol=1e-6)
+    expected = jax.jacfwd(integrator, argnums=1)(*args)
+    _close(jac, expected, rtol=2e-5, atol=1e-6)
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(jac))
+
+
+def test_tape_is_what_jacobian_runs(force_tape, monkeypatch):
+    """The jitted program of a taped Jacobian holds the scan loops, whatever the program's length."""
+    args = (jnp.asarray(S, jnp.float32), jnp.asarray(P, jnp.float32))
+    text = jax.jit(interpreter.jacobian(integrator, "reverse", argnums=(0, 1))).lower(*args).as_text()
+    assert "while" in text
+    monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 10**9)
+    text = jax.jit(interpreter.jacobian(integrator, "reverse", argnums=(0, 1))).lower(*args).as_text()
+    assert "while" not in text
+
+
+def matrix_program(x, w):
+    h = jnp.tanh(w @ x)  # a vector intermediate: outside the tape's class
+    return jnp.sum(h * h), h[0] * x[1]
+
+
+def loop_program(x, y):
+    z = jax.lax.fori_loop(0, 3, lambda i, c: c * 0.5 + jnp.sin(c), x * y)  # a sub-program
+    return z * x
+
+
+@pytest.mark.parametrize("fn, args, reason", [
+    (matrix_program, (np.array([0.3, -0.2, 0.5]), np.arange(9.0).reshape(3, 3) / 10), "non-scalar intermediate"),
+    (loop_program, (0.4, 0.7), "sub-program"),
+])
+def test_unsupported_graphs_fall_back_to_the_straight_line_path(force_tape, fn, args, reason):
+    with jax.enable_x64(True):
+        args = tuple(jnp.asarray(a, jnp.float64) for a in args)
+        g = interpreter.graph_of(fn, *args, argnums=(0, 1))
+        steps = graph.plan(g, graph.resolve_order(g, "reverse"))
+        with pytest.raises(_tape.Unsupported, match=reason):
+            _tape.build(g, steps)
+        assert _jacobian._tape_of(g, steps) is None
+        actual = jax.jit(interpreter.jacobian(fn, "reverse", argnums=(0, 1)))(*args)
+        _close(actual, jax.jacfwd(fn, argnums=(0, 1))(*args), rtol=1e-10)
+        assert interpreter.count_muls(fn, "reverse", *args, argnums=(0, 1)) == graph.cost(g, "reverse")
+
+
+def test_short_programs_keep_the_straight_line_path():
+    args = (jnp.asarray(S, jnp.float32), jnp.asarray(P, jnp.float32))
+    g = interpreter.graph_of(integrator, *args, argnums=(0, 1))
+    assert len(g.program.equations) < _tape.TAPE_MIN_EQUATIONS
+    assert _jacobian._tape_of(g, graph.plan(g, graph.resolve_order(g, "reverse"))) is None
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), statements=st.integers(5, 25), order_seed=st.integers(0, 2**16))
+def test_random_scalar_programs_tape_equals_straight_line(force_tape, seed, statements, order_seed):
+    task = tasks.random_program(seed, "scalar", num_statements=statements)
+    g = interpreter.graph_of(task.fn, *task.args, argnums=tuple(range(len(task.args))))
+    order = list(g.intermediates)
+    np.random.default_rng(order_seed).shuffle(order)
+    steps = graph.plan(g, graph.resolve_order(g, order))
+    tape = _tape.build(g, steps)
+    assert tape.muls == graph.cost(g, order)
+    leaves = jax.tree.leaves(task.args)
+    outputs, blocks = jax.jit(lambda *xs: _tape.run(tape, list(xs)))(*leaves)
+    expected_outputs, edges, _ = _jacobian._eliminate_all(g, steps, leaves, _jacobian.MultiplicationCounter())
+    for a, b in zip(outputs, expected_outputs):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert set(blocks) == set(edges)  # the edges left: input -> output, the Jacobian's blocks
+    for key, partial in edges.items():
+        dense = np.asarray(_jacobian.densify(partial, jnp.float32))
+        np.testing.assert_allclose(np.asarray(blocks[key].value), dense, rtol=1e-5, atol=1e-6)
