@@ -53,7 +53,9 @@ STRUCTURAL = frozenset(
 )
 REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min".split())
 # Primitives with a structural rule; every other primitive gets dense edges.
-RULED_PRIMITIVES = UNARY | BINARY | ZERO_DERIVATIVE | STRUCTURAL | REDUCTIONS | {"dot_general"}
+# Convolutions are rank >= 3: they have a rule under the exact model only (the 2024 model refuses them).
+CONTRACTIONS = frozenset({"dot_general", "conv_general_dilated"})
+RULED_PRIMITIVES = UNARY | BINARY | ZERO_DERIVATIVE | STRUCTURAL | REDUCTIONS | CONTRACTIONS
 #: The code of a partial without known structure (the dense fallback): a full [v1, v2, p1, p2] array.
 DENSE = 1
 
@@ -82,10 +84,12 @@ _TIE_CODES: dict[frozenset, int] = {
 def normalise(shape: Shape) -> tuple[int, int]:
     """The paper's 2-D normalisation: () -> (1, 1), (n,) -> (n, 1), (n, m) unchanged.
 
-    An array of 3 or more dimensions is flattened in row-major order to a column (prod(shape), 1):
-    elementwise partials stay diagonal and data movement stays an index map, while partials whose
-    structure ties axes of such arrays (a batched contraction, a reduction of some axes) are dense
-    over the flattened entries (`has_high_rank`). Only the exact model accepts such shapes.
+    An array of 3 or more dimensions keeps its leading axis and flattens the others in row-major
+    order, (d1, d2, ..., dk) -> (d1, d2 * ... * dk): elementwise partials stay diagonal, data
+    movement stays an index map, and a tie between leading axes (the batch axis of a batched
+    contraction or convolution, a reduction that keeps the leading axis) is still a tie; whatever
+    else ties axes of such arrays is dense over the flattened trailing entries (`has_high_rank`).
+    Only the exact model accepts such shapes.
     """
     if len(shape) == 0:
         return (1, 1)
@@ -93,7 +97,7 @@ def normalise(shape: Shape) -> tuple[int, int]:
         return (int(shape[0]), 1)
     if len(shape) == 2:
         return (int(shape[0]), int(shape[1]))
-    return (math.prod(int(n) for n in shape), 1)
+    return (int(shape[0]), math.prod(int(n) for n in shape[1:]))
 
 
 def has_high_rank(*shapes: Shape) -> bool:
@@ -192,13 +196,57 @@ def _exact_codes(name, norm, out, params, live, in_shapes) -> dict[int, int] | N
     return None
 
 
-def _high_rank_codes(name, norm, out, params, live, in_shapes) -> dict[int, int]:
+def _leading_tie(kind: str | None) -> int:
+    """Code of a partial whose only structure is a tie between the leading axes (position 1 of
+    the output, 3 of the operand): 2 with values along it ("D"), -2 constant along it ("K"),
+    dense (1) without a tie (None)."""
+    return {None: DENSE, "D": 2, "K": -2}[kind]
+
+
+def _dot_general_leading_ties(lhs: Shape, rhs: Shape, out: Shape, params) -> tuple[str | None, str | None]:
+    """Whether the output's leading axis is the leading axis of lhs / rhs, and how.
+
+    The output's axes are batch, lhs free, rhs free. A shared batch axis carries values (the other
+    operand's entries along it, "D"); a free axis of one operand is a Kronecker tie ("K": the
+    partial is the other operand, the same for every index along it).
+    """
+    (lc, rc), (lb, rb) = params["dimension_numbers"]
+    if not out or not lhs or not rhs:
+        return None, None
+    if lb:
+        return ("D" if lb[0] == 0 else None), ("D" if rb[0] == 0 else None)
+    lhs_free = [d for d in range(len(lhs)) if d not in lc]
+    if lhs_free:
+        return ("K" if lhs_free[0] == 0 else None), None
+    rhs_free = [d for d in range(len(rhs)) if d not in rc]
+    return None, ("K" if rhs_free and rhs_free[0] == 0 else None)
+
+
+def _convolution_leading_ties(params) -> tuple[str | None, str | None]:
+    """A convolution treats every example of the batch alike: d(out)/d(lhs) is tied along the batch
+    axis with a constant (the kernel) when batch is the leading axis of both lhs and the output and
+    batch groups do not mix examples; d(out)/d(kernel) has no such tie (dense)."""
+    lhs_spec, _, out_spec = params["dimension_numbers"]
+    batched = lhs_spec[0] == 0 and out_spec[0] == 0 and params.get("batch_group_count", 1) == 1
+    return ("K" if batched else None), None
+
+
+def _high_rank_codes(name, norm, out, params, live, in_shapes, out_shape) -> dict[int, int]:
     """Exact-model codes for an equation touching an array of 3 or more dimensions.
 
-    Such arrays are flattened columns (see `normalise`): elementwise rules and identities carry
-    over unchanged (flattening keeps entries aligned), every data movement is an index map, and
-    every other partial is dense over the flattened entries.
+    Such arrays keep their leading axis and flatten the rest (see `normalise`): elementwise rules
+    and identities carry over unchanged (both sides flatten alike), every data movement is an index
+    map, a tie between leading axes stays a tie (`_leading_tie`), and every other partial is dense.
     """
+    if name == "dot_general":
+        ties = _dot_general_leading_ties(in_shapes[0], in_shapes[1], out_shape, params)
+        return {i: _leading_tie(ties[i]) for i in live}
+    if name == "conv_general_dilated":
+        ties = _convolution_leading_ties(params)
+        return {i: _leading_tie(ties[i]) for i in live}
+    if name in ("reduce_max", "reduce_min"):
+        keeps_leading = out_shape and in_shapes[0] and 0 not in params["axes"]
+        return {i: _leading_tie("D" if keeps_leading else None) for i in live}
     if name == "transpose":
         identity = tuple(params["permutation"]) == tuple(range(len(in_shapes[0])))
         return {i: (-6 if identity else INDEX_MAP) for i in live}
@@ -251,7 +299,7 @@ def edge_codes(
     if name not in RULED_PRIMITIVES:
         return {i: DENSE for i in live}
     if model == "exact" and has_high_rank(out_shape, *in_shapes):
-        return _high_rank_codes(name, norm, out, params, live, in_shapes)
+        return _high_rank_codes(name, norm, out, params, live, in_shapes, out_shape)
     if model == "exact":
         exact = _exact_codes(name, norm, out, params, live, in_shapes)
         if exact is not None:

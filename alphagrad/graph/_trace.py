@@ -69,7 +69,9 @@ def structural_primitives_markdown() -> str:
          "identity (−6), transposed identity (−7), copy (−1) or an index map (11): free"),
         ("reductions", _rules.REDUCTIONS,
          "index map 11 (`reduce_sum`, exact model), Kronecker/diagonal ties otherwise"),
-        ("contraction", {"dot_general"}, "Kronecker ties on free dimensions, diagonal ties on batch dimensions"),
+        ("contraction", _rules.CONTRACTIONS,
+         "Kronecker ties on free dimensions, diagonal ties on batch dimensions; a convolution is tied "
+         "along its batch axis (exact model, rank >= 3)"),
         ("calls (inlined)", set(_INLINED), "no vertex: their bodies' equations are numbered in place"),
     ]
     rows = ["| group | primitives | edges |", "|---|---|---|"]

@@ -1,4 +1,4 @@
-"""Arrays of 3 or more dimensions: flattened columns under the exact model, exact Jacobians."""
+"""Arrays of 3 or more dimensions: leading axis kept, the rest flattened (exact model), exact Jacobians."""
 
 import jax
 import jax.numpy as jnp
@@ -81,9 +81,20 @@ def test_flattening_keeps_elementwise_diagonal_and_data_movement_free():
 
     g = graph.trace(f, jnp.ones((2, 3, 4)), cost_model="exact")
     codes = {(e.src, e.dst): e.code for e in g.edges}
-    assert codes[(1, 2)] == 6  # exp: diagonal over the 24 flattened entries
+    assert codes[(1, 2)] == 6  # exp: diagonal over the (2, 12) flattened entries
     assert codes[(2, 3)] == 11  # a rank-3 permutation is an index map, not an identity
     # Moving exp's diagonal through the permutation and the reshape multiplies nothing.
     assert graph.cost(g, "forward") == graph.cost(g, "reverse") == 0
     x = jnp.linspace(0.1, 1.0, 24).reshape(2, 3, 4)
     assert_close(interpreter.jacobian(f, "forward")(x), jax.jacfwd(f)(x))
+
+
+def test_leading_axis_ties_survive_flattening():
+    # A batched matmul and a convolution treat every example alike: their partials are tied along
+    # the batch axis (2: values along it; -2: the same for every example), not dense.
+    g = graph.trace(batched_matmul, jnp.ones((2, 3, 4)), jnp.ones((2, 4, 5)), cost_model="exact")
+    first = g.vertices[0]
+    assert first.shape == (2, 15)
+    assert {e.src: e.code for e in g.edges if e.dst == g.node_id(first.number)} == {1: 2, 2: 2}
+    g = graph.trace(conv2d, jnp.ones((2, 2, 4, 4)), jnp.ones((3, 2, 3, 3)), cost_model="exact")
+    assert {e.src: e.code for e in g.edges if e.dst == g.node_id(1)} == {1: -2, 2: 1}
