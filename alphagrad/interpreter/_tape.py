@@ -253,10 +253,10 @@ class _Builder:
                 incoming.setdefault(e.dst, []).append(e)
         for k, eqn in enumerate(program.equations):
             where = f"equation {k + 1}" + (f" ({eqn.primitive.name})" if eqn.primitive is not None else " (output copy)")
-            if eqn.primitive is not None and (eqn.primitive.multiple_results or len(eqn.outputs) != 1):
-                raise Unsupported(f"{where} has several outputs")
             if eqn.primitive is not None and any(_is_jaxpr(v) for v in eqn.params.values()):
                 raise Unsupported(f"{where} holds a sub-program (a loop or a branch)")
+            if eqn.primitive is not None and (eqn.primitive.multiple_results or len(eqn.outputs) != 1):
+                raise Unsupported(f"{where} has several outputs")
             for op in eqn.operands:
                 if op.node is None:
                     self._operand(op)
@@ -478,11 +478,14 @@ def build(graph: Graph, steps: Sequence[Step]) -> Tape:
 
 
 def _products(edges: jax.Array, row) -> tuple[jax.Array, None]:
+    """One scalar product step on the edge buffer [num_edges, *batch]."""
     kind, x, y, dst = row
     a = lax.dynamic_index_in_dim(edges, x, keepdims=False)
     b = lax.dynamic_index_in_dim(edges, y, keepdims=False)
     old = lax.dynamic_index_in_dim(edges, dst, keepdims=False)
     zero = jnp.zeros((), edges.dtype)
+    # A switch on the (never batched) tape entry: only the chosen branch runs, so a selection
+    # multiplies nothing and the multiply steps are exactly the counted multiplications.
     new = lax.switch(kind, (
         lambda a, b, old: a * b,
         lambda a, b, old: old + a * b,
@@ -492,8 +495,43 @@ def _products(edges: jax.Array, row) -> tuple[jax.Array, None]:
     return lax.dynamic_update_index_in_dim(edges, new, dst, 0), None
 
 
+def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Both loops on buffers whose slot axis comes first: vals [num_values, *batch] (its leaves
+    and constants filled in) -> (vals, edges [num_edges, *batch]), with at most one batch axis.
+
+    With the batch axis last, each step reads and writes whole contiguous rows of the batch.
+    """
+    batch = vals.shape[1:]
+    edges = jnp.zeros((tape.num_edges, *batch), vals.dtype)
+
+    def kinds(kind, ops):
+        return lax.switch(kind, tape.branches, ops)
+
+    if batch:  # the branches are written for one example; the kind is the same for all
+        kinds = jax.vmap(kinds, in_axes=(None, 1), out_axes=1)
+
+    def equation(carry, row):
+        vals, edges = carry
+        kind, ops, out_at, partials_at = row
+        out, partials = kinds(kind, vals[ops])
+        vals = lax.dynamic_update_slice_in_dim(vals, out, out_at, axis=0)
+        edges = lax.dynamic_update_slice_in_dim(edges, partials, partials_at, axis=0)
+        return (vals, edges), None
+
+    (vals, edges), _ = lax.scan(
+        equation, (vals, edges), (tape.eq_kind, tape.eq_ops, tape.eq_out, tape.eq_partials)
+    )
+    if tape.prod_kind.size:
+        edges, _ = lax.scan(_products, edges, (tape.prod_kind, tape.prod_x, tape.prod_y, tape.prod_dst))
+    return vals, edges
+
+
 def run(tape: Tape, leaves: list[Any]) -> tuple[list[Any], dict[tuple[int, int], Partial]]:
     """Executes the tape on the flattened arguments.
+
+    Under `jax.vmap` the loops run on [slots, batch] buffers (a `custom_vmap` rule moves the
+    batch axis last): vmap's own batching of a loop carry puts the batch axis first, and then
+    every scalar step reads and writes a strided column of the buffer, several times slower.
 
     Returns:
       (outputs: per flattened output its primal value, edges:
@@ -506,21 +544,30 @@ def run(tape: Tape, leaves: list[Any]) -> tuple[list[Any], dict[tuple[int, int],
         vals = lax.dynamic_update_slice(vals, jnp.asarray(leaves[leaf]).reshape(-1).astype(dtype), (base,))
     if tape.constants.size:
         vals = lax.dynamic_update_slice(vals, jnp.asarray(tape.constants, dtype), (tape.constants_at,))
-    edges = jnp.zeros((tape.num_edges,), dtype)
 
-    def equation(carry, row):
-        vals, edges = carry
-        kind, ops, out_at, partials_at = row
-        out, partials = lax.switch(kind, tape.branches, vals[ops])
-        vals = lax.dynamic_update_slice(vals, out, (out_at,))
-        edges = lax.dynamic_update_slice(edges, partials, (partials_at,))
-        return (vals, edges), None
+    def plain(vals):
+        return _execute(tape, vals)
 
-    (vals, edges), _ = lax.scan(
-        equation, (vals, edges), (tape.eq_kind, tape.eq_ops, tape.eq_out, tape.eq_partials)
-    )
-    if tape.prod_kind.size:
-        edges, _ = lax.scan(_products, edges, (tape.prod_kind, tape.prod_x, tape.prod_y, tape.prod_dst))
+    @jax.custom_batching.custom_vmap
+    def rows_batched(vals):
+        return _execute(tape, vals)
+
+    @rows_batched.def_vmap
+    def _batched(axis_size, in_batched, vals):  # vals [batch, num_values]
+        vals, edges = _execute(tape, vals.T)
+        return (vals.T, edges.T), (True, True)
+
+    # custom_vmap functions cannot be differentiated in reverse mode (nor, nested, in forward
+    # mode): derivatives of the Jacobian go through the plain loops.
+    @jax.custom_jvp
+    def execute(vals):
+        return rows_batched(vals)
+
+    @execute.defjvp
+    def _jvp(primals, tangents):
+        return jax.jvp(plain, primals, tangents)
+
+    vals, edges = execute(vals)
     outputs = []
     for out in tape.outputs:
         if isinstance(out, LeafRef):

@@ -157,3 +157,13 @@ def test_random_scalar_programs_tape_equals_straight_line(force_tape, seed, stat
     for key, partial in edges.items():
         dense = np.asarray(_jacobian.densify(partial, jnp.float32))
         np.testing.assert_allclose(np.asarray(blocks[key].value), dense, rtol=1e-5, atol=1e-6)
+
+
+def test_derivatives_of_a_taped_jacobian(force_tape):
+    """The batched fast path (a custom_vmap rule) does not block differentiating the Jacobian."""
+    with jax.enable_x64(True):
+        args = (jnp.float64(0.3), jnp.float64(1.2), jnp.float64(0.5))
+        jac = interpreter.jacobian(scalars, "markowitz", argnums=(0, 1, 2))
+        expected = jax.jacfwd(jax.jacfwd(scalars, argnums=(0, 1, 2)), argnums=0)(*args)
+        _close(jax.jacfwd(jac, argnums=0)(*args), expected, rtol=1e-10)
+        _close(jax.jacrev(jac, argnums=0)(*args), expected, rtol=1e-10)
