@@ -1,0 +1,324 @@
+"""Scale: Jacobians of programs of about 200 to 10,000 equations, stage by stage, against jax.jacrev.
+
+The family (generated here): an explicit Euler integrator of two diffusively coupled
+FitzHugh-Nagumo neurons (state v1, w1, v2, w2; parameters a, b, eps, k; dt = 0.05), stepped
+until the program has about N equations, in five forms:
+
+- ``scalar``: a Python loop of scalar jnp operations (a straight-line program of N equations).
+- ``hub``: the same with dt·eps, dt·k, eps·a and eps·b computed once before the loop: four
+  values read by every step (vertices whose degree grows with N).
+- ``vector``: a ring of 16 oscillators, v and w vectors of 16, coupling by jnp.roll (a tensor
+  graph; N counts vector equations).
+- ``fori`` / ``scan``: the scalar step as the body of ``lax.fori_loop`` / ``lax.scan`` with as
+  many steps as the scalar form has (N counts the equations the loop would unroll to).
+
+Every form differentiates all 8 scalar inputs (``argnums=(0, ..., 7)``; the vector form w.r.t.
+v and w and the 4 parameters). For each form and size, each stage runs in a subprocess of its own
+(peak RSS per stage: ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, JAX's import included),
+killed at ``--timeout`` seconds or ``--max-gb`` of resident memory:
+
+- ``trace``: ``graph.jacobian_graph`` (vertices, edges), ``graph.markowitz`` and the
+  multiplications of forward, reverse and Markowitz (``graph.cost``).
+- ``auto``: ``graph.resolve_order(g, "auto")`` with an empty cache (the whole search:
+  ``alphagrad.agents.auto_order``'s budget) and its multiplications.
+- ``reverse`` / ``markowitz``: the first call of ``jax.jit(interpreter.jacobian(f, order,
+  argnums))`` (trace, order, compile, run), its largest error against eager ``jax.jacfwd`` (no
+  jit; relative to the largest entry), then the steady-state run time at batch 1 and, under
+  ``jax.vmap``, at batch 1,024 (its compilation is reported apart).
+- ``jacrev``: the same for ``jax.jit(jax.jacrev(f, argnums))``.
+
+Only the public API is used (``interpreter.jacobian``), so whatever path the interpreter takes for
+a program (straight-line, tape) is what is measured. Prints one markdown table row per form and
+size (docs/benchmarks.md, "Scale"); ``--json`` also writes every measurement.
+
+    python benchmarks/scale.py                                  # every form, N = 200 1000 3000 10000
+    python benchmarks/scale.py --forms scalar --sizes 1000 --timeout 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+FORMS = ("scalar", "hub", "vector", "fori", "scan")
+STAGES = ("trace", "auto", "reverse", "markowitz", "jacrev")
+DT = 0.05
+RING = 16
+
+
+# ---- the family -----------------------------------------------------------------------------------------------
+
+
+def _step(v1, w1, v2, w2, a, b, eps, k):
+    """One explicit Euler step of the coupled FitzHugh-Nagumo pair (scalar jnp operations)."""
+    dv1 = v1 - v1 * v1 * v1 / 3.0 - w1 + k * (v2 - v1)
+    dw1 = eps * (v1 + a - b * w1)
+    dv2 = v2 - v2 * v2 * v2 / 3.0 - w2 + k * (v1 - v2)
+    dw2 = eps * (v2 + a - b * w2)
+    return v1 + DT * dv1, w1 + DT * dw1, v2 + DT * dv2, w2 + DT * dw2
+
+
+def _program(form: str, steps: int):
+    """f(*args) of `form` with `steps` integration steps."""
+    import jax
+    import jax.numpy as jnp
+
+    if form == "scalar":
+        def f(v1, w1, v2, w2, a, b, eps, k):
+            for _ in range(steps):
+                v1, w1, v2, w2 = _step(v1, w1, v2, w2, a, b, eps, k)
+            return v1, w1, v2, w2
+    elif form == "hub":
+        def f(v1, w1, v2, w2, a, b, eps, k):
+            de, dk, ea, eb = DT * eps, DT * k, eps * a, eps * b  # read by every step
+            for _ in range(steps):
+                v1, w1, v2, w2 = (v1 + DT * (v1 - v1 * v1 * v1 / 3.0 - w1) + dk * (v2 - v1),
+                                  w1 + de * v1 + DT * (ea - eb * w1),
+                                  v2 + DT * (v2 - v2 * v2 * v2 / 3.0 - w2) + dk * (v1 - v2),
+                                  w2 + de * v2 + DT * (ea - eb * w2))
+            return v1, w1, v2, w2
+    elif form == "vector":
+        def f(v, w, a, b, eps, k):
+            for _ in range(steps):
+                dv = v - v * v * v / 3.0 - w + k * (jnp.roll(v, 1) + jnp.roll(v, -1) - 2.0 * v)
+                dw = eps * (v + a - b * w)
+                v, w = v + DT * dv, w + DT * dw
+            return v, w
+    elif form == "fori":
+        def f(v1, w1, v2, w2, a, b, eps, k):
+            body = lambda _, s: _step(*s, a, b, eps, k)  # noqa: E731
+            return jax.lax.fori_loop(0, steps, body, (v1, w1, v2, w2))
+    elif form == "scan":
+        def f(v1, w1, v2, w2, a, b, eps, k):
+            body = lambda s, _: (_step(*s, a, b, eps, k), None)  # noqa: E731
+            return jax.lax.scan(body, (v1, w1, v2, w2), None, length=steps)[0]
+    else:
+        raise ValueError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
+    f.__name__ = f"fhn_{form}_{steps}"
+    return f
+
+
+def _args(form: str):
+    import jax.numpy as jnp
+
+    params = (0.7, 0.8, 0.08, 0.1)  # a, b, eps, k
+    if form == "vector":
+        ring = jnp.linspace(-1.0, 1.0, RING, dtype=jnp.float32)
+        return (ring, 0.5 * ring) + tuple(jnp.float32(p) for p in params)
+    return tuple(jnp.float32(x) for x in (-1.0, 1.0, 0.5, -0.5) + params)
+
+
+def _equations(form: str, steps: int) -> int:
+    """Equations of the program's jaxpr, loops unrolled (a loop form counts as its scalar form)."""
+    import jax
+
+    base = "scalar" if form in ("fori", "scan") else form
+    return len(jax.make_jaxpr(_program(base, steps))(*_args(base)).jaxpr.eqns)
+
+
+def family(form: str, equations: int):
+    """(f, args, argnums, steps): the program of `form` with about `equations` equations."""
+    base = "scalar" if form in ("fori", "scan") else form
+    one, two = _equations(base, 1), _equations(base, 2)
+    steps = max(1, round((equations - (one - (two - one))) / (two - one)))
+    args = _args(form)
+    return _program(form, steps), args, tuple(range(len(args))), steps
+
+
+# ---- one stage (in its own process) ---------------------------------------------------------------------------
+
+
+def _emit(**values) -> None:
+    print(json.dumps(values), flush=True)
+
+
+def _steady(fn, *args) -> float:
+    """Median seconds of ``fn(*args)`` (blocked on), over at least 3 calls and about 1 s."""
+    import jax
+
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < 1.0 and len(times) < 50):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def _rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_stage(stage: str, form: str, size: int) -> None:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import alphagrad  # noqa: F401 - registers "auto"
+    from alphagrad import graph, interpreter
+
+    f, args, argnums, steps = family(form, size)
+    _emit(steps=steps, equations=_equations(form, steps))
+    if stage in ("trace", "auto"):
+        start = time.perf_counter()
+        g = graph.jacobian_graph(f, *args, argnums=argnums)
+        _emit(trace_s=time.perf_counter() - start, vertices=g.num_vertices, edges=len(g.edges))
+        if stage == "trace":
+            start = time.perf_counter()
+            order = graph.markowitz(g)
+            _emit(markowitz_s=time.perf_counter() - start)
+            _emit(**{f"muls_{name}": graph.cost(g, name) for name in ("forward", "reverse")},
+                  muls_markowitz=graph.cost(g, order))
+        else:
+            start = time.perf_counter()
+            order = graph.resolve_order(g, "auto")
+            _emit(auto_s=time.perf_counter() - start, muls_auto=graph.cost(g, order))
+        _emit(rss_gb=_rss_gb())
+        return
+    if stage == "jacrev":
+        jac = jax.jacrev(f, argnums=argnums)
+    else:
+        jac = interpreter.jacobian(f, stage, argnums=argnums)
+    jitted = jax.jit(jac)
+    start = time.perf_counter()
+    ours = jax.block_until_ready(jitted(*args))
+    _emit(first_s=time.perf_counter() - start, rss_gb=_rss_gb())
+    if stage != "jacrev":
+        ref = jax.jacfwd(f, argnums=argnums)(*args)  # eager: no jit, JAX's forward mode op by op
+        a, b = jax.tree.leaves(ours), jax.tree.leaves(ref)
+        assert len(a) == len(b)
+        scale = max(float(np.max(np.abs(x))) for x in b)
+        _emit(error=max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b)) / scale)
+    _emit(batch1_s=_steady(jitted, *args))
+    batch = tuple(x + 0.01 * jnp.linspace(-1.0, 1.0, 1024, dtype=jnp.float32).reshape((1024,) + (1,) * x.ndim)
+                  for x in args)
+    vmapped = jax.jit(jax.vmap(jac))
+    start = time.perf_counter()
+    jax.block_until_ready(vmapped(*batch))
+    _emit(batch1024_first_s=time.perf_counter() - start)
+    _emit(batch1024_s=_steady(vmapped, *batch), rss_gb=_rss_gb())
+
+
+# ---- the driver -----------------------------------------------------------------------------------------------
+
+
+def _run(stage: str, form: str, size: int, timeout: float, max_gb: float, cache: str) -> dict:
+    """Runs one stage in a subprocess; its measurements, plus ``stopped`` when it was killed."""
+    import psutil
+
+    env = dict(os.environ, ALPHAGRAD_CACHE=cache)
+    cmd = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--forms", form, "--sizes", str(size)]
+    out = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=env)
+    handle = psutil.Process(proc.pid)
+    start, peak, stopped = time.perf_counter(), 0.0, None
+    while proc.poll() is None:
+        try:
+            peak = max(peak, handle.memory_info().rss / 2**30)
+        except psutil.Error:
+            pass
+        if peak > max_gb:
+            stopped = f"killed at {peak:.1f} GB"
+        elif time.perf_counter() - start > timeout:
+            stopped = f"did not finish in {timeout:g} s"
+        if stopped:
+            proc.kill()
+            break
+        time.sleep(0.2)
+    _, err = proc.communicate()
+    out.seek(0)
+    result: dict = {}
+    for line in out:
+        if line.startswith("{"):
+            result.update(json.loads(line))
+    if stopped:
+        result["stopped"] = stopped
+    elif proc.returncode:
+        result["stopped"] = "failed: " + (err.strip().splitlines() or ["?"])[-1][:200]
+    result["wall_s"] = time.perf_counter() - start
+    return result
+
+
+def _fmt(value, spec: str = ".2g") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if spec == "s":
+        return f"{value:.2f}" if value < 10 else f"{value:.0f}"
+    if spec == "ms":
+        return f"{value * 1e3:.3g}"
+    return format(value, spec)
+
+
+def _cell_first(r: dict) -> str:
+    if "first_s" in r:
+        return f"{_fmt(r['first_s'], 's')} s, {r['rss_gb']:.1f} GB"
+    return r.get("stopped", "–")
+
+
+def _cell_runs(r: dict) -> str:
+    one = _fmt(r.get("batch1_s"), "ms") if "batch1_s" in r else "–"
+    many = _fmt(r.get("batch1024_s"), "ms") if "batch1024_s" in r else "–"
+    return f"{one} / {many}"
+
+
+HEADER = ("| form | equations | vertices | edges | trace (s) | markowitz (s) | auto (s) | muls fwd / rev / mm / auto "
+          "| first call, reverse | first call, markowitz | first call, jax.jacrev | run b=1 / b=1024 (ms): reverse "
+          "| markowitz | jacrev | max rel. error vs eager jacfwd (rev, mm) |")
+
+
+def row(form: str, size: int, stages: dict[str, dict]) -> str:
+    t, a = stages.get("trace", {}), stages.get("auto", {})
+    muls = " / ".join(_fmt(x.get(k)) for x, k in ((t, "muls_forward"), (t, "muls_reverse"), (t, "muls_markowitz"),
+                                                   (a, "muls_auto")))
+    rev, mm, jr = stages.get("reverse", {}), stages.get("markowitz", {}), stages.get("jacrev", {})
+    errors = ", ".join(_fmt(x.get("error"), ".1e") for x in (rev, mm))
+    cells = [form, _fmt(t.get("equations")), _fmt(t.get("vertices")), _fmt(t.get("edges")),
+             _fmt(t.get("trace_s"), "s"), _fmt(t.get("markowitz_s"), "s"),
+             _fmt(a.get("auto_s"), "s") if "auto_s" in a else a.get("stopped", "–"), muls,
+             _cell_first(rev), _cell_first(mm), _cell_first(jr), _cell_runs(rev), _cell_runs(mm), _cell_runs(jr),
+             errors]
+    return "| " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=FORMS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 1000, 3000, 10000], help="equations")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--timeout", type=float, default=150.0, help="seconds per stage (default 150)")
+    parser.add_argument("--max-gb", type=float, default=8.0, help="resident memory per stage (default 8)")
+    parser.add_argument("--json", help="also write every measurement to this file")
+    parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # one stage, in this process
+    args = parser.parse_args()
+    if args.stage:
+        run_stage(args.stage, args.forms[0], args.sizes[0])
+        return
+    print(HEADER)
+    print("|" + "---|" * (HEADER.count("|") - 1))
+    results = {}
+    with tempfile.TemporaryDirectory() as caches:
+        for size in args.sizes:
+            for form in args.forms:
+                stages = {}
+                cache = os.path.join(caches, f"{form}-{size}")  # empty: "auto" searches once per row
+                for stage in args.stages:
+                    stages[stage] = _run(stage, form, size, args.timeout, args.max_gb, cache)
+                    print(f"  {form} {size} {stage}: {json.dumps(stages[stage])}", file=sys.stderr, flush=True)
+                results[f"{form}-{size}"] = stages
+                print(row(form, size, stages), flush=True)
+                if args.json:
+                    with open(args.json, "w") as fh:
+                        json.dump(results, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
