@@ -15,6 +15,7 @@ from alphagrad import orders as orders_lib
 from alphagrad.errors import AlphagradError, AuxOutputError, TraceError
 from alphagrad.graph import (
     INDEX_MAP,
+    LINEARISED_INDEX_MAPS,
     VALUELESS,
     Equation,
     Graph,
@@ -153,11 +154,33 @@ def _dot_general_partial(values: list[Any], params: dict, wrt: int, dtype) -> ja
     return full if mask is None else jnp.where(mask, full, jnp.zeros((), dtype))
 
 
+def _linearised_index_map(eqn: Equation, values: list[Any], positions: list[int], output: int,
+                          out_shape, in_shape) -> IndexMap:
+    """The partial of output `output` w.r.t. the operand at `positions` of a primitive whose
+    derivative only selects, moves or adds entries (`graph.LINEARISED_INDEX_MAPS`): JAX's own
+    linearisation of the equation at the primal values, and its transpose."""
+    x = jnp.asarray(values[positions[0]])
+
+    def of_operand(y):
+        return _bind_all(eqn, [y if i in positions else v for i, v in enumerate(values)])[output]
+
+    result, linear = jax.linearize(of_operand, x)
+    transposed = jax.linear_transpose(linear, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    return IndexMap(
+        lambda t: linear(t.reshape(x.shape).astype(x.dtype)).reshape(out_shape),
+        lambda ct: transposed(ct.reshape(result.shape).astype(result.dtype))[0].reshape(in_shape),
+    )
+
+
 def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: int,
-                out_shape, in_shape) -> Partial:
-    """Evaluates the partial d(eqn)/d(operands at `positions`) in the layout of `code`."""
+                out_shape, in_shape, output: int = 0) -> Partial:
+    """Evaluates the partial d(eqn's output `output`)/d(operands at `positions`) in the layout of
+    `code` (only the linearised index maps have several outputs)."""
     if code in VALUELESS:
         return Partial(code, out_shape, in_shape, None)
+    if code == INDEX_MAP and eqn.primitive.name in LINEARISED_INDEX_MAPS:
+        return Partial(code, out_shape, in_shape,
+                       _linearised_index_map(eqn, values, positions, output, out_shape, in_shape))
     p_aval_shape = np.shape(values[positions[0]])
     dtype = jnp.result_type(values[positions[0]])
 
@@ -304,10 +327,10 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
         for out, result in zip(eqn.outputs, results):
             env[out.node if out.node is not None else out.value] = result
         if eqn.primitive is None or eqn.primitive.name in SUPPORTED_PRIMITIVES:
-            node = eqn.outputs[0].node
-            for e in incoming.get(node, ()):
-                positions = [i for i, op in enumerate(eqn.operands) if op.node == e.src]
-                edges[(e.src, e.dst)] = _partial_of(eqn, values, positions, e.code, e.out_shape, e.in_shape)
+            for k, out in enumerate(eqn.outputs):
+                for e in incoming.get(out.node, ()) if out.node is not None else ():
+                    positions = [i for i, op in enumerate(eqn.operands) if op.node == e.src]
+                    edges[(e.src, e.dst)] = _partial_of(eqn, values, positions, e.code, e.out_shape, e.in_shape, k)
             continue
         # No structural rule (every multi-output primitive): dense partials, one JVP per source for
         # all the outputs it reaches.
@@ -512,7 +535,11 @@ def jacobian(
       argnums when `argnums` is a tuple), plus aux with ``has_aux``. It works under ``jax.jit`` and
       ``jax.vmap``. The graph is traced once per input signature. Zero-size arrays are fine (their
       blocks are empty or zero, as jax.jacrev's); integer and boolean arguments get float0 blocks
-      (as ``jax.grad(..., allow_int=True)`` gives).
+      (as ``jax.grad(..., allow_int=True)`` gives). A long straight-line program (at least
+      ``interpreter._tape.TAPE_MIN_EQUATIONS`` equations, scalar intermediates) runs as a compact
+      tape: two XLA loops whose compiled size does not grow with the program, performing the same
+      products (module ``interpreter._tape``); other programs run one XLA operation per
+      equation and product.
 
     Raises (when the returned function is called):
       UnsupportedPrimitiveError: an array of f has 3 or more dimensions (the message names it).

@@ -58,12 +58,13 @@ from alphagrad.interpreter._structured import Partial
 __all__ = ["TAPE_MIN_EQUATIONS", "MAX_COMPONENTS", "MAX_KINDS", "Tape", "Unsupported", "build", "run"]
 
 #: Programs with at least this many equations run on the tape (when they are in its class);
-#: smaller ones keep the straight-line path. Below a few hundred equations XLA compiles the
-#: straight-line program in about a second and fuses it into code that runs several times faster
-#: than the tape's loop (one scan step per equation and per product), so the tape only pays off
-#: where compile time dominates: measured in benchmarks/compact_interpreter.py and
-#: docs/benchmarks.md "Compact interpreter at scale".
-TAPE_MIN_EQUATIONS = 500
+#: smaller ones keep the straight-line path. Measured on an unrolled RK4 integrator
+#: (benchmarks/compact_interpreter.py, docs/benchmarks.md "Compact interpreter at scale"): at
+#: about 150 equations the straight-line program still compiles in under 2 s and runs about 6x
+#: faster than the tape at batch 1,024 (XLA fuses it; the tape runs one loop step per equation and
+#: per product), while at about 300 its first call takes 8 s (18 s under vmap), runs no faster,
+#: and at about 600 it does not compile within 100 s. No registered task reaches the threshold.
+TAPE_MIN_EQUATIONS = 250
 #: Most components (array entries) an input, output or operand of the tape may have: every scan
 #: step gathers the largest equation's operand components, so a large array would slow all steps.
 MAX_COMPONENTS = 64
@@ -396,6 +397,14 @@ class _Builder:
             [partial_base_of.get(eqn.outputs[0].node, next_slot) for eqn in program.equations], np.int32
         )
         branches = tuple(_branch(sig, params, O, P, self.dtype) for sig, params in templates)
+        for branch, (signature, _) in zip(branches, templates):
+            # Traced once here, so that an equation the branch cannot re-bind from buffer values
+            # (a constant whose dtype the primitive does not take) falls back instead of failing.
+            try:
+                jax.eval_shape(branch, jax.ShapeDtypeStruct((K,), self.dtype))
+            except Exception as err:  # JAX reports binding errors with many exception types
+                name = signature[0].name if signature[0] is not None else "copy"
+                raise Unsupported(f"a {name} equation cannot run from the tape's buffers: {err}") from err
         prod_arr = np.asarray(prod, np.int32).reshape(-1, 4)
         constants = np.concatenate(self.constants) if self.constants else np.zeros(0, self.dtype)
         return Tape(
