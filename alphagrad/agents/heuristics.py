@@ -25,8 +25,8 @@ checks the clock), not only between chains, because one chain can take minutes o
 program: next to a vertex read by every step of an unrolled loop (a hub), every elimination
 re-scores all the hub's neighbours, and each ``lmmd`` / ``momr`` / ``fill_in`` score reads the
 hub's edges. The chains run cheapest kind first (local scores, then ``fill_in``, then the
-neighbour-change scores), and a chain is skipped when one of its kind (or a cheaper kind) already
-took longer than the time left, or was stopped.
+neighbour-change scores), and a chain is skipped when every chain of its kind so far (or of a
+cheaper kind) took longer than the time left.
 
 The *Markowitz degree* of a vertex is the number of multiplications its elimination costs now
 under the graph's cost model (`alphagrad.graph.Eliminator.elimination_cost`). On scalar graphs
@@ -37,6 +37,7 @@ outputs on either model (a documented simplification on tensor graphs).
 
 from __future__ import annotations
 
+import math
 import random as _random
 from collections.abc import Callable, Sequence
 
@@ -82,11 +83,45 @@ def _connected_counts(graph: Graph) -> tuple[dict[int, int], dict[int, int]]:
     return indep, dep
 
 
+class _OutOfTime(Exception):
+    """Raised inside a chain when its deadline passes (caught by `search_heuristics`)."""
+
+
+class _Pruned(Exception):
+    """Raised inside a chain once its eliminations cost as much as the best order known."""
+
+
+class _Tracked(Eliminator):
+    """The engine, adding up its eliminations' multiplications: a chain stops (`_Pruned`) as soon
+    as it cannot beat the best order known any more, or (`_OutOfTime`) once its deadline passed.
+
+    Pruning changes no result (costs only grow along a chain) and saves most of the time of the
+    chains that fill the graph in (on the exact model, ``markowitz>reverse`` costs nine times
+    Markowitz on an unrolled integrator and takes a hundred times longer).
+    """
+
+    __slots__ = ("total", "bound", "deadline")
+
+    def __init__(self, graph: Graph, bound: float, deadline: Deadline | None):
+        super().__init__(graph)
+        self.total, self.bound, self.deadline = 0, bound, deadline
+
+    def eliminate(self, vertex: int) -> int:
+        cost = super().eliminate(vertex)
+        self.total += cost
+        if self.total >= self.bound:
+            raise _Pruned
+        if self.deadline is not None and self.deadline.expired():
+            raise _OutOfTime
+        return cost
+
+
 class _Context:
     """What the filters see: the elimination state, static counts, and the random generator."""
 
-    def __init__(self, graph: Graph, rng: _random.Random, lmmd_weight: float):
-        self.state = Eliminator(graph)
+    def __init__(self, graph: Graph, rng: _random.Random, lmmd_weight: float, bound: float = math.inf,
+                 deadline: Deadline | None = None):
+        self.state = _Tracked(graph, bound, deadline)
         self.indep, self.dep = _connected_counts(graph)
         self.rng = rng
         self.lmmd_weight = lmmd_weight
@@ -156,10 +191,6 @@ def _parse_chain(chain: str | Sequence[str]) -> list[str]:
     return names
 
 
-class _OutOfTime(Exception):
-    """Raised inside a chain when its deadline passes (caught by `search_heuristics`)."""
-
-
 #: A chain checks its deadline once per this many key evaluations (a clock read per key would
 #: cost a third of a Markowitz key).
 _CHECK_EVERY = 64
@@ -180,10 +211,11 @@ def _checked(score: Callable[[int], object], deadline: Deadline | None, calls: l
 
 
 def _chain_order(graph: Graph, names: list[str], seed: int | None, lmmd_weight: float,
-                 deadline: Deadline | None, calls: list[int]) -> tuple[list[int], int]:
-    """`heuristic_order` of a parsed chain; raises `_OutOfTime` once `deadline` (if any) passed.
-    ``calls[0]`` counts the scores evaluated (the chains' unit of work for predicting times)."""
-    ctx = _Context(graph, _random.Random(seed), lmmd_weight)
+                 deadline: Deadline | None, calls: list[int], bound: float = math.inf) -> tuple[list[int], int]:
+    """`heuristic_order` of a parsed chain; raises `_OutOfTime` once `deadline` (if any) passed,
+    `_Pruned` once its eliminations cost `bound` or more. ``calls[0]`` counts the scores
+    evaluated (the chains' unit of work for predicting times)."""
+    ctx = _Context(graph, _random.Random(seed), lmmd_weight, bound, deadline)
     last = next(i for i, n in enumerate(names) if n in ("forward", "reverse", "random"))
     if names[last] != "random":
         # Filters after the first forward/reverse never see two candidates, and a chain of
@@ -267,9 +299,9 @@ def search_heuristics(
         `random_chains`, however long they take). Forward, reverse and Markowitz (the chain
         ``markowitz>forward``, near-linear in the edges) always complete, whatever the limit;
         every other chain is stopped at the limit, cheapest kind first (see the module
-        docstring), and skipped when predicted not to finish in the time left (a chain of its
-        kind, or of a cheaper kind, took longer or was stopped; a ``random`` chain: the
-        remaining-vertex scan, about T²/2 scores at the measured rate of its kind). On the
+        docstring), and skipped when predicted not to finish in the time left (every chain of
+        its kind so far, or of a cheaper kind, took longer, finished or not; a ``random`` chain:
+        the remaining-vertex scan, about T²/2 scores at the measured rate of its kind). On the
         reference graphs all deterministic chains together take about 1-3 s.
       chains: deterministic chains (see `heuristic_order`).
       random_chains: chains ending in ``random`` restarted with seeds seed, seed + 1, ...
@@ -278,19 +310,24 @@ def search_heuristics(
 
     Returns:
       A `SearchResult` with ``info["chain"]`` the chain (and ``info["seed"]``) that won,
-      ``info["chains"]`` the cost of every deterministic chain that finished and
-      ``info["skipped"]`` the chains skipped or stopped at the limit.
+      ``info["chains"]`` the cost of every deterministic chain that finished,
+      ``info["pruned"]`` the chains stopped as soon as they cost as much as the best order known
+      (every chain but Markowitz is; what they cost does not matter), and ``info["skipped"]``
+      the chains skipped or stopped at the limit.
     """
     deadline = Deadline(seconds)
     limit = None if seconds is None else deadline
     best_order, best_cost, best_chain, best_seed = None, None, "", None
     per_chain: dict[str, int] = {}
     skipped: list[str] = []
+    pruned: list[str] = []
     evaluations = 0
-    # Per kind of chain: the longest time a finished chain took, and seconds per score.
+    # Per kind of chain: the shortest time a chain of that kind took (or ran before it was stopped:
+    # a lower bound), and the fewest seconds per score. The shortest, not the longest: a chain
+    # whose fill-in makes the graph dense can take a hundred times longer than another of its
+    # kind, and must not make the search skip the others (a chain too slow is stopped anyway).
     took: dict[int, float] = {}
     per_call: dict[int, float] = {}
-    stopped_kind: int | None = None  # the cheapest kind a chain of which was stopped at the limit
 
     def consider(order, cost, chain, s):
         nonlocal best_order, best_cost, best_chain, best_seed
@@ -300,27 +337,26 @@ def search_heuristics(
                 progress(best_cost, deadline.fraction())
 
     def run(chain: str, s: int | None, bounded: bool) -> tuple[list[int], int] | None:
-        """The chain's (order, cost), or None when it was stopped at the limit."""
-        nonlocal stopped_kind
+        """The chain's (order, cost), or None when it was stopped at the limit or pruned."""
         kind, calls, start = _kind(chain), [0], deadline.elapsed()
         try:
-            result = _chain_order(graph, _parse_chain(chain), s, 1.0, limit if bounded else None, calls)
+            result = _chain_order(graph, _parse_chain(chain), s, 1.0, limit if bounded else None, calls,
+                                  best_cost if bounded else math.inf)
         except _OutOfTime:
+            result = None
             skipped.append(chain)
-            stopped_kind = kind if stopped_kind is None else min(kind, stopped_kind)
+        except _Pruned:  # its time says nothing about its kind: it stopped early
+            if s is None:
+                pruned.append(chain)
             return None
         spent = deadline.elapsed() - start
-        took[kind] = max(took.get(kind, 0.0), spent)
-        if calls[0]:
-            per_call[kind] = max(per_call.get(kind, 0.0), spent / calls[0])
+        took[kind] = min(took.get(kind, spent), spent)
+        if calls[0] and result is not None:
+            per_call[kind] = min(per_call.get(kind, spent / calls[0]), spent / calls[0])
         return result
 
-    def too_slow(kind: int, predicted: float | None) -> bool:
-        if seconds is None:
-            return False
-        if stopped_kind is not None and kind >= stopped_kind:
-            return True
-        return predicted is not None and predicted > deadline.left()
+    def too_slow(predicted: float | None) -> bool:
+        return seconds is not None and predicted is not None and predicted > deadline.left()
 
     def known(table: dict[int, float], kind: int) -> float | None:
         """The measurement of this kind, else the largest of a cheaper kind (a lower estimate)."""
@@ -340,8 +376,7 @@ def search_heuristics(
     per_chain[first] = c
     consider(order, c, first, None)
     for chain in sorted((c for c in dict.fromkeys(chains) if c != first), key=_kind):
-        kind = _kind(chain)
-        if too_slow(kind, known(took, kind)):
+        if too_slow(known(took, _kind(chain))):
             skipped.append(chain)
             continue
         found = run(chain, None, bounded=True)
@@ -357,18 +392,18 @@ def search_heuristics(
         for chain in random_chains:
             if seconds is not None and deadline.expired():
                 break
-            kind = _kind(chain)
-            rate = known(per_call, kind)
-            if too_slow(kind, None if rate is None else rate * T * (T + 1) / 2):
+            rate = known(per_call, _kind(chain))
+            if too_slow(None if rate is None else rate * T * (T + 1) / 2):
                 if s == seed:
                     skipped.append(chain)
                 continue
             found = run(chain, s, bounded=True)
-            if found is None:
+            if found is None and seconds is not None and deadline.expired():
                 break
             ran = True
             evaluations += 1
-            consider(found[0], found[1], chain, s)
+            if found is not None:
+                consider(found[0], found[1], chain, s)
         s += 1
         if seconds is None or deadline.expired() or not ran:
             break
@@ -380,5 +415,5 @@ def search_heuristics(
         evaluations=evaluations,
         seconds=deadline.elapsed(),
         info={"chain": best_chain, "seed": best_seed, "chains": per_chain, "random_restarts": s - seed,
-              "skipped": skipped},
+              "skipped": skipped, "pruned": pruned},
     )
