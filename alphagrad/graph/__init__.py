@@ -30,7 +30,7 @@ from alphagrad.graph._orders import (
     reverse,
 )
 from alphagrad.graph._reference import ReferenceInfo, load_reference, reference_info, reference_names
-from alphagrad.graph._rules import edge_codes
+from alphagrad.graph._rules import LINEARISED_INDEX_MAPS, edge_codes
 from alphagrad.graph._rules import normalise as normalise_shape
 from alphagrad.graph._structure import INDEX_MAP, VALUELESS, ProductPlan, Structure, product_plan, structure_of
 from alphagrad.graph._trace import (
@@ -47,6 +47,7 @@ from alphagrad.graph._trace import (
 )
 
 __all__ = [
+    "LINEARISED_INDEX_MAPS",
     "CLASSIC_ORDERS",
     "CODES",
     "CostModel",

@@ -25,6 +25,7 @@ __all__ = [
     "ZERO_DERIVATIVE",
     "STRUCTURAL",
     "RULED_PRIMITIVES",
+    "LINEARISED_INDEX_MAPS",
     "DENSE",
     "normalise",
     "has_high_rank",
@@ -53,9 +54,16 @@ STRUCTURAL = frozenset(
 )
 REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min".split())
 # Primitives with a structural rule; every other primitive gets dense edges.
+# Primitives whose derivative only selects, moves or adds tangent entries, though which entries may
+# depend on the values (sort, max pooling, clamp) or on integer operands (gather, scatter): their
+# partials are index maps (code 11), applied as the equation's own linearisation, and multiply nothing.
+LINEARISED_INDEX_MAPS = frozenset(
+    "gather scatter scatter-add cumsum cummax cummin sort top_k split reduce_window_sum "
+    "reduce_window_max reduce_window_min clamp".split()
+)
 # Convolutions are rank >= 3: they have a rule under the exact model only (the 2024 model refuses them).
 CONTRACTIONS = frozenset({"dot_general", "conv_general_dilated"})
-RULED_PRIMITIVES = UNARY | BINARY | ZERO_DERIVATIVE | STRUCTURAL | REDUCTIONS | CONTRACTIONS
+RULED_PRIMITIVES = UNARY | BINARY | ZERO_DERIVATIVE | STRUCTURAL | REDUCTIONS | CONTRACTIONS | LINEARISED_INDEX_MAPS
 #: The code of a partial without known structure (the dense fallback): a full [v1, v2, p1, p2] array.
 DENSE = 1
 
@@ -298,6 +306,8 @@ def edge_codes(
         return {}
     if name not in RULED_PRIMITIVES:
         return {i: DENSE for i in live}
+    if name in LINEARISED_INDEX_MAPS:
+        return {i: INDEX_MAP for i in live}
     if model == "exact" and has_high_rank(out_shape, *in_shapes):
         return _high_rank_codes(name, norm, out, params, live, in_shapes, out_shape)
     if model == "exact":

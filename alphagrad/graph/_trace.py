@@ -67,6 +67,8 @@ def structural_primitives_markdown() -> str:
         ("zero derivative", _rules.ZERO_DERIVATIVE, "no edges (the vertex stays, isolated)"),
         ("data movement", _rules.STRUCTURAL,
          "identity (−6), transposed identity (−7), copy (−1) or an index map (11): free"),
+        ("selection and scattering", _rules.LINEARISED_INDEX_MAPS,
+         "index map (11): the equation's linearisation, which selects, moves or adds entries: free"),
         ("reductions", _rules.REDUCTIONS,
          "index map 11 (`reduce_sum`, exact model), Kronecker/diagonal ties otherwise"),
         ("contraction", _rules.CONTRACTIONS,
