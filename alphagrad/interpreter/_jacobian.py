@@ -517,9 +517,11 @@ def jacobian(
 
     Args:
       f: a function of pytrees of arrays (or Python scalars) returning a pytree of arrays (or
-        ``(output, aux)`` with ``has_aux``). Every array is at most 2-D. Any primitive may occur
-        (loops, branches, sorts, gathers, linear algebra, ...): one without a structural rule is
-        differentiated by JAX as one dense partial (docs/cost-model.md).
+        ``(output, aux)`` with ``has_aux``). Arrays may have any rank (3 or more dimensions keep
+        their leading axis and flatten the rest). Any primitive may occur (loops, branches, sorts,
+        gathers, linear algebra, ...): gathers, scatters, sorts, cumulative sums and pooling are
+        index maps, one without a structural rule is differentiated by JAX as one dense partial
+        (docs/cost-model.md).
       order: "forward", "reverse", "markowitz", "auto", a list of vertex numbers of
         ``graph_of(f, *args, argnums=argnums)``, a callable ``Graph -> order`` (called once per
         input signature), or an `OrderFile` made for that graph. "auto" (registered by
@@ -542,7 +544,6 @@ def jacobian(
       equation and product.
 
     Raises (when the returned function is called):
-      UnsupportedPrimitiveError: an array of f has 3 or more dimensions (the message names it).
       TraceError: f cannot be traced into a graph; in particular a differentiated argument leaf,
         an output, or a value computed from a differentiated argument is complex: alphagrad's
         partials are real, so it refuses rather than lose that derivative (the message names the
