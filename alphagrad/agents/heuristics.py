@@ -290,15 +290,15 @@ def search_heuristics(
     seed: int = 0,
     progress: Progress | None = None,
 ) -> SearchResult:
-    """Runs forward and reverse mode, Markowitz and every chain in `chains`, then restarts the
+    """Runs forward and reverse mode and every chain in `chains`, then restarts the
     `random_chains` with new seeds until the time limit; returns the cheapest order.
 
     Args:
       graph: the graph.
       seconds: wall-time limit (default 10; None: every chain of `chains` and one pass of
         `random_chains`, however long they take). Forward, reverse and Markowitz (the chain
-        ``markowitz>forward``, near-linear in the edges) always complete, whatever the limit;
-        every other chain is stopped at the limit, cheapest kind first (see the module
+        ``markowitz>forward``, near-linear in the edges; stopped only once it costs more than
+        forward or reverse) always complete, whatever the limit; every other chain is stopped at the limit, cheapest kind first (see the module
         docstring), and skipped when predicted not to finish in the time left (every chain of
         its kind so far, or of a cheaper kind, took longer, finished or not; a ``random`` chain:
         the remaining-vertex scan, about T²/2 scores at the measured rate of its kind). On the
@@ -336,12 +336,11 @@ def search_heuristics(
             if progress is not None:
                 progress(best_cost, deadline.fraction())
 
-    def run(chain: str, s: int | None, bounded: bool) -> tuple[list[int], int] | None:
+    def run(chain: str, s: int | None) -> tuple[list[int], int] | None:
         """The chain's (order, cost), or None when it was stopped at the limit or pruned."""
         kind, calls, start = _kind(chain), [0], deadline.elapsed()
         try:
-            result = _chain_order(graph, _parse_chain(chain), s, 1.0, limit if bounded else None, calls,
-                                  best_cost if bounded else math.inf)
+            result = _chain_order(graph, _parse_chain(chain), s, 1.0, limit, calls, best_cost)
         except _OutOfTime:
             result = None
             skipped.append(chain)
@@ -369,17 +368,24 @@ def search_heuristics(
         c = graph_cost(graph, order)
         per_chain[name] = c
         consider(order, c, name, None)
-    # Markowitz first and whatever the limit: the guarantee "never worse than the classic orders".
+    # Markowitz (`alphagrad.graph.markowitz`'s order) first, whatever the limit: the guarantee
+    # "never worse than the classic orders". Only pruned, once it costs more than forward or
+    # reverse mode: where its fill-in makes it slow (tensor graphs), it is also the costlier.
     first = "markowitz>forward"
-    order, c = run(first, None, bounded=False)
-    evaluations += 1
-    per_chain[first] = c
-    consider(order, c, first, None)
+    if first in chains:
+        try:
+            order, c = _chain_order(graph, _parse_chain(first), None, 1.0, None, [0], best_cost + 1)
+        except _Pruned:
+            pruned.append(first)
+        else:
+            evaluations += 1
+            per_chain[first] = c
+            consider(order, c, first, None)
     for chain in sorted((c for c in dict.fromkeys(chains) if c != first), key=_kind):
         if too_slow(known(took, _kind(chain))):
             skipped.append(chain)
             continue
-        found = run(chain, None, bounded=True)
+        found = run(chain, None)
         if found is None:
             continue
         evaluations += 1
@@ -397,7 +403,7 @@ def search_heuristics(
                 if s == seed:
                     skipped.append(chain)
                 continue
-            found = run(chain, s, bounded=True)
+            found = run(chain, s)
             if found is None and seconds is not None and deadline.expired():
                 break
             ran = True

@@ -145,15 +145,8 @@ def floor_order(graph: Graph, *, seconds: float | None = FLOOR_SECONDS) -> Searc
       A `SearchResult` of method "heuristics"; ``info["chain"]`` names the winning order or chain,
       ``info["skipped"]`` the chains that did not fit.
     """
-    chains = search_heuristics(graph, seconds=seconds, random_chains=())
-    # graph.markowitz is also the chain "markowitz>forward"; it is scored here by its own
-    # definition so that the guarantee does not rest on the two staying the same.
-    markowitz = resolve_order(graph, "markowitz")
-    cost = graph_cost(graph, markowitz)
-    if cost < chains.cost:
-        info = dict(chains.info, chain="markowitz", seed=None)
-        return dataclasses.replace(chains, order=tuple(markowitz), cost=cost, info=info)
-    return chains
+    # The chain "markowitz>forward" is graph.markowitz's order (tests/agents/test_heuristics.py).
+    return search_heuristics(graph, seconds=seconds, random_chains=())
 
 
 def _heuristics_stage(graph: Graph, seconds: float, seed: int, progress: Progress | None) -> SearchResult:
