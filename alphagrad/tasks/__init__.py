@@ -28,7 +28,7 @@ from alphagrad.tasks._registry import Task, get, names, register
 # Importing the modules registers their tasks.
 from alphagrad.tasks import _benchmarks as _benchmarks  # noqa: E402,F401
 from alphagrad.tasks import _random as _random  # noqa: E402,F401
-from alphagrad.tasks._corpus import corpus
+from alphagrad.tasks._corpus import corpus, corpus_groups
 from alphagrad.tasks._random import random_program
 from alphagrad.tasks._resolve import ResolvedTask, load_graph, parse_args_spec, resolve
 
@@ -36,6 +36,7 @@ __all__ = [
     "ResolvedTask",
     "Task",
     "corpus",
+    "corpus_groups",
     "get",
     "load_graph",
     "names",

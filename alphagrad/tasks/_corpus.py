@@ -1,11 +1,14 @@
-"""The corpus: small real-looking functions, each built around a primitive without a structural rule.
+"""The corpus: real-looking functions of the kinds users differentiate, with example inputs.
 
-Loops (scan, fori_loop, while_loop), branches (cond, switch), sorts, cumulative ops, products,
-clipping, integer-array indexing (gather), scatters, dynamic slices, linear algebra (solve,
-triangular solve, Cholesky, eigh), log-softmax, an embedding lookup and fixed-key noise: what
-code outside the paper's eight tasks looks like. Every one of them is differentiated by the dense
-fallback (one vmapped JVP per equation without a rule), so the corpus checks that
-``interpreter.jacobian`` accepts any primitive, beside the registered tasks.
+This module holds the first part, small functions each built around a primitive without a
+structural rule: loops (scan, fori_loop, while_loop), branches (cond, switch), sorts, cumulative
+ops, products, clipping, integer-array indexing (gather), scatters, dynamic slices, linear algebra
+(solve, triangular solve, Cholesky, eigh), log-softmax, an embedding lookup and fixed-key noise.
+The rest is written by group, as application code: neural-network layers and losses
+(`_corpus_nn`), scientific residuals, integrators, particles, robots and stencils
+(`_corpus_science`), control flow, indexing and linear algebra (`_corpus_control`). The test suite
+checks every function's Jacobian in several orders, under ``jax.jit``, and its counted
+multiplications (tests/interpreter/test_corpus.py); docs/corpus.md is its table.
 
 The corpus is kept out of `names()`: the paper's task table, ``alphagrad tasks`` and ``bench`` list
 the registered tasks only. ``corpus()`` returns it; a TASK argument names an entry as
@@ -18,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alphagrad.tasks import _corpus_control, _corpus_nn, _corpus_science
 from alphagrad.tasks._registry import Task
 
-__all__ = ["corpus"]
+__all__ = ["corpus", "corpus_groups"]
 
 # Integer index constants (numpy, so importing alphagrad touches no device).
 _IDX = np.array([2, 0, 3, 2], np.int32)
@@ -161,53 +165,76 @@ def eigen_energy(a):
     return values[0] + jnp.sum(vectors[:, 0] ** 2)
 
 
-def corpus() -> dict[str, Task]:
-    """The corpus by name, each entry a `Task` with its example inputs, built on each call.
-
-    ``Task.argnums`` names the floating-point arguments, the ones differentiated (the others are
-    integer trip counts, branch indices, offsets and tokens; an int when there is one).
-    ``Task.reference_jacobian`` is ``"jacfwd"`` for the while loops with a trip count known only
-    at run time (``fori_dynamic``, ``newton_sqrt``), which ``jax.jacrev`` cannot differentiate,
-    and ``"jacrev"`` for the others.
-
-    Returns:
-      A dict from name (``corpus:NAME`` as a TASK argument) to `Task`; float32 inputs of at most
-      five entries (3x3 matrices for the linear algebra, a 4x3 embedding table).
-    """
+def _primitive_entries() -> list[tuple]:
+    """(group, function, example arguments, argnums) for the functions of this module: float32, at most
+    five entries (3x3 matrices for the linear algebra, a 4x3 embedding table)."""
     x4 = jnp.array([0.3, -0.7, 1.1, 0.5], jnp.float32)
     x5 = jnp.array([0.9, -0.2, 0.4, 1.3, -1.0], jnp.float32)
     m3 = jnp.array([[2.0, 0.3, -0.1], [0.4, 1.5, 0.2], [-0.3, 0.1, 1.8]], jnp.float32)
     b3 = jnp.array([0.5, -1.0, 0.25], jnp.float32)
-    entries = [
-        (euler_integrator, (x4[:2], jnp.array([2.0, 0.3], jnp.float32)), (0, 1)),
-        (rk_two_carries, (x4[:3], x5[:3]), (0, 1)),
-        (fori_static, (x4,), 0),
-        (fori_dynamic, (x4, 3), 0),
-        (newton_sqrt, (jnp.array([2.0, 3.0, 0.5], jnp.float32),), 0),
-        (branchy, (x4,), 0),
-        (switched, (x4, 1), 0),
-        (sorted_weights, (x5,), 0),
-        (cumulative, (x4,), 0),
-        (running_max, (x5,), 0),
-        (product, (x4,), 0),
-        (clipped, (x5,), 0),
-        (indexed, (x4,), 0),
-        (scattered, (x4,), 0),
-        (window, (x5, 1), 0),
-        (linear_solve, (m3, b3), (0, 1)),
-        (triangular, (m3, b3), (0, 1)),
-        (cholesky, (m3,), 0),
-        (log_softmax, (x5,), 0),
-        (embedding, (jnp.arange(12.0, dtype=jnp.float32).reshape(4, 3) / 10, jnp.asarray(_IDX[:3])), 0),
-        (eigen_energy, (m3,), 0),
-        (noisy, (x4,), 0),
+    return [
+        ("integrators", euler_integrator, (x4[:2], jnp.array([2.0, 0.3], jnp.float32)), (0, 1)),
+        ("integrators", rk_two_carries, (x4[:3], x5[:3]), (0, 1)),
+        ("control flow", fori_static, (x4,), 0),
+        ("control flow", fori_dynamic, (x4, 3), 0),
+        ("control flow", newton_sqrt, (jnp.array([2.0, 3.0, 0.5], jnp.float32),), 0),
+        ("control flow", branchy, (x4,), 0),
+        ("control flow", switched, (x4, 1), 0),
+        ("sort and scan", sorted_weights, (x5,), 0),
+        ("sort and scan", cumulative, (x4,), 0),
+        ("sort and scan", running_max, (x5,), 0),
+        ("sort and scan", product, (x4,), 0),
+        ("control flow", clipped, (x5,), 0),
+        ("indexing", indexed, (x4,), 0),
+        ("indexing", scattered, (x4,), 0),
+        ("indexing", window, (x5, 1), 0),
+        ("linear algebra", linear_solve, (m3, b3), (0, 1)),
+        ("linear algebra", triangular, (m3, b3), (0, 1)),
+        ("linear algebra", cholesky, (m3,), 0),
+        ("losses", log_softmax, (x5,), 0),
+        ("layers", embedding, (jnp.arange(12.0, dtype=jnp.float32).reshape(4, 3) / 10, jnp.asarray(_IDX[:3])), 0),
+        ("linear algebra", eigen_energy, (m3,), 0),
+        ("other", noisy, (x4,), 0),
     ]
-    # Reverse mode needs a static trip count: jax.jacrev refuses these while loops.
-    forward_only = (fori_dynamic, newton_sqrt)
+
+
+# Reverse mode needs a static trip count: jax.jacrev refuses these while loops.
+_FORWARD_ONLY = frozenset({"fori_dynamic", "newton_sqrt", "cubic_root_newton"})
+
+
+def _entries() -> list[tuple]:
+    return (_primitive_entries() + _corpus_nn.entries() + _corpus_science.entries()
+            + _corpus_control.entries())
+
+
+def corpus() -> dict[str, Task]:
+    """The corpus by name, each entry a `Task` with its example inputs, built on each call.
+
+    ``Task.argnums`` names the floating-point arguments, the ones differentiated (the others are
+    integer trip counts, branch indices, offsets, tokens and index arrays; an int when there is
+    one). ``Task.reference_jacobian`` is ``"jacfwd"`` for the while loops with a trip count known
+    only at run time (``fori_dynamic``, ``newton_sqrt``, ``cubic_root_newton``), which
+    ``jax.jacrev`` cannot differentiate, and ``"jacrev"`` for the others.
+
+    Example arguments are small (at most a few dozen entries per array). Functions written for
+    float64 (most residuals, integrators and the linear algebra) take numpy float64 arrays:
+    run them under ``jax.enable_x64(True)`` to keep float64 (without it JAX computes them in
+    float32). The groups are `corpus_groups`.
+
+    Returns:
+      A dict from name (``corpus:NAME`` as a TASK argument) to `Task`, in group-module order
+      (the primitive corpus first).
+    """
     return {
         fn.__name__: Task(
             fn, args, fn.__name__, fn.__doc__.splitlines()[0], argnums,
-            "jacfwd" if fn in forward_only else "jacrev",
+            "jacfwd" if fn.__name__ in _FORWARD_ONLY else "jacrev",
         )
-        for fn, args, argnums in entries
+        for _, fn, args, argnums in _entries()
     }
+
+
+def corpus_groups() -> dict[str, str]:
+    """The group of every corpus function by name: layers, losses, residuals, integrators, particles,
+    robotics, stencils, control flow, indexing, sort and scan, linear algebra, other."""
+    return {fn.__name__: group for group, fn, _, _ in _entries()}

@@ -5,7 +5,7 @@ integer arrays, scatters, linear algebra, ...) becomes a vertex per derivative-c
 whose partials are dense and computed by JAX's own differentiation of the equation. A corpus of
 small real-looking functions, each built around one such primitive, checks that the Jacobian equals
 jax.jacrev in forward, reverse and Markowitz order, under jax.jit, and that the multiplications the
-interpreter performs are the graph's cost.
+interpreter performs are the graph's cost: it is part of the corpus, tested in test_corpus.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alphagrad import graph, interpreter, tasks
+from alphagrad import graph, interpreter
 from alphagrad.errors import TraceError
 
 ORDERS = ("forward", "reverse", "markowitz")
@@ -23,29 +23,12 @@ ORDERS = ("forward", "reverse", "markowitz")
 X4 = jnp.array([0.3, -0.7, 1.1, 0.5], jnp.float32)
 X5 = jnp.array([0.9, -0.2, 0.4, 1.3, -1.0], jnp.float32)
 
-# The corpus (alphagrad.tasks.corpus): each function is built around one primitive without a rule.
-CORPUS = tasks.corpus()
-
 
 def assert_close(actual, expected):
     assert jax.tree.structure(actual) == jax.tree.structure(expected)
     for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
         assert a.shape == b.shape, (a.shape, b.shape)
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
-
-
-@pytest.mark.parametrize("name", sorted(CORPUS))
-def test_corpus_matches_jacrev_and_counts_the_graph_cost(name):
-    f, args, argnums = CORPUS[name].fn, CORPUS[name].args, CORPUS[name].argnums
-    # jax.jacrev cannot differentiate a while loop (reverse mode needs a static trip count); the
-    # reference Jacobian of these comes from jax.jacfwd, which alphagrad's dense fallback agrees with.
-    reference = {"jacrev": jax.jacrev, "jacfwd": jax.jacfwd}[CORPUS[name].reference_jacobian]
-    expected = reference(f, argnums=argnums)(*args)
-    g = interpreter.graph_of(f, *args, argnums=argnums)
-    for order in ORDERS:
-        # under jax.jit (compiled once: op-by-op dispatch of the eliminations is the slow part)
-        assert_close(jax.jit(interpreter.jacobian(f, order, argnums=argnums))(*args), expected)
-        assert interpreter.count_muls(f, order, *args, argnums=argnums) == graph.cost(g, order)
 
 
 # ---- a primitive JAX itself does not ship ------------------------------------------------------
