@@ -101,7 +101,7 @@ class Tape(NamedTuple):
       eq_partials: int32[E] first edge slot of its partials.
       branches: per kind, ``ops[K] -> (out[O], partials[P])``.
       width: (K, O, P).
-      prod_kind, prod_x, prod_y, prod_dst: int32[M] the scalar product steps (kind, value slot of
+      prod_kind, prod_x, prod_y, prod_dst: int32[M] the scalar product steps (kind, edge slots of
         the first and the second factor (a selection's value and mask), edge slot written).
       outputs: per flattened output of the program: a `_NodeOutput` (slot and shape), or the
         `Operand.value` of a constant output (a constant or a `LeafRef`).
@@ -258,10 +258,14 @@ class _Builder:
                 raise Unsupported(f"{where} holds a sub-program (a loop or a branch)")
             if eqn.primitive is not None and (eqn.primitive.multiple_results or len(eqn.outputs) != 1):
                 raise Unsupported(f"{where} has several outputs")
-            for op in eqn.operands:
-                if op.node is None:
-                    self._operand(op)
-        constants_at = min(self.constant_base.values(), default=self.num_values)
+        # Leaves, then the constants in one contiguous block (written at once by `run`).
+        for wanted in (LeafRef, object):
+            for eqn in program.equations:
+                for op in eqn.operands:
+                    if op.node is None and isinstance(op.value, wanted):
+                        self._operand(op)
+            if wanted is LeafRef:
+                constants_at = self.num_values
         # Vertices, in equation order.
         eq_rows = []  # (signature, operand slots, out slot, partial layout)
         kinds: dict[Any, int] = {}

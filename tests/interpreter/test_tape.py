@@ -62,6 +62,7 @@ def _close(actual, expected, rtol, atol=1e-12):
 
 @pytest.mark.parametrize("fn, args, argnums", [
     (integrator, (S, P), (0, 1)),
+    (integrator, (S, P), 0),  # P: an argument read as a value, not an input
     (scalars, (0.3, 1.2, 0.5), (0, 1, 2)),
 ])
 def test_tape_equals_jacfwd_float64_every_order_jit_and_vmap(force_tape, fn, args, argnums):
