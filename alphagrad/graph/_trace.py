@@ -22,7 +22,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import ClosedJaxpr, DropVar, Jaxpr, Literal
+from jax.extend.core import ClosedJaxpr, DebugInfo, DropVar, Jaxpr, JaxprEqn, Literal, new_jaxpr_eqn
+from jax.extend.core.primitives import closed_call_p
 
 from alphagrad.errors import TraceError, UnsupportedPrimitiveError
 from alphagrad.graph import _rules
@@ -205,6 +206,66 @@ def _too_many_dimensions(shape, number: int, where: str, name: str) -> Unsupport
     )
 
 
+def _fuse_complex_spans(jaxpr: Jaxpr) -> list[tuple[JaxprEqn, bool]]:
+    """The equations of `jaxpr`, each span that computes with complex values fused into one call.
+
+    The graph's partials are real, but a real function may pass through complex values inside (an
+    FFT and back, a complex eigen-decomposition whose real part is used). Each such span, from an
+    equation touching a complex value to the last use of the complex values it makes, becomes one
+    `closed_call` equation from the real values it reads to the real values read after it: a
+    vertex whose real partials JAX computes (the dense fallback). A span whose complex values are
+    outputs of `jaxpr` is left as it is (the caller refuses complex outputs with a clear message).
+
+    Returns:
+      (equation, fused) pairs in order; fused equations are not inlined.
+    """
+    eqns = list(jaxpr.eqns)
+
+    def complex_atoms(atoms):
+        return [a for a in atoms if not isinstance(a, Literal) and _is_complex(a.aval)]
+
+    if not any(complex_atoms(e.invars) or complex_atoms(e.outvars) for e in eqns):
+        return [(e, False) for e in eqns]
+    last_use: dict[Any, int] = {}
+    for i, e in enumerate(eqns):
+        for a in e.invars:
+            if not isinstance(a, Literal):
+                last_use[a] = i
+    for a in jaxpr.outvars:
+        if not isinstance(a, Literal):
+            last_use[a] = len(eqns)
+    result: list[tuple[JaxprEqn, bool]] = []
+    i = 0
+    while i < len(eqns):
+        if not (complex_atoms(eqns[i].invars) or complex_atoms(eqns[i].outvars)):
+            result.append((eqns[i], False))
+            i += 1
+            continue
+        end, j = i, i
+        while j <= end and end < len(eqns):
+            for v in complex_atoms(eqns[j].outvars):
+                end = max(end, last_use.get(v, j))
+            j += 1
+        span = eqns[i : end + 1]
+        if end >= len(eqns):  # a complex output: nothing to fuse
+            result.extend((e, False) for e in eqns[i:])
+            break
+        defined = {v for e in span for v in e.outvars}
+        reads = [a for e in span for a in e.invars if not isinstance(a, Literal) and a not in defined]
+        invars = list(dict.fromkeys(reads))
+        outvars = [v for e in span for v in e.outvars if not isinstance(v, DropVar) and last_use.get(v, -1) > end]
+        if outvars:
+            effects = frozenset().union(*(e.effects for e in span))
+            names = DebugInfo("alphagrad complex span", None, tuple(f"in{k}" for k in range(len(invars))),
+                              tuple(f"out{k}" for k in range(len(outvars))))
+            body = ClosedJaxpr(Jaxpr([], invars, outvars, span, effects, names), [])
+            fused = new_jaxpr_eqn(invars, outvars, closed_call_p, {"call_jaxpr": body}, effects,
+                                  span[0].source_info)
+            result.append((fused, True))
+        i = end + 1
+    return result
+
+
 class _Builder:
     def __init__(self, num_inputs: int, active: set[int]):
         self.num_inputs = num_inputs
@@ -236,12 +297,12 @@ class _Builder:
                 return Operand(None, atom.val)
             return env[atom]
 
-        for eqn in jaxpr.eqns:
-            name = eqn.primitive.name
+        for eqn, fused in _fuse_complex_spans(jaxpr):
+            name = "complex_span" if fused else eqn.primitive.name
             operands = [read(a) for a in eqn.invars]
             # Equations inside library calls (jnp.cumsum is a jit) point at the user's call site.
             source = _source_of(eqn) or caller
-            if name in _INLINED:
+            if name in _INLINED and not fused:
                 body = eqn.params[_INLINED[name]]
                 if isinstance(body, ClosedJaxpr):
                     outs = self.walk(body.jaxpr, list(body.consts), operands, model, source)

@@ -10,6 +10,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import jaxpr_as_fun
+from jax.extend.core.primitives import closed_call_p
 
 from alphagrad import orders as orders_lib
 from alphagrad.errors import AlphagradError, AuxOutputError, TraceError
@@ -88,14 +90,11 @@ def _bind_all(eqn: Equation, values: list[Any]) -> list[Any]:
     """All outputs of the equation at these operand values."""
     if eqn.primitive is None:  # an appended output copy
         return [values[0]]
+    if eqn.primitive is closed_call_p:  # a fused span of complex arithmetic (graph.trace)
+        return list(jaxpr_as_fun(eqn.params["call_jaxpr"])(*values))
     result = eqn.primitive.bind(*values, **eqn.params)
     # Some primitives (device_put) return a list even for their single output.
     return list(result) if eqn.primitive.multiple_results else [result]
-
-
-def _bind(eqn: Equation, values: list[Any]) -> Any:
-    """The first (for most primitives the only) output of the equation."""
-    return _bind_all(eqn, values)[0]
 
 
 #: Read dot_general partials without tied operand indices off the other operand by selection
@@ -187,7 +186,7 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
     def of_operand(x):
         # The other operands are closed over, so the JVP carries no zero tangents for them
         # (XLA cannot drop a float multiply by zero).
-        return _bind(eqn, [x if i in positions else v for i, v in enumerate(values)])
+        return _bind_all(eqn, [x if i in positions else v for i, v in enumerate(values)])[output]
 
     def tangent_map(t_norm):
         """[p1, p2] tangent of the operand -> [v1, v2] tangent of the output (linear)."""
@@ -206,7 +205,7 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
                 else (jnp.zeros_like(v) if _is_float(v) else v)
                 for i, v in enumerate(values)
             ]
-            return _bind(eqn, operands).reshape(out_shape)
+            return _bind_all(eqn, operands)[output].reshape(out_shape)
 
         # Transpose the primitive jointly in all its floating-point operands (it is linear in all
         # of them; transposing in one while another is a constant trips pad's transpose rule),
@@ -217,7 +216,7 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
             operands = list(values)
             for i, x in zip(floats, linear):
                 operands[i] = x
-            return _bind(eqn, operands).reshape(out_shape)
+            return _bind_all(eqn, operands)[output].reshape(out_shape)
 
         joint_transpose = jax.linear_transpose(
             joint_map, *(jax.ShapeDtypeStruct(np.shape(values[i]), jnp.result_type(values[i])) for i in floats)
@@ -326,7 +325,9 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
         results = _bind_all(eqn, values)  # evaluated once, whatever its number of outputs
         for out, result in zip(eqn.outputs, results):
             env[out.node if out.node is not None else out.value] = result
-        if eqn.primitive is None or eqn.primitive.name in SUPPORTED_PRIMITIVES:
+        # Structured partials for primitives with rules; a fused complex span (a closed_call the
+        # trace did not inline) has none.
+        if eqn.primitive is None or (eqn.primitive.name in SUPPORTED_PRIMITIVES and eqn.primitive is not closed_call_p):
             for k, out in enumerate(eqn.outputs):
                 for e in incoming.get(out.node, ()) if out.node is not None else ():
                     positions = [i for i, op in enumerate(eqn.operands) if op.node == e.src]
