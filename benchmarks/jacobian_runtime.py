@@ -1,48 +1,102 @@
 """Runtime of `interpreter.jacobian` against `jax.jacfwd` / `jax.jacrev`, measured in one run.
 
-For each task and batch size: the median wall time of ``jit(vmap(J))`` where J is our Jacobian
-with the forward, reverse, Markowitz and cheapest known order (the best of the classic orders and
-of a short `alphagrad.agents.search`), and ``jax.jacfwd`` / ``jax.jacrev`` of the same function.
+For each function (the registered tasks and, with ``--corpus``, the public corpus
+`alphagrad.tasks.corpus`) and each batch size: the median wall time of ``jit(vmap(J))`` where J
+is our Jacobian with the forward, reverse, Markowitz and ``"auto"`` orders, beside
+``jit(vmap(jax.jacfwd(f)))`` and ``jit(vmap(jax.jacrev(f)))``, with the kernel count of each
+compiled program.
 
-Two ways of timing each Jacobian:
+* The call returns jax.jacrev's pytree of blocks (one output buffer per block), as a user calls
+  it; ``--consumed`` flattens the blocks into one [batch, n] array inside the same jit instead.
+* Every candidate is compiled once, then all are timed in interleaved rounds (round-robin, a few
+  calls each) in the same process, so that load changes on a shared machine hit them alike; the
+  median per candidate is reported.
+* **cheapest** is the order with the fewest multiplications among forward, reverse, Markowitz
+  and auto (its time is that order's column). Ratios are time(faster of jacfwd, jacrev) / time(ours):
+  above 1 we are faster.
+* **kernels** counts the operations XLA runs at the top level of the compiled program (every
+  fusion, custom call, dot, copy, concatenate, loop, ... of the entry computation and of loop
+  bodies; parameters, constants, bitcasts and tuples excluded): the number of kernel launches
+  per call.
+* A function is skipped at a batch size where its Jacobian (or jacfwd's/jacrev's largest
+  intermediate, estimated as 4 Jacobians) would need more than ``--max-gb``.
+* Corpus functions run in float32 (their float64 examples are cast), the arguments they do not
+  differentiate (trip counts, indices) are shared by the batch (``in_axes=None``).
+* ``"auto"``'s search budget is $ALPHAGRAD_AUTO_SECONDS (set it, e.g. to 2, for a quick corpus run).
 
-* **returned**: ``jit(vmap(J))(*xs)`` returns jax.jacrev's pytree of blocks, as a user calls it.
-  Every returned block is a separate device buffer and Python array object, a fixed cost per
-  block that no order changes; the ``floor`` column times a jitted function that returns the
-  same blocks with one multiplication each (returned mode only).
-* **consumed**: the Jacobian is used inside the same jit (all blocks flattened into one
-  [batch, n_entries] array), as when a Jacobian feeds further computation. This measures the
-  arithmetic, not the per-block return cost.
-
-Candidates are timed in interleaved rounds so that load changes hit them alike. Prints markdown
-tables of milliseconds per call and of ``time(jax.jacrev) / time(ours)`` (above 1: ours is
-faster), and compile times separately.
-
-    python benchmarks/jacobian_runtime.py [--tasks RoeFlux_1d ...] [--batches 1 64 512] \
-        [--reps 200] [--search-seconds 10]
+    python benchmarks/jacobian_runtime.py [--tasks RoeFlux_1d ...] [--corpus [NAME ...]] \\
+        [--batches 256 32768] [--reps 30] [--max-gb 2] [--consumed]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
+import re
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from alphagrad import graph, interpreter, orders, tasks
-from alphagrad.agents import search
-from alphagrad.cli.timing import batched_inputs, example_arrays
 
-CLASSIC = ("forward", "reverse", "markowitz")
+ORDERS = ("forward", "reverse", "markowitz", "auto")
+PEERS = ("jacfwd", "jacrev")
+#: Cheaper-not-slower check: a cheaper order (by > 25% multiplications) counts as slower only when
+#: more than this fraction slower (the spread of repeated medians on a shared 2-core machine).
+NOISE = 0.10
+_TRIVIAL = {"parameter", "constant", "bitcast", "tuple", "get-tuple-element", "after-all", "partition-id"}
 
 
-def compile_s(fn, args) -> tuple[object, float]:
-    start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    return compiled, time.perf_counter() - start
+def kernel_count(hlo_text: str) -> int:
+    """Operations run as kernels: instructions of the computations that are not fused into a
+    fusion or applied elementwise by another operation (reducers, comparators, scatter updates)."""
+    inner = set(re.findall(r"calls=(%[\w.\-]+)", hlo_text)) | set(re.findall(r"to_apply=(%[\w.\-]+)", hlo_text))
+    count, inside = 0, False
+    for line in hlo_text.splitlines():
+        header = re.match(r"^(?:ENTRY )?(%[\w.\-]+) .*\{$", line)
+        if header:
+            inside = header.group(1) not in inner
+            continue
+        op = re.match(r"^\s*(?:ROOT )?%[\w.\-]+ = .*? ([\w\-]+)\(", line)
+        if inside and op and op.group(1) not in _TRIVIAL:
+            count += 1
+    return count
+
+
+def _float_leaf(x) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.floating)
+
+
+def batched_args(args: tuple, argnums: tuple[int, ...], batch: int, seed: int = 0):
+    """The differentiated arguments as `batch` perturbed float32 copies [batch, ...], the others
+    unchanged; and vmap's in_axes."""
+    key = jax.random.PRNGKey(seed)
+    out, in_axes = [], []
+    for i, a in enumerate(args):
+        if i not in argnums:
+            out.append(a)
+            in_axes.append(None)
+            continue
+        leaves, tree = jax.tree.flatten(a)
+        batched = []
+        for j, leaf in enumerate(leaves):
+            leaf = jnp.asarray(leaf, jnp.float32) if _float_leaf(leaf) else jnp.asarray(leaf)
+            noise = 0.01 * jax.random.uniform(jax.random.fold_in(key, 31 * i + j), (batch, *leaf.shape))
+            batched.append(leaf[None] * (1.0 + noise).astype(leaf.dtype) if _float_leaf(leaf)
+                           else jnp.broadcast_to(leaf[None], (batch, *leaf.shape)))
+        out.append(tree.unflatten(batched))
+        in_axes.append(0)
+    return tuple(out), tuple(in_axes)
+
+
+def example_args(args: tuple, argnums: tuple[int, ...]) -> tuple:
+    """One example as the batched call sees it (float leaves of differentiated arguments in float32)."""
+    return tuple(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32) if _float_leaf(x) else x, a)
+                 if i in argnums else a for i, a in enumerate(args))
 
 
 def consumed(fn):
@@ -55,23 +109,7 @@ def consumed(fn):
     return flat
 
 
-def floor_fn(reference, args):
-    """A function returning `reference`'s output pytree, each block one multiplication of an input."""
-    shapes = jax.eval_shape(reference, *args)
-    leaves, tree = jax.tree_util.tree_flatten(shapes)
-
-    def fn(*xs):
-        first = xs[0].reshape(xs[0].shape[0], -1)[:, :1]
-        blocks = []
-        for i, leaf in enumerate(leaves):
-            scale = first.reshape((leaf.shape[0],) + (1,) * (len(leaf.shape) - 1))
-            blocks.append(jnp.broadcast_to(scale * (i + 1.0), leaf.shape).astype(leaf.dtype))
-        return jax.tree_util.tree_unflatten(tree, blocks)
-
-    return fn
-
-
-def interleaved_medians(compiled: dict, args, reps: int, rounds: int = 10) -> dict[str, float]:
+def interleaved_medians(compiled: dict, args, reps: int, rounds: int = 6) -> dict[str, float]:
     """Median milliseconds per call of each compiled function, timed round-robin in `rounds` rounds."""
     for fn in compiled.values():
         jax.block_until_ready(fn(*args))
@@ -86,71 +124,95 @@ def interleaved_medians(compiled: dict, args, reps: int, rounds: int = 10) -> di
     return {label: 1e3 * statistics.median(s) for label, s in samples.items()}
 
 
-def cheapest_order(task: tasks.ResolvedTask, seconds: float):
-    """The cheapest of the classic orders and of a `seconds` search, on the graph the timing runs
-    (float32 array inputs, every argument differentiated, the exact cost model)."""
-    g = task.with_args(example_arrays(task.args)).graph(cost_model="exact")
-    candidates = {name: orders.resolve(g, name) for name in CLASSIC}
-    if seconds > 0:
-        candidates["searched"] = list(search(g, "best", seconds=seconds).order)
-    costs = {name: graph.cost(g, o) for name, o in candidates.items()}
-    name = min(costs, key=costs.get)
-    return name, candidates[name], costs
+def functions(ns) -> list[tuple[str, tasks.Task]]:
+    chosen = [(n, tasks.get(n)) for n in ns.tasks]
+    if ns.corpus is not None:
+        corpus = tasks.corpus()
+        chosen += [(f"corpus:{n}", corpus[n]) for n in (ns.corpus or corpus)]
+    return chosen
+
+
+def run_one(name: str, task: tasks.Task, batches, ns, rows: list, notes: list) -> None:
+    argnums = task.argnums if task.argnums is not None else tuple(range(len(task.args)))
+    argnums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    example = example_args(task.args, argnums)
+    g = interpreter.graph_of(task.fn, *example, argnums=argnums)
+    muls = {o: graph.cost(g, orders.resolve(g, o)) for o in ORDERS}
+    cheapest = min(ORDERS, key=lambda o: (muls[o], o != "auto"))
+    jac_entries = sum(math.prod(np.shape(leaf)) for leaf in jax.tree.leaves(
+        jax.eval_shape(jax.jacfwd(task.fn, argnums=argnums), *example)))
+    builders = {
+        "jacfwd": lambda: jax.jacfwd(task.fn, argnums=argnums),
+        "jacrev": lambda: jax.jacrev(task.fn, argnums=argnums),
+        **{o: (lambda o=o: interpreter.jacobian(task.fn, o, argnums=argnums)) for o in ORDERS},
+    }
+    for batch in batches:
+        need = 4 * 4 * jac_entries * batch
+        if need > ns.max_gb * 2**30:
+            notes.append(f"{name} skipped at batch {batch}: its Jacobian has {jac_entries:,} entries per example, "
+                         f"about {need / 2**30:.1f} GB with jacfwd's/jacrev's intermediates (limit {ns.max_gb} GB)")
+            continue
+        xs, in_axes = batched_args(task.args, argnums, batch)
+        compiled, kernels = {}, {}
+        for label, build in builders.items():
+            fn = jax.vmap(build(), in_axes=in_axes)
+            try:
+                compiled[label] = jax.jit(consumed(fn) if ns.consumed else fn).lower(*xs).compile()
+            except Exception as err:  # noqa: BLE001 - a peer that cannot differentiate f (jacrev of a while loop)
+                notes.append(f"{name}: {label} failed at batch {batch} ({type(err).__name__}: {str(err)[:80]})")
+                continue
+            kernels[label] = kernel_count(compiled[label].as_text())
+        if not all(o in compiled for o in ORDERS) or not any(p in compiled for p in PEERS):
+            continue
+        times = interleaved_medians(compiled, xs, ns.reps)
+        peer = min(times[p] for p in PEERS if p in times)
+        slower = [f"{a}<{b}" for a in ORDERS for b in ORDERS
+                  if muls[a] * 1.25 < muls[b] and times[a] > (1 + NOISE) * times[b]]
+        rows.append(dict(name=name, batch=batch, muls=muls, cheapest=cheapest, times=times, kernels=kernels,
+                         auto=peer / times["auto"], best=peer / times[cheapest], slower=slower))
+        r = rows[-1]
+        print(f"| {name} | {batch} | " + "/".join(str(muls[o]) for o in ORDERS) + f" | {cheapest} | "
+              + " | ".join(f"{times[k]:.3f}" if k in times else "—" for k in (*PEERS, *ORDERS))
+              + f" | {r['best']:.2f} | {r['auto']:.2f} | "
+              + f"{kernels.get('jacrev', '—')} / {kernels.get('jacfwd', '—')} / {kernels['auto']} | "
+              + (", ".join(slower) or "—") + " |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="*", default=[n for n in tasks.names() if not n.startswith("Random")])
-    parser.add_argument("--batches", nargs="*", type=int, default=[1, 64, 512])
-    parser.add_argument("--reps", type=int, default=200)
-    parser.add_argument("--search-seconds", type=float, default=10.0,
-                        help="search budget for the cheapest order (0: best classic order)")
+    parser.add_argument("--corpus", nargs="*", default=None, help="corpus functions (no names: all of them)")
+    parser.add_argument("--batches", nargs="*", type=int, default=[256, 32768])
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--max-gb", type=float, default=2.0)
+    parser.add_argument("--consumed", action="store_true", help="flatten the blocks inside the jit")
     ns = parser.parse_args()
 
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {platform.processor() or platform.machine()}, "
-          f"batch sizes {ns.batches}, median of {ns.reps} calls in interleaved rounds\n")
-    labels = ("jacfwd", "jacrev", "forward", "reverse", "markowitz", "cheapest")
-    header = ("| task | batch | mode | floor ms | " + " | ".join(f"{k} ms" for k in labels)
-              + " | jacrev / ours (fwd, rev, mM, cheapest) | cheapest order, muls (fwd/rev/mM) |")
-    print(header)
-    print("|---|---:|---|---:|" + "---:|" * len(labels) + "---|---|")
-    compile_rows = []
-    for name in ns.tasks:
-        task = tasks.resolve(name)
-        argnums = tuple(range(len(task.args)))
-        label, cheap, costs = cheapest_order(task, ns.search_seconds)
-        classic_costs = "/".join(str(costs[o]) for o in CLASSIC)
-        functions = {
-            "jacfwd": jax.vmap(jax.jacfwd(task.fn, argnums=argnums)),
-            "jacrev": jax.vmap(jax.jacrev(task.fn, argnums=argnums)),
-            **{o: jax.vmap(interpreter.jacobian(task.fn, o, argnums=argnums)) for o in CLASSIC},
-            "cheapest": jax.vmap(interpreter.jacobian(task.fn, cheap, argnums=argnums)),
-        }
-        for batch in ns.batches:
-            args = batched_inputs(task.args, batch)
-            for mode in ("returned", "consumed"):
-                compiled, compiles = {}, {}
-                for key, fn in functions.items():
-                    wrapped = fn if mode == "returned" else consumed(fn)
-                    compiled[key], compiles[key] = compile_s(wrapped, args)
-                if mode == "returned":
-                    compiled["floor"], _ = compile_s(floor_fn(functions["jacrev"], args), args)
-                times = interleaved_medians(compiled, args, ns.reps)
-                floor = f"{times['floor']:.3f}" if "floor" in times else "—"
-                ratios = ", ".join(f"{times['jacrev'] / times[o]:.2f}" for o in ("forward", "reverse", "markowitz", "cheapest"))
-                print(
-                    f"| {name} | {batch} | {mode} | {floor} | "
-                    + " | ".join(f"{times[k]:.3f}" for k in labels)
-                    + f" | {ratios} | {label}, {costs[label]} ({classic_costs}) |",
-                    flush=True,
-                )
-                if mode == "returned":
-                    compile_rows.append((name, batch, compiles))
-    print("\nCompile times (s):\n")
-    print("| task | batch | " + " | ".join(labels) + " |")
-    print("|---|---:|" + "---:|" * len(labels))
-    for name, batch, c in compile_rows:
-        print(f"| {name} | {batch} | " + " | ".join(f"{c[k]:.2f}" for k in labels) + " |")
+          f"batch sizes {ns.batches}, median of {ns.reps} calls in interleaved rounds, "
+          f"{'consumed' if ns.consumed else 'returned'} blocks\n")
+    print("| function | batch | muls fwd/rev/mM/auto | cheapest | jacfwd ms | jacrev ms | forward ms | reverse ms "
+          "| markowitz ms | auto ms | peer / cheapest | peer / auto | kernels jacrev / jacfwd / auto "
+          "| cheaper order slower |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    rows, notes = [], []
+    for name, task in functions(ns):
+        try:
+            run_one(name, task, ns.batches, ns, rows, notes)
+        except Exception as err:  # noqa: BLE001 - report and go on with the next function
+            notes.append(f"{name}: not measured ({type(err).__name__}: {str(err)[:120]})")
+    print()
+    for note in notes:
+        print(f"- {note}")
+    for batch in ns.batches:
+        at = [r for r in rows if r["batch"] == batch]
+        if not at:
+            continue
+        autos = sorted(r["auto"] for r in at)
+        print(f"\nbatch {batch}: {len(at)} functions; peer / auto median {statistics.median(autos):.2f}, "
+              f"min {autos[0]:.2f}; auto below 0.9x: {sum(a < 0.9 for a in autos)}; "
+              f"cheapest >= 2x: {sum(r['best'] >= 2 for r in at)}; "
+              f"cheaper order slower: {sum(bool(r['slower']) for r in at)}")
 
 
 if __name__ == "__main__":
