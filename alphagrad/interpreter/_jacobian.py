@@ -293,12 +293,41 @@ def _dense_partials(eqn: Equation, values: list[Any], positions: list[int], outp
                          for i, p in zip(floats, primals))
         return jax.jvp(of_floats, primals, tangents)[1]
 
+    out_sizes = [math.prod(s) for s in out_shapes]
+    if sum(out_sizes) < size:
+        # Fewer output than operand entries: rows by reverse mode are cheaper, where the primitive
+        # has a transpose (a while loop with a value-dependent trip count has none: columns then).
+        try:
+            return _dense_partials_by_rows(of_floats, primals, floats, positions, out_shapes, in_shape)
+        except Exception:  # noqa: BLE001 - JAX reports a missing transpose rule with many types
+            pass
     seeds = jnp.eye(size, dtype=dtype)
     columns = jax.vmap(tangent_map)(seeds)  # per output: [p1 * p2, *output shape]
     partials = []
     for column, out_shape in zip(columns, out_shapes):
         dense = jnp.moveaxis(column.reshape(size, math.prod(out_shape)), 0, 1)
         partials.append(Partial(1, out_shape, in_shape, dense.reshape(*out_shape, *in_shape)))
+    return partials
+
+
+def _dense_partials_by_rows(of_floats, primals, floats, positions, out_shapes, in_shape) -> list[Partial]:
+    """`_dense_partials` by one vmapped VJP, one one-hot cotangent per output entry (all reached
+    outputs at once); the cotangents of the operand at `positions` are the partials' rows."""
+    results, pullback = jax.vjp(of_floats, *primals)
+    total = sum(math.prod(np.shape(r)) for r in results)
+    seeds, start = [], 0
+    for r in results:
+        n = math.prod(np.shape(r))
+        block = jnp.eye(total, dtype=r.dtype)[:, start : start + n]  # [total, n]: one-hot rows
+        seeds.append(block.reshape(total, *np.shape(r)))
+        start += n
+    cotangents = jax.vmap(pullback)(tuple(seeds))  # per float operand: [total, *operand shape]
+    rows = sum(cotangents[floats.index(i)] for i in positions).reshape(total, math.prod(in_shape))
+    partials, start = [], 0
+    for out_shape in out_shapes:
+        n = math.prod(out_shape)
+        partials.append(Partial(1, out_shape, in_shape, rows[start : start + n].reshape(*out_shape, *in_shape)))
+        start += n
     return partials
 
 
