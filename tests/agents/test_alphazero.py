@@ -21,7 +21,8 @@ import pytest
 
 from alphagrad import env, graph, orders
 from alphagrad.agents import alphazero
-from alphagrad.agents.alphazero._core import Tasks, loss_fn
+from alphagrad.agents.alphazero._core import Tasks, edge_lists, loss_fn
+from alphagrad.agents.alphazero._network import edge_capacity
 from alphagrad.agents.alphazero._replay import Transitions, replay_add, replay_init, replay_sample
 from alphagrad.agents.alphazero._search import make_network
 from alphagrad.agents.alphazero._tasks import make_tasks
@@ -153,8 +154,10 @@ def test_network_overfits_a_fixed_batch(propane):
     logits = np.where(legal, -0.5 * degree, -np.inf)
     policy = np.exp(logits - logits.max(1, keepdims=True))
     policy /= policy.sum(1, keepdims=True)
+    edges, edge_codes = edge_lists(stacked, edge_capacity(*stacked.codes.shape[1:], config.edges_per_node))
     batch = Transitions(
-        codes=stacked.codes,
+        edges=edges,
+        edge_codes=edge_codes,
         eliminable=stacked.eliminable,
         task=jnp.zeros(8, jnp.int32),
         policy=jnp.asarray(policy, jnp.float32),
@@ -186,7 +189,8 @@ def test_network_overfits_a_fixed_batch(propane):
 def _items(values) -> Transitions:
     n = len(values)
     return Transitions(
-        codes=jnp.zeros((n, 3, 2), jnp.int8),
+        edges=jnp.zeros((n, 3), jnp.int32),
+        edge_codes=jnp.zeros((n, 3), jnp.int8),
         eliminable=jnp.ones((n, 2), bool),
         task=jnp.zeros(n, jnp.int32),
         policy=jnp.full((n, 2), 0.5),
@@ -360,7 +364,7 @@ def test_demonstrations_fill_their_buffer_and_training_batches(reference_graphs,
 
     sample = fast_jit(sample_batch, static_argnums=(3, 4, 5))
     demo_values = set(np.asarray(demos.data.value[: int(demos.size)]).round(5).tolist())
-    empty = replay_init(64, *demos.data.codes.shape[1:])
+    empty = replay_init(64, demos.data.edges.shape[1], demos.data.eliminable.shape[1])
     batch = sample(empty, demos, jax.random.PRNGKey(0), 8, 2, 1)
     assert set(np.asarray(batch.value).round(5).tolist()) <= demo_values
     full = replay_add(empty, _items_like(demos, 64, -7.0), jnp.ones(64, bool))
@@ -369,9 +373,10 @@ def test_demonstrations_fill_their_buffer_and_training_batches(reference_graphs,
 
 
 def _items_like(buffer, n: int, value: float) -> Transitions:
-    N, V = buffer.data.codes.shape[1:]
+    E, V = buffer.data.edges.shape[1], buffer.data.eliminable.shape[1]
     return Transitions(
-        codes=jnp.zeros((n, N, V), jnp.int8),
+        edges=jnp.zeros((n, E), jnp.int32),
+        edge_codes=jnp.zeros((n, E), jnp.int8),
         eliminable=jnp.ones((n, V), bool),
         task=jnp.zeros(n, jnp.int32),
         policy=jnp.full((n, V), 1.0 / V),

@@ -185,6 +185,27 @@ def test_observation_layout(midgame, perceptron):
     assert not codes[0].any() and not codes[:, 0].any()  # vertex 1 is gone
 
 
+@pytest.mark.parametrize("capacity", [1, 7, 64, 4000])
+def test_edge_list_is_the_code_matrix_in_row_major_order(midgame, capacity):
+    """edge_list lists the nonzero codes as np.flatnonzero does (the first `capacity` of them),
+    padded with index 0 and code 0; it is jittable and vmaps over a batch."""
+    codes = np.asarray(midgame.codes)
+    V = codes.shape[1]
+    nonzero = np.flatnonzero(codes)[:capacity]
+    expected = np.zeros(capacity, np.int64), np.zeros(capacity, np.int8)
+    expected[0][: len(nonzero)], expected[1][: len(nonzero)] = nonzero, codes.reshape(-1)[nonzero]
+    edges, edge_codes = jax.jit(env.edge_list, static_argnums=1)(midgame.codes, capacity)
+    np.testing.assert_array_equal(edges, expected[0])
+    np.testing.assert_array_equal(edge_codes, expected[1])
+    assert edges.dtype == jnp.int32 and edge_codes.dtype == jnp.int8
+    if capacity == 64:  # src = edges // V, dst = edges % V, node layout of the state
+        src, dst = np.divmod(np.asarray(edges)[: len(nonzero)], V)
+        assert (codes[src, dst] != 0).all()
+        batch = jax.vmap(lambda c: env.edge_list(c, capacity))(jnp.stack([midgame.codes, jnp.zeros_like(midgame.codes)]))
+        np.testing.assert_array_equal(batch[0][0], expected[0])
+        assert not np.asarray(batch[1][1]).any()
+
+
 def test_init_state_layout():
     g = scalar_graph(2, 3, [(1, 3), (2, 3), (3, 4), (2, 5), (4, 5)], outputs=[3])
     state = env.init_state(g, max_vertices=5, max_inputs=3)

@@ -32,6 +32,11 @@ class AlphaZeroConfig:
       edge_dim: width of the per-edge messages aggregated into each token.
       num_layers: masked transformer layers.
       num_heads: attention heads (``embed_dim`` must be divisible by it).
+      edges_per_node: edge slots per node of the network's input and of every stored
+        transition: a state of N nodes and V vertex slots is read as a list of
+        ``min(N * V, edges_per_node * N)`` edges (all possible edges of a small state; past that,
+        edges beyond the slots are dropped from the network's view, never from the game). It
+        sets memory, not the parameters: a transition takes about 5 bytes per slot.
 
     Search (`mctx.gumbel_muzero_policy`, the env core as a perfect model):
       num_simulations: simulations per move.
@@ -105,6 +110,7 @@ class AlphaZeroConfig:
     edge_dim: int = 16
     num_layers: int = 2
     num_heads: int = 4
+    edges_per_node: int = 16
     # search
     num_simulations: int = 16
     max_num_considered_actions: int = 8
@@ -257,7 +263,7 @@ _FRACTION = _Range(0.0, 1.0)
 #: The range of every numeric field (checked when set; None stays allowed where the type has it).
 _RANGES: dict[str, _Range] = {
     # network
-    "embed_dim": _COUNT, "edge_dim": _COUNT, "num_layers": _COUNT, "num_heads": _COUNT,
+    "embed_dim": _COUNT, "edge_dim": _COUNT, "num_layers": _COUNT, "num_heads": _COUNT, "edges_per_node": _COUNT,
     # search
     "num_simulations": _COUNT, "max_num_considered_actions": _COUNT, "gumbel_scale": _NONNEGATIVE,
     "value_scale": _POSITIVE, "maxvisit_init": _NONNEGATIVE,

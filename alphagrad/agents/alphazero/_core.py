@@ -25,14 +25,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P_
 
 from alphagrad import env
 from alphagrad.agents.alphazero._config import AlphaZeroConfig
-from alphagrad.agents.alphazero._network import mask_logits, value_transform
+from alphagrad.agents.alphazero._network import PolicyValueNet, edge_capacity, mask_logits, value_transform
 from alphagrad.agents.alphazero._replay import (
     ReplayBuffer,
     Transitions,
     replay_add,
     replay_init,
     replay_sample,
-    restore_states,
+    restore_inputs,
 )
 from alphagrad.agents.alphazero._search import SearchSettings, evaluate, make_network, search
 
@@ -47,6 +47,7 @@ __all__ = [
     "build_iteration",
     "play_episode",
     "play_policy",
+    "edge_lists",
     "episode_items",
     "demo_episodes",
     "sample_batch",
@@ -155,11 +156,12 @@ def init_train_state(config: AlphaZeroConfig, tasks: Tasks, key: jax.Array) -> T
     example = jax.tree.map(lambda x: x[0], tasks.initial)
     params, opt_state = _initializer(_compile_key(config))(init_key, example, jnp.log(tasks.scale[0]))
     N, V = example.codes.shape
+    E = edge_capacity(N, V, config.edges_per_node)
     return TrainState(
         params=params,
         opt_state=opt_state,
-        buffer=replay_init(config.replay_size, N, V),
-        demos=replay_init(demo_capacity(config, tasks), N, V),
+        buffer=replay_init(config.replay_size, E, V),
+        demos=replay_init(demo_capacity(config, tasks), E, V),
         key=key,
         iteration=jnp.zeros((), jnp.int32),
         updates=jnp.zeros((), jnp.int32),
@@ -198,10 +200,10 @@ def loss_fn(params, net, batch: Transitions, tasks: Tasks, *, value_kind: str, v
 
     Returns: (loss, (policy_loss, value_loss)), scalars.
     """
-    states = restore_states(tasks.initial, batch)
+    inputs = restore_inputs(tasks.initial, batch)
     scale = tasks.scale[batch.task]
-    logits, h = jax.vmap(net.apply, in_axes=(None, 0, 0))(params, states, jnp.log(scale))
-    logits = mask_logits(logits, states.eliminable)
+    logits, h = jax.vmap(net.apply, in_axes=(None, 0, 0))(params, inputs, jnp.log(scale))
+    logits = mask_logits(logits, inputs.eliminable)
     target = batch.policy
     entropy = -jnp.sum(jnp.where(target > 0, target * jnp.log(jnp.where(target > 0, target, 1.0)), 0.0), -1)
     policy_loss = jnp.mean(optax.softmax_cross_entropy(logits, target) - entropy)
@@ -209,13 +211,20 @@ def loss_fn(params, net, batch: Transitions, tasks: Tasks, *, value_kind: str, v
     return policy_loss + value_weight * value_loss, (policy_loss, value_loss)
 
 
-def episode_items(task, codes, eliminable, policy, rewards, valid) -> tuple[Transitions, jax.Array]:
+def edge_lists(states: env.State, capacity: int) -> tuple[jax.Array, jax.Array]:
+    """The edges of a batch of states (leading axis B) in E = `capacity` slots, as the network
+    reads them (`env.edge_list`): (int32[B, E], int8[B, E])."""
+    return jax.vmap(lambda codes: env.edge_list(codes, capacity))(states.codes)
+
+
+def episode_items(task, edges, edge_codes, eliminable, policy, rewards, valid) -> tuple[Transitions, jax.Array]:
     """Training examples of a batch of B games of T moves (time-major inputs).
 
     Args:
-      task: int32[B]; codes: int8[T, B, N, V]; eliminable: bool[T, B, V]; policy: float32[T, B, V]
-      (the targets); rewards: float32[T, B] (normalised); valid: bool[T, B] (the move was made
-      from a non-terminal state).
+      task: int32[B]; edges: int32[T, B, E], edge_codes: int8[T, B, E] (each state's
+      `edge_lists`); eliminable: bool[T, B, V]; policy: float32[T, B, V] (the targets);
+      rewards: float32[T, B] (normalised); valid: bool[T, B] (the move was made from a
+      non-terminal state).
 
     Returns:
       (`Transitions` [T * B] whose value is the normalised return-to-go, valid bool[T * B]).
@@ -225,7 +234,8 @@ def episode_items(task, codes, eliminable, policy, rewards, valid) -> tuple[Tran
     flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
     T, B = valid.shape
     items = Transitions(
-        codes=flat(codes),
+        edges=flat(edges),
+        edge_codes=flat(edge_codes),
         eliminable=flat(eliminable),
         task=flat(jnp.broadcast_to(task, (T, B))),
         policy=flat(policy),
@@ -251,7 +261,8 @@ def play_episode(net, params, tasks: Tasks, task: jax.Array, key: jax.Array, set
         out = search(net, params, states, scale, key, settings)
         nxt, reward, _ = jax.vmap(env.step)(states, out.action)
         valid = ~env.is_terminal(states)
-        return nxt, (states.codes, states.eliminable, out.action_weights, reward / scale, valid)
+        edges = edge_lists(states, edge_capacity(*states.codes.shape[-2:], net.edges_per_node))
+        return nxt, (*edges, states.eliminable, out.action_weights, reward / scale, valid)
 
     final, trajectory = jax.lax.scan(move, states, jax.random.split(key, length))
     items, valid = episode_items(task, *trajectory)
@@ -282,7 +293,7 @@ def play_policy(net, params, tasks: Tasks, task: jax.Array, greedy: jax.Array, k
     return final
 
 
-def demo_episodes(tasks: Tasks, task: jax.Array, actions: jax.Array, smoothing: float):
+def demo_episodes(tasks: Tasks, task: jax.Array, actions: jax.Array, smoothing: float, capacity: int | None = None):
     """Replays demonstrated orders through the env core into training examples.
 
     Args:
@@ -291,6 +302,8 @@ def demo_episodes(tasks: Tasks, task: jax.Array, actions: jax.Array, smoothing: 
         are ignored (the game is over: the env makes them no-ops and they are marked invalid).
       smoothing: the policy target is (1 - smoothing) one-hot(action) + smoothing uniform over
         the legal actions.
+      capacity: the edge slots of the stored states (`edge_lists`; None: the `edge_capacity` of
+        the default ``edges_per_node``).
 
     Returns:
       (final `State` [D], `Transitions` [T * D] with the true normalised returns-to-go as value
@@ -298,7 +311,8 @@ def demo_episodes(tasks: Tasks, task: jax.Array, actions: jax.Array, smoothing: 
     """
     states = jax.tree.map(lambda x: x[task], tasks.initial)
     scale = tasks.scale[task]
-    V = states.eliminable.shape[-1]
+    N, V = states.codes.shape[-2:]
+    capacity = edge_capacity(N, V, AlphaZeroConfig.edges_per_node) if capacity is None else capacity
 
     def move(states, action):
         legal = states.eliminable
@@ -306,7 +320,7 @@ def demo_episodes(tasks: Tasks, task: jax.Array, actions: jax.Array, smoothing: 
         policy = (1.0 - smoothing) * jax.nn.one_hot(action, V) + smoothing * uniform
         nxt, reward, _ = jax.vmap(env.step)(states, action)
         valid = ~env.is_terminal(states)
-        return nxt, (states.codes, legal, policy, reward / scale, valid)
+        return nxt, (*edge_lists(states, capacity), legal, policy, reward / scale, valid)
 
     final, trajectory = jax.lax.scan(move, states, jnp.asarray(actions, jnp.int32).T)
     items, valid = episode_items(task, *trajectory)

@@ -115,7 +115,8 @@ def fill_demos(buffer: ReplayBuffer, tasks: Tasks, demos: Sequence[Demonstration
         if max(d.order) > V:
             raise AlphagradError(f"internal error: demonstration vertex {max(d.order)} beyond {V} slots")
     task = jnp.asarray([d.task for d in demos], jnp.int32)
-    final, items, valid = _replay_fn(float(smoothing), xla_opt_level)(tasks, task, jnp.asarray(actions))
+    capacity = buffer.data.edges.shape[1]
+    final, items, valid = _replay_fn(float(smoothing), capacity, xla_opt_level)(tasks, task, jnp.asarray(actions))
     costs = np.asarray(final.cost)
     for d, cost in zip(demos, costs):
         if int(cost) != d.cost:
@@ -127,7 +128,7 @@ def fill_demos(buffer: ReplayBuffer, tasks: Tasks, demos: Sequence[Demonstration
 
 
 @functools.cache
-def _replay_fn(smoothing: float, xla_opt_level: int | None):
+def _replay_fn(smoothing: float, capacity: int, xla_opt_level: int | None):
     options = None if xla_opt_level is None else {"xla_backend_optimization_level": xla_opt_level}
-    return jax.jit(lambda tasks, task, actions: demo_episodes(tasks, task, actions, smoothing),
+    return jax.jit(lambda tasks, task, actions: demo_episodes(tasks, task, actions, smoothing, capacity),
                    compiler_options=options)  # fmt: skip

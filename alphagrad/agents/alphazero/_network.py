@@ -13,6 +13,11 @@ no positional encoding. The policy is one logit per token; the value pools the l
 
 Nothing depends on the number of vertex slots V: one set of parameters serves padded graphs of
 any size.
+
+Memory grows with the edges, not with V x V: the network reads a state's edges as a padded list
+(`NetInput`, E = `edge_capacity` slots: every possible edge of a small state, 16 per node by
+default past that) and aggregates messages with segment sums, so its activations are [E, width]
+and [V, width]. The attention scores ([heads, V, V] per layer) are the one quadratic part left.
 """
 
 from __future__ import annotations
@@ -20,11 +25,21 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from flax import struct
 
-from alphagrad.env import NODE_INTERMEDIATE, NODE_OUTPUT, State, observe
+from alphagrad.env import NODE_INTERMEDIATE, NODE_OUTPUT, State, edge_list, node_observation
 from alphagrad.graph import MIN_CODE, NUM_CODES
 
-__all__ = ["PolicyValueNet", "value_transform", "inverse_value_transform", "mask_logits", "MASKED_LOGIT"]
+__all__ = [
+    "PolicyValueNet",
+    "NetInput",
+    "net_input",
+    "edge_capacity",
+    "value_transform",
+    "inverse_value_transform",
+    "mask_logits",
+    "MASKED_LOGIT",
+]
 
 #: The logit given to illegal actions: finite, so a softmax over an all-illegal row stays defined.
 MASKED_LOGIT = -1e9
@@ -55,22 +70,59 @@ def mask_logits(logits: jax.Array, legal: jax.Array) -> jax.Array:
     return jnp.where(legal, logits, MASKED_LOGIT)
 
 
-def _node_features(state: State) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Per-node inputs of one unbatched state.
+def edge_capacity(num_nodes: int, num_vertices: int, edges_per_node: int) -> int:
+    """E, the edge slots of the network's input for states of N nodes and V vertex slots:
+    every possible edge (N * V) when that is at most ``edges_per_node * N``, else that many."""
+    return min(num_nodes * num_vertices, edges_per_node * num_nodes)
 
-    Returns:
-      (codes int32[N, V] (0 = no edge), node float32[N, 9] (log1p shapes, node-type one-hot),
-       alive bool[V] (live tokens), legal bool[V]).
+
+@struct.dataclass
+class NetInput:
+    """What the network reads of one state (N nodes, V vertex slots, E edge slots): its edges as
+    a padded list (`env.edge_list`) and the per-node fields of its `State`.
+
+    Attributes:
+      edges: int32[E]  # src * V + dst of each edge (node layout of `alphagrad.env`)
+      edge_codes: int8[E]  # its structure code; 0 = unused slot
+      eliminable, is_output, vertex_mask: bool[V]; input_mask: bool[I]
+      src_shape: int32[N, 2]; dst_shape: int32[V, 2]  # as in `State`
     """
-    obs = observe(state)
-    codes = obs["codes"].astype(jnp.int32)
-    shapes = jnp.log1p(jnp.abs(obs["shapes"]).astype(jnp.float32))  # [N, 4]
-    node_type = obs["node_type"].astype(jnp.int32)
-    node = jnp.concatenate([shapes, jax.nn.one_hot(node_type, _NUM_NODE_TYPES)], axis=-1)
-    V = codes.shape[1]
-    vertex_type = node_type[:V]
-    alive = (vertex_type == NODE_INTERMEDIATE) | (vertex_type == NODE_OUTPUT)
-    return codes, node, alive, obs["action_mask"].astype(bool)
+
+    edges: jax.Array
+    edge_codes: jax.Array
+    eliminable: jax.Array
+    is_output: jax.Array
+    vertex_mask: jax.Array
+    input_mask: jax.Array
+    src_shape: jax.Array
+    dst_shape: jax.Array
+
+
+def net_input(state: State, edges_per_node: int) -> NetInput:
+    """The `NetInput` of an unbatched `State` (its first `edge_capacity` edges, row-major)."""
+    N, V = state.codes.shape
+    edges, edge_codes = edge_list(state.codes, edge_capacity(N, V, edges_per_node))
+    return NetInput(edges=edges, edge_codes=edge_codes, eliminable=state.eliminable, is_output=state.is_output,
+                    vertex_mask=state.vertex_mask, input_mask=state.input_mask, src_shape=state.src_shape,
+                    dst_shape=state.dst_shape)  # fmt: skip
+
+
+def _node_features(x: NetInput) -> tuple[jax.Array, jax.Array]:
+    """(node float32[N, 9] (log1p shapes, node-type one-hot), alive bool[V] (live tokens))."""
+    shapes, node_type = node_observation(x.src_shape, x.dst_shape, x.vertex_mask, x.is_output, x.eliminable,
+                                         x.input_mask)  # fmt: skip
+    node_type = node_type.astype(jnp.int32)
+    node = jnp.concatenate([jnp.log1p(jnp.abs(shapes).astype(jnp.float32)), jax.nn.one_hot(node_type, _NUM_NODE_TYPES)], -1)
+    vertex_type = node_type[: x.eliminable.shape[0]]
+    return node, (vertex_type == NODE_INTERMEDIATE) | (vertex_type == NODE_OUTPUT)
+
+
+def _mean(values: jax.Array, segment: jax.Array, weight: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+    """Per segment in 0..count-1, the mean of ``values`` (float32[E, F]) over the entries of
+    weight 1 (float32[E], 0 or 1): (float32[count, F], their number float32[count])."""
+    total = jax.ops.segment_sum(values * weight[:, None], segment, num_segments=count)
+    number = jax.ops.segment_sum(weight, segment, num_segments=count)
+    return total / jnp.maximum(number, 1.0)[:, None], number
 
 
 class _EdgeAggregate(nn.Module):
@@ -79,17 +131,15 @@ class _EdgeAggregate(nn.Module):
     edge_dim: int
 
     @nn.compact
-    def __call__(self, codes: jax.Array, other: jax.Array) -> jax.Array:
-        """codes: int32[K, V] (axis 0 = the other ends, 0 = no edge); other: float32[K, F].
+    def __call__(self, codes: jax.Array, other: jax.Array, vertex: jax.Array, present: jax.Array, V: int):
+        """codes: int32[E] (0 = no edge), other: float32[E, F] (the other end's features),
+        vertex: int32[E] (the vertex slot the message goes to), present: float32[E] (0 or 1).
 
         Returns: float32[V, edge_dim + 1] (mean message, log1p(degree)).
         """
-        code_emb = nn.Embed(NUM_CODES, self.edge_dim, name="code")(codes - MIN_CODE)  # [K, V, E]
-        end = nn.Dense(self.edge_dim, name="end")(other)  # [K, E]
-        present = (codes != 0).astype(jnp.float32)  # [K, V]
-        messages = nn.relu(code_emb + end[:, None, :]) * present[..., None]
-        degree = present.sum(0)  # [V]
-        mean = messages.sum(0) / jnp.maximum(degree, 1.0)[:, None]
+        code_emb = nn.Embed(NUM_CODES, self.edge_dim, name="code")(codes - MIN_CODE)  # [E, D_e]
+        end = nn.Dense(self.edge_dim, name="end")(other)  # [E, D_e]
+        mean, degree = _mean(nn.relu(code_emb + end), vertex, present, V)
         return jnp.concatenate([mean, jnp.log1p(degree)[:, None]], axis=-1)
 
 
@@ -106,12 +156,15 @@ class _Layer(nn.Module):
     num_heads: int
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, adjacency: tuple[jax.Array, jax.Array]) -> jax.Array:
-        """x: float32[V, D], mask: bool[1, V, V] (query, key), adjacency: (in, out) float32[V, V]
-        row-normalised (``in[v, p]``: p -> v) -> float32[V, D]."""
-        a_in, a_out = adjacency
+    def __call__(self, x: jax.Array, mask: jax.Array, edges: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+        """x: float32[V, D], mask: bool[1, V, V] (query, key), edges: (src, dst int32[E], weight
+        float32[E], 1 for the edges between two vertices) -> float32[V, D]."""
+        src, dst, weight = edges
+        V = x.shape[0]
         h = nn.LayerNorm()(x)
-        x = x + nn.Dense(self.embed_dim, name="messages")(jnp.concatenate([a_in @ h, a_out @ h], axis=-1))
+        from_preds, _ = _mean(h[src], dst, weight, V)  # mean over predecessor tokens
+        from_succs, _ = _mean(h[dst], src, weight, V)  # mean over successor tokens
+        x = x + nn.Dense(self.embed_dim, name="messages")(jnp.concatenate([from_preds, from_succs], axis=-1))
         h = nn.LayerNorm()(x)
         h = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=self.embed_dim)(h, h, mask=mask)
         x = x + h
@@ -129,9 +182,11 @@ class PolicyValueNet(nn.Module):
       edge_dim: message width.
       num_layers: transformer layers.
       num_heads: attention heads.
+      edges_per_node: edge slots per node of the input (`edge_capacity`); it sets the input's
+        size only, not the parameters.
 
-    Call ``net.apply(params, state, log_scale)`` with ``log_scale: float32[]`` the log of the
-    graph's cost scale (the normaliser of rewards). Returns ``(logits float32[V], value
+    Call ``net.apply(params, state, log_scale)`` with a `State` or its `NetInput` and
+    ``log_scale: float32[]`` the log of the graph's cost scale (the normaliser of rewards). Returns ``(logits float32[V], value
     float32[])``: raw logits (mask them with `mask_logits` and ``state.eliminable``) and h(value)
     in normalised units.
     """
@@ -140,13 +195,20 @@ class PolicyValueNet(nn.Module):
     edge_dim: int = 32
     num_layers: int = 2
     num_heads: int = 4
+    edges_per_node: int = 16
 
     @nn.compact
-    def __call__(self, state: State, log_scale: jax.Array) -> tuple[jax.Array, jax.Array]:
-        codes, node, alive, _ = _node_features(state)
-        V = codes.shape[1]
-        incoming = _EdgeAggregate(self.edge_dim, name="in_edges")(codes, node)  # over all N sources
-        outgoing = _EdgeAggregate(self.edge_dim, name="out_edges")(codes[:V].T, node[:V])  # over successors
+    def __call__(self, state: State | NetInput, log_scale: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x_in = net_input(state, self.edges_per_node) if isinstance(state, State) else state
+        node, alive = _node_features(x_in)
+        V = alive.shape[0]
+        src, dst = x_in.edges // V, x_in.edges % V  # node row, vertex slot
+        present = (x_in.edge_codes != 0).astype(jnp.float32)
+        codes = x_in.edge_codes.astype(jnp.int32)
+        between = present * (src < V)  # edges between two vertices (inputs have no token)
+        src_vertex = jnp.minimum(src, V - 1)  # a token index for every edge (others have weight 0)
+        incoming = _EdgeAggregate(self.edge_dim, name="in_edges")(codes, node[src], dst, present, V)
+        outgoing = _EdgeAggregate(self.edge_dim, name="out_edges")(codes, node[dst], src_vertex, between, V)
         in_degree = incoming[:, -1:]
         out_degree = outgoing[:, -1:]
         # log(1 + in * out), the Markowitz degree, is a strong hint for which vertex is cheap.
@@ -154,11 +216,8 @@ class PolicyValueNet(nn.Module):
         tokens = jnp.concatenate([node[:V], incoming, outgoing, markowitz], axis=-1)
         x = nn.Dense(self.embed_dim, name="embed")(tokens)
         mask = (alive[None, :] | jnp.eye(V, dtype=bool))[None]  # [1, V(query), V(key)]
-        edges = (codes[:V] != 0).astype(jnp.float32)  # [V(src), V(dst)] between vertices
-        a_in = edges.T / jnp.maximum(edges.sum(0), 1.0)[:, None]  # [v, p]: mean over predecessors
-        a_out = edges / jnp.maximum(edges.sum(1), 1.0)[:, None]  # [v, c]: mean over successors
         for i in range(self.num_layers):
-            x = _Layer(self.embed_dim, self.num_heads, name=f"layer_{i}")(x, mask, (a_in, a_out))
+            x = _Layer(self.embed_dim, self.num_heads, name=f"layer_{i}")(x, mask, (src_vertex, dst, between))
         x = nn.LayerNorm(name="final_norm")(x)
 
         logits = nn.Dense(1, name="policy_out")(nn.gelu(nn.Dense(self.embed_dim, name="policy_hidden")(x)))[:, 0]

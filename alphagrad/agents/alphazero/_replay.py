@@ -2,31 +2,33 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from flax import struct
 
+from alphagrad.agents.alphazero._network import NetInput
 from alphagrad.env import State
 
-__all__ = ["ReplayBuffer", "Transitions", "replay_init", "replay_add", "replay_sample", "restore_states"]
+__all__ = ["ReplayBuffer", "Transitions", "replay_init", "replay_add", "replay_sample", "restore_inputs"]
 
 
 @struct.dataclass
 class Transitions:
-    """A batch of M training examples. A state is stored as the parts that change during a game;
-    the rest comes from its task's initial state (`restore_states`).
+    """A batch of M training examples. A state is stored as the parts that change during a game,
+    its edges as a padded list of E slots (`alphagrad.env.edge_list`, E = the network's
+    `edge_capacity`); the rest comes from its task's initial state (`restore_inputs`).
 
     Attributes:
-      codes: int8[M, N, V]  # the state's edge codes
+      edges: int32[M, E]  # src * V + dst of the state's edges
+      edge_codes: int8[M, E]  # their codes, 0 = unused slot
       eliminable: bool[M, V]  # the state's legal actions
       task: int32[M]  # index of the task (graph) the game played
       policy: float32[M, V]  # the search's action weights (policy target)
       value: float32[M]  # the normalised return-to-go from this state (value target, untransformed)
     """
 
-    codes: jax.Array
+    edges: jax.Array
+    edge_codes: jax.Array
     eliminable: jax.Array
     task: jax.Array
     policy: jax.Array
@@ -54,11 +56,12 @@ class ReplayBuffer:
         return self.data.task.shape[0]
 
 
-def replay_init(capacity: int, num_nodes: int, num_vertices: int) -> ReplayBuffer:
-    """An empty buffer of `capacity` transitions for states of N = `num_nodes`, V = `num_vertices`."""
-    C, N, V = capacity, num_nodes, num_vertices
+def replay_init(capacity: int, num_edges: int, num_vertices: int) -> ReplayBuffer:
+    """An empty buffer of `capacity` transitions of E = `num_edges` edge slots, V = `num_vertices`."""
+    C, E, V = capacity, num_edges, num_vertices
     data = Transitions(
-        codes=jnp.zeros((C, N, V), jnp.int8),
+        edges=jnp.zeros((C, E), jnp.int32),
+        edge_codes=jnp.zeros((C, E), jnp.int8),
         eliminable=jnp.zeros((C, V), bool),
         task=jnp.zeros((C,), jnp.int32),
         policy=jnp.zeros((C, V), jnp.float32),
@@ -97,8 +100,11 @@ def replay_sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int) -> Tran
     return jax.tree.map(lambda x: x[index], buffer.data)
 
 
-def restore_states(initial: State, items: Transitions) -> State:
-    """The env states of `items`: the task's initial state ([K] batch) with codes and legal
-    actions replaced. Fields the network never reads (order, cost, step count) stay initial."""
-    base = jax.tree.map(lambda x: x[items.task], initial)
-    return dataclasses.replace(base, codes=items.codes, eliminable=items.eliminable)
+def restore_inputs(initial: State, items: Transitions) -> NetInput:
+    """The network inputs of `items` (a batch M): the edges and legal actions stored, the other
+    fields from the task's initial state (`State` with a leading axis K)."""
+    pick = lambda x: x[items.task]  # noqa: E731
+    return NetInput(edges=items.edges, edge_codes=items.edge_codes, eliminable=items.eliminable,
+                    is_output=pick(initial.is_output), vertex_mask=pick(initial.vertex_mask),
+                    input_mask=pick(initial.input_mask), src_shape=pick(initial.src_shape),
+                    dst_shape=pick(initial.dst_shape))  # fmt: skip

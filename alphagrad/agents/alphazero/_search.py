@@ -51,7 +51,11 @@ class SearchSettings(NamedTuple):
 
 def make_network(config: AlphaZeroConfig) -> PolicyValueNet:
     return PolicyValueNet(
-        embed_dim=config.embed_dim, edge_dim=config.edge_dim, num_layers=config.num_layers, num_heads=config.num_heads
+        embed_dim=config.embed_dim,
+        edge_dim=config.edge_dim,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        edges_per_node=config.edges_per_node,
     )
 
 

@@ -311,7 +311,7 @@ def _imitate_best(ts: TrainState, tasks: Tasks, shown: list[Demonstration], reco
     orders (rare: only after an improvement)."""
     agent = [Demonstration(k, "agent", record.best[name].order, record.best[name].cost)
              for k, name in enumerate(names) if name in record.best]  # fmt: skip
-    empty = replay_init(ts.demos.capacity, *ts.demos.data.codes.shape[1:])
+    empty = replay_init(ts.demos.capacity, ts.demos.data.edges.shape[1], ts.demos.data.eliminable.shape[1])
     demos = fill_demos(empty, tasks, shown + agent, config.demo_smoothing, config.xla_opt_level)
     return dataclasses.replace(ts, demos=jax.device_put(demos, replicated))
 
