@@ -57,6 +57,11 @@ def causal_self_attention(params, x):
     return x + jnp.einsum("bqhd,hdf->bqf", out, params["out"])
 
 
+def fused_attention(q, k, v):
+    """jax.nn.dot_product_attention (causal) on float64 (batch, time, heads, dim) arrays: its softmax runs in float32."""
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+
+
 def conv1d_block(x, kernel, bias):
     """A 1-D convolution layer (flax Conv, NWC layout, SAME padding, dilation 2) plus bias and swish."""
     y = jax.lax.conv_general_dilated(
@@ -139,6 +144,7 @@ def entries() -> list[tuple]:
         ("layers", mlp_classifier, (mlp, _normal(2, 4)), 0),
         ("layers", layer_norm, (_normal(2, 3, 4), 1.0 + _normal(4), _normal(4)), (0, 1, 2)),
         ("layers", causal_self_attention, (attention, _normal(2, 3, 4)), (0, 1)),
+        ("layers", fused_attention, tuple(_normal(1, 3, 2, 2, dtype=np.float64) for _ in range(3)), (0, 1, 2)),
         ("layers", conv1d_block, (_normal(2, 6, 2), _normal(3, 2, 3), _normal(3)), (0, 1, 2)),
         ("layers", cnn_pool, (cnn, _normal(2, 5, 5, 1)), (0, 1)),
         ("layers", embed_and_pool, (_normal(5, 3), tokens, _normal(4, 3)), (0, 2)),

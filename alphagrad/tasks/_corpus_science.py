@@ -98,7 +98,7 @@ def nbody_accelerations(positions, masses):
 
 
 def lorenz_rk4(state, params):
-    """Three classical RK4 steps of the Lorenz system, unrolled by a Python loop (sigma, rho, beta as one array)."""
+    """Two classical RK4 steps of the Lorenz system, unrolled by a Python loop (sigma, rho, beta as one array)."""
     sigma, rho, beta = params[0], params[1], params[2]
 
     def f(s):
@@ -106,7 +106,7 @@ def lorenz_rk4(state, params):
         return jnp.stack([sigma * (y - x), x * (rho - z) - y, x * y - beta * z])
 
     h = 0.01
-    for _ in range(3):
+    for _ in range(2):
         k1 = f(state)
         k2 = f(state + 0.5 * h * k1)
         k3 = f(state + 0.5 * h * k2)

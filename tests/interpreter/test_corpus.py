@@ -7,7 +7,8 @@ Markowitz and a fixed-seed random order, ``count_muls == graph.cost`` for each o
 ``jax.enable_x64``.
 
 Speed (the suite runs on 2 cores): each function is compiled once, as one jitted function returning
-the Jacobians of all five orders; the multiplication counts are traced abstractly.
+the reference Jacobian and the Jacobians of all five orders (op-by-op dispatch of either costs more
+than compiling); the multiplication counts are traced abstractly.
 
 A function that alphagrad gets wrong, refuses or cannot compile in reasonable time is listed in
 KNOWN_FAILURES with its reproducer in the failure log, as a strict expected failure: the test flips
@@ -29,7 +30,9 @@ CORPUS = tasks.corpus()
 GROUPS = tasks.corpus_groups()
 
 #: name -> reason (reproducers: the corpus failure log kept by the lead, /work/notes/corpus_failures.md).
-KNOWN_FAILURES: dict[str, str] = {}
+KNOWN_FAILURES: dict[str, str] = {
+    "fused_attention": "float32 softmax inside a float64 program: TypeError in reverse order (failure log #1)",
+}
 
 ORDERS = ("forward", "reverse", "markowitz", "random", "auto")
 
@@ -69,18 +72,18 @@ def test_corpus_function_is_exact_and_counted(name, auto_cache):
     float64 = is_float64(task.args)
     with jax.enable_x64(float64):
         args = jax.tree.map(jnp.asarray, task.args)
-        reference = {"jacrev": jax.jacrev, "jacfwd": jax.jacfwd}[task.reference_jacobian]
-        expected = reference(f, argnums=argnums)(*args)
+        reference = {"jacrev": jax.jacrev, "jacfwd": jax.jacfwd}[task.reference_jacobian](f, argnums=argnums)
         g = interpreter.graph_of(f, *args, argnums=argnums)
         random_order = [int(v) for v in np.random.default_rng(0).permutation(list(g.intermediates))]
         orders = {"forward": "forward", "reverse": "reverse", "markowitz": "markowitz", "random": random_order,
                   "auto": "auto"}
 
         @jax.jit
-        def all_orders(*xs):
-            return [interpreter.jacobian(f, orders[o], argnums=argnums)(*xs) for o in ORDERS]
+        def reference_and_all_orders(*xs):
+            return reference(*xs), [interpreter.jacobian(f, orders[o], argnums=argnums)(*xs) for o in ORDERS]
 
-        for label, jac in zip(ORDERS, all_orders(*args)):
+        expected, jacobians = reference_and_all_orders(*args)
+        for label, jac in zip(ORDERS, jacobians):
             assert_close(jac, expected, float64, label)
         for label in ORDERS[:4]:
             counted = interpreter.count_muls(f, orders[label], *args, argnums=argnums)
