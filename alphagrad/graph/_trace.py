@@ -197,8 +197,13 @@ def _source_of(eqn) -> str:
     return ""
 
 
+class _HighRankError(UnsupportedPrimitiveError):
+    """An array of 3 or more dimensions under the AlphaGrad 2024 model (the default model then
+    switches to the exact one)."""
+
+
 def _too_many_dimensions(shape, number: int, where: str, name: str) -> UnsupportedPrimitiveError:
-    return UnsupportedPrimitiveError(
+    return _HighRankError(
         f"an array of shape {tuple(shape)} ({len(shape)} dimensions) in equation {number} (primitive "
         f"'{name}'{', from ' + where if where else ''}): arrays may have at most 2 dimensions (the structure "
         "codes of the AlphaGrad 2024 cost model are 2-D). Trace with cost_model=\"exact\" (the interpreter's "
@@ -407,7 +412,7 @@ def trace(
     f: Callable[..., Any],
     *example_args: Any,
     argnums: int | tuple[int, ...] | None = None,
-    cost_model: str = "alphagrad-2024",
+    cost_model: str | None = None,
     name: str | None = None,
 ) -> Graph:
     """Traces `f` at `example_args` into an elimination graph.
@@ -418,7 +423,8 @@ def trace(
       argnums: the positional arguments to differentiate (int or tuple); None means all. The
         leaves of the other arguments are constants: no input, no edges.
       cost_model: the cost model the graph is scored with: "alphagrad-2024" (the AlphaGrad
-        paper's) or "exact" (the one the interpreter performs).
+        paper's) or "exact" (the one the interpreter performs). None (the default): the AlphaGrad
+        model where every array has at most 2 dimensions (its codes are 2-D), else the exact one.
       name: label for messages (default: f's ``__name__``).
 
     Returns:
@@ -429,7 +435,7 @@ def trace(
       without a structural rule (not in `SUPPORTED_PRIMITIVES`) gets dense edges (code 1).
 
     Raises:
-      UnsupportedPrimitiveError: under the "alphagrad-2024" model, an array of 3 or more
+      UnsupportedPrimitiveError: under an explicit "alphagrad-2024" model, an array of 3 or more
         dimensions; the message names the shape, the primitive, the equation number and the
         user's source line.
       TraceError: `f` could not be traced by JAX, `argnums` is invalid, a differentiated
@@ -438,6 +444,11 @@ def trace(
     """
     from alphagrad.graph._cost import cost_model as load_model
 
+    if cost_model is None:
+        try:
+            return trace(f, *example_args, argnums=argnums, cost_model="alphagrad-2024", name=name)
+        except _HighRankError:
+            return trace(f, *example_args, argnums=argnums, cost_model="exact", name=name)
     model = load_model(cost_model)
     label = name if name is not None else getattr(f, "__name__", type(f).__name__)
     try:
@@ -452,7 +463,7 @@ def trace(
     leaf_paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(example_args)[0]]
     for i in input_leaves:
         if len(leaf_avals[i].shape) > 2 and model.name != "exact":
-            raise UnsupportedPrimitiveError(
+            raise _HighRankError(
                 f"input {i} of {label!r} has shape {tuple(leaf_avals[i].shape)}: arrays may have at most 2 "
                 f"dimensions under the {model.name} cost model; trace with cost_model=\"exact\" (the "
                 "interpreter's model, which flattens such arrays)"
