@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -65,6 +66,19 @@ def test_a_corpus_function_resolves_with_its_argnums_and_stays_out_of_the_regist
     g = task.graph("exact")
     assert g.name == "corpus:window" and g.num_inputs == 1
     assert g.fingerprint == interpreter.graph_of(task.fn, *task.args, argnums=0).fingerprint
+
+
+def test_every_corpus_function_resolves_to_a_graph_of_its_differentiated_leaves():
+    """Pytree arguments (dicts of parameters) count one input per leaf; integer arguments none."""
+    groups = tasks.corpus_groups()
+    for name, task in tasks.corpus().items():
+        argnums = (task.argnums,) if isinstance(task.argnums, int) else task.argnums
+        leaves = jax.tree.leaves([task.args[i] for i in argnums])
+        assert all(jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in leaves), name
+        g = tasks.resolve(f"corpus:{name}").graph("exact")
+        assert g.num_inputs == len(leaves) and g.vertices, name
+        assert groups[name] in {"layers", "losses", "residuals", "integrators", "particles", "robotics", "stencils",
+                                "control flow", "indexing", "sort and scan", "linear algebra", "other"}, name
 
 
 @pytest.mark.parametrize(
