@@ -222,8 +222,12 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
             joint_map, *(jax.ShapeDtypeStruct(np.shape(values[i]), jnp.result_type(values[i])) for i in floats)
         )
 
+        out_dtype = jax.eval_shape(joint_map, *(values[i] for i in floats)).dtype
+
         def transpose(ct):
-            cotangents = joint_transpose(ct)
+            # The map computes in its own dtype (a float32 softmax inside a float64 program): the
+            # cotangent is cast to it, and the result back to the operand's.
+            cotangents = joint_transpose(ct.astype(out_dtype))
             total = sum(cotangents[floats.index(i)] for i in positions)
             return jnp.asarray(total, dtype).reshape(in_shape)
 
