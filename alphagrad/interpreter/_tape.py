@@ -43,6 +43,8 @@ or boolean, except integer constants (exactly representable in that dtype); no z
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -52,7 +54,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from alphagrad.graph import INDEX_MAP, VALUELESS, Graph, LeafRef, Operand, Step, ValueRef, normalise_shape
+from alphagrad.graph import (
+    INDEX_MAP, VALUELESS, Graph, LeafRef, Operand, Step, ValueRef, normalise_shape, product_plan, structure_of,
+)
 from alphagrad.interpreter._structured import Partial
 
 __all__ = ["TAPE_MIN_EQUATIONS", "MAX_COMPONENTS", "MAX_KINDS", "Tape", "Unsupported", "build", "run"]
@@ -130,6 +134,102 @@ class Tape(NamedTuple):
     muls: int
 
 
+# ---- partial layouts ------------------------------------------------------------------------
+
+# Edge-buffer slots holding constants: a selection whose mask is `_ONE` is a copy, `_ONE` as the
+# value writes a structural 1 (an identity's entry), `_ZERO` a structural 0. Partials follow them.
+_ONE, _ZERO = 0, 1
+_FIRST_EDGE_SLOT = 2
+#: Codes whose partial the tape holds as a map (which entries move where), not as a value array.
+_MAP_CODES = VALUELESS | {INDEX_MAP}
+#: Index maps whose partial depends on the values: never tabulated when the tape is built.
+_VALUE_DEPENDENT = frozenset("sort clamp reduce_window_max reduce_window_min cummax cummin top_k".split())
+#: Index maps applied as run-time masks (value-dependent, or reading computed indices): their JVPs
+#: select one tangent entry per output entry, so every entry of the partial is exactly 0 or 1.
+#: (cummax/cummin are not among them: JAX splits a tie 0.5/0.5.)
+_MASK_MAPS = frozenset(
+    "sort clamp reduce_window_max reduce_window_min gather scatter scatter-add dynamic_slice dynamic_update_slice".split()
+)
+
+
+def _positions(out_shape: tuple, in_shape: tuple) -> dict[int, int]:
+    return {1: out_shape[0], 2: out_shape[1], 3: in_shape[0], 4: in_shape[1]}
+
+
+def _tied_sizes_agree(code: int, out_shape: tuple, in_shape: tuple) -> bool:
+    sizes = _positions(out_shape, in_shape)
+    return all(sizes[a] == sizes[b] for a, b, _ in structure_of(code).ties)
+
+
+@functools.cache
+def _layout(code: int, out_shape: tuple, in_shape: tuple) -> tuple[tuple[int, int], ...]:
+    """Per entry of the value array of a valued `code` (row-major over its value axes): the dense
+    entry (flat output index, flat operand index) it holds; along a Kronecker tie, index 0."""
+    structure = structure_of(code)
+    sizes = _positions(out_shape, in_shape)
+    entries = []
+    for index in itertools.product(*(range(sizes[pos]) for pos in structure.value_axes)):
+        at = dict(zip(structure.value_axes, index))
+        for a, b, kind in structure.ties:
+            if kind == "D":
+                at[b] = at[a]
+            else:
+                at[a] = at[b] = 0
+        entries.append((at[1] * out_shape[1] + at[2], at[3] * in_shape[1] + at[4]))
+    return tuple(entries)
+
+
+@functools.cache
+def _support(code: int, out_shape: tuple, in_shape: tuple) -> dict[tuple[int, int], int]:
+    """Every nonzero dense entry (flat output index, flat operand index) of a partial of `code`
+    -> the entry of its value array that holds it (0 for a value-less code, whose entries are 1)."""
+    structure = structure_of(code)
+    sizes = _positions(out_shape, in_shape)
+    kronecker = [(a, b) for a, b, kind in structure.ties if kind == "K"]
+    support = {}
+    for r, index in enumerate(itertools.product(*(range(sizes[pos]) for pos in structure.value_axes))):
+        at = dict(zip(structure.value_axes, index))
+        for a, b, kind in structure.ties:
+            if kind == "D":
+                at[b] = at[a]
+        for along in itertools.product(*(range(sizes[a]) for a, _ in kronecker)):
+            for (a, b), k in zip(kronecker, along):
+                at[a] = at[b] = k
+            support[(at[1] * out_shape[1] + at[2], at[3] * in_shape[1] + at[4])] = r if structure.has_values else 0
+    return support
+
+
+class _Valued(NamedTuple):
+    """An edge held as the value array of its (valued) code in edge slots [base, base + size)."""
+
+    code: int
+    base: int
+    out_shape: tuple
+    in_shape: tuple
+
+    @property
+    def size(self) -> int:
+        return len(_layout(self.code, self.out_shape, self.in_shape))
+
+
+class _Map(NamedTuple):
+    """An edge of a value-less code or an index map (code 11): per nonzero dense entry
+    (flat output index, flat operand index), the edge slots whose sum it is, each 0 or 1 (`_ONE`
+    for a structural 1). The slots are never freed (other maps may share them)."""
+
+    code: int
+    entries: dict
+    out_shape: tuple
+    in_shape: tuple
+
+
+def _terms(edge) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """Per nonzero dense entry of an edge, its value as a sum of selections (value slot, mask slot)."""
+    if isinstance(edge, _Valued):
+        return {at: [(edge.base + r, _ONE)] for at, r in _support(edge.code, edge.out_shape, edge.in_shape).items()}
+    return {at: [(m, _ONE) for m in masks] for at, masks in edge.entries.items()}
+
+
 # ---- building the tape ----------------------------------------------------------------------
 
 
@@ -190,6 +290,7 @@ class _Builder:
         self.num_values = 0
         self.constants: list[np.ndarray] = []
         self.constant_base: dict[Any, int] = {}
+        self.static_maps: dict[Any, np.ndarray | None] = {}
 
     def _allocate_value(self, size: int) -> int:
         base = self.num_values
@@ -234,9 +335,48 @@ class _Builder:
             self.constants.append(value.reshape(-1).astype(self.dtype))
         return self.constant_base[key], tuple(value.shape), value.dtype
 
+    def _static_map(self, eqn, operands, positions, signature) -> np.ndarray | None:
+        """The [n_out, n_operand] matrix of an index-map partial that depends neither on the values
+        nor on computed integer operands (tabulated here, so the tape applies it by moving data),
+        or None. Its entries are counts (how often an operand entry is added into an output
+        entry): checked to be non-negative integers, equal at two random draws of the values."""
+        if eqn.primitive is not None and eqn.primitive.name in _VALUE_DEPENDENT:
+            return None
+        fixed = []
+        for op, (_, shape, dtype) in zip(eqn.operands, operands):
+            if np.dtype(dtype).kind == "f":
+                fixed.append(None)  # drawn at random below (the map is linear in the floats jointly)
+            elif op.node is None and not isinstance(op.value, (LeafRef, ValueRef)):
+                fixed.append(np.asarray(op.value).astype(dtype))
+            else:
+                return None  # computed indices
+        key = (signature, positions, tuple(None if v is None else (v.shape, v.tobytes()) for v in fixed))
+        if key not in self.static_maps:
+            self.static_maps[key] = self._tabulate(eqn, operands, positions, fixed)
+        return self.static_maps[key]
+
+    def _tabulate(self, eqn, operands, positions, fixed) -> np.ndarray | None:
+        rng = np.random.default_rng(0)
+        matrices = []
+        with jax.ensure_compile_time_eval():
+            for _ in range(2):
+                values = [v if v is not None else rng.standard_normal(shape).astype(dtype)
+                          for v, (_, shape, dtype) in zip(fixed, operands)]
+
+                def of_x(y, values=values):
+                    args = [y if i in positions else jnp.asarray(v) for i, v in enumerate(values)]
+                    return args[0] if eqn.primitive is None else eqn.primitive.bind(*args, **eqn.params)
+
+                x = jnp.asarray(values[positions[0]])
+                jac = np.asarray(jax.jacfwd(of_x)(x))
+                matrices.append(jac.reshape(-1, x.size))
+        first, second = matrices
+        if not np.array_equal(first, second) or not np.all((first >= 0) & (first == np.round(first))):
+            return None
+        return first.astype(np.int64)
+
     def build(self) -> Tape:
         graph, program = self.graph, self.program
-        intermediates = set(graph.intermediates)
         # Inputs first: their leaves' slots.
         self.node_dtype: dict[int, Any] = {}
         for node, leaf in enumerate(program.input_leaves, start=1):
@@ -267,10 +407,12 @@ class _Builder:
             if wanted is LeafRef:
                 constants_at = self.num_values
         # Vertices, in equation order.
-        eq_rows = []  # (signature, operand slots, out slot, partial layout)
+        eq_rows = []  # (kind, operand slots, out slot, first partial slot)
         kinds: dict[Any, int] = {}
         templates: list[tuple] = []
-        initial_edges: list[tuple[int, int, int]] = []  # (src, dst, size) in slot order
+        edges: dict[tuple[int, int], Any] = {}
+        next_slot = _FIRST_EDGE_SLOT
+        P = 1
         for k, eqn in enumerate(program.equations):
             where = f"equation {k + 1}"
             node = eqn.outputs[0].node
@@ -280,55 +422,66 @@ class _Builder:
             shape = tuple(aval.shape) if aval is not None else ()
             if aval is None or not self._value_dtype_ok(aval.dtype):
                 raise Unsupported(f"{where} makes a value of dtype {getattr(aval, 'dtype', None)}")
-            size = self._check_size(shape, where)
-            if node - graph.num_inputs in intermediates and size != 1:
-                raise Unsupported(f"{where} makes a non-scalar intermediate of shape {shape}")
+            self._check_size(shape, where)
             operands = [self._operand(op) for op in eqn.operands]
             slots = [base + i for base, shp, _ in operands for i in range(math.prod(shp))]
-            # Partials: one block per source node with an edge, [size, source size] row-major.
+            op_avals = tuple((shp, np.dtype(dt).str) for _, shp, dt in operands)
+            head = (eqn.primitive, _freeze(eqn.params) if eqn.primitive is not None else None, op_avals,
+                    (shape, np.dtype(aval.dtype).str))
+            # Partials, one per source node with an edge: value arrays and run-time masks are
+            # computed by the branch into consecutive edge slots; static maps need none.
             groups = []
+            partials_at = next_slot
             for e in incoming.get(node, ()):
                 positions = tuple(i for i, op in enumerate(eqn.operands) if op.node == e.src)
                 if not positions:
                     raise Unsupported(f"{where}: edge from node {e.src} matches no operand")
                 if self.node_dtype[e.src] != self.dtype:
                     raise Unsupported(f"{where}: edge from a non-float node")
-                groups.append((positions, e.src))
-                initial_edges.append((e.src, node, size * math.prod(self.node_shape[e.src])))
-            op_avals = tuple((shp, np.dtype(dt).str) for _, shp, dt in operands)
-            signature = (
-                eqn.primitive, _freeze(eqn.params) if eqn.primitive is not None else None, op_avals,
-                (shape, np.dtype(aval.dtype).str), tuple(p for p, _ in groups),
-            )
+                out_shape, in_shape = tuple(e.out_shape), tuple(e.in_shape)
+                if (out_shape != normalise_shape(shape) or in_shape != normalise_shape(self.node_shape[e.src])
+                        or (e.code != INDEX_MAP and not _tied_sizes_agree(e.code, out_shape, in_shape))):
+                    raise Unsupported(f"{where}: edge shapes {out_shape} <- {in_shape} do not match the values")
+                n_out, n_in = math.prod(out_shape), math.prod(in_shape)
+                if e.code in VALUELESS:
+                    support = _support(e.code, out_shape, in_shape)
+                    edges[(e.src, node)] = _Map(e.code, {at: (_ONE,) for at in support}, out_shape, in_shape)
+                    continue
+                if e.code == INDEX_MAP:
+                    matrix = self._static_map(eqn, operands, positions, head)
+                    if matrix is not None:
+                        entries = {(i, j): (_ONE,) * int(matrix[i, j]) for i, j in zip(*np.nonzero(matrix))}
+                        edges[(e.src, node)] = _Map(INDEX_MAP, entries, out_shape, in_shape)
+                        continue
+                    name = eqn.primitive.name if eqn.primitive is not None else "copy"
+                    if name not in _MASK_MAPS:
+                        raise Unsupported(f"{where}: the index map of {name} depends on the values")
+                    groups.append((positions, INDEX_MAP, out_shape, in_shape))
+                    entries = {(i, j): (next_slot + i * n_in + j,) for i in range(n_out) for j in range(n_in)}
+                    edges[(e.src, node)] = _Map(INDEX_MAP, entries, out_shape, in_shape)
+                    next_slot += n_out * n_in
+                    continue
+                groups.append((positions, e.code, out_shape, in_shape))
+                edges[(e.src, node)] = _Valued(e.code, next_slot, out_shape, in_shape)
+                next_slot += edges[(e.src, node)].size
+            P = max(P, next_slot - partials_at)
+            signature = (*head, tuple(groups))
             if signature not in kinds:
                 kinds[signature] = len(kinds)
                 templates.append((signature, eqn.params))
                 if len(kinds) > MAX_KINDS:
                     raise Unsupported(f"more than {MAX_KINDS} distinct equation kinds")
-            self.node_base[node] = self._allocate_value(size)
+            self.node_base[node] = self._allocate_value(math.prod(shape))
             self.node_shape[node] = shape
             self.node_dtype[node] = np.dtype(aval.dtype)
-            eq_rows.append((kinds[signature], slots, self.node_base[node]))
-        return self._finish(eq_rows, templates, initial_edges, constants_at)
+            eq_rows.append((kinds[signature], slots, self.node_base[node], partials_at if groups else None))
+        return self._finish(eq_rows, templates, edges, next_slot, P, constants_at)
 
-    def _finish(self, eq_rows, templates, initial_edges, constants_at) -> Tape:
+    def _finish(self, eq_rows, templates, edges, next_slot, P, constants_at) -> Tape:
         graph, program = self.graph, self.program
-        K = max([len(slots) for _, slots, _ in eq_rows] + [1])
+        K = max([len(slots) for _, slots, _, _ in eq_rows] + [1])
         O = max([math.prod(sig[3][0]) for sig, _ in templates] + [1])
-        # Edge slots: the initial edges in equation order (contiguous per equation), then the
-        # products' edges, reusing the slots of deleted edges.
-        edge_base: dict[tuple[int, int], int] = {}
-        sizes: dict[tuple[int, int], int] = {}
-        next_slot = 0
-        partial_base_of: dict[int, int] = {}
-        widths: dict[int, int] = {}
-        for src, dst, size in initial_edges:
-            partial_base_of.setdefault(dst, next_slot)
-            widths[dst] = widths.get(dst, 0) + size
-            edge_base[(src, dst)] = next_slot
-            sizes[(src, dst)] = size
-            next_slot += size
-        P = max(list(widths.values()) + [1])
+        # Product edges reuse the slots of deleted edges (value arrays only; maps keep theirs).
         free: dict[int, list[int]] = {}
 
         def allocate(size: int) -> int:
@@ -339,48 +492,159 @@ class _Builder:
             next_slot += size
             return base
 
-        prod = []  # (kind, x, y, dst)
+        def release(edge) -> None:
+            if isinstance(edge, _Valued):
+                free.setdefault(edge.size, []).append(edge.base)
+
+        prod: list[tuple[int, int, int, int]] = []  # (kind, x, y, dst)
+        conjunctions: dict[tuple[int, int], int] = {}
+
+        def both(m1: int, m2: int) -> int:
+            """A slot holding m1 AND m2 (masks of 0/1): a selection, no multiplication."""
+            if m1 == _ONE or m2 == _ONE:
+                return m2 if m1 == _ONE else m1
+            if (m1, m2) not in conjunctions:
+                conjunctions[(m1, m2)] = allocate(1)
+                prod.append((_SELECT_NEW, m2, m1, conjunctions[(m1, m2)]))
+            return conjunctions[(m1, m2)]
+
+        def write(base: int, code: int, out_shape, in_shape, terms: dict, fresh: bool) -> None:
+            """Adds (or, fresh, writes) the dense entries `terms` into the value array of `code` at
+            `base`, entry by entry (selections and additions only)."""
+            for r, at in enumerate(_layout(code, out_shape, in_shape)):
+                entry = terms.get(at, ())
+                if fresh and not entry:
+                    prod.append((_SELECT_NEW, _ZERO, _ONE, base + r))
+                for n, (x, m) in enumerate(entry):
+                    prod.append((_SELECT_NEW if fresh and n == 0 else _SELECT_ADD, x, m, base + r))
+
+        def multiply(out_edge: _Valued, in_edge: _Valued, base: int, fresh: bool) -> int:
+            """The valued product out @ in as the multiply-adds its `product_plan` enumerates, added
+            into (or, fresh, written as) the value array of the product's code at `base`."""
+            plan = product_plan(in_edge.code, out_edge.code)
+            c, v, p = out_edge.out_shape, out_edge.in_shape, in_edge.in_shape
+            size = {"a": c[0], "b": c[1], "x": v[0], "y": v[1], "m": p[0], "n": p[1]}
+            letters = "".join(dict.fromkeys(plan.out_letters + plan.in_letters))
+            if not set(plan.result_letters) <= set(letters):
+                raise Unsupported(f"the product of codes {out_edge.code} and {in_edge.code} broadcasts")
+
+            def flat(word, at):
+                index = 0
+                for letter in word:
+                    index = index * size[letter] + at[letter]
+                return index
+
+            written = set()
+            count = 0
+            for point in itertools.product(*(range(size[letter]) for letter in letters)):
+                at = dict(zip(letters, point))
+                dst = base + flat(plan.result_letters, at)
+                kind = _MUL_NEW if fresh and dst not in written else _MUL_ADD
+                written.add(dst)
+                prod.append((kind, out_edge.base + flat(plan.out_letters, at), in_edge.base + flat(plan.in_letters, at), dst))
+                count += 1
+            return count
+
+        def moved(out_edge, in_edge) -> tuple[dict, bool]:
+            """The product out @ in where one factor is a map: per dense entry, the selections that
+            sum to it ({at: [(value, mask)]}), or, both maps, the masks ({at: [mask]}) of the map."""
+            rows: dict[int, list] = {}
+            for (i, j), entry in (out_edge.entries if isinstance(out_edge, _Map) else _support(
+                    out_edge.code, out_edge.out_shape, out_edge.in_shape)).items():
+                rows.setdefault(i, []).append((j, entry))
+            into: dict[int, list] = {}
+            for (i, j), entry in (in_edge.entries if isinstance(in_edge, _Map) else _support(
+                    in_edge.code, in_edge.out_shape, in_edge.in_shape)).items():
+                into.setdefault(i, []).append((j, entry))
+            maps = isinstance(out_edge, _Map) and isinstance(in_edge, _Map)
+            result: dict[tuple[int, int], list] = {}
+            for ci, row in rows.items():
+                for v, eo in row:
+                    for pj, ei in into.get(v, ()):
+                        cell = result.setdefault((ci, pj), [])
+                        if maps:
+                            cell.extend(both(m1, m2) for m1 in eo for m2 in ei)
+                        elif isinstance(out_edge, _Map):
+                            cell.extend((in_edge.base + ei, m) for m in eo)
+                        else:
+                            cell.extend((out_edge.base + eo, m) for m in ei)
+            return result, maps
+
         muls = 0
         for step in self.steps:
             for planned in step.products:
                 p, v, c = planned.pred, planned.vertex, planned.succ
-                n_c, n_p = math.prod(self.node_shape[c]), math.prod(self.node_shape[p])
-                if math.prod(self.node_shape[v]) != 1:
-                    raise Unsupported(f"vertex {v - graph.num_inputs} is eliminated but not a scalar")
-                out_valued = planned.out_code not in VALUELESS and planned.out_code != INDEX_MAP
-                in_valued = planned.in_code not in VALUELESS and planned.in_code != INDEX_MAP
-                expected = n_c * n_p if out_valued and in_valued else 0
-                if planned.muls != expected:
-                    raise Unsupported(f"product {planned} counts {planned.muls} multiplications, not {expected}")
-                old = edge_base.get((p, c))
-                if (old is None) != (planned.old_code == 0):
+                out_edge, in_edge = edges[(v, c)], edges[(p, v)]
+                old = edges.get((p, c))
+                if (out_edge.code, in_edge.code) != (planned.out_code, planned.in_code) or (
+                        (old is None) != (planned.old_code == 0)):
                     raise Unsupported(f"product {planned} does not match the edges the tape holds")
-                dst = allocate(n_c * n_p) if old is None else old
-                if old is None:
-                    edge_base[(p, c)], sizes[(p, c)] = dst, n_c * n_p
-                out_at, in_at = edge_base[(v, c)], edge_base[(p, v)]
-                for i in range(n_c):
-                    for j in range(n_p):
-                        slot = dst + i * n_p + j
-                        if out_valued and in_valued:
-                            prod.append((_MUL_NEW if old is None else _MUL_ADD, out_at + i, in_at + j, slot))
-                        elif out_valued:  # the in-partial is an identity or an index map: a mask
-                            prod.append((_SELECT_NEW if old is None else _SELECT_ADD, out_at + i, in_at + j, slot))
-                        else:
-                            prod.append((_SELECT_NEW if old is None else _SELECT_ADD, in_at + j, out_at + i, slot))
-                muls += expected
+                c_shape, p_shape = out_edge.out_shape, in_edge.in_shape
+                valued = isinstance(out_edge, _Valued) and isinstance(in_edge, _Valued)
+                if valued and product_plan(in_edge.code, out_edge.code).result_code != planned.code:
+                    raise Unsupported(f"product {planned}: the tape's product has another code")
+                if old is None and valued:
+                    new = _Valued(planned.code, 0, c_shape, p_shape)
+                    new = new._replace(base=allocate(new.size))
+                    count = multiply(out_edge, in_edge, new.base, fresh=True)
+                elif old is None:
+                    result, maps = moved(out_edge, in_edge)
+                    count = 0
+                    if maps != (planned.code in _MAP_CODES):
+                        raise Unsupported(f"product {planned}: the tape's product has another code")
+                    if maps:
+                        new = _Map(planned.code, {at: tuple(ms) for at, ms in result.items() if ms}, c_shape, p_shape)
+                    else:
+                        new = _Valued(planned.code, 0, c_shape, p_shape)
+                        new = new._replace(base=allocate(new.size))
+                        write(new.base, new.code, c_shape, p_shape, result, fresh=True)
+                else:
+                    code = planned.sum_code
+                    if code in _MAP_CODES:
+                        raise Unsupported(f"product {planned}: a sum without values")
+                    if isinstance(old, _Valued) and old.code == code:
+                        new = old
+                    else:
+                        new = _Valued(code, 0, c_shape, p_shape)
+                        new = new._replace(base=allocate(new.size))
+                        write(new.base, code, c_shape, p_shape, _terms(old), fresh=True)
+                        release(old)
+                    if valued and planned.code == code:
+                        count = multiply(out_edge, in_edge, new.base, fresh=False)
+                    elif valued:
+                        product = _Valued(planned.code, 0, c_shape, p_shape)
+                        product = product._replace(base=allocate(product.size))
+                        count = multiply(out_edge, in_edge, product.base, fresh=True)
+                        write(new.base, code, c_shape, p_shape, _terms(product), fresh=False)
+                        release(product)
+                    else:
+                        result, maps = moved(out_edge, in_edge)
+                        count = 0
+                        if maps:
+                            result = {at: [(m, _ONE) for m in ms] for at, ms in result.items()}
+                        write(new.base, code, c_shape, p_shape, result, fresh=False)
+                if count != planned.muls:
+                    raise Unsupported(f"product {planned} counts {planned.muls} multiplications, the tape {count}")
+                edges[(p, c)] = new
+                muls += count
             vertex = graph.node_id(step.vertex)
             for key in [(p, vertex) for p in step.preds] + [(vertex, c) for c in step.succs]:
-                free.setdefault(sizes.pop(key), []).append(edge_base.pop(key))
+                release(edges.pop(key))
         if muls != sum(step.cost for step in self.steps):
             raise AssertionError("internal error: the tape's multiplications differ from the plan's")
 
+        # The Jacobian's blocks, dense (code 1): what is left between inputs and outputs.
         inputs = set(range(1, graph.num_inputs + 1))
         outputs_set = {graph.node_id(k) for k in graph.outputs}
         jacobian_edges = {}
-        for (src, dst), base in edge_base.items():
+        for (src, dst), edge in edges.items():
             if src in inputs and dst in outputs_set:
-                jacobian_edges[(src, dst)] = (base, normalise_shape(self.node_shape[dst]), normalise_shape(self.node_shape[src]))
+                if not (isinstance(edge, _Valued) and edge.code == 1):
+                    dense = _Valued(1, allocate(math.prod(edge.out_shape) * math.prod(edge.in_shape)),
+                                    edge.out_shape, edge.in_shape)
+                    write(dense.base, 1, edge.out_shape, edge.in_shape, _terms(edge), fresh=True)
+                    edge = dense
+                jacobian_edges[(src, dst)] = (edge.base, edge.out_shape, edge.in_shape)
         outputs = []
         for op in program.outputs:
             if op.node is not None:
@@ -390,16 +654,14 @@ class _Builder:
             else:
                 outputs.append(op.value)  # a constant or a LeafRef: its Jacobian is zero
 
-        eq_kind = np.asarray([kind for kind, _, _ in eq_rows], np.int32)
+        eq_kind = np.asarray([kind for kind, _, _, _ in eq_rows], np.int32)
         eq_ops = np.zeros((len(eq_rows), K), np.int32)
-        for row, (_, slots, _) in enumerate(eq_rows):
+        for row, (_, slots, _, _) in enumerate(eq_rows):
             eq_ops[row, : len(slots)] = slots
-        eq_out = np.asarray([out for _, _, out in eq_rows], np.int32)
-        # An equation without edges writes its (padded) partials into the slack at the end.
+        eq_out = np.asarray([out for _, _, out, _ in eq_rows], np.int32)
+        # An equation without computed partials writes its (padded) partials into the slack at the end.
         num_edges = next_slot + P
-        eq_partials = np.asarray(
-            [partial_base_of.get(eqn.outputs[0].node, next_slot) for eqn in program.equations], np.int32
-        )
+        eq_partials = np.asarray([next_slot if at is None else at for _, _, _, at in eq_rows], np.int32)
         branches = tuple(_branch(sig, params, O, P, self.dtype) for sig, params in templates)
         for branch, (signature, _) in zip(branches, templates):
             # Traced once here, so that an equation the branch cannot re-bind from buffer values
@@ -436,12 +698,41 @@ class _Builder:
 
 def _branch(signature, params: dict, O: int, P: int, dtype):
     """The switch branch of one equation kind: ``ops[K] -> (out[O], partials[P])``; `params` are
-    those of the kind's first equation (equal to every other's, by the signature)."""
+    those of the kind's first equation (equal to every other's, by the signature).
+
+    Each partial is computed as the straight-line path computes it: a JVP of the equation per
+    seed, one seed per index of the operand's untied positions (ones along tied ones), and the
+    code's value array read off the responses by a static gather; a run-time index map (code 11)
+    is computed whole, [n_out, n_operand] row-major."""
     primitive, _, op_avals, (out_shape, _), groups = signature
     shapes = [shape for shape, _ in op_avals]
     dtypes = [np.dtype(dt) for _, dt in op_avals]
     offsets = np.cumsum([0] + [math.prod(s) for s in shapes]).tolist()
     n_out = math.prod(out_shape)
+    plans = []
+    for positions, code, out_norm, in_norm in groups:
+        sizes = _positions(out_norm, in_norm)
+        tied = set() if code == INDEX_MAP else {b for _, b, _ in structure_of(code).ties}
+        free = [pos for pos in (3, 4) if pos not in tied]
+        num_seeds = math.prod(sizes[pos] for pos in free)
+        seeds = np.zeros((num_seeds, in_norm[0], in_norm[1]))
+        for s, index in enumerate(itertools.product(*(range(sizes[pos]) for pos in free))):
+            at = dict(zip(free, index))
+            rows = [at[3]] if 3 in at else range(in_norm[0])
+            cols = [at[4]] if 4 in at else range(in_norm[1])
+            seeds[s][np.ix_(list(rows), list(cols))] = 1.0
+        if code == INDEX_MAP:
+            gather = np.arange(n_out * num_seeds).reshape(num_seeds, n_out).T.reshape(-1)
+        else:
+            gather = []
+            for i, j in _layout(code, out_norm, in_norm):
+                at = {3: j // in_norm[1], 4: j % in_norm[1]}
+                seed = 0
+                for pos in free:
+                    seed = seed * sizes[pos] + at[pos]
+                gather.append(seed * n_out + i)
+            gather = np.asarray(gather, np.int32)
+        plans.append((positions, seeds, gather))
 
     def bind(values):
         if primitive is None:  # an appended output copy
@@ -452,20 +743,20 @@ def _branch(signature, params: dict, O: int, P: int, dtype):
         values = [ops[offsets[i]:offsets[i + 1]].reshape(shapes[i]).astype(dtypes[i]) for i in range(len(shapes))]
         out = bind(values)
         pieces = []
-        for positions in groups:
+        for positions, seeds, gather in plans:
             x = values[positions[0]]
 
             def of_x(y, positions=positions):
                 return bind([y if i in positions else v for i, v in enumerate(values)])
 
-            size = x.size
-            if size == 1:
-                tangent = jnp.ones(x.shape, x.dtype)
-                columns = jax.jvp(of_x, (x,), (tangent,))[1].reshape(1, n_out)
+            def response(t, x=x, of_x=of_x):
+                return jax.jvp(of_x, (x,), (t.reshape(x.shape).astype(x.dtype),))[1].reshape(-1)
+
+            if len(seeds) == 1:
+                responses = response(jnp.asarray(seeds[0]))
             else:
-                basis = jnp.eye(size, dtype=x.dtype).reshape(size, *x.shape)
-                columns = jax.vmap(lambda t: jax.jvp(of_x, (x,), (t,))[1])(basis).reshape(size, n_out)
-            pieces.append(columns.T.reshape(-1).astype(dtype))  # [n_out, size] row-major
+                responses = jax.vmap(response)(jnp.asarray(seeds))
+            pieces.append(responses.reshape(-1)[gather].astype(dtype))
         flat_out = jnp.asarray(out).reshape(-1).astype(dtype)
         flat_out = jnp.pad(flat_out, (0, O - n_out))
         partials = jnp.concatenate(pieces) if pieces else jnp.zeros((0,), dtype)
@@ -515,7 +806,7 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
     With the batch axis last, each step reads and writes whole contiguous rows of the batch.
     """
     batch = vals.shape[1:]
-    edges = jnp.zeros((tape.num_edges, *batch), vals.dtype)
+    edges = jnp.zeros((tape.num_edges, *batch), vals.dtype).at[_ONE].set(1)
 
     def kinds(kind, ops):
         return lax.switch(kind, tape.branches, ops)
