@@ -17,7 +17,7 @@ from alphagrad.agents.alphazero._tasks import make_tasks
 
 SMALL = alphazero.AlphaZeroConfig(
     embed_dim=8, edge_dim=4, num_layers=1, num_heads=1, num_simulations=1, max_num_considered_actions=2,
-    num_games=1, num_policy_games=1, batch_size=4, updates_per_iteration=1, replay_size=1024, min_replay=4,
+    num_games=1, num_policy_games=0, batch_size=4, updates_per_iteration=1, replay_size=1024, min_replay=4,
     demo_fraction=0.0, iterations=2, seed=0, xla_opt_level=0,
 )  # fmt: skip
 
