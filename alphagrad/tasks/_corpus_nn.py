@@ -62,6 +62,20 @@ def fused_attention(q, k, v):
     return jax.nn.dot_product_attention(q, k, v, is_causal=True)
 
 
+@jax.custom_vjp
+def _clip_gradient(x):
+    """The identity whose backward pass clips the cotangent to [-0.1, 0.1] (a custom_vjp rule)."""
+    return x
+
+
+_clip_gradient.defvjp(lambda x: (x, None), lambda _, g: (jnp.clip(g, -0.1, 0.1),))
+
+
+def clipped_gradient_layer(w, x):
+    """A tanh layer whose pre-activations clip their gradient (jax.custom_vjp): jax.jacrev follows the rule."""
+    return jnp.tanh(_clip_gradient(x @ w))
+
+
 def conv1d_block(x, kernel, bias):
     """A 1-D convolution layer (flax Conv, NWC layout, SAME padding, dilation 2) plus bias and swish."""
     y = jax.lax.conv_general_dilated(
@@ -145,6 +159,7 @@ def entries() -> list[tuple]:
         ("layers", layer_norm, (_normal(2, 3, 4), 1.0 + _normal(4), _normal(4)), (0, 1, 2)),
         ("layers", causal_self_attention, (attention, _normal(2, 3, 4)), (0, 1)),
         ("layers", fused_attention, tuple(_normal(1, 3, 2, 2, dtype=np.float64) for _ in range(3)), (0, 1, 2)),
+        ("layers", clipped_gradient_layer, (_normal(3, 2), _normal(2, 3)), (0, 1)),
         ("layers", conv1d_block, (_normal(2, 6, 2), _normal(3, 2, 3), _normal(3)), (0, 1, 2)),
         ("layers", cnn_pool, (cnn, _normal(2, 5, 5, 1)), (0, 1)),
         ("layers", embed_and_pool, (_normal(5, 3), tokens, _normal(4, 3)), (0, 2)),

@@ -30,7 +30,9 @@ CORPUS = tasks.corpus()
 GROUPS = tasks.corpus_groups()
 
 #: name -> reason (reproducers: the corpus failure log kept by the lead, /work/notes/corpus_failures.md).
-KNOWN_FAILURES: dict[str, str] = {}
+KNOWN_FAILURES: dict[str, str] = {
+    "clipped_gradient_layer": "a custom_vjp rule is ignored: the Jacobian differs from jax.jacrev (failure log #2)",
+}
 
 ORDERS = ("forward", "reverse", "markowitz", "random", "auto")
 
