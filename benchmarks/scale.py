@@ -261,7 +261,7 @@ def _fmt(value, spec: str = ".2g") -> str:
 def _cell_first(r: dict) -> str:
     if "first_s" in r:
         return f"{_fmt(r['first_s'], 's')} s, {r['rss_gb']:.1f} GB"
-    return r.get("stopped", "–")
+    return r.get("stopped", "–") if r else "not run"
 
 
 def _cell_runs(r: dict) -> str:

@@ -17,8 +17,9 @@ On long programs (about 1,000 equations and more) scoring one order on the batch
 more than beam search and annealing can use (`alphagrad.agents._batch.order_seconds`): they are
 left out, and the heuristics get the budget (40 % where the exact solver's root bound, about
 5 µs·V², fits in the rest, which then goes to the exact solver; else all of it). Every stage
-stops at the budget, so ``best`` returns within it plus a small constant (the floor's minimum
-and the exact solver's half second) at any size.
+stops at the budget, so ``best`` returns within it plus a small constant (the floor's minimum of
+`FLOOR_SECONDS_MIN`, the exact solver's minimum of half a second and its one second of grace) at
+any size.
 
 AlphaZero is not part of ``best`` (training from scratch rarely pays off within one search
 budget); run it explicitly with ``method="alphazero"``.
@@ -135,7 +136,8 @@ def floor_order(graph: Graph, *, seconds: float | None = FLOOR_SECONDS) -> Searc
     on the exact cost model Markowitz alone is often costlier than the cheaper of forward and
     reverse (docs/cost-model.md). On long programs with hub vertices some chains take minutes:
     they are stopped at the limit or skipped (`search_heuristics`), while forward, reverse and
-    Markowitz (near-linear in the edges) always complete.
+    Markowitz always complete (Markowitz, near-linear in the edges on scalar programs, is stopped
+    only once it costs more than one of the other two).
 
     Args:
       graph: the graph.
