@@ -152,6 +152,11 @@ _MASK_MAPS = frozenset(
 )
 
 
+#: Tabulated static index maps by equation signature, operand positions and integer constants
+#: (shared by every tape: programs repeat the same few maps; cleared when it grows large).
+_STATIC_MAPS: dict[Any, np.ndarray | None] = {}
+
+
 def _positions(out_shape: tuple, in_shape: tuple) -> dict[int, int]:
     return {1: out_shape[0], 2: out_shape[1], 3: in_shape[0], 4: in_shape[1]}
 
@@ -290,7 +295,7 @@ class _Builder:
         self.num_values = 0
         self.constants: list[np.ndarray] = []
         self.constant_base: dict[Any, int] = {}
-        self.static_maps: dict[Any, np.ndarray | None] = {}
+        self.int_bound: dict[int, float] = {}  # integer vertex -> bound on its absolute value
 
     def _allocate_value(self, size: int) -> int:
         base = self.num_values
@@ -335,6 +340,38 @@ class _Builder:
             self.constants.append(value.reshape(-1).astype(self.dtype))
         return self.constant_base[key], tuple(value.shape), value.dtype
 
+    def _small_integer(self, eqn, aval) -> bool:
+        """Whether an integer value is bounded well within the integers the buffer's dtype holds
+        exactly (so it survives being stored there): an index from argmax/argmin, or small
+        integers combined by additions, selections and data movement (as indexing computes them)."""
+        if np.dtype(aval.dtype).kind not in "iu" or eqn.primitive is None:
+            return False
+        name = eqn.primitive.name
+        bounds = []
+        for op in eqn.operands:
+            if op.node is not None:
+                bounds.append(self.int_bound.get(op.node, 1 if self.node_dtype[op.node] == np.dtype(bool) else None))
+            elif isinstance(op.value, (LeafRef, ValueRef)):
+                bounds.append(None)
+            else:
+                bounds.append(float(np.max(np.abs(np.asarray(op.value)), initial=0)))
+        if name in ("argmax", "argmin"):
+            bound = float(MAX_COMPONENTS)  # an index into an operand of at most that many entries
+        elif None in bounds:
+            return False
+        elif name in ("add", "sub"):
+            bound = sum(bounds)
+        elif name in ("select_n", "clamp", "max", "min", "neg", "abs", "convert_element_type", "broadcast_in_dim",
+                      "reshape", "squeeze", "concatenate", "slice", "copy", "copy_p"):
+            bound = max(bounds)
+        else:
+            return False
+        limit = 2.0 ** (np.finfo(self.dtype).nmant - 1)
+        if bound >= limit:
+            return False
+        self.int_bound[eqn.outputs[0].node] = bound
+        return True
+
     def _static_map(self, eqn, operands, positions, signature) -> np.ndarray | None:
         """The [n_out, n_operand] matrix of an index-map partial that depends neither on the values
         nor on computed integer operands (tabulated here, so the tape applies it by moving data),
@@ -351,26 +388,29 @@ class _Builder:
             else:
                 return None  # computed indices
         key = (signature, positions, tuple(None if v is None else (v.shape, v.tobytes()) for v in fixed))
-        if key not in self.static_maps:
-            self.static_maps[key] = self._tabulate(eqn, operands, positions, fixed)
-        return self.static_maps[key]
+        if key not in _STATIC_MAPS:
+            if len(_STATIC_MAPS) >= 4096:
+                _STATIC_MAPS.clear()
+            _STATIC_MAPS[key] = self._tabulate(eqn, operands, positions, fixed)
+        return _STATIC_MAPS[key]
 
     def _tabulate(self, eqn, operands, positions, fixed) -> np.ndarray | None:
         rng = np.random.default_rng(0)
-        matrices = []
-        with jax.ensure_compile_time_eval():
-            for _ in range(2):
-                values = [v if v is not None else rng.standard_normal(shape).astype(dtype)
-                          for v, (_, shape, dtype) in zip(fixed, operands)]
+        floats = [i for i, v in enumerate(fixed) if v is None]
+        draws = [np.stack([rng.standard_normal(operands[i][1]).astype(operands[i][2]) for _ in range(2)]) for i in floats]
 
-                def of_x(y, values=values):
-                    args = [y if i in positions else jnp.asarray(v) for i, v in enumerate(values)]
-                    return args[0] if eqn.primitive is None else eqn.primitive.bind(*args, **eqn.params)
+        def table(*drawn):  # one draw of the float operands -> the partial w.r.t. `positions`
+            values = [None if v is None else jnp.asarray(v) for v in fixed]
+            for i, v in zip(floats, drawn):
+                values[i] = v
 
-                x = jnp.asarray(values[positions[0]])
-                jac = np.asarray(jax.jacfwd(of_x)(x))
-                matrices.append(jac.reshape(-1, x.size))
-        first, second = matrices
+            def of_x(y):
+                return _bind(eqn.primitive, eqn.params, [y if i in positions else v for i, v in enumerate(values)])
+
+            return jax.jacfwd(of_x)(values[positions[0]])
+
+        with jax.ensure_compile_time_eval():  # concrete, also while an outer jit traces
+            first, second = np.asarray(jax.jit(jax.vmap(table))(*draws)).reshape(2, -1, math.prod(operands[positions[0]][1]))
         if not np.array_equal(first, second) or not np.all((first >= 0) & (first == np.round(first))):
             return None
         return first.astype(np.int64)
@@ -396,7 +436,7 @@ class _Builder:
             where = f"equation {k + 1}" + (f" ({eqn.primitive.name})" if eqn.primitive is not None else " (output copy)")
             if eqn.primitive is not None and any(_is_jaxpr(v) for v in eqn.params.values()):
                 raise Unsupported(f"{where} holds a sub-program (a loop or a branch)")
-            if eqn.primitive is not None and (eqn.primitive.multiple_results or len(eqn.outputs) != 1):
+            if len(eqn.outputs) != 1:  # (a sort of one array has one result, in a list)
                 raise Unsupported(f"{where} has several outputs")
         # Leaves, then the constants in one contiguous block (written at once by `run`).
         for wanted in (LeafRef, object):
@@ -420,7 +460,7 @@ class _Builder:
                 raise Unsupported(f"{where} has no vertex")
             aval = eqn.aval
             shape = tuple(aval.shape) if aval is not None else ()
-            if aval is None or not self._value_dtype_ok(aval.dtype):
+            if aval is None or not (self._value_dtype_ok(aval.dtype) or self._small_integer(eqn, aval)):
                 raise Unsupported(f"{where} makes a value of dtype {getattr(aval, 'dtype', None)}")
             self._check_size(shape, where)
             operands = [self._operand(op) for op in eqn.operands]
@@ -696,6 +736,18 @@ class _Builder:
         )
 
 
+def _bind(primitive, params: dict, values: list) -> jax.Array:
+    """The one output of an equation (an appended output copy when `primitive` is None)."""
+    if primitive is None:
+        return values[0]
+    result = primitive.bind(*values, **params)
+    if primitive.multiple_results:
+        if len(result) != 1:
+            raise Unsupported(f"a {primitive.name} equation has {len(result)} outputs")
+        return result[0]
+    return result
+
+
 def _branch(signature, params: dict, O: int, P: int, dtype):
     """The switch branch of one equation kind: ``ops[K] -> (out[O], partials[P])``; `params` are
     those of the kind's first equation (equal to every other's, by the signature).
@@ -735,9 +787,7 @@ def _branch(signature, params: dict, O: int, P: int, dtype):
         plans.append((positions, seeds, gather))
 
     def bind(values):
-        if primitive is None:  # an appended output copy
-            return values[0]
-        return primitive.bind(*values, **params)
+        return _bind(primitive, params, values)
 
     def branch(ops):
         values = [ops[offsets[i]:offsets[i + 1]].reshape(shapes[i]).astype(dtypes[i]) for i in range(len(shapes))]
