@@ -22,6 +22,11 @@ at scale".
 
     python benchmarks/compact_interpreter.py                         # 200 / 1,000 / 3,000 / 10,000
     python benchmarks/compact_interpreter.py --sizes 1000 --timeout 60
+    python benchmarks/compact_interpreter.py --form vector           # the state-vector form
+
+``--form vector`` writes the same integrator on the (3,) state vector (``jnp.stack``, vector adds
+and scalar multiples): its vertices are small arrays, which the tape holds with their structured
+partials (about 74 equations per step).
 """
 
 from __future__ import annotations
@@ -62,6 +67,34 @@ def lorenz_rk4(steps: int, dt: float = 0.01):
     return f
 
 
+def lorenz_rk4_vector(steps: int, dt: float = 0.01):
+    """The same integrator written on the state vector, as people write it: (3,) intermediates
+    made by ``jnp.stack``, vector adds and scalar multiples, slices and squeezes."""
+    import jax.numpy as jnp
+
+    def f(state, params):
+        sigma, rho, beta = params[0], params[1], params[2]
+
+        def rhs(s):
+            x, y, z = s[0], s[1], s[2]
+            return jnp.stack([sigma * (y - x), x * (rho - z) - y, x * y - beta * z])
+
+        for _ in range(steps):
+            k1 = rhs(state)
+            k2 = rhs(state + 0.5 * dt * k1)
+            k3 = rhs(state + 0.5 * dt * k2)
+            k4 = rhs(state + dt * k3)
+            state = state + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+        return state
+
+    f.__name__ = f"lorenz_rk4_vector_{steps}"
+    return f
+
+
+#: Program forms: (builder, equations per RK4 step).
+FORMS = {"scalar": (lorenz_rk4, PER_STEP), "vector": (lorenz_rk4_vector, 74)}
+
+
 def _emit(**values) -> None:
     print(json.dumps(values), flush=True)
 
@@ -87,7 +120,7 @@ def _steady(fn, *args, seconds: float = 1.0) -> float:
     return (time.perf_counter() - start) / count
 
 
-def stage(name: str, equations: int) -> None:
+def stage(name: str, equations: int, form: str = "scalar") -> None:
     """Runs one stage in this process, printing one JSON line per measurement."""
     import jax
 
@@ -98,7 +131,8 @@ def stage(name: str, equations: int) -> None:
     from alphagrad import interpreter
     from alphagrad.interpreter import _tape
 
-    f = lorenz_rk4(max(1, round(equations / PER_STEP)))
+    build, per_step = FORMS[form]
+    f = build(max(1, round(equations / per_step)))
     state = np.array([1.0, 1.0, 1.0])
     params = np.array([10.0, 28.0, 8.0 / 3.0])
     args32 = (jnp.asarray(state, jnp.float32), jnp.asarray(params, jnp.float32))
@@ -136,9 +170,9 @@ def stage(name: str, equations: int) -> None:
     _emit(error=error)
 
 
-def measure(name: str, equations: int, timeout: float) -> dict:
+def measure(name: str, equations: int, timeout: float, form: str = "scalar") -> dict:
     """Runs `stage` in a subprocess; what it printed before any timeout, plus 'timeout'."""
-    command = [sys.executable, __file__, "--stage", name, "--equations", str(equations)]
+    command = [sys.executable, __file__, "--stage", name, "--equations", str(equations), "--form", form]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         out, failed = done.stdout, done.returncode != 0 and f"exit {done.returncode}: {done.stderr[-300:]}"
@@ -177,18 +211,20 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 1000, 3000, 10000], help="about this many equations")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per stage (subprocess)")
+    parser.add_argument("--form", choices=list(FORMS), default="scalar",
+                        help="the integrator on scalars (indexed state) or on the (3,) state vector")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--equations", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
-        stage(args.stage, args.equations)
+        stage(args.stage, args.equations, args.form)
         return
     print("| equations | Jacobian | first call (trace, order, compile, run) | peak RSS | compiled HLO instructions (fusions) "
           "| batch 1 (ms) | batch 1,024: first call | batch 1,024 (ms) | max rel. error vs eager jacfwd (float64) |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.sizes:
         for name in args.stages:
-            print(row(name, measure(name, n, args.timeout)), flush=True)
+            print(row(name, measure(name, n, args.timeout, args.form)), flush=True)
 
 
 if __name__ == "__main__":

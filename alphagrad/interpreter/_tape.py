@@ -8,37 +8,51 @@ compiles in reasonable time. Here the program and the elimination plan become in
 not grow with the number of equations:
 
 1. **Primal and partials.** A value buffer ``vals[num_value_slots]`` holds every scalar
-   *component* of the program: the flattened arguments it reads, its constants and every vertex.
-   One scan step per equation gathers the components of its operands (``ops[K]``), and a
-   `lax.switch` over the program's distinct equation *kinds* (one branch per (primitive, params,
-   operand avals, which operands carry an edge) signature) computes the output components and the
-   partials with respect to each source node (JAX's JVP of the equation with unit tangents, as the
-   straight-line path computes them; evaluating partials is not counted by the cost model). Two
-   `dynamic_update_slice`\\ s write them, the outputs into ``vals`` and the partials into the edge
+   *component* of the program: the flattened arguments it reads, its constants and every vertex
+   (arrays of up to `MAX_COMPONENTS` entries, flattened). One scan step per equation gathers the
+   components of its operands (``ops[K]``), and a `lax.switch` over the program's distinct
+   equation *kinds* (one branch per (primitive, params, operand avals, partial layouts)
+   signature) computes the output components and the partials with respect to each source node
+   (JVPs of the equation, one seed per index of the operand's untied positions, as the
+   straight-line path computes them; evaluating partials is not counted by the cost model). Each
+   partial is stored in its code's *value array* (a diagonal, a Kronecker factor, dense...),
+   flattened. Two `dynamic_update_slice`\\ s write outputs and partials into ``vals`` and the edge
    buffer ``edges[num_edge_slots]``. The branches return only these small arrays, never a buffer,
    so under `jax.vmap` nothing of size num_slots is copied per step.
-2. **Eliminations.** Every `graph.Product` of ``graph.plan(graph, order)`` (for the class below:
-   v is a scalar, p and c have n_p and n_c components) becomes n_c * n_p scalar tape steps
-   ``edges[dst] = (edges[dst] if the edge p->c existed else 0) + product``, where the product is
-   ``out * in`` when both partials carry values (the cost model counts exactly these: the plan's
-   ``muls`` is checked to equal n_c * n_p, or 0) and otherwise a selection: a partial without
-   values (identity, copy, index map) has entries 0 or 1 here, so the product is the other factor
-   where that entry is nonzero (``where(mask != 0, value, 0)``: data movement, free in the model,
-   as in the straight-line path). The plan is executed in its own order, one product at a time, so
-   ``count_muls == graph.cost`` holds by construction (and is asserted when the tape is built).
-3. **Assembly.** The edges left between inputs and outputs are read from the edge buffer by
-   static slices and handed to the straight-line path's assembly (jax.jacrev's structure).
+   Partials that only move data hold no values: identities (value-less codes) and *static* index
+   maps (code 11 maps that depend neither on the values nor on computed indices: slices, squeeze,
+   stack/concatenate, reshape, broadcasts, sums, cumsum, gathers at constant indices) are
+   tabulated when the tape is built (one jitted JVP per map kind, entries checked to be
+   non-negative integer counts) and become copies. *Run-time* maps (sort, clamp, max pooling,
+   gathers/scatters/dynamic slices at computed indices, whose JVPs select one entry, so every
+   entry is exactly 0 or 1) are computed by the branch as 0/1 masks.
+2. **Eliminations.** Every `graph.Product` of ``graph.plan(graph, order)`` becomes scalar tape
+   steps on the edge buffer: between two value arrays, exactly the multiply-adds its
+   `graph.product_plan` enumerates (one step per point of the joint index space of the two value
+   arrays, ``edges[dst] = (edges[dst] or 0) + out * in``: what the cost model counts); with a map
+   on either side, selections ``where(mask != 0, value, 0)`` and additions (data movement, free
+   in the model, as in the straight-line path; the composition of two run-time masks is their
+   conjunction, one selection). A sum into an existing edge of another code first re-lays the
+   old edge out in the sum code (copies). Two constant slots (1 and 0) make copies and
+   structural ones selections too, so the loop has four step kinds. The plan is executed in its
+   own order, so ``count_muls == graph.cost`` holds by construction (and is asserted, product by
+   product, when the tape is built).
+3. **Assembly.** The edges left between inputs and outputs are laid out dense and read from the
+   edge buffer by static slices for the straight-line path's assembly (jax.jacrev's structure).
 
-Edge slots are allocated when an edge is created and freed when the elimination deletes it, so
-the edge buffer holds the largest number of edges alive at once, not every edge ever made.
+Edge slots are allocated when a valued edge is created and freed when the elimination deletes it,
+so the edge buffer holds the largest number of edge entries alive at once, not every edge ever
+made (mask slots are kept: maps may share them).
 
 **The class the tape executes** (`build` raises `Unsupported` otherwise and `_jacobian` falls back
-to the straight-line path, never to a wrong number): every eliminated vertex is a scalar
-(normalised shape (1, 1), one component); inputs and outputs may be small arrays (at most
-`MAX_COMPONENTS` entries; a state vector indexed into scalars, outputs made by ``jnp.stack``); every
-equation has one output and no sub-jaxpr (no loops or branches: those are dense primitives whose
-JVPs belong in the straight-line path); every value is of the program's one floating-point dtype
-or boolean, except integer constants (exactly representable in that dtype); no zero-size arrays.
+to the straight-line path, never to a wrong number): every argument leaf, constant and vertex has
+1 to `MAX_COMPONENTS` entries; every equation has one output and no sub-jaxpr (no loops or
+branches: those are dense primitives whose JVPs belong in the straight-line path); every value is
+of the program's one floating-point dtype or boolean, except integer constants (exactly
+representable in that dtype) and small integers computed at run time (argmax/argmin indices and
+sums, selections and movements of them, bounded well inside the dtype's exact integers); an index
+map whose partial depends on the values is one of the 0/1 kinds above (cummax/cummin split ties
+0.5/0.5 and fall back); at most `MAX_KINDS` equation kinds.
 """
 
 from __future__ import annotations
@@ -69,8 +83,9 @@ __all__ = ["TAPE_MIN_EQUATIONS", "MAX_COMPONENTS", "MAX_KINDS", "Tape", "Unsuppo
 #: per product), while at about 300 its first call takes 8 s (18 s under vmap), runs no faster,
 #: and at about 600 it does not compile within 100 s. No registered task reaches the threshold.
 TAPE_MIN_EQUATIONS = 250
-#: Most components (array entries) an input, output or operand of the tape may have: every scan
-#: step gathers the largest equation's operand components, so a large array would slow all steps.
+#: Most components (array entries) a value of the tape may have: every scan step gathers the
+#: largest equation's operand components, and a product of two dense partials of n-entry arrays
+#: takes up to n^3 loop steps, so a large array would slow every step.
 MAX_COMPONENTS = 64
 #: Most distinct equation kinds (switch branches); XLA compiles every branch.
 MAX_KINDS = 256
