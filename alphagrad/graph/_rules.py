@@ -26,6 +26,7 @@ __all__ = [
     "STRUCTURAL",
     "RULED_PRIMITIVES",
     "LINEARISED_INDEX_MAPS",
+    "CUSTOM_DERIVATIVES",
     "DENSE",
     "normalise",
     "has_high_rank",
@@ -61,9 +62,48 @@ LINEARISED_INDEX_MAPS = frozenset(
     "gather scatter scatter-add cumsum cummax cummin sort top_k split reduce_window_sum "
     "reduce_window_max reduce_window_min clamp".split()
 )
+# Primitives a pointwise function with a custom JVP rule may be built from (see `_is_pointwise`).
+_POINTWISE_BODY = UNARY | BINARY | ZERO_DERIVATIVE | frozenset(
+    "convert_element_type copy copy_p custom_jvp_call pjit jit closed_call clamp broadcast_in_dim".split()
+)
+_BODY_PARAMS = ("jaxpr", "call_jaxpr")
+
+
+def _is_pointwise(jaxpr, shape: Shape) -> bool:
+    """Whether `jaxpr` computes elementwise: only elementwise primitives (and calls of such), every
+    value of shape `shape` or a scalar (so output entry k depends only on operand entries k)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name not in _POINTWISE_BODY:
+            return False
+        avals = [a.aval for a in list(eqn.invars) + list(eqn.outvars)]
+        if any(tuple(getattr(a, "shape", ())) not in ((), tuple(shape)) for a in avals):
+            return False
+        bodies = [eqn.params[k] for k in _BODY_PARAMS if k in eqn.params]
+        if any(not _is_pointwise(body, shape) for body in bodies):
+            return False
+    return True
+
+
+def _custom_jvp_codes(in_shapes, out_shape: Shape, params, live) -> dict[int, int]:
+    """A function with a custom JVP rule: diagonal in each operand of its output's shape when it is
+    pointwise (relu, softplus, logaddexp), dense otherwise; its partials come from its rule."""
+    pointwise = _is_pointwise(params["call_jaxpr"], out_shape)
+    out = normalise(out_shape)
+    codes = {}
+    for i in live:
+        same = tuple(in_shapes[i]) == tuple(out_shape)
+        codes[i] = (1 if out == (1, 1) else 6) if pointwise and same else DENSE
+    return codes
+
+
 # Convolutions are rank >= 3: they have a rule under the exact model only (the 2024 model refuses them).
 CONTRACTIONS = frozenset({"dot_general", "conv_general_dilated"})
-RULED_PRIMITIVES = UNARY | BINARY | ZERO_DERIVATIVE | STRUCTURAL | REDUCTIONS | CONTRACTIONS | LINEARISED_INDEX_MAPS
+CUSTOM_DERIVATIVES = frozenset({"custom_jvp_call"})
+RULED_PRIMITIVES = (
+    UNARY | BINARY | ZERO_DERIVATIVE | STRUCTURAL | REDUCTIONS | CONTRACTIONS | LINEARISED_INDEX_MAPS
+    | CUSTOM_DERIVATIVES
+)
 #: The code of a partial without known structure (the dense fallback): a full [v1, v2, p1, p2] array.
 DENSE = 1
 
@@ -308,6 +348,8 @@ def edge_codes(
         return {i: DENSE for i in live}
     if name in LINEARISED_INDEX_MAPS:
         return {i: INDEX_MAP for i in live}
+    if name in CUSTOM_DERIVATIVES:
+        return _custom_jvp_codes(in_shapes, out_shape, params, live)
     if model == "exact" and has_high_rank(out_shape, *in_shapes):
         return _high_rank_codes(name, norm, out, params, live, in_shapes, out_shape)
     if model == "exact":

@@ -1,7 +1,7 @@
 """`trace`: turn a JAX function into an elimination `Graph`.
 
-The function's jaxpr is walked once. Calls of nested jaxprs (``jit``/``pjit``, ``custom_jvp_call``,
-``custom_vjp_call``, ``remat``, ``closed_call``) are inlined, so that every remaining equation
+The function's jaxpr is walked once. Calls of nested jaxprs (``jit``/``pjit``, ``remat``,
+``closed_call``) are inlined, so that every remaining equation
 becomes exactly one vertex, numbered 1, 2, ... in equation order (the AlphaGrad paper's numbering).
 An equation with several outputs (a loop with several carries, ``lu``, a sort of several operands)
 becomes one vertex per output that can carry a derivative (a floating-point output), numbered in
@@ -34,15 +34,14 @@ __all__ = [
     "Program",
 ]
 
-# Call-like primitives whose body is inlined, and the parameter that holds the body.
+# Call-like primitives whose body is inlined, and the parameter that holds the body. Functions with
+# custom derivatives (custom_jvp_call, custom_vjp_call) are not inlined: their derivative is the
+# rule they define (relu'(0) = 0, where the body max(x, 0) would give 1/2), so each is one vertex.
 _INLINED = {
     "jit": "jaxpr",
     "pjit": "jaxpr",
     "closed_call": "call_jaxpr",
     "core_call": "call_jaxpr",
-    "custom_jvp_call": "call_jaxpr",
-    "custom_vjp_call": "call_jaxpr",
-    "custom_vjp_call_jaxpr": "fun_jaxpr",
     "remat": "jaxpr",
     "remat2": "jaxpr",
     "checkpoint": "jaxpr",
@@ -75,6 +74,9 @@ def structural_primitives_markdown() -> str:
         ("contraction", _rules.CONTRACTIONS,
          "Kronecker ties on free dimensions, diagonal ties on batch dimensions; a convolution is tied "
          "along its batch axis (exact model, rank >= 3)"),
+        ("custom derivatives", _rules.CUSTOM_DERIVATIVES,
+         "one vertex whose partials follow the function's own JVP rule: diagonal (6) where the function "
+         "is pointwise, dense otherwise; `custom_vjp_call` is dense, its partials by its VJP rule"),
         ("calls (inlined)", set(_INLINED), "no vertex: their bodies' equations are numbered in place"),
     ]
     rows = ["| group | primitives | edges |", "|---|---|---|"]

@@ -10,7 +10,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import jaxpr_as_fun
 from jax.extend.core.primitives import closed_call_p
 
 from alphagrad import orders as orders_lib
@@ -90,9 +89,9 @@ def _bind_all(eqn: Equation, values: list[Any]) -> list[Any]:
     """All outputs of the equation at these operand values."""
     if eqn.primitive is None:  # an appended output copy
         return [values[0]]
-    if eqn.primitive is closed_call_p:  # a fused span of complex arithmetic (graph.trace)
-        return list(jaxpr_as_fun(eqn.params["call_jaxpr"])(*values))
-    result = eqn.primitive.bind(*values, **eqn.params)
+    # Call primitives (a fused complex span, functions with custom derivatives) take their bodies
+    # as bind arguments, as jax.core.eval_jaxpr passes them.
+    result = eqn.primitive.bind(*values, **eqn.primitive.get_bind_params(eqn.params))
     # Some primitives (device_put) return a list even for their single output.
     return list(result) if eqn.primitive.multiple_results else [result]
 
@@ -297,21 +296,32 @@ def _dense_partials(eqn: Equation, values: list[Any], positions: list[int], outp
                          for i, p in zip(floats, primals))
         return jax.jvp(of_floats, primals, tangents)[1]
 
-    out_sizes = [math.prod(s) for s in out_shapes]
-    if sum(out_sizes) < size:
-        # Fewer output than operand entries: rows by reverse mode are cheaper, where the primitive
-        # has a transpose (a while loop with a value-dependent trip count has none: columns then).
-        try:
-            return _dense_partials_by_rows(of_floats, primals, floats, positions, out_shapes, in_shape)
-        except Exception:  # noqa: BLE001 - JAX reports a missing transpose rule with many types
-            pass
-    seeds = jnp.eye(size, dtype=dtype)
-    columns = jax.vmap(tangent_map)(seeds)  # per output: [p1 * p2, *output shape]
-    partials = []
-    for column, out_shape in zip(columns, out_shapes):
-        dense = jnp.moveaxis(column.reshape(size, math.prod(out_shape)), 0, 1)
-        partials.append(Partial(1, out_shape, in_shape, dense.reshape(*out_shape, *in_shape)))
-    return partials
+    def by_columns():
+        seeds = jnp.eye(size, dtype=dtype)
+        columns = jax.vmap(tangent_map)(seeds)  # per output: [p1 * p2, *output shape]
+        partials = []
+        for column, out_shape in zip(columns, out_shapes):
+            dense = jnp.moveaxis(column.reshape(size, math.prod(out_shape)), 0, 1)
+            partials.append(Partial(1, out_shape, in_shape, dense.reshape(*out_shape, *in_shape)))
+        return partials
+
+    def by_rows():
+        return _dense_partials_by_rows(of_floats, primals, floats, positions, out_shapes, in_shape)
+
+    # Fewer output than operand entries: rows (reverse mode) are cheaper; a function with a custom
+    # VJP rule is differentiated by that rule, in reverse mode, as jax.jacrev does. A primitive may
+    # support only one mode (a while loop with a value-dependent trip count has no transpose): then
+    # the other is used.
+    rows_first = eqn.primitive.name in _VJP_RULED or sum(math.prod(s) for s in out_shapes) < size
+    first, second = (by_rows, by_columns) if rows_first else (by_columns, by_rows)
+    try:
+        return first()
+    except Exception:  # noqa: BLE001 - JAX reports a missing JVP or transpose rule with many types
+        return second()
+
+
+#: Primitives whose derivative is a user's VJP rule: their partials are built by rows.
+_VJP_RULED = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr"})
 
 
 def _dense_partials_by_rows(of_floats, primals, floats, positions, out_shapes, in_shape) -> list[Partial]:

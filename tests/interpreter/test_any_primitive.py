@@ -118,3 +118,25 @@ def test_complex_arithmetic_inside_a_real_function_is_one_dense_vertex():
         for order in ("forward", "reverse"):
             assert_close(jax.jit(interpreter.jacobian(f, order))(u), jax.jacfwd(f)(u))
             assert interpreter.count_muls(f, order, u) == graph.cost(g, order)
+
+
+def test_custom_derivative_rules_are_followed():
+    # relu'(0) = 0 by its rule (its body max(x, 0) would give 1/2); logaddexp at a tie; a custom VJP
+    # rule (here a deliberately halved derivative) is what jax.jacrev follows too.
+    @jax.custom_vjp
+    def half_sin(x):
+        return jnp.sin(x)
+
+    half_sin.defvjp(lambda x: (jnp.sin(x), x), lambda x, ct: (ct * jnp.cos(x) * 0.5,))
+
+    x = jnp.array([0.0, 1.0, -1.0, 0.0])
+    functions = {
+        "relu": lambda a: jax.nn.relu(a) * a,
+        "logaddexp": lambda a: jnp.logaddexp(a, a[::-1]),
+        "custom_vjp": lambda a: half_sin(a) * 2.0,
+    }
+    for f in functions.values():
+        for order in ("forward", "reverse"):
+            assert_close(interpreter.jacobian(f, order)(x), jax.jacrev(f)(x))
+    g = interpreter.graph_of(functions["relu"], x)
+    assert g.vertices[0].primitive == "custom_jvp_call" and {e.code for e in g.edges if e.dst == g.node_id(1)} == {6}
