@@ -76,6 +76,20 @@ def clipped_gradient_layer(w, x):
     return jnp.tanh(_clip_gradient(x @ w))
 
 
+@jax.custom_vjp
+def _quantize(x):
+    """Rounding to a 1/8 grid whose backward pass is the straight-through identity (a linear custom_vjp rule)."""
+    return jnp.round(x * 8.0) / 8.0
+
+
+_quantize.defvjp(lambda x: (_quantize(x), None), lambda _, g: (g,))
+
+
+def quantized_dense(w, x):
+    """Quantization-aware training: a dense layer on straight-through quantized weights (jax.custom_vjp)."""
+    return jax.nn.relu(x @ _quantize(w))
+
+
 def conv1d_block(x, kernel, bias):
     """A 1-D convolution layer (flax Conv, NWC layout, SAME padding, dilation 2) plus bias and swish."""
     y = jax.lax.conv_general_dilated(
@@ -160,6 +174,7 @@ def entries() -> list[tuple]:
         ("layers", causal_self_attention, (attention, _normal(2, 3, 4)), (0, 1)),
         ("layers", fused_attention, tuple(_normal(1, 3, 2, 2, dtype=np.float64) for _ in range(3)), (0, 1, 2)),
         ("layers", clipped_gradient_layer, (_normal(3, 2), _normal(2, 3)), (0, 1)),
+        ("layers", quantized_dense, (_normal(3, 2), _normal(2, 3)), (0, 1)),
         ("layers", conv1d_block, (_normal(2, 6, 2), _normal(3, 2, 3), _normal(3)), (0, 1, 2)),
         ("layers", cnn_pool, (cnn, _normal(2, 5, 5, 1)), (0, 1)),
         ("layers", embed_and_pool, (_normal(5, 3), tokens, _normal(4, 3)), (0, 2)),
