@@ -13,7 +13,7 @@ import numpy as np
 from jax.extend.core.primitives import closed_call_p
 
 from alphagrad import orders as orders_lib
-from alphagrad.errors import AlphagradError, AuxOutputError, TraceError
+from alphagrad.errors import AlphagradError, AuxOutputError, TraceError, UnsupportedPrimitiveError
 from alphagrad.graph import (
     INDEX_MAP,
     LINEARISED_INDEX_MAPS,
@@ -312,6 +312,8 @@ def _dense_partials(eqn: Equation, values: list[Any], positions: list[int], outp
     # VJP rule is differentiated by that rule, in reverse mode, as jax.jacrev does. A primitive may
     # support only one mode (a while loop with a value-dependent trip count has no transpose): then
     # the other is used.
+    if eqn.primitive.name in _VJP_RULED:
+        _check_linear_vjp_rule(eqn, of_floats, primals)
     rows_first = eqn.primitive.name in _VJP_RULED or sum(math.prod(s) for s in out_shapes) < size
     first, second = (by_rows, by_columns) if rows_first else (by_columns, by_rows)
     try:
@@ -322,6 +324,30 @@ def _dense_partials(eqn: Equation, values: list[Any], positions: list[int], outp
 
 #: Primitives whose derivative is a user's VJP rule: their partials are built by rows.
 _VJP_RULED = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr"})
+
+
+def _check_linear_vjp_rule(eqn: Equation, of_floats, primals) -> None:
+    """Refuses a custom VJP rule that is not linear in its cotangent (gradient clipping).
+
+    Such a rule is no Jacobian: jax.jacrev's rows depend on the scale of the cotangent each row
+    brings, which no product of partials reproduces. JAX transposes the pullback only if it is
+    linear in the cotangent, which is the test (a linear rule built from primitives without a
+    transpose, such as a while loop, is refused too).
+    """
+    results, pullback = jax.vjp(of_floats, *primals)
+    try:
+        transposed = jax.linear_transpose(pullback, tuple(jax.ShapeDtypeStruct(np.shape(r), r.dtype) for r in results))
+        jax.eval_shape(transposed, tuple(jax.ShapeDtypeStruct(np.shape(p), p.dtype) for p in primals))
+    except Exception as err:  # noqa: BLE001 - JAX reports a missing transpose rule with many types
+        body = eqn.params.get("call_jaxpr")
+        info = getattr(getattr(body, "jaxpr", None), "debug_info", None)
+        name = getattr(info, "func_src_info", None) or "a custom_vjp function"
+        raise UnsupportedPrimitiveError(
+            f"the custom VJP rule of {name} is not linear in its cotangent (it clips or otherwise "
+            f"transforms gradients; JAX says: {str(err).splitlines()[0]}): a Jacobian cannot represent "
+            "it, and jax.jacrev's rows depend on the cotangent each brings. Use jax.jacrev for this "
+            "function, or make the rule linear in the cotangent."
+        ) from err
 
 
 def _dense_partials_by_rows(of_floats, primals, floats, positions, out_shapes, in_shape) -> list[Partial]:

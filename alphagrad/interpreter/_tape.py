@@ -755,7 +755,8 @@ def _bind(primitive, params: dict, values: list) -> jax.Array:
     """The one output of an equation (an appended output copy when `primitive` is None)."""
     if primitive is None:
         return values[0]
-    result = primitive.bind(*values, **params)
+    # get_bind_params: call primitives (custom_jvp_call) take their bodies as bind arguments.
+    result = primitive.bind(*values, **primitive.get_bind_params(params))
     if primitive.multiple_results:
         if len(result) != 1:
             raise Unsupported(f"a {primitive.name} equation has {len(result)} outputs")

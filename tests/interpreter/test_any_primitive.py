@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from alphagrad import graph, interpreter
-from alphagrad.errors import TraceError
+from alphagrad.errors import TraceError, UnsupportedPrimitiveError
 
 ORDERS = ("forward", "reverse", "markowitz")
 
@@ -140,3 +140,19 @@ def test_custom_derivative_rules_are_followed():
             assert_close(interpreter.jacobian(f, order)(x), jax.jacrev(f)(x))
     g = interpreter.graph_of(functions["relu"], x)
     assert g.vertices[0].primitive == "custom_jvp_call" and {e.code for e in g.edges if e.dst == g.node_id(1)} == {6}
+
+
+def test_a_custom_vjp_rule_nonlinear_in_its_cotangent_is_refused():
+    # Gradient clipping (the JAX docs' custom_vjp example) is no Jacobian: jax.jacrev's rows depend
+    # on the cotangent each brings; a clear refusal instead of a different matrix.
+    @jax.custom_vjp
+    def clip_gradient(x):
+        return x
+
+    clip_gradient.defvjp(lambda x: (x, None), lambda _, g: (jnp.clip(g, -0.1, 0.1),))
+
+    def f(x):
+        return jnp.sin(clip_gradient(x)) * 2.0
+
+    with pytest.raises(UnsupportedPrimitiveError, match=r"custom VJP rule of clip_gradient at .*not linear in its cotangent"):
+        jax.jit(interpreter.jacobian(f, "reverse"))(X4)
