@@ -25,8 +25,9 @@ checks the clock), not only between chains, because one chain can take minutes o
 program: next to a vertex read by every step of an unrolled loop (a hub), every elimination
 re-scores all the hub's neighbours, and each ``lmmd`` / ``momr`` / ``fill_in`` score reads the
 hub's edges. The chains run cheapest kind first (local scores, then ``fill_in``, then the
-neighbour-change scores), and a chain is skipped when every chain of its kind so far (or of a
-cheaper kind) took longer than the time left.
+neighbour-change scores), each within a third of the time left, and a chain is skipped when
+every chain of its kind so far (or of a cheaper kind) took longer than the time left. A chain
+also stops as soon as its eliminations cost as much as the best order known.
 
 The *Markowitz degree* of a vertex is the number of multiplications its elimination costs now
 under the graph's cost model (`alphagrad.graph.Eliminator.elimination_cost`). On scalar graphs
@@ -299,7 +300,8 @@ def search_heuristics(
       seconds: wall-time limit (default 10; None: every chain of `chains` and one pass of
         `random_chains`, however long they take). Forward, reverse and Markowitz (the chain
         ``markowitz>forward``, near-linear in the edges; stopped only once it costs more than
-        forward or reverse) always complete, whatever the limit; every other chain is stopped at the limit, cheapest kind first (see the module
+        forward or reverse) always complete, whatever the limit; every other chain is stopped at
+        the limit (or after a third of the time left), cheapest kind first (see the module
         docstring), and skipped when predicted not to finish in the time left (every chain of
         its kind so far, or of a cheaper kind, took longer, finished or not; a ``random`` chain:
         the remaining-vertex scan, about T²/2 scores at the measured rate of its kind). On the
