@@ -60,7 +60,7 @@ def build(shape, num_inputs, steps, num_outputs):
     return f
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(programs(), st.randoms(use_true_random=False))
 def test_random_programs_and_orders(program, rnd):
     shape, num_inputs, steps, num_outputs, seed = program
