@@ -95,7 +95,7 @@ def build(num_inputs, steps, num_outputs):
     return f
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(programs(), st.randoms(use_true_random=False))
 def test_random_rank_n_programs_are_exact_and_counted(program, rnd):
     shape, num_inputs, steps, num_outputs, seed = program

@@ -189,7 +189,7 @@ def test_short_programs_keep_the_straight_line_path():
     assert _jacobian._tape_of(g, graph.plan(g, graph.resolve_order(g, "reverse"))) is None
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), statements=st.integers(5, 25), order_seed=st.integers(0, 2**16))
 def test_random_scalar_programs_tape_equals_straight_line(force_tape, seed, statements, order_seed):
     task = tasks.random_program(seed, "scalar", num_statements=statements)
