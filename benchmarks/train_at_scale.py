@@ -46,20 +46,9 @@ SMALL = {
 }  # fmt: skip
 ARGS = "f32[] f32[] f32[] f32[] f32[] f32[]"
 
-
-def lorenz(steps: int):
-    """f(x, y, z, s, r, b) -> (x, y, z) after `steps` explicit Euler steps of dt = 0.01."""
-
-    def f(x, y, z, s, r, b):
-        for _ in range(steps):
-            dx = s * (y - x)
-            dy = x * (r - z) - y
-            dz = x * y - b * z
-            x, y, z = x + 0.01 * dx, y + 0.01 * dy, z + 0.01 * dz
-        return x, y, z
-
-    f.__name__ = f"lorenz_{steps}"
-    return f
+# The unrolled Euler integrator of the Lorenz system that benchmarks/scale_orders.py orders at scale
+# (this directory is on the path when a script here runs, and in the stages' subprocesses).
+from scale_orders import lorenz  # noqa: E402
 
 
 lorenz_143 = lorenz(143)  # 2,002 vertices
