@@ -1,7 +1,8 @@
 """`trace`: turn a JAX function into an elimination `Graph`.
 
 The function's jaxpr is walked once. Calls of nested jaxprs (``jit``/``pjit``, ``remat``,
-``closed_call``) are inlined, so that every remaining equation
+``closed_call``) are inlined, and so are small ``scan``s (``lax.scan``, ``fori_loop`` with static
+bounds) unrolled as a Python loop would be (module `_loops`), so that every remaining equation
 becomes exactly one vertex, numbered 1, 2, ... in equation order (the AlphaGrad paper's numbering).
 An equation with several outputs (a loop with several carries, ``lu``, a sort of several operands)
 becomes one vertex per output that can carry a derivative (a floating-point output), numbered in
@@ -26,7 +27,7 @@ from jax.extend.core import ClosedJaxpr, DebugInfo, DropVar, Jaxpr, JaxprEqn, Li
 from jax.extend.core.primitives import closed_call_p
 
 from alphagrad.errors import TraceError, UnsupportedPrimitiveError
-from alphagrad.graph import _rules
+from alphagrad.graph import _loops, _rules
 from alphagrad.graph._graph import Edge, Graph, Vertex
 
 __all__ = [
@@ -273,6 +274,12 @@ def _fuse_complex_spans(jaxpr: Jaxpr) -> list[tuple[JaxprEqn, bool]]:
     return result
 
 
+def _is_concrete(op: Operand) -> bool:
+    """Whether the operand is a constant known at trace time (not a node, an argument that is not
+    differentiated, a value computed at run time, or a value of an outer trace)."""
+    return op.node is None and not isinstance(op.value, (LeafRef, ValueRef, jax.core.Tracer))
+
+
 class _Builder:
     def __init__(self, num_inputs: int, active: set[int]):
         self.num_inputs = num_inputs
@@ -283,6 +290,8 @@ class _Builder:
         # Nodes with a path of edges from a differentiable input: their derivatives are nonzero
         # in general, so no equation may carry them into a complex value (which has no edges).
         self.active = active
+        # Depth of unrolled scans being walked (their integer arithmetic on constants is folded).
+        self.unrolling = 0
 
     def add_edge(self, src: int, dst: int, code: int, out_shape, in_shape, model) -> None:
         key = (src, dst)
@@ -317,6 +326,15 @@ class _Builder:
                     outs = self.walk(body, [], operands, model, source)
                 for var, out in zip(eqn.outvars, outs):
                     env[var] = out
+                continue
+            if name == "scan" and not fused and _loops.unrolls(eqn, _INLINED):
+                for var, out in zip(eqn.outvars, self.unroll_scan(eqn, operands, model, source)):
+                    env[var] = out
+                continue
+            folded = self.fold(eqn, operands) if self.unrolling else None
+            if folded is not None:
+                for var, value in zip(eqn.outvars, folded):
+                    env[var] = Operand(None, value)
                 continue
             index = len(self.equations)
             number = index + 1  # the equation's number in messages
@@ -373,6 +391,50 @@ class _Builder:
             for var, out in zip(eqn.outvars, outputs):
                 env[var] = out
         return [read(a) for a in jaxpr.outvars]
+
+    def unroll_scan(self, eqn: JaxprEqn, operands: list[Operand], model, source: str) -> list[Operand]:
+        """Adds the equations of a `scan` unrolled (`_loops`): per iteration the slices ``xs[k]`` and
+        the body, then one ``stack`` per stacked output; returns the final carries and the stacks."""
+        params = eqn.params
+        body: ClosedJaxpr = params["jaxpr"]
+        num_consts, num_carry, length = params["num_consts"], params["num_carry"], params["length"]
+        consts = operands[:num_consts]
+        carry = operands[num_consts : num_consts + num_carry]
+        xs = list(zip(operands[num_consts + num_carry :], eqn.invars[num_consts + num_carry :]))
+        y_avals = [v.aval for v in eqn.outvars[num_carry:]]
+        ys: list[list[Operand]] = [[Operand(None)] * length for _ in y_avals]
+        self.unrolling += 1
+        for k in reversed(range(length)) if params["reverse"] else range(length):
+            x_k = []
+            for x, atom in xs:
+                if _is_concrete(x):
+                    x_k.append(Operand(None, np.asarray(x.value)[k]))
+                else:
+                    jaxpr = _loops.index_jaxpr(tuple(atom.aval.shape), atom.aval.dtype, k)
+                    x_k.extend(self.walk(jaxpr.jaxpr, list(jaxpr.consts), [x], model, source))
+            outs = self.walk(body.jaxpr, list(body.consts), consts + carry + x_k, model, source)
+            carry = outs[:num_carry]
+            for parts, y in zip(ys, outs[num_carry:]):
+                parts[k] = y
+        self.unrolling -= 1
+        stacked = []
+        for parts, aval in zip(ys, y_avals):
+            if all(_is_concrete(y) for y in parts):
+                stacked.append(Operand(None, np.stack([np.asarray(y.value) for y in parts])))
+                continue
+            jaxpr = _loops.stack_jaxpr(tuple(aval.shape[1:]), aval.dtype, length)
+            stacked.extend(self.walk(jaxpr.jaxpr, list(jaxpr.consts), parts, model, source))
+        return carry + stacked
+
+    def fold(self, eqn: JaxprEqn, operands: list[Operand]) -> list[Any] | None:
+        """The integer or boolean outputs of `eqn` computed now, when all its operands are constants
+        (inside an unrolled loop: its counter, index arithmetic); None otherwise."""
+        if not eqn.outvars or not all(_is_concrete(op) for op in operands):
+            return None
+        if not all(jnp.issubdtype(v.aval.dtype, jnp.integer) or jnp.issubdtype(v.aval.dtype, jnp.bool_)
+                   for v in eqn.outvars):
+            return None
+        return _loops.evaluate(eqn, [op.value for op in operands])
 
     def add_copy(self, source: int, code: int, shape, aval) -> int:
         number = len(self.vertices) + 1

@@ -220,7 +220,15 @@ def test_the_docs_list_the_structural_primitives_as_the_rules_decide():
         assert f"`{name}`" in block
 
 
-def test_control_flow_is_one_dense_vertex_per_float_output():
+@pytest.fixture
+def loops_kept(monkeypatch):
+    """Every scan kept as one vertex (as those larger than the unrolling threshold are)."""
+    from alphagrad.graph import _loops
+
+    monkeypatch.setattr(_loops, "UNROLL_MAX_EQUATIONS", 0)
+
+
+def test_control_flow_is_one_dense_vertex_per_float_output(loops_kept):
     def f(x):
         return jax.lax.fori_loop(0, 3, lambda i, c: c * 2.0, x)
 
@@ -248,7 +256,7 @@ def test_dense_edges_come_only_from_values_an_input_reaches():
     assert not any(e.dst == g.node_id(k) for e in g.edges for k in dense_vertices)
 
 
-def test_multi_output_equations_number_vertices_by_equation_then_output():
+def test_multi_output_equations_number_vertices_by_equation_then_output(loops_kept):
     def f(x, y):
         a = jnp.sin(x)  # vertex 1
         (p, q), total = jax.lax.scan(lambda c, _: ((c[0] * c[1], c[1] + 1.0), c[0]), (a, y), None, length=2)

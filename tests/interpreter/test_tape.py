@@ -159,7 +159,8 @@ def cummax_program(x):
 
 
 def loop_program(x, y):
-    z = jax.lax.fori_loop(0, 3, lambda i, c: c * 0.5 + jnp.sin(c), x * y)  # a sub-program
+    # a sub-program (a while loop; a short fori_loop is unrolled into the graph)
+    z = jax.lax.while_loop(lambda s: s[0] < 3, lambda s: (s[0] + 1, s[1] * 0.5 + jnp.sin(s[1])), (0, x * y))[1]
     return z * x
 
 

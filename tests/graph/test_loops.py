@@ -1,0 +1,109 @@
+"""Loops in `graph.trace`: small scans and fori_loops unrolled as a Python loop would be, large ones kept."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alphagrad import graph
+from alphagrad.graph import _loops
+
+
+def cell(c, x):
+    h = jnp.tanh(c * x + 1.0)
+    return h, h * c
+
+
+def scanned(c, xs):
+    return jax.lax.scan(cell, c, xs)
+
+
+def python_loop(c, xs):
+    ys = []
+    for k in range(xs.shape[0]):
+        c, y = cell(c, xs[k])
+        ys.append(y)
+    return c, jnp.stack(ys)
+
+
+def test_a_small_scan_is_the_graph_of_the_python_loop():
+    c, xs = jnp.ones(3), jnp.ones((4, 3))
+    g, expected = graph.trace(scanned, c, xs), graph.trace(python_loop, c, xs)
+    assert [v.primitive for v in g.vertices] == [v.primitive for v in expected.vertices]
+    assert g.fingerprint == expected.fingerprint
+    assert "scan" not in {v.primitive for v in g.vertices}
+    for order in ("forward", "reverse", "markowitz"):
+        assert graph.cost(g, order) == graph.cost(expected, order)
+
+
+def test_a_reverse_scan_runs_the_iterations_backwards_and_stacks_in_place():
+    def backwards(c, xs):
+        return jax.lax.scan(cell, c, xs, reverse=True)
+
+    def python_backwards(c, xs):
+        ys = [None] * xs.shape[0]
+        for k in reversed(range(xs.shape[0])):
+            c, ys[k] = cell(c, xs[k])
+        return c, jnp.stack(ys)
+
+    c, xs = jnp.ones(2), jnp.ones((3, 2))
+    assert graph.trace(backwards, c, xs).fingerprint == graph.trace(python_backwards, c, xs).fingerprint
+
+
+def test_fori_loop_counters_and_index_arithmetic_are_folded():
+    def f(x):
+        return jax.lax.fori_loop(0, 3, lambda i, c: c * jnp.sin(x[i]), x)
+
+    g = graph.trace(f, jnp.ones(4))
+    primitives = [v.primitive for v in g.vertices]
+    # per iteration: x[i] at a known i (a dynamic_slice and a squeeze), sin, mul; no integer vertices
+    assert primitives == ["dynamic_slice", "squeeze", "sin", "mul"] * 3
+    assert graph.cost(g, "forward") == graph.cost(graph.trace(python_fori, jnp.ones(4)), "forward")
+
+
+def python_fori(x):
+    c = x
+    for i in range(3):
+        c = c * jnp.sin(x[i])
+    return c
+
+
+def test_consts_a_length_without_xs_and_nested_loops():
+    def f(x, w):
+        def outer(c, _):
+            inner = jax.lax.scan(lambda d, _: (jnp.sin(d * w), None), c, None, length=2)[0]
+            return inner + x, None
+
+        return jax.lax.scan(outer, x, None, length=3)[0]
+
+    g = graph.trace(f, jnp.ones(2), jnp.ones(2))
+    assert [v.primitive for v in g.vertices] == ["mul", "sin", "mul", "sin", "add"] * 3
+    assert not any(e.code == 1 for e in g.edges)
+
+
+def test_a_loop_above_the_threshold_stays_one_dense_vertex():
+    def f(c, xs):
+        return jax.lax.scan(cell, c, xs)[0]
+
+    size = _loops.UNROLL_MAX_EQUATIONS  # iterations of at least 3 equations each: too many to unroll
+    g = graph.trace(f, jnp.ones(2), jnp.ones((size, 2)))
+    assert [v.primitive for v in g.vertices] == ["scan[0]", "scan[1]"]  # the carry and the stacked ys
+    assert {e.code for e in g.edges} == {1}
+    small = graph.trace(f, jnp.ones(2), jnp.ones((4, 2)))
+    assert "scan[0]" not in [v.primitive for v in small.vertices]
+
+
+def test_the_unrolled_size_counts_nested_loops_and_calls():
+    def f(x):
+        inner = lambda c: jax.lax.fori_loop(0, 4, lambda i, d: jnp.sin(d), c)  # noqa: E731
+        return jax.lax.fori_loop(0, 5, lambda i, c: jax.jit(inner)(c), x)
+
+    jaxpr = jax.make_jaxpr(f)(1.0).jaxpr
+    from alphagrad.graph._trace import _INLINED
+
+    # outer: 5 x (its counter's add + inner: 4 x (add, sin)) = 45
+    assert _loops.unrolled_size(jaxpr, _INLINED) == 45
+    g = graph.trace(f, 1.0)
+    assert [v.primitive for v in g.vertices] == ["sin"] * 20
+    np.testing.assert_equal(graph.cost(g, "forward"), 19)  # the chain of 20 diagonal scalars
