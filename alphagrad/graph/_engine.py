@@ -102,6 +102,20 @@ def _make_own(adjacency: list[dict[int, int]], nodes: Iterable[int], own: int) -
     return own
 
 
+def _recount(classes: dict[tuple[int, Shape2D], int], old: int | None, new: int | None, shape: Shape2D) -> None:
+    """Moves one edge to the far end `shape` from class (old, shape) to (new, shape) (None: no edge)."""
+    if old is not None:
+        key = (old, shape)
+        left = classes[key] - 1
+        if left:
+            classes[key] = left
+        else:
+            del classes[key]
+    if new is not None:
+        key = (new, shape)
+        classes[key] = classes.get(key, 0) + 1
+
+
 class Eliminator:
     """Elimination state of one graph: performs, prices and records eliminations.
 
@@ -111,6 +125,11 @@ class Eliminator:
     the neighbours' costs without changing the state (for the LMMD and MOMR heuristics).
     `copy` is a cheap snapshot: the copies share the adjacency dicts until one of them changes a
     dict (copy on write), so a search can keep one state per node of its tree.
+
+    `count_edge_classes` makes a state also count each node's edges by class (code and the far
+    end's shape): a cost is a sum of one term per class pair, so pricing a vertex and updating
+    its cached cost read its classes (a handful on real graphs) instead of its edges (hundreds
+    next to a hub or after fill-in). `greedy` turns it on; copies price through the edges.
 
     Node ids follow `Graph`: inputs 1..num_inputs, vertex k is ``num_inputs + k``.
 
@@ -124,7 +143,7 @@ class Eliminator:
 
     __slots__ = ("graph", "model", "num_inputs", "src_shape", "dst_shape", "preds", "succs", "_remaining",
                  "_mul", "_add", "_model_pairs", "_pair_cache", "_cost", "_own_preds", "_own_succs",
-                 "_succ_keys")
+                 "_succ_keys", "_in_classes", "_out_classes")
 
     def __init__(self, graph: Graph, model: CostModel | None = None):
         self.graph = graph
@@ -159,6 +178,86 @@ class Eliminator:
         # asked for. Tuples of ints rather than frozensets: the garbage collector stops tracking
         # them, which matters in a search that keeps many states.
         self._succ_keys: list[tuple[tuple[int, int], ...]] | None = None
+        # Per node id, {(code, predecessor's source shape): edges} and {(code, successor's
+        # destination shape): edges}, once `count_edge_classes` is called (None: not counted).
+        self._in_classes: list[dict[tuple[int, Shape2D], int]] | None = None
+        self._out_classes: list[dict[tuple[int, Shape2D], int]] | None = None
+
+    def count_edge_classes(self) -> None:
+        """From now on this state counts each node's edges per class (code, far end's shape) and
+        prices through the classes: the same costs, in time that grows with the classes instead
+        of the edges of the vertices involved. Costs O(edges) once; copies do not count."""
+        if self._in_classes is not None:
+            return
+        n = len(self.preds)
+        in_classes: list[dict[tuple[int, Shape2D], int]] = [{} for _ in range(n)]
+        out_classes: list[dict[tuple[int, Shape2D], int]] = [{} for _ in range(n)]
+        src, dst = self.src_shape, self.dst_shape
+        for u in range(n):
+            classes = out_classes[u]
+            for c, code in self.succs[u].items():
+                key = (code, dst[c])
+                classes[key] = classes.get(key, 0) + 1
+                key = (code, src[u])
+                in_classes[c][key] = in_classes[c].get(key, 0) + 1
+        self._in_classes, self._out_classes = in_classes, out_classes
+
+    def edge_classes(self, vertex: int) -> tuple[dict[tuple[int, Shape2D], int], dict[tuple[int, Shape2D], int]]:
+        """(in-edges, out-edges) of `vertex` (a vertex number) counted per class: {(code, the
+        predecessor's source shape): edges}, {(code, the successor's destination shape): edges}.
+
+        Read only (the state's own counts once `count_edge_classes` was called; else counted now).
+        """
+        node = self.num_inputs + vertex
+        if self._in_classes is not None:
+            return self._in_classes[node], self._out_classes[node]
+        ins: dict[tuple[int, Shape2D], int] = {}
+        outs: dict[tuple[int, Shape2D], int] = {}
+        for p, code in self.preds[node].items():
+            _recount(ins, None, code, self.src_shape[p])
+        for c, code in self.succs[node].items():
+            _recount(outs, None, code, self.dst_shape[c])
+        return ins, outs
+
+    def _shape_pair(self, key: tuple[int, int, Shape2D, Shape2D, Shape2D]) -> int:
+        """``CostModel.pair_cost(*key)``, memoised per cost model."""
+        value = self._model_pairs.get(key)
+        if value is None:
+            value = self._model_pairs[key] = self.model.pair_cost(*key)
+        return value
+
+    def _into(self, node: int, code: int, c_shape: Shape2D) -> int:
+        """Σ over the in-edges q->node of the multiplications of (node->c)(q->node), where node->c
+        has `code` and c the destination shape `c_shape`."""
+        pairs, v_shape = self._model_pairs, self.src_shape[node]
+        total = 0
+        for (q_code, q_shape), count in self._in_classes[node].items():
+            key = (q_code, code, c_shape, v_shape, q_shape)
+            value = pairs.get(key)
+            total += count * (self._shape_pair(key) if value is None else value)
+        return total
+
+    def _out_of(self, node: int, code: int, p_shape: Shape2D) -> int:
+        """Σ over the out-edges node->s of the multiplications of (node->s)(p->node), where p->node
+        has `code` and p the source shape `p_shape`."""
+        pairs, v_shape = self._model_pairs, self.src_shape[node]
+        total = 0
+        for (s_code, s_shape), count in self._out_classes[node].items():
+            key = (code, s_code, s_shape, v_shape, p_shape)
+            value = pairs.get(key)
+            total += count * (self._shape_pair(key) if value is None else value)
+        return total
+
+    def _cost_by_classes(self, node: int) -> int:
+        pairs, v_shape = self._model_pairs, self.src_shape[node]
+        outs = self._out_classes[node].items()
+        total = 0
+        for (in_code, p_shape), n_in in self._in_classes[node].items():
+            for (out_code, c_shape), n_out in outs:
+                key = (in_code, out_code, c_shape, v_shape, p_shape)
+                value = pairs.get(key)
+                total += n_in * n_out * (self._shape_pair(key) if value is None else value)
+        return total
 
     def copy(self) -> Eliminator:
         """An independent snapshot of the state (shares the adjacency dicts until either changes)."""
@@ -170,6 +269,7 @@ class Eliminator:
         new._remaining = self._remaining
         new._succ_keys = None if self._succ_keys is None else list(self._succ_keys)
         new._cost = dict(self._cost)
+        new._in_classes = new._out_classes = None  # the counts are this state's own, never shared
         # From now on every dict is shared by both states.
         self._own_preds = self._own_succs = new._own_preds = new._own_succs = 0
         return new
@@ -213,7 +313,10 @@ class Eliminator:
         value = self._cost.get(vertex)
         if value is None:
             node = self.num_inputs + vertex
-            value = self._cost[vertex] = self._cost_with(node, self.preds[node], self.succs[node])
+            if self._in_classes is not None:
+                value = self._cost[vertex] = self._cost_by_classes(node)
+            else:
+                value = self._cost[vertex] = self._cost_with(node, self.preds[node], self.succs[node])
         return value
 
     def fill_in(self, vertex: int) -> int:
@@ -279,32 +382,37 @@ class Eliminator:
         cost = self._cost
         cost.pop(vertex, None)
         delta = {u: 0 for u in (*preds, *succs) if u - I in cost}
-        for c, out_code in succs.items():
-            c_preds, c_succs = all_preds[c], all_succs[c]
-            track_c = c in delta
+        # Updating a cached cost reads p's in-edges (for a changed p->c) or c's out-edges (for a
+        # changed p->c), which this elimination leaves alone: p -> v -> p would be a cycle.
+        if self._in_classes is None:
+            for c, out_code in succs.items():
+                c_preds, c_succs = all_preds[c], all_succs[c]
+                track_c = c in delta
+                for p, in_code in preds.items():
+                    p_succs = all_succs[p]
+                    new = mul[in_code - MIN_CODE][out_code - MIN_CODE]
+                    old = p_succs.get(c)
+                    code = new if old is None else add[old - MIN_CODE][new - MIN_CODE]
+                    if p in delta:  # p's out-edge p->c goes from `old` to `code`
+                        delta[p] += sum(pair(q_code, code, q, p, c) - (0 if old is None else pair(q_code, old, q, p, c))
+                                        for q, q_code in all_preds[p].items())
+                    if track_c:  # c's in-edge p->c goes from `old` to `code`
+                        delta[c] += sum(pair(code, s_code, p, c, s) - (0 if old is None else pair(old, s_code, p, c, s))
+                                        for s, s_code in c_succs.items())
+                    p_succs[c] = c_preds[p] = code
+                    if record is not None:
+                        record.append(Product(p, node, c, in_code, out_code, new, 0 if old is None else old,
+                                              0 if old is None else code, pair(in_code, out_code, p, node, c)))
+            for c, out_code in succs.items():
+                del all_preds[c][node]
+                if c in delta:
+                    delta[c] -= sum(pair(out_code, s_code, node, c, s) for s, s_code in all_succs[c].items())
             for p, in_code in preds.items():
-                p_succs = all_succs[p]
-                new = mul[in_code - MIN_CODE][out_code - MIN_CODE]
-                old = p_succs.get(c)
-                code = new if old is None else add[old - MIN_CODE][new - MIN_CODE]
-                if p in delta:  # p's out-edge p->c goes from `old` to `code`
-                    delta[p] += sum(pair(q_code, code, q, p, c) - (0 if old is None else pair(q_code, old, q, p, c))
-                                    for q, q_code in all_preds[p].items())
-                if track_c:  # c's in-edge p->c goes from `old` to `code`
-                    delta[c] += sum(pair(code, s_code, p, c, s) - (0 if old is None else pair(old, s_code, p, c, s))
-                                    for s, s_code in c_succs.items())
-                p_succs[c] = c_preds[p] = code
-                if record is not None:
-                    record.append(Product(p, node, c, in_code, out_code, new, 0 if old is None else old,
-                                          0 if old is None else code, pair(in_code, out_code, p, node, c)))
-        for c, out_code in succs.items():
-            del all_preds[c][node]
-            if c in delta:
-                delta[c] -= sum(pair(out_code, s_code, node, c, s) for s, s_code in all_succs[c].items())
-        for p, in_code in preds.items():
-            del all_succs[p][node]
-            if p in delta:
-                delta[p] -= sum(pair(q_code, in_code, q, p, node) for q, q_code in all_preds[p].items())
+                del all_succs[p][node]
+                if p in delta:
+                    delta[p] -= sum(pair(q_code, in_code, q, p, node) for q, q_code in all_preds[p].items())
+        else:
+            self._rewrite_counted(node, preds, succs, delta, record)
         for u, change in delta.items():
             cost[u - I] += change
         all_preds[node], all_succs[node] = {}, {}
@@ -314,6 +422,58 @@ class Eliminator:
                 keys[p] = tuple(sorted(all_succs[p].items()))
             keys[node] = _NO_EDGES
         self._remaining &= ~(1 << vertex)
+
+    def _rewrite_counted(self, node: int, preds: dict[int, int], succs: dict[int, int], delta: dict[int, int],
+                         record: list[Product] | None) -> None:
+        """`_rewrite`'s edge changes where edge classes are counted: the classes follow the edges,
+        and each tracked neighbour's cost change is summed per class of the edges it reads and
+        per kind of change (old code, new code, far end's shape), not per edge."""
+        all_preds, all_succs = self.preds, self.succs
+        in_classes, out_classes = self._in_classes, self._out_classes
+        mul, add = self._mul, self._add
+        src, dst = self.src_shape, self.dst_shape
+        # Per tracked neighbour: {(old code or None, new code, far end's shape): edges changed so}.
+        changes: dict[int, dict[tuple[int | None, int, Shape2D], int]] = {u: {} for u in delta}
+        for c, out_code in succs.items():
+            c_preds, c_in = all_preds[c], in_classes[c]
+            c_changes = changes.get(c)
+            for p, in_code in preds.items():
+                p_succs = all_succs[p]
+                new = mul[in_code - MIN_CODE][out_code - MIN_CODE]
+                old = p_succs.get(c)
+                code = new if old is None else add[old - MIN_CODE][new - MIN_CODE]
+                if old != code:
+                    p_succs[c] = c_preds[p] = code
+                    _recount(out_classes[p], old, code, dst[c])
+                    _recount(c_in, old, code, src[p])
+                    p_changes = changes.get(p)
+                    if p_changes is not None:
+                        key = (old, code, dst[c])
+                        p_changes[key] = p_changes.get(key, 0) + 1
+                    if c_changes is not None:
+                        key = (old, code, src[p])
+                        c_changes[key] = c_changes.get(key, 0) + 1
+                if record is not None:
+                    record.append(Product(p, node, c, in_code, out_code, new, 0 if old is None else old, 0 if old is None
+                                          else code, self._shape_pair((in_code, out_code, dst[c], src[node], src[p]))))
+        for c, out_code in succs.items():
+            del all_preds[c][node]
+            _recount(in_classes[c], out_code, None, src[node])
+        for p, in_code in preds.items():
+            del all_succs[p][node]
+            _recount(out_classes[p], in_code, None, dst[node])
+        v_src, v_dst = src[node], dst[node]
+        for u, kinds in changes.items():
+            if u in succs:  # u's in-edges changed: priced against its out-edges
+                total = -self._out_of(u, succs[u], v_src)
+                for (old, code, shape), count in kinds.items():
+                    total += count * (self._out_of(u, code, shape) - (0 if old is None else self._out_of(u, old, shape)))
+            else:  # u's out-edges changed: priced against its in-edges
+                total = -self._into(u, preds[u], v_dst)
+                for (old, code, shape), count in kinds.items():
+                    total += count * (self._into(u, code, shape) - (0 if old is None else self._into(u, old, shape)))
+            delta[u] += total
+        in_classes[node], out_classes[node] = {}, {}
 
     def greedy(self, key: Callable[[int], Any], *, reach: int = 1) -> tuple[list[int], int]:
         """Eliminates every remaining vertex, always the one of smallest ``(key(v), v)``.
@@ -342,6 +502,7 @@ class Eliminator:
         if reach not in (1, 2):
             raise ValueError(f"reach must be 1 or 2, got {reach!r}")
         I = self.num_inputs
+        self.count_edge_classes()
         current = {k: key(k) for k in self.remaining}  # vertex number -> its key now
         heap = [(score, k) for k, score in current.items()]
         heapq.heapify(heap)
@@ -390,6 +551,9 @@ def elimination_costs(graph: Graph, order: Iterable[int], *, complete: bool = Tr
     """Multiplications of each step of `order` (validated; a prefix is allowed with complete=False)."""
     steps = check_order(graph, order, complete=complete)
     eliminator = Eliminator(graph)
+    # Priced per class of edges: on tensor graphs with fill-in a vertex has far fewer classes
+    # than edges, and the per-node pair cache would gain an entry per product.
+    eliminator.count_edge_classes()
     return [eliminator.eliminate(k) for k in steps]
 
 
@@ -407,4 +571,5 @@ def plan(graph: Graph, order: Iterable[int]) -> tuple[Step, ...]:
       OrderError: `order` is not a permutation of ``graph.intermediates``.
     """
     eliminator = Eliminator(graph)
+    eliminator.count_edge_classes()
     return tuple(eliminator.step(k) for k in check_order(graph, order))

@@ -67,10 +67,12 @@ def markowitz_degree(eliminator: Eliminator, vertex: int) -> int:
     an elementwise edge 1, a partly diagonal edge the vertex dimension of its dense index pair.
     """
     node = eliminator.graph.node_id(vertex)
-    # On an out-edge v->c the vertex is the source, on an in-edge p->v the destination.
+    # On an out-edge v->c the vertex is the source, on an in-edge p->v the destination. An edge's
+    # weight depends on its code and the vertex only: summed per class of edges, not per edge.
     as_source, as_destination = eliminator.src_shape[node], eliminator.dst_shape[node]
-    out_w = sum(_vertex_side_weight(code, as_source) for code in eliminator.succs[node].values())
-    in_w = sum(_vertex_side_weight(code, as_destination) for code in eliminator.preds[node].values())
+    ins, outs = eliminator.edge_classes(vertex)
+    out_w = sum(count * _vertex_side_weight(code, as_source) for (code, _), count in outs.items())
+    in_w = sum(count * _vertex_side_weight(code, as_destination) for (code, _), count in ins.items())
     return out_w * in_w
 
 

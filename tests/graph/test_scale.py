@@ -148,15 +148,19 @@ def test_graph_derived_sets_are_cached_and_safe():
     assert g.num_intermediates == len(g.intermediates)
 
 
+@pytest.mark.parametrize("counted", [False, True], ids=["per edge", "per edge class"])
 @SETTINGS
 @given(seed=st.integers(0, 2**32 - 1), model=MODELS, tensor_fraction=st.sampled_from([0.0, 0.5, 1.0]),
        data=st.data())
-def test_cached_costs_updated_in_place_equal_recomputed_ones(seed, model, tensor_fraction, data):
-    """The engine updates cached neighbour costs by the changed terms; they equal a fresh sum,
-    also in a snapshot taken midway (copies keep their own caches)."""
+def test_cached_costs_updated_in_place_equal_recomputed_ones(counted, seed, model, tensor_fraction, data):
+    """The engine updates cached neighbour costs by the changed terms (per edge, or per class of
+    edges once `count_edge_classes` is on); they equal a fresh sum, also in a snapshot taken
+    midway (copies keep their own caches and price per edge)."""
     g = _generator(model, tensor_fraction)(seed)
     order = data.draw(st.permutations(g.intermediates), label="order")
     state = graph.Eliminator(g)
+    if counted:
+        state.count_edge_classes()
     snapshot = None
     for n, k in enumerate(order):
         for u in state.remaining:
@@ -170,3 +174,67 @@ def test_cached_costs_updated_in_place_equal_recomputed_ones(seed, model, tensor
             for u in s.remaining:
                 node = g.num_inputs + u
                 assert s.elimination_cost(u) == s._cost_with(node, s.preds[node], s.succs[node])
+                assert s.edge_classes(u) == graph.Eliminator.copy(s).edge_classes(u)  # counted == recounted
+
+
+def brute_force_markowitz(g: graph.Graph) -> list[int]:
+    """Markowitz (degree "cost") from first principles: at every step every remaining vertex is
+    priced by summing `CostModel.pair_cost` over its current edges (no cached or counted costs)."""
+    model = graph.cost_model(g.cost_model)
+    state = graph.Eliminator(g)
+    src, dst = state.src_shape, state.dst_shape
+
+    def price(k: int) -> int:
+        node = g.num_inputs + k
+        return sum(model.pair_cost(ic, oc, dst[c], src[node], src[p])
+                   for c, oc in state.succs[node].items() for p, ic in state.preds[node].items())
+
+    remaining, order = list(g.intermediates), []
+    while remaining:
+        best = min(remaining, key=lambda k: (price(k), k))
+        state.eliminate(best)
+        remaining.remove(best)
+        order.append(best)
+    return order
+
+
+def ring(steps: int, size: int = 6):
+    """A ring of `size` FitzHugh-Nagumo oscillators, explicit Euler, jnp.roll coupling: a tensor
+    program whose Markowitz order fills in (the vector form of benchmarks/scale.py, small)."""
+
+    def f(v, w, a, b, eps, k):
+        for _ in range(steps):
+            dv = v - v * v * v / 3.0 - w + k * (jnp.roll(v, 1) + jnp.roll(v, -1) - 2.0 * v)
+            v, w = v + 0.05 * dv, w + 0.05 * eps * (v + a - b * w)
+        return v, w
+
+    return f
+
+
+RING_ARGS = (jnp.linspace(-1.0, 1.0, 6), jnp.linspace(-0.5, 0.5, 6)) + tuple(jnp.float32(p) for p in (0.7, 0.8, 0.08, 0.1))
+
+
+@pytest.mark.parametrize("model", graph.cost_models())
+def test_markowitz_equals_first_principles_on_a_filling_tensor_program(model):
+    """The counted (per edge class) Markowitz gives the order of pricing every vertex from its
+    edges at every step, on a tensor program where fill-in gives vertices dozens of edges."""
+    g = graph.jacobian_graph(ring(12), *RING_ARGS, argnums=tuple(range(6)), cost_model=model)
+    order = graph.markowitz(g)
+    assert order == brute_force_markowitz(g)
+    assert graph.cost(g, order) == sum(s.cost for s in graph.plan(g, order))
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), model=MODELS, tensor_fraction=st.sampled_from([0.0, 0.5, 1.0]),
+       inputs=st.sampled_from([(1, 3), (8, 32)]))
+def test_markowitz_equals_first_principles_on_generated_graphs(seed, model, tensor_fraction, inputs):
+    gen = env.RandomGraphGenerator(num_inputs=inputs, num_vertices=(20, 80), tensor_fraction=tensor_fraction,
+                                   max_dim=5, cost_model=model)
+    g = gen(seed)
+    assert graph.markowitz(g) == brute_force_markowitz(g)
+
+
+@pytest.mark.parametrize("name", tasks.names())
+def test_markowitz_equals_first_principles_on_tasks(name):
+    g = tasks.resolve(name).graph()
+    assert graph.markowitz(g) == brute_force_markowitz(g)
