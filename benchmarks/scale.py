@@ -45,10 +45,13 @@ import sys
 import tempfile
 import time
 
-FORMS = ("scalar", "hub", "vector", "fori", "scan")
+FORMS = ("scalar", "hub", "vector", "fori", "scan", "random", "random-vector", "wide", "model")
+#: The generated forms (seeded random programs and the Lorenz-96 model), computed in float64.
+GENERATED = ("random", "random-vector", "wide", "model")
 STAGES = ("trace", "auto", "reverse", "markowitz", "jacrev")
 DT = 0.05
 RING = 16
+MODEL_STATE = 128
 
 
 # ---- the family -----------------------------------------------------------------------------------------------
@@ -97,15 +100,194 @@ def _program(form: str, steps: int):
         def f(v1, w1, v2, w2, a, b, eps, k):
             body = lambda s, _: (_step(*s, a, b, eps, k), None)  # noqa: E731
             return jax.lax.scan(body, (v1, w1, v2, w2), None, length=steps)[0]
+    elif form in _RANDOM_ARGS:
+        return _random_program(form, steps)
+    elif form == "model":
+        return _lorenz96(steps)
     else:
         raise ValueError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
     f.__name__ = f"fhn_{form}_{steps}"
     return f
 
 
-def _args(form: str):
+# ---- the generated family ---------------------------------------------------------------------------------------
+
+#: Per generated form: the argument shapes and the largest value (entries) a statement may make.
+_RANDOM_ARGS = {
+    "random": ((), (), (), ()),
+    "random-vector": ((16,), (4, 4), (), (8,)),
+    "wide": ((512,), (128,), (), (32, 16)),
+}
+_RANDOM_MAX = {"random": 1, "random-vector": 64, "wide": 1024}
+
+
+def _random_program(form: str, statements: int, seed: int = 0):
+    """f(*args): `statements` random statements over the arguments and earlier values.
+
+    Each statement applies one operation drawn from a broad mix (unary: sin, cos, tanh, exp of a
+    tanh, log and sqrt of positive values, integer_pow, pow, abs, neg, logistic, erf; binary:
+    means, differences, products, quotients, max/min, where; reductions, dot products,
+    matrix-vector and outer products, broadcasts, slices, concatenation, reshapes, transposes,
+    jnp.roll, indexing with constant integers and index arrays) to values read from earlier ones,
+    most often recent ones (a geometric draw back from the newest), sometimes an argument. Every
+    operation is non-expanding or bounded (sums are means, quotients divide by 1 + b²), so values
+    and derivatives stay finite over 10,000 equations. The draws depend only on `seed` and the
+    statement's position: a longer program extends a shorter one. Returns the last value of
+    each shape among the newest ones and their mean (a handful of outputs).
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    limit = _RANDOM_MAX[form]
+
+    def f(*args):
+        rng = np.random.default_rng(seed)
+        values = list(args)
+
+        unread: list = []  # values no statement has read yet, oldest first
+
+        def pick(shape=None):
+            """A recent value (of `shape` when given; None if none of that shape is recent): half
+            the time the oldest unread one (few dead values, as in written code), now and then an
+            argument (values read by many statements), else a geometric draw back from the newest."""
+            pool = values[-64:] if shape is None else [v for v in values[-64:] if v.shape == shape]
+            if not pool:
+                return None
+            draw = rng.random()
+            fresh = [v for v in unread if shape is None or v.shape == shape]
+            if draw < 0.5 and fresh:
+                chosen = fresh[0]
+            elif draw < 0.6 and any(shape is None or a.shape == shape for a in args):
+                candidates = [a for a in args if shape is None or a.shape == shape]
+                chosen = candidates[rng.integers(len(candidates))]
+            else:
+                chosen = pool[max(0, len(pool) - int(rng.geometric(0.3)))]
+            unread[:] = [v for v in unread if v is not chosen]
+            return chosen
+
+        def partner(a):
+            """A second operand for `a`: another value of its shape, else a scalar."""
+            for _ in range(3):
+                b = pick(a.shape)
+                if b is not None and b is not a:
+                    return b
+            b = pick(())
+            return b if b is not None and b is not a else jnp.tanh(a)
+
+        def unary(a):
+            op = rng.integers(12)
+            return [jnp.sin, jnp.cos, jnp.tanh, lambda x: jnp.exp(jnp.tanh(x)), lambda x: jnp.log(1.0 + x * x),
+                    lambda x: jnp.sqrt(1.0 + x * x) - 1.0, lambda x: x**3 / (1.0 + x**2), jnp.abs, jnp.negative,
+                    jax.nn.sigmoid, jax.scipy.special.erf,
+                    lambda x: jnp.power(1.0 + x * x, 0.3) - 1.0][op](a)
+
+        def binary(a, b):
+            op = rng.integers(9)
+            return [lambda: (a + b) * 0.5, lambda: (a - b) * 0.5, lambda: a * jnp.tanh(b), lambda: a / (1.0 + b * b),
+                    lambda: jnp.maximum(a, b), lambda: jnp.minimum(a, b), lambda: jnp.where(a > b, a, b * 0.5),
+                    lambda: jnp.power(1.0 + jnp.tanh(a) ** 2, jnp.tanh(b)), lambda: a * b / (1.0 + b * b)][op]()
+
+        def structural(a):
+            """Reductions, products and data movement, as the shape of `a` allows (None: none fits)."""
+            if a.ndim == 0:
+                shapes = {v.shape for v in values[-64:] if 1 < v.size <= limit}
+                if not shapes:
+                    return None
+                shape = sorted(shapes)[rng.integers(len(shapes))]
+                return a * jnp.ones(shape) + 0.5 * pick(shape)  # a broadcast
+            n = a.shape[0]
+            op = rng.integers(10)
+            if op == 0:
+                return jnp.mean(a)
+            if op == 1:
+                return jnp.max(a) if rng.random() < 0.5 else jnp.sum(a * pick(a.shape)) / a.size
+            if a.ndim == 2:
+                if op == 2:
+                    v = pick((a.shape[1],))
+                    return None if v is None else a @ v / a.shape[1]
+                if op == 3:
+                    return jnp.mean(a, axis=int(rng.integers(2)))
+                if op == 4:
+                    return a.T
+                if op == 5:
+                    return a[int(rng.integers(n))]
+                return a.reshape(-1)
+            if op == 2:
+                return jnp.roll(a, int(rng.integers(1, n)) if n > 1 else 0)
+            if op == 3:
+                i = int(rng.integers(n))
+                return a[i:i + max(1, n // 4)]
+            if op == 4:
+                b = pick()
+                if b.ndim == 1 and n + b.shape[0] <= limit:
+                    return jnp.concatenate([a, b])
+                return a[::-1]
+            if op == 5:
+                return a[int(rng.integers(n))]
+            if op == 6:
+                index = rng.integers(0, n, size=max(1, n // 2))
+                return a[jnp.asarray(index)]
+            if op == 7:
+                b = pick((n,))
+                return jnp.dot(a, b) / n if b is not None and b is not a else a * 0.9
+            if op == 8 and n * n <= limit:
+                return jnp.outer(a, partner(a)) * 0.5
+            rows = [r for r in range(2, n) if n % r == 0 and r * r <= n]
+            return a.reshape(rows[-1], -1) if rows else a[::-1]
+
+        for _ in range(statements):
+            a = pick()
+            kind = rng.random()
+            if kind < 0.35:
+                new = unary(a)
+            elif kind < 0.7 or limit == 1:
+                new = binary(a, partner(a))
+            else:
+                new = structural(a)
+                new = unary(a) if new is None else new
+            if new.shape == a.shape and rng.random() < 0.6:
+                new = a + 0.3 * new  # a residual update: derivatives neither vanish nor explode
+            values.append(new)
+            unread.append(new)
+            del unread[:-64]
+        newest = values[-32:]
+        outputs = {}
+        for v in newest:
+            outputs[v.shape] = v
+        outputs = list(outputs.values())[-4:]
+        return tuple(outputs) + (sum(jnp.mean(v) for v in outputs) / len(outputs),)
+
+    f.__name__ = f"{form.replace('-', '_')}_{statements}"
+    return f
+
+
+def _lorenz96(statements: int):
+    """A Python loop of Euler steps of the Lorenz-96 model on a state of `MODEL_STATE` entries
+    (forcing F, a damping vector c): `statements` steps; returns the state and its energy."""
     import jax.numpy as jnp
 
+    def f(x, forcing, c):
+        for _ in range(statements):
+            dx = (jnp.roll(x, -1) - jnp.roll(x, 2)) * jnp.roll(x, 1) - c * x + forcing
+            x = x + 0.01 * dx
+        return x, 0.5 * jnp.mean(x * x)
+
+    f.__name__ = f"lorenz96_{statements}"
+    return f
+
+
+def _args(form: str):
+    import jax.numpy as jnp
+    import numpy as np
+
+    if form in _RANDOM_ARGS:
+        rng = np.random.default_rng(1)
+        return tuple(jnp.asarray(rng.uniform(-1.0, 1.0, shape), jnp.float64) for shape in _RANDOM_ARGS[form])
+    if form == "model":
+        rng = np.random.default_rng(1)
+        x = 8.0 + rng.uniform(-1.0, 1.0, MODEL_STATE)
+        return jnp.asarray(x, jnp.float64), jnp.float64(8.0), jnp.asarray(rng.uniform(0.9, 1.1, MODEL_STATE))
     params = (0.7, 0.8, 0.08, 0.1)  # a, b, eps, k
     if form == "vector":
         ring = jnp.linspace(-1.0, 1.0, RING, dtype=jnp.float32)
@@ -124,8 +306,11 @@ def _equations(form: str, steps: int) -> int:
 def family(form: str, equations: int):
     """(f, args, argnums, steps): the program of `form` with about `equations` equations."""
     base = "scalar" if form in ("fori", "scan") else form
-    one, two = _equations(base, 1), _equations(base, 2)
-    steps = max(1, round((equations - (one - (two - one))) / (two - one)))
+    if form in _RANDOM_ARGS:  # statements make 1 to ~8 equations: calibrate on 200 of them
+        steps = max(1, round(equations * 200 / _equations(form, 200)))
+    else:
+        one, two = _equations(base, 1), _equations(base, 2)
+        steps = max(1, round((equations - (one - (two - one))) / (two - one)))
     args = _args(form)
     return _program(form, steps), args, tuple(range(len(args))), steps
 
@@ -164,6 +349,8 @@ def run_stage(stage: str, form: str, size: int) -> None:
     import alphagrad  # noqa: F401 - registers "auto"
     from alphagrad import graph, interpreter
 
+    if form in GENERATED:
+        jax.config.update("jax_enable_x64", True)
     f, args, argnums, steps = family(form, size)
     _emit(steps=steps, equations=_equations(form, steps))
     if stage in ("trace", "auto"):

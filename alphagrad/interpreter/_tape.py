@@ -90,6 +90,21 @@ MAX_COMPONENTS = 64
 #: Most distinct equation kinds (switch branches); XLA compiles every branch.
 MAX_KINDS = 256
 
+#: Primitives that may only move data (`_Builder._selection` checks each equation's map).
+_MOVEMENTS = frozenset(
+    "slice concatenate reshape squeeze transpose rev broadcast_in_dim dynamic_slice gather copy copy_p "
+    "convert_element_type pad".split()
+)
+
+
+class _Selection:
+    """The switch branch kind of equations that only move data (a stand-in for a primitive)."""
+
+    name = "data movement"
+
+
+_SELECTION = _Selection()
+
 # Product kinds of the elimination tape: (multiply or select) x (create or add into the edge).
 _MUL_NEW, _MUL_ADD, _SELECT_NEW, _SELECT_ADD = range(4)
 
@@ -409,26 +424,56 @@ class _Builder:
             _STATIC_MAPS[key] = self._tabulate(eqn, operands, positions, fixed)
         return _STATIC_MAPS[key]
 
-    def _tabulate(self, eqn, operands, positions, fixed) -> np.ndarray | None:
-        rng = np.random.default_rng(0)
-        floats = [i for i, v in enumerate(fixed) if v is None]
-        draws = [np.stack([rng.standard_normal(operands[i][1]).astype(operands[i][2]) for _ in range(2)]) for i in floats]
-
-        def table(*drawn):  # one draw of the float operands -> the partial w.r.t. `positions`
-            values = [None if v is None else jnp.asarray(v) for v in fixed]
-            for i, v in zip(floats, drawn):
-                values[i] = v
-
-            def of_x(y):
-                return _bind(eqn.primitive, eqn.params, [y if i in positions else v for i, v in enumerate(values)])
-
-            return jax.jacfwd(of_x)(values[positions[0]])
-
-        with jax.ensure_compile_time_eval():  # concrete, also while an outer jit traces
-            first, second = np.asarray(jax.jit(jax.vmap(table))(*draws)).reshape(2, -1, math.prod(operands[positions[0]][1]))
-        if not np.array_equal(first, second) or not np.all((first >= 0) & (first == np.round(first))):
+    def _selection(self, eqn, operands, head, shape, zero: int) -> list[int] | None:
+        """For an equation that only moves data (every output entry is one entry of a
+        floating-point operand, or zero, at fixed positions): the value slot of each output
+        entry (`zero` for a zero), else None. Such equations run as copies of their sources, one
+        kind per output size, so the slices, gathers and shifts of a program (each with its own
+        parameters) add no switch branches."""
+        if eqn.primitive is None or eqn.primitive.name not in _MOVEMENTS or np.dtype(eqn.aval.dtype) != self.dtype:
             return None
-        return first.astype(np.int64)
+        n_out = math.prod(shape)
+        sources = np.full(n_out, zero, np.int64)
+        filled = np.zeros(n_out, np.int64)
+        for i, (base, op_shape, dtype) in enumerate(operands):
+            if np.dtype(dtype).kind != "f":
+                continue
+            matrix = self._static_map(eqn, operands, (i,), head)
+            if matrix is None:
+                return None
+            rows, cols = np.nonzero(matrix)
+            if np.any(matrix[rows, cols] != 1):
+                return None
+            filled[rows] += 1
+            sources[rows] = base + cols
+        if np.any(filled > 1):
+            return None
+        return sources.tolist()
+
+    def _tabulate(self, eqn, operands, positions, fixed) -> np.ndarray | None:
+        """The map's matrix: the equation is linear in its floating-point operands jointly, so
+        with those at `positions` set to one basis vector each and the others to zero, its output
+        is one column. The common movements are applied to the whole basis with numpy; any other
+        index map is bound once, vmapped over the basis (no compilation of a derivative)."""
+        shapes = [shape for _, shape, _ in operands]
+        n_in = math.prod(shapes[positions[0]])
+        basis = np.eye(n_in).reshape(n_in, *shapes[positions[0]])
+        batch = [basis if i in positions else (np.zeros((n_in, *shapes[i])) if v is None else v)
+                 for i, v in enumerate(fixed)]
+        columns = _numpy_map(eqn.primitive.name, eqn.params, batch, fixed) if eqn.primitive is not None else None
+        if columns is None:
+            def column(t):
+                values = [t if i in positions else (jnp.zeros(shapes[i], operands[i][2]) if v is None else jnp.asarray(v))
+                          for i, v in enumerate(fixed)]
+                return _bind(eqn.primitive, eqn.params, values)
+
+            with jax.ensure_compile_time_eval():  # concrete, also while an outer jit traces
+                columns = np.asarray(jax.vmap(column)(jnp.asarray(basis, operands[positions[0]][2])))
+        matrix = np.asarray(columns, np.float64).reshape(n_in, -1).T
+        if not np.all((matrix >= 0) & (matrix == np.round(matrix))):
+            return None
+        return matrix.astype(np.int64)
+
 
     def build(self) -> Tape:
         graph, program = self.graph, self.program
@@ -461,6 +506,8 @@ class _Builder:
                         self._operand(op)
             if wanted is LeafRef:
                 constants_at = self.num_values
+        # A zero constant: the source of output entries that a data movement fills with zeros.
+        zero = self._operand(Operand(node=None, value=np.zeros((), self.dtype)))[0]
         # Vertices, in equation order.
         eq_rows = []  # (kind, operand slots, out slot, first partial slot)
         kinds: dict[Any, int] = {}
@@ -521,6 +568,9 @@ class _Builder:
                 next_slot += edges[(e.src, node)].size
             P = max(P, next_slot - partials_at)
             signature = (*head, tuple(groups))
+            sources = None if groups else self._selection(eqn, operands, head, shape, zero)
+            if sources is not None:  # one kind per output size, whatever the movement
+                signature, slots = (_SELECTION, None, (), ((len(sources),), self.dtype.str), ()), sources
             if signature not in kinds:
                 kinds[signature] = len(kinds)
                 templates.append((signature, eqn.params))
@@ -751,6 +801,40 @@ class _Builder:
         )
 
 
+def _numpy_map(name: str, params: dict, batch: list, fixed: list) -> np.ndarray | None:
+    """The common data movements applied with numpy to operands with a leading batch axis (the
+    basis of one operand, zeros for the other floating-point ones): [n_in, *out_shape], or None
+    for a primitive (or parameters) handled by binding it."""
+    x = batch[0]
+    if name == "slice":
+        strides = params.get("strides") or (1,) * (x.ndim - 1)
+        return x[(slice(None),) + tuple(slice(a, b, c) for a, b, c in
+                                         zip(params["start_indices"], params["limit_indices"], strides))]
+    if name == "concatenate":
+        return np.concatenate(batch, axis=params["dimension"] + 1)
+    if name == "reshape" and params.get("dimensions") is None:
+        return x.reshape(x.shape[0], *params["new_sizes"])
+    if name == "squeeze":
+        return x.reshape(x.shape[0], *(d for i, d in enumerate(x.shape[1:]) if i not in params["dimensions"]))
+    if name == "transpose":
+        return x.transpose(0, *(p + 1 for p in params["permutation"]))
+    if name == "rev":
+        return np.flip(x, axis=tuple(d + 1 for d in params["dimensions"]))
+    if name == "broadcast_in_dim" and len(batch) == 1:
+        shape, dims = tuple(params["shape"]), tuple(params["broadcast_dimensions"])
+        placed = [1] * len(shape)
+        for d, size in zip(dims, x.shape[1:]):
+            placed[d] = size
+        return np.broadcast_to(x.reshape(x.shape[0], *placed), (x.shape[0], *shape))
+    if name == "reduce_sum":
+        return x.sum(axis=tuple(a + 1 for a in params["axes"]))
+    if name == "dynamic_slice" and all(v is not None and v.ndim == 0 for v in fixed[1:]):
+        sizes = params["slice_sizes"]
+        starts = [min(max(int(v), 0), dim - size) for v, dim, size in zip(fixed[1:], x.shape[1:], sizes)]
+        return x[(slice(None),) + tuple(slice(a, a + size) for a, size in zip(starts, sizes))]
+    return None
+
+
 def _bind(primitive, params: dict, values: list) -> jax.Array:
     """The one output of an equation (an appended output copy when `primitive` is None)."""
     if primitive is None:
@@ -773,6 +857,12 @@ def _branch(signature, params: dict, O: int, P: int, dtype):
     code's value array read off the responses by a static gather; a run-time index map (code 11)
     is computed whole, [n_out, n_operand] row-major."""
     primitive, _, op_avals, (out_shape, _), groups = signature
+    if primitive is _SELECTION:  # the operand slots are the output's sources, in order
+        def select(ops):
+            out = jnp.pad(ops, (0, max(0, O - ops.shape[0])))[:O]
+            return out.astype(dtype), jnp.zeros((P,), dtype)
+
+        return select
     shapes = [shape for shape, _ in op_avals]
     dtypes = [np.dtype(dt) for _, dt in op_avals]
     offsets = np.cumsum([0] + [math.prod(s) for s in shapes]).tolist()
