@@ -17,9 +17,9 @@ On long programs (about 1,000 equations and more) scoring one order on the batch
 more than beam search and annealing can use (`alphagrad.agents._batch.order_seconds`): they are
 left out, and the heuristics get the budget (40 % where the exact solver's root bound, about
 5 µs·V², fits in the rest, which then goes to the exact solver; else all of it). Every stage
-stops at the budget, so ``best`` returns within it plus a small constant (the floor's minimum of
-`FLOOR_SECONDS_MIN`, the exact solver's minimum of half a second and its one second of grace) at
-any size.
+stops at the budget (each reads the clock inside its own loops; no stage is interrupted from
+outside), so ``best`` returns within it plus a small constant (the floor's minimum of
+`FLOOR_SECONDS_MIN`, the exact solver's minimum of half a second) at any size.
 
 AlphaZero is not part of ``best`` (training from scratch rarely pays off within one search
 budget); run it explicitly with ``method="alphazero"``.
@@ -28,12 +28,10 @@ budget); run it explicitly with ``method="alphazero"``.
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import dataclasses
 import importlib
 import math
 import os
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -168,39 +166,6 @@ def _heuristics_stage(graph: Graph, seconds: float, seed: int, progress: Progres
                                seconds=deadline.elapsed(), info=info)
 
 
-class _Interrupted(BaseException):
-    """Raised inside a stage's thread at its hard time limit (BaseException: no ``except
-    Exception`` in the stage swallows it)."""
-
-
-def _within(limit: float, fn: Callable[..., SearchResult], **kwargs: Any) -> SearchResult | None:
-    """``fn(**kwargs)`` run in a thread and interrupted after `limit` seconds; None when interrupted.
-
-    For the exact solver, which checks its time limit only between expansions: on graphs of a
-    few hundred vertices one expansion (or the root bound) can take several seconds. Pure Python
-    stops at the next bytecode once `_Interrupted` is raised in its thread.
-    """
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            box["value"] = fn(**kwargs)
-        except _Interrupted:
-            pass
-        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = err
-
-    thread = threading.Thread(target=work, daemon=True, name="alphagrad-stage")
-    thread.start()
-    thread.join(max(0.0, limit))
-    while thread.is_alive():
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_Interrupted))
-        thread.join(0.1)
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
-
 def _best(graph: Graph, seconds: float, seed: int, progress: Progress | None) -> SearchResult:
     deadline = Deadline(seconds)
     found: list[SearchResult] = []
@@ -224,16 +189,13 @@ def _best(graph: Graph, seconds: float, seed: int, progress: Progress | None) ->
         exact_fits = graph.num_intermediates <= _EXACT_TENSOR_LIMIT
     heuristics_seconds = share if batched else (0.4 * seconds if exact_fits else seconds)
     found.append(_heuristics_stage(graph, heuristics_seconds, seed, report))
-    exact = None
     if exact_fits:
         if not batched:
             exact_seconds = max(0.5, deadline.left())
-        # A hard limit a second later: the solver checks its own only between expansions.
-        exact = _within(exact_seconds + 1.0, solve_exact, graph=graph, seconds=exact_seconds,
-                        init_order=best_so_far().order, progress=report)
-    if exact is None:  # skipped or interrupted; no lower bound on tensor graphs: a partial search proves nothing
-        exact = SearchResult(best_so_far().order, best_so_far().cost, "exact",
-                             info={"stopped": "skipped" if not exact_fits else "interrupted"})
+        # The solver reads the clock inside its bound and its expansions: it returns in time.
+        exact = solve_exact(graph, seconds=exact_seconds, init_order=best_so_far().order, progress=report)
+    else:  # no lower bound on tensor graphs: a partial search proves nothing
+        exact = SearchResult(best_so_far().order, best_so_far().cost, "exact", info={"stopped": "skipped"})
     found.append(exact)
     lower = exact.lower_bound
     if batched and not exact.optimal and deadline.left() > 1.0:

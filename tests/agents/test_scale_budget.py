@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import pytest
 
 from alphagrad import graph, orders
-from alphagrad.agents import anneal, beam_search, optimize, portfolio, search, search_heuristics
+from alphagrad.agents import anneal, beam_search, optimize, portfolio, search, search_heuristics, solve_exact
 from alphagrad.agents.heuristics import DEFAULT_CHAINS
 
 SLACK = 5.0  # seconds past a promised limit that still passes
@@ -105,18 +105,28 @@ def test_best_keeps_its_budget_on_a_hub_graph(hub_graph, slow_previews):
     assert r.cost == graph.cost(hub_graph, list(r.order)) <= classic(hub_graph)
 
 
-def test_best_interrupts_a_stage_that_ignores_its_limit(monkeypatch):
-    """The exact solver checks its limit only between expansions; `best` stops it a second after."""
-    g = graph.trace(hoisted_integrator(3), *ARGS)
+@pytest.mark.parametrize("seconds", [0.05, 1.0])
+def test_the_exact_solver_keeps_its_own_limit_on_a_long_program(seconds):
+    """About 1,700 vertices: the root bound alone (a maximum flow per vertex and direction) takes
+    far longer than 0.05 s, and an expansion (a child and its bound per remaining vertex) longer
+    than what is left of 1 s; the solver stops inside either and returns its incumbent unproved."""
+    g = graph.trace(hoisted_integrator(130), *ARGS)
+    markowitz = orders.markowitz(g)
+    r, took = timed(solve_exact, g, seconds=seconds, init_order=markowitz)
+    assert took < seconds + SLACK
+    assert not r.optimal and r.info["stopped"] == "time"
+    assert r.cost == graph.cost(g, list(r.order)) <= graph.cost(g, markowitz)
+    assert 0 <= r.lower_bound <= r.cost
+    if seconds < 0.1:
+        assert r.lower_bound == 0 and r.info["root_bound"] is None and r.evaluations == 0
 
-    def stuck(graph, *, seconds, init_order, progress):
-        while True:
-            pass
 
-    monkeypatch.setattr(portfolio, "solve_exact", stuck)
-    r, seconds = timed(search, g, "best", seconds=1.0)
-    assert seconds < 1.0 + SLACK
-    assert r.cost == graph.cost(g, list(r.order)) <= classic(g)
+def test_the_exact_solver_bounds_its_own_incumbent_search():
+    """Without an incumbent the solver runs the seed chains within its limit too."""
+    g = graph.trace(hoisted_integrator(130), *ARGS)
+    r, took = timed(solve_exact, g, seconds=0.5)
+    assert took < 0.5 + SLACK
+    assert not r.optimal and r.cost <= classic(g)
 
 
 def test_optimize_within_budget_never_worse_than_the_classic_orders(slow_previews):
