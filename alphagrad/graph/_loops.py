@@ -30,7 +30,7 @@ __all__ = ["UNROLL_MAX_EQUATIONS", "unrolled_size", "unrolls", "index_jaxpr", "s
 #: (nested unrolled loops counted by their own unrolled size): small enough that the graph, the
 #: searches on it and the interpreter's compilation stay cheap, large enough for the short loops of
 #: integrators, recurrent cells and fixed-point iterations.
-UNROLL_MAX_EQUATIONS = 256
+UNROLL_MAX_EQUATIONS = 128
 
 
 def _scan_size(params: Mapping[str, Any], num_xs: int, num_ys: int, inlined: Mapping[str, str]) -> int:
