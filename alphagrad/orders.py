@@ -31,6 +31,7 @@ from alphagrad.version import VERSION
 __all__ = [
     "FORMAT",
     "OrderFile",
+    "baselines",
     "forward",
     "reverse",
     "markowitz",
@@ -44,6 +45,10 @@ __all__ = [
 FORMAT = "alphagrad-order/1"
 #: The baselines recorded in every order file.
 NAMED_ORDERS = CLASSIC_ORDERS
+
+#: How many graphs' baselines `baselines` keeps (the last ones scored).
+_BASELINES_KEPT = 8
+_baselines: dict[tuple[str, str], dict[str, int]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +126,24 @@ def resolve(graph: Graph, order) -> list[int]:
     return resolve_order(graph, order)
 
 
+def baselines(graph: Graph) -> dict[str, int]:
+    """The costs of the classic orders (`NAMED_ORDERS`) on `graph`: what every order file records.
+
+    Remembered for the last few graphs (by fingerprint and cost model), so that a search can
+    score them before it starts, knowing how long that takes, and its order file then costs
+    only the order's own evaluation. On a 10,000-equation program they take 1-2 s (Markowitz's
+    ordering is near-linear in the edges, docs/benchmarks.md).
+    """
+    key = (graph.fingerprint, graph.cost_model)
+    known = _baselines.get(key)
+    if known is None:
+        known = {name: cost(graph, name) for name in NAMED_ORDERS}
+        if len(_baselines) >= _BASELINES_KEPT:
+            del _baselines[next(iter(_baselines))]
+        _baselines[key] = known
+    return dict(known)
+
+
 def record(order: Sequence[int], *, graph: Graph, method: str = "", task: str = "", **meta: Any) -> OrderFile:
     """The `OrderFile` of `order` on `graph`: validated, scored, with the baselines and provenance.
 
@@ -136,7 +159,7 @@ def record(order: Sequence[int], *, graph: Graph, method: str = "", task: str = 
         multiplications=cost(graph, steps),
         cost_model=graph.cost_model,
         graph=graph.summary(),
-        baselines={name: cost(graph, name) for name in NAMED_ORDERS},
+        baselines=baselines(graph),
         method=method,
         task=task or graph.name,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

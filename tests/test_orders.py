@@ -191,3 +191,13 @@ def test_saved_order_files_follow_the_umask(tmp_path, diamond, umask):
     finally:
         os.umask(old)
     assert (tmp_path / "o.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_baselines_are_the_classic_costs_remembered_per_graph(monkeypatch):
+    g = graph.load_reference()["PropaneCombustion"]
+    expected = {name: graph.cost(g, name) for name in ("forward", "reverse", "markowitz")}
+    assert orders.baselines(g) == expected
+    scored = []
+    monkeypatch.setattr(orders, "cost", lambda graph_, order: scored.append(order) or 0)
+    assert orders.baselines(g) == expected and not scored  # remembered
+    assert orders.record(graph.forward(g), graph=g).baselines == expected

@@ -13,11 +13,13 @@ from alphagrad.agents.beam import beam_search
 from alphagrad.agents.exact import cut_lower_bound, solve_exact
 from alphagrad.agents.heuristics import heuristic_order, search_heuristics
 from alphagrad.agents.portfolio import (
+    AUTO_MAX_SECONDS,
     AUTO_SECONDS,
     METHODS,
     alphazero_status,
     auto_order,
     cache_dir,
+    floor_order,
     optimize,
     search,
     to_order_file,
@@ -29,6 +31,7 @@ from alphagrad.graph import register_order as _register_order
 _register_order("auto", auto_order)
 
 __all__ = [
+    "AUTO_MAX_SECONDS",
     "AUTO_SECONDS",
     "METHODS",
     "SearchError",
@@ -39,6 +42,7 @@ __all__ = [
     "beam_search",
     "cache_dir",
     "cut_lower_bound",
+    "floor_order",
     "heuristic_order",
     "optimize",
     "search",

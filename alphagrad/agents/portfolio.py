@@ -328,21 +328,34 @@ def _label(graph: Graph) -> str:
     return f"graph {graph.name!r}" if graph.name else f"graph {graph.fingerprint[:19]}…"
 
 
-def _fallback(graph: Graph) -> tuple[list[int], str]:
-    """(order, what it is) when the search failed: the floor, or the cheaper of forward and
-    reverse should the heuristics fail too (those need nothing but the elimination engine)."""
+def _fallback(graph: Graph, seconds: float = FLOOR_SECONDS) -> tuple[list[int], str]:
+    """(order, what it is) when the search failed: the floor (its chains within `seconds`), or the
+    cheaper of forward and reverse should the heuristics fail too (those need nothing but the
+    elimination engine)."""
     try:
-        floor = floor_order(graph)
+        floor = floor_order(graph, seconds=seconds)
         return list(floor.order), f"{floor.info['chain']}, {floor.cost} multiplications"
     except Exception:  # noqa: BLE001 - "auto" must still give a Jacobian
         name = min(("forward", "reverse"), key=lambda n: graph_cost(graph, n))
         return resolve_order(graph, name), f"{name}, {graph_cost(graph, name)} multiplications"
 
 
+def _scoring_reserve(graph: Graph) -> float:
+    """Scores the classic orders of `graph` for its order file now (`orders.baselines`, then
+    remembered) and returns the seconds to keep for the rest of the file: the order's own cost
+    and the write, about two cost evaluations."""
+    start = time.perf_counter()
+    scored = orders.baselines(graph)
+    return 2 * (time.perf_counter() - start) / max(1, len(scored))
+
+
 def auto_order(graph: Graph) -> list[int]:
     """The order ``"auto"`` names: the cached searched order of `graph`, searched (method "best",
     `AUTO_SECONDS`, or on graphs of more than 2,000 edges that per 2,000 edges up to
-    `AUTO_MAX_SECONDS`) and cached under `cache_dir()` once per graph fingerprint.
+    `AUTO_MAX_SECONDS`) and cached under `cache_dir()` once per graph fingerprint. At the largest
+    budget the whole call (cache check, the order file's scoring, the search, the file's write)
+    keeps within `AUTO_MAX_SECONDS` (plus the search's small constant): the search gets what the
+    rest leaves.
 
     Registered with `alphagrad.graph.register_order` when `alphagrad.agents` is imported, so every
     place that takes an order (``graph.cost``, ``interpreter.jacobian``) accepts "auto", also
@@ -364,6 +377,7 @@ def auto_order(graph: Graph) -> list[int]:
     Raises:
       AlphagradError: $ALPHAGRAD_AUTO_SECONDS is not a number of seconds >= 0.
     """
+    deadline = Deadline(None)
     seconds = _auto_seconds(graph)
     path = os.path.join(cache_dir(), "orders", graph.fingerprint.replace(":", "-") + ".json")
     cached = _cached_order(path, graph)
@@ -371,10 +385,15 @@ def auto_order(graph: Graph) -> list[int]:
         return cached
     if seconds == 0:
         return list(floor_order(graph).order)
+    # The whole call keeps within the larger of the budget and the cap: what the cache check
+    # took and the order file's scoring come out of the search's time once the budget is the cap.
+    cap = max(seconds, AUTO_MAX_SECONDS)
     try:
-        result = _outside_any_trace(search, graph, "best", seconds=seconds)
+        reserve = _scoring_reserve(graph)
+        budget = min(seconds, max(0.0, cap - deadline.elapsed() - reserve))
+        result = _outside_any_trace(search, graph, "best", seconds=budget)
     except Exception as err:  # noqa: BLE001 - "auto" must still give a Jacobian
-        order, what = _fallback(graph)
+        order, what = _fallback(graph, min(FLOOR_SECONDS, max(0.0, cap - deadline.elapsed())))
         warnings.warn(
             f"order='auto': the search for {_label(graph)} failed ({type(err).__name__}: {err}); using the "
             f"best order that needs no search instead ({what}). Nothing was cached; please report this "
@@ -412,8 +431,8 @@ def optimize(
       f: a JAX-traceable function.
       *example_args: example inputs (arrays; only shapes and dtypes matter).
       minutes: budget of the whole call (default 1.0): the search gets what is left after
-        tracing `f` and a reserve for scoring the order file (its cost and the baselines, about
-        six cost evaluations). Returns within it plus a small constant (`best`: the floor's
+        tracing `f` and scoring the order file's baselines (`orders.baselines`), less a reserve
+        for the order's own cost. Returns within it plus a small constant (`best`: the floor's
         `FLOOR_SECONDS_MIN`), on programs of 10,000 equations too.
       method: one of `METHODS` (default "best").
       argnums: the arguments to differentiate with respect to, as for ``jax.jacrev``.
@@ -426,10 +445,6 @@ def optimize(
     """
     deadline = Deadline(60.0 * float(minutes))
     graph = jacobian_graph(f, *example_args, argnums=argnums)
-    # orders.record scores the order and the forward, reverse and Markowitz baselines: about six
-    # cost evaluations (Markowitz's ordering costs about as much as one), each about as long as this.
-    start = time.perf_counter()
-    graph_cost(graph, "forward")
-    reserve = 6 * (time.perf_counter() - start)
+    reserve = _scoring_reserve(graph)
     result = search(graph, method, seconds=max(0.0, deadline.left() - reserve), seed=seed, progress=progress)
     return to_order_file(graph, result, task=getattr(f, "__name__", "") or "")

@@ -153,3 +153,34 @@ def test_auto_budget_grows_with_the_edges_and_is_bounded(tmp_path, monkeypatch):
     assert budgets[0] == portfolio.AUTO_SECONDS
     assert budgets[1] == pytest.approx(portfolio.AUTO_SECONDS * len(large.edges) / 2000)
     assert portfolio.AUTO_SECONDS < budgets[1] <= portfolio.AUTO_MAX_SECONDS
+
+
+def test_auto_at_its_cap_leaves_the_order_files_scoring_out_of_the_search(tmp_path, monkeypatch):
+    """At the largest budget the whole call keeps within it: the time the order file's baselines
+    take (scored before the search) comes out of the search's budget."""
+    monkeypatch.setenv("ALPHAGRAD_CACHE", str(tmp_path))
+    monkeypatch.delenv("ALPHAGRAD_AUTO_SECONDS", raising=False)
+    monkeypatch.setattr(portfolio, "AUTO_MAX_SECONDS", 1.0)
+    original = orders.baselines
+
+    def slow_baselines(g):
+        time.sleep(0.4)
+        return original(g)
+
+    budgets = []
+
+    def record_budget(g, method, *, seconds):
+        budgets.append(seconds)
+        return search_heuristics(g, seconds=0, chains=(), random_chains=())
+
+    monkeypatch.setattr(orders, "baselines", slow_baselines)
+    monkeypatch.setattr(portfolio, "search", record_budget)
+    g = graph.trace(hoisted_integrator(130), *ARGS)  # about 2,400 edges: the budget is the cap
+    graph.resolve_order(g, "auto")
+    assert 0 <= budgets[0] <= 1.0 - 0.4
+
+
+def test_floor_order_is_public():
+    from alphagrad import agents
+
+    assert "floor_order" in agents.__all__ and agents.floor_order is portfolio.floor_order
