@@ -19,13 +19,13 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
-def write_atomically(path: str | os.PathLike, text: str, *, newline: str | None = None) -> None:
+def write_atomically(path: str | os.PathLike, text: str | bytes, *, newline: str | None = None) -> None:
     """Writes `text` to `path` atomically (temporary file beside it, then rename), creating its directory.
 
     Args:
       path: the destination file.
-      text: the whole contents.
-      newline: as for `open` (``""`` for CSV written with the csv module).
+      text: the whole contents: a string (text mode) or bytes (binary, e.g. a rendered image).
+      newline: as for `open` (``""`` for CSV written with the csv module); text only.
 
     Raises:
       OSError: the directory cannot be created or written; nothing is left behind.
@@ -35,7 +35,8 @@ def write_atomically(path: str | os.PathLike, text: str, *, newline: str | None 
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     try:
-        with os.fdopen(fd, "w", newline=newline) as fh:
+        binary = isinstance(text, bytes)
+        with os.fdopen(fd, "wb" if binary else "w", newline=None if binary else newline) as fh:
             fh.write(text)
         os.chmod(tmp, _default_mode())
         os.replace(tmp, path)

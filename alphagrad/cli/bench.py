@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import io
 import os
 import platform
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from alphagrad import graph as graph_lib
 from alphagrad import tasks
 from alphagrad.agents import SearchResult, alphazero_status, search
 from alphagrad.cli.timing import example_arrays, runtime_ratios
+from alphagrad.files import write_atomically
 
 __all__ = [
     "BENCH_METHODS",
@@ -243,6 +245,8 @@ def write_plot(rows: Sequence[BenchRow], path: str) -> bool:
     ax.set_ylim(0.5, 1.6)
     ax.legend(fontsize=8, ncol=len(methods))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    image = io.BytesIO()  # rendered in memory, then written atomically: no torn image if interrupted
+    fig.savefig(image, format=os.path.splitext(path)[1][1:] or "png", dpi=120)
     plt.close(fig)
+    write_atomically(path, image.getvalue())
     return True

@@ -120,8 +120,10 @@ def plot_curve(path: str, names: Sequence[str], history: Sequence[Mapping[str, A
     bx.set_ylabel("loss")
     bx.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    image = io.BytesIO()  # rendered in memory, then written atomically: no torn image if interrupted
+    fig.savefig(image, format="png", dpi=100)
     plt.close(fig)
+    write_atomically(path, image.getvalue())
 
 
 class RunDirectory:
