@@ -105,6 +105,29 @@ class _Selection:
 
 _SELECTION = _Selection()
 
+#: Elementwise primitives (graph's unary, binary and zero-derivative rules): they run lane by
+#: lane on `width` lanes whatever their shape, so one switch kind serves every shape.
+_LANEWISE = frozenset(
+    "neg abs exp exp2 log log1p expm1 sin cos tan asin acos atan sinh cosh tanh asinh acosh atanh integer_pow sqrt "
+    "rsqrt cbrt logistic erf erfc erf_inv square lgamma digamma add sub mul div pow atan2 max min add_any rem "
+    "nextafter select_n eq ne lt le gt ge and or not sign floor ceil round is_finite stop_gradient "
+    "convert_element_type copy copy_p".split()
+)
+
+
+#: Reductions of whole vectors to a scalar run on lanes too (`_Builder._lanes` checks the params).
+_LANE_REDUCTIONS = frozenset({"reduce_sum", "dot_general"})
+
+
+class _Lanes(NamedTuple):
+    """The switch branch kind of an elementwise primitive on padded lanes (stands in for it)."""
+
+    primitive: Any
+
+    @property
+    def name(self) -> str:
+        return self.primitive.name
+
 # Product kinds of the elimination tape: (multiply or select) x (create or add into the edge).
 _MUL_NEW, _MUL_ADD, _SELECT_NEW, _SELECT_ADD = range(4)
 
@@ -424,11 +447,78 @@ class _Builder:
             _STATIC_MAPS[key] = self._tabulate(eqn, operands, positions, fixed)
         return _STATIC_MAPS[key]
 
+    def _fold(self, equations, incoming: dict) -> list:
+        """The equations left once those computed from constants alone (index arithmetic on
+        constant index arrays: bounds checks, wrap-around of negative indices) are evaluated here;
+        their values become constants of the later ones (`self.known`), so a gather at constant
+        indices is a static data movement."""
+        self.known: dict[int, np.ndarray] = {}
+        sources = {e.src for e in self.graph.edges}
+        left = []
+        for eqn in equations:
+            operands = tuple(Operand(None, self.known[op.node]) if op.node in self.known else op for op in eqn.operands)
+            eqn = eqn._replace(operands=operands)
+            node = eqn.outputs[0].node if len(eqn.outputs) == 1 else None
+            constant = all(op.node is None and not isinstance(op.value, (LeafRef, ValueRef)) for op in operands)
+            if (constant and eqn.primitive is not None and node is not None and node not in incoming
+                    and node not in sources and not any(_is_jaxpr(v) for v in eqn.params.values())
+                    and np.dtype(eqn.aval.dtype).kind in "biuf"):
+                with jax.ensure_compile_time_eval():  # concrete, also while an outer jit traces
+                    self.known[node] = np.asarray(_bind(eqn.primitive, eqn.params, [jnp.asarray(op.value) for op in operands]))
+                continue
+            left.append(eqn)
+        return left
+
+    def _lanes(self, eqn, operands, shape, incoming, width: int):
+        """For an elementwise equation (every operand of the output's shape or a scalar): its
+        operand pattern (per operand: broadcast scalar?, dtype) and the operand positions of each
+        partial it computes (one per floating-point vertex it reads, an edge or not), else None.
+        Each partial is the JVP response to a tangent of ones, lane by lane: the edge's value
+        array must be that response (a diagonal, a column from a scalar, or one constant
+        multiple), else the equation keeps a kind of its own."""
+        name = eqn.primitive.name if eqn.primitive is not None else None
+        if name in _LANE_REDUCTIONS:  # a whole sum or a dot product of two vectors: lanes summed
+            if shape != () or len({shp for _, shp, _ in operands}) != 1 or len(operands[0][1]) > (1 if name == "dot_general" else 2):
+                return None
+            if name == "dot_general" and tuple(eqn.params["dimension_numbers"]) != (((0,), (0,)), ((), ())):
+                return None
+            if name == "reduce_sum" and tuple(eqn.params["axes"]) != tuple(range(len(operands[0][1]))):
+                return None
+        elif name not in _LANEWISE:
+            return None
+        if any(shp not in ((), shape) for _, shp, _ in operands) and name not in _LANE_REDUCTIONS:
+            return None
+        pattern = tuple((shp == () and shape != (), np.dtype(dt).str) for _, shp, dt in operands)
+        groups: dict[int, list[int]] = {}
+        for i, op in enumerate(eqn.operands):
+            if op.node is not None and self.node_dtype[op.node] == self.dtype and name != "reduce_sum":
+                groups.setdefault(op.node, []).append(i)
+        lane_groups = tuple(tuple(g) for g in groups.values())
+        n_out = math.prod(shape)
+        for e in incoming:
+            if e.code in VALUELESS or (e.code == INDEX_MAP and name == "reduce_sum"):
+                continue
+            positions = tuple(i for i, op in enumerate(eqn.operands) if op.node == e.src)
+            if positions not in lane_groups or e.code == INDEX_MAP:
+                return None
+            out_shape, in_shape = tuple(e.out_shape), tuple(e.in_shape)
+            if out_shape != normalise_shape(shape) or in_shape != normalise_shape(self.node_shape[e.src]):
+                return None
+            layout = _layout(e.code, out_shape, in_shape)
+            scalar = pattern[positions[0]][0]
+            if name in _LANE_REDUCTIONS:  # the gradient, one lane per operand entry
+                expected = tuple((0, k) for k in range(math.prod(in_shape)))
+            else:  # the JVP response to ones, one lane per output entry
+                expected = tuple((k, 0 if scalar else k) for k in range(n_out))
+            if layout != ((0, 0),) and layout != expected:
+                return None
+        return pattern, lane_groups
+
     def _selection(self, eqn, operands, head, shape, zero: int) -> list[int] | None:
         """For an equation that only moves data (every output entry is one entry of a
         floating-point operand, or zero, at fixed positions): the value slot of each output
-        entry (`zero` for a zero), else None. Such equations run as copies of their sources, one
-        kind per output size, so the slices, gathers and shifts of a program (each with its own
+        entry (`zero` for a zero), else None. Such equations run as copies of their sources, all
+        of one kind, so the slices, gathers and shifts of a program (each with its own
         parameters) add no switch branches."""
         if eqn.primitive is None or eqn.primitive.name not in _MOVEMENTS or np.dtype(eqn.aval.dtype) != self.dtype:
             return None
@@ -498,9 +588,10 @@ class _Builder:
                 raise Unsupported(f"{where} holds a sub-program (a loop or a branch)")
             if len(eqn.outputs) != 1:  # (a sort of one array has one result, in a list)
                 raise Unsupported(f"{where} has several outputs")
+        equations = self._fold(program.equations, incoming)
         # Leaves, then the constants in one contiguous block (written at once by `run`).
         for wanted in (LeafRef, object):
-            for eqn in program.equations:
+            for eqn in equations:
                 for op in eqn.operands:
                     if op.node is None and isinstance(op.value, wanted):
                         self._operand(op)
@@ -515,7 +606,17 @@ class _Builder:
         edges: dict[tuple[int, int], Any] = {}
         next_slot = _FIRST_EDGE_SLOT
         P = 1
-        for k, eqn in enumerate(program.equations):
+        # Lanes of the elementwise kinds: the largest elementwise output.
+        sizes = dict(zip(range(1, graph.num_inputs + 1), (math.prod(self.node_shape[n]) for n in range(1, graph.num_inputs + 1))))
+        sizes.update((eqn.outputs[0].node, math.prod(eqn.aval.shape)) for eqn in equations if eqn.aval is not None)
+        width = max([sizes[eqn.outputs[0].node] for eqn in equations
+                     if eqn.primitive is not None and eqn.primitive.name in _LANEWISE and eqn.aval is not None]
+                    + [sizes.get(op.node, np.size(op.value)) if op.node is not None or not isinstance(op.value, LeafRef)
+                       else math.prod(program.leaf_avals[op.value.index].shape)
+                       for eqn in equations if eqn.primitive is not None and eqn.primitive.name in _LANE_REDUCTIONS
+                       for op in eqn.operands]
+                    + [1])
+        for k, eqn in enumerate(equations):
             where = f"equation {k + 1}"
             node = eqn.outputs[0].node
             if node is None:
@@ -530,10 +631,43 @@ class _Builder:
             op_avals = tuple((shp, np.dtype(dt).str) for _, shp, dt in operands)
             head = (eqn.primitive, _freeze(eqn.params) if eqn.primitive is not None else None, op_avals,
                     (shape, np.dtype(aval.dtype).str))
+            partials_at = next_slot
+            lanes = self._lanes(eqn, operands, shape, incoming.get(node, ()), width)
+            if lanes is not None:  # one kind per primitive and operand pattern, whatever the shape
+                pattern, lane_groups = lanes
+                slots = [s for base, shp, _ in operands
+                         for s in [base + i for i in range(math.prod(shp))] + [zero] * (width - math.prod(shp))]
+                for e in incoming.get(node, ()):
+                    positions = tuple(i for i, op in enumerate(eqn.operands) if op.node == e.src)
+                    out_shape, in_shape = tuple(e.out_shape), tuple(e.in_shape)
+                    if e.code in VALUELESS:
+                        support = _support(e.code, out_shape, in_shape)
+                        edges[(e.src, node)] = _Map(e.code, {at: (_ONE,) for at in support}, out_shape, in_shape)
+                    elif e.code == INDEX_MAP:  # a sum (checked static by `_lanes`)
+                        matrix = self._static_map(eqn, operands, positions, head)
+                        entries = {(i, j): (_ONE,) * int(matrix[i, j]) for i, j in zip(*np.nonzero(matrix))}
+                        edges[(e.src, node)] = _Map(INDEX_MAP, entries, out_shape, in_shape)
+                    else:
+                        at = partials_at + lane_groups.index(positions) * width
+                        edges[(e.src, node)] = _Valued(e.code, at, out_shape, in_shape)
+                next_slot += len(lane_groups) * width
+                P = max(P, next_slot - partials_at)
+                reduction = eqn.primitive.name in _LANE_REDUCTIONS  # parameters fixed by `_lanes`
+                signature = (_Lanes(eqn.primitive), None if reduction else head[1], pattern,
+                             ((width,), self.dtype.str), lane_groups)
+                if signature not in kinds:
+                    kinds[signature] = len(kinds)
+                    templates.append((signature, eqn.params))
+                    if len(kinds) > MAX_KINDS:
+                        raise Unsupported(f"more than {MAX_KINDS} distinct equation kinds")
+                self.node_base[node] = self._allocate_value(math.prod(shape))
+                self.node_shape[node] = shape
+                self.node_dtype[node] = np.dtype(aval.dtype)
+                eq_rows.append((kinds[signature], slots, self.node_base[node], partials_at if lane_groups else None))
+                continue
             # Partials, one per source node with an edge: value arrays and run-time masks are
             # computed by the branch into consecutive edge slots; static maps need none.
             groups = []
-            partials_at = next_slot
             for e in incoming.get(node, ()):
                 positions = tuple(i for i, op in enumerate(eqn.operands) if op.node == e.src)
                 if not positions:
@@ -569,8 +703,8 @@ class _Builder:
             P = max(P, next_slot - partials_at)
             signature = (*head, tuple(groups))
             sources = None if groups else self._selection(eqn, operands, head, shape, zero)
-            if sources is not None:  # one kind per output size, whatever the movement
-                signature, slots = (_SELECTION, None, (), ((len(sources),), self.dtype.str), ()), sources
+            if sources is not None:  # one kind, whatever the movement
+                signature, slots = (_SELECTION, None, (), ((1,), self.dtype.str), ()), sources
             if signature not in kinds:
                 kinds[signature] = len(kinds)
                 templates.append((signature, eqn.params))
@@ -585,7 +719,8 @@ class _Builder:
     def _finish(self, eq_rows, templates, edges, next_slot, P, constants_at) -> Tape:
         graph, program = self.graph, self.program
         K = max([len(slots) for _, slots, _, _ in eq_rows] + [1])
-        O = max([math.prod(sig[3][0]) for sig, _ in templates] + [1])
+        O = max([math.prod(sig[3][0]) for sig, _ in templates] + [1]
+                + [len(slots) for kind, slots, _, _ in eq_rows if templates[kind][0][0] is _SELECTION])
         # Product edges reuse the slots of deleted edges (value arrays only; maps keep theirs).
         free: dict[int, list[int]] = {}
 
@@ -752,7 +887,9 @@ class _Builder:
                 jacobian_edges[(src, dst)] = (edge.base, edge.out_shape, edge.in_shape)
         outputs = []
         for op in program.outputs:
-            if op.node is not None:
+            if op.node in self.known:
+                outputs.append(self.known[op.node])  # computed from constants: its Jacobian is zero
+            elif op.node is not None:
                 outputs.append(_NodeOutput(self.node_base[op.node], self.node_shape[op.node]))
             elif isinstance(op.value, ValueRef):
                 raise Unsupported("an output is a value of a multi-output equation")
@@ -857,6 +994,8 @@ def _branch(signature, params: dict, O: int, P: int, dtype):
     code's value array read off the responses by a static gather; a run-time index map (code 11)
     is computed whole, [n_out, n_operand] row-major."""
     primitive, _, op_avals, (out_shape, _), groups = signature
+    if isinstance(primitive, _Lanes):
+        return _lanes_branch(primitive.primitive, params, op_avals, out_shape[0], groups, O, P, dtype)
     if primitive is _SELECTION:  # the operand slots are the output's sources, in order
         def select(ops):
             out = jnp.pad(ops, (0, max(0, O - ops.shape[0])))[:O]
@@ -918,6 +1057,38 @@ def _branch(signature, params: dict, O: int, P: int, dtype):
         partials = jnp.concatenate(pieces) if pieces else jnp.zeros((0,), dtype)
         partials = jnp.pad(partials, (0, P - partials.shape[0]))
         return flat_out, partials
+
+    return branch
+
+
+def _lanes_branch(primitive, params: dict, pattern, width: int, groups, O: int, P: int, dtype):
+    """The branch of an elementwise kind: operand i in lanes [i * width, (i + 1) * width) of the
+    operand slots (a broadcast scalar in the first), the output and each group's partial (the
+    JVP response to a tangent of ones) on `width` lanes."""
+
+    reduction = primitive.name in _LANE_REDUCTIONS
+
+    def full(values):
+        if reduction:  # padding lanes read the zero slot: they add nothing
+            return jnp.sum(values[0] * values[1] if len(values) == 2 else values[0])
+        return _bind(primitive, params, [jnp.broadcast_to(v, (width,)) for v in values])
+
+    def branch(ops):
+        raw = [(ops[i * width] if scalar else ops[i * width:(i + 1) * width]).astype(np.dtype(dt))
+               for i, (scalar, dt) in enumerate(pattern)]
+        out = full(raw)
+        pieces = []
+        for positions in groups:
+            def of_x(y, positions=positions):
+                return full([y if i in positions else v for i, v in enumerate(raw)])
+
+            x = raw[positions[0]]
+            piece = jax.grad(of_x)(x) if reduction else jax.jvp(of_x, (x,), (jnp.ones_like(x),))[1]
+            pieces.append(jnp.broadcast_to(piece, (width,)).astype(dtype))
+        out = jnp.broadcast_to(jnp.asarray(out).astype(dtype), (width,)) if reduction else jnp.asarray(out).astype(dtype)
+        out = jnp.pad(out, (0, O - width))
+        partials = jnp.concatenate(pieces) if pieces else jnp.zeros((0,), dtype)
+        return out, jnp.pad(partials, (0, P - partials.shape[0]))
 
     return branch
 
