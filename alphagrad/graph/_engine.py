@@ -330,6 +330,8 @@ class Eliminator:
         node = self.num_inputs + vertex
         I = self.num_inputs
         preds, succs = self.preds[node], self.succs[node]
+        if self._in_classes is not None:
+            return self._neighbour_change_counted(node)
         total = 0
         for p, in_code in preds.items():
             if p <= I or not self._remaining >> (p - I) & 1:  # inputs are never eliminated
@@ -348,6 +350,32 @@ class Eliminator:
                 new_preds[p] = self._new_code(new_preds.get(p), in_code, out_code)
             total += self._cost_with(c, new_preds, self.succs[c]) - self.elimination_cost(c - I)
         return total
+
+    def _neighbour_change_counted(self, node: int) -> int:
+        """`neighbour_change` with edge classes counted: the changes `_rewrite_counted` would make,
+        priced per class and per kind of change, without making them."""
+        I, remaining = self.num_inputs, self._remaining
+        preds, succs, all_succs = self.preds[node], self.succs[node], self.succs
+        mul, add, src, dst = self._mul, self._add, self.src_shape, self.dst_shape
+        changes: dict[int, dict[tuple[int | None, int, Shape2D], int]] = {
+            u: {} for u in (*preds, *succs) if u > I and remaining >> (u - I) & 1}
+        for c, out_code in succs.items():
+            c_changes = changes.get(c)
+            for p, in_code in preds.items():
+                p_changes = changes.get(p)
+                if p_changes is None and c_changes is None:
+                    continue
+                new = mul[in_code - MIN_CODE][out_code - MIN_CODE]
+                old = all_succs[p].get(c)
+                code = new if old is None else add[old - MIN_CODE][new - MIN_CODE]
+                if old != code:
+                    if p_changes is not None:
+                        key = (old, code, dst[c])
+                        p_changes[key] = p_changes.get(key, 0) + 1
+                    if c_changes is not None:
+                        key = (old, code, src[p])
+                        c_changes[key] = c_changes.get(key, 0) + 1
+        return sum(self._cost_change(node, u, kinds) for u, kinds in changes.items())
 
     def eliminate(self, vertex: int) -> int:
         """Eliminates `vertex` (a vertex number) and returns its multiplications."""
@@ -462,18 +490,23 @@ class Eliminator:
         for p, in_code in preds.items():
             del all_succs[p][node]
             _recount(out_classes[p], in_code, None, dst[node])
-        v_src, v_dst = src[node], dst[node]
         for u, kinds in changes.items():
-            if u in succs:  # u's in-edges changed: priced against its out-edges
-                total = -self._out_of(u, succs[u], v_src)
-                for (old, code, shape), count in kinds.items():
-                    total += count * (self._out_of(u, code, shape) - (0 if old is None else self._out_of(u, old, shape)))
-            else:  # u's out-edges changed: priced against its in-edges
-                total = -self._into(u, preds[u], v_dst)
-                for (old, code, shape), count in kinds.items():
-                    total += count * (self._into(u, code, shape) - (0 if old is None else self._into(u, old, shape)))
-            delta[u] += total
+            delta[u] += self._cost_change(node, u, kinds)
         in_classes[node], out_classes[node] = {}, {}
+
+    def _cost_change(self, node: int, u: int, kinds: dict[tuple[int | None, int, Shape2D], int]) -> int:
+        """How much eliminating `node` changes the cost of its neighbour u (edge classes counted):
+        u loses its edge to or from `node`, and its edges changed as `kinds` counts them ({(old code or
+        None, new code, far end's shape): edges}). Reads u's edges on the side that does not change."""
+        if u in self.succs[node]:  # u's in-edges change: priced against its out-edges
+            total = -self._out_of(u, self.succs[node][u], self.src_shape[node])
+            for (old, code, shape), count in kinds.items():
+                total += count * (self._out_of(u, code, shape) - (0 if old is None else self._out_of(u, old, shape)))
+        else:  # u's out-edges change: priced against its in-edges
+            total = -self._into(u, self.preds[node][u], self.dst_shape[node])
+            for (old, code, shape), count in kinds.items():
+                total += count * (self._into(u, code, shape) - (0 if old is None else self._into(u, old, shape)))
+        return total
 
     def greedy(self, key: Callable[[int], Any], *, reach: int = 1) -> tuple[list[int], int]:
         """Eliminates every remaining vertex, always the one of smallest ``(key(v), v)``.

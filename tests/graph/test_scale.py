@@ -174,7 +174,9 @@ def test_cached_costs_updated_in_place_equal_recomputed_ones(counted, seed, mode
             for u in s.remaining:
                 node = g.num_inputs + u
                 assert s.elimination_cost(u) == s._cost_with(node, s.preds[node], s.succs[node])
-                assert s.edge_classes(u) == graph.Eliminator.copy(s).edge_classes(u)  # counted == recounted
+                per_edge = graph.Eliminator.copy(s)  # copies price per edge
+                assert s.edge_classes(u) == per_edge.edge_classes(u)  # counted == recounted
+                assert s.neighbour_change(u) == per_edge.neighbour_change(u)
 
 
 def brute_force_markowitz(g: graph.Graph) -> list[int]:
