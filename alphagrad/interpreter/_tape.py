@@ -357,8 +357,8 @@ class _Builder:
 
     def _check_size(self, shape, what: str) -> int:
         size = math.prod(shape)
-        if size == 0 or size > MAX_COMPONENTS:
-            raise Unsupported(f"{what} has shape {tuple(shape)} (the tape takes 1 to {MAX_COMPONENTS} entries)")
+        if size > MAX_COMPONENTS:
+            raise Unsupported(f"{what} has shape {tuple(shape)} (the tape takes up to {MAX_COMPONENTS} entries)")
         return size
 
     def _value_dtype_ok(self, dtype) -> bool:
@@ -547,6 +547,8 @@ class _Builder:
         index map is bound once, vmapped over the basis (no compilation of a derivative)."""
         shapes = [shape for _, shape, _ in operands]
         n_in = math.prod(shapes[positions[0]])
+        if n_in == 0:  # an empty operand moves nothing
+            return np.zeros((math.prod(eqn.aval.shape), 0), np.int64)
         basis = np.eye(n_in).reshape(n_in, *shapes[positions[0]])
         batch = [basis if i in positions else (np.zeros((n_in, *shapes[i])) if v is None else v)
                  for i, v in enumerate(fixed)]
@@ -625,7 +627,13 @@ class _Builder:
             shape = tuple(aval.shape) if aval is not None else ()
             if aval is None or not (self._value_dtype_ok(aval.dtype) or self._small_integer(eqn, aval)):
                 raise Unsupported(f"{where} makes a value of dtype {getattr(aval, 'dtype', None)}")
-            self._check_size(shape, where)
+            if self._check_size(shape, where) == 0:  # an empty slice (jnp.roll by 0 makes one): nothing to run
+                for e in incoming.get(node, ()):
+                    out_shape, in_shape = tuple(e.out_shape), tuple(e.in_shape)
+                    edges[(e.src, node)] = (_Map(e.code, {}, out_shape, in_shape) if e.code in _MAP_CODES
+                                            else _Valued(e.code, _ZERO, out_shape, in_shape))
+                self.node_base[node], self.node_shape[node], self.node_dtype[node] = 0, shape, np.dtype(aval.dtype)
+                continue
             operands = [self._operand(op) for op in eqn.operands]
             slots = [base + i for base, shp, _ in operands for i in range(math.prod(shp))]
             op_avals = tuple((shp, np.dtype(dt).str) for _, shp, dt in operands)
