@@ -249,15 +249,8 @@ class Eliminator:
         return total
 
     def _cost_by_classes(self, node: int) -> int:
-        pairs, v_shape = self._model_pairs, self.src_shape[node]
-        outs = self._out_classes[node].items()
-        total = 0
-        for (in_code, p_shape), n_in in self._in_classes[node].items():
-            for (out_code, c_shape), n_out in outs:
-                key = (in_code, out_code, c_shape, v_shape, p_shape)
-                value = pairs.get(key)
-                total += n_in * n_out * (self._shape_pair(key) if value is None else value)
-        return total
+        """`_cost_with` of node's own edges, one term per (in class, out class)."""
+        return sum(count * self._out_of(node, code, shape) for (code, shape), count in self._in_classes[node].items())
 
     def copy(self) -> Eliminator:
         """An independent snapshot of the state (shares the adjacency dicts until either changes)."""

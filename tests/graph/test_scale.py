@@ -33,11 +33,16 @@ HEAP_CHAINS = (
 
 def reference_markowitz(g: graph.Graph, degree: str) -> list[int]:
     """The former implementation: a scan of every remaining vertex per step (O(V²) degrees)."""
-    eliminator = graph.Eliminator(g)
     if degree == "cost":
-        measure = eliminator.elimination_cost
-    else:
-        measure = functools.partial(graph.markowitz_degree, eliminator)
+        return scan_order(g, lambda eliminator: eliminator.elimination_cost)
+    return scan_order(g, lambda eliminator: functools.partial(graph.markowitz_degree, eliminator))
+
+
+def scan_order(g: graph.Graph, measure_of) -> list[int]:
+    """At every step, eliminate the remaining vertex of smallest (measure(k), k), where
+    ``measure = measure_of(eliminator)`` scores a vertex number in the current state."""
+    eliminator = graph.Eliminator(g)
+    measure = measure_of(eliminator)
     remaining = list(g.intermediates)
     order = []
     while remaining:
@@ -183,21 +188,18 @@ def brute_force_markowitz(g: graph.Graph) -> list[int]:
     """Markowitz (degree "cost") from first principles: at every step every remaining vertex is
     priced by summing `CostModel.pair_cost` over its current edges (no cached or counted costs)."""
     model = graph.cost_model(g.cost_model)
-    state = graph.Eliminator(g)
-    src, dst = state.src_shape, state.dst_shape
 
-    def price(k: int) -> int:
-        node = g.num_inputs + k
-        return sum(model.pair_cost(ic, oc, dst[c], src[node], src[p])
-                   for c, oc in state.succs[node].items() for p, ic in state.preds[node].items())
+    def pricer(state: graph.Eliminator):
+        src, dst = state.src_shape, state.dst_shape
 
-    remaining, order = list(g.intermediates), []
-    while remaining:
-        best = min(remaining, key=lambda k: (price(k), k))
-        state.eliminate(best)
-        remaining.remove(best)
-        order.append(best)
-    return order
+        def price(k: int) -> int:
+            node = g.num_inputs + k
+            return sum(model.pair_cost(ic, oc, dst[c], src[node], src[p])
+                       for c, oc in state.succs[node].items() for p, ic in state.preds[node].items())
+
+        return price
+
+    return scan_order(g, pricer)
 
 
 def ring(steps: int, size: int = 6):
