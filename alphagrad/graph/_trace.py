@@ -136,6 +136,7 @@ class Equation(NamedTuple):
       outputs: per output of the primitive, where its value goes: ``Operand(node)`` for a vertex,
         ``Operand(None, ValueRef(...))`` for a value without a vertex.
       avals: per output, its abstract value.
+      loop: for a `scan` kept as a loop, how its partials are accumulated (`_loops.LoopPlan`).
     """
 
     vertex: int
@@ -145,6 +146,7 @@ class Equation(NamedTuple):
     aval: Any
     outputs: tuple[Operand, ...] = ()
     avals: tuple[Any, ...] = ()
+    loop: Any = None
 
 
 class Program(NamedTuple):
@@ -384,9 +386,10 @@ class _Builder:
                 if op.node is not None:
                     self.uses.add(op.node)
             first = next((op.node - self.num_inputs for op in outputs if op.node is not None), 0)
+            loop = _loops.loop_plan(eqn, differentiable) if name == "scan" and not fused else None
             self.equations.append(Equation(
                 first, eqn.primitive, dict(eqn.params), tuple(operands), out_avals[0] if out_avals else None,
-                tuple(outputs), tuple(out_avals),
+                tuple(outputs), tuple(out_avals), loop,
             ))
             for var, out in zip(eqn.outvars, outputs):
                 env[var] = out
@@ -547,6 +550,13 @@ def trace(
     outputs: list[int] = []
     output_operands: list[Operand] = []
     claimed: set[int] = set()
+    # A vertex that is several outputs is an intermediate with one copy per output: were it an
+    # output itself, the edge to its second copy would start at a vertex never eliminated, and that
+    # copy's Jacobian would stay zero.
+    counts: dict[int, int] = {}
+    for operand in outs:
+        if operand.node is not None:
+            counts[operand.node] = counts.get(operand.node, 0) + 1
     for operand, atom in zip(outs, jaxpr.outvars):
         if operand.node is None:
             output_operands.append(operand)  # a constant output: its Jacobian is zero
@@ -555,7 +565,7 @@ def trace(
         aval = atom.aval
         shape = _rules.normalise(aval.shape)
         is_vertex = node > builder.num_inputs
-        if is_vertex and node not in builder.uses and node not in claimed:
+        if is_vertex and node not in builder.uses and counts[node] == 1:
             vertex = node - builder.num_inputs
         elif is_vertex and node not in claimed:
             vertex = builder.add_copy(node, REUSED_OUTPUT_CODE[model.name], shape, aval)

@@ -33,7 +33,7 @@ from alphagrad.graph import (
     resolve_order,
     structure_of,
 )
-from alphagrad.interpreter import _tape
+from alphagrad.interpreter import _loops, _tape
 from alphagrad.interpreter._structured import (
     IndexMap,
     MultiplicationCounter,
@@ -408,6 +408,9 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
         for k, out in enumerate(eqn.outputs):
             for e in incoming.get(out.node, ()) if out.node is not None else ():
                 by_source.setdefault(e.src, []).append((k, e))
+        if eqn.loop is not None:  # a scan kept as a loop: its partials by the plan's chain product
+            edges.update(_loops.loop_partials(eqn, values, by_source, counter, jacobian, count_muls))
+            continue
         for src, reached in by_source.items():
             positions = [i for i, op in enumerate(eqn.operands) if op.node == src]
             partials = _dense_partials(eqn, values, positions, [k for k, _ in reached],

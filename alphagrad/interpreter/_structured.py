@@ -54,10 +54,16 @@ class Partial(NamedTuple):
 
 
 class MultiplicationCounter:
-    """Counts the scalar multiplications the products perform (from their operands' shapes)."""
+    """Counts the scalar multiplications the products perform (from their operands' shapes).
+
+    Attributes:
+      total: those of the elimination's products (``graph.cost``).
+      loops: those of the partials of loops kept as loops (``graph._loops.partial_muls``).
+    """
 
     def __init__(self):
         self.total = 0
+        self.loops = 0
 
     def add(self, count: int) -> None:
         self.total += int(count)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from alphagrad import graph, interpreter
+from alphagrad.graph import _loops
+from alphagrad.interpreter import _jacobian, _structured
 
 RNG = np.random.default_rng(3)
 
@@ -50,14 +52,91 @@ CASES = {
 }
 
 
+def mapped(w, xs):
+    """lax.map: a scan without carries."""
+    return jax.lax.map(lambda x: jnp.sin(x) * w, xs)
+
+
+def shared_operand(w, xs):
+    """The same array is the initial carry and a constant of every step."""
+    return jax.lax.scan(lambda c, x: (c * w + jnp.sin(x), c), w, xs)
+
+
+def decay(h, xs):
+    """No stacked outputs and many per-step inputs: the reverse chain is cheaper."""
+    return jax.lax.scan(lambda c, x: (jnp.tanh(c * x), None), h, xs)[0]
+
+
+def reverse_decay(h, xs):
+    return jax.lax.scan(lambda c, x: (c * jnp.sin(x) + 0.1, None), h, xs, reverse=True)[0]
+
+
+#: Loops kept as loops (the unrolling threshold set to 0): name -> (f, args, argnums, chain mode).
+KEPT = {
+    "rnn": (*CASES["rnn"], "forward"),
+    "fori_integrator": (*CASES["fori_integrator"], "forward"),
+    "nested": (*CASES["nested"], "forward"),
+    "mapped": (mapped, (RNG.normal(size=2), RNG.normal(size=(3, 2))), (0, 1), "forward"),
+    "shared_operand": (shared_operand, (RNG.normal(size=2), RNG.normal(size=(3, 2))), (0, 1), "forward"),
+    "decay": (decay, (RNG.normal(size=2), RNG.normal(size=(5, 2))), (0, 1), "reverse"),
+    "reverse_decay": (reverse_decay, (RNG.normal(size=2), RNG.normal(size=(4, 2))), (0, 1), "reverse"),
+}
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_loop_jacobians_are_exact_and_counted_in_every_order(name):
     f, args, argnums = CASES[name]
+    g = check_exact_and_counted(f, args, argnums)
+    unrolled = not any(v.primitive.startswith("scan") for v in g.vertices)
+    assert unrolled == (name != "long_rnn"), [v.primitive for v in g.vertices]
+
+
+@pytest.mark.parametrize("name", sorted(KEPT))
+def test_loops_kept_as_loops_chain_their_local_jacobians(name, monkeypatch):
+    monkeypatch.setattr(_loops, "UNROLL_MAX_EQUATIONS", 0)
+    f, args, argnums, mode = KEPT[name]
+    g = check_exact_and_counted(f, args, argnums)
+    plans = [e.loop for e in g.program.equations if e.loop is not None]
+    assert [p.mode for p in plans] == [mode]
+    # the loop's partials: counted as performed, the same in every order, outside graph.cost
+    assert _loops.partial_muls(g) == plans[0].muls > 0
+    with jax.enable_x64(True):
+        counter = _structured.MultiplicationCounter()
+        steps = graph.plan(g, graph.resolve_order(g, "reverse"))
+        jax.eval_shape(lambda *xs: _jacobian._eliminate_all(g, steps, list(xs), counter)[0],
+                       *(jnp.asarray(a, jnp.float64) for a in args))
+    assert counter.loops == plans[0].muls and counter.total == graph.cost(g, "reverse")
+
+
+def test_a_value_returned_twice_has_its_jacobian_in_both_places():
+    def twice(x):
+        y = x * x
+        return (y,), (y,)
+
+    g = interpreter.graph_of(twice, 3.0)
+    assert [v.primitive for v in g.vertices] == ["mul", "copy", "copy"] and g.outputs == (2, 3)
+    assert interpreter.jacobian(twice, "forward")(3.0) == ((6.0,), (6.0,))
+
+
+def test_a_kept_loop_whose_stacked_output_is_its_carry(monkeypatch):
+    monkeypatch.setattr(_loops, "UNROLL_MAX_EQUATIONS", 0)
+
+    def recorded(y0, b):
+        def step(c, _):
+            c = (c[0] * b + c[1], c[1] * c[0])
+            return c, c[1]  # the same value is a carry and a stacked output of the body
+
+        return jax.lax.scan(step, (y0[0], y0[1]), None, length=3)[1]
+
+    check_exact_and_counted(recorded, (np.array([0.5, 0.7]), np.array(1.3)), (0, 1))
+
+
+def check_exact_and_counted(f, args, argnums):
+    """jacobian(f, o) == jax.jacfwd(f) (1e-10 relative, float64) and count_muls == graph.cost for forward,
+    reverse, Markowitz and a random order, compiled in one jit; returns the graph."""
     with jax.enable_x64(True):
         args = tuple(jnp.asarray(a, jnp.float64) for a in args)
         g = interpreter.graph_of(f, *args, argnums=argnums)
-        unrolled = not any(v.primitive.startswith("scan") for v in g.vertices)
-        assert unrolled == (name != "long_rnn"), [v.primitive for v in g.vertices]
         orders = ["forward", "reverse", "markowitz",
                   [int(v) for v in np.random.default_rng(0).permutation(g.intermediates)]]
 
@@ -73,3 +152,4 @@ def test_loop_jacobians_are_exact_and_counted_in_every_order(name):
             for a, b in zip(jax.tree.leaves(jac), jax.tree.leaves(expected)):
                 np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12, err_msg=label)
             assert interpreter.count_muls(f, order, *args, argnums=argnums) == graph.cost(g, order), label
+    return g

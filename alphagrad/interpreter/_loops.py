@@ -1,0 +1,185 @@
+"""The partials of a `scan` kept as a loop: local Jacobians by elimination, chained across iterations.
+
+A scan too long to unroll (`graph._loops`) is one dense vertex per floating-point output. Its
+partials w.r.t. its differentiated operands are accumulated as the graph's `LoopPlan` says, in two
+compiled `lax.scan`s: the first runs the iterations, each computing the body's local Jacobian blocks
+by cross-country elimination in the plan's body order (the interpreter's own `jacobian`); the second
+multiplies them along the chain, forward (a tangent state d c_k / d sources) or reverse (an adjoint
+state d outputs / d c_k). Every multiplication is counted (`MultiplicationCounter.loops`) and
+checked against the plan (`graph._loops.partial_muls` is their total).
+
+Layout of the loop's Jacobian J: rows are the floating-point carries (n entries) then, per
+iteration, the floating-point stacked outputs (q entries); columns are the differentiated carries,
+the differentiated constants (p entries) then, per iteration, the differentiated per-step inputs
+(m entries).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alphagrad.errors import AlphagradError
+from alphagrad.interpreter._structured import MultiplicationCounter, Partial
+
+__all__ = ["loop_partials"]
+
+
+def _sizes(avals, indices, drop_leading=False) -> list[int]:
+    return [math.prod(avals[i].shape[1:] if drop_leading else avals[i].shape) for i in indices]
+
+
+def _offsets(sizes: list[int]) -> list[int]:
+    return [int(x) for x in np.cumsum([0, *sizes])[:-1]]
+
+
+def _matrix(blocks, rows: list[int], cols: list[int], dtype) -> jax.Array:
+    """The [sum(rows), sum(cols)] matrix of the Jacobian blocks ``blocks[i][j]`` (any shapes)."""
+    if not rows or not cols or sum(rows) == 0 or sum(cols) == 0:
+        return jnp.zeros((sum(rows), sum(cols)), dtype)
+    return jnp.concatenate([
+        jnp.concatenate([jnp.asarray(blocks[i][j], dtype).reshape(r, c) for j, c in enumerate(cols)], axis=1)
+        for i, r in enumerate(rows)
+    ], axis=0)
+
+
+def loop_partials(eqn, values: list[Any], reached: dict[int, list], counter: MultiplicationCounter,
+                  jacobian, count_muls) -> dict[tuple[int, int], Partial]:
+    """The dense partials of the scan equation `eqn` (with a `LoopPlan`) at operand `values`.
+
+    Args:
+      eqn: the program's equation (``eqn.loop`` is its plan).
+      values: its operand values.
+      reached: per source node, the (output index, edge) pairs of its edges into the outputs.
+      counter: its ``loops`` receives the multiplications (the body's eliminations and the chain's).
+      jacobian, count_muls: the interpreter's functions, for the body's local Jacobians.
+
+    Returns:
+      ``{(src, dst): Partial}`` for every edge in `reached`, dense (code 1).
+    """
+    plan = eqn.loop
+    params = eqn.params
+    num_consts, num_carry, length = params["num_consts"], params["num_carry"], params["length"]
+    in_avals = plan.operands
+    const_avals, carry_avals = in_avals[:num_consts], in_avals[num_consts : num_consts + num_carry]
+    x_avals = in_avals[num_consts + num_carry :]
+    y_avals = eqn.avals[num_carry:]
+    # Operands as the equation typed them (a literal loop counter is a Python int here).
+    consts, carry0, xs = ([jnp.asarray(v, a.dtype) for v, a in zip(values[lo:hi], in_avals[lo:hi])]
+                          for lo, hi in ((0, num_consts), (num_consts, num_consts + num_carry),
+                                         (num_consts + num_carry, len(values))))
+    dtype = jnp.result_type(*(carry_avals[i].dtype for i in plan.float_carries),
+                            *(y_avals[j].dtype for j in plan.float_ys))
+
+    n_sizes = _sizes(carry_avals, plan.float_carries)
+    q_sizes = _sizes(y_avals, plan.float_ys, True)
+    k_sizes = _sizes(carry_avals, plan.carry_sources)
+    p_sizes = _sizes(const_avals, plan.const_sources)
+    m_sizes = _sizes(x_avals, plan.x_sources, True)
+    n, q, nk, p, m = (sum(s) for s in (n_sizes, q_sizes, k_sizes, p_sizes, m_sizes))
+
+    local = jacobian(plan.body, list(plan.body_order), argnums=(0, 1, 2))
+    slice_specs = [jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in x_avals]
+    body_specs = (tuple(carry_avals[i] for i in plan.float_carries), tuple(const_avals[i] for i in plan.const_sources),
+                  tuple(slice_specs[i] for i in plan.x_sources), (const_avals, carry_avals, slice_specs))
+    body_muls = count_muls(plan.body, list(plan.body_order), *body_specs, argnums=(0, 1, 2))
+
+    def iteration(carry, x):
+        """One iteration: the next carries and the local blocks A, E, B (carry rows), GA, GE, GB (output rows)."""
+        rest = (consts, list(carry), list(x))
+        diff = (tuple(carry[i] for i in plan.float_carries), tuple(consts[i] for i in plan.const_sources),
+                tuple(x[i] for i in plan.x_sources))
+        blocks_c, blocks_y = local(*diff, rest)
+        outs = jax.core.eval_jaxpr(params["jaxpr"].jaxpr, params["jaxpr"].consts, *consts, *carry, *x)
+        blocks = tuple(
+            _matrix([b[arg] for b in part], rows, cols, dtype)
+            for part, rows in ((blocks_c, n_sizes), (blocks_y, q_sizes))
+            for arg, cols in ((0, n_sizes), (1, p_sizes), (2, m_sizes))
+        )
+        return [jnp.asarray(o, a.dtype) for o, a in zip(outs[:num_carry], carry_avals)], blocks
+
+    _, (A, E, B, GA, GE, GB) = jax.lax.scan(iteration, carry0, xs, length=length, reverse=params["reverse"])
+    steps = jnp.arange(length)
+    # Iteration k of a reverse scan runs at position length-1-k, but its blocks are stacked at k, as
+    # its outputs are; the chain runs through the carries in run order.
+    chain_reverse = params["reverse"]
+
+    carry_offsets = _offsets(n_sizes)
+    if plan.mode == "forward":
+        N = nk + p + length * m
+        T = jnp.zeros((n, N), dtype)
+        for i, off, size in zip(plan.carry_sources, _offsets(k_sizes), k_sizes):
+            row = carry_offsets[plan.float_carries.index(i)]
+            T = T.at[row : row + size, off : off + size].set(jnp.eye(size, dtype=dtype))
+
+        def forward(T, block):
+            k, a, e, b, ga, ge, gb = block
+            y = (ga @ T).at[:, nk : nk + p].add(ge)
+            y = jax.lax.dynamic_update_slice(y, gb, (0, nk + p + k * m))
+            T = (a @ T).at[:, nk : nk + p].add(e)
+            T = jax.lax.dynamic_update_slice(T, b, (0, nk + p + k * m))
+            return T, y
+
+        T, Y = jax.lax.scan(forward, T, (steps, A, E, B, GA, GE, GB), reverse=chain_reverse)
+        counted = length * (q * n * N + n * n * N)
+        J = jnp.concatenate([T, Y.reshape(length * q, N)], axis=0)
+    else:
+        M = n + length * q
+        W = jnp.zeros((M, n), dtype).at[:n].set(jnp.eye(n, dtype=dtype))
+
+        def backward(W, block):
+            k, a, e, b, ga, ge, gb = block
+            row = n + k * q
+            dx = jax.lax.dynamic_update_slice(W @ b, gb, (row, 0))
+            de = jax.lax.dynamic_update_slice(W @ e, ge, (row, 0))
+            W = jax.lax.dynamic_update_slice(W @ a, ga, (row, 0))
+            return W, (dx, de)
+
+        W, (DX, DE) = jax.lax.scan(backward, W, (steps, A, E, B, GA, GE, GB), reverse=not chain_reverse)
+        counted = length * (M * n * m + M * n * p + M * n * n)
+        columns = [W[:, carry_offsets[plan.float_carries.index(i)] : carry_offsets[plan.float_carries.index(i)] + s]
+                   for i, s in zip(plan.carry_sources, k_sizes)]
+        J = jnp.concatenate([*columns, DE.sum(0), jnp.moveaxis(DX, 0, 1).reshape(M, length * m)], axis=1)
+    if counted != plan.chain_muls or body_muls != plan.body_muls:
+        raise AlphagradError(
+            f"internal error: a loop's partials performed {body_muls} multiplications per local Jacobian and "
+            f"{counted} in the chain where the graph planned {plan.body_muls} and {plan.chain_muls}; please report this"
+        )
+    # Loops kept inside the body checked their own products inside `local`.
+    counter.loops += length * (body_muls + plan.inner_muls) + counted
+
+    def rows_of(output: int) -> jax.Array:
+        if output < num_carry:
+            i = plan.float_carries.index(output)
+            return J[carry_offsets[i] : carry_offsets[i] + n_sizes[i]]
+        j = plan.float_ys.index(output - num_carry)
+        off = _offsets(q_sizes)[j]
+        per_step = J[n:].reshape(length, q, J.shape[1])[:, off : off + q_sizes[j]]
+        return per_step.reshape(length * q_sizes[j], J.shape[1])
+
+    def columns_of(rows: jax.Array, position: int) -> jax.Array:
+        if position < num_consts:
+            j = plan.const_sources.index(position)
+            off = nk + _offsets(p_sizes)[j]
+            return rows[:, off : off + p_sizes[j]]
+        if position < num_consts + num_carry:
+            j = plan.carry_sources.index(position - num_consts)
+            off = _offsets(k_sizes)[j]
+            return rows[:, off : off + k_sizes[j]]
+        j = plan.x_sources.index(position - num_consts - num_carry)
+        off = _offsets(m_sizes)[j]
+        per_step = rows[:, nk + p :].reshape(rows.shape[0], length, m)[:, :, off : off + m_sizes[j]]
+        return per_step.reshape(rows.shape[0], length * m_sizes[j])
+
+    partials = {}
+    for src, pairs in reached.items():
+        positions = [i for i, op in enumerate(eqn.operands) if op.node == src]
+        for output, e in pairs:
+            rows = rows_of(output)
+            dense = sum(columns_of(rows, position) for position in positions)
+            partials[(e.src, e.dst)] = Partial(1, e.out_shape, e.in_shape, dense.reshape(*e.out_shape, *e.in_shape))
+    return partials
