@@ -278,10 +278,43 @@ def _dense_partials(eqn: Equation, values: list[Any], positions: list[int], outp
     Returns:
       per entry of `outputs`, the partial with value [v1, v2, p1, p2] (normalised shapes).
     """
+    every_float = [i for i, v in enumerate(values) if _is_float(v)]
+    # Some JVP rules refuse any tangent, even a zero one, for an operand they have no derivative
+    # for (polygamma's order, betainc's a and b): then only the operands that are graph nodes, or
+    # only the one at `positions`, are varied (a generic reduce needs its operands' tangents alike).
+    nodes = [i for i in every_float if eqn.operands[i].node is not None]
+    attempts = list(dict.fromkeys(tuple(a) for a in (every_float, nodes, sorted(set(positions)))))
+    for k, floats in enumerate(attempts):
+        try:
+            return _dense_partials_over(eqn, values, positions, outputs, out_shapes, in_shape, list(floats))
+        except AlphagradError:
+            raise
+        except Exception as err:  # noqa: BLE001 - JAX reports a missing rule with many types
+            if k + 1 < len(attempts):
+                continue
+            raise _undifferentiable(eqn, err) from err
+
+
+def _undifferentiable(eqn: Equation, err: Exception) -> UnsupportedPrimitiveError:
+    """The error for a primitive whose derivative JAX itself cannot take (nextafter, a scatter
+    multiply at repeated indices): alphagrad's partials come from JAX's rules."""
+    name = eqn.primitive.name if eqn.primitive is not None else "copy"
+    said = str(err).splitlines()[0] if str(err) else ""
+    return UnsupportedPrimitiveError(
+        f"JAX cannot differentiate the primitive {name!r} here ({type(err).__name__}: {said}), so "
+        "neither can alphagrad, which takes its partials from JAX's derivative rules; jax.jacfwd and "
+        "jax.jacrev fail on it too. Rewrite that part of the function with differentiable operations "
+        "(e.g. unique indices for a scatter multiply), or wrap it in jax.lax.stop_gradient if its "
+        "derivative is not needed."
+    )
+
+
+def _dense_partials_over(eqn: Equation, values: list[Any], positions: list[int], outputs: list[int],
+                         out_shapes: list, in_shape, floats: list[int]) -> list[Partial]:
+    """`_dense_partials` with the operands at `floats` as JAX primals (the others constant)."""
     x = values[positions[0]]
     dtype = jnp.result_type(x)
     size = math.prod(in_shape)
-    floats = [i for i, v in enumerate(values) if _is_float(v)]
     primals = tuple(jnp.asarray(values[i]) for i in floats)
 
     def of_floats(*xs):
@@ -331,14 +364,18 @@ def _check_linear_vjp_rule(eqn: Equation, of_floats, primals) -> None:
 
     Such a rule is no Jacobian: jax.jacrev's rows depend on the scale of the cotangent each row
     brings, which no product of partials reproduces. JAX transposes the pullback only if it is
-    linear in the cotangent, which is the test (a linear rule built from primitives without a
-    transpose, such as a while loop, is refused too).
+    linear in the cotangent, which is the test. A pullback with a while loop cannot be transposed
+    whatever it computes (jax.experimental.ode.odeint's adjoint solve, linear in the cotangent up
+    to the solver's tolerance): such a rule is applied, by rows as jax.jacrev applies it.
     """
     results, pullback = jax.vjp(of_floats, *primals)
+    cotangents = tuple(jax.ShapeDtypeStruct(np.shape(r), r.dtype) for r in results)
     try:
-        transposed = jax.linear_transpose(pullback, tuple(jax.ShapeDtypeStruct(np.shape(r), r.dtype) for r in results))
+        transposed = jax.linear_transpose(pullback, cotangents)
         jax.eval_shape(transposed, tuple(jax.ShapeDtypeStruct(np.shape(p), p.dtype) for p in primals))
     except Exception as err:  # noqa: BLE001 - JAX reports a missing transpose rule with many types
+        if _has_while_loop(jax.make_jaxpr(pullback)(cotangents).jaxpr):
+            return
         body = eqn.params.get("call_jaxpr")
         info = getattr(getattr(body, "jaxpr", None), "debug_info", None)
         name = getattr(info, "func_src_info", None) or "a custom_vjp function"
@@ -348,6 +385,19 @@ def _check_linear_vjp_rule(eqn: Equation, of_floats, primals) -> None:
             "it, and jax.jacrev's rows depend on the cotangent each brings. Use jax.jacrev for this "
             "function, or make the rule linear in the cotangent."
         ) from err
+
+
+def _has_while_loop(jaxpr) -> bool:
+    """Whether `jaxpr` or a jaxpr in its equations' parameters has a while loop."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "while":
+            return True
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns") and _has_while_loop(inner):
+                    return True
+    return False
 
 
 def _dense_partials_by_rows(of_floats, primals, floats, positions, out_shapes, in_shape) -> list[Partial]:
@@ -400,7 +450,13 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
             for k, out in enumerate(eqn.outputs):
                 for e in incoming.get(out.node, ()) if out.node is not None else ():
                     positions = [i for i, op in enumerate(eqn.operands) if op.node == e.src]
-                    edges[(e.src, e.dst)] = _partial_of(eqn, values, positions, e.code, e.out_shape, e.in_shape, k)
+                    try:
+                        partial = _partial_of(eqn, values, positions, e.code, e.out_shape, e.in_shape, k)
+                    except AlphagradError:
+                        raise
+                    except Exception as err:  # noqa: BLE001 - a missing JVP rule has many types
+                        raise _undifferentiable(eqn, err) from err
+                    edges[(e.src, e.dst)] = partial
             continue
         # No structural rule (every multi-output primitive): dense partials, one JVP per source for
         # all the outputs it reaches.
@@ -473,10 +529,15 @@ def _assemble(graph: Graph, outputs: list[Any], edges, argnums, args: tuple):
     blocks_per_output = []
     for out_value, op in zip(outputs, program.outputs):
         out_shape = tuple(np.shape(out_value))
+        out_dtype = jnp.result_type(_dtype_of(out_value))
         per_input = []
         for node, leaf in enumerate(program.input_leaves, start=1):
             in_shape = tuple(leaf_avals[leaf].shape)
             dtype = jnp.result_type(leaf_avals[leaf].dtype)
+            if jnp.issubdtype(dtype, jnp.floating) and jnp.issubdtype(out_dtype, jnp.floating):
+                # jax.jacrev's blocks take the input's dtype, jax.jacfwd's the output's: the wider
+                # keeps every digit (float32 flax parameters of a float64 model give float64 blocks).
+                dtype = jnp.promote_types(dtype, out_dtype)
             if not jnp.issubdtype(dtype, jnp.floating):
                 dtype = jax.dtypes.float0
                 per_input.append(np.zeros(out_shape + in_shape, dtype))
@@ -497,10 +558,13 @@ def _assemble(graph: Graph, outputs: list[Any], edges, argnums, args: tuple):
 
 
 def _tape_of(graph: Graph, steps: Sequence[Step]) -> _tape.Tape | None:
-    """The tape of a program of at least `_tape.TAPE_MIN_EQUATIONS` equations in the tape's class
-    (module _tape), else None: the straight-line path (one XLA operation per equation and product)
-    runs. Both perform the plan's products exactly."""
-    if graph.program is None or len(graph.program.equations) < _tape.TAPE_MIN_EQUATIONS:
+    """The tape of a program in the tape's class (module _tape) whose straight-line form would be
+    large (`_tape.straight_line_size` at least `_tape.TAPE_MIN_SIZE`: XLA's compile time grows
+    faster than linearly with it) and long (`_tape.TAPE_MIN_EQUATIONS`), else None: the
+    straight-line path (one XLA operation per equation, partial and product) runs. Both perform
+    the plan's products exactly."""
+    if (graph.program is None or len(graph.program.equations) < _tape.TAPE_MIN_EQUATIONS
+            or _tape.straight_line_size(graph, steps) < _tape.TAPE_MIN_SIZE):
         return None
     try:
         return _tape.build(graph, steps)
@@ -611,7 +675,7 @@ def jacobian(
       ``jax.vmap``. The graph is traced once per input signature. Zero-size arrays are fine (their
       blocks are empty or zero, as jax.jacrev's); integer and boolean arguments get float0 blocks
       (as ``jax.grad(..., allow_int=True)`` gives). A long straight-line program (at least
-      ``interpreter._tape.TAPE_MIN_EQUATIONS`` equations, values of at most 64 entries) runs as a compact
+      ``interpreter._tape.TAPE_MIN_SIZE`` straight-line operations, values of at most 64 entries) runs as a compact
       tape: two XLA loops whose compiled size does not grow with the program, performing the same
       products (module ``interpreter._tape``); other programs run one XLA operation per
       equation and product.
