@@ -8,7 +8,7 @@ about N equations. Each measurement runs in its own subprocess (so that peak RSS
 ``ru_maxrss``, is that of one stage) with a timeout:
 
 - ``tape, reverse`` / ``tape, markowitz``: alphagrad's interpreter forced onto the tape path
-  (which it takes by itself from ``_tape.TAPE_MIN_EQUATIONS`` equations);
+  (which it takes by itself from ``_tape.TAPE_MIN_SIZE`` straight-line operations);
 - ``straight-line, reverse``: the interpreter forced onto its straight-line path (one XLA operation
   per equation and product: what runs below that threshold, and ran everywhere before the tape);
 - ``jax.jacrev``: ``jax.jit(jax.jacrev(f))``.
@@ -136,11 +136,11 @@ def stage(name: str, equations: int, form: str = "scalar") -> None:
     state = np.array([1.0, 1.0, 1.0])
     params = np.array([10.0, 28.0, 8.0 / 3.0])
     args32 = (jnp.asarray(state, jnp.float32), jnp.asarray(params, jnp.float32))
-    # Each stage forces its path, whatever `_tape.TAPE_MIN_EQUATIONS` would choose at this size.
+    # Each stage forces its path, whatever `_tape.TAPE_MIN_SIZE` would choose at this size.
     if name.startswith("straight-line"):
-        _tape.TAPE_MIN_EQUATIONS = 10**12
+        _tape.TAPE_MIN_SIZE = 10**12
     elif name.startswith("tape"):
-        _tape.TAPE_MIN_EQUATIONS = 0
+        _tape.TAPE_MIN_SIZE = _tape.TAPE_MIN_EQUATIONS = 0
     if name == "jax.jacrev":
         make = lambda: jax.jacrev(f, argnums=(0, 1))  # noqa: E731
     else:

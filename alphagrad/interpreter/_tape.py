@@ -73,16 +73,25 @@ from alphagrad.graph import (
 )
 from alphagrad.interpreter._structured import Partial
 
-__all__ = ["TAPE_MIN_EQUATIONS", "MAX_COMPONENTS", "MAX_KINDS", "Tape", "Unsupported", "build", "run"]
+__all__ = ["TAPE_MIN_SIZE", "TAPE_MIN_EQUATIONS", "ARRAY_WEIGHT", "MAX_COMPONENTS", "MAX_KINDS", "Tape", "Unsupported", "build", "run", "straight_line_size"]
 
-#: Programs with at least this many equations run on the tape (when they are in its class);
-#: smaller ones keep the straight-line path. Measured on an unrolled RK4 integrator
-#: (benchmarks/compact_interpreter.py, docs/benchmarks.md "Compact interpreter at scale"): at
-#: about 150 equations the straight-line program still compiles in under 2 s and runs about 6x
-#: faster than the tape at batch 1,024 (XLA fuses it; the tape runs one loop step per equation and
-#: per product), while at about 300 its first call takes 8 s (18 s under vmap), runs no faster,
-#: and at about 600 it does not compile within 100 s. No registered task reaches the threshold.
-TAPE_MIN_EQUATIONS = 250
+#: Programs whose straight-line form would have at least this many operations
+#: (`straight_line_size`) run on the tape (when they are in its class); smaller ones keep the
+#: straight-line path. Measured on an unrolled RK4 integrator (benchmarks/compact_interpreter.py,
+#: docs/benchmarks.md "Compact interpreter at scale"): at about 150 scalar equations (size ~1,300)
+#: the straight-line program still compiles in under 2 s and runs about 6x faster than the tape
+#: at batch 1,024 (XLA fuses it; the tape runs one loop step per equation and per product), while
+#: at about 300 (size ~2,500) its first call takes 8 s (18 s under vmap) and runs no faster; on
+#: arrays each operation is several XLA operations: 240 equations of 16-entry vectors (size
+#: ~10,000) took 51 s to compile. Programs of fewer than `TAPE_MIN_EQUATIONS` equations keep
+#: the straight-line path whatever their size: no registered task or corpus function is long
+#: enough (RoeFlux_3d, 138 equations on small vectors, has size ~3,000 and compiles in a few
+#: seconds; the corpus's lorenz_rk4 has 152 equations).
+TAPE_MIN_SIZE = 2000
+TAPE_MIN_EQUATIONS = 200
+#: Weight of an equation, partial or product on arrays against one on scalars in `straight_line_size`
+#: (a structured product of arrays is a handful of XLA operations: reshapes, broadcasts, a multiply, a sum).
+ARRAY_WEIGHT = 8
 #: Most components (array entries) a value of the tape may have: every scan step gathers the
 #: largest equation's operand components, and a product of two dense partials of n-entry arrays
 #: takes up to n^3 loop steps, so a large array would slow every step.
@@ -1099,6 +1108,28 @@ def _lanes_branch(primitive, params: dict, pattern, width: int, groups, O: int, 
         return out, jnp.pad(partials, (0, P - partials.shape[0]))
 
     return branch
+
+
+def straight_line_size(graph: Graph, steps: Sequence[Step]) -> int:
+    """About how many XLA operations the straight-line path would emit for `graph` and its plan:
+    one per equation, per partial (edge) and per product, `ARRAY_WEIGHT` for one on arrays
+    (XLA's compile time grows faster than linearly with this number)."""
+    program = graph.program
+    size = {node: math.prod(program.leaf_avals[leaf].shape) for node, leaf in enumerate(program.input_leaves, start=1)}
+    total = 0
+    for eqn in program.equations:
+        entries = math.prod(eqn.aval.shape) if eqn.aval is not None else 1
+        for out in eqn.outputs:
+            if out.node is not None:
+                size[out.node] = entries
+        total += 1 if entries <= 1 else ARRAY_WEIGHT
+    for e in graph.edges:
+        total += 1 if math.prod(e.out_shape) * math.prod(e.in_shape) <= 1 else ARRAY_WEIGHT
+    for step in steps:
+        for product in step.products:
+            scalar = max(size.get(n, 1) for n in (product.pred, product.vertex, product.succ)) <= 1
+            total += 1 if scalar else ARRAY_WEIGHT
+    return total
 
 
 def build(graph: Graph, steps: Sequence[Step]) -> Tape:

@@ -18,6 +18,7 @@ from alphagrad.interpreter import _jacobian, _tape
 @pytest.fixture
 def force_tape(monkeypatch):
     """Every program in the tape's class runs on the tape, however short."""
+    monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)
     monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
 
 
@@ -144,7 +145,7 @@ def test_tape_is_what_jacobian_runs(force_tape, monkeypatch):
     args = (jnp.asarray(S, jnp.float32), jnp.asarray(P, jnp.float32))
     text = jax.jit(interpreter.jacobian(integrator, "reverse", argnums=(0, 1))).lower(*args).as_text()
     assert "while" in text
-    monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 10**9)
+    monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 10**9)
     text = jax.jit(interpreter.jacobian(integrator, "reverse", argnums=(0, 1))).lower(*args).as_text()
     assert "while" not in text
 
@@ -186,8 +187,9 @@ def test_unsupported_graphs_fall_back_to_the_straight_line_path(force_tape, fn, 
 def test_short_programs_keep_the_straight_line_path():
     args = (jnp.asarray(S, jnp.float32), jnp.asarray(P, jnp.float32))
     g = interpreter.graph_of(integrator, *args, argnums=(0, 1))
-    assert len(g.program.equations) < _tape.TAPE_MIN_EQUATIONS
-    assert _jacobian._tape_of(g, graph.plan(g, graph.resolve_order(g, "reverse"))) is None
+    steps = graph.plan(g, graph.resolve_order(g, "reverse"))
+    assert _tape.straight_line_size(g, steps) < _tape.TAPE_MIN_SIZE
+    assert _jacobian._tape_of(g, steps) is None
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
