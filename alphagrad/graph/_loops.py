@@ -9,12 +9,14 @@ outputs (an index map). Its partials are then structural (diagonal, index maps, 
 products are counted like straight-line code's. Integer arithmetic on constants inside an
 unrolled body (the loop counter of a ``fori_loop``, the index wrapping of ``x[i]``) is evaluated
 at trace time, as a Python loop's ``range`` index would be, so ``x[i]`` becomes a slice at a
-known offset. A larger `scan` stays a loop: one dense vertex per floating-point output, whose partials the
-interpreter accumulates across the iterations as a chain product of each iteration's local Jacobian
-blocks (`LoopPlan`: the blocks by eliminating inside the body, the chain forward or reverse across
-the iterations, whichever the dimensions make cheaper), whose multiplications `partial_muls`
-reports beside the elimination's `graph.cost`. Every `while`/`cond` is one dense vertex per output
-whose partials JAX computes (docs/cost-model.md, "Loops").
+known offset.
+
+A larger `scan` stays a loop: one dense vertex per floating-point output, whose partials the
+interpreter accumulates across the iterations as a chain product of each iteration's local
+Jacobian blocks (`LoopPlan`: the blocks by eliminating inside the body, the chain forward or
+reverse across the iterations, whichever the dimensions make cheaper); `partial_muls` reports its
+multiplications beside the elimination's `graph.cost`. Every `while`/`cond` is one dense vertex per
+output whose partials JAX computes (docs/cost-model.md, "Loops").
 """
 
 from __future__ import annotations

@@ -90,6 +90,15 @@ def test_a_loop_above_the_threshold_stays_one_dense_vertex():
     g = graph.trace(f, jnp.ones(2), jnp.ones((size, 2)))
     assert [v.primitive for v in g.vertices] == ["scan[0]", "scan[1]"]  # the carry and the stacked ys
     assert {e.code for e in g.edges} == {1}
+    # its partials: a chain of local Jacobians (carry: n = 2, ys: q = 2, xs: m = 2, sources c and xs)
+    plan = g.program.equations[0].loop
+    assert (plan.length, plan.float_carries, plan.carry_sources, plan.x_sources) == (size, (0,), (0,), (0,))
+    chains = {mode: _loops.chain_muls(mode, size, n=2, q=2, carry_columns=2, p=0, m=2)
+              for mode in ("forward", "reverse")}
+    assert chains["forward"] == chains["reverse"] == size * 4 * 2 * (2 + 2 * size)  # a tie: forward
+    assert (plan.mode, plan.chain_muls) == ("forward", chains["forward"])
+    assert _loops.partial_muls(g) == size * plan.body_muls + plan.chain_muls
+    assert graph.cost(g, "forward") == sum(graph.elimination_costs(g, graph.forward(g)))  # outside the cost
     small = graph.trace(f, jnp.ones(2), jnp.ones((4, 2)))
     assert "scan[0]" not in [v.primitive for v in small.vertices]
 
