@@ -455,28 +455,30 @@ class Eliminator:
         src, dst = self.src_shape, self.dst_shape
         # Per tracked neighbour: {(old code or None, new code, far end's shape): edges changed so}.
         changes: dict[int, dict[tuple[int | None, int, Shape2D], int]] = {u: {} for u in delta}
+        # What the inner loop reads of each predecessor, looked up once per elimination.
+        rows = [(p, mul[in_code - MIN_CODE], all_succs[p], out_classes[p], src[p], changes.get(p))
+                for p, in_code in preds.items()]
         for c, out_code in succs.items():
-            c_preds, c_in = all_preds[c], in_classes[c]
+            c_preds, c_in, c_dst, out_index = all_preds[c], in_classes[c], dst[c], out_code - MIN_CODE
             c_changes = changes.get(c)
-            for p, in_code in preds.items():
-                p_succs = all_succs[p]
-                new = mul[in_code - MIN_CODE][out_code - MIN_CODE]
+            for p, mul_row, p_succs, p_out, p_src, p_changes in rows:
+                new = mul_row[out_index]
                 old = p_succs.get(c)
                 code = new if old is None else add[old - MIN_CODE][new - MIN_CODE]
                 if old != code:
                     p_succs[c] = c_preds[p] = code
-                    _recount(out_classes[p], old, code, dst[c])
-                    _recount(c_in, old, code, src[p])
-                    p_changes = changes.get(p)
+                    _recount(p_out, old, code, c_dst)
+                    _recount(c_in, old, code, p_src)
                     if p_changes is not None:
-                        key = (old, code, dst[c])
+                        key = (old, code, c_dst)
                         p_changes[key] = p_changes.get(key, 0) + 1
                     if c_changes is not None:
-                        key = (old, code, src[p])
+                        key = (old, code, p_src)
                         c_changes[key] = c_changes.get(key, 0) + 1
                 if record is not None:
+                    in_code = preds[p]
                     record.append(Product(p, node, c, in_code, out_code, new, 0 if old is None else old, 0 if old is None
-                                          else code, self._shape_pair((in_code, out_code, dst[c], src[node], src[p]))))
+                                          else code, self._shape_pair((in_code, out_code, c_dst, src[node], p_src))))
         for c, out_code in succs.items():
             del all_preds[c][node]
             _recount(in_classes[c], out_code, None, src[node])
