@@ -1,12 +1,13 @@
 """The partials of a `scan` kept as a loop: local Jacobians by elimination, chained across iterations.
 
 A scan too long to unroll (`graph._loops`) is one dense vertex per floating-point output. Its
-partials w.r.t. its differentiated operands are accumulated as the graph's `LoopPlan` says, in two
-compiled `lax.scan`s: the first runs the iterations, each computing the body's local Jacobian blocks
-by cross-country elimination in the plan's body order (the interpreter's own `jacobian`); the second
-multiplies them along the chain, forward (a tangent state d c_k / d sources) or reverse (an adjoint
-state d outputs / d c_k). Every multiplication is counted (`MultiplicationCounter.loops`) and
-checked against the plan (`graph._loops.partial_muls` is their total).
+partials w.r.t. its differentiated operands are accumulated as the graph's `LoopPlan` says: each
+iteration computes the body's local Jacobian blocks by cross-country elimination in the plan's body
+order (the interpreter's own `jacobian`), and the chain multiplies them forward (a tangent state
+d c_k / d sources, updated in the same compiled `lax.scan` as the iterations) or reverse (an adjoint
+state d outputs / d c_k, in a second `lax.scan` over the stacked blocks, last to first). Every
+multiplication is counted (`MultiplicationCounter.loops`) and checked against the plan
+(`graph._loops.partial_muls` is their total).
 
 Layout of the loop's Jacobian J: rows are the floating-point carries (n entries) then, per
 iteration, the floating-point stacked outputs (q entries); columns are the differentiated carries,
@@ -102,32 +103,33 @@ def loop_partials(eqn, values: list[Any], reached: dict[int, list], counter: Mul
         )
         return [jnp.asarray(o, a.dtype) for o, a in zip(outs[:num_carry], carry_avals)], blocks
 
-    _, (A, E, B, GA, GE, GB) = jax.lax.scan(iteration, carry0, xs, length=length, reverse=params["reverse"])
     steps = jnp.arange(length)
     # Iteration k of a reverse scan runs at position length-1-k, but its blocks are stacked at k, as
     # its outputs are; the chain runs through the carries in run order.
-    chain_reverse = params["reverse"]
-
     carry_offsets = _offsets(n_sizes)
-    if plan.mode == "forward":
+    if plan.mode == "forward":  # the chain runs with the iterations, in one scan
         N = nk + p + length * m
         T = jnp.zeros((n, N), dtype)
         for i, off, size in zip(plan.carry_sources, _offsets(k_sizes), k_sizes):
             row = carry_offsets[plan.float_carries.index(i)]
             T = T.at[row : row + size, off : off + size].set(jnp.eye(size, dtype=dtype))
 
-        def forward(T, block):
-            k, a, e, b, ga, ge, gb = block
+        def forward(state, step):
+            carry, T = state
+            k, x = step
+            carry, (a, e, b, ga, ge, gb) = iteration(carry, x)
             y = (ga @ T).at[:, nk : nk + p].add(ge)
             y = jax.lax.dynamic_update_slice(y, gb, (0, nk + p + k * m))
             T = (a @ T).at[:, nk : nk + p].add(e)
             T = jax.lax.dynamic_update_slice(T, b, (0, nk + p + k * m))
-            return T, y
+            return (carry, T), y
 
-        T, Y = jax.lax.scan(forward, T, (steps, A, E, B, GA, GE, GB), reverse=chain_reverse)
+        (_, T), Y = jax.lax.scan(forward, (carry0, T), (steps, xs), length=length, reverse=params["reverse"])
         counted = length * (q * n * N + n * n * N)
         J = jnp.concatenate([T, Y.reshape(length * q, N)], axis=0)
     else:
+        # The blocks of every iteration first (the adjoint needs them last to first), then the chain.
+        _, (A, E, B, GA, GE, GB) = jax.lax.scan(iteration, carry0, xs, length=length, reverse=params["reverse"])
         M = n + length * q
         W = jnp.zeros((M, n), dtype).at[:n].set(jnp.eye(n, dtype=dtype))
 
@@ -139,7 +141,7 @@ def loop_partials(eqn, values: list[Any], reached: dict[int, list], counter: Mul
             W = jax.lax.dynamic_update_slice(W @ a, ga, (row, 0))
             return W, (dx, de)
 
-        W, (DX, DE) = jax.lax.scan(backward, W, (steps, A, E, B, GA, GE, GB), reverse=not chain_reverse)
+        W, (DX, DE) = jax.lax.scan(backward, W, (steps, A, E, B, GA, GE, GB), reverse=not params["reverse"])
         counted = length * (M * n * m + M * n * p + M * n * n)
         columns = [W[:, carry_offsets[plan.float_carries.index(i)] : carry_offsets[plan.float_carries.index(i)] + s]
                    for i, s in zip(plan.carry_sources, k_sizes)]
