@@ -12,8 +12,18 @@ until the program has about N equations, in five forms:
 - ``fori`` / ``scan``: the scalar step as the body of ``lax.fori_loop`` / ``lax.scan`` with as
   many steps as the scalar form has (N counts the equations the loop would unroll to).
 
-Every form differentiates all 8 scalar inputs (``argnums=(0, ..., 7)``; the vector form w.r.t.
-v and w and the 4 parameters). For each form and size, each stage runs in a subprocess of its own
+Generated forms (float64, as a held-out family of generated programs may be), each statement
+drawn from a broad primitive mix reading recent values (`_random_program`):
+
+- ``random``: four scalar arguments, scalar statements (elementwise primitives).
+- ``random-vector``: arguments (16,), (4, 4), a scalar and (8,); values of at most 64 entries
+  (reductions, dot/matrix-vector/outer products, broadcasts, slices, concatenation, reshapes,
+  transposes, jnp.roll, indexing with constant integers and index arrays besides).
+- ``wide``: the same mix on (512,), (128,), a scalar and (32, 16), values up to 1,024 entries.
+- ``model``: a Python loop of Euler steps of the Lorenz-96 model on a state of 128 entries.
+
+The FitzHugh-Nagumo forms differentiate all 8 scalar inputs (``argnums=(0, ..., 7)``; the vector
+form w.r.t. v and w and the 4 parameters), the generated ones all their arguments. For each form and size, each stage runs in a subprocess of its own
 (peak RSS per stage: ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, JAX's import included),
 killed at ``--timeout`` seconds or ``--max-gb`` of resident memory:
 
@@ -28,7 +38,8 @@ killed at ``--timeout`` seconds or ``--max-gb`` of resident memory:
 - ``jacrev``: the same for ``jax.jit(jax.jacrev(f, argnums))``.
 
 Only the public API is used (``interpreter.jacobian``), so whatever path the interpreter takes for
-a program (straight-line, tape) is what is measured. Prints one markdown table row per form and
+a program (straight-line, tape) is what is measured; the ``trace`` stage reports that path, and
+for a program the tape does not take, why (the column "path"). Prints one markdown table row per form and
 size (docs/benchmarks.md, "Scale"); ``--json`` also writes every measurement.
 
     python benchmarks/scale.py                                  # every form, N = 200 1000 3000 10000
@@ -341,6 +352,23 @@ def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def _path(g) -> str:
+    """Which path ``interpreter.jacobian(f, "reverse")`` takes for graph `g`: "tape", or
+    "straight-line" with the reason (too small for the tape, or what the tape does not take)."""
+    from alphagrad import graph
+    from alphagrad.interpreter import _tape
+
+    steps = graph.plan(g, graph.resolve_order(g, "reverse"))
+    size = _tape.straight_line_size(g, steps)
+    if len(g.program.equations) < _tape.TAPE_MIN_EQUATIONS or size < _tape.TAPE_MIN_SIZE:
+        return f"straight-line (size {size:,})"
+    try:
+        _tape.build(g, steps)
+    except _tape.Unsupported as err:
+        return f"straight-line ({err})"
+    return "tape"
+
+
 def run_stage(stage: str, form: str, size: int) -> None:
     import jax
     import jax.numpy as jnp
@@ -358,6 +386,7 @@ def run_stage(stage: str, form: str, size: int) -> None:
         g = graph.jacobian_graph(f, *args, argnums=argnums)
         _emit(trace_s=time.perf_counter() - start, vertices=g.num_vertices, edges=len(g.edges))
         if stage == "trace":
+            _emit(path=_path(g))
             start = time.perf_counter()
             order = graph.markowitz(g)
             _emit(markowitz_s=time.perf_counter() - start)
@@ -377,12 +406,6 @@ def run_stage(stage: str, form: str, size: int) -> None:
     start = time.perf_counter()
     ours = jax.block_until_ready(jitted(*args))
     _emit(first_s=time.perf_counter() - start, rss_gb=_rss_gb())
-    if stage != "jacrev":
-        ref = jax.jacfwd(f, argnums=argnums)(*args)  # eager: no jit, JAX's forward mode op by op
-        a, b = jax.tree.leaves(ours), jax.tree.leaves(ref)
-        assert len(a) == len(b)
-        scale = max(float(np.max(np.abs(x))) for x in b)
-        _emit(error=max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b)) / scale)
     _emit(batch1_s=_steady(jitted, *args))
     batch = tuple(x + 0.01 * jnp.linspace(-1.0, 1.0, 1024, dtype=jnp.float32).reshape((1024,) + (1,) * x.ndim)
                   for x in args)
@@ -391,6 +414,12 @@ def run_stage(stage: str, form: str, size: int) -> None:
     jax.block_until_ready(vmapped(*batch))
     _emit(batch1024_first_s=time.perf_counter() - start)
     _emit(batch1024_s=_steady(vmapped, *batch), rss_gb=_rss_gb())
+    if stage != "jacrev":  # last: op by op it takes minutes at 10,000 equations
+        ref = jax.jacfwd(f, argnums=argnums)(*args)  # eager: no jit, JAX's forward mode op by op
+        a, b = jax.tree.leaves(ours), jax.tree.leaves(ref)
+        assert len(a) == len(b)
+        scale = max(float(np.max(np.abs(x))) for x in b)
+        _emit(error=max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b)) / scale)
 
 
 # ---- the driver -----------------------------------------------------------------------------------------------
@@ -457,7 +486,7 @@ def _cell_runs(r: dict) -> str:
     return f"{one} / {many}"
 
 
-HEADER = ("| form | equations | vertices | edges | trace (s) | markowitz (s) | auto (s) | muls fwd / rev / mm / auto "
+HEADER = ("| form | equations | vertices | edges | path | trace (s) | markowitz (s) | auto (s) | muls fwd / rev / mm / auto "
           "| first call, reverse | first call, markowitz | first call, jax.jacrev | run b=1 / b=1024 (ms): reverse "
           "| markowitz | jacrev | max rel. error vs eager jacfwd (rev, mm) |")
 
@@ -468,7 +497,7 @@ def row(form: str, size: int, stages: dict[str, dict]) -> str:
                                                    (a, "muls_auto")))
     rev, mm, jr = stages.get("reverse", {}), stages.get("markowitz", {}), stages.get("jacrev", {})
     errors = ", ".join(_fmt(x.get("error"), ".1e") for x in (rev, mm))
-    cells = [form, _fmt(t.get("equations")), _fmt(t.get("vertices")), _fmt(t.get("edges")),
+    cells = [form, _fmt(t.get("equations")), _fmt(t.get("vertices")), _fmt(t.get("edges")), t.get("path", "–"),
              _fmt(t.get("trace_s"), "s"), _fmt(t.get("markowitz_s"), "s"),
              _fmt(a.get("auto_s"), "s") if "auto_s" in a else a.get("stopped", "–"), muls,
              _cell_first(rev), _cell_first(mm), _cell_first(jr), _cell_runs(rev), _cell_runs(mm), _cell_runs(jr),

@@ -221,3 +221,53 @@ def test_derivatives_of_a_taped_jacobian(force_tape):
         expected = jax.jacfwd(jax.jacfwd(scalars, argnums=(0, 1, 2)), argnums=0)(*args)
         _close(jax.jacfwd(jac, argnums=0)(*args), expected, rtol=1e-10)
         _close(jax.jacrev(jac, argnums=0)(*args), expected, rtol=1e-10)
+
+
+def mixed_shapes(x, m, s):
+    """The same elementwise primitives on a (5,) vector, a (2, 2) matrix and a scalar; whole sums
+    and dot products of vectors; data movements with parameters of their own each time (slices,
+    jnp.roll, an empty slice in a concatenation, indexing with an index array, whose index
+    arithmetic is folded at build time)."""
+    for k in range(1, 3):
+        x = jnp.sin(x) * s + jnp.tanh(x) / (1.0 + x * x)
+        m = jnp.sin(m) * s + jnp.tanh(m) / (1.0 + m * m)
+        s = jnp.sin(s) * s + jnp.tanh(s) / (1.0 + s * s)
+        s = s + jnp.sum(x) * 0.1 + jnp.dot(x, jnp.roll(x, k + 1)) * 0.05 + jnp.sum(m) * 0.1
+        x = jnp.concatenate([x[k:], jax.lax.slice(x, (0,), (0,)), x[:k]]) + m.reshape(-1)[jnp.array([0, 1, 2, 3, -1])]
+        m = m.T + x[1:3] * s
+    return x, m, s
+
+
+def test_tape_kinds_do_not_grow_with_shapes(force_tape):
+    """Elementwise equations run on padded lanes (one kind per primitive and operand pattern,
+    whatever the shape), data movements as copies of their sources (one kind): the tape has far
+    fewer switch branches than the program has (primitive, parameters, shape) combinations, and
+    its Jacobians are jax.jacfwd's."""
+    with jax.enable_x64(True):
+        args = (jnp.linspace(-0.5, 0.7, 5), jnp.array([[0.3, -0.2], [0.1, 0.4]]), jnp.float64(0.6))
+        argnums = (0, 1, 2)
+        g = interpreter.graph_of(mixed_shapes, *args, argnums=argnums)
+        combos = {(e.primitive.name, str(e.params), e.aval.shape) for e in g.program.equations if e.primitive is not None}
+        expected = jax.jit(jax.jacfwd(mixed_shapes, argnums=argnums))(*args)
+        for order in _orders(g)[3:]:  # a random order: products of every code pair
+            tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, order)))
+            assert len(tape.branches) * 2 < len(combos)
+            assert tape.muls == graph.cost(g, order)
+            _close(jax.jit(interpreter.jacobian(mixed_shapes, order, argnums=argnums))(*args), expected, rtol=1e-10)
+
+
+def test_the_tape_is_chosen_by_the_size_of_the_straight_line_program():
+    """Equations on vectors weigh more than scalar ones: 200 equations on 4-entry vectors take the
+    tape, 200 scalar equations keep the straight-line path."""
+    def chain(x, p):
+        for _ in range(50):
+            x = x + 0.01 * jnp.sin(x) * p
+        return x
+
+    for shape in [(4,), ()]:
+        args = (jnp.full(shape, 0.3), jnp.full(shape, 0.7))
+        g = interpreter.graph_of(chain, *args, argnums=(0, 1))
+        steps = graph.plan(g, graph.resolve_order(g, "reverse"))
+        assert len(g.program.equations) >= _tape.TAPE_MIN_EQUATIONS
+        taped = _jacobian._tape_of(g, steps) is not None
+        assert taped == (shape != ()), (shape, _tape.straight_line_size(g, steps))
