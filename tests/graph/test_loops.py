@@ -82,11 +82,16 @@ def test_consts_a_length_without_xs_and_nested_loops():
     assert not any(e.code == 1 for e in g.edges)
 
 
-def test_a_loop_above_the_threshold_stays_one_dense_vertex():
+def test_a_loop_above_the_threshold_stays_one_dense_vertex(monkeypatch):
     def f(c, xs):
         return jax.lax.scan(cell, c, xs)[0]
 
     size = _loops.UNROLL_MAX_EQUATIONS  # iterations of at least 3 equations each: too many to unroll
+    # By default its partials are JAX's differentiation of the whole loop: a chain of local Jacobians
+    # would not save half of its multiplications.
+    dense = graph.trace(f, jnp.ones(2), jnp.ones((size, 2))).program.equations[0]
+    assert dense.primitive.name == "scan" and dense.loop is None
+    monkeypatch.setattr(_loops, "CHAIN_ADVANTAGE", 0.0)  # the chain wherever it applies
     g = graph.trace(f, jnp.ones(2), jnp.ones((size, 2)))
     assert [v.primitive for v in g.vertices] == ["scan[0]", "scan[1]"]  # the carry and the stacked ys
     assert {e.code for e in g.edges} == {1}
@@ -116,3 +121,11 @@ def test_the_unrolled_size_counts_nested_loops_and_calls():
     g = graph.trace(f, 1.0)
     assert [v.primitive for v in g.vertices] == ["sin"] * 20
     np.testing.assert_equal(graph.cost(g, "forward"), 19)  # the chain of 20 diagonal scalars
+
+
+def test_whole_loop_estimate_takes_the_cheaper_of_columns_and_rows():
+    # 10 iterations, carry n = 2, no ys, constants p = 3, xs m = 1 per step: columns 2 + 3 + 10 = 15,
+    # each costing 60 / (2 + 3 + 1) = 10 per iteration; rows 2, each costing 40 / 2 = 20.
+    dims = dict(length=10, n=2, q=0, carry_columns=2, p=3, m=1)
+    assert _loops.whole_loop_muls(body_forward=60, body_reverse=40, **dims) == min(10 * 15 * 10, 10 * 2 * 20)
+    assert _loops.whole_loop_muls(body_forward=6, body_reverse=4000, **dims) == 10 * 15 * 1

@@ -94,6 +94,7 @@ def test_loop_jacobians_are_exact_and_counted_in_every_order(name):
 @pytest.mark.parametrize("name", sorted(KEPT))
 def test_loops_kept_as_loops_chain_their_local_jacobians(name, monkeypatch):
     monkeypatch.setattr(_loops, "UNROLL_MAX_EQUATIONS", 0)
+    monkeypatch.setattr(_loops, "CHAIN_ADVANTAGE", 0.0)  # the chain wherever it applies
     f, args, argnums, mode = KEPT[name]
     g = check_exact_and_counted(f, args, argnums)
     plans = [e.loop for e in g.program.equations if e.loop is not None]
@@ -120,6 +121,7 @@ def test_a_value_returned_twice_has_its_jacobian_in_both_places():
 
 def test_a_kept_loop_whose_stacked_output_is_its_carry(monkeypatch):
     monkeypatch.setattr(_loops, "UNROLL_MAX_EQUATIONS", 0)
+    monkeypatch.setattr(_loops, "CHAIN_ADVANTAGE", 0.0)
 
     def recorded(y0, b):
         def step(c, _):
