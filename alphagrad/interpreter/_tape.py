@@ -472,8 +472,12 @@ class _Builder:
             if (constant and eqn.primitive is not None and node is not None and node not in incoming
                     and node not in sources and not any(_is_jaxpr(v) for v in eqn.params.values())
                     and np.dtype(eqn.aval.dtype).kind in "biuf"):
-                with jax.ensure_compile_time_eval():  # concrete, also while an outer jit traces
-                    self.known[node] = np.asarray(_bind(eqn.primitive, eqn.params, [jnp.asarray(op.value) for op in operands]))
+                values = [np.asarray(op.value) for op in operands]
+                value = _numpy_eval(eqn.primitive.name, eqn.params, values)
+                if value is None or value.shape != tuple(eqn.aval.shape):
+                    with jax.ensure_compile_time_eval():  # concrete, also while an outer jit traces
+                        value = np.asarray(_bind(eqn.primitive, eqn.params, [jnp.asarray(v) for v in values]))
+                self.known[node] = value.astype(eqn.aval.dtype)
                 continue
             left.append(eqn)
         return left
@@ -982,11 +986,38 @@ def _numpy_map(name: str, params: dict, batch: list, fixed: list) -> np.ndarray 
         return np.broadcast_to(x.reshape(x.shape[0], *placed), (x.shape[0], *shape))
     if name == "reduce_sum":
         return x.sum(axis=tuple(a + 1 for a in params["axes"]))
+    if name == "gather" and x.ndim == 2 and fixed[1] is not None:  # x[index_array] on a vector (jnp indexing)
+        numbers = params["dimension_numbers"]
+        if (tuple(numbers.offset_dims), tuple(numbers.collapsed_slice_dims), tuple(numbers.start_index_map)) == (
+                (), (0,), (0,)) and tuple(params["slice_sizes"]) == (1,) and fixed[1].shape[-1:] == (1,):
+            if not getattr(numbers, "operand_batching_dims", ()) and np.all((fixed[1] >= 0) & (fixed[1] < x.shape[1])):
+                return x[:, fixed[1][..., 0]]
     if name == "dynamic_slice" and all(v is not None and v.ndim == 0 for v in fixed[1:]):
         sizes = params["slice_sizes"]
         starts = [min(max(int(v), 0), dim - size) for v, dim, size in zip(fixed[1:], x.shape[1:], sizes)]
         return x[(slice(None),) + tuple(slice(a, a + size) for a, size in zip(starts, sizes))]
     return None
+
+
+#: Elementwise primitives `_numpy_eval` applies with numpy (index arithmetic on constants).
+_NUMPY_ELEMENTWISE = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "neg": np.negative, "max": np.maximum, "min": np.minimum,
+    "lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "eq": np.equal, "ne": np.not_equal,
+    "and": np.logical_and, "or": np.logical_or, "not": np.logical_not, "abs": np.abs,
+}
+
+
+def _numpy_eval(name: str, params: dict, values: list) -> np.ndarray | None:
+    """An equation on constants evaluated with numpy, for the primitives that index arithmetic
+    uses (comparisons, additions, selections, conversions, data movement), or None."""
+    if name in _NUMPY_ELEMENTWISE and all(v.dtype.kind in "biu" for v in values):
+        return np.asarray(_NUMPY_ELEMENTWISE[name](*values))
+    if name == "select_n" and values[0].dtype.kind in "biu":
+        return np.choose(values[0].astype(np.int64), np.broadcast_arrays(*values[1:]))
+    if name == "convert_element_type":
+        return values[0].astype(params["new_dtype"])
+    moved = _numpy_map(name, params, [v[None] for v in values], [None] + values[1:])
+    return None if moved is None else moved[0]
 
 
 def _bind(primitive, params: dict, values: list) -> jax.Array:
