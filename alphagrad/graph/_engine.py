@@ -518,7 +518,9 @@ class Eliminator:
         invalidation (an entry is live while its key is the vertex's current key), so with
         bounded degrees a whole order costs O((E + fill-in) log V) key evaluations and heap
         operations plus the eliminations themselves, instead of a scan of every remaining vertex
-        per step. The order equals the one of that scan exactly.
+        per step. The order equals the one of that scan exactly. The state counts its edge
+        classes (`count_edge_classes`) first, so that a key and the cached costs it reads cost
+        the vertex's classes, not its edges, however many edges fill-in or a hub gives it.
 
         Args:
           key: vertex number -> comparable score (numbers, or tuples of them, compared with ==).
