@@ -318,7 +318,9 @@ def _dense_partials_over(eqn: Equation, values: list[Any], positions: list[int],
     primals = tuple(jnp.asarray(values[i]) for i in floats)
 
     def of_floats(*xs):
-        operands = list(values)
+        # Constants captured by the trace are numpy arrays; a rule may index one with a traced
+        # integer (odeint's VJP indexes its times in a scan), which only a JAX array allows.
+        operands = [jnp.asarray(v) if isinstance(v, np.ndarray) else v for v in values]
         for i, y in zip(floats, xs):
             operands[i] = y
         results = _bind_all(eqn, operands)
