@@ -597,13 +597,14 @@ class _Builder:
         for e in graph.edges:
             if e.code != 0:
                 incoming.setdefault(e.dst, []).append(e)
-        for k, eqn in enumerate(program.equations):
+        equations = [piece for eqn in program.equations for piece in _split_pieces(eqn)]
+        for k, eqn in enumerate(equations):
             where = f"equation {k + 1}" + (f" ({eqn.primitive.name})" if eqn.primitive is not None else " (output copy)")
             if eqn.primitive is not None and any(_is_jaxpr(v) for v in eqn.params.values()):
                 raise Unsupported(f"{where} holds a sub-program (a loop or a branch)")
             if len(eqn.outputs) != 1:  # (a sort of one array has one result, in a list)
                 raise Unsupported(f"{where} has several outputs")
-        equations = self._fold(program.equations, incoming)
+        equations = self._fold(equations, incoming)
         # Leaves, then the constants in one contiguous block (written at once by `run`).
         for wanted in (LeafRef, object):
             for eqn in equations:
@@ -1005,6 +1006,24 @@ _NUMPY_ELEMENTWISE = {
     "lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "eq": np.equal, "ne": np.not_equal,
     "and": np.logical_and, "or": np.logical_or, "not": np.logical_not, "abs": np.abs,
 }
+
+
+def _split_pieces(eqn) -> list:
+    """A `split` equation (jnp.split: several outputs) as one slice per output that has a vertex
+    (the others are read by nobody); any other equation as itself."""
+    if eqn.primitive is None or eqn.primitive.name != "split" or len(eqn.operands) != 1:
+        return [eqn]
+    axis, pieces, start = eqn.params["axis"], [], 0
+    for out, aval, size in zip(eqn.outputs, eqn.avals, eqn.params["sizes"]):
+        begin = [0] * len(aval.shape)
+        begin[axis] = start
+        limit = list(aval.shape)
+        limit[axis] = start + int(size)
+        start += int(size)
+        if out.node is not None:
+            params = {"start_indices": tuple(begin), "limit_indices": tuple(limit), "strides": None}
+            pieces.append(eqn._replace(primitive=lax.slice_p, params=params, aval=aval, outputs=(out,), avals=(aval,)))
+    return pieces
 
 
 def _numpy_eval(name: str, params: dict, values: list) -> np.ndarray | None:

@@ -227,7 +227,7 @@ def mixed_shapes(x, m, s):
     """The same elementwise primitives on a (5,) vector, a (2, 2) matrix and a scalar; whole sums
     and dot products of vectors; data movements with parameters of their own each time (slices,
     jnp.roll, an empty slice in a concatenation, indexing with an index array, whose index
-    arithmetic is folded at build time)."""
+    arithmetic is folded at build time, jnp.split)."""
     for k in range(1, 3):
         x = jnp.sin(x) * s + jnp.tanh(x) / (1.0 + x * x)
         m = jnp.sin(m) * s + jnp.tanh(m) / (1.0 + m * m)
@@ -235,6 +235,8 @@ def mixed_shapes(x, m, s):
         s = s + jnp.sum(x) * 0.1 + jnp.dot(x, jnp.roll(x, k + 1)) * 0.05 + jnp.sum(m) * 0.1
         x = jnp.concatenate([x[k:], jax.lax.slice(x, (0,), (0,)), x[:k]]) + m.reshape(-1)[jnp.array([0, 1, 2, 3, -1])]
         m = m.T + x[1:3] * s
+        head, _, tail = jnp.split(x, [2, 3])  # several outputs: one slice each
+        s = s + jnp.linalg.norm(tail) * 0.1 + head[1] * 0.1
     return x, m, s
 
 
