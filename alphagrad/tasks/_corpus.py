@@ -6,7 +6,9 @@ ops, products, clipping, integer-array indexing (gather), scatters, dynamic slic
 (solve, triangular solve, Cholesky, eigh), log-softmax, an embedding lookup and fixed-key noise.
 The rest is written by group, as application code: neural-network layers and losses
 (`_corpus_nn`), scientific residuals, integrators, particles, robots and stencils
-(`_corpus_science`), control flow, indexing and linear algebra (`_corpus_control`). The test suite
+(`_corpus_science`), control flow, indexing and linear algebra (`_corpus_control`), and functions
+in the styles of outside users (`_corpus_outsider`: pytrees, partials, mixed precision, special
+functions, custom roots and solves, out-of-bounds index modes). The test suite
 checks every function's Jacobian in several orders, under ``jax.jit``, and its counted
 multiplications (tests/interpreter/test_corpus.py); docs/corpus.md is its table.
 
@@ -21,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alphagrad.tasks import _corpus_control, _corpus_nn, _corpus_science
+from alphagrad.tasks import _corpus_control, _corpus_nn, _corpus_outsider, _corpus_science
 from alphagrad.tasks._registry import Task
 
 __all__ = ["corpus", "corpus_groups"]
@@ -204,7 +206,7 @@ _FORWARD_ONLY = frozenset({"fori_dynamic", "newton_sqrt", "cubic_root_newton"})
 
 def _entries() -> list[tuple]:
     return (_primitive_entries() + _corpus_nn.entries() + _corpus_science.entries()
-            + _corpus_control.entries())
+            + _corpus_control.entries() + _corpus_outsider.entries())
 
 
 def corpus() -> dict[str, Task]:
@@ -214,7 +216,9 @@ def corpus() -> dict[str, Task]:
     integer trip counts, branch indices, offsets, tokens and index arrays; an int when there is
     one). ``Task.reference_jacobian`` is ``"jacfwd"`` for the while loops with a trip count known
     only at run time (``fori_dynamic``, ``newton_sqrt``, ``cubic_root_newton``), which
-    ``jax.jacrev`` cannot differentiate, and ``"jacrev"`` for the others.
+    ``jax.jacrev`` cannot differentiate, and for ``mixed_precision_dense`` (float32 parameters
+    in a float64 model: jax.jacrev rounds the blocks to float32, jax.jacfwd and alphagrad keep
+    float64), ``"jacrev"`` for the others.
 
     Example arguments are small (at most a few dozen entries per array). Functions written for
     float64 (most residuals, integrators and the linear algebra) take numpy float64 arrays:
@@ -228,7 +232,7 @@ def corpus() -> dict[str, Task]:
     return {
         fn.__name__: Task(
             fn, args, fn.__name__, fn.__doc__.splitlines()[0], argnums,
-            "jacfwd" if fn.__name__ in _FORWARD_ONLY else "jacrev",
+            "jacfwd" if fn.__name__ in _FORWARD_ONLY | _corpus_outsider.JACFWD_REFERENCE else "jacrev",
         )
         for _, fn, args, argnums in _entries()
     }
