@@ -673,7 +673,9 @@ def jacobian(
     Returns:
       A function with f's signature returning, like ``jax.jacrev``, for each output leaf the
       Jacobian blocks [*out_shape, *in_shape] in the argument's pytree structure (a tuple over
-      argnums when `argnums` is a tuple), plus aux with ``has_aux``. It works under ``jax.jit`` and
+      argnums when `argnums` is a tuple), plus aux with ``has_aux``. A block's dtype is the wider
+      of its input's and output's: jax.jacrev's input dtype, except that float32 inputs of a float64
+      output (flax parameters in a float64 model) get float64 blocks with every digit, as jax.jacfwd. It works under ``jax.jit`` and
       ``jax.vmap``. The graph is traced once per input signature. Zero-size arrays are fine (their
       blocks are empty or zero, as jax.jacrev's); integer and boolean arguments get float0 blocks
       (as ``jax.grad(..., allow_int=True)`` gives). A long straight-line program (at least
