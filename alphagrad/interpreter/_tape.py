@@ -19,11 +19,21 @@ not grow with the number of equations:
    flattened. Two `dynamic_update_slice`\\ s write outputs and partials into ``vals`` and the edge
    buffer ``edges[num_edge_slots]``. The branches return only these small arrays, never a buffer,
    so under `jax.vmap` nothing of size num_slots is copied per step.
+   XLA compiles every branch, so kinds are kept few whatever the shapes (generated programs use
+   the same primitives on many shapes and slice at many offsets): an *elementwise* equation
+   (and a whole sum or a dot product of two vectors) runs on ``width`` padded lanes (the largest
+   such output; padding lanes read a zero constant), one kind per primitive, parameters and
+   operand pattern (broadcast scalar or not), its partials the JVP responses to tangents of
+   ones (gradients for the reductions) one lane per entry; an equation that only *moves data*
+   (every output entry one operand entry or zero, at fixed positions) runs as a copy of its
+   sources, all in one kind; equations computed from constants alone (index arithmetic) are
+   evaluated when the tape is built and become constants; a ``split`` runs as one slice per output.
    Partials that only move data hold no values: identities (value-less codes) and *static* index
    maps (code 11 maps that depend neither on the values nor on computed indices: slices, squeeze,
    stack/concatenate, reshape, broadcasts, sums, cumsum, gathers at constant indices) are
-   tabulated when the tape is built (one jitted JVP per map kind, entries checked to be
-   non-negative integer counts) and become copies. *Run-time* maps (sort, clamp, max pooling,
+   tabulated when the tape is built (with numpy for the common movements, else by binding the
+   primitive on the basis of its operand; entries checked to be non-negative integer counts)
+   and become copies. *Run-time* maps (sort, clamp, max pooling,
    gathers/scatters/dynamic slices at computed indices, whose JVPs select one entry, so every
    entry is exactly 0 or 1) are computed by the branch as 0/1 masks.
 2. **Eliminations.** Every `graph.Product` of ``graph.plan(graph, order)`` becomes scalar tape
@@ -46,10 +56,12 @@ made (mask slots are kept: maps may share them).
 
 **The class the tape executes** (`build` raises `Unsupported` otherwise and `_jacobian` falls back
 to the straight-line path, never to a wrong number): every argument leaf, constant and vertex has
-1 to `MAX_COMPONENTS` entries; every equation has one output and no sub-jaxpr (no loops or
-branches: those are dense primitives whose JVPs belong in the straight-line path); every value is
-of the program's one floating-point dtype or boolean, except integer constants (exactly
-representable in that dtype) and small integers computed at run time (argmax/argmin indices and
+at most `MAX_COMPONENTS` entries (empty values are fine); every equation but ``split`` has one
+output and no sub-jaxpr (no loops or branches: those are dense primitives whose JVPs belong in the
+straight-line path); the buffers are float64 when the program has float64 values, else float32,
+and every value is floating-point (float16, bfloat16, float32 each computed in its own dtype and
+held exactly in the buffer) or boolean, except integer constants (exactly representable in the
+buffer's dtype) and small integers computed at run time (argmax/argmin indices and
 sums, selections and movements of them, bounded well inside the dtype's exact integers); an index
 map whose partial depends on the values is one of the 0/1 kinds above (cummax/cummin split ties
 0.5/0.5 and fall back); at most `MAX_KINDS` equation kinds.
@@ -318,8 +330,19 @@ def _is_jaxpr(value: Any) -> bool:
     return type(value).__name__ in ("Jaxpr", "ClosedJaxpr")
 
 
-def _float_dtype(graph: Graph) -> Any:
-    """The one floating-point dtype of the program's values (Unsupported if several or none)."""
+def _floating(dtype) -> bool:
+    return jnp.issubdtype(dtype, jnp.floating)
+
+
+#: Floating-point dtypes the buffers hold exactly (float16 and bfloat16 values in a float32 one).
+_EXACT_IN = {np.dtype(np.float64): {"float16", "bfloat16", "float32", "float64"},
+             np.dtype(np.float32): {"float16", "bfloat16", "float32"}}
+
+
+def _float_dtype(graph: Graph) -> tuple[Any, set]:
+    """The buffers' dtype (float64 if the program has float64 values, else float32) and the
+    program's floating-point dtypes, every one exactly representable in it (Unsupported if the
+    program carries PRNG keys or another floating type)."""
     program = graph.program
     dtypes = set()
     avals = [aval for eqn in program.equations for aval in eqn.avals if aval is not None]
@@ -328,11 +351,12 @@ def _float_dtype(graph: Graph) -> Any:
         dtype = np.dtype(aval.dtype) if not jax.dtypes.issubdtype(aval.dtype, jax.dtypes.extended) else None
         if dtype is None:
             raise Unsupported("the program carries PRNG keys")
-        if jnp.issubdtype(dtype, jnp.floating):
+        if _floating(dtype):
             dtypes.add(dtype)
-    if len(dtypes) != 1 or next(iter(dtypes)) not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise Unsupported(f"the program's floating-point dtypes are {sorted(map(str, dtypes))}, not one of float32/float64")
-    return next(iter(dtypes))
+    buffer = np.dtype(np.float64) if np.dtype(np.float64) in dtypes else np.dtype(np.float32)
+    if not dtypes or not {d.name for d in dtypes} <= _EXACT_IN[buffer]:
+        raise Unsupported(f"the program's floating-point dtypes are {sorted(map(str, dtypes))}")
+    return buffer, dtypes
 
 
 def _storable(value: np.ndarray, dtype) -> bool:
@@ -350,7 +374,7 @@ class _Builder:
         self.program = graph.program
         if self.program is None:
             raise Unsupported("the graph has no program (a loaded graph)")
-        self.dtype = _float_dtype(graph)
+        self.dtype, self.float_dtypes = _float_dtype(graph)
         self.node_base: dict[int, int] = {}
         self.node_shape: dict[int, tuple] = {}
         self.leaf_base: dict[int, int] = {}
@@ -371,7 +395,7 @@ class _Builder:
         return size
 
     def _value_dtype_ok(self, dtype) -> bool:
-        return np.dtype(dtype) in (self.dtype, np.dtype(bool))
+        return np.dtype(dtype) in self.float_dtypes or np.dtype(dtype) == np.dtype(bool)
 
     def _leaf(self, index: int) -> int:
         if index not in self.leaf_base:
@@ -443,7 +467,7 @@ class _Builder:
             return None
         fixed = []
         for op, (_, shape, dtype) in zip(eqn.operands, operands):
-            if np.dtype(dtype).kind == "f":
+            if _floating(dtype):
                 fixed.append(None)  # drawn at random below (the map is linear in the floats jointly)
             elif op.node is None and not isinstance(op.value, (LeafRef, ValueRef)):
                 fixed.append(np.asarray(op.value).astype(dtype))
@@ -504,7 +528,7 @@ class _Builder:
         pattern = tuple((shp == () and shape != (), np.dtype(dt).str) for _, shp, dt in operands)
         groups: dict[int, list[int]] = {}
         for i, op in enumerate(eqn.operands):
-            if op.node is not None and self.node_dtype[op.node] == self.dtype and name != "reduce_sum":
+            if op.node is not None and _floating(self.node_dtype[op.node]) and name != "reduce_sum":
                 groups.setdefault(op.node, []).append(i)
         lane_groups = tuple(tuple(g) for g in groups.values())
         n_out = math.prod(shape)
@@ -533,13 +557,13 @@ class _Builder:
         entry (`zero` for a zero), else None. Such equations run as copies of their sources, all
         of one kind, so the slices, gathers and shifts of a program (each with its own
         parameters) add no switch branches."""
-        if eqn.primitive is None or eqn.primitive.name not in _MOVEMENTS or np.dtype(eqn.aval.dtype) != self.dtype:
+        if eqn.primitive is None or eqn.primitive.name not in _MOVEMENTS or not _floating(eqn.aval.dtype):
             return None
         n_out = math.prod(shape)
         sources = np.full(n_out, zero, np.int64)
         filled = np.zeros(n_out, np.int64)
         for i, (base, op_shape, dtype) in enumerate(operands):
-            if np.dtype(dtype).kind != "f":
+            if not _floating(dtype):
                 continue
             matrix = self._static_map(eqn, operands, (i,), head)
             if matrix is None:
@@ -586,11 +610,11 @@ class _Builder:
         self.node_dtype: dict[int, Any] = {}
         for node, leaf in enumerate(program.input_leaves, start=1):
             aval = program.leaf_avals[leaf]
-            if np.dtype(aval.dtype) != self.dtype:
+            if not _floating(aval.dtype):
                 raise Unsupported(f"differentiated argument leaf {leaf} has dtype {aval.dtype}")
             self.node_base[node] = self._leaf(leaf)
             self.node_shape[node] = tuple(aval.shape)
-            self.node_dtype[node] = self.dtype
+            self.node_dtype[node] = np.dtype(aval.dtype)
         # Operands of every equation (leaves and constants), before the vertices' slots, so that
         # the vertices' slots increase with the equation order (see `_padded_writes`).
         incoming: dict[int, list] = {}
@@ -694,7 +718,7 @@ class _Builder:
                 positions = tuple(i for i, op in enumerate(eqn.operands) if op.node == e.src)
                 if not positions:
                     raise Unsupported(f"{where}: edge from node {e.src} matches no operand")
-                if self.node_dtype[e.src] != self.dtype:
+                if not _floating(self.node_dtype[e.src]):
                     raise Unsupported(f"{where}: edge from a non-float node")
                 out_shape, in_shape = tuple(e.out_shape), tuple(e.in_shape)
                 if (out_shape != normalise_shape(shape) or in_shape != normalise_shape(self.node_shape[e.src])

@@ -273,3 +273,19 @@ def test_the_tape_is_chosen_by_the_size_of_the_straight_line_program():
         assert len(g.program.equations) >= _tape.TAPE_MIN_EQUATIONS
         taped = _jacobian._tape_of(g, steps) is not None
         assert taped == (shape != ()), (shape, _tape.straight_line_size(g, steps))
+
+
+def mixed_precision(x, p):
+    """Part of a float64 program computed in float32 (and a float32 argument)."""
+    y = jnp.sin(x.astype(jnp.float32)) * p + 0.5
+    return jnp.tanh(y.astype(jnp.float64) * x) + x * x, jnp.sum(y * y)
+
+
+def test_tape_holds_float32_values_in_a_float64_program(force_tape):
+    with jax.enable_x64(True):
+        args = (jnp.linspace(-0.5, 0.7, 4), jnp.float32(1.3))
+        g = interpreter.graph_of(mixed_precision, *args, argnums=(0, 1))
+        tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse")))
+        assert tape.dtype == np.float64
+        actual = jax.jit(interpreter.jacobian(mixed_precision, "reverse", argnums=(0, 1)))(*args)
+        _close(actual, jax.jacfwd(mixed_precision, argnums=(0, 1))(*args), rtol=1e-6, atol=1e-6)
