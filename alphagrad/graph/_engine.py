@@ -102,8 +102,9 @@ def _make_own(adjacency: list[dict[int, int]], nodes: Iterable[int], own: int) -
     return own
 
 
-def _recount(classes: dict[tuple[int, Shape2D], int], old: int | None, new: int | None, shape: Shape2D) -> None:
-    """Moves one edge to the far end `shape` from class (old, shape) to (new, shape) (None: no edge)."""
+def _recount(classes: dict[tuple[int, Any], int], old: int | None, new: int | None, shape: Any) -> None:
+    """Moves one edge to the far end `shape` (a shape, or its index) from class (old, shape) to
+    (new, shape) (None: no edge)."""
     if old is not None:
         key = (old, shape)
         left = classes[key] - 1
@@ -143,7 +144,7 @@ class Eliminator:
 
     __slots__ = ("graph", "model", "num_inputs", "src_shape", "dst_shape", "preds", "succs", "_remaining",
                  "_mul", "_add", "_model_pairs", "_pair_cache", "_cost", "_own_preds", "_own_succs",
-                 "_succ_keys", "_in_classes", "_out_classes")
+                 "_succ_keys", "_in_classes", "_out_classes", "_shapes", "_src_id", "_dst_id", "_id_pairs")
 
     def __init__(self, graph: Graph, model: CostModel | None = None):
         self.graph = graph
@@ -178,10 +179,17 @@ class Eliminator:
         # asked for. Tuples of ints rather than frozensets: the garbage collector stops tracking
         # them, which matters in a search that keeps many states.
         self._succ_keys: list[tuple[tuple[int, int], ...]] | None = None
-        # Per node id, {(code, predecessor's source shape): edges} and {(code, successor's
-        # destination shape): edges}, once `count_edge_classes` is called (None: not counted).
-        self._in_classes: list[dict[tuple[int, Shape2D], int]] | None = None
-        self._out_classes: list[dict[tuple[int, Shape2D], int]] | None = None
+        # Once `count_edge_classes` is called (None: not counted): per node id, {(code, index of
+        # the predecessor's source shape): edges} and {(code, index of the successor's
+        # destination shape): edges}; the distinct shapes those index, each node's source and
+        # destination shape index (small ints hash fast, tuples of tuples do not), and the pair
+        # costs by (in code, out code, c, v, p shape indices).
+        self._in_classes: list[dict[tuple[int, int], int]] | None = None
+        self._out_classes: list[dict[tuple[int, int], int]] | None = None
+        self._shapes: list[Shape2D] = []
+        self._src_id: list[int] = []
+        self._dst_id: list[int] = []
+        self._id_pairs: dict[tuple[int, int, int, int, int], int] = {}
 
     def count_edge_classes(self) -> None:
         """From now on this state counts each node's edges per class (code, far end's shape) and
@@ -190,9 +198,12 @@ class Eliminator:
         if self._in_classes is not None:
             return
         n = len(self.preds)
-        in_classes: list[dict[tuple[int, Shape2D], int]] = [{} for _ in range(n)]
-        out_classes: list[dict[tuple[int, Shape2D], int]] = [{} for _ in range(n)]
-        src, dst = self.src_shape, self.dst_shape
+        in_classes: list[dict[tuple[int, int], int]] = [{} for _ in range(n)]
+        out_classes: list[dict[tuple[int, int], int]] = [{} for _ in range(n)]
+        index: dict[Shape2D, int] = {}
+        self._src_id = src = [index.setdefault(shape, len(index)) for shape in self.src_shape]
+        self._dst_id = dst = [index.setdefault(shape, len(index)) for shape in self.dst_shape]
+        self._shapes, self._id_pairs = list(index), {}
         for u in range(n):
             classes = out_classes[u]
             for c, code in self.succs[u].items():
@@ -206,11 +217,14 @@ class Eliminator:
         """(in-edges, out-edges) of `vertex` (a vertex number) counted per class: {(code, the
         predecessor's source shape): edges}, {(code, the successor's destination shape): edges}.
 
-        Read only (the state's own counts once `count_edge_classes` was called; else counted now).
+        Counted now from the edges, or read off the state's own counts once `count_edge_classes`
+        was called; new dicts either way.
         """
         node = self.num_inputs + vertex
         if self._in_classes is not None:
-            return self._in_classes[node], self._out_classes[node]
+            shapes = self._shapes
+            return ({(code, shapes[i]): n for (code, i), n in self._in_classes[node].items()},
+                    {(code, shapes[i]): n for (code, i), n in self._out_classes[node].items()})
         ins: dict[tuple[int, Shape2D], int] = {}
         outs: dict[tuple[int, Shape2D], int] = {}
         for p, code in self.preds[node].items():
@@ -226,26 +240,33 @@ class Eliminator:
             value = self._model_pairs[key] = self.model.pair_cost(*key)
         return value
 
-    def _into(self, node: int, code: int, c_shape: Shape2D) -> int:
+    def _pair_by_id(self, key: tuple[int, int, int, int, int]) -> int:
+        """`_shape_pair` of (in code, out code, c, v, p shape indices), memoised per state."""
+        shapes = self._shapes
+        value = self._id_pairs[key] = self._shape_pair(
+            (key[0], key[1], shapes[key[2]], shapes[key[3]], shapes[key[4]]))
+        return value
+
+    def _into(self, node: int, code: int, c_id: int) -> int:
         """Σ over the in-edges q->node of the multiplications of (node->c)(q->node), where node->c
-        has `code` and c the destination shape `c_shape`."""
-        pairs, v_shape = self._model_pairs, self.src_shape[node]
+        has `code` and c the destination shape of index `c_id` (edge classes counted)."""
+        pairs, v_id = self._id_pairs, self._src_id[node]
         total = 0
-        for (q_code, q_shape), count in self._in_classes[node].items():
-            key = (q_code, code, c_shape, v_shape, q_shape)
+        for (q_code, q_id), count in self._in_classes[node].items():
+            key = (q_code, code, c_id, v_id, q_id)
             value = pairs.get(key)
-            total += count * (self._shape_pair(key) if value is None else value)
+            total += count * (self._pair_by_id(key) if value is None else value)
         return total
 
-    def _out_of(self, node: int, code: int, p_shape: Shape2D) -> int:
+    def _out_of(self, node: int, code: int, p_id: int) -> int:
         """Σ over the out-edges node->s of the multiplications of (node->s)(p->node), where p->node
-        has `code` and p the source shape `p_shape`."""
-        pairs, v_shape = self._model_pairs, self.src_shape[node]
+        has `code` and p the source shape of index `p_id` (edge classes counted)."""
+        pairs, v_id = self._id_pairs, self._src_id[node]
         total = 0
-        for (s_code, s_shape), count in self._out_classes[node].items():
-            key = (code, s_code, s_shape, v_shape, p_shape)
+        for (s_code, s_id), count in self._out_classes[node].items():
+            key = (code, s_code, s_id, v_id, p_id)
             value = pairs.get(key)
-            total += count * (self._shape_pair(key) if value is None else value)
+            total += count * (self._pair_by_id(key) if value is None else value)
         return total
 
     def _cost_by_classes(self, node: int) -> int:
@@ -349,8 +370,8 @@ class Eliminator:
         priced per class and per kind of change, without making them."""
         I, remaining = self.num_inputs, self._remaining
         preds, succs, all_succs = self.preds[node], self.succs[node], self.succs
-        mul, add, src, dst = self._mul, self._add, self.src_shape, self.dst_shape
-        changes: dict[int, dict[tuple[int | None, int, Shape2D], int]] = {
+        mul, add, src, dst = self._mul, self._add, self._src_id, self._dst_id
+        changes: dict[int, dict[tuple[int | None, int, int], int]] = {
             u: {} for u in (*preds, *succs) if u > I and remaining >> (u - I) & 1}
         for c, out_code in succs.items():
             c_changes = changes.get(c)
@@ -452,9 +473,9 @@ class Eliminator:
         all_preds, all_succs = self.preds, self.succs
         in_classes, out_classes = self._in_classes, self._out_classes
         mul, add = self._mul, self._add
-        src, dst = self.src_shape, self.dst_shape
+        src, dst = self._src_id, self._dst_id
         # Per tracked neighbour: {(old code or None, new code, far end's shape): edges changed so}.
-        changes: dict[int, dict[tuple[int | None, int, Shape2D], int]] = {u: {} for u in delta}
+        changes: dict[int, dict[tuple[int | None, int, int], int]] = {u: {} for u in delta}
         # What the inner loop reads of each predecessor, looked up once per elimination.
         rows = [(p, mul[in_code - MIN_CODE], all_succs[p], out_classes[p], src[p], changes.get(p))
                 for p, in_code in preds.items()]
@@ -478,7 +499,8 @@ class Eliminator:
                 if record is not None:
                     in_code = preds[p]
                     record.append(Product(p, node, c, in_code, out_code, new, 0 if old is None else old, 0 if old is None
-                                          else code, self._shape_pair((in_code, out_code, c_dst, src[node], p_src))))
+                                          else code, self._shape_pair((in_code, out_code, self.dst_shape[c],
+                                                                       self.src_shape[node], self.src_shape[p]))))
         for c, out_code in succs.items():
             del all_preds[c][node]
             _recount(in_classes[c], out_code, None, src[node])
@@ -489,16 +511,16 @@ class Eliminator:
             delta[u] += self._cost_change(node, u, kinds)
         in_classes[node], out_classes[node] = {}, {}
 
-    def _cost_change(self, node: int, u: int, kinds: dict[tuple[int | None, int, Shape2D], int]) -> int:
+    def _cost_change(self, node: int, u: int, kinds: dict[tuple[int | None, int, int], int]) -> int:
         """How much eliminating `node` changes the cost of its neighbour u (edge classes counted):
         u loses its edge to or from `node`, and its edges changed as `kinds` counts them ({(old code or
         None, new code, far end's shape): edges}). Reads u's edges on the side that does not change."""
         if u in self.succs[node]:  # u's in-edges change: priced against its out-edges
-            total = -self._out_of(u, self.succs[node][u], self.src_shape[node])
+            total = -self._out_of(u, self.succs[node][u], self._src_id[node])
             for (old, code, shape), count in kinds.items():
                 total += count * (self._out_of(u, code, shape) - (0 if old is None else self._out_of(u, old, shape)))
         else:  # u's out-edges change: priced against its in-edges
-            total = -self._into(u, self.preds[node][u], self.dst_shape[node])
+            total = -self._into(u, self.preds[node][u], self._dst_id[node])
             for (old, code, shape), count in kinds.items():
                 total += count * (self._into(u, code, shape) - (0 if old is None else self._into(u, old, shape)))
         return total
