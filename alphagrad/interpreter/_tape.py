@@ -23,8 +23,9 @@ not grow with the number of equations:
    the same primitives on many shapes and slice at many offsets): an *elementwise* equation
    (and a whole sum or a dot product of two vectors) runs on ``width`` padded lanes (the largest
    such output; padding lanes read a zero constant), one kind per primitive, parameters and
-   operand pattern (broadcast scalar or not), its partials the JVP responses to tangents of
-   ones (gradients for the reductions) one lane per entry; an equation that only *moves data*
+   operand pattern (broadcast scalar or not), its partials (one per floating-point operand,
+   used or not) the JVP responses to tangents of ones (gradients for the reductions), one lane
+   per entry; an equation that only *moves data*
    (every output entry one operand entry or zero, at fixed positions) runs as a copy of its
    sources, all in one kind; equations computed from constants alone (index arithmetic) are
    evaluated when the tape is built and become constants; a ``split`` runs as one slice per output.
@@ -526,10 +527,12 @@ class _Builder:
         if any(shp not in ((), shape) for _, shp, _ in operands) and name not in _LANE_REDUCTIONS:
             return None
         pattern = tuple((shp == () and shape != (), np.dtype(dt).str) for _, shp, dt in operands)
-        groups: dict[int, list[int]] = {}
-        for i, op in enumerate(eqn.operands):
-            if op.node is not None and _floating(self.node_dtype[op.node]) and name != "reduce_sum":
-                groups.setdefault(op.node, []).append(i)
+        # A partial per floating-point operand, a vertex or not (a vertex read twice: one for
+        # both), so that the operands' being constants or vertices makes no kinds of its own.
+        groups: dict[Any, list[int]] = {}
+        for i, (op, (_, _, dt)) in enumerate(zip(eqn.operands, operands)):
+            if _floating(dt) and name != "reduce_sum":
+                groups.setdefault(op.node if op.node is not None else ("operand", i), []).append(i)
         lane_groups = tuple(tuple(g) for g in groups.values())
         n_out = math.prod(shape)
         for e in incoming:
