@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -264,29 +264,36 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
     return Partial(code, out_shape, in_shape, value)
 
 
-def _dense_partials(eqn: Equation, values: list[Any], positions: list[int], outputs: list[int],
-                    out_shapes: list, in_shape) -> list[Partial]:
-    """Dense partials (code 1) of outputs of an equation without a structural rule w.r.t. the
-    operand at `positions` (JAX's own derivative of the primitive: the dense fallback).
+def _dense_partials(eqn: Equation, values: list[Any], sources: Mapping[int, tuple[list[int], tuple]],
+                    outputs: list[int], out_shapes: list) -> dict[int, list[Partial]]:
+    """Dense partials (code 1) of outputs of an equation without a structural rule w.r.t. each of its
+    source nodes (JAX's own derivative of the primitive: the dense fallback).
 
-    One vmapped JVP of the whole equation, one one-hot tangent per operand entry, gives the
-    columns of every output's partial at once (a multi-output equation is differentiated once per
-    operand, not once per output). The other floating-point operands get zero tangents rather than
-    none: some JVP rules (custom_linear_solve's, when only its solver's operands have tangents)
-    fail on all-symbolic-zero tangents; a zero multiply costs nothing the cost model counts.
+    The equation is differentiated once for all its sources: one vmapped JVP with one one-hot
+    tangent per entry of every source (its columns), or one vmapped VJP with one one-hot cotangent
+    per output entry (its rows), whichever is cheaper. Differentiating it once per source would run a
+    loop or a factorisation once per source, plus once for its value. The other floating-point
+    operands get zero tangents rather than none: some JVP rules (custom_linear_solve's, when only its
+    solver's operands have tangents) fail on all-symbolic-zero tangents; a zero multiply costs nothing
+    the cost model counts.
+
+    Args:
+      sources: per source node, the operand positions it occupies and its normalised shape (p1, p2).
+      outputs: the equation's outputs reached from the sources; out_shapes: their normalised shapes.
 
     Returns:
-      per entry of `outputs`, the partial with value [v1, v2, p1, p2] (normalised shapes).
+      per source node, per entry of `outputs`, the partial with value [v1, v2, p1, p2].
     """
     every_float = [i for i, v in enumerate(values) if _is_float(v)]
     # Some JVP rules refuse any tangent, even a zero one, for an operand they have no derivative
     # for (polygamma's order, betainc's a and b): then only the operands that are graph nodes, or
-    # only the one at `positions`, are varied (a generic reduce needs its operands' tangents alike).
+    # only the sources' own, are varied (a generic reduce needs its operands' tangents alike).
     nodes = [i for i in every_float if eqn.operands[i].node is not None]
-    attempts = list(dict.fromkeys(tuple(a) for a in (every_float, nodes, sorted(set(positions)))))
+    own = sorted({i for positions, _ in sources.values() for i in positions})
+    attempts = list(dict.fromkeys(tuple(a) for a in (every_float, nodes, own)))
     for k, floats in enumerate(attempts):
         try:
-            return _dense_partials_over(eqn, values, positions, outputs, out_shapes, in_shape, list(floats))
+            return _dense_partials_over(eqn, values, sources, outputs, out_shapes, list(floats))
         except AlphagradError:
             raise
         except Exception as err:  # noqa: BLE001 - JAX reports a missing rule with many types
@@ -297,7 +304,7 @@ def _dense_partials(eqn: Equation, values: list[Any], positions: list[int], outp
 
 def _undifferentiable(eqn: Equation, err: Exception) -> UnsupportedPrimitiveError:
     """The error for a primitive whose derivative JAX itself cannot take (nextafter, a scatter
-    multiply at repeated indices): alphagrad's partials come from JAX's rules."""
+    multiply at repeated indices): alphagrad's partials come from JAX's derivative rules."""
     name = eqn.primitive.name if eqn.primitive is not None else "copy"
     said = str(err).splitlines()[0] if str(err) else ""
     return UnsupportedPrimitiveError(
@@ -309,12 +316,14 @@ def _undifferentiable(eqn: Equation, err: Exception) -> UnsupportedPrimitiveErro
     )
 
 
-def _dense_partials_over(eqn: Equation, values: list[Any], positions: list[int], outputs: list[int],
-                         out_shapes: list, in_shape, floats: list[int]) -> list[Partial]:
+def _dense_partials_over(eqn: Equation, values: list[Any], sources: Mapping[int, tuple[list[int], tuple]],
+                         outputs: list[int], out_shapes: list, floats: list[int]) -> dict[int, list[Partial]]:
     """`_dense_partials` with the operands at `floats` as JAX primals (the others constant)."""
-    x = values[positions[0]]
-    dtype = jnp.result_type(x)
-    size = math.prod(in_shape)
+    dtype = jnp.result_type(*(values[positions[0]] for positions, _ in sources.values()))
+    sizes = {src: math.prod(in_shape) for src, (_, in_shape) in sources.items()}
+    offsets = dict(zip(sizes, np.cumsum([0, *sizes.values()])[:-1].tolist()))
+    total = sum(sizes.values())
+    source_at = {i: src for src, (positions, _) in sources.items() for i in positions}
     primals = tuple(jnp.asarray(values[i]) for i in floats)
 
     def of_floats(*xs):
@@ -326,36 +335,45 @@ def _dense_partials_over(eqn: Equation, values: list[Any], positions: list[int],
         results = _bind_all(eqn, operands)
         return tuple(results[k] for k in outputs)
 
-    def tangent_map(t):
-        tangents = tuple(t.reshape(np.shape(x)) if i in positions else jnp.zeros_like(p)
-                         for i, p in zip(floats, primals))
-        return jax.jvp(of_floats, primals, tangents)[1]
+    def tangent_map(t):  # t: one column of all the sources' entries, [total]
+        def tangent(i, primal):
+            if i not in source_at:
+                return jnp.zeros_like(primal)
+            src = source_at[i]
+            return t[offsets[src] : offsets[src] + sizes[src]].reshape(np.shape(primal)).astype(primal.dtype)
+
+        return jax.jvp(of_floats, primals, tuple(tangent(i, p) for i, p in zip(floats, primals)))[1]
 
     def by_columns():
-        seeds = jnp.eye(size, dtype=dtype)
-        columns = jax.vmap(tangent_map)(seeds)  # per output: [p1 * p2, *output shape]
-        partials = []
-        for column, out_shape in zip(columns, out_shapes):
-            dense = jnp.moveaxis(column.reshape(size, math.prod(out_shape)), 0, 1)
-            partials.append(Partial(1, out_shape, in_shape, dense.reshape(*out_shape, *in_shape)))
+        columns = jax.vmap(tangent_map)(jnp.eye(total, dtype=dtype))  # per output: [total, *output shape]
+        partials = {}
+        for src, (_, in_shape) in sources.items():
+            partials[src] = []
+            for column, out_shape in zip(columns, out_shapes):
+                block = column.reshape(total, math.prod(out_shape))[offsets[src] : offsets[src] + sizes[src]]
+                partials[src].append(Partial(1, out_shape, in_shape, block.T.reshape(*out_shape, *in_shape)))
         return partials
 
     def by_rows():
-        return _dense_partials_by_rows(of_floats, primals, floats, positions, out_shapes, in_shape)
+        return _dense_partials_by_rows(of_floats, primals, floats, sources, out_shapes)
 
-    # Fewer output than operand entries: rows (reverse mode) are cheaper; a function with a custom
-    # VJP rule is differentiated by that rule, in reverse mode, as jax.jacrev does. A primitive may
+    # Rows (reverse mode) where they are fewer than half the columns: a VJP runs the primal, keeps
+    # its residuals and runs the transpose, about twice a JVP's work. A function with a custom VJP
+    # rule is differentiated by that rule, in reverse mode, as jax.jacrev does. A primitive may
     # support only one mode (a while loop with a value-dependent trip count has no transpose): then
     # the other is used.
     if eqn.primitive.name in _VJP_RULED:
         _check_linear_vjp_rule(eqn, of_floats, primals)
-    rows_first = eqn.primitive.name in _VJP_RULED or sum(math.prod(s) for s in out_shapes) < size
+    rows_first = eqn.primitive.name in _VJP_RULED or _ROW_COST * sum(math.prod(s) for s in out_shapes) < total
     first, second = (by_rows, by_columns) if rows_first else (by_columns, by_rows)
     try:
         return first()
     except Exception:  # noqa: BLE001 - JAX reports a missing JVP or transpose rule with many types
         return second()
 
+
+#: The work of one VJP row against one JVP column, for choosing how a dense partial is built.
+_ROW_COST = 2
 
 #: Primitives whose derivative is a user's VJP rule: their partials are built by rows.
 _VJP_RULED = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr"})
@@ -402,9 +420,9 @@ def _has_while_loop(jaxpr) -> bool:
     return False
 
 
-def _dense_partials_by_rows(of_floats, primals, floats, positions, out_shapes, in_shape) -> list[Partial]:
+def _dense_partials_by_rows(of_floats, primals, floats, sources, out_shapes) -> dict[int, list[Partial]]:
     """`_dense_partials` by one vmapped VJP, one one-hot cotangent per output entry (all reached
-    outputs at once); the cotangents of the operand at `positions` are the partials' rows."""
+    outputs at once); the cotangents of a source's operands are its partials' rows."""
     results, pullback = jax.vjp(of_floats, *primals)
     total = sum(math.prod(np.shape(r)) for r in results)
     seeds, start = [], 0
@@ -414,12 +432,14 @@ def _dense_partials_by_rows(of_floats, primals, floats, positions, out_shapes, i
         seeds.append(block.reshape(total, *np.shape(r)))
         start += n
     cotangents = jax.vmap(pullback)(tuple(seeds))  # per float operand: [total, *operand shape]
-    rows = sum(cotangents[floats.index(i)] for i in positions).reshape(total, math.prod(in_shape))
-    partials, start = [], 0
-    for out_shape in out_shapes:
-        n = math.prod(out_shape)
-        partials.append(Partial(1, out_shape, in_shape, rows[start : start + n].reshape(*out_shape, *in_shape)))
-        start += n
+    partials = {}
+    for src, (positions, in_shape) in sources.items():
+        rows = sum(cotangents[floats.index(i)] for i in positions).reshape(total, math.prod(in_shape))
+        partials[src], start = [], 0
+        for out_shape in out_shapes:
+            n = math.prod(out_shape)
+            partials[src].append(Partial(1, out_shape, in_shape, rows[start : start + n].reshape(*out_shape, *in_shape)))
+            start += n
     return partials
 
 
@@ -469,22 +489,88 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
         if eqn.loop is not None:  # a scan kept as a loop: its partials by the plan's chain product
             edges.update(_loops.loop_partials(eqn, values, by_source, counter, jacobian, count_muls))
             continue
+        if not by_source:
+            continue
+        sources = {src: ([i for i, op in enumerate(eqn.operands) if op.node == src], reached[0][1].in_shape)
+                   for src, reached in by_source.items()}
+        out_shape_of = {k: e.out_shape for reached in by_source.values() for k, e in reached}
+        outputs = sorted(out_shape_of)
+        partials = _dense_partials(eqn, values, sources, outputs, [out_shape_of[k] for k in outputs])
         for src, reached in by_source.items():
-            positions = [i for i, op in enumerate(eqn.operands) if op.node == src]
-            partials = _dense_partials(eqn, values, positions, [k for k, _ in reached],
-                                       [e.out_shape for _, e in reached], reached[0][1].in_shape)
-            for (_, e), partial in zip(reached, partials):
+            for k, e in reached:
                 if e.code != 1:
                     raise AlphagradError(f"internal error: edge {e} of a primitive without rule is not dense")
-                edges[(e.src, e.dst)] = partial
+                edges[(e.src, e.dst)] = partials[src][outputs.index(k)]
 
     # The dtype of the partials: that of the numbers the graph computes (not of PRNG keys).
     numbers = [v for n, v in env.items()
                if isinstance(n, int) and not jax.dtypes.issubdtype(_dtype_of(v), jax.dtypes.extended)]
     dtype = jnp.result_type(*numbers) if numbers else jnp.float32
+    _discard_masked_partials(graph, edges, env, leaves)
     performed = _replay(graph, steps, edges, counter, dtype)
     outputs = [_operand_value(op, env, leaves) for op in program.outputs]
     return outputs, edges, performed
+
+
+def _is_elementwise(partial: Partial) -> bool:
+    """Whether `partial` ties v and p entry by entry (same shape) with a value per entry."""
+    if partial.out_shape != partial.in_shape or not hasattr(partial.value, "shape"):
+        return False
+    if partial.code == 6:  # diagonal on both axes: the value array has v's shape
+        return tuple(np.shape(partial.value)) == tuple(partial.out_shape)
+    return partial.code == 1 and math.prod(partial.out_shape) == 1
+
+
+def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial], env: dict, leaves: list) -> None:
+    """Zeroes, in place, the entries of elementwise partials that only reach the outputs through the
+    case a select (``jnp.where``) does not take, as jax.jacfwd discards those tangents.
+
+    ``jnp.where(x > 0, jnp.sqrt(x), 0.0)`` at x < 0, ``jnp.where(p > 0, p * jnp.log(p), 0.0)`` at
+    p = 0, or a norm at 0 behind ``jnp.where(r > 0, r, 1.0)``: the partials of the discarded case are
+    NaN or infinite there, and the select's zero would multiply them into NaN (jax.jacrev's answer);
+    jax.jacfwd's select drops them. An entry is discarded when every use of it is a select that does
+    not take it, or an elementwise partial into an entry discarded in turn (never an output). Only
+    values change, never a code, so the plan and its count stand; a finite product with the select's
+    zero was zero anyway.
+    """
+    program: Program = graph.program
+    masked: dict[tuple[int, int], jax.Array] = {}  # (case node, select node) -> [size] not taken
+    for eqn in program.equations:
+        if eqn.primitive is None or eqn.primitive.name != "select_n" or eqn.outputs[0].node is None:
+            continue
+        s = eqn.outputs[0].node
+        size = math.prod(np.shape(env[s]))
+        pred = jnp.broadcast_to(_operand_value(eqn.operands[0], env, leaves), np.shape(env[s])).reshape(size)
+        for k, op in enumerate(eqn.operands[1:]):
+            if op.node is not None and (op.node, s) in edges and _is_elementwise(edges[(op.node, s)]):
+                not_taken = pred != k
+                masked[(op.node, s)] = masked[(op.node, s)] & not_taken if (op.node, s) in masked else not_taken
+    if not masked:
+        return
+    uses: dict[int, list[int]] = {}
+    for src, dst in edges:
+        uses.setdefault(src, []).append(dst)
+    outputs = {op.node for op in program.outputs if op.node is not None}
+    discarded: dict[int, jax.Array] = {}  # node -> [size] entries no output needs
+    for u in sorted(uses, reverse=True):  # a node's uses have larger numbers
+        if u in outputs:
+            continue
+        every = None
+        for w in uses[u]:
+            here = masked.get((u, w))
+            later = discarded.get(w) if _is_elementwise(edges[(u, w)]) else None
+            if here is None and later is None:
+                every = None
+                break
+            here = later if here is None else (here if later is None else here | later)
+            every = here if every is None else every & here
+        if every is not None:
+            discarded[u] = every
+    for (p, u), partial in list(edges.items()):
+        if u in discarded and _is_elementwise(partial):
+            value = partial.value
+            drop = discarded[u].reshape(np.shape(value))
+            edges[(p, u)] = partial._replace(value=jnp.where(drop, jnp.zeros((), value.dtype), value))
 
 
 def _replay(graph: Graph, steps: Sequence[Step], edges: dict[tuple[int, int], Partial],
