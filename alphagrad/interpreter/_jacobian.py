@@ -757,7 +757,7 @@ def jacobian(
       has_aux: whether `f` returns ``(output, aux)``; aux is returned unchanged.
 
     Returns:
-      A function with f's signature returning, like ``jax.jacrev``, for each output leaf the
+      A function with f's signature (keyword arguments are passed on, never differentiated) returning, like ``jax.jacrev``, for each output leaf the
       Jacobian blocks [*out_shape, *in_shape] in the argument's pytree structure (a tuple over
       argnums when `argnums` is a tuple), plus aux with ``has_aux``. A block's dtype is the wider
       of its input's and output's: jax.jacrev's input dtype, except that float32 inputs of a float64
@@ -800,7 +800,19 @@ def jacobian(
             cache[key] = (g, steps, _tape_of(g, steps))
         return cache[key]
 
-    def jacobian_fn(*args):
+    # Keyword arguments are never differentiated (as in jax.jacrev): they travel as one more
+    # positional argument, a dict, of a function that passes them on by name.
+    with_keywords: dict[tuple, Callable] = {}
+
+    def jacobian_fn(*args, **kwargs):
+        if kwargs:
+            numbers = tuple(k % len(args) if -len(args) <= k < 0 else k for k in
+                            ((argnums,) if isinstance(argnums, int) else argnums))
+            key = numbers[0] if isinstance(argnums, int) else numbers
+            if key not in with_keywords:
+                by_name = functools.wraps(f)(lambda *a: f(*a[:-1], **a[-1]))
+                with_keywords[key] = jacobian(by_name, order, key, has_aux)
+            return with_keywords[key](*args, kwargs)
         aux = _aux_pair(f(*args), f)[1] if has_aux else None
         graph, steps, tape = prepare(args)
         leaves = jax.tree.leaves(args)

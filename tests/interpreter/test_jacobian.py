@@ -288,3 +288,14 @@ def test_auto_order_is_searched_once_and_cached_on_disk(tmp_path, monkeypatch):
 
     assert_close(interpreter.jacobian(h, "auto")(x), jax.jacrev(h)(x))
     assert len(searches) == 2 and len(list((tmp_path / "orders").iterdir())) == 2
+
+
+def test_keyword_arguments_are_passed_on_and_not_differentiated():
+    def f(x, w, *, scale=1.0, bias=None):
+        return jnp.tanh(w @ x * scale + (0.0 if bias is None else bias))
+
+    x, w, bias = jnp.arange(3.0) / 5, jnp.ones((2, 3)) / 3, jnp.array([0.1, 0.2])
+    for argnums in ((0, 1), -1):
+        jac = jax.jit(interpreter.jacobian(f, "reverse", argnums=argnums))
+        assert_close(jac(x, w, scale=2.0, bias=bias), jax.jacrev(f, argnums=argnums)(x, w, scale=2.0, bias=bias))
+        assert_close(jac(x, w, scale=3.0), jax.jacrev(f, argnums=argnums)(x, w, scale=3.0))
