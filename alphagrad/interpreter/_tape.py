@@ -59,7 +59,7 @@ made (mask slots are kept: maps may share them).
 to the straight-line path, never to a wrong number): every argument leaf, constant and vertex has
 at most `MAX_COMPONENTS` entries (empty values are fine); every equation but ``split`` has one
 output and no sub-jaxpr (no loops or branches: those are dense primitives whose JVPs belong in the
-straight-line path); the buffers are float64 when the program has float64 values, else float32,
+straight-line path) but a function with a custom JVP rule (bound whole, differentiated by its rule); the buffers are float64 when the program has float64 values, else float32,
 and every value is floating-point (float16, bfloat16, float32 each computed in its own dtype and
 held exactly in the buffer) or boolean, except integer constants (exactly representable in the
 buffer's dtype) and small integers computed at run time (argmax/argmin indices and
@@ -323,6 +323,24 @@ def _freeze(value: Any) -> Any:
         return (value.dtype.str, value.shape, value.tobytes())
     hash(value)  # raises TypeError for anything else unhashable
     return value
+
+
+def _params_key(eqn) -> Any:
+    """A hashable key of an equation's parameters: equal keys, interchangeable equations.
+
+    A function with a custom JVP rule (jax.nn.relu, softplus, logaddexp) carries its primal and
+    its rule as objects made anew at every call: it is keyed by the text and constants of both
+    (the rule traced once by JAX's own thunk), so every call of one function shares a kind."""
+    if eqn.primitive.name != "custom_jvp_call":
+        return _freeze(eqn.params)
+    params = eqn.params
+    try:
+        rule, consts, _ = params["jvp_jaxpr_fun"].call_wrapped(*([False] * len(eqn.operands)))
+        call = params["call_jaxpr"]
+        return ("custom_jvp_call", str(call), _freeze([np.asarray(c) for c in call.consts]), str(rule),
+                _freeze([np.asarray(c) for c in consts]), params["num_consts"], params["symbolic_zeros"])
+    except Exception as err:  # noqa: BLE001 - JAX's internals: any failure keeps the tape off
+        raise Unsupported(f"the JVP rule of a custom_jvp function cannot be compared: {err}") from err
 
 
 def _is_jaxpr(value: Any) -> bool:
@@ -627,7 +645,8 @@ class _Builder:
         equations = [piece for eqn in program.equations for piece in _split_pieces(eqn)]
         for k, eqn in enumerate(equations):
             where = f"equation {k + 1}" + (f" ({eqn.primitive.name})" if eqn.primitive is not None else " (output copy)")
-            if eqn.primitive is not None and any(_is_jaxpr(v) for v in eqn.params.values()):
+            if (eqn.primitive is not None and eqn.primitive.name != "custom_jvp_call"
+                    and any(_is_jaxpr(v) for v in eqn.params.values())):
                 raise Unsupported(f"{where} holds a sub-program (a loop or a branch)")
             if len(eqn.outputs) != 1:  # (a sort of one array has one result, in a list)
                 raise Unsupported(f"{where} has several outputs")
@@ -678,7 +697,7 @@ class _Builder:
             operands = [self._operand(op) for op in eqn.operands]
             slots = [base + i for base, shp, _ in operands for i in range(math.prod(shp))]
             op_avals = tuple((shp, np.dtype(dt).str) for _, shp, dt in operands)
-            head = (eqn.primitive, _freeze(eqn.params) if eqn.primitive is not None else None, op_avals,
+            head = (eqn.primitive, _params_key(eqn) if eqn.primitive is not None else None, op_avals,
                     (shape, np.dtype(aval.dtype).str))
             partials_at = next_slot
             lanes = self._lanes(eqn, operands, shape, incoming.get(node, ()), width)
