@@ -59,7 +59,8 @@ made (mask slots are kept: maps may share them).
 to the straight-line path, never to a wrong number): every argument leaf, constant and vertex has
 at most `MAX_COMPONENTS` entries (empty values are fine); every equation but ``split`` has one
 output and no sub-jaxpr (no loops or branches: those are dense primitives whose JVPs belong in the
-straight-line path) but a function with a custom JVP rule (bound whole, differentiated by its rule); the buffers are float64 when the program has float64 values, else float32,
+straight-line path) but a ``cond``, a ``while`` or a function with a custom JVP rule (bound
+whole, differentiated by JAX's JVP of it, its rule for the latter); the buffers are float64 when the program has float64 values, else float32,
 and every value is floating-point (float16, bfloat16, float32 each computed in its own dtype and
 held exactly in the buffer) or boolean, except integer constants (exactly representable in the
 buffer's dtype) and small integers computed at run time (argmax/argmin indices and
@@ -321,8 +322,16 @@ def _freeze(value: Any) -> Any:
         return tuple(_freeze(v) for v in value)
     if isinstance(value, np.ndarray):
         return (value.dtype.str, value.shape, value.tobytes())
+    if _is_jaxpr(value):  # a branch or loop body: made anew at every call, compared by its text
+        return ("jaxpr", str(value), _freeze([np.asarray(c) for c in getattr(value, "consts", ())]))
     hash(value)  # raises TypeError for anything else unhashable
     return value
+
+
+#: Primitives with sub-programs the tape binds whole, with partials by their JVP: branches, while
+#: loops (a scan may be kept as a loop with a plan of its own: straight-line path), functions with
+#: custom JVP rules (custom VJP rules have no JVP: straight-line path, by rows).
+_SUB_PROGRAMS = frozenset({"cond", "while", "custom_jvp_call"})
 
 
 def _params_key(eqn) -> Any:
@@ -645,7 +654,7 @@ class _Builder:
         equations = [piece for eqn in program.equations for piece in _split_pieces(eqn)]
         for k, eqn in enumerate(equations):
             where = f"equation {k + 1}" + (f" ({eqn.primitive.name})" if eqn.primitive is not None else " (output copy)")
-            if (eqn.primitive is not None and eqn.primitive.name != "custom_jvp_call"
+            if (eqn.primitive is not None and eqn.primitive.name not in _SUB_PROGRAMS
                     and any(_is_jaxpr(v) for v in eqn.params.values())):
                 raise Unsupported(f"{where} holds a sub-program (a loop or a branch)")
             if len(eqn.outputs) != 1:  # (a sort of one array has one result, in a list)

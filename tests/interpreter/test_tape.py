@@ -160,8 +160,9 @@ def cummax_program(x):
 
 
 def loop_program(x, y):
-    # a sub-program (a while loop; a short fori_loop is unrolled into the graph)
-    z = jax.lax.while_loop(lambda s: s[0] < 3, lambda s: (s[0] + 1, s[1] * 0.5 + jnp.sin(s[1])), (0, x * y))[1]
+    # a sub-program: a scan too long to unroll, kept as a loop (its partials have a plan of their
+    # own); a short fori_loop is unrolled into the graph, a cond or a while the tape binds whole
+    z = jax.lax.scan(lambda c, _: (c * 0.99 + 0.01 * jnp.sin(c), None), x * y, None, length=200)[0]
     return z * x
 
 
@@ -290,3 +291,22 @@ def test_tape_holds_float32_values_in_a_float64_program(force_tape):
         assert tape.dtype == np.float64
         actual = jax.jit(interpreter.jacobian(mixed_precision, "reverse", argnums=(0, 1)))(*args)
         _close(actual, jax.jacfwd(mixed_precision, argnums=(0, 1))(*args), rtol=1e-6, atol=1e-6)
+
+
+def branches(x, s):
+    """A cond and a while loop (one carry, a value-dependent trip count) inside a program."""
+    for _ in range(2):
+        x = x + 0.1 * jax.lax.cond(s > 0.3, lambda: x * s, lambda: jnp.sin(x) - s)
+        x = jax.lax.while_loop(lambda c: jnp.sum(c * c) > 0.5, lambda c: c * 0.8, x)
+        s = s * 0.9 + 0.1 * jnp.sum(x)
+    return x, s
+
+
+def test_tape_binds_conds_and_while_loops_whole(force_tape):
+    with jax.enable_x64(True):
+        args = (jnp.array([0.6, -0.4, 0.9]), jnp.float64(0.45))
+        g = interpreter.graph_of(branches, *args, argnums=(0, 1))
+        tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse")))
+        assert tape.muls == graph.cost(g, "reverse")
+        actual = jax.jit(interpreter.jacobian(branches, "reverse", argnums=(0, 1)))(*args)
+        _close(actual, jax.jacfwd(branches, argnums=(0, 1))(*args), rtol=1e-10)
