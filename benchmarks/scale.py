@@ -136,8 +136,9 @@ def _random_program(form: str, statements: int, seed: int = 0):
     """f(*args): `statements` random statements over the arguments and earlier values.
 
     Each statement applies one operation drawn from a broad mix (unary: sin, cos, tanh, exp of a
-    tanh, log and sqrt of positive values, integer_pow, pow, abs, neg, logistic, erf; binary:
-    means, differences, products, quotients, max/min, where; reductions, dot products,
+    tanh, log and sqrt of positive values, integer_pow, pow, abs, neg, logistic, erf, relu,
+    softplus, gelu; binary: means, differences, products, quotients, max/min, where, a lax.cond;
+    reductions, dot products,
     matrix-vector and outer products, broadcasts, slices, concatenation, reshapes, transposes,
     jnp.roll, indexing with constant integers and index arrays) to values read from earlier ones,
     most often recent ones (a geometric draw back from the newest), sometimes an argument. Every
@@ -187,17 +188,18 @@ def _random_program(form: str, statements: int, seed: int = 0):
             return b if b is not None and b is not a else jnp.tanh(a)
 
         def unary(a):
-            op = rng.integers(12)
+            op = rng.integers(15)
             return [jnp.sin, jnp.cos, jnp.tanh, lambda x: jnp.exp(jnp.tanh(x)), lambda x: jnp.log(1.0 + x * x),
                     lambda x: jnp.sqrt(1.0 + x * x) - 1.0, lambda x: x**3 / (1.0 + x**2), jnp.abs, jnp.negative,
-                    jax.nn.sigmoid, jax.scipy.special.erf,
-                    lambda x: jnp.power(1.0 + x * x, 0.3) - 1.0][op](a)
+                    jax.nn.sigmoid, jax.scipy.special.erf, lambda x: jnp.power(1.0 + x * x, 0.3) - 1.0,
+                    jax.nn.relu, lambda x: jax.nn.softplus(x) - 0.7, lambda x: jax.nn.gelu(jnp.tanh(x))][op](a)
 
         def binary(a, b):
-            op = rng.integers(9)
+            op = rng.integers(10)
             return [lambda: (a + b) * 0.5, lambda: (a - b) * 0.5, lambda: a * jnp.tanh(b), lambda: a / (1.0 + b * b),
                     lambda: jnp.maximum(a, b), lambda: jnp.minimum(a, b), lambda: jnp.where(a > b, a, b * 0.5),
-                    lambda: jnp.power(1.0 + jnp.tanh(a) ** 2, jnp.tanh(b)), lambda: a * b / (1.0 + b * b)][op]()
+                    lambda: jnp.power(1.0 + jnp.tanh(a) ** 2, jnp.tanh(b)), lambda: a * b / (1.0 + b * b),
+                    lambda: jax.lax.cond(jnp.sum(b) > 0, lambda: a * 0.5, lambda: jnp.sin(a))][op]()
 
         def structural(a):
             """Reductions, products and data movement, as the shape of `a` allows (None: none fits)."""
