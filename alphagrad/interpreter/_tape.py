@@ -534,6 +534,18 @@ class _Builder:
             left.append(eqn)
         return left
 
+    def _static_edge(self, e, eqn, operands, positions, head) -> _Map | None:
+        """The edge `e` as a map when its partial moves data at fixed positions (an identity, or a
+        static index map: `_static_map`), else None."""
+        out_shape, in_shape = tuple(e.out_shape), tuple(e.in_shape)
+        if e.code in VALUELESS:
+            return _Map(e.code, {at: (_ONE,) for at in _support(e.code, out_shape, in_shape)}, out_shape, in_shape)
+        matrix = self._static_map(eqn, operands, positions, head)
+        if matrix is None:
+            return None
+        entries = {(i, j): (_ONE,) * int(matrix[i, j]) for i, j in zip(*np.nonzero(matrix))}
+        return _Map(INDEX_MAP, entries, out_shape, in_shape)
+
     def _lanes(self, eqn, operands, shape, incoming, width: int):
         """For an elementwise equation (every operand of the output's shape or a scalar): its
         operand pattern (per operand: broadcast scalar?, dtype) and the operand positions of each
@@ -717,13 +729,8 @@ class _Builder:
                 for e in incoming.get(node, ()):
                     positions = tuple(i for i, op in enumerate(eqn.operands) if op.node == e.src)
                     out_shape, in_shape = tuple(e.out_shape), tuple(e.in_shape)
-                    if e.code in VALUELESS:
-                        support = _support(e.code, out_shape, in_shape)
-                        edges[(e.src, node)] = _Map(e.code, {at: (_ONE,) for at in support}, out_shape, in_shape)
-                    elif e.code == INDEX_MAP:  # a sum (checked static by `_lanes`)
-                        matrix = self._static_map(eqn, operands, positions, head)
-                        entries = {(i, j): (_ONE,) * int(matrix[i, j]) for i, j in zip(*np.nonzero(matrix))}
-                        edges[(e.src, node)] = _Map(INDEX_MAP, entries, out_shape, in_shape)
+                    if e.code in _MAP_CODES:  # an identity or a sum (checked static by `_lanes`)
+                        edges[(e.src, node)] = self._static_edge(e, eqn, operands, positions, head)
                     else:
                         at = partials_at + lane_groups.index(positions) * width
                         edges[(e.src, node)] = _Valued(e.code, at, out_shape, in_shape)
@@ -732,56 +739,44 @@ class _Builder:
                 reduction = eqn.primitive.name in _LANE_REDUCTIONS  # parameters fixed by `_lanes`
                 signature = (_Lanes(eqn.primitive), None if reduction else head[1], pattern,
                              ((width,), self.dtype.str), lane_groups)
-                if signature not in kinds:
-                    kinds[signature] = len(kinds)
-                    templates.append((signature, eqn.params))
-                    if len(kinds) > MAX_KINDS:
-                        raise Unsupported(f"more than {MAX_KINDS} distinct equation kinds")
-                self.node_base[node] = self._allocate_value(math.prod(shape))
-                self.node_shape[node] = shape
-                self.node_dtype[node] = np.dtype(aval.dtype)
-                eq_rows.append((kinds[signature], slots, self.node_base[node], partials_at if lane_groups else None))
-                continue
-            # Partials, one per source node with an edge: value arrays and run-time masks are
-            # computed by the branch into consecutive edge slots; static maps need none.
-            groups = []
-            for e in incoming.get(node, ()):
-                positions = tuple(i for i, op in enumerate(eqn.operands) if op.node == e.src)
-                if not positions:
-                    raise Unsupported(f"{where}: edge from node {e.src} matches no operand")
-                if not _floating(self.node_dtype[e.src]):
-                    raise Unsupported(f"{where}: edge from a non-float node")
-                out_shape, in_shape = tuple(e.out_shape), tuple(e.in_shape)
-                if (out_shape != normalise_shape(shape) or in_shape != normalise_shape(self.node_shape[e.src])
-                        or (e.code != INDEX_MAP and not _tied_sizes_agree(e.code, out_shape, in_shape))):
-                    raise Unsupported(f"{where}: edge shapes {out_shape} <- {in_shape} do not match the values")
-                n_out, n_in = math.prod(out_shape), math.prod(in_shape)
-                if e.code in VALUELESS:
-                    support = _support(e.code, out_shape, in_shape)
-                    edges[(e.src, node)] = _Map(e.code, {at: (_ONE,) for at in support}, out_shape, in_shape)
-                    continue
-                if e.code == INDEX_MAP:
-                    matrix = self._static_map(eqn, operands, positions, head)
-                    if matrix is not None:
-                        entries = {(i, j): (_ONE,) * int(matrix[i, j]) for i, j in zip(*np.nonzero(matrix))}
-                        edges[(e.src, node)] = _Map(INDEX_MAP, entries, out_shape, in_shape)
+                has_partials = bool(lane_groups)
+            else:
+                # Partials, one per source node with an edge: value arrays and run-time masks are
+                # computed by the branch into consecutive edge slots; static maps need none.
+                groups = []
+                for e in incoming.get(node, ()):
+                    positions = tuple(i for i, op in enumerate(eqn.operands) if op.node == e.src)
+                    if not positions:
+                        raise Unsupported(f"{where}: edge from node {e.src} matches no operand")
+                    if not _floating(self.node_dtype[e.src]):
+                        raise Unsupported(f"{where}: edge from a non-float node")
+                    out_shape, in_shape = tuple(e.out_shape), tuple(e.in_shape)
+                    if (out_shape != normalise_shape(shape) or in_shape != normalise_shape(self.node_shape[e.src])
+                            or (e.code != INDEX_MAP and not _tied_sizes_agree(e.code, out_shape, in_shape))):
+                        raise Unsupported(f"{where}: edge shapes {out_shape} <- {in_shape} do not match the values")
+                    n_out, n_in = math.prod(out_shape), math.prod(in_shape)
+                    static = self._static_edge(e, eqn, operands, positions, head) if e.code in _MAP_CODES else None
+                    if static is not None:
+                        edges[(e.src, node)] = static
                         continue
-                    name = eqn.primitive.name if eqn.primitive is not None else "copy"
-                    if name not in _MASK_MAPS:
-                        raise Unsupported(f"{where}: the index map of {name} depends on the values")
-                    groups.append((positions, INDEX_MAP, out_shape, in_shape))
-                    entries = {(i, j): (next_slot + i * n_in + j,) for i in range(n_out) for j in range(n_in)}
-                    edges[(e.src, node)] = _Map(INDEX_MAP, entries, out_shape, in_shape)
-                    next_slot += n_out * n_in
-                    continue
-                groups.append((positions, e.code, out_shape, in_shape))
-                edges[(e.src, node)] = _Valued(e.code, next_slot, out_shape, in_shape)
-                next_slot += edges[(e.src, node)].size
-            P = max(P, next_slot - partials_at)
-            signature = (*head, tuple(groups))
-            sources = None if groups else self._selection(eqn, operands, head, shape, zero)
-            if sources is not None:  # one kind, whatever the movement
-                signature, slots = (_SELECTION, None, (), ((1,), self.dtype.str), ()), sources
+                    if e.code == INDEX_MAP:
+                        name = eqn.primitive.name if eqn.primitive is not None else "copy"
+                        if name not in _MASK_MAPS:
+                            raise Unsupported(f"{where}: the index map of {name} depends on the values")
+                        groups.append((positions, INDEX_MAP, out_shape, in_shape))
+                        entries = {(i, j): (next_slot + i * n_in + j,) for i in range(n_out) for j in range(n_in)}
+                        edges[(e.src, node)] = _Map(INDEX_MAP, entries, out_shape, in_shape)
+                        next_slot += n_out * n_in
+                        continue
+                    groups.append((positions, e.code, out_shape, in_shape))
+                    edges[(e.src, node)] = _Valued(e.code, next_slot, out_shape, in_shape)
+                    next_slot += edges[(e.src, node)].size
+                P = max(P, next_slot - partials_at)
+                signature = (*head, tuple(groups))
+                sources = None if groups else self._selection(eqn, operands, head, shape, zero)
+                if sources is not None:  # one kind, whatever the movement
+                    signature, slots = (_SELECTION, None, (), ((1,), self.dtype.str), ()), sources
+                has_partials = bool(groups)
             if signature not in kinds:
                 kinds[signature] = len(kinds)
                 templates.append((signature, eqn.params))
@@ -790,7 +785,7 @@ class _Builder:
             self.node_base[node] = self._allocate_value(math.prod(shape))
             self.node_shape[node] = shape
             self.node_dtype[node] = np.dtype(aval.dtype)
-            eq_rows.append((kinds[signature], slots, self.node_base[node], partials_at if groups else None))
+            eq_rows.append((kinds[signature], slots, self.node_base[node], partials_at if has_partials else None))
         return self._finish(eq_rows, templates, edges, next_slot, P, constants_at)
 
     def _finish(self, eq_rows, templates, edges, next_slot, P, constants_at) -> Tape:
