@@ -145,7 +145,8 @@ def _random_program(form: str, statements: int, seed: int = 0):
     operation is non-expanding or bounded (sums are means, quotients divide by 1 + b²), so values
     and derivatives stay finite over 10,000 equations. The draws depend only on `seed` and the
     statement's position: a longer program extends a shorter one. Returns the last value of
-    each shape among the newest ones and their mean (a handful of outputs).
+    each shape among the newest ones and the mean of every value no statement read (a handful
+    of outputs).
     """
     import jax
     import jax.numpy as jnp
@@ -263,13 +264,14 @@ def _random_program(form: str, statements: int, seed: int = 0):
                 new = a + 0.3 * new  # a residual update: derivatives neither vanish nor explode
             values.append(new)
             unread.append(new)
-            del unread[:-64]
         newest = values[-32:]
         outputs = {}
         for v in newest:
             outputs[v.shape] = v
         outputs = list(outputs.values())[-4:]
-        return tuple(outputs) + (sum(jnp.mean(v) for v in outputs) / len(outputs),)
+        # Every value no statement read: their mean is one more output, so every statement
+        # reaches an output (the Jacobian depends on the whole program).
+        return tuple(outputs) + (sum(jnp.mean(v) for v in unread) / len(unread),)
 
     f.__name__ = f"{form.replace('-', '_')}_{statements}"
     return f
