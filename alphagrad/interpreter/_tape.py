@@ -66,7 +66,8 @@ held exactly in the buffer) or boolean, except integer constants (exactly repres
 buffer's dtype) and small integers computed at run time (argmax/argmin indices and
 sums, selections and movements of them, bounded well inside the dtype's exact integers); an index
 map whose partial depends on the values is one of the 0/1 kinds above (cummax/cummin split ties
-0.5/0.5 and fall back); at most `MAX_KINDS` equation kinds.
+0.5/0.5 and fall back); at most `MAX_KINDS` equation kinds (one per `EQUATIONS_PER_KIND`
+equations in longer programs).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ from alphagrad.graph import (
 )
 from alphagrad.interpreter._structured import Partial
 
-__all__ = ["TAPE_MIN_SIZE", "TAPE_MIN_EQUATIONS", "ARRAY_WEIGHT", "MAX_COMPONENTS", "MAX_KINDS", "Tape", "Unsupported", "build", "run", "straight_line_size"]
+__all__ = ["TAPE_MIN_SIZE", "TAPE_MIN_EQUATIONS", "ARRAY_WEIGHT", "MAX_COMPONENTS", "MAX_KINDS", "EQUATIONS_PER_KIND", "Tape", "Unsupported", "build", "run", "straight_line_size"]
 
 #: Programs whose straight-line form would have at least this many operations
 #: (`straight_line_size`) run on the tape (when they are in its class); smaller ones keep the
@@ -112,6 +113,10 @@ ARRAY_WEIGHT = 8
 MAX_COMPONENTS = 64
 #: Most distinct equation kinds (switch branches); XLA compiles every branch.
 MAX_KINDS = 256
+#: ... and at most one per this many equations beyond: XLA compiles every branch (about 0.1 s
+#: each on a 2-core CPU), but a long program's straight-line form compiles far longer still
+#: (hours at 10,000 equations), so a long program with many kinds keeps the tape.
+EQUATIONS_PER_KIND = 8
 
 #: Primitives that may only move data (`_Builder._selection` checks each equation's map).
 _MOVEMENTS = frozenset(
@@ -780,8 +785,9 @@ class _Builder:
             if signature not in kinds:
                 kinds[signature] = len(kinds)
                 templates.append((signature, eqn.params))
-                if len(kinds) > MAX_KINDS:
-                    raise Unsupported(f"more than {MAX_KINDS} distinct equation kinds")
+                if len(kinds) > max(MAX_KINDS, len(equations) // EQUATIONS_PER_KIND):
+                    raise Unsupported(f"more than {max(MAX_KINDS, len(equations) // EQUATIONS_PER_KIND)} "
+                                      "distinct equation kinds")
             self.node_base[node] = self._allocate_value(math.prod(shape))
             self.node_shape[node] = shape
             self.node_dtype[node] = np.dtype(aval.dtype)
