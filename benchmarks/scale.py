@@ -23,7 +23,8 @@ drawn from a broad primitive mix reading recent values (`_random_program`):
 - ``model``: a Python loop of Euler steps of the Lorenz-96 model on a state of 128 entries.
 
 The FitzHugh-Nagumo forms differentiate all 8 scalar inputs (``argnums=(0, ..., 7)``; the vector
-form w.r.t. v and w and the 4 parameters), the generated ones all their arguments. For each form and size, each stage runs in a subprocess of its own
+form w.r.t. v and w and the 4 parameters), the generated ones all their arguments. For each form
+and size, each stage runs in a subprocess of its own
 (peak RSS per stage: ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, JAX's import included),
 killed at ``--timeout`` seconds or ``--max-gb`` of resident memory:
 

@@ -60,11 +60,12 @@ to the straight-line path, never to a wrong number): every argument leaf, consta
 at most `MAX_COMPONENTS` entries (empty values are fine); every equation but ``split`` has one
 output and no sub-jaxpr (no loops or branches: those are dense primitives whose JVPs belong in the
 straight-line path) but a ``cond``, a ``while`` or a function with a custom JVP rule (bound
-whole, differentiated by JAX's JVP of it, its rule for the latter); the buffers are float64 when the program has float64 values, else float32,
-and every value is floating-point (float16, bfloat16, float32 each computed in its own dtype and
-held exactly in the buffer) or boolean, except integer constants (exactly representable in the
-buffer's dtype) and small integers computed at run time (argmax/argmin indices and
-sums, selections and movements of them, bounded well inside the dtype's exact integers); an index
+whole, differentiated by JAX's JVP of it, its rule for the latter); the buffers are float64 when
+the program has float64 values, else float32, and every value is floating-point (float16,
+bfloat16, float32 each computed in its own dtype and held exactly in the buffer) or boolean,
+except integer constants (exactly representable in the buffer's dtype) and small integers
+computed at run time (argmax/argmin indices and sums, selections and movements of them, bounded
+well inside the dtype's exact integers); an index
 map whose partial depends on the values is one of the 0/1 kinds above (cummax/cummin split ties
 0.5/0.5 and fall back); at most `MAX_KINDS` equation kinds (one per `EQUATIONS_PER_KIND`
 equations in longer programs).
@@ -88,7 +89,10 @@ from alphagrad.graph import (
 )
 from alphagrad.interpreter._structured import Partial
 
-__all__ = ["TAPE_MIN_SIZE", "TAPE_MIN_EQUATIONS", "ARRAY_WEIGHT", "MAX_COMPONENTS", "MAX_KINDS", "EQUATIONS_PER_KIND", "Tape", "Unsupported", "build", "run", "straight_line_size"]
+__all__ = [
+    "TAPE_MIN_SIZE", "TAPE_MIN_EQUATIONS", "ARRAY_WEIGHT", "MAX_COMPONENTS", "MAX_KINDS", "EQUATIONS_PER_KIND",
+    "Tape", "Unsupported", "build", "run", "straight_line_size",
+]
 
 #: Programs whose straight-line form would have at least this many operations
 #: (`straight_line_size`) run on the tape (when they are in its class); smaller ones keep the
@@ -560,7 +564,8 @@ class _Builder:
         multiple), else the equation keeps a kind of its own."""
         name = eqn.primitive.name if eqn.primitive is not None else None
         if name in _LANE_REDUCTIONS:  # a whole sum or a dot product of two vectors: lanes summed
-            if shape != () or len({shp for _, shp, _ in operands}) != 1 or len(operands[0][1]) > (1 if name == "dot_general" else 2):
+            rank = 1 if name == "dot_general" else 2
+            if shape != () or len({shp for _, shp, _ in operands}) != 1 or len(operands[0][1]) > rank:
                 return None
             if name == "dot_general" and tuple(eqn.params["dimension_numbers"]) != (((0,), (0,)), ((), ())):
                 return None
@@ -639,7 +644,7 @@ class _Builder:
         columns = _numpy_map(eqn.primitive.name, eqn.params, batch, fixed) if eqn.primitive is not None else None
         if columns is None:
             def column(t):
-                values = [t if i in positions else (jnp.zeros(shapes[i], operands[i][2]) if v is None else jnp.asarray(v))
+                values = [t if i in positions else jnp.zeros(shapes[i], operands[i][2]) if v is None else jnp.asarray(v)
                           for i, v in enumerate(fixed)]
                 return _bind(eqn.primitive, eqn.params, values)
 
@@ -670,7 +675,8 @@ class _Builder:
                 incoming.setdefault(e.dst, []).append(e)
         equations = [piece for eqn in program.equations for piece in _split_pieces(eqn)]
         for k, eqn in enumerate(equations):
-            where = f"equation {k + 1}" + (f" ({eqn.primitive.name})" if eqn.primitive is not None else " (output copy)")
+            name = eqn.primitive.name if eqn.primitive is not None else "output copy"
+            where = f"equation {k + 1} ({name})"
             if (eqn.primitive is not None and eqn.primitive.name not in _SUB_PROGRAMS
                     and any(_is_jaxpr(v) for v in eqn.params.values())):
                 raise Unsupported(f"{where} holds a sub-program (a loop or a branch)")
@@ -695,7 +701,7 @@ class _Builder:
         next_slot = _FIRST_EDGE_SLOT
         P = 1
         # Lanes of the elementwise kinds: the largest elementwise output.
-        sizes = dict(zip(range(1, graph.num_inputs + 1), (math.prod(self.node_shape[n]) for n in range(1, graph.num_inputs + 1))))
+        sizes = {n: math.prod(self.node_shape[n]) for n in range(1, graph.num_inputs + 1)}
         sizes.update((eqn.outputs[0].node, math.prod(eqn.aval.shape)) for eqn in equations if eqn.aval is not None)
         width = max([sizes[eqn.outputs[0].node] for eqn in equations
                      if eqn.primitive is not None and eqn.primitive.name in _LANEWISE and eqn.aval is not None]
@@ -1208,7 +1214,8 @@ def _lanes_branch(primitive, params: dict, pattern, width: int, groups, O: int, 
             x = raw[positions[0]]
             piece = jax.grad(of_x)(x) if reduction else jax.jvp(of_x, (x,), (jnp.ones_like(x),))[1]
             pieces.append(jnp.broadcast_to(piece, (width,)).astype(dtype))
-        out = jnp.broadcast_to(jnp.asarray(out).astype(dtype), (width,)) if reduction else jnp.asarray(out).astype(dtype)
+        out = jnp.asarray(out).astype(dtype)
+        out = jnp.broadcast_to(out, (width,)) if reduction else out
         out = jnp.pad(out, (0, O - width))
         partials = jnp.concatenate(pieces) if pieces else jnp.zeros((0,), dtype)
         return out, jnp.pad(partials, (0, P - partials.shape[0]))
