@@ -265,7 +265,7 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
 
 
 def _dense_partials(eqn: Equation, values: list[Any], sources: Mapping[int, tuple[list[int], tuple]],
-                    outputs: list[int], out_shapes: list) -> dict[int, list[Partial]]:
+                    outputs: list[int], out_shapes: list) -> tuple[tuple, dict[int, list[Partial]]]:
     """Dense partials (code 1) of outputs of an equation without a structural rule w.r.t. each of its
     source nodes (JAX's own derivative of the primitive: the dense fallback).
 
@@ -282,7 +282,11 @@ def _dense_partials(eqn: Equation, values: list[Any], sources: Mapping[int, tupl
       outputs: the equation's outputs reached from the sources; out_shapes: their normalised shapes.
 
     Returns:
-      per source node, per entry of `outputs`, the partial with value [v1, v2, p1, p2].
+      (the values of `outputs` computed with the partials, or None where they could not be: a
+      second evaluation of the equation, which XLA cannot always merge with the first (eigh's JVP
+      rule symmetrises its operand; two concurrent LAPACK calls also deadlocked XLA:CPU on a
+      batched eigh), is left unused and removed; per source node, per entry of `outputs`, the
+      partial with value [v1, v2, p1, p2]).
     """
     every_float = [i for i, v in enumerate(values) if _is_float(v)]
     # Some JVP rules refuse any tangent, even a zero one, for an operand they have no derivative
@@ -317,7 +321,7 @@ def _undifferentiable(eqn: Equation, err: Exception) -> UnsupportedPrimitiveErro
 
 
 def _dense_partials_over(eqn: Equation, values: list[Any], sources: Mapping[int, tuple[list[int], tuple]],
-                         outputs: list[int], out_shapes: list, floats: list[int]) -> dict[int, list[Partial]]:
+                         outputs: list[int], out_shapes: list, floats: list[int]) -> tuple[tuple, dict[int, list[Partial]]]:
     """`_dense_partials` with the operands at `floats` as JAX primals (the others constant)."""
     dtype = jnp.result_type(*(values[positions[0]] for positions, _ in sources.values()))
     sizes = {src: math.prod(in_shape) for src, (_, in_shape) in sources.items()}
@@ -335,24 +339,34 @@ def _dense_partials_over(eqn: Equation, values: list[Any], sources: Mapping[int,
         results = _bind_all(eqn, operands)
         return tuple(results[k] for k in outputs)
 
-    def tangent_map(t):  # t: one column of all the sources' entries, [total]
+    def tangents(t):  # t: one column of all the sources' entries, [total]
         def tangent(i, primal):
             if i not in source_at:
                 return jnp.zeros_like(primal)
             src = source_at[i]
             return t[offsets[src] : offsets[src] + sizes[src]].reshape(np.shape(primal)).astype(primal.dtype)
 
-        return jax.jvp(of_floats, primals, tuple(tangent(i, p) for i, p in zip(floats, primals)))[1]
+        return tuple(tangent(i, p) for i, p in zip(floats, primals))
 
     def by_columns():
-        columns = jax.vmap(tangent_map)(jnp.eye(total, dtype=dtype))  # per output: [total, *output shape]
+        # The outputs' values come from the same computation as the columns (unbatched: they do
+        # not depend on the tangent). jax.linearize would split a loop into a primal loop that
+        # stores every iteration's residuals and a tangent loop (10x slower on a 1,000-step scan).
+        def column(t):
+            return jax.jvp(of_floats, primals, tangents(t))
+
+        seeds = jnp.eye(total, dtype=dtype)
+        try:
+            results, columns = jax.vmap(column, out_axes=(None, 0))(seeds)  # columns: [total, *shape]
+        except ValueError:  # a rule that batches the values too: they are recomputed apart
+            results, columns = None, jax.vmap(lambda t: column(t)[1])(seeds)
         partials = {}
         for src, (_, in_shape) in sources.items():
             partials[src] = []
             for column, out_shape in zip(columns, out_shapes):
                 block = column.reshape(total, math.prod(out_shape))[offsets[src] : offsets[src] + sizes[src]]
                 partials[src].append(Partial(1, out_shape, in_shape, block.T.reshape(*out_shape, *in_shape)))
-        return partials
+        return results, partials
 
     def by_rows():
         return _dense_partials_by_rows(of_floats, primals, floats, sources, out_shapes)
@@ -420,7 +434,7 @@ def _has_while_loop(jaxpr) -> bool:
     return False
 
 
-def _dense_partials_by_rows(of_floats, primals, floats, sources, out_shapes) -> dict[int, list[Partial]]:
+def _dense_partials_by_rows(of_floats, primals, floats, sources, out_shapes) -> tuple[tuple, dict[int, list[Partial]]]:
     """`_dense_partials` by one vmapped VJP, one one-hot cotangent per output entry (all reached
     outputs at once); the cotangents of a source's operands are its partials' rows."""
     results, pullback = jax.vjp(of_floats, *primals)
@@ -440,7 +454,7 @@ def _dense_partials_by_rows(of_floats, primals, floats, sources, out_shapes) -> 
             n = math.prod(out_shape)
             partials[src].append(Partial(1, out_shape, in_shape, rows[start : start + n].reshape(*out_shape, *in_shape)))
             start += n
-    return partials
+    return results, partials
 
 
 def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], counter: MultiplicationCounter):
@@ -495,7 +509,10 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                    for src, reached in by_source.items()}
         out_shape_of = {k: e.out_shape for reached in by_source.values() for k, e in reached}
         outputs = sorted(out_shape_of)
-        partials = _dense_partials(eqn, values, sources, outputs, [out_shape_of[k] for k in outputs])
+        results, partials = _dense_partials(eqn, values, sources, outputs, [out_shape_of[k] for k in outputs])
+        for k, result in zip(outputs, results or ()):  # later equations read the values computed with them
+            out = eqn.outputs[k]
+            env[out.node if out.node is not None else out.value] = result
         for src, reached in by_source.items():
             for k, e in reached:
                 if e.code != 1:
