@@ -1,26 +1,47 @@
 """Loops in the trace: which `scan`s are unrolled into the graph, and the pieces of the unrolling.
 
-A `scan` (``lax.scan``, ``lax.map``, ``lax.fori_loop`` with static bounds) whose unrolled form stays
-small (at most `UNROLL_MAX_EQUATIONS` equations) is traced as the straight-line program a Python
-loop would give: per iteration, each per-step input ``xs[k]`` is a ``slice`` and a ``squeeze`` of
-``xs`` (index maps, free), the body's equations are numbered in place with the carries of the
-previous iteration as operands, and each stacked output is one ``stack`` of the iterations'
-outputs (an index map). Its partials are then structural (diagonal, index maps, ...) and its
-products are counted like straight-line code's. Integer arithmetic on constants inside an
-unrolled body (the loop counter of a ``fori_loop``, the index wrapping of ``x[i]``) is evaluated
-at trace time, as a Python loop's ``range`` index would be, so ``x[i]`` becomes a slice at a
-known offset.
+A `scan` (``lax.scan``, ``lax.map``, ``lax.fori_loop`` with static bounds) is unrolled where both
+hold (`unrolls`):
 
-A larger `scan` stays a loop: one dense vertex per floating-point output, whose partials the
-interpreter accumulates across the iterations as a chain product of each iteration's local
-Jacobian blocks (`LoopPlan`: the blocks by eliminating inside the body, the chain forward or
-reverse across the iterations, whichever the dimensions make cheaper); `partial_muls` reports its
-multiplications beside the elimination's `graph.cost`. Every `while`/`cond` is one dense vertex per
-output whose partials JAX computes (docs/cost-model.md, "Loops").
+- it fits: its unrolled form has at most `UNROLL_MAX_EQUATIONS` equations (`fits`; above that it is
+  never unrolled, whatever it costs), and
+- unrolling does not cost more: the cheapest classic elimination (forward, reverse, Markowitz) of
+  the graph of the loop alone, unrolled (`unrolled_graph`: its differentiated operands as inputs,
+  the outputs something reads as outputs), is at most `UNROLL_ADVANTAGE` (1) times what its
+  partials would cost with the loop kept whole (`Body.kept_muls`: JAX's differentiation of the
+  whole loop, `whole_loop_muls`, estimated from the body's graph, traced once by `analyse`).
+
+The rule is measured, not derived: unrolled, a loop's partials are structural, but where its body
+mixes index maps (``jnp.roll``) with diagonals the interpreter materialises their products, and
+the elimination multiplies more than JAX's tangents through the whole loop (heat_fori: 541 against
+10, 20x slower unrolled at batch 32,768; rk_two_carries 201 against 156, 2.3x slower), while a
+body whose whole-loop tangents are many (power_iteration: 205 against 532) runs 2.2x faster
+unrolled (docs/cost-model.md, "Loops"). A scan with no differentiated operand or no
+floating-point output (no partials either way) is unrolled where it fits. The decision depends on
+the operands only through which are differentiated, known and read, so it is deterministic.
+
+Unrolled, a scan is traced as the straight-line program a Python loop would give: per iteration,
+each per-step input ``xs[k]`` is a ``slice`` and a ``squeeze`` of ``xs`` (index maps, free), the
+body's equations are numbered in place with the carries of the previous iteration as operands, and
+each stacked output is one ``stack`` of the iterations' outputs (an index map). Its partials are
+then structural (diagonal, index maps, ...) and its products are counted like straight-line code's.
+Integer arithmetic on constants inside an unrolled body (the loop counter of a ``fori_loop``, the
+index wrapping of ``x[i]``) is evaluated at trace time, as a Python loop's ``range`` index would be,
+so ``x[i]`` becomes a slice at a known offset.
+
+A scan that is not unrolled stays a loop: one dense vertex per floating-point output. Its partials
+are JAX's differentiation of the whole loop (the dense fallback), or where that needs at least
+`CHAIN_ADVANTAGE` times as many multiplications, a chain product of each iteration's local
+Jacobian blocks that the interpreter accumulates (`LoopPlan`: the blocks by eliminating inside the
+body, the chain forward or reverse across the iterations, whichever the dimensions make cheaper);
+`partial_muls` reports the chain's multiplications beside the elimination's `graph.cost`. Every
+`while`/`cond` is one dense vertex per output whose partials JAX computes (docs/cost-model.md,
+"Loops").
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -32,8 +53,9 @@ import numpy as np
 from jax.extend.core import ClosedJaxpr, Jaxpr
 
 __all__ = [
-    "UNROLL_MAX_EQUATIONS", "unrolled_size", "unrolls", "index_jaxpr", "stack_jaxpr", "evaluate", "LoopPlan",
-    "loop_plan", "chain_muls", "whole_loop_muls", "CHAIN_ADVANTAGE", "partial_muls",
+    "UNROLL_MAX_EQUATIONS", "UNROLL_ADVANTAGE", "fits", "unrolls", "unrolled_graph", "unrolled_muls",
+    "unrolled_size", "index_jaxpr", "stack_jaxpr", "evaluate", "Body", "analyse", "LoopPlan", "loop_plan",
+    "chain_muls", "whole_loop_muls", "CHAIN_ADVANTAGE", "partial_muls",
 ]
 
 #: A `scan` is unrolled into the graph when its unrolled form has at most this many equations
@@ -56,22 +78,23 @@ def _counts(eqn) -> tuple[int, int]:
             len(eqn.outvars) - params["num_carry"])
 
 
-def unrolls(eqn, inlined: Mapping[str, str]) -> bool:
-    """Whether the `scan` equation `eqn` is unrolled into the graph (never one of no iterations,
-    whose stacked outputs are empty)."""
+def fits(eqn, inlined: Mapping[str, str]) -> bool:
+    """Whether the `scan` equation `eqn` is small enough to be unrolled: at least one iteration (a
+    scan of none has empty stacked outputs) and at most `UNROLL_MAX_EQUATIONS` equations unrolled."""
     return eqn.params["length"] > 0 and _scan_size(eqn.params, *_counts(eqn), inlined) <= UNROLL_MAX_EQUATIONS
 
 
 def unrolled_size(jaxpr: Jaxpr, inlined: Mapping[str, str]) -> int:
-    """Equations the trace makes of `jaxpr`: calls in `inlined` (primitive -> body parameter) count
-    their bodies, a scan that is unrolled its unrolled size, every other equation one."""
+    """Equations the trace makes of `jaxpr` at most: calls in `inlined` (primitive -> body parameter)
+    count their bodies, a scan that `fits` its unrolled size (whether or not `unrolls` keeps it, which
+    depends on its operands: an upper bound), every other equation one."""
     total = 0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
         if name in inlined:
             body = eqn.params[inlined[name]]
             total += unrolled_size(body.jaxpr if isinstance(body, ClosedJaxpr) else body, inlined)
-        elif name == "scan" and unrolls(eqn, inlined):
+        elif name == "scan" and fits(eqn, inlined):
             total += _scan_size(eqn.params, *_counts(eqn), inlined)
         else:
             total += 1
@@ -214,11 +237,58 @@ def _spec(aval, drop_leading: bool = False):
     return jax.ShapeDtypeStruct(shape, aval.dtype)
 
 
-def loop_plan(eqn, sources: Sequence[bool]) -> LoopPlan | None:
-    """The plan of a `scan` equation kept as a loop, whose operands at `sources` have edges to its
-    outputs; None when it has no such operand, no floating-point output or no iteration (then no
-    partial is computed, or the dense fallback computes it)."""
-    from alphagrad.graph._orders import CLASSIC_ORDERS, cost, resolve_order
+class Body(NamedTuple):
+    """A `scan` body traced as a graph, with what keeping the loop whole would cost (`analyse`).
+
+    Attributes:
+      fn: the body as a function of its differentiated operands (`LoopPlan.body`).
+      graph: its graph (argnums 0, 1, 2: float carries, differentiated constants and per-step inputs).
+      costs: ``graph.cost`` of its graph per classic order (forward, reverse, Markowitz).
+      inner: multiplications of the partials of loops kept inside the body (`partial_muls`), per iteration.
+      dims: the loop's dimensions, the keyword arguments of `chain_muls` and `whole_loop_muls`.
+      float_carries, carry_sources, const_sources, x_sources, float_ys: as in `LoopPlan`.
+      operands: the shapes and dtypes of the scan's operands.
+    """
+
+    fn: Callable
+    graph: Any
+    costs: Mapping[str, int]
+    inner: int
+    dims: Mapping[str, int]
+    float_carries: tuple[int, ...]
+    carry_sources: tuple[int, ...]
+    const_sources: tuple[int, ...]
+    x_sources: tuple[int, ...]
+    float_ys: tuple[int, ...]
+    operands: tuple[jax.ShapeDtypeStruct, ...]
+
+    def chains(self) -> dict[str, int]:
+        """`chain_muls` in each mode."""
+        return {mode: chain_muls(mode, **self.dims) for mode in ("forward", "reverse")}
+
+    def chain_total(self, mode: str) -> int:
+        """Multiplications of the loop's partials as a chain product in `mode` (`LoopPlan.muls`)."""
+        return self.dims["length"] * (min(self.costs.values()) + self.inner) + self.chains()[mode]
+
+    def whole_loop(self) -> float:
+        """`whole_loop_muls`: JAX's differentiation of the whole loop, estimated from the body's costs."""
+        return whole_loop_muls(body_forward=self.costs["forward"] + self.inner,
+                               body_reverse=self.costs["reverse"] + self.inner, **self.dims)
+
+    def kept_muls(self) -> float:
+        """What the loop's partials cost kept whole, in multiplications of JAX's whole-loop
+        differentiation: `whole_loop`, or the chain's count times `CHAIN_ADVANTAGE` (a chain's
+        multiplication runs that much slower) where `loop_plan` takes the chain."""
+        chains = self.chains()
+        chain = self.chain_total(min(chains, key=chains.get)) * CHAIN_ADVANTAGE
+        return min(chain, self.whole_loop())
+
+
+def analyse(eqn, sources: Sequence[bool]) -> Body | None:
+    """The body of a `scan` equation whose operands at `sources` have edges to its outputs, traced
+    once (exact cost model); None when it has no such operand, no floating-point output or no
+    iteration (then its outputs have no partials to compute)."""
+    from alphagrad.graph._orders import CLASSIC_ORDERS, cost
     from alphagrad.graph._trace import trace
 
     params = eqn.params
@@ -239,8 +309,6 @@ def loop_plan(eqn, sources: Sequence[bool]) -> LoopPlan | None:
     body_graph = trace(fn, tuple(rest[1][i] for i in float_carries), tuple(rest[0][i] for i in const_sources),
                        tuple(rest[2][i] for i in x_sources), rest, argnums=(0, 1, 2), cost_model="exact",
                        name="scan body")
-    costs = {name: cost(body_graph, name) for name in CLASSIC_ORDERS}
-    best = min(costs, key=costs.get)
 
     def size(avals_, indices, drop_leading=False):
         return sum(math.prod(avals_[i].shape[1:] if drop_leading else avals_[i].shape) for i in indices)
@@ -248,16 +316,111 @@ def loop_plan(eqn, sources: Sequence[bool]) -> LoopPlan | None:
     dims = dict(length=length, n=size(carry_avals, float_carries), q=size(y_avals, float_ys, True),
                 carry_columns=size(carry_avals, carry_sources), p=size(const_avals, const_sources),
                 m=size(x_avals, x_sources, True))
-    chains = {mode: chain_muls(mode, **dims) for mode in ("forward", "reverse")}
+    return Body(fn, body_graph, {name: cost(body_graph, name) for name in CLASSIC_ORDERS}, partial_muls(body_graph),
+                dims, float_carries, carry_sources, const_sources, x_sources, float_ys, tuple(map(_spec, avals)))
+
+
+def loop_plan(eqn, sources: Sequence[bool], body: Body | None = None) -> LoopPlan | None:
+    """The plan of a `scan` equation kept as a loop, whose operands at `sources` have edges to its
+    outputs; None when it has no such operand, no floating-point output or no iteration (then no
+    partial is computed), or where the chain does not pay (then the dense fallback, JAX's
+    differentiation of the whole loop, computes its partials). `body`: its `analyse`, if done."""
+    from alphagrad.graph._orders import resolve_order
+
+    body = body if body is not None else analyse(eqn, sources)
+    if body is None:
+        return None
+    best = min(body.costs, key=body.costs.get)
+    chains = body.chains()
     mode = min(chains, key=chains.get)  # forward on ties
-    inner = partial_muls(body_graph)
-    chain_total = length * (costs[best] + inner) + chains[mode]
-    whole_loop = whole_loop_muls(body_forward=costs["forward"] + inner, body_reverse=costs["reverse"] + inner, **dims)
-    if chain_total * CHAIN_ADVANTAGE > whole_loop:
+    if body.chain_total(mode) * CHAIN_ADVANTAGE > body.whole_loop():
         return None  # JAX's own differentiation of the whole loop (the dense fallback) is as cheap
-    return LoopPlan(fn, tuple(resolve_order(body_graph, best)), costs[best], inner, mode,
-                    chains[mode], length,
-                    float_carries, carry_sources, const_sources, x_sources, float_ys, tuple(map(_spec, avals)))
+    return LoopPlan(body.fn, tuple(resolve_order(body.graph, best)), body.costs[best], body.inner, mode,
+                    chains[mode], body.dims["length"], body.float_carries, body.carry_sources,
+                    body.const_sources, body.x_sources, body.float_ys, body.operands)
+
+
+#: A scan that `fits` is unrolled where its unrolled graph's cheapest classic elimination costs at
+#: most UNROLL_ADVANTAGE times what its partials cost kept whole (`Body.kept_muls`); 1.0: at most as
+#: many multiplications. (``math.inf`` unrolls every scan that fits, 0 keeps every one with sources.)
+UNROLL_ADVANTAGE = 1.0
+
+
+#: Set by `unrolled_graph` for the trace of one scan alone: that scan is unrolled (asking `unrolls`
+#: again would trace it again, endlessly).
+_UNROLL_NEXT: contextvars.ContextVar[bool] = contextvars.ContextVar("alphagrad_unroll_next", default=False)
+
+
+def unrolled_graph(eqn, inputs: Sequence[Any], constants: Sequence[Any], live: Sequence[bool]):
+    """The graph of the `scan` equation `eqn` alone, unrolled (exact cost model).
+
+    Args:
+      eqn: the scan equation.
+      inputs: per operand, a key (the outer graph's node) where it is differentiated, else None;
+        operands with the same key are one input of the graph (its edges add up as in the outer one).
+      constants: per operand, its value where it is known at trace time (folded as the outer trace
+        folds it: a loop counter's start, constant per-step inputs), else None.
+      live: per output of the scan, whether anything reads it (an output nothing reads is a vertex
+        whose Jacobian no elimination forms, in the outer graph as here).
+
+    Returns:
+      A graph whose inputs are the distinct keys (in order of first appearance) and whose outputs
+      are the scan's live outputs; the other operands are arguments that are not differentiated.
+    """
+    from alphagrad.graph._trace import trace
+
+    avals = [v.aval for v in eqn.invars]
+    keys = list(dict.fromkeys(k for k in inputs if k is not None))
+    others = [i for i, (k, c) in enumerate(zip(inputs, constants)) if k is None and c is None]
+    first = {k: inputs.index(k) for k in keys}
+
+    def scan_alone(differentiated, abstract):
+        values = [None if c is None else jnp.asarray(c, a.dtype) for c, a in zip(constants, avals)]
+        for i, k in enumerate(inputs):
+            if k is not None:
+                values[i] = differentiated[keys.index(k)]
+        for i, v in zip(others, abstract):
+            values[i] = v
+        outs = eqn.primitive.bind(*values, **eqn.primitive.get_bind_params(eqn.params))
+        return [out for out, used in zip(outs, live) if used]
+
+    token = _UNROLL_NEXT.set(True)  # this scan, the first its trace meets, is unrolled without asking
+    try:
+        return trace(scan_alone, tuple(_spec(avals[first[k]]) for k in keys),
+                     tuple(_spec(avals[i]) for i in others), argnums=0, cost_model="exact", name="unrolled scan")
+    finally:
+        _UNROLL_NEXT.reset(token)
+
+
+def unrolled_muls(eqn, inputs: Sequence[Any], constants: Sequence[Any], live: Sequence[bool]) -> int:
+    """The cheapest classic elimination (forward, reverse, Markowitz) of `unrolled_graph`, plus the
+    partials of the loops kept inside it (`partial_muls`)."""
+    from alphagrad.graph._orders import CLASSIC_ORDERS, cost
+
+    g = unrolled_graph(eqn, inputs, constants, live)
+    return min(cost(g, name) for name in CLASSIC_ORDERS) + partial_muls(g)
+
+
+def unrolls(eqn, inlined: Mapping[str, str], inputs: Sequence[Any], constants: Sequence[Any],
+            live: Sequence[bool]) -> tuple[bool, Body | None]:
+    """Whether the trace unrolls the `scan` equation `eqn` (arguments as for `unrolled_graph`), and
+    the `analyse` of its body where it was made (for `loop_plan` when the loop is kept).
+
+    It is unrolled where it `fits` and its unrolled graph's cheapest classic elimination costs at
+    most `UNROLL_ADVANTAGE` times its partials kept whole (`Body.kept_muls`); one without a
+    differentiated operand or floating-point output (no partials either way) is unrolled where it fits.
+    """
+    if not fits(eqn, inlined):
+        return False, None
+    if _UNROLL_NEXT.get():
+        _UNROLL_NEXT.set(False)  # the scans inside its body are decided as everywhere
+        return True, None
+    body = analyse(eqn, [k is not None for k in inputs])
+    if body is None:
+        return True, None
+    if UNROLL_ADVANTAGE == math.inf:
+        return True, body
+    return unrolled_muls(eqn, inputs, constants, live) <= UNROLL_ADVANTAGE * body.kept_muls(), body
 
 
 def partial_muls(graph) -> int:

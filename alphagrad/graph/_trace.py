@@ -315,6 +315,16 @@ class _Builder:
                 return Operand(None, atom.val)
             return env[atom]
 
+        read_vars: set = set()
+
+        def read_later() -> set:
+            """The variables of `jaxpr` that an equation or its result reads (in SSA form, an
+            equation's output is read, if at all, after it)."""
+            if not read_vars:
+                read_vars.update(a for e in jaxpr.eqns for a in e.invars if not isinstance(a, Literal))
+                read_vars.update(a for a in jaxpr.outvars if not isinstance(a, Literal))
+            return read_vars
+
         for eqn, fused in _fuse_complex_spans(jaxpr):
             name = "complex_span" if fused else eqn.primitive.name
             operands = [read(a) for a in eqn.invars]
@@ -329,10 +339,18 @@ class _Builder:
                 for var, out in zip(eqn.outvars, outs):
                     env[var] = out
                 continue
-            if name == "scan" and not fused and _loops.unrolls(eqn, _INLINED):
-                for var, out in zip(eqn.outvars, self.unroll_scan(eqn, operands, model, source)):
-                    env[var] = out
-                continue
+            loop_body = None  # a scan kept as a loop: its body's analysis, for its plan
+            if name == "scan" and not fused:
+                # Unrolled where that costs no more than the loop kept whole (`_loops.unrolls`),
+                # decided from the edges the kept loop would have: its differentiated operands.
+                inputs = [op.node if self.dense_source(op, atom) else None for op, atom in zip(operands, eqn.invars)]
+                constants = [op.value if _is_concrete(op) else None for op in operands]
+                live = [not isinstance(v, DropVar) and v in read_later() for v in eqn.outvars]
+                unroll, loop_body = _loops.unrolls(eqn, _INLINED, inputs, constants, live)
+                if unroll:
+                    for var, out in zip(eqn.outvars, self.unroll_scan(eqn, operands, model, source)):
+                        env[var] = out
+                    continue
             folded = self.fold(eqn, operands) if self.unrolling else None
             if folded is not None:
                 for var, value in zip(eqn.outvars, folded):
@@ -351,13 +369,12 @@ class _Builder:
                     f"{dtype} value from one that depends on a differentiated input; no derivative "
                     f"can pass through it. {_COMPLEX_ADVICE}."
                 )
-            differentiable = [
-                op.node is not None and _is_differentiable(a.aval) for op, a in zip(operands, eqn.invars)
-            ]
-            if name not in _rules.RULED_PRIMITIVES:
-                # A dense partial from a value no input reaches (behind stop_gradient, made from
-                # constants) never reaches the Jacobian: no edge, rather than products of zeros.
-                differentiable = [d and operands[i].node in self.active for i, d in enumerate(differentiable)]
+            if name in _rules.RULED_PRIMITIVES:
+                differentiable = [
+                    op.node is not None and _is_differentiable(a.aval) for op, a in zip(operands, eqn.invars)
+                ]
+            else:
+                differentiable = [self.dense_source(op, a) for op, a in zip(operands, eqn.invars)]
             in_shapes = [tuple(a.aval.shape) for a in eqn.invars]
             single = len(eqn.outvars) == 1
             outputs: list[Operand] = []
@@ -386,7 +403,7 @@ class _Builder:
                 if op.node is not None:
                     self.uses.add(op.node)
             first = next((op.node - self.num_inputs for op in outputs if op.node is not None), 0)
-            loop = _loops.loop_plan(eqn, differentiable) if name == "scan" and not fused else None
+            loop = _loops.loop_plan(eqn, differentiable, loop_body) if name == "scan" and not fused else None
             self.equations.append(Equation(
                 first, eqn.primitive, dict(eqn.params), tuple(operands), out_avals[0] if out_avals else None,
                 tuple(outputs), tuple(out_avals), loop,
@@ -394,6 +411,12 @@ class _Builder:
             for var, out in zip(eqn.outvars, outputs):
                 env[var] = out
         return [read(a) for a in jaxpr.outvars]
+
+    def dense_source(self, op: Operand, atom) -> bool:
+        """Whether a dense equation's operand gets an edge: a differentiable node that an input
+        reaches (a dense partial from a value no input reaches, behind stop_gradient or made from
+        constants, never reaches the Jacobian: no edge, rather than products of zeros)."""
+        return op.node is not None and _is_differentiable(atom.aval) and op.node in self.active
 
     def unroll_scan(self, eqn: JaxprEqn, operands: list[Operand], model, source: str) -> list[Operand]:
         """Adds the equations of a `scan` unrolled (`_loops`): per iteration the slices ``xs[k]`` and

@@ -1,13 +1,24 @@
-"""Loops in `graph.trace`: small scans and fori_loops unrolled as a Python loop would be, large ones kept."""
+"""Loops in `graph.trace`: small scans and fori_loops unrolled as a Python loop would be where that
+costs no more than keeping the loop whole, the others kept."""
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from jax.extend.core import Literal
 
 from alphagrad import graph
 from alphagrad.graph import _loops
+
+
+@pytest.fixture
+def unrolled(monkeypatch):
+    """Every scan that fits under `UNROLL_MAX_EQUATIONS` unrolled, whatever it costs."""
+    monkeypatch.setattr(_loops, "UNROLL_ADVANTAGE", math.inf)
 
 
 def cell(c, x):
@@ -27,7 +38,7 @@ def python_loop(c, xs):
     return c, jnp.stack(ys)
 
 
-def test_a_small_scan_is_the_graph_of_the_python_loop():
+def test_a_small_scan_is_the_graph_of_the_python_loop(unrolled):
     c, xs = jnp.ones(3), jnp.ones((4, 3))
     g, expected = graph.trace(scanned, c, xs), graph.trace(python_loop, c, xs)
     assert [v.primitive for v in g.vertices] == [v.primitive for v in expected.vertices]
@@ -37,7 +48,7 @@ def test_a_small_scan_is_the_graph_of_the_python_loop():
         assert graph.cost(g, order) == graph.cost(expected, order)
 
 
-def test_a_reverse_scan_runs_the_iterations_backwards_and_stacks_in_place():
+def test_a_reverse_scan_runs_the_iterations_backwards_and_stacks_in_place(unrolled):
     def backwards(c, xs):
         return jax.lax.scan(cell, c, xs, reverse=True)
 
@@ -51,7 +62,7 @@ def test_a_reverse_scan_runs_the_iterations_backwards_and_stacks_in_place():
     assert graph.trace(backwards, c, xs).fingerprint == graph.trace(python_backwards, c, xs).fingerprint
 
 
-def test_fori_loop_counters_and_index_arithmetic_are_folded():
+def test_fori_loop_counters_and_index_arithmetic_are_folded(unrolled):
     def f(x):
         return jax.lax.fori_loop(0, 3, lambda i, c: c * jnp.sin(x[i]), x)
 
@@ -69,7 +80,7 @@ def python_fori(x):
     return c
 
 
-def test_consts_a_length_without_xs_and_nested_loops():
+def test_consts_a_length_without_xs_and_nested_loops(unrolled):
     def f(x, w):
         def outer(c, _):
             inner = jax.lax.scan(lambda d, _: (jnp.sin(d * w), None), c, None, length=2)[0]
@@ -82,7 +93,7 @@ def test_consts_a_length_without_xs_and_nested_loops():
     assert not any(e.code == 1 for e in g.edges)
 
 
-def test_a_loop_above_the_threshold_stays_one_dense_vertex(monkeypatch):
+def test_a_loop_above_the_threshold_stays_one_dense_vertex(unrolled, monkeypatch):
     def f(c, xs):
         return jax.lax.scan(cell, c, xs)[0]
 
@@ -108,7 +119,7 @@ def test_a_loop_above_the_threshold_stays_one_dense_vertex(monkeypatch):
     assert "scan[0]" not in [v.primitive for v in small.vertices]
 
 
-def test_the_unrolled_size_counts_nested_loops_and_calls():
+def test_the_unrolled_size_counts_nested_loops_and_calls(unrolled):
     def f(x):
         inner = lambda c: jax.lax.fori_loop(0, 4, lambda i, d: jnp.sin(d), c)  # noqa: E731
         return jax.lax.fori_loop(0, 5, lambda i, c: jax.jit(inner)(c), x)
@@ -129,3 +140,76 @@ def test_whole_loop_estimate_takes_the_cheaper_of_columns_and_rows():
     dims = dict(length=10, n=2, q=0, carry_columns=2, p=3, m=1)
     assert _loops.whole_loop_muls(body_forward=60, body_reverse=40, **dims) == min(10 * 15 * 10, 10 * 2 * 20)
     assert _loops.whole_loop_muls(body_forward=6, body_reverse=4000, **dims) == 10 * 15 * 1
+
+
+def heat(u, kappa):
+    """The corpus's heat_fori: jnp.roll (index maps) beside diagonals, whose unrolled products cost more
+    than JAX's whole-loop tangents."""
+    return jax.lax.fori_loop(0, 5, lambda _, v: v + kappa * (jnp.roll(v, 1) - 2.0 * v + jnp.roll(v, -1)), u)
+
+
+def power(a):
+    """The corpus's power_iteration: its unrolled elimination beats JAX's 9 tangent columns through the loop."""
+    s = a @ a.T
+
+    def body(_, carry):
+        v, _ = carry
+        w = s @ v
+        return w / jnp.linalg.norm(w), jnp.dot(v, w)
+
+    return jax.lax.fori_loop(0, 8, body, (jnp.ones(3), jnp.zeros(())))[1]
+
+
+def compared(monkeypatch) -> dict:
+    """Records the two numbers `_loops.unrolls` compares for the (one) scan traced next."""
+    seen: dict = {}
+    unrolled_muls, analyse = _loops.unrolled_muls, _loops.analyse
+
+    def record_unrolled(*args):
+        return seen.setdefault("unrolled", unrolled_muls(*args))
+
+    def record_kept(*args):
+        body = analyse(*args)
+        seen.setdefault("kept", body.kept_muls())
+        return body
+
+    monkeypatch.setattr(_loops, "unrolled_muls", record_unrolled)
+    monkeypatch.setattr(_loops, "analyse", record_kept)
+    return seen
+
+
+def test_a_loop_whose_unrolled_elimination_is_cheaper_is_unrolled(monkeypatch):
+    a = jnp.ones((3, 3)) + jnp.eye(3)
+    seen = compared(monkeypatch)
+    g = graph.trace(power, a)
+    # unrolled: the cheapest elimination of the 8 iterations from s to the eigenvalue (the final v,
+    # which nothing reads, is no output); kept: 8 iterations x 9 tangent columns (s) at the body's
+    # forward cost per input column (96 for the 13 entries of v, the value and s)
+    assert seen["unrolled"] == 205 and seen["kept"] == pytest.approx(8 * 9 * 96 / 13)
+    assert not any(v.primitive.startswith("scan") for v in g.vertices)
+    monkeypatch.setattr(_loops, "UNROLL_ADVANTAGE", math.inf)
+    assert g.fingerprint == graph.trace(power, a).fingerprint
+
+
+def test_a_loop_whose_unrolled_elimination_costs_more_stays_whole(monkeypatch):
+    u, kappa = jnp.ones(6), jnp.asarray(0.1)
+    seen = compared(monkeypatch)
+    g = graph.trace(heat, u, kappa)
+    # unrolled: forward elimination through 5 steps' diagonals and index maps; kept: 5 iterations
+    # x (6 + 1) tangent columns at the body's forward cost per column (2 multiplications for 7)
+    assert seen == {"unrolled": 541, "kept": 10.0}
+    assert [v.primitive for v in g.vertices] == ["scan[1]"]  # the rod; the counter has no vertex
+    assert g.program.equations[0].loop is None  # its partials: JAX's tangents through the whole loop
+    monkeypatch.setattr(_loops, "UNROLL_ADVANTAGE", math.inf)  # forced, it is the Python loop
+    forced = graph.trace(heat, u, kappa, cost_model="exact")
+    assert "scan[1]" not in [v.primitive for v in forced.vertices]
+    assert min(graph.cost(forced, o) for o in ("forward", "reverse", "markowitz")) == seen["unrolled"]
+
+
+def test_a_loop_with_nothing_differentiated_is_unrolled():
+    def f(x, w):
+        y = jax.lax.fori_loop(0, 3, lambda i, c: jnp.sin(c) * 2.0, jnp.ones(2))  # constant: no edges either way
+        return y * x + w
+
+    g = graph.trace(f, jnp.ones(2), jnp.ones(2), argnums=(0, 1))
+    assert [v.primitive for v in g.vertices] == ["broadcast_in_dim", *["sin", "mul"] * 3, "mul", "add"]

@@ -1,7 +1,10 @@
 """Loops through the interpreter: exact Jacobians and counted multiplications in every order, for scans
-and fori_loops unrolled into the graph and for those kept as one dense vertex (above the threshold)."""
+and fori_loops unrolled into the graph and for those kept as one dense vertex (above the threshold, or
+by the unrolling rule; tests/interpreter/test_corpus.py runs the corpus's loops under the rule)."""
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +87,8 @@ KEPT = {
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_loop_jacobians_are_exact_and_counted_in_every_order(name):
+def test_loop_jacobians_are_exact_and_counted_in_every_order(name, monkeypatch):
+    monkeypatch.setattr(_loops, "UNROLL_ADVANTAGE", math.inf)  # every loop that fits unrolled
     f, args, argnums = CASES[name]
     g = check_exact_and_counted(f, args, argnums)
     unrolled = not any(v.primitive.startswith("scan") for v in g.vertices)
