@@ -85,10 +85,28 @@ def _is_pointwise(jaxpr, shape: Shape) -> bool:
     return True
 
 
+def _jvp_rule_is_pointwise(params, num_operands: int, shape: Shape) -> bool:
+    """Whether the custom JVP rule of a `custom_jvp_call` computes elementwise (`_is_pointwise`).
+
+    The partials are the rule's, not the primal's: a pointwise primal whose rule mixes entries
+    (``jnp.sin(x)`` with a tangent ``cos(x) * t + t[::-1]``) has a dense Jacobian. A rule that
+    cannot be traced here counts as not pointwise (dense partials are exact for any rule)."""
+    fun = params.get("jvp_jaxpr_fun")
+    if fun is None:
+        return False
+    try:
+        rule = fun.call_wrapped(*([False] * num_operands))[0]
+    except Exception:  # noqa: BLE001 - JAX's internals; dense is always exact
+        return False
+    return _is_pointwise(rule, shape)
+
+
 def _custom_jvp_codes(in_shapes, out_shape: Shape, params, live) -> dict[int, int]:
-    """A function with a custom JVP rule: diagonal in each operand of its output's shape when it is
-    pointwise (relu, softplus, logaddexp), dense otherwise; its partials come from its rule."""
-    pointwise = _is_pointwise(params["call_jaxpr"], out_shape)
+    """A function with a custom JVP rule: diagonal in each operand of its output's shape when both
+    its primal and its rule are pointwise (relu, logaddexp, xlogy), dense otherwise; its partials
+    come from its rule."""
+    pointwise = (_is_pointwise(params["call_jaxpr"], out_shape)
+                 and _jvp_rule_is_pointwise(params, len(in_shapes), out_shape))
     out = normalise(out_shape)
     codes = {}
     for i in live:
