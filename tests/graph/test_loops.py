@@ -9,9 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.extend.core import Literal
 
-from alphagrad import graph
+from alphagrad import graph, tasks
 from alphagrad.graph import _loops
 
 
@@ -142,22 +141,10 @@ def test_whole_loop_estimate_takes_the_cheaper_of_columns_and_rows():
     assert _loops.whole_loop_muls(body_forward=6, body_reverse=4000, **dims) == 10 * 15 * 1
 
 
-def heat(u, kappa):
-    """The corpus's heat_fori: jnp.roll (index maps) beside diagonals, whose unrolled products cost more
-    than JAX's whole-loop tangents."""
-    return jax.lax.fori_loop(0, 5, lambda _, v: v + kappa * (jnp.roll(v, 1) - 2.0 * v + jnp.roll(v, -1)), u)
-
-
-def power(a):
-    """The corpus's power_iteration: its unrolled elimination beats JAX's 9 tangent columns through the loop."""
-    s = a @ a.T
-
-    def body(_, carry):
-        v, _ = carry
-        w = s @ v
-        return w / jnp.linalg.norm(w), jnp.dot(v, w)
-
-    return jax.lax.fori_loop(0, 8, body, (jnp.ones(3), jnp.zeros(())))[1]
+#: The corpus's heat_fori (jnp.roll, index maps, beside diagonals: its unrolled products cost more than
+#: JAX's whole-loop tangents) and power_iteration (its unrolled elimination beats JAX's 9 tangent
+#: columns through the loop), whose numbers docs/cost-model.md quotes.
+heat, power = (tasks.corpus()[name].fn for name in ("heat_fori", "power_iteration"))
 
 
 def compared(monkeypatch) -> dict:
