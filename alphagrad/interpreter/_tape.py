@@ -88,6 +88,10 @@ from alphagrad.graph import (
     INDEX_MAP, VALUELESS, Graph, LeafRef, Operand, Step, ValueRef, normalise_shape, product_plan, structure_of,
 )
 from alphagrad.interpreter._structured import Partial
+from alphagrad.interpreter._tape_products import (
+    FIRST_EDGE_SLOT, ONE, ZERO, Eliminator, Map, Unplannable, Valued, _positions, lanes_for, layout, run_steps, support,
+    terms,
+)
 
 __all__ = [
     "TAPE_MIN_SIZE", "TAPE_MIN_EQUATIONS", "ARRAY_WEIGHT", "MAX_COMPONENTS", "MAX_KINDS", "EQUATIONS_PER_KIND",
@@ -114,7 +118,7 @@ ARRAY_WEIGHT = 8
 #: Most components (array entries) a value of the tape may have: every scan step gathers the
 #: largest equation's operand components, and a product of two dense partials of n-entry arrays
 #: takes up to n^3 loop steps, so a large array would slow every step.
-MAX_COMPONENTS = 64
+MAX_COMPONENTS = 4096
 #: Most distinct equation kinds (switch branches); XLA compiles every branch.
 MAX_KINDS = 256
 #: ... and at most one per this many equations beyond: XLA compiles every branch (about 0.1 s
@@ -160,9 +164,6 @@ class _Lanes(NamedTuple):
     def name(self) -> str:
         return self.primitive.name
 
-# Product kinds of the elimination tape: (multiply or select) x (create or add into the edge).
-_MUL_NEW, _MUL_ADD, _SELECT_NEW, _SELECT_ADD = range(4)
-
 
 class _NodeOutput(NamedTuple):
     """An output held by a node: its first value slot and its shape."""
@@ -173,6 +174,15 @@ class _NodeOutput(NamedTuple):
 
 class Unsupported(Exception):
     """The graph is outside the tape's class; the message says why (the straight-line path runs)."""
+
+
+class _PartialKind(NamedTuple):
+    """The partials of one equation kind: ``fn(ops[K]) -> [P]``; ops int32 [n, K] and at int32 [n]
+    (first edge slot) of its n equations."""
+
+    fn: Any
+    ops: np.ndarray
+    at: np.ndarray
 
 
 class Tape(NamedTuple):
@@ -187,11 +197,12 @@ class Tape(NamedTuple):
       eq_kind: int32[E] branch of each equation.
       eq_ops: int32[E, K] value slots of its operand components (padded with slot 0).
       eq_out: int32[E] first value slot of its output.
-      eq_partials: int32[E] first edge slot of its partials.
-      branches: per kind, ``ops[K] -> (out[O], partials[P])``.
-      width: (K, O, P).
-      prod_kind, prod_x, prod_y, prod_dst: int32[M] the scalar product steps (kind, edge slots of
-        the first and the second factor (a selection's value and mask), edge slot written).
+      branches: per kind, ``ops[K] -> out[O]`` (the equation loop's switch).
+      partials: per kind that computes partials, a `_PartialKind`: its function
+        ``ops[K] -> partials[P]`` and, per equation of the kind, its operand slots and the first
+        edge slot of its partials (all of a kind are computed at once, after the values).
+      width: (K, O).
+      prod_steps, prod_patterns: the lane steps of the products (`_tape_products.LaneSteps.finish`).
       outputs: per flattened output of the program: a `_NodeOutput` (slot and shape), or the
         `Operand.value` of a constant output (a constant or a `LeafRef`).
       jacobian_edges: {(input node, output node): (first edge slot, out_shape, in_shape)}.
@@ -207,13 +218,11 @@ class Tape(NamedTuple):
     eq_kind: np.ndarray
     eq_ops: np.ndarray
     eq_out: np.ndarray
-    eq_partials: np.ndarray
     branches: tuple
-    width: tuple[int, int, int]
-    prod_kind: np.ndarray
-    prod_x: np.ndarray
-    prod_y: np.ndarray
-    prod_dst: np.ndarray
+    partials: tuple
+    width: tuple[int, int]
+    prod_steps: np.ndarray
+    prod_patterns: np.ndarray
     outputs: tuple
     jacobian_edges: dict
     muls: int
@@ -221,10 +230,6 @@ class Tape(NamedTuple):
 
 # ---- partial layouts ------------------------------------------------------------------------
 
-# Edge-buffer slots holding constants: a selection whose mask is `_ONE` is a copy, `_ONE` as the
-# value writes a structural 1 (an identity's entry), `_ZERO` a structural 0. Partials follow them.
-_ONE, _ZERO = 0, 1
-_FIRST_EDGE_SLOT = 2
 #: Codes whose partial the tape holds as a map (which entries move where), not as a value array.
 _MAP_CODES = VALUELESS | {INDEX_MAP}
 #: Index maps whose partial depends on the values: never tabulated when the tape is built.
@@ -242,82 +247,9 @@ _MASK_MAPS = frozenset(
 _STATIC_MAPS: dict[Any, np.ndarray | None] = {}
 
 
-def _positions(out_shape: tuple, in_shape: tuple) -> dict[int, int]:
-    return {1: out_shape[0], 2: out_shape[1], 3: in_shape[0], 4: in_shape[1]}
-
-
 def _tied_sizes_agree(code: int, out_shape: tuple, in_shape: tuple) -> bool:
     sizes = _positions(out_shape, in_shape)
     return all(sizes[a] == sizes[b] for a, b, _ in structure_of(code).ties)
-
-
-@functools.cache
-def _layout(code: int, out_shape: tuple, in_shape: tuple) -> tuple[tuple[int, int], ...]:
-    """Per entry of the value array of a valued `code` (row-major over its value axes): the dense
-    entry (flat output index, flat operand index) it holds; along a Kronecker tie, index 0."""
-    structure = structure_of(code)
-    sizes = _positions(out_shape, in_shape)
-    entries = []
-    for index in itertools.product(*(range(sizes[pos]) for pos in structure.value_axes)):
-        at = dict(zip(structure.value_axes, index))
-        for a, b, kind in structure.ties:
-            if kind == "D":
-                at[b] = at[a]
-            else:
-                at[a] = at[b] = 0
-        entries.append((at[1] * out_shape[1] + at[2], at[3] * in_shape[1] + at[4]))
-    return tuple(entries)
-
-
-@functools.cache
-def _support(code: int, out_shape: tuple, in_shape: tuple) -> dict[tuple[int, int], int]:
-    """Every nonzero dense entry (flat output index, flat operand index) of a partial of `code`
-    -> the entry of its value array that holds it (0 for a value-less code, whose entries are 1)."""
-    structure = structure_of(code)
-    sizes = _positions(out_shape, in_shape)
-    kronecker = [(a, b) for a, b, kind in structure.ties if kind == "K"]
-    support = {}
-    for r, index in enumerate(itertools.product(*(range(sizes[pos]) for pos in structure.value_axes))):
-        at = dict(zip(structure.value_axes, index))
-        for a, b, kind in structure.ties:
-            if kind == "D":
-                at[b] = at[a]
-        for along in itertools.product(*(range(sizes[a]) for a, _ in kronecker)):
-            for (a, b), k in zip(kronecker, along):
-                at[a] = at[b] = k
-            support[(at[1] * out_shape[1] + at[2], at[3] * in_shape[1] + at[4])] = r if structure.has_values else 0
-    return support
-
-
-class _Valued(NamedTuple):
-    """An edge held as the value array of its (valued) code in edge slots [base, base + size)."""
-
-    code: int
-    base: int
-    out_shape: tuple
-    in_shape: tuple
-
-    @property
-    def size(self) -> int:
-        return len(_layout(self.code, self.out_shape, self.in_shape))
-
-
-class _Map(NamedTuple):
-    """An edge of a value-less code or an index map (code 11): per nonzero dense entry
-    (flat output index, flat operand index), the edge slots whose sum it is, each 0 or 1 (`_ONE`
-    for a structural 1). The slots are never freed (other maps may share them)."""
-
-    code: int
-    entries: dict
-    out_shape: tuple
-    in_shape: tuple
-
-
-def _terms(edge) -> dict[tuple[int, int], list[tuple[int, int]]]:
-    """Per nonzero dense entry of an edge, its value as a sum of selections (value slot, mask slot)."""
-    if isinstance(edge, _Valued):
-        return {at: [(edge.base + r, _ONE)] for at, r in _support(edge.code, edge.out_shape, edge.in_shape).items()}
-    return {at: [(m, _ONE) for m in masks] for at, masks in edge.entries.items()}
 
 
 # ---- building the tape ----------------------------------------------------------------------
@@ -543,17 +475,20 @@ class _Builder:
             left.append(eqn)
         return left
 
-    def _static_edge(self, e, eqn, operands, positions, head) -> _Map | None:
+    def _static_edge(self, e, eqn, operands, positions, head) -> Map | None:
         """The edge `e` as a map when its partial moves data at fixed positions (an identity, or a
         static index map: `_static_map`), else None."""
         out_shape, in_shape = tuple(e.out_shape), tuple(e.in_shape)
         if e.code in VALUELESS:
-            return _Map(e.code, {at: (_ONE,) for at in _support(e.code, out_shape, in_shape)}, out_shape, in_shape)
+            out, inp, _ = support(e.code, out_shape, in_shape)
+            return Map(e.code, out, inp, np.full(len(out), ONE, np.int64), out_shape, in_shape)
         matrix = self._static_map(eqn, operands, positions, head)
         if matrix is None:
             return None
-        entries = {(i, j): (_ONE,) * int(matrix[i, j]) for i, j in zip(*np.nonzero(matrix))}
-        return _Map(INDEX_MAP, entries, out_shape, in_shape)
+        rows, cols = np.nonzero(matrix)
+        counts = matrix[rows, cols]  # an entry added several times: a sum of structural ones
+        out, inp = np.repeat(rows, counts), np.repeat(cols, counts)
+        return Map(INDEX_MAP, out, inp, np.full(len(out), ONE, np.int64), out_shape, in_shape)
 
     def _lanes(self, eqn, operands, shape, incoming, width: int):
         """For an elementwise equation (every operand of the output's shape or a scalar): its
@@ -593,13 +528,16 @@ class _Builder:
             out_shape, in_shape = tuple(e.out_shape), tuple(e.in_shape)
             if out_shape != normalise_shape(shape) or in_shape != normalise_shape(self.node_shape[e.src]):
                 return None
-            layout = _layout(e.code, out_shape, in_shape)
+            lay_out, lay_in = layout(e.code, out_shape, in_shape)
             scalar = pattern[positions[0]][0]
             if name in _LANE_REDUCTIONS:  # the gradient, one lane per operand entry
-                expected = tuple((0, k) for k in range(math.prod(in_shape)))
+                lanes = np.arange(math.prod(in_shape))
+                expected = (np.zeros_like(lanes), lanes)
             else:  # the JVP response to ones, one lane per output entry
-                expected = tuple((k, 0 if scalar else k) for k in range(n_out))
-            if layout != ((0, 0),) and layout != expected:
+                lanes = np.arange(n_out)
+                expected = (lanes, np.zeros_like(lanes) if scalar else lanes)
+            one_constant = len(lay_out) == 1 and lay_out[0] == 0 and lay_in[0] == 0
+            if not one_constant and not (np.array_equal(lay_out, expected[0]) and np.array_equal(lay_in, expected[1])):
                 return None
         return pattern, lane_groups
 
@@ -698,8 +636,7 @@ class _Builder:
         kinds: dict[Any, int] = {}
         templates: list[tuple] = []
         edges: dict[tuple[int, int], Any] = {}
-        next_slot = _FIRST_EDGE_SLOT
-        P = 1
+        next_slot = FIRST_EDGE_SLOT
         # Lanes of the elementwise kinds: the largest elementwise output.
         sizes = {n: math.prod(self.node_shape[n]) for n in range(1, graph.num_inputs + 1)}
         sizes.update((eqn.outputs[0].node, math.prod(eqn.aval.shape)) for eqn in equations if eqn.aval is not None)
@@ -722,8 +659,9 @@ class _Builder:
             if self._check_size(shape, where) == 0:  # an empty slice (jnp.roll by 0 makes one): nothing to run
                 for e in incoming.get(node, ()):
                     out_shape, in_shape = tuple(e.out_shape), tuple(e.in_shape)
-                    edges[(e.src, node)] = (_Map(e.code, {}, out_shape, in_shape) if e.code in _MAP_CODES
-                                            else _Valued(e.code, _ZERO, out_shape, in_shape))
+                    nothing = np.zeros(0, np.int64)
+                    edges[(e.src, node)] = (Map(e.code, nothing, nothing, nothing, out_shape, in_shape)
+                                            if e.code in _MAP_CODES else Valued(e.code, ZERO, out_shape, in_shape))
                 self.node_base[node], self.node_shape[node], self.node_dtype[node] = 0, shape, np.dtype(aval.dtype)
                 continue
             operands = [self._operand(op) for op in eqn.operands]
@@ -744,9 +682,8 @@ class _Builder:
                         edges[(e.src, node)] = self._static_edge(e, eqn, operands, positions, head)
                     else:
                         at = partials_at + lane_groups.index(positions) * width
-                        edges[(e.src, node)] = _Valued(e.code, at, out_shape, in_shape)
+                        edges[(e.src, node)] = Valued(e.code, at, out_shape, in_shape)
                 next_slot += len(lane_groups) * width
-                P = max(P, next_slot - partials_at)
                 reduction = eqn.primitive.name in _LANE_REDUCTIONS  # parameters fixed by `_lanes`
                 signature = (_Lanes(eqn.primitive), None if reduction else head[1], pattern,
                              ((width,), self.dtype.str), lane_groups)
@@ -775,14 +712,13 @@ class _Builder:
                         if name not in _MASK_MAPS:
                             raise Unsupported(f"{where}: the index map of {name} depends on the values")
                         groups.append((positions, INDEX_MAP, out_shape, in_shape))
-                        entries = {(i, j): (next_slot + i * n_in + j,) for i in range(n_out) for j in range(n_in)}
-                        edges[(e.src, node)] = _Map(INDEX_MAP, entries, out_shape, in_shape)
+                        out, inp = (a.reshape(-1) for a in np.indices((n_out, n_in)))
+                        edges[(e.src, node)] = Map(INDEX_MAP, out, inp, next_slot + out * n_in + inp, out_shape, in_shape)
                         next_slot += n_out * n_in
                         continue
                     groups.append((positions, e.code, out_shape, in_shape))
-                    edges[(e.src, node)] = _Valued(e.code, next_slot, out_shape, in_shape)
+                    edges[(e.src, node)] = Valued(e.code, next_slot, out_shape, in_shape)
                     next_slot += edges[(e.src, node)].size
-                P = max(P, next_slot - partials_at)
                 signature = (*head, tuple(groups))
                 sources = None if groups else self._selection(eqn, operands, head, shape, zero)
                 if sources is not None:  # one kind, whatever the movement
@@ -798,162 +734,22 @@ class _Builder:
             self.node_shape[node] = shape
             self.node_dtype[node] = np.dtype(aval.dtype)
             eq_rows.append((kinds[signature], slots, self.node_base[node], partials_at if has_partials else None))
-        return self._finish(eq_rows, templates, edges, next_slot, P, constants_at)
+        return self._finish(eq_rows, templates, edges, next_slot, constants_at)
 
-    def _finish(self, eq_rows, templates, edges, next_slot, P, constants_at) -> Tape:
+    def _finish(self, eq_rows, templates, edges, next_slot, constants_at) -> Tape:
         graph, program = self.graph, self.program
         K = max([len(slots) for _, slots, _, _ in eq_rows] + [1])
         O = max([math.prod(sig[3][0]) for sig, _ in templates] + [1]
                 + [len(slots) for kind, slots, _, _ in eq_rows if templates[kind][0][0] is _SELECTION])
         # Product edges reuse the slots of deleted edges (value arrays only; maps keep theirs).
-        free: dict[int, list[int]] = {}
-
-        def allocate(size: int) -> int:
-            nonlocal next_slot
-            if free.get(size):
-                return free[size].pop()
-            base = next_slot
-            next_slot += size
-            return base
-
-        def release(edge) -> None:
-            if isinstance(edge, _Valued):
-                free.setdefault(edge.size, []).append(edge.base)
-
-        prod: list[tuple[int, int, int, int]] = []  # (kind, x, y, dst)
-        conjunctions: dict[tuple[int, int], int] = {}
-
-        def both(m1: int, m2: int) -> int:
-            """A slot holding m1 AND m2 (masks of 0/1): a selection, no multiplication."""
-            if m1 == _ONE or m2 == _ONE:
-                return m2 if m1 == _ONE else m1
-            if (m1, m2) not in conjunctions:
-                conjunctions[(m1, m2)] = allocate(1)
-                prod.append((_SELECT_NEW, m2, m1, conjunctions[(m1, m2)]))
-            return conjunctions[(m1, m2)]
-
-        def write(base: int, code: int, out_shape, in_shape, terms: dict, fresh: bool) -> None:
-            """Adds (or, fresh, writes) the dense entries `terms` into the value array of `code` at
-            `base`, entry by entry (selections and additions only)."""
-            for r, at in enumerate(_layout(code, out_shape, in_shape)):
-                entry = terms.get(at, ())
-                if fresh and not entry:
-                    prod.append((_SELECT_NEW, _ZERO, _ONE, base + r))
-                for n, (x, m) in enumerate(entry):
-                    prod.append((_SELECT_NEW if fresh and n == 0 else _SELECT_ADD, x, m, base + r))
-
-        def multiply(out_edge: _Valued, in_edge: _Valued, base: int, fresh: bool) -> int:
-            """The valued product out @ in as the multiply-adds its `product_plan` enumerates, added
-            into (or, fresh, written as) the value array of the product's code at `base`."""
-            plan = product_plan(in_edge.code, out_edge.code)
-            c, v, p = out_edge.out_shape, out_edge.in_shape, in_edge.in_shape
-            size = {"a": c[0], "b": c[1], "x": v[0], "y": v[1], "m": p[0], "n": p[1]}
-            letters = "".join(dict.fromkeys(plan.out_letters + plan.in_letters))
-            if not set(plan.result_letters) <= set(letters):
-                raise Unsupported(f"the product of codes {out_edge.code} and {in_edge.code} broadcasts")
-
-            def flat(word, at):
-                index = 0
-                for letter in word:
-                    index = index * size[letter] + at[letter]
-                return index
-
-            written = set()
-            count = 0
-            for point in itertools.product(*(range(size[letter]) for letter in letters)):
-                at = dict(zip(letters, point))
-                dst = base + flat(plan.result_letters, at)
-                kind = _MUL_NEW if fresh and dst not in written else _MUL_ADD
-                written.add(dst)
-                prod.append((kind, out_edge.base + flat(plan.out_letters, at), in_edge.base + flat(plan.in_letters, at), dst))
-                count += 1
-            return count
-
-        def moved(out_edge, in_edge) -> tuple[dict, bool]:
-            """The product out @ in where one factor is a map: per dense entry, the selections that
-            sum to it ({at: [(value, mask)]}), or, both maps, the masks ({at: [mask]}) of the map."""
-            rows: dict[int, list] = {}
-            for (i, j), entry in (out_edge.entries if isinstance(out_edge, _Map) else _support(
-                    out_edge.code, out_edge.out_shape, out_edge.in_shape)).items():
-                rows.setdefault(i, []).append((j, entry))
-            into: dict[int, list] = {}
-            for (i, j), entry in (in_edge.entries if isinstance(in_edge, _Map) else _support(
-                    in_edge.code, in_edge.out_shape, in_edge.in_shape)).items():
-                into.setdefault(i, []).append((j, entry))
-            maps = isinstance(out_edge, _Map) and isinstance(in_edge, _Map)
-            result: dict[tuple[int, int], list] = {}
-            for ci, row in rows.items():
-                for v, eo in row:
-                    for pj, ei in into.get(v, ()):
-                        cell = result.setdefault((ci, pj), [])
-                        if maps:
-                            cell.extend(both(m1, m2) for m1 in eo for m2 in ei)
-                        elif isinstance(out_edge, _Map):
-                            cell.extend((in_edge.base + ei, m) for m in eo)
-                        else:
-                            cell.extend((out_edge.base + eo, m) for m in ei)
-            return result, maps
-
+        elim = Eliminator(edges, next_slot, lanes_for([p.muls for s in self.steps for p in s.products if p.muls]))
         muls = 0
         for step in self.steps:
             for planned in step.products:
-                p, v, c = planned.pred, planned.vertex, planned.succ
-                out_edge, in_edge = edges[(v, c)], edges[(p, v)]
-                old = edges.get((p, c))
-                if (out_edge.code, in_edge.code) != (planned.out_code, planned.in_code) or (
-                        (old is None) != (planned.old_code == 0)):
-                    raise Unsupported(f"product {planned} does not match the edges the tape holds")
-                c_shape, p_shape = out_edge.out_shape, in_edge.in_shape
-                valued = isinstance(out_edge, _Valued) and isinstance(in_edge, _Valued)
-                if valued and product_plan(in_edge.code, out_edge.code).result_code != planned.code:
-                    raise Unsupported(f"product {planned}: the tape's product has another code")
-                if old is None and valued:
-                    new = _Valued(planned.code, 0, c_shape, p_shape)
-                    new = new._replace(base=allocate(new.size))
-                    count = multiply(out_edge, in_edge, new.base, fresh=True)
-                elif old is None:
-                    result, maps = moved(out_edge, in_edge)
-                    count = 0
-                    if maps != (planned.code in _MAP_CODES):
-                        raise Unsupported(f"product {planned}: the tape's product has another code")
-                    if maps:
-                        new = _Map(planned.code, {at: tuple(ms) for at, ms in result.items() if ms}, c_shape, p_shape)
-                    else:
-                        new = _Valued(planned.code, 0, c_shape, p_shape)
-                        new = new._replace(base=allocate(new.size))
-                        write(new.base, new.code, c_shape, p_shape, result, fresh=True)
-                else:
-                    code = planned.sum_code
-                    if code in _MAP_CODES:
-                        raise Unsupported(f"product {planned}: a sum without values")
-                    if isinstance(old, _Valued) and old.code == code:
-                        new = old
-                    else:
-                        new = _Valued(code, 0, c_shape, p_shape)
-                        new = new._replace(base=allocate(new.size))
-                        write(new.base, code, c_shape, p_shape, _terms(old), fresh=True)
-                        release(old)
-                    if valued and planned.code == code:
-                        count = multiply(out_edge, in_edge, new.base, fresh=False)
-                    elif valued:
-                        product = _Valued(planned.code, 0, c_shape, p_shape)
-                        product = product._replace(base=allocate(product.size))
-                        count = multiply(out_edge, in_edge, product.base, fresh=True)
-                        write(new.base, code, c_shape, p_shape, _terms(product), fresh=False)
-                        release(product)
-                    else:
-                        result, maps = moved(out_edge, in_edge)
-                        count = 0
-                        if maps:
-                            result = {at: [(m, _ONE) for m in ms] for at, ms in result.items()}
-                        write(new.base, code, c_shape, p_shape, result, fresh=False)
-                if count != planned.muls:
-                    raise Unsupported(f"product {planned} counts {planned.muls} multiplications, the tape {count}")
-                edges[(p, c)] = new
-                muls += count
+                muls += self._product(elim, planned)
             vertex = graph.node_id(step.vertex)
             for key in [(p, vertex) for p in step.preds] + [(vertex, c) for c in step.succs]:
-                release(edges.pop(key))
+                elim.release(edges.pop(key))
         if muls != sum(step.cost for step in self.steps):
             raise AssertionError("internal error: the tape's multiplications differ from the plan's")
 
@@ -963,12 +759,13 @@ class _Builder:
         jacobian_edges = {}
         for (src, dst), edge in edges.items():
             if src in inputs and dst in outputs_set:
-                if not (isinstance(edge, _Valued) and edge.code == 1):
-                    dense = _Valued(1, allocate(math.prod(edge.out_shape) * math.prod(edge.in_shape)),
-                                    edge.out_shape, edge.in_shape)
-                    write(dense.base, 1, edge.out_shape, edge.in_shape, _terms(edge), fresh=True)
+                if not (isinstance(edge, Valued) and edge.code == 1):
+                    dense = Valued(1, elim.allocate(math.prod(edge.out_shape) * math.prod(edge.in_shape)),
+                                   edge.out_shape, edge.in_shape)
+                    elim.write(dense.base, 1, edge.out_shape, edge.in_shape, terms(edge), fresh=True)
                     edge = dense
                 jacobian_edges[(src, dst)] = (edge.base, edge.out_shape, edge.in_shape)
+        prod_steps, prod_patterns = elim.steps.finish()
         outputs = []
         for op in program.outputs:
             if op.node in self.known:
@@ -985,19 +782,23 @@ class _Builder:
         for row, (_, slots, _, _) in enumerate(eq_rows):
             eq_ops[row, : len(slots)] = slots
         eq_out = np.asarray([out for _, _, out, _ in eq_rows], np.int32)
-        # An equation without computed partials writes its (padded) partials into the slack at the end.
-        num_edges = next_slot + P
-        eq_partials = np.asarray([next_slot if at is None else at for _, _, _, at in eq_rows], np.int32)
-        branches = tuple(_branch(sig, params, O, P, self.dtype) for sig, params in templates)
-        for branch, (signature, _) in zip(branches, templates):
+        values, partials = [], []
+        for kind, (signature, params) in enumerate(templates):
+            value_fn, partial_fn = _branch(signature, params, O, self.dtype)
             # Traced once here, so that an equation the branch cannot re-bind from buffer values
             # (a constant whose dtype the primitive does not take) falls back instead of failing.
             try:
-                jax.eval_shape(branch, jax.ShapeDtypeStruct((K,), self.dtype))
+                jax.eval_shape(value_fn, jax.ShapeDtypeStruct((K,), self.dtype))
+                if partial_fn is not None:
+                    jax.eval_shape(partial_fn, jax.ShapeDtypeStruct((K,), self.dtype))
             except Exception as err:  # JAX reports binding errors with many exception types
                 name = signature[0].name if signature[0] is not None else "copy"
                 raise Unsupported(f"a {name} equation cannot run from the tape's buffers: {err}") from err
-        prod_arr = np.asarray(prod, np.int32).reshape(-1, 4)
+            values.append(value_fn)
+            rows = [r for r, (k, _, _, at) in enumerate(eq_rows) if k == kind and at is not None]
+            if rows and partial_fn is not None:
+                at = np.asarray([eq_rows[r][3] for r in rows], np.int32)
+                partials.append(_PartialKind(partial_fn, eq_ops[rows], at))
         constants = np.concatenate(self.constants) if self.constants else np.zeros(0, self.dtype)
         return Tape(
             dtype=self.dtype,
@@ -1005,21 +806,78 @@ class _Builder:
             constants=constants,
             constants_at=constants_at,
             num_values=self.num_values + O,
-            num_edges=num_edges,
+            num_edges=elim.next_slot + elim.steps.lanes,  # slack for the steps' windows
             eq_kind=eq_kind,
             eq_ops=eq_ops,
             eq_out=eq_out,
-            eq_partials=eq_partials,
-            branches=branches,
-            width=(K, O, P),
-            prod_kind=prod_arr[:, 0].copy(),
-            prod_x=prod_arr[:, 1].copy(),
-            prod_y=prod_arr[:, 2].copy(),
-            prod_dst=prod_arr[:, 3].copy(),
+            branches=tuple(values),
+            partials=tuple(partials),
+            width=(K, O),
+            prod_steps=prod_steps,
+            prod_patterns=prod_patterns,
             outputs=tuple(outputs),
             jacobian_edges=jacobian_edges,
             muls=muls,
         )
+
+    def _product(self, elim: Eliminator, planned) -> int:
+        """One planned product (the plan's `graph.Product`) as lane steps; its multiplications."""
+        edges = elim.edges
+        p, v, c = planned.pred, planned.vertex, planned.succ
+        out_edge, in_edge = edges[(v, c)], edges[(p, v)]
+        old = edges.get((p, c))
+        if (out_edge.code, in_edge.code) != (planned.out_code, planned.in_code) or (
+                (old is None) != (planned.old_code == 0)):
+            raise Unsupported(f"product {planned} does not match the edges the tape holds")
+        c_shape, p_shape = out_edge.out_shape, in_edge.in_shape
+        valued = isinstance(out_edge, Valued) and isinstance(in_edge, Valued)
+        if valued and product_plan(in_edge.code, out_edge.code).result_code != planned.code:
+            raise Unsupported(f"product {planned}: the tape's product has another code")
+
+        def fresh_array(code: int) -> Valued:
+            edge = Valued(code, 0, c_shape, p_shape)
+            return edge._replace(base=elim.allocate(edge.size))
+
+        count = 0
+        if old is None and valued:
+            new = fresh_array(planned.code)
+            count = elim.multiply(out_edge, in_edge, new.base, fresh=True)
+        elif old is None:
+            result = elim.moved(out_edge, in_edge)
+            maps = len(result) == 3
+            if maps != (planned.code in _MAP_CODES):
+                raise Unsupported(f"product {planned}: the tape's product has another code")
+            if maps:
+                new = Map(planned.code, *result, c_shape, p_shape)
+            else:
+                new = fresh_array(planned.code)
+                elim.write(new.base, new.code, c_shape, p_shape, result, fresh=True)
+        else:
+            code = planned.sum_code
+            if code in _MAP_CODES:
+                raise Unsupported(f"product {planned}: a sum without values")
+            if isinstance(old, Valued) and old.code == code:
+                new = old
+            else:
+                new = fresh_array(code)
+                elim.write(new.base, code, c_shape, p_shape, terms(old), fresh=True)
+                elim.release(old)
+            if valued and planned.code == code:
+                count = elim.multiply(out_edge, in_edge, new.base, fresh=False)
+            elif valued:
+                product = fresh_array(planned.code)
+                count = elim.multiply(out_edge, in_edge, product.base, fresh=True)
+                elim.write(new.base, code, c_shape, p_shape, terms(product), fresh=False)
+                elim.release(product)
+            else:
+                result = elim.moved(out_edge, in_edge)
+                if len(result) == 3:  # two maps: their masks are the values
+                    result = (*result, np.full(len(result[0]), ONE, np.int64))
+                elim.write(new.base, code, c_shape, p_shape, result, fresh=False)
+        if count != planned.muls:
+            raise Unsupported(f"product {planned} counts {planned.muls} multiplications, the tape {count}")
+        edges[(p, c)] = new
+        return count
 
 
 def _numpy_map(name: str, params: dict, batch: list, fixed: list) -> np.ndarray | None:
@@ -1114,8 +972,10 @@ def _bind(primitive, params: dict, values: list) -> jax.Array:
     return result
 
 
-def _branch(signature, params: dict, O: int, P: int, dtype):
-    """The switch branch of one equation kind: ``ops[K] -> (out[O], partials[P])``; `params` are
+def _branch(signature, params: dict, O: int, dtype):
+    """The functions of one equation kind: ``values(ops[K]) -> out[O]`` (a switch branch of the
+    equation loop) and ``partials(ops[K]) -> [P]`` (its partials' value arrays, concatenated,
+    vmapped over the kind's equations), or None when the kind computes no partial; `params` are
     those of the kind's first equation (equal to every other's, by the signature).
 
     Each partial is computed as the straight-line path computes it: a JVP of the equation per
@@ -1124,13 +984,12 @@ def _branch(signature, params: dict, O: int, P: int, dtype):
     is computed whole, [n_out, n_operand] row-major."""
     primitive, _, op_avals, (out_shape, _), groups = signature
     if isinstance(primitive, _Lanes):
-        return _lanes_branch(primitive.primitive, params, op_avals, out_shape[0], groups, O, P, dtype)
+        return _lanes_branch(primitive.primitive, params, op_avals, out_shape[0], groups, O, dtype)
     if primitive is _SELECTION:  # the operand slots are the output's sources, in order
         def select(ops):
-            out = jnp.pad(ops, (0, max(0, O - ops.shape[0])))[:O]
-            return out.astype(dtype), jnp.zeros((P,), dtype)
+            return jnp.pad(ops, (0, max(0, O - ops.shape[0])))[:O].astype(dtype)
 
-        return select
+        return select, None
     shapes = [shape for shape, _ in op_avals]
     dtypes = [np.dtype(dt) for _, dt in op_avals]
     offsets = np.cumsum([0] + [math.prod(s) for s in shapes]).tolist()
@@ -1150,22 +1009,26 @@ def _branch(signature, params: dict, O: int, P: int, dtype):
         if code == INDEX_MAP:
             gather = np.arange(n_out * num_seeds).reshape(num_seeds, n_out).T.reshape(-1)
         else:
-            gather = []
-            for i, j in _layout(code, out_norm, in_norm):
-                at = {3: j // in_norm[1], 4: j % in_norm[1]}
-                seed = 0
-                for pos in free:
-                    seed = seed * sizes[pos] + at[pos]
-                gather.append(seed * n_out + i)
-            gather = np.asarray(gather, np.int32)
+            out_index, in_index = layout(code, out_norm, in_norm)
+            at = {3: in_index // in_norm[1], 4: in_index % in_norm[1]}
+            seed = np.zeros(len(in_index), np.int64)
+            for pos in free:
+                seed = seed * sizes[pos] + at[pos]
+            gather = (seed * n_out + out_index).astype(np.int32)
         plans.append((positions, seeds, gather))
 
     def bind(values):
         return _bind(primitive, params, values)
 
-    def branch(ops):
-        values = [ops[offsets[i]:offsets[i + 1]].reshape(shapes[i]).astype(dtypes[i]) for i in range(len(shapes))]
-        out = bind(values)
+    def operand_values(ops):
+        return [ops[offsets[i]:offsets[i + 1]].reshape(shapes[i]).astype(dtypes[i]) for i in range(len(shapes))]
+
+    def value(ops):
+        out = jnp.asarray(bind(operand_values(ops))).reshape(-1).astype(dtype)
+        return jnp.pad(out, (0, O - n_out))
+
+    def partials(ops):
+        values = operand_values(ops)
         pieces = []
         for positions, seeds, gather in plans:
             x = values[positions[0]]
@@ -1181,19 +1044,15 @@ def _branch(signature, params: dict, O: int, P: int, dtype):
             else:
                 responses = jax.vmap(response)(jnp.asarray(seeds))
             pieces.append(responses.reshape(-1)[gather].astype(dtype))
-        flat_out = jnp.asarray(out).reshape(-1).astype(dtype)
-        flat_out = jnp.pad(flat_out, (0, O - n_out))
-        partials = jnp.concatenate(pieces) if pieces else jnp.zeros((0,), dtype)
-        partials = jnp.pad(partials, (0, P - partials.shape[0]))
-        return flat_out, partials
+        return jnp.concatenate(pieces)
 
-    return branch
+    return value, (partials if plans else None)
 
 
-def _lanes_branch(primitive, params: dict, pattern, width: int, groups, O: int, P: int, dtype):
-    """The branch of an elementwise kind: operand i in lanes [i * width, (i + 1) * width) of the
-    operand slots (a broadcast scalar in the first), the output and each group's partial (the
-    JVP response to a tangent of ones) on `width` lanes."""
+def _lanes_branch(primitive, params: dict, pattern, width: int, groups, O: int, dtype):
+    """The functions of an elementwise kind: operand i in lanes [i * width, (i + 1) * width) of
+    the operand slots (a broadcast scalar in the first); the output and each group's partial
+    (the JVP response to a tangent of ones) on `width` lanes."""
 
     reduction = primitive.name in _LANE_REDUCTIONS
 
@@ -1202,10 +1061,17 @@ def _lanes_branch(primitive, params: dict, pattern, width: int, groups, O: int, 
             return jnp.sum(values[0] * values[1] if len(values) == 2 else values[0])
         return _bind(primitive, params, [jnp.broadcast_to(v, (width,)) for v in values])
 
-    def branch(ops):
-        raw = [(ops[i * width] if scalar else ops[i * width:(i + 1) * width]).astype(np.dtype(dt))
-               for i, (scalar, dt) in enumerate(pattern)]
-        out = full(raw)
+    def operand_values(ops):
+        return [(ops[i * width] if scalar else ops[i * width:(i + 1) * width]).astype(np.dtype(dt))
+                for i, (scalar, dt) in enumerate(pattern)]
+
+    def value(ops):
+        out = jnp.asarray(full(operand_values(ops))).astype(dtype)
+        out = jnp.broadcast_to(out, (width,)) if reduction else out
+        return jnp.pad(out, (0, O - width))
+
+    def partials(ops):
+        raw = operand_values(ops)
         pieces = []
         for positions in groups:
             def of_x(y, positions=positions):
@@ -1214,13 +1080,9 @@ def _lanes_branch(primitive, params: dict, pattern, width: int, groups, O: int, 
             x = raw[positions[0]]
             piece = jax.grad(of_x)(x) if reduction else jax.jvp(of_x, (x,), (jnp.ones_like(x),))[1]
             pieces.append(jnp.broadcast_to(piece, (width,)).astype(dtype))
-        out = jnp.asarray(out).astype(dtype)
-        out = jnp.broadcast_to(out, (width,)) if reduction else out
-        out = jnp.pad(out, (0, O - width))
-        partials = jnp.concatenate(pieces) if pieces else jnp.zeros((0,), dtype)
-        return out, jnp.pad(partials, (0, P - partials.shape[0]))
+        return jnp.concatenate(pieces)
 
-    return branch
+    return value, (partials if groups else None)
 
 
 def straight_line_size(graph: Graph, steps: Sequence[Step]) -> int:
@@ -1255,37 +1117,20 @@ def build(graph: Graph, steps: Sequence[Step]) -> Tape:
         return _Builder(graph, steps).build()
     except TypeError as err:  # an unhashable primitive parameter
         raise Unsupported(f"a primitive parameter cannot be compared: {err}") from err
+    except Unplannable as err:
+        raise Unsupported(str(err)) from err
 
 
 # ---- running the tape -------------------------------------------------------------------------
 
 
-def _products(edges: jax.Array, row) -> tuple[jax.Array, None]:
-    """One scalar product step on the edge buffer [num_edges, *batch]."""
-    kind, x, y, dst = row
-    a = lax.dynamic_index_in_dim(edges, x, keepdims=False)
-    b = lax.dynamic_index_in_dim(edges, y, keepdims=False)
-    old = lax.dynamic_index_in_dim(edges, dst, keepdims=False)
-    zero = jnp.zeros((), edges.dtype)
-    # A switch on the (never batched) tape entry: only the chosen branch runs, so a selection
-    # multiplies nothing and the multiply steps are exactly the counted multiplications.
-    new = lax.switch(kind, (
-        lambda a, b, old: a * b,
-        lambda a, b, old: old + a * b,
-        lambda a, b, old: jnp.where(b != 0, a, zero),
-        lambda a, b, old: old + jnp.where(b != 0, a, zero),
-    ), a, b, old)
-    return lax.dynamic_update_index_in_dim(edges, new, dst, 0), None
-
-
 def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Both loops on buffers whose slot axis comes first: vals [num_values, *batch] (its leaves
-    and constants filled in) -> (vals, edges [num_edges, *batch]), with at most one batch axis.
+    """The tape on buffers whose slot axis comes first: vals [num_values, *batch] (its leaves and
+    constants filled in) -> (vals, edges [num_edges, *batch]), with at most one batch axis.
 
     With the batch axis last, each step reads and writes whole contiguous rows of the batch.
     """
     batch = vals.shape[1:]
-    edges = jnp.zeros((tape.num_edges, *batch), vals.dtype).at[_ONE].set(1)
 
     def kinds(kind, ops):
         return lax.switch(kind, tape.branches, ops)
@@ -1293,20 +1138,21 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
     if batch:  # the branches are written for one example; the kind is the same for all
         kinds = jax.vmap(kinds, in_axes=(None, 1), out_axes=1)
 
-    def equation(carry, row):
-        vals, edges = carry
-        kind, ops, out_at, partials_at = row
-        out, partials = kinds(kind, vals[ops])
-        vals = lax.dynamic_update_slice_in_dim(vals, out, out_at, axis=0)
-        edges = lax.dynamic_update_slice_in_dim(edges, partials, partials_at, axis=0)
-        return (vals, edges), None
+    def equation(vals, row):
+        kind, ops, out_at = row
+        return lax.dynamic_update_slice_in_dim(vals, kinds(kind, vals[ops]), out_at, axis=0), None
 
-    (vals, edges), _ = lax.scan(
-        equation, (vals, edges), (tape.eq_kind, tape.eq_ops, tape.eq_out, tape.eq_partials)
-    )
-    if tape.prod_kind.size:
-        edges, _ = lax.scan(_products, edges, (tape.prod_kind, tape.prod_x, tape.prod_y, tape.prod_dst))
-    return vals, edges
+    vals, _ = lax.scan(equation, vals, (tape.eq_kind, tape.eq_ops, tape.eq_out))
+    edges = jnp.zeros((tape.num_edges, *batch), vals.dtype).at[ONE].set(1)
+    # The partials of every equation of a kind at once: they read only the values.
+    for kind in tape.partials:
+        partials = jax.vmap(kind.fn)
+        if batch:
+            partials = jax.vmap(partials, in_axes=2, out_axes=2)
+        values = partials(vals[kind.ops])  # [equations, P, *batch]
+        slots = kind.at[:, None] + np.arange(values.shape[1], dtype=np.int32)
+        edges = edges.at[slots].set(values)
+    return vals, run_steps(edges, tape.prod_steps, tape.prod_patterns)
 
 
 def run(tape: Tape, leaves: list[Any]) -> tuple[list[Any], dict[tuple[int, int], Partial]]:

@@ -151,7 +151,7 @@ def test_tape_is_what_jacobian_runs(force_tape, monkeypatch):
 
 
 def large_program(x, w):
-    h = jnp.tanh(w @ x)  # a (9,) vector and a (9, 9) matrix: 81 entries, more than the tape takes
+    h = jnp.tanh(w @ x)  # a (65,) vector and a (65, 65) matrix: 4,225 entries, more than the tape takes
     return jnp.sum(h * h), h[0] * x[1]
 
 
@@ -167,7 +167,7 @@ def loop_program(x, y):
 
 
 @pytest.mark.parametrize("fn, args, reason", [
-    (large_program, (np.linspace(-0.3, 0.5, 9), np.arange(81.0).reshape(9, 9) / 100), "entries"),
+    (large_program, (np.linspace(-0.3, 0.5, 65), np.arange(65.0**2).reshape(65, 65) / 4e3), "entries"),
     (loop_program, (0.4, 0.7), "sub-program"),
     (cummax_program, (np.array([0.3, -0.2, 0.5]),), "depends on the values"),
 ])

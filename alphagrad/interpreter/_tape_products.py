@@ -1,0 +1,469 @@
+"""The tape's eliminations: every product of an elimination plan as lane steps on the edge buffer.
+
+The tape (`_tape`) holds every partial in a flat edge buffer ``edges[num_edge_slots]``: a valued
+partial as its code's value array (a diagonal, a Kronecker factor, dense...) in consecutive
+slots, a partial that only moves data as a *map* (which dense entries are which 0/1 slots: a
+structural one, or a run-time mask). Here the plan's products (`graph.plan`) become *lane
+steps*: one step applies up to `lanes` independent scalar operations at once,
+
+    edges[dst[l]] = (0 if new[l] else edges[dst[l]]) + op(edges[x[l]], edges[y[l]])
+
+with ``op`` a multiplication (``MUL``: exactly the multiply-adds `graph.product_plan`
+enumerates, so ``count_muls == graph.cost`` holds by construction) or a selection
+(``SELECT``: ``where(mask != 0, value, 0)``, data movement, free in the model, as in the
+straight-line path). Everything is planned with numpy, a product at a time (a 128 x 128 dense
+block times a diagonal is one call, not 16,384 Python steps), and run as one `lax.scan` over the
+steps (`run_steps`). Small independent operations share a step (the products of one elimination
+read the eliminated vertex's edges and write distinct edges); a step never reads or writes what
+another operation of the same step writes (the terms of a contraction into one entry go to
+successive steps). Steps store their lanes relative to three base slots
+and point into a table of distinct lane *patterns*, so a long program of regular products (an
+unrolled integrator's dense rows times diagonals) keeps a small table.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from alphagrad.graph import VALUELESS, product_plan, structure_of
+
+__all__ = [
+    "ONE", "ZERO", "FIRST_EDGE_SLOT", "MUL", "SELECT", "Valued", "Map", "Unplannable",
+    "layout", "support", "Eliminator", "LaneSteps", "run_steps", "lanes_for",
+]
+
+#: Edge-buffer slots holding constants: a selection whose mask is `ONE` is a copy, `ONE` as the
+#: value writes a structural 1 (an identity's entry), `ZERO` a structural 0. Partials follow them.
+ONE, ZERO = 0, 1
+FIRST_EDGE_SLOT = 2
+#: Step kinds.
+MUL, SELECT = 0, 1
+
+
+class Unplannable(Exception):
+    """A product the lane steps cannot express (the tape falls back to the straight-line path)."""
+
+
+def _positions(out_shape: tuple, in_shape: tuple) -> dict[int, int]:
+    return {1: out_shape[0], 2: out_shape[1], 3: in_shape[0], 4: in_shape[1]}
+
+
+def _value_grid(code: int, out_shape: tuple, in_shape: tuple) -> tuple[dict, int]:
+    """Per position (1..4), the index of every entry of the code's value array (row-major over
+    its value axes), diagonal ties applied; and the number of entries."""
+    structure = structure_of(code)
+    sizes = _positions(out_shape, in_shape)
+    axes = structure.value_axes
+    extent = [sizes[p] for p in axes]
+    count = math.prod(extent)
+    grid = np.indices(extent).reshape(len(axes), count) if axes else np.zeros((0, 1), np.int64)
+    at = {p: grid[k].astype(np.int64) for k, p in enumerate(axes)}
+    for a, b, kind in structure.ties:
+        if kind == "D":
+            at[b] = at[a]
+    return at, count
+
+
+@functools.cache
+def layout(code: int, out_shape: tuple, in_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Per entry of the value array of a valued `code` (row-major over its value axes): the dense
+    entry (flat output index [R], flat operand index [R]) it holds; along a Kronecker tie, index 0."""
+    at, count = _value_grid(code, out_shape, in_shape)
+    for a, b, kind in structure_of(code).ties:
+        if kind == "K":
+            at[a] = at[b] = np.zeros(count, np.int64)
+    out = at[1] * out_shape[1] + at[2]
+    inp = at[3] * in_shape[1] + at[4]
+    out.flags.writeable = inp.flags.writeable = False
+    return out, inp
+
+
+@functools.cache
+def support(code: int, out_shape: tuple, in_shape: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every nonzero dense entry of a partial of `code`: (flat output index [N], flat operand
+    index [N], the entry of its value array that holds it [N]; 0 for a value-less code)."""
+    structure = structure_of(code)
+    sizes = _positions(out_shape, in_shape)
+    at, count = _value_grid(code, out_shape, in_shape)
+    kronecker = [(a, b) for a, b, kind in structure.ties if kind == "K"]
+    along = math.prod(sizes[a] for a, _ in kronecker)
+    rows = np.repeat(np.arange(count), along)
+    spread = {p: v[rows] for p, v in at.items()}
+    if kronecker:
+        k_grid = np.indices([sizes[a] for a, _ in kronecker]).reshape(len(kronecker), along)
+        k_index = np.tile(np.arange(along), count)
+        for (a, b), values in zip(kronecker, k_grid):
+            spread[a] = spread[b] = values[k_index].astype(np.int64)
+    out = spread[1] * out_shape[1] + spread[2]
+    inp = spread[3] * in_shape[1] + spread[4]
+    rows = rows if structure.has_values else np.zeros_like(rows)
+    for array in (out, inp, rows):
+        array.flags.writeable = False
+    return out, inp, rows
+
+
+class Valued(NamedTuple):
+    """An edge held as the value array of its (valued) code in edge slots [base, base + size)."""
+
+    code: int
+    base: int
+    out_shape: tuple
+    in_shape: tuple
+
+    @property
+    def size(self) -> int:
+        return len(layout(self.code, self.out_shape, self.in_shape)[0])
+
+
+class Map(NamedTuple):
+    """An edge of a value-less code or an index map (code 11): dense entry (out[k], inp[k]) adds
+    the 0/1 slot mask[k] (`ONE` for a structural 1; an entry may appear several times, a sum).
+    Mask slots are never freed (other maps may share them)."""
+
+    code: int
+    out: np.ndarray
+    inp: np.ndarray
+    mask: np.ndarray
+    out_shape: tuple
+    in_shape: tuple
+
+
+def terms(edge) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The dense entries of an edge as a sum of selections: (out, inp, value slot, mask slot)."""
+    if isinstance(edge, Valued):
+        out, inp, rows = support(edge.code, edge.out_shape, edge.in_shape)
+        return out, inp, edge.base + rows, np.full(len(out), ONE, np.int64)
+    return edge.out, edge.inp, edge.mask, np.full(len(edge.out), ONE, np.int64)
+
+
+def _entries(edge) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(out, inp, slot) per dense entry: the value slot of a valued edge, the mask of a map."""
+    if isinstance(edge, Valued):
+        out, inp, rows = support(edge.code, edge.out_shape, edge.in_shape)
+        return out, inp, edge.base + rows
+    return edge.out, edge.inp, edge.mask
+
+
+def _first_occurrences(dst: np.ndarray) -> np.ndarray:
+    """Boolean [n]: whether each entry of `dst` is its value's first occurrence."""
+    first = np.zeros(len(dst), bool)
+    first[np.unique(dst, return_index=True)[1]] = True
+    return first
+
+
+def lanes_for(muls: list[int]) -> int:
+    """The lanes of a step for a plan whose valued products count `muls` multiplications each: a
+    power of two covering nine in ten of them (8 to 1,024): wide programs take their blocks in a
+    few steps, scalar programs do not pay for lanes they leave empty."""
+    if not muls:
+        return 8
+    typical = float(np.percentile(muls, 90))
+    return int(min(1024, max(8, 2 ** math.ceil(math.log2(max(typical, 1.0))))))
+
+
+#: How a step reads an operand: a contiguous slice, one entry broadcast to every lane, a gather
+#: within a window of `lanes` slots, or a gather anywhere. XLA:CPU gathers and scatters cost
+#: about 5-10 ns an entry against well under one for slices, and most lanes of a regular product
+#: (a dense block times a diagonal, a sum re-laid out) are contiguous.
+CONTIGUOUS, BROADCAST, WINDOW, GATHER = range(4)
+#: Per-lane `new` flags of a step: none, all, or as its pattern says.
+NONE_NEW, ALL_NEW, SOME_NEW = range(3)
+
+
+def _mode(offsets: np.ndarray, lanes: int) -> int:
+    if np.array_equal(offsets, np.arange(len(offsets))):
+        return CONTIGUOUS
+    if not offsets.any():
+        return BROADCAST
+    return WINDOW if offsets.max() < lanes else GATHER
+
+
+class LaneSteps:
+    """Packs operations (`emit`) into steps of `lanes` lanes and their pattern table."""
+
+    def __init__(self, lanes: int):
+        self.lanes = lanes
+        self.rows: list[tuple[int, ...]] = []
+        self.patterns: dict[bytes, int] = {}
+        self.table: list[np.ndarray] = [np.zeros((4, lanes), np.int32)]  # pattern 0: regular steps
+        self._open: list[tuple] = []
+        self._kind = -1
+        self._count = 0
+        self._writes: set[int] = set()
+        self._reads: set[int] = set()
+
+    def emit(self, kind: int, x, y, dst, new) -> None:
+        """Operations ``edges[dst] = (0 if new else edges[dst]) + op(edges[x], edges[y])`` (arrays
+        [n]), in order: a destination's first operation may be `new`, its others add to it."""
+        x, y, dst, new = (np.asarray(a, np.int64) for a in (x, y, dst, new))
+        if len(x) == 0:
+            return
+        # A step writes each destination once (it reads, adds and writes back), so operations
+        # into the same destination go to successive rounds: the k-th operation of each
+        # destination in round k (a contraction's k-th term).
+        order = np.argsort(dst, kind="stable")
+        starts = np.r_[0, np.nonzero(np.diff(dst[order]))[0] + 1]
+        rank = np.empty(len(dst), np.int64)
+        rank[order] = np.arange(len(dst)) - np.repeat(starts, np.diff(np.r_[starts, len(dst)]))
+        if rank.max() == 0:
+            self._emit_round(kind, x, y, dst, new)
+            return
+        by_round = np.argsort(rank, kind="stable")
+        bounds = np.searchsorted(rank[by_round], np.arange(rank.max() + 2))
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            lanes = by_round[lo:hi]
+            self._emit_round(kind, x[lanes], y[lanes], dst[lanes], new[lanes])
+
+    def _emit_round(self, kind: int, x, y, dst, new) -> None:
+        n = len(x)
+        if n > self.lanes // 2:  # a large round takes whole steps of its own
+            self._flush()
+            self._rows(kind, x, y, dst, new)
+            return
+        if self._open and (kind != self._kind or self._count + n > self.lanes or self._conflicts(x, y, dst)):
+            self._flush()
+        self._open.append((x, y, dst, new))
+        self._kind = kind
+        self._count += n
+        self._writes.update(dst.tolist())
+        self._reads.update(x.tolist())
+        self._reads.update(y.tolist())
+
+    def _conflicts(self, x, y, dst) -> bool:
+        """Whether these lanes read or write what the open step writes, or write what it reads
+        (its lanes are split into windows of destinations, run one after another)."""
+        writes, targets = self._writes, dst.tolist()
+        return not (writes.isdisjoint(x.tolist()) and writes.isdisjoint(y.tolist()) and writes.isdisjoint(targets)
+                    and self._reads.isdisjoint(targets))
+
+    def _flush(self) -> None:
+        if self._open:
+            x, y, dst, new = (np.concatenate(parts) for parts in zip(*self._open))
+            self._rows(self._kind, x, y, dst, new)
+        self._open, self._count, self._writes, self._reads = [], 0, set(), set()
+
+    def _rows(self, kind: int, x, y, dst, new) -> None:
+        """Steps of lanes with distinct destinations, sorted by destination, each writing within
+        a window of `lanes` slots (one slice of the buffer)."""
+        if np.any(dst[1:] < dst[:-1]):
+            order = np.argsort(dst, kind="stable")
+            x, y, dst, new = x[order], y[order], dst[order], new[order]
+        n, lanes = len(dst), self.lanes
+        start = 0
+        while start < n:
+            stop = min(start + lanes, int(np.searchsorted(dst, dst[start] + lanes)))
+            piece = slice(start, stop)
+            self._row(kind, x[piece], y[piece], dst[piece], new[piece])
+            start = stop
+
+    def _row(self, kind: int, x, y, dst, new) -> None:
+        n, lanes = len(x), self.lanes
+        bases, modes = [], []
+        pattern = np.zeros((4, lanes), np.int32)
+        for k, a in enumerate((x, y, dst)):
+            base = int(a.min())
+            offsets = a - base
+            mode = _mode(offsets, lanes)
+            if mode in (WINDOW, GATHER):
+                pattern[k, :n] = offsets
+            bases.append(base)
+            modes.append(mode)
+        flags = NONE_NEW if not new.any() else ALL_NEW if new.all() else SOME_NEW
+        if flags == SOME_NEW:
+            pattern[3, :n] = new
+        if modes[0] in (WINDOW, GATHER) or modes[1] in (WINDOW, GATHER) or modes[2] != CONTIGUOUS or flags == SOME_NEW:
+            key = pattern.tobytes()
+            if key not in self.patterns:
+                self.patterns[key] = len(self.table)
+                self.table.append(pattern)
+            index = self.patterns[key]
+        else:
+            index = 0
+        self.rows.append((kind, n, index, *bases, *modes, flags))
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """(steps int32 [S, 10]: kind, lanes used, pattern, the x, y and dst bases, their modes
+        (`CONTIGUOUS`...) and the `new` flags (`NONE_NEW`...); patterns int32
+        [num_patterns, 4, lanes]: x, y and dst offsets and per-lane `new` flags)."""
+        self._flush()
+        if max((max(row[3:6]) for row in self.rows), default=0) >= 2**31 - 2 * self.lanes:
+            raise Unplannable("the edge buffer needs more than 2**31 slots")
+        steps = np.asarray(self.rows, np.int64).reshape(-1, 10).astype(np.int32)
+        return steps, np.stack(self.table)
+
+
+class Eliminator:
+    """Executes an elimination plan on the builder's edges as lane steps (numpy planning).
+
+    `edges` maps (source node, target node) to a `Valued` or `Map` edge; value arrays live in
+    edge slots from `next_slot` on (slots of deleted edges are reused)."""
+
+    def __init__(self, edges: dict, next_slot: int, lanes: int):
+        self.edges = edges
+        self.next_slot = next_slot
+        self.steps = LaneSteps(lanes)
+        self._free: dict[int, list[int]] = {}
+        self._conjunctions: dict[tuple[int, int], int] = {}
+
+    def allocate(self, size: int) -> int:
+        if self._free.get(size):
+            return self._free[size].pop()
+        base = self.next_slot
+        self.next_slot += size
+        return base
+
+    def release(self, edge) -> None:
+        if isinstance(edge, Valued) and edge.size:
+            self._free.setdefault(edge.size, []).append(edge.base)
+
+    def _both(self, m1: np.ndarray, m2: np.ndarray) -> np.ndarray:
+        """Slots holding m1 AND m2 (masks of 0/1): selections, no multiplication."""
+        result = np.where(m1 == ONE, m2, np.where(m2 == ONE, m1, -1))
+        pending = np.nonzero(result < 0)[0]
+        fresh = []
+        for i in pending:
+            key = (int(m1[i]), int(m2[i]))
+            if key not in self._conjunctions:
+                self._conjunctions[key] = self.allocate(1)
+                fresh.append(key)
+            result[i] = self._conjunctions[key]
+        if fresh:
+            m1s, m2s = np.asarray(fresh, np.int64).T
+            slots = [self._conjunctions[key] for key in fresh]
+            self.steps.emit(SELECT, m2s, m1s, slots, np.ones(len(fresh)))
+        return result
+
+    def write(self, base: int, code: int, out_shape, in_shape, entries, fresh: bool) -> None:
+        """Adds (or, fresh, writes) dense entries ``(out, inp, value slot, mask slot)`` into the
+        value array of `code` at `base` (selections and additions only)."""
+        out, inp, value, mask = entries
+        lay_out, lay_in = layout(code, out_shape, in_shape)
+        n_in = math.prod(in_shape)
+        keys = lay_out * n_in + lay_in
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+        wanted = out * n_in + inp
+        at = np.searchsorted(ordered, wanted)
+        found = at < len(ordered)
+        found[found] = ordered[at[found]] == wanted[found]
+        # Along a Kronecker tie the value array holds the entries at index 0 only (the others are
+        # equal to them by the code's structure): the other entries are not written.
+        value, mask, at = value[found], mask[found], at[found]
+        dst = base + order[at]
+        if not fresh:
+            self.steps.emit(SELECT, value, mask, dst, np.zeros(len(dst)))
+            return
+        untouched = np.setdiff1d(np.arange(len(keys)) + base, dst)
+        first = _first_occurrences(dst)
+        x = np.concatenate([value[first], np.full(len(untouched), ZERO), value[~first]])
+        y = np.concatenate([mask[first], np.full(len(untouched), ONE), mask[~first]])
+        targets = np.concatenate([dst[first], untouched, dst[~first]])
+        new = np.concatenate([np.ones(int(first.sum()) + len(untouched)), np.zeros(int((~first).sum()))])
+        self.steps.emit(SELECT, x, y, targets, new)
+
+    def multiply(self, out_edge: Valued, in_edge: Valued, base: int, fresh: bool) -> int:
+        """The valued product out @ in as the multiply-adds its `product_plan` enumerates, added
+        into (or, fresh, written as) the value array of the product's code at `base`; returns
+        their number."""
+        plan = product_plan(in_edge.code, out_edge.code)
+        c, v, p = out_edge.out_shape, out_edge.in_shape, in_edge.in_shape
+        size = {"a": c[0], "b": c[1], "x": v[0], "y": v[1], "m": p[0], "n": p[1]}
+        letters = "".join(dict.fromkeys(plan.out_letters + plan.in_letters))
+        if not set(plan.result_letters) <= set(letters):
+            raise Unplannable(f"the product of codes {out_edge.code} and {in_edge.code} broadcasts")
+        extent = [size[letter] for letter in letters]
+        count = math.prod(extent)
+        grid = np.indices(extent).reshape(len(letters), count) if letters else np.zeros((0, 1), np.int64)
+        at = dict(zip(letters, grid.astype(np.int64)))
+
+        def flat(word):
+            index = np.zeros(count, np.int64)
+            for letter in word:
+                index = index * size[letter] + at[letter]
+            return index
+
+        x, y, dst = out_edge.base + flat(plan.out_letters), in_edge.base + flat(plan.in_letters), base + flat(plan.result_letters)
+        self.steps.emit(MUL, x, y, dst, _first_occurrences(dst) if fresh else np.zeros(count))
+        return count
+
+    def moved(self, out_edge, in_edge):
+        """The product out @ in where one factor is a map: its dense entries as selections
+        (out, inp, value slot, mask slot), or, both maps, as a `Map`'s arrays (out, inp, mask)."""
+        c_out, c_v, c_slot = _entries(out_edge)
+        p_v, p_in, p_slot = _entries(in_edge)
+        order = np.argsort(p_v, kind="stable")
+        p_v, p_in, p_slot = p_v[order], p_in[order], p_slot[order]
+        lo = np.searchsorted(p_v, c_v, side="left")
+        hi = np.searchsorted(p_v, c_v, side="right")
+        counts = hi - lo
+        left = np.repeat(np.arange(len(c_v)), counts)
+        right = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+        out, inp = c_out[left], p_in[right]
+        if isinstance(out_edge, Map) and isinstance(in_edge, Map):
+            return out, inp, self._both(c_slot[left], p_slot[right])
+        if isinstance(out_edge, Map):
+            return out, inp, p_slot[right], c_slot[left]
+        return out, inp, c_slot[left], p_slot[right]
+
+
+_STEP_OPS = (
+    lambda a, b, base: base + a * b,
+    lambda a, b, base: base + jnp.where(b != 0, a, jnp.zeros((), a.dtype)),
+)
+
+
+def _lane_mask(mask: jax.Array, like: jax.Array) -> jax.Array:
+    return mask.reshape(-1, *[1] * (like.ndim - 1))
+
+
+def run_steps(edges: jax.Array, steps: np.ndarray, patterns: np.ndarray) -> jax.Array:
+    """Runs the lane steps on the edge buffer [num_edges, *batch] (at most one batch axis; the
+    buffer needs `lanes` slots of slack at its end for the windows)."""
+    if not steps.size:
+        return edges
+    lanes = patterns.shape[-1]
+    table = jnp.asarray(patterns)
+    lane = jnp.arange(lanes)
+    window_shape = (lanes, *edges.shape[1:])
+
+    def window(edges, base):
+        return lax.dynamic_slice_in_dim(edges, base, lanes, axis=0)
+
+    def read(edges, base, offsets, mode):
+        # A switch returning [lanes, *batch] (never the buffer, which XLA would then copy).
+        return lax.switch(mode, (
+            lambda: window(edges, base),
+            lambda: jnp.broadcast_to(lax.dynamic_index_in_dim(edges, base, keepdims=True), window_shape),
+            lambda: window(edges, base)[offsets],
+            lambda: edges[base + offsets],
+        ))
+
+    def step(edges, row):
+        kind, count, pattern, bx, by, bd, mx, my, md, flags = (row[k] for k in range(10))
+        offsets = table[pattern]
+        used = lane < count
+        new = jnp.where(flags == SOME_NEW, offsets[3] != 0, flags == ALL_NEW)
+        a, b = read(edges, bx, offsets[0], mx), read(edges, by, offsets[1], my)
+        target = window(edges, bd)
+        at = jnp.where(used, offsets[2], lanes)  # unused lanes fall outside the window: dropped
+        old = lax.cond(md == CONTIGUOUS, lambda: target, lambda: target[jnp.minimum(at, lanes - 1)])
+        base = jnp.where(_lane_mask(new, old), jnp.zeros((), old.dtype), old)
+        # A switch on the (never batched) step kind: only the chosen operation runs, so a
+        # selection multiplies nothing and the multiplications are exactly the counted ones.
+        value = lax.switch(kind, _STEP_OPS, a, b, base)
+        # One in-place update of the buffer per step: a scatter into the whole buffer (or two)
+        # made XLA copy it at every step.
+        target = lax.cond(md == CONTIGUOUS,
+                          lambda: jnp.where(_lane_mask(used, value), value, target),
+                          lambda: target.at[at].set(value, mode="drop"))
+        return lax.dynamic_update_slice_in_dim(edges, target, bd, axis=0), None
+
+    edges, _ = lax.scan(step, edges, jnp.asarray(steps))
+    return edges
