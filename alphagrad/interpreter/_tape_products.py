@@ -109,6 +109,17 @@ def support(code: int, out_shape: tuple, in_shape: tuple) -> tuple[np.ndarray, n
     return out, inp, rows
 
 
+@functools.lru_cache(maxsize=512)
+def _rows_of(code: int, out_shape: tuple, in_shape: tuple) -> np.ndarray:
+    """[n_out * n_in]: per dense entry (flat output index * n_in + flat operand index), the entry
+    of the value array of `code` that holds it, -1 where none does."""
+    out, inp = layout(code, out_shape, in_shape)
+    rows = np.full(math.prod(out_shape) * math.prod(in_shape), -1, np.int64)
+    rows[out * math.prod(in_shape) + inp] = np.arange(len(out))
+    rows.flags.writeable = False
+    return rows
+
+
 class Valued(NamedTuple):
     """An edge held as the value array of its (valued) code in edge slots [base, base + size)."""
 
@@ -178,11 +189,11 @@ NONE_NEW, ALL_NEW, SOME_NEW = range(3)
 
 
 def _mode(offsets: np.ndarray, lanes: int) -> int:
-    if np.array_equal(offsets, np.arange(len(offsets))):
+    """The mode of reading `offsets` (from their minimum, so at least one is 0)."""
+    if len(offsets) == 1 or (offsets[0] == 0 and offsets[-1] == len(offsets) - 1 and (np.diff(offsets) == 1).all()):
         return CONTIGUOUS
-    if not offsets.any():
-        return BROADCAST
-    return WINDOW if offsets.max() < lanes else GATHER
+    top = int(offsets.max())
+    return BROADCAST if top == 0 else WINDOW if top < lanes else GATHER
 
 
 class LaneSteps:
@@ -208,13 +219,14 @@ class LaneSteps:
         # A step writes each destination once (it reads, adds and writes back), so operations
         # into the same destination go to successive rounds: the k-th operation of each
         # destination in round k (a contraction's k-th term).
+        low = int(dst.min())
+        if int(dst.max()) - low < 4 * len(dst) and np.bincount(dst - low).max() == 1:
+            self._emit_round(kind, x, y, dst, new)  # distinct destinations: one round
+            return
         order = np.argsort(dst, kind="stable")
         starts = np.r_[0, np.nonzero(np.diff(dst[order]))[0] + 1]
         rank = np.empty(len(dst), np.int64)
         rank[order] = np.arange(len(dst)) - np.repeat(starts, np.diff(np.r_[starts, len(dst)]))
-        if rank.max() == 0:
-            self._emit_round(kind, x, y, dst, new)
-            return
         by_round = np.argsort(rank, kind="stable")
         bounds = np.searchsorted(rank[by_round], np.arange(rank.max() + 2))
         for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -344,27 +356,21 @@ class Eliminator:
         """Adds (or, fresh, writes) dense entries ``(out, inp, value slot, mask slot)`` into the
         value array of `code` at `base` (selections and additions only)."""
         out, inp, value, mask = entries
-        lay_out, lay_in = layout(code, out_shape, in_shape)
-        n_in = math.prod(in_shape)
-        keys = lay_out * n_in + lay_in
-        order = np.argsort(keys, kind="stable")
-        ordered = keys[order]
-        wanted = out * n_in + inp
-        at = np.searchsorted(ordered, wanted)
-        found = at < len(ordered)
-        found[found] = ordered[at[found]] == wanted[found]
+        rows = _rows_of(code, out_shape, in_shape)[out * math.prod(in_shape) + inp]
         # Along a Kronecker tie the value array holds the entries at index 0 only (the others are
         # equal to them by the code's structure): the other entries are not written.
-        value, mask, at = value[found], mask[found], at[found]
-        dst = base + order[at]
+        found = rows >= 0
+        if not found.all():
+            value, mask, rows = value[found], mask[found], rows[found]
         if not fresh:
-            self.steps.emit(SELECT, value, mask, dst, np.zeros(len(dst)))
+            self.steps.emit(SELECT, value, mask, base + rows, np.zeros(len(rows)))
             return
-        untouched = np.setdiff1d(np.arange(len(keys)) + base, dst)
-        first = _first_occurrences(dst)
+        counts = np.bincount(rows, minlength=len(layout(code, out_shape, in_shape)[0]))
+        untouched = np.nonzero(counts == 0)[0]
+        first = np.ones(len(rows), bool) if counts.max(initial=0) <= 1 else _first_occurrences(rows)
         x = np.concatenate([value[first], np.full(len(untouched), ZERO), value[~first]])
         y = np.concatenate([mask[first], np.full(len(untouched), ONE), mask[~first]])
-        targets = np.concatenate([dst[first], untouched, dst[~first]])
+        targets = base + np.concatenate([rows[first], untouched, rows[~first]])
         new = np.concatenate([np.ones(int(first.sum()) + len(untouched)), np.zeros(int((~first).sum()))])
         self.steps.emit(SELECT, x, y, targets, new)
 
