@@ -202,7 +202,8 @@ class Tape(NamedTuple):
         ``ops[K] -> partials[P]`` and, per equation of the kind, its operand slots and the first
         edge slot of its partials (all of a kind are computed at once, after the values).
       width: (K, O).
-      prod_steps, prod_patterns: the lane steps of the products (`_tape_products.LaneSteps.finish`).
+      prod_steps, prod_patterns, prod_windowed: the lane steps of the products
+        (`_tape_products.LaneSteps`).
       outputs: per flattened output of the program: a `_NodeOutput` (slot and shape), or the
         `Operand.value` of a constant output (a constant or a `LeafRef`).
       jacobian_edges: {(input node, output node): (first edge slot, out_shape, in_shape)}.
@@ -223,6 +224,7 @@ class Tape(NamedTuple):
     width: tuple[int, int]
     prod_steps: np.ndarray
     prod_patterns: np.ndarray
+    prod_windowed: bool
     outputs: tuple
     jacobian_edges: dict
     muls: int
@@ -815,6 +817,7 @@ class _Builder:
             width=(K, O),
             prod_steps=prod_steps,
             prod_patterns=prod_patterns,
+            prod_windowed=elim.steps.windowed,
             outputs=tuple(outputs),
             jacobian_edges=jacobian_edges,
             muls=muls,
@@ -1152,7 +1155,7 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
         values = partials(vals[kind.ops])  # [equations, P, *batch]
         slots = kind.at[:, None] + np.arange(values.shape[1], dtype=np.int32)
         edges = edges.at[slots].set(values)
-    return vals, run_steps(edges, tape.prod_steps, tape.prod_patterns)
+    return vals, run_steps(edges, tape.prod_steps, tape.prod_patterns, tape.prod_windowed)
 
 
 def run(tape: Tape, leaves: list[Any]) -> tuple[list[Any], dict[tuple[int, int], Partial]]:

@@ -196,11 +196,17 @@ def _mode(offsets: np.ndarray, lanes: int) -> int:
     return BROADCAST if top == 0 else WINDOW if top < lanes else GATHER
 
 
+#: Steps of at least this many lanes write a window of the buffer (one slice); narrower ones
+#: scatter their lanes anywhere (a scalar program's products touch slots far apart).
+WINDOWED_LANES = 128
+
+
 class LaneSteps:
     """Packs operations (`emit`) into steps of `lanes` lanes and their pattern table."""
 
     def __init__(self, lanes: int):
         self.lanes = lanes
+        self.windowed = lanes >= WINDOWED_LANES
         self.rows: list[tuple[int, ...]] = []
         self.patterns: dict[bytes, int] = {}
         self.table: list[np.ndarray] = [np.zeros((4, lanes), np.int32)]  # pattern 0: regular steps
@@ -263,14 +269,16 @@ class LaneSteps:
 
     def _rows(self, kind: int, x, y, dst, new) -> None:
         """Steps of lanes with distinct destinations, sorted by destination, each writing within
-        a window of `lanes` slots (one slice of the buffer)."""
+        a window of `lanes` slots (one slice of the buffer) if `windowed`."""
         if np.any(dst[1:] < dst[:-1]):
             order = np.argsort(dst, kind="stable")
             x, y, dst, new = x[order], y[order], dst[order], new[order]
         n, lanes = len(dst), self.lanes
         start = 0
         while start < n:
-            stop = min(start + lanes, int(np.searchsorted(dst, dst[start] + lanes)))
+            stop = start + lanes
+            if self.windowed:
+                stop = min(stop, int(np.searchsorted(dst, dst[start] + lanes)))
             piece = slice(start, stop)
             self._row(kind, x[piece], y[piece], dst[piece], new[piece])
             start = stop
@@ -283,6 +291,8 @@ class LaneSteps:
             base = int(a.min())
             offsets = a - base
             mode = _mode(offsets, lanes)
+            if k == 2 and not self.windowed:
+                mode = CONTIGUOUS if mode == CONTIGUOUS else GATHER  # scattered anywhere
             if mode in (WINDOW, GATHER):
                 pattern[k, :n] = offsets
             bases.append(base)
@@ -429,9 +439,9 @@ def _lane_mask(mask: jax.Array, like: jax.Array) -> jax.Array:
     return mask.reshape(-1, *[1] * (like.ndim - 1))
 
 
-def run_steps(edges: jax.Array, steps: np.ndarray, patterns: np.ndarray) -> jax.Array:
-    """Runs the lane steps on the edge buffer [num_edges, *batch] (at most one batch axis; the
-    buffer needs `lanes` slots of slack at its end for the windows)."""
+def run_steps(edges: jax.Array, steps: np.ndarray, patterns: np.ndarray, windowed: bool) -> jax.Array:
+    """Runs the lane steps (`LaneSteps.finish`) on the edge buffer [num_edges, *batch] (at most
+    one batch axis; the buffer needs `lanes` slots of slack at its end for the windows)."""
     if not steps.size:
         return edges
     lanes = patterns.shape[-1]
@@ -457,6 +467,12 @@ def run_steps(edges: jax.Array, steps: np.ndarray, patterns: np.ndarray) -> jax.
         used = lane < count
         new = jnp.where(flags == SOME_NEW, offsets[3] != 0, flags == ALL_NEW)
         a, b = read(edges, bx, offsets[0], mx), read(edges, by, offsets[1], my)
+        if not windowed:  # sorted, distinct destinations; unused lanes beyond the buffer: dropped
+            dst = jnp.where(used, bd + jnp.where(md == CONTIGUOUS, lane, offsets[2]), edges.shape[0] + lane)
+            old = edges[jnp.minimum(dst, edges.shape[0] - 1)]
+            base = jnp.where(_lane_mask(new, old), jnp.zeros((), old.dtype), old)
+            value = lax.switch(kind, _STEP_OPS, a, b, base)
+            return edges.at[dst].set(value, indices_are_sorted=True, unique_indices=True, mode="drop"), None
         target = window(edges, bd)
         at = jnp.where(used, offsets[2], lanes)  # unused lanes fall outside the window: dropped
         old = lax.cond(md == CONTIGUOUS, lambda: target, lambda: target[jnp.minimum(at, lanes - 1)])
