@@ -8,7 +8,9 @@ The rest is written by group, as application code: neural-network layers and los
 (`_corpus_nn`), scientific residuals, integrators, particles, robots and stencils
 (`_corpus_science`), control flow, indexing and linear algebra (`_corpus_control`), and functions
 in the styles of outside users (`_corpus_outsider`: pytrees, partials, mixed precision, special
-functions, custom roots and solves, out-of-bounds index modes). The test suite
+functions, custom roots and solves, out-of-bounds index modes), and code written with libraries
+(`_corpus_practice`: flax linen and nnx modules, optax losses and an optax step, a custom JVP rule
+that mixes entries, nested and float-clocked while loops). The test suite
 checks every function's Jacobian in several orders, under ``jax.jit``, and its counted
 multiplications (tests/interpreter/test_corpus.py); docs/corpus.md is its table.
 
@@ -23,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alphagrad.tasks import _corpus_control, _corpus_nn, _corpus_outsider, _corpus_science
+from alphagrad.tasks import _corpus_control, _corpus_nn, _corpus_outsider, _corpus_practice, _corpus_science
 from alphagrad.tasks._registry import Task
 
 __all__ = ["corpus", "corpus_groups"]
@@ -204,19 +206,24 @@ def _primitive_entries() -> list[tuple]:
 _FORWARD_ONLY = frozenset({"fori_dynamic", "newton_sqrt", "cubic_root_newton"})
 
 
+#: Functions whose reference Jacobian is jax.jacfwd (see `corpus`).
+_JACFWD_REFERENCE = _FORWARD_ONLY | _corpus_outsider.JACFWD_REFERENCE | _corpus_practice.JACFWD_REFERENCE
+
+
 def _entries() -> list[tuple]:
     return (_primitive_entries() + _corpus_nn.entries() + _corpus_science.entries()
-            + _corpus_control.entries() + _corpus_outsider.entries())
+            + _corpus_control.entries() + _corpus_outsider.entries() + _corpus_practice.entries())
 
 
 def corpus() -> dict[str, Task]:
     """The corpus by name, each entry a `Task` with its example inputs, built on each call.
 
     ``Task.argnums`` names the floating-point arguments, the ones differentiated (the others are
-    integer trip counts, branch indices, offsets, tokens and index arrays; an int when there is
-    one). ``Task.reference_jacobian`` is ``"jacfwd"`` for the while loops with a trip count known
-    only at run time (``fori_dynamic``, ``newton_sqrt``, ``cubic_root_newton``), which
-    ``jax.jacrev`` cannot differentiate, and for ``mixed_precision_dense`` (float32 parameters
+    integer trip counts, branch indices, offsets, tokens and index arrays, and the batch
+    statistics of ``flax_batchnorm``; an int when there is one). ``Task.reference_jacobian`` is
+    ``"jacfwd"`` for the while loops (``fori_dynamic``, ``newton_sqrt``, ``cubic_root_newton``,
+    ``float_clock_while``, ``nested_while``, ``while_dict_state``), which ``jax.jacrev`` cannot
+    differentiate, and for ``mixed_precision_dense`` (float32 parameters
     in a float64 model: jax.jacrev rounds the blocks to float32, jax.jacfwd and alphagrad keep
     float64), ``"jacrev"`` for the others.
 
@@ -232,7 +239,7 @@ def corpus() -> dict[str, Task]:
     return {
         fn.__name__: Task(
             fn, args, fn.__name__, fn.__doc__.splitlines()[0], argnums,
-            "jacfwd" if fn.__name__ in _FORWARD_ONLY | _corpus_outsider.JACFWD_REFERENCE else "jacrev",
+            "jacfwd" if fn.__name__ in _JACFWD_REFERENCE else "jacrev",
         )
         for _, fn, args, argnums in _entries()
     }
