@@ -11,30 +11,33 @@ import pytest
 from alphagrad import interpreter
 
 
-def _mixing_rule_sin():
-    """sin with a custom JVP rule that mixes entries: pointwise primal, dense partials."""
+def _product_with_rolled_rule():
+    """a * b with a custom JVP rule that rolls b's tangent: a pointwise primal, a partial in b that is
+    a permutation times a diagonal, not a diagonal (the corpus's custom_jvp_mixing is the unary case)."""
 
     @jax.custom_jvp
-    def f(x):
-        return jnp.sin(x)
+    def f(a, b):
+        return a * b
 
     @f.defjvp
     def f_jvp(primals, tangents):
-        (x,), (t,) = primals, tangents
-        return f(x), jnp.cos(x) * t + 0.5 * t[::-1]
+        (a, b), (ta, tb) = primals, tangents
+        return f(a, b), b * ta + a * jnp.roll(tb, 1)
 
     return f
 
 
 def test_custom_jvp_with_a_mixing_rule_is_dense_not_diagonal():
-    f = _mixing_rule_sin()
-    x = jnp.array([0.1, 0.2, 0.3])
-    g = interpreter.graph_of(lambda v: 2.0 * f(v), x)
+    f = _product_with_rolled_rule()
+    x, y = jnp.array([0.1, 0.2, 0.3]), jnp.array([1.5, -0.5, 2.0])
+    g = interpreter.graph_of(f, x, y, argnums=(0, 1))
     assert g.vertices[0].primitive == "custom_jvp_call"
-    assert {e.code for e in g.edges if e.dst == g.node_id(1)} == {1}  # dense
-    expected = jax.jacfwd(lambda v: 2.0 * f(v))(x)
+    assert sorted(e.code for e in g.edges if e.dst == g.node_id(1)) == [1, 1]  # dense in a and in b
+    expected = jax.jacfwd(f, argnums=(0, 1))(x, y)
     for order in ("forward", "reverse", "markowitz"):
-        np.testing.assert_allclose(interpreter.jacobian(lambda v: 2.0 * f(v), order)(x), expected, rtol=1e-6)
+        actual = interpreter.jacobian(f, order, argnums=(0, 1))(x, y)
+        for a, b in zip(actual, expected):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 @pytest.mark.parametrize("fn", [jax.nn.relu, jax.nn.relu6, lambda v: jnp.logaddexp(v, 2.0 * v)],
