@@ -39,6 +39,7 @@ from alphagrad.interpreter._structured import (
     MultiplicationCounter,
     Partial,
     add,
+    contract,
     densify,
     extract,
     multiply,
@@ -359,9 +360,9 @@ def _dense_partials_over(eqn: Equation, values: list[Any], sources: Mapping[int,
         # The seeds' axis comes out last, where the partials keep their operand entries: a leading
         # one would need a transposing copy of every partial (a pass over [batch, out, in] under vmap).
         try:
-            results, columns = jax.vmap(column, out_axes=(None, -1))(seeds)  # columns: [*shape, total]
+            results, columns = _small_dots_fused(jax.vmap(column, out_axes=(None, -1)))(seeds)  # [*shape, total]
         except ValueError:  # a rule that batches the values too: they are recomputed apart
-            results, columns = None, jax.vmap(lambda t: column(t)[1], out_axes=-1)(seeds)
+            results, columns = None, _small_dots_fused(jax.vmap(lambda t: column(t)[1], out_axes=-1))(seeds)
         partials = {}
         for src, (_, in_shape) in sources.items():
             partials[src] = []
@@ -381,8 +382,12 @@ def _dense_partials_over(eqn: Equation, values: list[Any], sources: Mapping[int,
     if eqn.primitive.name in _VJP_RULED:
         _check_linear_vjp_rule(eqn, of_floats, primals)
     rows = sum(math.prod(s) for s in out_shapes)
-    rows_first = (eqn.primitive.name in _VJP_RULED or _ROW_COST * rows < total
-                  or (eqn.primitive.name in _ROWS_WHEN_NOT_MORE and rows <= total))
+    if eqn.primitive.name in _VJP_RULED:
+        rows_first = True
+    elif eqn.primitive.name in _ROWS_WHEN_NOT_MORE:
+        rows_first = rows <= total
+    else:
+        rows_first = rows * total > _COLUMNS_MAX_ENTRIES and _ROW_COST * rows < total
     first, second = (by_rows, by_columns) if rows_first else (by_columns, by_rows)
     try:
         return first()
@@ -392,6 +397,11 @@ def _dense_partials_over(eqn: Equation, values: list[Any], sources: Mapping[int,
 
 #: The work of one VJP row against one JVP column, for choosing how a dense partial is built.
 _ROW_COST = 2
+
+#: Partials of at most this many entries are built by columns: one JVP, which XLA fuses with the
+#: primal, where the VJP's stored residuals and transposed operations are separate kernels
+#: (jnp.prod of 4 entries at batch 32,768: rows 1.5x slower than 4 columns).
+_COLUMNS_MAX_ENTRIES = 8
 
 #: Primitives built by rows whenever the rows are not more than the columns: a conditional's VJP
 #: costs about its JVP (no stored iterations, unlike a loop's), and rows come out in the partials'
@@ -444,6 +454,74 @@ def _has_while_loop(jaxpr) -> bool:
     return False
 
 
+#: Call primitives whose bodies `_small_dots_fused` evaluates equation by equation.
+_INLINED_CALLS = frozenset({"pjit", "jit", "closed_call", "core_call"})
+
+
+def _small_dots_fused(fn: Callable) -> Callable:
+    """`fn` with the small matrix products of its program (JAX's derivative rules multiply the seeds
+    by factors: eigh's and cholesky's JVPs are products of 3x3 matrices, per seed) done as fused
+    sums of broadcast products (`_structured.contract`); other equations bound as they are.
+
+    Under vmap a dot_general of small matrices becomes a batched matmul, which XLA:CPU runs many
+    times slower than an elementwise loop at batch 32,768. The products are those of the rule, so
+    the dense partials are the same numbers up to the order of their additions.
+    """
+
+    def run(*args):
+        closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+        out = _eval_small_dots(closed.jaxpr, closed.consts, jax.tree.leaves(args))
+        return jax.tree.unflatten(jax.tree.structure(shape), out)
+
+    return run
+
+
+def _eval_small_dots(jaxpr, consts, args) -> list[Any]:
+    """jax.core.eval_jaxpr, with dot_general by `_structured.contract` and calls inlined."""
+    env = {}
+
+    def read(v):
+        return v.val if isinstance(v, jax.extend.core.Literal) else env[v]
+
+    for var, val in zip(jaxpr.constvars, consts):
+        env[var] = val
+    for var, val in zip(jaxpr.invars, args):
+        env[var] = val
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        name = eqn.primitive.name
+        if name == "dot_general" and not eqn.params.get("out_sharding"):
+            outvals = [_dot_general_by_contract(*invals, **eqn.params)]
+        elif name in _INLINED_CALLS and hasattr(eqn.params.get("jaxpr"), "jaxpr"):
+            body = eqn.params["jaxpr"]
+            outvals = _eval_small_dots(body.jaxpr, body.consts, invals)
+        else:
+            result = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+            outvals = list(result) if eqn.primitive.multiple_results else [result]
+        for var, val in zip(eqn.outvars, outvals):
+            env[var] = val
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _dot_general_by_contract(lhs, rhs, *, dimension_numbers, preferred_element_type=None, **_):
+    """lax.dot_general(lhs, rhs) through `_structured.contract` (fused when small)."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    letters = iter("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    lhs_letters = [next(letters) for _ in range(np.ndim(lhs))]
+    rhs_letters = [None] * np.ndim(rhs)
+    for l, r in zip(lhs_contract, rhs_contract):
+        rhs_letters[r] = lhs_letters[l]
+    for l, r in zip(lhs_batch, rhs_batch):
+        rhs_letters[r] = lhs_letters[l]
+    rhs_letters = [c if c is not None else next(letters) for c in rhs_letters]
+    lhs_free = [lhs_letters[d] for d in range(np.ndim(lhs)) if d not in lhs_contract and d not in lhs_batch]
+    rhs_free = [rhs_letters[d] for d in range(np.ndim(rhs)) if d not in rhs_contract and d not in rhs_batch]
+    result = "".join([lhs_letters[d] for d in lhs_batch] + lhs_free + rhs_free)
+    dtype = preferred_element_type or jnp.result_type(lhs, rhs)
+    return contract("".join(lhs_letters), jnp.asarray(lhs, dtype), "".join(rhs_letters), jnp.asarray(rhs, dtype),
+                    result)
+
+
 def _dense_partials_by_rows(of_floats, primals, floats, sources, out_shapes) -> tuple[tuple, dict[int, list[Partial]]]:
     """`_dense_partials` by one vmapped VJP, one one-hot cotangent per output entry (all reached
     outputs at once); the cotangents of a source's operands are its partials' rows."""
@@ -455,7 +533,7 @@ def _dense_partials_by_rows(of_floats, primals, floats, sources, out_shapes) -> 
         block = jnp.eye(total, dtype=r.dtype)[:, start : start + n]  # [total, n]: one-hot rows
         seeds.append(block.reshape(total, *np.shape(r)))
         start += n
-    cotangents = jax.vmap(pullback)(tuple(seeds))  # per float operand: [total, *operand shape]
+    cotangents = _small_dots_fused(jax.vmap(pullback))(tuple(seeds))  # per float operand: [total, *operand shape]
     partials = {}
     for src, (positions, in_shape) in sources.items():
         rows = sum(cotangents[floats.index(i)] for i in positions).reshape(total, math.prod(in_shape))

@@ -21,6 +21,7 @@ from alphagrad.graph import INDEX_MAP, VALUELESS, product_plan, structure_of
 
 __all__ = [
     "IndexMap", "Partial", "MultiplicationCounter", "multiply", "add", "densify", "convert", "extract", "read_constant",
+    "contract",
 ]
 
 Shape2D = tuple[int, int]
@@ -265,7 +266,7 @@ def _unrolled_contract(letters_a: str, a: jax.Array, letters_b: str, b: jax.Arra
     return total.reshape([size[c] for c in result])
 
 
-def _contract(letters_a: str, a: jax.Array, letters_b: str, b: jax.Array, result: str) -> jax.Array:
+def contract(letters_a: str, a: jax.Array, letters_b: str, b: jax.Array, result: str) -> jax.Array:
     """einsum(a, b) as one broadcast multiply over the joint index space, then a sum.
 
     Exactly one multiplication per point of the joint index space, which is what the cost model
@@ -345,5 +346,5 @@ def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCount
     else:
         sizes = _sizes(c_shape, v_shape, p_shape)
         counter.add(math.prod(sizes[c] for c in set(plan.out_letters) | set(plan.in_letters)))
-        value = _contract(plan.out_letters, out.value, plan.in_letters, inp.value, plan.result_letters)
+        value = contract(plan.out_letters, out.value, plan.in_letters, inp.value, plan.result_letters)
     return convert(Partial(plan.result_code, c_shape, p_shape, value), code, dtype)

@@ -47,3 +47,54 @@ def test_an_index_map_multiplies_nothing():
     assert [e.code for e in g.edges] == [graph.INDEX_MAP, graph.INDEX_MAP]
     assert graph.cost(g, "forward") == graph.cost(g, "reverse") == 0
     np.testing.assert_array_equal(np.asarray(interpreter.jacobian(f, "reverse")(x)), np.asarray(jax.jacfwd(f)(x)))
+
+
+# ---- an index map times a permutation-diagonal partial (interpreter._structured.multiply) ----
+
+from alphagrad.interpreter import _structured  # noqa: E402
+
+#: Codes whose ties pair every v entry with one p entry, in a square (3, 3) <- (3, 3) layout.
+PAIRED = (6, 7, 8, 9, 10, -8, -9, -10)
+
+
+def _scatter_add_map(shape_in, shape_out, rows):
+    """x -> zeros(shape_out).at[rows].add(x) on flattened entries, a map with repeated targets."""
+    n_out = int(np.prod(shape_out))
+
+    def apply(t):
+        return jnp.zeros(n_out, t.dtype).at[rows].add(t.reshape(-1)).reshape(shape_out)
+
+    def transpose(ct):
+        return ct.reshape(-1)[rows].reshape(shape_in)
+
+    return _structured.IndexMap(apply, transpose)
+
+
+@pytest.mark.parametrize("code", PAIRED)
+@pytest.mark.parametrize("side", ["map_after", "map_before"])
+def test_a_map_times_a_permutation_diagonal_is_exact(code, side):
+    rng = np.random.default_rng(code + 20)
+    structure = graph.structure_of(code)
+    value_shape = [3 for _ in structure.value_axes]
+    value = jnp.asarray(rng.normal(size=value_shape), jnp.float32)
+    paired = _structured.Partial(code, (3, 3), (3, 3), value)
+    rows = jnp.array([0, 4, 4, 8, 1, 1, 1, 7, 2])  # 9 entries -> 9 entries, repeated targets
+    the_map = _scatter_add_map((3, 3), (3, 3), rows)
+    mapped = _structured.Partial(graph.INDEX_MAP, (3, 3), (3, 3), the_map)
+    out, inp = (mapped, paired) if side == "map_after" else (paired, mapped)
+    got = _structured.multiply(out, inp, 1, _structured.MultiplicationCounter(), jnp.float32)
+    dense_out = _structured.densify(out, jnp.float32).reshape(9, 9)
+    dense_in = _structured.densify(inp, jnp.float32).reshape(9, 9)
+    np.testing.assert_allclose(np.asarray(got.value).reshape(9, 9), np.asarray(dense_out @ dense_in), rtol=1e-6)
+
+
+def test_a_map_keeps_an_infinite_partial_where_it_drops_its_entry_out():
+    # sqrt's partial at -1 is NaN; the gather never reads that entry, so its column is exactly zero
+    # (jax.jacfwd and jax.jacrev multiply the NaN by a zero seed and spread NaN over the rows)
+    def f(x):
+        return jnp.sqrt(x)[jnp.array([0, 2, 2])]
+
+    x = jnp.array([4.0, -1.0, 9.0])
+    expected = np.array([[0.25, 0, 0], [0, 0, 1 / 6], [0, 0, 1 / 6]], np.float32)
+    for order in ORDERS:
+        np.testing.assert_allclose(np.asarray(jax.jit(interpreter.jacobian(f, order))(x)), expected, rtol=1e-6)
