@@ -94,7 +94,7 @@ from alphagrad.interpreter._tape_products import (
 )
 
 __all__ = [
-    "TAPE_MIN_SIZE", "TAPE_MIN_EQUATIONS", "ARRAY_WEIGHT", "MAX_COMPONENTS", "MAX_KINDS", "EQUATIONS_PER_KIND",
+    "TAPE_MIN_SIZE", "TAPE_MIN_EQUATIONS", "ARRAY_WEIGHT", "MAX_COMPONENTS", "FUSED_PARTIALS", "MAX_KINDS", "EQUATIONS_PER_KIND",
     "Tape", "Unsupported", "build", "run", "straight_line_size",
 ]
 
@@ -119,6 +119,10 @@ ARRAY_WEIGHT = 8
 #: largest equation's operand components, and a product of two dense partials of n-entry arrays
 #: takes up to n^3 loop steps, so a large array would slow every step.
 MAX_COMPONENTS = 4096
+#: Programs whose equations' partials have at most this many entries each compute them in the
+#: equation loop (as small arrays padded to the largest; one compiled loop); larger ones after
+#: it, one vmapped computation per kind (a loop step must not copy thousands of entries).
+FUSED_PARTIALS = 256
 #: Most distinct equation kinds (switch branches); XLA compiles every branch.
 MAX_KINDS = 256
 #: ... and at most one per this many equations beyond: XLA compiles every branch (about 0.1 s
@@ -197,8 +201,11 @@ class Tape(NamedTuple):
       eq_kind: int32[E] branch of each equation.
       eq_ops: int32[E, K] value slots of its operand components (padded with slot 0).
       eq_out: int32[E] first value slot of its output.
-      branches: per kind, ``ops[K] -> out[O]`` (the equation loop's switch).
-      partials: per kind that computes partials, a `_PartialKind`: its function
+      eq_partials: int32[E] first edge slot of its partials when the equation loop computes them
+        (every kind's at most `FUSED_PARTIALS`), else None.
+      branches: per kind, the equation loop's switch branch: ``ops[K] -> out[O]``, or
+        ``ops[K] -> (out[O], partials[P])`` when the loop computes the partials.
+      partials: else, per kind that computes partials, a `_PartialKind`: its function
         ``ops[K] -> partials[P]`` and, per equation of the kind, its operand slots and the first
         edge slot of its partials (all of a kind are computed at once, after the values).
       width: (K, O).
@@ -219,6 +226,7 @@ class Tape(NamedTuple):
     eq_kind: np.ndarray
     eq_ops: np.ndarray
     eq_out: np.ndarray
+    eq_partials: np.ndarray | None
     branches: tuple
     partials: tuple
     width: tuple[int, int]
@@ -784,23 +792,33 @@ class _Builder:
         for row, (_, slots, _, _) in enumerate(eq_rows):
             eq_ops[row, : len(slots)] = slots
         eq_out = np.asarray([out for _, _, out, _ in eq_rows], np.int32)
-        values, partials = [], []
-        for kind, (signature, params) in enumerate(templates):
+        functions, sizes = [], []
+        for signature, params in templates:
             value_fn, partial_fn = _branch(signature, params, O, self.dtype)
             # Traced once here, so that an equation the branch cannot re-bind from buffer values
             # (a constant whose dtype the primitive does not take) falls back instead of failing.
             try:
                 jax.eval_shape(value_fn, jax.ShapeDtypeStruct((K,), self.dtype))
-                if partial_fn is not None:
-                    jax.eval_shape(partial_fn, jax.ShapeDtypeStruct((K,), self.dtype))
+                size = 0 if partial_fn is None else jax.eval_shape(
+                    partial_fn, jax.ShapeDtypeStruct((K,), self.dtype)).shape[0]
             except Exception as err:  # JAX reports binding errors with many exception types
                 name = signature[0].name if signature[0] is not None else "copy"
                 raise Unsupported(f"a {name} equation cannot run from the tape's buffers: {err}") from err
-            values.append(value_fn)
-            rows = [r for r, (k, _, _, at) in enumerate(eq_rows) if k == kind and at is not None]
-            if rows and partial_fn is not None:
-                at = np.asarray([eq_rows[r][3] for r in rows], np.int32)
-                partials.append(_PartialKind(partial_fn, eq_ops[rows], at))
+            functions.append((value_fn, partial_fn))
+            sizes.append(size)
+        P = max(sizes + [1])
+        num_edges = elim.next_slot + max(elim.steps.lanes, P)  # slack for windows and padded writes
+        if P <= FUSED_PARTIALS:  # computed with the values, in the equation loop
+            branches = tuple(_fused(value_fn, partial_fn, P, self.dtype) for value_fn, partial_fn in functions)
+            eq_partials = np.asarray([elim.next_slot if at is None else at for _, _, _, at in eq_rows], np.int32)
+            partials = ()
+        else:  # after the values, a kind at a time
+            branches, eq_partials, partials = tuple(value_fn for value_fn, _ in functions), None, []
+            for kind, (_, partial_fn) in enumerate(functions):
+                rows = [r for r, (k, _, _, at) in enumerate(eq_rows) if k == kind and at is not None]
+                if rows and partial_fn is not None:
+                    at = np.asarray([eq_rows[r][3] for r in rows], np.int32)
+                    partials.append(_PartialKind(partial_fn, eq_ops[rows], at))
         constants = np.concatenate(self.constants) if self.constants else np.zeros(0, self.dtype)
         return Tape(
             dtype=self.dtype,
@@ -808,11 +826,12 @@ class _Builder:
             constants=constants,
             constants_at=constants_at,
             num_values=self.num_values + O,
-            num_edges=elim.next_slot + elim.steps.lanes,  # slack for the steps' windows
+            num_edges=num_edges,
             eq_kind=eq_kind,
             eq_ops=eq_ops,
             eq_out=eq_out,
-            branches=tuple(values),
+            eq_partials=eq_partials,
+            branches=branches,
             partials=tuple(partials),
             width=(K, O),
             prod_steps=prod_steps,
@@ -1052,6 +1071,17 @@ def _branch(signature, params: dict, O: int, dtype):
     return value, (partials if plans else None)
 
 
+def _fused(value_fn, partial_fn, P: int, dtype):
+    """A switch branch computing an equation's output and its partials, padded to `P` entries."""
+    def branch(ops):
+        if partial_fn is None:
+            return value_fn(ops), jnp.zeros((P,), dtype)
+        partials = partial_fn(ops)
+        return value_fn(ops), jnp.pad(partials, (0, P - partials.shape[0]))
+
+    return branch
+
+
 def _lanes_branch(primitive, params: dict, pattern, width: int, groups, O: int, dtype):
     """The functions of an elementwise kind: operand i in lanes [i * width, (i + 1) * width) of
     the operand slots (a broadcast scalar in the first); the output and each group's partial
@@ -1141,12 +1171,22 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
     if batch:  # the branches are written for one example; the kind is the same for all
         kinds = jax.vmap(kinds, in_axes=(None, 1), out_axes=1)
 
-    def equation(vals, row):
-        kind, ops, out_at = row
-        return lax.dynamic_update_slice_in_dim(vals, kinds(kind, vals[ops]), out_at, axis=0), None
-
-    vals, _ = lax.scan(equation, vals, (tape.eq_kind, tape.eq_ops, tape.eq_out))
     edges = jnp.zeros((tape.num_edges, *batch), vals.dtype).at[ONE].set(1)
+    if tape.eq_partials is not None:
+        def equation(carry, row):
+            vals, edges = carry
+            kind, ops, out_at, partials_at = row
+            out, partials = kinds(kind, vals[ops])
+            vals = lax.dynamic_update_slice_in_dim(vals, out, out_at, axis=0)
+            return (vals, lax.dynamic_update_slice_in_dim(edges, partials, partials_at, axis=0)), None
+
+        (vals, edges), _ = lax.scan(equation, (vals, edges), (tape.eq_kind, tape.eq_ops, tape.eq_out, tape.eq_partials))
+    else:
+        def equation(vals, row):
+            kind, ops, out_at = row
+            return lax.dynamic_update_slice_in_dim(vals, kinds(kind, vals[ops]), out_at, axis=0), None
+
+        vals, _ = lax.scan(equation, vals, (tape.eq_kind, tape.eq_ops, tape.eq_out))
     # The partials of every equation of a kind at once: they read only the values.
     for kind in tape.partials:
         partials = jax.vmap(kind.fn)

@@ -310,3 +310,36 @@ def test_tape_binds_conds_and_while_loops_whole(force_tape):
         assert tape.muls == graph.cost(g, "reverse")
         actual = jax.jit(interpreter.jacobian(branches, "reverse", argnums=(0, 1)))(*args)
         _close(actual, jax.jacfwd(branches, argnums=(0, 1))(*args), rtol=1e-10)
+
+
+def lorenz96(x, forcing):
+    """Euler steps of Lorenz-96 on a 96-entry state (more entries than a scalar tape's row holds
+    well): jnp.roll's slices and concatenations, elementwise arithmetic, a scalar broadcast."""
+    for _ in range(3):
+        x = x + 0.01 * ((jnp.roll(x, -1) - jnp.roll(x, 2)) * jnp.roll(x, 1) - x + forcing)
+    return x, jnp.sum(x * x)
+
+
+@pytest.mark.parametrize("fn, args, lanes", [  # narrow steps scatter their lanes, wide ones write windows
+    (integrator, (S, P), 8),
+    (reductions, (np.arange(6.0).reshape(3, 2) / 7 - 0.2, np.array([0.4, -0.3])), 8),
+    (matrix_recurrence, (np.array([[0.3, -0.4], [0.2, 0.5]]), np.array([0.6, -0.1])), 128),
+    (lorenz96, (np.sin(np.arange(96.0)), 8.0), 8),
+    (lorenz96, (np.sin(np.arange(96.0)), 8.0), 128),
+])
+def test_lane_steps_equal_jacfwd(force_tape, monkeypatch, fn, args, lanes):
+    """Products planned as steps of several lanes (what plans of millions of multiplications
+    take) give jax.jacfwd's Jacobian in two orders, under jit and vmap."""
+    monkeypatch.setattr(_tape, "lanes_for", lambda muls: lanes)
+    with jax.enable_x64(True):
+        args = tuple(jnp.asarray(a, jnp.float64) for a in args)
+        argnums = tuple(range(len(args)))
+        g = interpreter.graph_of(fn, *args, argnums=argnums)
+        expected = jax.jacfwd(fn, argnums=argnums)(*args)
+        for order in ("reverse", "markowitz"):
+            tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, order)))
+            assert tape.prod_patterns.shape[-1] == lanes and tape.muls == graph.cost(g, order)
+            jac = interpreter.jacobian(fn, order, argnums=argnums)
+            _close(jax.jit(jac)(*args), expected, rtol=1e-10)
+        batch = tuple(jnp.stack([a, a * 0.9]) for a in args)
+        _close(jax.jit(jax.vmap(jac))(*batch), jax.vmap(jax.jacfwd(fn, argnums=argnums))(*batch), rtol=1e-10)
