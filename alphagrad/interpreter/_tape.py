@@ -977,6 +977,8 @@ def _numpy_eval(name: str, params: dict, values: list) -> np.ndarray | None:
         return np.choose(values[0].astype(np.int64), np.broadcast_arrays(*values[1:]))
     if name == "convert_element_type":
         return values[0].astype(params["new_dtype"])
+    if not values:  # iota and other equations without operands: bound by the caller
+        return None
     moved = _numpy_map(name, params, [v[None] for v in values], [None] + values[1:])
     return None if moved is None else moved[0]
 

@@ -343,3 +343,16 @@ def test_lane_steps_equal_jacfwd(force_tape, monkeypatch, fn, args, lanes):
             _close(jax.jit(jac)(*args), expected, rtol=1e-10)
         batch = tuple(jnp.stack([a, a * 0.9]) for a in args)
         _close(jax.jit(jax.vmap(jac))(*batch), jax.vmap(jax.jacfwd(fn, argnums=argnums))(*batch), rtol=1e-10)
+
+
+def test_tape_folds_equations_without_operands(force_tape):
+    """jnp.eye, jnp.arange and jnp.tri make iota equations (no operands): constants of the tape."""
+    def fn(x):
+        x = jnp.sin(x) * 1.01 + 0.1
+        return x * jnp.eye(2)[0] + jnp.arange(2.0) * x[1]
+
+    x = jnp.array([0.3, -0.7])
+    g = interpreter.graph_of(fn, x)
+    tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse")))
+    assert tape.muls == graph.cost(g, "reverse")
+    _close(jax.jit(interpreter.jacobian(fn, "reverse"))(x), jax.jacfwd(fn)(x), rtol=1e-6, atol=1e-7)
