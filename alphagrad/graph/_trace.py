@@ -369,12 +369,9 @@ class _Builder:
                     f"{dtype} value from one that depends on a differentiated input; no derivative "
                     f"can pass through it. {_COMPLEX_ADVICE}."
                 )
-            if name in _rules.RULED_PRIMITIVES:
-                differentiable = [
-                    op.node is not None and _is_differentiable(a.aval) for op, a in zip(operands, eqn.invars)
-                ]
-            else:
-                differentiable = [self.dense_source(op, a) for op, a in zip(operands, eqn.invars)]
+            # An operand no input reaches gets no edge (its partial never reaches the Jacobian,
+            # and JAX may not differentiate it at all: jnp.quantile's clamp in a computed bound).
+            differentiable = [self.dense_source(op, a) for op, a in zip(operands, eqn.invars)]
             in_shapes = [tuple(a.aval.shape) for a in eqn.invars]
             single = len(eqn.outvars) == 1
             outputs: list[Operand] = []
@@ -413,8 +410,8 @@ class _Builder:
         return [read(a) for a in jaxpr.outvars]
 
     def dense_source(self, op: Operand, atom) -> bool:
-        """Whether a dense equation's operand gets an edge: a differentiable node that an input
-        reaches (a dense partial from a value no input reaches, behind stop_gradient or made from
+        """Whether an equation's operand gets an edge: a differentiable node that an input
+        reaches (a partial from a value no input reaches, behind stop_gradient or made from
         constants, never reaches the Jacobian: no edge, rather than products of zeros)."""
         return op.node is not None and _is_differentiable(atom.aval) and op.node in self.active
 

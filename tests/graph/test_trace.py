@@ -339,3 +339,15 @@ def test_scalar_tasks_reproduce_the_reference_costs(name, reference_info):
     info = reference_info[name]
     assert graph.cost(g, "forward") == info.forward
     assert graph.cost(g, "reverse") == info.reverse
+
+
+def test_operands_no_input_reaches_get_no_edge():
+    """A clamp bound computed from constants (as jnp.quantile makes) is a vertex no input
+    reaches: no edge from it (JAX cannot differentiate clamp in its bounds)."""
+    def fn(x):
+        return jax.lax.clamp(jnp.sum(jnp.ones(3)) - 4.0, x, 0.5) * x[0]
+
+    x = jnp.linspace(-1.5, 1.0, 5)
+    g = graph.jacobian_graph(fn, x)
+    clamp = next(v.number for v in g.vertices if v.primitive == "clamp")
+    assert {e.src for e in g.edges if e.dst == g.num_inputs + clamp} == {1}
