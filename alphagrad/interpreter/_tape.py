@@ -18,7 +18,11 @@ not grow with the number of equations:
    partial is stored in its code's *value array* (a diagonal, a Kronecker factor, dense...),
    flattened. Two `dynamic_update_slice`\\ s write outputs and partials into ``vals`` and the edge
    buffer ``edges[num_edge_slots]``. The branches return only these small arrays, never a buffer,
-   so under `jax.vmap` nothing of size num_slots is copied per step.
+   so under `jax.vmap` nothing of size num_slots is copied per step. Where some kind's partials
+   have more than `FUSED_PARTIALS` entries (wide vectors: a step must not copy thousands of
+   padded entries), the loop computes the outputs only, and each kind's partials are computed
+   after it for all its equations at once (one vmapped computation per kind: they read only
+   the values).
    XLA compiles every branch, so kinds are kept few whatever the shapes (generated programs use
    the same primitives on many shapes and slice at many offsets): an *elementwise* equation
    (and a whole sum or a dot product of two vectors) runs on ``width`` padded lanes (the largest
@@ -37,17 +41,20 @@ not grow with the number of equations:
    and become copies. *Run-time* maps (sort, clamp, max pooling,
    gathers/scatters/dynamic slices at computed indices, whose JVPs select one entry, so every
    entry is exactly 0 or 1) are computed by the branch as 0/1 masks.
-2. **Eliminations.** Every `graph.Product` of ``graph.plan(graph, order)`` becomes scalar tape
-   steps on the edge buffer: between two value arrays, exactly the multiply-adds its
-   `graph.product_plan` enumerates (one step per point of the joint index space of the two value
-   arrays, ``edges[dst] = (edges[dst] or 0) + out * in``: what the cost model counts); with a map
-   on either side, selections ``where(mask != 0, value, 0)`` and additions (data movement, free
-   in the model, as in the straight-line path; the composition of two run-time masks is their
-   conjunction, one selection). A sum into an existing edge of another code first re-lays the
-   old edge out in the sum code (copies). Two constant slots (1 and 0) make copies and
-   structural ones selections too, so the loop has four step kinds. The plan is executed in its
-   own order, so ``count_muls == graph.cost`` holds by construction (and is asserted, product by
-   product, when the tape is built).
+2. **Eliminations** (`_tape_products`). Every `graph.Product` of ``graph.plan(graph, order)``
+   becomes operations on the edge buffer, planned with numpy a product at a time: between two
+   value arrays, exactly the multiply-adds its `graph.product_plan` enumerates (one per point
+   of the joint index space of the two value arrays, ``edges[dst] = (edges[dst] or 0) + out *
+   in``: what the cost model counts); with a map on either side, selections ``where(mask != 0,
+   value, 0)`` and additions (data movement, free in the model, as in the straight-line path;
+   the composition of two run-time masks is their conjunction, one selection). A sum into an
+   existing edge of another code first re-lays the old edge out in the sum code (copies). Two
+   constant slots (1 and 0) make copies and structural ones selections too. A plan of up to
+   `_tape_products.SCALAR_STEPS_MAX_MULS` multiplications runs one operation per loop step (the
+   leanest loop body); a longer one (wide vectors: millions of multiply-adds) runs *lane steps*
+   of up to 1,024 independent operations, read and written as slices where contiguous. The plan
+   is executed in its own order, so ``count_muls == graph.cost`` holds by construction (and is
+   asserted, product by product, when the tape is built).
 3. **Assembly.** The edges left between inputs and outputs are laid out dense and read from the
    edge buffer by static slices for the straight-line path's assembly (jax.jacrev's structure).
 
@@ -115,9 +122,10 @@ TAPE_MIN_EQUATIONS = 200
 #: Weight of an equation, partial or product on arrays against one on scalars in `straight_line_size`
 #: (a structured product of arrays is a handful of XLA operations: reshapes, broadcasts, a multiply, a sum).
 ARRAY_WEIGHT = 8
-#: Most components (array entries) a value of the tape may have: every scan step gathers the
-#: largest equation's operand components, and a product of two dense partials of n-entry arrays
-#: takes up to n^3 loop steps, so a large array would slow every step.
+#: Most components (array entries) a value of the tape may have: every step of the equation loop
+#: gathers the largest equation's operand components and writes its output's, so a very large
+#: array would slow every step (the 512- and 1,024-entry vectors of benchmarks/scale.py's `wide`
+#: programs are in).
 MAX_COMPONENTS = 4096
 #: Programs whose equations' partials have at most this many entries each compute them in the
 #: equation loop (as small arrays padded to the largest; one compiled loop); larger ones after
