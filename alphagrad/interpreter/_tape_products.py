@@ -217,6 +217,7 @@ class LaneSteps:
         self._count = 0
         self._writes: set[int] = set()
         self._reads: set[int] = set()
+        self._low = self._high = 0  # the open step's destinations' range
 
     def emit(self, kind: int, x, y, dst, new) -> None:
         """Operations ``edges[dst] = (0 if new else edges[dst]) + op(edges[x], edges[y])`` (arrays
@@ -250,8 +251,13 @@ class LaneSteps:
             self._flush()
             self._rows(kind, x, y, dst, new)
             return
-        if self._open and (kind != self._kind or self._count + n > self.lanes or self._conflicts(x, y, dst)):
+        low, high = int(dst.min()), int(dst.max())
+        if self._open and (kind != self._kind or self._count + n > self.lanes or self._conflicts(x, y, dst)
+                           or (self.windowed and max(high, self._high) - min(low, self._low) >= self.lanes)):
             self._flush()
+        if not self._open:
+            self._low, self._high = low, high
+        self._low, self._high = min(low, self._low), max(high, self._high)
         self._open.append((x, y, dst, new))
         self._kind = kind
         self._count += n
