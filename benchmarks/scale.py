@@ -412,13 +412,17 @@ def run_stage(stage: str, form: str, size: int) -> None:
     ours = jax.block_until_ready(jitted(*args))
     _emit(first_s=time.perf_counter() - start, rss_gb=_rss_gb())
     _emit(batch1_s=_steady(jitted, *args))
-    batch = tuple(x + 0.01 * jnp.linspace(-1.0, 1.0, 1024, dtype=jnp.float32).reshape((1024,) + (1,) * x.ndim)
-                  for x in args)
-    vmapped = jax.jit(jax.vmap(jac))
-    start = time.perf_counter()
-    jax.block_until_ready(vmapped(*batch))
-    _emit(batch1024_first_s=time.perf_counter() - start)
-    _emit(batch1024_s=_steady(vmapped, *batch), rss_gb=_rss_gb())
+    if os.environ.get("ALPHAGRAD_SCALE_NO_BATCH"):  # --no-batch
+        batch = None
+    else:
+        batch = tuple(x + 0.01 * jnp.linspace(-1.0, 1.0, 1024, dtype=jnp.float32).reshape((1024,) + (1,) * x.ndim)
+                      for x in args)
+    if batch is not None:
+        vmapped = jax.jit(jax.vmap(jac))
+        start = time.perf_counter()
+        jax.block_until_ready(vmapped(*batch))
+        _emit(batch1024_first_s=time.perf_counter() - start)
+        _emit(batch1024_s=_steady(vmapped, *batch), rss_gb=_rss_gb())
     if stage != "jacrev":  # last: op by op it takes minutes at 10,000 equations
         ref = jax.jacfwd(f, argnums=argnums)(*args)  # eager: no jit, JAX's forward mode op by op
         a, b = jax.tree.leaves(ours), jax.tree.leaves(ref)
@@ -518,11 +522,14 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=150.0, help="seconds per stage (default 150)")
     parser.add_argument("--max-gb", type=float, default=8.0, help="resident memory per stage (default 8)")
     parser.add_argument("--json", help="also write every measurement to this file")
+    parser.add_argument("--no-batch", action="store_true", help="skip the batch-1,024 runs (vmap)")
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # one stage, in this process
     args = parser.parse_args()
     if args.stage:
         run_stage(args.stage, args.forms[0], args.sizes[0])
         return
+    if args.no_batch:  # read by the stages' processes
+        os.environ["ALPHAGRAD_SCALE_NO_BATCH"] = "1"
     print(HEADER)
     print("|" + "---|" * (HEADER.count("|") - 1))
     results = {}
