@@ -379,6 +379,10 @@ class LaneSteps:
         return steps.astype(np.int32), np.stack(self.table)
 
 
+#: Points of a product enumerated at once (index arrays of a few tens of MB).
+_POINTS_PER_BLOCK = 1 << 21
+
+
 class Eliminator:
     """Executes an elimination plan on the builder's edges as lane steps (numpy planning).
 
@@ -454,17 +458,34 @@ class Eliminator:
             raise Unplannable(f"the product of codes {out_edge.code} and {in_edge.code} broadcasts")
         extent = [size[letter] for letter in letters]
         count = math.prod(extent)
-        grid = np.indices(extent).reshape(len(letters), count) if letters else np.zeros((0, 1), np.int64)
-        at = dict(zip(letters, grid.astype(np.int64)))
+        written = np.zeros(math.prod(size[letter] for letter in plan.result_letters), bool)
+        # Enumerated in blocks along the first letter: a dense product of wide blocks has
+        # hundreds of millions of points, and its index arrays must not all exist at once.
+        block = max(1, _POINTS_PER_BLOCK // max(1, math.prod(extent[1:])))
+        for start in range(0, extent[0] if letters else 1, block):
+            piece = list(extent)
+            if letters:
+                piece[0] = min(block, extent[0] - start)
+            points = math.prod(piece)
+            grid = np.indices(piece).reshape(len(letters), points) if letters else np.zeros((0, 1), np.int64)
+            at = dict(zip(letters, grid.astype(np.int64)))
+            if letters:
+                at[letters[0]] = at[letters[0]] + start
 
-        def flat(word):
-            index = np.zeros(count, np.int64)
-            for letter in word:
-                index = index * size[letter] + at[letter]
-            return index
+            def flat(word, at=at, points=points):
+                index = np.zeros(points, np.int64)
+                for letter in word:
+                    index = index * size[letter] + at[letter]
+                return index
 
-        x, y, dst = out_edge.base + flat(plan.out_letters), in_edge.base + flat(plan.in_letters), base + flat(plan.result_letters)
-        self.steps.emit(MUL, x, y, dst, _first_occurrences(dst) if fresh else np.zeros(count))
+            rows = flat(plan.result_letters)
+            if fresh:  # a destination's first operation writes it afresh, the others add
+                new = _first_occurrences(rows) & ~written[rows]
+                written[rows] = True
+            else:
+                new = np.zeros(points)
+            self.steps.emit(MUL, out_edge.base + flat(plan.out_letters), in_edge.base + flat(plan.in_letters),
+                            base + rows, new)
         return count
 
     def moved(self, out_edge, in_edge):

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from alphagrad import graph, interpreter, tasks
-from alphagrad.interpreter import _jacobian, _tape
+from alphagrad.interpreter import _jacobian, _tape, _tape_products
 
 
 @pytest.fixture
@@ -329,8 +329,10 @@ def lorenz96(x, forcing):
 ])
 def test_lane_steps_equal_jacfwd(force_tape, monkeypatch, fn, args, lanes):
     """Products planned as steps of several lanes (what plans of millions of multiplications
-    take) give jax.jacfwd's Jacobian in two orders, under jit and vmap."""
+    take) give jax.jacfwd's Jacobian in two orders, under jit and vmap; products enumerated in
+    blocks of a few points (as wide products are)."""
     monkeypatch.setattr(_tape, "lanes_for", lambda muls: lanes)
+    monkeypatch.setattr(_tape_products, "_POINTS_PER_BLOCK", 5)
     with jax.enable_x64(True):
         args = tuple(jnp.asarray(a, jnp.float64) for a in args)
         argnums = tuple(range(len(args)))
