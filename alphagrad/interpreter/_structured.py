@@ -223,13 +223,17 @@ def _apply_on_p(dense_out: jax.Array, in_map: IndexMap) -> jax.Array:
     return pulled.reshape(c1, c2, *pulled.shape[1:])
 
 
-#: Contractions whose summed indices have at most UNROLL_CONTRACTION joint entries and whose joint
-#: index space has at most UNROLL_JOINT points are written as a sum of broadcast products (one per
-#: summed entry), which XLA fuses into one elementwise loop. Under vmap a dot_general of such small
-#: matrices becomes a batched matmul, which XLA:CPU runs 3-75x slower at batch 32,768 ([27,3]x[3,3]:
-#: 17 ms against 0.8 ms; [4,4]x[4,4]: 25 against 0.33 ms; [16,16]x[16,16]: 49 against 16 ms; 2 CPU
-#: cores). Larger ones keep dot_general (one BLAS call beats an elementwise loop there). Same
-#: multiplications; the additions run in another order.
+#: Matrix products (each operand has a kept index of its own) whose summed indices have at most
+#: UNROLL_CONTRACTION joint entries and whose joint index space has at most UNROLL_JOINT points are
+#: written as a sum of broadcast products (one per summed entry), which XLA fuses into one
+#: elementwise loop. Under vmap a dot_general of such small matrices becomes a batched matmul, which
+#: XLA:CPU runs 3-75x slower at batch 32,768 ([27,3]x[3,3]: 17 ms against 0.8 ms; [4,4]x[4,4]: 25
+#: against 0.33 ms; [16,16]x[16,16]: 49 against 16 ms; 2 CPU cores). Larger ones keep dot_general
+#: (one BLAS call beats an elementwise loop there), and so do matrix-vector and dot products: alone
+#: they are only up to 2x slower as a dot_general, and a dot_general's operands are computed once,
+#: where a fused sum lets XLA recompute an expensive operand in every consumer (RoeFlux_3d's
+#: [3]-vector dot products unrolled: 1.3x slower at batch 32,768). Same multiplications; the
+#: additions run in another order.
 UNROLL_CONTRACTION = 64
 UNROLL_JOINT = 2**14
 
@@ -286,7 +290,9 @@ def contract(letters_a: str, a: jax.Array, letters_b: str, b: jax.Array, result:
         return x.reshape([size[c] if c in mine else 1 for c in live])
 
     summed_letters = [c for c in live if c not in result]
-    if (summed_letters and math.prod(size[c] for c in summed_letters) <= UNROLL_CONTRACTION
+    own_a = [c for c in live if c in result and c in letters_a and c not in letters_b]
+    own_b = [c for c in live if c in result and c in letters_b and c not in letters_a]
+    if (summed_letters and own_a and own_b and math.prod(size[c] for c in summed_letters) <= UNROLL_CONTRACTION
             and math.prod(size[c] for c in live) <= UNROLL_JOINT):
         return _unrolled_contract(letters_a, a, letters_b, b, result, size, summed_letters)
     if summed_letters:
