@@ -930,10 +930,14 @@ def jacobian(
             if key not in compiled:
                 treedef = jax.tree.structure(args)
                 compiled[key] = jax.jit(lambda leaves: evaluate(jax.tree.unflatten(treedef, leaves)))
-            jac = compiled[key](leaves)
+            try:
+                jac = compiled[key](leaves) if compiled[key] is not None else evaluate(args)
+            except NotImplementedError:  # a primitive with an implementation but no lowering
+                compiled[key] = None
+                jac = evaluate(args)
         return (jac, aux) if has_aux else jac
 
-    compiled: dict[Any, Callable] = {}
+    compiled: dict[Any, Callable | None] = {}  # None: run eagerly (the program has no lowering)
 
     def evaluate(args):
         graph, steps, tape = prepare(args)
