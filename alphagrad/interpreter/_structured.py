@@ -233,10 +233,11 @@ def _apply_on_p(dense_out: jax.Array, in_map: IndexMap) -> jax.Array:
 #: they are only up to 2x slower as a dot_general, and a dot_general's operands are computed once,
 #: where a fused sum lets XLA recompute an expensive operand in every consumer (RoeFlux_3d's
 #: [3]-vector dot products unrolled: 1.3x slower at batch 32,768). Same multiplications; the
-#: additions run in another order. Capped at 8 summed entries: at 64 the Encoder task's Jacobians
-#: (five orders and jacfwd in one jit) compiled 2.5x slower than before the rewrite (36 against 14 s);
-#: at 8, 23 s.
-UNROLL_CONTRACTION = 8
+#: additions run in another order. Capped at 9 summed entries (3x3 matrices contracted over both
+#: indices, as eigh's and cholesky's rules do): at 64 the Encoder task's test (jacfwd and five
+#: orders in one jit) compiled 2.5x slower than before the rewrite (36 against 14 s), at 16 38 s,
+#: at 9 24 s.
+UNROLL_CONTRACTION = 9
 UNROLL_JOINT = 2**14
 
 
