@@ -146,20 +146,19 @@ class Map(NamedTuple):
     in_shape: tuple
 
 
-def terms(edge) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The dense entries of an edge as a sum of selections: (out, inp, value slot, mask slot)."""
-    if isinstance(edge, Valued):
-        out, inp, rows = support(edge.code, edge.out_shape, edge.in_shape)
-        return out, inp, edge.base + rows, np.full(len(out), ONE, np.int64)
-    return edge.out, edge.inp, edge.mask, np.full(len(edge.out), ONE, np.int64)
-
-
 def _entries(edge) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(out, inp, slot) per dense entry: the value slot of a valued edge, the mask of a map."""
     if isinstance(edge, Valued):
         out, inp, rows = support(edge.code, edge.out_shape, edge.in_shape)
         return out, inp, edge.base + rows
     return edge.out, edge.inp, edge.mask
+
+
+def terms(edge) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The dense entries of an edge as a sum of selections: (out, inp, value slot, mask slot); a
+    map's masks are its values (each 0 or 1)."""
+    out, inp, slots = _entries(edge)
+    return out, inp, slots, np.full(len(out), ONE, np.int64)
 
 
 def _first_occurrences(dst: np.ndarray) -> np.ndarray:
