@@ -5,20 +5,27 @@ hold (`unrolls`):
 
 - it fits: its unrolled form has at most `UNROLL_MAX_EQUATIONS` equations (`fits`; above that it is
   never unrolled, whatever it costs), and
-- unrolling does not cost more: the cheapest classic elimination (forward, reverse, Markowitz) of
+- unrolling costs clearly less: the cheapest classic elimination (forward, reverse, Markowitz) of
   the graph of the loop alone, unrolled (`unrolled_graph`: its differentiated operands as inputs,
-  the outputs something reads as outputs), is at most `UNROLL_ADVANTAGE` (1) times what its
+  the outputs something reads as outputs), is at most `UNROLL_ADVANTAGE` (1/4) times what its
   partials would cost with the loop kept whole (`Body.kept_muls`: JAX's differentiation of the
-  whole loop, `whole_loop_muls`, estimated from the body's graph, traced once by `analyse`).
+  whole loop, `whole_loop_muls`: one JVP column or VJP row of the body per iteration and tangent
+  column or cotangent row, each priced on the body's graph with its seed, `seeded_graph`, so that
+  the first equations' products with the incoming tangents count; the body is traced once by
+  `analyse`).
 
 The rule is measured, not derived: unrolled, a loop's partials are structural, but where its body
 mixes index maps (``jnp.roll``) with diagonals the interpreter materialises their products, and
-the elimination multiplies more than JAX's tangents through the whole loop (heat_fori: 541 against
-10, 20x slower unrolled at batch 32,768; rk_two_carries 201 against 156, 2.3x slower), while a
-body whose whole-loop tangents are many (power_iteration: 205 against 532) runs 2.2x faster
-unrolled (docs/cost-model.md, "Loops"). A scan with no differentiated operand or no
-floating-point output (no partials either way) is unrolled where it fits. The decision depends on
-the operands only through which are differentiated, known and read, so it is deterministic.
+one counted multiplication of the unrolled elimination runs slower than one of JAX's tangents
+through the whole loop (fused elementwise kernels). Kept/unrolled counts and what ran faster at
+batch 32,768 on the CPU: heat_fori 720 / 541 (kept; 6x slower unrolled), rk_two_carries 648 / 201
+(kept; 2x slower unrolled), bouncing_ball 168 / 110 (kept; 8x), lstm_sequence 44,064 / 33,714
+(kept; unrolled did not finish), power_iteration 1,088 / 205 (unrolled; 2.2x faster), dh_chain
+19,200 / 2,304 (unrolled; 3x faster), fori_static 320 / 48 (unrolled; 5x faster): the
+factor 4 separates 3.2 (rk_two_carries, kept) from 5.3 (power_iteration, unrolled). A scan with
+no differentiated operand or no floating-point output (no partials either way) is unrolled where
+it fits. The decision depends on the operands only through which are differentiated, known and
+read, so it is deterministic.
 
 Unrolled, a scan is traced as the straight-line program a Python loop would give: per iteration,
 each per-step input ``xs[k]`` is a ``slice`` and a ``squeeze`` of ``xs`` (index maps, free), the
@@ -55,7 +62,7 @@ from jax.extend.core import ClosedJaxpr, Jaxpr
 __all__ = [
     "UNROLL_MAX_EQUATIONS", "UNROLL_ADVANTAGE", "fits", "unrolls", "unrolled_graph", "unrolled_muls",
     "unrolled_size", "index_jaxpr", "stack_jaxpr", "evaluate", "Body", "analyse", "LoopPlan", "loop_plan",
-    "chain_muls", "whole_loop_muls", "CHAIN_ADVANTAGE", "partial_muls",
+    "chain_muls", "whole_loop_muls", "seeded_graph", "CHAIN_ADVANTAGE", "partial_muls",
 ]
 
 #: A `scan` is unrolled into the graph when its unrolled form has at most this many equations
@@ -188,19 +195,47 @@ def chain_muls(mode: str, length: int, n: int, q: int, carry_columns: int, p: in
     return length * (n + length * q) * n * (n + p + m)
 
 
-def whole_loop_muls(length: int, n: int, q: int, carry_columns: int, p: int, m: int, body_forward: int,
-                    body_reverse: int) -> float:
+def whole_loop_muls(length: int, n: int, q: int, carry_columns: int, p: int, m: int, column: float,
+                    row: float) -> float:
     """Estimated multiplications of differentiating the whole loop as JAX does (the dense fallback):
     tangent columns pushed through every iteration (jvp: carry_columns + p + length·m columns, each
-    costing the body's forward elimination per input column, body_forward / (n + p + m)) or
-    cotangent rows pulled back through every iteration (vjp: n + length·q rows, each costing
-    body_reverse / (n + q)), whichever is cheaper. Arguments as for `chain_muls`; body_forward and
-    body_reverse are the forward and reverse costs of the body's graph."""
+    costing `column` per iteration) or cotangent rows pulled back through every iteration (vjp:
+    n + length·q rows, each costing `row`), whichever is cheaper. Arguments as for `chain_muls`;
+    `column` and `row` are the multiplications of one JVP column and one VJP row of the body
+    (`seeded_graph`: every partial of the body times the dense tangent or cotangent it receives,
+    the first equations' products with the incoming tangents included)."""
     columns = carry_columns + p + length * m
     rows = n + length * q
-    by_columns = length * columns * body_forward / max(1, n + p + m)
-    by_rows = length * rows * body_reverse / max(1, n + q)
-    return min(by_columns, by_rows)
+    return min(length * columns * column, length * rows * row)
+
+
+def seeded_graph(g, side: str):
+    """`g` with one seed of a single entry added, whose elimination prices one JVP column (side
+    "columns") or one VJP row (side "rows") of the function `g` describes, as JAX computes them.
+
+    Columns: a new input s of shape (1, 1), the old inputs as the first vertices, each with a dense
+    edge from s (its tangent, of the input's entries); the forward elimination then multiplies every
+    partial by the tangent it receives, the first equations' too (the body's own forward elimination
+    takes its input edges as they are, free, and exploits their structure: a diagonal input edge
+    costs nothing there, the input's entries per column in a JVP). Rows: a new output vertex t of
+    shape (1, 1) with a dense edge from every old output (its cotangent), the old outputs
+    intermediates; its reverse elimination is one VJP row.
+    """
+    from alphagrad.graph._graph import Edge, Graph, Vertex
+
+    if side == "columns":
+        k = g.num_inputs
+        vertices = [Vertex(i + 1, "tangent", shape) for i, shape in enumerate(g.input_shapes)]
+        vertices += [Vertex(v.number + k, v.primitive, v.shape, v.source) for v in g.vertices]
+        edges = [Edge(e.src + 1, e.dst + 1, e.code, e.out_shape, e.in_shape) for e in g.edges]
+        edges += [Edge(1, i + 2, 1, shape, (1, 1)) for i, shape in enumerate(g.input_shapes)]
+        return Graph(1, ((1, 1),), tuple(vertices), tuple(edges), tuple(o + k for o in g.outputs), g.cost_model,
+                     f"{g.name} (one column)")
+    shapes = {v.number: v.shape for v in g.vertices}
+    t = g.num_vertices + 1
+    edges = [*g.edges, *(Edge(g.node_id(o), g.node_id(t), 1, (1, 1), shapes[o]) for o in dict.fromkeys(g.outputs))]
+    return Graph(g.num_inputs, g.input_shapes, (*g.vertices, Vertex(t, "cotangent", (1, 1))), tuple(edges), (t,),
+                 g.cost_model, f"{g.name} (one row)")
 
 
 #: A scan too long to unroll keeps its loop as a chain product only where that needs at most
@@ -244,6 +279,7 @@ class Body(NamedTuple):
       fn: the body as a function of its differentiated operands (`LoopPlan.body`).
       graph: its graph (argnums 0, 1, 2: float carries, differentiated constants and per-step inputs).
       costs: ``graph.cost`` of its graph per classic order (forward, reverse, Markowitz).
+      column, row: multiplications of one JVP column and one VJP row of the body (`seeded_graph`).
       inner: multiplications of the partials of loops kept inside the body (`partial_muls`), per iteration.
       dims: the loop's dimensions, the keyword arguments of `chain_muls` and `whole_loop_muls`.
       float_carries, carry_sources, const_sources, x_sources, float_ys: as in `LoopPlan`.
@@ -253,6 +289,8 @@ class Body(NamedTuple):
     fn: Callable
     graph: Any
     costs: Mapping[str, int]
+    column: int
+    row: int
     inner: int
     dims: Mapping[str, int]
     float_carries: tuple[int, ...]
@@ -271,9 +309,10 @@ class Body(NamedTuple):
         return self.dims["length"] * (min(self.costs.values()) + self.inner) + self.chains()[mode]
 
     def whole_loop(self) -> float:
-        """`whole_loop_muls`: JAX's differentiation of the whole loop, estimated from the body's costs."""
-        return whole_loop_muls(body_forward=self.costs["forward"] + self.inner,
-                               body_reverse=self.costs["reverse"] + self.inner, **self.dims)
+        """`whole_loop_muls`: JAX's differentiation of the whole loop, one JVP column or VJP row of the
+        body per iteration and column or row (a loop kept inside the body is one dense vertex there:
+        JAX pushes each tangent through it, priced by its dense partial)."""
+        return whole_loop_muls(column=self.column, row=self.row, **self.dims)
 
     def kept_muls(self) -> float:
         """What the loop's partials cost kept whole, in multiplications of JAX's whole-loop
@@ -316,7 +355,9 @@ def analyse(eqn, sources: Sequence[bool]) -> Body | None:
     dims = dict(length=length, n=size(carry_avals, float_carries), q=size(y_avals, float_ys, True),
                 carry_columns=size(carry_avals, carry_sources), p=size(const_avals, const_sources),
                 m=size(x_avals, x_sources, True))
-    return Body(fn, body_graph, {name: cost(body_graph, name) for name in CLASSIC_ORDERS}, partial_muls(body_graph),
+    return Body(fn, body_graph, {name: cost(body_graph, name) for name in CLASSIC_ORDERS},
+                cost(seeded_graph(body_graph, "columns"), "forward"), cost(seeded_graph(body_graph, "rows"), "reverse"),
+                partial_muls(body_graph),
                 dims, float_carries, carry_sources, const_sources, x_sources, float_ys, tuple(map(_spec, avals)))
 
 
@@ -341,9 +382,12 @@ def loop_plan(eqn, sources: Sequence[bool], body: Body | None = None) -> LoopPla
 
 
 #: A scan that `fits` is unrolled where its unrolled graph's cheapest classic elimination costs at
-#: most UNROLL_ADVANTAGE times what its partials cost kept whole (`Body.kept_muls`); 1.0: at most as
-#: many multiplications. (``math.inf`` unrolls every scan that fits, 0 keeps every one with sources.)
-UNROLL_ADVANTAGE = 1.0
+#: most UNROLL_ADVANTAGE times what its partials cost kept whole (`Body.kept_muls`). 1/4: measured
+#: (module docstring): on the CPU an unrolled elimination's multiplication runs up to about 3x
+#: slower than one of JAX's fused tangents through the whole loop (rk_two_carries: 201 against 648
+#: multiplications, 2x slower unrolled); power_iteration at 205 against 1,088 ran 2.2x faster
+#: unrolled. (``math.inf`` unrolls every scan that fits, 0 keeps every one with sources.)
+UNROLL_ADVANTAGE = 0.25
 
 
 #: Set by `unrolled_graph` for the trace of one scan alone: that scan is unrolled (asking `unrolls`

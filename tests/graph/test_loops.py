@@ -134,11 +134,26 @@ def test_the_unrolled_size_counts_nested_loops_and_calls(unrolled):
 
 
 def test_whole_loop_estimate_takes_the_cheaper_of_columns_and_rows():
-    # 10 iterations, carry n = 2, no ys, constants p = 3, xs m = 1 per step: columns 2 + 3 + 10 = 15,
-    # each costing 60 / (2 + 3 + 1) = 10 per iteration; rows 2, each costing 40 / 2 = 20.
+    # 10 iterations, carry n = 2, no ys, constants p = 3, xs m = 1 per step: 2 + 3 + 10 = 15 columns
+    # or 2 rows through each iteration, at the body's cost per column or per row.
     dims = dict(length=10, n=2, q=0, carry_columns=2, p=3, m=1)
-    assert _loops.whole_loop_muls(body_forward=60, body_reverse=40, **dims) == min(10 * 15 * 10, 10 * 2 * 20)
-    assert _loops.whole_loop_muls(body_forward=6, body_reverse=4000, **dims) == 10 * 15 * 1
+    assert _loops.whole_loop_muls(column=10, row=20, **dims) == min(10 * 15 * 10, 10 * 2 * 20)
+    assert _loops.whole_loop_muls(column=1, row=1000, **dims) == 10 * 15 * 1
+
+
+def test_a_seed_prices_the_first_equations_products_with_the_tangents():
+    # One bilinear equation: its elimination multiplies nothing, but a JVP column multiplies each
+    # operand's tangent by the other operand (64 + 64 for 4 x 4 matrices), a VJP row likewise.
+    g = graph.trace(lambda a, b: a @ b, jnp.ones((4, 4)), jnp.ones((4, 4)), argnums=(0, 1), cost_model="exact")
+    assert [graph.cost(g, o) for o in ("forward", "reverse", "markowitz")] == [0, 0, 0]
+    assert graph.cost(_loops.seeded_graph(g, "columns"), "forward") == 128
+    assert graph.cost(_loops.seeded_graph(g, "rows"), "reverse") == 128
+    # sin then a scaling: the elimination multiplies the two diagonals once (3); a column or a row
+    # multiplies the tangent by each (3 + 3).
+    g = graph.trace(lambda x: jnp.sin(x) * 2.0, jnp.ones(3), cost_model="exact")
+    assert graph.cost(g, "forward") == 3
+    assert graph.cost(_loops.seeded_graph(g, "columns"), "forward") == 6
+    assert graph.cost(_loops.seeded_graph(g, "rows"), "reverse") == 6
 
 
 #: The corpus's heat_fori (jnp.roll, index maps, beside diagonals: its unrolled products cost more than
@@ -170,9 +185,9 @@ def test_a_loop_whose_unrolled_elimination_is_cheaper_is_unrolled(monkeypatch):
     seen = compared(monkeypatch)
     g = graph.trace(power, a)
     # unrolled: the cheapest elimination of the 8 iterations from s to the eigenvalue (the final v,
-    # which nothing reads, is no output); kept: 8 iterations x 9 tangent columns (s) at the body's
-    # forward cost per input column (96 for the 13 entries of v, the value and s)
-    assert seen["unrolled"] == 205 and seen["kept"] == pytest.approx(8 * 9 * 96 / 13)
+    # which nothing reads, is no output); kept: 8 iterations x 4 cotangent rows (the carries: v and
+    # the value) at one VJP row of the body (34), fewer than its 9 tangent columns (s)
+    assert seen["unrolled"] == 205 and seen["kept"] == 8 * 4 * 34
     assert not any(v.primitive.startswith("scan") for v in g.vertices)
     monkeypatch.setattr(_loops, "UNROLL_ADVANTAGE", math.inf)
     assert g.fingerprint == graph.trace(power, a).fingerprint
@@ -183,14 +198,28 @@ def test_a_loop_whose_unrolled_elimination_costs_more_stays_whole(monkeypatch):
     seen = compared(monkeypatch)
     g = graph.trace(heat, u, kappa)
     # unrolled: forward elimination through 5 steps' diagonals and index maps; kept: 5 iterations
-    # x (6 + 1) tangent columns at the body's forward cost per column (2 multiplications for 7)
-    assert seen == {"unrolled": 541, "kept": 10.0}
+    # x 6 cotangent rows (the rod) at one VJP row of the body (24), fewer than its 7 tangent columns.
+    # Unrolled costs 541 > 720 / 4: kept (unrolled it ran 6x slower)
+    assert seen == {"unrolled": 541, "kept": 5 * 6 * 24}
     assert [v.primitive for v in g.vertices] == ["scan[1]"]  # the rod; the counter has no vertex
     assert g.program.equations[0].loop is None  # its partials: JAX's tangents through the whole loop
     monkeypatch.setattr(_loops, "UNROLL_ADVANTAGE", math.inf)  # forced, it is the Python loop
     forced = graph.trace(heat, u, kappa, cost_model="exact")
     assert "scan[1]" not in [v.primitive for v in forced.vertices]
     assert min(graph.cost(forced, o) for o in ("forward", "reverse", "markowitz")) == seen["unrolled"]
+
+
+def test_a_loop_of_one_bilinear_equation_is_priced_by_its_tangents(monkeypatch):
+    # dh_chain: 3 chained 4 x 4 matrix products, the transforms (per-step inputs) differentiated.
+    # The body's elimination costs 0; keeping the loop pulls 16 + 3 x 3 cotangent rows through 3
+    # iterations at 256 per row (the body computes t @ m twice, for the carry and for the frame: a
+    # VJP row multiplies the cotangent by m and by t in each, 4 x 64), against 2,304 unrolled:
+    # unrolled (it ran 3x faster at batch 32,768).
+    dh = tasks.corpus()["dh_chain"]
+    seen = compared(monkeypatch)
+    g = graph.trace(dh.fn, *dh.args, argnums=dh.argnums)
+    assert seen == {"unrolled": 2304, "kept": 3 * (16 + 3 * 3) * 256}
+    assert not any(v.primitive.startswith("scan") for v in g.vertices)
 
 
 def test_a_loop_with_nothing_differentiated_is_unrolled():
