@@ -620,7 +620,10 @@ def _abstract(args: tuple) -> tuple:
     def spec(x):
         if isinstance(x, (bool, int, float, complex)):
             return x  # Python scalars keep their weak type
-        return jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
+        # A weakly typed value (a Python float passed through jax.jit) keeps its weak type too: the
+        # jaxpr, and so the graph an order was made for, is then the one the Python scalar gives.
+        weak = bool(getattr(jax.typeof(x), "weak_type", False)) if isinstance(x, jax.Array) else False
+        return jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x), weak_type=weak)
 
     return jax.tree.map(spec, args)
 

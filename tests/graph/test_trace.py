@@ -62,6 +62,19 @@ def test_pytree_and_python_scalar_inputs():
     assert any(e.src == 3 for e in g.edges)
 
 
+
+def test_python_float_under_jit_gives_the_graph_of_the_python_float():
+    """jax.jit passes a Python float as a weakly typed array: its graph (whose vertex numbers an order
+    names) is the Python float's, so an order made eagerly applies under jit (probe python_float_in)."""
+    def f(t):
+        return jnp.array([t, t * t]) * jnp.exp(t)
+
+    eager = graph.jacobian_graph(f, 0.7)
+    seen = []
+    jax.jit(lambda t: seen.append(graph.jacobian_graph(f, t)) or t)(0.7)
+    assert len(seen[0].vertices) == len(eager.vertices)
+    assert seen[0].edges == eager.edges
+
 @pytest.mark.parametrize(
     "lhs_shape, rhs_shape, contract, expected",
     [
