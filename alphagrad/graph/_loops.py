@@ -150,7 +150,8 @@ class LoopPlan(NamedTuple):
       body_order: the elimination order of ``body``'s graph (argnums 0, 1, 2).
       body_muls: multiplications of the elimination of one local Jacobian.
       inner_muls: those of the partials of loops kept inside the body, per iteration.
-      mode: "forward" or "reverse" accumulation across the iterations.
+      mode: "forward" or "reverse" accumulation across the iterations; "whole": no chain, JAX's
+        differentiation of the whole loop (then body_order is empty and every count 0).
       chain_muls: multiplications of the chain product.
       length: the number of iterations.
       float_carries, carry_sources, const_sources, x_sources, float_ys: which carries are floating
@@ -364,8 +365,10 @@ def analyse(eqn, sources: Sequence[bool]) -> Body | None:
 def loop_plan(eqn, sources: Sequence[bool], body: Body | None = None) -> LoopPlan | None:
     """The plan of a `scan` equation kept as a loop, whose operands at `sources` have edges to its
     outputs; None when it has no such operand, no floating-point output or no iteration (then no
-    partial is computed), or where the chain does not pay (then the dense fallback, JAX's
-    differentiation of the whole loop, computes its partials). `body`: its `analyse`, if done."""
+    partial is computed). Where the chain does not pay, its mode is "whole": JAX's differentiation
+    of the whole loop computes its partials (the dense fallback, by JVP columns or VJP rows), on a
+    body whose small reductions and products the interpreter writes out as fused sums, and it
+    multiplies nothing counted (`LoopPlan.muls` 0). `body`: its `analyse`, if done."""
     from alphagrad.graph._orders import resolve_order
 
     body = body if body is not None else analyse(eqn, sources)
@@ -375,7 +378,10 @@ def loop_plan(eqn, sources: Sequence[bool], body: Body | None = None) -> LoopPla
     chains = body.chains()
     mode = min(chains, key=chains.get)  # forward on ties
     if body.chain_total(mode) * CHAIN_ADVANTAGE > body.whole_loop():
-        return None  # JAX's own differentiation of the whole loop (the dense fallback) is as cheap
+        # JAX's own differentiation of the whole loop, of a body with its small reductions and
+        # products fused (`interpreter._loops`), outside the count like every dense partial
+        return LoopPlan(body.fn, (), 0, 0, "whole", 0, body.dims["length"], body.float_carries, body.carry_sources,
+                        body.const_sources, body.x_sources, body.float_ys, body.operands)
     return LoopPlan(body.fn, tuple(resolve_order(body.graph, best)), body.costs[best], body.inner, mode,
                     chains[mode], body.dims["length"], body.float_carries, body.carry_sources,
                     body.const_sources, body.x_sources, body.float_ys, body.operands)

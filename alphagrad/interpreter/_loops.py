@@ -7,7 +7,9 @@ order (the interpreter's own `jacobian`), and the chain multiplies them forward 
 d c_k / d sources, updated in the same compiled `lax.scan` as the iterations) or reverse (an adjoint
 state d outputs / d c_k, in a second `lax.scan` over the stacked blocks, last to first). Every
 multiplication is counted (`MultiplicationCounter.loops`) and checked against the plan
-(`graph._loops.partial_muls` is their total).
+(`graph._loops.partial_muls` is their total). A plan in mode "whole" (the chain would not pay) has
+its partials computed as every dense partial is, by JAX's differentiation of the whole loop, on a
+body whose small sums are written out as adds (`fused_body`), outside the count.
 
 Layout of the loop's Jacobian J: rows are the floating-point carries (n entries) then, per
 iteration, the floating-point stacked outputs (q entries); columns are the differentiated carries,
@@ -17,6 +19,7 @@ the differentiated constants (p entries) then, per iteration, the differentiated
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -48,6 +51,72 @@ def _matrix(blocks, rows: list[int], cols: list[int], dtype) -> jax.Array:
     ], axis=0)
 
 
+#: A ``reduce_sum`` in a kept loop's body over at most this many entries is written out as adds of
+#: slices: under JAX's differentiation of the loop its tangent (a [batch, columns, entries] array
+#: reduced along its last, short axis) is a reduction kernel that XLA:CPU runs slowly, the adds
+#: fuse elementwise (rk_two_carries' ``jnp.sum(q * p)`` over 3 entries: jax.jacfwd 42 ms at
+#: batch 32,768, 9 ms without that output).
+SUM_WRITTEN_OUT = 8
+
+
+def _written_out_sum(x, axes) -> jax.Array:
+    for axis in sorted(axes, reverse=True):
+        parts = [jax.lax.index_in_dim(x, k, axis, keepdims=False) for k in range(x.shape[axis])]
+        x = functools.reduce(jnp.add, parts)
+    return x
+
+
+def _eval_fused(jaxpr, consts, args) -> list[Any]:
+    """jax.core.eval_jaxpr, with small sums written out (`SUM_WRITTEN_OUT`), small products by
+    `_structured.contract` (the dense fallback's `_small_dots_fused` rule, which does not enter
+    loop bodies) and the bodies of inner loops and calls evaluated so too."""
+    from alphagrad.interpreter._jacobian import _dot_general_by_contract
+
+    env = {}
+
+    def read(v):
+        return v.val if isinstance(v, jax.extend.core.Literal) else env[v]
+
+    env.update(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    for eqn in jaxpr.eqns:
+        values, name = [read(v) for v in eqn.invars], eqn.primitive.name
+        if name == "reduce_sum" and math.prod(np.shape(values[0])[a] for a in eqn.params["axes"]) <= SUM_WRITTEN_OUT:
+            outs = [_written_out_sum(values[0], eqn.params["axes"])]
+        elif name == "dot_general" and not eqn.params.get("out_sharding"):
+            outs = [_dot_general_by_contract(*values, **eqn.params)]
+        elif name == "scan":
+            outs = eqn.primitive.bind(*values, **{**eqn.params, "jaxpr": fused_body(eqn.params["jaxpr"])})
+        elif name in ("pjit", "closed_call") and hasattr(eqn.params.get("jaxpr"), "jaxpr"):
+            outs = _eval_fused(eqn.params["jaxpr"].jaxpr, eqn.params["jaxpr"].consts, values)
+        else:
+            result = eqn.primitive.bind(*values, **eqn.primitive.get_bind_params(eqn.params))
+            outs = list(result) if eqn.primitive.multiple_results else [result]
+        env.update(zip(eqn.outvars, outs))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def fused_body(body):
+    """The scan body (a ClosedJaxpr) evaluated by `_eval_fused`: the same function, the same numbers
+    up to the order of additions."""
+    specs = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in body.jaxpr.invars]
+    return jax.make_jaxpr(lambda *args: _eval_fused(body.jaxpr, body.consts, args))(*specs)
+
+
+def _whole_loop_partials(eqn, values: list[Any], reached: dict[int, list]) -> dict[tuple[int, int], Partial]:
+    """The dense partials of a scan kept whole (plan mode "whole"): JAX's differentiation of the loop
+    (the interpreter's dense fallback: JVP columns or VJP rows), its body `fused_body`."""
+    from alphagrad.interpreter._jacobian import _dense_partials
+
+    fused = eqn._replace(params={**eqn.params, "jaxpr": fused_body(eqn.params["jaxpr"])}, loop=None)
+    sources = {src: ([i for i, op in enumerate(eqn.operands) if op.node == src], pairs[0][1].in_shape)
+               for src, pairs in reached.items()}
+    out_shapes = {k: e.out_shape for pairs in reached.values() for k, e in pairs}
+    outputs = sorted(out_shapes)
+    _, partials = _dense_partials(fused, values, sources, outputs, [out_shapes[k] for k in outputs])
+    return {(e.src, e.dst): partials[src][outputs.index(k)] for src, pairs in reached.items() for k, e in pairs}
+
+
 def loop_partials(eqn, values: list[Any], reached: dict[int, list], counter: MultiplicationCounter,
                   jacobian, count_muls) -> dict[tuple[int, int], Partial]:
     """The dense partials of the scan equation `eqn` (with a `LoopPlan`) at operand `values`.
@@ -63,6 +132,8 @@ def loop_partials(eqn, values: list[Any], reached: dict[int, list], counter: Mul
       ``{(src, dst): Partial}`` for every edge in `reached`, dense (code 1).
     """
     plan = eqn.loop
+    if plan.mode == "whole":
+        return _whole_loop_partials(eqn, values, reached) if reached else {}
     params = eqn.params
     num_consts, num_carry, length = params["num_consts"], params["num_carry"], params["length"]
     in_avals = plan.operands

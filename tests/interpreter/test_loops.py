@@ -159,3 +159,33 @@ def check_exact_and_counted(f, args, argnums):
                 np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12, err_msg=label)
             assert interpreter.count_muls(f, order, *args, argnums=argnums) == graph.cost(g, order), label
     return g
+
+
+def test_a_loop_kept_whole_has_its_small_sums_written_out(monkeypatch):
+    monkeypatch.setattr(_loops, "UNROLL_MAX_EQUATIONS", 0)
+
+    def f(w, c):
+        def step(h, _):
+            inner = jax.lax.scan(lambda d, _: (jnp.sin(d) * jnp.sum(d * d), None), h, None, length=2)[0]
+            return jnp.tanh(w @ inner), jnp.sum(h * inner)
+
+        return jax.lax.scan(step, c, None, length=3)
+
+    with jax.enable_x64(True):
+        args = (jnp.asarray(RNG.normal(size=(3, 3)) / 3), jnp.asarray(RNG.normal(size=3)))
+        g = interpreter.graph_of(f, *args, argnums=(0, 1))
+        eqn = next(e for e in g.program.equations if e.loop is not None)
+        assert eqn.loop.mode == "whole" and _loops.partial_muls(g) == 0  # JAX's products, not counted
+        jac, expected = jax.jit(lambda *xs: (interpreter.jacobian(f, "reverse", argnums=(0, 1))(*xs),
+                                             jax.jacfwd(f, argnums=(0, 1))(*xs)))(*args)
+        for a, b in zip(jax.tree.leaves(jac), jax.tree.leaves(expected)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
+        fused = interpreter._loops.fused_body(eqn.params["jaxpr"])
+
+    def primitives(jaxpr):
+        inner = [primitives(e.params["jaxpr"].jaxpr) for e in jaxpr.eqns if e.primitive.name == "scan"]
+        return {e.primitive.name for e in jaxpr.eqns}.union(*inner)
+
+    assert "reduce_sum" in primitives(eqn.params["jaxpr"].jaxpr)
+    assert "reduce_sum" not in primitives(fused.jaxpr)  # in the inner loop too (w @ inner, a matrix-vector
+    # product, keeps its dot_general: `_structured.contract` fuses matrix-matrix products only)
