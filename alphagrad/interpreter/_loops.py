@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alphagrad.errors import AlphagradError
-from alphagrad.interpreter._structured import MultiplicationCounter, Partial
+from alphagrad.interpreter._structured import MultiplicationCounter, Partial, contract
 
 __all__ = ["loop_partials"]
 
@@ -39,6 +39,14 @@ def _sizes(avals, indices, drop_leading=False) -> list[int]:
 
 def _offsets(sizes: list[int]) -> list[int]:
     return [int(x) for x in np.cumsum([0, *sizes])[:-1]]
+
+
+def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a @ b for the chain's small blocks, by `_structured.contract` (written out as fused sums where
+    small: under vmap a dot_general of tiny matrices is a batched matmul that XLA:CPU runs slowly)."""
+    if 0 in a.shape or 0 in b.shape:
+        return jnp.zeros((a.shape[0], b.shape[1]), jnp.result_type(a, b))
+    return contract("ij", a, "jk", b, "ik")
 
 
 def _matrix(blocks, rows: list[int], cols: list[int], dtype) -> jax.Array:
@@ -189,9 +197,9 @@ def loop_partials(eqn, values: list[Any], reached: dict[int, list], counter: Mul
             carry, T = state
             k, x = step
             carry, (a, e, b, ga, ge, gb) = iteration(carry, x)
-            y = (ga @ T).at[:, nk : nk + p].add(ge)
+            y = _mm(ga, T).at[:, nk : nk + p].add(ge)
             y = jax.lax.dynamic_update_slice(y, gb, (0, nk + p + k * m))
-            T = (a @ T).at[:, nk : nk + p].add(e)
+            T = _mm(a, T).at[:, nk : nk + p].add(e)
             T = jax.lax.dynamic_update_slice(T, b, (0, nk + p + k * m))
             return (carry, T), y
 
@@ -207,9 +215,9 @@ def loop_partials(eqn, values: list[Any], reached: dict[int, list], counter: Mul
         def backward(W, block):
             k, a, e, b, ga, ge, gb = block
             row = n + k * q
-            dx = jax.lax.dynamic_update_slice(W @ b, gb, (row, 0))
-            de = jax.lax.dynamic_update_slice(W @ e, ge, (row, 0))
-            W = jax.lax.dynamic_update_slice(W @ a, ga, (row, 0))
+            dx = jax.lax.dynamic_update_slice(_mm(W, b), gb, (row, 0))
+            de = jax.lax.dynamic_update_slice(_mm(W, e), ge, (row, 0))
+            W = jax.lax.dynamic_update_slice(_mm(W, a), ga, (row, 0))
             return W, (dx, de)
 
         W, (DX, DE) = jax.lax.scan(backward, W, (steps, A, E, B, GA, GE, GB), reverse=not params["reverse"])
