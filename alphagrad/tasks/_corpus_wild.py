@@ -1,0 +1,145 @@
+"""Corpus functions from the session-8 outsider probe battery: constructs the earlier groups lacked.
+
+A 2-D FFT low-pass filter (a complex span over a whole image), a MUSCL step with a minmod limiter
+(finite-volume fluxes chosen by ``jnp.where``, ``sign``, ``minimum``, ``abs``, periodic rolls), a
+symplectic Euler step over a state registered with ``jax.tree_util.register_dataclass`` (a static field
+beside the arrays; a dataclass in and out), an equinox-style MLP (frozen dataclass modules holding
+their weights, called as pure functions), a 3-D convolution over a video (rank-5 arrays), scatter
+max and min at repeated indices with traced updates, a while loop with several carries whose trip
+count depends on the values (a tolerance test), and a batched product whose batch axis is not the
+leading axis of an operand (``einsum("ibj,bjk->bik")``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_RNG = np.random.default_rng(808)
+
+
+def _normal(*shape, scale=0.5):
+    return scale * _RNG.normal(size=shape)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class ParticleState:
+    """Positions and velocities of a particle chain; ``mass`` is static (part of the tree structure)."""
+
+    pos: jax.Array
+    vel: jax.Array
+    mass: float = dataclasses.field(default=2.0, metadata=dict(static=True))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Linear:
+    """An equinox-style layer: a frozen dataclass holding its weights, called as a pure function."""
+
+    weight: jax.Array
+    bias: jax.Array
+
+    def __call__(self, x):
+        return self.weight @ x + self.bias
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class MLP:
+    """Layers applied in turn, tanh between them, scaled by the static ``gain``."""
+
+    layers: tuple
+    gain: float = dataclasses.field(default=1.0, metadata=dict(static=True))
+
+    def __call__(self, x):
+        for layer in self.layers[:-1]:
+            x = jnp.tanh(layer(x)) * self.gain
+        return self.layers[-1](x)
+
+
+def fft2_lowpass(image):
+    """A low-pass filter of a [4, 4] image: fft2, keep the lowest frequencies, the real part of ifft2."""
+    spectrum = jnp.fft.fft2(image)
+    keep = jnp.zeros(image.shape).at[:2, :2].set(1.0)
+    return jnp.fft.ifft2(spectrum * keep).real
+
+
+def muscl_minmod_step(u):
+    """One MUSCL step of periodic Burgers' flow with positive speeds: minmod-limited slopes, upwind
+    fluxes of the reconstructed left states, [6] -> [6]."""
+    left = u - jnp.roll(u, 1)
+    right = jnp.roll(u, -1) - u
+    slope = jnp.where(left * right > 0, jnp.sign(left) * jnp.minimum(jnp.abs(left), jnp.abs(right)), 0.0)
+    flux = 0.5 * (u + 0.5 * slope) ** 2
+    return u - 0.1 * (flux - jnp.roll(flux, 1))
+
+
+def dataclass_symplectic_step(state: ParticleState, dt):
+    """A symplectic Euler step of a pendulum chain held in a registered dataclass; returns the new state."""
+    force = 0.3 * (jnp.roll(state.pos, 1) - state.pos) - jnp.sin(state.pos)
+    vel = state.vel + dt * force / state.mass
+    return ParticleState(state.pos + dt * vel, vel, state.mass)
+
+
+def frozen_dataclass_mlp(model: MLP, xs):
+    """An equinox-style MLP over a batch ([3, 3] -> [3, 2]) by vmap, with its weights decayed by tree.map."""
+    decayed = jax.tree.map(lambda w: 0.99 * w, model)
+    return jax.vmap(decayed)(xs)
+
+
+def conv3d_video(video, kernel):
+    """A 3-D convolution of a video [N=1, T=3, H=3, W=3, C=1] by a [2, 2, 2, 1, 2] kernel, then tanh."""
+    out = jax.lax.conv_general_dilated(video, kernel, (1, 1, 1), "VALID",
+                                       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    return jnp.tanh(out)
+
+
+def scatter_max_min_duplicates(x, updates):
+    """Scatter max and min of traced updates at repeated indices (2 twice, 0 twice) into x."""
+    index = np.array([2, 2, 0, 0])
+    return x.at[index].max(updates) + x.at[index].min(2.0 * updates)
+
+
+def tolerance_while(x, tol):
+    """Heron's square root of |x| + 1 in a while loop stopping on a tolerance: three carries and a trip
+    count that depends on the values (jax.jacrev cannot differentiate it; jax.jacfwd is the reference)."""
+
+    def keep_going(state):
+        step, _, change = state
+        return (change > tol) & (step < 20)
+
+    def body(state):
+        step, y, _ = state
+        new = 0.5 * (y + (jnp.abs(x) + 1.0) / y)
+        return step + 1, new, jnp.max(jnp.abs(new - y))
+
+    return jax.lax.while_loop(keep_going, body, (0, jnp.abs(x) + 1.0, jnp.ones((), x.dtype)))[1]
+
+
+def batch_axis_inside(a, b):
+    """A batched product whose batch axis is not the leading axis of the first operand:
+    ``einsum("ibj,bjk->bik")`` over [3, 2, 4] and [2, 4, 2], then a softplus."""
+    return jax.nn.softplus(jnp.einsum("ibj,bjk->bik", a, b))
+
+
+#: Functions whose reference Jacobian is jax.jacfwd (jax.jacrev cannot differentiate their while loop).
+JACFWD_REFERENCE = frozenset({"tolerance_while"})
+
+
+def entries() -> list[tuple]:
+    """(group, function, example arguments, argnums) for every function of this module, float64."""
+    mlp = MLP((Linear(_normal(3, 3), _normal(3)), Linear(_normal(2, 3), _normal(2))), 1.5)
+    return [
+        ("other", fft2_lowpass, (_normal(4, 4),), 0),
+        ("stencils", muscl_minmod_step, (1.0 + 0.5 * np.sin(np.arange(6.0)) + _normal(6, scale=0.1),), 0),
+        ("integrators", dataclass_symplectic_step, (ParticleState(_normal(3), _normal(3)), np.float64(0.1)), (0, 1)),
+        ("layers", frozen_dataclass_mlp, (mlp, _normal(3, 3)), (0, 1)),
+        ("layers", conv3d_video, (_normal(1, 3, 3, 3, 1), _normal(2, 2, 2, 1, 2)), (0, 1)),
+        ("indexing", scatter_max_min_duplicates, (_normal(4), _normal(4)), (0, 1)),
+        ("control flow", tolerance_while, (_normal(3), np.float64(1e-6)), 0),
+        ("linear algebra", batch_axis_inside, (_normal(3, 2, 4), _normal(2, 4, 2)), (0, 1)),
+    ]
