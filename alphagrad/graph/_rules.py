@@ -258,8 +258,23 @@ def _exact_codes(name, norm, out, params, live, in_shapes) -> dict[int, int] | N
     if name == "reduce_sum":
         return {i: 11 for i in live}  # a sum adds only
     if name in ("broadcast_in_dim", "squeeze", "reshape"):
-        return {i: _relabel_code(norm[0], out) for i in live if i == 0}
+        code = _relabel_code(norm[0], out) if _keeps_row_major_order(name, params) else INDEX_MAP
+        return {i: code for i in live if i == 0}
     return None
+
+
+def _keeps_row_major_order(name: str, params: dict[str, Any]) -> bool:
+    """Whether a reshape or broadcast keeps its operand's entries in row-major order. Not so for a
+    reshape with ``dimensions`` (it transposes first: ``jnp.reshape(x, s, order="F")`` makes one) or a
+    broadcast whose ``broadcast_dimensions`` are out of order (a transpose): with the same normalised
+    shapes, such an equation is no identity but an index map."""
+    if name == "reshape":
+        dims = params.get("dimensions")
+        return dims is None or tuple(dims) == tuple(range(len(dims)))
+    if name == "broadcast_in_dim":
+        dims = tuple(params["broadcast_dimensions"])
+        return dims == tuple(sorted(dims))
+    return True
 
 
 def _leading_tie(kind: str | None) -> int:

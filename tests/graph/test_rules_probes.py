@@ -46,3 +46,18 @@ def test_pointwise_custom_jvp_rules_stay_diagonal(fn):
     g = interpreter.graph_of(fn, jnp.ones(3))
     custom = [v.number for v in g.vertices if v.primitive == "custom_jvp_call"]
     assert custom and all(e.code == 6 for e in g.edges if e.dst in {g.node_id(k) for k in custom})
+
+
+@pytest.mark.parametrize("fn,x", [
+    # jnp.reshape(order="F") reshapes with `dimensions` (a transpose first): on a square matrix the
+    # normalised shapes agree, and the identity code gave x's Jacobian instead of its transpose's
+    (lambda x: jnp.sin(x.reshape(2, 2, order="F")), np.arange(4.0).reshape(2, 2) / 10),
+    (lambda x: jnp.sin(jax.lax.reshape(x, (2, 2, 3), dimensions=(0, 2, 1))), np.arange(12.0).reshape(2, 2, 3) / 10),
+    # broadcast_dimensions out of order transpose the trailing axes, which normalise alike
+    (lambda x: jnp.sin(jax.lax.broadcast_in_dim(x, (2, 3, 2), (0, 2, 1))), np.arange(12.0).reshape(2, 2, 3) / 10),
+], ids=["reshape_order_F", "reshape_dimensions_3d", "broadcast_transposing_3d"])
+def test_reshape_and_broadcast_that_transpose_are_index_maps_not_identities(fn, x):
+    g = interpreter.graph_of(fn, x)
+    moved = [e for e in g.edges if e.src == 1]
+    assert moved and all(e.code == 11 for e in moved)
+    np.testing.assert_allclose(interpreter.jacobian(fn, "reverse")(x), jax.jacfwd(fn)(x), rtol=1e-6)
