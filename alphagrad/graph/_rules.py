@@ -27,6 +27,7 @@ __all__ = [
     "RULED_PRIMITIVES",
     "LINEARISED_INDEX_MAPS",
     "CUSTOM_DERIVATIVES",
+    "PER_OPERAND",
     "DENSE",
     "normalise",
     "has_high_rank",
@@ -54,6 +55,9 @@ STRUCTURAL = frozenset(
     "transpose convert_element_type copy copy_p device_put reduce_precision rev pad".split()
 )
 REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min".split())
+# Primitives of several operands and as many outputs, output k computed from operand k alone
+# (``jax.device_put((a, b))`` inside a function): no edge between different positions.
+PER_OPERAND = frozenset({"device_put"})
 # Primitives with a structural rule; every other primitive gets dense edges.
 # Primitives whose derivative only selects, moves or adds tangent entries, though which entries may
 # depend on the values (sort, max pooling, clamp) or on integer operands (gather, scatter): their
@@ -354,6 +358,7 @@ def edge_codes(
     differentiable: Sequence[bool],
     *,
     model: str = "alphagrad-2024",
+    output: int = 0,
 ) -> dict[int, int]:
     """Structure codes of the edges of one equation (into one of its outputs).
 
@@ -368,6 +373,8 @@ def edge_codes(
       model: "alphagrad-2024" reproduces the reference graph builder (with the fixes listed in
         docs/cost-model.md); "exact" gives every edge the code that describes its partial exactly,
         as the interpreter evaluates it (identities for add/sub, index maps for sums and broadcasts).
+      output: which output of the equation the edges go into (`PER_OPERAND` primitives: output k
+        copies operand k only).
 
     Returns:
       operand index -> code, for the operands that get an edge.
@@ -375,6 +382,8 @@ def edge_codes(
     out = normalise(out_shape)
     norm = [normalise(s) for s in in_shapes]
     live = [i for i, d in enumerate(differentiable) if d]
+    if name in PER_OPERAND:
+        live = [i for i in live if i == output]
     if name in ZERO_DERIVATIVE:
         return {}
     if name not in RULED_PRIMITIVES:

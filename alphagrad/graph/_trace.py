@@ -386,7 +386,8 @@ class _Builder:
                 codes = {}
                 if _is_differentiable(out_aval):
                     codes = _rules.edge_codes(
-                        name, in_shapes, tuple(out_aval.shape), eqn.params, differentiable, model=model.name
+                        name, in_shapes, tuple(out_aval.shape), eqn.params, differentiable, model=model.name,
+                        output=k,
                     )
                 out_shape = _rules.normalise(out_aval.shape)
                 for i, code in codes.items():

@@ -61,3 +61,20 @@ def test_reshape_and_broadcast_that_transpose_are_index_maps_not_identities(fn, 
     moved = [e for e in g.edges if e.src == 1]
     assert moved and all(e.code == 11 for e in moved)
     np.testing.assert_allclose(interpreter.jacobian(fn, "reverse")(x), jax.jacfwd(fn)(x), rtol=1e-6)
+
+
+def test_device_put_of_several_arrays_copies_each_to_its_own_output():
+    """jax.device_put((a, b)) is one equation of two outputs; output k copies operand k only (an edge
+    from every operand to every output added b's Jacobian to c's and a's to d's)."""
+    def f(a, b):
+        c, d = jax.device_put((jnp.sin(a), b * 2))
+        return c * 3, d + 1
+
+    a, b = np.array([0.1, 0.2]), np.array([0.3, -0.4])
+    g = interpreter.graph_of(f, a, b, argnums=(0, 1))
+    put = [g.node_id(v.number) for v in g.vertices if v.primitive.startswith("device_put")]
+    assert len([e for e in g.edges if e.dst in put]) == 2
+    expected = jax.jacfwd(f, argnums=(0, 1))(a, b)
+    for actual, want in zip(jax.tree.leaves(interpreter.jacobian(f, "reverse", argnums=(0, 1))(a, b)),
+                            jax.tree.leaves(expected)):
+        np.testing.assert_allclose(actual, want, rtol=1e-6)
