@@ -367,7 +367,7 @@ def loop_plan(eqn, sources: Sequence[bool], body: Body | None = None) -> LoopPla
     outputs; None when it has no such operand, no floating-point output or no iteration (then no
     partial is computed). Where the chain does not pay, its mode is "whole": JAX's differentiation
     of the whole loop computes its partials (the dense fallback, by JVP columns or VJP rows), on a
-    body whose small reductions and products the interpreter writes out as fused sums, and it
+    body whose small sums the interpreter writes out as adds, and it
     multiplies nothing counted (`LoopPlan.muls` 0). `body`: its `analyse`, if done."""
     from alphagrad.graph._orders import resolve_order
 
@@ -378,8 +378,8 @@ def loop_plan(eqn, sources: Sequence[bool], body: Body | None = None) -> LoopPla
     chains = body.chains()
     mode = min(chains, key=chains.get)  # forward on ties
     if body.chain_total(mode) * CHAIN_ADVANTAGE > body.whole_loop():
-        # JAX's own differentiation of the whole loop, of a body with its small reductions and
-        # products fused (`interpreter._loops`), outside the count like every dense partial
+        # JAX's own differentiation of the whole loop, of a body with its small sums written out
+        # (`interpreter._loops`), outside the count like every dense partial
         return LoopPlan(body.fn, (), 0, 0, "whole", 0, body.dims["length"], body.float_carries, body.carry_sources,
                         body.const_sources, body.x_sources, body.float_ys, body.operands)
     return LoopPlan(body.fn, tuple(resolve_order(body.graph, best)), body.costs[best], body.inner, mode,
