@@ -30,7 +30,7 @@ def reverse_scan(c, xs):
 
 def fori_integrator(state, k):
     """Explicit Euler steps with static bounds; x[i] picks a per-step coefficient."""
-    return jax.lax.fori_loop(0, 4, lambda i, s: s + 0.1 * k[i] * jnp.cos(s[::-1]), state)
+    return jax.lax.fori_loop(0, 3, lambda i, s: s + 0.1 * k[i] * jnp.cos(s[::-1]), state)
 
 
 def nested(x, w):
@@ -47,7 +47,7 @@ def long_rnn(w, c, xs):
 
 
 CASES = {
-    "rnn": (rnn, (RNG.normal(size=(3, 3)) / 3, RNG.normal(size=3), RNG.normal(size=(4, 3))), (0, 1, 2)),
+    "rnn": (rnn, (RNG.normal(size=(3, 3)) / 3, RNG.normal(size=3), RNG.normal(size=(2, 3))), (0, 1, 2)),
     "reverse_scan": (reverse_scan, (RNG.normal(size=2), RNG.normal(size=(3, 2))), (0, 1)),
     "fori_integrator": (fori_integrator, (RNG.normal(size=3), RNG.normal(size=4)), (0, 1)),
     "nested": (nested, (RNG.normal(size=2), RNG.normal(size=2)), (0, 1)),
