@@ -31,6 +31,7 @@ compiled program.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import re
@@ -43,7 +44,7 @@ import numpy as np
 
 from alphagrad import graph, interpreter, orders, tasks
 
-ORDERS = ("forward", "reverse", "markowitz", "auto")
+ALL_ORDERS = ("forward", "reverse", "markowitz", "auto")
 PEERS = ("jacfwd", "jacrev")
 #: Cheaper-not-slower check: a cheaper order (by > 25% multiplications) counts as slower only when
 #: more than this fraction slower (the spread of repeated medians on a shared 2-core machine).
@@ -133,18 +134,19 @@ def functions(ns) -> list[tuple[str, tasks.Task]]:
 
 
 def run_one(name: str, task: tasks.Task, batches, ns, rows: list, notes: list) -> None:
+    timed = tuple(ns.orders)
     argnums = task.argnums if task.argnums is not None else tuple(range(len(task.args)))
     argnums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     example = example_args(task.args, argnums)
     g = interpreter.graph_of(task.fn, *example, argnums=argnums)
-    muls = {o: graph.cost(g, orders.resolve(g, o)) for o in ORDERS}
-    cheapest = min(ORDERS, key=lambda o: (muls[o], o != "auto"))
+    muls = {o: graph.cost(g, orders.resolve(g, o)) for o in timed}
+    cheapest = min(timed, key=lambda o: (muls[o], o != "auto"))
     jac_entries = sum(math.prod(np.shape(leaf)) for leaf in jax.tree.leaves(
         jax.eval_shape(jax.jacfwd(task.fn, argnums=argnums), *example)))
     builders = {
         "jacfwd": lambda: jax.jacfwd(task.fn, argnums=argnums),
         "jacrev": lambda: jax.jacrev(task.fn, argnums=argnums),
-        **{o: (lambda o=o: interpreter.jacobian(task.fn, o, argnums=argnums)) for o in ORDERS},
+        **{o: (lambda o=o: interpreter.jacobian(task.fn, o, argnums=argnums)) for o in timed},
     }
     for batch in batches:
         need = 4 * 4 * jac_entries * batch
@@ -153,29 +155,37 @@ def run_one(name: str, task: tasks.Task, batches, ns, rows: list, notes: list) -
                          f"about {need / 2**30:.1f} GB with jacfwd's/jacrev's intermediates (limit {ns.max_gb} GB)")
             continue
         xs, in_axes = batched_args(task.args, argnums, batch)
-        compiled, kernels = {}, {}
+        compiled, kernels, compile_s = {}, {}, {}
         for label, build in builders.items():
             fn = jax.vmap(build(), in_axes=in_axes)
             try:
+                start = time.perf_counter()
                 compiled[label] = jax.jit(consumed(fn) if ns.consumed else fn).lower(*xs).compile()
+                compile_s[label] = time.perf_counter() - start
             except Exception as err:  # noqa: BLE001 - a peer that cannot differentiate f (jacrev of a while loop)
                 notes.append(f"{name}: {label} failed at batch {batch} ({type(err).__name__}: {str(err)[:80]})")
                 continue
             kernels[label] = kernel_count(compiled[label].as_text())
-        if not all(o in compiled for o in ORDERS) or not any(p in compiled for p in PEERS):
+        if not all(o in compiled for o in timed) or not any(p in compiled for p in PEERS):
             continue
         times = interleaved_medians(compiled, xs, ns.reps)
         peer = min(times[p] for p in PEERS if p in times)
-        slower = [f"{a}<{b}" for a in ORDERS for b in ORDERS
+        slower = [f"{a}<{b}" for a in timed for b in timed
                   if muls[a] * 1.25 < muls[b] and times[a] > (1 + NOISE) * times[b]]
         rows.append(dict(name=name, batch=batch, muls=muls, cheapest=cheapest, times=times, kernels=kernels,
-                         auto=peer / times["auto"], best=peer / times[cheapest], slower=slower))
+                         compile_s=compile_s, auto=peer / times["auto"], best=peer / times[cheapest],
+                         slower=slower))
         r = rows[-1]
-        print(f"| {name} | {batch} | " + "/".join(str(muls[o]) for o in ORDERS) + f" | {cheapest} | "
-              + " | ".join(f"{times[k]:.3f}" if k in times else "—" for k in (*PEERS, *ORDERS))
+        if ns.jsonl:
+            with open(ns.jsonl, "a") as out:
+                out.write(json.dumps(r) + "\n")
+        print(f"| {name} | {batch} | " + "/".join(str(muls[o]) for o in timed) + f" | {cheapest} | "
+              + " | ".join(f"{times[k]:.3f}" if k in times else "—" for k in (*PEERS, *timed))
               + f" | {r['best']:.2f} | {r['auto']:.2f} | "
               + f"{kernels.get('jacrev', '—')} / {kernels.get('jacfwd', '—')} / {kernels['auto']} | "
-              + (", ".join(slower) or "—") + " |", flush=True)
+              + (", ".join(slower) or "—") + " | "
+              + " / ".join(f"{compile_s[k]:.1f}" if k in compile_s else "—" for k in ("jacrev", "jacfwd", "auto"))
+              + " |", flush=True)
 
 
 def main() -> None:
@@ -186,15 +196,20 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--max-gb", type=float, default=2.0)
     parser.add_argument("--consumed", action="store_true", help="flatten the blocks inside the jit")
+    parser.add_argument("--orders", nargs="*", default=list(ALL_ORDERS), choices=ALL_ORDERS,
+                        help="orders to time (auto is always timed)")
+    parser.add_argument("--jsonl", default=None, help="also append each row as JSON to this file")
     ns = parser.parse_args()
+    ns.orders = [o for o in ALL_ORDERS if o in ns.orders or o == "auto"]
 
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {platform.processor() or platform.machine()}, "
           f"batch sizes {ns.batches}, median of {ns.reps} calls in interleaved rounds, "
           f"{'consumed' if ns.consumed else 'returned'} blocks\n")
-    print("| function | batch | muls fwd/rev/mM/auto | cheapest | jacfwd ms | jacrev ms | forward ms | reverse ms "
-          "| markowitz ms | auto ms | peer / cheapest | peer / auto | kernels jacrev / jacfwd / auto "
-          "| cheaper order slower |")
-    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    print(f"| function | batch | muls {'/'.join(ns.orders)} | cheapest | jacfwd ms | jacrev ms | "
+          + " | ".join(f"{o} ms" for o in ns.orders)
+          + " | peer / cheapest | peer / auto | kernels jacrev / jacfwd / auto "
+          "| cheaper order slower | compile s jacrev / jacfwd / auto |")
+    print("|---|---:|---|---|---:|---:|" + "---:|" * len(ns.orders) + "---:|---:|---|---|---|")
     rows, notes = [], []
     for name, task in functions(ns):
         try:

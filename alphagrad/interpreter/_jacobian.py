@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -153,6 +154,11 @@ def _dot_general_partial(values: list[Any], params: dict, wrt: int, dtype) -> ja
     return full if mask is None else jnp.where(mask, full, jnp.zeros((), dtype))
 
 
+#: Linearised index maps whose operands have at most this many entries each are linearised at
+#: trace time where their inputs are known then (`_linearised_index_map`).
+LINEARISE_AT_TRACE_TIME_MAX = 2**14
+
+
 def _linearised_index_map(eqn: Equation, values: list[Any], positions: list[int], output: int,
                           out_shape, in_shape) -> IndexMap:
     """The partial of output `output` w.r.t. the operand at `positions` of a primitive whose
@@ -163,7 +169,14 @@ def _linearised_index_map(eqn: Equation, values: list[Any], positions: list[int]
     def of_operand(y):
         return _bind_all(eqn, [y if i in positions else v for i, v in enumerate(values)])[output]
 
-    result, linear = jax.linearize(of_operand, x)
+    # Small maps are linearised at trace time wherever their inputs are known then: the residuals
+    # that depend on the indices alone (a scatter's winning updates) become constants, from which
+    # XLA folds the map's matrix and the patterns composed from it (`_structured.Placed`) instead
+    # of running them as small kernels per call (scattered: 19 kernels -> 1). Large ones are traced
+    # as they are (their constants would bloat the program).
+    small = max(math.prod(np.shape(v)) for v in values) <= LINEARISE_AT_TRACE_TIME_MAX
+    with jax.ensure_compile_time_eval() if small else contextlib.nullcontext():
+        result, linear = jax.linearize(of_operand, x)
     transposed = jax.linear_transpose(linear, jax.ShapeDtypeStruct(x.shape, x.dtype))
     return IndexMap(
         lambda t: linear(t.reshape(x.shape).astype(x.dtype)).reshape(out_shape),

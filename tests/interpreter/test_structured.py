@@ -79,3 +79,89 @@ def test_shipped_exact_tables_match_the_algebra():
     shipped = json.loads(text)
     shipped.pop("_doc")
     assert shipped == json.loads(json.dumps(exact_tables()))
+
+
+# ---- dense partials kept as weighted index maps (`Placed`) ----
+
+from alphagrad.graph import INDEX_MAP  # noqa: E402
+from alphagrad.interpreter._structured import IndexMap, Placed  # noqa: E402
+
+PAIRED = (9,)
+
+
+def scatter_add_map(in_shape, out_shape, targets):
+    """Entry k of a p-shaped array added into entry targets[k] of a v-shaped one (repeats add)."""
+    n_out = int(np.prod(out_shape))
+
+    def apply(t):
+        return jnp.zeros(n_out, t.dtype).at[targets].add(t.reshape(-1)).reshape(out_shape)
+
+    def transpose(ct):
+        return ct.reshape(-1)[targets].reshape(in_shape)
+
+    return Partial(INDEX_MAP, out_shape, in_shape, IndexMap(apply, transpose))
+
+
+def dense(partial):
+    (a, b), (m, n) = partial.out_shape, partial.in_shape
+    return densify(partial, jnp.float64).reshape(a * b, m * n)
+
+
+def product(out, inp, checks, expect_placed=True):
+    """out @ inp by `multiply`; appends (its dense value, the dense product) to `checks`."""
+    counter = MultiplicationCounter()
+    code = 1 if INDEX_MAP in (out.code, inp.code) else MODEL.product_code(inp.code, out.code)
+    result = multiply(out, inp, code, counter, jnp.float64)
+    checks.append((dense(result), dense(out) @ dense(inp)))
+    assert isinstance(result.value, Placed) == expect_placed
+    if INDEX_MAP not in (out.code, inp.code):
+        assert counter.total == MODEL.pair_cost(inp.code, out.code, out.out_shape, out.in_shape, inp.in_shape)
+    return result
+
+
+def test_weighted_maps_compose_lazily_and_equal_dense_arithmetic():
+    rng = np.random.default_rng(300)
+    # a transpose with a weight per row (code 9): the identity case is the same without transposes
+    paired = [random_partial(rng, code, (3, 3), (3, 3)) for code in PAIRED]
+    full = Partial(1, (3, 3), (3, 3), jnp.asarray(rng.normal(size=(3, 3, 3, 3))))
+
+    def run(values):
+        checks = []
+        gather = scatter_add_map((3, 3), (2, 3), jnp.array([0, 1, 1, 2, 5, 3, 3, 4, 0]))  # 9 -> 6, repeats
+        spread = scatter_add_map((2, 3), (3, 3), jnp.array([8, 0, 0, 4, 2, 7]))
+        for partial, value in zip(paired, values):
+            partial = partial._replace(value=value)
+            by_columns = product(gather, partial, checks)  # map @ weights per column
+            by_rows = product(partial, spread, checks)  # weights per row @ map
+            product(spread, by_columns, checks)  # the map composes with the pattern
+            product(by_rows, gather, checks)
+            product(gather, by_rows, checks)  # weights along the entries the map moves: split per entry
+            product(by_columns, spread, checks)
+            product(partial, by_rows, checks)  # a permutation moves the rows' weights too
+            weighted = product(partial, product(spread, by_columns, checks), checks)  # weights times a term
+            weighted = product(weighted, partial, checks)
+            plain = product(spread, gather, checks)  # maps composed: one term without weights
+            total = add(weighted, plain, 1, jnp.float64)
+            assert isinstance(total.value, Placed)
+            checks.append((dense(total), dense(weighted) + dense(plain)))
+            product(full, total, checks, False)  # a product with numbers materialises it
+            checks.append((dense(add(total, full, 1, jnp.float64)), dense(total) + dense(full)))
+        return checks
+
+    for got, expected in jax.jit(run)([p.value for p in paired]):  # one compilation, not op by op
+        np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+def test_a_weighted_map_drops_an_infinite_weight_it_does_not_read():
+    # diag(w) with a NaN at entry 1, then maps that never read entry 1: exact zeros, no NaN
+    pick = Partial(INDEX_MAP, (2, 1), (3, 1), IndexMap(
+        lambda t: t.reshape(3)[jnp.array([0, 2])].reshape(2, 1),
+        lambda ct: jnp.zeros(3, ct.dtype).at[jnp.array([0, 2])].add(ct.reshape(2)).reshape(3, 1)))
+    twice = scatter_add_map((2, 1), (2, 1), jnp.array([1, 1]))
+
+    def run(w):
+        weights = Partial(6, (3, 1), (3, 1), w)
+        picked = multiply(pick, weights, 1, MultiplicationCounter(), jnp.float64)
+        return dense(multiply(twice, picked, 1, MultiplicationCounter(), jnp.float64))
+
+    np.testing.assert_array_equal(jax.jit(run)(jnp.array([[2.0], [np.nan], [3.0]])), [[0, 0, 0], [2, 0, 3]])
