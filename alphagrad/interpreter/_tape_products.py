@@ -189,10 +189,13 @@ def lanes_for(muls: list[int]) -> int:
 
 
 #: How a step reads an operand: a contiguous slice, one entry broadcast to every lane, a gather
-#: within a window of `lanes` slots, or a gather anywhere. XLA:CPU gathers and scatters cost
-#: about 5-10 ns an entry against well under one for slices, and most lanes of a regular product
-#: (a dense block times a diagonal, a sum re-laid out) are contiguous.
+#: within a window
+#: of `lanes` slots, or a gather anywhere (the last two by a pattern of the table). XLA:CPU
+#: gathers and scatters cost about 5-10 ns an entry against well under one for slices, and most
+#: lanes of a regular product (a dense block times a diagonal, a sum re-laid out) are contiguous.
 CONTIGUOUS, BROADCAST, WINDOW, GATHER = range(4)
+
+
 #: Per-lane `new` flags of a step: none, all, or as its pattern says.
 NONE_NEW, ALL_NEW, SOME_NEW = range(3)
 
@@ -217,6 +220,7 @@ class LaneSteps:
         self._writes: set[int] = set()
         self._reads: set[int] = set()
         self._low = self._high = 0  # the open step's destinations' range
+        self._grids: dict[tuple, np.ndarray] = {}  # `_grid_steps`
 
     def emit(self, kind: int, x, y, dst, new) -> None:
         """Operations ``edges[dst] = (0 if new else edges[dst]) + op(edges[x], edges[y])`` (arrays
@@ -307,8 +311,8 @@ class LaneSteps:
             contiguous = np.bincount(step_of, weights=(offsets != lane_of), minlength=len(starts)) == 0
             mode = np.where(contiguous, CONTIGUOUS, np.where(high == low, BROADCAST,
                                                               np.where(high - low < lanes, WINDOW, GATHER)))
-            if k == 2 and not self.windowed:  # scattered anywhere
-                mode = np.where(contiguous, CONTIGUOUS, GATHER)
+            if k == 2:  # written within the step's window (windowed) or scattered anywhere
+                mode = np.where(contiguous, CONTIGUOUS, WINDOW if self.windowed else GATHER)
             bases.append(low)
             modes.append(mode)
         made_new = np.bincount(step_of, weights=new != 0, minlength=len(starts))
@@ -365,21 +369,94 @@ class LaneSteps:
             index = self.patterns[key]
         self.rows.append(np.asarray([[kind, n, index, *bases, *modes, flags]], np.int64))
 
+    def emit_grid(self, x_bases: np.ndarray, y_bases: np.ndarray, dst_base: int, sizes: tuple, x_steps: tuple,
+                  y_steps: tuple, fresh: bool) -> None:
+        """Rounds of multiplications: in round k, ``edges[dst_base + r] (= if fresh and k == 0, else
+        +=) edges[x_bases[k] + <x_steps, grid(r)>] * edges[y_bases[k] + <y_steps, grid(r)>]`` for
+        every entry r of a row-major grid of `sizes` (grid(r) its indices), as windowed steps of
+        consecutive entries; the steps of a round are the same in every round but for the bases."""
+        if not self.windowed:
+            raise AssertionError("internal error: grid steps write windows")
+        self._flush()
+        template = self._grid_steps(tuple(sizes), tuple(x_steps), tuple(y_steps))
+        rounds = len(x_bases)
+        rows = np.tile(template, (rounds, 1))
+        per_round = np.repeat(np.arange(rounds), len(template))
+        rows[:, 3] += np.asarray(x_bases, np.int64)[per_round]
+        rows[:, 4] += np.asarray(y_bases, np.int64)[per_round]
+        rows[:, 5] += dst_base
+        rows[:, 9] = np.where((per_round == 0) & fresh, ALL_NEW, NONE_NEW)
+        self.rows.append(rows)
+
+    def _grid_steps(self, sizes: tuple, x_steps: tuple, y_steps: tuple) -> np.ndarray:
+        """The steps of one round of `emit_grid` with bases 0 [steps, 10] (cached). A step's reads
+        depend on where it starts only through the first grid index (a shift of its bases) and
+        the start modulo the product of the other sizes: one pattern per such remainder."""
+        key = (sizes, x_steps, y_steps)
+        if key in self._grids:
+            return self._grids[key]
+        lanes, total = self.lanes, math.prod(sizes)
+        inner = math.prod(sizes[1:])
+        firsts = np.arange(0, total, lanes)
+        counts = np.minimum(lanes, total - firsts)
+        rows = np.zeros((len(firsts), 10), np.int64)
+        rows[:, 0], rows[:, 1], rows[:, 5], rows[:, 8] = MUL, counts, firsts, CONTIGUOUS
+        lane = np.arange(lanes)
+        remainders = firsts % inner + inner * (counts < lanes)  # a short last step differs
+        for remainder in np.unique(remainders):
+            these = np.nonzero(remainders == remainder)[0]
+            count = int(counts[these[0]])
+            grid = np.stack(np.unravel_index(firsts[these[0]] % inner + lane[:count], [lanes // inner + 2, *sizes[1:]]))
+            pattern = np.zeros((4, lanes), np.int64)
+            for k, steps in enumerate((x_steps, y_steps)):
+                offsets = np.asarray(steps) @ grid
+                low = int(offsets.min())
+                pattern[k, :count] = offsets - low
+                top = int(pattern[k].max())
+                contiguous = top == count - 1 and (count == 1 or (np.diff(pattern[k, :count]) == 1).all())
+                mode = CONTIGUOUS if contiguous else BROADCAST if top == 0 else WINDOW if top < lanes else GATHER
+                rows[these, 6 + k] = mode
+                rows[these, 3 + k] = low + steps[0] * (firsts[these] // inner)
+                if mode < WINDOW:
+                    pattern[k] = 0
+            if pattern.any():
+                key_bytes = pattern.astype(np.int32).tobytes()
+                if key_bytes not in self.patterns:
+                    self.patterns[key_bytes] = len(self.table)
+                    self.table.append(pattern.astype(np.int32))
+                rows[these, 2] = self.patterns[key_bytes]
+        rows.flags.writeable = False
+        self._grids[key] = rows
+        return rows
+
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         """(steps int32 [S, 10]: kind, lanes used, pattern, the x, y and dst bases, their modes
-        (`CONTIGUOUS`...) and the `new` flags (`NONE_NEW`...), or with one lane [S, 4]:
+        (`CONTIGUOUS`...) and the `new` flags (`NONE_NEW`...), or with
+        one lane [S, 4]:
         2 * kind + new, x, y, dst; patterns int32 [num_patterns, 4, lanes]: x, y and dst offsets
         and per-lane `new` flags)."""
         self._flush()
-        width = 4 if self.lanes == 1 else 10
+        width, slots = (4, slice(1, 4)) if self.lanes == 1 else (10, slice(3, 6))
         steps = np.concatenate(self.rows) if self.rows else np.zeros((0, width), np.int64)
-        if steps.size and steps[:, width - 3:width].max() >= 2**31 - 2 * self.lanes:
+        if steps.size and steps[:, slots].max() >= 2**31 - 2 * self.lanes:
             raise Unplannable("the edge buffer needs more than 2**31 slots")
         return steps.astype(np.int32), np.stack(self.table)
 
 
 #: Points of a product enumerated at once (index arrays of a few tens of MB).
 _POINTS_PER_BLOCK = 1 << 21
+#: Products with more result entries than this (and than half a step's lanes) are enumerated a
+#: round at a time.
+_DISTINCT_ROUND = 64
+
+
+def _slot_steps(word: str, size: dict) -> dict[str, int]:
+    """Per letter of `word` (distinct letters), the slot step of a row-major array over them."""
+    steps, step = {}, 1
+    for letter in reversed(word):
+        steps[letter] = step
+        step *= size[letter]
+    return steps
 
 
 class Eliminator:
@@ -455,9 +532,19 @@ class Eliminator:
         letters = "".join(dict.fromkeys(plan.out_letters + plan.in_letters))
         if not set(plan.result_letters) <= set(letters):
             raise Unplannable(f"the product of codes {out_edge.code} and {in_edge.code} broadcasts")
+        results = math.prod(size[letter] for letter in plan.result_letters)
+        if max(self.steps.lanes // 2, _DISTINCT_ROUND) < results <= _POINTS_PER_BLOCK:
+            # The summed letters outermost, the result's in its order: each value of the summed
+            # letters is a round of distinct destinations in ascending order, which the steps
+            # take as they come (sorting the terms of each destination into rounds was most of
+            # the planning time of wide products).
+            summed = [letter for letter in letters if letter not in plan.result_letters]
+            letters = "".join(summed) + plan.result_letters
+            rounds = math.prod(size[letter] for letter in summed)
+            return self._multiply_in_rounds(plan, out_edge, in_edge, base, fresh, letters, size, rounds, results)
         extent = [size[letter] for letter in letters]
         count = math.prod(extent)
-        written = np.zeros(math.prod(size[letter] for letter in plan.result_letters), bool)
+        written = np.zeros(results, bool)
         # Enumerated in blocks along the first letter: a dense product of wide blocks has
         # hundreds of millions of points, and its index arrays must not all exist at once.
         block = max(1, _POINTS_PER_BLOCK // max(1, math.prod(extent[1:])))
@@ -486,6 +573,40 @@ class Eliminator:
             self.steps.emit(MUL, out_edge.base + flat(plan.out_letters), in_edge.base + flat(plan.in_letters),
                             base + rows, new)
         return count
+
+    def _multiply_in_rounds(self, plan, out_edge: Valued, in_edge: Valued, base: int, fresh: bool, letters: str,
+                            size: dict, rounds: int, results: int) -> int:
+        """`multiply` for products of many result entries: one round of `results` distinct,
+        ascending destinations per value of the summed letters (`letters` lists them first)."""
+        summed = letters[: len(letters) - len(plan.result_letters)]
+        summed_grid = np.indices([size[letter] for letter in summed]).reshape(len(summed), rounds).astype(np.int64)
+        distinct = all(len(set(word)) == len(word) for word in (plan.out_letters, plan.in_letters, plan.result_letters))
+        if self.steps.windowed and distinct:  # all rounds as grid steps: no index arrays at all
+            out_steps, in_steps = _slot_steps(plan.out_letters, size), _slot_steps(plan.in_letters, size)
+            x_bases = out_edge.base + sum(out_steps[l] * i for l, i in zip(summed, summed_grid) if l in out_steps)
+            y_bases = in_edge.base + sum(in_steps[l] * i for l, i in zip(summed, summed_grid) if l in in_steps)
+            self.steps.emit_grid(np.broadcast_to(x_bases, (rounds,)), np.broadcast_to(y_bases, (rounds,)), base,
+                                 tuple(size[l] for l in plan.result_letters),
+                                 tuple(out_steps.get(l, 0) for l in plan.result_letters),
+                                 tuple(in_steps.get(l, 0) for l in plan.result_letters), fresh)
+            return rounds * results
+        result_grid = np.indices([size[letter] for letter in plan.result_letters]).reshape(len(plan.result_letters), results)
+        at = dict(zip(plan.result_letters, result_grid.astype(np.int64)))
+
+        def flat(word, at):
+            index = np.zeros(results, np.int64)
+            for letter in word:
+                index = index * size[letter] + at[letter]
+            return index
+
+        targets = base + np.arange(results)
+        for k in range(rounds):
+            for letter, values in zip(summed, summed_grid[:, k]):
+                at[letter] = np.full(results, values, np.int64)
+            new = np.full(results, fresh and k == 0)
+            self.steps.emit(MUL, out_edge.base + flat(plan.out_letters, at), in_edge.base + flat(plan.in_letters, at),
+                            targets, new)
+        return rounds * results
 
     def moved(self, out_edge, in_edge):
         """The product out @ in where one factor is a map: its dense entries as selections
