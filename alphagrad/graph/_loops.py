@@ -241,10 +241,12 @@ def seeded_graph(g, side: str):
 
 #: A scan too long to unroll keeps its loop as a chain product only where that needs at most
 #: 1/CHAIN_ADVANTAGE of the multiplications of differentiating the whole loop as JAX does
-#: (`whole_loop_muls`): the chain multiplies many small dense blocks, each one XLA operation per
-#: iteration, so at equal counts it runs slower (measured on a 1,000-step RK4 Lorenz scan with 3 carries
-#: and 3 parameters: 0.66 ms per Jacobian against jax.jacfwd's 0.18 ms on the CPU).
-CHAIN_ADVANTAGE = 2.0
+#: (`whole_loop_muls`): the chain multiplies many small dense blocks and computes each iteration's
+#: local Jacobian by elimination, so at equal counts it runs slower. Measured on a 1,000-step RK4
+#: Lorenz scan with 3 carries and 3 parameters (chain 227,000 multiplications against the whole
+#: loop's 198,000): 1.39 ms per Jacobian by the chain against 0.31 ms for the whole loop's JVPs
+#: (jax.jacfwd 0.29 ms) on the CPU, 4x at batch 256; the factor 4 asks the chain to make up for that.
+CHAIN_ADVANTAGE = 4.0
 
 
 def _floating(aval) -> bool:
