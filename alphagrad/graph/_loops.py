@@ -37,7 +37,8 @@ index wrapping of ``x[i]``) is evaluated at trace time, as a Python loop's ``ran
 so ``x[i]`` becomes a slice at a known offset.
 
 A scan that is not unrolled stays a loop: one dense vertex per floating-point output. Its partials
-are JAX's differentiation of the whole loop (the dense fallback), or where that needs at least
+are JAX's differentiation of the whole loop (`LoopPlan` mode "whole": the dense fallback, on a body
+whose small sums the interpreter writes out), or where that needs at least
 `CHAIN_ADVANTAGE` times as many multiplications, a chain product of each iteration's local
 Jacobian blocks that the interpreter accumulates (`LoopPlan`: the blocks by eliminating inside the
 body, the chain forward or reverse across the iterations, whichever the dimensions make cheaper);
