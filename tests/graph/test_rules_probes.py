@@ -60,6 +60,13 @@ def test_reshape_and_broadcast_that_transpose_are_index_maps_not_identities(fn, 
     g = interpreter.graph_of(fn, x)
     moved = [e for e in g.edges if e.src == 1]
     assert moved and all(e.code == 11 for e in moved)
+
+
+def test_reshape_in_column_major_order_gets_the_transposed_jacobian():
+    def fn(x):
+        return jnp.sin(x.reshape(2, 2, order="F"))
+
+    x = np.arange(4.0).reshape(2, 2) / 10
     np.testing.assert_allclose(interpreter.jacobian(fn, "reverse")(x), jax.jacfwd(fn)(x), rtol=1e-6)
 
 
