@@ -147,7 +147,7 @@ def densify(partial: Partial, dtype) -> jax.Array:
     for a, b, _ in structure.ties:
         if sizes[a] == 1 and sizes[b] == 1:
             continue  # a 1x1 diagonal masks nothing
-        eye = jnp.eye(sizes[a], sizes[b], dtype=bool)
+        eye = np.eye(sizes[a], sizes[b], dtype=bool)  # a constant: XLA does not fold a traced eye
         mask_shape = [1, 1, 1, 1]
         mask_shape[a - 1], mask_shape[b - 1] = sizes[a], sizes[b]
         full = jnp.where(eye.reshape(mask_shape), full, jnp.zeros((), dtype))
@@ -264,12 +264,25 @@ def _materialise(placed: Placed, shape, dtype) -> jax.Array:
     """The dense [v1, v2, p1, p2] array of a `Placed` value: one fused elementwise sum of placed
     products (the patterns, computed from constants wherever the maps' indices are, are folded by
     XLA into constants)."""
+    # As [v1 * v2, p1 * p2] matrices: normalised shapes carry size-1 axes ((6, 1) vectors), and a
+    # loop whose minor axis has size 1 is not vectorised by XLA:CPU (broyden_tridiagonal's 6 x 6
+    # Jacobian at batch 32,768: 14.8 ms as [6, 1, 6, 1], jax.jacfwd 1.1 ms).
+    flat = (shape[0] * shape[1], shape[2] * shape[3])
     total = None
     for term in placed.terms:
-        pattern = jnp.asarray(term.pattern, dtype)
-        dense = pattern if term.weight is None else _place(pattern, jnp.asarray(term.weight, dtype))
+        pattern = jnp.broadcast_to(jnp.asarray(term.pattern, dtype), shape).reshape(flat)
+        if term.weight is None:
+            dense = pattern
+        else:
+            weight = jnp.asarray(term.weight, dtype)
+            weight = jnp.broadcast_to(weight, [n if w != 1 else 1 for n, w in zip(shape, np.shape(weight))])
+            rows = np.shape(weight)[0] * np.shape(weight)[1]
+            cols = np.shape(weight)[2] * np.shape(weight)[3]
+            if rows not in (1, flat[0]) or cols not in (1, flat[1]):  # a weight per entry of some axes only
+                weight, rows, cols = jnp.broadcast_to(weight, shape), flat[0], flat[1]
+            dense = _place(pattern, weight.reshape(rows, cols))
         total = dense if total is None else total + dense
-    return jnp.broadcast_to(total, shape)
+    return total.reshape(shape)
 
 
 def _placed(out_shape: Shape2D, in_shape: Shape2D, terms, dtype) -> Partial:
@@ -291,12 +304,26 @@ def _terms(partial: Partial, dtype) -> list[Term] | None:
     """`partial` as `Term`s (index maps, identities, permutations times weights, `Placed`), or None."""
     if isinstance(partial.value, Placed):
         return list(partial.value.terms)
-    if partial.code == INDEX_MAP or partial.code in VALUELESS:
+    if partial.code in VALUELESS:
+        return [Term(_permutation_pattern(partial.code, partial.out_shape, partial.in_shape, dtype), None)]
+    if partial.code == INDEX_MAP:
         return [Term(densify(partial, dtype), None)]
     if _paired(partial.code) is not None:
-        permutation = Partial(_permutation_code(partial.code), partial.out_shape, partial.in_shape, None)
-        return [Term(densify(permutation, dtype), _weights(partial, "out", dtype)[:, :, None, None])]
+        pattern = _permutation_pattern(_permutation_code(partial.code), partial.out_shape, partial.in_shape, dtype)
+        return [Term(pattern, _weights(partial, "out", dtype)[:, :, None, None])]
     return None
+
+
+def _permutation_pattern(code: int, out_shape: Shape2D, in_shape: Shape2D, dtype) -> np.ndarray:
+    """The [v1, v2, p1, p2] tensor of a value-less (permutation) code as a numpy constant (traced
+    jnp.eye masks are not folded by XLA: they were recomputed in every entry of the fused loop)."""
+    sizes = _position_sizes(out_shape, in_shape)
+    full = np.ones((*out_shape, *in_shape), dtype)
+    for a, b, _ in structure_of(code).ties:
+        shape = [1, 1, 1, 1]
+        shape[a - 1], shape[b - 1] = sizes[a], sizes[b]
+        full = full * np.eye(sizes[a], sizes[b], dtype=dtype).reshape(shape)
+    return full
 
 
 def _varies(weight, axes) -> bool:
