@@ -348,29 +348,20 @@ def _split(term: Term, axes: tuple[int, int]) -> list[Term]:
     return terms
 
 
-def _map_after_terms(out_map: IndexMap, terms: list[Term], shape) -> list[Term] | None:
-    """(map v->c) @ the sum of `terms` (p->v) as terms, or None where too many would be needed."""
+def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list[Term] | None:
+    """(map v->c) @ the sum of `terms` (p->v) where `after`, else the sum of `terms` (v->c) @ (map
+    p->v), as terms; None where too many would be needed. `shape` is the terms' [4] shape."""
+    axes = (0, 1) if after else (2, 3)  # the terms' axes the map meets
     done = []
     for term in terms:
         parts = [term]
-        if _varies(term.weight, (0, 1)):
-            if shape[0] * shape[1] > PLACED_SPLIT_MAX:
+        if _varies(term.weight, axes):
+            if shape[axes[0]] * shape[axes[1]] > PLACED_SPLIT_MAX:
                 return None
-            parts = _split(term, (0, 1))
-        done += [Term(_apply_on_v(out_map, part.pattern), part.weight) for part in parts]
-    return done if len(done) <= PLACED_MAX_TERMS else None
-
-
-def _map_before_terms(terms: list[Term], in_map: IndexMap, shape) -> list[Term] | None:
-    """The sum of `terms` (v->c) @ (map p->v) as terms, or None where too many would be needed."""
-    done = []
-    for term in terms:
-        parts = [term]
-        if _varies(term.weight, (2, 3)):
-            if shape[2] * shape[3] > PLACED_SPLIT_MAX:
-                return None
-            parts = _split(term, (2, 3))
-        done += [Term(_apply_on_p(part.pattern, in_map), part.weight) for part in parts]
+            parts = _split(term, axes)
+        for part in parts:
+            pattern = _apply_on_v(the_map, part.pattern) if after else _apply_on_p(part.pattern, the_map)
+            done.append(Term(pattern, part.weight))
     return done if len(done) <= PLACED_MAX_TERMS else None
 
 
@@ -541,13 +532,13 @@ def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCount
             pattern = densify(Partial(INDEX_MAP, c_shape, p_shape, _compose(permutation, out.value)), dtype)
             terms = [Term(pattern, _weights(inp, "in", dtype)[None, None])]
         elif out.code == INDEX_MAP and lazy_in:
-            terms = _map_after_terms(out.value, list(inp.value.terms), (*v_shape, *p_shape))
+            terms = _map_terms(out.value, list(inp.value.terms), (*v_shape, *p_shape), after=True)
         elif _paired(out.code) is not None:
             permutation = _identity_map(_permutation_code(out.code), c_shape, v_shape)
             pattern = densify(Partial(INDEX_MAP, c_shape, p_shape, _compose(inp.value, permutation)), dtype)
             terms = [Term(pattern, _weights(out, "out", dtype)[:, :, None, None])]
         elif lazy_out:
-            terms = _map_before_terms(list(out.value.terms), inp.value, (*c_shape, *v_shape))
+            terms = _map_terms(inp.value, list(out.value.terms), (*c_shape, *v_shape), after=False)
         if terms is not None:
             return convert(_placed(c_shape, p_shape, terms, dtype), code, dtype)
         if out.code == INDEX_MAP:
