@@ -57,13 +57,16 @@ import sys
 import tempfile
 import time
 
-FORMS = ("scalar", "hub", "vector", "fori", "scan", "random", "random-vector", "wide", "model")
-#: The generated forms (seeded random programs and the Lorenz-96 model), computed in float64.
-GENERATED = ("random", "random-vector", "wide", "model")
+FORMS = ("scalar", "hub", "vector", "fori", "scan", "random", "random-vector", "wide", "model", "matrix", "stencil")
+#: The generated forms (seeded random programs, the Lorenz-96 model, a matrix ODE and a stencil),
+#: computed in float64.
+GENERATED = ("random", "random-vector", "wide", "model", "matrix", "stencil")
 STAGES = ("trace", "auto", "reverse", "markowitz", "jacrev")
 DT = 0.05
 RING = 16
 MODEL_STATE = 128
+MATRIX = 12
+GRID = 200
 
 
 # ---- the family -----------------------------------------------------------------------------------------------
@@ -116,6 +119,19 @@ def _program(form: str, steps: int):
         return _random_program(form, steps)
     elif form == "model":
         return _lorenz96(steps)
+    elif form == "matrix":
+        def f(x, a, b):  # Euler steps of dX = A X - X B + sin(X): dense products of 144-entry blocks
+            for _ in range(steps):
+                x = x + 0.01 * (a @ x - x @ b + jnp.sin(x))
+            return x
+    elif form == "stencil":
+        def f(u, nu):  # explicit viscous Burgers steps: pad (edge, wrap) and slice stencils
+            for _ in range(steps):
+                padded = jnp.pad(u, 1, mode="edge")
+                laplacian = padded[2:] - 2.0 * padded[1:-1] + padded[:-2]
+                flux = jnp.pad(0.5 * u * u, 1, mode="wrap")
+                u = u + 0.001 * (nu * laplacian - 0.5 * (flux[2:] - flux[:-2]))
+            return u
     else:
         raise ValueError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
     f.__name__ = f"fhn_{form}_{steps}"
@@ -300,6 +316,14 @@ def _args(form: str):
     if form in _RANDOM_ARGS:
         rng = np.random.default_rng(1)
         return tuple(jnp.asarray(rng.uniform(-1.0, 1.0, shape), jnp.float64) for shape in _RANDOM_ARGS[form])
+    if form == "matrix":
+        rng = np.random.default_rng(1)
+        x, a, b = rng.normal(size=(MATRIX, MATRIX)), rng.normal(size=(MATRIX, MATRIX)) / 4, rng.normal(size=(MATRIX, MATRIX)) / 4
+        return tuple(jnp.asarray(m, jnp.float64) for m in (x, a, b))
+    if form == "stencil":
+        rng = np.random.default_rng(1)
+        u = np.sin(np.linspace(0.0, 6.0, GRID)) + 0.1 * rng.normal(size=GRID)
+        return jnp.asarray(u, jnp.float64), jnp.float64(0.3)
     if form == "model":
         rng = np.random.default_rng(1)
         x = 8.0 + rng.uniform(-1.0, 1.0, MODEL_STATE)
