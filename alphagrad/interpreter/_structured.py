@@ -264,25 +264,12 @@ def _materialise(placed: Placed, shape, dtype) -> jax.Array:
     """The dense [v1, v2, p1, p2] array of a `Placed` value: one fused elementwise sum of placed
     products (the patterns, computed from constants wherever the maps' indices are, are folded by
     XLA into constants)."""
-    # As [v1 * v2, p1 * p2] matrices: normalised shapes carry size-1 axes ((6, 1) vectors), and a
-    # loop whose minor axis has size 1 is not vectorised by XLA:CPU (broyden_tridiagonal's 6 x 6
-    # Jacobian at batch 32,768: 14.8 ms as [6, 1, 6, 1], jax.jacfwd 1.1 ms).
-    flat = (shape[0] * shape[1], shape[2] * shape[3])
     total = None
     for term in placed.terms:
-        pattern = jnp.broadcast_to(jnp.asarray(term.pattern, dtype), shape).reshape(flat)
-        if term.weight is None:
-            dense = pattern
-        else:
-            weight = jnp.asarray(term.weight, dtype)
-            weight = jnp.broadcast_to(weight, [n if w != 1 else 1 for n, w in zip(shape, np.shape(weight))])
-            rows = np.shape(weight)[0] * np.shape(weight)[1]
-            cols = np.shape(weight)[2] * np.shape(weight)[3]
-            if rows not in (1, flat[0]) or cols not in (1, flat[1]):  # a weight per entry of some axes only
-                weight, rows, cols = jnp.broadcast_to(weight, shape), flat[0], flat[1]
-            dense = _place(pattern, weight.reshape(rows, cols))
+        pattern = jnp.asarray(term.pattern, dtype)
+        dense = pattern if term.weight is None else _place(pattern, jnp.asarray(term.weight, dtype))
         total = dense if total is None else total + dense
-    return total.reshape(shape)
+    return jnp.broadcast_to(total, shape)
 
 
 def _placed(out_shape: Shape2D, in_shape: Shape2D, terms, dtype) -> Partial:
