@@ -189,13 +189,11 @@ def lanes_for(muls: list[int]) -> int:
 
 
 #: How a step reads an operand: a contiguous slice, one entry broadcast to every lane, a gather
-#: within a window
-#: of `lanes` slots, or a gather anywhere (the last two by a pattern of the table). XLA:CPU
-#: gathers and scatters cost about 5-10 ns an entry against well under one for slices, and most
-#: lanes of a regular product (a dense block times a diagonal, a sum re-laid out) are contiguous.
+#: within a window of `lanes` slots, or a gather anywhere (the last two by a pattern of the table).
+#: XLA:CPU gathers and scatters cost about 5-10 ns an entry against well under one for slices, and
+#: most lanes of a regular product (a dense block times a diagonal, a sum re-laid out) are
+#: contiguous.
 CONTIGUOUS, BROADCAST, WINDOW, GATHER = range(4)
-
-
 #: Per-lane `new` flags of a step: none, all, or as its pattern says.
 NONE_NEW, ALL_NEW, SOME_NEW = range(3)
 
@@ -431,8 +429,7 @@ class LaneSteps:
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         """(steps int32 [S, 10]: kind, lanes used, pattern, the x, y and dst bases, their modes
-        (`CONTIGUOUS`...) and the `new` flags (`NONE_NEW`...), or with
-        one lane [S, 4]:
+        (`CONTIGUOUS`...) and the `new` flags (`NONE_NEW`...), or with one lane [S, 4]:
         2 * kind + new, x, y, dst; patterns int32 [num_patterns, 4, lanes]: x, y and dst offsets
         and per-lane `new` flags)."""
         self._flush()
