@@ -67,6 +67,12 @@ def _signature(args: tuple) -> tuple:
     )
 
 
+def _is_static(arg: Any) -> bool:
+    """Whether a non-differentiated argument is a Python value to bind rather than trace: it holds
+    no array leaf (Python numbers, strings, None, callables, tuples of them)."""
+    return not any(isinstance(leaf, (jax.Array, np.ndarray, np.generic)) for leaf in jax.tree.leaves(arg))
+
+
 def graph_of(f: Callable, *args: Any, argnums: int | Sequence[int] = 0) -> Graph:
     """The elimination graph (exact cost model) the interpreter uses for `f` at these arguments
     (`alphagrad.graph.jacobian_graph`)."""
@@ -327,10 +333,10 @@ def _undifferentiable(eqn: Equation, err: Exception) -> UnsupportedPrimitiveErro
     said = str(err).splitlines()[0] if str(err) else ""
     return UnsupportedPrimitiveError(
         f"JAX cannot differentiate the primitive {name!r} here ({type(err).__name__}: {said}), so "
-        "neither can alphagrad, which takes its partials from JAX's derivative rules; jax.jacfwd and "
-        "jax.jacrev fail on it too. Rewrite that part of the function with differentiable operations "
-        "(e.g. unique indices for a scatter multiply), or wrap it in jax.lax.stop_gradient if its "
-        "derivative is not needed."
+        "neither can alphagrad, which takes its partials from JAX's derivative rules (jax.jacfwd and "
+        "jax.jacrev use the same rule and fail on it too wherever a differentiated input reaches it). "
+        "Rewrite that part of the function with differentiable operations (e.g. unique indices for a "
+        "scatter multiply), or wrap it in jax.lax.stop_gradient if its derivative is not needed."
     )
 
 
@@ -922,10 +928,39 @@ def jacobian(
     # positional argument, a dict, of a function that passes them on by name.
     with_keywords: dict[tuple, Callable] = {}
 
+    # Arguments that are not differentiated and hold no array (a step count, a mode string, a
+    # flag) stay Python values, as jax.jacfwd passes them: f may branch or loop on them. Each set
+    # of their values gets its own jacobian of f with them bound (its own graphs and compilations).
+    with_static: dict[Any, Callable] = {}
+
     def jacobian_fn(*args, **kwargs):
+        numbers = tuple(k % len(args) if -len(args) <= k < 0 else k
+                        for k in ((argnums,) if isinstance(argnums, int) else argnums))
+        valid = all(0 <= k < len(args) for k in numbers)  # else the boundary below names the problem
+        static = {i: a for i, a in enumerate(args) if valid and i not in numbers and _is_static(a)}
+        static_kw = {k: v for k, v in kwargs.items() if valid and _is_static(v)}
+        if static or static_kw:
+            try:
+                key = (tuple(static.items()), tuple(sorted(static_kw.items())))
+                hash(key)
+            except TypeError:  # unhashable (a list of numbers): bound afresh on every call
+                key = None
+            bound_fn = with_static.get(key) if key is not None else None
+            if bound_fn is None:
+                dynamic = [i for i in range(len(args)) if i not in static]
+
+                def bound(*dyn, **dyn_kw):
+                    full = dict(zip(dynamic, dyn)) | static
+                    return f(*(full[i] for i in range(len(args))), **dyn_kw, **static_kw)
+
+                functools.update_wrapper(bound, f)
+                new = tuple(dynamic.index(k) for k in numbers)
+                bound_fn = jacobian(bound, order, new[0] if isinstance(argnums, int) else new, has_aux)
+                if key is not None:
+                    with_static[key] = bound_fn
+            return bound_fn(*(a for i, a in enumerate(args) if i not in static),
+                            **{k: v for k, v in kwargs.items() if k not in static_kw})
         if kwargs:
-            numbers = tuple(k % len(args) if -len(args) <= k < 0 else k for k in
-                            ((argnums,) if isinstance(argnums, int) else argnums))
             key = numbers[0] if isinstance(argnums, int) else numbers
             if key not in with_keywords:
                 by_name = functools.wraps(f)(lambda *a: f(*a[:-1], **a[-1]))

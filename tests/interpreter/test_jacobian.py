@@ -371,3 +371,19 @@ def test_eager_calls_compile_the_elimination_once_per_signature(monkeypatch):
     for a, b in zip(second, jax.jacfwd(fn, argnums=(0, 1))(x * 2.0, w)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert all(isinstance(a, jax.Array) for a in first)
+
+
+def test_python_arguments_outside_argnums_pass_through_as_jax_does():
+    """A step count, a mode string or a flag outside argnums stays a Python value (f loops or
+    branches on it), positional or by keyword, under jit with static_argnums too."""
+    def f(x, steps, mode="sin", scale=1.0):
+        for _ in range(steps):
+            x = (jnp.sin(x) if mode == "sin" else jnp.tanh(x)) * 1.1
+        return x * scale
+
+    x = jnp.array([0.3, -0.5])
+    jac = interpreter.jacobian(f, "reverse")
+    for steps in (2, 3):  # one jacobian object, two bound values
+        assert_close(jac(x, steps), jax.jacfwd(f)(x, steps))
+    assert_close(jac(x, 2, mode="tanh", scale=2.0), jax.jacfwd(f)(x, 2, mode="tanh", scale=2.0))
+    assert_close(jax.jit(jac, static_argnums=1)(x, 2), jax.jacfwd(f)(x, 2))
