@@ -25,7 +25,12 @@ compiled program.
 * ``"auto"``'s search budget is $ALPHAGRAD_AUTO_SECONDS (set it, e.g. to 2, for a quick corpus run).
 
     python benchmarks/jacobian_runtime.py [--tasks RoeFlux_1d ...] [--corpus [NAME ...]] \\
-        [--batches 256 32768] [--reps 30] [--max-gb 2] [--consumed]
+        [--batches 256 32768] [--reps 30] [--max-gb 2] [--consumed] [--orders auto ...] [--jsonl FILE] \\
+        [--timeout SECONDS]
+
+* ``--timeout`` runs each function in a child process killed after that many seconds: XLA:CPU hung
+  (0% CPU, never returning) on gaussian_log_likelihood, qr_projection and gp_posterior_mean at batch
+  32,768 in session 8 (several LAPACK calls in one program), which stopped a whole-corpus run.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ import math
 import platform
 import re
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -188,6 +195,28 @@ def run_one(name: str, task: tasks.Task, batches, ns, rows: list, notes: list) -
               + " |", flush=True)
 
 
+def run_child(name: str, ns, rows: list, notes: list) -> None:
+    """`name` measured by this script in a child process, killed after ``ns.timeout`` seconds."""
+    which = ["--tasks"] + ([] if name.startswith("corpus:") else [name])
+    which += ["--corpus", name.removeprefix("corpus:")] if name.startswith("corpus:") else []
+    command = [sys.executable, __file__, *which, "--batches", *map(str, ns.batches), "--reps", str(ns.reps),
+               "--max-gb", str(ns.max_gb), "--orders", *ns.orders, *(["--consumed"] if ns.consumed else []),
+               *(["--jsonl", ns.jsonl] if ns.jsonl else [])]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=ns.timeout).stdout
+    except subprocess.TimeoutExpired as err:
+        out = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+        notes.append(f"{name}: killed after {ns.timeout:.0f} s (rows printed before that are kept)")
+    for line in out.splitlines():
+        if line.startswith(f"| {name} |"):
+            print(line, flush=True)
+            cells = [c.strip() for c in line.split("|")]
+            rows.append(dict(batch=int(cells[2]), auto=float(cells[-5]), best=float(cells[-6]),
+                             slower=cells[-3] != "—"))
+        elif line.startswith("- "):
+            notes.append(line[2:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="*", default=[n for n in tasks.names() if not n.startswith("Random")])
@@ -199,6 +228,9 @@ def main() -> None:
     parser.add_argument("--orders", nargs="*", default=list(ALL_ORDERS), choices=ALL_ORDERS,
                         help="orders to time (auto is always timed)")
     parser.add_argument("--jsonl", default=None, help="also append each row as JSON to this file")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="run each function in a child process killed after this many seconds (XLA:CPU "
+                             "can hang on programs with several LAPACK calls at large batch)")
     ns = parser.parse_args()
     ns.orders = [o for o in ALL_ORDERS if o in ns.orders or o == "auto"]
 
@@ -212,6 +244,9 @@ def main() -> None:
     print("|---|---:|---|---|---:|---:|" + "---:|" * len(ns.orders) + "---:|---:|---|---|---|")
     rows, notes = [], []
     for name, task in functions(ns):
+        if ns.timeout is not None:
+            run_child(name, ns, rows, notes)
+            continue
         try:
             run_one(name, task, ns.batches, ns, rows, notes)
         except Exception as err:  # noqa: BLE001 - report and go on with the next function
