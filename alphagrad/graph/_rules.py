@@ -275,8 +275,8 @@ def _keeps_row_major_order(name: str, params: dict[str, Any]) -> bool:
     if name == "reshape":
         dims = params.get("dimensions")
         return dims is None or tuple(dims) == tuple(range(len(dims)))
-    if name == "broadcast_in_dim":
-        dims = tuple(params["broadcast_dimensions"])
+    if name == "broadcast_in_dim":  # generated graphs (env) give no dimensions: in order
+        dims = tuple(params.get("broadcast_dimensions", ()))
         return dims == tuple(sorted(dims))
     return True
 

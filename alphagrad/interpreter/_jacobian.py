@@ -6,7 +6,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -68,14 +68,63 @@ def _signature(args: tuple) -> tuple:
 
 
 def _is_static(arg: Any) -> bool:
-    """Whether a non-differentiated argument is a Python value to bind rather than trace: it holds
-    no array leaf (Python numbers, strings, None, callables, tuples of them)."""
-    return not any(isinstance(leaf, (jax.Array, np.ndarray, np.generic)) for leaf in jax.tree.leaves(arg))
+    """Whether a non-differentiated argument is a Python value to bind rather than trace: it has
+    leaves and none is an array or a number (strings, callables, enums, tuples of them: JAX cannot
+    trace them). Numbers stay traced, so that every layer (`graph.jacobian_graph`, order files, the
+    CLI) and jit make the same graph."""
+    leaves = jax.tree.leaves(arg)
+    return bool(leaves) and not any(isinstance(leaf, (jax.Array, np.ndarray, np.generic, int, float, complex))
+                                    for leaf in leaves)
+
+
+class _Bound(NamedTuple):
+    """`f` with its Python arguments bound (`_bind_python_arguments`)."""
+
+    fn: Callable
+    args: tuple
+    kwargs: dict
+    argnums: int | tuple[int, ...]
+    key: Any  # the bound values, hashable, or None
+
+
+def _bind_python_arguments(f: Callable, args: tuple, argnums, kwargs: dict | None = None) -> _Bound | None:
+    """Arguments outside `argnums` that JAX cannot trace (`_is_static`: a mode string, a callable)
+    stay Python values, as jax.jacfwd passes them: f may branch or loop on them. Returns f with them
+    bound, the other arguments and `argnums` among those; None where there are none (or `argnums`
+    is out of range, which the boundary names)."""
+    kwargs = kwargs or {}
+    numbers = tuple(k % len(args) if -len(args) <= k < 0 else k
+                    for k in ((argnums,) if isinstance(argnums, int) else argnums))
+    if not all(0 <= k < len(args) for k in numbers):
+        return None
+    static = {i: a for i, a in enumerate(args) if i not in numbers and _is_static(a)}
+    static_kw = {k: v for k, v in kwargs.items() if _is_static(v)}
+    if not static and not static_kw:
+        return None
+    try:
+        key = (tuple(static.items()), tuple(sorted(static_kw.items())))
+        hash(key)
+    except TypeError:  # unhashable (a list of numbers)
+        key = None
+    dynamic = [i for i in range(len(args)) if i not in static]
+
+    def bound(*dyn, **dyn_kw):
+        full = dict(zip(dynamic, dyn)) | static
+        return f(*(full[i] for i in range(len(args))), **dyn_kw, **static_kw)
+
+    functools.update_wrapper(bound, f)
+    new = tuple(dynamic.index(k) for k in numbers)
+    return _Bound(bound, tuple(args[i] for i in dynamic), {k: v for k, v in kwargs.items() if k not in static_kw},
+                  new[0] if isinstance(argnums, int) else new, key)
 
 
 def graph_of(f: Callable, *args: Any, argnums: int | Sequence[int] = 0) -> Graph:
     """The elimination graph (exact cost model) the interpreter uses for `f` at these arguments
-    (`alphagrad.graph.jacobian_graph`)."""
+    (`alphagrad.graph.jacobian_graph`); arguments outside `argnums` that JAX cannot trace (a mode
+    string) are bound as Python values, as `jacobian` binds them."""
+    bound = _bind_python_arguments(f, args, argnums)
+    if bound is not None:
+        return jacobian_graph(bound.fn, *bound.args, argnums=bound.argnums)
     return jacobian_graph(f, *args, argnums=argnums)
 
 
@@ -928,38 +977,21 @@ def jacobian(
     # positional argument, a dict, of a function that passes them on by name.
     with_keywords: dict[tuple, Callable] = {}
 
-    # Arguments that are not differentiated and hold no array (a step count, a mode string, a
-    # flag) stay Python values, as jax.jacfwd passes them: f may branch or loop on them. Each set
-    # of their values gets its own jacobian of f with them bound (its own graphs and compilations).
+    # Python arguments (`_bind_python_arguments`): each set of their values gets its own jacobian
+    # of f with them bound (its own graphs and compilations); unhashable ones are bound afresh.
     with_static: dict[Any, Callable] = {}
 
     def jacobian_fn(*args, **kwargs):
+        bound = _bind_python_arguments(f, args, argnums, kwargs)
+        if bound is not None:
+            if bound.key is None or bound.key not in with_static:
+                bound_fn = jacobian(bound.fn, order, bound.argnums, has_aux)
+                if bound.key is None:
+                    return bound_fn(*bound.args, **bound.kwargs)
+                with_static[bound.key] = bound_fn
+            return with_static[bound.key](*bound.args, **bound.kwargs)
         numbers = tuple(k % len(args) if -len(args) <= k < 0 else k
                         for k in ((argnums,) if isinstance(argnums, int) else argnums))
-        valid = all(0 <= k < len(args) for k in numbers)  # else the boundary below names the problem
-        static = {i: a for i, a in enumerate(args) if valid and i not in numbers and _is_static(a)}
-        static_kw = {k: v for k, v in kwargs.items() if valid and _is_static(v)}
-        if static or static_kw:
-            try:
-                key = (tuple(static.items()), tuple(sorted(static_kw.items())))
-                hash(key)
-            except TypeError:  # unhashable (a list of numbers): bound afresh on every call
-                key = None
-            bound_fn = with_static.get(key) if key is not None else None
-            if bound_fn is None:
-                dynamic = [i for i in range(len(args)) if i not in static]
-
-                def bound(*dyn, **dyn_kw):
-                    full = dict(zip(dynamic, dyn)) | static
-                    return f(*(full[i] for i in range(len(args))), **dyn_kw, **static_kw)
-
-                functools.update_wrapper(bound, f)
-                new = tuple(dynamic.index(k) for k in numbers)
-                bound_fn = jacobian(bound, order, new[0] if isinstance(argnums, int) else new, has_aux)
-                if key is not None:
-                    with_static[key] = bound_fn
-            return bound_fn(*(a for i, a in enumerate(args) if i not in static),
-                            **{k: v for k, v in kwargs.items() if k not in static_kw})
         if kwargs:
             key = numbers[0] if isinstance(argnums, int) else numbers
             if key not in with_keywords:
@@ -1008,6 +1040,9 @@ def count_muls(f: Callable, order: Any, *args: Any, argnums: int | Sequence[int]
     """
     if isinstance(argnums, list):
         argnums = tuple(argnums)
+    bound = _bind_python_arguments(f, args, argnums)
+    if bound is not None:
+        f, args, argnums = bound.fn, bound.args, bound.argnums
     graph = graph_of(f, *args, argnums=argnums)
     _check_real_outputs(graph)
     steps = plan(graph, _resolve(graph, order, f, args, argnums))

@@ -374,16 +374,16 @@ def test_eager_calls_compile_the_elimination_once_per_signature(monkeypatch):
 
 
 def test_python_arguments_outside_argnums_pass_through_as_jax_does():
-    """A step count, a mode string or a flag outside argnums stays a Python value (f loops or
-    branches on it), positional or by keyword, under jit with static_argnums too."""
-    def f(x, steps, mode="sin", scale=1.0):
-        for _ in range(steps):
-            x = (jnp.sin(x) if mode == "sin" else jnp.tanh(x)) * 1.1
-        return x * scale
+    """A mode string or a callable outside argnums stays a Python value (f branches on it),
+    positional or by keyword; graph_of and count_muls bind it the same way."""
+    def f(x, mode, w, activation=jnp.sin):
+        return (jnp.tanh(x) if mode == "tanh" else activation(x)) * w
 
-    x = jnp.array([0.3, -0.5])
-    jac = interpreter.jacobian(f, "reverse")
-    for steps in (2, 3):  # one jacobian object, two bound values
-        assert_close(jac(x, steps), jax.jacfwd(f)(x, steps))
-    assert_close(jac(x, 2, mode="tanh", scale=2.0), jax.jacfwd(f)(x, 2, mode="tanh", scale=2.0))
-    assert_close(jax.jit(jac, static_argnums=1)(x, 2), jax.jacfwd(f)(x, 2))
+    x, w = jnp.array([0.3, -0.5]), jnp.array([2.0, 3.0])
+    jac = interpreter.jacobian(f, "reverse", argnums=(0, 2))
+    for mode in ("tanh", "sin"):  # one jacobian object, two bound values
+        assert_close(jac(x, mode, w), jax.jacfwd(f, argnums=(0, 2))(x, mode, w))
+    assert_close(jac(x, "other", w, activation=jnp.cos), jax.jacfwd(f, argnums=(0, 2))(x, "other", w, activation=jnp.cos))
+    assert_close(jax.jit(jac, static_argnums=1)(x, "tanh", w), jax.jacfwd(f, argnums=(0, 2))(x, "tanh", w))
+    g = interpreter.graph_of(f, x, "tanh", w, argnums=(0, 2))
+    assert interpreter.count_muls(f, "reverse", x, "tanh", w, argnums=(0, 2)) == graph.cost(g, "reverse")
