@@ -77,6 +77,12 @@ def _is_static(arg: Any) -> bool:
                                     for leaf in leaves)
 
 
+def _argnum_positions(argnums: int | Sequence[int], count: int) -> tuple[int, ...]:
+    """`argnums` as a tuple of positions among `count` arguments (negative ones counted from the
+    end; out-of-range ones kept as they are, for the boundary to name)."""
+    return tuple(k % count if -count <= k < 0 else k for k in ((argnums,) if isinstance(argnums, int) else argnums))
+
+
 class _Bound(NamedTuple):
     """`f` with its Python arguments bound (`_bind_python_arguments`)."""
 
@@ -93,8 +99,7 @@ def _bind_python_arguments(f: Callable, args: tuple, argnums, kwargs: dict | Non
     bound, the other arguments and `argnums` among those; None where there are none (or `argnums`
     is out of range, which the boundary names)."""
     kwargs = kwargs or {}
-    numbers = tuple(k % len(args) if -len(args) <= k < 0 else k
-                    for k in ((argnums,) if isinstance(argnums, int) else argnums))
+    numbers = _argnum_positions(argnums, len(args))
     if not all(0 <= k < len(args) for k in numbers):
         return None
     static = {i: a for i, a in enumerate(args) if i not in numbers and _is_static(a)}
@@ -990,8 +995,7 @@ def jacobian(
                     return bound_fn(*bound.args, **bound.kwargs)
                 with_static[bound.key] = bound_fn
             return with_static[bound.key](*bound.args, **bound.kwargs)
-        numbers = tuple(k % len(args) if -len(args) <= k < 0 else k
-                        for k in ((argnums,) if isinstance(argnums, int) else argnums))
+        numbers = _argnum_positions(argnums, len(args))
         if kwargs:
             key = numbers[0] if isinstance(argnums, int) else numbers
             if key not in with_keywords:
