@@ -16,6 +16,8 @@ partials the interpreter computes by JAX's own differentiation of the equation.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -32,7 +34,7 @@ from alphagrad.graph._graph import Edge, Graph, Vertex
 
 __all__ = [
     "trace", "jacobian_graph", "INTERPRETER_COST_MODEL", "SUPPORTED_PRIMITIVES", "Operand", "ValueRef", "Equation",
-    "Program",
+    "Program", "PythonLeaves", "python_leaves", "bind_python_leaves",
 ]
 
 # Call-like primitives whose body is inlined, and the parameter that holds the body. Functions with
@@ -159,6 +161,10 @@ class Program(NamedTuple):
       input_leaves: [num_inputs] the flattened-argument index of each graph input.
       in_tree, out_tree: pytree structures of the arguments (a tuple) and of the result.
       outputs: per flattened output, the node that holds it or a constant.
+      bound: the leaves of the arguments (indices into ``jax.tree.leaves(args)``) that `trace`
+        bound as Python values (`python_leaves`): their values are part of the program, and
+        `leaf_avals`, `input_leaves` and `in_tree` describe the arguments without them
+        (`bind_python_leaves`'s ``args``). Empty when every leaf was traced.
     """
 
     equations: tuple[Equation, ...]
@@ -167,6 +173,7 @@ class Program(NamedTuple):
     in_tree: Any
     out_tree: Any
     outputs: tuple[Operand, ...]
+    bound: tuple[int, ...] = ()
 
 
 def _is_differentiable(aval) -> bool:
@@ -470,6 +477,107 @@ class _Builder:
         return number
 
 
+class _CouldNotTrace(TraceError):
+    """JAX's tracing of the function failed (`trace` may retry with Python numbers bound)."""
+
+
+def _is_number(leaf) -> bool:
+    """A Python or NumPy scalar (not an array, not a tracer)."""
+    return isinstance(leaf, (bool, int, float, complex, np.generic))
+
+
+def _is_traceable(leaf) -> bool:
+    return _is_number(leaf) or (hasattr(leaf, "shape") and hasattr(leaf, "dtype"))
+
+
+def _outside_argnums(args: tuple, argnums) -> list[tuple[int, Any]]:
+    """(index in ``jax.tree.leaves(args)``, leaf) for the leaves of the arguments outside `argnums`
+    (none when `argnums` is None, all arguments, or invalid, which `trace` then names)."""
+    if argnums is None:
+        return []
+    selected = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    if not all(isinstance(k, int) and -len(args) <= k < len(args) for k in selected):
+        return []
+    selected = {k % len(args) for k in selected}
+    found, start = [], 0
+    for position, arg in enumerate(args):
+        leaves = jax.tree.leaves(arg)
+        if position not in selected:
+            found.extend(enumerate(leaves, start=start))
+        start += len(leaves)
+    return found
+
+
+def python_leaves(args: tuple, argnums, numbers: bool = False) -> tuple[int, ...]:
+    """The leaves of arguments outside `argnums` that may stay Python values, as ``jax.jacrev``
+    passes them (it traces none of them).
+
+    Args:
+      args: the positional arguments (pytrees).
+      argnums: the differentiated positions (int or tuple; None: all).
+      numbers: also Python and NumPy scalars (an int step count, a bool flag, a float); without,
+        only leaves JAX cannot trace at all (strings, callables, enums, other objects).
+
+    Returns:
+      Their indices in ``jax.tree.leaves(args)``, increasing.
+    """
+    return tuple(i for i, leaf in _outside_argnums(args, argnums)
+                 if not _is_traceable(leaf) or (numbers and _is_number(leaf)))
+
+
+class PythonLeaves(NamedTuple):
+    """`f` with some leaves of its arguments bound as Python values (`bind_python_leaves`).
+
+    Attributes:
+      fn: f of the other leaves: ``fn(*args)`` calls ``f`` with the bound values in place.
+      args: the arguments with the bound leaves replaced by None (an empty pytree), so that
+        ``jax.tree.leaves(args)`` are the others; the positions of the arguments are unchanged.
+      leaves: the bound leaves' indices in ``jax.tree.leaves`` of the original arguments.
+      key: a hashable identity of the bound values and of the arguments' structure, or None where
+        a value cannot be hashed (then nothing made with them may be reused).
+    """
+
+    fn: Callable
+    args: tuple
+    leaves: tuple[int, ...]
+    key: Any
+
+
+def bind_python_leaves(f: Callable, args: tuple, leaves: Sequence[int]) -> PythonLeaves:
+    """Binds the leaves `leaves` (indices into ``jax.tree.leaves(args)``) of f's positional
+    arguments as Python values; see `PythonLeaves`."""
+    flat, treedef = jax.tree.flatten(args)
+    chosen = tuple(sorted(set(leaves)))
+    values = {i: flat[i] for i in chosen}
+    reduced = treedef.unflatten([None if i in values else leaf for i, leaf in enumerate(flat)])
+
+    def bound(*dynamic):
+        rest = iter(jax.tree.leaves(dynamic))
+        return f(*treedef.unflatten([values[i] if i in values else next(rest) for i in range(len(flat))]))
+
+    functools.update_wrapper(bound, f)
+    # The type too: 1, 1.0 and True are equal and hash alike, but make different programs.
+    key = (treedef, tuple((i, type(v), v) for i, v in values.items()))
+    try:
+        hash(key)
+    except TypeError:
+        key = None
+    return PythonLeaves(bound, tuple(reduced), chosen, key)
+
+
+def _static_hint(args: tuple, argnums) -> str:
+    """Advice for a trace that failed while integer or boolean arguments outside `argnums` are
+    traced values (under ``jax.jit``): f may loop on them, as jax.jacrev's trace would fail too."""
+    traced = [leaf for _, leaf in _outside_argnums(args, argnums)
+              if not _is_number(leaf) and _is_traceable(leaf) and np.shape(leaf) == ()
+              and (jnp.issubdtype(leaf.dtype, jnp.integer) or jnp.issubdtype(leaf.dtype, jnp.bool_))]
+    if not traced:
+        return ""
+    return (". An integer or boolean argument outside argnums is a traced value here (under jax.jit); if f "
+            "loops on it or makes a shape of it, mark it static (jax.jit(..., static_argnums=...)), as "
+            "jax.jit(jax.jacrev(f)) needs too")
+
+
 def _differentiated_leaves(example_args: tuple, argnums) -> list[int]:
     if argnums is None:
         return list(range(len(jax.tree.leaves(example_args))))
@@ -529,20 +637,59 @@ def trace(
       TraceError: `f` could not be traced by JAX, `argnums` is invalid, a differentiated
         argument is complex, or an equation makes a complex value from one that depends on a
         differentiated input (its derivative would be lost: the graph has real partials only).
+
+    Leaves of the arguments outside `argnums` that JAX cannot trace (a mode string, a callable)
+    are bound as Python values, as ``jax.jacrev`` passes them; so are Python and NumPy numbers
+    there (a step count, a flag) where tracing them fails (`f` loops on them or makes shapes of
+    them): traced, they keep one graph for every value (and the graph ``jax.jit`` traces). The
+    graph's ``program.bound`` names the bound leaves (`python_leaves`).
     """
+    label = name if name is not None else getattr(f, "__name__", type(f).__name__)
+    untraceable = python_leaves(example_args, argnums, numbers=False)
+    try:
+        return _trace_bound(f, example_args, untraceable, argnums, cost_model, label)
+    except _CouldNotTrace as err:
+        numbers = python_leaves(example_args, argnums, numbers=True)
+        if numbers == untraceable:
+            raise TraceError(str(err)) from err.__cause__
+        # As jax.jacrev passes them: f may loop on a number or make a shape of it.
+        try:
+            return _trace_bound(f, example_args, numbers, argnums, cost_model, label)
+        except _CouldNotTrace as again:
+            raise TraceError(str(again)) from again.__cause__
+
+
+def _trace_bound(f, example_args: tuple, leaves: tuple[int, ...], argnums, cost_model, label: str) -> Graph:
+    """`_trace` of f with `leaves` bound as Python values (`bind_python_leaves`)."""
+    if not leaves:
+        return _trace(f, *example_args, argnums=argnums, cost_model=cost_model, name=label)
+    bound = bind_python_leaves(f, example_args, leaves)
+    graph = _trace(bound.fn, *bound.args, argnums=argnums, cost_model=cost_model, name=label)
+    return dataclasses.replace(graph, program=graph.program._replace(bound=leaves))
+
+
+def _trace(
+    f: Callable[..., Any],
+    *example_args: Any,
+    argnums: int | tuple[int, ...] | None = None,
+    cost_model: str | None = None,
+    name: str | None = None,
+) -> Graph:
+    """`trace` of arguments whose leaves are all traced."""
     from alphagrad.graph._cost import cost_model as load_model
 
     if cost_model is None:
         try:
-            return trace(f, *example_args, argnums=argnums, cost_model="alphagrad-2024", name=name)
+            return _trace(f, *example_args, argnums=argnums, cost_model="alphagrad-2024", name=name)
         except _HighRankError:
-            return trace(f, *example_args, argnums=argnums, cost_model="exact", name=name)
+            return _trace(f, *example_args, argnums=argnums, cost_model="exact", name=name)
     model = load_model(cost_model)
     label = name if name is not None else getattr(f, "__name__", type(f).__name__)
     try:
         closed, out_shapes = jax.make_jaxpr(f, return_shape=True)(*example_args)
     except Exception as err:  # JAX reports tracing errors with many exception types
-        raise TraceError(f"JAX could not trace {label!r} at the example arguments: {err}") from err
+        raise _CouldNotTrace(f"JAX could not trace {label!r} at the example arguments: {err}"
+                             f"{_static_hint(example_args, argnums)}") from err
     _, in_tree = jax.tree.flatten(example_args)
     _, out_tree = jax.tree.flatten(out_shapes)
     jaxpr = closed.jaxpr
@@ -619,8 +766,10 @@ def _abstract(args: tuple) -> tuple:
     """Shape/dtype stand-ins for the arguments, so tracing never touches (possibly traced) values."""
 
     def spec(x):
-        if isinstance(x, (bool, int, float, complex)):
-            return x  # Python scalars keep their weak type
+        if _is_number(x) or not _is_traceable(x):
+            # Python scalars keep their weak type; numbers outside argnums may be bound by `trace`,
+            # and strings or callables are.
+            return x
         # A weakly typed value (a Python float passed through jax.jit) keeps its weak type too: the
         # jaxpr, and so the graph an order was made for, is then the one the Python scalar gives.
         weak = bool(getattr(jax.typeof(x), "weak_type", False)) if isinstance(x, jax.Array) else False

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +28,11 @@ from alphagrad.graph import (
     SUPPORTED_PRIMITIVES,
     Step,
     ValueRef,
+    bind_python_leaves,
     cost_models,
     jacobian_graph,
     plan,
+    python_leaves,
     resolve_order,
     structure_of,
 )
@@ -67,69 +69,36 @@ def _signature(args: tuple) -> tuple:
     )
 
 
-def _is_static(arg: Any) -> bool:
-    """Whether a non-differentiated argument is a Python value to bind rather than trace: it has
-    leaves and none is an array or a number (strings, callables, enums, tuples of them: JAX cannot
-    trace them). Numbers stay traced, so that every layer (`graph.jacobian_graph`, order files, the
-    CLI) and jit make the same graph."""
-    leaves = jax.tree.leaves(arg)
-    return bool(leaves) and not any(isinstance(leaf, (jax.Array, np.ndarray, np.generic, int, float, complex))
-                                    for leaf in leaves)
-
-
 def _argnum_positions(argnums: int | Sequence[int], count: int) -> tuple[int, ...]:
     """`argnums` as a tuple of positions among `count` arguments (negative ones counted from the
     end; out-of-range ones kept as they are, for the boundary to name)."""
     return tuple(k % count if -count <= k < 0 else k for k in ((argnums,) if isinstance(argnums, int) else argnums))
 
 
-class _Bound(NamedTuple):
-    """`f` with its Python arguments bound (`_bind_python_arguments`)."""
-
-    fn: Callable
-    args: tuple
-    kwargs: dict
-    argnums: int | tuple[int, ...]
-    key: Any  # the bound values, hashable, or None
-
-
-def _bind_python_arguments(f: Callable, args: tuple, argnums, kwargs: dict | None = None) -> _Bound | None:
-    """Arguments outside `argnums` that JAX cannot trace (`_is_static`: a mode string, a callable)
-    stay Python values, as jax.jacfwd passes them: f may branch or loop on them. Returns f with them
-    bound, the other arguments and `argnums` among those; None where there are none (or `argnums`
-    is out of range, which the boundary names)."""
-    kwargs = kwargs or {}
-    numbers = _argnum_positions(argnums, len(args))
-    if not all(0 <= k < len(args) for k in numbers):
-        return None
-    static = {i: a for i, a in enumerate(args) if i not in numbers and _is_static(a)}
-    static_kw = {k: v for k, v in kwargs.items() if _is_static(v)}
-    if not static and not static_kw:
-        return None
-    try:
-        key = (tuple(static.items()), tuple(sorted(static_kw.items())))
-        hash(key)
-    except TypeError:  # unhashable (a list of numbers)
-        key = None
-    dynamic = [i for i in range(len(args)) if i not in static]
-
-    def bound(*dyn, **dyn_kw):
-        full = dict(zip(dynamic, dyn)) | static
-        return f(*(full[i] for i in range(len(args))), **dyn_kw, **static_kw)
-
-    functools.update_wrapper(bound, f)
-    new = tuple(dynamic.index(k) for k in numbers)
-    return _Bound(bound, tuple(args[i] for i in dynamic), {k: v for k, v in kwargs.items() if k not in static_kw},
-                  new[0] if isinstance(argnums, int) else new, key)
+def _python_leaves(f: Callable, args: tuple, argnums, decided: dict | None = None) -> tuple[int, ...]:
+    """The leaves of `args` that `graph.trace` binds as Python values for f (`graph.python_leaves`:
+    strings and callables outside argnums always, numbers there where tracing them fails), so that
+    the interpreter executes graph.jacobian_graph's graph. `decided` caches the numbers' verdict
+    per signature (it needs a trace; it does not depend on their values)."""
+    untraceable = python_leaves(args, argnums)
+    if untraceable:
+        return untraceable  # f with them bound decides about the numbers
+    if not python_leaves(args, argnums, numbers=True):
+        return ()
+    key = _signature(args)
+    if decided is None or key not in decided:
+        leaves = jacobian_graph(f, *args, argnums=argnums).program.bound
+        if decided is None:
+            return leaves
+        decided[key] = leaves
+    return decided[key]
 
 
 def graph_of(f: Callable, *args: Any, argnums: int | Sequence[int] = 0) -> Graph:
     """The elimination graph (exact cost model) the interpreter uses for `f` at these arguments
-    (`alphagrad.graph.jacobian_graph`); arguments outside `argnums` that JAX cannot trace (a mode
-    string) are bound as Python values, as `jacobian` binds them."""
-    bound = _bind_python_arguments(f, args, argnums)
-    if bound is not None:
-        return jacobian_graph(bound.fn, *bound.args, argnums=bound.argnums)
+    (`alphagrad.graph.jacobian_graph`): arguments outside `argnums` that JAX cannot trace (a mode
+    string), or numbers there that f loops on, are bound as Python values (``program.bound``), as
+    `jacobian` binds them."""
     return jacobian_graph(f, *args, argnums=argnums)
 
 
@@ -982,19 +951,12 @@ def jacobian(
     # positional argument, a dict, of a function that passes them on by name.
     with_keywords: dict[tuple, Callable] = {}
 
-    # Python arguments (`_bind_python_arguments`): each set of their values gets its own jacobian
-    # of f with them bound (its own graphs and compilations); unhashable ones are bound afresh.
+    # Python values (`_python_leaves`): each set of them gets its own jacobian of f with them bound
+    # (its own graphs and compilations); unhashable ones are bound afresh on every call.
     with_static: dict[Any, Callable] = {}
+    decided: dict[Any, tuple[int, ...]] = {}
 
     def jacobian_fn(*args, **kwargs):
-        bound = _bind_python_arguments(f, args, argnums, kwargs)
-        if bound is not None:
-            if bound.key is None or bound.key not in with_static:
-                bound_fn = jacobian(bound.fn, order, bound.argnums, has_aux)
-                if bound.key is None:
-                    return bound_fn(*bound.args, **bound.kwargs)
-                with_static[bound.key] = bound_fn
-            return with_static[bound.key](*bound.args, **bound.kwargs)
         numbers = _argnum_positions(argnums, len(args))
         if kwargs:
             key = numbers[0] if isinstance(argnums, int) else numbers
@@ -1002,6 +964,15 @@ def jacobian(
                 by_name = functools.wraps(f)(lambda *a: f(*a[:-1], **a[-1]))
                 with_keywords[key] = jacobian(by_name, order, key, has_aux)
             return with_keywords[key](*args, kwargs)
+        python = _python_leaves(target, args, argnums, decided)
+        if python:
+            bound = bind_python_leaves(f, args, python)
+            if bound.key is None or bound.key not in with_static:
+                bound_fn = jacobian(bound.fn, order, argnums, has_aux)
+                if bound.key is None:
+                    return bound_fn(*bound.args)
+                with_static[bound.key] = bound_fn
+            return with_static[bound.key](*bound.args)
         aux = _aux_pair(f(*args), f)[1] if has_aux else None
         leaves = jax.tree.leaves(args)
         if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
@@ -1044,10 +1015,10 @@ def count_muls(f: Callable, order: Any, *args: Any, argnums: int | Sequence[int]
     """
     if isinstance(argnums, list):
         argnums = tuple(argnums)
-    bound = _bind_python_arguments(f, args, argnums)
-    if bound is not None:
-        f, args, argnums = bound.fn, bound.args, bound.argnums
     graph = graph_of(f, *args, argnums=argnums)
+    if graph.program.bound:  # evaluated, as the interpreter does, on the other leaves
+        bound = bind_python_leaves(f, args, graph.program.bound)
+        f, args = bound.fn, bound.args
     _check_real_outputs(graph)
     steps = plan(graph, _resolve(graph, order, f, args, argnums))
     tape = _tape_of(graph, steps)

@@ -314,6 +314,51 @@ def test_untraceable_function_raises_trace_error():
     assert issubclass(TraceError, AlphagradError)
 
 
+def test_python_values_outside_argnums_are_bound_as_jax_jacrev_passes_them():
+    """Strings are always bound; numbers outside argnums only where tracing them fails (f loops
+    on them, makes a shape of them): then the graph is the bound one and program.bound says so."""
+    def f(x, cfg, mode):
+        z = jnp.zeros(cfg["size"]) + jnp.sum(x)
+        for _ in range(cfg["steps"]):
+            z = jnp.tanh(z * cfg["w"]) if mode == "tanh" else jnp.sin(z)
+        return z
+
+    x = jnp.ones(2)
+    g = graph.trace(f, x, {"size": 3, "steps": 2, "w": jnp.array(1.5)}, "tanh", argnums=0)
+    # leaves: x, cfg's size, steps, w (sorted keys), mode; the array w stays traced
+    assert g.program.bound == (1, 2, 4) and g.num_inputs == 1
+    assert [v.primitive for v in g.vertices].count("tanh") == 2
+    longer = graph.trace(f, x, {"size": 3, "steps": 3, "w": jnp.array(1.5)}, "tanh", argnums=0)
+    assert [v.primitive for v in longer.vertices].count("tanh") == 3
+
+    def window(x, start):  # traces with start traced: one graph for every start, as under jit
+        return jax.lax.dynamic_slice(x, (start,), (2,)) * 3.0
+
+    g1, g2 = graph.jacobian_graph(window, jnp.ones(4), 1), graph.jacobian_graph(window, jnp.ones(4), 2)
+    assert g1.program.bound == () and g1.fingerprint == g2.fingerprint
+    under_jit = []
+    jax.jit(lambda x, s: under_jit.append(graph.jacobian_graph(window, x, s).fingerprint) or x)(jnp.ones(4), 1)
+    assert under_jit == [g1.fingerprint]
+
+
+def test_a_traced_integer_the_function_loops_on_is_a_trace_error_naming_static_argnums():
+    def f(x, n):
+        for _ in range(n):
+            x = jnp.sin(x)
+        return x
+
+    seen = []
+
+    def traced(x, n):
+        with pytest.raises(TraceError, match="static_argnums"):
+            graph.jacobian_graph(f, x, n)
+        seen.append(True)
+        return x
+
+    jax.jit(traced)(jnp.ones(2), 3)
+    assert seen and graph.jacobian_graph(f, jnp.ones(2), 3).program.bound == (1,)
+
+
 def test_fingerprint_is_structural():
     def f(x, y):
         return jnp.sin(x * y)

@@ -188,3 +188,30 @@ def test_zero_size_costs_agree_in_every_engine():
         order = graph.resolve_order(g, "forward")
         state, rewards, _ = env.rollout(env.init_state(g), jnp.asarray(order, jnp.int32) - 1)
         assert int(state.cost) == 0 and not np.asarray(rewards).any()
+
+
+def test_numbers_outside_argnums_that_f_loops_on_are_bound_in_every_layer_alike():
+    """jacobian(f)(x, 3) as jax.jacfwd(f)(x, 3): the interpreter, graph_of, count_muls and
+    graph.jacobian_graph bind the step count alike, so an order made on jacobian_graph's graph
+    applies; one jacobian object serves several counts; under jit the count is static."""
+    from alphagrad import orders
+
+    def f(x, n, scale=1.0):
+        for _ in range(n):
+            x = jnp.sin(x) * 1.1
+        return x * scale
+
+    x = jnp.array([0.3, -0.5])
+    g = graph.jacobian_graph(f, x, 3)
+    assert g.program.bound == (1,) and interpreter.graph_of(f, x, 3).fingerprint == g.fingerprint
+    assert interpreter.count_muls(f, "markowitz", x, 3) == graph.cost(g, "markowitz")
+    order = orders.record(graph.markowitz(g), graph=g)
+    jac = interpreter.jacobian(f, order)
+    assert_close_jac = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    assert_close_jac(jac(x, 3), jax.jacfwd(f)(x, 3))
+    assert_close_jac(jax.jit(jac, static_argnums=1)(x, 3), jax.jacfwd(f)(x, 3))
+    rev = interpreter.jacobian(f, "reverse")
+    assert_close_jac(rev(x, 2), jax.jacfwd(f)(x, 2))  # one jacobian object, two counts
+    assert_close_jac(rev(x, n=1, scale=2.0), jax.jacfwd(f)(x, n=1, scale=2.0))
+    with pytest.raises(TraceError, match="static_argnums"):
+        jax.jit(rev)(x, 3)
