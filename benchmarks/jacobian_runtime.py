@@ -140,6 +140,18 @@ def functions(ns) -> list[tuple[str, tasks.Task]]:
     return chosen
 
 
+def jacobian_entries(fn, argnums, example) -> int:
+    """Entries of one example's Jacobian (the shapes of jax.jacfwd's blocks, or jax.jacrev's where
+    forward mode cannot run: a custom_vjp function, as odeint)."""
+    for peer in (jax.jacfwd, jax.jacrev):
+        try:
+            blocks = jax.eval_shape(peer(fn, argnums=argnums), *example)
+        except Exception:  # noqa: BLE001 - the other peer may differentiate it
+            continue
+        return sum(math.prod(np.shape(leaf)) for leaf in jax.tree.leaves(blocks))
+    raise ValueError("neither jax.jacfwd nor jax.jacrev differentiates this function")
+
+
 def run_one(name: str, task: tasks.Task, batches, ns, rows: list, notes: list) -> None:
     timed = tuple(ns.orders)
     argnums = task.argnums if task.argnums is not None else tuple(range(len(task.args)))
@@ -148,8 +160,7 @@ def run_one(name: str, task: tasks.Task, batches, ns, rows: list, notes: list) -
     g = interpreter.graph_of(task.fn, *example, argnums=argnums)
     muls = {o: graph.cost(g, orders.resolve(g, o)) for o in timed}
     cheapest = min(timed, key=lambda o: (muls[o], o != "auto"))
-    jac_entries = sum(math.prod(np.shape(leaf)) for leaf in jax.tree.leaves(
-        jax.eval_shape(jax.jacfwd(task.fn, argnums=argnums), *example)))
+    jac_entries = jacobian_entries(task.fn, argnums, example)
     builders = {
         "jacfwd": lambda: jax.jacfwd(task.fn, argnums=argnums),
         "jacrev": lambda: jax.jacrev(task.fn, argnums=argnums),
