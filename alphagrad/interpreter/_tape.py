@@ -872,16 +872,18 @@ class _Builder:
         if old is None and valued:
             new = fresh_array(planned.code)
             count = elim.multiply(out_edge, in_edge, new.base, fresh=True)
+        elif old is None and (shared := _identity_product(elim, out_edge, in_edge, planned.code)) is not None:
+            new = shared._replace(out_shape=c_shape, in_shape=p_shape)  # no copy: the same value array
         elif old is None:
-            result = elim.moved(out_edge, in_edge)
-            maps = len(result) == 3
+            maps = isinstance(out_edge, Map) and isinstance(in_edge, Map)  # (`moved` gives a map)
             if maps != (planned.code in _MAP_CODES):
                 raise Unsupported(f"product {planned}: the tape's product has another code")
             if maps:
-                new = Map(planned.code, *result, c_shape, p_shape)
+                new = Map(planned.code, *elim.moved(out_edge, in_edge), c_shape, p_shape)
             else:
                 new = fresh_array(planned.code)
-                elim.write(new.base, new.code, c_shape, p_shape, result, fresh=True)
+                if not elim.dense_times_map(out_edge, in_edge, new.base, new.code, fresh=True):
+                    elim.write(new.base, new.code, c_shape, p_shape, elim.moved(out_edge, in_edge), fresh=True)
         else:
             code = planned.sum_code
             if code in _MAP_CODES:
@@ -899,7 +901,7 @@ class _Builder:
                 count = elim.multiply(out_edge, in_edge, product.base, fresh=True)
                 elim.write(new.base, code, c_shape, p_shape, terms(product), fresh=False)
                 elim.release(product)
-            else:
+            elif not elim.dense_times_map(out_edge, in_edge, new.base, code, fresh=False):
                 result = elim.moved(out_edge, in_edge)
                 if len(result) == 3:  # two maps: their masks are the values
                     result = (*result, np.full(len(result[0]), ONE, np.int64))
@@ -908,6 +910,24 @@ class _Builder:
             raise Unsupported(f"product {planned} counts {planned.muls} multiplications, the tape {count}")
         edges[(p, c)] = new
         return count
+
+
+#: Value-less codes of an identity between values of one shape (`_identity_product`).
+_IDENTITIES = frozenset({-1, -6})
+
+
+def _identity_product(elim: Eliminator, out_edge, in_edge, code: int) -> Valued | None:
+    """Of a product of a value array and an identity (an addition's or a copy's partial), the
+    value array, when the product may hold its slots (`Eliminator.share`) instead of copying
+    them: the same code on the same shapes has the same layout. Else None."""
+    for valued, identity in ((out_edge, in_edge), (in_edge, out_edge)):
+        if (isinstance(valued, Valued) and isinstance(identity, Map) and identity.code in _IDENTITIES
+                and valued.code == code and tuple(identity.out_shape) == tuple(identity.in_shape)
+                and len(identity.out) == math.prod(identity.out_shape)
+                and np.array_equal(identity.out, identity.inp) and np.all(identity.mask == ONE)
+                and elim.share(valued)):
+            return valued
+    return None
 
 
 def _numpy_map(name: str, params: dict, batch: list, fixed: list) -> np.ndarray | None:

@@ -43,8 +43,19 @@ __all__ = [
 #: value writes a structural 1 (an identity's entry), `ZERO` a structural 0. Partials follow them.
 ONE, ZERO = 0, 1
 FIRST_EDGE_SLOT = 2
-#: Step kinds.
-MUL, SELECT = 0, 1
+#: Step kinds: lanes of multiplications or selections, and *block* steps of a dense product (one
+#: tile of a matrix product, or of a dense block scaled by a diagonal or a scalar; `emit_block`).
+MUL, SELECT, MATMUL, SCALE = range(4)
+#: Block steps compute tiles of `BLOCK` x `BLOCK` result entries (a matrix product's contraction
+#: `BLOCK` terms at a time).
+BLOCK = 64
+#: Dense products whose sizes are all at least these (a matrix product's result rows, contracted
+#: entries and result columns; a scaled block's rows and columns) run as block steps: a tile of
+#: 64 x 64 x 64 multiply-adds is one small matrix product (about 0.5 ns a multiply-add on a 2-core
+#: CPU against 10-15 ns in lanes), but gathers and scatters a whole tile however few of its
+#: entries a narrower product fills.
+BLOCK_MIN_MATMUL = 16
+BLOCK_MIN_SCALE = 32
 
 
 class Unplannable(Exception):
@@ -198,6 +209,9 @@ CONTIGUOUS, BROADCAST, WINDOW, GATHER = range(4)
 NONE_NEW, ALL_NEW, SOME_NEW = range(3)
 
 
+#: Irregular steps whose patterns are made at once (index arrays of a few tens of MB).
+_PATTERN_CHUNK = 1024
+
 #: Steps of at least this many lanes write a window of the buffer (one slice); narrower ones
 #: scatter their lanes anywhere (a scalar program's products touch slots far apart).
 WINDOWED_LANES = 128
@@ -219,6 +233,7 @@ class LaneSteps:
         self._reads: set[int] = set()
         self._low = self._high = 0  # the open step's destinations' range
         self._grids: dict[tuple, np.ndarray] = {}  # `_grid_steps`
+        self.blocks = False  # whether some step is a block step (`run_steps` then runs both kinds)
 
     def emit(self, kind: int, x, y, dst, new) -> None:
         """Operations ``edges[dst] = (0 if new else edges[dst]) + op(edges[x], edges[y])`` (arrays
@@ -317,19 +332,31 @@ class LaneSteps:
         flags = np.where(made_new == 0, NONE_NEW, np.where(made_new == sizes, ALL_NEW, SOME_NEW))
         irregular = ((modes[0] >= WINDOW) | (modes[1] >= WINDOW) | (modes[2] != CONTIGUOUS) | (flags == SOME_NEW))
         index = np.zeros(len(starts), np.int64)
-        for step in np.nonzero(irregular)[0]:
-            piece = slice(starts[step], starts[step] + sizes[step])
-            pattern = np.zeros((4, lanes), np.int32)
+        irregular_steps = np.nonzero(irregular)[0]
+        # The patterns of all irregular steps at once, a chunk at a time (a Python loop over the
+        # steps was most of the planning time of index maps times dense blocks: stencils).
+        for chunk in range(0, len(irregular_steps), _PATTERN_CHUNK):
+            these = irregular_steps[chunk:chunk + _PATTERN_CHUNK]
+            rank = np.full(len(starts), -1, np.int64)
+            rank[these] = np.arange(len(these))
+            lanes_in = np.nonzero(rank[step_of] >= 0)[0]
+            step_in, lane_in = step_of[lanes_in], lane_of[lanes_in]
+            patterns = np.zeros((len(these), 4, lanes), np.int32)
             for k, a in enumerate((x, y, dst)):
-                if modes[k][step] >= WINDOW:
-                    pattern[k, :sizes[step]] = a[piece] - bases[k][step]
-            if flags[step] == SOME_NEW:
-                pattern[3, :sizes[step]] = new[piece]
-            key = pattern.tobytes()
-            if key not in self.patterns:
-                self.patterns[key] = len(self.table)
-                self.table.append(pattern)
-            index[step] = self.patterns[key]
+                keep = modes[k][step_in] >= WINDOW
+                patterns[rank[step_in[keep]], k, lane_in[keep]] = a[lanes_in[keep]] - bases[k][step_in[keep]]
+            keep = flags[step_in] == SOME_NEW
+            patterns[rank[step_in[keep]], 3, lane_in[keep]] = new[lanes_in[keep]]
+            keys = patterns.reshape(len(these), 4 * lanes).view(np.dtype((np.void, 16 * lanes))).reshape(-1)
+            distinct, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+            found = np.empty(len(distinct), np.int64)
+            for u, (key, at) in enumerate(zip(distinct, first)):
+                key = key.tobytes()
+                if key not in self.patterns:
+                    self.patterns[key] = len(self.table)
+                    self.table.append(patterns[at].copy())
+                found[u] = self.patterns[key]
+            index[these] = found[inverse.reshape(-1)]
         self.rows.append(np.stack([np.full(len(starts), kind), sizes, index, *bases, *modes, flags], axis=1))
 
     def _row(self, kind: int, x, y, dst, new) -> None:
@@ -366,6 +393,82 @@ class LaneSteps:
                 self.table.append(pattern)
             index = self.patterns[key]
         self.rows.append(np.asarray([[kind, n, index, *bases, *modes, flags]], np.int64))
+
+    def emit_block(self, kind: int, x: int, y: int, dst: int, rows: int, inner: int, cols: int, fresh: bool,
+                   strides: tuple[int, int] = (0, 0)) -> None:
+        """One dense product as block steps (tiles of `BLOCK` x `BLOCK` result entries), in order:
+
+        - ``MATMUL``: ``C[rows, cols] (= if fresh, else +=) A[rows, inner] @ B[inner, cols]``, the
+          three row-major at slots `dst`, `x`, `y`; a tile's contraction `BLOCK` terms a step.
+        - ``SCALE``: ``C[rows, cols] (=, +=) A[rows, cols] * s[i * strides[0] + j * strides[1]]``
+          (`inner` unused): A row-major at `x`, the scale factors at `y` (a diagonal: strides (0, 1)
+          or (1, 0); a scalar: (0, 0)).
+
+        Rows [steps, 10]: kind, valid rows, valid contracted entries (MATMUL) or columns (SCALE),
+        the three tile bases, then MATMUL: A's row stride, C's and B's, valid columns; SCALE: the
+        row stride of A and C, the two strides of s; and the `new` flag (ALL_NEW or NONE_NEW)."""
+        if self.lanes == 1:
+            raise AssertionError("internal error: block steps run among steps of several lanes")
+        self._flush()
+        self.blocks = True
+        i0 = np.arange(0, rows, BLOCK)
+        j0 = np.arange(0, cols, BLOCK)
+        k0 = np.arange(0, inner, BLOCK) if kind == MATMUL else np.zeros(1, np.int64)
+        i, j, k = (a.reshape(-1).astype(np.int64) for a in np.meshgrid(i0, j0, k0, indexing="ij"))
+        out = np.zeros((len(i), 10), np.int64)
+        out[:, 0] = kind
+        out[:, 1] = np.minimum(BLOCK, rows - i)
+        out[:, 5] = dst + i * cols + j
+        out[:, 9] = np.where(fresh & (k == 0), ALL_NEW, NONE_NEW)
+        if kind == MATMUL:
+            out[:, 2] = np.minimum(BLOCK, inner - k)
+            out[:, 3] = x + i * inner + k
+            out[:, 4] = y + k * cols + j
+            out[:, 6], out[:, 7] = inner, cols
+            out[:, 8] = np.minimum(BLOCK, cols - j)
+        else:
+            out[:, 2] = np.minimum(BLOCK, cols - j)
+            out[:, 3] = x + i * cols + j
+            out[:, 4] = y + i * strides[0] + j * strides[1]
+            out[:, 6], out[:, 7], out[:, 8] = cols, strides[0], strides[1]
+        self.rows.append(out)
+
+    def emit_rows(self, kind: int, rows: int, x, x_stride: int, y, y_stride: int, dst, dst_stride: int,
+                  new: bool) -> None:
+        """The operations ``edges[dst[e] + r * dst_stride] (= if new, else +=) op(edges[x[e] + r *
+        x_stride], edges[y[e] + r * y_stride])`` for every row r < `rows` and entry e (distinct
+        `dst`, the rows' destinations apart): the steps of a group of rows that fits a step (or a
+        window) are planned once and shifted for every other group, so the product of a map and
+        a dense block gets a few patterns, not one per step."""
+        x, y, dst = (np.asarray(a, np.int64) for a in (x, y, dst))
+        if len(x) == 0 or rows == 0:
+            return
+        span = int(dst.max() - dst.min()) + 1
+        group = max(1, self.lanes // max(len(x), dst_stride if self.windowed else 1, span))
+        if self.lanes == 1 or rows <= group:
+            at = np.arange(rows)[:, None]
+            self.emit(kind, (x + at * x_stride).reshape(-1), (y + at * y_stride).reshape(-1),
+                      (dst + at * dst_stride).reshape(-1), np.full(rows * len(x), new))
+            return
+        self._flush()
+        at = np.arange(group)[:, None]
+        saved, self.rows = self.rows, []
+        self._rows(kind, (x + at * x_stride).reshape(-1), (y + at * y_stride).reshape(-1),
+                   (dst + at * dst_stride).reshape(-1), np.full(group * len(x), new))
+        template = np.concatenate(self.rows)
+        self.rows = saved
+        groups = rows // group
+        out = np.tile(template, (groups, 1))
+        shift = np.repeat(np.arange(groups, dtype=np.int64) * group, len(template))
+        out[:, 3] += shift * x_stride
+        out[:, 4] += shift * y_stride
+        out[:, 5] += shift * dst_stride
+        self.rows.append(out)
+        left = rows - groups * group
+        if left:
+            at = groups * group + np.arange(left)[:, None]
+            self._rows(kind, (x + at * x_stride).reshape(-1), (y + at * y_stride).reshape(-1),
+                       (dst + at * dst_stride).reshape(-1), np.full(left * len(x), new))
 
     def emit_grid(self, x_bases: np.ndarray, y_bases: np.ndarray, dst_base: int, sizes: tuple, x_steps: tuple,
                   y_steps: tuple, fresh: bool) -> None:
@@ -429,7 +532,8 @@ class LaneSteps:
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         """(steps int32 [S, 10]: kind, lanes used, pattern, the x, y and dst bases, their modes
-        (`CONTIGUOUS`...) and the `new` flags (`NONE_NEW`...), or with one lane [S, 4]:
+        (`CONTIGUOUS`...) and the `new` flags (`NONE_NEW`...), block steps as `emit_block` says,
+        or with one lane [S, 4]:
         2 * kind + new, x, y, dst; patterns int32 [num_patterns, 4, lanes]: x, y and dst offsets
         and per-lane `new` flags)."""
         self._flush()
@@ -467,6 +571,7 @@ class Eliminator:
         self.next_slot = next_slot
         self.steps = LaneSteps(lanes)
         self._free: dict[int, list[int]] = {}
+        self._shared: dict[int, Valued] = {}  # slots two edges hold (`share`), by first slot
         self._conjunctions: dict[tuple[int, int], int] = {}
 
     def allocate(self, size: int) -> int:
@@ -478,7 +583,20 @@ class Eliminator:
 
     def release(self, edge) -> None:
         if isinstance(edge, Valued) and edge.size:
+            if edge.base in self._shared:  # another edge holds these slots: the last one frees them
+                del self._shared[edge.base]
+                return
             self._free.setdefault(edge.size, []).append(edge.base)
+
+    def share(self, edge: Valued) -> bool:
+        """Whether a new edge may hold `edge`'s slots as they are (the product of `edge` and an
+        identity): only while no other edge shares them, so that a later sum into one of the two
+        cannot change the other; the caller deletes `edge` before anything writes the new edge
+        (an elimination writes only edges that bypass its vertex, then deletes the vertex's)."""
+        if not edge.size or edge.base in self._shared:
+            return False
+        self._shared[edge.base] = edge
+        return True
 
     def _both(self, m1: np.ndarray, m2: np.ndarray) -> np.ndarray:
         """Slots holding m1 AND m2 (masks of 0/1): selections, no multiplication."""
@@ -530,6 +648,11 @@ class Eliminator:
         if not set(plan.result_letters) <= set(letters):
             raise Unplannable(f"the product of codes {out_edge.code} and {in_edge.code} broadcasts")
         results = math.prod(size[letter] for letter in plan.result_letters)
+        count = self._block(out_edge, in_edge, base, fresh, plan.result_code)
+        if count is not None:
+            if count != math.prod(size[letter] for letter in letters):
+                raise AssertionError("internal error: a block product counts other multiplications than its plan")
+            return count
         if max(self.steps.lanes // 2, _DISTINCT_ROUND) < results <= _POINTS_PER_BLOCK:
             # The summed letters outermost, the result's in its order: each value of the summed
             # letters is a round of distinct destinations in ascending order, which the steps
@@ -571,6 +694,34 @@ class Eliminator:
                             base + rows, new)
         return count
 
+    def _block(self, out_edge: Valued, in_edge: Valued, base: int, fresh: bool, result_code: int) -> int | None:
+        """A dense product as block steps (`LaneSteps.emit_block`) where it is large enough in
+        every direction: dense times dense, or dense times a diagonal or a scalar multiple of the
+        identity (either side); its multiplications, else None (lanes run it)."""
+        if self.steps.lanes == 1 or result_code != 1:
+            return None
+        rows, inner = math.prod(out_edge.out_shape), math.prod(out_edge.in_shape)
+        cols = math.prod(in_edge.in_shape)
+        codes = (out_edge.code, in_edge.code)
+        if codes == (1, 1):
+            if min(rows, inner, cols) < BLOCK_MIN_MATMUL:
+                return None
+            self.steps.emit_block(MATMUL, out_edge.base, in_edge.base, base, rows, inner, cols, fresh)
+            return rows * inner * cols
+        if min(rows, cols) < BLOCK_MIN_SCALE:
+            return None
+        # A diagonal (code 6) holds one factor per entry of its vertex; code 10 one for all.
+        if codes[0] == 1 and codes[1] in (6, 10):  # columns scaled: C[c, p] = A[c, p] s[p]
+            strides = (0, 1) if codes[1] == 6 else (0, 0)
+            dense, factors = out_edge, in_edge
+        elif codes[1] == 1 and codes[0] in (6, 10):  # rows scaled: C[c, p] = s[c] B[c, p]
+            strides = (1, 0) if codes[0] == 6 else (0, 0)
+            dense, factors = in_edge, out_edge
+        else:
+            return None
+        self.steps.emit_block(SCALE, dense.base, factors.base, base, rows, 0, cols, fresh, strides)
+        return rows * cols
+
     def _multiply_in_rounds(self, plan, out_edge: Valued, in_edge: Valued, base: int, fresh: bool, letters: str,
                             size: dict, rounds: int, results: int) -> int:
         """`multiply` for products of many result entries: one round of `results` distinct,
@@ -605,6 +756,33 @@ class Eliminator:
                             targets, new)
         return rounds * results
 
+    def dense_times_map(self, out_edge, in_edge, base: int, code: int, fresh: bool) -> bool:
+        """The product of a dense value array (code 1) and a map on its right, into (or, fresh,
+        written as) a dense one at `base`, as the same selections in every row of the result
+        (`LaneSteps.emit_rows`: a few patterns for the whole product, where planning the steps of
+        its entries one by one made a pattern per step); False (nothing emitted) for other codes.
+        ``C[c, p] (+)= sum over the map's entries (v -> p, mask) of select(mask, A[c, v])``."""
+        if code != 1 or not isinstance(out_edge, Valued) or out_edge.code != 1 or not isinstance(in_edge, Map):
+            return False
+        rows, width = math.prod(out_edge.out_shape), math.prod(out_edge.in_shape)
+        cols = math.prod(in_edge.in_shape)
+        v, p, mask = in_edge.out, in_edge.inp, in_edge.mask
+        # Entries adding into one column go to successive rounds (a step writes a slot once).
+        order = np.argsort(p, kind="stable")
+        starts = np.r_[0, np.nonzero(np.diff(p[order]))[0] + 1] if len(p) else np.zeros(0, np.int64)
+        rank = np.empty(len(p), np.int64)
+        rank[order] = np.arange(len(p)) - np.repeat(starts, np.diff(np.r_[starts, len(p)]))
+        steps = self.steps
+        if fresh:  # columns no entry reaches are written zeros (the slots may hold anything)
+            untouched = np.setdiff1d(np.arange(cols), p)
+            steps.emit_rows(SELECT, rows, np.full(len(untouched), ZERO), 0, np.full(len(untouched), ONE), 0,
+                            base + untouched, cols, True)
+        for k in range(int(rank.max(initial=-1)) + 1):
+            these = np.nonzero(rank == k)[0]
+            steps.emit_rows(SELECT, rows, out_edge.base + v[these], width, mask[these], 0, base + p[these], cols,
+                            fresh and k == 0)
+        return True
+
     def moved(self, out_edge, in_edge):
         """The product out @ in where one factor is a map: its dense entries as selections
         (out, inp, value slot, mask slot), or, both maps, as a `Map`'s arrays (out, inp, mask)."""
@@ -612,9 +790,11 @@ class Eliminator:
         p_v, p_in, p_slot = _entries(in_edge)
         order = np.argsort(p_v, kind="stable")
         p_v, p_in, p_slot = p_v[order], p_in[order], p_slot[order]
-        lo = np.searchsorted(p_v, c_v, side="left")
-        hi = np.searchsorted(p_v, c_v, side="right")
-        counts = hi - lo
+        # Per entry of the vertex, where its entries start in the sorted in-edge and how many
+        # (a lookup: binary searches of every entry of a wide block were a third of the time).
+        per_v = np.bincount(p_v, minlength=math.prod(out_edge.in_shape))
+        first = np.cumsum(per_v) - per_v
+        lo, counts = first[c_v], per_v[c_v]
         left = np.repeat(np.arange(len(c_v)), counts)
         right = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
         out, inp = c_out[left], p_in[right]
@@ -643,6 +823,44 @@ def _scalar_step(edges: jax.Array, row) -> tuple[jax.Array, None]:
     return lax.dynamic_update_index_in_dim(edges, lax.switch(code // 2, _STEP_OPS, a, b, base), dst, 0), None
 
 
+def _has_blocks(steps: np.ndarray) -> bool:
+    return steps.shape[1] == 10 and bool(np.any(steps[:, 0] >= MATMUL))
+
+
+def _block_update(edges: jax.Array, row) -> tuple[jax.Array, jax.Array]:
+    """A block step's write (`LaneSteps.emit_block`): (slots [BLOCK²], beyond the buffer where the
+    tile has no entry (dropped), values [BLOCK², *batch]). Entries outside the product are read
+    as zeros by selection, never multiplied in (they may hold anything, inf or NaN)."""
+    kind, valid_rows, valid, bx, by, bd, s1, s2, s3, flags = (row[k] for k in range(10))
+    index = jnp.arange(BLOCK)
+    rows_ok = index < valid_rows
+    batch = (1,) * (edges.ndim - 1)
+
+    def gather(at, ok):
+        return jnp.where(ok.reshape(*ok.shape, *batch), edges[jnp.where(ok, at, 0)], jnp.zeros((), edges.dtype))
+
+    def matmul():  # s1: A's row stride, s2: B's and C's, s3: valid columns
+        inner_ok, cols_ok = index < valid, index < s3
+        a = gather(bx + index[:, None] * s1 + index[None, :], rows_ok[:, None] & inner_ok[None, :])
+        b = gather(by + index[:, None] * s2 + index[None, :], inner_ok[:, None] & cols_ok[None, :])
+        return jnp.einsum("ik...,kj...->ij...", a, b), s2, cols_ok
+
+    def scale():  # s1: A's and C's row stride, (s2, s3): the factors' strides
+        cols_ok = index < valid
+        ok = rows_ok[:, None] & cols_ok[None, :]
+        a = gather(bx + index[:, None] * s1 + index[None, :], ok)
+        factors = gather(by + index[:, None] * s2 + index[None, :] * s3, ok)
+        return a * factors, s1, cols_ok
+
+    product, stride, cols_ok = lax.cond(kind == MATMUL, matmul, scale)
+    ok = rows_ok[:, None] & cols_ok[None, :]
+    at = bd + index[:, None] * stride + index[None, :]
+    old = gather(at, ok)
+    new = jnp.where(flags == ALL_NEW, jnp.zeros((), edges.dtype), old) + product
+    at = jnp.where(ok, at, edges.shape[0] + index[:, None] * BLOCK + index[None, :])
+    return at.reshape(-1), new.reshape(BLOCK * BLOCK, *edges.shape[1:])
+
+
 def run_steps(edges: jax.Array, steps: np.ndarray, patterns: np.ndarray, windowed: bool) -> jax.Array:
     """Runs the lane steps (`LaneSteps.finish`) on the edge buffer [num_edges, *batch] (at most
     one batch axis; the buffer needs `lanes` slots of slack at its end for the windows)."""
@@ -667,7 +885,8 @@ def run_steps(edges: jax.Array, steps: np.ndarray, patterns: np.ndarray, windowe
             lambda: edges[base + offsets],
         ))
 
-    def step(edges, row):
+    def lanes_update(edges, row):
+        """A lane step's write: (destinations, values) if not `windowed`, else the new window."""
         kind, count, pattern, bx, by, bd, mx, my, md, flags = (row[k] for k in range(10))
         offsets = table[pattern]
         used = lane < count
@@ -677,8 +896,7 @@ def run_steps(edges: jax.Array, steps: np.ndarray, patterns: np.ndarray, windowe
             dst = jnp.where(used, bd + jnp.where(md == CONTIGUOUS, lane, offsets[2]), edges.shape[0] + lane)
             old = edges[jnp.minimum(dst, edges.shape[0] - 1)]
             base = jnp.where(_lane_mask(new, old), jnp.zeros((), old.dtype), old)
-            value = lax.switch(kind, _STEP_OPS, a, b, base)
-            return edges.at[dst].set(value, indices_are_sorted=True, unique_indices=True, mode="drop"), None
+            return dst, lax.switch(kind, _STEP_OPS, a, b, base)
         target = window(edges, bd)
         at = jnp.where(used, offsets[2], lanes)  # unused lanes fall outside the window: dropped
         old = lax.cond(md == CONTIGUOUS, lambda: target, lambda: target[jnp.minimum(at, lanes - 1)])
@@ -686,12 +904,41 @@ def run_steps(edges: jax.Array, steps: np.ndarray, patterns: np.ndarray, windowe
         # A switch on the (never batched) step kind: only the chosen operation runs, so a
         # selection multiplies nothing and the multiplications are exactly the counted ones.
         value = lax.switch(kind, _STEP_OPS, a, b, base)
+        return lax.cond(md == CONTIGUOUS,
+                        lambda: jnp.where(_lane_mask(used, value), value, target),
+                        lambda: target.at[at].set(value, mode="drop"))
+
+    def lanes_write(edges, row, update):
         # One in-place update of the buffer per step: a scatter into the whole buffer (or two)
         # made XLA copy it at every step.
-        target = lax.cond(md == CONTIGUOUS,
-                          lambda: jnp.where(_lane_mask(used, value), value, target),
-                          lambda: target.at[at].set(value, mode="drop"))
-        return lax.dynamic_update_slice_in_dim(edges, target, bd, axis=0), None
+        if not windowed:
+            dst, value = update
+            return edges.at[dst].set(value, indices_are_sorted=True, unique_indices=True, mode="drop")
+        return lax.dynamic_update_slice_in_dim(edges, update, row[5], axis=0)
+
+    def lanes_unchanged(edges, row):
+        """The write of a step that changes nothing (a block step's lane part)."""
+        if not windowed:
+            return edges.shape[0] + lane, jnp.zeros(window_shape, edges.dtype)
+        return window(edges, row[5])
+
+    def step(edges, row):
+        return lanes_write(edges, row, lanes_update(edges, row)), None
+
+    if _has_blocks(steps):
+        nowhere = edges.shape[0] + jnp.arange(BLOCK * BLOCK)
+
+        def both(edges, row):
+            # Each branch returns small arrays (a conditional returning the buffer copies it).
+            update, (at, values) = lax.cond(
+                row[0] >= MATMUL,
+                lambda: (lanes_unchanged(edges, row), _block_update(edges, row)),
+                lambda: (lanes_update(edges, row),
+                         (nowhere, jnp.zeros((BLOCK * BLOCK, *edges.shape[1:]), edges.dtype))))
+            edges = lanes_write(edges, row, update)
+            return edges.at[at].set(values, unique_indices=True, mode="drop"), None
+
+        step = both  # noqa: F811 - the steps include block steps
 
     edges, _ = lax.scan(step, edges, jnp.asarray(steps))
     return edges
