@@ -8,14 +8,23 @@ their weights, called as pure functions), a 3-D convolution over a video (rank-5
 max and min at repeated indices with traced updates, a while loop with several carries whose trip
 count depends on the values (a tolerance test), and a batched product whose batch axis is not the
 leading axis of an operand (``einsum("ibj,bjk->bik")``).
+
+From the session-9 battery (flax, jax.scipy, windows and grouped convolutions, segment ops, scans
+of branches): a flax ``nn.RNN`` of a ``GRUCell`` applied with its parameter dict, a Cholesky solve by
+jax.scipy, a linear recurrence by ``lax.associative_scan``, a grouped and dilated convolution into a
+padded, strided max pool (``lax.reduce_window``), ``segment_max`` with an empty segment, a
+``lax.switch`` inside a scan with branch indices computed from the data, an RK4 integrator in a
+``fori_loop``, and ``jnp.interp`` with traced grid and values.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg as sla
 import numpy as np
 
 _RNG = np.random.default_rng(808)
@@ -126,8 +135,86 @@ def batch_axis_inside(a, b):
     return jax.nn.softplus(jnp.einsum("ibj,bjk->bik", a, b))
 
 
+_GRU = nn.RNN(nn.GRUCell(2, param_dtype=jnp.float64))
+
+
+def flax_gru_sequence(params, xs, h0):
+    """A flax ``nn.RNN(nn.GRUCell(2))`` over a [1, 2, 2] sequence from the state h0 [1, 2], applied
+    with its parameter dict (flax's own layout: cell/{ir,iz,in,hr,hz,hn}/kernel, bias): [1, 2, 2]."""
+    return _GRU.apply({"params": params}, xs, initial_carry=h0)
+
+
+def cho_solve_spd(a, b):
+    """A Cholesky solve with a symmetric positive definite [3, 3] matrix (jax.scipy's ``cho_factor``
+    and ``cho_solve``) of b [3, 2]."""
+    return sla.cho_solve(sla.cho_factor(a, lower=True), b)
+
+
+def associative_recurrence(decay, inputs):
+    """h[t] = decay[t] * h[t-1] + inputs[t] over 4 steps by ``lax.associative_scan`` (a parallel scan)."""
+    def combine(left, right):
+        return right[0] * left[0], right[0] * left[1] + right[1]
+    return jax.lax.associative_scan(combine, (decay, inputs))[1]
+
+
+def grouped_conv_pool(image, kernel):
+    """A convolution with two feature groups and kernel dilation 2 ([1, 2, 5, 5] NCHW by [2, 1, 2, 2]),
+    then a 3x3 max pool with stride 2 and SAME padding (``lax.reduce_window``)."""
+    y = jax.lax.conv_general_dilated(image, kernel, (1, 1), "SAME", rhs_dilation=(2, 2), feature_group_count=2)
+    return jax.lax.reduce_window(jnp.tanh(y), -jnp.inf, jax.lax.max, (1, 1, 3, 3), (1, 1, 2, 2), "SAME")
+
+
+def segment_max_empty(x):
+    """``segment_max`` of 6 values into 5 segments, one of them (3) empty: its -inf is masked out."""
+    m = jax.ops.segment_max(x * x, np.array([2, 0, 1, 0, 2, 4]), num_segments=5)
+    return jnp.where(jnp.isfinite(m), m, 0.0) * np.arange(1.0, 6.0)
+
+
+def switch_scan(x):
+    """A scan whose step picks one of three branches by an index computed from the input."""
+    def step(carry, v):
+        k = jnp.int32(jnp.abs(v) * 3) % 3
+        carry = jax.lax.switch(k, [lambda c: c * 2.0, lambda c: jnp.sin(c) + v, lambda c: c * v], carry)
+        return carry, carry
+    return jax.lax.scan(step, 0.3, x)[1]
+
+
+def rk4_lotka_volterra(theta, y0):
+    """Four RK4 steps of a Lotka-Volterra system in a ``fori_loop``; rates theta [2], state y0 [2]."""
+    def rate(y):
+        return jnp.stack([theta[0] * y[0] - y[0] * y[1], y[0] * y[1] - theta[1] * y[1]])
+
+    def step(_, y):
+        h = 0.05
+        k1 = rate(y)
+        k2 = rate(y + h / 2 * k1)
+        k3 = rate(y + h / 2 * k2)
+        k4 = rate(y + h * k3)
+        return y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return jax.lax.fori_loop(0, 4, step, y0)
+
+
+def interp_traced_grid(xp, fp):
+    """``jnp.interp`` at 3 fixed points of a traced increasing grid xp [4] with traced values fp [4]
+    (both differentiated; one query point left of the grid takes ``left``)."""
+    return jnp.interp(np.array([-0.5, 0.2, 2.5]), jnp.cumsum(jnp.exp(xp)) - 1.0, fp, left=-1.0)
+
+
 #: Functions whose reference Jacobian is jax.jacfwd (jax.jacrev cannot differentiate their while loop).
 JACFWD_REFERENCE = frozenset({"tolerance_while"})
+
+
+def _gru_params() -> dict:
+    """Parameters of `_GRU` in flax's layout (input and hidden size 2), drawn like the other arguments."""
+    dense = {"kernel": (2, 2), "bias": (2,)}
+    shapes = {"cell": {"ir": dense, "iz": dense, "in": dense, "hr": {"kernel": (2, 2)}, "hz": {"kernel": (2, 2)},
+                       "hn": dense}}
+    return jax.tree.map(lambda shape: _normal(*shape), shapes, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def _spd(n: int) -> np.ndarray:
+    a = _normal(n, n)
+    return a @ a.T + n * np.eye(n)
 
 
 def entries() -> list[tuple]:
@@ -142,4 +229,12 @@ def entries() -> list[tuple]:
         ("indexing", scatter_max_min_duplicates, (_normal(4), _normal(4)), (0, 1)),
         ("control flow", tolerance_while, (_normal(3), np.float64(1e-6)), 0),
         ("linear algebra", batch_axis_inside, (_normal(3, 2, 4), _normal(2, 4, 2)), (0, 1)),
+        ("layers", flax_gru_sequence, (_gru_params(), _normal(1, 2, 2), _normal(1, 2)), (0, 1, 2)),
+        ("linear algebra", cho_solve_spd, (_spd(3), _normal(3, 2)), (0, 1)),
+        ("sort and scan", associative_recurrence, (0.9 + 0.05 * _normal(4), _normal(4)), (0, 1)),
+        ("layers", grouped_conv_pool, (_normal(1, 2, 5, 5), _normal(2, 1, 2, 2)), (0, 1)),
+        ("indexing", segment_max_empty, (_normal(6),), 0),
+        ("control flow", switch_scan, (_normal(6),), 0),
+        ("integrators", rk4_lotka_volterra, (1.0 + 0.1 * _normal(2), 1.0 + 0.1 * _normal(2)), (0, 1)),
+        ("indexing", interp_traced_grid, (_normal(4), _normal(4)), (0, 1)),
     ]
