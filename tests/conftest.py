@@ -1,11 +1,44 @@
-"""Shared fixtures: the reference graphs and tiny hand-written graphs."""
+"""Shared fixtures: the reference graphs and tiny hand-written graphs; one compilation cache.
+
+The two xdist workers and the subprocesses some tests start (`alphagrad train` under Ctrl-C, the
+two-device sharding check, the CLI) compile many of the same programs (the tiny AlphaZero
+iteration, the env core on the reference graphs). One JAX persistent compilation cache shared by
+all of them compiles each once. It lives in a temporary folder of this run, removed at its end, so
+a run never reuses an earlier run's compilations (the suite's time stays what a fresh CI run
+measures). A cache the caller configured (``JAX_COMPILATION_CACHE_DIR``) is used and kept.
+"""
 
 from __future__ import annotations
 
-import pytest
+import os
+import shutil
+import tempfile
 
-from alphagrad import graph
-from alphagrad.graph import Edge, Graph, Vertex
+_CACHE_VARIABLE = "JAX_COMPILATION_CACHE_DIR"
+#: The folder this process created (the xdist controller, or a run without workers); workers and
+#: subprocesses inherit the variable and leave the folder to it.
+_OWN_CACHE = None
+if _CACHE_VARIABLE not in os.environ:
+    _OWN_CACHE = tempfile.mkdtemp(prefix="alphagrad-tests-xla-cache-")
+    os.environ[_CACHE_VARIABLE] = _OWN_CACHE
+    # Only compilations worth a file: the many tiny jits of the suite compile faster than they load.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import jax  # noqa: E402  (after the variables: JAX reads them when its configuration is defined)
+import pytest  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_VARIABLE])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs", float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1.0))
+)
+
+from alphagrad import graph  # noqa: E402
+from alphagrad.graph import Edge, Graph, Vertex  # noqa: E402
+
+
+def pytest_unconfigure(config) -> None:
+    if _OWN_CACHE is not None and not hasattr(config, "workerinput"):  # not an xdist worker
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -25,12 +25,15 @@ needs_sigint = pytest.mark.skipif(not hasattr(os, "killpg"), reason="no SIGINT t
 # ---- item 13: Ctrl-C ----------------------------------------------------------------------------
 
 
-def _start_training(out, log):
+def _start_training(out, log, compilation_cache: bool = True):
     """`alphagrad train` (tiny config, far more iterations than the test waits for) in a process
-    group of its own, its output in the files `log` names."""
+    group of its own, its output in the files `log` names; without `compilation_cache` it
+    compiles its iteration itself (tests/conftest.py shares one cache with the subprocesses)."""
     command = [sys.executable, "-m", "alphagrad.cli", "train", f"ref:{TASK}", "--iterations", "10000", "--out",
                str(out), "--set", *TINY_SET]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if not compilation_cache:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
     stdout, stderr = open(log + ".out", "w"), open(log + ".err", "w")
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
 
@@ -76,7 +79,7 @@ def test_second_ctrl_c_quits_at_once_even_inside_xla(tmp_path):
     """Two Ctrl-Cs while the run compiles (inside XLA, where Python runs no signal handler): the
     process quits with status 130 at once, not after the compilation."""
     out, log = tmp_path / "run", str(tmp_path / "log")
-    process = _start_training(out, log)
+    process = _start_training(out, log, compilation_cache=False)  # so that it does compile
     try:
         _wait_for(lambda: (out / "run.json").exists(), process, 300)  # inside train: the handler is in place
         os.killpg(process.pid, signal.SIGINT)

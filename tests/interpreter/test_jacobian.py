@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -55,8 +56,10 @@ def test_tasks_match_jacfwd_and_count_what_the_cost_model_says(name):
     extra = random_orders(g, 3)
     executed = ["forward", "reverse", "markowitz", extra[0]]
 
-    @jax.jit
-    def reference_and_all_orders(*xs):  # one compilation: executing op by op is what was slow
+    # One compilation (executing op by op was slow), without XLA's optimisation passes: compiling
+    # these programs of thousands of operations is the test's whole cost, running them is not.
+    @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+    def reference_and_all_orders(*xs):
         return jax.jacfwd(task.fn, argnums=argnums)(*xs), [
             interpreter.jacobian(task.fn, order, argnums=argnums)(*xs) for order in executed
         ]
