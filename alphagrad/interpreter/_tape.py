@@ -815,7 +815,7 @@ class _Builder:
             functions.append((value_fn, partial_fn))
             sizes.append(size)
         P = max(sizes + [1])
-        num_edges = elim.next_slot + max(elim.steps.lanes, P)  # slack for windows and padded writes
+        num_edges = elim.next_slot + max(elim.steps.slack, P)  # slack for windows, chunks and padded writes
         if P <= FUSED_PARTIALS:  # computed with the values, in the equation loop
             branches = tuple(_fused(value_fn, partial_fn, P, self.dtype) for value_fn, partial_fn in functions)
             eq_partials = np.asarray([elim.next_slot if at is None else at for _, _, _, at in eq_rows], np.int32)

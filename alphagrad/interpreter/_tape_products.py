@@ -43,19 +43,23 @@ __all__ = [
 #: value writes a structural 1 (an identity's entry), `ZERO` a structural 0. Partials follow them.
 ONE, ZERO = 0, 1
 FIRST_EDGE_SLOT = 2
-#: Step kinds: lanes of multiplications or selections, and *block* steps of a dense product (one
-#: tile of a matrix product, or of a dense block scaled by a diagonal or a scalar; `emit_block`).
-MUL, SELECT, MATMUL, SCALE = range(4)
+#: Step kinds: lanes of multiplications or selections; *block* steps of a dense product (one tile
+#: of a matrix product: `emit_block`); *chunks* of a dense block scaled by a diagonal or a scalar,
+#: or moved by an identity (`emit_chunks`).
+MUL, SELECT, MATMUL, SCALE, MOVE, TILE = range(6)
+#: How a chunk reads its factors: one slot for all, a slice of a periodic copy, a gather.
+BROADCAST_FACTOR, PERIODIC_FACTOR, GATHERED_FACTOR = range(3)
 #: Block steps compute tiles of `BLOCK` x `BLOCK` result entries (a matrix product's contraction
 #: `BLOCK` terms at a time).
 BLOCK = 64
-#: Dense products whose sizes are all at least these (a matrix product's result rows, contracted
-#: entries and result columns; a scaled block's rows and columns) run as block steps: a tile of
-#: 64 x 64 x 64 multiply-adds is one small matrix product (about 0.5 ns a multiply-add on a 2-core
-#: CPU against 10-15 ns in lanes), but gathers and scatters a whole tile however few of its
-#: entries a narrower product fills.
+#: Dense products whose sizes are all at least this (result rows, contracted entries, result
+#: columns) run as block steps: a tile of 64 x 64 x 64 multiply-adds is one small matrix product
+#: (measured on a 2-core CPU: about 0.4 ns a multiply-add against 10-15 ns in lanes), but gathers
+#: and scatters a whole tile however few of its entries a narrower product fills.
 BLOCK_MIN_MATMUL = 16
-BLOCK_MIN_SCALE = 32
+#: Chunk steps cover `CHUNK` consecutive entries of a dense block (read and written as slices);
+#: blocks of at least half as many entries take them.
+CHUNK = 4096
 
 
 class Unplannable(Exception):
@@ -394,43 +398,66 @@ class LaneSteps:
             index = self.patterns[key]
         self.rows.append(np.asarray([[kind, n, index, *bases, *modes, flags]], np.int64))
 
-    def emit_block(self, kind: int, x: int, y: int, dst: int, rows: int, inner: int, cols: int, fresh: bool,
-                   strides: tuple[int, int] = (0, 0)) -> None:
-        """One dense product as block steps (tiles of `BLOCK` x `BLOCK` result entries), in order:
-
-        - ``MATMUL``: ``C[rows, cols] (= if fresh, else +=) A[rows, inner] @ B[inner, cols]``, the
-          three row-major at slots `dst`, `x`, `y`; a tile's contraction `BLOCK` terms a step.
-        - ``SCALE``: ``C[rows, cols] (=, +=) A[rows, cols] * s[i * strides[0] + j * strides[1]]``
-          (`inner` unused): A row-major at `x`, the scale factors at `y` (a diagonal: strides (0, 1)
-          or (1, 0); a scalar: (0, 0)).
-
-        Rows [steps, 10]: kind, valid rows, valid contracted entries (MATMUL) or columns (SCALE),
-        the three tile bases, then MATMUL: A's row stride, C's and B's, valid columns; SCALE: the
-        row stride of A and C, the two strides of s; and the `new` flag (ALL_NEW or NONE_NEW)."""
+    def emit_block(self, x: int, y: int, dst: int, rows: int, inner: int, cols: int, fresh: bool) -> None:
+        """``C[rows, cols] (= if fresh, else +=) A[rows, inner] @ B[inner, cols]``, the three
+        row-major at slots `dst`, `x`, `y`, as block steps (tiles of `BLOCK` x `BLOCK` result
+        entries, the contraction `BLOCK` terms a step), in order. Rows [steps, 10]: MATMUL, valid
+        rows, valid contracted entries, the three tile bases, A's row stride, B's and C's, valid
+        columns, and the `new` flag (ALL_NEW or NONE_NEW)."""
         if self.lanes == 1:
             raise AssertionError("internal error: block steps run among steps of several lanes")
         self._flush()
         self.blocks = True
-        i0 = np.arange(0, rows, BLOCK)
-        j0 = np.arange(0, cols, BLOCK)
-        k0 = np.arange(0, inner, BLOCK) if kind == MATMUL else np.zeros(1, np.int64)
+        i0, j0, k0 = np.arange(0, rows, BLOCK), np.arange(0, cols, BLOCK), np.arange(0, inner, BLOCK)
         i, j, k = (a.reshape(-1).astype(np.int64) for a in np.meshgrid(i0, j0, k0, indexing="ij"))
         out = np.zeros((len(i), 10), np.int64)
-        out[:, 0] = kind
+        out[:, 0] = MATMUL
         out[:, 1] = np.minimum(BLOCK, rows - i)
+        out[:, 2] = np.minimum(BLOCK, inner - k)
+        out[:, 3] = x + i * inner + k
+        out[:, 4] = y + k * cols + j
         out[:, 5] = dst + i * cols + j
+        out[:, 6], out[:, 7] = inner, cols
+        out[:, 8] = np.minimum(BLOCK, cols - j)
         out[:, 9] = np.where(fresh & (k == 0), ALL_NEW, NONE_NEW)
-        if kind == MATMUL:
-            out[:, 2] = np.minimum(BLOCK, inner - k)
-            out[:, 3] = x + i * inner + k
-            out[:, 4] = y + k * cols + j
-            out[:, 6], out[:, 7] = inner, cols
-            out[:, 8] = np.minimum(BLOCK, cols - j)
-        else:
-            out[:, 2] = np.minimum(BLOCK, cols - j)
-            out[:, 3] = x + i * cols + j
-            out[:, 4] = y + i * strides[0] + j * strides[1]
-            out[:, 6], out[:, 7], out[:, 8] = cols, strides[0], strides[1]
+        self.rows.append(out)
+
+    def emit_chunks(self, kind: int, x: int, y: int, dst: int, rows: int, cols: int, strides: tuple[int, int],
+                    fresh: bool, scratch: int | None = None) -> None:
+        """``C[i, j] (= if fresh, else +=) op(A[i, j], s[i * strides[0] + j * strides[1]])`` over a
+        dense [rows, cols] block (A at `x`, C at `dst`, both row-major; s at `y`), `CHUNK`
+        consecutive entries a step, op a multiplication (SCALE: a diagonal has strides (0, 1) or
+        (1, 0), a scalar (0, 0)) or a selection (MOVE: s a mask).
+
+        A diagonal along the columns is first copied periodically into `scratch` (2 * `CHUNK`
+        slots; cols <= `CHUNK`) by two TILE steps, so that every chunk reads its factors as one
+        slice (a gather of each chunk's factors cost ten times the chunk's slices). Rows
+        [steps, 10]: kind, valid entries, cols, the A, s and C bases, the chunk's first entry, how
+        it reads the factors (`BROADCAST_FACTOR`...), whether a gathered factor follows the row
+        (1) or the column (0), the `new` flag."""
+        if self.lanes == 1:
+            raise AssertionError("internal error: chunk steps run among steps of several lanes")
+        self._flush()
+        self.blocks = True
+        factor, by_row = BROADCAST_FACTOR, 0
+        if strides == (0, 1) and scratch is not None and cols <= CHUNK:
+            tile = np.zeros((2, 10), np.int64)
+            tile[:, 0], tile[:, 1], tile[:, 2], tile[:, 4] = TILE, CHUNK, cols, y
+            tile[:, 5] = scratch + np.array([0, CHUNK])
+            tile[:, 6] = np.array([0, CHUNK])
+            tile[:, 7], tile[:, 9] = GATHERED_FACTOR, ALL_NEW
+            self.rows.append(tile)
+            factor, y = PERIODIC_FACTOR, scratch
+        elif strides != (0, 0):
+            factor, by_row = GATHERED_FACTOR, int(strides == (1, 0))
+        t0 = np.arange(0, rows * cols, CHUNK, dtype=np.int64)
+        out = np.zeros((len(t0), 10), np.int64)
+        out[:, 0] = kind
+        out[:, 1] = np.minimum(CHUNK, rows * cols - t0)
+        out[:, 2] = cols
+        out[:, 3], out[:, 4], out[:, 5], out[:, 6] = x + t0, y, dst + t0, t0
+        out[:, 7], out[:, 8] = factor, by_row
+        out[:, 9] = ALL_NEW if fresh else NONE_NEW
         self.rows.append(out)
 
     def emit_rows(self, kind: int, rows: int, x, x_stride: int, y, y_stride: int, dst, dst_stride: int,
@@ -530,6 +557,11 @@ class LaneSteps:
         self._grids[key] = rows
         return rows
 
+    @property
+    def slack(self) -> int:
+        """Slots the edge buffer needs beyond its last edge (windows and chunks read slices)."""
+        return max(self.lanes, CHUNK if self.blocks else 0)
+
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         """(steps int32 [S, 10]: kind, lanes used, pattern, the x, y and dst bases, their modes
         (`CONTIGUOUS`...) and the `new` flags (`NONE_NEW`...), block steps as `emit_block` says,
@@ -572,6 +604,7 @@ class Eliminator:
         self.steps = LaneSteps(lanes)
         self._free: dict[int, list[int]] = {}
         self._shared: dict[int, Valued] = {}  # slots two edges hold (`share`), by first slot
+        self._scratch: int | None = None  # slots of periodic factors (`LaneSteps.emit_chunks`)
         self._conjunctions: dict[tuple[int, int], int] = {}
 
     def allocate(self, size: int) -> int:
@@ -695,9 +728,9 @@ class Eliminator:
         return count
 
     def _block(self, out_edge: Valued, in_edge: Valued, base: int, fresh: bool, result_code: int) -> int | None:
-        """A dense product as block steps (`LaneSteps.emit_block`) where it is large enough in
-        every direction: dense times dense, or dense times a diagonal or a scalar multiple of the
-        identity (either side); its multiplications, else None (lanes run it)."""
+        """A dense product as block steps (`LaneSteps.emit_block`) or chunks (`emit_chunks`) where
+        it is large enough: dense times dense, or dense times a diagonal or a scalar multiple of
+        the identity (either side); its multiplications, else None (lanes run it)."""
         if self.steps.lanes == 1 or result_code != 1:
             return None
         rows, inner = math.prod(out_edge.out_shape), math.prod(out_edge.in_shape)
@@ -706,9 +739,9 @@ class Eliminator:
         if codes == (1, 1):
             if min(rows, inner, cols) < BLOCK_MIN_MATMUL:
                 return None
-            self.steps.emit_block(MATMUL, out_edge.base, in_edge.base, base, rows, inner, cols, fresh)
+            self.steps.emit_block(out_edge.base, in_edge.base, base, rows, inner, cols, fresh)
             return rows * inner * cols
-        if min(rows, cols) < BLOCK_MIN_SCALE:
+        if rows * cols < CHUNK // 2:
             return None
         # A diagonal (code 6) holds one factor per entry of its vertex; code 10 one for all.
         if codes[0] == 1 and codes[1] in (6, 10):  # columns scaled: C[c, p] = A[c, p] s[p]
@@ -719,7 +752,9 @@ class Eliminator:
             dense, factors = in_edge, out_edge
         else:
             return None
-        self.steps.emit_block(SCALE, dense.base, factors.base, base, rows, 0, cols, fresh, strides)
+        if self._scratch is None:
+            self._scratch = self.allocate(2 * CHUNK)
+        self.steps.emit_chunks(SCALE, dense.base, factors.base, base, rows, cols, strides, fresh, self._scratch)
         return rows * cols
 
     def _multiply_in_rounds(self, plan, out_edge: Valued, in_edge: Valued, base: int, fresh: bool, letters: str,
@@ -767,6 +802,11 @@ class Eliminator:
         rows, width = math.prod(out_edge.out_shape), math.prod(out_edge.in_shape)
         cols = math.prod(in_edge.in_shape)
         v, p, mask = in_edge.out, in_edge.inp, in_edge.mask
+        if (self.steps.lanes > 1 and rows * cols >= CHUNK // 2 and width == cols and len(v) == cols
+                and np.array_equal(v, p) and np.array_equal(v, np.arange(cols)) and np.all(mask == ONE)):
+            # An identity (an addition's partial): the block copied, or added, a chunk a step.
+            self.steps.emit_chunks(MOVE, out_edge.base, ONE, base, rows, cols, (0, 0), fresh)
+            return True
         # Entries adding into one column go to successive rounds (a step writes a slot once).
         order = np.argsort(p, kind="stable")
         starts = np.r_[0, np.nonzero(np.diff(p[order]))[0] + 1] if len(p) else np.zeros(0, np.int64)
@@ -827,43 +867,68 @@ def _has_blocks(steps: np.ndarray) -> bool:
     return steps.shape[1] == 10 and bool(np.any(steps[:, 0] >= MATMUL))
 
 
-def _block_update(edges: jax.Array, row) -> tuple[jax.Array, jax.Array]:
-    """A block step's write (`LaneSteps.emit_block`): (slots [BLOCK²], beyond the buffer where the
-    tile has no entry (dropped), values [BLOCK², *batch]). Entries outside the product are read
-    as zeros by selection, never multiplied in (they may hold anything, inf or NaN)."""
-    kind, valid_rows, valid, bx, by, bd, s1, s2, s3, flags = (row[k] for k in range(10))
+def _matmul_step(edges: jax.Array, row) -> jax.Array:
+    """A block step (`LaneSteps.emit_block`): one tile of a matrix product. Entries outside the
+    product are read as zeros by selection, never multiplied in (they may hold anything, inf or
+    NaN); the tile's entries are scattered into the buffer (those beyond the product dropped)."""
+    _, valid_rows, valid, bx, by, bd, a_stride, stride, valid_cols, flags = (row[k] for k in range(10))
     index = jnp.arange(BLOCK)
-    rows_ok = index < valid_rows
     batch = (1,) * (edges.ndim - 1)
 
     def gather(at, ok):
         return jnp.where(ok.reshape(*ok.shape, *batch), edges[jnp.where(ok, at, 0)], jnp.zeros((), edges.dtype))
 
-    def matmul():  # s1: A's row stride, s2: B's and C's, s3: valid columns
-        inner_ok, cols_ok = index < valid, index < s3
-        a = gather(bx + index[:, None] * s1 + index[None, :], rows_ok[:, None] & inner_ok[None, :])
-        b = gather(by + index[:, None] * s2 + index[None, :], inner_ok[:, None] & cols_ok[None, :])
-        return jnp.einsum("ik...,kj...->ij...", a, b), s2, cols_ok
-
-    def scale():  # s1: A's and C's row stride, (s2, s3): the factors' strides
-        cols_ok = index < valid
-        ok = rows_ok[:, None] & cols_ok[None, :]
-        a = gather(bx + index[:, None] * s1 + index[None, :], ok)
-        factors = gather(by + index[:, None] * s2 + index[None, :] * s3, ok)
-        return a * factors, s1, cols_ok
-
-    product, stride, cols_ok = lax.cond(kind == MATMUL, matmul, scale)
+    rows_ok, inner_ok, cols_ok = index < valid_rows, index < valid, index < valid_cols
+    a = gather(bx + index[:, None] * a_stride + index[None, :], rows_ok[:, None] & inner_ok[None, :])
+    b = gather(by + index[:, None] * stride + index[None, :], inner_ok[:, None] & cols_ok[None, :])
     ok = rows_ok[:, None] & cols_ok[None, :]
     at = bd + index[:, None] * stride + index[None, :]
     old = gather(at, ok)
-    new = jnp.where(flags == ALL_NEW, jnp.zeros((), edges.dtype), old) + product
+    new = jnp.where(flags == ALL_NEW, jnp.zeros((), edges.dtype), old) + jnp.einsum("ik...,kj...->ij...", a, b)
     at = jnp.where(ok, at, edges.shape[0] + index[:, None] * BLOCK + index[None, :])
-    return at.reshape(-1), new.reshape(BLOCK * BLOCK, *edges.shape[1:])
+    return edges.at[at.reshape(-1)].set(new.reshape(BLOCK * BLOCK, *edges.shape[1:]), unique_indices=True,
+                                        mode="drop")
+
+
+def _chunk_step(edges: jax.Array, row) -> jax.Array:
+    """A chunk step (`LaneSteps.emit_chunks`): `CHUNK` consecutive entries of a dense block, read
+    and written as slices (the buffer has `CHUNK` slots of slack); entries beyond the block are
+    written back unchanged."""
+    kind, valid, cols, bx, by, bd, first, factor, by_row, flags = (row[k] for k in range(10))
+    entry = first + jnp.arange(CHUNK)
+    a = lax.dynamic_slice_in_dim(edges, bx, CHUNK, axis=0)
+    old = lax.dynamic_slice_in_dim(edges, bd, CHUNK, axis=0)
+    factors = lax.switch(factor, (
+        lambda: jnp.broadcast_to(lax.dynamic_index_in_dim(edges, by, keepdims=True), a.shape),
+        lambda: lax.dynamic_slice_in_dim(edges, by + first % cols, CHUNK, axis=0),
+        lambda: edges[by + jnp.where(by_row == 1, entry // cols, entry % cols)],
+    ))
+    # A switch on the (never batched) kind: a selection multiplies nothing.
+    value = lax.switch(kind - SCALE, (lambda: a * factors, lambda: jnp.where(factors != 0, a, jnp.zeros((), a.dtype)),
+                                      lambda: factors))
+    mask = (jnp.arange(CHUNK) < valid).reshape(-1, *(1,) * (edges.ndim - 1))
+    new = jnp.where(flags == ALL_NEW, jnp.zeros((), edges.dtype), old) + value
+    return lax.dynamic_update_slice_in_dim(edges, jnp.where(mask, new, old), bd, axis=0)
+
+
+def _segments(steps: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The steps split by family (lanes, matrix-product tiles, chunks: each family's steps in
+    order) and segments [n, 6] (first step and count in each family) such that running each
+    segment's lane steps, then its tiles, then its chunks runs every step in the plan's order."""
+    family = np.where(steps[:, 0] < MATMUL, 0, np.where(steps[:, 0] == MATMUL, 1, 2))
+    families = [steps[family == f] for f in range(3)]
+    # A new segment wherever the family goes back (lanes after tiles or chunks, tiles after chunks).
+    starts = np.r_[0, np.nonzero(family[1:] < family[:-1])[0] + 1]
+    segment = np.cumsum(np.isin(np.arange(len(steps)), starts)) - 1
+    counts = np.zeros((len(starts), 3), np.int64)
+    np.add.at(counts, (segment, family), 1)
+    firsts = np.cumsum(counts, axis=0) - counts
+    return np.concatenate([firsts, counts], axis=1)[:, [0, 3, 1, 4, 2, 5]], families
 
 
 def run_steps(edges: jax.Array, steps: np.ndarray, patterns: np.ndarray, windowed: bool) -> jax.Array:
     """Runs the lane steps (`LaneSteps.finish`) on the edge buffer [num_edges, *batch] (at most
-    one batch axis; the buffer needs `lanes` slots of slack at its end for the windows)."""
+    one batch axis; the buffer needs `LaneSteps.slack` slots at its end for windows and chunks)."""
     if not steps.size:
         return edges
     lanes = patterns.shape[-1]
@@ -916,29 +981,26 @@ def run_steps(edges: jax.Array, steps: np.ndarray, patterns: np.ndarray, windowe
             return edges.at[dst].set(value, indices_are_sorted=True, unique_indices=True, mode="drop")
         return lax.dynamic_update_slice_in_dim(edges, update, row[5], axis=0)
 
-    def lanes_unchanged(edges, row):
-        """The write of a step that changes nothing (a block step's lane part)."""
-        if not windowed:
-            return edges.shape[0] + lane, jnp.zeros(window_shape, edges.dtype)
-        return window(edges, row[5])
-
     def step(edges, row):
         return lanes_write(edges, row, lanes_update(edges, row)), None
 
     if _has_blocks(steps):
-        nowhere = edges.shape[0] + jnp.arange(BLOCK * BLOCK)
+        # Lane steps, matrix-product tiles and chunks write the buffer differently (a window, a
+        # scatter, a slice): one loop each, run by segments in the plan's order (a conditional
+        # choosing among them per step would return the buffer, and XLA copies it then).
+        segments, families = _segments(steps)
+        families = [jnp.asarray(f if len(f) else np.zeros((1, 10), np.int64), jnp.int32) for f in families]
+        bodies = (lambda e, row: step(e, row)[0], _matmul_step, _chunk_step)
 
-        def both(edges, row):
-            # Each branch returns small arrays (a conditional returning the buffer copies it).
-            update, (at, values) = lax.cond(
-                row[0] >= MATMUL,
-                lambda: (lanes_unchanged(edges, row), _block_update(edges, row)),
-                lambda: (lanes_update(edges, row),
-                         (nowhere, jnp.zeros((BLOCK * BLOCK, *edges.shape[1:]), edges.dtype))))
-            edges = lanes_write(edges, row, update)
-            return edges.at[at].set(values, unique_indices=True, mode="drop"), None
+        def segment(edges, row):
+            for f in range(3):
+                def body(i, edges, f=f):
+                    return bodies[f](edges, lax.dynamic_index_in_dim(families[f], i, keepdims=False))
 
-        step = both  # noqa: F811 - the steps include block steps
+                edges = lax.fori_loop(row[2 * f], row[2 * f] + row[2 * f + 1], body, edges)
+            return edges, None
+
+        return lax.scan(segment, edges, jnp.asarray(segments, jnp.int32))[0]
 
     edges, _ = lax.scan(step, edges, jnp.asarray(steps))
     return edges

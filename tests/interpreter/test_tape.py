@@ -370,24 +370,27 @@ def dense_chain(x, w, c):
 
 
 def test_block_steps_equal_jacfwd(force_tape, monkeypatch):
-    """Dense products as block steps (tiles of a matrix product, blocks scaled by a diagonal or a
-    scalar), with tiles of 4 x 4 so that products of 11 entries a side cover partial tiles: the
-    Jacobian is jax.jacfwd's in two orders, under jit and vmap; the multiplications are the plan's."""
+    """Dense products as block steps (tiles of a matrix product) and chunks (blocks scaled by a
+    diagonal or a scalar, or moved by an identity), with tiles of 4 x 4 and chunks of 16 entries
+    so that products of 11 entries a side cover partial tiles and chunks: the Jacobian is
+    jax.jacfwd's in two orders, under jit and vmap; the multiplications are the plan's."""
     monkeypatch.setattr(_tape, "lanes_for", lambda muls: 128)  # windowed lane steps around the blocks
     monkeypatch.setattr(_tape_products, "BLOCK", 4)
     monkeypatch.setattr(_tape_products, "BLOCK_MIN_MATMUL", 2)
-    monkeypatch.setattr(_tape_products, "BLOCK_MIN_SCALE", 2)
+    monkeypatch.setattr(_tape_products, "CHUNK", 16)
     rng = np.random.default_rng(3)
     with jax.enable_x64(True):
         args = (jnp.asarray(rng.normal(size=11)), jnp.asarray(rng.normal(size=(11, 11)) / 3), jnp.float64(0.7))
         g = interpreter.graph_of(dense_chain, *args, argnums=(0, 1, 2))
         reference = jax.jacfwd(dense_chain, argnums=(0, 1, 2))
         expected = jax.jit(reference)(*args)
+        kinds = set()
         for order in ("reverse", "forward"):
             tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, order)))
-            kinds = set(tape.prod_steps[:, 0].tolist())
-            assert {_tape_products.MATMUL, _tape_products.SCALE} <= kinds and tape.muls == graph.cost(g, order)
+            kinds |= set(tape.prod_steps[:, 0].tolist())
+            assert tape.muls == graph.cost(g, order)
             jac = interpreter.jacobian(dense_chain, order, argnums=(0, 1, 2))
             _close(jax.jit(jac)(*args), expected, rtol=1e-10)
+        assert {_tape_products.MATMUL, _tape_products.SCALE, _tape_products.MOVE} <= kinds
         batch = tuple(jnp.stack([a, a * 0.9]) for a in args)
         _close(jax.jit(jax.vmap(jac))(*batch), jax.jit(jax.vmap(reference))(*batch), rtol=1e-10)
