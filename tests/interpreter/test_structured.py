@@ -165,3 +165,34 @@ def test_a_weighted_map_drops_an_infinite_weight_it_does_not_read():
         return dense(multiply(twice, picked, 1, MultiplicationCounter(), jnp.float64))
 
     np.testing.assert_array_equal(jax.jit(run)(jnp.array([[2.0], [np.nan], [3.0]])), [[0, 0, 0], [2, 0, 3]])
+
+
+def test_products_kept_at_large_batch_are_the_same_numbers(monkeypatch):
+    # A product of more than one entry per example, under a vmap of at least
+    # KEEP_PRODUCTS_MIN_BATCH examples, is divided by a 1 computed at run time (its own kernel):
+    # bit for bit the product, NaN, infinities and signed zeros included; at small batch untouched.
+    from alphagrad.interpreter import _structured
+
+    x = jnp.array([1.5, -0.0, np.inf, -np.inf, np.nan, 3e-39, -2.0], jnp.float32)
+    kept = jax.jit(lambda y: (_structured._kept(y), _structured._kept(y.astype(jnp.float16))))(x)
+    for got, want in zip(kept, (x, x.astype(jnp.float16))):
+        assert np.array_equal(np.asarray(got).view(np.uint8), np.asarray(want).view(np.uint8))
+
+    monkeypatch.setattr(_structured, "KEEP_PRODUCTS_MIN_BATCH", 4)
+    seen = []
+
+    def product(w, v):
+        out = Partial(1, (2, 1), (2, 1), w)
+        inp = Partial(1, (2, 1), (3, 1), v)
+        result = multiply(out, inp, 1, MultiplicationCounter(), jnp.float32)
+        seen.append(_structured._vmapped_examples(result.value))
+        return densify(result, jnp.float32)
+
+    rng = np.random.default_rng(7)
+    for batch in (2, 4):
+        w = jnp.asarray(rng.normal(size=(batch, 2, 1, 2, 1)), jnp.float32)
+        v = jnp.asarray(rng.normal(size=(batch, 2, 1, 3, 1)), jnp.float32)
+        lowered = jax.jit(jax.vmap(product)).lower(w, v)
+        assert ("div" in lowered.as_text()) == (batch == 4)  # the kept product's division
+    np.testing.assert_allclose(lowered.compile()(w, v), np.einsum("bijkl,bklmn->bijmn", w, v), rtol=1e-5, atol=1e-6)
+    assert seen == [2, 4]
