@@ -268,7 +268,9 @@ PLACED_SPLIT_MAX = 16
 #: (lorenz_rk4 at batch 32,768: 195 -> 19 ms kept, jax.jacfwd 22). Scalar products stay fusible
 #: (kept, each is one more small kernel: RoeFlux_1d's 49 kernels became 172, slower), and so does
 #: everything at small batch, where a kernel's launch costs more than the recomputation
-#: (softmax_cross_entropy at batch 256: 0.077 -> 0.13 ms kept; 29 -> 16 ms at 32,768).
+#: (softmax_cross_entropy at batch 256: 0.077 -> 0.13 ms kept; 29 -> 16 ms at 32,768). CPU only:
+#: XLA:GPU fuses a producer into several consumers as one multi-output kernel, and this was
+#: measured on XLA:CPU alone.
 KEEP_PRODUCTS_ABOVE = 1
 KEEP_PRODUCTS_MIN_BATCH = 4096
 
@@ -590,6 +592,7 @@ def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCount
         sizes = _sizes(c_shape, v_shape, p_shape)
         counter.add(math.prod(sizes[c] for c in set(plan.out_letters) | set(plan.in_letters)))
         value = contract(plan.out_letters, out.value, plan.in_letters, inp.value, plan.result_letters)
-        if math.prod(np.shape(value)) > KEEP_PRODUCTS_ABOVE and _vmapped_examples(value) >= KEEP_PRODUCTS_MIN_BATCH:
+        if (math.prod(np.shape(value)) > KEEP_PRODUCTS_ABOVE and jax.default_backend() == "cpu"
+                and _vmapped_examples(value) >= KEEP_PRODUCTS_MIN_BATCH):
             value = _kept(value)
     return convert(Partial(plan.result_code, c_shape, p_shape, value), code, dtype)
