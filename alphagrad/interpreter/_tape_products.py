@@ -52,11 +52,13 @@ BROADCAST_FACTOR, PERIODIC_FACTOR, GATHERED_FACTOR = range(3)
 #: Block steps compute tiles of `BLOCK` x `BLOCK` result entries (a matrix product's contraction
 #: `BLOCK` terms at a time).
 BLOCK = 64
-#: Dense products whose sizes are all at least this (result rows, contracted entries, result
-#: columns) run as block steps: a tile of 64 x 64 x 64 multiply-adds is one small matrix product
-#: (measured on a 2-core CPU: about 0.4 ns a multiply-add against 10-15 ns in lanes), but gathers
-#: and scatters a whole tile however few of its entries a narrower product fills.
-BLOCK_MIN_MATMUL = 16
+#: Dense products run as block steps where their tiles cost less than their lane steps, a tile
+#: counted as this many lane steps: a tile of 64 x 64 x 64 multiply-adds is one small matrix
+#: product (measured on a 2-core CPU: about 90 us a tile, 0.35 ns a multiply-add, against 12-17 us
+#: a lane step of 1,024), and gathers and scatters a whole tile however few entries a narrow
+#: product fills (a matrix-vector product of a long contraction still gains: its lanes take a step
+#: per contracted entry).
+TILE_COST = 6
 #: Chunk steps cover `CHUNK` consecutive entries of a dense block (read and written as slices);
 #: blocks of at least half as many entries take them.
 CHUNK = 4096
@@ -737,7 +739,10 @@ class Eliminator:
         cols = math.prod(in_edge.in_shape)
         codes = (out_edge.code, in_edge.code)
         if codes == (1, 1):
-            if min(rows, inner, cols) < BLOCK_MIN_MATMUL:
+            # Lanes take a step per contracted entry (its terms write the same destinations) and
+            # per `lanes` result entries; a tile step costs about as much as six lane steps.
+            tiles = math.ceil(rows / BLOCK) * math.ceil(inner / BLOCK) * math.ceil(cols / BLOCK)
+            if TILE_COST * tiles > inner * math.ceil(rows * cols / self.steps.lanes):
                 return None
             self.steps.emit_block(out_edge.base, in_edge.base, base, rows, inner, cols, fresh)
             return rows * inner * cols

@@ -376,7 +376,7 @@ def test_block_steps_equal_jacfwd(force_tape, monkeypatch):
     jax.jacfwd's in two orders, under jit and vmap; the multiplications are the plan's."""
     monkeypatch.setattr(_tape, "lanes_for", lambda muls: 128)  # windowed lane steps around the blocks
     monkeypatch.setattr(_tape_products, "BLOCK", 4)
-    monkeypatch.setattr(_tape_products, "BLOCK_MIN_MATMUL", 2)
+    monkeypatch.setattr(_tape_products, "TILE_COST", 1)
     monkeypatch.setattr(_tape_products, "CHUNK", 16)
     rng = np.random.default_rng(3)
     with jax.enable_x64(True):
