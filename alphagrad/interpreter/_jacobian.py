@@ -762,9 +762,11 @@ def _assemble(graph: Graph, outputs: list[Any], edges, argnums, args: tuple):
     selected = (argnums,) if single else tuple(argnums)
     arg_trees = [jax.tree.structure(args[k]) for k in selected]
     blocks_per_output = []
-    for out_value, op in zip(outputs, program.outputs):
+    # The dtypes f's outputs have, not the computed values' (the tape computes a program that mixes
+    # float32 and float64 in float64: a float32 output's blocks would come out float64).
+    for out_value, op, out_dtype in zip(outputs, program.outputs, _output_dtypes(graph)):
         out_shape = tuple(np.shape(out_value))
-        out_dtype = jnp.result_type(_dtype_of(out_value))
+        out_dtype = jnp.result_type(out_dtype)
         per_input = []
         for node, leaf in enumerate(program.input_leaves, start=1):
             in_shape = tuple(leaf_avals[leaf].shape)

@@ -215,3 +215,24 @@ def test_numbers_outside_argnums_that_f_loops_on_are_bound_in_every_layer_alike(
     assert_close_jac(rev(x, n=1, scale=2.0), jax.jacfwd(f)(x, n=1, scale=2.0))
     with pytest.raises(TraceError, match="static_argnums"):
         jax.jit(rev)(x, 3)
+
+
+def test_blocks_take_the_dtype_of_fs_output_not_of_the_computed_value():
+    """The tape computes a program mixing float32 and float64 in float64 and hands back float64
+    values for float32 outputs; the blocks of a float32 output by float32 inputs stay float32 (as on
+    the straight-line path and in jax.jacfwd). Checked on the assembly of those values (a tape
+    compilation takes seconds)."""
+    from alphagrad.interpreter import _jacobian
+
+    with jax.enable_x64(True):
+        w = jnp.asarray(np.eye(2) * 0.5)  # float64
+
+        def f(a, b):
+            return a * b, w @ jnp.sin(a) + b
+
+        a, b = jnp.array([0.3, -0.2], jnp.float32), jnp.array([1.0, 2.0], jnp.float32)
+        g = interpreter.graph_of(f, a, b, argnums=(0, 1))
+        widened = [jnp.zeros(2, jnp.float64), jnp.zeros(2, jnp.float64)]  # what the tape returns
+        blocks = _jacobian._assemble(g, widened, {}, (0, 1), (a, b))
+        expected = jax.eval_shape(jax.jacfwd(f, argnums=(0, 1)), a, b)
+        assert jax.tree.map(lambda x: x.dtype, blocks) == jax.tree.map(lambda x: x.dtype, expected)
