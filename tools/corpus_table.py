@@ -41,7 +41,11 @@ Groups: {groups}. {passing} of {count} are exact in every order and counted{fail
 
 Columns: arguments (`*`: differentiated; float64 ones run under `jax.enable_x64`), vertices of the
 graph (`interpreter.graph_of`), multiplications of forward, reverse and Markowitz order under the
-exact cost model. Written by `python tools/corpus_table.py`; do not edit by hand.
+exact cost model. A loop kept as a loop (a `scan` or `fori_loop` too long or too costly to unroll,
+every `while_loop`) is one vertex per output whose partials JAX computes through the whole loop (or
+a chain product of its iterations); the elimination does not count those, so a function that is one
+such loop shows 0 (docs/cost-model.md, "Loops"). Written by `python tools/corpus_table.py`; do not
+edit by hand.
 
 | function | group | arguments | vertices | forward | reverse | Markowitz | status |
 |---|---|---|---:|---:|---:|---:|---|
