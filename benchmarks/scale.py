@@ -21,6 +21,10 @@ drawn from a broad primitive mix reading recent values (`_random_program`):
   transposes, jnp.roll, indexing with constant integers and index arrays besides).
 - ``wide``: the same mix on (512,), (128,), a scalar and (32, 16), values up to 1,024 entries.
 - ``model``: a Python loop of Euler steps of the Lorenz-96 model on a state of 128 entries.
+- ``matrix``: Euler steps of dX = AX - XB + sin X on 12 x 12 matrices (dense 144-entry blocks).
+- ``stencil``: explicit viscous Burgers steps on a 200-point grid (``jnp.pad`` and slices).
+- ``mlp``: a long chain of small matrix products: residual blocks ``h + 0.1 tanh(W h) exp(-0.01 h²)``
+  on a 32-entry state, four 32 x 32 weight matrices (arguments) used in turn.
 
 The FitzHugh-Nagumo forms differentiate all 8 scalar inputs (``argnums=(0, ..., 7)``; the vector
 form w.r.t. v and w and the 4 parameters), the generated ones all their arguments. For each form
@@ -57,15 +61,17 @@ import sys
 import tempfile
 import time
 
-FORMS = ("scalar", "hub", "vector", "fori", "scan", "random", "random-vector", "wide", "model", "matrix", "stencil")
+FORMS = ("scalar", "hub", "vector", "fori", "scan", "random", "random-vector", "wide", "model", "matrix", "stencil",
+         "mlp")
 #: The generated forms (seeded random programs, the Lorenz-96 model, a matrix ODE and a stencil),
 #: computed in float64.
-GENERATED = ("random", "random-vector", "wide", "model", "matrix", "stencil")
+GENERATED = ("random", "random-vector", "wide", "model", "matrix", "stencil", "mlp")
 STAGES = ("trace", "auto", "reverse", "markowitz", "jacrev")
 DT = 0.05
 RING = 16
 MODEL_STATE = 128
 MATRIX = 12
+HIDDEN = 32
 GRID = 200
 
 
@@ -132,6 +138,12 @@ def _program(form: str, steps: int):
                 flux = jnp.pad(0.5 * u * u, 1, mode="wrap")
                 u = u + 0.001 * (nu * laplacian - 0.5 * (flux[2:] - flux[:-2]))
             return u
+    elif form == "mlp":
+        def f(h, w0, w1, w2, w3):  # a long chain of small matrix products: residual blocks, weights as inputs
+            weights = (w0, w1, w2, w3)
+            for k in range(steps):
+                h = h + 0.1 * jnp.tanh(weights[k % 4] @ h) * jnp.exp(-0.01 * h * h)
+            return h, jnp.sum(h * h)
     else:
         raise ValueError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
     f.__name__ = f"fhn_{form}_{steps}"
@@ -320,6 +332,10 @@ def _args(form: str):
         rng = np.random.default_rng(1)
         x, a, b = rng.normal(size=(MATRIX, MATRIX)), rng.normal(size=(MATRIX, MATRIX)) / 4, rng.normal(size=(MATRIX, MATRIX)) / 4
         return tuple(jnp.asarray(m, jnp.float64) for m in (x, a, b))
+    if form == "mlp":
+        rng = np.random.default_rng(1)
+        return (jnp.asarray(rng.normal(size=HIDDEN), jnp.float64),
+                *(jnp.asarray(rng.normal(size=(HIDDEN, HIDDEN)) / 6, jnp.float64) for _ in range(4)))
     if form == "stencil":
         rng = np.random.default_rng(1)
         u = np.sin(np.linspace(0.0, 6.0, GRID)) + 0.1 * rng.normal(size=GRID)

@@ -52,7 +52,11 @@ not grow with the number of equations:
    constant slots (1 and 0) make copies and structural ones selections too. A plan of up to
    `_tape_products.SCALAR_STEPS_MAX_MULS` multiplications runs one operation per loop step (the
    leanest loop body); a longer one (wide vectors: millions of multiply-adds) runs *lane steps*
-   of up to 1,024 independent operations, read and written as slices where contiguous. The plan
+   of up to 1,024 independent operations, read and written as slices where contiguous, and its
+   dense products as *block steps* (64 x 64 tiles of a matrix product: small matrix products) and
+   *chunks* (4,096 consecutive entries of a dense block scaled by a diagonal or a scalar, or
+   copied by an identity, as slices); a product of a dense block and an identity holds the
+   block's slots instead of copying them where no other edge shares them. The plan
    is executed in its own order, so ``count_muls == graph.cost`` holds by construction (and is
    asserted, product by product, when the tape is built).
 3. **Assembly.** The edges left between inputs and outputs are laid out dense and read from the
@@ -207,7 +211,11 @@ class Tape(NamedTuple):
       constants_at: first value slot of the constants.
       num_values, num_edges: buffer sizes, slack for the padded writes included.
       eq_kind: int32[E] branch of each equation.
-      eq_ops: int32[E, K] value slots of its operand components (padded with slot 0).
+      eq_ops: int32[sum of the equations' operand components + K] the value slots of every
+        equation's operand components, one equation after another (a padded [E, K] table was
+        the largest constant XLA compiled: 130 MB for 10,000 equations of 1,024-entry vectors).
+      eq_at: int32[E] where each equation's slots start in `eq_ops` (a step reads K slots from
+        there; those past its own components are the next equations', which no branch uses).
       eq_out: int32[E] first value slot of its output.
       eq_partials: int32[E] first edge slot of its partials when the equation loop computes them
         (every kind's at most `FUSED_PARTIALS`), else None.
@@ -233,6 +241,7 @@ class Tape(NamedTuple):
     num_edges: int
     eq_kind: np.ndarray
     eq_ops: np.ndarray
+    eq_at: np.ndarray
     eq_out: np.ndarray
     eq_partials: np.ndarray | None
     branches: tuple
@@ -836,7 +845,9 @@ class _Builder:
             num_values=self.num_values + O,
             num_edges=num_edges,
             eq_kind=eq_kind,
-            eq_ops=eq_ops,
+            eq_ops=np.concatenate([np.asarray(slots, np.int32) for _, slots, _, _ in eq_rows]
+                                  + [np.zeros(K, np.int32)]),
+            eq_at=np.cumsum([0] + [len(slots) for _, slots, _, _ in eq_rows[:-1]]).astype(np.int32),
             eq_out=eq_out,
             eq_partials=eq_partials,
             branches=branches,
@@ -1202,21 +1213,26 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
         kinds = jax.vmap(kinds, in_axes=(None, 1), out_axes=1)
 
     edges = jnp.zeros((tape.num_edges, *batch), vals.dtype).at[ONE].set(1)
+    all_ops, K = jnp.asarray(tape.eq_ops), tape.width[0]
+
+    def operands(vals, at):
+        return vals[lax.dynamic_slice_in_dim(all_ops, at, K)]
+
     if tape.eq_partials is not None:
         def equation(carry, row):
             vals, edges = carry
-            kind, ops, out_at, partials_at = row
-            out, partials = kinds(kind, vals[ops])
+            kind, at, out_at, partials_at = row
+            out, partials = kinds(kind, operands(vals, at))
             vals = lax.dynamic_update_slice_in_dim(vals, out, out_at, axis=0)
             return (vals, lax.dynamic_update_slice_in_dim(edges, partials, partials_at, axis=0)), None
 
-        (vals, edges), _ = lax.scan(equation, (vals, edges), (tape.eq_kind, tape.eq_ops, tape.eq_out, tape.eq_partials))
+        (vals, edges), _ = lax.scan(equation, (vals, edges), (tape.eq_kind, tape.eq_at, tape.eq_out, tape.eq_partials))
     else:
         def equation(vals, row):
-            kind, ops, out_at = row
-            return lax.dynamic_update_slice_in_dim(vals, kinds(kind, vals[ops]), out_at, axis=0), None
+            kind, at, out_at = row
+            return lax.dynamic_update_slice_in_dim(vals, kinds(kind, operands(vals, at)), out_at, axis=0), None
 
-        vals, _ = lax.scan(equation, vals, (tape.eq_kind, tape.eq_ops, tape.eq_out))
+        vals, _ = lax.scan(equation, vals, (tape.eq_kind, tape.eq_at, tape.eq_out))
     # The partials of every equation of a kind at once: they read only the values.
     for kind in tape.partials:
         partials = jax.vmap(kind.fn)
