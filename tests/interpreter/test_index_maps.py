@@ -57,7 +57,7 @@ from alphagrad.interpreter import _structured  # noqa: E402
 PAIRED = (6, 7, 8, 9, 10, -8, -9, -10)
 
 
-def _scatter_add_map(shape_in, shape_out, rows):
+def index_map_adding_into(shape_in, shape_out, rows):
     """x -> zeros(shape_out).at[rows].add(x) on flattened entries, a map with repeated targets."""
     n_out = int(np.prod(shape_out))
 
@@ -79,7 +79,7 @@ def test_a_map_times_a_permutation_diagonal_is_exact(code, side):
     value = jnp.asarray(rng.normal(size=value_shape), jnp.float32)
     paired = _structured.Partial(code, (3, 3), (3, 3), value)
     rows = jnp.array([0, 4, 4, 8, 1, 1, 1, 7, 2])  # 9 entries -> 9 entries, repeated targets
-    the_map = _scatter_add_map((3, 3), (3, 3), rows)
+    the_map = index_map_adding_into((3, 3), (3, 3), rows)
     mapped = _structured.Partial(graph.INDEX_MAP, (3, 3), (3, 3), the_map)
     out, inp = (mapped, paired) if side == "map_after" else (paired, mapped)
     got = _structured.multiply(out, inp, 1, _structured.MultiplicationCounter(), jnp.float32)

@@ -12,7 +12,9 @@ import pytest
 
 from alphagrad.graph import cost_model
 from alphagrad.graph._structure import STRUCTURED_CODES, VALUELESS, exact_tables, structure_of
-from alphagrad.interpreter._structured import MultiplicationCounter, Partial, add, densify, multiply
+from alphagrad.graph import INDEX_MAP
+from alphagrad.interpreter._structured import IndexMap, MultiplicationCounter, Partial, Placed, add, densify, multiply
+from tests.interpreter.test_index_maps import index_map_adding_into
 
 MODEL = cost_model("exact")
 OUT_FACTOR = {1: 0, 2: 1, 3: 2, 4: 3}  # out edge v->c positions -> (c1, c2, v1, v2, p1, p2)
@@ -83,23 +85,12 @@ def test_shipped_exact_tables_match_the_algebra():
 
 # ---- dense partials kept as weighted index maps (`Placed`) ----
 
-from alphagrad.graph import INDEX_MAP  # noqa: E402
-from alphagrad.interpreter._structured import IndexMap, Placed  # noqa: E402
-
 PAIRED = (9,)
 
 
 def scatter_add_map(in_shape, out_shape, targets):
     """Entry k of a p-shaped array added into entry targets[k] of a v-shaped one (repeats add)."""
-    n_out = int(np.prod(out_shape))
-
-    def apply(t):
-        return jnp.zeros(n_out, t.dtype).at[targets].add(t.reshape(-1)).reshape(out_shape)
-
-    def transpose(ct):
-        return ct.reshape(-1)[targets].reshape(in_shape)
-
-    return Partial(INDEX_MAP, out_shape, in_shape, IndexMap(apply, transpose))
+    return Partial(INDEX_MAP, out_shape, in_shape, index_map_adding_into(in_shape, out_shape, targets))
 
 
 def dense(partial):
