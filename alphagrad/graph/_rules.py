@@ -27,6 +27,7 @@ __all__ = [
     "RULED_PRIMITIVES",
     "LINEARISED_INDEX_MAPS",
     "CUSTOM_DERIVATIVES",
+    "SCALING_SCATTERS",
     "PER_OPERAND",
     "DENSE",
     "normalise",
@@ -122,9 +123,13 @@ def _custom_jvp_codes(in_shapes, out_shape: Shape, params, live) -> dict[int, in
 # Convolutions are rank >= 3: they have a rule under the exact model only (the 2024 model refuses them).
 CONTRACTIONS = frozenset({"dot_general", "conv_general_dilated"})
 CUSTOM_DERIVATIVES = frozenset({"custom_jvp_call"})
+# Scatters that scale entries of their operand (``x.at[i].mul(u)``): output entry k is operand entry k
+# times the updates scattered onto k (or 1), so d(out)/d(operand) is a diagonal; d(out)/d(updates) is
+# dense (each update reaches the entries its index names, weighted by the operand there).
+SCALING_SCATTERS = frozenset({"scatter-mul"})
 RULED_PRIMITIVES = (
     UNARY | BINARY | ZERO_DERIVATIVE | STRUCTURAL | REDUCTIONS | CONTRACTIONS | LINEARISED_INDEX_MAPS
-    | CUSTOM_DERIVATIVES
+    | CUSTOM_DERIVATIVES | SCALING_SCATTERS
 )
 #: The code of a partial without known structure (the dense fallback): a full [v1, v2, p1, p2] array.
 DENSE = 1
@@ -392,6 +397,9 @@ def edge_codes(
         return {i: INDEX_MAP for i in live}
     if name in CUSTOM_DERIVATIVES:
         return _custom_jvp_codes(in_shapes, out_shape, params, live)
+    if name in SCALING_SCATTERS:
+        # The diagonal is the elementwise code of the output's shape (both sides normalise alike).
+        return {i: ((1 if out == (1, 1) else 6) if i == 0 else DENSE) for i in live}
     if model == "exact" and has_high_rank(out_shape, *in_shapes):
         return _high_rank_codes(name, norm, out, params, live, in_shapes, out_shape)
     if model == "exact":

@@ -85,3 +85,22 @@ def test_device_put_of_several_arrays_copies_each_to_its_own_output():
     for actual, want in zip(jax.tree.leaves(interpreter.jacobian(f, "reverse", argnums=(0, 1))(a, b)),
                             jax.tree.leaves(expected)):
         np.testing.assert_allclose(actual, want, rtol=1e-6)
+
+
+
+def test_scatter_mul_is_diagonal_in_its_operand():
+    """x.at[i].mul(u) scales entry k of x by the updates scattered onto k (their product where an
+    index repeats): a diagonal partial in x, not a dense one; dense in u (differentiable at unique
+    indices only)."""
+    def f(x, u):
+        return x.at[np.array([0, 2, 2, 1])].mul(u) * x + x.at[np.array([3, 1])].mul(u[:2] ** 2, unique_indices=True)
+
+    x, u = jnp.array([0.3, -1.2, 0.7, 2.0]), jnp.array([1.5, -0.5, 2.0, 0.25])
+    g = interpreter.graph_of(f, x, u)
+    scatters = [g.node_id(v.number) for v in g.vertices if v.primitive == "scatter-mul"]
+    assert [e.code for e in g.edges if e.dst in scatters and e.src == 1] == [6, 6]
+    scale = jnp.array([u[0], u[3], u[1] * u[2], 1.0])  # the first scatter's factor per entry
+    expected = jnp.diag(2 * x * scale + jnp.array([1.0, u[1] ** 2, 1.0, u[0] ** 2]))  # (jax.jacfwd is slow here)
+    np.testing.assert_allclose(interpreter.jacobian(f, "reverse")(x, u), expected, rtol=1e-6)
+    g = interpreter.graph_of(f, x, u, argnums=1)
+    assert [e.code for e in g.edges if e.dst in scatters] == [1, 1]  # dense in the updates
