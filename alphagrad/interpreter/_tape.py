@@ -142,6 +142,11 @@ MAX_KINDS = 256
 #: (hours at 10,000 equations), so a long program with many kinds keeps the tape.
 EQUATIONS_PER_KIND = 8
 
+#: Most runs of consecutive value slots a step reads an equation's operands as (`Tape.eq_runs`;
+#: an elementwise equation has one per operand, a select_n three); equations of more (a
+#: transpose, a gather at scattered indices) read their slots from a table.
+MAX_RUNS = 4
+
 #: Primitives that may only move data (`_Builder._selection` checks each equation's map).
 _MOVEMENTS = frozenset(
     "slice concatenate reshape squeeze transpose rev broadcast_in_dim dynamic_slice gather copy copy_p "
@@ -193,11 +198,13 @@ class Unsupported(Exception):
 
 
 class _PartialKind(NamedTuple):
-    """The partials of one equation kind: ``fn(ops[K]) -> [P]``; ops int32 [n, K] and at int32 [n]
-    (first edge slot) of its n equations."""
+    """The partials of one equation kind: ``fn(ops[K]) -> [P]``; the operand runs int32 [n, R, 3],
+    table starts int32 [n] (`Tape.eq_runs`, `Tape.eq_table_at`) and first edge slots int32 [n]
+    of its n equations."""
 
     fn: Any
-    ops: np.ndarray
+    runs: np.ndarray
+    table_at: np.ndarray
     at: np.ndarray
 
 
@@ -211,19 +218,22 @@ class Tape(NamedTuple):
       constants_at: first value slot of the constants.
       num_values, num_edges: buffer sizes, slack for the padded writes included.
       eq_kind: int32[E] branch of each equation.
-      eq_ops: int32[sum of the equations' operand components + K] the value slots of every
-        equation's operand components, one equation after another (a padded [E, K] table was
-        the largest constant XLA compiled: 130 MB for `wide` at 10,888 equations, 71 MB flat).
-      eq_at: int32[E] where each equation's slots start in `eq_ops` (a step reads K slots from
-        there; those past its own components are the next equations', read by no branch but
-        into the padding of a data movement's output, which later equations overwrite).
+      eq_runs: int32[E, R, 3] each equation's operand slots as at most R runs of consecutive
+        value slots: (first slot, count, position in the operand vector ops[K]); positions no
+        run covers read the zero slot (`zero`): lane padding. A slot per operand component was
+        the largest constant XLA compiled (71 MB for `wide` at 10,888 equations: every lane
+        operand padded to `width`), and XLA holds a constant several times while compiling.
+      eq_table_at: int32[E] where an equation of more than R runs (a transpose, a gather at
+        scattered indices) reads its K slots in `eq_table`, else -1.
+      eq_table: int32[T + K] those equations' slots, one after another.
+      zero: the value slot holding 0.
       eq_out: int32[E] first value slot of its output.
       eq_partials: int32[E] first edge slot of its partials when the equation loop computes them
         (every kind's at most `FUSED_PARTIALS`), else None.
       branches: per kind, the equation loop's switch branch: ``ops[K] -> out[O]``, or
         ``ops[K] -> (out[O], partials[P])`` when the loop computes the partials.
       partials: else, per kind that computes partials, a `_PartialKind`: its function
-        ``ops[K] -> partials[P]`` and, per equation of the kind, its operand slots and the first
+        ``ops[K] -> partials[P]`` and, per equation of the kind, its operand runs and the first
         edge slot of its partials (all of a kind are computed at once, after the values).
       width: (K, O).
       prod_steps, prod_patterns, prod_windowed: the lane steps of the products
@@ -241,8 +251,10 @@ class Tape(NamedTuple):
     num_values: int
     num_edges: int
     eq_kind: np.ndarray
-    eq_ops: np.ndarray
-    eq_at: np.ndarray
+    eq_runs: np.ndarray
+    eq_table_at: np.ndarray
+    eq_table: np.ndarray
+    zero: int
     eq_out: np.ndarray
     eq_partials: np.ndarray | None
     branches: tuple
@@ -660,7 +672,7 @@ class _Builder:
         # A zero constant: the source of output entries that a data movement fills with zeros.
         zero = self._operand(Operand(node=None, value=np.zeros((), self.dtype)))[0]
         # Vertices, in equation order.
-        eq_rows = []  # (kind, operand slots, out slot, first partial slot)
+        eq_rows = []  # (kind, operand runs [r, 3], operand vector length, out slot, first partial slot)
         kinds: dict[Any, int] = {}
         templates: list[tuple] = []
         edges: dict[tuple[int, int], Any] = {}
@@ -693,7 +705,10 @@ class _Builder:
                 self.node_base[node], self.node_shape[node], self.node_dtype[node] = 0, shape, np.dtype(aval.dtype)
                 continue
             operands = [self._operand(op) for op in eqn.operands]
-            slots = [base + i for base, shp, _ in operands for i in range(math.prod(shp))]
+            sizes_in = [math.prod(shp) for _, shp, _ in operands]
+            runs = np.stack([[base for base, _, _ in operands], sizes_in, np.cumsum([0] + sizes_in[:-1])],
+                            axis=1).reshape(-1, 3) if operands else np.zeros((0, 3), np.int64)
+            length = sum(sizes_in)
             op_avals = tuple((shp, np.dtype(dt).str) for _, shp, dt in operands)
             head = (eqn.primitive, _params_key(eqn) if eqn.primitive is not None else None, op_avals,
                     (shape, np.dtype(aval.dtype).str))
@@ -701,8 +716,8 @@ class _Builder:
             lanes = self._lanes(eqn, operands, shape, incoming.get(node, ()), width)
             if lanes is not None:  # one kind per primitive and operand pattern, whatever the shape
                 pattern, lane_groups = lanes
-                slots = [s for base, shp, _ in operands
-                         for s in [base + i for i in range(math.prod(shp))] + [zero] * (width - math.prod(shp))]
+                runs[:, 2] = np.arange(len(operands)) * width  # operand i in lanes [i * width, (i + 1) * width)
+                length = len(operands) * width
                 for e in incoming.get(node, ()):
                     positions = tuple(i for i, op in enumerate(eqn.operands) if op.node == e.src)
                     out_shape, in_shape = tuple(e.out_shape), tuple(e.in_shape)
@@ -750,7 +765,8 @@ class _Builder:
                 signature = (*head, tuple(groups))
                 sources = None if groups else self._selection(eqn, operands, head, shape, zero)
                 if sources is not None:  # one kind, whatever the movement
-                    signature, slots = (_SELECTION, None, (), ((1,), self.dtype.str), ()), sources
+                    signature = (_SELECTION, None, (), ((1,), self.dtype.str), ())
+                    runs, length = _runs_of(np.asarray(sources, np.int64), zero), len(sources)
                 has_partials = bool(groups)
             if signature not in kinds:
                 kinds[signature] = len(kinds)
@@ -761,14 +777,15 @@ class _Builder:
             self.node_base[node] = self._allocate_value(math.prod(shape))
             self.node_shape[node] = shape
             self.node_dtype[node] = np.dtype(aval.dtype)
-            eq_rows.append((kinds[signature], slots, self.node_base[node], partials_at if has_partials else None))
-        return self._finish(eq_rows, templates, edges, next_slot, constants_at)
+            eq_rows.append((kinds[signature], runs[runs[:, 1] > 0], length, self.node_base[node],
+                            partials_at if has_partials else None))
+        return self._finish(eq_rows, templates, edges, next_slot, constants_at, zero)
 
-    def _finish(self, eq_rows, templates, edges, next_slot, constants_at) -> Tape:
+    def _finish(self, eq_rows, templates, edges, next_slot, constants_at, zero) -> Tape:
         graph, program = self.graph, self.program
-        K = max([len(slots) for _, slots, _, _ in eq_rows] + [1])
+        K = max([length for _, _, length, _, _ in eq_rows] + [1])
         O = max([math.prod(sig[3][0]) for sig, _ in templates] + [1]
-                + [len(slots) for kind, slots, _, _ in eq_rows if templates[kind][0][0] is _SELECTION])
+                + [length for kind, _, length, _, _ in eq_rows if templates[kind][0][0] is _SELECTION])
         # Product edges reuse the slots of deleted edges (value arrays only; maps keep theirs).
         elim = Eliminator(edges, next_slot, lanes_for([p.muls for s in self.steps for p in s.products if p.muls]))
         muls = 0
@@ -805,11 +822,9 @@ class _Builder:
             else:
                 outputs.append(op.value)  # a constant or a LeafRef: its Jacobian is zero
 
-        eq_kind = np.asarray([kind for kind, _, _, _ in eq_rows], np.int32)
-        eq_ops = np.zeros((len(eq_rows), K), np.int32)
-        for row, (_, slots, _, _) in enumerate(eq_rows):
-            eq_ops[row, : len(slots)] = slots
-        eq_out = np.asarray([out for _, _, out, _ in eq_rows], np.int32)
+        eq_kind = np.asarray([kind for kind, _, _, _, _ in eq_rows], np.int32)
+        eq_runs, eq_table_at, eq_table = _operand_tables([(runs, length) for _, runs, length, _, _ in eq_rows], K, zero)
+        eq_out = np.asarray([out for _, _, _, out, _ in eq_rows], np.int32)
         functions, sizes = [], []
         for signature, params in templates:
             value_fn, partial_fn = _branch(signature, params, O, self.dtype)
@@ -828,15 +843,15 @@ class _Builder:
         num_edges = elim.next_slot + max(elim.steps.slack, P)  # slack for windows, chunks and padded writes
         if P <= FUSED_PARTIALS:  # computed with the values, in the equation loop
             branches = tuple(_fused(value_fn, partial_fn, P, self.dtype) for value_fn, partial_fn in functions)
-            eq_partials = np.asarray([elim.next_slot if at is None else at for _, _, _, at in eq_rows], np.int32)
+            eq_partials = np.asarray([elim.next_slot if at is None else at for *_, at in eq_rows], np.int32)
             partials = ()
         else:  # after the values, a kind at a time
             branches, eq_partials, partials = tuple(value_fn for value_fn, _ in functions), None, []
             for kind, (_, partial_fn) in enumerate(functions):
-                rows = [r for r, (k, _, _, at) in enumerate(eq_rows) if k == kind and at is not None]
+                rows = [r for r, (k, *_, at) in enumerate(eq_rows) if k == kind and at is not None]
                 if rows and partial_fn is not None:
-                    at = np.asarray([eq_rows[r][3] for r in rows], np.int32)
-                    partials.append(_PartialKind(partial_fn, eq_ops[rows], at))
+                    at = np.asarray([eq_rows[r][4] for r in rows], np.int32)
+                    partials.append(_PartialKind(partial_fn, eq_runs[rows], eq_table_at[rows], at))
         constants = np.concatenate(self.constants) if self.constants else np.zeros(0, self.dtype)
         return Tape(
             dtype=self.dtype,
@@ -846,9 +861,10 @@ class _Builder:
             num_values=self.num_values + O,
             num_edges=num_edges,
             eq_kind=eq_kind,
-            eq_ops=np.concatenate([np.asarray(slots, np.int32) for _, slots, _, _ in eq_rows]
-                                  + [np.zeros(K, np.int32)]),
-            eq_at=np.cumsum([0] + [len(slots) for _, slots, _, _ in eq_rows[:-1]]).astype(np.int32),
+            eq_runs=eq_runs,
+            eq_table_at=eq_table_at,
+            eq_table=eq_table,
+            zero=zero,
             eq_out=eq_out,
             eq_partials=eq_partials,
             branches=branches,
@@ -940,6 +956,50 @@ def _identity_product(elim: Eliminator, out_edge, in_edge, code: int) -> Valued 
                 and elim.share(valued)):
             return valued
     return None
+
+
+def _runs_of(slots: np.ndarray, zero: int) -> np.ndarray:
+    """The maximal runs of consecutive slots in `slots` [n] as [r, 3] (first slot, count, position);
+    positions reading the `zero` slot are in none (a step reads the zero slot where no run is)."""
+    if not len(slots):
+        return np.zeros((0, 3), np.int64)
+    breaks = np.r_[True, (np.diff(slots) != 1) | (slots[1:] == zero) | (slots[:-1] == zero)]
+    starts = np.nonzero(breaks)[0]
+    runs = np.stack([slots[starts], np.diff(np.r_[starts, len(slots)]), starts], axis=1)
+    return runs[runs[:, 0] != zero]
+
+
+def _operand_tables(rows: list[tuple[np.ndarray, int]], K: int, zero: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`Tape.eq_runs`, `eq_table_at` and `eq_table` of equations given as (runs [r, 3], length of
+    their operand vector): runs for those of at most `MAX_RUNS` (or as many as any has), the
+    others' slots in the table."""
+    R = max(1, min(MAX_RUNS, max([len(runs) for runs, _ in rows] + [0])))
+    eq_runs = np.zeros((len(rows), R, 3), np.int32)
+    table_at = np.full(len(rows), -1, np.int32)
+    pieces, used = [], 0
+    for row, (runs, length) in enumerate(rows):
+        if len(runs) <= R:
+            eq_runs[row, :len(runs)] = runs
+            continue
+        slots = np.full(length, zero, np.int64)
+        for first, count, at in runs:
+            slots[at:at + count] = first + np.arange(count)
+        pieces.append(slots)
+        table_at[row], used = used, used + length
+    return eq_runs, table_at, np.concatenate(pieces + [np.full(K, zero, np.int64)]).astype(np.int32)
+
+
+def _operand_slots(runs: jax.Array, table_at: jax.Array, table: jax.Array | None, K: int, zero: int) -> jax.Array:
+    """The value slots int32 [K] of one equation's operand vector from its runs [R, 3] (the zero
+    slot where none is) or, where `table_at` >= 0, from `table` (None: no equation uses it)."""
+    position = jnp.arange(K, dtype=jnp.int32)
+    slots = jnp.full((K,), zero, jnp.int32)
+    for r in range(runs.shape[0]):
+        first, count, at = runs[r, 0], runs[r, 1], runs[r, 2]
+        slots = jnp.where((position >= at) & (position < at + count), first + position - at, slots)
+    if table is None:
+        return slots
+    return jnp.where(table_at >= 0, lax.dynamic_slice_in_dim(table, jnp.maximum(table_at, 0), K), slots)
 
 
 def _numpy_map(name: str, params: dict, batch: list, fixed: list) -> np.ndarray | None:
@@ -1214,34 +1274,43 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
         kinds = jax.vmap(kinds, in_axes=(None, 1), out_axes=1)
 
     edges = jnp.zeros((tape.num_edges, *batch), vals.dtype).at[ONE].set(1)
-    all_ops, K = jnp.asarray(tape.eq_ops), tape.width[0]
-
-    def operands(vals, at):
-        return vals[lax.dynamic_slice_in_dim(all_ops, at, K)]
+    K = tape.width[0]
+    table = jnp.asarray(tape.eq_table) if np.any(tape.eq_table_at >= 0) else None
+    slots_of = functools.partial(_operand_slots, table=table, K=K, zero=tape.zero)
 
     if tape.eq_partials is not None:
         def equation(carry, row):
             vals, edges = carry
-            kind, at, out_at, partials_at = row
-            out, partials = kinds(kind, operands(vals, at))
+            kind, runs, table_at, out_at, partials_at = row
+            out, partials = kinds(kind, vals[slots_of(runs, table_at)])
             vals = lax.dynamic_update_slice_in_dim(vals, out, out_at, axis=0)
             return (vals, lax.dynamic_update_slice_in_dim(edges, partials, partials_at, axis=0)), None
 
-        (vals, edges), _ = lax.scan(equation, (vals, edges), (tape.eq_kind, tape.eq_at, tape.eq_out, tape.eq_partials))
+        rows = (tape.eq_kind, tape.eq_runs, tape.eq_table_at, tape.eq_out, tape.eq_partials)
+        (vals, edges), _ = lax.scan(equation, (vals, edges), rows)
     else:
         def equation(vals, row):
-            kind, at, out_at = row
-            return lax.dynamic_update_slice_in_dim(vals, kinds(kind, operands(vals, at)), out_at, axis=0), None
+            kind, runs, table_at, out_at = row
+            out = kinds(kind, vals[slots_of(runs, table_at)])
+            return lax.dynamic_update_slice_in_dim(vals, out, out_at, axis=0), None
 
-        vals, _ = lax.scan(equation, vals, (tape.eq_kind, tape.eq_at, tape.eq_out))
+        vals, _ = lax.scan(equation, vals, (tape.eq_kind, tape.eq_runs, tape.eq_table_at, tape.eq_out))
     # The partials of every equation of a kind at once: they read only the values.
     for kind in tape.partials:
         partials = jax.vmap(kind.fn)
         if batch:
             partials = jax.vmap(partials, in_axes=2, out_axes=2)
-        values = partials(vals[kind.ops])  # [equations, P, *batch]
-        slots = kind.at[:, None] + np.arange(values.shape[1], dtype=np.int32)
-        edges = edges.at[slots].set(values)
+        slots = jax.vmap(slots_of)(jnp.asarray(kind.runs), jnp.asarray(kind.table_at))
+        values = partials(vals[slots])  # [equations, P, *batch]
+        at = jnp.asarray(kind.at)
+
+        # Each equation's partials written as one slice (a scatter's index table of every
+        # equation's slots was a constant of [equations, P]: 80 MB for `wide` at 10,888 equations).
+        def write(i, edges, values=values, at=at):
+            return lax.dynamic_update_slice_in_dim(edges, lax.dynamic_index_in_dim(values, i, keepdims=False), at[i],
+                                                   axis=0)
+
+        edges = lax.fori_loop(0, len(kind.at), write, edges)
     return vals, run_steps(edges, tape.prod_steps, tape.prod_patterns, tape.prod_windowed)
 
 

@@ -32,6 +32,7 @@ loops by segments in the plan's order (`run_steps`).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from typing import NamedTuple
@@ -607,30 +608,63 @@ class Eliminator:
     """Executes an elimination plan on the builder's edges as lane steps (numpy planning).
 
     `edges` maps (source node, target node) to a `Valued` or `Map` edge; value arrays live in
-    edge slots from `next_slot` on (slots of deleted edges are reused)."""
+    edge slots from `next_slot` on (slots of deleted edges are reused: `allocate`)."""
 
     def __init__(self, edges: dict, next_slot: int, lanes: int):
         self.edges = edges
-        self.next_slot = next_slot
+        self.next_slot = next_slot  # the edge buffer's high-water mark
         self.steps = LaneSteps(lanes)
-        self._free: dict[int, list[int]] = {}
+        # Free runs of slots, neighbours merged: (size, first slot) sorted, and by first and end slot.
+        self._free: list[tuple[int, int]] = []
+        self._free_at: dict[int, int] = {}
+        self._free_end: dict[int, int] = {}
         self._shared: dict[int, Valued] = {}  # slots two edges hold (`share`), by first slot
         self._scratch: int | None = None  # slots of periodic factors (`LaneSteps.emit_chunks`)
         self._conjunctions: dict[tuple[int, int], int] = {}
 
     def allocate(self, size: int) -> int:
-        if self._free.get(size):
-            return self._free[size].pop()
-        base = self.next_slot
-        self.next_slot += size
+        """The first of `size` consecutive free slots: the smallest free run that holds them (its
+        rest stays free), else the buffer's end (a free run there extended). Reusing only runs of
+        the same size (as before) left the `wide` buffer at 10,888 equations at 69 million slots
+        for 33 million alive at most."""
+        at = bisect.bisect_left(self._free, (size, -1))
+        if at < len(self._free):
+            length, base = self._free[at]
+            self._take(at)
+            if length > size:
+                self._give(base + size, length - size)
+            return base
+        if self.next_slot in self._free_end:  # the last free run grows into new slots
+            base = self._free_end[self.next_slot]
+            self._take(bisect.bisect_left(self._free, (self.next_slot - base, base)))
+        else:
+            base = self.next_slot
+        self.next_slot = base + size
         return base
+
+    def _take(self, at: int) -> None:
+        length, base = self._free.pop(at)
+        del self._free_at[base], self._free_end[base + length]
+
+    def _give(self, base: int, length: int) -> None:
+        """Frees slots [base, base + length), merged with free neighbours."""
+        if base + length in self._free_at:
+            right = self._free_at[base + length]
+            self._take(bisect.bisect_left(self._free, (right, base + length)))
+            length += right
+        if base in self._free_end:
+            left = self._free_end[base]
+            self._take(bisect.bisect_left(self._free, (base - left, left)))
+            base, length = left, length + base - left
+        bisect.insort(self._free, (length, base))
+        self._free_at[base], self._free_end[base + length] = length, base
 
     def release(self, edge) -> None:
         if isinstance(edge, Valued) and edge.size:
             if edge.base in self._shared:  # another edge holds these slots: the last one frees them
                 del self._shared[edge.base]
                 return
-            self._free.setdefault(edge.size, []).append(edge.base)
+            self._give(edge.base, edge.size)
 
     def share(self, edge: Valued) -> bool:
         """Whether a new edge may hold `edge`'s slots as they are (the product of `edge` and an
