@@ -1,5 +1,9 @@
 """The algebra of structured partial Jacobians, independent of any values.
 
+`AxisTies` and `axis_product` / `axis_sum` state it for arrays of any rank (labelled axes: a
+product is an einsum with repeated labels); the 2-D structure codes below are its rank (2, 2)
+case, and their tables are derived through it.
+
 A partial d(v)/d(p) with 2-D shapes is a 4-index tensor J[i1, i2, i3, i4]: (i1, i2) index v,
 (i3, i4) index p. Its structure code says which (v, p) index pairs are *tied* (the tensor is zero
 off their diagonal) and whether each tie carries values ("D", a diagonal) or a constant ("K", a
@@ -18,7 +22,10 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-__all__ = ["Structure", "structure_of", "code_of", "ProductPlan", "product_plan", "sum_code", "exact_tables"]
+__all__ = [
+    "Structure", "structure_of", "code_of", "ProductPlan", "product_plan", "sum_code", "exact_tables",
+    "AxisTies", "axis_ties", "AxisProduct", "axis_product", "axis_sum", "axis_ties_of", "code_of_axis_ties",
+]
 
 # Codes -10..11 that describe a tensor by ties; 11 (an index map) and 0 (no edge) are not such codes.
 _TIES: dict[int, tuple[tuple[int, int, str], ...]] = {
@@ -84,8 +91,173 @@ def code_of(ties, has_values: bool) -> int:
     raise KeyError(f"no structure code has ties {sorted(key)} (values: {has_values})")
 
 
+class AxisTies(NamedTuple):
+    """The structure of a partial d(v)/d(p) between arrays of any rank, by labelled axes.
+
+    The partial is a tensor J[v axes..., p axes...]. A tie (o, i, kind) says J is zero off the
+    diagonal of v's axis o and p's axis i (equal sizes); kind "D" carries values along it (a
+    diagonal), "K" a constant (a Kronecker delta). Each axis takes part in at most one tie. The
+    values live in an array whose axes are, in order, v's axes that are not Kronecker-tied, then
+    p's untied axes (`value_axes`); a partial with no values at all (`has_values` False) is a pure
+    relabelling of axes (an identity or a transposition).
+
+    The 2-D structure codes are the rank (2, 2) case (`axis_ties_of`).
+
+    Attributes:
+      out_rank, in_rank: ranks of v and p.
+      ties: (v axis, p axis, kind), 0-based, sorted.
+      has_values: False for the value-less relabellings.
+    """
+
+    out_rank: int
+    in_rank: int
+    ties: tuple[tuple[int, int, str], ...]
+    has_values: bool
+
+    @property
+    def value_axes(self) -> tuple[tuple[str, int], ...]:
+        """("out", k) and ("in", k) for the value array's axes, in its order."""
+        tied_in = {i for _, i, _ in self.ties}
+        constant_out = {o for o, _, kind in self.ties if kind == "K"}
+        return tuple(("out", k) for k in range(self.out_rank) if k not in constant_out) + tuple(
+            ("in", k) for k in range(self.in_rank) if k not in tied_in
+        )
+
+
+def axis_ties(out_rank: int, in_rank: int, ties, has_values: bool = True) -> AxisTies:
+    """An `AxisTies`, checked: axes in range, each in at most one tie, kinds "D" or "K"."""
+    ties = tuple(sorted((int(o), int(i), str(kind)) for o, i, kind in ties))
+    outs, ins = [o for o, _, _ in ties], [i for _, i, _ in ties]
+    if len(set(outs)) < len(outs) or len(set(ins)) < len(ins):
+        raise ValueError(f"an axis takes part in two ties: {ties}")
+    if any(not (0 <= o < out_rank and 0 <= i < in_rank) or kind not in ("D", "K") for o, i, kind in ties):
+        raise ValueError(f"ties {ties} do not fit ranks ({out_rank}, {in_rank})")
+    if not has_values and (out_rank != in_rank or len(ties) != out_rank or any(k != "K" for _, _, k in ties)):
+        raise ValueError(f"a partial without values ties every axis of v to one of p by a Kronecker delta: {ties}")
+    return AxisTies(out_rank, in_rank, ties, has_values)
+
+
+class AxisProduct(NamedTuple):
+    """How to multiply out(v->c) by in(p->v) as one einsum over their value arrays, any ranks.
+
+    Axes are labelled ("c", k), ("v", k), ("p", k); ties merge labels into classes, each class named
+    by one representative (a c axis before a p axis before a v axis, then the lowest axis) and its
+    einsum letter (c axes "abcdefgh", v axes "xyzwvuts", p axes "mnopqrij": for rank 2 the letters
+    of the 2-D codes' plans).
+
+    Attributes:
+      out_letters, in_letters: the class letter of each value axis of the two operands.
+      result: the structure of the product p->c.
+      result_letters: the class letter of each value axis of the result (in its order).
+      factors: the representatives (group, axis), group 0 = c, 1 = v, 2 = p, sorted, whose sizes
+        multiply to the number of multiplications, one per class that occurs in a value array;
+        empty when either operand is value-less (the product is a relabelling, free).
+      unit: True when both operands are scalars (exactly one multiplication).
+    """
+
+    out_letters: str
+    in_letters: str
+    result: AxisTies
+    result_letters: str
+    factors: tuple[tuple[int, int], ...]
+    unit: bool
+
+
+_AXIS_LETTERS = {"c": "abcdefgh", "v": "xyzwvuts", "p": "mnopqrij"}
+#: The largest rank the einsum letters of `axis_product` cover.
+MAX_RANK = 8
+_GROUP = {"c": 0, "v": 1, "p": 2}
+_REPRESENTATIVE_RANK = {"c": 0, "p": 1, "v": 2}
+
+
+@functools.cache
+def axis_product(in_ties: AxisTies, out_ties: AxisTies) -> AxisProduct:
+    """The exact product (v->c)(p->v) of two structured partials of any ranks.
+
+    The number of multiplications is one per point of the joint index space of the two value
+    arrays: the product of the sizes of the classes some value axis belongs to.
+    """
+    if in_ties.out_rank != out_ties.in_rank:
+        raise ValueError(f"rank of v differs: {in_ties.out_rank} (in edge) and {out_ties.in_rank} (out edge)")
+    if max(out_ties.out_rank, in_ties.out_rank, in_ties.in_rank) > MAX_RANK:
+        raise ValueError(f"axis_product covers ranks up to {MAX_RANK}")
+    labels = [("c", k) for k in range(out_ties.out_rank)] + [("v", k) for k in range(in_ties.out_rank)]
+    labels += [("p", k) for k in range(in_ties.in_rank)]
+    parent = {label: label for label in labels}
+
+    def find(u):
+        while parent[u] != u:
+            u = parent[u]
+        return u
+
+    def union(u, w):
+        ru, rw = find(u), find(w)
+        if ru != rw:
+            # The representative names a c or p axis where the class has one, for the result.
+            keep, drop = sorted((ru, rw), key=lambda label: (_REPRESENTATIVE_RANK[label[0]], label[1]))
+            parent[drop] = keep
+
+    for o, i, _ in out_ties.ties:
+        union(("c", o), ("v", i))
+    for o, i, _ in in_ties.ties:
+        union(("v", o), ("p", i))
+
+    def letter(label):
+        group, k = find(label)
+        return _AXIS_LETTERS[group][k]
+
+    out_side = {"out": "c", "in": "v"}
+    in_side = {"out": "v", "in": "p"}
+    out_letters = "".join(letter((out_side[s], k)) for s, k in out_ties.value_axes) if out_ties.has_values else ""
+    in_letters = "".join(letter((in_side[s], k)) for s, k in in_ties.value_axes) if in_ties.has_values else ""
+    valued = {find((out_side[s], k)) for s, k in out_ties.value_axes} if out_ties.has_values else set()
+    if in_ties.has_values:
+        valued |= {find((in_side[s], k)) for s, k in in_ties.value_axes}
+    ties = [
+        (x, z, "D" if find(("c", x)) in valued else "K")
+        for x in range(out_ties.out_rank)
+        for z in range(in_ties.in_rank)
+        if find(("c", x)) == find(("p", z))
+    ]
+    result = axis_ties(out_ties.out_rank, in_ties.in_rank, ties, out_ties.has_values or in_ties.has_values)
+    result_side = {"out": "c", "in": "p"}
+    result_letters = "".join(letter((result_side[s], k)) for s, k in result.value_axes) if result.has_values else ""
+    both = out_ties.has_values and in_ties.has_values
+    factors = tuple(sorted((_GROUP[g], k) for g, k in valued)) if both else ()
+    unit = both and not out_letters and not in_letters
+    return AxisProduct(out_letters, in_letters, result, result_letters, factors, unit)
+
+
+@functools.cache
+def axis_sum(old: AxisTies, new: AxisTies) -> AxisTies:
+    """Structure of the sum of two partials of the same shapes: the ties both share.
+
+    A tie survives as Kronecker only if it is Kronecker in both and neither carries values on it;
+    two relabellings add up to twice one, which carries a scalar.
+    """
+    if (old.out_rank, old.in_rank) != (new.out_rank, new.in_rank):
+        raise ValueError(f"ranks differ: {old.out_rank, old.in_rank} and {new.out_rank, new.in_rank}")
+    kinds = {(o, i): kind for o, i, kind in new.ties}
+    common = [(o, i, "K" if kind == kinds[(o, i)] == "K" else "D") for o, i, kind in old.ties if (o, i) in kinds]
+    return axis_ties(old.out_rank, old.in_rank, common, True)
+
+
+@functools.cache
+def axis_ties_of(code: int) -> AxisTies:
+    """The rank (2, 2) `AxisTies` of a 2-D structure code (not 0, not 11)."""
+    s = structure_of(code)
+    return axis_ties(2, 2, [(a - 1, b - 3, kind) for a, b, kind in s.ties], s.has_values)
+
+
+def code_of_axis_ties(ties: AxisTies) -> int:
+    """The 2-D structure code of a rank (2, 2) `AxisTies`."""
+    if (ties.out_rank, ties.in_rank) != (2, 2):
+        raise ValueError(f"2-D codes describe ranks (2, 2), not {ties.out_rank, ties.in_rank}")
+    return code_of([(o + 1, i + 3, kind) for o, i, kind in ties.ties], ties.has_values)
+
+
 class ProductPlan(NamedTuple):
-    """How to multiply out(v->c) by in(p->v) as one einsum over their value arrays.
+    """How to multiply out(v->c) by in(p->v) as one einsum over their value arrays (2-D codes).
 
     Index letters: c1 c2 = "ab", v1 v2 = "xy", p1 p2 = "mn"; ties merge letters into classes, each
     class named by one representative letter.
@@ -108,67 +280,21 @@ class ProductPlan(NamedTuple):
     unit: bool
 
 
-_POS_LETTER_OUT = {1: "a", 2: "b", 3: "x", 4: "y"}  # out edge v->c: (c1, c2 | v1, v2)
-_POS_LETTER_IN = {1: "x", 2: "y", 3: "m", 4: "n"}  # in edge p->v: (v1, v2 | p1, p2)
-_LETTER_FACTOR = {"a": 0, "b": 1, "x": 2, "y": 3, "m": 4, "n": 5}
-
-
 @functools.cache
 def product_plan(in_code: int, out_code: int) -> ProductPlan:
-    """The exact product (v->c)(p->v) of two structured partials (codes not 0 or 11)."""
-    s_out, s_in = structure_of(out_code), structure_of(in_code)
-    parent = {letter: letter for letter in "abxymn"}
-
-    def find(u):
-        while parent[u] != u:
-            u = parent[u]
-        return u
-
-    def union(u, w):
-        ru, rw = find(u), find(w)
-        if ru != rw:
-            # Keep the earliest letter in "abmnxy" as representative so results name c/p indices.
-            keep, drop = sorted((ru, rw), key="abmnxy".index)
-            parent[drop] = keep
-
-    for a, b, _ in s_out.ties:
-        union(_POS_LETTER_OUT[a], _POS_LETTER_OUT[b])
-    for a, b, _ in s_in.ties:
-        union(_POS_LETTER_IN[a], _POS_LETTER_IN[b])
-    out_letters = "".join(find(_POS_LETTER_OUT[p]) for p in s_out.value_axes) if s_out.has_values else ""
-    in_letters = "".join(find(_POS_LETTER_IN[p]) for p in s_in.value_axes) if s_in.has_values else ""
-    valued = set(out_letters) | set(in_letters)
-    has_values = s_out.has_values or s_in.has_values
-    # Result ties: c positions (1, 2) and p positions (3, 4) of the product that share a class.
-    result_pos = {1: find("a"), 2: find("b"), 3: find("m"), 4: find("n")}
-    ties = []
-    for a in (1, 2):
-        for b in (3, 4):
-            if result_pos[a] == result_pos[b]:
-                ties.append((a, b, "D" if result_pos[a] in valued else "K"))
-    result_code = code_of(ties, has_values)
-    s_res = structure_of(result_code)
-    result_letters = "".join(result_pos[p] for p in s_res.value_axes)
-    both = s_out.has_values and s_in.has_values
-    factors = tuple(sorted(_LETTER_FACTOR[c] for c in valued)) if both else ()
-    unit = both and not out_letters and not in_letters
-    return ProductPlan(out_letters, in_letters, result_code, result_letters, factors, unit)
+    """The exact product (v->c)(p->v) of two structured partials (codes not 0 or 11): the rank
+    (2, 2) case of `axis_product`."""
+    general = axis_product(axis_ties_of(in_code), axis_ties_of(out_code))
+    result_code = code_of_axis_ties(general.result)
+    factors = tuple(2 * group + axis for group, axis in general.factors)
+    return ProductPlan(general.out_letters, general.in_letters, result_code, general.result_letters, factors,
+                       general.unit)
 
 
 @functools.cache
 def sum_code(old: int, new: int) -> int:
-    """Structure of the sum of two partials of the same shapes: the ties both share.
-
-    A tie survives as Kronecker only if it is Kronecker in both and neither carries values on it;
-    two identities add up to twice the identity, which carries a scalar.
-    """
-    s_old, s_new = structure_of(old), structure_of(new)
-    common = {}
-    for a, b, kind in s_old.ties:
-        for a2, b2, kind2 in s_new.ties:
-            if (a, b) == (a2, b2):
-                common[(a, b)] = "K" if kind == kind2 == "K" else "D"
-    return code_of([(a, b, kind) for (a, b), kind in common.items()], True)
+    """Structure code of the sum of two partials of the same shapes (`axis_sum` of rank (2, 2))."""
+    return code_of_axis_ties(axis_sum(axis_ties_of(old), axis_ties_of(new)))
 
 
 INDEX_MAP = 11
