@@ -85,7 +85,6 @@ equations in longer programs).
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -284,7 +283,7 @@ _MASK_MAPS = frozenset(
 
 #: Tabulated static index maps by equation signature, operand positions and integer constants
 #: (shared by every tape: programs repeat the same few maps; cleared when it grows large).
-_STATIC_MAPS: dict[Any, np.ndarray | None] = {}
+_STATIC_MAPS: dict[Any, tuple[np.ndarray, ...] | None] = {}
 
 
 def _tied_sizes_agree(code: int, out_shape: tuple, in_shape: tuple) -> bool:
@@ -467,8 +466,9 @@ class _Builder:
         self.int_bound[eqn.outputs[0].node] = bound
         return True
 
-    def _static_map(self, eqn, operands, positions, signature) -> np.ndarray | None:
-        """The [n_out, n_operand] matrix of an index-map partial that depends neither on the values
+    def _static_map(self, eqn, operands, positions, signature) -> tuple[np.ndarray, ...] | None:
+        """The nonzero entries (output index, operand index, count; each [N], row-major) of the
+        [n_out, n_operand] matrix of an index-map partial that depends neither on the values
         nor on computed integer operands (tabulated here, so the tape applies it by moving data),
         or None. Its entries are counts (how often an operand entry is added into an output
         entry): checked to be non-negative integers, equal at two random draws of the values."""
@@ -522,11 +522,10 @@ class _Builder:
         if e.code in VALUELESS:
             out, inp, _ = support(e.code, out_shape, in_shape)
             return Map(e.code, out, inp, np.full(len(out), ONE, np.int64), out_shape, in_shape)
-        matrix = self._static_map(eqn, operands, positions, head)
-        if matrix is None:
+        entries = self._static_map(eqn, operands, positions, head)
+        if entries is None:
             return None
-        rows, cols = np.nonzero(matrix)
-        counts = matrix[rows, cols]  # an entry added several times: a sum of structural ones
+        rows, cols, counts = entries  # an entry added several times: a sum of structural ones
         out, inp = np.repeat(rows, counts), np.repeat(cols, counts)
         return Map(INDEX_MAP, out, inp, np.full(len(out), ONE, np.int64), out_shape, in_shape)
 
@@ -595,11 +594,11 @@ class _Builder:
         for i, (base, op_shape, dtype) in enumerate(operands):
             if not _floating(dtype):
                 continue
-            matrix = self._static_map(eqn, operands, (i,), head)
-            if matrix is None:
+            entries = self._static_map(eqn, operands, (i,), head)
+            if entries is None:
                 return None
-            rows, cols = np.nonzero(matrix)
-            if np.any(matrix[rows, cols] != 1):
+            rows, cols, counts = entries
+            if np.any(counts != 1):
                 return None
             filled[rows] += 1
             sources[rows] = base + cols
@@ -607,15 +606,15 @@ class _Builder:
             return None
         return sources.tolist()
 
-    def _tabulate(self, eqn, operands, positions, fixed) -> np.ndarray | None:
-        """The map's matrix: the equation is linear in its floating-point operands jointly, so
-        with those at `positions` set to one basis vector each and the others to zero, its output
-        is one column. The common movements are applied to the whole basis with numpy; any other
+    def _tabulate(self, eqn, operands, positions, fixed) -> tuple[np.ndarray, ...] | None:
+        """The map's nonzero entries (`_static_map`): the equation is linear in its floating-point
+        operands jointly, so with those at `positions` set to one basis vector each and the others
+        to zero, its output is one column of the map's matrix. The common movements are applied to the whole basis with numpy; any other
         index map is bound once, vmapped over the basis (no compilation of a derivative)."""
         shapes = [shape for _, shape, _ in operands]
         n_in = math.prod(shapes[positions[0]])
         if n_in == 0:  # an empty operand moves nothing
-            return np.zeros((math.prod(eqn.aval.shape), 0), np.int64)
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
         basis = np.eye(n_in).reshape(n_in, *shapes[positions[0]])
         batch = [basis if i in positions else (np.zeros((n_in, *shapes[i])) if v is None else v)
                  for i, v in enumerate(fixed)]
@@ -631,7 +630,9 @@ class _Builder:
         matrix = np.asarray(columns, np.float64).reshape(n_in, -1).T
         if not np.all((matrix >= 0) & (matrix == np.round(matrix))):
             return None
-        return matrix.astype(np.int64)
+        # Kept sparse (cached for every tape: a dense 1,024 x 1,024 map is 8 MB).
+        rows, cols = np.nonzero(matrix)
+        return rows, cols, matrix[rows, cols].astype(np.int64)
 
 
     def build(self) -> Tape:
@@ -1124,12 +1125,6 @@ def _branch(signature, params: dict, O: int, dtype):
         tied = set() if code == INDEX_MAP else {b for _, b, _ in structure_of(code).ties}
         free = [pos for pos in (3, 4) if pos not in tied]
         num_seeds = math.prod(sizes[pos] for pos in free)
-        seeds = np.zeros((num_seeds, in_norm[0], in_norm[1]))
-        for s, index in enumerate(itertools.product(*(range(sizes[pos]) for pos in free))):
-            at = dict(zip(free, index))
-            rows = [at[3]] if 3 in at else range(in_norm[0])
-            cols = [at[4]] if 4 in at else range(in_norm[1])
-            seeds[s][np.ix_(list(rows), list(cols))] = 1.0
         if code == INDEX_MAP:
             gather = np.arange(n_out * num_seeds).reshape(num_seeds, n_out).T.reshape(-1)
         else:
@@ -1139,7 +1134,7 @@ def _branch(signature, params: dict, O: int, dtype):
             for pos in free:
                 seed = seed * sizes[pos] + at[pos]
             gather = (seed * n_out + out_index).astype(np.int32)
-        plans.append((positions, seeds, gather))
+        plans.append((positions, tuple(free), tuple(in_norm), _permutation(gather, num_seeds, n_out)))
 
     def bind(values):
         return _bind(primitive, params, values)
@@ -1154,7 +1149,7 @@ def _branch(signature, params: dict, O: int, dtype):
     def partials(ops):
         values = operand_values(ops)
         pieces = []
-        for positions, seeds, gather in plans:
+        for positions, free, in_norm, gather in plans:
             x = values[positions[0]]
 
             def of_x(y, positions=positions):
@@ -1163,14 +1158,45 @@ def _branch(signature, params: dict, O: int, dtype):
             def response(t, x=x, of_x=of_x):
                 return jax.jvp(of_x, (x,), (t.reshape(x.shape).astype(x.dtype),))[1].reshape(-1)
 
-            if len(seeds) == 1:
-                responses = response(jnp.asarray(seeds[0]))
+            seeds = _seeds(free, in_norm)
+            responses = response(seeds[0]) if len(seeds) == 1 else jax.vmap(response)(seeds)
+            if isinstance(gather, str):  # the responses in order, or transposed
+                responses = responses.reshape(len(seeds), n_out).T if gather == "transpose" else responses
+                pieces.append(responses.reshape(-1).astype(dtype))
             else:
-                responses = jax.vmap(response)(jnp.asarray(seeds))
-            pieces.append(responses.reshape(-1)[gather].astype(dtype))
+                pieces.append(responses.reshape(-1)[gather].astype(dtype))
         return jnp.concatenate(pieces)
 
     return value, (partials if plans else None)
+
+
+def _seeds(free: tuple, in_norm: tuple) -> jax.Array:
+    """[num_seeds, *in_norm] the JVP seeds of a partial: one per index of its free operand
+    positions (3: rows, 4: columns of the normalised operand; row-major), ones along the others.
+    Made from iotas (not constants: a dense partial's seeds, an identity of 1,024 x 1,024, were
+    8 MB constants XLA held several times while compiling)."""
+    rows, cols = in_norm
+    count = (rows if 3 in free else 1) * (cols if 4 in free else 1)
+    seed = lax.broadcasted_iota(jnp.int32, (count, rows, cols), 0)
+    row = lax.broadcasted_iota(jnp.int32, (count, rows, cols), 1)
+    col = lax.broadcasted_iota(jnp.int32, (count, rows, cols), 2)
+    ok = jnp.ones((count, rows, cols), bool)
+    if 3 in free:
+        ok &= row == (seed // cols if 4 in free else seed)
+    if 4 in free:
+        ok &= col == seed % cols
+    return ok.astype(jnp.float32)
+
+
+def _permutation(gather: np.ndarray, num_seeds: int, n_out: int) -> np.ndarray | str:
+    """A gather of the responses [num_seeds * n_out] as "identity" or "transpose" where it is one
+    (no index constant), else itself."""
+    if len(gather) == num_seeds * n_out:
+        if np.array_equal(gather, np.arange(len(gather))):
+            return "identity"
+        if np.array_equal(gather, np.arange(len(gather)).reshape(num_seeds, n_out).T.reshape(-1)):
+            return "transpose"
+    return gather
 
 
 def _fused(value_fn, partial_fn, P: int, dtype):

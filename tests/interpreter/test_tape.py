@@ -320,20 +320,25 @@ def lorenz96(x, forcing):
     return x, jnp.sum(x * x)
 
 
-@pytest.mark.parametrize("fn, args, lanes, block", [  # narrow steps scatter their lanes, wide ones write windows
-    (integrator, (S, P), 8, 5),
-    (reductions, (np.arange(6.0).reshape(3, 2) / 7 - 0.2, np.array([0.4, -0.3])), 8, 5),
-    (matrix_recurrence, (np.array([[0.3, -0.4], [0.2, 0.5]]), np.array([0.6, -0.1])), 128, 5),
+@pytest.mark.parametrize("fn, args, lanes, block, after", [  # narrow steps scatter their lanes, wide ones write windows
+    (integrator, (S, P), 8, 5, False),
+    (reductions, (np.arange(6.0).reshape(3, 2) / 7 - 0.2, np.array([0.4, -0.3])), 8, 5, True),
+    (matrix_recurrence, (np.array([[0.3, -0.4], [0.2, 0.5]]), np.array([0.6, -0.1])), 128, 5, False),
     # Blocks of 97 points split the 96 x 96 products unevenly (blocks of 5 took 40 s to plan);
     # narrow steps on it (8 lanes) were dropped for test_block_steps_equal_jacfwd's time.
-    (lorenz96, (np.sin(np.arange(96.0)), 8.0), 128, 97),
+    (lorenz96, (np.sin(np.arange(96.0)), 8.0), 128, 97, False),
 ])
-def test_lane_steps_equal_jacfwd(force_tape, monkeypatch, fn, args, lanes, block):
+def test_lane_steps_equal_jacfwd(force_tape, monkeypatch, fn, args, lanes, block, after):
     """Products planned as steps of several lanes (what plans of millions of multiplications
     take) give jax.jacfwd's Jacobian in two orders, under jit and vmap; products enumerated in
-    blocks of a few points (as wide products are)."""
+    blocks of a few points (as wide products are). `after`: the partials computed after the
+    equation loop, a kind at a time (as wide programs compute them), and every equation of two
+    or more runs of operand slots reading them from the table (`MAX_RUNS` 1)."""
     monkeypatch.setattr(_tape, "lanes_for", lambda muls: lanes)
     monkeypatch.setattr(_tape_products, "_POINTS_PER_BLOCK", block)
+    if after:
+        monkeypatch.setattr(_tape, "FUSED_PARTIALS", 0)
+        monkeypatch.setattr(_tape, "MAX_RUNS", 1)
     with jax.enable_x64(True):
         args = tuple(jnp.asarray(a, jnp.float64) for a in args)
         argnums = tuple(range(len(args)))
@@ -342,6 +347,7 @@ def test_lane_steps_equal_jacfwd(force_tape, monkeypatch, fn, args, lanes, block
         for order in ("reverse", "markowitz"):
             tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, order)))
             assert tape.prod_patterns.shape[-1] == lanes and tape.muls == graph.cost(g, order)
+            assert not after or (tape.eq_partials is None and tape.partials and np.any(tape.eq_table_at >= 0))
             jac = interpreter.jacobian(fn, order, argnums=argnums)
             _close(jax.jit(jac)(*args), expected, rtol=1e-10)
         batch = tuple(jnp.stack([a, a * 0.9]) for a in args)
@@ -394,3 +400,16 @@ def test_block_steps_equal_jacfwd(force_tape, monkeypatch):
         assert {_tape_products.MATMUL, _tape_products.SCALE, _tape_products.MOVE} <= kinds
         batch = tuple(jnp.stack([a, a * 0.9]) for a in args)
         _close(jax.jit(jax.vmap(jac))(*batch), jax.jit(jax.vmap(reference))(*batch), rtol=1e-10)
+
+
+def test_edge_slots_are_reused_by_smaller_allocations():
+    """Freed slots are merged with free neighbours and reused by any allocation they hold (the
+    rest stays free); a free run at the buffer's end grows into new slots."""
+    elim = _tape_products.Eliminator({}, 10, 1)
+    a, b, c = elim.allocate(4), elim.allocate(6), elim.allocate(3)
+    assert (a, b, c, elim.next_slot) == (10, 14, 20, 23)
+    for base, size in ((a, 4), (b, 6)):
+        elim.release(_tape_products.Valued(1, base, (1, size), (1, 1)))
+    assert elim.allocate(7) == 10 and elim.allocate(3) == 17  # one merged run of 10, split
+    elim.release(_tape_products.Valued(1, c, (1, 3), (1, 1)))
+    assert elim.allocate(5) == 20 and elim.next_slot == 25  # the last run extended
