@@ -11,6 +11,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from alphagrad import interpreter
 
@@ -41,12 +42,14 @@ def example_arrays(args) -> tuple:
 
 def batched_inputs(args, batch: int, seed: int = 0) -> tuple:
     """`batch` copies of the example inputs (float32), perturbed so that examples differ: [batch, *shape]."""
-    key = jax.random.PRNGKey(seed)
+    # NumPy, not jax.random: each eager jax.random call compiled a kernel of its own (about 50
+    # compilations, 5-18 s of `alphagrad bench` before anything was timed).
+    rng = np.random.default_rng(seed)
     out = []
-    for i, a in enumerate(args):
-        a = jnp.asarray(a, jnp.float32)
-        noise = 0.01 * jax.random.uniform(jax.random.fold_in(key, i), (batch, *a.shape), a.dtype)
-        out.append(a[None] * (1.0 + noise))
+    for a in args:
+        a = np.asarray(a, np.float32)
+        noise = 0.01 * rng.uniform(size=(batch, *a.shape)).astype(np.float32)
+        out.append(jnp.asarray(a[None] * (1.0 + noise)))
     return tuple(out)
 
 
