@@ -289,15 +289,63 @@ def _vmapped_examples(x) -> int:
     return examples
 
 
+def _keeps(value) -> bool:
+    """Whether `value` (per example) is under a vmap large enough, and has enough entries, to be
+    computed in a kernel of its own on this backend (`_kept`, `_gathered`)."""
+    return (math.prod(np.shape(value)) > KEEP_PRODUCTS_ABOVE and jax.default_backend() == "cpu"
+            and _vmapped_examples(value) >= KEEP_PRODUCTS_MIN_BATCH)
+
+
 def _kept(x: jax.Array) -> jax.Array:
     """`x`, exactly (divided by a 1 computed at run time from its bits, which XLA cannot fold): a
     division is an expensive operation to XLA, which therefore computes it, and what `x` is computed
     from, once, instead of fusing it into each of several readers."""
-    bits_type = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}.get(x.dtype.itemsize)
-    if bits_type is None or not jnp.issubdtype(x.dtype, jnp.floating):
+    bits_type = _bits_type(x)
+    if bits_type is None:
         return x
-    bits = jax.lax.bitcast_convert_type(x, bits_type)
-    return x / jax.lax.convert_element_type((bits | 1) & 1, x.dtype)
+    return x / jax.lax.convert_element_type(_run_time_one(x, bits_type), x.dtype)
+
+
+def _bits_type(x: jax.Array):
+    """The integer type of `x`'s bits, or None where `x` is not a float of 2, 4 or 8 bytes."""
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return None
+    return {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}.get(x.dtype.itemsize)
+
+
+def _run_time_one(x: jax.Array, bits_type) -> jax.Array:
+    """1 for every entry of `x`, computed from its bits (XLA cannot fold it to a constant)."""
+    return (jax.lax.bitcast_convert_type(x, bits_type) | 1) & 1
+
+
+#: Under the same large vmaps as products are kept (`_keeps`), a dense value of at least
+#: KEEP_PLACED_MIN_ENTRIES entries placed by an index map into a result of at least KEEP_PLACED_WIDER
+#: times its entries (a column of a wider Jacobian block, through a pad) is read by a gather first
+#: (`_gathered`). The placement reads each of its entries once, so XLA fuses it, division or not,
+#: into the placing fusion; there each entry of the wide result evaluates its own branch, and the
+#: exponentials and powers the columns share are evaluated once per column that reads them, in
+#: loops that do not vectorise. At batch 32,768 (A/B in one process): osborne1 ([11]-columns of an
+#: [11, 5] block) 9.6 -> 2.0 ms, 1 -> 7 kernels, jax.jacfwd 2.0; gulf_research ([5]-columns of
+#: [5, 3]) 7.5 -> 2.5 ms, jax.jacfwd 2.4. lorenz_rk4's [3]-columns of [3, 3] blocks, already kept
+#: products read by several others, doubled the kernels (59 -> 130) and ran 6% slower, hence the
+#: minimum entries.
+KEEP_PLACED_WIDER = 2
+KEEP_PLACED_MIN_ENTRIES = 4
+
+
+def _gathered(dense: jax.Array, entries: int) -> jax.Array:
+    """`dense` (exactly) read through a gather at indices XLA cannot know where it is placed into
+    `entries` entries per example, at least KEEP_PLACED_WIDER times its own (of at least
+    KEEP_PLACED_MIN_ENTRIES), under a large vmap (`_keeps`); else `dense` itself. XLA does not fuse
+    what an expensive value is computed from into a gather (which may read an entry many times), so
+    it is computed once, in a kernel."""
+    bits_type, size = _bits_type(dense), math.prod(np.shape(dense))
+    if (bits_type is None or size < KEEP_PLACED_MIN_ENTRIES or entries < KEEP_PLACED_WIDER * size
+            or not _keeps(dense)):
+        return dense
+    flat = dense.reshape(-1)
+    index = jnp.arange(flat.shape[0], dtype=jnp.int32) * _run_time_one(flat[0], bits_type).astype(jnp.int32)
+    return flat.at[index].get(mode="promise_in_bounds").reshape(dense.shape)
 
 
 def _materialise(placed: Placed, shape, dtype) -> jax.Array:
@@ -568,10 +616,11 @@ def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCount
             terms = _map_terms(inp.value, list(out.value.terms), (*c_shape, *v_shape), after=False)
         if terms is not None:
             return convert(_placed(c_shape, p_shape, terms, dtype), code, dtype)
+        placed = math.prod(c_shape) * math.prod(p_shape)
         if out.code == INDEX_MAP:
-            dense = _apply_on_v(out.value, densify(inp, dtype))
+            dense = _apply_on_v(out.value, _gathered(densify(inp, dtype), placed))
         else:
-            dense = _apply_on_p(densify(out, dtype), inp.value)
+            dense = _apply_on_p(_gathered(densify(out, dtype), placed), inp.value)
         return convert(Partial(1, c_shape, p_shape, dense), code, dtype)
 
     plan = product_plan(inp.code, out.code)
@@ -592,7 +641,6 @@ def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCount
         sizes = _sizes(c_shape, v_shape, p_shape)
         counter.add(math.prod(sizes[c] for c in set(plan.out_letters) | set(plan.in_letters)))
         value = contract(plan.out_letters, out.value, plan.in_letters, inp.value, plan.result_letters)
-        if (math.prod(np.shape(value)) > KEEP_PRODUCTS_ABOVE and jax.default_backend() == "cpu"
-                and _vmapped_examples(value) >= KEEP_PRODUCTS_MIN_BATCH):
+        if _keeps(value):
             value = _kept(value)
     return convert(Partial(plan.result_code, c_shape, p_shape, value), code, dtype)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alphagrad import interpreter
 from alphagrad.graph import cost_model
 from alphagrad.graph._structure import STRUCTURED_CODES, VALUELESS, exact_tables, structure_of
 from alphagrad.graph import INDEX_MAP
@@ -187,3 +188,32 @@ def test_products_kept_at_large_batch_are_the_same_numbers(monkeypatch):
         assert ("div" in lowered.as_text()) == (batch == 4)  # the kept product's division
     np.testing.assert_allclose(lowered.compile()(w, v), np.einsum("bijkl,bklmn->bijmn", w, v), rtol=1e-5, atol=1e-6)
     assert seen == [2, 4]
+
+
+def test_columns_placed_into_wider_blocks_at_large_batch_are_gathered_exactly(monkeypatch):
+    # A dense column (at least KEEP_PLACED_MIN_ENTRIES entries) placed by an index map into at least
+    # KEEP_PLACED_WIDER times its entries, under a vmap of at least KEEP_PRODUCTS_MIN_BATCH examples,
+    # is read through a gather at run-time indices (its own kernel): bit for bit the column; narrower
+    # placements, shorter columns and small batches untouched.
+    from alphagrad.interpreter import _structured
+
+    monkeypatch.setattr(_structured, "KEEP_PRODUCTS_MIN_BATCH", 4)
+    x = jnp.array([[1.5, -0.0, np.inf, -np.inf, np.nan, 3e-39]] * 4, jnp.float32)  # [4, 6]
+    wide = jax.vmap(lambda v: _structured._gathered(v, 12))
+    assert "gather" in jax.jit(wide).lower(x).as_text()
+    assert np.array_equal(np.asarray(jax.jit(wide)(x)).view(np.uint8), np.asarray(x).view(np.uint8))
+    for narrower in (lambda v: _structured._gathered(v, 11), lambda v: _structured._gathered(v[:3], 12)):
+        assert "gather" not in jax.jit(jax.vmap(narrower)).lower(x).as_text()
+    assert "gather" not in jax.jit(wide).lower(x[:2]).as_text()  # below KEEP_PRODUCTS_MIN_BATCH
+
+    def f(x):  # osborne1's shape: columns of exponentials placed into an [11, 5] block
+        t = jnp.arange(11.0) / 10
+        return x[0] + x[1] * jnp.exp(-t * x[3]) + x[2] * jnp.exp(-t * x[4])
+
+    xs = np.random.default_rng(3).uniform(0.5, 1.5, (4, 5)).astype(np.float32)
+    lowered = jax.jit(jax.vmap(interpreter.jacobian(f, "reverse"))).lower(xs)
+    assert "gather" in lowered.as_text()
+    t = np.arange(11.0)[None] / 10
+    e3, e4 = np.exp(-t * xs[:, 3:4]), np.exp(-t * xs[:, 4:5])
+    expected = np.stack([np.ones_like(e3), e3, e4, -t * xs[:, 1:2] * e3, -t * xs[:, 2:3] * e4], axis=-1)
+    np.testing.assert_allclose(lowered.compile()(xs), expected, rtol=1e-5)
