@@ -427,17 +427,28 @@ def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list
     """(map v->c) @ the sum of `terms` (p->v) where `after`, else the sum of `terms` (v->c) @ (map
     p->v), as terms; None where too many would be needed. `shape` is the terms' [4] shape."""
     axes = (0, 1) if after else (2, 3)  # the terms' axes the map meets
-    done = []
+    parts = []
     for term in terms:
-        parts = [term]
         if _varies(term.weight, axes):
             if shape[axes[0]] * shape[axes[1]] > PLACED_SPLIT_MAX:
                 return None
-            parts = _split(term, axes)
-        for part in parts:
-            pattern = _apply_on_v(the_map, part.pattern) if after else _apply_on_p(part.pattern, the_map)
-            done.append(Term(pattern, part.weight))
-    return done if len(done) <= PLACED_MAX_TERMS else None
+            parts += _split(term, axes)
+        else:
+            parts.append(term)
+    if len(parts) > PLACED_MAX_TERMS:
+        return None
+
+    def moved(pattern):
+        return _apply_on_v(the_map, pattern) if after else _apply_on_p(pattern, the_map)
+
+    if len(parts) == 1:
+        return [Term(moved(part.pattern), part.weight) for part in parts]
+    # The map moves every part's pattern in one vmapped application: where its indices are known only
+    # at run time (a scatter-add onto receivers passed as an argument), one kernel instead of one per
+    # part (message_passing: 57 -> 31 kernels at batch 256, where the time is the same; 43 -> 36 ms at
+    # 32,768). Where the indices are constants XLA folds the patterns either way.
+    patterns = jax.vmap(moved)(jnp.stack([jnp.broadcast_to(part.pattern, shape) for part in parts]))
+    return [Term(pattern, part.weight) for pattern, part in zip(patterns, parts)]
 
 
 def _weighted_terms(out: Partial, inp: Partial, dtype) -> list[Term] | None:
