@@ -6,7 +6,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -131,14 +131,23 @@ def _bind_all(eqn: Equation, values: list[Any]) -> list[Any]:
 #: (False: always the seeded JVP; tests compare both).
 DOT_BY_SELECTION = True
 
+#: Values of `_dot_general_value` with at most this many entries gather at constant indices.
+DOT_VALUE_CONSTANT_INDICES_MAX = 2**16
 
-def _dot_general_partial(values: list[Any], params: dict, wrt: int, dtype) -> jax.Array:
-    """d dot_general(lhs, rhs) / d operand `wrt` as a dense [*out_shape, *operand_shape] array.
 
-    The partial is the other operand placed on the right diagonals, so it is built by
-    broadcasting and selection alone: a one-hot seeded JVP would run real (uncounted) dot
-    products with identity matrices, which on small graphs cost more to launch than to run.
-    """
+class _DotLayout(NamedTuple):
+    """Where the axes of d dot_general(lhs, rhs) / d operand `me` sit in the full partial
+    J[*out_axes, *me_axes]: J is `other` placed on the diagonals `ties` (pairs of axes of J)."""
+
+    me: Any
+    other: Any
+    out_sizes: list[int]    # the output's (unflattened) shape
+    target: dict[int, int]  # axis of `other` -> axis of J it runs along
+    ties: list[tuple[int, int]]
+
+
+def _dot_general_layout(values: list[Any], params: dict, wrt: int) -> _DotLayout:
+    """The `_DotLayout` of d dot_general(lhs, rhs) / d operand `wrt` (0: lhs, 1: rhs)."""
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = params["dimension_numbers"]
     lhs, rhs = values
     me, other = (lhs, rhs) if wrt == 0 else (rhs, lhs)
@@ -159,7 +168,6 @@ def _dot_general_partial(values: list[Any], params: dict, wrt: int, dtype) -> ja
         sizes_out[me_free_out + j] = np.shape(me)[d]
     for j, d in enumerate(other_free):
         sizes_out[other_free_out + j] = np.shape(other)[d]
-    full_shape = sizes_out + list(np.shape(me))
     # Where each axis of `other` lands in the full [out..., me...] array.
     target = {}
     for i, d in enumerate(other_batch):
@@ -168,6 +176,20 @@ def _dot_general_partial(values: list[Any], params: dict, wrt: int, dtype) -> ja
         target[d] = other_free_out + j
     for c_other, c_me in zip(other_contract, me_contract):
         target[c_other] = out_ndim + c_me
+    ties = [(i, out_ndim + me_batch[i]) for i in range(n_batch)]
+    ties += [(me_free_out + j, out_ndim + d) for j, d in enumerate(me_free)]
+    return _DotLayout(me, other, sizes_out, target, ties)
+
+
+def _dot_general_partial(values: list[Any], params: dict, wrt: int, dtype) -> jax.Array:
+    """d dot_general(lhs, rhs) / d operand `wrt` as a dense [*out_shape, *operand_shape] array.
+
+    The partial is the other operand placed on the right diagonals, so it is built by
+    broadcasting and selection alone: a one-hot seeded JVP would run real (uncounted) dot
+    products with identity matrices, which on small graphs cost more to launch than to run.
+    """
+    me, other, sizes_out, target, ties = _dot_general_layout(values, params, wrt)
+    full_shape = sizes_out + list(np.shape(me))
     axes = sorted(range(np.ndim(other)), key=target.get)
     placed = jnp.transpose(jnp.asarray(other, dtype), axes)
     shape = [1] * len(full_shape)
@@ -175,12 +197,46 @@ def _dot_general_partial(values: list[Any], params: dict, wrt: int, dtype) -> ja
         shape[target[d]] = np.shape(other)[d]
     full = jnp.broadcast_to(placed.reshape(shape), full_shape)
     mask = None
-    ties = [(i, out_ndim + me_batch[i]) for i in range(n_batch)]
-    ties += [(me_free_out + j, out_ndim + d) for j, d in enumerate(me_free)]
     for a, b in ties:
         eq = jax.lax.broadcasted_iota(jnp.int32, full_shape, a) == jax.lax.broadcasted_iota(jnp.int32, full_shape, b)
         mask = eq if mask is None else mask & eq
     return full if mask is None else jnp.where(mask, full, jnp.zeros((), dtype))
+
+
+def _dot_general_value(values: list[Any], params: dict, wrt: int, dtype, code: int, out_shape, in_shape) -> jax.Array:
+    """The value array of structure `code` of d dot_general / d operand `wrt` (as `extract` reads
+    it off the dense [v1, v2, p1, p2] partial), gathered off the other operand entry by entry.
+
+    Its size is the value's, never the dense partial's nor a seeded JVP's: for x [32, 784] @
+    W [784, 128] the partial by W is x itself (a Kronecker tie on the 128 axis); seeding it built
+    784 x 784 x 128 one-hots and ran 784 products of x with them (656 MB, 128 times the work).
+    """
+    layout = _dot_general_layout(values, params, wrt)
+    structure = structure_of(code)
+    positions = list(out_shape) + list(in_shape)
+    value_shape = [positions[pos - 1] for pos in structure.value_axes]
+    if math.prod(value_shape) == 0:
+        return jnp.zeros(value_shape, dtype)
+    constant = {pos for a, b, kind in structure.ties if kind == "K" for pos in (a, b)}
+    partner = {b: a for a, b, kind in structure.ties if kind == "D"}
+    # The indices depend on the shapes alone: NumPy constants (one gather and one select in the
+    # program) unless they would be large constants, then computed in the program.
+    xp = np if math.prod(value_shape) <= DOT_VALUE_CONSTANT_INDICES_MAX else jnp
+
+    def index(pos):  # the index of position `pos` (v1, v2, p1, p2) at every entry of the value
+        if pos in constant:  # a Kronecker tie is read at index 0 of both its positions
+            return xp.zeros((), np.int32)
+        axis = structure.value_axes.index(partner.get(pos, pos))
+        shape = [1] * len(value_shape)
+        shape[axis] = value_shape[axis]
+        return xp.arange(value_shape[axis], dtype=np.int32).reshape(shape)
+
+    v1, v2, p1, p2 = (index(pos) for pos in (1, 2, 3, 4))
+    full = [*xp.unravel_index(v1 * out_shape[1] + v2, layout.out_sizes),
+            *xp.unravel_index(p1 * in_shape[1] + p2, np.shape(layout.me))]
+    gathered = jnp.asarray(layout.other, dtype)[tuple(full[layout.target[d]] for d in range(np.ndim(layout.other)))]
+    mask = functools.reduce(xp.logical_and, [full[a] == full[b] for a, b in layout.ties], xp.bool_(True))
+    return jnp.broadcast_to(jnp.where(mask, gathered, jnp.zeros((), dtype)), value_shape)
 
 
 #: Linearised index maps whose operands have at most this many entries each are linearised at
@@ -281,13 +337,16 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
     free_p = [pos for pos in (3, 4) if pos not in tied_p]
     # Seeds: ones along tied operand indices (the tie picks one entry), a one-hot per free index.
     num_seeds = math.prod(sizes[pos] for pos in free_p)
-    if (DOT_BY_SELECTION and eqn.primitive is jax.lax.dot_general_p and len(positions) == 1
-            and num_seeds == math.prod(in_shape)):
-        # Every operand entry needs its own seed anyway, so the dense partial is no larger than
-        # the seeded responses, and selection spares the dot products with identity seeds.
-        dense = _dot_general_partial(values, eqn.params, positions[0], dtype)
-        dense = dense.reshape(*out_shape, *in_shape)
-        return Partial(code, out_shape, in_shape, dense if code == 1 else extract(dense, code))
+    if DOT_BY_SELECTION and eqn.primitive is jax.lax.dot_general_p and len(positions) == 1:
+        if num_seeds == math.prod(in_shape):
+            # Every operand entry needs its own seed anyway, so the dense partial is no larger than
+            # the seeded responses, and selection spares the dot products with identity seeds.
+            dense = _dot_general_partial(values, eqn.params, positions[0], dtype)
+            dense = dense.reshape(*out_shape, *in_shape)
+            return Partial(code, out_shape, in_shape, dense if code == 1 else extract(dense, code))
+        # Tied operand positions: seeds would be as large as the operand times its free entries.
+        return Partial(code, out_shape, in_shape,
+                       _dot_general_value(values, eqn.params, positions[0], dtype, code, out_shape, in_shape))
     seeds = jnp.ones((num_seeds, *in_shape), dtype)
     if num_seeds > 1:
         onehots = jnp.eye(num_seeds, dtype=dtype).reshape(num_seeds, *(sizes[pos] for pos in free_p))

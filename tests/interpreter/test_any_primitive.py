@@ -156,3 +156,28 @@ def test_a_custom_vjp_rule_nonlinear_in_its_cotangent_is_refused():
 
     with pytest.raises(UnsupportedPrimitiveError, match=r"custom VJP rule of clip_gradient at .*not linear in its cotangent"):
         jax.jit(interpreter.jacobian(f, "reverse"))(X4)
+
+
+@pytest.mark.parametrize("case", ["logaddexp", "product"])
+def test_reduce_window_with_a_custom_computation_is_exact_where_jax_cannot_differentiate_it(case):
+    """A generic reduce_window (a computation that is not add/max/min) is a dense vertex whose
+    partials come from its JVP; under jit jax.jacfwd and jax.jacrev of the whole function fail
+    ("Linearization failed"), so the reference is the same window written out by slicing."""
+    x = jnp.array([0.3, -0.7, 1.1, 0.5, -0.2, 0.9])
+    if case == "logaddexp":
+        def f(x):
+            return jax.lax.reduce_window(x, -jnp.inf, jnp.logaddexp, (3,), (1,), "VALID")
+
+        def by_slices(x):
+            return jnp.stack([jax.nn.logsumexp(x[i:i + 3]) for i in range(4)])
+    else:
+        def f(x):
+            return jax.lax.reduce_window(x.reshape(2, 3), 1.0, jax.lax.mul, (1, 2), (1, 1), "SAME")
+
+        def by_slices(x):
+            p = jnp.pad(x.reshape(2, 3), ((0, 0), (0, 1)), constant_values=1.0)
+            return p[:, :-1] * p[:, 1:]
+
+    expected = jax.jacfwd(by_slices)(x)
+    for order in ORDERS:
+        assert_close(jax.jit(interpreter.jacobian(f, order))(x), expected)
