@@ -118,13 +118,21 @@ def consumed(fn):
 
 
 def interleaved_medians(compiled: dict, args, reps: int, rounds: int = 6) -> dict[str, float]:
-    """Median milliseconds per call of each compiled function, timed round-robin in `rounds` rounds."""
+    """Median milliseconds per call of each compiled function, timed round-robin in `rounds` rounds.
+
+    Each round starts one candidate later (a rotation): with a fixed order, the same compiled program
+    measured in two places of one round read up to 2x apart on this machine (gulf_research at batch
+    32,768: 14 and 7.4 ms, RoeFlux_3d 25.6 and 13.7 ms, lorenz_rk4 23.4 and 18.2 ms, the slower
+    each time the candidate timed right after jax.jacrev); rotated, those three pairs read within
+    3-7%, though another (osborne1: 12.1 and 5.8 ms) still read 2x apart at load 8."""
     for fn in compiled.values():
         jax.block_until_ready(fn(*args))
     samples = {label: [] for label in compiled}
     per_round = max(1, reps // rounds)
-    for _ in range(rounds):
-        for label, fn in compiled.items():
+    labels = list(compiled)
+    for r in range(rounds):
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            fn = compiled[label]
             for _ in range(per_round):
                 start = time.perf_counter()
                 jax.block_until_ready(fn(*args))
