@@ -25,6 +25,15 @@ drawn from a broad primitive mix reading recent values (`_random_program`):
 - ``stencil``: explicit viscous Burgers steps on a 200-point grid (``jnp.pad`` and slices).
 - ``mlp``: a long chain of small matrix products: residual blocks ``h + 0.1 tanh(W h) exp(-0.01 h²)``
   on a 32-entry state, four 32 x 32 weight matrices (arguments) used in turn.
+- ``tensor``: the random mix on arrays of rank 3 and 4 ((4, 4, 4), (2, 3, 4, 2); also (4, 4), a
+  scalar, (3, 4)) with, besides, means and maxima over some axes, transposes, batched matrix
+  products (dot_general with batch dimensions), contractions with a matrix, reshapes, slices along
+  an axis, centring by a broadcast mean.
+- ``control``: the ``random-vector`` arguments and mix with, besides, jnp.where and lax.select,
+  lax.cond, small fori_loops and scans, gathers and scatters (set, add) at constant index arrays,
+  gathers at computed ones (argsort, argmax), cumulative sums, sorts, clips.
+- ``many-io``: 150 scalar and 50 (8,) arguments, the ``random-vector`` mix; the newest 200 values
+  are outputs (a wide and tall Jacobian).
 
 The FitzHugh-Nagumo forms differentiate all 8 scalar inputs (``argnums=(0, ..., 7)``; the vector
 form w.r.t. v and w and the 4 parameters), the generated ones all their arguments. For each form
@@ -62,10 +71,10 @@ import tempfile
 import time
 
 FORMS = ("scalar", "hub", "vector", "fori", "scan", "random", "random-vector", "wide", "model", "matrix", "stencil",
-         "mlp")
+         "mlp", "tensor", "control", "many-io")
 #: The generated forms (seeded random programs, the Lorenz-96 model, a matrix ODE and a stencil),
 #: computed in float64.
-GENERATED = ("random", "random-vector", "wide", "model", "matrix", "stencil", "mlp")
+GENERATED = ("random", "random-vector", "wide", "model", "matrix", "stencil", "mlp", "tensor", "control", "many-io")
 STAGES = ("trace", "auto", "reverse", "markowitz", "jacrev")
 DT = 0.05
 RING = 16
@@ -157,8 +166,14 @@ _RANDOM_ARGS = {
     "random": ((), (), (), ()),
     "random-vector": ((16,), (4, 4), (), (8,)),
     "wide": ((512,), (128,), (), (32, 16)),
+    "tensor": ((4, 4, 4), (2, 3, 4, 2), (4, 4), (), (3, 4)),
+    "control": ((16,), (4, 4), (), (8,)),
+    "many-io": ((),) * 150 + ((8,),) * 50,
 }
-_RANDOM_MAX = {"random": 1, "random-vector": 64, "wide": 1024}
+_RANDOM_MAX = {"random": 1, "random-vector": 64, "wide": 1024, "tensor": 64, "control": 64, "many-io": 64}
+#: Outputs of a generated program: the newest value of each of this many shapes (`many-io`: the
+#: newest values, as many), and the mean of the values no statement read.
+_RANDOM_OUTPUTS = {"many-io": 200}
 
 
 def _random_program(form: str, statements: int, seed: int = 0):
@@ -177,6 +192,8 @@ def _random_program(form: str, statements: int, seed: int = 0):
     each shape among the newest ones and the mean of every value no statement read (a handful
     of outputs).
     """
+    import math
+
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -231,8 +248,75 @@ def _random_program(form: str, statements: int, seed: int = 0):
                     lambda: jnp.power(1.0 + jnp.tanh(a) ** 2, jnp.tanh(b)), lambda: a * b / (1.0 + b * b),
                     lambda: jax.lax.cond(jnp.sum(b) > 0, lambda: a * 0.5, lambda: jnp.sin(a))][op]()
 
+        def tensor(a):
+            """Rank 3 and 4: reductions over some axes, transposes, batched matrix products
+            (dot_general with batch dimensions), contractions with a matrix, reshapes, slices
+            along an axis, centring by a broadcast mean (None: none fits)."""
+            op = rng.integers(8)
+            axis = int(rng.integers(a.ndim))
+            if op == 0:
+                axes = tuple(sorted(rng.choice(a.ndim, size=int(rng.integers(1, a.ndim)), replace=False).tolist()))
+                return jnp.mean(a, axis=axes, keepdims=bool(rng.random() < 0.3))
+            if op == 1:
+                return jnp.transpose(a, rng.permutation(a.ndim).tolist())
+            if op == 2 and math.prod(a.shape[:-1]) * a.shape[-2] <= limit:
+                b = partner(a)  # batched a[..., i, j] b[..., k, j]: dot_general, batch dimensions
+                b = b if b.shape == a.shape else jnp.tanh(a)
+                return jnp.einsum("...ij,...kj->...ik", a, b) / a.shape[-1]
+            if op == 3:
+                m = pick((a.shape[-1], a.shape[-1]))
+                return None if m is None else jnp.tensordot(a, m, axes=1) / a.shape[-1]
+            if op == 4:
+                shapes = [(a.size,), (a.shape[0], -1), (-1, a.shape[-1]), (a.shape[0] * a.shape[1], -1)]
+                if a.size % 4 == 0:
+                    shapes.append((2, -1, 2))
+                return a.reshape(shapes[int(rng.integers(len(shapes)))])
+            if op == 5:
+                return jnp.max(a, axis=axis)
+            if op == 6 and a.shape[axis] > 1:
+                i = int(rng.integers(a.shape[axis] - 1))
+                return jax.lax.slice_in_dim(a, i, i + max(1, a.shape[axis] // 2), axis=axis)
+            return 0.5 * (a - jnp.mean(a, axis=axis, keepdims=True))
+
+        def control(a):
+            """Selections and branches, small loops, gathers and scatters at integer index
+            arrays (constant or computed), cumulative sums and sorts."""
+            op = rng.integers(10)
+            b = partner(a)
+            b = jnp.broadcast_to(b, a.shape)
+            if op == 0:
+                return jnp.where(a > b, a, 0.5 * b)
+            if op == 1:
+                return jax.lax.select(a > 0.1, jnp.sin(a), b * 0.5)
+            if op == 2:
+                return jax.lax.cond(jnp.sum(a) > 0, lambda x: x * 0.5, jnp.tanh, a)
+            if op == 3:
+                steps = int(rng.integers(2, 5))
+                return jax.lax.fori_loop(0, steps, lambda i, x: 0.8 * x + 0.2 * jnp.sin(x * b + 0.1 * i), a)
+            if a.ndim == 0:
+                return jnp.clip(a, -0.5, 0.5) + 0.1 * b
+            n = a.shape[0]
+            if op == 4:  # a scan along the first axis: a decaying running state
+                return jax.lax.scan(lambda c, x: (0.7 * c + 0.3 * jnp.tanh(x), c), a[0], a)[1]
+            if op == 5:
+                index = jnp.asarray(rng.integers(0, n, size=max(1, n // 2)))
+                if rng.random() < 0.5:
+                    return a.at[index].add(0.5 * b[: len(index)])  # a scatter-add (repeated indices add)
+                return a.at[index].set(jnp.tanh(b[: len(index)]))
+            if op == 6:
+                return jnp.cumsum(a, axis=0) / n
+            if op == 7:
+                return jnp.sort(a, axis=0)
+            if op == 8:
+                return a[jnp.argsort(b[:, 0] if b.ndim > 1 else b)]  # a gather at computed indices
+            return a * jnp.take(b.reshape(-1), jnp.argmax(a))  # one entry at a computed index
+
         def structural(a):
             """Reductions, products and data movement, as the shape of `a` allows (None: none fits)."""
+            if form == "tensor" and a.ndim >= 2 and rng.random() < 0.6:
+                return tensor(a) if a.ndim >= 3 else tensor(a[None]) if a.size * 2 <= limit else None
+            if form == "control" and rng.random() < 0.6:
+                return control(a)
             if a.ndim == 0:
                 shapes = {v.shape for v in values[-64:] if 1 < v.size <= limit}
                 if not shapes:
@@ -293,11 +377,14 @@ def _random_program(form: str, statements: int, seed: int = 0):
                 new = a + 0.3 * new  # a residual update: derivatives neither vanish nor explode
             values.append(new)
             unread.append(new)
-        newest = values[-32:]
-        outputs = {}
-        for v in newest:
-            outputs[v.shape] = v
-        outputs = list(outputs.values())[-4:]
+        count = _RANDOM_OUTPUTS.get(form)
+        if count:  # the newest values
+            outputs = values[-count:]
+        else:
+            outputs = {}
+            for v in values[-32:]:
+                outputs[v.shape] = v
+            outputs = list(outputs.values())[-4:]
         # Every value no statement read: their mean is one more output, so every statement
         # reaches an output (the Jacobian depends on the whole program).
         return tuple(outputs) + (sum(jnp.mean(v) for v in unread) / len(unread),)

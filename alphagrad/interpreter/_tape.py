@@ -309,9 +309,10 @@ def _freeze(value: Any) -> Any:
 
 
 #: Primitives with sub-programs the tape binds whole, with partials by their JVP: branches, while
-#: loops (a scan may be kept as a loop with a plan of its own: straight-line path), functions with
-#: custom JVP rules (custom VJP rules have no JVP: straight-line path, by rows).
-_SUB_PROGRAMS = frozenset({"cond", "while", "custom_jvp_call"})
+#: loops, scans whose partials the graph's loop plan takes whole (small fori_loops and scans inside
+#: long generated code; a scan whose plan chains local Jacobians takes the straight-line path),
+#: functions with custom JVP rules (custom VJP rules have no JVP: straight-line path, by rows).
+_SUB_PROGRAMS = frozenset({"cond", "while", "scan", "custom_jvp_call"})
 
 
 def _params_key(eqn) -> Any:
@@ -449,8 +450,10 @@ class _Builder:
                 bounds.append(None)
             else:
                 bounds.append(float(np.max(np.abs(np.asarray(op.value)), initial=0)))
-        if name in ("argmax", "argmin"):
+        if name in ("argmax", "argmin") or (name == "top_k" and isinstance(eqn.primitive, _OutputOf)):
             bound = float(MAX_COMPONENTS)  # an index into an operand of at most that many entries
+        elif name == "sort" and isinstance(eqn.primitive, _OutputOf) and bounds[eqn.primitive.k] is not None:
+            bound = bounds[eqn.primitive.k]  # a permutation of that operand (argsort: of an iota)
         elif None in bounds:
             return False
         elif name in ("add", "sub"):
@@ -652,13 +655,21 @@ class _Builder:
         for e in graph.edges:
             if e.code != 0:
                 incoming.setdefault(e.dst, []).append(e)
-        equations = [piece for eqn in program.equations for piece in _split_pieces(eqn)]
+        # Values of multi-output equations that no vertex holds but some equation reads (a sort's
+        # permutation: argsort) get equations of their own, keyed ("ref", equation, output).
+        read = {op.value for eqn in program.equations for op in eqn.operands
+                if op.node is None and isinstance(op.value, ValueRef)}
+        equations = [piece._replace(operands=tuple(_read_ref(op) for op in piece.operands))
+                     for index, eqn in enumerate(program.equations) for piece in _split_pieces(eqn, index, read)]
         for k, eqn in enumerate(equations):
             name = eqn.primitive.name if eqn.primitive is not None else "output copy"
             where = f"equation {k + 1} ({name})"
+            # (A scatter's update_jaxpr is its combiner, keyed by its text: not a sub-program.)
             if (eqn.primitive is not None and eqn.primitive.name not in _SUB_PROGRAMS
-                    and any(_is_jaxpr(v) for v in eqn.params.values())):
+                    and any(_is_jaxpr(v) for key, v in eqn.params.items() if key != "update_jaxpr")):
                 raise Unsupported(f"{where} holds a sub-program (a loop or a branch)")
+            if getattr(eqn, "loop", None) is not None and eqn.loop.mode != "whole":  # (whole: JAX's JVP, uncounted)
+                raise Unsupported(f"{where} is a loop whose partials the plan chains ({eqn.loop.mode} mode)")
             if len(eqn.outputs) != 1:  # (a sort of one array has one result, in a list)
                 raise Unsupported(f"{where} has several outputs")
         equations = self._fold(equations, incoming)
@@ -1051,11 +1062,49 @@ _NUMPY_ELEMENTWISE = {
 }
 
 
-def _split_pieces(eqn) -> list:
-    """A `split` equation (jnp.split: several outputs) as one slice per output that has a vertex
-    (the others are read by nobody); any other equation as itself."""
-    if eqn.primitive is None or eqn.primitive.name != "split" or len(eqn.operands) != 1:
+class _OutputOf(NamedTuple):
+    """Stands in for a primitive of several results: its result `k` (`_split_pieces`)."""
+
+    primitive: Any
+    k: int
+
+    @property
+    def name(self) -> str:
+        return self.primitive.name
+
+    multiple_results = False
+
+    def get_bind_params(self, params: dict) -> dict:
+        return self.primitive.get_bind_params(params)
+
+    def bind(self, *args, **params):
+        return self.primitive.bind(*args, **params)[self.k]
+
+
+def _read_ref(op: Operand) -> Operand:
+    """An operand reading a value no vertex holds (`ValueRef`) as one reading its piece's output."""
+    if op.node is None and isinstance(op.value, ValueRef):
+        return Operand(("ref", op.value.equation, op.value.output))
+    return op
+
+
+def _split_pieces(eqn, index: int, read: set) -> list:
+    """An equation of several outputs as one equation per output that has a vertex or that an
+    equation reads (`read`: `ValueRef`s): a `split` (jnp.split) as slices, any other (a sort of
+    several operands: argsort; top_k; a cond or while of several results) as its primitive with
+    that result picked (`_OutputOf`: the primitive runs once per such output). Any other equation
+    as itself."""
+    if eqn.primitive is None or len(eqn.outputs) <= 1:
         return [eqn]
+    if eqn.primitive.name != "split" or len(eqn.operands) != 1:
+        pieces = []
+        for k, (out, aval) in enumerate(zip(eqn.outputs, eqn.avals)):
+            if out.node is None and ValueRef(index, k) in read:
+                out = Operand(("ref", index, k))
+            if out.node is not None:
+                pieces.append(eqn._replace(primitive=_OutputOf(eqn.primitive, k), aval=aval, outputs=(out,),
+                                           avals=(aval,)))
+        return pieces
     axis, pieces, start = eqn.params["axis"], [], 0
     for out, aval, size in zip(eqn.outputs, eqn.avals, eqn.params["sizes"]):
         begin = [0] * len(aval.shape)

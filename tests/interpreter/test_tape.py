@@ -159,11 +159,18 @@ def cummax_program(x):
     return jnp.sin(jax.lax.cummax(x * x, axis=0))  # a tie splits its derivative: not a 0/1 mask
 
 
+@jax.custom_vjp
+def _sin(x):
+    return jnp.sin(x)
+
+
+_sin.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (g * jnp.cos(x),))
+
+
 def loop_program(x, y):
-    # a sub-program: a scan too long to unroll, kept as a loop (its partials have a plan of their
-    # own); a short fori_loop is unrolled into the graph, a cond or a while the tape binds whole
-    z = jax.lax.scan(lambda c, _: (c * 0.99 + 0.01 * jnp.sin(c), None), x * y, None, length=200)[0]
-    return z * x
+    # a sub-program the tape does not bind: a custom VJP rule (no JVP; a cond, a while, a scan
+    # whose partials are taken whole and a custom JVP rule the tape binds whole)
+    return _sin(x * y) * x
 
 
 @pytest.mark.parametrize("fn, args, reason", [
@@ -181,7 +188,7 @@ def test_unsupported_graphs_fall_back_to_the_straight_line_path(force_tape, fn, 
             _tape.build(g, steps)
         assert _jacobian._tape_of(g, steps) is None
         actual = jax.jit(interpreter.jacobian(fn, "reverse", argnums=argnums))(*args)
-        _close(actual, jax.jacfwd(fn, argnums=argnums)(*args), rtol=1e-10)
+        _close(actual, jax.jacrev(fn, argnums=argnums)(*args), rtol=1e-10)  # (a custom VJP has no jacfwd)
         assert interpreter.count_muls(fn, "reverse", *args, argnums=argnums) == graph.cost(g, "reverse")
 
 
@@ -294,18 +301,24 @@ def test_tape_holds_float32_values_in_a_float64_program(force_tape):
 
 
 def branches(x, s):
-    """A cond and a while loop (one carry, a value-dependent trip count) inside a program."""
+    """A cond and a while loop (one carry, a value-dependent trip count) inside a program; a while
+    of two carries and a scan (several results each), an argsort (a sort of two results whose
+    permutation, no vertex, a gather reads) and a scatter-add at constant indices."""
     for _ in range(2):
         x = x + 0.1 * jax.lax.cond(s > 0.3, lambda: x * s, lambda: jnp.sin(x) - s)
         x = jax.lax.while_loop(lambda c: jnp.sum(c * c) > 0.5, lambda c: c * 0.8, x)
         s = s * 0.9 + 0.1 * jnp.sum(x)
-    return x, s
+    x, s = jax.lax.while_loop(lambda c: c[1] > 0.2, lambda c: (c[0] * 0.9 + c[1], c[1] * 0.5), (x, s))
+    x = x + jax.lax.scan(lambda c, y: (0.7 * c + 0.3 * jnp.tanh(y * c), c), x[0], x)[1]
+    return x[jnp.argsort(x * s)] + x.at[jnp.array([0, 0, 2])].add(x * s), s
 
 
 def test_tape_binds_conds_and_while_loops_whole(force_tape):
     with jax.enable_x64(True):
         args = (jnp.array([0.6, -0.4, 0.9]), jnp.float64(0.45))
         g = interpreter.graph_of(branches, *args, argnums=(0, 1))
+        names = [e.primitive.name for e in g.program.equations if e.primitive is not None]
+        assert {"scan", "sort", "scatter-add"} <= set(names)
         tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse")))
         assert tape.muls == graph.cost(g, "reverse")
         actual = jax.jit(interpreter.jacobian(branches, "reverse", argnums=(0, 1)))(*args)
