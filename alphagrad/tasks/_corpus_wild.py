@@ -15,6 +15,11 @@ jax.scipy, a linear recurrence by ``lax.associative_scan``, a grouped and dilate
 padded, strided max pool (``lax.reduce_window``), ``segment_max`` with an empty segment, a
 ``lax.switch`` inside a scan with branch indices computed from the data, an RK4 integrator in a
 ``fori_loop``, and ``jnp.interp`` with traced grid and values.
+
+From the session-10 battery: a Crank-Nicolson step by ``lax.linalg.tridiagonal_solve``, a bilinear
+``jax.image.resize`` (``scale_and_translate``), traces and diagonals by einsum with repeated indices
+(``bii->b``, ``iij->j``), and a dense layer's loss differentiated in its weight (a Kronecker-tied
+partial, read off the input).
 """
 
 from __future__ import annotations
@@ -200,6 +205,34 @@ def interp_traced_grid(xp, fp):
     return jnp.interp(np.array([-0.5, 0.2, 2.5]), jnp.cumsum(jnp.exp(xp)) - 1.0, fp, left=-1.0)
 
 
+def crank_nicolson_tridiagonal(u0, source):
+    """A Crank-Nicolson step of 1-D diffusion on 4 points with a source term: its tridiagonal system
+    solved by ``lax.linalg.tridiagonal_solve``."""
+    r = 0.3
+    lower = np.concatenate([[0.0], np.full(3, -r)])
+    upper = np.concatenate([np.full(3, -r), [0.0]])
+    diagonal = np.full(4, 1 + 2 * r)
+    rhs = (1 - 2 * r) * u0 + r * (jnp.roll(u0, 1) + jnp.roll(u0, -1)) + 0.1 * source
+    return jax.lax.linalg.tridiagonal_solve(lower, diagonal, upper, rhs[:, None])[:, 0]
+
+
+def bilinear_resize(image):
+    """A [1, 3, 3, 1] image resized bilinearly to [1, 4, 5, 1] by ``jax.image.resize``, then tanh."""
+    return jnp.tanh(jax.image.resize(image, (1, 4, 5, 1), "bilinear"))
+
+
+def einsum_traces(a, b):
+    """Batched traces and diagonals by einsum with repeated indices: ``bii->b`` of a [2, 3, 3], and
+    ``iij->j`` of b [3, 3, 2], combined."""
+    return jnp.einsum("bii->b", a)[:, None] * jnp.einsum("iij->j", b)[None, :] + jnp.einsum("bii->bi", a)[:, :2]
+
+
+def dense_weight_loss(weight, x):
+    """A dense layer's mean squared tanh over a batch x [3, 5] by its weight [5, 4]: the partial of
+    x @ weight by the weight is x itself (a Kronecker tie on the weight's output axis)."""
+    return jnp.mean(jnp.tanh(x @ weight) ** 2, axis=0)
+
+
 #: Functions whose reference Jacobian is jax.jacfwd (jax.jacrev cannot differentiate their while loop).
 JACFWD_REFERENCE = frozenset({"tolerance_while"})
 
@@ -237,4 +270,8 @@ def entries() -> list[tuple]:
         ("control flow", switch_scan, (_normal(6),), 0),
         ("integrators", rk4_lotka_volterra, (1.0 + 0.1 * _normal(2), 1.0 + 0.1 * _normal(2)), (0, 1)),
         ("indexing", interp_traced_grid, (_normal(4), _normal(4)), (0, 1)),
+        ("integrators", crank_nicolson_tridiagonal, (_normal(4, scale=0.2), _normal(4)), (0, 1)),
+        ("layers", bilinear_resize, (_normal(1, 3, 3, 1),), 0),
+        ("linear algebra", einsum_traces, (_normal(2, 3, 3), _normal(3, 3, 2)), (0, 1)),
+        ("layers", dense_weight_loss, (_normal(5, 4), _normal(3, 5)), (0, 1)),
     ]
