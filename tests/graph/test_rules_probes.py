@@ -33,11 +33,10 @@ def test_custom_jvp_with_a_mixing_rule_is_dense_not_diagonal():
     g = interpreter.graph_of(f, x, y, argnums=(0, 1))
     assert g.vertices[0].primitive == "custom_jvp_call"
     assert sorted(e.code for e in g.edges if e.dst == g.node_id(1)) == [1, 1]  # dense in a and in b
+    assert len(g.vertices) == 1  # no vertex to eliminate: every order runs the same program
     expected = jax.jacfwd(f, argnums=(0, 1))(x, y)
-    for order in ("forward", "reverse", "markowitz"):
-        actual = interpreter.jacobian(f, order, argnums=(0, 1))(x, y)
-        for a, b in zip(actual, expected):
-            np.testing.assert_allclose(a, b, rtol=1e-6)
+    for a, b in zip(interpreter.jacobian(f, "reverse", argnums=(0, 1))(x, y), expected):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 @pytest.mark.parametrize("fn", [jax.nn.relu, jax.nn.relu6, lambda v: jnp.logaddexp(v, 2.0 * v)],
