@@ -134,6 +134,11 @@ DOT_BY_SELECTION = True
 #: Values of `_dot_general_value` with at most this many entries gather at constant indices.
 DOT_VALUE_CONSTANT_INDICES_MAX = 2**16
 
+#: A dot_general partial with tied operand axes whose seeds or responses would have more entries
+#: than this is gathered (`_dot_general_value`); below, the seeded JVP runs faster (a batched
+#: gather under vmap took 4x the time of the products with one-hots on small per-example graphs).
+DOT_SEEDS_MAX = 2**20
+
 
 class _DotLayout(NamedTuple):
     """Where the axes of d dot_general(lhs, rhs) / d operand `me` sit in the full partial
@@ -344,9 +349,10 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
             dense = _dot_general_partial(values, eqn.params, positions[0], dtype)
             dense = dense.reshape(*out_shape, *in_shape)
             return Partial(code, out_shape, in_shape, dense if code == 1 else extract(dense, code))
-        # Tied operand positions: seeds would be as large as the operand times its free entries.
-        return Partial(code, out_shape, in_shape,
-                       _dot_general_value(values, eqn.params, positions[0], dtype, code, out_shape, in_shape))
+        if num_seeds * max(math.prod(in_shape), math.prod(out_shape)) > DOT_SEEDS_MAX:
+            # Tied operand positions, and seeds or responses too large to hold: gathered instead.
+            return Partial(code, out_shape, in_shape,
+                           _dot_general_value(values, eqn.params, positions[0], dtype, code, out_shape, in_shape))
     seeds = jnp.ones((num_seeds, *in_shape), dtype)
     if num_seeds > 1:
         onehots = jnp.eye(num_seeds, dtype=dtype).reshape(num_seeds, *(sizes[pos] for pos in free_p))
