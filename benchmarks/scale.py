@@ -274,8 +274,9 @@ def _random_program(form: str, statements: int, seed: int = 0):
             if op == 5:
                 return jnp.max(a, axis=axis)
             if op == 6 and a.shape[axis] > 1:
-                i = int(rng.integers(a.shape[axis] - 1))
-                return jax.lax.slice_in_dim(a, i, i + max(1, a.shape[axis] // 2), axis=axis)
+                length = max(1, a.shape[axis] // 2)
+                i = int(rng.integers(a.shape[axis] - length + 1))
+                return jax.lax.slice_in_dim(a, i, i + length, axis=axis)
             return 0.5 * (a - jnp.mean(a, axis=axis, keepdims=True))
 
         def control(a):
@@ -313,7 +314,7 @@ def _random_program(form: str, statements: int, seed: int = 0):
 
         def structural(a):
             """Reductions, products and data movement, as the shape of `a` allows (None: none fits)."""
-            if form == "tensor" and a.ndim >= 2 and rng.random() < 0.6:
+            if form == "tensor" and (a.ndim >= 3 or (a.ndim == 2 and rng.random() < 0.6)):
                 return tensor(a) if a.ndim >= 3 else tensor(a[None]) if a.size * 2 <= limit else None
             if form == "control" and rng.random() < 0.6:
                 return control(a)
