@@ -135,8 +135,9 @@ DOT_BY_SELECTION = True
 DOT_VALUE_CONSTANT_INDICES_MAX = 2**16
 
 #: A dot_general partial with tied operand axes whose seeds or responses would have more entries
-#: than this is gathered (`_dot_general_value`); below, the seeded JVP runs faster (a batched
-#: gather under vmap took 4x the time of the products with one-hots on small per-example graphs).
+#: than this is gathered (`_dot_general_value`); below, the seeded JVP is kept, so small
+#: per-example graphs run the programs the run-time benchmarks measured (an interleaved A/B on a
+#: vmapped 3-8-2 MLP at batch 4096 found the gather no slower: 1.5 vs 2.9 ms forward, load 7).
 DOT_SEEDS_MAX = 2**20
 
 
