@@ -518,6 +518,13 @@ def _apply_on_p(dense_out: jax.Array, in_map: IndexMap) -> jax.Array:
 #: at 9 24 s.
 UNROLL_CONTRACTION = 9
 UNROLL_JOINT = 2**14
+#: Under a smaller vmap (fewer than KEEP_PRODUCTS_MIN_BATCH examples, or none) the joint space is
+#: capped at UNROLL_JOINT_SMALL_BATCH: at batch 256 the unrolled sum lost to dot_general on larger
+#: joints (A/B in one process: padded_attention, joints 768-6,144, 3.6 -> 1.8 ms; layer_norm, 3,456,
+#: 0.94 -> 0.40 ms; dh_chain, 576, 1.23 -> 1.08 ms; cnn_pool 16.7 -> 18.5 ms, within the noise) and won on
+#: small ones (cholesky's and eigen_energy's 243: 0.42 -> 0.28 and 0.45 -> 0.37 ms unrolled); at batch
+#: 32,768 the larger joints still gain from unrolling (layer_norm 208 -> 175 ms, dh_chain 381 -> 339).
+UNROLL_JOINT_SMALL_BATCH = 512
 
 
 def _unrolled_contract(letters_a: str, a: jax.Array, letters_b: str, b: jax.Array, result: str,
@@ -574,8 +581,9 @@ def contract(letters_a: str, a: jax.Array, letters_b: str, b: jax.Array, result:
     summed_letters = [c for c in live if c not in result]
     own_a = [c for c in live if c in result and c in letters_a and c not in letters_b]
     own_b = [c for c in live if c in result and c in letters_b and c not in letters_a]
+    large_batch = max(_vmapped_examples(a), _vmapped_examples(b)) >= KEEP_PRODUCTS_MIN_BATCH
     if (summed_letters and own_a and own_b and math.prod(size[c] for c in summed_letters) <= UNROLL_CONTRACTION
-            and math.prod(size[c] for c in live) <= UNROLL_JOINT):
+            and math.prod(size[c] for c in live) <= (UNROLL_JOINT if large_batch else UNROLL_JOINT_SMALL_BATCH)):
         return _unrolled_contract(letters_a, a, letters_b, b, result, size, summed_letters)
     if summed_letters:
         # A real contraction: one dot_general performs the same multiplications with far less

@@ -234,3 +234,19 @@ def test_a_map_moves_split_terms_in_one_application():
     expected = jax.jit(jax.jacfwd(f, argnums=(0, 1)))(nodes, weights, senders, receivers)  # (eager: 1.5 s)
     for a, b in zip(lowered.compile()(nodes, weights, senders, receivers), expected):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_large_contractions_are_unrolled_only_under_a_large_vmap(monkeypatch):
+    # A matrix product of 8 summed entries over a joint space of 6,144 points: a dot_general at small
+    # batch (above UNROLL_JOINT_SMALL_BATCH), a sum of broadcast products under a vmap of at least
+    # KEEP_PRODUCTS_MIN_BATCH examples; the same numbers either way.
+    from alphagrad.interpreter import _structured
+
+    monkeypatch.setattr(_structured, "KEEP_PRODUCTS_MIN_BATCH", 4)
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(4, 8, 8)).astype(np.float32), rng.normal(size=(4, 8, 96)).astype(np.float32)
+    product = jax.vmap(lambda x, y: _structured.contract("ij", x, "jk", y, "ik"))
+    for batch, dot in ((2, True), (4, False)):
+        lowered = jax.jit(product).lower(a[:batch], b[:batch])
+        assert ("dot_general" in lowered.as_text()) == dot
+        np.testing.assert_allclose(lowered.compile()(a[:batch], b[:batch]), a[:batch] @ b[:batch], rtol=1e-5, atol=1e-5)
