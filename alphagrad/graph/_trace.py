@@ -77,6 +77,9 @@ def structural_primitives_markdown() -> str:
         ("contraction", _rules.CONTRACTIONS,
          "Kronecker ties on free dimensions, diagonal ties on batch dimensions; a convolution is tied "
          "along its batch axis (exact model, rank >= 3)"),
+        ("scaling scatters", _rules.SCALING_SCATTERS,
+         "diagonal (6; 1 on a scalar) in the operand (entry k times the updates scattered onto k), "
+         "dense in the updates"),
         ("custom derivatives", _rules.CUSTOM_DERIVATIVES,
          "one vertex whose partials follow the function's own JVP rule: diagonal (6) where the function "
          "is pointwise, dense otherwise; `custom_vjp_call` is dense, its partials by its VJP rule"),
