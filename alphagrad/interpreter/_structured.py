@@ -441,7 +441,7 @@ def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list
     def moved(pattern):
         return _apply_on_v(the_map, pattern) if after else _apply_on_p(pattern, the_map)
 
-    if len(parts) == 1:
+    if len(parts) <= 1:  # none (a zero-size partial) or one: nothing to stack
         return [Term(moved(part.pattern), part.weight) for part in parts]
     # The map moves every part's pattern in one vmapped application: where its indices are known only
     # at run time (a scatter-add onto receivers passed as an argument), one kernel instead of one per
