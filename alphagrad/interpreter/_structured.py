@@ -128,6 +128,13 @@ def densify(partial: Partial, dtype) -> jax.Array:
     if isinstance(partial.value, Placed):
         return _materialise(partial.value, (o1, o2, p1, p2), dtype)
     if partial.code == INDEX_MAP:
+        # One-hot seeds on the smaller side: a reduction or selection of many entries into few
+        # (an n-body energy's sums, a sort's slice) would otherwise take an identity of
+        # (input entries)^2 (a sort of 5,000: 1.6 GB where jax.jacrev needs 0.5 GB).
+        if o1 * o2 < p1 * p2:
+            basis = np.eye(o1 * o2, dtype=dtype).reshape(o1 * o2, o1, o2)
+            rows = jax.vmap(partial.value.transpose)(basis)  # [o1*o2, p1, p2]
+            return rows.reshape(o1, o2, p1, p2)
         basis = np.eye(p1 * p2, dtype=dtype).reshape(p1 * p2, p1, p2)
         columns = jax.vmap(partial.value.apply)(basis)  # [p1*p2, o1, o2]
         return jnp.moveaxis(columns.reshape(p1, p2, o1, o2), (0, 1), (2, 3))

@@ -159,6 +159,19 @@ def test_a_weighted_map_drops_an_infinite_weight_it_does_not_read():
     np.testing.assert_array_equal(jax.jit(run)(jnp.array([[2.0], [np.nan], [3.0]])), [[0, 0, 0], [2, 0, 3]])
 
 
+def test_index_maps_densify_by_columns_or_by_rows_whichever_side_is_smaller():
+    # A selection of 2 of 5 entries (rows: 2 one-hot seeds) and its adjoint scatter (columns).
+    picked = jnp.array([4, 1])
+    select = IndexMap(lambda t: t.reshape(5)[picked].reshape(2, 1),
+                      lambda ct: jnp.zeros(5, ct.dtype).at[picked].add(ct.reshape(2)).reshape(5, 1))
+    expected = np.zeros((2, 1, 5, 1))
+    expected[0, 0, 4, 0] = expected[1, 0, 1, 0] = 1.0
+    np.testing.assert_array_equal(densify(Partial(INDEX_MAP, (2, 1), (5, 1), select), jnp.float64), expected)
+    scatter = IndexMap(select.transpose, select.apply)
+    np.testing.assert_array_equal(densify(Partial(INDEX_MAP, (5, 1), (2, 1), scatter), jnp.float64),
+                                  expected.transpose(2, 3, 0, 1))
+
+
 def test_products_kept_at_large_batch_are_the_same_numbers(monkeypatch):
     # A product of more than one entry per example, under a vmap of at least
     # KEEP_PRODUCTS_MIN_BATCH examples, is divided by a 1 computed at run time (its own kernel):
