@@ -381,10 +381,9 @@ def _dense_partials(eqn: Equation, values: list[Any], sources: Mapping[int, tupl
     The equation is differentiated once for all its sources: one vmapped JVP with one one-hot
     tangent per entry of every source (its columns), or one vmapped VJP with one one-hot cotangent
     per output entry (its rows), whichever is cheaper. Differentiating it once per source would run a
-    loop or a factorisation once per source, plus once for its value. The other floating-point
-    operands get zero tangents rather than none: some JVP rules (custom_linear_solve's, when only its
-    solver's operands have tangents) fail on all-symbolic-zero tangents; a zero multiply costs nothing
-    the cost model counts.
+    loop or a factorisation once per source, plus once for its value. Which other operands JAX
+    varies (with zero tangents) is tried in turn (see the code); none of it is counted by the cost
+    model.
 
     Args:
       sources: per source node, the operand positions it occupies and its normalised shape (p1, p2).
@@ -398,12 +397,17 @@ def _dense_partials(eqn: Equation, values: list[Any], sources: Mapping[int, tupl
       partial with value [v1, v2, p1, p2]).
     """
     every_float = [i for i, v in enumerate(values) if _is_float(v)]
-    # Some JVP rules refuse any tangent, even a zero one, for an operand they have no derivative
-    # for (polygamma's order, betainc's a and b): then only the operands that are graph nodes, or
-    # only the sources' own, are varied (a generic reduce needs its operands' tangents alike).
+    # The operands that are graph nodes are varied first, the constants kept out of JAX's
+    # differentiation: a zero tangent for a constant still makes JAX evaluate the derivative in it
+    # and multiply it by a zero XLA cannot drop (igamma's derivative in a is a series while loop:
+    # gamma_regression_nll ran 98-107 kernels against jax.jacrev's 34). Some JVP rules refuse any
+    # tangent for an operand they have no derivative for (polygamma's order, betainc's a and b):
+    # then only the sources' own operands are varied; others fail on all-symbolic-zero tangents
+    # (custom_linear_solve's, when only its solver's operands vary), or need their operands'
+    # tangents alike (a generic reduce): then every floating-point operand is varied.
     nodes = [i for i in every_float if eqn.operands[i].node is not None]
     own = sorted({i for positions, _ in sources.values() for i in positions})
-    attempts = list(dict.fromkeys(tuple(a) for a in (every_float, nodes, own)))
+    attempts = list(dict.fromkeys(tuple(a) for a in (nodes, own, every_float)))
     for k, floats in enumerate(attempts):
         try:
             return _dense_partials_over(eqn, values, sources, outputs, out_shapes, list(floats))
