@@ -68,10 +68,13 @@ made (mask slots are kept: maps may share them).
 
 **The class the tape executes** (`build` raises `Unsupported` otherwise and `_jacobian` falls back
 to the straight-line path, never to a wrong number): every argument leaf, constant and vertex has
-at most `MAX_COMPONENTS` entries (empty values are fine); every equation but ``split`` has one
-output and no sub-jaxpr (no loops or branches: those are dense primitives whose JVPs belong in the
-straight-line path) but a ``cond``, a ``while`` or a function with a custom JVP rule (bound
-whole, differentiated by JAX's JVP of it, its rule for the latter); the buffers are float64 when
+at most `MAX_COMPONENTS` entries (empty values are fine); an equation of several results runs
+as one equation per result used (a ``split`` as slices; a sort of several operands, top_k, a
+``while`` or ``scan`` as the primitive with that result picked); no equation holds a sub-jaxpr
+but a ``cond``, a ``while``, a ``scan`` whose loop plan takes its partials whole (mode "whole";
+chained plans count products the tape does not perform), a scatter's combiner or a function with
+a custom JVP rule (bound whole, differentiated by JAX's JVP of it, its rule for the latter); the
+buffers are float64 when
 the program has float64 values, else float32, and every value is floating-point (float16,
 bfloat16, float32 each computed in its own dtype and held exactly in the buffer) or boolean,
 except integer constants (exactly representable in the buffer's dtype) and small integers
