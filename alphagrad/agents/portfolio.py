@@ -130,7 +130,10 @@ def floor_order(graph: Graph, *, seconds: float | None = FLOOR_SECONDS) -> Searc
 
     Pure Python on the elimination engine (nothing is compiled): from a few hundredths of a second
     to about a second on the tasks' graphs, where every chain fits. ``"auto"`` and
-    ``search(..., "best")`` never return an order costlier than this one, whatever their budget;
+    ``search(..., "best")`` never return an order costlier than forward, reverse and Markowitz, nor
+    than every chain that fits their floor's share of the budget (at least `FLOOR_SECONDS_MIN` of
+    wall time: on a heavily loaded machine a chain that fits this function's `seconds` may be cut
+    there, as at load 7 on a tensor graph of 89 intermediates whose chains take 1.4 s quiet);
     on the exact cost model Markowitz alone is often costlier than the cheaper of forward and
     reverse (docs/cost-model.md). On long programs with hub vertices some chains take minutes:
     they are stopped at the limit or skipped (`search_heuristics`), while forward, reverse and
@@ -361,8 +364,8 @@ def auto_order(graph: Graph) -> list[int]:
     place that takes an order (``graph.cost``, ``interpreter.jacobian``) accepts "auto", also
     under ``jax.jit``: the search runs in a thread of its own, outside the caller's trace.
 
-    Never costlier than `floor_order` (forward, reverse, Markowitz, the heuristic chains), and
-    never stops the Jacobian:
+    Never costlier than forward, reverse and Markowitz, nor than the heuristic chains that fit the
+    floor's share of the budget (`floor_order`), and never stops the Jacobian:
 
     - $ALPHAGRAD_AUTO_SECONDS=0: no search and nothing written; a cached order, else the floor
       (`floor_order`, at most `FLOOR_SECONDS` of heuristic chains).
