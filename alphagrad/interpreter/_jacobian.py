@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -424,8 +425,12 @@ def _undifferentiable(eqn: Equation, err: Exception) -> UnsupportedPrimitiveErro
     multiply at repeated indices): alphagrad's partials come from JAX's derivative rules."""
     name = eqn.primitive.name if eqn.primitive is not None else "copy"
     said = str(err).splitlines()[0] if str(err) else ""
+    # A vertex that fuses several equations (a call, a span of complex arithmetic) is named by the
+    # primitive inside it that JAX could not differentiate, where JAX's message names one.
+    inner = re.search(r"rule for '([^']+)'", said)
+    where = f"{inner.group(1)!r} (inside {name!r})" if inner and inner.group(1) != name else repr(name)
     return UnsupportedPrimitiveError(
-        f"JAX cannot differentiate the primitive {name!r} here ({type(err).__name__}: {said}), so "
+        f"JAX cannot differentiate the primitive {where} here ({type(err).__name__}: {said}), so "
         "neither can alphagrad, which takes its partials from JAX's derivative rules (jax.jacfwd and "
         "jax.jacrev use the same rule and fail on it too wherever a differentiated input reaches it). "
         "Rewrite that part of the function with differentiable operations (e.g. unique indices for a "

@@ -25,6 +25,15 @@ def test_undifferentiable_primitive_is_refused_by_name(name, f):
         interpreter.jacobian(f, "reverse")(jnp.asarray(X, jnp.float32))
 
 
+def test_a_fused_vertex_is_refused_by_the_primitive_inside_it():
+    # sqrtm's complex Schur decomposition is fused into one vertex (a span of complex arithmetic).
+    def f(a):
+        return jnp.real(jax.scipy.linalg.sqrtm(a)).sum()
+
+    with pytest.raises(UnsupportedPrimitiveError, match=r"primitive 'schur' \(inside '"):
+        interpreter.jacobian(f, "reverse")(jnp.eye(3, dtype=jnp.float32) * 2 + 0.1)
+
+
 def test_rules_without_tangents_for_constant_operands():
     # polygamma's order and betainc's a, b have no JVP: JAX refuses even a zero tangent for them.
     from jax.scipy import special
