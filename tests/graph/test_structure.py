@@ -48,11 +48,9 @@ def densify(ties: AxisTies, values: np.ndarray, out_shape, in_shape) -> np.ndarr
     for o, i, _ in ties.ties:
         operands.append(np.eye(out_shape[o]))
         subscripts.append(out_l[o] + in_l[i])
-    if not operands:
-        operands, subscripts = [np.ones(())], [""]
-    spec = ",".join(subscripts) + "->" + "".join(out_l + in_l)
-    return np.einsum(spec, *operands, optimize=False) if subscripts != [""] else np.broadcast_to(
-        operands[0], (*out_shape, *in_shape)).copy()
+    if not operands:  # a value-less partial of rank 0: the scalar 1
+        return np.ones(())
+    return np.einsum(",".join(subscripts) + "->" + "".join(out_l + in_l), *operands, optimize=False)
 
 
 def extract(ties: AxisTies, dense: np.ndarray, out_shape, in_shape) -> np.ndarray:
@@ -115,13 +113,12 @@ def test_products_of_any_ranks_equal_dense_contractions(case):
     np.testing.assert_allclose(densify(plan.result, values, c_shape, p_shape), dense, atol=1e-12)
     # One multiplication per point of the joint index space of the two value arrays.
     sizes = {"c": c_shape, "v": v_shape, "p": p_shape}
-    expected = 0
-    if t_in.has_values and t_out.has_values:
-        letters = dict(zip(plan.out_letters, value_shape(t_out, c_shape, v_shape)))
-        letters.update(zip(plan.in_letters, value_shape(t_in, v_shape, p_shape)))
-        expected = int(np.prod(list(letters.values())))
-    counted = int(np.prod([sizes["cvp"[g]][k] for g, k in plan.factors])) if plan.factors else (0 if not plan.unit else 1)
-    assert counted == (expected if not plan.unit else 1)
+    letters = dict(zip(plan.out_letters, value_shape(t_out, c_shape, v_shape)))
+    letters.update(zip(plan.in_letters, value_shape(t_in, v_shape, p_shape)))
+    both = t_in.has_values and t_out.has_values
+    expected = 1 if plan.unit else int(np.prod(list(letters.values()))) if both else 0
+    counted = int(np.prod([sizes["cvp"[g]][k] for g, k in plan.factors])) if plan.factors else int(plan.unit)
+    assert counted == expected
 
 
 @settings(max_examples=100, deadline=None)
@@ -130,11 +127,8 @@ def test_a_sum_fits_the_structure_both_share(out_rank, in_rank, data):
     old, new = data.draw(ties_between(out_rank, in_rank)), data.draw(ties_between(out_rank, in_rank))
     out_shape = [data.draw(st.integers(1, 3)) for _ in range(out_rank)]
     in_shape = [data.draw(st.integers(1, 3)) for _ in range(in_rank)]
-    for t in (old, new):
-        for o, i, _ in t.ties:
-            in_shape[i] = out_shape[o] = max(out_shape[o], in_shape[i])
-    for t in (old, new):  # a second pass: two ties may chain sizes across the two structures
-        for o, i, _ in t.ties:
+    for _ in range(2):  # twice: two ties may chain sizes across the two structures
+        for o, i, _ in (*old.ties, *new.ties):
             in_shape[i] = out_shape[o] = max(out_shape[o], in_shape[i])
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
     total = sum(densify(t, rng.normal(size=value_shape(t, out_shape, in_shape)), out_shape, in_shape) for t in (old, new))
