@@ -27,6 +27,7 @@ __all__ = [
     "CostModel",
     "cost_model",
     "cost_models",
+    "extended_cost_model",
     "check_order",
 ]
 
@@ -45,14 +46,20 @@ FACTOR_NAMES = ("c1", "c2", "v1", "v2", "p1", "p2")
 class CostModel:
     """Lookup tables of a cost model.
 
+    A model of the 2-D codes has C = 22 codes and rank R = 2; a graph with arrays of rank 3 or more
+    is scored by an extension (`extended_cost_model`): codes from 12 on name labelled structures
+    (`structures`), and its size factors are R axes per node.
+
     Attributes:
       name: the model's name, recorded in graphs and order files.
-      mask: bool[22, 22, 6], ``mask[in - MIN_CODE, out - MIN_CODE]`` selects the size factors
-        (c1, c2, v1, v2, p1, p2) whose product is the multiplication count of one edge pair.
-      mul: int32[22, 22], code of the product edge p->c.
-      add: int32[22, 22], ``add[old - MIN_CODE, new - MIN_CODE]`` is the code of a sum.
+      mask: bool[C, C, 3R], ``mask[in - MIN_CODE, out - MIN_CODE]`` selects the size factors
+        (c_1..c_R, v_1..v_R, p_1..p_R; for R = 2: c1, c2, v1, v2, p1, p2) whose product is the
+        multiplication count of one edge pair.
+      mul: int32[C, C], code of the product edge p->c.
+      add: int32[C, C], ``add[old - MIN_CODE, new - MIN_CODE]`` is the code of a sum.
       unit_pairs: (in, out) pairs whose product costs exactly 1 although their mask is empty
         (the scaling of two constant multiples of the identity).
+      structures: the `AxisTies` of codes 12, 13, ... (empty for the 2-D models).
     """
 
     name: str
@@ -60,15 +67,31 @@ class CostModel:
     mul: np.ndarray
     add: np.ndarray
     unit_pairs: frozenset[tuple[int, int]] = frozenset()
+    structures: tuple = ()
 
-    def pair_cost(self, in_code: int, out_code: int, c: Shape2D, v: Shape2D, p: Shape2D) -> int:
-        """Multiplications of the product (v->c)(p->v) for the given 2-D shapes."""
+    @property
+    def rank(self) -> int:
+        """R: the number of axes per node the size factors count (2 for the 2-D models)."""
+        return self.mask.shape[-1] // 3
+
+    @property
+    def num_codes(self) -> int:
+        """C: the number of codes the tables index (22 for the 2-D models)."""
+        return self.mask.shape[0]
+
+    def pair_cost(self, in_code: int, out_code: int, c, v, p) -> int:
+        """Multiplications of the product (v->c)(p->v) for the nodes' sizes: 2-D shapes, or up
+        to R axes each (padded with ones)."""
         if (in_code, out_code) in self.unit_pairs:
             return 1
         selected = self.mask[in_code - MIN_CODE, out_code - MIN_CODE]
         if not selected.any() or in_code == 0 or out_code == 0:
             return 0
-        factors = (c[0], c[1], abs(v[0]), abs(v[1]), p[0], p[1])
+        rank = self.rank
+        factors = [1] * (3 * rank)
+        for group, dims in enumerate((c, v, p)):
+            for k, size in enumerate(dims):
+                factors[group * rank + k] = abs(size) if group == 1 else size
         total = 1
         for keep, size in zip(selected, factors):
             if keep:
@@ -123,6 +146,24 @@ def cost_model(name: str = "alphagrad-2024") -> CostModel:
         raise AlphagradError(f"unknown cost model {name!r}; known models: {', '.join(_MODEL_FILES)}")
     text = importlib.resources.files("alphagrad.graph").joinpath("data", _MODEL_FILES[name]).read_text()
     return _parse_tables(name, json.loads(text))
+
+
+@functools.lru_cache(maxsize=64)
+def extended_cost_model(structures: tuple = (), rank: int = 2) -> CostModel:
+    """The exact model extended to a graph's labelled structures (codes 12, ...) and rank R.
+
+    Args:
+      structures: `AxisTies` (graph._structure) of the graph's partials that the 2-D codes cannot
+        describe; the model's `structures` add every product and sum they lead to.
+      rank: R, the largest number of axes of a node (at least 2).
+
+    With no structures and rank 2 it is `cost_model("exact")`'s tables.
+    """
+    from alphagrad.graph._structure import extended_tables
+
+    tables = extended_tables(tuple(structures), int(rank))
+    return CostModel("exact", tables.mask, tables.mul.astype(np.int32), tables.add.astype(np.int32),
+                     unit_pairs=tables.unit_pairs, structures=tables.structures)
 
 
 def check_order(graph: Graph, order: Iterable[int], *, complete: bool = True) -> list[int]:

@@ -25,6 +25,7 @@ from typing import NamedTuple
 __all__ = [
     "Structure", "structure_of", "code_of", "ProductPlan", "product_plan", "sum_code", "exact_tables",
     "AxisTies", "axis_ties", "AxisProduct", "axis_product", "axis_sum", "axis_ties_of", "code_of_axis_ties",
+    "FIRST_EXTENDED_CODE", "ExtendedTables", "extended_tables",
 ]
 
 # Codes -10..11 that describe a tensor by ties; 11 (an index map) and 0 (no edge) are not such codes.
@@ -335,3 +336,153 @@ def exact_tables() -> dict:
                 add[key] = sum_code(i, o)
     unit_pairs = [[i, o] for i in sorted(SCALAR_CODES) for o in sorted(SCALAR_CODES)]
     return {"contraction": contraction, "add": add, "unit_pairs": unit_pairs}
+
+
+# ---- Graphs with arrays of rank 3 or more: the 2-D codes extended by labelled structures ---------
+
+#: Codes from FIRST_EXTENDED_CODE on name the `AxisTies` of a graph's `ExtendedTables` (in order).
+FIRST_EXTENDED_CODE = 12
+DENSE = 1
+_BASE_CODES = tuple(range(-10, 12))
+#: A closure with more structures than this is refused (the env stores codes in small integers).
+MAX_EXTENDED_CODES = 4096
+
+
+class ExtendedTables(NamedTuple):
+    """The exact cost tables of a graph whose partials need structures beyond the 2-D codes.
+
+    Codes -10..11 keep their 2-D meaning (their ends have structural rank 2); code 1 (dense) and 11
+    (an index map) are the same at every rank; code 12 + k is ``structures[k]``, an `AxisTies` of
+    fixed ranks. The tables index a code by ``code + 10`` (as the 2-D tables do) and count over
+    ``3 * rank`` size factors, the c axes, then v's, then p's, each padded with ones to `rank` axes:
+    factor ``g * rank + k`` is axis k of group g (0 = c, 1 = v, 2 = p).
+
+    Attributes:
+      rank: R, the largest structural rank of the graph's nodes (at least 2).
+      structures: the structures of codes 12, 13, ...: those given, then every product and sum
+        they lead to (the closure), so that elimination never meets an unknown structure.
+      mask: bool[C, C, 3R], ``mask[in + 10, out + 10]`` selects the factors whose product is the
+        multiplication count of (v->c)(p->v), C = 22 + len(structures).
+      mul, add: int64[C, C], the code of a product and of a sum (as in the 2-D tables).
+      unit_pairs: (in, out) code pairs whose product is exactly one multiplication (two scalars).
+    """
+
+    rank: int
+    structures: tuple[AxisTies, ...]
+    mask: "np.ndarray"
+    mul: "np.ndarray"
+    add: "np.ndarray"
+    unit_pairs: frozenset
+
+
+def _ranks(code: int, structures) -> tuple[int, int] | None:
+    """(out rank, in rank) of a code's partial; None for the rank-free codes 1 and 11."""
+    if code in (DENSE, INDEX_MAP):
+        return None
+    if code >= FIRST_EXTENDED_CODE:
+        ties = structures[code - FIRST_EXTENDED_CODE]
+        return ties.out_rank, ties.in_rank
+    return 2, 2
+
+
+def _ties_of(code: int, structures, out_rank: int, in_rank: int) -> AxisTies:
+    if code == DENSE:
+        return axis_ties(out_rank, in_rank, (), True)
+    if code >= FIRST_EXTENDED_CODE:
+        return structures[code - FIRST_EXTENDED_CODE]
+    return axis_ties_of(code)
+
+
+@functools.lru_cache(maxsize=64)
+def extended_tables(structures: tuple[AxisTies, ...], rank: int) -> ExtendedTables:
+    """The exact tables of the 2-D codes and `structures` (any ranks up to `rank`), closed.
+
+    A product or sum is computed by `axis_product` / `axis_sum` on the operands' `AxisTies`; a
+    result of ranks (2, 2) is named by its 2-D code, one without ties by code 1 (dense), any other
+    by an extended code (new ones appended). Dense (code 1) stands for every rank: where the other
+    operand does not fix the rank of its far end, that end is taken at rank R, all of whose axes
+    are then selected: the padding ones leave the count exact for any lower rank. Index maps
+    multiply nothing, as in `exact_tables`. For rank 2 and no structures these are the shipped
+    exact tables (checked by tests/graph/test_structure.py).
+
+    Raises:
+      ValueError: a structure of rank above `rank` or 8, or a closure above MAX_EXTENDED_CODES.
+    """
+    import numpy as np  # here, not at import time: the 2-D path of this module needs no numpy
+
+    rank = max(2, int(rank))
+    if rank > MAX_RANK:
+        raise ValueError(f"structural rank {rank} exceeds {MAX_RANK}")
+    known = list(structures)
+    if any(max(t.out_rank, t.in_rank) > rank for t in known):
+        raise ValueError(f"a structure exceeds rank {rank}")
+    index = {t: FIRST_EXTENDED_CODE + k for k, t in enumerate(known)}
+
+    def name(ties: AxisTies) -> int:
+        if ties.has_values and not ties.ties:
+            return DENSE
+        if (ties.out_rank, ties.in_rank) == (2, 2):
+            return code_of_axis_ties(ties)
+        if ties not in index:
+            if len(known) >= MAX_EXTENDED_CODES:
+                raise ValueError(f"the closure of the graph's structures exceeds {MAX_EXTENDED_CODES} codes")
+            index[ties] = FIRST_EXTENDED_CODE + len(known)
+            known.append(ties)
+        return index[ties]
+
+    moves_only = set(_MOVES_ONLY)
+    products: dict[tuple[int, int], tuple[tuple[int, ...], int, bool]] = {}
+    sums: dict[tuple[int, int], int] = {}
+
+    def valueless(code: int) -> bool:
+        return code in moves_only or (code >= FIRST_EXTENDED_CODE and not known[code - FIRST_EXTENDED_CODE].has_values)
+
+    # Every pair of known codes (pairs done are skipped), again while the closure grows.
+    while True:
+        codes = list(_BASE_CODES) + list(range(FIRST_EXTENDED_CODE, FIRST_EXTENDED_CODE + len(known)))
+        size_before = len(known)
+        for i in codes:
+            for o in codes:
+                if (i, o) in products or i == 0 or o == 0:
+                    continue
+                ri, ro = _ranks(i, known), _ranks(o, known)
+                if i == INDEX_MAP or o == INDEX_MAP:
+                    products[(i, o)] = ((), INDEX_MAP if valueless(i) and valueless(o) else DENSE, False)
+                    sums[(i, o)] = DENSE
+                    continue
+                # The rank of v: fixed by either operand; dense ends take the graph's rank.
+                v_rank = ri[0] if ri else (ro[1] if ro else rank)
+                if ri and ro and ri[0] != ro[1]:
+                    products[(i, o)] = ((), DENSE, False)  # cannot meet at one vertex
+                else:
+                    in_ties = _ties_of(i, known, v_rank, ri[1] if ri else rank)
+                    out_ties = _ties_of(o, known, ro[0] if ro else rank, v_rank)
+                    plan = axis_product(in_ties, out_ties)
+                    bits = tuple(sorted(group * rank + axis for group, axis in plan.factors))
+                    products[(i, o)] = (bits, name(plan.result), plan.unit)
+                if DENSE in (i, o) or (ri != ro):
+                    sums[(i, o)] = DENSE  # dense, or never on one edge
+                else:
+                    sums[(i, o)] = name(axis_sum(_ties_of(i, known, *ri), _ties_of(o, known, *ro)))
+        if len(known) == size_before:
+            break
+    count = len(_BASE_CODES) + len(known)
+    mask = np.zeros((count, count, 3 * rank), dtype=bool)
+    mul = np.zeros((count, count), dtype=np.int64)
+    add = np.zeros((count, count), dtype=np.int64)
+    unit = set()
+    all_codes = list(_BASE_CODES) + list(range(FIRST_EXTENDED_CODE, FIRST_EXTENDED_CODE + len(known)))
+    for i in all_codes:
+        for o in all_codes:
+            a, b = i + 10, o + 10
+            add[a, b] = o if i == 0 else i if o == 0 else sums[(i, o)]
+            if i == 0 or o == 0:
+                continue
+            bits, result, is_unit = products[(i, o)]
+            mask[a, b, list(bits)] = True
+            mul[a, b] = result
+            if is_unit:
+                unit.add((i, o))
+    for arr in (mask, mul, add):
+        arr.setflags(write=False)
+    return ExtendedTables(rank, tuple(known), mask, mul, add, frozenset(unit))

@@ -18,7 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from alphagrad.graph import CODES, cost_model
+from alphagrad.graph._cost import extended_cost_model
 from alphagrad.graph._structure import (
+    FIRST_EXTENDED_CODE,
     STRUCTURED_CODES,
     AxisTies,
     axis_product,
@@ -26,6 +29,7 @@ from alphagrad.graph._structure import (
     axis_ties,
     axis_ties_of,
     code_of_axis_ties,
+    extended_tables,
     product_plan,
 )
 
@@ -127,9 +131,13 @@ def test_a_sum_fits_the_structure_both_share(out_rank, in_rank, data):
     old, new = data.draw(ties_between(out_rank, in_rank)), data.draw(ties_between(out_rank, in_rank))
     out_shape = [data.draw(st.integers(1, 3)) for _ in range(out_rank)]
     in_shape = [data.draw(st.integers(1, 3)) for _ in range(in_rank)]
-    for _ in range(2):  # twice: two ties may chain sizes across the two structures
+    changed = True
+    while changed:  # ties of the two structures may chain sizes across several axes
+        changed = False
         for o, i, _ in (*old.ties, *new.ties):
-            in_shape[i] = out_shape[o] = max(out_shape[o], in_shape[i])
+            if out_shape[o] != in_shape[i]:
+                in_shape[i] = out_shape[o] = max(out_shape[o], in_shape[i])
+                changed = True
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
     total = sum(densify(t, rng.normal(size=value_shape(t, out_shape, in_shape)), out_shape, in_shape) for t in (old, new))
     result = axis_sum(old, new)
@@ -165,3 +173,71 @@ def test_a_batched_matmul_is_diagonal_along_its_batch_axis_and_kronecker_along_i
 def test_malformed_ties_are_refused(out_rank, in_rank, ties, has_values):
     with pytest.raises(ValueError):
         axis_ties(out_rank, in_rank, ties, has_values)
+
+
+# ---- the tables of graphs with rank >= 3 arrays (extended codes) -----------------------------
+
+
+def test_extended_tables_without_structures_are_the_exact_model():
+    model = cost_model("exact")
+    tables = extended_tables((), 2)
+    assert (tables.mask == model.mask).all() and (tables.mul == model.mul).all() and (tables.add == model.add).all()
+    assert tables.unit_pairs == model.unit_pairs and tables.structures == ()
+    wider = extended_cost_model((), 3)  # the same codes counted over 3 axes per node, padded with ones
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        i, o = (int(x) for x in rng.choice(CODES, 2))
+        c, v, p = ((int(a), int(b)) for a, b in rng.integers(1, 5, (3, 2)))
+        assert wider.pair_cost(i, o, c, v, p) == model.pair_cost(i, o, c, v, p), (i, o)
+
+
+def _name(ties: AxisTies, model) -> int:
+    """The code a model gives a structure (as `extended_tables` names results)."""
+    if ties.has_values and not ties.ties:
+        return 1
+    if (ties.out_rank, ties.in_rank) == (2, 2):
+        return code_of_axis_ties(ties)
+    return FIRST_EXTENDED_CODE + model.structures.index(ties)
+
+
+def _ties_at(code: int, model, out_rank: int, in_rank: int) -> AxisTies:
+    if code == 1:
+        return axis_ties(out_rank, in_rank, (), True)
+    if code >= FIRST_EXTENDED_CODE:
+        return model.structures[code - FIRST_EXTENDED_CODE]
+    return axis_ties_of(code)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.data())
+def test_extended_tables_count_every_product_as_the_algebra_at_the_actual_ranks(data):
+    """Codes 1 (dense) stand for every rank: the table's count and product code, computed once
+    per code pair, must equal `axis_product` at the ranks and sizes of the actual nodes."""
+    given = tuple(dict.fromkeys(
+        data.draw(ties_between(data.draw(st.integers(2, 3)), data.draw(st.integers(2, 3)))) for _ in range(2)))
+    given = tuple(t for t in given if (t.out_rank, t.in_rank) != (2, 2) and t.ties)
+    model = extended_cost_model(given, 3)
+    codes = [c for c in CODES if c not in (0, 11)] + [FIRST_EXTENDED_CODE + k for k in range(len(model.structures))]
+    ranks = {c: ((model.structures[c - 12].out_rank, model.structures[c - 12].in_rank) if c >= 12 else
+                 None if c == 1 else (2, 2)) for c in codes}
+    for _ in range(25):
+        i, o = data.draw(st.sampled_from(codes)), data.draw(st.sampled_from(codes))
+        v_rank = ranks[i][0] if ranks[i] else ranks[o][1] if ranks[o] else data.draw(st.integers(2, 3))
+        if ranks[i] and ranks[o] and ranks[i][0] != ranks[o][1]:
+            continue
+        p_rank = ranks[i][1] if ranks[i] else data.draw(st.integers(2, 3))
+        c_rank = ranks[o][0] if ranks[o] else data.draw(st.integers(2, 3))
+        t_in, t_out = _ties_at(i, model, v_rank, p_rank), _ties_at(o, model, c_rank, v_rank)
+        dims = {g: [data.draw(st.integers(1, 4)) for _ in range(r)] for g, r in zip("cvp", (c_rank, v_rank, p_rank))}
+        for _ in range(3):  # tied axes have equal sizes
+            for o_, i_, _ in t_out.ties:
+                dims["c"][o_] = dims["v"][i_]
+            for o_, i_, _ in t_in.ties:
+                dims["p"][i_] = dims["v"][o_]
+        plan = axis_product(t_in, t_out)
+        expected = 1 if plan.unit else int(np.prod([dims["cvp"[g]][k] for g, k in plan.factors])) if plan.factors else 0
+        assert model.pair_cost(i, o, dims["c"], dims["v"], dims["p"]) == expected, (i, o)
+        assert model.product_code(i, o) == _name(plan.result, model), (i, o)
+        if ranks[i] is not None and ranks[i] == ranks[o]:  # two partials of one edge: their sum
+            summed = axis_sum(_ties_at(i, model, *ranks[i]), _ties_at(o, model, *ranks[o]))
+            assert model.sum_code(i, o) == _name(summed, model), (i, o)
