@@ -1,0 +1,197 @@
+"""Structural dims: the axes a program's arrays are split into so that partials tie axis to axis.
+
+A partial between arrays of rank 3 or more is described by ties between their axes
+(`graph._structure.AxisTies`). Ties need axes that match one to one, and programs regroup axes
+freely: attention splits (b, t, h * d) into (b, t, h, d) heads and merges them back, a CNN flattens
+(b, h, w, c) into (b, h * w * c). A row-major reshape moves no data, so it is an identity between
+the two arrays exactly when both are split at the same places. `structural_dims` finds, for every
+array of a jaxpr, the finest such split its uses agree on: each axis of an array becomes one or
+more structural axes (row-major: the axis is their product, in order), and
+
+- a reshape, squeeze or expand_dims asks both sides to be split at the same flat strides,
+- an elementwise operation, transpose, broadcast, reduction, dot_general or convolution asks the
+  axes it carries over (same axis, permuted axis, kept axis, batch and free axes, the batch of a
+  convolution) to be split alike.
+
+Splits only ever get finer, so the fixed point exists and is reached. Two requests that cannot both
+hold (an axis of 12 split as 3 x 4 by one use and as 2 x 6 by another: no row-major split has both)
+leave the later request unmet; the edge it came from then has less structure (a reshape is an index
+map, a tie is dense), which is exact, only costlier.
+
+The split of an axis is kept as its set of cut strides: the strides s, 1 < s < n, at which it is cut
+(an axis of 12 split as 3 x 4 has cuts {4}). A set of cuts is a valid split when the cuts, sorted,
+each divide the next (and n).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["structural_dims", "split_of"]
+
+# Primitives whose output has the shape of their same-shape operands, entry by entry.
+_ELEMENTWISE = frozenset(
+    "neg abs exp exp2 log log1p expm1 sin cos tan asin acos atan sinh cosh tanh asinh acosh atanh "
+    "integer_pow sqrt rsqrt cbrt logistic erf erfc erf_inv square lgamma digamma sign floor ceil round "
+    "is_finite add sub mul div pow atan2 max min add_any rem nextafter select_n eq ne lt le gt ge and or "
+    "not xor convert_element_type copy copy_p reduce_precision stop_gradient clamp custom_jvp_call "
+    "custom_vjp_call".split()
+)
+_RESHAPES = frozenset({"reshape", "squeeze", "expand_dims"})
+_REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin"})
+
+
+def _valid(cuts: Iterable[int], n: int) -> bool:
+    """Whether sorted cuts each divide the next and n (a row-major split of an axis of n)."""
+    previous = 1
+    for s in sorted(cuts):
+        if s % previous:
+            return False
+        previous = s
+    return n % previous == 0
+
+
+def split_of(n: int, cuts: Iterable[int]) -> tuple[int, ...]:
+    """The sizes of the structural axes of an axis of `n` cut at `cuts` (outermost first)."""
+    strides = [1, *sorted(cuts), n]
+    return tuple(strides[k + 1] // strides[k] for k in range(len(strides) - 1))[::-1]
+
+
+class _Splits:
+    """Cut sets per (array, axis), refined by requests until no request changes anything."""
+
+    def __init__(self):
+        self.cuts: dict[tuple[Any, int], frozenset[int]] = {}
+        self.shape: dict[Any, tuple[int, ...]] = {}
+
+    def add(self, var, shape) -> None:
+        if var not in self.shape:
+            self.shape[var] = tuple(int(n) for n in shape)
+            for k in range(len(shape)):
+                self.cuts[(var, k)] = frozenset()
+
+    def same_axis(self, a, i: int, b, j: int) -> bool:
+        """Requests axis i of a and axis j of b to be split alike; True if that changed a split."""
+        n = self.shape[a][i]
+        if n != self.shape[b][j] or n <= 1:
+            return False
+        both = self.cuts[(a, i)] | self.cuts[(b, j)]
+        if both == self.cuts[(a, i)] == self.cuts[(b, j)] or not _valid(both, n):
+            return False
+        self.cuts[(a, i)] = self.cuts[(b, j)] = both
+        return True
+
+    def _flat_cuts(self, var) -> set[int]:
+        shape, cuts, stride = self.shape[var], set(), 1
+        for k in reversed(range(len(shape))):
+            cuts.update(c * stride for c in self.cuts[(var, k)])
+            if stride > 1:
+                cuts.add(stride)
+            stride *= shape[k]
+        return cuts
+
+    def _write_flat(self, var, flat: set[int]) -> bool:
+        shape, stride, changed = self.shape[var], 1, False
+        for k in reversed(range(len(shape))):
+            n = shape[k]
+            inner = frozenset(u // stride for u in flat if stride < u < stride * n)
+            if inner != self.cuts[(var, k)]:
+                self.cuts[(var, k)] = inner
+                changed = True
+            stride *= n
+        return changed
+
+    def same_flat(self, a, b) -> bool:
+        """Requests a and b (equal sizes, one a row-major reshape of the other) to be cut at the
+        same flat strides; True if that changed a split."""
+        size = math.prod(self.shape[a])
+        if size != math.prod(self.shape[b]) or size <= 1:
+            return False
+        both = self._flat_cuts(a) | self._flat_cuts(b)
+        if not _valid(both, size):
+            return False
+        # Every axis boundary of each side must remain a cut of the other's axes too: a boundary
+        # of a falls inside an axis of b, and splits it there.
+        return self._write_flat(a, both) | self._write_flat(b, both)
+
+    def dims(self, var) -> tuple[int, ...]:
+        return tuple(d for k, n in enumerate(self.shape[var]) for d in split_of(n, self.cuts[(var, k)]))
+
+
+def _requests(eqn) -> list[tuple]:
+    """("axis", a, i, b, j) and ("flat", a, b) requests of one equation (vars with shapes)."""
+    name = eqn.primitive.name
+    ins = [v for v in eqn.invars if hasattr(v, "aval") and hasattr(v.aval, "shape")]
+    outs = list(eqn.outvars)
+    if not outs or not hasattr(outs[0].aval, "shape"):
+        return []
+    out = outs[0]
+    out_shape = tuple(out.aval.shape)
+    requests: list[tuple] = []
+    if name in _ELEMENTWISE:
+        for x in ins:
+            if tuple(x.aval.shape) == out_shape:
+                requests += [("axis", out, k, x, k) for k in range(len(out_shape))]
+    elif name in _RESHAPES and ins:
+        if name != "reshape" or eqn.params.get("dimensions") is None:
+            requests.append(("flat", out, ins[0]))
+    elif name == "transpose":
+        requests += [("axis", out, k, ins[0], d) for k, d in enumerate(eqn.params["permutation"])]
+    elif name == "broadcast_in_dim":
+        requests += [("axis", out, d, ins[0], k) for k, d in enumerate(eqn.params["broadcast_dimensions"])]
+    elif name in _REDUCTIONS and ins:
+        axes = set(eqn.params.get("axes", ()))
+        kept = [d for d in range(len(ins[0].aval.shape)) if d not in axes]
+        requests += [("axis", out, j, ins[0], d) for j, d in enumerate(kept)]
+    elif name == "dot_general" and len(ins) == 2:
+        lhs, rhs = ins
+        (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+        lfree = [d for d in range(len(lhs.aval.shape)) if d not in lc and d not in lb]
+        rfree = [d for d in range(len(rhs.aval.shape)) if d not in rc and d not in rb]
+        for k, (a, b) in enumerate(zip(lb, rb)):
+            requests += [("axis", out, k, lhs, a), ("axis", out, k, rhs, b)]
+        requests += [("axis", out, len(lb) + j, lhs, d) for j, d in enumerate(lfree)]
+        requests += [("axis", out, len(lb) + len(lfree) + j, rhs, d) for j, d in enumerate(rfree)]
+        requests += [("axis", lhs, a, rhs, b) for a, b in zip(lc, rc)]
+    elif name == "conv_general_dilated" and ins:
+        lhs_spec, _, out_spec = eqn.params["dimension_numbers"]
+        if eqn.params.get("batch_group_count", 1) == 1:
+            requests.append(("axis", out, out_spec[0], ins[0], lhs_spec[0]))
+    return requests
+
+
+def structural_dims(jaxpr) -> dict[Any, tuple[int, ...]]:
+    """The structural dims of every array variable of `jaxpr` (top level; calls are not entered).
+
+    Args:
+      jaxpr: a ``jax.core.Jaxpr`` or ``ClosedJaxpr``.
+
+    Returns:
+      var -> dims: the sizes of its structural axes, row-major: each of its axes is the product of
+      a run of consecutive dims (a scalar has none). Variables without a shape are left out.
+    """
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    splits = _Splits()
+    requests = []
+    for var in list(jaxpr.invars) + list(jaxpr.constvars):
+        if hasattr(var.aval, "shape"):
+            splits.add(var, var.aval.shape)
+    for eqn in jaxpr.eqns:
+        for var in list(eqn.invars) + list(eqn.outvars):
+            if hasattr(var, "aval") and hasattr(var.aval, "shape") and not hasattr(var, "val"):
+                splits.add(var, var.aval.shape)
+        for request in _requests(eqn):
+            variables = (request[1], request[3]) if request[0] == "axis" else request[1:]
+            if all(v in splits.shape for v in variables):
+                requests.append(request)
+    changed = True
+    while changed:
+        changed = False
+        for request in requests:
+            if request[0] == "axis":
+                changed |= splits.same_axis(*request[1:])
+            else:
+                changed |= splits.same_flat(*request[1:])
+    return {var: splits.dims(var) for var in splits.shape}
