@@ -4,7 +4,7 @@ On a scalar graph (every edge a dense 1x1 partial whose products and sums stay d
 cost 1 under the graph's cost model) eliminating v costs |preds(v)| * |succs(v)| (REFERENCE.md
 2.2) and every edge keeps code 1, so the state needs only the edges' presence: the successor
 sets as bit words, ``succ: uint32[N, W]`` with W = ceil(V / 32). A step is O(N * W) word
-operations, against the table-driven `step`'s O((N + V) * 22) work on int8 codes, which is what
+operations, against the table-driven `step`'s O((N + V) * C) work on int8 codes, which is what
 makes tens of thousands of complete orders per second possible on CPU.
 
 The node layout and the actions are those of `alphagrad.env.step`: index ``a`` in ``0..V-1`` is
@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alphagrad.env import _core
 from alphagrad.env._core import StateSizeError
-from alphagrad.graph import Graph, cost_model
+from alphagrad.graph import MIN_CODE, Graph
 
 __all__ = ["BitsetState", "is_scalar_graph", "bitset_init", "bitset_step"]
 
@@ -45,13 +46,21 @@ class BitsetState(NamedTuple):
 
 
 def is_scalar_graph(graph: Graph) -> bool:
-    """Whether every edge is a dense 1x1 partial (code 1) whose products and sums, under the
-    graph's cost model, stay dense and cost 1: the graphs the bitset core scores exactly."""
-    model = cost_model(graph.cost_model)
-    one = (1, 1)
-    if model.pair_cost(1, 1, one, one, one) != 1 or model.product_code(1, 1) != 1 or model.sum_code(1, 1) != 1:
+    """Whether every edge is a dense 1x1 partial (code 1, every dim of both ends 1) whose
+    products and sums, under the graph's cost model, stay dense and cost 1: the graphs the
+    bitset core scores exactly."""
+    if any(e.code != 1 for e in graph.edges):
         return False
-    return all(e.code == 1 and e.out_shape == one and e.in_shape == one for e in graph.edges)
+    try:
+        model, as_source, as_destination = _core._graph_tables(graph)
+    except ValueError:  # edges that disagree about a node's dims: not a valid graph
+        return False
+    one = 1 - MIN_CODE  # the table index of code 1
+    # With every dim 1, any selection of factors multiplies to 1: the pair costs 1 iff it costs anything.
+    costs_one = bool(np.asarray(model.mask)[one, one].any()) or (1, 1) in model.unit_pairs
+    if not costs_one or model.product_code(1, 1) != 1 or model.sum_code(1, 1) != 1:
+        return False
+    return all((as_source[e.src] == 1).all() and (as_destination[e.dst] == 1).all() for e in graph.edges)
 
 
 def bitset_init(graph: Graph, *, max_vertices: int | None = None, max_inputs: int | None = None) -> BitsetState:

@@ -12,20 +12,27 @@ Node layout (N = V + I nodes for a state of V vertex slots and I input slots):
 - slots past the graph's own vertices and inputs are padding: no edges, never eliminable.
 
 Edges only ever end at vertices, so the edge codes form an ``[N, V]`` matrix
-(``codes[src, dst]``, 0 = no edge). The shapes an edge p->c carries are always
+(``codes[src, dst]``, 0 = no edge). The dims an edge p->c carries are always
 ``(dst_shape[c], src_shape[p])`` (`Graph.node_shapes`), and elimination keeps it that way,
-so shapes live in static per-node arrays and the code matrix is the only part that changes.
+so dims live in static per-node arrays and the code matrix is the only part that changes.
+
+Codes and dims come from the graph's cost model: C = ``model.mask.shape[0]`` codes (table index
+``code - MIN_CODE``; the 22 codes -10..11 of the paper, plus any extended codes 12, 13, ... of a
+graph with arrays of rank >= 3) and a structural rank R = ``model.mask.shape[2] // 3`` (2 for
+the paper's 2-D shapes): every node has R dims, and a pair's mask selects among the 3R size
+factors (c_1..c_R, v_1..v_R, p_1..p_R). `_graph_tables` is the one place that reads them off
+a graph.
 
 Cost of one step (eliminating vertex v), REFERENCE.md sections 2.1-2.2: for every predecessor
 p and successor c, the product (v->c)(p->v) costs the product of the size factors selected by
-``mask[code(p->v), code(v->c)]`` among (c1, c2, |v1|, |v2|, p1, p2), factors <= 0 counting as 1,
-0 where the mask is empty, exactly 1 for the model's unit pairs; the tables are those of
-`graph.cost_model(graph.cost_model)`, so an episode's total equals `graph.cost`. A pair's cost
-factorises into a p part, a c part and a v part chosen by 2-bit sub-masks, so the step's total
-comes from per-code sums over predecessors and over successors (segment sums) and a 22 x 22
-table, never pair by pair. The new codes come from one fused ``[old, in, out] -> code`` table
-("MUL, then ADD into an existing edge"), gathered only for predecessor rows, which are
-compacted and processed 8 at a time (see `_eliminate`).
+``mask[code(p->v), code(v->c)]`` among (c_1..c_R, |v_1|..|v_R|, p_1..p_R), factors <= 0 counting
+as 1, 0 where the mask is empty, exactly 1 for the model's unit pairs; the tables are the
+graph's cost model's, so an episode's total equals `graph.cost`. A pair's cost factorises into
+a p part, a c part and a v part chosen by R-bit sub-masks, so the step's total comes from
+per-code sums over predecessors and over successors (segment sums) and a C x C table, never
+pair by pair. The new codes come from one fused ``[old, in, out] -> code`` table ("MUL, then
+ADD into an existing edge"), gathered only for predecessor rows, which are compacted and
+processed 8 at a time (see `_eliminate`).
 
 Illegal actions are handled in one place, `_resolve_action`: the step becomes a no-op.
 """
@@ -34,14 +41,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+import hashlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from alphagrad.errors import AlphagradError
-from alphagrad.graph import MAX_CODE, MIN_CODE, NUM_CODES, Graph
+from alphagrad.graph import MIN_CODE, CostModel, Graph
 from alphagrad.graph import cost_model as _load_cost_model
 
 __all__ = [
@@ -100,15 +107,17 @@ class StateSizeError(AlphagradError, ValueError):
 class State:
     """The state of one elimination game, padded to V vertex slots and I input slots (N = V + I).
 
-    A frozen pytree of arrays; ``cost_model`` is static metadata (a string), so states of
-    different cost models never share a compiled step or a vmapped batch. Under `jax.vmap`
-    every field gains a leading batch axis.
+    A frozen pytree of arrays; ``cost_model`` is static metadata (a string naming the tables),
+    so states of different tables never share a compiled step or a vmapped batch. Under
+    `jax.vmap` every field gains a leading batch axis. R is the structural rank of the graph's
+    cost model (2 for graphs of 2-D shapes; see the module docstring).
 
     Attributes:
       codes: int8[N, V]  # codes[src, dst] structure code of edge src->dst, 0 = no edge;
         rows 0..V-1 are vertices 1..V as sources, rows V..N-1 inputs 1..I.
-      src_shape: int32[N, 2]  # 2-D shape of each node on the source side of its edges (0 = padding)
-      dst_shape: int32[V, 2]  # 2-D shape of each vertex on the destination side of its edges
+      src_shape: int32[N, R]  # dims of each node on the source side of its edges (0 = padding;
+        a node of lower rank is padded with 1s)
+      dst_shape: int32[V, R]  # dims of each vertex on the destination side of its edges
       eliminable: bool[V]  # intermediate and not yet eliminated: the legal actions
       is_output: bool[V]  # output vertex (never eliminable)
       vertex_mask: bool[V]  # a real vertex of the graph (False = padding slot)
@@ -118,7 +127,9 @@ class State:
       cost: int32[]  # multiplications so far (int32: totals must stay below 2**31)
       num_intermediates: int32[]  # eliminations a complete episode performs
       illegal: bool[]  # the last step's action was illegal (and was a no-op)
-      cost_model: str  # static: name of the cost model the graph is scored with
+      cost_model: str  # static: name of the cost model the graph is scored with; for per-graph
+        tables that differ from the named model's (extended codes, a padded rank) the name
+        followed by ``#`` and a digest of the tables
     """
 
     codes: jax.Array
@@ -151,35 +162,129 @@ class State:
 # ----------------------------------------------------------------------------------------------
 
 
-class _Tables(NamedTuple):
-    """The cost model re-expressed for vectorised lookups (numpy constants; indices = code + 10).
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Tables:
+    """A cost model re-expressed for vectorised lookups (numpy constants; indices = code - MIN_CODE).
+
+    C codes, structural rank R, K = 2**R sub-masks per factor group.
 
     Attributes:
-      update: int8[22 * 22 * 22], ``update[(old * 22 + in) * 22 + out]``: the code of edge p->c
+      key: the `State.cost_model` string of these tables.
+      rank: R.
+      update: int8[C * C * C], ``update[(old * C + in) * C + out]``: the code of edge p->c
         after eliminating v, given its old code and the codes of p->v and v->c: unchanged when
         p->v or v->c is absent, else MUL[in, out], added into an existing edge with ADD[old, .].
-      valid: bool[22, 22], ``valid[in, out]``: the pair of real edges costs something (its mask
+      valid: bool[C, C], ``valid[in, out]``: the pair of real edges costs something (its mask
         is not empty, or it is a unit pair).
-      p_mask, c_mask, v_mask: int32[22, 22], the 2-bit sub-mask of the pair's mask over the
-        (p1, p2), (c1, c2), (v1, v2) factors (bit 0: first dimension, bit 1: second); 0 for unit
+      p_mask, c_mask, v_mask: int32[C, C], the R-bit sub-mask of the pair's mask over the
+        (p_1..p_R), (c_1..c_R), (v_1..v_R) factors (bit i: dimension i + 1); 0 for unit
         pairs, whose product costs exactly 1.
     """
 
+    key: str
+    rank: int
     update: np.ndarray
     valid: np.ndarray
     p_mask: np.ndarray
     c_mask: np.ndarray
     v_mask: np.ndarray
 
+    @property
+    def num_codes(self) -> int:
+        """C, the length of each code axis."""
+        return self.valid.shape[0]
 
-@functools.cache
-def _tables(name: str) -> _Tables:
-    """The vectorised tables of cost model `name` (validated to be representable)."""
-    model = _load_cost_model(name)
+
+#: Tables by `State.cost_model` key (a state names its tables; a jitted `step` looks them up
+#: while tracing). Per-graph tables are registered by `_encode`; the named models' on first use.
+_TABLES: dict[str, _Tables] = {}
+
+
+def _graph_tables(graph: Graph) -> tuple[CostModel, np.ndarray, np.ndarray]:
+    """The graph-side inputs of the env, read in this one place: (the graph's cost model (C codes,
+    rank R = mask.shape[2] // 3), as_source int[num_inputs + num_vertices + 1, R], as_destination
+    int[same]) with the dims of `Graph.node_shapes` (row = node id, row 0 unused).
+
+    Raises:
+      ValueError: two edges disagree about a node's dims (not a valid elimination graph).
+      AlphagradError: the graph names an unknown cost model.
+    """
+    model = _load_cost_model(graph.cost_model)
+    as_source, as_destination = graph.node_shapes()
+    return model, as_source, as_destination
+
+
+def _model_rank(model: CostModel) -> int:
+    """R of a cost model (its mask is bool[C, C, 3R]); AlphagradError if the tables do not fit."""
+    mask = np.asarray(model.mask)
+    C = mask.shape[0] if mask.ndim == 3 else -1
+    if mask.ndim != 3 or mask.shape[1] != C or mask.shape[2] % 3 or mask.shape[2] < 6:
+        raise AlphagradError(
+            f"cost model {model.name!r} has a mask of shape {mask.shape}; the env needs bool[C, C, 3R] with R >= 2"
+        )
+    if np.shape(model.mul) != (C, C) or np.shape(model.add) != (C, C) or C <= -MIN_CODE:
+        raise AlphagradError(
+            f"cost model {model.name!r} has mul {np.shape(model.mul)} and add {np.shape(model.add)} tables for a "
+            f"mask of {C} codes; the env needs int[C, C] tables with C > {-MIN_CODE} (code 0 included)"
+        )
+    return mask.shape[2] // 3
+
+
+def _tables_key(model: CostModel) -> str:
+    """The `State.cost_model` of a model's tables: its name when they are the named model's,
+    else the name, ``#`` and a digest of the tables (equal tables share one key, so graphs with
+    the same per-graph tables share one compiled step)."""
+    try:
+        named = _load_cost_model(model.name)
+    except AlphagradError:
+        named = None
+    parts = (np.asarray(model.mask, bool), np.asarray(model.mul, np.int64), np.asarray(model.add, np.int64))
+    if named is model or (
+        named is not None
+        and named.unit_pairs == model.unit_pairs
+        and all(np.array_equal(x, y) for x, y in zip(parts, (named.mask, named.mul, named.add)))
+    ):
+        return model.name
+    digest = hashlib.sha256(repr((parts[0].shape, sorted(model.unit_pairs))).encode())
+    for part in parts:
+        digest.update(np.ascontiguousarray(part).tobytes())
+    return f"{model.name}#{digest.hexdigest()[:16]}"
+
+
+def _tables_of(model: CostModel) -> _Tables:
+    """The (registered) vectorised tables of `model`."""
+    key = _tables_key(model)
+    tables = _TABLES.get(key)
+    if tables is None:
+        tables = _TABLES[key] = _build_tables(model, key)
+    return tables
+
+
+def _tables(key: str) -> _Tables:
+    """The tables a state's ``cost_model`` names (a named model's are built on first use)."""
+    tables = _TABLES.get(key)
+    if tables is None:
+        if "#" in key:
+            raise AlphagradError(f"no env tables {key!r} in this process; build the state with env.init_state")
+        tables = _tables_of(_load_cost_model(key))
+    return tables
+
+
+def _build_tables(model: CostModel, key: str) -> _Tables:
+    """The vectorised tables of `model` (validated to be representable)."""
+    name = model.name
+    R = _model_rank(model)
     mask = np.asarray(model.mask, dtype=bool)
     mul = np.asarray(model.mul, dtype=np.int64)
     add = np.asarray(model.add, dtype=np.int64)
-    idx = np.arange(NUM_CODES)
+    C = mask.shape[0]
+    top = MIN_CODE + C - 1  # the largest code
+    if top > np.iinfo(np.int8).max:
+        raise AlphagradError(
+            f"cost model {name!r} has {C} codes ({MIN_CODE}..{top}); the env's int8 code matrix holds codes up "
+            f"to {np.iinfo(np.int8).max}, so a graph may have at most {np.iinfo(np.int8).max - MIN_CODE + 1} codes"
+        )
+    idx = np.arange(C)
     nonzero = idx != _ZERO
     # The code matrix uses 0 for "no edge": products and sums of real edges must stay nonzero,
     # and an edge of code 0 must behave like no edge (this also makes code-0 edges of a Graph
@@ -190,8 +295,8 @@ def _tables(name: str) -> _Tables:
     neutral = (add[:, _ZERO] == idx + MIN_CODE).all() and (add[_ZERO] == idx + MIN_CODE).all()
     if (mul[_ZERO] != 0).any() or (mul[:, _ZERO] != 0).any() or not neutral or any(0 in p for p in model.unit_pairs):
         raise AlphagradError(f"cost model {name!r} does not treat code 0 as 'no edge'; the env cannot represent it")
-    if ((mul < MIN_CODE) | (mul > MAX_CODE) | (add < MIN_CODE) | (add > MAX_CODE)).any():
-        raise AlphagradError(f"cost model {name!r} produces codes outside {MIN_CODE}..{MAX_CODE}")
+    if ((mul < MIN_CODE) | (mul > top) | (add < MIN_CODE) | (add > top)).any():
+        raise AlphagradError(f"cost model {name!r} produces codes outside {MIN_CODE}..{top}")
 
     old, inn, out = np.meshgrid(idx, idx, idx, indexing="ij")
     product = mul[inn, out]
@@ -199,29 +304,43 @@ def _tables(name: str) -> _Tables:
     present = (inn != _ZERO) & (out != _ZERO)
     update = np.where(present, summed, old + MIN_CODE).astype(np.int8).reshape(-1)
 
-    unit = np.zeros((NUM_CODES, NUM_CODES), dtype=bool)
+    unit = np.zeros((C, C), dtype=bool)
     for a, b in model.unit_pairs:
         unit[a - MIN_CODE, b - MIN_CODE] = True
     valid = (mask.any(-1) | unit) & both
 
-    def sub_mask(k: int) -> np.ndarray:  # factors k, k + 1 of (c1, c2, v1, v2, p1, p2)
-        return np.where(unit | ~valid, 0, mask[..., k] + 2 * mask[..., k + 1]).astype(np.int32)
+    def sub_mask(group: int) -> np.ndarray:  # factors group * R .. group * R + R - 1 of (c.., v.., p..)
+        bits = sum(mask[..., group * R + i].astype(np.int32) << i for i in range(R))
+        return np.where(unit | ~valid, 0, bits).astype(np.int32)
 
-    tables = _Tables(update=update, valid=valid, p_mask=sub_mask(4), c_mask=sub_mask(0), v_mask=sub_mask(2))
-    for arr in tables:
+    tables = _Tables(key, R, update=update, valid=valid, p_mask=sub_mask(2), c_mask=sub_mask(0), v_mask=sub_mask(1))
+    for arr in (update, valid, tables.p_mask, tables.c_mask, tables.v_mask):
         arr.setflags(write=False)
     return tables
 
 
+def _pad_rank(model: CostModel, rank: int) -> CostModel:
+    """`model` over `rank` axes: each factor group (c, v, p) gains unselected factors after its
+    own R, so every pair costs the same when every node's dims are padded with 1s."""
+    R = _model_rank(model)
+    mask = np.asarray(model.mask, bool).reshape(*model.mask.shape[:2], 3, R)
+    padded = np.zeros((*mask.shape[:3], rank), dtype=bool)
+    padded[..., :R] = mask
+    return dataclasses.replace(model, mask=padded.reshape(*mask.shape[:2], 3 * rank))
+
+
 def _factors(shape: jax.Array) -> jax.Array:
-    """int32[..., 2] sizes -> int32[..., 4] products of the dimensions selected by m = 0..3.
+    """int32[..., R] sizes -> int32[..., 2**R]: entry m is the product of the dimensions i with
+    bit i of m set (for R = 2: 1, d1, d2, d1 * d2).
 
     A negative size counts as 1 (REFERENCE.md 2.2); a zero-size axis (an empty array, or a
     padding node, which has no edges) counts as 0, as in `graph.CostModel.pair_cost`.
     """
     f = jnp.where(shape >= 0, shape, 1)
-    one = jnp.ones_like(f[..., 0])
-    return jnp.stack([one, f[..., 0], f[..., 1], f[..., 0] * f[..., 1]], axis=-1)
+    products = [jnp.ones_like(f[..., 0])]
+    for i in range(f.shape[-1]):
+        products += [p * f[..., i] for p in products]
+    return jnp.stack(products, axis=-1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,21 +369,58 @@ def _check_acyclic(graph: Graph, label: str) -> None:
         raise StateSizeError(f"{label} has a cycle through node(s) {stuck}; an elimination graph is a DAG")
 
 
-def _encode(graph: Graph, num_vertices: int, num_inputs: int) -> State:
+def _label(graph: Graph) -> str:
+    return f"graph {graph.name!r}" if graph.name else "the graph"
+
+
+def _state_tables(graph: Graph, rank: int | None = None) -> tuple[_Tables, np.ndarray, np.ndarray]:
+    """The tables a state of `graph` is stepped with and its nodes' dims, padded to `rank`.
+
+    Returns:
+      (tables, as_source int[num_inputs + num_vertices + 1, R], as_destination int[same]), R =
+      ``rank`` (default: the rank of the graph's cost model).
+
+    Raises:
+      StateSizeError: the graph's edges disagree about a node's dims, or `rank` is below the
+        graph's rank.
+      AlphagradError: the cost model's tables cannot be represented (see `_build_tables`).
+    """
+    label = _label(graph)
+    try:
+        model, as_source, as_destination = _graph_tables(graph)
+    except ValueError as err:
+        raise StateSizeError(f"{label} is not a valid elimination graph: {err}") from None
+    R = _model_rank(model)
+    for dims in (as_source, as_destination):
+        if np.ndim(dims) != 2 or np.shape(dims)[1] != R:
+            raise AlphagradError(
+                f"{label}: its node dims have shape {np.shape(dims)} but its cost model {model.name!r} has rank {R}"
+            )
+    if rank is not None and rank != R:
+        if rank < R:
+            raise StateSizeError(
+                f"{label} has structural rank {R} (arrays of rank {R}), which does not fit a state of rank "
+                f"{rank} (init_state's rank; an env's is its task's, or the largest of its ChoiceGenerator's "
+                f"graphs); pass rank >= {R}"
+            )
+        model = _pad_rank(model, rank)
+        as_source, as_destination = (np.pad(d, ((0, 0), (0, rank - R)), constant_values=1) for d in (as_source, as_destination))
+    return _tables_of(model), np.asarray(as_source), np.asarray(as_destination)
+
+
+def _encode(graph: Graph, num_vertices: int, num_inputs: int, rank: int | None = None) -> State:
     """`init_state` with numpy arrays (used to build batches on the host)."""
     V, I = num_vertices, num_inputs
     gv, gi = graph.num_vertices, graph.num_inputs
-    label = f"graph {graph.name!r}" if graph.name else "the graph"
+    label = _label(graph)
     if gv > V or gi > I:
         raise StateSizeError(
             f"{label} has {gv} vertices and {gi} inputs, which does not fit a state of {V} vertex "
             f"and {I} input slots; pass max_vertices >= {gv} and max_inputs >= {gi}"
         )
-    _tables(graph.cost_model)  # validates the model early, outside jit
-    try:
-        as_source, as_destination = graph.node_shapes()
-    except ValueError as err:
-        raise StateSizeError(f"{label} is not a valid elimination graph: {err}") from None
+    # Validates the model early, outside jit, and registers its tables under the state's key.
+    tables, as_source, as_destination = _state_tables(graph, rank)
+    C, R = tables.num_codes, tables.rank
 
     def index(node: int) -> int:
         return V + node - 1 if node <= gi else node - gi - 1
@@ -277,15 +433,18 @@ def _encode(graph: Graph, num_vertices: int, num_inputs: int) -> State:
                 f"{label} has an edge {e.src}->{e.dst}; edges must join two different nodes and end at "
                 f"a vertex (node ids 1..{gi + gv}, vertices {gi + 1}..{gi + gv})"
             )
-        if not MIN_CODE <= e.code <= MAX_CODE:
-            raise StateSizeError(f"{label} has an edge {e.src}->{e.dst} with unknown structure code {e.code}")
+        if not MIN_CODE <= e.code < MIN_CODE + C:
+            raise StateSizeError(
+                f"{label} has an edge {e.src}->{e.dst} with unknown structure code {e.code} (its cost model "
+                f"has codes {MIN_CODE}..{MIN_CODE + C - 1})"
+            )
         # A code-0 edge behaves exactly like no edge under the cost model (checked in _tables).
         codes[index(e.src), index(e.dst)] = e.code
 
     _check_acyclic(graph, label)
 
-    src_shape = np.zeros((n, 2), dtype=np.int32)
-    dst_shape = np.zeros((V, 2), dtype=np.int32)
+    src_shape = np.zeros((n, R), dtype=np.int32)
+    dst_shape = np.zeros((V, R), dtype=np.int32)
     src_shape[:gv] = as_source[gi + 1 : gi + gv + 1]
     src_shape[V : V + gi] = as_source[1 : gi + 1]
     dst_shape[:gv] = as_destination[gi + 1 : gi + gv + 1]
@@ -310,34 +469,53 @@ def _encode(graph: Graph, num_vertices: int, num_inputs: int) -> State:
         cost=np.zeros((), np.int32),
         num_intermediates=np.asarray(int(eliminable.sum()), np.int32),
         illegal=np.zeros((), bool),
-        cost_model=graph.cost_model,
+        cost_model=tables.key,
     )
 
 
-def init_state(graph: Graph, *, max_vertices: int | None = None, max_inputs: int | None = None) -> State:
+def init_state(
+    graph: Graph, *, max_vertices: int | None = None, max_inputs: int | None = None, rank: int | None = None
+) -> State:
     """Encodes `graph` as the initial state of its elimination game.
 
     Args:
       graph: the elimination graph; its ``cost_model`` scores the game.
       max_vertices: V, the number of vertex slots (default: the graph's vertex count). States of
-        the same (V, I) and cost model share one compiled `step` and can be stacked for `vmap`.
+        the same (V, I, R) and tables share one compiled `step` and can be stacked for `vmap`.
       max_inputs: I, the number of input slots (default: the graph's input count).
+      rank: R, the number of dims per node (default: the structural rank of the graph's cost
+        model, 2 for graphs of 2-D shapes). A larger R pads every node's dims with 1s and the
+        masks with unselected factors, which scores exactly the same.
 
     Returns:
       A `State` of device arrays (see `State` for the shapes).
 
     Raises:
-      StateSizeError: the graph is larger than (V, I), or is not a valid elimination graph (a
-        cycle, an edge not ending at a vertex, an unknown code, an output that is not a vertex,
-        or nodes whose edges disagree about their shape).
+      StateSizeError: the graph is larger than (V, I) or of a higher rank than R, or is not a
+        valid elimination graph (a cycle, an edge not ending at a vertex, an unknown code, an
+        output that is not a vertex, or nodes whose edges disagree about their shape).
+      AlphagradError: the graph's cost model cannot be represented (e.g. more codes than int8
+        holds).
     """
     V = graph.num_vertices if max_vertices is None else int(max_vertices)
     I = graph.num_inputs if max_inputs is None else int(max_inputs)
-    return jax.device_put(_encode(graph, V, I))
+    return jax.device_put(_encode(graph, V, I, None if rank is None else int(rank)))
 
 
 def stack(states: list[State]) -> State:
-    """Stacks states of one size and cost model into a batch (leading axis B)."""
+    """Stacks states of one size (V, I, R) and tables into a batch (leading axis B).
+
+    Raises:
+      StateSizeError: the states differ in size or in tables (``cost_model``).
+    """
+    first = states[0]
+    for s in states[1:]:
+        if s.cost_model != first.cost_model or s.codes.shape != first.codes.shape or s.src_shape.shape != first.src_shape.shape:
+            raise StateSizeError(
+                f"cannot stack a state of tables {s.cost_model!r}, codes {s.codes.shape} and dims {s.src_shape.shape} "
+                f"with one of {first.cost_model!r}, {first.codes.shape} and {first.src_shape.shape}: a batch shares one "
+                "state size (max_vertices, max_inputs, rank) and one set of tables"
+            )
     return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
@@ -378,32 +556,37 @@ def _resolve_action(state: State, action: jax.Array) -> tuple[jax.Array, jax.Arr
     return legal, index, illegal
 
 
-def _predecessor_sums(in_codes, src_factors, rows) -> jax.Array:
-    """int32[22, 4]: per code j of p->v, the sum over predecessors p in `rows` of p's factors.
+def _predecessor_sums(in_codes, src_factors, rows, num_codes: int) -> jax.Array:
+    """int32[C, 2**R]: per code j of p->v, the sum over predecessors p in `rows` of p's factors.
 
     Rows past the predecessors (index N) read code 0, whose table entries cost nothing.
     """
     j = in_codes.at[rows].get(mode="fill", fill_value=0)
-    return jax.ops.segment_sum(src_factors.at[rows].get(mode="clip"), j - MIN_CODE, num_segments=NUM_CODES)
+    return jax.ops.segment_sum(src_factors.at[rows].get(mode="clip"), j - MIN_CODE, num_segments=num_codes)
 
 
 def _step_cost(state: State, tables: _Tables, index, s_in, out_codes) -> jax.Array:
     """int32[]: multiplications of eliminating vertex `index`.
 
     Args:
-      s_in: int32[22, 4], `_predecessor_sums` over all predecessors of v.
+      s_in: int32[C, 2**R], `_predecessor_sums` over all predecessors of v.
       out_codes: int32[V], codes of the edges v->c (0 = none).
 
     The pair (p, c) costs ``valid[j, k] * P[p, p_mask[j, k]] * C[c, c_mask[j, k]] *
     Vf[v_mask[j, k]]`` with j, k the codes of p->v and v->c and P, C, Vf the factor products
-    of p, c, v. Summing over p and c first, per code, leaves a 22 x 22 sum.
+    of p, c, v. Summing over p and c first, per code, leaves a C x C sum.
     """
-    s_out = jax.ops.segment_sum(_factors(state.dst_shape), out_codes - MIN_CODE, num_segments=NUM_CODES)
-    v_factor = _factors(jnp.abs(state.src_shape[index]))  # [4]
-    # Select by sub-mask with constant masks (cheaper than gathers under vmap).
-    p_part = sum(jnp.where(tables.p_mask == m, s_in[:, m][:, None], 0) for m in range(4))  # [22 in, 22 out]
-    c_part = sum(jnp.where(tables.c_mask == m, s_out[:, m][None, :], 0) for m in range(4))
-    v_part = sum(jnp.where(tables.v_mask == m, v_factor[m], 0) for m in range(4))
+    s_out = jax.ops.segment_sum(_factors(state.dst_shape), out_codes - MIN_CODE, num_segments=tables.num_codes)
+    v_factor = _factors(jnp.abs(state.src_shape[index]))  # [2**R]
+    if tables.rank == 2:
+        # Select by sub-mask with constant masks (cheaper than gathers under vmap).
+        p_part = sum(jnp.where(tables.p_mask == m, s_in[:, m][:, None], 0) for m in range(4))  # [C in, C out]
+        c_part = sum(jnp.where(tables.c_mask == m, s_out[:, m][None, :], 0) for m in range(4))
+        v_part = sum(jnp.where(tables.v_mask == m, v_factor[m], 0) for m in range(4))
+    else:  # 2**R sub-masks: gathers, whose work does not grow with 2**R
+        p_part = jnp.take_along_axis(s_in, jnp.asarray(tables.p_mask), axis=1)  # [j, k] = s_in[j, p_mask[j, k]]
+        c_part = jnp.take_along_axis(s_out, jnp.asarray(tables.c_mask.T), axis=1).T  # s_out[k, c_mask[j, k]]
+        v_part = v_factor[jnp.asarray(tables.v_mask)]
     # dtype: a reduction of int32 would give int64 under jax_enable_x64, and the cost is an
     # int32 field of State (scan carries and vmapped batches need one dtype in both modes).
     return jnp.sum(jnp.where(tables.valid, p_part * c_part * v_part, 0), dtype=jnp.int32)
@@ -418,7 +601,8 @@ def _update_rows(codes, tables: _Tables, rows, in_codes, out_codes, column):
     """Writes the new codes of rows `rows` (int32[K], N = none) of `codes`, zeroing `column`."""
     old = codes.at[rows].get(mode="clip")  # [K, V]; rows == N read row N - 1 and are dropped below
     j = in_codes.at[rows].get(mode="clip")  # [K]
-    flat = ((old.astype(jnp.int32) - MIN_CODE) * NUM_CODES + (j - MIN_CODE)[:, None]) * NUM_CODES
+    C = tables.num_codes
+    flat = ((old.astype(jnp.int32) - MIN_CODE) * C + (j - MIN_CODE)[:, None]) * C
     new = jnp.asarray(tables.update)[flat + (out_codes - MIN_CODE)[None, :]]
     new = jnp.where(jnp.arange(codes.shape[1]) == column, jnp.int8(0), new)
     return codes.at[rows].set(new, mode="drop")
@@ -428,7 +612,7 @@ def _chunk(tables: _Tables, codes, s_in, rows, in_codes, out_codes, column, src_
     """Processes predecessor rows ``rows[start : start + _ROW_CHUNK]``."""
     chunk = jax.lax.dynamic_slice(rows, (start,), (_ROW_CHUNK,))
     codes = _update_rows(codes, tables, chunk, in_codes, out_codes, column)
-    return codes, s_in + _predecessor_sums(in_codes, src_factors, chunk)
+    return codes, s_in + _predecessor_sums(in_codes, src_factors, chunk, tables.num_codes)
 
 
 @functools.cache
@@ -481,7 +665,7 @@ def _eliminate(state: State, tables: _Tables, in_codes, out_codes, column):
     vertices with more predecessors.
 
     Returns:
-      (codes int8[N, V] without v's in-edges, s_in int32[22, 4] as `_predecessor_sums`).
+      (codes int8[N, V] without v's in-edges, s_in int32[C, 2**R] as `_predecessor_sums`).
     """
     codes = state.codes
     n = codes.shape[0]
@@ -491,7 +675,7 @@ def _eliminate(state: State, tables: _Tables, in_codes, out_codes, column):
     num_preds = jnp.sum(is_pred, dtype=jnp.int32)
     rows = jnp.full(n + _ROW_CHUNK, n, dtype=jnp.int32)
     rows = rows.at[jnp.where(is_pred, position, n + _ROW_CHUNK)].set(jnp.arange(n, dtype=jnp.int32), mode="drop")
-    s_in = jnp.zeros((NUM_CODES, 4), jnp.int32)
+    s_in = jnp.zeros((tables.num_codes, 2**tables.rank), jnp.int32)
     codes, s_in = _chunk(tables, codes, s_in, rows, in_codes, out_codes, column, src_factors, 0)
     more = _more_chunks(state.cost_model)
     return more(codes, s_in, rows, in_codes, out_codes, column, src_factors, num_preds)
@@ -511,7 +695,7 @@ def step(state: State, action, *, reward_scale: float = 1.0) -> tuple[State, jax
       float32 reward is exact below 2**24 multiplications per step).
 
     Under ``jax.jit(..., donate_argnums=0)`` (or inside ``lax.scan``) the code matrix is updated
-    in place; the work per step is O((N + V) * 22 + 8 * V), plus 8 * V per further 8
+    in place; the work per step is O((N + V) * C + 8 * V), plus 8 * V per further 8
     predecessors of the eliminated vertex.
     """
     tables = _tables(state.cost_model)
@@ -561,7 +745,8 @@ def node_observation(src_shape, dst_shape, vertex_mask, is_output, eliminable, i
     """The per-node part of the observation, from the `State` fields of the same names.
 
     Returns:
-      (shapes int32[N, 4] per node (src d1, src d2, dst d1, dst d2; inputs repeat their shape),
+      (shapes int32[N, 2R] per node (its R source dims, then its R destination dims; for R = 2:
+       src d1, src d2, dst d1, dst d2; inputs repeat their dims),
        node_type int8[N] NODE_PADDING, NODE_INPUT, NODE_INTERMEDIATE, NODE_ELIMINATED or NODE_OUTPUT).
     """
     V = eliminable.shape[-1]
@@ -581,7 +766,8 @@ def observe(state: State) -> dict[str, jax.Array]:
 
     Returns a dict (add a leading batch axis under vmap):
       codes: int8[N, V]  # codes[src, dst] of the current graph, 0 = no edge (node layout above)
-      shapes: int32[N, 4]  # per node (src d1, src d2, dst d1, dst d2); inputs repeat their shape
+      shapes: int32[N, 2R]  # per node (R source dims, then R destination dims; for R = 2: src d1,
+        src d2, dst d1, dst d2); inputs repeat their dims
       node_type: int8[N]  # NODE_PADDING, NODE_INPUT, NODE_INTERMEDIATE, NODE_ELIMINATED, NODE_OUTPUT
       action_mask: int8[V]  # 1 = legal action (the same as `legal_actions`)
     """

@@ -33,7 +33,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from alphagrad.errors import AlphagradError
-from alphagrad.graph import Eliminator, Graph, trace
+from alphagrad.graph import NUM_CODES, Eliminator, Graph, trace
 from alphagrad.env import _core
 from alphagrad.env._generator import ChoiceGenerator, GraphGenerator
 
@@ -57,12 +57,15 @@ _jit_observe = jax.jit(_core.observe)
 # ----------------------------------------------------------------------------------------------
 
 
-def observation_space(max_vertices: int, max_inputs: int) -> spaces.Dict:
-    """The observation space of a state with V = max_vertices, I = max_inputs (N = V + I).
+def observation_space(max_vertices: int, max_inputs: int, *, num_codes: int = NUM_CODES, rank: int = 2) -> spaces.Dict:
+    """The observation space of a state with V = max_vertices, I = max_inputs (N = V + I), C =
+    num_codes structure codes and R = rank dims per node (the defaults: the paper's 22 codes and
+    2-D shapes, what every graph without arrays of rank >= 3 has).
 
     Keys (see `alphagrad.env.observe`):
-      codes: Box int8[N, V] in -10..11  # edge codes, codes[src, dst]; rows: vertices, then inputs
-      shapes: Box int32[N, 4]  # per node (src d1, src d2, dst d1, dst d2)
+      codes: Box int8[N, V] in MIN_CODE..MIN_CODE + C - 1 (-10..11 for C = 22)  # edge codes,
+        codes[src, dst]; rows: vertices, then inputs
+      shapes: Box int32[N, 2R]  # per node (R source dims, then R destination dims)
       node_type: Box int8[N] in 0..4  # padding, input, intermediate, eliminated, output
       action_mask: MultiBinary(V)  # 1 = the action eliminates a vertex now
     """
@@ -70,8 +73,8 @@ def observation_space(max_vertices: int, max_inputs: int) -> spaces.Dict:
     big = np.iinfo(np.int32)
     return spaces.Dict(
         {
-            "codes": spaces.Box(_core.MIN_CODE, _core.MAX_CODE, shape=(n, V), dtype=np.int8),
-            "shapes": spaces.Box(big.min, big.max, shape=(n, 4), dtype=np.int32),
+            "codes": spaces.Box(_core.MIN_CODE, _core.MIN_CODE + num_codes - 1, shape=(n, V), dtype=np.int8),
+            "shapes": spaces.Box(big.min, big.max, shape=(n, 2 * rank), dtype=np.int32),
             "node_type": spaces.Box(0, _core.NODE_OUTPUT, shape=(n,), dtype=np.int8),
             "action_mask": spaces.MultiBinary(V),
         }
@@ -166,6 +169,41 @@ def _sizes(task, example_args, generator, max_vertices, max_inputs) -> tuple[Gra
     return graph, V, I
 
 
+class _Layout(NamedTuple):
+    """What the observation space of an env holds: state size and the structure codes and dims.
+
+    Attributes:
+      V, I: vertex and input slots.
+      C: structure codes (table length; the codes run from MIN_CODE to MIN_CODE + C - 1).
+      R: dims per node; every graph's state is padded to R (which scores the same).
+    """
+
+    V: int
+    I: int
+    C: int
+    R: int
+
+
+def _layout(graph: Graph | None, generator: GraphGenerator | None, V: int, I: int) -> _Layout:
+    """The fixed graph's codes and rank; with a `ChoiceGenerator`, the largest of its graphs';
+    with another generator, the paper's (22 codes, rank 2: a drawn graph beyond them is refused
+    at reset, naming the limit)."""
+    known = [graph] if graph is not None else list(generator.graphs) if isinstance(generator, ChoiceGenerator) else []
+    C, R = NUM_CODES, 2
+    for g in known:
+        tables = _core._state_tables(g)[0]
+        C, R = max(C, tables.num_codes), max(R, tables.rank)
+    return _Layout(V, I, C, R)
+
+
+def _tables_keys(generator: GraphGenerator | None, layout: _Layout) -> list[str]:
+    """The distinct tables (`State.cost_model`) of a `ChoiceGenerator`'s graphs at the env's
+    rank; [] for other generators (unknown in advance)."""
+    if not isinstance(generator, ChoiceGenerator):
+        return []
+    return sorted({_core._state_tables(g, layout.R)[0].key for g in generator.graphs})
+
+
 class _Start(NamedTuple):
     """What every episode of one graph starts from (built once per graph and state size).
 
@@ -187,16 +225,24 @@ class _Start(NamedTuple):
     num_intermediates: int
 
 
-def _start(graph: Graph, V: int, I: int) -> _Start:
-    """The `_Start` of `graph` in a state of V vertex and I input slots (StateSizeError if it does
-    not fit or is not a valid elimination graph)."""
-    state = _core._encode(graph, V, I)
+def _start(graph: Graph, layout: _Layout) -> _Start:
+    """The `_Start` of `graph` in a state of the env's layout (StateSizeError if it does not fit
+    or is not a valid elimination graph)."""
+    V, I = layout.V, layout.I
+    state = _core._encode(graph, V, I, layout.R)
+    top = _core.MIN_CODE + layout.C - 1
+    if _core._tables(state.cost_model).num_codes > layout.C:
+        raise _core.StateSizeError(
+            f"graph {graph.name!r} has structure codes beyond {top}, the largest the env's observation space "
+            "holds (built from the env's task or generator); give the env a ChoiceGenerator of all its graphs"
+        )
     obs = {key: np.array(value) for key, value in jax.device_get(_jit_observe(state)).items()}
     for value in obs.values():
         value.setflags(write=False)
     gi = graph.num_inputs
     row = (0, *(V + i - 1 for i in range(1, gi + 1)), *range(graph.num_vertices))
-    return _Start(graph, state, obs, Eliminator(graph), row, int(state.num_intermediates))
+    engine = Eliminator(graph, _core._graph_tables(graph)[0])  # the same cost model as the state's
+    return _Start(graph, state, obs, engine, row, int(state.num_intermediates))
 
 
 class _Starts:
@@ -206,14 +252,14 @@ class _Starts:
 
     _SIZE = 64
 
-    def __init__(self, V: int, I: int):
-        self._V, self._I = V, I
+    def __init__(self, layout: _Layout):
+        self._layout = layout
         self._cache: dict[int, _Start] = {}
 
     def __call__(self, graph: Graph) -> _Start:
         start = self._cache.get(id(graph))
         if start is None or start.graph is not graph:
-            start = _start(graph, self._V, self._I)
+            start = _start(graph, self._layout)
             if len(self._cache) >= self._SIZE:
                 del self._cache[next(iter(self._cache))]  # the oldest entry
             self._cache[id(graph)] = start
@@ -228,7 +274,7 @@ class _Game:
     arrays (so a batch observation is never stacked). Shapes never change during an episode.
 
     Attributes:
-      codes: int8[N, V], shapes: int32[N, 4], node_type: int8[N], mask: int8[V]  # the observation
+      codes: int8[N, V], shapes: int32[N, 2R], node_type: int8[N], mask: int8[V]  # the observation
       order_row: int32[V]  # vertex numbers eliminated so far, -1 padded (the vector env's info)
       order: list[int]  # the same, as a list
       cost: int  # multiplications so far
@@ -442,14 +488,15 @@ class VertexEliminationEnv(gymnasium.Env):
         self.reward_scale = float(reward_scale)
         self.render_mode = render_mode
         self.action_space = _LegalDiscrete(self.max_vertices, self)
-        self.observation_space = observation_space(self.max_vertices, self.max_inputs)
-        self._starts = _Starts(self.max_vertices, self.max_inputs)
+        layout = _layout(self._fixed, generator, self.max_vertices, self.max_inputs)
+        self.observation_space = observation_space(self.max_vertices, self.max_inputs, num_codes=layout.C, rank=layout.R)
+        self._starts = _Starts(layout)
         self._fixed_start = None if self._fixed is None else self._starts(self._fixed)
         self.graph: Graph | None = self._fixed
         n, V = self.max_vertices + self.max_inputs, self.max_vertices
         self._game = _Game(
-            np.zeros((n, V), np.int8), np.zeros((n, 4), np.int32), np.zeros(n, np.int8), np.zeros(V, np.int8),
-            np.full(V, -1, np.int32),
+            np.zeros((n, V), np.int8), np.zeros((n, 2 * layout.R), np.int32), np.zeros(n, np.int8),
+            np.zeros(V, np.int8), np.full(V, -1, np.int32),
         )
         self._state: _core.State | None = None  # built when asked for, until the next step
 
@@ -571,8 +618,9 @@ class _EngineBatch:
       cost: int64[B]  # multiplications so far
     """
 
-    def __init__(self, num_envs: int, V: int, I: int):
-        space = observation_space(V, I)
+    def __init__(self, num_envs: int, layout: _Layout):
+        space = observation_space(layout.V, layout.I, num_codes=layout.C, rank=layout.R)
+        V = layout.V
         self._obs = {key: np.zeros((num_envs, *s.shape), s.dtype) for key, s in space.spaces.items()}
         self.order = np.full((num_envs, V), -1, np.int32)
         o = self._obs
@@ -630,12 +678,13 @@ class _CoreBatch:
     host is copied out of the device buffers before the next step donates them.
     """
 
-    def __init__(self, num_envs: int, V: int, I: int, fixed: _Start | None):
+    def __init__(self, num_envs: int, layout: _Layout, fixed: _Start | None):
+        V, I = layout.V, layout.I
         self._fixed_init = None if fixed is None else jax.device_put(fixed.state)
         self._init_host: _core.State | None = None  # the generator's initial states, batched
         self._init_device: _core.State | None = None  # its upload, None while a row is stale
         self._states: _core.State | None = None
-        self._shapes = np.zeros((num_envs, V + I, 4), np.int32)  # the episodes' obs["shapes"]
+        self._shapes = np.zeros((num_envs, V + I, 2 * layout.R), np.int32)  # the episodes' obs["shapes"]
         self.mask = np.zeros((num_envs, V), np.int8)
         self.mask_rows = list(self.mask)
         self.order = np.full((num_envs, V), -1, np.int32)
@@ -705,11 +754,6 @@ class _CoreBatch:
         return np.asarray(self._states.codes)
 
 
-def _mixed_cost_models(generator: GraphGenerator | None) -> bool:
-    """The generator is known to draw graphs of more than one cost model."""
-    return isinstance(generator, ChoiceGenerator) and len({g.cost_model for g in generator.graphs}) > 1
-
-
 class VertexEliminationVectorEnv(VectorEnv):
     """A batch of ``num_envs`` elimination games, stepped by the Python engine or the jitted core.
 
@@ -763,26 +807,30 @@ class VertexEliminationVectorEnv(VectorEnv):
         self.num_envs = B = int(num_envs)
         sizes = _sizes(task, example_args, generator, max_vertices, max_inputs)
         self._fixed, self.max_vertices, self.max_inputs = sizes
-        if backend == "jax" and _mixed_cost_models(generator):
+        layout = _layout(self._fixed, generator, self.max_vertices, self.max_inputs)
+        # The jitted core's tables are static: a batch holds one cost model (one set of tables).
+        keys = _tables_keys(generator, layout) if backend != "python" else []
+        if backend == "jax" and len(keys) > 1:
             raise AlphagradError(
-                "backend='jax' steps one cost model per batch, but the ChoiceGenerator's graphs use "
-                f"{sorted({g.cost_model for g in generator.graphs})}; use backend='python' or 'auto'"
+                f"backend='jax' steps one cost model per batch, but the ChoiceGenerator's graphs use {keys}; "
+                "use backend='python' or 'auto'"
             )
         if backend == "auto":
-            backend = "jax" if B >= AUTO_JAX_MIN_ENVS and not _mixed_cost_models(generator) else "python"
+            backend = "jax" if B >= AUTO_JAX_MIN_ENVS and len(keys) <= 1 else "python"
         self.backend = backend
         self.generator = generator
         self.reward_scale = float(reward_scale)
         self.render_mode = render_mode
         self.single_action_space = spaces.Discrete(self.max_vertices)
         self.action_space = _LegalMultiDiscrete(self.max_vertices, self.num_envs, self)
-        self.single_observation_space = observation_space(self.max_vertices, self.max_inputs)
+        self.single_observation_space = observation_space(
+            self.max_vertices, self.max_inputs, num_codes=layout.C, rank=layout.R
+        )
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.graphs: list[Graph | None] = [self._fixed] * B
-        self._starts = _Starts(self.max_vertices, self.max_inputs)
+        self._starts = _Starts(layout)
         self._fixed_start = None if self._fixed is None else self._starts(self._fixed)
-        V, I = self.max_vertices, self.max_inputs
-        self._batch = _EngineBatch(B, V, I) if backend == "python" else _CoreBatch(B, V, I, self._fixed_start)
+        self._batch = _EngineBatch(B, layout) if backend == "python" else _CoreBatch(B, layout, self._fixed_start)
         self._started = False
         self._pending = np.zeros(B, dtype=bool)
 

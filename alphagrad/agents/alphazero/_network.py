@@ -2,8 +2,13 @@
 
 One token per vertex slot. A token is built from the vertex's own features and from messages
 along its in-edges (from every predecessor, vertex or input) and out-edges (to every
-successor): each message embeds the edge's structure code and the other end's log-shape and
-node type. Messages are aggregated with masked means and log-degree features, so a token does
+successor): each message embeds the edge's structure code and the other end's log-size and
+node type. The paper's 22 codes (-10..11) have an embedding each; the extended codes 12, 13, ...
+of graphs with arrays of rank >= 3 (numbered per graph, so a number means nothing across graphs)
+share `EXTENDED_CODE_BUCKETS` embeddings by ``(code - 12) % EXTENDED_CODE_BUCKETS``, which
+tells a graph's first few extended structures apart. A node's size features are the log of its
+first dim and of the product of the others, on each side of its edges: 4 features for any
+structural rank R (for R = 2, the log of each dim). Messages are aggregated with masked means and log-degree features, so a token does
 not depend on the numbering of the vertices, and the tokens are permutation-equivariant.
 A few pre-LayerNorm layers follow, each passing messages along the current vertex-to-vertex
 edges (so layer k sees k + 1 hops) and then attending over the live tokens (real vertices
@@ -28,7 +33,7 @@ from flax import linen as nn
 from flax import struct
 
 from alphagrad.env import NODE_INTERMEDIATE, NODE_OUTPUT, State, edge_list, node_observation
-from alphagrad.graph import MIN_CODE, NUM_CODES
+from alphagrad.graph import MAX_CODE, MIN_CODE, NUM_CODES
 
 __all__ = [
     "PolicyValueNet",
@@ -39,12 +44,17 @@ __all__ = [
     "inverse_value_transform",
     "mask_logits",
     "MASKED_LOGIT",
+    "EXTENDED_CODE_BUCKETS",
 ]
 
 #: The logit given to illegal actions: finite, so a softmax over an all-illegal row stays defined.
 MASKED_LOGIT = -1e9
 
 _NUM_NODE_TYPES = 5
+
+#: Embeddings shared by the extended structure codes (> MAX_CODE): fixed, so one set of
+#: parameters serves graphs with any number of codes.
+EXTENDED_CODE_BUCKETS = 8
 
 
 def value_transform(x: jax.Array, kind: str) -> jax.Array:
@@ -85,7 +95,7 @@ class NetInput:
       edges: int32[E]  # src * V + dst of each edge (node layout of `alphagrad.env`)
       edge_codes: int8[E]  # its structure code; 0 = unused slot
       eliminable, is_output, vertex_mask: bool[V]; input_mask: bool[I]
-      src_shape: int32[N, 2]; dst_shape: int32[V, 2]  # as in `State`
+      src_shape: int32[N, R]; dst_shape: int32[V, R]  # as in `State` (R dims per node)
     """
 
     edges: jax.Array
@@ -108,11 +118,20 @@ def net_input(state: State, edges_per_node: int) -> NetInput:
 
 
 def _node_features(x: NetInput) -> tuple[jax.Array, jax.Array]:
-    """(node float32[N, 9] (log1p shapes, node-type one-hot), alive bool[V] (live tokens))."""
+    """(node float32[N, 9] (log1p sizes, node-type one-hot), alive bool[V] (live tokens)).
+
+    The sizes of a node of R dims d_1..d_R on each side (source, destination) are |d_1| and
+    |d_2 * ... * d_R| (for R = 2: its two dims), so the features have one width for any R and a
+    rank-2 node padded with 1s reads the same.
+    """
     shapes, node_type = node_observation(x.src_shape, x.dst_shape, x.vertex_mask, x.is_output, x.eliminable,
                                          x.input_mask)  # fmt: skip
+    R = x.src_shape.shape[-1]
+    sizes = jnp.abs(shapes).astype(jnp.float32)  # [N, 2R]: source dims, then destination dims
+    src, dst = sizes[:, :R], sizes[:, R:]
+    sizes = jnp.stack([src[:, 0], jnp.prod(src[:, 1:], axis=-1), dst[:, 0], jnp.prod(dst[:, 1:], axis=-1)], -1)
     node_type = node_type.astype(jnp.int32)
-    node = jnp.concatenate([jnp.log1p(jnp.abs(shapes).astype(jnp.float32)), jax.nn.one_hot(node_type, _NUM_NODE_TYPES)], -1)
+    node = jnp.concatenate([jnp.log1p(sizes), jax.nn.one_hot(node_type, _NUM_NODE_TYPES)], -1)
     vertex_type = node_type[: x.eliminable.shape[0]]
     return node, (vertex_type == NODE_INTERMEDIATE) | (vertex_type == NODE_OUTPUT)
 
@@ -137,7 +156,10 @@ class _EdgeAggregate(nn.Module):
 
         Returns: float32[V, edge_dim + 1] (mean message, log1p(degree)).
         """
-        code_emb = nn.Embed(NUM_CODES, self.edge_dim, name="code")(codes - MIN_CODE)  # [E, D_e]
+        base = nn.Embed(NUM_CODES, self.edge_dim, name="code")(jnp.clip(codes - MIN_CODE, 0, NUM_CODES - 1))
+        bucket = (codes - (MAX_CODE + 1)) % EXTENDED_CODE_BUCKETS
+        extended = nn.Embed(EXTENDED_CODE_BUCKETS, self.edge_dim, name="extended_code")(bucket)
+        code_emb = jnp.where((codes > MAX_CODE)[:, None], extended, base)  # [E, D_e]
         end = nn.Dense(self.edge_dim, name="end")(other)  # [E, D_e]
         mean, degree = _mean(nn.relu(code_emb + end), vertex, present, V)
         return jnp.concatenate([mean, jnp.log1p(degree)[:, None]], axis=-1)
