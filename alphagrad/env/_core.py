@@ -339,7 +339,7 @@ def _factors(shape: jax.Array) -> jax.Array:
     f = jnp.where(shape >= 0, shape, 1)
     products = [jnp.ones_like(f[..., 0])]
     for i in range(f.shape[-1]):
-        products += [p * f[..., i] for p in products]
+        products += [f[..., i]] + [p * f[..., i] for p in products[1:]]
     return jnp.stack(products, axis=-1)
 
 
