@@ -7,7 +7,9 @@
     >>> gym_env = gymnasium.make("alphagrad/VertexElimination-v0", task="RoeFlux_1d")
 
 The two jitted cores are the fast paths of `alphagrad.graph.Eliminator`'s elimination rules for
-search and RL: `step` is table-driven and serves every graph and cost model; `bitset_step`
+search and RL: `step` is table-driven and serves every graph and cost model (the tables are the
+graph's: C structure codes, dims of rank R per node; a graph with arrays of rank >= 3 brings its
+own extended codes, and states of different tables compile and batch separately); `bitset_step`
 serves scalar graphs only (`is_scalar_graph`), with successor sets as bit words (O(N * W) word
 operations a step). Both use one node layout and one action numbering, and score exactly like
 `graph.cost` (tests/env/test_engine_equivalence.py).

@@ -452,7 +452,10 @@ class VertexEliminationEnv(gymnasium.Env):
     Spaces:
       action_space: ``Discrete(V)``; action a eliminates vertex a + 1. Its ``sample()`` without
         a mask draws a legal action of the current state.
-      observation_space: a Dict, see `observation_space`.
+      observation_space: a Dict, see `observation_space`: its codes and dims per node are the
+        task's (the paper's 22 codes and 2 dims for every graph without arrays of rank >= 3), or
+        the largest of a `ChoiceGenerator`'s graphs (the others' dims padded with 1s, which scores
+        the same); another generator's graphs must fit the paper's.
 
     ``step`` returns ``info = {"cost": multiplications so far, "step_cost": of this step,
     "order": vertex numbers eliminated so far}``; ``reset`` returns ``{"cost": 0, "step_cost":
