@@ -8,53 +8,92 @@ import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alphagrad import env, graph, tasks
+from alphagrad import env, graph
 from alphagrad.errors import AlphagradError
 from alphagrad.graph import MIN_CODE, Graph
-from tests.env.conftest import jit_rollout
 from tests.env.rankn_models import ALIAS, ALIASED, aliased, padded, relabel, use_tables
 
-#: The state size of these tests (test_engine_equivalence's: the compiled rollout is shared).
 SLOTS_V, SLOTS_I = 32, 16
+
+#: -O0: each set of tables compiles the rollout anew, and these checks are about values only.
+_rollout = jax.jit(env.rollout, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def _layer(x, w, b):
+    """A small dense layer with a loss: matrices, vectors, broadcasts, reductions."""
+    h = jnp.tanh(w @ x + b[:, None])
+    return jnp.sum(h * h, axis=0), jnp.exp(-x[0])
+
+
+def _scalar_chain(a, b):
+    """A scalar program (RoeFlux-like), whose edges are all dense 1x1."""
+    c = jnp.sin(a) * b
+    d = jnp.log1p(c * c) + a / b
+    return d * c, jnp.sqrt(d * d + 1.0)
+
+
+#: Traced task functions and their example arguments (numpy: tracing touches no random keys).
+_TASKS = (
+    (_layer, (np.ones((3, 4)), np.ones((5, 3)), np.ones(5))),
+    (_scalar_chain, (np.float32(1.0), np.float32(2.0))),
+)
 
 
 @functools.cache
 def _graphs(model: str) -> tuple[Graph, ...]:
-    """Random graphs (scalar and tensor) and traced random programs under `model`."""
+    """Random graphs (scalar and tensor) and traced task functions under `model`."""
     gen = env.RandomGraphGenerator(num_inputs=(1, 8), num_vertices=(4, 30), tensor_fraction=0.6, max_dim=5,
                                    extra_outputs=(0, 2), cost_model=model)  # fmt: skip
-    traced = [graph.trace(t.fn, *t.args, cost_model=model) for t in (tasks.random_program(s, "tensor", num_statements=8) for s in (1, 2))]
-    return tuple([gen(seed) for seed in range(5)] + [g for g in traced if g.num_vertices <= SLOTS_V])
+    traced = [graph.trace(fn, *args, cost_model=model) for fn, args in _TASKS]
+    return tuple([gen(seed) for seed in range(5)] + traced)
 
 
 def _order(g: Graph, seed: int) -> list[int]:
     return [int(k) for k in np.random.default_rng(seed).permutation(g.intermediates)]
 
 
-def _play(g: Graph, order: list[int], rank: int | None = None) -> tuple[list[int], list[np.ndarray]]:
-    """Per-step multiplications of `order` in the env core, and the code matrix after each step."""
-    state = env.init_state(g, max_vertices=SLOTS_V, max_inputs=SLOTS_I, rank=rank)
+def _cuts(order: list[int]) -> list[int]:
+    """The steps after which code matrices are compared: the first, halfway, the last."""
+    return sorted({1, len(order) // 2, len(order)} - {0})
+
+
+def _play(g: Graph, order: list[int]) -> tuple[list[int], list[np.ndarray]]:
+    """Per-step multiplications of `order` in the env core, and its code matrix at `_cuts`."""
+    state = env.init_state(g, max_vertices=SLOTS_V, max_inputs=SLOTS_I)
     codes = []
-    for k in range(1, len(order) + 1):
+    for k in _cuts(order):
         actions = np.full(SLOTS_V, -1, np.int32)
         actions[:k] = np.asarray(order[:k]) - 1
-        final, rewards, _ = jit_rollout(state, actions)
+        final, rewards, _ = _rollout(state, actions)
         codes.append(np.asarray(final.codes))
     return (-np.asarray(rewards)[: len(order)]).astype(np.int64).tolist(), codes
 
 
-def _engine_costs(g: Graph, order: list[int], model: graph.CostModel | None = None) -> list[int]:
+def _engine(g: Graph, order: list[int], model: graph.CostModel | None = None) -> tuple[list[int], list[np.ndarray]]:
+    """`_play` by the Python engine: its step costs, and its edges at `_cuts` in the env's layout."""
     eliminator = graph.Eliminator(g, model)
-    return [eliminator.eliminate(k) for k in order]
+    gi = g.num_inputs
+    row = lambda node: SLOTS_V + node - 1 if node <= gi else node - gi - 1  # noqa: E731
+    costs, codes = [], []
+    for k, vertex in enumerate(order, start=1):
+        costs.append(eliminator.eliminate(vertex))
+        if k in _cuts(order):
+            matrix = np.zeros((SLOTS_V + SLOTS_I, SLOTS_V), np.int8)
+            for src, succs in enumerate(eliminator.succs):
+                for dst, code in succs.items():
+                    matrix[row(src), row(dst)] = code
+            codes.append(matrix)
+    return costs, codes
 
 
 @pytest.mark.parametrize("model", graph.cost_models())
 def test_a_padded_rank_scores_and_codes_like_rank_two(model, monkeypatch):
     graphs = _graphs(model)
-    expected = {g: _play(g, _order(g, i)) for i, g in enumerate(graphs)}
+    expected = {g: _engine(g, _order(g, i)) for i, g in enumerate(graphs)}
     builtin = {g: env.init_state(g, max_vertices=SLOTS_V, max_inputs=SLOTS_I, rank=3) for g in graphs}
     use_tables(monkeypatch, {g: padded(g, 3) for g in graphs})  # built here, not by the env
     for i, g in enumerate(graphs):
@@ -65,14 +104,14 @@ def test_a_padded_rank_scores_and_codes_like_rank_two(model, monkeypatch):
         assert "#" in state.cost_model and state.cost_model == builtin[g].cost_model  # init_state(rank=3): the same
         assert np.array_equal(state.src_shape, builtin[g].src_shape)
         costs, codes = _play(g, order)
-        assert costs == expected[g][0] == _engine_costs(g, order) == graph.elimination_costs(g, order)
+        assert costs == expected[g][0] == graph.elimination_costs(g, order)
         assert all(np.array_equal(a, b) for a, b in zip(codes, expected[g][1], strict=True))
 
 
-@pytest.mark.parametrize(("model", "rank"), [("exact", 2), ("alphagrad-2024", 2), ("exact", 3)])
+@pytest.mark.parametrize(("model", "rank"), [("exact", 2), ("alphagrad-2024", 3)])
 def test_b_alias_code_scores_like_the_code_it_copies(model, rank, monkeypatch):
     graphs = _graphs(model)
-    expected = {g: _play(g, _order(g, i)) for i, g in enumerate(graphs)}
+    expected = {g: _engine(g, _order(g, i)) for i, g in enumerate(graphs)}
     pairs = [(g, relabel(g)) for g in graphs]
     use_tables(monkeypatch, {alias: aliased(g, rank) for g, alias in pairs})
     new_codes = 0
@@ -84,8 +123,7 @@ def test_b_alias_code_scores_like_the_code_it_copies(model, rank, monkeypatch):
         assert (np.asarray(state.codes) == ALIAS).sum() == sum(e.code == ALIASED for e in g.edges)
         costs, codes = _play(alias, order)
         assert costs == expected[g][0]
-        if rank == 2:  # the Python engine takes the extended model as it is
-            assert _engine_costs(alias, order, aliased(g)[0]) == costs
+        assert _engine(alias, order, aliased(g, rank)[0])[0] == costs  # the Python engine, given the model
         for got, want in zip(codes, expected[g][1], strict=True):
             assert np.array_equal(np.where(got == ALIAS, ALIASED, got), want)
             new_codes += int((got == ALIAS).sum())
@@ -152,9 +190,9 @@ def test_gym_env_observes_an_extended_code(monkeypatch):
         assert space.contains(obs)
         obs, reward, terminated, _, _ = single.step(k - 1)
         costs.append(-reward)
-    assert terminated and costs == _engine_costs(g, order)
-    expected_codes = _play(g, order)[1][-1]
-    assert np.array_equal(np.where(obs["codes"] == ALIAS, ALIASED, obs["codes"]), expected_codes)
+    expected, expected_codes = _engine(g, order)
+    assert terminated and costs == expected
+    assert np.array_equal(np.where(obs["codes"] == ALIAS, ALIASED, obs["codes"]), expected_codes[-1])
 
 
 def test_vector_env_pads_a_choice_of_ranks_to_the_largest(monkeypatch):
@@ -176,4 +214,4 @@ def test_vector_env_pads_a_choice_of_ranks_to_the_largest(monkeypatch):
     assert terminated.all()
     for i in range(2):
         order = [int(k) for k in info["order"][i] if k > 0]
-        assert [int(c[i]) for c in step_costs] == _engine_costs(g, order)
+        assert [int(c[i]) for c in step_costs] == _engine(g, order)[0]
