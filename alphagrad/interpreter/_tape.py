@@ -178,6 +178,18 @@ _LANEWISE = frozenset(
 _LANE_REDUCTIONS = frozenset({"reduce_sum", "dot_general"})
 
 
+class _Segments(NamedTuple):
+    """The switch branch kind of sums over axes of `terms` operand entries per output entry
+    (the operand slots laid out output entry by output entry; stands in for reduce_sum)."""
+
+    terms: int
+    name = "sum of segments"
+
+
+#: Primitives that may sum segments of their operand (`_Builder._segments` checks the map).
+_SEGMENT_SUMS = frozenset({"reduce_sum"})
+
+
 class _Lanes(NamedTuple):
     """The switch branch kind of an elementwise primitive on padded lanes (stands in for it)."""
 
@@ -200,7 +212,7 @@ class Unsupported(Exception):
 
 
 class _PartialKind(NamedTuple):
-    """The partials of one equation kind: ``fn(ops[K]) -> [P]``; the operand runs int32 [n, R, 3],
+    """The partials of one equation kind: ``fn(ops[K]) -> [P]``; the operand runs int32 [n, R, 4],
     table starts int32 [n] (`Tape.eq_runs`, `Tape.eq_table_at`) and first edge slots int32 [n]
     of its n equations."""
 
@@ -220,8 +232,9 @@ class Tape(NamedTuple):
       constants_at: first value slot of the constants.
       num_values, num_edges: buffer sizes, slack for the padded writes included.
       eq_kind: int32[E] branch of each equation.
-      eq_runs: int32[E, R, 3] each equation's operand slots as at most R runs of consecutive
-        value slots: (first slot, count, position in the operand vector ops[K]); positions no
+      eq_runs: int32[E, R, 4] each equation's operand slots as at most R runs of value slots
+        (first slot, count, position in the operand vector ops[K], stride: 1 for consecutive
+        slots, 0 for a scalar broadcast to lanes); positions no
         run covers read the zero slot (`zero`): lane padding. A slot per operand component was
         the largest constant XLA compiled (71 MB for `wide` at 10,888 equations: every lane
         operand padded to `width`), and XLA holds a constant several times while compiling.
@@ -230,11 +243,12 @@ class Tape(NamedTuple):
       eq_table: int32[T + K] those equations' slots, one after another.
       zero: the value slot holding 0.
       eq_out: int32[E] first value slot of its output.
-      eq_partials: int32[E] first edge slot of its partials when the equation loop computes them
-        (every kind's at most `FUSED_PARTIALS`), else None.
+      eq_partials: int32[E] first edge slot of its partials where the equation loop computes them
+        (kinds whose partials have at most `FUSED_PARTIALS` entries; the others' point at slack
+        slots), or None when no kind's are computed there.
       branches: per kind, the equation loop's switch branch: ``ops[K] -> out[O]``, or
         ``ops[K] -> (out[O], partials[P])`` when the loop computes the partials.
-      partials: else, per kind that computes partials, a `_PartialKind`: its function
+      partials: per kind whose partials are larger, a `_PartialKind`: its function
         ``ops[K] -> partials[P]`` and, per equation of the kind, its operand runs and the first
         edge slot of its partials (all of a kind are computed at once, after the values).
       width: (K, O).
@@ -612,6 +626,28 @@ class _Builder:
             return None
         return sources.tolist()
 
+    def _segments(self, eqn, operands, head, shape) -> tuple[list[int], int] | None:
+        """For a sum over some axes of one floating-point operand (every output entry the sum of
+        the same number c of operand entries, each entry in one sum): the operand's value
+        slots output entry by output entry, and c; else None. Such sums run as one kind per c
+        (reshaped to [entries, c] and summed), whatever the axes and shapes: a 10,000-equation
+        `tensor` program had 141 kinds of sums over axes."""
+        if eqn.primitive is None or eqn.primitive.name not in _SEGMENT_SUMS or len(operands) != 1:
+            return None
+        base, op_shape, dtype = operands[0]
+        n_out, n_in = math.prod(shape), math.prod(op_shape)
+        if not _floating(dtype) or np.dtype(dtype) != np.dtype(eqn.aval.dtype) or n_out == 0 or n_in % n_out:
+            return None
+        c = n_in // n_out
+        entries = self._static_map(eqn, operands, (0,), head)
+        if entries is None:
+            return None
+        rows, cols, counts = entries
+        if len(cols) != n_in or np.any(counts != 1) or np.any(np.bincount(rows, minlength=n_out) != c):
+            return None
+        order = np.lexsort((cols, rows))
+        return (base + cols[order]).tolist(), c
+
     def _tabulate(self, eqn, operands, positions, fixed) -> tuple[np.ndarray, ...] | None:
         """The map's nonzero entries (`_static_map`): the equation is linear in its floating-point
         operands jointly, so with those at `positions` set to one basis vector each and the others
@@ -687,7 +723,7 @@ class _Builder:
         # A zero constant: the source of output entries that a data movement fills with zeros.
         zero = self._operand(Operand(node=None, value=np.zeros((), self.dtype)))[0]
         # Vertices, in equation order.
-        eq_rows = []  # (kind, operand runs [r, 3], operand vector length, out slot, first partial slot)
+        eq_rows = []  # (kind, operand runs [r, 4], operand vector length, out slot, first partial slot)
         kinds: dict[Any, int] = {}
         templates: list[tuple] = []
         edges: dict[tuple[int, int], Any] = {}
@@ -721,8 +757,8 @@ class _Builder:
                 continue
             operands = [self._operand(op) for op in eqn.operands]
             sizes_in = [math.prod(shp) for _, shp, _ in operands]
-            runs = np.stack([[base for base, _, _ in operands], sizes_in, np.cumsum([0] + sizes_in[:-1])],
-                            axis=1).reshape(-1, 3) if operands else np.zeros((0, 3), np.int64)
+            runs = np.stack([[base for base, _, _ in operands], sizes_in, np.cumsum([0] + sizes_in[:-1]),
+                             [1] * len(operands)], axis=1).reshape(-1, 4) if operands else np.zeros((0, 4), np.int64)
             length = sum(sizes_in)
             op_avals = tuple((shp, np.dtype(dt).str) for _, shp, dt in operands)
             head = (eqn.primitive, _params_key(eqn) if eqn.primitive is not None else None, op_avals,
@@ -732,6 +768,11 @@ class _Builder:
             if lanes is not None:  # one kind per primitive and operand pattern, whatever the shape
                 pattern, lane_groups = lanes
                 runs[:, 2] = np.arange(len(operands)) * width  # operand i in lanes [i * width, (i + 1) * width)
+                # A broadcast scalar is read at each of the output's lanes (a run of stride 0), so
+                # x * s and x * y are one kind (their partials lane by lane are the same responses).
+                broadcast = np.asarray([scalar for scalar, _ in pattern], bool)
+                runs[broadcast, 1], runs[broadcast, 3] = math.prod(shape), 0
+                pattern = tuple((False, dt) for _, dt in pattern)
                 length = len(operands) * width
                 for e in incoming.get(node, ()):
                     positions = tuple(i for i, op in enumerate(eqn.operands) if op.node == e.src)
@@ -779,8 +820,13 @@ class _Builder:
                     next_slot += edges[(e.src, node)].size
                 signature = (*head, tuple(groups))
                 sources = None if groups else self._selection(eqn, operands, head, shape, zero)
+                segments = None if groups or sources is not None else self._segments(eqn, operands, head, shape)
                 if sources is not None:  # one kind, whatever the movement
                     signature = (_SELECTION, None, (), ((1,), self.dtype.str), ())
+                    runs, length = _runs_of(np.asarray(sources, np.int64), zero), len(sources)
+                elif segments is not None:  # one kind per number of terms, whatever the axes and shapes
+                    sources, terms_each = segments
+                    signature = (_Segments(terms_each), None, (), ((1,), np.dtype(aval.dtype).str), ())
                     runs, length = _runs_of(np.asarray(sources, np.int64), zero), len(sources)
                 has_partials = bool(groups)
             if signature not in kinds:
@@ -800,7 +846,9 @@ class _Builder:
         graph, program = self.graph, self.program
         K = max([length for _, _, length, _, _ in eq_rows] + [1])
         O = max([math.prod(sig[3][0]) for sig, _ in templates] + [1]
-                + [length for kind, _, length, _, _ in eq_rows if templates[kind][0][0] is _SELECTION])
+                + [length for kind, _, length, _, _ in eq_rows if templates[kind][0][0] is _SELECTION]
+                + [length // templates[kind][0][0].terms for kind, _, length, _, _ in eq_rows
+                   if isinstance(templates[kind][0][0], _Segments)])
         # Product edges reuse the slots of deleted edges (value arrays only; maps keep theirs).
         elim = Eliminator(edges, next_slot, lanes_for([p.muls for s in self.steps for p in s.products if p.muls]))
         muls = 0
@@ -854,19 +902,27 @@ class _Builder:
                 raise Unsupported(f"a {name} equation cannot run from the tape's buffers: {err}") from err
             functions.append((value_fn, partial_fn))
             sizes.append(size)
-        P = max(sizes + [1])
-        num_edges = elim.next_slot + max(elim.steps.slack, P)  # slack for windows, chunks and padded writes
-        if P <= FUSED_PARTIALS:  # computed with the values, in the equation loop
-            branches = tuple(_fused(value_fn, partial_fn, P, self.dtype) for value_fn, partial_fn in functions)
-            eq_partials = np.asarray([elim.next_slot if at is None else at for *_, at in eq_rows], np.int32)
-            partials = ()
-        else:  # after the values, a kind at a time
-            branches, eq_partials, partials = tuple(value_fn for value_fn, _ in functions), None, []
-            for kind, (_, partial_fn) in enumerate(functions):
-                rows = [r for r, (k, *_, at) in enumerate(eq_rows) if k == kind and at is not None]
-                if rows and partial_fn is not None:
-                    at = np.asarray([eq_rows[r][4] for r in rows], np.int32)
-                    partials.append(_PartialKind(partial_fn, eq_runs[rows], eq_table_at[rows], at))
+        # Kinds whose partials have at most FUSED_PARTIALS entries compute them in the equation
+        # loop (padded to the largest of those), the others after it, a kind at a time: a few
+        # wide partials no longer send every kind's partials out of the loop (each kind out of
+        # it is a vmapped computation and a write loop of its own for XLA to compile: at 1,000
+        # equations of the `control` form, 60 of them took 4 of its 7 s of lowering and compiling).
+        fused = [0 < size <= FUSED_PARTIALS for size in sizes]
+        P = max([size for size, f in zip(sizes, fused) if f] + [0])
+        num_edges = elim.next_slot + max(elim.steps.slack, P, 1)  # slack for windows, chunks and padded writes
+        partials = []
+        if P:  # the loop writes P partial entries per equation (the others' into the slack)
+            branches = tuple(_fused(value_fn, partial_fn if f else None, P, self.dtype)
+                             for (value_fn, partial_fn), f in zip(functions, fused))
+            eq_partials = np.asarray([at if at is not None and fused[k] else elim.next_slot
+                                      for k, *_, at in eq_rows], np.int32)
+        else:
+            branches, eq_partials = tuple(value_fn for value_fn, _ in functions), None
+        for kind, (_, partial_fn) in enumerate(functions):
+            rows = [r for r, (k, *_, at) in enumerate(eq_rows) if k == kind and at is not None]
+            if rows and partial_fn is not None and not fused[kind]:
+                at = np.asarray([eq_rows[r][4] for r in rows], np.int32)
+                partials.append(_PartialKind(partial_fn, eq_runs[rows], eq_table_at[rows], at))
         constants = np.concatenate(self.constants) if self.constants else np.zeros(0, self.dtype)
         return Tape(
             dtype=self.dtype,
@@ -974,22 +1030,22 @@ def _identity_product(elim: Eliminator, out_edge, in_edge, code: int) -> Valued 
 
 
 def _runs_of(slots: np.ndarray, zero: int) -> np.ndarray:
-    """The maximal runs of consecutive slots in `slots` [n] as [r, 3] (first slot, count, position);
+    """The maximal runs of consecutive slots in `slots` [n] as [r, 4] (first slot, count, position, stride 1);
     positions reading the `zero` slot are in none (a step reads the zero slot where no run is)."""
     if not len(slots):
-        return np.zeros((0, 3), np.int64)
+        return np.zeros((0, 4), np.int64)
     breaks = np.r_[True, (np.diff(slots) != 1) | (slots[1:] == zero) | (slots[:-1] == zero)]
     starts = np.nonzero(breaks)[0]
-    runs = np.stack([slots[starts], np.diff(np.r_[starts, len(slots)]), starts], axis=1)
+    runs = np.stack([slots[starts], np.diff(np.r_[starts, len(slots)]), starts, np.ones_like(starts)], axis=1)
     return runs[runs[:, 0] != zero]
 
 
 def _operand_tables(rows: list[tuple[np.ndarray, int]], K: int, zero: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`Tape.eq_runs`, `eq_table_at` and `eq_table` of equations given as (runs [r, 3], length of
+    """`Tape.eq_runs`, `eq_table_at` and `eq_table` of equations given as (runs [r, 4], length of
     their operand vector): runs for those of at most `MAX_RUNS` (or as many as any has), the
     others' slots in the table."""
     R = max(1, min(MAX_RUNS, max([len(runs) for runs, _ in rows] + [0])))
-    eq_runs = np.zeros((len(rows), R, 3), np.int32)
+    eq_runs = np.zeros((len(rows), R, 4), np.int32)
     table_at = np.full(len(rows), -1, np.int32)
     pieces, used = [], 0
     for row, (runs, length) in enumerate(rows):
@@ -997,21 +1053,21 @@ def _operand_tables(rows: list[tuple[np.ndarray, int]], K: int, zero: int) -> tu
             eq_runs[row, :len(runs)] = runs
             continue
         slots = np.full(length, zero, np.int64)
-        for first, count, at in runs:
-            slots[at:at + count] = first + np.arange(count)
+        for first, count, at, stride in runs:
+            slots[at:at + count] = first + np.arange(count) * stride
         pieces.append(slots)
         table_at[row], used = used, used + length
     return eq_runs, table_at, np.concatenate(pieces + [np.full(K, zero, np.int64)]).astype(np.int32)
 
 
 def _operand_slots(runs: jax.Array, table_at: jax.Array, table: jax.Array | None, K: int, zero: int) -> jax.Array:
-    """The value slots int32 [K] of one equation's operand vector from its runs [R, 3] (the zero
+    """The value slots int32 [K] of one equation's operand vector from its runs [R, 4] (the zero
     slot where none is) or, where `table_at` >= 0, from `table` (None: no equation uses it)."""
     position = jnp.arange(K, dtype=jnp.int32)
     slots = jnp.full((K,), zero, jnp.int32)
     for r in range(runs.shape[0]):
-        first, count, at = runs[r, 0], runs[r, 1], runs[r, 2]
-        slots = jnp.where((position >= at) & (position < at + count), first + position - at, slots)
+        first, count, at, stride = runs[r, 0], runs[r, 1], runs[r, 2], runs[r, 3]
+        slots = jnp.where((position >= at) & (position < at + count), first + (position - at) * stride, slots)
     if table is None:
         return slots
     return jnp.where(table_at >= 0, lax.dynamic_slice_in_dim(table, jnp.maximum(table_at, 0), K), slots)
@@ -1054,7 +1110,45 @@ def _numpy_map(name: str, params: dict, batch: list, fixed: list) -> np.ndarray 
         sizes = params["slice_sizes"]
         starts = [min(max(int(v), 0), dim - size) for v, dim, size in zip(fixed[1:], x.shape[1:], sizes)]
         return x[(slice(None),) + tuple(slice(a, a + size) for a, size in zip(starts, sizes))]
+    # Each of the rest was bound eagerly before, one XLA compilation per shape (35 of them, about
+    # 2 s, in the first call of a 1,000-equation `control` program).
+    if name == "stack":
+        return np.stack(batch, axis=params["axis"] + 1)
+    if name == "cumsum":
+        axis = params["axis"] + 1
+        return np.flip(np.cumsum(np.flip(x, axis), axis), axis) if params["reverse"] else np.cumsum(x, axis)
+    if name in ("add", "sub", "mul", "neg"):  # linear: a constant operand or the basis and zeros
+        rank = max(np.ndim(b) for b in batch)
+        # Batched operands [n, *shape] and scalar ones [n] against constants [*shape] or [].
+        values = [b.reshape(b.shape + (1,) * (rank - b.ndim)) if v is None and b.ndim == 1 else b
+                  for b, v in zip(batch, fixed)]
+        return {"add": np.add, "sub": np.subtract, "mul": np.multiply, "neg": np.negative}[name](*values)
+    if name in ("scatter", "scatter-add") and len(batch) == 3 and fixed[1] is not None and fixed[0] is None:
+        return _numpy_scatter(name, params, x, fixed[1], batch[2])
     return None
+
+
+def _numpy_scatter(name: str, params: dict, operand: np.ndarray, index: np.ndarray,
+                   updates: np.ndarray) -> np.ndarray | None:
+    """``x.at[index].set(updates)`` / ``.add`` along the first axis (jnp indexing by an integer
+    array: whole slices of the other axes) on a batch [n, *shape], or None for other dimension
+    numbers, indices out of bounds, or a set at repeated indices (which update wins is XLA's)."""
+    numbers = params["dimension_numbers"]
+    rank = operand.ndim - 1
+    if ((tuple(numbers.inserted_window_dims), tuple(numbers.scatter_dims_to_operand_dims)) != ((0,), (0,))
+            or tuple(numbers.update_window_dims) != tuple(range(1, rank))
+            or getattr(numbers, "operand_batching_dims", ()) or index.ndim != 2 or index.shape[1] != 1
+            or updates.shape[1:] != (index.shape[0], *operand.shape[2:])):
+        return None
+    index = index[:, 0].astype(np.int64)
+    if not np.all((index >= 0) & (index < operand.shape[1])):
+        return None
+    if name == "scatter" and len(np.unique(index)) != len(index):
+        return None
+    result = np.array(operand, np.float64)
+    for k, i in enumerate(index):
+        result[:, i] = result[:, i] + updates[:, k] if name == "scatter-add" else updates[:, k]
+    return result
 
 
 #: Elementwise primitives `_numpy_eval` applies with numpy (index arithmetic on constants).
@@ -1159,14 +1253,25 @@ def _branch(signature, params: dict, O: int, dtype):
     seed, one seed per index of the operand's untied positions (ones along tied ones), and the
     code's value array read off the responses by a static gather; a run-time index map (code 11)
     is computed whole, [n_out, n_operand] row-major."""
-    primitive, _, op_avals, (out_shape, _), groups = signature
+    primitive, _, op_avals, out_shape, groups = signature
     if isinstance(primitive, _Lanes):
+        out_shape = out_shape[0]
         return _lanes_branch(primitive.primitive, params, op_avals, out_shape[0], groups, O, dtype)
     if primitive is _SELECTION:  # the operand slots are the output's sources, in order
         def select(ops):
             return jnp.pad(ops, (0, max(0, O - ops.shape[0])))[:O].astype(dtype)
 
         return select, None
+    if isinstance(primitive, _Segments):  # output entry i sums operand positions [i * c, (i + 1) * c)
+        c, out_dtype = primitive.terms, np.dtype(out_shape[1])
+
+        def summed(ops):
+            n = ops.shape[0] // c  # the positions past the operand read the zero slot
+            out = ops[:n * c].astype(out_dtype).reshape(n, c).sum(axis=1).astype(dtype)
+            return jnp.pad(out, (0, max(0, O - n)))[:O]
+
+        return summed, None
+    out_shape = out_shape[0]
     shapes = [shape for shape, _ in op_avals]
     dtypes = [np.dtype(dt) for _, dt in op_avals]
     offsets = np.cumsum([0] + [math.prod(s) for s in shapes]).tolist()

@@ -426,3 +426,87 @@ def test_edge_slots_are_reused_by_smaller_allocations():
     assert elim.allocate(7) == 10 and elim.allocate(3) == 17  # one merged run of 10, split
     elim.release(_tape_products.Valued(1, c, (1, 3), (1, 1)))
     assert elim.allocate(5) == 20 and elim.next_slot == 25  # the last run extended
+
+
+def sums_and_a_wide_partial(x, y):
+    """Sums over axes of a (2, 3, 4) array and of a (4, 6) one (of 2, 3, 4 and 12 terms; 4 twice),
+    a broadcast scalar (x * s beside x * y: one lane kind), and one partial of more than
+    FUSED_PARTIALS entries (a sort of 24 entries: a run-time mask of 576)."""
+    s = jnp.sum(y)
+    u = jnp.sin(x) * s + x * x
+    parts = [jnp.sum(u, axis=a) for a in (0, 1, 2, (1, 2))] + [jnp.sum(y, axis=0)]
+    return sum(jnp.sum(p * p) for p in parts), jnp.sort(u.reshape(-1)) * s
+
+
+def test_sums_over_axes_and_broadcasts_share_kinds(force_tape):
+    """Sums over axes run as one kind per number of terms (`_Segments`), a broadcast scalar on the
+    lanes of its array (stride-0 runs), and only the kinds with partials over FUSED_PARTIALS
+    entries compute them after the equation loop. (Built only: the Jacobians of such tapes are
+    checked against jax.jacfwd by test_lane_steps_equal_jacfwd's `reductions`, partials in and
+    after the loop, and test_tape_kinds_do_not_grow_with_shapes.)"""
+    with jax.enable_x64(True):
+        args = (jnp.linspace(-1.0, 1.0, 24).reshape(2, 3, 4), jnp.linspace(0.2, 0.9, 24).reshape(4, 6))
+        g = interpreter.graph_of(sums_and_a_wide_partial, *args, argnums=(0, 1))
+        kinds = []
+        monkey = _tape._branch
+
+        def record(signature, params, O, dtype):
+            kinds.append(signature[0])
+            return monkey(signature, params, O, dtype)
+
+        _tape._branch = record
+        try:
+            tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse")))
+        finally:
+            _tape._branch = monkey
+        assert sorted(k.terms for k in kinds if isinstance(k, _tape._Segments)) == [2, 3, 4, 12]
+        assert [k.name for k in kinds].count("mul") == 2  # x * s with x * x's lanes, and x * x
+        assert tape.eq_partials is not None and len(tape.partials) == 1  # only the wide partial's kind after the loop
+        broadcast = tape.eq_runs[..., 3] == 0
+        assert np.any(broadcast & (tape.eq_runs[..., 1] == 24))  # s read at each of x's 24 lanes
+
+
+@pytest.mark.parametrize("name, shapes, fixed, params", [
+    ("stack", [(3,), (3,)], [None, None], {"axis": 1}),
+    ("cumsum", [(2, 3)], [None], {"axis": 1, "reverse": True}),
+    ("add", [(3,), ()], [None, None], {}),
+    ("mul", [(2, 3), None], [None, np.array([[1.0, 2.0, 0.0], [3.0, 1.0, 1.0]])], {}),
+    ("scatter-add", [(4, 2), None, (3, 2)], [None, np.array([[1], [3], [1]]), None], None),
+    ("scatter", [(4,), None, (2,)], [None, np.array([[2], [0]]), None], None),
+])
+def test_numpy_maps_equal_the_bound_primitive(name, shapes, fixed, params):
+    """Static index maps tabulated with numpy (no XLA compilation per shape) equal the
+    primitive bound on the same basis; a set at repeated indices is left to the primitive."""
+    from jax._src.lax import slicing
+
+    operands = [jnp.zeros(s) if s is not None else jnp.asarray(v) for s, v in zip(shapes, fixed)]
+    if name.startswith("scatter"):  # the parameters jnp's .at[] gives
+        x, index, updates = operands
+        bound = x.at[index[:, 0]].add(updates) if name == "scatter-add" else x.at[index[:, 0]].set(updates)
+        eqn = jax.make_jaxpr(lambda a, b: a.at[index[:, 0]].add(b) if name == "scatter-add"
+                             else a.at[index[:, 0]].set(b))(x, updates).jaxpr.eqns[-1]
+        primitive, params = eqn.primitive, eqn.params
+        assert isinstance(params["dimension_numbers"], slicing.ScatterDimensionNumbers)
+    else:
+        primitive = {"stack": None, "cumsum": jax.lax.cumsum_p, "add": jax.lax.add_p, "mul": jax.lax.mul_p}[name]
+    for position in [i for i, v in enumerate(fixed) if v is None]:
+        n = int(np.prod(shapes[position]))
+        basis = np.eye(n).reshape(n, *shapes[position])
+        batch = [basis if i == position else (np.zeros((n, *s)) if v is None else v)
+                 for i, (s, v) in enumerate(zip(shapes, fixed))]
+        ours = _tape._numpy_map(name, params, batch, fixed)
+
+        def column(t, position=position):
+            values = [t if i == position else (jnp.zeros(s) if v is None else jnp.asarray(v))
+                      for i, (s, v) in enumerate(zip(shapes, fixed))]
+            if primitive is None:
+                return jnp.stack(values, axis=params["axis"])
+            if name == "add" and values[1].ndim == 0:
+                values[1] = jnp.broadcast_to(values[1], values[0].shape)
+            return primitive.bind(*values, **params)
+
+        expected = np.asarray(jax.vmap(column)(jnp.asarray(basis)))
+        np.testing.assert_array_equal(ours, expected)
+    repeated = [np.zeros((4, 4)), np.array([[1], [1]]), np.eye(4)[:2]]
+    if name == "scatter":
+        assert _tape._numpy_map(name, params, repeated[:1] + [repeated[1]] + [np.zeros((4, 2))], [None, repeated[1], None]) is None
