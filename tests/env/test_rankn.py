@@ -215,3 +215,25 @@ def test_vector_env_pads_a_choice_of_ranks_to_the_largest(monkeypatch):
     for i in range(2):
         order = [int(k) for k in info["order"][i] if k > 0]
         assert [int(c[i]) for c in step_costs] == _engine(g, order)[0]
+
+
+def test_a_generator_beyond_the_papers_codes_or_rank_is_refused_at_reset(monkeypatch):
+    g = next(g for g in _graphs("exact") if any(e.code == ALIASED for e in g.edges))
+    alias, deep = relabel(g), dataclasses.replace(g)
+    use_tables(monkeypatch, {alias: aliased(g), deep: padded(g, 3)})
+
+    class Draw(env.GraphGenerator):
+        """Draws one graph (not a ChoiceGenerator: the env cannot know its codes and rank)."""
+
+        max_vertices, max_inputs = SLOTS_V, SLOTS_I
+
+        def __init__(self, drawn):
+            self.drawn = drawn
+
+        def __call__(self, seed):
+            return self.drawn
+
+    with pytest.raises(env.StateSizeError, match="structure codes beyond 11.*ChoiceGenerator"):
+        env.VertexEliminationEnv(generator=Draw(alias)).reset(seed=0)
+    with pytest.raises(env.StateSizeError, match="structural rank 3.*state of rank 2"):
+        env.VertexEliminationEnv(generator=Draw(deep)).reset(seed=0)
