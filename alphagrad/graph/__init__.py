@@ -14,7 +14,9 @@ from alphagrad.graph._cost import (
     CostModel,
     check_order,
     cost_model,
+    cost_model_of,
     cost_models,
+    extended_cost_model,
 )
 from alphagrad.graph._engine import Eliminator, Product, Step, elimination_costs, plan
 from alphagrad.graph._graph import Edge, Graph, Vertex
@@ -81,6 +83,8 @@ __all__ = [
     "check_order",
     "cost",
     "cost_model",
+    "cost_model_of",
+    "extended_cost_model",
     "cost_models",
     "edge_codes",
     "elimination_costs",

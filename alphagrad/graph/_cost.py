@@ -28,6 +28,8 @@ __all__ = [
     "cost_model",
     "cost_models",
     "extended_cost_model",
+    "LabelledCostModel",
+    "cost_model_of",
     "check_order",
 ]
 
@@ -148,22 +150,99 @@ def cost_model(name: str = "alphagrad-2024") -> CostModel:
     return _parse_tables(name, json.loads(text))
 
 
+class LabelledCostModel:
+    """The exact model of a graph with labelled structures (arrays of rank 3 or more).
+
+    The 2-D codes keep their tables; products and sums that involve a labelled structure are
+    derived by the labelled-axes algebra when first met (`graph._structure.LabelledAlgebra`), new
+    structures named by the next code. Its `pair_cost`, `product_code` and `sum_code` answer for
+    every code; `tables` closes it into fixed arrays where the closure is small enough (the jitted
+    env needs them).
+
+    Attributes:
+      name: "exact".
+      rank: R, the number of size factors per node.
+    """
+
+    name = "exact"
+
+    def __init__(self, structures: tuple, rank: int):
+        from alphagrad.graph._structure import LabelledAlgebra
+
+        self._given = tuple(structures)
+        self.algebra = LabelledAlgebra(self._given, rank)
+        self.rank = self.algebra.rank
+
+    @property
+    def structures(self) -> tuple:
+        """The structures of codes 12, 13, ... named so far."""
+        return tuple(self.algebra.structures)
+
+    def pair_cost(self, in_code: int, out_code: int, c, v, p) -> int:
+        """Multiplications of (v->c)(p->v) for the nodes' structural dims (up to R axes each)."""
+        if in_code == 0 or out_code == 0:
+            return 0
+        bits, _, unit = self.algebra.product(in_code, out_code)
+        if unit:
+            return 1
+        if not bits:
+            return 0
+        rank = self.rank
+        total = 1
+        for bit in bits:
+            group, axis = divmod(bit, rank)
+            dims = (c, v, p)[group]
+            total *= abs(dims[axis]) if axis < len(dims) else 1
+        return int(total)
+
+    def product_code(self, in_code: int, out_code: int) -> int:
+        return 0 if in_code == 0 or out_code == 0 else self.algebra.product(in_code, out_code)[1]
+
+    def sum_code(self, old_code: int, new_code: int) -> int:
+        return self.algebra.sum(old_code, new_code)
+
+    def tables(self, limit: int = 128 - 22) -> CostModel:
+        """The closed tables (all products and sums of all codes) as a `CostModel`.
+
+        Raises:
+          AlphagradError: the closure has more than `limit` labelled structures.
+        """
+        from alphagrad.graph._structure import extended_tables
+
+        try:
+            t = extended_tables(self._given, self.rank, limit)
+        except ValueError as err:
+            raise AlphagradError(
+                f"the graph's labelled structures do not close within {limit} codes ({err}); the jitted "
+                "environment cannot hold its tables: use the Python engine (graph.Eliminator, the heuristics, "
+                "the gymnasium env's python backend) for this graph"
+            ) from err
+        return CostModel("exact", t.mask, t.mul.astype(np.int32), t.add.astype(np.int32),
+                         unit_pairs=t.unit_pairs, structures=t.structures)
+
+
 @functools.lru_cache(maxsize=64)
-def extended_cost_model(structures: tuple = (), rank: int = 2) -> CostModel:
+def extended_cost_model(structures: tuple = (), rank: int = 2) -> LabelledCostModel | CostModel:
     """The exact model extended to a graph's labelled structures (codes 12, ...) and rank R.
 
     Args:
       structures: `AxisTies` (graph._structure) of the graph's partials that the 2-D codes cannot
-        describe; the model's `structures` add every product and sum they lead to.
+        describe, in code order from 12.
       rank: R, the largest number of axes of a node (at least 2).
 
-    With no structures and rank 2 it is `cost_model("exact")`'s tables.
+    With no structures and rank 2 it is `cost_model("exact")`.
     """
-    from alphagrad.graph._structure import extended_tables
+    if not structures and int(rank) <= 2:
+        return cost_model("exact")
+    return LabelledCostModel(tuple(structures), int(rank))
 
-    tables = extended_tables(tuple(structures), int(rank))
-    return CostModel("exact", tables.mask, tables.mul.astype(np.int32), tables.add.astype(np.int32),
-                     unit_pairs=tables.unit_pairs, structures=tables.structures)
+
+def cost_model_of(graph: Graph) -> CostModel:
+    """The cost model that scores `graph`: its named model, extended by its labelled structures
+    (codes 12, ...) and structural rank where it has them."""
+    if graph.structures:
+        return extended_cost_model(tuple(graph.structures), graph.rank)
+    return cost_model(graph.cost_model)
 
 
 def check_order(graph: Graph, order: Iterable[int], *, complete: bool = True) -> list[int]:

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["structural_dims", "split_of"]
+__all__ = ["structural_dims", "structural_dims_of_jaxpr", "split_of", "EquationView"]
 
 # Primitives whose output has the shape of their same-shape operands, entry by entry.
 _ELEMENTWISE = frozenset(
@@ -59,8 +59,27 @@ def split_of(n: int, cuts: Iterable[int]) -> tuple[int, ...]:
     return tuple(strides[k + 1] // strides[k] for k in range(len(strides) - 1))[::-1]
 
 
+class EquationView(NamedTuple):
+    """What the splits need of one equation.
+
+    Attributes:
+      name: the primitive's name.
+      params: its parameters.
+      ins, outs: (key, shape) of each operand and result; key None for a constant (it takes no
+        part in the splits).
+    """
+
+    name: str
+    params: dict
+    ins: tuple
+    outs: tuple
+
+
 class _Splits:
-    """Cut sets per (array, axis), refined by requests until no request changes anything."""
+    """Cut sets per (array, axis), refined by requests until no request changes anything.
+
+    Arrays of fewer than 2 axes are never split: they stay the 2-D nodes (n, 1) of the paper's
+    codes (a request that would split one is left unmet)."""
 
     def __init__(self):
         self.cuts: dict[tuple[Any, int], frozenset[int]] = {}
@@ -72,6 +91,9 @@ class _Splits:
             for k in range(len(shape)):
                 self.cuts[(var, k)] = frozenset()
 
+    def _frozen(self, var) -> bool:
+        return len(self.shape[var]) < 2
+
     def same_axis(self, a, i: int, b, j: int) -> bool:
         """Requests axis i of a and axis j of b to be split alike; True if that changed a split."""
         n = self.shape[a][i]
@@ -79,6 +101,8 @@ class _Splits:
             return False
         both = self.cuts[(a, i)] | self.cuts[(b, j)]
         if both == self.cuts[(a, i)] == self.cuts[(b, j)] or not _valid(both, n):
+            return False
+        if (self._frozen(a) and both != self.cuts[(a, i)]) or (self._frozen(b) and both != self.cuts[(b, j)]):
             return False
         self.cuts[(a, i)] = self.cuts[(b, j)] = both
         return True
@@ -109,8 +133,9 @@ class _Splits:
         size = math.prod(self.shape[a])
         if size != math.prod(self.shape[b]) or size <= 1:
             return False
-        both = self._flat_cuts(a) | self._flat_cuts(b)
-        if not _valid(both, size):
+        flat_a, flat_b = self._flat_cuts(a), self._flat_cuts(b)
+        both = flat_a | flat_b
+        if not _valid(both, size) or (self._frozen(a) and both != flat_a) or (self._frozen(b) and both != flat_b):
             return False
         # Every axis boundary of each side must remain a cut of the other's axes too: a boundary
         # of a falls inside an axis of b, and splits it there.
@@ -120,72 +145,67 @@ class _Splits:
         return tuple(d for k, n in enumerate(self.shape[var]) for d in split_of(n, self.cuts[(var, k)]))
 
 
-def _requests(eqn) -> list[tuple]:
-    """("axis", a, i, b, j) and ("flat", a, b) requests of one equation (vars with shapes)."""
-    name = eqn.primitive.name
-    ins = [v for v in eqn.invars if hasattr(v, "aval") and hasattr(v.aval, "shape")]
-    outs = list(eqn.outvars)
-    if not outs or not hasattr(outs[0].aval, "shape"):
+def _requests(eqn: EquationView) -> list[tuple]:
+    """("axis", a, i, b, j) and ("flat", a, b) requests of one equation, between keys."""
+    name, params = eqn.name, eqn.params
+    if not eqn.outs or eqn.outs[0][0] is None:
         return []
-    out = outs[0]
-    out_shape = tuple(out.aval.shape)
+    out, out_shape = eqn.outs[0][0], tuple(eqn.outs[0][1])
+    shape_of = {key: tuple(shape) for key, shape in eqn.ins if key is not None}
+    ins = [key for key, _ in eqn.ins]
+    first = ins[0] if ins else None
     requests: list[tuple] = []
     if name in _ELEMENTWISE:
-        for x in ins:
-            if tuple(x.aval.shape) == out_shape:
+        for x, shape in eqn.ins:
+            if x is not None and tuple(shape) == out_shape:
                 requests += [("axis", out, k, x, k) for k in range(len(out_shape))]
-    elif name in _RESHAPES and ins:
-        if name != "reshape" or eqn.params.get("dimensions") is None:
-            requests.append(("flat", out, ins[0]))
+    elif first is None:
+        return []
+    elif name in _RESHAPES:
+        if name != "reshape" or params.get("dimensions") is None:
+            requests.append(("flat", out, first))
     elif name == "transpose":
-        requests += [("axis", out, k, ins[0], d) for k, d in enumerate(eqn.params["permutation"])]
+        requests += [("axis", out, k, first, d) for k, d in enumerate(params["permutation"])]
     elif name == "broadcast_in_dim":
-        requests += [("axis", out, d, ins[0], k) for k, d in enumerate(eqn.params["broadcast_dimensions"])]
-    elif name in _REDUCTIONS and ins:
-        axes = set(eqn.params.get("axes", ()))
-        kept = [d for d in range(len(ins[0].aval.shape)) if d not in axes]
-        requests += [("axis", out, j, ins[0], d) for j, d in enumerate(kept)]
-    elif name == "dot_general" and len(ins) == 2:
+        requests += [("axis", out, d, first, k) for k, d in enumerate(params["broadcast_dimensions"])]
+    elif name in _REDUCTIONS:
+        axes = set(params.get("axes", ()))
+        kept = [d for d in range(len(shape_of[first])) if d not in axes]
+        requests += [("axis", out, j, first, d) for j, d in enumerate(kept)]
+    elif name == "dot_general" and len(ins) == 2 and None not in ins:
         lhs, rhs = ins
-        (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
-        lfree = [d for d in range(len(lhs.aval.shape)) if d not in lc and d not in lb]
-        rfree = [d for d in range(len(rhs.aval.shape)) if d not in rc and d not in rb]
+        (lc, rc), (lb, rb) = params["dimension_numbers"]
+        lfree = [d for d in range(len(shape_of[lhs])) if d not in lc and d not in lb]
+        rfree = [d for d in range(len(shape_of[rhs])) if d not in rc and d not in rb]
         for k, (a, b) in enumerate(zip(lb, rb)):
             requests += [("axis", out, k, lhs, a), ("axis", out, k, rhs, b)]
         requests += [("axis", out, len(lb) + j, lhs, d) for j, d in enumerate(lfree)]
         requests += [("axis", out, len(lb) + len(lfree) + j, rhs, d) for j, d in enumerate(rfree)]
         requests += [("axis", lhs, a, rhs, b) for a, b in zip(lc, rc)]
-    elif name == "conv_general_dilated" and ins:
-        lhs_spec, _, out_spec = eqn.params["dimension_numbers"]
-        if eqn.params.get("batch_group_count", 1) == 1:
-            requests.append(("axis", out, out_spec[0], ins[0], lhs_spec[0]))
+    elif name == "conv_general_dilated":
+        lhs_spec, _, out_spec = params["dimension_numbers"]
+        if params.get("batch_group_count", 1) == 1:
+            requests.append(("axis", out, out_spec[0], first, lhs_spec[0]))
     return requests
 
 
-def structural_dims(jaxpr) -> dict[Any, tuple[int, ...]]:
-    """The structural dims of every array variable of `jaxpr` (top level; calls are not entered).
+def structural_dims(equations: Iterable[EquationView]) -> dict[Any, tuple[int, ...]]:
+    """The structural dims of every array of a program.
 
     Args:
-      jaxpr: a ``jax.core.Jaxpr`` or ``ClosedJaxpr``.
+      equations: the program's equations (`EquationView`), keys naming its arrays.
 
     Returns:
-      var -> dims: the sizes of its structural axes, row-major: each of its axes is the product of
-      a run of consecutive dims (a scalar has none). Variables without a shape are left out.
+      key -> dims: the sizes of its structural axes, row-major: each of its axes is the product of
+      a run of consecutive dims (a scalar has none; arrays of fewer than 2 axes are never split).
     """
-    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
     splits = _Splits()
     requests = []
-    for var in list(jaxpr.invars) + list(jaxpr.constvars):
-        if hasattr(var.aval, "shape"):
-            splits.add(var, var.aval.shape)
-    for eqn in jaxpr.eqns:
-        for var in list(eqn.invars) + list(eqn.outvars):
-            if hasattr(var, "aval") and hasattr(var.aval, "shape") and not hasattr(var, "val"):
-                splits.add(var, var.aval.shape)
-        for request in _requests(eqn):
-            variables = (request[1], request[3]) if request[0] == "axis" else request[1:]
-            if all(v in splits.shape for v in variables):
-                requests.append(request)
+    for eqn in equations:
+        for key, shape in (*eqn.ins, *eqn.outs):
+            if key is not None:
+                splits.add(key, shape)
+        requests += _requests(eqn)
     changed = True
     while changed:
         changed = False
@@ -195,3 +215,18 @@ def structural_dims(jaxpr) -> dict[Any, tuple[int, ...]]:
             else:
                 changed |= splits.same_flat(*request[1:])
     return {var: splits.dims(var) for var in splits.shape}
+
+
+def structural_dims_of_jaxpr(jaxpr) -> dict[Any, tuple[int, ...]]:
+    """`structural_dims` of the top level of a ``Jaxpr`` or ``ClosedJaxpr`` (calls are not
+    entered), keyed by its variables."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+
+    def keyed(atoms):
+        return tuple((None if hasattr(a, "val") else a, tuple(getattr(a.aval, "shape", ()))) for a in atoms
+                     if hasattr(a.aval, "shape"))
+
+    views = [EquationView(eqn.primitive.name, dict(eqn.params), keyed(eqn.invars), keyed(eqn.outvars))
+             for eqn in jaxpr.eqns]
+    views.append(EquationView("", {}, keyed(list(jaxpr.invars) + list(jaxpr.constvars)), ()))
+    return structural_dims(views)

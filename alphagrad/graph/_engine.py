@@ -19,7 +19,7 @@ import heapq
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from alphagrad.graph._cost import MIN_CODE, CostModel, check_order, cost_model
+from alphagrad.graph._cost import MIN_CODE, CostModel, check_order, cost_model_of
 from alphagrad.graph._graph import Graph, Shape2D
 
 __all__ = ["Eliminator", "Product", "Step", "elimination_costs", "plan"]
@@ -84,8 +84,43 @@ class _ModelTables(NamedTuple):
     pair_costs: dict[tuple[int, int, Shape2D, Shape2D, Shape2D], int]
 
 
+class _LazyRow:
+    """Row ``in - MIN_CODE`` of a labelled model's product (or sum) table, filled on first read."""
+
+    __slots__ = ("code", "model", "sums", "cells")
+
+    def __init__(self, code: int, model, sums: bool):
+        self.code, self.model, self.sums, self.cells = code, model, sums, {}
+
+    def __getitem__(self, index: int) -> int:
+        value = self.cells.get(index)
+        if value is None:
+            other = index + MIN_CODE
+            value = self.cells[index] = (self.model.sum_code(self.code, other) if self.sums
+                                         else self.model.product_code(self.code, other))
+        return value
+
+
+class _LazyTable:
+    """A labelled model's product or sum table, ``table[in - MIN_CODE][out - MIN_CODE]``, whose
+    codes are named as products meet them (`graph._cost.LabelledCostModel`)."""
+
+    __slots__ = ("model", "sums", "rows")
+
+    def __init__(self, model, sums: bool):
+        self.model, self.sums, self.rows = model, sums, {}
+
+    def __getitem__(self, index: int) -> _LazyRow:
+        row = self.rows.get(index)
+        if row is None:
+            row = self.rows[index] = _LazyRow(index + MIN_CODE, self.model, self.sums)
+        return row
+
+
 @functools.cache
 def _model_tables(model: CostModel) -> _ModelTables:
+    if not isinstance(model, CostModel):  # a labelled model: its codes are named on demand
+        return _ModelTables(_LazyTable(model, False), _LazyTable(model, True), {})
     return _ModelTables(model.mul.tolist(), model.add.tolist(), {})
 
 
@@ -148,11 +183,12 @@ class Eliminator:
 
     def __init__(self, graph: Graph, model: CostModel | None = None):
         self.graph = graph
-        self.model = model if model is not None else cost_model(graph.cost_model)
+        self.model = model if model is not None else cost_model_of(graph)
         self.num_inputs = graph.num_inputs
-        src_shape, dst_shape = graph.node_shapes()
-        self.src_shape: list[Shape2D] = [(int(a), int(b)) for a, b in src_shape]
-        self.dst_shape: list[Shape2D] = [(int(a), int(b)) for a, b in dst_shape]
+        # 2-D shapes, or R structural dims per node for a graph with labelled structures.
+        src_shape, dst_shape = graph.node_dims()
+        self.src_shape: list[Shape2D] = [tuple(int(a) for a in row) for row in src_shape]
+        self.dst_shape: list[Shape2D] = [tuple(int(a) for a in row) for row in dst_shape]
         n = graph.num_inputs + graph.num_vertices + 1
         self.preds: list[dict[int, int]] = [{} for _ in range(n)]
         self.succs: list[dict[int, int]] = [{} for _ in range(n)]

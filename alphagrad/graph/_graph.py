@@ -66,6 +66,11 @@ class Graph:
       name: a label for messages ("RoeFlux_1d", "ref:f", the traced function's name).
       program: private data the interpreter needs to execute the graph (None for loaded graphs);
         not part of the graph's identity.
+      structures: the labelled structures (`graph._structure.AxisTies`) of codes 12, 13, ...: the
+        partials of a graph with arrays of rank 3 or more that the 2-D codes cannot describe
+        (empty for every other graph).
+      dims: with `structures`, the structural dims of every node (index node id - 1: inputs, then
+        vertices), at least 2 each (see `node_dims`); empty otherwise.
     """
 
     num_inputs: int
@@ -76,6 +81,8 @@ class Graph:
     cost_model: str = "alphagrad-2024"
     name: str = ""
     program: Any = dataclasses.field(default=None, repr=False, compare=False)
+    structures: tuple = ()
+    dims: tuple = ()
 
     def __post_init__(self):
         object.__setattr__(self, "edges", tuple(sorted(Edge(*e) for e in self.edges)))
@@ -153,6 +160,27 @@ class Graph:
                 table[node] = shape
         return as_source, as_destination
 
+    @property
+    def rank(self) -> int:
+        """R: the largest number of structural axes of a node (2 unless the graph has `dims`)."""
+        return max((len(d) for d in self.dims), default=2)
+
+    def node_dims(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-node sizes as the cost model counts them, indexed by node id (row 0 unused).
+
+        Returns:
+          (as_source, as_destination): int64[num_inputs + num_vertices + 1, R]: `node_shapes` for
+          a graph of 2-D codes (R = 2); with labelled structures each node's structural dims
+          (each axis of the array split where its uses split it; a node of fewer than R axes is
+          padded with ones).
+        """
+        if not self.dims:
+            return self.node_shapes()
+        table = np.ones((len(self.dims) + 1, self.rank), dtype=np.int64)
+        for node, dims in enumerate(self.dims, start=1):
+            table[node, : len(dims)] = dims
+        return table, table.copy()
+
     def describe_vertex(self, vertex: int) -> str:
         """A short human description: 'vertex 12 (mul at tasks.py:40 (roe))'."""
         v = self.vertices[vertex - 1]
@@ -169,6 +197,10 @@ class Graph:
             "edges": [list(map(int, row)) for row in self.edge_array()],
             "outputs": list(self.outputs),
         }
+        if self.structures:
+            payload["structures"] = [[t.out_rank, t.in_rank, [list(tie) for tie in t.ties], t.has_values]
+                                     for t in self.structures]
+            payload["dims"] = [list(d) for d in self.dims]
         blob = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()
 

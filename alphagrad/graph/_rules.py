@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from alphagrad.graph._structure import INDEX_MAP
+from alphagrad.graph._structure import INDEX_MAP, AxisTies, axis_ties
 
 __all__ = [
     "UNARY",
@@ -33,6 +33,7 @@ __all__ = [
     "normalise",
     "has_high_rank",
     "edge_codes",
+    "labelled_structure",
 ]
 
 Shape = tuple[int, ...]
@@ -435,3 +436,91 @@ def edge_codes(
         data = (0,) if name == "dynamic_slice" else (0, 1)
         return {i: 11 for i in live if i in data}
     raise KeyError(name)
+
+
+# ---- Labelled structures: partials touching an array of rank 3 or more ----------------------
+
+
+def _runs(shape: Shape, dims: Sequence[int]) -> list[range]:
+    """The structural axes of each axis of `shape` (its dims split each axis into a run of
+    consecutive ones, row-major; `graph._dims`). A vector (n,) and a scalar are the 2-D (n, 1) and
+    (1, 1): their axis 0 is structural axis 0."""
+    runs, k = [], 0
+    for n in shape:
+        start, product = k, 1
+        while True:
+            product *= dims[k]
+            k += 1
+            if product >= n:
+                break
+        runs.append(range(start, k))
+    return runs
+
+
+def _tied(out_runs, in_runs, out_dims, in_dims, pairs, kind: str) -> list[tuple[int, int, str]]:
+    """Ties between the structural axes of tied array axes (o, i): pairwise where both are split
+    alike (an unmet split leaves the pair untied: dense along it, exact)."""
+    ties = []
+    for o, i in pairs:
+        ro, ri = out_runs[o], in_runs[i]
+        if [out_dims[a] for a in ro] == [in_dims[b] for b in ri]:
+            ties += [(a, b, kind) for a, b in zip(ro, ri)]
+    return ties
+
+
+def labelled_structure(name: str, params: dict[str, Any], in_shapes: Sequence[Shape], out_shape: Shape,
+                       in_dims: Sequence[int], out_dims: Sequence[int], position: int, code: int) -> AxisTies | int:
+    """The structure of d(out)/d(operand `position`) between the structural dims of the two arrays.
+
+    For an edge touching an array of rank 3 or more. `code` is the edge's 2-D code (`edge_codes`
+    on the normalised shapes), whose meaning carries over where both sides are split alike: a
+    diagonal (6) ties every axis with values, a constant multiple of the identity (10) and an
+    identity (-6, -1) with Kronecker ties. Contractions tie their batch axes with values and the
+    operand's free axes by Kronecker deltas, convolutions their batch axis, max/min reductions the
+    kept axes; transposes are relabellings. Everything else keeps its 2-D code where that is dense
+    (1) or an index map (11), which mean the same at every rank, and is dense otherwise.
+
+    Returns:
+      An `AxisTies` of ranks (len(out_dims), len(in_dims)), or the code 1 or 11.
+    """
+    in_shape = tuple(in_shapes[position])
+    out_runs, in_runs = _runs(out_shape, out_dims), _runs(in_shape, in_dims)
+    rank_o, rank_i = len(out_dims), len(in_dims)
+    same = tuple(out_dims) == tuple(in_dims) and in_shape == tuple(out_shape)
+    every = [(k, k) for k in range(len(out_shape))]
+    if name == "transpose":
+        pairs = [(k, d) for k, d in enumerate(params["permutation"])]
+        ties = _tied(out_runs, in_runs, out_dims, in_dims, pairs, "K")
+        if len(ties) == rank_o == rank_i:
+            return axis_ties(rank_o, rank_i, ties, False)
+        return INDEX_MAP
+    if name in ("reshape", "squeeze", "expand_dims", "broadcast_in_dim") and _keeps_row_major_order(name, params):
+        if tuple(out_dims) == tuple(in_dims):  # split alike: the same entries in the same order
+            return axis_ties(rank_o, rank_i, [(k, k, "K") for k in range(rank_o)], False)
+        return INDEX_MAP
+    if name == "dot_general":
+        (lc, rc), (lb, rb) = params["dimension_numbers"]
+        contract, batch = (lc, lb) if position == 0 else (rc, rb)
+        free = [d for d in range(len(in_shape)) if d not in contract and d not in batch]
+        offset = len(lb) + (0 if position == 0 else len([d for d in range(len(in_shapes[0]))
+                                                         if d not in lc and d not in lb]))
+        ties = _tied(out_runs, in_runs, out_dims, in_dims, list(enumerate(batch)), "D")
+        ties += _tied(out_runs, in_runs, out_dims, in_dims, [(offset + j, d) for j, d in enumerate(free)], "K")
+        return axis_ties(rank_o, rank_i, ties, True) if ties else DENSE
+    if name == "conv_general_dilated":
+        lhs_spec, _, out_spec = params["dimension_numbers"]
+        if position != 0 or params.get("batch_group_count", 1) != 1:
+            return DENSE
+        ties = _tied(out_runs, in_runs, out_dims, in_dims, [(out_spec[0], lhs_spec[0])], "K")
+        return axis_ties(rank_o, rank_i, ties, True) if ties else DENSE
+    if name in ("reduce_max", "reduce_min"):
+        kept = [d for d in range(len(in_shape)) if d not in params["axes"]]
+        ties = _tied(out_runs, in_runs, out_dims, in_dims, list(enumerate(kept)), "D")
+        return axis_ties(rank_o, rank_i, ties, True) if ties else DENSE
+    kinds = {6: ("D", True), 10: ("K", True), -6: ("K", False), -1: ("K", False)}
+    if same and code in kinds:
+        kind, has_values = kinds[code]
+        ties = _tied(out_runs, in_runs, out_dims, in_dims, every, kind)
+        if len(ties) == rank_o:
+            return axis_ties(rank_o, rank_i, ties, has_values)
+    return code if code in (DENSE, INDEX_MAP) else DENSE

@@ -25,7 +25,7 @@ from typing import NamedTuple
 __all__ = [
     "Structure", "structure_of", "code_of", "ProductPlan", "product_plan", "sum_code", "exact_tables",
     "AxisTies", "axis_ties", "AxisProduct", "axis_product", "axis_sum", "axis_ties_of", "code_of_axis_ties",
-    "FIRST_EXTENDED_CODE", "ExtendedTables", "extended_tables",
+    "FIRST_EXTENDED_CODE", "ExtendedTables", "extended_tables", "LabelledAlgebra",
 ]
 
 # Codes -10..11 that describe a tensor by ties; 11 (an index map) and 0 (no edge) are not such codes.
@@ -375,114 +375,146 @@ class ExtendedTables(NamedTuple):
     unit_pairs: frozenset
 
 
-def _ranks(code: int, structures) -> tuple[int, int] | None:
-    """(out rank, in rank) of a code's partial; None for the rank-free codes 1 and 11."""
-    if code in (DENSE, INDEX_MAP):
-        return None
-    if code >= FIRST_EXTENDED_CODE:
-        ties = structures[code - FIRST_EXTENDED_CODE]
-        return ties.out_rank, ties.in_rank
-    return 2, 2
+class LabelledAlgebra:
+    """The exact products and sums of the 2-D codes and labelled structures, named on demand.
 
+    Codes -10..11 keep their 2-D meaning, 1 (dense) and 11 (an index map) stand for every rank,
+    and a structure met for the first time gets the next code from 12 on (`structures`). Dense
+    operands whose far end the other operand does not fix are taken at rank R, all of whose axes
+    are then counted: the padding ones (a node of fewer axes) leave the count exact.
 
-def _ties_of(code: int, structures, out_rank: int, in_rank: int) -> AxisTies:
-    if code == DENSE:
-        return axis_ties(out_rank, in_rank, (), True)
-    if code >= FIRST_EXTENDED_CODE:
-        return structures[code - FIRST_EXTENDED_CODE]
-    return axis_ties_of(code)
-
-
-@functools.lru_cache(maxsize=64)
-def extended_tables(structures: tuple[AxisTies, ...], rank: int) -> ExtendedTables:
-    """The exact tables of the 2-D codes and `structures` (any ranks up to `rank`), closed.
-
-    A product or sum is computed by `axis_product` / `axis_sum` on the operands' `AxisTies`; a
-    result of ranks (2, 2) is named by its 2-D code, one without ties by code 1 (dense), any other
-    by an extended code (new ones appended). Dense (code 1) stands for every rank: where the other
-    operand does not fix the rank of its far end, that end is taken at rank R, all of whose axes
-    are then selected: the padding ones leave the count exact for any lower rank. Index maps
-    multiply nothing, as in `exact_tables`. For rank 2 and no structures these are the shipped
-    exact tables (checked by tests/graph/test_structure.py).
-
-    Raises:
-      ValueError: a structure of rank above `rank` or 8, or a closure above MAX_EXTENDED_CODES.
+    Attributes:
+      rank: R, the largest number of axes of a node.
+      structures: the structures of codes 12, 13, ... so far (grows as products meet new ones).
     """
-    import numpy as np  # here, not at import time: the 2-D path of this module needs no numpy
 
-    rank = max(2, int(rank))
-    if rank > MAX_RANK:
-        raise ValueError(f"structural rank {rank} exceeds {MAX_RANK}")
-    known = list(structures)
-    if any(max(t.out_rank, t.in_rank) > rank for t in known):
-        raise ValueError(f"a structure exceeds rank {rank}")
-    index = {t: FIRST_EXTENDED_CODE + k for k, t in enumerate(known)}
+    def __init__(self, structures: tuple[AxisTies, ...], rank: int):
+        self.rank = max(2, int(rank))
+        if self.rank > MAX_RANK:
+            raise ValueError(f"structural rank {self.rank} exceeds {MAX_RANK}")
+        self.structures: list[AxisTies] = []
+        self._index: dict[AxisTies, int] = {}
+        for ties in structures:
+            if max(ties.out_rank, ties.in_rank) > self.rank:
+                raise ValueError(f"a structure exceeds rank {self.rank}: {ties}")
+            self.name(ties)
+        self._products: dict[tuple[int, int], tuple[tuple[int, ...], int, bool]] = {}
+        self._sums: dict[tuple[int, int], int] = {}
 
-    def name(ties: AxisTies) -> int:
+    def name(self, ties: AxisTies) -> int:
+        """The code of a structure (2-D code, 1, or its extended code, new ones appended)."""
         if ties.has_values and not ties.ties:
             return DENSE
         if (ties.out_rank, ties.in_rank) == (2, 2):
             return code_of_axis_ties(ties)
-        if ties not in index:
-            if len(known) >= MAX_EXTENDED_CODES:
-                raise ValueError(f"the closure of the graph's structures exceeds {MAX_EXTENDED_CODES} codes")
-            index[ties] = FIRST_EXTENDED_CODE + len(known)
-            known.append(ties)
-        return index[ties]
+        code = self._index.get(ties)
+        if code is None:
+            code = self._index[ties] = FIRST_EXTENDED_CODE + len(self.structures)
+            self.structures.append(ties)
+        return code
 
-    moves_only = set(_MOVES_ONLY)
-    products: dict[tuple[int, int], tuple[tuple[int, ...], int, bool]] = {}
-    sums: dict[tuple[int, int], int] = {}
+    def ranks(self, code: int) -> tuple[int, int] | None:
+        """(out rank, in rank) of a code's partial; None for the rank-free codes 1 and 11."""
+        if code in (DENSE, INDEX_MAP):
+            return None
+        if code >= FIRST_EXTENDED_CODE:
+            ties = self.structures[code - FIRST_EXTENDED_CODE]
+            return ties.out_rank, ties.in_rank
+        return 2, 2
 
-    def valueless(code: int) -> bool:
-        return code in moves_only or (code >= FIRST_EXTENDED_CODE and not known[code - FIRST_EXTENDED_CODE].has_values)
+    def ties(self, code: int, out_rank: int, in_rank: int) -> AxisTies:
+        """The `AxisTies` of a code (dense at the given ranks)."""
+        if code == DENSE:
+            return axis_ties(out_rank, in_rank, (), True)
+        if code >= FIRST_EXTENDED_CODE:
+            return self.structures[code - FIRST_EXTENDED_CODE]
+        return axis_ties_of(code)
 
-    # Every pair of known codes (pairs done are skipped), again while the closure grows.
-    while True:
-        codes = list(_BASE_CODES) + list(range(FIRST_EXTENDED_CODE, FIRST_EXTENDED_CODE + len(known)))
-        size_before = len(known)
+    def _valueless(self, code: int) -> bool:
+        return code in _MOVES_ONLY or (code >= FIRST_EXTENDED_CODE
+                                       and not self.structures[code - FIRST_EXTENDED_CODE].has_values)
+
+    def product(self, in_code: int, out_code: int) -> tuple[tuple[int, ...], int, bool]:
+        """(factor bits g * R + k, product code, unit) of (v->c)(p->v); codes not 0."""
+        key = (in_code, out_code)
+        found = self._products.get(key)
+        if found is not None:
+            return found
+        if INDEX_MAP in key:
+            found = ((), INDEX_MAP if self._valueless(in_code) and self._valueless(out_code) else DENSE, False)
+        else:
+            ri, ro = self.ranks(in_code), self.ranks(out_code)
+            if ri and ro and ri[0] != ro[1]:
+                found = ((), DENSE, False)  # ranks that never meet at one vertex
+            else:
+                v_rank = ri[0] if ri else (ro[1] if ro else self.rank)
+                plan = axis_product(self.ties(in_code, v_rank, ri[1] if ri else self.rank),
+                                    self.ties(out_code, ro[0] if ro else self.rank, v_rank))
+                bits = tuple(sorted(group * self.rank + axis for group, axis in plan.factors))
+                found = (bits, self.name(plan.result), plan.unit)
+        self._products[key] = found
+        return found
+
+    def sum(self, old: int, new: int) -> int:
+        """The code of old + new (codes of one edge; 0 = no edge)."""
+        if old == 0 or new == 0:
+            return new if old == 0 else old
+        key = (old, new)
+        found = self._sums.get(key)
+        if found is None:
+            ro, rn = self.ranks(old), self.ranks(new)
+            if DENSE in key or INDEX_MAP in key or ro != rn:
+                found = DENSE
+            else:
+                found = self.name(axis_sum(self.ties(old, *ro), self.ties(new, *rn)))
+            self._sums[key] = found
+        return found
+
+
+@functools.lru_cache(maxsize=64)
+def extended_tables(structures: tuple[AxisTies, ...], rank: int, limit: int = MAX_EXTENDED_CODES) -> ExtendedTables:
+    """The exact tables of the 2-D codes and `structures` (any ranks up to `rank`), closed.
+
+    Every product and sum of known codes is named (`LabelledAlgebra`), again while new structures
+    appear. For rank 2 and no structures these are the shipped exact tables (checked by
+    tests/graph/test_structure.py).
+
+    Raises:
+      ValueError: a structure of rank above `rank` or 8, or a closure of more than `limit`
+        structures (the closure of a graph of many high-rank structures can be large; the
+        elimination engine names products on demand instead, `LabelledAlgebra`).
+    """
+    import numpy as np  # here, not at import time: the 2-D path of this module needs no numpy
+
+    algebra = LabelledAlgebra(tuple(structures), rank)
+    done = 0
+    while done < len(_BASE_CODES) + len(algebra.structures):
+        codes = list(_BASE_CODES) + [FIRST_EXTENDED_CODE + k for k in range(len(algebra.structures))]
         for i in codes:
             for o in codes:
-                if (i, o) in products or i == 0 or o == 0:
-                    continue
-                ri, ro = _ranks(i, known), _ranks(o, known)
-                if i == INDEX_MAP or o == INDEX_MAP:
-                    products[(i, o)] = ((), INDEX_MAP if valueless(i) and valueless(o) else DENSE, False)
-                    sums[(i, o)] = DENSE
-                    continue
-                # The rank of v: fixed by either operand; dense ends take the graph's rank.
-                v_rank = ri[0] if ri else (ro[1] if ro else rank)
-                if ri and ro and ri[0] != ro[1]:
-                    products[(i, o)] = ((), DENSE, False)  # cannot meet at one vertex
-                else:
-                    in_ties = _ties_of(i, known, v_rank, ri[1] if ri else rank)
-                    out_ties = _ties_of(o, known, ro[0] if ro else rank, v_rank)
-                    plan = axis_product(in_ties, out_ties)
-                    bits = tuple(sorted(group * rank + axis for group, axis in plan.factors))
-                    products[(i, o)] = (bits, name(plan.result), plan.unit)
-                if DENSE in (i, o) or (ri != ro):
-                    sums[(i, o)] = DENSE  # dense, or never on one edge
-                else:
-                    sums[(i, o)] = name(axis_sum(_ties_of(i, known, *ri), _ties_of(o, known, *ro)))
-        if len(known) == size_before:
-            break
-    count = len(_BASE_CODES) + len(known)
-    mask = np.zeros((count, count, 3 * rank), dtype=bool)
+                if i and o:
+                    algebra.product(i, o)
+                    algebra.sum(i, o)
+                if len(algebra.structures) > limit:
+                    raise ValueError(f"the closure of the graph's structures exceeds {limit} codes")
+        done = len(codes)
+    codes = list(_BASE_CODES) + [FIRST_EXTENDED_CODE + k for k in range(len(algebra.structures))]
+    count = len(codes)
+    mask = np.zeros((count, count, 3 * algebra.rank), dtype=bool)
     mul = np.zeros((count, count), dtype=np.int64)
     add = np.zeros((count, count), dtype=np.int64)
     unit = set()
-    all_codes = list(_BASE_CODES) + list(range(FIRST_EXTENDED_CODE, FIRST_EXTENDED_CODE + len(known)))
-    for i in all_codes:
-        for o in all_codes:
+    for i in codes:
+        for o in codes:
             a, b = i + 10, o + 10
-            add[a, b] = o if i == 0 else i if o == 0 else sums[(i, o)]
+            add[a, b] = algebra.sum(i, o)
             if i == 0 or o == 0:
                 continue
-            bits, result, is_unit = products[(i, o)]
+            bits, result, is_unit = algebra.product(i, o)
             mask[a, b, list(bits)] = True
             mul[a, b] = result
             if is_unit:
                 unit.add((i, o))
     for arr in (mask, mul, add):
         arr.setflags(write=False)
-    return ExtendedTables(rank, tuple(known), mask, mul, add, frozenset(unit))
+    return ExtendedTables(algebra.rank, tuple(algebra.structures), mask, mul, add, frozenset(unit))

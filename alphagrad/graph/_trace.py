@@ -29,7 +29,7 @@ from jax.extend.core import ClosedJaxpr, DebugInfo, DropVar, Jaxpr, JaxprEqn, Li
 from jax.extend.core.primitives import closed_call_p
 
 from alphagrad.errors import TraceError, UnsupportedPrimitiveError
-from alphagrad.graph import _loops, _rules
+from alphagrad.graph import _dims, _loops, _rules, _structure
 from alphagrad.graph._graph import Edge, Graph, Vertex
 
 __all__ = [
@@ -749,16 +749,124 @@ def _trace(
     program = Program(
         tuple(builder.equations), leaf_avals, tuple(input_leaves), in_tree, out_tree, tuple(output_operands)
     )
+    edges, structures, dims = tuple(builder.edges.values()), (), ()
+    if model.name == "exact" and len(builder.equations) <= LABELLED_MAX_EQUATIONS:
+        edges, structures, dims = _labelled(program, edges)
     return Graph(
         num_inputs=len(input_leaves),
         input_shapes=tuple(_rules.normalise(leaf_avals[i].shape) for i in input_leaves),
         vertices=tuple(builder.vertices),
-        edges=tuple(builder.edges.values()),
+        edges=edges,
         outputs=tuple(outputs),
         cost_model=model.name,
         name=label,
         program=program,
+        structures=structures,
+        dims=dims,
     )
+
+
+#: Programs of at most this many equations describe the partials between arrays of rank 3 or
+#: more by labelled structures (`_labelled`); larger ones keep the 2-D codes of the normalised
+#: shapes, which the interpreter's compact tape (from 200 equations on) executes.
+LABELLED_MAX_EQUATIONS = -1  # off until the interpreter executes labelled structures
+
+
+def _operand_shape(op: Operand, node_shape: dict[int, tuple], leaf_avals) -> tuple:
+    if op.node is not None:
+        return node_shape[op.node]
+    if isinstance(op.value, LeafRef):
+        return tuple(leaf_avals[op.value.index].shape)
+    if isinstance(op.value, ValueRef):
+        return None
+    return tuple(np.shape(op.value))
+
+
+def _labelled(program: Program, edges: tuple[Edge, ...]):
+    """The edges of a program with arrays of rank 3 or more, re-described between structural dims.
+
+    Every array is split into its structural axes (`graph._dims`); an edge touching an array of 3
+    or more of them gets the structure `_rules.labelled_structure` gives, named by a code from 12
+    on (`Graph.structures`) unless it is dense (1) or an index map (11). Edges between 2-D arrays
+    keep their codes.
+
+    Returns:
+      (edges, structures, dims): unchanged edges and two empty tuples when no array has 3 or more
+      structural axes.
+    """
+    node_shape: dict[int, tuple] = {}
+    for node, leaf in enumerate(program.input_leaves, start=1):
+        node_shape[node] = tuple(program.leaf_avals[leaf].shape)
+    value_shape: dict[Any, tuple] = {}
+    for eqn in program.equations:
+        for out, aval in zip(eqn.outputs, eqn.avals):
+            shape = tuple(getattr(aval, "shape", ()))
+            if out.node is not None:
+                node_shape[out.node] = shape
+            else:
+                value_shape[out.value] = shape
+    if not any(len(shape) > 2 for shape in node_shape.values()):
+        return edges, (), ()
+
+    def operand_key_shape(op: Operand):
+        if isinstance(op.value, ValueRef):
+            return None, value_shape.get(op.value, ())
+        return op.node, _operand_shape(op, node_shape, program.leaf_avals)
+
+    views = [_dims.EquationView(
+        eqn.primitive.name if eqn.primitive is not None else "copy", eqn.params,
+        tuple(operand_key_shape(op) for op in eqn.operands),
+        tuple((out.node, tuple(getattr(aval, "shape", ()))) for out, aval in zip(eqn.outputs, eqn.avals)),
+    ) for eqn in program.equations]
+    views.append(_dims.EquationView("", {}, tuple((node, node_shape[node]) for node in range(1, len(
+        program.input_leaves) + 1)), ()))
+    split = _dims.structural_dims(views)
+    num_nodes = max(node_shape)
+
+    def dims_of(node: int) -> tuple[int, ...]:
+        dims = split.get(node, node_shape[node])
+        return dims if len(dims) >= 2 else _rules.normalise(dims if dims else ())
+
+    all_dims = tuple(dims_of(node) for node in range(1, num_nodes + 1))
+    if max(len(d) for d in all_dims) <= 2:
+        return edges, (), ()
+    producer: dict[int, tuple[Equation, int]] = {}
+    for eqn in program.equations:
+        for k, out in enumerate(eqn.outputs):
+            if out.node is not None:
+                producer[out.node] = (eqn, k)
+    structures: dict[Any, int] = {}
+    relabelled = []
+    for e in edges:
+        src_dims, dst_dims = all_dims[e.src - 1], all_dims[e.dst - 1]
+        if e.code == 0 or (len(src_dims) <= 2 and len(dst_dims) <= 2):
+            relabelled.append(e)
+            continue
+        eqn, k = producer[e.dst]
+        in_shapes = [operand_key_shape(op)[1] for op in eqn.operands]
+        positions = [i for i, op in enumerate(eqn.operands) if op.node == e.src]
+        name = eqn.primitive.name if eqn.primitive is not None else "copy"
+        if eqn.primitive is None:
+            codes = {0: e.code}
+        else:
+            codes = _rules.edge_codes(name, in_shapes, node_shape[e.dst], eqn.params,
+                                      [op.node == e.src for op in eqn.operands], model="exact", output=k)
+        parts = [_rules.labelled_structure(name, eqn.params, in_shapes, node_shape[e.dst], src_dims, dst_dims,
+                                           i, codes[i]) for i in positions if i in codes]
+        structure = parts[0] if parts else e.code
+        for part in parts[1:]:  # the same array in several operands: the partials add up
+            both = isinstance(structure, _structure.AxisTies) and isinstance(part, _structure.AxisTies)
+            structure = _structure.axis_sum(structure, part) if both else _rules.DENSE
+        if isinstance(structure, _structure.AxisTies) and structure.has_values and not structure.ties:
+            structure = _rules.DENSE
+        if isinstance(structure, _structure.AxisTies):
+            code = structures.setdefault(structure, _structure.FIRST_EXTENDED_CODE + len(structures))
+        else:
+            code = structure
+        relabelled.append(e._replace(code=code))
+    if not structures:
+        return tuple(relabelled), (), ()
+    return tuple(relabelled), tuple(structures), all_dims
 
 
 #: The cost model of the graphs the interpreter executes: the one whose products it performs.
