@@ -179,15 +179,20 @@ _LANE_REDUCTIONS = frozenset({"reduce_sum", "dot_general"})
 
 
 class _Segments(NamedTuple):
-    """The switch branch kind of sums over axes of `terms` operand entries per output entry
-    (the operand slots laid out output entry by output entry; stands in for reduce_sum)."""
+    """The switch branch kind of reductions over axes (stands in for reduce_sum / reduce_max):
+    each operand entry is combined into the output entry its row names (`Tape.rows`)."""
 
-    terms: int
-    name = "sum of segments"
+    combine: str  # "sum" or "max"
+
+    @property
+    def name(self) -> str:
+        return f"{self.combine} of segments"
 
 
-#: Primitives that may sum segments of their operand (`_Builder._segments` checks the map).
-_SEGMENT_SUMS = frozenset({"reduce_sum"})
+#: Reductions over axes run as segments (`_Builder._segments`), by their combiner.
+_SEGMENT_REDUCTIONS = {"reduce_sum": "sum", "reduce_max": "max"}
+#: A row entry naming no output entry (a scatter at it is dropped).
+_NO_SEGMENT = 2**30
 
 
 class _Lanes(NamedTuple):
@@ -212,14 +217,17 @@ class Unsupported(Exception):
 
 
 class _PartialKind(NamedTuple):
-    """The partials of one equation kind: ``fn(ops[K]) -> [P]``; the operand runs int32 [n, R, 4],
-    table starts int32 [n] (`Tape.eq_runs`, `Tape.eq_table_at`) and first edge slots int32 [n]
-    of its n equations."""
+    """The partials of one equation kind: ``fn(ops[K], row[W]) -> [P]``; the operand runs int32
+    [n, R, 4], table starts int32 [n] (`Tape.eq_runs`, `Tape.eq_table_at`), first edge slots
+    int32 [n], row starts int32 [n] (`Tape.eq_row`) and partial sizes int32 [n] (at most P) of
+    its n equations."""
 
     fn: Any
     runs: np.ndarray
     table_at: np.ndarray
     at: np.ndarray
+    row_at: np.ndarray
+    size: np.ndarray
 
 
 class Tape(NamedTuple):
@@ -246,8 +254,13 @@ class Tape(NamedTuple):
       eq_partials: int32[E] first edge slot of its partials where the equation loop computes them
         (kinds whose partials have at most `FUSED_PARTIALS` entries; the others' point at slack
         slots), or None when no kind's are computed there.
-      branches: per kind, the equation loop's switch branch: ``ops[K] -> out[O]``, or
-        ``ops[K] -> (out[O], partials[P])`` when the loop computes the partials.
+      eq_row: int32[E] where each equation's row starts in `rows` (0 for those without one).
+      rows: int32[T + W] the equations' rows, one after another (deduplicated), W (`row_width`) the longest:
+        integers a kind reads per equation besides its operands (`_rows`): the output entry of
+        each operand position of a reduction over axes (`_Segments`), and the *read-off* of its
+        partials (for each entry of their value arrays, the local derivative it is, or -1).
+      branches: per kind, the equation loop's switch branch: ``(ops[K], row[W]) -> out[O]``, or
+        ``-> (out[O], partials[P])`` when the loop computes the partials.
       partials: per kind whose partials are larger, a `_PartialKind`: its function
         ``ops[K] -> partials[P]`` and, per equation of the kind, its operand runs and the first
         edge slot of its partials (all of a kind are computed at once, after the values).
@@ -273,6 +286,9 @@ class Tape(NamedTuple):
     zero: int
     eq_out: np.ndarray
     eq_partials: np.ndarray | None
+    eq_row: np.ndarray
+    rows: np.ndarray
+    row_width: int
     branches: tuple
     partials: tuple
     width: tuple[int, int]
@@ -626,27 +642,30 @@ class _Builder:
             return None
         return sources.tolist()
 
-    def _segments(self, eqn, operands, head, shape) -> tuple[list[int], int] | None:
-        """For a sum over some axes of one floating-point operand (every output entry the sum of
-        the same number c of operand entries, each entry in one sum): the operand's value
-        slots output entry by output entry, and c; else None. Such sums run as one kind per c
-        (reshaped to [entries, c] and summed), whatever the axes and shapes: a 10,000-equation
-        `tensor` program had 141 kinds of sums over axes."""
-        if eqn.primitive is None or eqn.primitive.name not in _SEGMENT_SUMS or len(operands) != 1:
+    def _segments(self, eqn, operands, shape, groups) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """For a reduction over axes (`_SEGMENT_REDUCTIONS`) of one floating-point operand: its
+        row, (the output entry of each operand entry, the read-off of its partials: for each
+        entry of their value arrays the operand entry whose local derivative it is, or -1),
+        else None. Such reductions run as one kind per combiner, whatever the axes and shapes:
+        a 10,000-equation `tensor` program had 141 kinds of sums over axes and 48 of maxima."""
+        if eqn.primitive is None or eqn.primitive.name not in _SEGMENT_REDUCTIONS or len(operands) != 1:
             return None
-        base, op_shape, dtype = operands[0]
-        n_out, n_in = math.prod(shape), math.prod(op_shape)
-        if not _floating(dtype) or np.dtype(dtype) != np.dtype(eqn.aval.dtype) or n_out == 0 or n_in % n_out:
+        _, op_shape, dtype = operands[0]
+        axes = tuple(eqn.params.get("axes", ()))
+        kept = [d for d in range(len(op_shape)) if d not in axes]
+        if (not _floating(dtype) or np.dtype(dtype) != np.dtype(eqn.aval.dtype)
+                or tuple(op_shape[d] for d in kept) != tuple(shape) or math.prod(op_shape) == 0):
             return None
-        c = n_in // n_out
-        entries = self._static_map(eqn, operands, (0,), head)
-        if entries is None:
-            return None
-        rows, cols, counts = entries
-        if len(cols) != n_in or np.any(counts != 1) or np.any(np.bincount(rows, minlength=n_out) != c):
-            return None
-        order = np.lexsort((cols, rows))
-        return (base + cols[order]).tolist(), c
+        index = np.indices(op_shape).reshape(len(op_shape), -1)
+        seg = np.ravel_multi_index(tuple(index[kept]), tuple(shape)) if kept else np.zeros(index.shape[1], np.int64)
+        if not groups:
+            return seg, None
+        readoff = []
+        for positions, code, out_shape, in_shape in groups:
+            if code == INDEX_MAP or positions != (0,):
+                return None
+            readoff.append(_read_off(code, out_shape, in_shape, seg, np.arange(len(seg)), 0))
+        return seg, np.concatenate(readoff)
 
     def _tabulate(self, eqn, operands, positions, fixed) -> tuple[np.ndarray, ...] | None:
         """The map's nonzero entries (`_static_map`): the equation is linear in its floating-point
@@ -764,6 +783,7 @@ class _Builder:
             head = (eqn.primitive, _params_key(eqn) if eqn.primitive is not None else None, op_avals,
                     (shape, np.dtype(aval.dtype).str))
             partials_at = next_slot
+            row = None  # (segment of each operand position or None, read-off of the partials or None)
             lanes = self._lanes(eqn, operands, shape, incoming.get(node, ()), width)
             if lanes is not None:  # one kind per primitive and operand pattern, whatever the shape
                 pattern, lane_groups = lanes
@@ -820,14 +840,14 @@ class _Builder:
                     next_slot += edges[(e.src, node)].size
                 signature = (*head, tuple(groups))
                 sources = None if groups else self._selection(eqn, operands, head, shape, zero)
-                segments = None if groups or sources is not None else self._segments(eqn, operands, head, shape)
+                segments = None if sources is not None else self._segments(eqn, operands, shape, groups)
                 if sources is not None:  # one kind, whatever the movement
                     signature = (_SELECTION, None, (), ((1,), self.dtype.str), ())
                     runs, length = _runs_of(np.asarray(sources, np.int64), zero), len(sources)
-                elif segments is not None:  # one kind per number of terms, whatever the axes and shapes
-                    sources, terms_each = segments
-                    signature = (_Segments(terms_each), None, (), ((1,), np.dtype(aval.dtype).str), ())
-                    runs, length = _runs_of(np.asarray(sources, np.int64), zero), len(sources)
+                elif segments is not None:  # one kind per combiner and dtype, whatever the axes and shapes
+                    row = segments
+                    signature = (_Segments(_SEGMENT_REDUCTIONS[eqn.primitive.name]), None, op_avals[0][1],
+                                 ((1,), np.dtype(aval.dtype).str), bool(groups))
                 has_partials = bool(groups)
             if signature not in kinds:
                 kinds[signature] = len(kinds)
@@ -839,16 +859,14 @@ class _Builder:
             self.node_shape[node] = shape
             self.node_dtype[node] = np.dtype(aval.dtype)
             eq_rows.append((kinds[signature], runs[runs[:, 1] > 0], length, self.node_base[node],
-                            partials_at if has_partials else None))
+                            partials_at if has_partials else None, row, math.prod(shape)))
         return self._finish(eq_rows, templates, edges, next_slot, constants_at, zero)
 
     def _finish(self, eq_rows, templates, edges, next_slot, constants_at, zero) -> Tape:
         graph, program = self.graph, self.program
-        K = max([length for _, _, length, _, _ in eq_rows] + [1])
-        O = max([math.prod(sig[3][0]) for sig, _ in templates] + [1]
-                + [length for kind, _, length, _, _ in eq_rows if templates[kind][0][0] is _SELECTION]
-                + [length // templates[kind][0][0].terms for kind, _, length, _, _ in eq_rows
-                   if isinstance(templates[kind][0][0], _Segments)])
+        K = max([length for _, _, length, *_ in eq_rows] + [1])
+        O = max([math.prod(sig[3][0]) for sig, _ in templates] + [1] + [n_out for *_, n_out in eq_rows]
+                + [length for kind, _, length, *_ in eq_rows if templates[kind][0][0] is _SELECTION])
         # Product edges reuse the slots of deleted edges (value arrays only; maps keep theirs).
         elim = Eliminator(edges, next_slot, lanes_for([p.muls for s in self.steps for p in s.products if p.muls]))
         muls = 0
@@ -885,18 +903,19 @@ class _Builder:
             else:
                 outputs.append(op.value)  # a constant or a LeafRef: its Jacobian is zero
 
-        eq_kind = np.asarray([kind for kind, _, _, _, _ in eq_rows], np.int32)
-        eq_runs, eq_table_at, eq_table = _operand_tables([(runs, length) for _, runs, length, _, _ in eq_rows], K, zero)
-        eq_out = np.asarray([out for _, _, _, out, _ in eq_rows], np.int32)
+        eq_kind = np.asarray([kind for kind, *_ in eq_rows], np.int32)
+        eq_runs, eq_table_at, eq_table = _operand_tables([(runs, length) for _, runs, length, *_ in eq_rows], K, zero)
+        eq_out = np.asarray([out for _, _, _, out, *_ in eq_rows], np.int32)
+        readoff_width, eq_row, rows = _rows([(kind, row) for kind, *_, row, _ in eq_rows], len(templates), K)
         functions, sizes = [], []
-        for signature, params in templates:
-            value_fn, partial_fn = _branch(signature, params, O, self.dtype)
+        for kind, (signature, params) in enumerate(templates):
+            value_fn, partial_fn = _branch(signature, params, O, self.dtype, K, readoff_width[kind])
             # Traced once here, so that an equation the branch cannot re-bind from buffer values
             # (a constant whose dtype the primitive does not take) falls back instead of failing.
             try:
-                jax.eval_shape(value_fn, jax.ShapeDtypeStruct((K,), self.dtype))
-                size = 0 if partial_fn is None else jax.eval_shape(
-                    partial_fn, jax.ShapeDtypeStruct((K,), self.dtype)).shape[0]
+                shapes = (jax.ShapeDtypeStruct((K,), self.dtype), jax.ShapeDtypeStruct((rows.width,), np.int32))
+                jax.eval_shape(value_fn, *shapes)
+                size = 0 if partial_fn is None else jax.eval_shape(partial_fn, *shapes).shape[0]
             except Exception as err:  # JAX reports binding errors with many exception types
                 name = signature[0].name if signature[0] is not None else "copy"
                 raise Unsupported(f"a {name} equation cannot run from the tape's buffers: {err}") from err
@@ -915,14 +934,17 @@ class _Builder:
             branches = tuple(_fused(value_fn, partial_fn if f else None, P, self.dtype)
                              for (value_fn, partial_fn), f in zip(functions, fused))
             eq_partials = np.asarray([at if at is not None and fused[k] else elim.next_slot
-                                      for k, *_, at in eq_rows], np.int32)
+                                      for k, _, _, _, at, *_ in eq_rows], np.int32)
         else:
             branches, eq_partials = tuple(value_fn for value_fn, _ in functions), None
         for kind, (_, partial_fn) in enumerate(functions):
-            rows = [r for r, (k, *_, at) in enumerate(eq_rows) if k == kind and at is not None]
-            if rows and partial_fn is not None and not fused[kind]:
-                at = np.asarray([eq_rows[r][4] for r in rows], np.int32)
-                partials.append(_PartialKind(partial_fn, eq_runs[rows], eq_table_at[rows], at))
+            taken = [r for r, (k, _, _, _, at, *_) in enumerate(eq_rows) if k == kind and at is not None]
+            if taken and partial_fn is not None and not fused[kind]:
+                at = np.asarray([eq_rows[r][4] for r in taken], np.int32)
+                # A kind of read-off partials has one size per equation (its value arrays').
+                size = np.asarray([sizes[kind] if eq_rows[r][5] is None or eq_rows[r][5][1] is None
+                                   else len(eq_rows[r][5][1]) for r in taken], np.int32)
+                partials.append(_PartialKind(partial_fn, eq_runs[taken], eq_table_at[taken], at, eq_row[taken], size))
         constants = np.concatenate(self.constants) if self.constants else np.zeros(0, self.dtype)
         return Tape(
             dtype=self.dtype,
@@ -938,6 +960,9 @@ class _Builder:
             zero=zero,
             eq_out=eq_out,
             eq_partials=eq_partials,
+            eq_row=eq_row,
+            rows=rows.table,
+            row_width=rows.width,
             branches=branches,
             partials=tuple(partials),
             width=(K, O),
@@ -1027,6 +1052,53 @@ def _identity_product(elim: Eliminator, out_edge, in_edge, code: int) -> Valued 
                 and elim.share(valued)):
             return valued
     return None
+
+
+class _Rows(NamedTuple):
+    table: np.ndarray
+    width: int
+
+
+def _rows(rows: list, num_kinds: int, K: int) -> tuple[list[int], np.ndarray, _Rows]:
+    """The rows of equations given as (kind, row: None or (segments [n] or None, read-off [m]
+    or None)): per kind the longest read-off (its partials' size), where each equation's row
+    starts, and the table (`Tape.rows`): a row is its segments padded to K (with `_NO_SEGMENT`)
+    followed by its read-off padded to its kind's longest (with -1)."""
+    readoff_width = [0] * num_kinds
+    for kind, row in rows:
+        if row is not None and row[1] is not None:
+            readoff_width[kind] = max(readoff_width[kind], len(row[1]))
+    table, start, used = [], {}, 0
+    eq_row = np.zeros(len(rows), np.int32)
+    for e, (kind, row) in enumerate(rows):
+        if row is None:
+            continue
+        seg, readoff = row
+        parts = [] if seg is None else [np.pad(seg, (0, K - len(seg)), constant_values=_NO_SEGMENT)]
+        if readoff is not None:
+            parts.append(np.pad(readoff, (0, readoff_width[kind] - len(readoff)), constant_values=-1))
+        entries = np.concatenate(parts).astype(np.int32)
+        key = entries.tobytes()
+        if key not in start:
+            start[key], used = used, used + len(entries)
+            table.append(entries)
+        eq_row[e] = start[key]
+    width = max([len(t) for t in table] + [1])
+    return readoff_width, eq_row, _Rows(np.concatenate(table + [np.full(width, -1, np.int32)]), width)
+
+
+def _read_off(code: int, out_shape: tuple, in_shape: tuple, out_of: np.ndarray, in_of: np.ndarray,
+              offset: int) -> np.ndarray:
+    """For each entry of a partial's value array (`layout` of its code): ``offset + p`` where
+    the local derivative p is the one of its (output entry, operand entry) pair (``out_of[p]``,
+    ``in_of[p]``; pairs distinct), or -1 where no local derivative is (a structural zero)."""
+    out_index, in_index = layout(code, out_shape, in_shape)
+    n_in = math.prod(in_shape)
+    keys = np.asarray(out_of, np.int64) * n_in + np.asarray(in_of, np.int64)
+    order = np.argsort(keys, kind="stable")
+    wanted = np.asarray(out_index, np.int64) * n_in + np.asarray(in_index, np.int64)
+    at = np.minimum(np.searchsorted(keys[order], wanted), len(keys) - 1)
+    return np.where(keys[order][at] == wanted, offset + order[at], -1)
 
 
 def _runs_of(slots: np.ndarray, zero: int) -> np.ndarray:
@@ -1243,11 +1315,12 @@ def _bind(primitive, params: dict, values: list) -> jax.Array:
     return result
 
 
-def _branch(signature, params: dict, O: int, dtype):
-    """The functions of one equation kind: ``values(ops[K]) -> out[O]`` (a switch branch of the
-    equation loop) and ``partials(ops[K]) -> [P]`` (its partials' value arrays, concatenated,
-    vmapped over the kind's equations), or None when the kind computes no partial; `params` are
-    those of the kind's first equation (equal to every other's, by the signature).
+def _branch(signature, params: dict, O: int, dtype, K: int, readoff: int):
+    """The functions of one equation kind: ``values(ops[K], row[W]) -> out[O]`` (a switch branch
+    of the equation loop) and ``partials(ops[K], row[W]) -> [P]`` (its partials' value arrays,
+    concatenated, vmapped over the kind's equations), or None when the kind computes no
+    partial; `params` are those of the kind's first equation (equal to every other's, by the
+    signature); `readoff`: the length of the kind's read-offs in its rows (`_rows`).
 
     Each partial is computed as the straight-line path computes it: a JVP of the equation per
     seed, one seed per index of the operand's untied positions (ones along tied ones), and the
@@ -1258,19 +1331,12 @@ def _branch(signature, params: dict, O: int, dtype):
         out_shape = out_shape[0]
         return _lanes_branch(primitive.primitive, params, op_avals, out_shape[0], groups, O, dtype)
     if primitive is _SELECTION:  # the operand slots are the output's sources, in order
-        def select(ops):
+        def select(ops, row):
             return jnp.pad(ops, (0, max(0, O - ops.shape[0])))[:O].astype(dtype)
 
         return select, None
-    if isinstance(primitive, _Segments):  # output entry i sums operand positions [i * c, (i + 1) * c)
-        c, out_dtype = primitive.terms, np.dtype(out_shape[1])
-
-        def summed(ops):
-            n = ops.shape[0] // c  # the positions past the operand read the zero slot
-            out = ops[:n * c].astype(out_dtype).reshape(n, c).sum(axis=1).astype(dtype)
-            return jnp.pad(out, (0, max(0, O - n)))[:O]
-
-        return summed, None
+    if isinstance(primitive, _Segments):
+        return _segments_branch(primitive.combine, np.dtype(op_avals), groups, O, dtype, K, readoff)
     out_shape = out_shape[0]
     shapes = [shape for shape, _ in op_avals]
     dtypes = [np.dtype(dt) for _, dt in op_avals]
@@ -1299,11 +1365,11 @@ def _branch(signature, params: dict, O: int, dtype):
     def operand_values(ops):
         return [ops[offsets[i]:offsets[i + 1]].reshape(shapes[i]).astype(dtypes[i]) for i in range(len(shapes))]
 
-    def value(ops):
+    def value(ops, row):
         out = jnp.asarray(bind(operand_values(ops))).reshape(-1).astype(dtype)
         return jnp.pad(out, (0, O - n_out))
 
-    def partials(ops):
+    def partials(ops, row):
         values = operand_values(ops)
         pieces = []
         for positions, free, in_norm, gather in plans:
@@ -1358,13 +1424,39 @@ def _permutation(gather: np.ndarray, num_seeds: int, n_out: int) -> np.ndarray |
 
 def _fused(value_fn, partial_fn, P: int, dtype):
     """A switch branch computing an equation's output and its partials, padded to `P` entries."""
-    def branch(ops):
+    def branch(ops, row):
         if partial_fn is None:
-            return value_fn(ops), jnp.zeros((P,), dtype)
-        partials = partial_fn(ops)
-        return value_fn(ops), jnp.pad(partials, (0, P - partials.shape[0]))
+            return value_fn(ops, row), jnp.zeros((P,), dtype)
+        partials = partial_fn(ops, row)
+        return value_fn(ops, row), jnp.pad(partials, (0, P - partials.shape[0]))
 
     return branch
+
+
+def _segments_branch(combine: str, op_dtype, has_partials: bool, O: int, dtype, K: int, readoff: int):
+    """The functions of a reduction over axes: operand position i combined into output entry
+    ``row[i]`` (`_NO_SEGMENT`: none); the partials of a maximum, JAX's (each maximal entry of a
+    segment 1 / their count, as `lax.reduce_max`'s JVP), read off into their value arrays by
+    ``row[K:K + readoff]``."""
+
+    def combined(x, seg):
+        if combine == "sum":
+            return jnp.zeros((O,), op_dtype).at[seg].add(x, mode="drop")
+        return jnp.full((O,), -jnp.inf, op_dtype).at[seg].max(x, mode="drop")
+
+    def value(ops, row):
+        return combined(ops.astype(op_dtype), row[:K]).astype(dtype)
+
+    def partials(ops, row):
+        x, seg = ops.astype(op_dtype), row[:K]
+        at = jnp.minimum(seg, O - 1)
+        hit = (seg < O) & (x == combined(x, seg)[at])
+        count = jnp.zeros((O,), op_dtype).at[seg].add(hit.astype(op_dtype), mode="drop")
+        local = jnp.where(hit, hit.astype(op_dtype) / jnp.where(hit, count[at], 1), 0)
+        index = row[K:K + readoff]
+        return jnp.where(index >= 0, local[jnp.maximum(index, 0)], 0).astype(dtype)
+
+    return value, (partials if has_partials else None)
 
 
 def _lanes_branch(primitive, params: dict, pattern, width: int, groups, O: int, dtype):
@@ -1383,12 +1475,12 @@ def _lanes_branch(primitive, params: dict, pattern, width: int, groups, O: int, 
         return [(ops[i * width] if scalar else ops[i * width:(i + 1) * width]).astype(np.dtype(dt))
                 for i, (scalar, dt) in enumerate(pattern)]
 
-    def value(ops):
+    def value(ops, row):
         out = jnp.asarray(full(operand_values(ops))).astype(dtype)
         out = jnp.broadcast_to(out, (width,)) if reduction else out
         return jnp.pad(out, (0, O - width))
 
-    def partials(ops):
+    def partials(ops, row):
         raw = operand_values(ops)
         pieces = []
         for positions in groups:
@@ -1450,11 +1542,17 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
     """
     batch = vals.shape[1:]
 
-    def kinds(kind, ops):
-        return lax.switch(kind, tape.branches, ops)
+    rows = jnp.asarray(tape.rows)
+    W = tape.row_width
 
-    if batch:  # the branches are written for one example; the kind is the same for all
-        kinds = jax.vmap(kinds, in_axes=(None, 1), out_axes=1)
+    def row_of(at):
+        return lax.dynamic_slice_in_dim(rows, at, W)
+
+    def kinds(kind, ops, row_at):
+        return lax.switch(kind, tape.branches, ops, row_of(row_at))
+
+    if batch:  # the branches are written for one example; the kind and the row are the same for all
+        kinds = jax.vmap(kinds, in_axes=(None, 1, None), out_axes=1)
 
     edges = jnp.zeros((tape.num_edges, *batch), vals.dtype).at[ONE].set(1)
     K = tape.width[0]
@@ -1464,34 +1562,38 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
     if tape.eq_partials is not None:
         def equation(carry, row):
             vals, edges = carry
-            kind, runs, table_at, out_at, partials_at = row
-            out, partials = kinds(kind, vals[slots_of(runs, table_at)])
+            kind, runs, table_at, out_at, partials_at, row_at = row
+            out, partials = kinds(kind, vals[slots_of(runs, table_at)], row_at)
             vals = lax.dynamic_update_slice_in_dim(vals, out, out_at, axis=0)
             return (vals, lax.dynamic_update_slice_in_dim(edges, partials, partials_at, axis=0)), None
 
-        rows = (tape.eq_kind, tape.eq_runs, tape.eq_table_at, tape.eq_out, tape.eq_partials)
-        (vals, edges), _ = lax.scan(equation, (vals, edges), rows)
+        steps = (tape.eq_kind, tape.eq_runs, tape.eq_table_at, tape.eq_out, tape.eq_partials, tape.eq_row)
+        (vals, edges), _ = lax.scan(equation, (vals, edges), steps)
     else:
         def equation(vals, row):
-            kind, runs, table_at, out_at = row
-            out = kinds(kind, vals[slots_of(runs, table_at)])
+            kind, runs, table_at, out_at, row_at = row
+            out = kinds(kind, vals[slots_of(runs, table_at)], row_at)
             return lax.dynamic_update_slice_in_dim(vals, out, out_at, axis=0), None
 
-        vals, _ = lax.scan(equation, vals, (tape.eq_kind, tape.eq_runs, tape.eq_table_at, tape.eq_out))
+        vals, _ = lax.scan(equation, vals, (tape.eq_kind, tape.eq_runs, tape.eq_table_at, tape.eq_out, tape.eq_row))
     # The partials of every equation of a kind at once: they read only the values.
     for kind in tape.partials:
         partials = jax.vmap(kind.fn)
         if batch:
-            partials = jax.vmap(partials, in_axes=2, out_axes=2)
+            partials = jax.vmap(partials, in_axes=(2, None), out_axes=2)
         slots = jax.vmap(slots_of)(jnp.asarray(kind.runs), jnp.asarray(kind.table_at))
-        values = partials(vals[slots])  # [equations, P, *batch]
-        at = jnp.asarray(kind.at)
+        values = partials(vals[slots], jax.vmap(row_of)(jnp.asarray(kind.row_at)))  # [equations, P, *batch]
+        at, size = jnp.asarray(kind.at), jnp.asarray(kind.size)
+        P = values.shape[1]
+        inside = lax.broadcasted_iota(jnp.int32, (P, *batch), 0)
 
         # Each equation's partials written as one slice (a scatter's index table of every
-        # equation's slots was a constant of [equations, P]: 80 MB for `wide` at 10,888 equations).
-        def write(i, edges, values=values, at=at):
-            return lax.dynamic_update_slice_in_dim(edges, lax.dynamic_index_in_dim(values, i, keepdims=False), at[i],
-                                                   axis=0)
+        # equation's slots was a constant of [equations, P]: 80 MB for `wide` at 10,888 equations);
+        # past an equation's own size the slots keep what they hold (other equations' partials).
+        def write(i, edges, values=values, at=at, size=size, P=P, inside=inside):
+            old = lax.dynamic_slice_in_dim(edges, at[i], P, axis=0)
+            new = jnp.where(inside < size[i], lax.dynamic_index_in_dim(values, i, keepdims=False), old)
+            return lax.dynamic_update_slice_in_dim(edges, new, at[i], axis=0)
 
         edges = lax.fori_loop(0, len(kind.at), write, edges)
     return vals, run_steps(edges, tape.prod_steps, tape.prod_patterns, tape.prod_windowed)

@@ -76,7 +76,9 @@ def reductions(x, w):
     n = jnp.sqrt(jnp.sum(c * c, axis=1) + 1.0)  # (3,)
     y = c / n[:, None] + jnp.outer(n, w)
     z = jnp.concatenate([y.reshape(-1), jnp.sort(n * w[0]), jnp.cumsum(n)])  # sort: a run-time mask
-    return jnp.sum(z * z), jnp.max(y, axis=0) * w + z[jnp.argmax(n)]  # an index computed from values
+    # Each maximum twice (JAX's partials: 1/2 each); maxima of two shapes: partials of two sizes.
+    top = jnp.max(jnp.concatenate([y, y]), axis=0) + jnp.sum(jnp.max(c, axis=1))
+    return jnp.sum(z * z), top * w + z[jnp.argmax(n)]  # an index computed from values
 
 
 S = np.array([0.7, 0.9, 0.4])
@@ -429,39 +431,46 @@ def test_edge_slots_are_reused_by_smaller_allocations():
 
 
 def sums_and_a_wide_partial(x, y):
-    """Sums over axes of a (2, 3, 4) array and of a (4, 6) one (of 2, 3, 4 and 12 terms; 4 twice),
-    a broadcast scalar (x * s beside x * y: one lane kind), and one partial of more than
-    FUSED_PARTIALS entries (a sort of 24 entries: a run-time mask of 576)."""
+    """Sums and maxima over axes of a (2, 3, 4) array and of a (4, 6) one, a broadcast scalar
+    (x * s beside x * x: one lane kind), and one partial of more than FUSED_PARTIALS entries (a
+    sort of 24 entries: a run-time mask of 576)."""
     s = jnp.sum(y)
     u = jnp.sin(x) * s + x * x
     parts = [jnp.sum(u, axis=a) for a in (0, 1, 2, (1, 2))] + [jnp.sum(y, axis=0)]
+    parts += [jnp.max(u, axis=a) for a in (0, (0, 2))] + [jnp.max(jnp.concatenate([y, y]), axis=0)]
     return sum(jnp.sum(p * p) for p in parts), jnp.sort(u.reshape(-1)) * s
 
 
 def test_sums_over_axes_and_broadcasts_share_kinds(force_tape):
-    """Sums over axes run as one kind per number of terms (`_Segments`), a broadcast scalar on the
-    lanes of its array (stride-0 runs), and only the kinds with partials over FUSED_PARTIALS
-    entries compute them after the equation loop. (Built only: the Jacobians of such tapes are
-    checked against jax.jacfwd by test_lane_steps_equal_jacfwd's `reductions`, partials in and
-    after the loop, and test_tape_kinds_do_not_grow_with_shapes.)"""
+    """Sums and maxima over axes run as one kind each (`_Segments`), whatever the axes and shapes,
+    a broadcast scalar on the lanes of its array (stride-0 runs), and only the kinds with
+    partials over FUSED_PARTIALS entries compute them after the equation loop. (Built only, for
+    time: the Jacobians of such tapes are checked against jax.jacfwd by
+    test_lane_steps_equal_jacfwd's `reductions`, partials in and after the loop, and
+    test_tape_kinds_do_not_grow_with_shapes.)"""
     with jax.enable_x64(True):
         args = (jnp.linspace(-1.0, 1.0, 24).reshape(2, 3, 4), jnp.linspace(0.2, 0.9, 24).reshape(4, 6))
         g = interpreter.graph_of(sums_and_a_wide_partial, *args, argnums=(0, 1))
         kinds = []
         monkey = _tape._branch
 
-        def record(signature, params, O, dtype):
+        def record(signature, *rest):
             kinds.append(signature[0])
-            return monkey(signature, params, O, dtype)
+            return monkey(signature, *rest)
 
         _tape._branch = record
         try:
             tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse")))
         finally:
             _tape._branch = monkey
-        assert sorted(k.terms for k in kinds if isinstance(k, _tape._Segments)) == [2, 3, 4, 12]
+        assert sorted(k.combine for k in kinds if isinstance(k, _tape._Segments)) == ["max", "sum"]
+        assert not [k for k in kinds if k.name in ("reduce_sum", "reduce_max") and not isinstance(k, _tape._Lanes)]
         assert [k.name for k in kinds].count("mul") == 2  # x * s with x * x's lanes, and x * x
-        assert tape.eq_partials is not None and len(tape.partials) == 1  # only the wide partial's kind after the loop
+        # After the loop: the kinds with a partial over FUSED_PARTIALS entries (the sort's mask
+        # of 576, the maxima's dense partials of 288, 72 and 48: one size per equation), only.
+        assert tape.eq_partials is not None
+        assert all(kind.size.max() > _tape.FUSED_PARTIALS for kind in tape.partials)
+        assert [sorted(kind.size.tolist()) for kind in tape.partials].count([48, 72, 288]) == 1
         broadcast = tape.eq_runs[..., 3] == 0
         assert np.any(broadcast & (tape.eq_runs[..., 1] == 24))  # s read at each of x's 24 lanes
 
