@@ -23,10 +23,13 @@ compiled program.
 * Corpus functions run in float32 (their float64 examples are cast), the arguments they do not
   differentiate (trip counts, indices) are shared by the batch (``in_axes=None``).
 * ``"auto"``'s search budget is $ALPHAGRAD_AUTO_SECONDS (set it, e.g. to 2, for a quick corpus run).
+* ``--patch MODULE.NAME=VALUE ...`` also times ``"auto"`` traced with these module constants set
+  (column **patched**, its kernels last in the kernels column): an A/B of an interpreter change in
+  the same process, e.g. ``--patch alphagrad.interpreter._structured.PATTERN_AT_TRACE_TIME_MAX=0``.
 
     python benchmarks/jacobian_runtime.py [--tasks RoeFlux_1d ...] [--corpus [NAME ...]] \\
         [--batches 256 32768] [--reps 30] [--max-gb 2] [--consumed] [--orders auto ...] [--jsonl FILE] \\
-        [--timeout SECONDS]
+        [--timeout SECONDS] [--patch MODULE.NAME=VALUE ...]
 
 * ``--timeout`` runs each function in a child process killed after that many seconds: XLA:CPU hung
   (0% CPU, never returning) on gaussian_log_likelihood, qr_projection and gp_posterior_mean at batch
@@ -36,6 +39,9 @@ compiled program.
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import importlib
 import json
 import math
 import platform
@@ -140,6 +146,24 @@ def interleaved_medians(compiled: dict, args, reps: int, rounds: int = 6) -> dic
     return {label: 1e3 * statistics.median(s) for label, s in samples.items()}
 
 
+@contextlib.contextmanager
+def patched(settings: list[str]):
+    """Module constants set to other values while the block runs (``MODULE.NAME=VALUE``, VALUE a
+    Python literal), restored after."""
+    saved = []
+    try:
+        for setting in settings:
+            target, value = setting.split("=", 1)
+            module_name, name = target.rsplit(".", 1)
+            module = importlib.import_module(module_name)
+            saved.append((module, name, getattr(module, name)))
+            setattr(module, name, ast.literal_eval(value))
+        yield
+    finally:
+        for module, name, old in reversed(saved):
+            setattr(module, name, old)
+
+
 def functions(ns) -> list[tuple[str, tasks.Task]]:
     chosen = [(n, tasks.get(n)) for n in ns.tasks]
     if ns.corpus is not None:
@@ -174,6 +198,8 @@ def run_one(name: str, task: tasks.Task, batches, ns, rows: list, notes: list) -
         "jacrev": lambda: jax.jacrev(task.fn, argnums=argnums),
         **{o: (lambda o=o: interpreter.jacobian(task.fn, o, argnums=argnums)) for o in timed},
     }
+    if ns.patch:
+        builders["patched"] = lambda: interpreter.jacobian(task.fn, "auto", argnums=argnums)
     for batch in batches:
         need = 4 * 4 * jac_entries * batch
         if need > ns.max_gb * 2**30:
@@ -186,7 +212,8 @@ def run_one(name: str, task: tasks.Task, batches, ns, rows: list, notes: list) -
             fn = jax.vmap(build(), in_axes=in_axes)
             try:
                 start = time.perf_counter()
-                compiled[label] = jax.jit(consumed(fn) if ns.consumed else fn).lower(*xs).compile()
+                with patched(ns.patch if label == "patched" else []):
+                    compiled[label] = jax.jit(consumed(fn) if ns.consumed else fn).lower(*xs).compile()
                 compile_s[label] = time.perf_counter() - start
             except Exception as err:  # noqa: BLE001 - a peer that cannot differentiate f (jacrev of a while loop)
                 notes.append(f"{name}: {label} failed at batch {batch} ({type(err).__name__}: {str(err)[:80]})")
@@ -195,20 +222,23 @@ def run_one(name: str, task: tasks.Task, batches, ns, rows: list, notes: list) -
         if not all(o in compiled for o in timed) or not any(p in compiled for p in PEERS):
             continue
         times = interleaved_medians(compiled, xs, ns.reps)
+        extra = ("patched",) if ns.patch else ()
         peer = min(times[p] for p in PEERS if p in times)
         slower = [f"{a}<{b}" for a in timed for b in timed
                   if muls[a] * 1.25 < muls[b] and times[a] > (1 + NOISE) * times[b]]
         rows.append(dict(name=name, batch=batch, muls=muls, cheapest=cheapest, times=times, kernels=kernels,
                          compile_s=compile_s, auto=peer / times["auto"], best=peer / times[cheapest],
-                         slower=slower))
+                         slower=slower, **({"patched": peer / times["patched"]} if "patched" in times else {})))
         r = rows[-1]
         if ns.jsonl:
             with open(ns.jsonl, "a") as out:
                 out.write(json.dumps(r) + "\n")
         print(f"| {name} | {batch} | " + "/".join(str(muls[o]) for o in timed) + f" | {cheapest} | "
-              + " | ".join(f"{times[k]:.3f}" if k in times else "—" for k in (*PEERS, *timed))
+              + " | ".join(f"{times[k]:.3f}" if k in times else "—" for k in (*PEERS, *timed, *extra))
               + f" | {r['best']:.2f} | {r['auto']:.2f} | "
-              + f"{kernels.get('jacrev', '—')} / {kernels.get('jacfwd', '—')} / {kernels['auto']} | "
+              + "".join(f"{r['patched']:.2f} | " if "patched" in r else "— | " for _ in extra)
+              + f"{kernels.get('jacrev', '—')} / {kernels.get('jacfwd', '—')} / {kernels['auto']}"
+              + "".join(f" / {kernels.get('patched', '—')}" for _ in extra) + " | "
               + (", ".join(slower) or "—") + " | "
               + " / ".join(f"{compile_s[k]:.1f}" if k in compile_s else "—" for k in ("jacrev", "jacfwd", "auto"))
               + " |", flush=True)
@@ -220,7 +250,8 @@ def run_child(name: str, ns, rows: list, notes: list) -> None:
     which += ["--corpus", name.removeprefix("corpus:")] if name.startswith("corpus:") else []
     command = [sys.executable, __file__, *which, "--batches", *map(str, ns.batches), "--reps", str(ns.reps),
                "--max-gb", str(ns.max_gb), "--orders", *ns.orders, *(["--consumed"] if ns.consumed else []),
-               *(["--jsonl", ns.jsonl] if ns.jsonl else [])]
+               *(["--jsonl", ns.jsonl] if ns.jsonl else []), *(["--patch", *ns.patch] if ns.patch else [])]
+    shift = 1 if ns.patch else 0  # the patched ratio's column follows auto's
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=ns.timeout).stdout
     except subprocess.TimeoutExpired as err:
@@ -230,8 +261,9 @@ def run_child(name: str, ns, rows: list, notes: list) -> None:
         if line.startswith(f"| {name} |"):
             print(line, flush=True)
             cells = [c.strip() for c in line.split("|")]
-            rows.append(dict(batch=int(cells[2]), auto=float(cells[-5]), best=float(cells[-6]),
-                             slower=cells[-3] != "—"))
+            rows.append(dict(batch=int(cells[2]), auto=float(cells[-5 - shift]), best=float(cells[-6 - shift]),
+                             slower=cells[-3] != "—",
+                             **({"patched": float(cells[-5])} if shift and cells[-5] != "—" else {})))
         elif line.startswith("- "):
             notes.append(line[2:])
 
@@ -247,6 +279,8 @@ def main() -> None:
     parser.add_argument("--orders", nargs="*", default=list(ALL_ORDERS), choices=ALL_ORDERS,
                         help="orders to time (auto is always timed)")
     parser.add_argument("--jsonl", default=None, help="also append each row as JSON to this file")
+    parser.add_argument("--patch", nargs="*", default=[],
+                        help="MODULE.NAME=VALUE ...: also time auto traced with these module constants set")
     parser.add_argument("--timeout", type=float, default=None,
                         help="run each function in a child process killed after this many seconds (XLA:CPU "
                              "can hang on programs with several LAPACK calls at large batch)")
@@ -257,10 +291,11 @@ def main() -> None:
           f"batch sizes {ns.batches}, median of {ns.reps} calls in interleaved rounds, "
           f"{'consumed' if ns.consumed else 'returned'} blocks\n")
     print(f"| function | batch | muls {'/'.join(ns.orders)} | cheapest | jacfwd ms | jacrev ms | "
-          + " | ".join(f"{o} ms" for o in ns.orders)
-          + " | peer / cheapest | peer / auto | kernels jacrev / jacfwd / auto "
-          "| cheaper order slower | compile s jacrev / jacfwd / auto |")
-    print("|---|---:|---|---|---:|---:|" + "---:|" * len(ns.orders) + "---:|---:|---|---|---|")
+          + " | ".join(f"{o} ms" for o in ns.orders) + (" | patched ms" if ns.patch else "")
+          + " | peer / cheapest | peer / auto" + (" | peer / patched" if ns.patch else "")
+          + " | kernels jacrev / jacfwd / auto" + (" / patched" if ns.patch else "")
+          + " | cheaper order slower | compile s jacrev / jacfwd / auto |")
+    print("|---|---:|---|---|---:|---:|" + "---:|" * (len(ns.orders) + 2 * bool(ns.patch)) + "---:|---:|---|---|---|")
     rows, notes = [], []
     for name, task in functions(ns):
         if ns.timeout is not None:
@@ -282,6 +317,10 @@ def main() -> None:
               f"min {autos[0]:.2f}; auto below 0.9x: {sum(a < 0.9 for a in autos)}; "
               f"cheapest >= 2x: {sum(r['best'] >= 2 for r in at)}; "
               f"cheaper order slower: {sum(bool(r['slower']) for r in at)}")
+        base = sorted(r["patched"] for r in at if "patched" in r)
+        if base:
+            print(f"batch {batch}, patched: peer / patched median {statistics.median(base):.2f}, min {base[0]:.2f}; "
+                  f"below 0.9x: {sum(a < 0.9 for a in base)}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from alphagrad.graph import (
 )
 from alphagrad.interpreter import _loops, _tape
 from alphagrad.interpreter._structured import (
+    _NUMPY_RULES,
     IndexMap,
     MultiplicationCounter,
     Partial,
@@ -305,9 +306,12 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
         # other floating-point operands set to zero; integer operands (indices) keep their values.
         def index_map(t_norm):
             t = t_norm.reshape(p_aval_shape).astype(dtype)
+            # NumPy zeros (not jnp.zeros_like of a traced value, itself traced): the map then depends
+            # on nothing traced where its indices are constants, and its matrix is computed while
+            # tracing (`_structured._at_trace_time`).
             operands = [
                 t if i in positions
-                else (jnp.zeros_like(v) if _is_float(v) else v)
+                else (np.zeros(np.shape(v), _dtype_of(v)) if _is_float(v) else v)
                 for i, v in enumerate(values)
             ]
             return _bind_all(eqn, operands)[output].reshape(out_shape)
@@ -682,7 +686,7 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
     edges: dict[tuple[int, int], Partial] = {}
     for eqn in program.equations:
         values = [_operand_value(op, env, leaves) for op in eqn.operands]
-        results = _bind_all(eqn, values)  # evaluated once, whatever its number of outputs
+        results = _bind_constant(eqn, values)  # evaluated once, whatever its number of outputs
         for out, result in zip(eqn.outputs, results):
             env[out.node if out.node is not None else out.value] = result
         # Structured partials for primitives with rules; a fused complex span (a closed_call the
@@ -732,6 +736,30 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
     performed = _replay(graph, steps, edges, counter, dtype)
     outputs = [_operand_value(op, env, leaves) for op in program.outputs]
     return outputs, edges, performed
+
+
+#: An equation whose operands are all known while tracing (constants, and values computed from
+#: them alone: an index array built inside f) and whose outputs have at most this many entries is
+#: evaluated while tracing (`_bind_constant`).
+CONSTANT_AT_TRACE_TIME_MAX = 2**16
+
+
+def _bind_constant(eqn: Equation, values: list[Any]) -> list[Any]:
+    """`_bind_all`, evaluated while tracing where every operand is known then (no tracer) and the
+    outputs are small: the values stay concrete, so index maps on indices computed inside f
+    (``x.at[jnp.array([0, 2])].set(...)``) have matrices known while tracing, whose `Placed` sums
+    are written on their supports (`_structured._materialise_known`)."""
+    if (eqn.primitive is None or any(isinstance(v, jax.core.Tracer) for v in values)
+            or sum(math.prod(aval.shape) for aval in eqn.avals if hasattr(aval, "shape")) > CONSTANT_AT_TRACE_TIME_MAX):
+        return _bind_all(eqn, values)
+    rule = _NUMPY_RULES.get(eqn.primitive.name)
+    if rule is not None and not any(jax.dtypes.issubdtype(_dtype_of(v), jax.dtypes.extended) for v in values):
+        # Data movement in NumPy: JAX would compile the operation first (tens of ms each).
+        results = rule(*(np.asarray(v) for v in values), **eqn.params)
+        results = list(results) if eqn.primitive.multiple_results else [results]
+        return [np.asarray(r, aval.dtype).reshape(aval.shape) for r, aval in zip(results, eqn.avals)]
+    with jax.ensure_compile_time_eval():
+        return _bind_all(eqn, values)
 
 
 def _is_elementwise(partial: Partial) -> bool:

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import jaxpr_as_fun
 
 from alphagrad.graph import INDEX_MAP, VALUELESS, product_plan, structure_of
 
@@ -128,16 +129,7 @@ def densify(partial: Partial, dtype) -> jax.Array:
     if isinstance(partial.value, Placed):
         return _materialise(partial.value, (o1, o2, p1, p2), dtype)
     if partial.code == INDEX_MAP:
-        # One-hot seeds on the smaller side: a reduction or selection of many entries into few
-        # (an n-body energy's sums, a sort's slice) would otherwise take an identity of
-        # (input entries)^2 (a sort of 5,000: 1.6 GB where jax.jacrev needs 0.5 GB).
-        if o1 * o2 < p1 * p2:
-            basis = np.eye(o1 * o2, dtype=dtype).reshape(o1 * o2, o1, o2)
-            rows = jax.vmap(partial.value.transpose)(basis)  # [o1*o2, p1, p2]
-            return rows.reshape(o1, o2, p1, p2)
-        basis = np.eye(p1 * p2, dtype=dtype).reshape(p1 * p2, p1, p2)
-        columns = jax.vmap(partial.value.apply)(basis)  # [p1*p2, o1, o2]
-        return jnp.moveaxis(columns.reshape(p1, p2, o1, o2), (0, 1), (2, 3))
+        return _at_trace_time(lambda: _index_map_matrix(partial, dtype), o1 * o2 * p1 * p2)
     structure = structure_of(partial.code)
     sizes = _position_sizes(partial.out_shape, partial.in_shape)
     if partial.value is None:
@@ -159,6 +151,145 @@ def densify(partial: Partial, dtype) -> jax.Array:
         mask_shape[a - 1], mask_shape[b - 1] = sizes[a], sizes[b]
         full = jnp.where(eye.reshape(mask_shape), full, jnp.zeros((), dtype))
     return full
+
+
+def _index_map_matrix(partial: Partial, dtype) -> jax.Array:
+    """The [v1, v2, p1, p2] matrix of an index map (code 11)."""
+    (o1, o2), (p1, p2) = partial.out_shape, partial.in_shape
+    # One-hot seeds on the smaller side: a reduction or selection of many entries into few
+    # (an n-body energy's sums, a sort's slice) would otherwise take an identity of
+    # (input entries)^2 (a sort of 5,000: 1.6 GB where jax.jacrev needs 0.5 GB).
+    if o1 * o2 < p1 * p2:
+        basis = np.eye(o1 * o2, dtype=dtype).reshape(o1 * o2, o1, o2)
+        rows = jax.vmap(partial.value.transpose)(basis)  # [o1*o2, p1, p2]
+        return rows.reshape(o1, o2, p1, p2)
+    basis = np.eye(p1 * p2, dtype=dtype).reshape(p1 * p2, p1, p2)
+    columns = jax.vmap(partial.value.apply)(basis)  # [p1*p2, o1, o2]
+    return jnp.moveaxis(columns.reshape(p1, p2, o1, o2), (0, 1), (2, 3))
+
+
+#: Index-map matrices and the patterns moved through index maps (`Term.pattern`) with at most this
+#: many entries are computed while tracing (`_at_trace_time`), wherever the maps' indices are known
+#: then: as NumPy constants their supports are known, and a `Placed` sum is materialised by reading
+#: each entry's weights alone (`_materialise_known`) instead of evaluating every term at every entry.
+PATTERN_AT_TRACE_TIME_MAX = 2**16
+
+
+def _at_trace_time(fn: Callable[[], jax.Array], entries: int):
+    """fn(), a NumPy array computed while tracing where it has at most PATTERN_AT_TRACE_TIME_MAX
+    `entries` and depends on nothing known only at run time (indices passed as arguments); else
+    fn() traced as usual."""
+    if entries > PATTERN_AT_TRACE_TIME_MAX:
+        return fn()
+    # One compilation for all of fn, traced on its own (evaluated eagerly, JAX compiles each of its
+    # operations apart the first time: 54 small compilations, 2 s under load, for `scattered`). A
+    # traced value fn closes over (indices passed to f) cannot leave its trace: then fn is traced
+    # here, as it is.
+    closed = jax.make_jaxpr(fn)()
+    if any(isinstance(c, jax.core.Tracer) for c in closed.consts):
+        return fn()
+    consts = [np.asarray(c) for c in closed.consts]
+    result = _numpy_eval(closed.jaxpr, consts)
+    if result is not None:
+        return result[0]
+    key = (str(closed.jaxpr), tuple((c.shape, str(c.dtype), c.tobytes()) for c in consts))
+    if key not in _COMPILED_PATTERNS:
+        _COMPILED_PATTERNS[key] = jax.jit(lambda: jaxpr_as_fun(closed)()[0]).lower().compile()
+    return np.asarray(_COMPILED_PATTERNS[key]())
+
+
+#: Compiled pattern computations (`_at_trace_time`) by their program and constants: the same
+#: computation recurs within a Jacobian (171 patterns of 50 distinct programs over eight corpus
+#: functions).
+_COMPILED_PATTERNS: dict[tuple, Any] = {}
+
+
+def _numpy_eval(jaxpr, consts: list[np.ndarray], args: list[np.ndarray] = ()) -> list[np.ndarray] | None:
+    """The outputs of `jaxpr` evaluated with NumPy, or None where it has an operation outside the
+    few that move data (`_NUMPY_RULES`): those compile nothing."""
+    env = dict(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+
+    def read(v):
+        return np.asarray(v.val) if isinstance(v, jax.extend.core.Literal) else env[v]
+
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name not in _NUMPY_RULES:
+            return None
+        rule = _NUMPY_RULES[eqn.primitive.name]
+        args = [read(v) for v in eqn.invars]
+        if eqn.primitive.name in ("jit", "pjit"):
+            body = eqn.params["jaxpr"]
+            outs = _numpy_eval(body.jaxpr, [np.asarray(c) for c in body.consts], args)
+            if outs is None:
+                return None
+        else:
+            outs = rule(*args, **eqn.params)
+            outs = list(outs) if eqn.primitive.multiple_results else [outs]
+        for var, value in zip(eqn.outvars, outs):
+            env[var] = np.asarray(value, dtype=var.aval.dtype).reshape(var.aval.shape)
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _np_pad(x, padding_value, *, padding_config):
+    """lax.pad in NumPy: per axis, `interior` fill values between entries, then `lo` and `hi` at
+    the ends (negative: entries cut)."""
+    for axis, (lo, hi, interior) in enumerate(padding_config):
+        if interior and x.shape[axis]:
+            shape = list(x.shape)
+            shape[axis] += (x.shape[axis] - 1) * interior
+            spread = np.full(shape, padding_value, x.dtype)
+            spread[(slice(None),) * axis + (slice(None, None, interior + 1),)] = x
+            x = spread
+        for amount, at_end in ((lo, False), (hi, True)):
+            if amount > 0:
+                shape = list(x.shape)
+                shape[axis] = amount
+                fill = np.full(shape, padding_value, x.dtype)
+                x = np.concatenate([x, fill] if at_end else [fill, x], axis)
+            elif amount < 0:
+                cut = slice(None, x.shape[axis] + amount) if at_end else slice(-amount, None)
+                x = x[(slice(None),) * axis + (cut,)]
+    return x
+
+
+def _np_select_n(which, *cases):
+    return np.choose(np.asarray(which, np.int32), np.broadcast_arrays(*cases)) if which.shape else cases[int(which)]
+
+
+def _np_cumsum(x, *, axis, reverse):
+    return np.flip(np.cumsum(np.flip(x, axis), axis), axis) if reverse else np.cumsum(x, axis)
+
+
+def _np_iota(*, dtype, shape, dimension, **_):
+    index = [1] * len(shape)
+    index[dimension] = shape[dimension]
+    return np.broadcast_to(np.arange(shape[dimension], dtype=dtype).reshape(index), shape)
+
+
+#: NumPy forms of the operations that index maps' patterns are moved by (`_numpy_eval`).
+_NUMPY_RULES: dict[str, Callable] = {
+    "jit": None, "pjit": None,  # evaluated recursively
+    "reshape": lambda x, *, new_sizes, **_: np.reshape(x, new_sizes),
+    "transpose": lambda x, *, permutation: np.transpose(x, permutation),
+    "broadcast_in_dim": lambda x, *, shape, broadcast_dimensions, **_: np.broadcast_to(
+        np.expand_dims(x, [d for d in range(len(shape)) if d not in broadcast_dimensions]) if x.ndim else x, shape),
+    "squeeze": lambda x, *, dimensions: np.squeeze(x, tuple(dimensions)),
+    "expand_dims": lambda x, *, dimensions: np.expand_dims(x, tuple(dimensions)),
+    "convert_element_type": lambda x, *, new_dtype, **_: x.astype(new_dtype),
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "neg": np.negative,
+    "eq": np.equal, "ne": np.not_equal,
+    "select_n": _np_select_n,
+    "concatenate": lambda *xs, dimension: np.concatenate(xs, dimension),
+    "split": lambda x, *, sizes, axis: np.split(x, np.cumsum(sizes)[:-1], axis),
+    "slice": lambda x, *, start_indices, limit_indices, strides: x[tuple(
+        slice(a, b, s) for a, b, s in zip(start_indices, limit_indices, strides or [1] * x.ndim))],
+    "pad": _np_pad,
+    "cumsum": _np_cumsum,
+    "reduce_sum": lambda x, *, axes, **_: np.sum(x, tuple(axes)),
+    "iota": _np_iota,
+    "copy": np.copy, "copy_p": np.copy,
+}
 
 
 def read_constant(x: jax.Array, axes) -> jax.Array:
@@ -359,11 +490,45 @@ def _materialise(placed: Placed, shape, dtype) -> jax.Array:
     """The dense [v1, v2, p1, p2] array of a `Placed` value: one fused elementwise sum of placed
     products (the patterns, computed from constants wherever the maps' indices are, are folded by
     XLA into constants)."""
+    known = _materialise_known(placed, shape, dtype)
+    if known is not None:
+        return known
     total = None
     for term in placed.terms:
         pattern = jnp.asarray(term.pattern, dtype)
         dense = pattern if term.weight is None else _place(pattern, jnp.asarray(term.weight, dtype))
         total = dense if total is None else total + dense
+    return jnp.broadcast_to(total, shape)
+
+
+def _materialise_known(placed: Placed, shape, dtype) -> jax.Array | None:
+    """`_materialise` where every pattern is known while tracing (a NumPy array), else None.
+
+    Each term is selected onto its support (a constant mask), and multiplied by its pattern only
+    where that is not 1: ``where(mask, w, 0)`` instead of ``where(pattern == 0, 0, pattern * w)``,
+    the same numbers; a term whose support meets none of the earlier terms' is selected into the sum
+    (``where(mask, w, total)``) instead of added. XLA still evaluates every term at every entry of
+    the fused loop, but a select where it evaluated a compare, a multiply, a select and an add (a
+    [batch, 64] sum of 8 terms at batch 32,768: 1.44 -> 0.53 ms, XLA:CPU).
+    """
+    if not placed.terms or not all(isinstance(t.pattern, np.ndarray) for t in placed.terms):
+        return None
+    total, covered = None, np.zeros(shape, bool)
+    for term in placed.terms:
+        pattern = np.broadcast_to(term.pattern, shape)
+        support = pattern != 0
+        if term.weight is None:
+            value = pattern.astype(np.dtype(dtype))
+        else:
+            weight = jnp.asarray(term.weight, dtype)
+            value = weight if np.all(pattern[support] == 1) else np.asarray(pattern, np.dtype(dtype)) * weight
+        if total is None:
+            total = jnp.where(support, value, jnp.zeros((), dtype))
+        elif not np.any(support & covered):
+            total = jnp.where(support, value, total)
+        else:
+            total = total + jnp.where(support, value, jnp.zeros((), dtype))
+        covered |= support
     return jnp.broadcast_to(total, shape)
 
 
@@ -425,7 +590,8 @@ def _split(term: Term, axes: tuple[int, int]) -> list[Term]:
             index[axes[0]], index[axes[1]] = slice(i, i + 1), slice(j, j + 1)
             mask = np.zeros([shape[a] if a in axes else 1 for a in range(4)], bool)
             mask[tuple(index)] = True
-            kept = jnp.where(mask, term.pattern, jnp.zeros((), term.pattern.dtype))
+            kept = _at_trace_time(lambda: jnp.where(mask, term.pattern, jnp.zeros((), term.pattern.dtype)),
+                                  math.prod(shape))
             terms.append(Term(kept, weight[tuple(index)]))
     return terms
 
@@ -448,14 +614,90 @@ def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list
     def moved(pattern):
         return _apply_on_v(the_map, pattern) if after else _apply_on_p(pattern, the_map)
 
+    entries = math.prod(shape)  # the moved patterns' size is about that of those they are moved from
     if len(parts) <= 1:  # none (a zero-size partial) or one: nothing to stack
-        return [Term(moved(part.pattern), part.weight) for part in parts]
+        return [Term(_at_trace_time(lambda: moved(part.pattern), entries), part.weight) for part in parts]
     # The map moves every part's pattern in one vmapped application: where its indices are known only
     # at run time (a scatter-add onto receivers passed as an argument), one kernel instead of one per
     # part (message_passing: 57 -> 31 kernels at batch 256, where the time is the same; 43 -> 36 ms at
     # 32,768). Where the indices are constants XLA folds the patterns either way.
-    patterns = jax.vmap(moved)(jnp.stack([jnp.broadcast_to(part.pattern, shape) for part in parts]))
+    patterns = _at_trace_time(
+        lambda: jax.vmap(moved)(jnp.stack([jnp.broadcast_to(part.pattern, shape) for part in parts])),
+        len(parts) * entries)
     return [Term(pattern, part.weight) for pattern, part in zip(patterns, parts)]
+
+
+#: `_map_known` works on at most this many (map entry, term entry) pairs.
+KNOWN_MAP_MAX = 2**22
+
+
+def _map_known(the_map: IndexMap, placed: Placed, c_shape: Shape2D, v_shape: Shape2D, p_shape: Shape2D,
+               after: bool, dtype) -> jax.Array | None:
+    """(map v->c) @ `placed` (p->v) where `after`, else `placed` (v->c) @ (map p->v), as a dense
+    [c1, c2, p1, p2] array read off the terms' weights, where the map's matrix and every pattern are
+    known while tracing (else None); for terms whose weights vary along the entries the map meets,
+    which `_map_terms` would split into too many.
+
+    Each entry of the result is a sum of a few weight entries times known coefficients (the
+    products of the map's and the pattern's entries, small integers: usually one entry, times 1),
+    read by gathers at constant indices. Without it the terms were materialised ([v, p] per
+    example) and the map applied to that (lennard_jones: a [4, 3, 4, 12] transposing copy and a sum
+    over it, per example). The same numbers, summed in another order (the map's additions).
+    """
+    if not all(isinstance(t.pattern, np.ndarray) for t in placed.terms):
+        return None
+    V, C, P = math.prod(v_shape), math.prod(c_shape), math.prod(p_shape)
+    if C * V * P * len(placed.terms) > KNOWN_MAP_MAX:
+        return None
+    map_shape = (*c_shape, *v_shape) if after else (*v_shape, *p_shape)
+    matrix = _at_trace_time(lambda: _index_map_matrix(Partial(INDEX_MAP, map_shape[:2], map_shape[2:], the_map), dtype),
+                            math.prod(map_shape))
+    if not isinstance(matrix, np.ndarray):
+        return None
+    matrix = matrix.reshape((C, V) if after else (V, P))
+    term_shape = (*v_shape, *p_shape) if after else (*c_shape, *v_shape)
+    total = None
+    for term in placed.terms:
+        pattern = np.broadcast_to(term.pattern, term_shape).reshape((V, P) if after else (C, V))
+        coefficients = matrix[:, :, None] * pattern[None] if after else pattern[:, :, None] * matrix[None]
+        c, v, p = np.nonzero(coefficients)  # [C, V, P]: result entry (c, p) reads term entry (v, p) or (c, v)
+        values = coefficients[c, v, p]
+        if term.weight is None:
+            flat = np.zeros(C * P, np.dtype(dtype))
+            np.add.at(flat, c * P + p, values)
+            part = flat
+        else:
+            weight = jnp.asarray(term.weight, dtype)
+            own = (1,) * (4 - weight.ndim) + tuple(weight.shape)
+            index = np.broadcast_to(np.arange(math.prod(own)).reshape(own), term_shape).reshape(
+                (V, P) if after else (C, V))
+            read = index[v, p] if after else index[c, v]
+            position = c * P + p
+            order = np.argsort(position, kind="stable")
+            position, read, values = position[order], read[order], values[order]
+            first = np.searchsorted(position, position)  # where each result entry's reads start
+            level = np.arange(position.size) - first
+            weight = weight.reshape(-1)
+            part = None
+            for k in range(int(level.max(initial=-1)) + 1):
+                at = level == k
+                slots = np.zeros(C * P, np.int32)
+                slots[position[at]] = read[at]
+                coefficient = np.zeros(C * P, np.dtype(dtype))
+                coefficient[position[at]] = values[at]
+                support = np.zeros(C * P, bool)
+                support[position[at]] = True
+                got = weight.at[slots].get(mode="promise_in_bounds")
+                if not np.all(coefficient[support] == 1):
+                    got = got * coefficient
+                got = jnp.where(support, got, jnp.zeros((), dtype))
+                part = got if part is None else part + got
+            if part is None:
+                continue
+        total = part if total is None else total + part
+    if total is None:
+        return jnp.zeros((*c_shape, *p_shape), dtype)
+    return jnp.broadcast_to(total, (C * P,)).reshape(*c_shape, *p_shape)
 
 
 def _weighted_terms(out: Partial, inp: Partial, dtype) -> list[Term] | None:
@@ -478,12 +720,13 @@ def _weighted_terms(out: Partial, inp: Partial, dtype) -> list[Term] | None:
     done = []
     for term in (out.value if placed_out else inp.value).terms:
         weight = term.weight
+        entries = math.prod(c_shape) * math.prod(p_shape)
         if placed_out:  # term (v->c) @ (permutation p->v) * weights on p
-            pattern = _apply_on_p(term.pattern, permutation)
+            pattern = _at_trace_time(lambda: _apply_on_p(term.pattern, permutation), entries)
             if transposes and _varies(weight, (2, 3)):
                 weight = jnp.transpose(weight, (0, 1, 3, 2))
         else:  # weights on c * (permutation v->c) @ term (p->v)
-            pattern = _apply_on_v(permutation, term.pattern)
+            pattern = _at_trace_time(lambda: _apply_on_v(permutation, term.pattern), entries)
             if transposes and _varies(weight, (0, 1)):
                 weight = jnp.transpose(weight, (1, 0, 2, 3))
         if extra is not None:
@@ -642,6 +885,12 @@ def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCount
             terms = _map_terms(inp.value, list(out.value.terms), (*c_shape, *v_shape), after=False)
         if terms is not None:
             return convert(_placed(c_shape, p_shape, terms, dtype), code, dtype)
+        if lazy_in or lazy_out:
+            known = _map_known(out.value if out.code == INDEX_MAP else inp.value,
+                               inp.value if lazy_in else out.value, c_shape, v_shape, p_shape,
+                               after=out.code == INDEX_MAP, dtype=dtype)
+            if known is not None:
+                return convert(Partial(1, c_shape, p_shape, known), code, dtype)
         placed = math.prod(c_shape) * math.prod(p_shape)
         if out.code == INDEX_MAP:
             dense = _apply_on_v(out.value, _gathered(densify(inp, dtype), placed))

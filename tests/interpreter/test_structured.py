@@ -263,3 +263,117 @@ def test_large_contractions_are_unrolled_only_under_a_large_vmap(monkeypatch):
         lowered = jax.jit(product).lower(a[:batch], b[:batch])
         assert ("dot_general" in lowered.as_text()) == dot
         np.testing.assert_allclose(lowered.compile()(a[:batch], b[:batch]), a[:batch] @ b[:batch], rtol=1e-5, atol=1e-5)
+
+
+def test_known_patterns_are_selected_onto_their_supports_with_the_same_numbers():
+    # Patterns known while tracing (NumPy) are written term by term on their supports; the same
+    # numbers as the where-sum over every entry (jnp patterns), NaN and infinities only where a
+    # pattern puts them, patterns other than 1 multiplied, overlapping supports added.
+    from alphagrad.interpreter import _structured
+    from alphagrad.interpreter._structured import Term
+
+    shape = (3, 1, 4, 1)
+    rows = np.zeros(shape)
+    rows[0, 0, 1, 0] = rows[2, 0, 3, 0] = 1.0  # two entries, weights per row
+    twice = np.zeros(shape)
+    twice[2, 0, 3, 0] = twice[1, 0, 0, 0] = 2.0  # overlaps `rows` at (2, 3)
+    ones = np.zeros(shape)
+    ones[0, 0, 0, 0] = 1.0  # no weight: the pattern itself
+    far = np.zeros(shape)
+    far[1, 0, 2, 0] = 1.0  # disjoint from the others, a scalar weight
+
+    def run(w_rows, w_twice, w_far):
+        weights = (w_rows.reshape(3, 1, 1, 1), w_twice.reshape(1, 1, 4, 1), None, w_far.reshape(1, 1, 1, 1))
+        known = Placed(tuple(Term(p, w) for p, w in zip((rows, twice, ones, far), weights)))
+        traced = Placed(tuple(Term(jnp.asarray(p), w) for p, w in zip((rows, twice, ones, far), weights)))
+        assert _structured._materialise_known(traced, shape, jnp.float64) is None
+        return _structured._materialise(known, shape, jnp.float64), _structured._materialise(traced, shape, jnp.float64)
+
+    w_rows = jnp.array([np.inf, np.nan, -1.5])  # the NaN's row is read by no pattern
+    w_twice = jnp.array([0.25, np.nan, 3.0, -2.0])  # nor is the NaN's column
+    got, reference = jax.jit(run)(w_rows, w_twice, jnp.array(7.0))
+    np.testing.assert_array_equal(got, reference)
+    expected = np.zeros(shape)
+    expected[0, 0, 1, 0], expected[2, 0, 3, 0] = np.inf, -1.5 + 2 * -2.0
+    expected[1, 0, 0, 0], expected[0, 0, 0, 0], expected[1, 0, 2, 0] = 2 * 0.25, 1.0, 7.0
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_a_map_after_weights_per_entry_reads_them_where_its_matrix_is_known(monkeypatch):
+    # A sum over 6 x 3 entries after a weight per entry (too many to split, PLACED_SPLIT_MAX): with
+    # the map's matrix and the pattern known while tracing, each result entry reads its weights by
+    # constant gathers (no [v, p] array materialised); the same numbers as the dense product.
+    from alphagrad.interpreter import _structured
+
+    called = []
+    original = _structured._map_known
+    monkeypatch.setattr(_structured, "_map_known", lambda *a, **k: called.append(original(*a, **k)) or called[-1])
+    weights_shape = (6, 3)
+    targets = np.repeat(np.arange(6), 3)  # row sums: [6, 3] -> [6, 1]
+    row_sum = scatter_add_map(weights_shape, (6, 1), jnp.asarray(targets))
+    spread = scatter_add_map((2, 3), weights_shape, jnp.array([0, 4, 7, 9, 17, 4]))  # [2, 3] -> [6, 3]
+
+    def run(w):
+        diagonal = Partial(6, weights_shape, weights_shape, w)  # diag(w): a weight per entry
+        placed = multiply(diagonal, spread, 1, MultiplicationCounter(), jnp.float64)
+        assert isinstance(placed.value, Placed)
+        summed = multiply(row_sum, placed, 1, MultiplicationCounter(), jnp.float64)
+        read = jnp.where(jnp.isnan(w), 0.0, w)  # the NaN is read by no entry (0 * NaN in a matmul is not)
+        return dense(summed), dense(row_sum) @ (read.reshape(-1, 1) * dense(spread))
+
+    w = jnp.asarray(np.random.default_rng(11).normal(size=weights_shape)).at[5, 0].set(np.nan)
+    got, expected = jax.jit(run)(w)
+    assert called and called[-1] is not None
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+def test_indices_built_inside_f_give_index_maps_known_while_tracing(monkeypatch):
+    # x.at[jnp.array(...)]: the index arrays are equations of f on constants, evaluated while tracing
+    # (`_jacobian._bind_constant`), so the scatters' matrices are known then and the Jacobian's
+    # `Placed` sum is written on its supports; jax.jacfwd's numbers.
+    from alphagrad.interpreter import _structured
+
+    known = []
+    original = _structured._materialise_known
+    monkeypatch.setattr(_structured, "_materialise_known", lambda *a: known.append(original(*a)) or known[-1])
+
+    def f(x):
+        y = x.at[jnp.array([0, 2])].set(x[1:3] ** 2)
+        return y.at[jnp.array([1, 1, 3, 0])].add(jnp.sin(x))
+
+    x = np.array([0.3, -1.2, 0.7, 2.0])
+    got = jax.jit(interpreter.jacobian(f, "reverse"))(jnp.asarray(x))
+    assert known and all(k is not None for k in known)
+    expected = np.zeros((4, 4))
+    expected[0, 1], expected[0, 3] = 2 * x[1], np.cos(x[3])  # x1**2 + sin(x3)
+    expected[1, 0], expected[1, 1] = np.cos(x[0]), 1 + np.cos(x[1])  # x1 + sin(x0) + sin(x1)
+    expected[2, 2] = 2 * x[2]  # x2**2
+    expected[3, 2], expected[3, 3] = np.cos(x[2]), 1.0  # x3 + sin(x2)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_patterns_moved_while_tracing_equal_jax_and_stay_traced_on_run_time_indices():
+    # `_at_trace_time` evaluates data movement in NumPy (pads with interior and negative padding,
+    # selects, cumulative sums, splits, nested jits), the rest compiled once; a computation that reads
+    # a traced value (indices passed to f) stays traced.
+    from alphagrad.interpreter import _structured
+
+    x = np.arange(24.0).reshape(2, 3, 4)
+    moves = [
+        lambda: jax.lax.pad(jnp.asarray(x), -1.0, [(1, -1, 1), (0, 2, 0), (-1, 1, 2)]),
+        lambda: jax.lax.select_n(jnp.asarray(x) > 5, jnp.asarray(x), -jnp.asarray(x)),
+        lambda: jax.lax.cumsum(jnp.asarray(x), axis=1, reverse=True),
+        lambda: jnp.split(jnp.asarray(x), [1, 3], axis=2)[1],
+        lambda: jax.jit(lambda y: jnp.transpose(y, (2, 0, 1)).reshape(4, 6)[None] + 1)(jnp.asarray(x)),
+        lambda: jnp.asarray(x)[:, jnp.array([2, 0, 2])],  # a gather: compiled, not NumPy
+    ]
+    expected = jax.jit(lambda: [move() for move in moves])()  # one compilation
+    for move, want in zip(moves, expected):
+        got = _structured._at_trace_time(move, x.size)
+        assert isinstance(got, np.ndarray)
+        np.testing.assert_array_equal(got, want)
+
+    def traced(i):
+        return _structured._at_trace_time(lambda: jnp.asarray(x)[:, i], x.size)
+
+    assert isinstance(jax.make_jaxpr(traced)(jnp.array([2, 0])).jaxpr.outvars[0], jax.extend.core.Var)
