@@ -196,9 +196,11 @@ _NO_SEGMENT = 2**30
 
 
 class _Lanes(NamedTuple):
-    """The switch branch kind of an elementwise primitive on padded lanes (stands in for it)."""
+    """The switch branch kind of an elementwise primitive on padded lanes (stands in for it);
+    `gathered`: its partials are read off from the lanes' responses by the equation's row."""
 
     primitive: Any
+    gathered: bool = False
 
     @property
     def name(self) -> str:
@@ -565,7 +567,7 @@ class _Builder:
         out, inp = np.repeat(rows, counts), np.repeat(cols, counts)
         return Map(INDEX_MAP, out, inp, np.full(len(out), ONE, np.int64), out_shape, in_shape)
 
-    def _lanes(self, eqn, operands, shape, incoming, width: int):
+    def _lanes(self, eqn, operands, shape, incoming, width: int, head):
         """For an elementwise equation (every operand of the output's shape or a scalar): its
         operand pattern (per operand: broadcast scalar?, dtype) and the operand positions of each
         partial it computes (one per floating-point vertex it reads, an edge or not), else None.
@@ -598,6 +600,8 @@ class _Builder:
             if e.code in VALUELESS or (e.code == INDEX_MAP and name == "reduce_sum"):
                 continue
             positions = tuple(i for i, op in enumerate(eqn.operands) if op.node == e.src)
+            if e.code == INDEX_MAP and self._static_map(eqn, operands, positions, head) is not None:
+                continue  # a broadcast scalar vertex: moved by the products, no partial to compute
             if positions not in lane_groups or e.code == INDEX_MAP:
                 return None
             out_shape, in_shape = tuple(e.out_shape), tuple(e.in_shape)
@@ -615,6 +619,38 @@ class _Builder:
             if not one_constant and not (np.array_equal(lay_out, expected[0]) and np.array_equal(lay_in, expected[1])):
                 return None
         return pattern, lane_groups
+
+    def _gathered_lanes(self, eqn, operands, shape, incoming, head):
+        """For an elementwise equation that `_lanes` does not take (an operand broadcast along
+        some axes, such as x - mean(x, axis=0, keepdims=True), or partials whose value arrays are
+        not laid out lane by lane): per operand the operand entry each output entry reads [n_out],
+        the operand positions of each partial it computes, and per valued edge (by source node)
+        its group's index; else None. Its partials are read off from the lanes' responses
+        (`_read_off`), so any structure code's value array serves."""
+        name = eqn.primitive.name if eqn.primitive is not None else None
+        if name not in _LANEWISE or not shape:
+            return None
+        sources = []
+        for _, op_shape, _ in operands:
+            if op_shape != () and (len(op_shape) != len(shape) or any(a not in (1, b) for a, b in zip(op_shape, shape))):
+                return None
+            entries = np.arange(math.prod(op_shape)).reshape(op_shape)
+            sources.append(np.broadcast_to(entries, shape).reshape(-1))
+        groups: dict[Any, list[int]] = {}
+        for i, (op, (_, _, dt)) in enumerate(zip(eqn.operands, operands)):
+            if _floating(dt):
+                groups.setdefault(op.node if op.node is not None else ("operand", i), []).append(i)
+        lane_groups = tuple(tuple(g) for g in groups.values())
+        for e in incoming:
+            positions = tuple(i for i, op in enumerate(eqn.operands) if op.node == e.src)
+            if e.code in VALUELESS or (e.code == INDEX_MAP and self._static_map(eqn, operands, positions, head) is not None):
+                continue  # moved by the products: no partial to compute
+            if (positions not in lane_groups or e.code == INDEX_MAP
+                    or any(not np.array_equal(sources[i], sources[positions[0]]) for i in positions)
+                    or tuple(e.out_shape) != normalise_shape(shape)
+                    or tuple(e.in_shape) != normalise_shape(self.node_shape[e.src])):
+                return None
+        return sources, lane_groups
 
     def _selection(self, eqn, operands, head, shape, zero: int) -> list[int] | None:
         """For an equation that only moves data (every output entry is one entry of a
@@ -784,8 +820,33 @@ class _Builder:
                     (shape, np.dtype(aval.dtype).str))
             partials_at = next_slot
             row = None  # (segment of each operand position or None, read-off of the partials or None)
-            lanes = self._lanes(eqn, operands, shape, incoming.get(node, ()), width)
-            if lanes is not None:  # one kind per primitive and operand pattern, whatever the shape
+            lanes = self._lanes(eqn, operands, shape, incoming.get(node, ()), width, head)
+            gathered = None if lanes is not None else self._gathered_lanes(eqn, operands, shape, incoming.get(node, ()), head)
+            if gathered is not None:  # one kind per primitive and dtypes, whatever the shapes and codes
+                sources, lane_groups = gathered
+                n_out = math.prod(shape)
+                slots = np.full(len(operands) * width, zero, np.int64)
+                for i, ((base, _, _), source) in enumerate(zip(operands, sources)):
+                    slots[i * width:i * width + n_out] = base + source
+                runs, length = _runs_of(slots, zero), len(slots)
+                readoff = []
+                for e in incoming.get(node, ()):
+                    positions = tuple(i for i, op in enumerate(eqn.operands) if op.node == e.src)
+                    out_shape, in_shape = tuple(e.out_shape), tuple(e.in_shape)
+                    if e.code in _MAP_CODES:  # an identity or a static map (checked by `_gathered_lanes`)
+                        edges[(e.src, node)] = self._static_edge(e, eqn, operands, positions, head)
+                        continue
+                    group = lane_groups.index(positions)
+                    edges[(e.src, node)] = Valued(e.code, next_slot, out_shape, in_shape)
+                    next_slot += edges[(e.src, node)].size
+                    lanes_out = np.arange(n_out)
+                    readoff.append(_read_off(e.code, out_shape, in_shape, lanes_out, sources[positions[0]],
+                                             group * width))
+                row = (None, np.concatenate(readoff)) if readoff else None
+                pattern = tuple((False, np.dtype(dt).str) for _, _, dt in operands)
+                signature = (_Lanes(eqn.primitive, True), head[1], pattern, ((width,), self.dtype.str), lane_groups)
+                has_partials = row is not None
+            elif lanes is not None:  # one kind per primitive and operand pattern, whatever the shape
                 pattern, lane_groups = lanes
                 runs[:, 2] = np.arange(len(operands)) * width  # operand i in lanes [i * width, (i + 1) * width)
                 # A broadcast scalar is read at each of the output's lanes (a run of stride 0), so
@@ -797,7 +858,7 @@ class _Builder:
                 for e in incoming.get(node, ()):
                     positions = tuple(i for i, op in enumerate(eqn.operands) if op.node == e.src)
                     out_shape, in_shape = tuple(e.out_shape), tuple(e.in_shape)
-                    if e.code in _MAP_CODES:  # an identity or a sum (checked static by `_lanes`)
+                    if e.code in _MAP_CODES:  # an identity, a sum or a broadcast (checked static by `_lanes`)
                         edges[(e.src, node)] = self._static_edge(e, eqn, operands, positions, head)
                     else:
                         at = partials_at + lane_groups.index(positions) * width
@@ -1329,7 +1390,8 @@ def _branch(signature, params: dict, O: int, dtype, K: int, readoff: int):
     primitive, _, op_avals, out_shape, groups = signature
     if isinstance(primitive, _Lanes):
         out_shape = out_shape[0]
-        return _lanes_branch(primitive.primitive, params, op_avals, out_shape[0], groups, O, dtype)
+        return _lanes_branch(primitive.primitive, params, op_avals, out_shape[0], groups, O, dtype,
+                             readoff if primitive.gathered else None)
     if primitive is _SELECTION:  # the operand slots are the output's sources, in order
         def select(ops, row):
             return jnp.pad(ops, (0, max(0, O - ops.shape[0])))[:O].astype(dtype)
@@ -1459,10 +1521,11 @@ def _segments_branch(combine: str, op_dtype, has_partials: bool, O: int, dtype, 
     return value, (partials if has_partials else None)
 
 
-def _lanes_branch(primitive, params: dict, pattern, width: int, groups, O: int, dtype):
+def _lanes_branch(primitive, params: dict, pattern, width: int, groups, O: int, dtype, readoff: int | None = None):
     """The functions of an elementwise kind: operand i in lanes [i * width, (i + 1) * width) of
     the operand slots (a broadcast scalar in the first); the output and each group's partial
-    (the JVP response to a tangent of ones) on `width` lanes."""
+    (the JVP response to a tangent of ones) on `width` lanes, or, given `readoff`, the value
+    arrays read off from those responses by the first `readoff` entries of the row."""
 
     reduction = primitive.name in _LANE_REDUCTIONS
 
@@ -1490,7 +1553,10 @@ def _lanes_branch(primitive, params: dict, pattern, width: int, groups, O: int, 
             x = raw[positions[0]]
             piece = jax.grad(of_x)(x) if reduction else jax.jvp(of_x, (x,), (jnp.ones_like(x),))[1]
             pieces.append(jnp.broadcast_to(piece, (width,)).astype(dtype))
-        return jnp.concatenate(pieces)
+        if readoff is None:
+            return jnp.concatenate(pieces)
+        local, index = jnp.concatenate(pieces), row[:readoff]
+        return jnp.where(index >= 0, local[jnp.maximum(index, 0)], 0)
 
     return value, (partials if groups else None)
 

@@ -432,10 +432,11 @@ def test_edge_slots_are_reused_by_smaller_allocations():
 
 def sums_and_a_wide_partial(x, y):
     """Sums and maxima over axes of a (2, 3, 4) array and of a (4, 6) one, a broadcast scalar
-    (x * s beside x * x: one lane kind), and one partial of more than FUSED_PARTIALS entries (a
+    (x * s beside x * x: one lane kind), a broadcast along axes, and one partial of more than FUSED_PARTIALS entries (a
     sort of 24 entries: a run-time mask of 576)."""
     s = jnp.sum(y)
     u = jnp.sin(x) * s + x * x
+    u = u - jnp.sum(u, axis=1, keepdims=True) * 0.3  # a (1, 3, 1)-broadcast: lanes gathered from its row
     parts = [jnp.sum(u, axis=a) for a in (0, 1, 2, (1, 2))] + [jnp.sum(y, axis=0)]
     parts += [jnp.max(u, axis=a) for a in (0, (0, 2))] + [jnp.max(jnp.concatenate([y, y]), axis=0)]
     return sum(jnp.sum(p * p) for p in parts), jnp.sort(u.reshape(-1)) * s
@@ -443,7 +444,8 @@ def sums_and_a_wide_partial(x, y):
 
 def test_sums_over_axes_and_broadcasts_share_kinds(force_tape):
     """Sums and maxima over axes run as one kind each (`_Segments`), whatever the axes and shapes,
-    a broadcast scalar on the lanes of its array (stride-0 runs), and only the kinds with
+    a broadcast scalar on the lanes of its array (stride-0 runs), an operand broadcast along
+    axes on lanes whose partials the row reads off (`_Lanes.gathered`), and only the kinds with
     partials over FUSED_PARTIALS entries compute them after the equation loop. (Built only, for
     time: the Jacobians of such tapes are checked against jax.jacfwd by
     test_lane_steps_equal_jacfwd's `reductions`, partials in and after the loop, and
@@ -466,6 +468,7 @@ def test_sums_over_axes_and_broadcasts_share_kinds(force_tape):
         assert sorted(k.combine for k in kinds if isinstance(k, _tape._Segments)) == ["max", "sum"]
         assert not [k for k in kinds if k.name in ("reduce_sum", "reduce_max") and not isinstance(k, _tape._Lanes)]
         assert [k.name for k in kinds].count("mul") == 2  # x * s with x * x's lanes, and x * x
+        assert [k.name for k in kinds if isinstance(k, _tape._Lanes) and k.gathered] == ["sub"]
         # After the loop: the kinds with a partial over FUSED_PARTIALS entries (the sort's mask
         # of 576, the maxima's dense partials of 288, 72 and 48: one size per equation), only.
         assert tape.eq_partials is not None
