@@ -149,7 +149,7 @@ def interleaved_medians(compiled: dict, args, reps: int, rounds: int = 6) -> dic
 @contextlib.contextmanager
 def patched(settings: list[str]):
     """Module constants set to other values while the block runs (``MODULE.NAME=VALUE``, VALUE a
-    Python literal), restored after."""
+    Python literal or a frozenset), restored after."""
     saved = []
     try:
         for setting in settings:
@@ -157,7 +157,10 @@ def patched(settings: list[str]):
             module_name, name = target.rsplit(".", 1)
             module = importlib.import_module(module_name)
             saved.append((module, name, getattr(module, name)))
-            setattr(module, name, ast.literal_eval(value))
+            try:
+                setattr(module, name, ast.literal_eval(value))
+            except ValueError:  # frozenset(...), which literal_eval does not read
+                setattr(module, name, eval(value, {"__builtins__": {}, "frozenset": frozenset}))  # noqa: S307
         yield
     finally:
         for module, name, old in reversed(saved):

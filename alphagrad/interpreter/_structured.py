@@ -277,8 +277,9 @@ _NUMPY_RULES: dict[str, Callable] = {
     "squeeze": lambda x, *, dimensions: np.squeeze(x, tuple(dimensions)),
     "expand_dims": lambda x, *, dimensions: np.expand_dims(x, tuple(dimensions)),
     "convert_element_type": lambda x, *, new_dtype, **_: x.astype(new_dtype),
-    "add": np.add, "sub": np.subtract, "mul": np.multiply, "neg": np.negative,
-    "eq": np.equal, "ne": np.not_equal,
+    "add": lambda x, y, **_: np.add(x, y), "sub": lambda x, y, **_: np.subtract(x, y),
+    "mul": lambda x, y, **_: np.multiply(x, y), "neg": lambda x, **_: np.negative(x),
+    "eq": lambda x, y, **_: np.equal(x, y), "ne": lambda x, y, **_: np.not_equal(x, y),
     "select_n": _np_select_n,
     "concatenate": lambda *xs, dimension: np.concatenate(xs, dimension),
     "split": lambda x, *, sizes, axis: np.split(x, np.cumsum(sizes)[:-1], axis),
@@ -288,7 +289,7 @@ _NUMPY_RULES: dict[str, Callable] = {
     "cumsum": _np_cumsum,
     "reduce_sum": lambda x, *, axes, **_: np.sum(x, tuple(axes)),
     "iota": _np_iota,
-    "copy": np.copy, "copy_p": np.copy,
+    "copy": lambda x, **_: np.copy(x), "copy_p": lambda x, **_: np.copy(x),
 }
 
 
