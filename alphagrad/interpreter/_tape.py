@@ -191,6 +191,16 @@ class _Segments(NamedTuple):
 
 #: Reductions over axes run as segments (`_Builder._segments`), by their combiner.
 _SEGMENT_REDUCTIONS = {"reduce_sum": "sum", "reduce_max": "max"}
+class _Bilinear:
+    """The switch branch kind of contractions (dot_general), whatever their shapes and axes."""
+
+    name = "contraction"
+
+
+_BILINEAR = _Bilinear()
+#: Most terms (products) of a contraction on the `_BILINEAR` kind (its row holds three
+#: integers per term); larger ones keep a kind of their own.
+BILINEAR_TERMS = 1024
 #: A row entry naming no output entry (a scatter at it is dropped).
 _NO_SEGMENT = 2**30
 
@@ -703,6 +713,44 @@ class _Builder:
             readoff.append(_read_off(code, out_shape, in_shape, seg, np.arange(len(seg)), 0))
         return seg, np.concatenate(readoff)
 
+    def _bilinear(self, eqn, operands, shape, groups) -> tuple | None:
+        """For a dot_general of two floating-point operands of the output's dtype with at most
+        `BILINEAR_TERMS` terms: its row (the operand positions a and b and the output entry of
+        each term, the read-off of its partials: d out / d a-entry is the b-entry of its term),
+        else None. Contractions run as one kind per dtype, whatever the shapes and axes: a
+        10,000-equation `tensor` program had 54 kinds of them."""
+        if eqn.primitive is None or eqn.primitive.name != "dot_general" or len(operands) != 2:
+            return None
+        (_, a_shape, a_dtype), (_, b_shape, b_dtype) = operands
+        out_dtype = np.dtype(eqn.aval.dtype)
+        if not (np.dtype(a_dtype) == np.dtype(b_dtype) == out_dtype and _floating(out_dtype)):
+            return None
+        if eqn.params.get("preferred_element_type") not in (None, out_dtype):
+            return None
+        (a_contract, b_contract), (a_batch, b_batch) = eqn.params["dimension_numbers"]
+        a_free = [d for d in range(len(a_shape)) if d not in a_contract and d not in a_batch]
+        b_free = [d for d in range(len(b_shape)) if d not in b_contract and d not in b_batch]
+        size = lambda dims, shp: math.prod(shp[d] for d in dims)  # noqa: E731
+        B, C = size(a_batch, a_shape), size(a_contract, a_shape)
+        Fa, Fb = size(a_free, a_shape), size(b_free, b_shape)
+        if B * Fa * Fb != math.prod(shape) or B * Fa * Fb * C > BILINEAR_TERMS or B * Fa * Fb * C == 0:
+            return None
+        n_a = math.prod(a_shape)
+        a = np.arange(n_a).reshape(a_shape).transpose(*a_batch, *a_free, *a_contract).reshape(B, Fa, 1, C)
+        b = n_a + np.arange(math.prod(b_shape)).reshape(b_shape).transpose(*b_batch, *b_free, *b_contract)
+        b = b.reshape(B, 1, Fb, C)
+        a, b = (np.broadcast_to(x, (B, Fa, Fb, C)).reshape(-1) for x in (a, b))
+        seg = np.repeat(np.arange(B * Fa * Fb), C)
+        readoff = []
+        for positions, code, out_shape, in_shape in groups:
+            if code == INDEX_MAP or len(positions) != 1:
+                return None
+            mine, other = (a, b) if positions == (0,) else (b, a)
+            entry = mine - (0 if positions == (0,) else n_a)  # the operand entry of each term
+            found = _read_off(code, out_shape, in_shape, seg, entry, 0)
+            readoff.append(np.where(found >= 0, other[np.maximum(found, 0)], -1))
+        return a, b, seg, (np.concatenate(readoff) if readoff else None)
+
     def _tabulate(self, eqn, operands, positions, fixed) -> tuple[np.ndarray, ...] | None:
         """The map's nonzero entries (`_static_map`): the equation is linear in its floating-point
         operands jointly, so with those at `positions` set to one basis vector each and the others
@@ -819,7 +867,7 @@ class _Builder:
             head = (eqn.primitive, _params_key(eqn) if eqn.primitive is not None else None, op_avals,
                     (shape, np.dtype(aval.dtype).str))
             partials_at = next_slot
-            row = None  # (segment of each operand position or None, read-off of the partials or None)
+            row = None  # integer parts the kind reads besides its operands, the last the partials' read-off (`_rows`)
             lanes = self._lanes(eqn, operands, shape, incoming.get(node, ()), width, head)
             gathered = None if lanes is not None else self._gathered_lanes(eqn, operands, shape, incoming.get(node, ()), head)
             if gathered is not None:  # one kind per primitive and dtypes, whatever the shapes and codes
@@ -842,7 +890,7 @@ class _Builder:
                     lanes_out = np.arange(n_out)
                     readoff.append(_read_off(e.code, out_shape, in_shape, lanes_out, sources[positions[0]],
                                              group * width))
-                row = (None, np.concatenate(readoff)) if readoff else None
+                row = (np.concatenate(readoff),) if readoff else None
                 pattern = tuple((False, np.dtype(dt).str) for _, _, dt in operands)
                 signature = (_Lanes(eqn.primitive, True), head[1], pattern, ((width,), self.dtype.str), lane_groups)
                 has_partials = row is not None
@@ -902,6 +950,8 @@ class _Builder:
                 signature = (*head, tuple(groups))
                 sources = None if groups else self._selection(eqn, operands, head, shape, zero)
                 segments = None if sources is not None else self._segments(eqn, operands, shape, groups)
+                bilinear = None if sources is not None or segments is not None else self._bilinear(
+                    eqn, operands, shape, groups)
                 if sources is not None:  # one kind, whatever the movement
                     signature = (_SELECTION, None, (), ((1,), self.dtype.str), ())
                     runs, length = _runs_of(np.asarray(sources, np.int64), zero), len(sources)
@@ -909,6 +959,9 @@ class _Builder:
                     row = segments
                     signature = (_Segments(_SEGMENT_REDUCTIONS[eqn.primitive.name]), None, op_avals[0][1],
                                  ((1,), np.dtype(aval.dtype).str), bool(groups))
+                elif bilinear is not None:  # one kind per dtype, whatever the shapes and axes
+                    row = bilinear
+                    signature = (_BILINEAR, None, op_avals[0][1], ((1,), np.dtype(aval.dtype).str), bool(groups))
                 has_partials = bool(groups)
             if signature not in kinds:
                 kinds[signature] = len(kinds)
@@ -967,10 +1020,10 @@ class _Builder:
         eq_kind = np.asarray([kind for kind, *_ in eq_rows], np.int32)
         eq_runs, eq_table_at, eq_table = _operand_tables([(runs, length) for _, runs, length, *_ in eq_rows], K, zero)
         eq_out = np.asarray([out for _, _, _, out, *_ in eq_rows], np.int32)
-        readoff_width, eq_row, rows = _rows([(kind, row) for kind, *_, row, _ in eq_rows], len(templates), K)
+        widths, eq_row, rows = _rows([(kind, row) for kind, *_, row, _ in eq_rows], len(templates))
         functions, sizes = [], []
         for kind, (signature, params) in enumerate(templates):
-            value_fn, partial_fn = _branch(signature, params, O, self.dtype, K, readoff_width[kind])
+            value_fn, partial_fn = _branch(signature, params, O, self.dtype, widths[kind])
             # Traced once here, so that an equation the branch cannot re-bind from buffer values
             # (a constant whose dtype the primitive does not take) falls back instead of failing.
             try:
@@ -1003,8 +1056,8 @@ class _Builder:
             if taken and partial_fn is not None and not fused[kind]:
                 at = np.asarray([eq_rows[r][4] for r in taken], np.int32)
                 # A kind of read-off partials has one size per equation (its value arrays').
-                size = np.asarray([sizes[kind] if eq_rows[r][5] is None or eq_rows[r][5][1] is None
-                                   else len(eq_rows[r][5][1]) for r in taken], np.int32)
+                size = np.asarray([sizes[kind] if eq_rows[r][5] is None or eq_rows[r][5][-1] is None
+                                   else len(eq_rows[r][5][-1]) for r in taken], np.int32)
                 partials.append(_PartialKind(partial_fn, eq_runs[taken], eq_table_at[taken], at, eq_row[taken], size))
         constants = np.concatenate(self.constants) if self.constants else np.zeros(0, self.dtype)
         return Tape(
@@ -1120,24 +1173,25 @@ class _Rows(NamedTuple):
     width: int
 
 
-def _rows(rows: list, num_kinds: int, K: int) -> tuple[list[int], np.ndarray, _Rows]:
-    """The rows of equations given as (kind, row: None or (segments [n] or None, read-off [m]
-    or None)): per kind the longest read-off (its partials' size), where each equation's row
-    starts, and the table (`Tape.rows`): a row is its segments padded to K (with `_NO_SEGMENT`)
-    followed by its read-off padded to its kind's longest (with -1)."""
-    readoff_width = [0] * num_kinds
+def _rows(rows: list, num_kinds: int) -> tuple[list[tuple[int, ...]], np.ndarray, _Rows]:
+    """The rows of equations given as (kind, row: None or a tuple of parts, int arrays, the
+    last the read-off of its partials or None): per kind the longest of each part (the last:
+    its partials' size), where each equation's row starts, and the table (`Tape.rows`): a row
+    is its parts one after another, each padded to its kind's longest (the read-off with -1,
+    the others with `_NO_SEGMENT`)."""
+    widths: list[list[int]] = [[] for _ in range(num_kinds)]
     for kind, row in rows:
-        if row is not None and row[1] is not None:
-            readoff_width[kind] = max(readoff_width[kind], len(row[1]))
+        if row is not None:
+            lengths = [0 if part is None else len(part) for part in row]
+            widths[kind] = [max(a, b) for a, b in zip(widths[kind] or lengths, lengths)]
     table, start, used = [], {}, 0
     eq_row = np.zeros(len(rows), np.int32)
     for e, (kind, row) in enumerate(rows):
         if row is None:
             continue
-        seg, readoff = row
-        parts = [] if seg is None else [np.pad(seg, (0, K - len(seg)), constant_values=_NO_SEGMENT)]
-        if readoff is not None:
-            parts.append(np.pad(readoff, (0, readoff_width[kind] - len(readoff)), constant_values=-1))
+        parts = [np.pad(np.zeros(0) if part is None else part, (0, width - (0 if part is None else len(part))),
+                        constant_values=-1 if last else _NO_SEGMENT)
+                 for part, width, last in zip(row, widths[kind], [False] * (len(row) - 1) + [True])]
         entries = np.concatenate(parts).astype(np.int32)
         key = entries.tobytes()
         if key not in start:
@@ -1145,7 +1199,7 @@ def _rows(rows: list, num_kinds: int, K: int) -> tuple[list[int], np.ndarray, _R
             table.append(entries)
         eq_row[e] = start[key]
     width = max([len(t) for t in table] + [1])
-    return readoff_width, eq_row, _Rows(np.concatenate(table + [np.full(width, -1, np.int32)]), width)
+    return [tuple(w) for w in widths], eq_row, _Rows(np.concatenate(table + [np.full(width, -1, np.int32)]), width)
 
 
 def _read_off(code: int, out_shape: tuple, in_shape: tuple, out_of: np.ndarray, in_of: np.ndarray,
@@ -1376,12 +1430,12 @@ def _bind(primitive, params: dict, values: list) -> jax.Array:
     return result
 
 
-def _branch(signature, params: dict, O: int, dtype, K: int, readoff: int):
+def _branch(signature, params: dict, O: int, dtype, widths: tuple[int, ...]):
     """The functions of one equation kind: ``values(ops[K], row[W]) -> out[O]`` (a switch branch
     of the equation loop) and ``partials(ops[K], row[W]) -> [P]`` (its partials' value arrays,
     concatenated, vmapped over the kind's equations), or None when the kind computes no
     partial; `params` are those of the kind's first equation (equal to every other's, by the
-    signature); `readoff`: the length of the kind's read-offs in its rows (`_rows`).
+    signature); `widths`: the lengths of the parts of the kind's rows (`_rows`).
 
     Each partial is computed as the straight-line path computes it: a JVP of the equation per
     seed, one seed per index of the operand's untied positions (ones along tied ones), and the
@@ -1391,14 +1445,16 @@ def _branch(signature, params: dict, O: int, dtype, K: int, readoff: int):
     if isinstance(primitive, _Lanes):
         out_shape = out_shape[0]
         return _lanes_branch(primitive.primitive, params, op_avals, out_shape[0], groups, O, dtype,
-                             readoff if primitive.gathered else None)
+                             (widths[-1] if widths else 0) if primitive.gathered else None)
     if primitive is _SELECTION:  # the operand slots are the output's sources, in order
         def select(ops, row):
             return jnp.pad(ops, (0, max(0, O - ops.shape[0])))[:O].astype(dtype)
 
         return select, None
     if isinstance(primitive, _Segments):
-        return _segments_branch(primitive.combine, np.dtype(op_avals), groups, O, dtype, K, readoff)
+        return _segments_branch(primitive.combine, np.dtype(op_avals), groups, O, dtype, widths)
+    if primitive is _BILINEAR:
+        return _bilinear_branch(np.dtype(op_avals), groups, O, dtype, widths)
     out_shape = out_shape[0]
     shapes = [shape for shape, _ in op_avals]
     dtypes = [np.dtype(dt) for _, dt in op_avals]
@@ -1495,11 +1551,12 @@ def _fused(value_fn, partial_fn, P: int, dtype):
     return branch
 
 
-def _segments_branch(combine: str, op_dtype, has_partials: bool, O: int, dtype, K: int, readoff: int):
+def _segments_branch(combine: str, op_dtype, has_partials: bool, O: int, dtype, widths: tuple[int, ...]):
     """The functions of a reduction over axes: operand position i combined into output entry
-    ``row[i]`` (`_NO_SEGMENT`: none); the partials of a maximum, JAX's (each maximal entry of a
-    segment 1 / their count, as `lax.reduce_max`'s JVP), read off into their value arrays by
-    ``row[K:K + readoff]``."""
+    ``row[i]`` (`_NO_SEGMENT`: none; the row's first part); the partials of a maximum, JAX's
+    (each maximal entry of a segment 1 / their count, as `lax.reduce_max`'s JVP), read off into
+    their value arrays by the row's second part."""
+    K, readoff = widths[0], widths[-1]
 
     def combined(x, seg):
         if combine == "sum":
@@ -1507,16 +1564,34 @@ def _segments_branch(combine: str, op_dtype, has_partials: bool, O: int, dtype, 
         return jnp.full((O,), -jnp.inf, op_dtype).at[seg].max(x, mode="drop")
 
     def value(ops, row):
-        return combined(ops.astype(op_dtype), row[:K]).astype(dtype)
+        return combined(ops[:K].astype(op_dtype), row[:K]).astype(dtype)
 
     def partials(ops, row):
-        x, seg = ops.astype(op_dtype), row[:K]
+        x, seg = ops[:K].astype(op_dtype), row[:K]
         at = jnp.minimum(seg, O - 1)
         hit = (seg < O) & (x == combined(x, seg)[at])
         count = jnp.zeros((O,), op_dtype).at[seg].add(hit.astype(op_dtype), mode="drop")
         local = jnp.where(hit, hit.astype(op_dtype) / jnp.where(hit, count[at], 1), 0)
         index = row[K:K + readoff]
         return jnp.where(index >= 0, local[jnp.maximum(index, 0)], 0).astype(dtype)
+
+    return value, (partials if has_partials else None)
+
+
+def _bilinear_branch(op_dtype, has_partials: bool, O: int, dtype, widths: tuple[int, ...]):
+    """The functions of a contraction (`_Builder._bilinear`): term t adds ``ops[a[t]] *
+    ops[b[t]]`` into output entry ``segment[t]`` (the row's parts a, b, segment); its partials
+    are operand entries, read off by the row's last part (positions in ops, or -1)."""
+    T, readoff = widths[0], widths[-1]
+
+    def value(ops, row):
+        x = ops.astype(op_dtype)
+        a, b, seg = row[:T], row[T:2 * T], row[2 * T:3 * T]
+        return jnp.zeros((O,), op_dtype).at[seg].add(x[a] * x[b], mode="drop").astype(dtype)
+
+    def partials(ops, row):
+        index = row[3 * T:3 * T + readoff]
+        return jnp.where(index >= 0, ops[jnp.maximum(index, 0)], 0).astype(dtype)
 
     return value, (partials if has_partials else None)
 

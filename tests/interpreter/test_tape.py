@@ -439,6 +439,7 @@ def sums_and_a_wide_partial(x, y):
     u = u - jnp.sum(u, axis=1, keepdims=True) * 0.3  # a (1, 3, 1)-broadcast: lanes gathered from its row
     parts = [jnp.sum(u, axis=a) for a in (0, 1, 2, (1, 2))] + [jnp.sum(y, axis=0)]
     parts += [jnp.max(u, axis=a) for a in (0, (0, 2))] + [jnp.max(jnp.concatenate([y, y]), axis=0)]
+    parts += [jnp.einsum("ijk,ilk->ijl", u, u * 0.5), y @ y.T, jnp.tensordot(u, y[:4, :3], axes=((1, 2), (1, 0)))]
     return sum(jnp.sum(p * p) for p in parts), jnp.sort(u.reshape(-1)) * s
 
 
@@ -469,6 +470,7 @@ def test_sums_over_axes_and_broadcasts_share_kinds(force_tape):
         assert not [k for k in kinds if k.name in ("reduce_sum", "reduce_max") and not isinstance(k, _tape._Lanes)]
         assert [k.name for k in kinds].count("mul") == 2  # x * s with x * x's lanes, and x * x
         assert [k.name for k in kinds if isinstance(k, _tape._Lanes) and k.gathered] == ["sub"]
+        assert [k.name for k in kinds].count("contraction") == 1 and "dot_general" not in [k.name for k in kinds]
         # After the loop: the kinds with a partial over FUSED_PARTIALS entries (the sort's mask
         # of 576, the maxima's dense partials of 288, 72 and 48: one size per equation), only.
         assert tape.eq_partials is not None
