@@ -486,8 +486,8 @@ def _rss_gb() -> float:
 
 
 def _path(g) -> str:
-    """Which path ``interpreter.jacobian(f, "reverse")`` takes for graph `g`: "tape", or
-    "straight-line" with the reason (too small for the tape, or what the tape does not take)."""
+    """Which path ``interpreter.jacobian(f, "reverse")`` takes for graph `g`: "tape" with its
+    kinds, or "straight-line" with the reason (too small for the tape, or what the tape does not take)."""
     from alphagrad import graph
     from alphagrad.interpreter import _tape
 
@@ -496,10 +496,12 @@ def _path(g) -> str:
     if len(g.program.equations) < _tape.TAPE_MIN_EQUATIONS or size < _tape.TAPE_MIN_SIZE:
         return f"straight-line (size {size:,})"
     try:
-        _tape.build(g, steps)
+        tape = _tape.build(g, steps)
     except _tape.Unsupported as err:
         return f"straight-line ({err})"
-    return "tape"
+    # XLA compiles every kind (switch branch) of the equation loop, and each kind whose partials
+    # are computed after it: what the first call's compile time grows with.
+    return f"tape ({len(tape.branches)} kinds, {len(tape.partials)} after the loop)"
 
 
 def run_stage(stage: str, form: str, size: int) -> None:
