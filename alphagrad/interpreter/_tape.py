@@ -20,16 +20,22 @@ not grow with the number of equations:
    buffer ``edges[num_edge_slots]``. The branches return only these small arrays, never a buffer,
    so under `jax.vmap` nothing of size num_slots is copied per step. Where some kind's partials
    have more than `FUSED_PARTIALS` entries (wide vectors: a step must not copy thousands of
-   padded entries), the loop computes the outputs only, and each kind's partials are computed
-   after it for all its equations at once (one vmapped computation per kind: they read only
-   the values).
-   XLA compiles every branch, so kinds are kept few whatever the shapes (generated programs use
-   the same primitives on many shapes and slice at many offsets): an *elementwise* equation
-   (and a whole sum or a dot product of two vectors) runs on ``width`` padded lanes (the largest
-   such output; padding lanes read a zero constant), one kind per primitive, parameters and
-   operand pattern (broadcast scalar or not), its partials (one per floating-point operand,
-   used or not) the JVP responses to tangents of ones (gradients for the reductions), one lane
-   per entry; an equation that only *moves data*
+   padded entries), those kinds' partials are computed after the loop for all their equations
+   at once (one vmapped computation per kind: they read only the values), the others' in it.
+   XLA compiles every branch (35-50 ms each on a 2-core CPU), so kinds are kept few whatever the
+   shapes (generated programs use the same primitives on many shapes and slice at many
+   offsets): an *elementwise* equation (and a whole sum or a dot product of two vectors) runs
+   on ``width`` padded lanes (the largest such output; padding lanes read a zero constant, a
+   broadcast scalar is read at every lane), one kind per primitive, parameters and operand
+   dtypes, its partials (one per floating-point operand, used or not) the JVP responses to
+   tangents of ones (gradients for the reductions), one lane per entry. Where a kind cannot
+   be keyed without shapes alone, each equation carries an integer *row* (`Tape.rows`) that
+   its kind reads besides the operands, and the value arrays of its partials are *read off*
+   from local derivatives by the row (`_read_off`, through the structure code's `layout`, so
+   any code serves): elementwise equations with operands broadcast along axes, reductions
+   over axes (each operand entry scattered into the output entry its row names; sums and
+   maxima), contractions (dot_general: each term's two operand positions and output entry;
+   its partials are operand entries). An equation that only *moves data*
    (every output entry one operand entry or zero, at fixed positions) runs as a copy of its
    sources, all in one kind; equations computed from constants alone (index arithmetic) are
    evaluated when the tape is built and become constants; a ``split`` runs as one slice per output.
