@@ -28,9 +28,9 @@ not grow with the number of equations:
    on ``width`` padded lanes (the largest such output; padding lanes read a zero constant, a
    broadcast scalar is read at every lane), one kind per primitive, parameters and operand
    dtypes, its partials (one per floating-point operand, used or not) the JVP responses to
-   tangents of ones (gradients for the reductions), one lane per entry. Where a kind cannot
-   be keyed without shapes alone, each equation carries an integer *row* (`Tape.rows`) that
-   its kind reads besides the operands, and the value arrays of its partials are *read off*
+   tangents of ones (gradients for the reductions), one lane per entry. Where a kind needs
+   more than the operands to run without shapes, each equation carries an integer *row*
+   (`Tape.rows`) that its kind reads besides the operands, and the value arrays of its partials are *read off*
    from local derivatives by the row (`_read_off`, through the structure code's `layout`, so
    any code serves): elementwise equations with operands broadcast along axes, reductions
    over axes (each operand entry scattered into the output entry its row names; sums and
