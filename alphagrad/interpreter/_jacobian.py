@@ -739,8 +739,8 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
 
 
 #: An equation whose operands are all known while tracing (constants, and values computed from
-#: them alone: an index array built inside f), whose outputs are no vertices and have at most this
-#: many entries is evaluated while tracing (`_bind_constant`).
+#: them alone: an index array built inside f) and whose outputs have at most this many entries is
+#: evaluated while tracing (`_bind_constant`).
 CONSTANT_AT_TRACE_TIME_MAX = 2**16
 
 
@@ -749,13 +749,15 @@ def _bind_constant(eqn: Equation, values: list[Any]) -> list[Any]:
     outputs are small: the values stay concrete, so index maps on indices computed inside f
     (``x.at[jnp.array([0, 2])].set(...)``) have matrices known while tracing, whose `Placed` sums
     are written on their supports (`_structured._materialise_known`)."""
-    if (eqn.primitive is None or any(out.node is not None for out in eqn.outputs)
-            or any(isinstance(v, jax.core.Tracer) for v in values)
+    if (eqn.primitive is None or any(isinstance(v, jax.core.Tracer) for v in values)
             or sum(math.prod(aval.shape) for aval in eqn.avals if hasattr(aval, "shape")) > CONSTANT_AT_TRACE_TIME_MAX):
-        return _bind_all(eqn, values)  # vertices (eagerly: every value is known) are left to JAX
+        return _bind_all(eqn, values)
     rule = _NUMPY_RULES.get(eqn.primitive.name)
-    if rule is not None and not any(jax.dtypes.issubdtype(_dtype_of(v), jax.dtypes.extended) for v in values):
-        # Data movement in NumPy: JAX would compile the operation first (tens of ms each).
+    dtypes = [aval.dtype for aval in eqn.avals] + [_dtype_of(v) for v in values]
+    if rule is not None and all(not jax.dtypes.issubdtype(d, jax.dtypes.extended)
+                                and (jnp.issubdtype(d, jnp.integer) or jnp.issubdtype(d, jnp.bool_)) for d in dtypes):
+        # Index arithmetic in NumPy: JAX would compile the operation first (tens of ms each); floats
+        # are left to JAX's own arithmetic.
         results = rule(*(np.asarray(v) for v in values), **eqn.params)
         results = list(results) if eqn.primitive.multiple_results else [results]
         return [np.asarray(r, aval.dtype).reshape(aval.shape) for r, aval in zip(results, eqn.avals)]
