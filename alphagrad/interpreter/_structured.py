@@ -628,79 +628,6 @@ def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list
     return [Term(pattern, part.weight) for pattern, part in zip(patterns, parts)]
 
 
-#: `_map_known` works on at most this many (map entry, term entry) pairs.
-KNOWN_MAP_MAX = 2**22
-
-
-def _map_known(the_map: IndexMap, placed: Placed, c_shape: Shape2D, v_shape: Shape2D, p_shape: Shape2D,
-               after: bool, dtype) -> jax.Array | None:
-    """(map v->c) @ `placed` (p->v) where `after`, else `placed` (v->c) @ (map p->v), as a dense
-    [c1, c2, p1, p2] array read off the terms' weights, where the map's matrix and every pattern are
-    known while tracing (else None); for terms whose weights vary along the entries the map meets,
-    which `_map_terms` would split into too many.
-
-    Each entry of the result is a sum of a few weight entries times known coefficients (the
-    products of the map's and the pattern's entries, small integers: usually one entry, times 1),
-    read by gathers at constant indices. Without it the terms were materialised ([v, p] per
-    example) and the map applied to that (lennard_jones: a [4, 3, 4, 12] transposing copy and a sum
-    over it, per example). The same numbers, summed in another order (the map's additions).
-    """
-    if not all(isinstance(t.pattern, np.ndarray) for t in placed.terms):
-        return None
-    V, C, P = math.prod(v_shape), math.prod(c_shape), math.prod(p_shape)
-    if C * V * P * len(placed.terms) > KNOWN_MAP_MAX:
-        return None
-    map_shape = (*c_shape, *v_shape) if after else (*v_shape, *p_shape)
-    matrix = _at_trace_time(lambda: _index_map_matrix(Partial(INDEX_MAP, map_shape[:2], map_shape[2:], the_map), dtype),
-                            math.prod(map_shape))
-    if not isinstance(matrix, np.ndarray):
-        return None
-    matrix = matrix.reshape((C, V) if after else (V, P))
-    term_shape = (*v_shape, *p_shape) if after else (*c_shape, *v_shape)
-    total = None
-    for term in placed.terms:
-        pattern = np.broadcast_to(term.pattern, term_shape).reshape((V, P) if after else (C, V))
-        coefficients = matrix[:, :, None] * pattern[None] if after else pattern[:, :, None] * matrix[None]
-        c, v, p = np.nonzero(coefficients)  # [C, V, P]: result entry (c, p) reads term entry (v, p) or (c, v)
-        values = coefficients[c, v, p]
-        if term.weight is None:
-            flat = np.zeros(C * P, np.dtype(dtype))
-            np.add.at(flat, c * P + p, values)
-            part = flat
-        else:
-            weight = jnp.asarray(term.weight, dtype)
-            own = (1,) * (4 - weight.ndim) + tuple(weight.shape)
-            index = np.broadcast_to(np.arange(math.prod(own)).reshape(own), term_shape).reshape(
-                (V, P) if after else (C, V))
-            read = index[v, p] if after else index[c, v]
-            position = c * P + p
-            order = np.argsort(position, kind="stable")
-            position, read, values = position[order], read[order], values[order]
-            first = np.searchsorted(position, position)  # where each result entry's reads start
-            level = np.arange(position.size) - first
-            weight = weight.reshape(-1)
-            part = None
-            for k in range(int(level.max(initial=-1)) + 1):
-                at = level == k
-                slots = np.zeros(C * P, np.int32)
-                slots[position[at]] = read[at]
-                coefficient = np.zeros(C * P, np.dtype(dtype))
-                coefficient[position[at]] = values[at]
-                support = np.zeros(C * P, bool)
-                support[position[at]] = True
-                got = weight.at[slots].get(mode="promise_in_bounds")
-                if not np.all(coefficient[support] == 1):
-                    got = got * coefficient
-                got = jnp.where(support, got, jnp.zeros((), dtype))
-                part = got if part is None else part + got
-            if part is None:
-                continue
-        total = part if total is None else total + part
-    if total is None:
-        return jnp.zeros((*c_shape, *p_shape), dtype)
-    return jnp.broadcast_to(total, (C * P,)).reshape(*c_shape, *p_shape)
-
-
 def _weighted_terms(out: Partial, inp: Partial, dtype) -> list[Term] | None:
     """out @ inp as terms where one is `Placed` and the other a permutation times weights (or an
     identity): the permutation moves the patterns (and weights), the weights multiply the terms'."""
@@ -886,12 +813,6 @@ def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCount
             terms = _map_terms(inp.value, list(out.value.terms), (*c_shape, *v_shape), after=False)
         if terms is not None:
             return convert(_placed(c_shape, p_shape, terms, dtype), code, dtype)
-        if lazy_in or lazy_out:
-            known = _map_known(out.value if out.code == INDEX_MAP else inp.value,
-                               inp.value if lazy_in else out.value, c_shape, v_shape, p_shape,
-                               after=out.code == INDEX_MAP, dtype=dtype)
-            if known is not None:
-                return convert(Partial(1, c_shape, p_shape, known), code, dtype)
         placed = math.prod(c_shape) * math.prod(p_shape)
         if out.code == INDEX_MAP:
             dense = _apply_on_v(out.value, _gathered(densify(inp, dtype), placed))

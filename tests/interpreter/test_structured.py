@@ -299,34 +299,6 @@ def test_known_patterns_are_selected_onto_their_supports_with_the_same_numbers()
     np.testing.assert_array_equal(got, expected)
 
 
-def test_a_map_after_weights_per_entry_reads_them_where_its_matrix_is_known(monkeypatch):
-    # A sum over 6 x 3 entries after a weight per entry (too many to split, PLACED_SPLIT_MAX): with
-    # the map's matrix and the pattern known while tracing, each result entry reads its weights by
-    # constant gathers (no [v, p] array materialised); the same numbers as the dense product.
-    from alphagrad.interpreter import _structured
-
-    called = []
-    original = _structured._map_known
-    monkeypatch.setattr(_structured, "_map_known", lambda *a, **k: called.append(original(*a, **k)) or called[-1])
-    weights_shape = (6, 3)
-    targets = np.repeat(np.arange(6), 3)  # row sums: [6, 3] -> [6, 1]
-    row_sum = scatter_add_map(weights_shape, (6, 1), jnp.asarray(targets))
-    spread = scatter_add_map((2, 3), weights_shape, jnp.array([0, 4, 7, 9, 17, 4]))  # [2, 3] -> [6, 3]
-
-    def run(w):
-        diagonal = Partial(6, weights_shape, weights_shape, w)  # diag(w): a weight per entry
-        placed = multiply(diagonal, spread, 1, MultiplicationCounter(), jnp.float64)
-        assert isinstance(placed.value, Placed)
-        summed = multiply(row_sum, placed, 1, MultiplicationCounter(), jnp.float64)
-        read = jnp.where(jnp.isnan(w), 0.0, w)  # the NaN is read by no entry (0 * NaN in a matmul is not)
-        return dense(summed), dense(row_sum) @ (read.reshape(-1, 1) * dense(spread))
-
-    w = jnp.asarray(np.random.default_rng(11).normal(size=weights_shape)).at[5, 0].set(np.nan)
-    got, expected = jax.jit(run)(w)
-    assert called and called[-1] is not None
-    np.testing.assert_allclose(got, expected, atol=1e-12)
-
-
 def test_indices_built_inside_f_give_index_maps_known_while_tracing(monkeypatch):
     # x.at[jnp.array(...)]: the index arrays are equations of f on constants, evaluated while tracing
     # (`_jacobian._bind_constant`), so the scatters' matrices are known then and the Jacobian's
