@@ -181,10 +181,9 @@ def _at_trace_time(fn: Callable[[], jax.Array], entries: int):
     fn() traced as usual."""
     if entries > PATTERN_AT_TRACE_TIME_MAX:
         return fn()
-    # One compilation for all of fn, traced on its own (evaluated eagerly, JAX compiles each of its
-    # operations apart the first time: 54 small compilations, 2 s under load, for `scattered`). A
-    # traced value fn closes over (indices passed to f) cannot leave its trace: then fn is traced
-    # here, as it is.
+    # fn is traced to one program, evaluated in NumPy or compiled as a whole (evaluated eagerly, JAX
+    # compiles each of its operations apart the first time: 54 small compilations, 2 s under load,
+    # for `scattered`). Where it reads a traced value (indices passed to f), it is traced as usual.
     closed = jax.make_jaxpr(fn)()
     if any(isinstance(c, jax.core.Tracer) for c in closed.consts):
         return fn()
@@ -194,6 +193,8 @@ def _at_trace_time(fn: Callable[[], jax.Array], entries: int):
         return result[0]
     key = (str(closed.jaxpr), tuple((c.shape, str(c.dtype), c.tobytes()) for c in consts))
     if key not in _COMPILED_PATTERNS:
+        if len(_COMPILED_PATTERNS) >= COMPILED_PATTERNS_MAX:
+            _COMPILED_PATTERNS.clear()  # a long process tracing many functions: start over
         _COMPILED_PATTERNS[key] = jax.jit(lambda: jaxpr_as_fun(closed)()[0]).lower().compile()
     return np.asarray(_COMPILED_PATTERNS[key]())
 
@@ -202,6 +203,7 @@ def _at_trace_time(fn: Callable[[], jax.Array], entries: int):
 #: computation recurs within a Jacobian (171 patterns of 50 distinct programs over eight corpus
 #: functions).
 _COMPILED_PATTERNS: dict[tuple, Any] = {}
+COMPILED_PATTERNS_MAX = 1024
 
 
 def _numpy_eval(jaxpr, consts: list[np.ndarray], args: list[np.ndarray] = ()) -> list[np.ndarray] | None:
