@@ -34,7 +34,22 @@ from alphagrad.graph._orders import (
 from alphagrad.graph._reference import ReferenceInfo, load_reference, reference_info, reference_names
 from alphagrad.graph._rules import LINEARISED_INDEX_MAPS, edge_codes
 from alphagrad.graph._rules import normalise as normalise_shape
-from alphagrad.graph._structure import INDEX_MAP, VALUELESS, ProductPlan, Structure, product_plan, structure_of
+from alphagrad.graph._structure import (
+    FIRST_EXTENDED_CODE,
+    INDEX_MAP,
+    VALUELESS,
+    AxisProduct,
+    AxisTies,
+    ProductPlan,
+    Structure,
+    axis_product,
+    axis_sum,
+    axis_ties,
+    axis_ties_of,
+    code_of_axis_ties,
+    product_plan,
+    structure_of,
+)
 from alphagrad.graph._trace import (
     INTERPRETER_COST_MODEL,
     Equation,
@@ -61,6 +76,14 @@ __all__ = [
     "Eliminator",
     "Graph",
     "INDEX_MAP",
+    "FIRST_EXTENDED_CODE",
+    "AxisProduct",
+    "AxisTies",
+    "axis_product",
+    "axis_sum",
+    "axis_ties",
+    "axis_ties_of",
+    "code_of_axis_ties",
     "INTERPRETER_COST_MODEL",
     "LeafRef",
     "MAX_CODE",

@@ -769,7 +769,7 @@ def _trace(
 #: Programs of at most this many equations describe the partials between arrays of rank 3 or
 #: more by labelled structures (`_labelled`); larger ones keep the 2-D codes of the normalised
 #: shapes, which the interpreter's compact tape (from 200 equations on) executes.
-LABELLED_MAX_EQUATIONS = -1  # off until the interpreter executes labelled structures
+LABELLED_MAX_EQUATIONS = 199
 
 
 def _operand_shape(op: Operand, node_shape: dict[int, tuple], leaf_avals) -> tuple:

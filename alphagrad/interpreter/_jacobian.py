@@ -17,6 +17,7 @@ from jax.extend.core.primitives import closed_call_p
 from alphagrad import orders as orders_lib
 from alphagrad.errors import AlphagradError, AuxOutputError, TraceError, UnsupportedPrimitiveError
 from alphagrad.graph import (
+    FIRST_EXTENDED_CODE,
     INDEX_MAP,
     LINEARISED_INDEX_MAPS,
     VALUELESS,
@@ -30,6 +31,7 @@ from alphagrad.graph import (
     Step,
     ValueRef,
     bind_python_leaves,
+    cost_model_of,
     cost_models,
     jacobian_graph,
     plan,
@@ -38,6 +40,7 @@ from alphagrad.graph import (
     structure_of,
 )
 from alphagrad.interpreter import _loops, _tape
+from alphagrad.interpreter._labelled import Labelled, labelled_partial
 from alphagrad.interpreter._structured import (
     _NUMPY_RULES,
     IndexMap,
@@ -378,6 +381,21 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
     return Partial(code, out_shape, in_shape, value)
 
 
+def _labelled_partial_of(graph: Graph, eqn: Equation, values: list[Any], positions: list[int], edge,
+                         output: int) -> Partial:
+    """The partial of an edge with a labelled structure (code 12 on: `graph.Graph.structures`),
+    between the structural dims of its two arrays (`_labelled.labelled_partial`)."""
+    x = values[positions[0]]
+
+    def of_operand(y):
+        return _bind_all(eqn, [y if i in positions else v for i, v in enumerate(values)])[output]
+
+    ties = graph.structures[edge.code - FIRST_EXTENDED_CODE]
+    value = labelled_partial(of_operand, x, ties, graph.dims[edge.dst - 1], graph.dims[edge.src - 1],
+                             jnp.result_type(x))
+    return Partial(edge.code, edge.out_shape, edge.in_shape, value)
+
+
 def _dense_partials(eqn: Equation, values: list[Any], sources: Mapping[int, tuple[list[int], tuple]],
                     outputs: list[int], out_shapes: list) -> tuple[tuple, dict[int, list[Partial]]]:
     """Dense partials (code 1) of outputs of an equation without a structural rule w.r.t. each of its
@@ -696,7 +714,10 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                 for e in incoming.get(out.node, ()) if out.node is not None else ():
                     positions = [i for i, op in enumerate(eqn.operands) if op.node == e.src]
                     try:
-                        partial = _partial_of(eqn, values, positions, e.code, e.out_shape, e.in_shape, k)
+                        if e.code >= FIRST_EXTENDED_CODE:
+                            partial = _labelled_partial_of(graph, eqn, values, positions, e, k)
+                        else:
+                            partial = _partial_of(eqn, values, positions, e.code, e.out_shape, e.in_shape, k)
                     except AlphagradError:
                         raise
                     except Exception as err:  # noqa: BLE001 - a missing JVP rule has many types
@@ -767,6 +788,11 @@ def _bind_constant(eqn: Equation, values: list[Any]) -> list[Any]:
 
 def _is_elementwise(partial: Partial) -> bool:
     """Whether `partial` ties v and p entry by entry (same shape) with a value per entry."""
+    if isinstance(partial.value, Labelled):  # a diagonal on every axis of equal dims
+        value = partial.value
+        return (value.out_dims == value.in_dims and value.ties.has_values
+                and len(value.ties.ties) == len(value.out_dims)
+                and all(o == i and kind == "D" for o, i, kind in value.ties.ties))
     if partial.out_shape != partial.in_shape or not hasattr(partial.value, "shape"):
         return False
     if partial.code == 6:  # diagonal on both axes: the value array has v's shape
@@ -821,9 +847,11 @@ def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial]
             discarded[u] = every
     for (p, u), partial in list(edges.items()):
         if u in discarded and _is_elementwise(partial):
-            value = partial.value
+            labelled = isinstance(partial.value, Labelled)
+            value = partial.value.values if labelled else partial.value
             drop = discarded[u].reshape(np.shape(value))
-            edges[(p, u)] = partial._replace(value=jnp.where(drop, jnp.zeros((), value.dtype), value))
+            value = jnp.where(drop, jnp.zeros((), value.dtype), value)
+            edges[(p, u)] = partial._replace(value=partial.value._replace(values=value) if labelled else value)
 
 
 def _replay(graph: Graph, steps: Sequence[Step], edges: dict[tuple[int, int], Partial],
@@ -836,12 +864,18 @@ def _replay(graph: Graph, steps: Sequence[Step], edges: dict[tuple[int, int], Pa
     model, so a mismatch is a bug, reported as an AlphagradError naming the vertex.
     """
     performed = []
+    labelled = cost_model_of(graph) if graph.structures else None
     for step in steps:
         for planned in step.products:
             p, v, c = planned.pred, planned.vertex, planned.succ
             out, inp = edges[(v, c)], edges[(p, v)]
             before = counter.total
             product = multiply(out, inp, planned.code, counter, dtype)
+            if labelled is not None and product.code >= FIRST_EXTENDED_CODE and (
+                    labelled.structures[product.code - FIRST_EXTENDED_CODE] != product.value.ties):
+                raise AlphagradError(
+                    f"internal error while eliminating {graph.describe_vertex(step.vertex)}: the product's structure "
+                    f"{product.value.ties} is not that of code {product.code} in the engine's model; please report this")
             old = edges.get((p, c))
             edges[(p, c)] = product if old is None else add(old, product, planned.sum_code, dtype)
             done = Product(p, v, c, inp.code, out.code, product.code, 0 if old is None else old.code,

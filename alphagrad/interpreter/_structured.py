@@ -19,6 +19,8 @@ import numpy as np
 from jax.extend.core import jaxpr_as_fun
 
 from alphagrad.graph import INDEX_MAP, VALUELESS, product_plan, structure_of
+from alphagrad.graph import FIRST_EXTENDED_CODE, axis_sum
+from alphagrad.interpreter._labelled import Labelled, as_index_map, densify_labelled, labelled_product, relayout
 
 __all__ = [
     "IndexMap", "Partial", "Placed", "Term", "MultiplicationCounter", "multiply", "add", "densify", "convert",
@@ -126,6 +128,8 @@ def _identity_map(code: int, out_shape: Shape2D, in_shape: Shape2D) -> IndexMap:
 def densify(partial: Partial, dtype) -> jax.Array:
     """The full [v1, v2, p1, p2] tensor, built by selection and broadcasting (no multiplications)."""
     (o1, o2), (p1, p2) = partial.out_shape, partial.in_shape
+    if isinstance(partial.value, Labelled):
+        return densify_labelled(partial.value, dtype).reshape(o1, o2, p1, p2)
     if isinstance(partial.value, Placed):
         return _materialise(partial.value, (o1, o2, p1, p2), dtype)
     if partial.code == INDEX_MAP:
@@ -331,6 +335,8 @@ def convert(partial: Partial, code: int, dtype) -> Partial:
     """The same partial laid out as a less structured `code` (free: selection only)."""
     if partial.code == code:
         return partial
+    if isinstance(partial.value, Labelled) and code == 1:
+        return Partial(1, partial.out_shape, partial.in_shape, densify(partial, dtype))
     if code == 1 and (partial.code == INDEX_MAP or partial.code in VALUELESS):
         return Partial(1, partial.out_shape, partial.in_shape, Placed(tuple(_terms(partial, dtype))))
     dense = densify(partial, dtype)
@@ -341,6 +347,10 @@ def convert(partial: Partial, code: int, dtype) -> Partial:
 
 def add(old: Partial, new: Partial, code: int, dtype) -> Partial:
     """old + new, laid out as `code` (the cost model's sum code). Additions are free."""
+    if code >= FIRST_EXTENDED_CODE:  # two labelled partials: the ties both share
+        ties = axis_sum(old.value.ties, new.value.ties)
+        a, b = relayout(old.value, ties, dtype), relayout(new.value, ties, dtype)
+        return Partial(code, old.out_shape, old.in_shape, a._replace(values=jnp.asarray(a.values, dtype) + b.values))
     if code == 1:
         terms_old, terms_new = _terms(old, dtype), _terms(new, dtype)
         if terms_old is not None and terms_new is not None:
@@ -359,7 +369,7 @@ def _compose(first: IndexMap, second: IndexMap) -> IndexMap:
 def _paired(code: int) -> dict[int, int] | None:
     """For a code whose ties pair every v entry with one p entry (a permutation, here an identity or
     a transpose, times a weight per entry): v position -> its tied p position; else None."""
-    if code == INDEX_MAP or code == 0:
+    if code == INDEX_MAP or code == 0 or code >= FIRST_EXTENDED_CODE:
         return None
     partner = {a: b for a, b, _ in structure_of(code).ties}
     return partner if set(partner) == {1, 2} else None
@@ -552,6 +562,8 @@ def _unplaced(partial: Partial, dtype) -> Partial:
 
 def _terms(partial: Partial, dtype) -> list[Term] | None:
     """`partial` as `Term`s (index maps, identities, permutations times weights, `Placed`), or None."""
+    if isinstance(partial.value, Labelled):
+        return None
     if isinstance(partial.value, Placed):
         return list(partial.value.terms)
     if partial.code in VALUELESS:
@@ -790,6 +802,15 @@ def contract(letters_a: str, a: jax.Array, letters_b: str, b: jax.Array, result:
 def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCounter, dtype) -> Partial:
     """The product out(v->c) @ in(p->v), laid out as `code` (the cost model's product code)."""
     c_shape, v_shape, p_shape = out.out_shape, out.in_shape, inp.in_shape
+    if isinstance(out.value, Labelled) or isinstance(inp.value, Labelled):
+        if INDEX_MAP not in (out.code, inp.code):
+            result, value = labelled_product(out, inp, counter, dtype, code, lambda x: densify(x, dtype))
+            return Partial(result, c_shape, p_shape, value)
+        # With an index map: a relabelling is one too, a labelled partial with values is dense.
+        out, inp = (x if not isinstance(x.value, Labelled) else
+                    Partial(INDEX_MAP, x.out_shape, x.in_shape, as_index_map(x.value, x.out_shape, x.in_shape))
+                    if x.value.values is None and not x.value.ties.has_values else
+                    Partial(1, x.out_shape, x.in_shape, densify(x, dtype)) for x in (out, inp))
     moves_only = {INDEX_MAP} | VALUELESS
     lazy_out, lazy_in = isinstance(out.value, Placed), isinstance(inp.value, Placed)
     if out.code == INDEX_MAP or inp.code == INDEX_MAP:

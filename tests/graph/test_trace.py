@@ -10,6 +10,7 @@ import pytest
 
 from alphagrad import graph, tasks
 from alphagrad.errors import AlphagradError, TraceError, UnsupportedPrimitiveError
+from alphagrad.graph._structure import axis_ties
 
 
 def edge_map(g):
@@ -188,7 +189,10 @@ def test_three_dimensional_arrays_are_refused_by_the_2024_model_only():
     g = graph.trace(jnp.sin, jnp.ones((2, 2, 2)))  # the default model: exact where arrays are 3-D
     assert g.cost_model == "exact" and graph.trace(jnp.sin, jnp.ones((2, 2))).cost_model == "alphagrad-2024"
     assert g.input_shapes == ((2, 4),) and [v.shape for v in g.vertices] == [(2, 4)]
-    assert edge_map(g)[(1, 2)].code == 6  # elementwise: still diagonal once the trailing axes are flattened
+    # Elementwise: a diagonal over all three axes, a labelled structure (code 12 on).
+    code = edge_map(g)[(1, 2)].code
+    assert code >= 12 and g.dims == ((2, 2, 2), (2, 2, 2))
+    assert g.structures[code - 12] == axis_ties(3, 3, [(k, k, "D") for k in range(3)])
 
     def f(x):
         return jnp.sum(jnp.sin(x.reshape(2, 2, 2)), axis=(1, 2))

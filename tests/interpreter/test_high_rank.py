@@ -1,4 +1,4 @@
-"""Arrays of 3 or more dimensions: leading axis kept, the rest flattened (exact model), exact Jacobians."""
+"""Arrays of 3 or more dimensions: partials by labelled axes (exact model), exact Jacobians."""
 
 import jax
 import jax.numpy as jnp
@@ -80,26 +80,44 @@ def test_high_rank_under_jit_with_auto(monkeypatch, tmp_path):
     assert_close(got, jax.jacrev(f, argnums=argnums)(*args))
 
 
-def test_flattening_keeps_elementwise_diagonal_and_data_movement_free():
+def _structure(g, src: int, dst: int):
+    code = {(e.src, e.dst): e.code for e in g.edges}[(src, dst)]
+    return g.structures[code - graph.FIRST_EXTENDED_CODE] if code >= graph.FIRST_EXTENDED_CODE else code
+
+
+def test_elementwise_is_diagonal_and_data_movement_free_on_every_axis():
     def f(x):
         return jnp.transpose(jnp.exp(x), (1, 0, 2)).reshape(6, 4)
 
     g = graph.trace(f, jnp.ones((2, 3, 4)), cost_model="exact")
-    codes = {(e.src, e.dst): e.code for e in g.edges}
-    assert codes[(1, 2)] == 6  # exp: diagonal over the (2, 12) flattened entries
-    assert codes[(2, 3)] == 11  # a rank-3 permutation is an index map, not an identity
+    # exp: a diagonal on each of the three axes; the transpose a relabelling of them (no values);
+    # the reshape into (6, 4) an identity, its result split as (3, 2, 4) like its operand.
+    assert _structure(g, 1, 2) == graph.axis_ties(3, 3, [(k, k, "D") for k in range(3)])
+    assert _structure(g, 2, 3) == graph.axis_ties(3, 3, [(0, 1, "K"), (1, 0, "K"), (2, 2, "K")], False)
+    assert _structure(g, 3, 4) == graph.axis_ties(3, 3, [(k, k, "K") for k in range(3)], False)
+    assert g.dims[3] == (3, 2, 4)
     # Moving exp's diagonal through the permutation and the reshape multiplies nothing.
     assert graph.cost(g, "forward") == graph.cost(g, "reverse") == 0
     x = jnp.linspace(0.1, 1.0, 24).reshape(2, 3, 4)
     assert_close(interpreter.jacobian(f, "forward")(x), jax.jacfwd(f)(x))
 
 
-def test_leading_axis_ties_survive_flattening():
-    # A batched matmul and a convolution treat every example alike: their partials are tied along
-    # the batch axis (2: values along it; -2: the same for every example), not dense.
+def test_contractions_tie_batch_and_free_axes():
+    # A batched matmul ties the batch axis with values (the other operand's entries along it) and
+    # each operand's free axis by a Kronecker delta (the other operand, the same along it); a
+    # convolution treats every example alike (a Kronecker tie along the batch), its kernel dense.
     g = graph.trace(batched_matmul, jnp.ones((2, 3, 4)), jnp.ones((2, 4, 5)), cost_model="exact")
-    first = g.vertices[0]
-    assert first.shape == (2, 15)
-    assert {e.src: e.code for e in g.edges if e.dst == g.node_id(first.number)} == {1: 2, 2: 2}
+    first = g.node_id(1)
+    assert _structure(g, 1, first) == graph.axis_ties(3, 3, [(0, 0, "D"), (1, 1, "K")])
+    assert _structure(g, 2, first) == graph.axis_ties(3, 3, [(0, 0, "D"), (2, 2, "K")])
     g = graph.trace(conv2d, jnp.ones((2, 2, 4, 4)), jnp.ones((3, 2, 3, 3)), cost_model="exact")
-    assert {e.src: e.code for e in g.edges if e.dst == g.node_id(1)} == {1: -2, 2: 1}
+    assert _structure(g, 1, g.node_id(1)) == graph.axis_ties(4, 4, [(0, 0, "K")])
+    assert _structure(g, 2, g.node_id(1)) == 1
+
+
+def test_labelled_graphs_never_reach_the_tape():
+    # The compact tape executes the 2-D codes only: programs large enough for it keep them.
+    from alphagrad.graph import _trace
+    from alphagrad.interpreter import _tape
+
+    assert _trace.LABELLED_MAX_EQUATIONS < _tape.TAPE_MIN_EQUATIONS
