@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alphagrad.errors import AlphagradError
-from alphagrad.graph import MIN_CODE, CostModel, Graph
+from alphagrad.graph import MIN_CODE, CostModel, Graph, cost_model_of
 from alphagrad.graph import cost_model as _load_cost_model
 
 __all__ = [
@@ -203,14 +203,20 @@ _TABLES: dict[str, _Tables] = {}
 def _graph_tables(graph: Graph) -> tuple[CostModel, np.ndarray, np.ndarray]:
     """The graph-side inputs of the env, read in this one place: (the graph's cost model (C codes,
     rank R = mask.shape[2] // 3), as_source int[num_inputs + num_vertices + 1, R], as_destination
-    int[same]) with the dims of `Graph.node_shapes` (row = node id, row 0 unused).
+    int[same]) with the dims of `Graph.node_dims` (row = node id, row 0 unused).
+
+    A graph with labelled structures (arrays of rank 3 or more) is scored by its labelled model,
+    closed here into fixed tables (`graph.LabelledCostModel.tables`).
 
     Raises:
       ValueError: two edges disagree about a node's dims (not a valid elimination graph).
-      AlphagradError: the graph names an unknown cost model.
+      AlphagradError: the graph names an unknown cost model, or its labelled structures do not
+        close within the codes the env's int8 code matrix holds.
     """
-    model = _load_cost_model(graph.cost_model)
-    as_source, as_destination = graph.node_shapes()
+    model = cost_model_of(graph)
+    if not isinstance(model, CostModel):  # a labelled model names products on demand: close it
+        model = model.tables()
+    as_source, as_destination = graph.node_dims()
     return model, as_source, as_destination
 
 
