@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from alphagrad import env as env_lib
-from alphagrad.graph import Graph
+from alphagrad.errors import AlphagradError
+from alphagrad.graph import CostModel, Graph, cost_model_of
 
 __all__ = ["Evaluator", "evaluator", "order_seconds"]
 
@@ -107,12 +109,19 @@ def _backend_of(graph: Graph, backend: str) -> str:
 def order_seconds(graph: Graph, *, backend: str = "auto") -> float:
     """Predicted seconds to score one complete order of `graph` on the batched core (conservative).
 
-    Each of the T steps of an order touches the whole state: (V + I) x ceil(V / 32) bit words on
+    Infinite where the batched cores cannot hold the graph at all (labelled structures whose
+    tables do not close within the env's codes). Each of the T steps of an order touches the whole state: (V + I) x ceil(V / 32) bit words on
     the bitset core, the (V + I) x V code matrix on the env core. So a step grows with V² and an
     order with T·V²: about 0.3 ms per order at 200 vertices on the bitset core but 30 ms at 1,000
     and 3 s at 10,000, where annealing and beam search cannot score enough orders to matter (and
     the env core's state alone would take 400 MB per order scored at once).
     """
+    model = cost_model_of(graph)
+    if not isinstance(model, CostModel):  # labelled structures: the env needs them closed
+        try:
+            model.tables()
+        except AlphagradError:
+            return math.inf  # the batched cores cannot hold this graph's tables
     backend = _backend_of(graph, backend)
     V, N = graph.num_vertices, graph.num_vertices + graph.num_inputs
     cells = N * max(1, (V + 31) // 32) if backend == "bitset" else N * V

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from alphagrad.errors import AlphagradError, OrderError
-from alphagrad.graph._graph import Graph, Shape2D
+from alphagrad.graph._graph import Graph
 
 __all__ = [
     "CODES",
@@ -172,6 +172,8 @@ class LabelledCostModel:
         self._given = tuple(structures)
         self.algebra = LabelledAlgebra(self._given, rank)
         self.rank = self.algebra.rank
+        self._closure_failed: int | None = None  # the limit a closure exceeded (not tried again)
+        self._closure_error: AlphagradError | None = None
 
     @property
     def structures(self) -> tuple:
@@ -209,14 +211,18 @@ class LabelledCostModel:
         """
         from alphagrad.graph._structure import extended_tables
 
+        if self._closure_failed is not None and limit <= self._closure_failed:
+            raise self._closure_error
         try:
             t = extended_tables(self._given, self.rank, limit)
         except ValueError as err:
-            raise AlphagradError(
+            self._closure_failed = limit
+            self._closure_error = AlphagradError(
                 f"the graph's labelled structures do not close within {limit} codes ({err}); the jitted "
                 "environment cannot hold its tables: use the Python engine (graph.Eliminator, the heuristics, "
                 "the gymnasium env's python backend) for this graph"
-            ) from err
+            )
+            raise self._closure_error from err
         return CostModel("exact", t.mask, t.mul.astype(np.int32), t.add.astype(np.int32),
                          unit_pairs=t.unit_pairs, structures=t.structures)
 

@@ -232,12 +232,14 @@ def seeded_graph(g, side: str):
         edges = [Edge(e.src + 1, e.dst + 1, e.code, e.out_shape, e.in_shape) for e in g.edges]
         edges += [Edge(1, i + 2, 1, shape, (1, 1)) for i, shape in enumerate(g.input_shapes)]
         return Graph(1, ((1, 1),), tuple(vertices), tuple(edges), tuple(o + k for o in g.outputs), g.cost_model,
-                     f"{g.name} (one column)")
+                     f"{g.name} (one column)", structures=g.structures,
+                     dims=((1, 1), *g.dims) if g.dims else ())
     shapes = {v.number: v.shape for v in g.vertices}
     t = g.num_vertices + 1
     edges = [*g.edges, *(Edge(g.node_id(o), g.node_id(t), 1, (1, 1), shapes[o]) for o in dict.fromkeys(g.outputs))]
     return Graph(g.num_inputs, g.input_shapes, (*g.vertices, Vertex(t, "cotangent", (1, 1))), tuple(edges), (t,),
-                 g.cost_model, f"{g.name} (one row)")
+                 g.cost_model, f"{g.name} (one row)", structures=g.structures,
+                 dims=(*g.dims, (1, 1)) if g.dims else ())
 
 
 #: A scan too long to unroll keeps its loop as a chain product only where that needs at most

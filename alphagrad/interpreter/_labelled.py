@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alphagrad.graph import (
-    INDEX_MAP,
+    FIRST_EXTENDED_CODE,
     VALUELESS,
     AxisTies,
     axis_product,
@@ -209,7 +209,7 @@ def labelled_product(out, inp, counter, dtype, planned: int, dense_of: Callable)
         values = jnp.einsum(f"{letters}->{plan.result_letters}", values)
     else:
         counter.add(1 if plan.unit else math.prod(sizes[c] for c in set(plan.out_letters) | set(plan.in_letters)))
-        from alphagrad.interpreter._structured import contract
+        from alphagrad.interpreter._structured import contract  # here: _structured imports this module
 
         values = contract(plan.out_letters, jnp.asarray(a.values, dtype), plan.in_letters,
                           jnp.asarray(b.values, dtype), plan.result_letters)
@@ -223,7 +223,7 @@ def labelled_product(out, inp, counter, dtype, planned: int, dense_of: Callable)
     if code == DENSE:  # no ties: the full tensor, laid out [c..., p...] = [c1, c2, p1, p2] flat
         c_shape, p_shape = out.out_shape, inp.in_shape
         return code, jnp.asarray(values, dtype).reshape(*c_shape, *p_shape)
-    if code < 12:  # ranks (2, 2): the 2-D code's layout is the same value array
+    if code < FIRST_EXTENDED_CODE:  # ranks (2, 2): the 2-D code's layout is the same value array
         return code, values
     return code, Labelled(result, c_dims, p_dims, values)
 
