@@ -119,7 +119,7 @@ def order_seconds(graph: Graph, *, backend: str = "auto") -> float:
     model = cost_model_of(graph)
     if not isinstance(model, CostModel):  # labelled structures: the env needs them closed
         try:
-            model.tables()
+            model.tables(graph)
         except AlphagradError:
             return math.inf  # the batched cores cannot hold this graph's tables
     backend = _backend_of(graph, backend)

@@ -215,7 +215,7 @@ def _graph_tables(graph: Graph) -> tuple[CostModel, np.ndarray, np.ndarray]:
     """
     model = cost_model_of(graph)
     if not isinstance(model, CostModel):  # a labelled model names products on demand: close it
-        model = model.tables()
+        model = model.tables(graph)
     as_source, as_destination = graph.node_dims()
     return model, as_source, as_destination
 

@@ -174,6 +174,7 @@ class LabelledCostModel:
         self.rank = self.algebra.rank
         self._closure_failed: int | None = None  # the limit a closure exceeded (not tried again)
         self._closure_error: AlphagradError | None = None
+        self._tables: dict = {}  # graph fingerprint (None: the closure) -> CostModel
 
     @property
     def structures(self) -> tuple:
@@ -203,14 +204,30 @@ class LabelledCostModel:
     def sum_code(self, old_code: int, new_code: int) -> int:
         return self.algebra.sum(old_code, new_code)
 
-    def tables(self, limit: int = 128 - 22) -> CostModel:
-        """The closed tables (all products and sums of all codes) as a `CostModel`.
+    def tables(self, graph: Graph | None = None, limit: int = 128 - 22) -> CostModel:
+        """Fixed tables as a `CostModel`: of the codes the eliminations of `graph` can meet (sums
+        of products along its paths, `graph._structure.reachable_tables`), or where that is too
+        much work or no graph is given, of every product and sum of every code (the closure).
 
         Raises:
-          AlphagradError: the closure has more than `limit` labelled structures.
+          AlphagradError: more than `limit` labelled structures.
         """
-        from alphagrad.graph._structure import extended_tables
+        from alphagrad.graph._structure import extended_tables, reachable_tables
 
+        key = graph.fingerprint if graph is not None else None
+        if key in self._tables:
+            return self._tables[key]
+        if graph is not None:
+            edges = [(e.src, e.dst, e.code) for e in graph.edges]
+            intermediates = {graph.node_id(k) for k in graph.intermediates}
+            try:
+                t = reachable_tables(self._given, self.rank, edges, intermediates, limit)
+            except ValueError:
+                t = None
+            if t is not None:
+                self._tables[key] = CostModel("exact", t.mask, t.mul.astype(np.int32), t.add.astype(np.int32),
+                                              unit_pairs=t.unit_pairs, structures=t.structures)
+                return self._tables[key]
         if self._closure_failed is not None and limit <= self._closure_failed:
             raise self._closure_error
         try:
@@ -223,8 +240,9 @@ class LabelledCostModel:
                 "the gymnasium env's python backend) for this graph"
             )
             raise self._closure_error from err
-        return CostModel("exact", t.mask, t.mul.astype(np.int32), t.add.astype(np.int32),
-                         unit_pairs=t.unit_pairs, structures=t.structures)
+        self._tables[key] = CostModel("exact", t.mask, t.mul.astype(np.int32), t.add.astype(np.int32),
+                                      unit_pairs=t.unit_pairs, structures=t.structures)
+        return self._tables[key]
 
 
 @functools.lru_cache(maxsize=64)

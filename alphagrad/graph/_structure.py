@@ -25,7 +25,7 @@ from typing import NamedTuple
 __all__ = [
     "Structure", "structure_of", "code_of", "ProductPlan", "product_plan", "sum_code", "exact_tables",
     "AxisTies", "axis_ties", "AxisProduct", "axis_product", "axis_sum", "axis_ties_of", "code_of_axis_ties",
-    "FIRST_EXTENDED_CODE", "ExtendedTables", "extended_tables", "LabelledAlgebra",
+    "FIRST_EXTENDED_CODE", "ExtendedTables", "extended_tables", "LabelledAlgebra", "reachable_tables",
 ]
 
 # Codes -10..11 that describe a tensor by ties; 11 (an index map) and 0 (no edge) are not such codes.
@@ -518,3 +518,98 @@ def extended_tables(structures: tuple[AxisTies, ...], rank: int, limit: int = MA
     for arr in (mask, mul, add):
         arr.setflags(write=False)
     return ExtendedTables(algebra.rank, tuple(algebra.structures), mask, mul, add, frozenset(unit))
+
+
+def _tables_of(algebra: LabelledAlgebra, count: int) -> ExtendedTables:
+    """Tables of the first `count` - 22 labelled codes of `algebra`; a product or sum naming a code
+    beyond them (pairs that never meet) is left dense, with no multiplications."""
+    import numpy as np
+
+    limit = FIRST_EXTENDED_CODE + count - len(_BASE_CODES)
+    codes = list(_BASE_CODES) + list(range(FIRST_EXTENDED_CODE, limit))
+    mask = np.zeros((count, count, 3 * algebra.rank), dtype=bool)
+    mul = np.zeros((count, count), dtype=np.int64)
+    add = np.zeros((count, count), dtype=np.int64)
+    unit = set()
+    for i in codes:
+        for o in codes:
+            a, b = i + 10, o + 10
+            summed = algebra.sum(i, o)
+            add[a, b] = summed if summed < limit else DENSE
+            if i == 0 or o == 0:
+                continue
+            bits, result, is_unit = algebra.product(i, o)
+            if result >= limit:
+                mul[a, b] = DENSE
+                continue
+            mask[a, b, list(bits)] = True
+            mul[a, b] = result
+            if is_unit:
+                unit.add((i, o))
+    for arr in (mask, mul, add):
+        arr.setflags(write=False)
+    return ExtendedTables(algebra.rank, tuple(algebra.structures[: count - len(_BASE_CODES)]), mask, mul, add,
+                          frozenset(unit))
+
+
+def reachable_tables(structures: tuple[AxisTies, ...], rank: int, edges, intermediates, limit: int,
+                     work: int = 2_000_000) -> ExtendedTables | None:
+    """The tables of the codes eliminations of one graph can meet, or None past `work` products.
+
+    Every code an edge p->c can carry after eliminations is a sum of products along paths from p
+    to c: S(p, c) holds the edge's own code, every product of a code of S(p, v) and one of S(v, c)
+    for an intermediate v between them, and their sums. Node ids are in topological order, so S is
+    computed by increasing c and decreasing p. Pairs of codes that never meet at a vertex get
+    placeholder entries (`_tables_of`).
+
+    Args:
+      structures: the graph's labelled structures (codes 12, ... in order).
+      rank: R.
+      edges: (src, dst, code) of the graph's edges.
+      intermediates: node ids of the vertices an order eliminates.
+      limit: the most labelled codes the tables may hold.
+      work: products to try at most.
+
+    Raises:
+      ValueError: more than `limit` labelled codes can be met.
+    """
+    algebra = LabelledAlgebra(tuple(structures), rank)
+    succs: dict[int, dict[int, set[int]]] = {}
+    preds: dict[int, set[int]] = {}
+    for src, dst, code in edges:
+        if code:
+            succs.setdefault(src, {})[dst] = {code}
+            preds.setdefault(dst, set()).add(src)
+    nodes = sorted(set(succs) | set(preds))
+    reach: dict[tuple[int, int], set[int]] = {}  # (p, c) -> codes, for p reaching c
+    tried = 0
+    for c in nodes:
+        sources = set(preds.get(c, ()))
+        frontier = list(sources)
+        while frontier:  # every node reaching c
+            u = frontier.pop()
+            for q in preds.get(u, ()):
+                if q not in sources:
+                    sources.add(q)
+                    frontier.append(q)
+        for p in sorted(sources, reverse=True):
+            codes = set(succs.get(p, {}).get(c, ()))
+            for v in intermediates:
+                if p < v < c and (v, c) in reach and (p, v) in reach:
+                    for a in reach[(p, v)]:
+                        for b in reach[(v, c)]:
+                            codes.add(algebra.product(a, b)[1])
+                    tried += len(reach[(p, v)]) * len(reach[(v, c)])
+                    if tried > work:
+                        return None
+            closed = set(codes)
+            while True:  # sums of the codes an edge may add up
+                new = {algebra.sum(a, b) for a in closed for b in closed} - closed
+                if not new:
+                    break
+                closed |= new
+            if closed:
+                reach[(p, c)] = closed
+            if len(algebra.structures) > limit:
+                raise ValueError(f"the codes the graph's eliminations can meet exceed {limit}")
+    return _tables_of(algebra, len(_BASE_CODES) + len(algebra.structures))
