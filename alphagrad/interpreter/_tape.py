@@ -1670,6 +1670,8 @@ def build(graph: Graph, steps: Sequence[Step]) -> Tape:
     Raises:
       Unsupported: the graph is outside the tape's class (the message says where).
     """
+    if graph.structures:  # labelled structures (rank >= 3 arrays in programs under 200 equations)
+        raise Unsupported("the tape executes the 2-D codes only, not labelled structures")
     try:
         return _Builder(graph, steps).build()
     except TypeError as err:  # an unhashable primitive parameter

@@ -12,14 +12,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from alphagrad import graph, interpreter, tasks
+from alphagrad.graph import _trace
 from alphagrad.interpreter import _jacobian, _tape, _tape_products
 
 
 @pytest.fixture
 def force_tape(monkeypatch):
-    """Every program in the tape's class runs on the tape, however short."""
+    """Every program in the tape's class runs on the tape, however short (and is traced with the
+    2-D codes the tape executes, as programs of its sizes are: no labelled structures)."""
     monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)
     monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
+    monkeypatch.setattr(_trace, "LABELLED_MAX_EQUATIONS", -1)
 
 
 def integrator(s, p):
