@@ -484,8 +484,6 @@ def extended_tables(structures: tuple[AxisTies, ...], rank: int, limit: int = MA
         structures (the closure of a graph of many high-rank structures can be large; the
         elimination engine names products on demand instead, `LabelledAlgebra`).
     """
-    import numpy as np  # here, not at import time: the 2-D path of this module needs no numpy
-
     algebra = LabelledAlgebra(tuple(structures), rank)
     done = 0
     while done < len(_BASE_CODES) + len(algebra.structures):
@@ -498,32 +496,13 @@ def extended_tables(structures: tuple[AxisTies, ...], rank: int, limit: int = MA
                 if len(algebra.structures) > limit:
                     raise ValueError(f"the closure of the graph's structures exceeds {limit} codes")
         done = len(codes)
-    codes = list(_BASE_CODES) + [FIRST_EXTENDED_CODE + k for k in range(len(algebra.structures))]
-    count = len(codes)
-    mask = np.zeros((count, count, 3 * algebra.rank), dtype=bool)
-    mul = np.zeros((count, count), dtype=np.int64)
-    add = np.zeros((count, count), dtype=np.int64)
-    unit = set()
-    for i in codes:
-        for o in codes:
-            a, b = i + 10, o + 10
-            add[a, b] = algebra.sum(i, o)
-            if i == 0 or o == 0:
-                continue
-            bits, result, is_unit = algebra.product(i, o)
-            mask[a, b, list(bits)] = True
-            mul[a, b] = result
-            if is_unit:
-                unit.add((i, o))
-    for arr in (mask, mul, add):
-        arr.setflags(write=False)
-    return ExtendedTables(algebra.rank, tuple(algebra.structures), mask, mul, add, frozenset(unit))
+    return _tables_of(algebra, len(_BASE_CODES) + len(algebra.structures))
 
 
 def _tables_of(algebra: LabelledAlgebra, count: int) -> ExtendedTables:
     """Tables of the first `count` - 22 labelled codes of `algebra`; a product or sum naming a code
     beyond them (pairs that never meet) is left dense, with no multiplications."""
-    import numpy as np
+    import numpy as np  # here, not at import time: the 2-D path of this module needs no numpy
 
     limit = FIRST_EXTENDED_CODE + count - len(_BASE_CODES)
     codes = list(_BASE_CODES) + list(range(FIRST_EXTENDED_CODE, limit))
