@@ -273,13 +273,25 @@ def _np_iota(*, dtype, shape, dimension, **_):
     return np.broadcast_to(np.arange(shape[dimension], dtype=dtype).reshape(index), shape)
 
 
+def _np_broadcast_in_dim(x, shape, broadcast_dimensions):
+    """Operand axis k becomes output axis broadcast_dimensions[k] (in any order), the others new."""
+    if not x.ndim:
+        return np.broadcast_to(x, shape)
+    order = np.argsort(broadcast_dimensions)  # the operand's axes in the order of their output axes
+    x = np.transpose(x, order)
+    kept = sorted(broadcast_dimensions)
+    return np.broadcast_to(np.expand_dims(x, [d for d in range(len(shape)) if d not in kept]), shape)
+
+
 #: NumPy forms of the operations that index maps' patterns are moved by (`_numpy_eval`).
 _NUMPY_RULES: dict[str, Callable] = {
     "jit": None, "pjit": None,  # evaluated recursively
-    "reshape": lambda x, *, new_sizes, **_: np.reshape(x, new_sizes),
+    # A reshape with `dimensions` transposes first (jnp.reshape(x, s, order="F")).
+    "reshape": lambda x, *, new_sizes, dimensions=None, **_: np.reshape(
+        x if dimensions is None else np.transpose(x, dimensions), new_sizes),
     "transpose": lambda x, *, permutation: np.transpose(x, permutation),
-    "broadcast_in_dim": lambda x, *, shape, broadcast_dimensions, **_: np.broadcast_to(
-        np.expand_dims(x, [d for d in range(len(shape)) if d not in broadcast_dimensions]) if x.ndim else x, shape),
+    "broadcast_in_dim": lambda x, *, shape, broadcast_dimensions, **_: _np_broadcast_in_dim(
+        x, shape, broadcast_dimensions),
     "squeeze": lambda x, *, dimensions: np.squeeze(x, tuple(dimensions)),
     "expand_dims": lambda x, *, dimensions: np.expand_dims(x, tuple(dimensions)),
     "convert_element_type": lambda x, *, new_dtype, **_: x.astype(new_dtype),

@@ -345,3 +345,23 @@ def test_patterns_moved_while_tracing_equal_jax_and_stay_traced_on_run_time_indi
         return _structured._at_trace_time(lambda: jnp.asarray(x)[:, i], x.size)
 
     assert isinstance(jax.make_jaxpr(traced)(jnp.array([2, 0])).jaxpr.outvars[0], jax.extend.core.Var)
+
+
+def test_numpy_rules_of_trace_time_patterns_match_jax():
+    """The NumPy forms that move index-map patterns while tracing compute what the primitives do,
+    parameters included (a reshape in column-major order, a broadcast with its axes out of order,
+    negative and interior padding, a reversed cumsum)."""
+    from alphagrad.interpreter._structured import _NUMPY_RULES
+
+    x = np.arange(24.0).reshape(2, 3, 4)
+    cases = [
+        ("reshape", jax.lax.reshape(x, (4, 6), (2, 0, 1)), (x,), dict(new_sizes=(4, 6), dimensions=(2, 0, 1))),
+        ("broadcast_in_dim", jax.lax.broadcast_in_dim(x[0], (4, 5, 3), (2, 0)), (x[0],),
+         dict(shape=(4, 5, 3), broadcast_dimensions=(2, 0))),
+        ("transpose", jnp.transpose(x, (1, 2, 0)), (x,), dict(permutation=(1, 2, 0))),
+        ("pad", jax.lax.pad(x, 0.0, ((1, -1, 1), (0, 2, 0), (-2, 1, 2))), (x, np.float64(0.0)),
+         dict(padding_config=((1, -1, 1), (0, 2, 0), (-2, 1, 2)))),
+        ("cumsum", jax.lax.cumsum(x, 1, reverse=True), (x,), dict(axis=1, reverse=True)),
+    ]
+    for name, expected, operands, params in cases:
+        np.testing.assert_array_equal(_NUMPY_RULES[name](*operands, **params), np.asarray(expected), err_msg=name)
