@@ -894,29 +894,42 @@ def _replay(graph: Graph, steps: Sequence[Step], edges: dict[tuple[int, int], Pa
     return performed
 
 
-def _assemble(graph: Graph, outputs: list[Any], edges, argnums, args: tuple):
-    """Dense Jacobian blocks in jax.jacrev's output structure."""
+def _block_dtype(in_dtype, out_dtype):
+    """The dtype of the Jacobian block of a flattened input of `in_dtype` and an output of
+    `out_dtype`: float0 for a non-floating input (as ``jax.grad(..., allow_int=True)``), else the
+    wider of the two floating dtypes (jax.jacrev's blocks take the input's dtype, jax.jacfwd's the
+    output's: the wider keeps every digit, so float32 flax parameters of a float64 model give
+    float64 blocks)."""
+    dtype = jnp.result_type(in_dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return jax.dtypes.float0
+    out_dtype = jnp.result_type(out_dtype)
+    return jnp.promote_types(dtype, out_dtype) if jnp.issubdtype(out_dtype, jnp.floating) else dtype
+
+
+def _layout(graph: Graph) -> tuple[list[tuple], list[tuple], list[list[Any]]]:
+    """The Jacobian's grid of blocks, from the graph alone: the shape of every flattened output,
+    the shape of every differentiated input leaf (in argnums order), and per output and input the
+    block's dtype (`_block_dtype`; the dtypes f's outputs have, not the computed values': the tape
+    computes a program that mixes float32 and float64 in float64)."""
     program: Program = graph.program
-    leaf_avals = program.leaf_avals
-    single = isinstance(argnums, int)
-    selected = (argnums,) if single else tuple(argnums)
-    arg_trees = [jax.tree.structure(args[k]) for k in selected]
-    blocks_per_output = []
-    # The dtypes f's outputs have, not the computed values' (the tape computes a program that mixes
-    # float32 and float64 in float64: a float32 output's blocks would come out float64).
-    for out_value, op, out_dtype in zip(outputs, program.outputs, _output_dtypes(graph)):
-        out_shape = tuple(np.shape(out_value))
-        out_dtype = jnp.result_type(out_dtype)
+    out_shapes, out_dtypes = zip(*_output_avals(graph)) if program.outputs else ((), ())
+    in_avals = [program.leaf_avals[leaf] for leaf in program.input_leaves]
+    in_shapes = [tuple(aval.shape) for aval in in_avals]
+    dtypes = [[_block_dtype(aval.dtype, out_dtype) for aval in in_avals] for out_dtype in out_dtypes]
+    return list(out_shapes), in_shapes, dtypes
+
+
+def _blocks(graph: Graph, edges) -> list[list[Any]]:
+    """Per flattened output, per differentiated input leaf: the dense block [*out_shape, *in_shape]
+    in its dtype (`_layout`), read off the edges left after the eliminations."""
+    program: Program = graph.program
+    out_shapes, in_shapes, dtypes = _layout(graph)
+    blocks = []
+    for op, out_shape, row in zip(program.outputs, out_shapes, dtypes):
         per_input = []
-        for node, leaf in enumerate(program.input_leaves, start=1):
-            in_shape = tuple(leaf_avals[leaf].shape)
-            dtype = jnp.result_type(leaf_avals[leaf].dtype)
-            if jnp.issubdtype(dtype, jnp.floating) and jnp.issubdtype(out_dtype, jnp.floating):
-                # jax.jacrev's blocks take the input's dtype, jax.jacfwd's the output's: the wider
-                # keeps every digit (float32 flax parameters of a float64 model give float64 blocks).
-                dtype = jnp.promote_types(dtype, out_dtype)
-            if not jnp.issubdtype(dtype, jnp.floating):
-                dtype = jax.dtypes.float0
+        for node, (in_shape, dtype) in enumerate(zip(in_shapes, row), start=1):
+            if dtype == jax.dtypes.float0:
                 per_input.append(np.zeros(out_shape + in_shape, dtype))
                 continue
             partial = edges.get((node, op.node)) if op.node is not None else None
@@ -924,6 +937,17 @@ def _assemble(graph: Graph, outputs: list[Any], edges, argnums, args: tuple):
                 per_input.append(jnp.zeros(out_shape + in_shape, dtype))
             else:
                 per_input.append(densify(partial, dtype).reshape(out_shape + in_shape).astype(dtype))
+        blocks.append(per_input)
+    return blocks
+
+
+def _assemble(graph: Graph, edges, argnums, args: tuple):
+    """Dense Jacobian blocks in jax.jacrev's output structure."""
+    single = isinstance(argnums, int)
+    selected = (argnums,) if single else tuple(argnums)
+    arg_trees = [jax.tree.structure(args[k]) for k in selected]
+    blocks_per_output = []
+    for per_input in _blocks(graph, edges):
         # Regroup the flat input blocks by argument.
         grouped, start = [], 0
         for tree in arg_trees:
@@ -931,7 +955,50 @@ def _assemble(graph: Graph, outputs: list[Any], edges, argnums, args: tuple):
             grouped.append(tree.unflatten(per_input[start : start + count]))
             start += count
         blocks_per_output.append(grouped[0] if single else tuple(grouped))
-    return program.out_tree.unflatten(blocks_per_output)
+    return graph.program.out_tree.unflatten(blocks_per_output)
+
+
+def _dense_dtype(dtypes: list[list[Any]]):
+    """The dense Jacobian's dtype: the widest of its blocks' (float0 where every block is)."""
+    floating = [d for row in dtypes for d in row if d != jax.dtypes.float0]
+    return functools.reduce(jnp.promote_types, floating) if floating else jax.dtypes.float0
+
+
+def _assemble_dense(graph: Graph, edges) -> Any:
+    """The Jacobian as one dense [total output entries, total input entries] array (`jacobian`'s
+    ``output="dense"``) from the blocks: small programs (the straight-line path), so one
+    concatenation per output row and one of the rows."""
+    out_shapes, in_shapes, dtypes = _layout(graph)
+    dtype = _dense_dtype(dtypes)
+    rows, cols = sum(map(math.prod, out_shapes)), sum(map(math.prod, in_shapes))
+    if dtype == jax.dtypes.float0 or rows == 0 or cols == 0:
+        return (np.zeros if dtype == jax.dtypes.float0 else jnp.zeros)((rows, cols), dtype)
+    grid = []
+    for out_shape, per_input in zip(out_shapes, _blocks(graph, edges)):
+        n = math.prod(out_shape)
+        # float0 blocks (integer inputs) are zero columns of the dense array.
+        grid.append(jnp.concatenate([
+            jnp.zeros((n, math.prod(in_shape)), dtype) if block.dtype == jax.dtypes.float0
+            else block.reshape(n, math.prod(in_shape)).astype(dtype)
+            for in_shape, block in zip(in_shapes, per_input)], axis=1))
+    return jnp.concatenate(grid, axis=0)
+
+
+def _tape_dense(graph: Graph, tape: _tape.Tape, leaves: list[Any]) -> Any:
+    """`_assemble_dense` on the tape path: one gather from the tape's edge buffer
+    (`_tape.run_dense`). Reading every block out as its own slice made XLA compile a slice
+    operation and an output per block (82 s for the 2,677 blocks of benchmarks/scale.py's
+    ``many-io`` form at 1,008 equations, against 5.7 s for one gather)."""
+    out_shapes, in_shapes, dtypes = _layout(graph)
+    dtype = _dense_dtype(dtypes)
+    if dtype == jax.dtypes.float0:
+        return np.zeros((sum(map(math.prod, out_shapes)), sum(map(math.prod, in_shapes))), dtype)
+    out_nodes = [op.node for op in graph.program.outputs]
+    # Integer inputs have no edges: their columns stay zero (the buffer's zero slot).
+    in_nodes = [node if any(row[node - 1] != jax.dtypes.float0 for row in dtypes) else None
+                for node in range(1, len(in_shapes) + 1)]
+    return _tape.run_dense(tape, leaves, out_nodes, [math.prod(s) for s in out_shapes], in_nodes,
+                           [math.prod(s) for s in in_shapes]).astype(dtype)
 
 
 def _tape_of(graph: Graph, steps: Sequence[Step]) -> _tape.Tape | None:
@@ -951,24 +1018,34 @@ def _tape_of(graph: Graph, steps: Sequence[Step]) -> _tape.Tape | None:
 
 # ---- public API -----------------------------------------------------------------------------
 
+#: The values of `jacobian`'s ``output``: jax.jacrev's pytree of blocks, or one dense array.
+OUTPUTS = ("pytree", "dense")
 
-def _output_dtypes(graph: Graph) -> list[Any]:
-    """The dtype of each flattened output of the graph's function."""
+
+
+def _output_avals(graph: Graph) -> list[tuple[tuple, Any]]:
+    """The (shape, dtype) of each flattened output of the graph's function."""
     program = graph.program
     aval_of = {out.node if out.node is not None else out.value: aval
                for eqn in program.equations for out, aval in zip(eqn.outputs, eqn.avals)}
-    dtypes = []
+    avals = []
     for op in program.outputs:
         if op.node is None and isinstance(op.value, ValueRef):
-            dtypes.append(aval_of[op.value].dtype)
+            aval = aval_of[op.value]
         elif op.node is None:
             value = program.leaf_avals[op.value.index] if isinstance(op.value, LeafRef) else op.value
-            dtypes.append(jnp.result_type(value.dtype if hasattr(value, "dtype") else value))
+            aval = jax.ShapeDtypeStruct(np.shape(value), jnp.result_type(value.dtype if hasattr(value, "dtype") else value))
         elif op.node <= graph.num_inputs:
-            dtypes.append(program.leaf_avals[program.input_leaves[op.node - 1]].dtype)
+            aval = program.leaf_avals[program.input_leaves[op.node - 1]]
         else:
-            dtypes.append(aval_of[op.node].dtype)
-    return dtypes
+            aval = aval_of[op.node]
+        avals.append((tuple(aval.shape), aval.dtype))
+    return avals
+
+
+def _output_dtypes(graph: Graph) -> list[Any]:
+    """The dtype of each flattened output of the graph's function."""
+    return [dtype for _, dtype in _output_avals(graph)]
 
 
 def _check_real_outputs(graph: Graph) -> None:
@@ -1026,6 +1103,7 @@ def jacobian(
     order: Any = "reverse",
     argnums: int | Sequence[int] = 0,
     has_aux: bool = False,
+    output: str = "pytree",
 ) -> Callable:
     """Jacobian of `f` by cross-country elimination in `order`, used like ``jax.jacrev(f, argnums, has_aux)``.
 
@@ -1069,6 +1147,10 @@ def jacobian(
     """
     if isinstance(argnums, bool) or not isinstance(argnums, (int, tuple, list)):
         raise AlphagradError(f"argnums must be an int or a tuple of ints, got {argnums!r}")
+    if not isinstance(output, str) or output not in OUTPUTS:
+        raise AlphagradError(
+            f"output must be one of {', '.join(map(repr, OUTPUTS))} (the Jacobian as jax.jacrev's pytree of "
+            f"blocks, or as one dense [output entries, input entries] array), got {output!r}")
     if isinstance(argnums, list):
         argnums = tuple(argnums)
     # With has_aux, every call checks f's result before tracing, so `target` sees a pair; it
@@ -1104,13 +1186,13 @@ def jacobian(
             key = numbers[0] if isinstance(argnums, int) else numbers
             if key not in with_keywords:
                 by_name = functools.wraps(f)(lambda *a: f(*a[:-1], **a[-1]))
-                with_keywords[key] = jacobian(by_name, order, key, has_aux)
+                with_keywords[key] = jacobian(by_name, order, key, has_aux, output)
             return with_keywords[key](*args, kwargs)
         python = _python_leaves(target, args, argnums, decided)
         if python:
             bound = bind_python_leaves(f, args, python)
             if bound.key is None or bound.key not in with_static:
-                bound_fn = jacobian(bound.fn, order, argnums, has_aux)
+                bound_fn = jacobian(bound.fn, order, argnums, has_aux, output)
                 if bound.key is None:
                     return bound_fn(*bound.args)
                 with_static[bound.key] = bound_fn
@@ -1139,11 +1221,13 @@ def jacobian(
     def evaluate(args):
         graph, steps, tape = prepare(args)
         leaves = jax.tree.leaves(args)
+        if tape is not None and output == "dense":
+            return _tape_dense(graph, tape, leaves)
         if tape is not None:
-            outputs, edges = _tape.run(tape, leaves)
+            edges = _tape.run(tape, leaves)[1]
         else:
-            outputs, edges, _ = _eliminate_all(graph, steps, leaves, MultiplicationCounter())
-        return _assemble(graph, outputs, edges, argnums, args)
+            edges = _eliminate_all(graph, steps, leaves, MultiplicationCounter())[1]
+        return _assemble_dense(graph, edges) if output == "dense" else _assemble(graph, edges, argnums, args)
 
     return jacobian_fn
 

@@ -66,7 +66,10 @@ not grow with the number of equations:
    is executed in its own order, so ``count_muls == graph.cost`` holds by construction (and is
    asserted, product by product, when the tape is built).
 3. **Assembly.** The edges left between inputs and outputs are laid out dense and read from the
-   edge buffer by static slices for the straight-line path's assembly (jax.jacrev's structure).
+   edge buffer by static slices for the straight-line path's assembly (jax.jacrev's structure,
+   `run`), or, for ``jacobian(..., output="dense")``, as the whole dense Jacobian by one gather
+   (`run_dense`): XLA compiles a slice and an output per block, which dominated the first call of
+   programs with thousands of blocks.
 
 Edge slots are allocated when a valued edge is created and freed when the elimination deletes it,
 so the edge buffer holds the largest number of edge entries alive at once, not every edge ever
@@ -114,7 +117,7 @@ from alphagrad.interpreter._tape_products import (
 
 __all__ = [
     "TAPE_MIN_SIZE", "TAPE_MIN_EQUATIONS", "ARRAY_WEIGHT", "MAX_COMPONENTS", "FUSED_PARTIALS", "MAX_KINDS", "EQUATIONS_PER_KIND",
-    "Tape", "Unsupported", "build", "run", "straight_line_size",
+    "Tape", "Unsupported", "build", "dense_index", "run", "run_dense", "straight_line_size",
 ]
 
 #: Programs whose straight-line form would have at least this many operations
@@ -1748,17 +1751,12 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
     return vals, run_steps(edges, tape.prod_steps, tape.prod_patterns, tape.prod_windowed)
 
 
-def run(tape: Tape, leaves: list[Any]) -> tuple[list[Any], dict[tuple[int, int], Partial]]:
-    """Executes the tape on the flattened arguments.
+def _buffers(tape: Tape, leaves: list[Any]) -> tuple[jax.Array, jax.Array]:
+    """Executes the tape on the flattened arguments: (vals [num_values], edges [num_edges]).
 
     Under `jax.vmap` the loops run on [slots, batch] buffers (a `custom_vmap` rule moves the
     batch axis last): vmap's own batching of a loop carry puts the batch axis first, and then
     every scalar step reads and writes a strided column of the buffer, several times slower.
-
-    Returns:
-      (outputs: per flattened output its primal value, edges:
-      ``{(input node, output node): Partial}`` (dense, code 1), the Jacobian's blocks, as
-      `_jacobian._eliminate_all` returns them for `_jacobian._assemble`).
     """
     dtype = tape.dtype
     vals = jnp.zeros((tape.num_values,), dtype)
@@ -1789,7 +1787,18 @@ def run(tape: Tape, leaves: list[Any]) -> tuple[list[Any], dict[tuple[int, int],
     def _jvp(primals, tangents):
         return jax.jvp(plain, primals, tangents)
 
-    vals, edges = execute(vals)
+    return execute(vals)
+
+
+def run(tape: Tape, leaves: list[Any]) -> tuple[list[Any], dict[tuple[int, int], Partial]]:
+    """Executes the tape on the flattened arguments (`_buffers`).
+
+    Returns:
+      (outputs: per flattened output its primal value, edges:
+      ``{(input node, output node): Partial}`` (dense, code 1), the Jacobian's blocks, as
+      `_jacobian._eliminate_all` returns them for `_jacobian._assemble`).
+    """
+    vals, edges = _buffers(tape, leaves)
     outputs = []
     for out in tape.outputs:
         if isinstance(out, LeafRef):
@@ -1803,3 +1812,51 @@ def run(tape: Tape, leaves: list[Any]) -> tuple[list[Any], dict[tuple[int, int],
         value = edges[base : base + math.prod(out_shape) * math.prod(in_shape)]
         blocks[key] = Partial(1, out_shape, in_shape, value.reshape(*out_shape, *in_shape))
     return outputs, blocks
+
+
+def dense_index(tape: Tape, out_nodes: Sequence[int | None], out_sizes: Sequence[int],
+                in_nodes: Sequence[int | None], in_sizes: Sequence[int]) -> jax.Array:
+    """int32[R, C]: the edge slot of every entry of the dense Jacobian (R = sum(out_sizes) rows,
+    C = sum(in_sizes) columns), the zero slot where no edge joins the two nodes (a node None:
+    a constant output, an integer input).
+
+    Entry (r, c) in the block of output o and input i is entry (r - row0[o], c - col0[i]) of that
+    block's dense value array (`Tape.jacobian_edges`, row-major [out entries, in entries]). The
+    index is computed in the program from tables of one entry per block, row and column, not held
+    as an [R, C] constant (which would grow with the Jacobian: 30 M entries for a ten times larger
+    ``many-io`` program); an optimization barrier keeps XLA from folding it into one while compiling.
+    """
+    base = np.full((len(out_nodes), len(in_nodes)), -1, np.int64)
+    for o, dst in enumerate(out_nodes):
+        for i, src in enumerate(in_nodes):
+            if src is not None and dst is not None and (src, dst) in tape.jacobian_edges:
+                base[o, i] = tape.jacobian_edges[(src, dst)][0]
+    if base.max(initial=-1) >= 2**31:
+        raise Unsupported("the edge buffer has more slots than an int32 index reaches")
+
+    def spans(sizes):  # per entry: its block and its offset in the block
+        block = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+        offset = np.arange(len(block), dtype=np.int32) - np.repeat(np.cumsum([0, *sizes])[:-1], sizes).astype(np.int32)
+        return block, offset
+
+    row_block, row_offset = spans(list(out_sizes))
+    col_block, col_offset = spans(list(in_sizes))
+    tables = lax.optimization_barrier(tuple(jnp.asarray(t) for t in (
+        base.astype(np.int32), row_block, row_offset, col_block, col_offset, np.asarray(in_sizes, np.int32))))
+    base, row_block, row_offset, col_block, col_offset, in_size = tables
+    at = base[row_block[:, None], col_block[None, :]]
+    index = at + row_offset[:, None] * in_size[col_block][None, :] + col_offset[None, :]
+    return jnp.where(at < 0, ZERO, index)
+
+
+def run_dense(tape: Tape, leaves: list[Any], out_nodes: Sequence[int | None], out_sizes: Sequence[int],
+              in_nodes: Sequence[int | None], in_sizes: Sequence[int]) -> jax.Array:
+    """Executes the tape on the flattened arguments and reads the whole Jacobian out of its edge
+    buffer with one gather (`dense_index`): [sum(out_sizes), sum(in_sizes)] in the tape's dtype.
+
+    One slice per block (`run`) makes XLA compile an operation and an output buffer per block,
+    which dominated the first call of programs with thousands of blocks (benchmarks/scale.py's
+    ``many-io``: 82 s of compilation for 2,677 blocks, the tape itself 6.7 s).
+    """
+    edges = _buffers(tape, leaves)[1]
+    return edges[dense_index(tape, out_nodes, out_sizes, in_nodes, in_sizes)]
