@@ -41,7 +41,8 @@ are JAX's differentiation of the whole loop (`LoopPlan` mode "whole": the dense 
 whose small sums the interpreter writes out), or where that needs at least
 `CHAIN_ADVANTAGE` times as many multiplications, a chain product of each iteration's local
 Jacobian blocks that the interpreter accumulates (`LoopPlan`: the blocks by eliminating inside the
-body, the chain forward or reverse across the iterations, whichever the dimensions make cheaper);
+body, the chain across the iterations bracketed by dynamic programming, `chain_plan`: forward,
+reverse, split between them at a carry block, or in nested segments, whichever counts least);
 `partial_muls` reports the chain's multiplications beside the elimination's `graph.cost`. Every
 `while`/`cond` is one dense vertex per output whose partials JAX computes (docs/cost-model.md,
 "Loops").
@@ -63,7 +64,8 @@ from jax.extend.core import ClosedJaxpr, Jaxpr
 __all__ = [
     "UNROLL_MAX_EQUATIONS", "UNROLL_ADVANTAGE", "fits", "unrolls", "unrolled_graph", "unrolled_muls",
     "unrolled_size", "index_jaxpr", "stack_jaxpr", "evaluate", "Body", "analyse", "LoopPlan", "loop_plan",
-    "chain_muls", "whole_loop_muls", "seeded_graph", "CHAIN_ADVANTAGE", "partial_muls",
+    "chain_muls", "split_muls", "best_split", "chain_plan", "bracketing_muls", "chain_mode", "whole_loop_muls", "seeded_graph",
+    "CHAIN_ADVANTAGE", "partial_muls",
 ]
 
 #: A `scan` is unrolled into the graph when its unrolled form has at most this many equations
@@ -151,14 +153,19 @@ class LoopPlan(NamedTuple):
       body_order: the elimination order of ``body``'s graph (argnums 0, 1, 2).
       body_muls: multiplications of the elimination of one local Jacobian.
       inner_muls: those of the partials of loops kept inside the body, per iteration.
-      mode: "forward" or "reverse" accumulation across the iterations; "whole": no chain, JAX's
-        differentiation of the whole loop (then body_order is empty and every count 0).
-      chain_muls: multiplications of the chain product.
+      mode: how the chain is bracketed (`chain_mode` of `levels`): "forward" or "reverse" accumulation
+        across the iterations, "bracketed" for a split or segmented bracketing chosen by `chain_plan`;
+        "whole": no chain, JAX's differentiation of the whole loop (then body_order and levels are empty
+        and every count 0).
+      chain_muls: multiplications of the chain product (`chain_plan`).
       length: the number of iterations.
       float_carries, carry_sources, const_sources, x_sources, float_ys: which carries are floating
         point, which carries, constants and per-step inputs are differentiated (edge sources), which
         stacked outputs are floating point.
       operands: the shapes and dtypes of the scan's operands (constants, carries, per-step inputs).
+      levels: the chain's bracketing (`chain_plan`): per level, innermost first, (b, s): b consecutive
+        super-steps of the level below (single iterations at the first) are composed, forward over
+        the first s and reverse over the other b - s (`split_muls`); the b's multiply to `length`.
     """
 
     body: Callable
@@ -174,6 +181,7 @@ class LoopPlan(NamedTuple):
     x_sources: tuple[int, ...]
     float_ys: tuple[int, ...]
     operands: tuple[jax.ShapeDtypeStruct, ...]
+    levels: tuple[tuple[int, int], ...] = ()
 
     @property
     def muls(self) -> int:
@@ -182,9 +190,10 @@ class LoopPlan(NamedTuple):
 
 
 def chain_muls(mode: str, length: int, n: int, q: int, carry_columns: int, p: int, m: int) -> int:
-    """Multiplications of the chain product across `length` iterations, with float carries of `n`
-    entries, float per-step outputs of `q`, differentiated carries of `carry_columns`, constants of
-    `p` and per-step inputs of `m` entries.
+    """Multiplications of the chain product across `length` iterations bracketed all forward or all
+    reverse (`split_muls` at s = length or s = 0), with float carries of `n` entries, float per-step
+    outputs of `q`, differentiated carries of `carry_columns`, constants of `p` and per-step inputs of
+    `m` entries.
 
     Forward: a tangent state d c_k / d(sources) of n x N, N = carry_columns + p + length·m, is
     multiplied by each iteration's carry block (n x n) and read out by its output block (q x n):
@@ -192,9 +201,121 @@ def chain_muls(mode: str, length: int, n: int, q: int, carry_columns: int, p: in
     multiplied by each iteration's blocks w.r.t. the carry, the constants and the step's inputs:
     length·M·n·(n + p + m).
     """
-    if mode == "forward":
-        return length * (n + q) * n * (carry_columns + p + length * m)
-    return length * (n + length * q) * n * (n + p + m)
+    return split_muls(length, length if mode == "forward" else 0, n, q, carry_columns, p, m)
+
+
+def split_muls(length: int, s: int, n: int, q: int, carry_columns: int, p: int, m: int) -> int:
+    """Multiplications of one chain over `length` steps (iterations, or super-steps of a level below:
+    `chain_plan`) split at step `s`: forward over steps 0..s-1, reverse over s..length-1, meeting at
+    the carry c_s. Dimensions per step as for `chain_muls` (carry_columns: the carry's columns, all n
+    for a segment inside the loop).
+
+    Forward over the first s steps: a tangent state T of n x (carry_columns + p + s·m), multiplied by
+    each step's carry block and read out by its output block, s·(n + q)·n·(carry_columns + p + s·m).
+    Reverse over the other r = length - s: an adjoint state W of (n + r·q) x n, multiplied by each
+    step's blocks w.r.t. carry, constants and inputs, r·(n + r·q)·n·(n + p + m). Where both run, the
+    rows of the second part w.r.t. the sources of the first are W_s·T_s, (n + r·q)·n·(carry_columns +
+    p + s·m) more. s = length is the forward chain, s = 0 the reverse one."""
+    r = length - s
+    columns = carry_columns + p + s * m
+    total = s * (n + q) * n * columns + r * (n + r * q) * n * (n + p + m)
+    return total + ((n + r * q) * n * columns if 0 < s < length else 0)
+
+
+def best_split(length: int, n: int, q: int, carry_columns: int, p: int, m: int) -> tuple[int, int]:
+    """(multiplications, s): the cheapest `split_muls` over s = 0..length; on ties forward (s =
+    length), then reverse (s = 0), then the smallest s. The cost is a cubic in s, evaluated at every s
+    in floating point; the few candidates around its minimum are recounted exactly."""
+    s = np.arange(length + 1, dtype=np.float64)
+    r = length - s
+    columns = carry_columns + p + s * m
+    costs = s * (n + q) * n * columns + r * (n + r * q) * n * (n + p + m) + (n + r * q) * n * columns
+    costs[[0, length]] -= ((n + r * q) * n * columns)[[0, length]]  # no meeting product at the ends
+    k = int(np.argmin(costs))
+    candidates = [length, 0, *sorted({max(k - 1, 0), k, min(k + 1, length)})]
+    return min((split_muls(length, c, n, q, carry_columns, p, m), i, c) for i, c in enumerate(candidates))[::2]
+
+
+@functools.lru_cache(maxsize=256)
+def chain_plan(length: int, n: int, q: int, carry_columns: int, p: int, m: int) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """The cheapest bracketing of a loop's chain product that the interpreter builds, by dynamic
+    programming: (multiplications, levels), `levels` as in `LoopPlan` (innermost first, (b, s) each).
+    Dimensions as for `chain_muls`.
+
+    **What is optimal** (Griewank & Walther, *Evaluating Derivatives*, ch. 9; Naumann's Jacobian chain
+    product). Iteration k maps (c_k, C, x_k) to (c_{k+1}, y_k) with local blocks A_k = d c_{k+1}/d c_k
+    (n x n), E_k (n x p), B_k (n x m) and GA_k = d y_k/d c_k (q x n), GE_k, GB_k. The loop's Jacobian is
+    block lower triangular: d y_j/d x_i = GA_j·A_{j-1}···A_{i+1}·B_i for i < j (semiseparable: rank n
+    at most), GB_j for i = j, 0 for i > j. A run of l consecutive iterations is itself an iteration
+    (a super-step) with the same carry n, inputs l·m and outputs l·q, and composing a run of l1 with
+    the following run of l2 multiplies the later's carry columns (n + l2·q) x n by the earlier's carry
+    rows n x (n + p + l1·m): (n + l2·q)·n·(n + p + l1·m). Every bracketing of the chain is a binary
+    tree of L - 1 such compositions, and expanding the product, its total is
+        q·n·m·Σ l1·l2 + n²·(n + p)·(L - 1) + n²·m·Σ l1 + q·n·(n + p)·Σ l2.
+    Σ l1·l2 = L(L - 1)/2 in every tree (each pair of iterations meets at exactly one composition): the
+    cross blocks d y_j/d x_i of the output itself, which no bracketing avoids. Only the last two terms
+    depend on the tree: a left comb (all forward) has Σ l1 = L(L - 1)/2 and Σ l2 = L - 1, a right comb
+    (all reverse) the opposite, a balanced tree Σ l1 ≈ Σ l2 ≈ (L/2)·log2 L. So a mixed bracketing
+    saves up to n²·min(m, q·(n + p)/n)·L²/2 against the better pure mode: much where the carry is
+    large against the per-step inputs and outputs (n ≫ q, m), little where it is small (n ≪ q, m:
+    then q·n·m·L²/2 dominates, and no bracketing beats it).
+
+    **What is built.** Inside a compiled ``lax.scan`` a state has one width, so a chain over a run
+    carries all the run's columns (forward) or rows (reverse), zeros of the triangle included. One
+    level composes b super-steps forward over the first s and reverse over the rest, meeting at a
+    carry block (`split_muls`; s = b and s = 0 are the pure modes); on such full-width states the
+    split at s ≈ b/2 already saves a quarter of the cross term where the carry is small. Levels nest:
+    L = b_1·b_2···b_T, level t composes runs of b_t super-steps of the level below (a vmap over the
+    runs of one chain each) into super-steps of b_1···b_t iterations, whose blocks feed level t + 1
+    (inner levels carry all n carry columns, the top one the differentiated carries). With two levels
+    of forward chains the cost is about L²·q·n·m + L·b·n²·m + L²·n²·m/b, least at b ≈ √L, against
+    L²·(q + n)·n·m all forward. The dynamic programme runs over the divisors of L (the blocks are
+    homogeneous, so a level's cost depends only on its run length and the super-step size): f(l), the
+    cheapest way to form the super-steps of l iterations, is min over b | l, b > 1, of
+    f(l/b) + (L/l)·min_s split_muls(b, s, n, (l/b)·q, n, p, (l/b)·m), f(1) = 0; the plan is min over
+    l | L, l < L (or l = 1), of f(l) + min_s split_muls(L/l, s, n, l·q, carry_columns, p, l·m). On
+    ties the fewest levels and forward win, so a loop the pure modes serve keeps its plan. Runs are of
+    equal length (a prime L gets one level, split or pure).
+    """
+    divisors = [d for d in range(1, length + 1) if length % d == 0]
+    built: dict[int, tuple[int, tuple[tuple[int, int], ...]]] = {1: (0, ())}
+    for size in divisors[1:-1]:
+        options = []
+        for b in (d for d in divisors if d > 1 and size % d == 0):
+            inner = size // b
+            muls, s = best_split(b, n, inner * q, n, p, inner * m)
+            below = built[inner]
+            options.append((below[0] + (length // size) * muls, len(below[1]) + 1, below[1] + ((b, s),)))
+        built[size] = min(options)[::2]
+    plans = []
+    for size in divisors[:-1] or [1]:
+        top = length // size
+        muls, s = best_split(top, n, size * q, carry_columns, p, size * m)
+        plans.append((built[size][0] + muls, len(built[size][1]) + 1, s != top, built[size][1] + ((top, s),)))
+    best = min(plans)
+    return best[0], best[3]
+
+
+def bracketing_muls(levels: Sequence[tuple[int, int]], length: int, n: int, q: int, carry_columns: int, p: int,
+                    m: int) -> int:
+    """Multiplications of the chain product bracketed by `levels` (as in `LoopPlan`; the b's multiply
+    to `length`): per level, `split_muls` of each of its runs; inner levels carry all n carry columns."""
+    total, size = 0, 1
+    for level, (b, s) in enumerate(levels):
+        top = level == len(levels) - 1
+        total += length // (size * b) * split_muls(b, s, n, size * q, carry_columns if top else n, p, size * m)
+        size *= b
+    if size != length:
+        raise ValueError(f"the levels {tuple(levels)} bracket {size} iterations, not {length}")
+    return total
+
+
+def chain_mode(length: int, levels: Sequence[tuple[int, int]]) -> str:
+    """The `LoopPlan.mode` of a chain bracketed by `levels`: "forward" or "reverse" for one level
+    that is pure, "bracketed" otherwise."""
+    if tuple(levels) == ((length, length),):
+        return "forward"
+    return "reverse" if tuple(levels) == ((length, 0),) else "bracketed"
 
 
 def whole_loop_muls(length: int, n: int, q: int, carry_columns: int, p: int, m: int, column: float,
@@ -306,13 +427,14 @@ class Body(NamedTuple):
     float_ys: tuple[int, ...]
     operands: tuple[jax.ShapeDtypeStruct, ...]
 
-    def chains(self) -> dict[str, int]:
-        """`chain_muls` in each mode."""
-        return {mode: chain_muls(mode, **self.dims) for mode in ("forward", "reverse")}
+    def chain(self) -> tuple[int, tuple[tuple[int, int], ...]]:
+        """`chain_plan`: the chain product's cheapest bracketing, (multiplications, levels)."""
+        return chain_plan(**self.dims)
 
-    def chain_total(self, mode: str) -> int:
-        """Multiplications of the loop's partials as a chain product in `mode` (`LoopPlan.muls`)."""
-        return self.dims["length"] * (min(self.costs.values()) + self.inner) + self.chains()[mode]
+    def chain_total(self) -> int:
+        """Multiplications of the loop's partials as a chain product (`LoopPlan.muls`): the local
+        Jacobians and the chain bracketed by `chain_plan`."""
+        return self.dims["length"] * (min(self.costs.values()) + self.inner) + self.chain()[0]
 
     def whole_loop(self) -> float:
         """`whole_loop_muls`: JAX's differentiation of the whole loop, one JVP column or VJP row of the
@@ -324,9 +446,7 @@ class Body(NamedTuple):
         """What the loop's partials cost kept whole, in multiplications of JAX's whole-loop
         differentiation: `whole_loop`, or the chain's count times `CHAIN_ADVANTAGE` (a chain's
         multiplication runs that much slower) where `loop_plan` takes the chain."""
-        chains = self.chains()
-        chain = self.chain_total(min(chains, key=chains.get)) * CHAIN_ADVANTAGE
-        return min(chain, self.whole_loop())
+        return min(self.chain_total() * CHAIN_ADVANTAGE, self.whole_loop())
 
 
 def analyse(eqn, sources: Sequence[bool]) -> Body | None:
@@ -380,16 +500,16 @@ def loop_plan(eqn, sources: Sequence[bool], body: Body | None = None) -> LoopPla
     if body is None:
         return None
     best = min(body.costs, key=body.costs.get)
-    chains = body.chains()
-    mode = min(chains, key=chains.get)  # forward on ties
-    if body.chain_total(mode) * CHAIN_ADVANTAGE > body.whole_loop():
+    chain, levels = body.chain()  # forward on ties
+    if body.chain_total() * CHAIN_ADVANTAGE > body.whole_loop():
         # JAX's own differentiation of the whole loop, of a body with its small sums written out
         # (`interpreter._loops`), outside the count like every dense partial
         return LoopPlan(body.fn, (), 0, 0, "whole", 0, body.dims["length"], body.float_carries, body.carry_sources,
                         body.const_sources, body.x_sources, body.float_ys, body.operands)
-    return LoopPlan(body.fn, tuple(resolve_order(body.graph, best)), body.costs[best], body.inner, mode,
-                    chains[mode], body.dims["length"], body.float_carries, body.carry_sources,
-                    body.const_sources, body.x_sources, body.float_ys, body.operands)
+    length = body.dims["length"]
+    return LoopPlan(body.fn, tuple(resolve_order(body.graph, best)), body.costs[best], body.inner,
+                    chain_mode(length, levels), chain, length, body.float_carries, body.carry_sources,
+                    body.const_sources, body.x_sources, body.float_ys, body.operands, levels)
 
 
 #: A scan that `fits` is unrolled where its unrolled graph's cheapest classic elimination costs at

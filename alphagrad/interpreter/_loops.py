@@ -3,9 +3,13 @@
 A scan too long to unroll (`graph._loops`) is one dense vertex per floating-point output. Its
 partials w.r.t. its differentiated operands are accumulated as the graph's `LoopPlan` says: each
 iteration computes the body's local Jacobian blocks by cross-country elimination in the plan's body
-order (the interpreter's own `jacobian`), and the chain multiplies them forward (a tangent state
-d c_k / d sources, updated in the same compiled `lax.scan` as the iterations) or reverse (an adjoint
-state d outputs / d c_k, in a second `lax.scan` over the stacked blocks, last to first). Every
+order (the interpreter's own `jacobian`), stacked by the compiled `lax.scan` of the iterations, and
+the chain multiplies them as the plan's levels bracket it (`chain_jacobian`,
+`graph._loops.chain_plan`): per level, runs of b steps (iterations, or super-steps of the level below,
+a vmap over the runs), each forward over its first s steps (a tangent state d c_k / d sources in a
+`lax.scan`), reverse over the rest (an adjoint state d outputs / d c_k in a `lax.scan`, last to
+first), the two meeting in one product at the carry between them; all forward and all reverse are
+one level with s = L and s = 0. Every
 multiplication is counted (`MultiplicationCounter.loops`) and checked against the plan
 (`graph._loops.partial_muls` is their total). A plan in mode "whole" (the chain would not pay) has
 its partials computed as every dense partial is, by JAX's differentiation of the whole loop, on a
@@ -30,7 +34,7 @@ import numpy as np
 from alphagrad.errors import AlphagradError
 from alphagrad.interpreter._structured import MultiplicationCounter, Partial, contract
 
-__all__ = ["loop_partials"]
+__all__ = ["loop_partials", "chain_jacobian"]
 
 
 def _sizes(avals, indices, drop_leading=False) -> list[int]:
@@ -139,6 +143,126 @@ def _whole_loop_partials(eqn, values: list[Any], reached: dict[int, list]) -> di
     return {(e.src, e.dst): partials[src][outputs.index(k)] for src, pairs in reached.items() for k, e in pairs}
 
 
+def _counted_mm(tally: dict[str, int], where: str):
+    """`_mm` that adds the multiplications of each product (its shapes', known while tracing) to
+    ``tally[where]``: the products of one traced step of a scan, or of the meeting product (the caller
+    sets it to 0 first, so that a second trace of the same step counts it once)."""
+
+    def mm(a, b):
+        tally[where] = tally.get(where, 0) + a.shape[0] * a.shape[1] * b.shape[1]
+        return _mm(a, b)
+
+    return mm
+
+
+def _split_chain(blocks, split: int, columns, dims: tuple[int, int, int, int], dtype, tally: dict[str, int]) -> jax.Array:
+    """The Jacobian of a run of b steps (iterations or super-steps) in run order, from their stacked
+    local blocks ``(A, E, B, GA, GE, GB)`` (leading axis b; blocks w.r.t. the carry, the constants and
+    the step's inputs, of the carry's rows and the step's outputs' rows): forward over the first
+    `split` steps, reverse over the rest, the two meeting at the carry between them
+    (`graph._loops.split_muls`).
+
+    Args:
+      columns: the carry entries (indices into the n) that are sources: the carry's columns of the result.
+      dims: (n, q, p, m), the entries per step of carry, outputs, constants and inputs.
+      tally: receives the multiplications of one forward step ("forward"), one reverse step
+        ("reverse") and the meeting ("meet"), from the shapes multiplied (`_counted_mm`).
+
+    Returns:
+      [n + b·q, c + p + b·m]: rows the final carry then per step its outputs; columns the carry's
+      `columns`, the constants, then per step its inputs.
+    """
+    n, q, p, m = dims
+    A, E, B, GA, GE, GB = blocks
+    b, c = A.shape[0], len(columns)
+    r = b - split
+    width = c + p + split * m
+    if split:  # the tangent state d c_k / d(carry columns, constants, inputs of steps < split)
+        T = jnp.zeros((n, width), dtype).at[columns, np.arange(c)].set(1)
+
+        def forward(T, step):
+            k, a, e, bk, ga, ge, gb = step
+            tally["forward"], mm = 0, _counted_mm(tally, "forward")  # 0: a scan may trace its step again
+            y = mm(ga, T).at[:, c : c + p].add(ge)
+            y = jax.lax.dynamic_update_slice(y, gb, (0, c + p + k * m))
+            T = mm(a, T).at[:, c : c + p].add(e)
+            return jax.lax.dynamic_update_slice(T, bk, (0, c + p + k * m)), y
+
+        T, Y = jax.lax.scan(forward, T, (jnp.arange(split), *(x[:split] for x in blocks)))
+        Y = Y.reshape(split * q, width)
+        if not r:
+            return jnp.concatenate([T, Y], axis=0)
+    rows = n + r * q  # the adjoint state d(final carry, outputs of steps >= split) / d c_k
+
+    def backward(W, step):
+        j, a, e, bk, ga, ge, gb = step
+        row, mm = n + j * q, _counted_mm(tally, "reverse")
+        tally["reverse"] = 0
+        dx = jax.lax.dynamic_update_slice(mm(W, bk), gb, (row, 0))
+        de = jax.lax.dynamic_update_slice(mm(W, e), ge, (row, 0))
+        return jax.lax.dynamic_update_slice(mm(W, a), ga, (row, 0)), (dx, de)
+
+    W = jnp.zeros((rows, n), dtype).at[:n].set(jnp.eye(n, dtype=dtype))
+    W, (DX, DE) = jax.lax.scan(backward, W, (jnp.arange(r), *(x[split:] for x in blocks)), reverse=True)
+    # the columns of the steps before the split: through the carry c_split where they ran forward
+    tally["meet"] = 0
+    X = _counted_mm(tally, "meet")(W, T) if split else jnp.concatenate([W[:, columns], jnp.zeros((rows, p), dtype)], axis=1)
+    upper = jnp.concatenate([X.at[:, c : c + p].add(DE.sum(0)), jnp.moveaxis(DX, 0, 1).reshape(rows, r * m)], axis=1)
+    if not split:
+        return upper
+    lower = jnp.concatenate([Y, jnp.zeros((split * q, r * m), dtype)], axis=1)
+    return jnp.concatenate([upper[:n], lower, upper[n:]], axis=0)
+
+
+def chain_jacobian(blocks, levels, columns, reverse: bool = False) -> tuple[jax.Array, int]:
+    """The Jacobian of a loop from its iterations' stacked local blocks, by the chain product
+    bracketed by `levels` (`graph._loops.chain_plan`), and the multiplications it performed.
+
+    Args:
+      blocks: ``(A, E, B, GA, GE, GB)``, leading axis the L iterations as the scan stacks them:
+        [L, n, n], [L, n, p], [L, n, m] (the next carry w.r.t. carry, constants, the step's inputs)
+        and [L, q, n], [L, q, p], [L, q, m] (the step's outputs w.r.t. the same).
+      levels: per level, innermost first, (b, s): runs of b super-steps of the level below, forward
+        over the first s and reverse over the rest (`_split_chain`); the b's multiply to L.
+      columns: the carry entries (indices into the n) that are differentiated.
+      reverse: whether the scan runs from the last iteration to the first (``reverse=True``).
+
+    Returns:
+      (J, multiplications): J [n + L·q, c + p + L·m] in the layout of the module docstring.
+    """
+    A = blocks[0]
+    length, n, p, q, m = A.shape[0], A.shape[1], blocks[1].shape[2], blocks[3].shape[1], blocks[2].shape[2]
+    dtype = jnp.result_type(*blocks)
+    # Iteration k of a reverse scan runs at position length-1-k, but its blocks are stacked at k, as
+    # its outputs are: the chain runs through the carries in run order, so the blocks are put in run
+    # order and the Jacobian's per-step rows and columns back in stacked order at the end.
+    if reverse:
+        blocks = tuple(jnp.flip(b, 0) for b in blocks)
+    J, counted, size = None, 0, 1  # size: iterations per super-step of the level below
+    for level, (b, split) in enumerate(levels):
+        top = level == len(levels) - 1
+        carry = columns if top else np.arange(n)
+        runs = length // (size * b)
+        tally: dict[str, int] = {}
+        chain = functools.partial(_split_chain, split=split, columns=carry, dims=(n, size * q, p, size * m),
+                                  dtype=dtype, tally=tally)
+        J = jax.vmap(chain)(tuple(x.reshape(runs, b, *x.shape[1:]) for x in blocks))
+        # traced once: per forward step, per reverse step, the meeting; times the steps and the runs
+        counted += runs * (split * tally.get("forward", 0) + (b - split) * tally.get("reverse", 0)
+                           + tally.get("meet", 0))
+        size *= b
+        if not top:  # the runs' Jacobians are the blocks of the super-steps of the next level
+            blocks = (J[:, :n, :n], J[:, :n, n : n + p], J[:, :n, n + p :],
+                      J[:, n:, :n], J[:, n:, n : n + p], J[:, n:, n + p :])
+    J = J[0]
+    if reverse:  # the per-step rows and columns back in stacked order
+        head, width = len(columns) + p, len(columns) + p + length * m
+        J = jnp.concatenate([J[:n], jnp.flip(J[n:].reshape(length, q, width), 0).reshape(length * q, width)])
+        J = jnp.concatenate([J[:, :head], jnp.flip(J[:, head:].reshape(n + length * q, length, m), 1)
+                             .reshape(n + length * q, length * m)], axis=1)
+    return J, counted
+
+
 def loop_partials(eqn, values: list[Any], reached: dict[int, list], counter: MultiplicationCounter,
                   jacobian, count_muls) -> dict[tuple[int, int], Partial]:
     """The dense partials of the scan equation `eqn` (with a `LoopPlan`) at operand `values`.
@@ -196,49 +320,12 @@ def loop_partials(eqn, values: list[Any], reached: dict[int, list], counter: Mul
         )
         return [jnp.asarray(o, a.dtype) for o, a in zip(outs[:num_carry], carry_avals)], blocks
 
-    steps = jnp.arange(length)
-    # Iteration k of a reverse scan runs at position length-1-k, but its blocks are stacked at k, as
-    # its outputs are; the chain runs through the carries in run order.
+    _, blocks = jax.lax.scan(iteration, carry0, xs, length=length, reverse=params["reverse"])
     carry_offsets = _offsets(n_sizes)
-    if plan.mode == "forward":  # the chain runs with the iterations, in one scan
-        N = nk + p + length * m
-        T = jnp.zeros((n, N), dtype)
-        for i, off, size in zip(plan.carry_sources, _offsets(k_sizes), k_sizes):
-            row = carry_offsets[plan.float_carries.index(i)]
-            T = T.at[row : row + size, off : off + size].set(jnp.eye(size, dtype=dtype))
-
-        def forward(state, step):
-            carry, T = state
-            k, x = step
-            carry, (a, e, b, ga, ge, gb) = iteration(carry, x)
-            y = _mm(ga, T).at[:, nk : nk + p].add(ge)
-            y = jax.lax.dynamic_update_slice(y, gb, (0, nk + p + k * m))
-            T = _mm(a, T).at[:, nk : nk + p].add(e)
-            T = jax.lax.dynamic_update_slice(T, b, (0, nk + p + k * m))
-            return (carry, T), y
-
-        (_, T), Y = jax.lax.scan(forward, (carry0, T), (steps, xs), length=length, reverse=params["reverse"])
-        counted = length * (q * n * N + n * n * N)
-        J = jnp.concatenate([T, Y.reshape(length * q, N)], axis=0)
-    else:
-        # The blocks of every iteration first (the adjoint needs them last to first), then the chain.
-        _, (A, E, B, GA, GE, GB) = jax.lax.scan(iteration, carry0, xs, length=length, reverse=params["reverse"])
-        M = n + length * q
-        W = jnp.zeros((M, n), dtype).at[:n].set(jnp.eye(n, dtype=dtype))
-
-        def backward(W, block):
-            k, a, e, b, ga, ge, gb = block
-            row = n + k * q
-            dx = jax.lax.dynamic_update_slice(_mm(W, b), gb, (row, 0))
-            de = jax.lax.dynamic_update_slice(_mm(W, e), ge, (row, 0))
-            W = jax.lax.dynamic_update_slice(_mm(W, a), ga, (row, 0))
-            return W, (dx, de)
-
-        W, (DX, DE) = jax.lax.scan(backward, W, (steps, A, E, B, GA, GE, GB), reverse=not params["reverse"])
-        counted = length * (M * n * m + M * n * p + M * n * n)
-        columns = [W[:, carry_offsets[plan.float_carries.index(i)] : carry_offsets[plan.float_carries.index(i)] + s]
-                   for i, s in zip(plan.carry_sources, k_sizes)]
-        J = jnp.concatenate([*columns, DE.sum(0), jnp.moveaxis(DX, 0, 1).reshape(M, length * m)], axis=1)
+    carry_columns = np.concatenate([np.arange(carry_offsets[plan.float_carries.index(i)],
+                                              carry_offsets[plan.float_carries.index(i)] + size)
+                                    for i, size in zip(plan.carry_sources, k_sizes)] or [np.zeros(0, int)])
+    J, counted = chain_jacobian(blocks, plan.levels, carry_columns, params["reverse"])
     if counted != plan.chain_muls or body_muls != plan.body_muls:
         raise AlphagradError(
             f"internal error: a loop's partials performed {body_muls} multiplications per local Jacobian and "

@@ -111,8 +111,12 @@ def test_a_loop_above_the_threshold_stays_one_dense_vertex(unrolled, monkeypatch
     assert (plan.length, plan.float_carries, plan.carry_sources, plan.x_sources) == (size, (0,), (0,), (0,))
     chains = {mode: _loops.chain_muls(mode, size, n=2, q=2, carry_columns=2, p=0, m=2)
               for mode in ("forward", "reverse")}
-    assert chains["forward"] == chains["reverse"] == size * 4 * 2 * (2 + 2 * size)  # a tie: forward
-    assert (plan.mode, plan.chain_muls) == ("forward", chains["forward"])
+    assert chains["forward"] == chains["reverse"] == size * 4 * 2 * (2 + 2 * size)  # a tie
+    # the dynamic programme's bracketing beats both: 128 = 8 x 16, runs of 8 split at 4, then 16
+    # super-steps split at 8 (`chain_plan`)
+    assert (plan.mode, plan.levels) == ("bracketed", ((8, 4), (16, 8)))
+    assert plan.chain_muls == 16 * _loops.split_muls(8, 4, n=2, q=2, carry_columns=2, p=0, m=2) + _loops.split_muls(
+        16, 8, n=2, q=16, carry_columns=2, p=0, m=16) == 122_120 < chains["forward"] // 2
     assert _loops.partial_muls(g) == size * plan.body_muls + plan.chain_muls
     assert graph.cost(g, "forward") == sum(graph.elimination_costs(g, graph.forward(g)))  # outside the cost
     small = graph.trace(f, jnp.ones(2), jnp.ones((4, 2)))
@@ -230,3 +234,47 @@ def test_a_loop_with_nothing_differentiated_is_unrolled():
 
     g = graph.trace(f, jnp.ones(2), jnp.ones(2), argnums=(0, 1))
     assert [v.primitive for v in g.vertices] == ["broadcast_in_dim", *["sin", "mul"] * 3, "mul", "add"]
+
+
+def _factorisations(length: int):
+    """Every ordered factorisation of `length` into factors > 1 (() for 1)."""
+    if length == 1:
+        yield ()
+    for b in range(2, length + 1):
+        if length % b == 0:
+            yield from ((b, *rest) for rest in _factorisations(length // b))
+
+
+@pytest.mark.parametrize("dims", [
+    dict(length=12, n=4, q=1, carry_columns=4, p=2, m=1),  # large carry: segments and splits
+    dict(length=8, n=1, q=4, carry_columns=1, p=0, m=4),  # small carry, many inputs and outputs
+    dict(length=6, n=3, q=1, carry_columns=2, p=2, m=0),  # no per-step inputs: forward
+    dict(length=6, n=2, q=0, carry_columns=2, p=1, m=3),  # no outputs: reverse
+    dict(length=7, n=3, q=2, carry_columns=3, p=0, m=2),  # prime: one level
+])
+def test_the_chain_plan_is_the_cheapest_bracketing_of_equal_runs(dims):
+    # brute force over every ordered factorisation of the length and every split of every level
+    import itertools
+
+    length = dims["length"]
+    best = min(_loops.bracketing_muls(tuple(zip(bs, splits)), **dims)
+               for bs in _factorisations(length) for splits in itertools.product(*(range(b + 1) for b in bs)))
+    muls, levels = _loops.chain_plan(**dims)
+    assert muls == best == _loops.bracketing_muls(levels, **dims)
+    assert muls <= min(_loops.chain_muls(mode, **dims) for mode in ("forward", "reverse"))
+    # the pure modes are its one-level ends
+    assert _loops.bracketing_muls(((length, length),), **dims) == _loops.chain_muls("forward", **dims)
+    assert _loops.bracketing_muls(((length, 0),), **dims) == _loops.chain_muls("reverse", **dims)
+
+
+def test_the_chain_plan_saves_most_where_the_carry_is_large():
+    # derivation in `chain_plan`: what a bracketing can save is the n^2 (carry transfer) terms; the
+    # cross blocks q·n·m·L(L-1)/2 of the output itself stay
+    large = dict(length=64, n=10, q=1, carry_columns=10, p=0, m=1)
+    small = dict(length=64, n=1, q=8, carry_columns=1, p=0, m=8)
+    for dims, ratio in ((large, 0.4), (small, 0.75)):
+        pure = min(_loops.chain_muls(mode, **dims) for mode in ("forward", "reverse"))
+        muls, levels = _loops.chain_plan(**dims)
+        assert muls < ratio * pure and len(levels) > 1 and _loops.chain_mode(64, levels) == "bracketed"
+    assert _loops.chain_plan(length=1000, n=3, q=0, carry_columns=3, p=3, m=0) == (
+        _loops.chain_muls("forward", 1000, 3, 0, 3, 3, 0), ((1000, 1000),))  # an integrator's final state: forward
