@@ -31,7 +31,7 @@ from alphagrad.graph import (
 )
 
 __all__ = ["Labelled", "labelled_partial", "labelled_product", "densify_labelled", "relayout", "is_labelled",
-           "as_index_map"]
+           "as_index_map", "elementwise_code"]
 
 DENSE = 1
 
@@ -100,55 +100,68 @@ def labelled_partial(of_operand: Callable, x: jax.Array, ties: AxisTies, out_dim
     return Labelled(ties, out_dims, in_dims, values.astype(dtype))
 
 
+def _spread(value: Labelled, target: AxisTies, dtype) -> jax.Array:
+    """The value array of `value` laid out as `target`, a coarser structure (each of its ties is a
+    tie of ``value.ties``, a Kronecker one only where that one is), by broadcasting and one select:
+    a tie `target` drops becomes a masked diagonal, a constant (Kronecker) axis it keeps gets its
+    entries. No multiplication: an einsum with identity matrices would multiply every entry of the
+    result (XLA does not fold them), and through the full tensor a relayout cost its size.
+    """
+    ties, out_dims, in_dims = value.ties, value.out_dims, value.in_dims
+    target_axes = target.value_axes
+    shape = [(out_dims if side == "out" else in_dims)[k] for side, k in target_axes]
+    if value.values is None:
+        full = jnp.ones((), dtype)
+        placed = [1] * len(shape)
+    else:
+        values = jnp.asarray(value.values, dtype)
+        # Every value axis of `value` is one of target's (an out axis is Kronecker-tied in target
+        # only where it is in `value`; an untied in axis stays untied).
+        at = [target_axes.index(axis) for axis in ties.value_axes]
+        if at != sorted(at):
+            values = jnp.transpose(values, np.argsort(at))
+        placed = [1] * len(shape)
+        for axis, size in zip(at, np.shape(value.values)):
+            placed[axis] = size
+        full = values.reshape(placed)
+    full = jnp.broadcast_to(full, shape)
+    kept = set(target.ties)
+    mask = None
+    for o, i, kind in ties.ties:
+        if (o, i, kind) in kept or (o, i, "D") in kept:
+            continue
+        # A tie the target drops: v's axis o and p's axis i are both among target's value axes.
+        a, b = target_axes.index(("out", o)), target_axes.index(("in", i))
+        if shape[a] == 1 and shape[b] == 1:
+            continue
+        mask_shape = [1] * len(shape)
+        mask_shape[a], mask_shape[b] = shape[a], shape[b]
+        eye = np.eye(shape[a], shape[b], dtype=bool).reshape(mask_shape)
+        mask = eye if mask is None else mask & eye
+    if mask is not None:
+        full = jnp.where(mask, full, jnp.zeros((), dtype))
+    return full
+
+
+def _coarser(ties: AxisTies, target: AxisTies) -> bool:
+    """Whether each tie of `target` is one of `ties` (a Kronecker one only where that one is)."""
+    mine = set(ties.ties)
+    return all((o, i, kind) in mine or (kind == "D" and (o, i, "K") in mine) for o, i, kind in target.ties)
+
+
 def densify_labelled(value: Labelled, dtype) -> jax.Array:
     """The full tensor ``[out dims..., in dims...]`` (selection and broadcasting only)."""
-    ties, out_dims, in_dims = value.ties, value.out_dims, value.in_dims
-    letters = iter(string.ascii_letters)
-    out_l = [next(letters) for _ in out_dims]
-    in_l = [next(letters) for _ in in_dims]
-    operands, subscripts = [], []
-    if ties.has_values:
-        operands.append(jnp.asarray(value.values, dtype))
-        subscripts.append("".join(out_l[k] if side == "out" else in_l[k] for side, k in ties.value_axes))
-    for o, i, _ in ties.ties:
-        operands.append(np.eye(out_dims[o], in_dims[i], dtype=np.dtype(dtype)))
-        subscripts.append(out_l[o] + in_l[i])
-    target = "".join(out_l + in_l)
-    used = set("".join(subscripts))
-    if not operands:
-        return jnp.ones(out_dims + in_dims, dtype)
-    result = jnp.einsum(",".join(subscripts) + "->" + "".join(c for c in target if c in used), *operands)
-    # Axes in no operand (untied axes of a relabelling cannot occur; size-1 padding can): broadcast.
-    shape = [n for c, n in zip(target, out_dims + in_dims) if c in used]
-    result = result.reshape(shape)
-    full = [n if c in used else 1 for c, n in zip(target, out_dims + in_dims)]
-    return jnp.broadcast_to(result.reshape(full), out_dims + in_dims)
-
-
-def _extract(dense: jax.Array, ties: AxisTies, out_dims, in_dims) -> jax.Array:
-    """The value array of `ties` read off a full tensor that has that structure."""
-    letters = iter(string.ascii_letters)
-    out_l = [next(letters) for _ in out_dims]
-    in_l = [next(letters) for _ in in_dims]
-    for o, i, _ in ties.ties:
-        in_l[i] = out_l[o]
-    constant = [o for o, _, kind in ties.ties if kind == "K"]
-    index = tuple(0 if k in constant else slice(None) for k in range(len(out_dims)))
-    index += tuple(0 if any(i == k and kind == "K" for _, i, kind in ties.ties) else slice(None)
-                   for k in range(len(in_dims)))
-    x = dense[index]
-    kept = [c for k, c in enumerate(out_l) if k not in constant]
-    kept += [c for k, c in enumerate(in_l) if not any(i == k and kind == "K" for _, i, kind in ties.ties)]
-    target = "".join(out_l[k] if side == "out" else in_l[k] for side, k in ties.value_axes)
-    return jnp.einsum(f"{''.join(kept)}->{target}", x)
+    ties = value.ties
+    return _spread(value, axis_ties(ties.out_rank, ties.in_rank, (), True), dtype)
 
 
 def relayout(value: Labelled, ties: AxisTies, dtype) -> Labelled:
     """The same partial laid out as `ties`, a coarser structure (free: selection only)."""
     if value.ties == ties:
         return value
-    dense = densify_labelled(value, dtype)
-    return Labelled(ties, value.out_dims, value.in_dims, _extract(dense, ties, value.out_dims, value.in_dims))
+    if not _coarser(value.ties, ties):
+        raise AssertionError(f"relayout of {value.ties} as {ties}, which is not coarser")
+    return Labelled(ties, value.out_dims, value.in_dims, _spread(value, ties, dtype))
 
 
 class _Operand(NamedTuple):
@@ -226,6 +239,27 @@ def labelled_product(out, inp, counter, dtype, planned: int, dense_of: Callable)
     if code < FIRST_EXTENDED_CODE:  # ranks (2, 2): the 2-D code's layout is the same value array
         return code, values
     return code, Labelled(result, c_dims, p_dims, values)
+
+
+def elementwise_code(value: Labelled, dtype) -> tuple[int, Any] | None:
+    """A labelled partial that ties each axis of v to the same axis of p (an elementwise partial: a
+    scalar, or a weight per entry, times the identity) as the 2-D code of the same partial between
+    the normalised (v1, v2) and (p1, p2) = (v1, v2): (code, value), the value laid out as the code
+    says (code 6: v's entries, to be reshaped to [v1, v2]); None for any other. The 2-D products with index maps keep such a partial lazy
+    (`_structured.Placed`: the map's pattern times the weights) where the labelled one would be
+    materialised whole ([v, v] entries) first."""
+    ties = value.ties
+    if value.out_dims != value.in_dims or len(ties.ties) != len(value.out_dims) or any(
+            o != i for o, i, _ in ties.ties):
+        return None
+    if not ties.has_values:
+        return -6, None  # the identity
+    if all(kind == "K" for _, _, kind in ties.ties):
+        return 10, jnp.asarray(value.values, dtype).reshape(())  # a scalar times the identity
+    diagonal = axis_ties(ties.out_rank, ties.in_rank, [(k, k, "D") for k in range(ties.out_rank)], True)
+    # Code 6 (diagonal on both normalised axes): the values [v1, v2], v's entries in row-major
+    # order (structural dims split v's axes row-major), as the caller reshapes them.
+    return 6, _spread(value, diagonal, dtype)
 
 
 def as_index_map(value: Labelled, out_shape, in_shape):

@@ -20,7 +20,9 @@ from jax.extend.core import jaxpr_as_fun
 
 from alphagrad.graph import INDEX_MAP, VALUELESS, product_plan, structure_of
 from alphagrad.graph import FIRST_EXTENDED_CODE, axis_sum
-from alphagrad.interpreter._labelled import Labelled, as_index_map, densify_labelled, labelled_product, relayout
+from alphagrad.interpreter._labelled import (
+    Labelled, as_index_map, densify_labelled, elementwise_code, labelled_product, relayout,
+)
 
 __all__ = [
     "IndexMap", "Partial", "Placed", "Term", "MultiplicationCounter", "multiply", "add", "densify", "convert",
@@ -811,6 +813,23 @@ def contract(letters_a: str, a: jax.Array, letters_b: str, b: jax.Array, result:
     return reduced.reshape([size[c] for c in result])
 
 
+def _unlabelled(partial: Partial, dtype) -> Partial:
+    """`partial` with a 2-D code, for a product with an index map: a labelled relabelling as the
+    index map it is, an elementwise labelled partial as its 2-D code, any other one dense."""
+    value = partial.value
+    if not isinstance(value, Labelled):
+        return partial
+    elementwise = elementwise_code(value, dtype)
+    if elementwise is not None:
+        code, values = elementwise
+        return Partial(code, partial.out_shape, partial.in_shape,
+                       values.reshape(partial.out_shape) if code == 6 else values)
+    if not value.ties.has_values:
+        return Partial(INDEX_MAP, partial.out_shape, partial.in_shape,
+                       as_index_map(value, partial.out_shape, partial.in_shape))
+    return Partial(1, partial.out_shape, partial.in_shape, densify(partial, dtype))
+
+
 def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCounter, dtype) -> Partial:
     """The product out(v->c) @ in(p->v), laid out as `code` (the cost model's product code)."""
     c_shape, v_shape, p_shape = out.out_shape, out.in_shape, inp.in_shape
@@ -818,11 +837,9 @@ def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCount
         if INDEX_MAP not in (out.code, inp.code):
             result, value = labelled_product(out, inp, counter, dtype, code, lambda x: densify(x, dtype))
             return Partial(result, c_shape, p_shape, value)
-        # With an index map: a relabelling is one too, a labelled partial with values is dense.
-        out, inp = (x if not isinstance(x.value, Labelled) else
-                    Partial(INDEX_MAP, x.out_shape, x.in_shape, as_index_map(x.value, x.out_shape, x.in_shape))
-                    if x.value.values is None and not x.value.ties.has_values else
-                    Partial(1, x.out_shape, x.in_shape, densify(x, dtype)) for x in (out, inp))
+        # With an index map: a relabelling is one too, an elementwise partial its 2-D code (which the
+        # map keeps lazy, `Placed`), another labelled partial with values is dense.
+        out, inp = (_unlabelled(x, dtype) for x in (out, inp))
     moves_only = {INDEX_MAP} | VALUELESS
     lazy_out, lazy_in = isinstance(out.value, Placed), isinstance(inp.value, Placed)
     if out.code == INDEX_MAP or inp.code == INDEX_MAP:
