@@ -54,7 +54,7 @@ from alphagrad.interpreter._structured import (
     read_constant,
 )
 
-__all__ = ["jacobian", "count_muls", "graph_of"]
+__all__ = ["jacobian", "unravel_jacobian", "count_muls", "graph_of", "OUTPUTS"]
 
 
 def _dtype_of(value: Any):
@@ -1109,8 +1109,11 @@ def jacobian(
 
     Args:
       f: a function of pytrees of arrays (or Python scalars) returning a pytree of arrays (or
-        ``(output, aux)`` with ``has_aux``). Arrays may have any rank (3 or more dimensions keep
-        their leading axis and flatten the rest). Any primitive may occur (loops, branches, sorts,
+        ``(output, aux)`` with ``has_aux``). Arrays may have any rank: in programs of at most
+        ``graph.LABELLED_MAX_EQUATIONS`` (199) equations with an array of 3 or more dimensions,
+        every array's axes are labelled structural axes (partials described by ties between axes,
+        docs/cost-model.md); in longer ones such an array keeps its leading axis and flattens the
+        rest. Any primitive may occur (loops, branches, sorts,
         gathers, linear algebra, ...): gathers, scatters, sorts, cumulative sums and pooling are
         index maps, one without a structural rule is differentiated by JAX as one dense partial
         (docs/cost-model.md).
@@ -1122,11 +1125,24 @@ def jacobian(
         `alphagrad.agents.cache_dir()`, keyed by the graph's fingerprint.
       argnums: which positional argument(s) to differentiate.
       has_aux: whether `f` returns ``(output, aux)``; aux is returned unchanged.
+      output: "pytree" (jax.jacrev's structure of blocks) or "dense": the whole Jacobian as one
+        array [total output entries, total differentiated input entries], rows in the order of
+        ``jax.tree_util`` leaves of f's output, columns in that of the differentiated arguments'
+        leaves (argnums' order), each leaf row-major: the order of ``jax.flatten_util.ravel_pytree``
+        (``J @ ravel_pytree(dx)[0]`` is ``ravel_pytree(jvp)[0]``). Its dtype is the widest of the
+        blocks' (below); integer and boolean inputs give zero columns (a float0 array if every
+        input is one); under ``jax.vmap`` it gains the leading batch axis. Programs whose
+        Jacobian has thousands of blocks compile in seconds this way, where XLA compiles an
+        operation and an output per block of the pytree (a long program on the tape reads the
+        whole array out of the tape's edge buffer with one gather). `unravel_jacobian` splits
+        it into the pytree outside ``jax.jit``.
 
     Returns:
-      A function with f's signature (keyword arguments are passed on, never differentiated) returning, like ``jax.jacrev``, for each output leaf the
+      A function with f's signature (keyword arguments are passed on, never differentiated)
+      returning, with ``output="pytree"``, like ``jax.jacrev``, for each output leaf the
       Jacobian blocks [*out_shape, *in_shape] in the argument's pytree structure (a tuple over
-      argnums when `argnums` is a tuple), plus aux with ``has_aux``. A block's dtype is the wider
+      argnums when `argnums` is a tuple), or with ``output="dense"`` the one array above, plus
+      aux with ``has_aux``. A block's dtype is the wider
       of its input's and output's: jax.jacrev's input dtype, except that float32 inputs of a float64
       output (flax parameters in a float64 model) get float64 blocks with every digit, as jax.jacfwd. It works under ``jax.jit`` and
       ``jax.vmap``. The graph is traced once per input signature. Zero-size arrays are fine (their
@@ -1144,6 +1160,8 @@ def jacobian(
         leaf, output or equation and says what to do).
       AuxOutputError: with ``has_aux``, f did not return a pair ``(output, aux)`` (a TypeError too,
         as jax.jacrev raises).
+      AlphagradError (when `jacobian` is called): `argnums` is not an int or a tuple of ints, or
+        `output` is not one of `OUTPUTS`.
     """
     if isinstance(argnums, bool) or not isinstance(argnums, (int, tuple, list)):
         raise AlphagradError(f"argnums must be an int or a tuple of ints, got {argnums!r}")
@@ -1230,6 +1248,68 @@ def jacobian(
         return _assemble_dense(graph, edges) if output == "dense" else _assemble(graph, edges, argnums, args)
 
     return jacobian_fn
+
+
+def unravel_jacobian(dense: Any, f: Callable, *args: Any, argnums: int | Sequence[int] = 0,
+                     has_aux: bool = False) -> Any:
+    """Splits a dense Jacobian (``jacobian(f, ..., output="dense")``'s) into the pytree that
+    ``jacobian(f, ..., argnums=argnums)`` (and ``jax.jacrev``) returns, outside ``jax.jit``.
+
+    Args:
+      dense: [*batch, total output entries, total differentiated input entries] (any leading
+        batch axes, e.g. ``jax.vmap``'s), a concrete array.
+      f, args, argnums, has_aux: as given to `jacobian` (only the shapes and dtypes of `args`
+        matter: f is traced abstractly, by ``jax.eval_shape``).
+
+    Returns:
+      Per leaf of f's output, the blocks [*batch, *out_shape, *in_shape] in the differentiated
+      arguments' pytree structure (a tuple over argnums when `argnums` is a tuple), each in its
+      block's dtype (the wider of its input's and output's; float0 zeros for integer and boolean
+      inputs). The blocks are NumPy views of one host copy of `dense`: splitting does no device
+      work (one JAX operation per block would take seconds for tens of thousands of blocks).
+
+    Raises:
+      AlphagradError: `dense` is a tracer (split inside ``jax.jit``: use ``output="pytree"``
+        there) or its last two axes are not [total output entries, total input entries].
+    """
+    if isinstance(dense, jax.core.Tracer):
+        raise AlphagradError(
+            "unravel_jacobian splits a concrete dense Jacobian outside jax.jit (into NumPy views); inside a "
+            "traced function use jacobian(f, ..., output=\"pytree\"), which gives the blocks directly")
+    if isinstance(argnums, list):
+        argnums = tuple(argnums)
+    selected = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    out = jax.eval_shape(lambda *a: _aux_pair(f(*a), f)[0] if has_aux else f(*a), *args)
+    out_leaves, out_tree = jax.tree.flatten(out)
+    arg_leaves = [jax.tree.leaves(args[k]) for k in _argnum_positions(selected, len(args))]
+    in_leaves = [jax.ShapeDtypeStruct(np.shape(x), _dtype_of(x)) for leaves in arg_leaves for x in leaves]
+    rows = sum(math.prod(leaf.shape) for leaf in out_leaves)
+    cols = sum(math.prod(leaf.shape) for leaf in in_leaves)
+    matrix = np.asarray(dense)
+    if matrix.ndim < 2 or matrix.shape[-2:] != (rows, cols):
+        raise AlphagradError(
+            f"unravel_jacobian expected a dense Jacobian of shape [..., {rows}, {cols}] (output entries, input "
+            f"entries) for these arguments and argnums={argnums!r}, got shape {matrix.shape}")
+    batch = matrix.shape[:-2]
+    row_starts = np.cumsum([0] + [math.prod(leaf.shape) for leaf in out_leaves])
+    col_starts = np.cumsum([0] + [math.prod(leaf.shape) for leaf in in_leaves])
+    per_output = []
+    for o, out_leaf in enumerate(out_leaves):
+        blocks = []
+        for i, in_leaf in enumerate(in_leaves):
+            shape = batch + tuple(out_leaf.shape) + tuple(in_leaf.shape)
+            dtype = _block_dtype(in_leaf.dtype, out_leaf.dtype)
+            if dtype == jax.dtypes.float0:
+                blocks.append(np.zeros(shape, dtype))
+                continue
+            block = matrix[..., row_starts[o]:row_starts[o + 1], col_starts[i]:col_starts[i + 1]].reshape(shape)
+            blocks.append(block if block.dtype == dtype else block.astype(dtype))
+        grouped, start = [], 0
+        for k, leaves in zip(selected, arg_leaves):
+            grouped.append(jax.tree.structure(args[k]).unflatten(blocks[start : start + len(leaves)]))
+            start += len(leaves)
+        per_output.append(grouped[0] if isinstance(argnums, int) else tuple(grouped))
+    return out_tree.unflatten(per_output)
 
 
 def count_muls(f: Callable, order: Any, *args: Any, argnums: int | Sequence[int] = 0) -> int:
