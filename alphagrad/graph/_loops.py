@@ -237,7 +237,8 @@ def best_split(length: int, n: int, q: int, carry_columns: int, p: int, m: int) 
 
 
 @functools.lru_cache(maxsize=256)
-def chain_plan(length: int, n: int, q: int, carry_columns: int, p: int, m: int) -> tuple[int, tuple[tuple[int, int], ...]]:
+def chain_plan(length: int, n: int, q: int, carry_columns: int, p: int,
+               m: int) -> tuple[int, tuple[tuple[int, int], ...]]:
     """The cheapest bracketing of a loop's chain product that the interpreter builds, by dynamic
     programming: (multiplications, levels), `levels` as in `LoopPlan` (innermost first, (b, s) each).
     Dimensions as for `chain_muls`.

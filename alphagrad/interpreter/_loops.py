@@ -155,7 +155,49 @@ def _counted_mm(tally: dict[str, int], where: str):
     return mm
 
 
-def _split_chain(blocks, split: int, columns, dims: tuple[int, int, int, int], dtype, tally: dict[str, int]) -> jax.Array:
+def _forward_step(T, k, blocks, dims: tuple[int, int, int], tally: dict[str, int]):
+    """One step of a forward chain: the tangent state T [n, c + p + N·m] (d carry / d(carry columns,
+    constants, inputs)) through step `k`'s blocks ``(A, E, B, GA, GE, GB)``; returns (T', the step's
+    outputs' rows [q, c + p + N·m]). ``tally["forward"]``: its multiplications (set, not added: a scan
+    may trace its step twice). dims: (c, p, m)."""
+    c, p, m = dims
+    a, e, bk, ga, ge, gb = blocks
+    tally["forward"], mm = 0, _counted_mm(tally, "forward")
+    y = mm(ga, T).at[:, c : c + p].add(ge)
+    y = jax.lax.dynamic_update_slice(y, gb, (0, c + p + k * m))
+    T = mm(a, T).at[:, c : c + p].add(e)
+    return jax.lax.dynamic_update_slice(T, bk, (0, c + p + k * m)), y
+
+
+def _fused_forward(iteration, carry0, xs, length: int, reverse: bool, columns, dims: tuple[int, int, int, int],
+                   dtype) -> tuple[jax.Array, int]:
+    """The chain all forward (levels ((L, L),)) in the same compiled scan as the iterations, no block
+    stored: the state is the tangent d c_k / d sources, [n, c + p + L·m] (a 10,000-step integrator's
+    final state needs no 10,000 stacked blocks). (J, multiplications) as `chain_jacobian` gives them.
+
+    Args:
+      iteration: ``(carry, x) -> (carry', (A, E, B, GA, GE, GB))``: one iteration and its blocks.
+      carry0, xs, length, reverse: the scan's initial carries, per-step inputs, iterations, direction.
+      columns: the differentiated carry entries (indices into the n); dims: (n, q, p, m).
+    """
+    n, q, p, m = dims
+    c, tally = len(columns), {}
+    width = c + p + length * m
+    T = jnp.zeros((n, width), dtype).at[columns, np.arange(c)].set(1)
+
+    def step(state, step_input):
+        carry, T = state
+        k, x = step_input  # k: the stacked position, whose input columns the step fills
+        carry, blocks = iteration(carry, x)
+        T, y = _forward_step(T, k, blocks, (c, p, m), tally)
+        return (carry, T), y
+
+    (_, T), Y = jax.lax.scan(step, (carry0, T), (jnp.arange(length), xs), length=length, reverse=reverse)
+    return jnp.concatenate([T, Y.reshape(length * q, width)], axis=0), length * tally["forward"]
+
+
+def _split_chain(blocks, split: int, columns, dims: tuple[int, int, int, int], dtype,
+                 tally: dict[str, int]) -> jax.Array:
     """The Jacobian of a run of b steps (iterations or super-steps) in run order, from their stacked
     local blocks ``(A, E, B, GA, GE, GB)`` (leading axis b; blocks w.r.t. the carry, the constants and
     the step's inputs, of the carry's rows and the step's outputs' rows): forward over the first
@@ -181,12 +223,7 @@ def _split_chain(blocks, split: int, columns, dims: tuple[int, int, int, int], d
         T = jnp.zeros((n, width), dtype).at[columns, np.arange(c)].set(1)
 
         def forward(T, step):
-            k, a, e, bk, ga, ge, gb = step
-            tally["forward"], mm = 0, _counted_mm(tally, "forward")  # 0: a scan may trace its step again
-            y = mm(ga, T).at[:, c : c + p].add(ge)
-            y = jax.lax.dynamic_update_slice(y, gb, (0, c + p + k * m))
-            T = mm(a, T).at[:, c : c + p].add(e)
-            return jax.lax.dynamic_update_slice(T, bk, (0, c + p + k * m)), y
+            return _forward_step(T, step[0], step[1:], (c, p, m), tally)
 
         T, Y = jax.lax.scan(forward, T, (jnp.arange(split), *(x[:split] for x in blocks)))
         Y = Y.reshape(split * q, width)
@@ -206,7 +243,10 @@ def _split_chain(blocks, split: int, columns, dims: tuple[int, int, int, int], d
     W, (DX, DE) = jax.lax.scan(backward, W, (jnp.arange(r), *(x[split:] for x in blocks)), reverse=True)
     # the columns of the steps before the split: through the carry c_split where they ran forward
     tally["meet"] = 0
-    X = _counted_mm(tally, "meet")(W, T) if split else jnp.concatenate([W[:, columns], jnp.zeros((rows, p), dtype)], axis=1)
+    if split:
+        X = _counted_mm(tally, "meet")(W, T)
+    else:
+        X = jnp.concatenate([W[:, columns], jnp.zeros((rows, p), dtype)], axis=1)
     upper = jnp.concatenate([X.at[:, c : c + p].add(DE.sum(0)), jnp.moveaxis(DX, 0, 1).reshape(rows, r * m)], axis=1)
     if not split:
         return upper
@@ -320,12 +360,16 @@ def loop_partials(eqn, values: list[Any], reached: dict[int, list], counter: Mul
         )
         return [jnp.asarray(o, a.dtype) for o, a in zip(outs[:num_carry], carry_avals)], blocks
 
-    _, blocks = jax.lax.scan(iteration, carry0, xs, length=length, reverse=params["reverse"])
     carry_offsets = _offsets(n_sizes)
     carry_columns = np.concatenate([np.arange(carry_offsets[plan.float_carries.index(i)],
                                               carry_offsets[plan.float_carries.index(i)] + size)
                                     for i, size in zip(plan.carry_sources, k_sizes)] or [np.zeros(0, int)])
-    J, counted = chain_jacobian(blocks, plan.levels, carry_columns, params["reverse"])
+    if plan.levels == ((length, length),):  # all forward: with the iterations, no block stored
+        J, counted = _fused_forward(iteration, carry0, xs, length, params["reverse"], carry_columns, (n, q, p, m),
+                                    dtype)
+    else:  # the blocks of every iteration first (a reverse part needs them last to first), then the chain
+        _, blocks = jax.lax.scan(iteration, carry0, xs, length=length, reverse=params["reverse"])
+        J, counted = chain_jacobian(blocks, plan.levels, carry_columns, params["reverse"])
     if counted != plan.chain_muls or body_muls != plan.body_muls:
         raise AlphagradError(
             f"internal error: a loop's partials performed {body_muls} multiplications per local Jacobian and "

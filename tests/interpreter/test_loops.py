@@ -83,6 +83,12 @@ def mixed_scan(w, h, xs):
     return jax.lax.scan(step, (h, jnp.asarray(0.5, h.dtype), 0), xs, reverse=True)
 
 
+def reverse_history(h, w):
+    """A reverse scan without per-step inputs: its chain runs forward with its iterations (stacked
+    outputs in reverse order)."""
+    return jax.lax.scan(lambda c, _: (jnp.sin(c) * w, c[0] * c[1]), h, None, length=4, reverse=True)
+
+
 #: Loops kept as loops (the unrolling threshold set to 0): name -> (f, args, argnums, chain mode).
 KEPT = {
     "rnn": (*CASES["rnn"], "forward"),
@@ -91,6 +97,7 @@ KEPT = {
     "mapped": (mapped, (RNG.normal(size=2), RNG.normal(size=(3, 2))), (0, 1), "forward"),
     "shared_operand": (shared_operand, (RNG.normal(size=2), RNG.normal(size=(3, 2))), (0, 1), "forward"),
     "decay": (decay, (RNG.normal(size=2), RNG.normal(size=(5, 2))), (0, 1), "reverse"),
+    "reverse_history": (reverse_history, (RNG.normal(size=2), RNG.normal(size=2)), (0, 1), "forward"),
 }
 
 
