@@ -51,6 +51,12 @@ killed at ``--timeout`` seconds or ``--max-gb`` of resident memory:
   ``jax.vmap``, at batch 1,024 (its compilation is reported apart).
 - ``jacrev``: the same for ``jax.jit(jax.jacrev(f, argnums))``.
 
+``--output dense`` (for ``many-io``, whose Jacobian has 40,200 blocks at 1,000 equations) measures
+``interpreter.jacobian(f, order, argnums, output="dense")`` (one [output entries, input entries]
+array) instead, and as its peer ``jax.jacrev`` of f with its arguments and output raveled by
+``jax.flatten_util.ravel_pytree`` (the same array); the error is taken on the blocks that
+``interpreter.unravel_jacobian`` splits our array into.
+
 Only the public API is used (``interpreter.jacobian``), so whatever path the interpreter takes for
 a program (straight-line, tape) is what is measured; the ``trace`` stage reports that path, and
 for a program the tape does not take, why (the column "path"). Prints one markdown table row per form and
@@ -58,6 +64,7 @@ size (docs/benchmarks.md, "Scale"); ``--json`` also writes every measurement.
 
     python benchmarks/scale.py                                  # every form, N = 200 1000 3000 10000
     python benchmarks/scale.py --forms scalar --sizes 1000 --timeout 60
+    python benchmarks/scale.py --forms many-io --sizes 1000 3000 --output dense --no-batch
 """
 
 from __future__ import annotations
@@ -504,7 +511,28 @@ def _path(g) -> str:
     return f"tape ({len(tape.branches)} kinds, {len(tape.partials)} after the loop)"
 
 
-def run_stage(stage: str, form: str, size: int) -> None:
+def _raveled_jacrev(f, argnums):
+    """jax.jacrev's peer of ``jacobian(..., output="dense")``: jax.jacrev of f with its
+    differentiated arguments and its output raveled (`jax.flatten_util.ravel_pytree`), the same
+    [output entries, input entries] array."""
+    import jax
+    from jax.flatten_util import ravel_pytree
+
+    def dense(*args):
+        flat, unravel = ravel_pytree(tuple(args[k] for k in argnums))
+
+        def raveled(v):
+            full = list(args)
+            for k, x in zip(argnums, unravel(v)):
+                full[k] = x
+            return ravel_pytree(f(*full))[0]
+
+        return jax.jacrev(raveled)(flat)
+
+    return dense
+
+
+def run_stage(stage: str, form: str, size: int, output: str = "pytree") -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -533,10 +561,11 @@ def run_stage(stage: str, form: str, size: int) -> None:
             _emit(auto_s=time.perf_counter() - start, muls_auto=graph.cost(g, order))
         _emit(rss_gb=_rss_gb())
         return
+    _emit(output=output)
     if stage == "jacrev":
-        jac = jax.jacrev(f, argnums=argnums)
+        jac = _raveled_jacrev(f, argnums) if output == "dense" else jax.jacrev(f, argnums=argnums)
     else:
-        jac = interpreter.jacobian(f, stage, argnums=argnums)
+        jac = interpreter.jacobian(f, stage, argnums=argnums, output=output)
     jitted = jax.jit(jac)
     start = time.perf_counter()
     ours = jax.block_until_ready(jitted(*args))
@@ -555,6 +584,8 @@ def run_stage(stage: str, form: str, size: int) -> None:
         _emit(batch1024_s=_steady(vmapped, *batch), rss_gb=_rss_gb())
     if stage != "jacrev":  # last: op by op it takes minutes at 10,000 equations
         ref = jax.jacfwd(f, argnums=argnums)(*args)  # eager: no jit, JAX's forward mode op by op
+        if output == "dense":
+            ours = interpreter.unravel_jacobian(ours, f, *args, argnums=argnums)
         a, b = jax.tree.leaves(ours), jax.tree.leaves(ref)
         assert len(a) == len(b)
         scale = max(float(np.max(np.abs(x))) for x in b)
@@ -564,12 +595,13 @@ def run_stage(stage: str, form: str, size: int) -> None:
 # ---- the driver -----------------------------------------------------------------------------------------------
 
 
-def _run(stage: str, form: str, size: int, timeout: float, max_gb: float, cache: str) -> dict:
+def _run(stage: str, form: str, size: int, timeout: float, max_gb: float, cache: str, output: str = "pytree") -> dict:
     """Runs one stage in a subprocess; its measurements, plus ``stopped`` when it was killed."""
     import psutil
 
     env = dict(os.environ, ALPHAGRAD_CACHE=cache)
-    cmd = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--forms", form, "--sizes", str(size)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--forms", form, "--sizes", str(size),
+           "--output", output]
     out = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=env)
     handle = psutil.Process(proc.pid)
@@ -636,7 +668,8 @@ def row(form: str, size: int, stages: dict[str, dict]) -> str:
                                                    (a, "muls_auto")))
     rev, mm, jr = stages.get("reverse", {}), stages.get("markowitz", {}), stages.get("jacrev", {})
     errors = ", ".join(_fmt(x.get("error"), ".1e") for x in (rev, mm))
-    cells = [form, _fmt(t.get("equations")), _fmt(t.get("vertices")), _fmt(t.get("edges")), t.get("path", "–"),
+    dense = any(x.get("output") == "dense" for x in stages.values())
+    cells = [f"{form} (dense)" if dense else form, _fmt(t.get("equations")), _fmt(t.get("vertices")), _fmt(t.get("edges")), t.get("path", "–"),
              _fmt(t.get("trace_s"), "s"), _fmt(t.get("markowitz_s"), "s"),
              _fmt(a.get("auto_s"), "s") if "auto_s" in a else a.get("stopped", "–"), muls,
              _cell_first(rev), _cell_first(mm), _cell_first(jr), _cell_runs(rev), _cell_runs(mm), _cell_runs(jr),
@@ -653,10 +686,13 @@ def main() -> None:
     parser.add_argument("--max-gb", type=float, default=8.0, help="resident memory per stage (default 8)")
     parser.add_argument("--json", help="also write every measurement to this file")
     parser.add_argument("--no-batch", action="store_true", help="skip the batch-1,024 runs (vmap)")
+    parser.add_argument("--output", choices=("pytree", "dense"), default="pytree",
+                        help="the Jacobian as jax.jacrev's pytree, or one dense array (jacobian's output=; "
+                             "jax.jacrev of the raveled function as the peer)")
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # one stage, in this process
     args = parser.parse_args()
     if args.stage:
-        run_stage(args.stage, args.forms[0], args.sizes[0])
+        run_stage(args.stage, args.forms[0], args.sizes[0], args.output)
         return
     if args.no_batch:  # read by the stages' processes
         os.environ["ALPHAGRAD_SCALE_NO_BATCH"] = "1"
@@ -669,7 +705,7 @@ def main() -> None:
                 stages = {}
                 cache = os.path.join(caches, f"{form}-{size}")  # empty: "auto" searches once per row
                 for stage in args.stages:
-                    stages[stage] = _run(stage, form, size, args.timeout, args.max_gb, cache)
+                    stages[stage] = _run(stage, form, size, args.timeout, args.max_gb, cache, args.output)
                     print(f"  {form} {size} {stage}: {json.dumps(stages[stage])}", file=sys.stderr, flush=True)
                 results[f"{form}-{size}"] = stages
                 print(row(form, size, stages), flush=True)
