@@ -111,12 +111,13 @@ def test_a_loop_above_the_threshold_stays_one_dense_vertex(unrolled, monkeypatch
     assert (plan.length, plan.float_carries, plan.carry_sources, plan.x_sources) == (size, (0,), (0,), (0,))
     chains = {mode: _loops.chain_muls(mode, size, n=2, q=2, carry_columns=2, p=0, m=2)
               for mode in ("forward", "reverse")}
-    assert chains["forward"] == chains["reverse"] == size * 4 * 2 * (2 + 2 * size)  # a tie
-    # the dynamic programme's bracketing beats both: 128 = 8 x 16, runs of 8 split at 4, then 16
-    # super-steps split at 8 (`chain_plan`)
-    assert (plan.mode, plan.levels) == ("bracketed", ((8, 4), (16, 8)))
-    assert plan.chain_muls == 16 * _loops.split_muls(8, 4, n=2, q=2, carry_columns=2, p=0, m=2) + _loops.split_muls(
-        16, 8, n=2, q=16, carry_columns=2, p=0, m=16) == 122_120 < chains["forward"] // 2
+    assert chains["forward"] == chains["reverse"] == size * 4 * 2 * (2 + 2 * size)  # a tie: forward
+    assert (plan.mode, plan.levels, plan.chain_muls) == ("forward", ((size, size),), chains["forward"])
+    # the dynamic programme's cheapest bracketing: 128 = 8 x 16, runs of 8 split at 4, then 16
+    # super-steps split at 8, 2.2x fewer multiplications: too few to run faster (`BRACKETED_ADVANTAGE`)
+    dims = dict(n=2, q=2, carry_columns=2, p=0, m=2)
+    assert _loops.cheapest_bracketing(size, **dims) == (16 * _loops.split_muls(8, 4, **dims) + _loops.split_muls(
+        16, 8, n=2, q=16, carry_columns=2, p=0, m=16), ((8, 4), (16, 8))) == (122_120, ((8, 4), (16, 8)))
     assert _loops.partial_muls(g) == size * plan.body_muls + plan.chain_muls
     assert graph.cost(g, "forward") == sum(graph.elimination_costs(g, graph.forward(g)))  # outside the cost
     small = graph.trace(f, jnp.ones(2), jnp.ones((4, 2)))
@@ -259,7 +260,7 @@ def test_the_chain_plan_is_the_cheapest_bracketing_of_equal_runs(dims):
     length = dims["length"]
     best = min(_loops.bracketing_muls(tuple(zip(bs, splits)), **dims)
                for bs in _factorisations(length) for splits in itertools.product(*(range(b + 1) for b in bs)))
-    muls, levels = _loops.chain_plan(**dims)
+    muls, levels = _loops.cheapest_bracketing(**dims)
     assert muls == best == _loops.bracketing_muls(levels, **dims)
     assert muls <= min(_loops.chain_muls(mode, **dims) for mode in ("forward", "reverse"))
     # the pure modes are its one-level ends
@@ -268,13 +269,18 @@ def test_the_chain_plan_is_the_cheapest_bracketing_of_equal_runs(dims):
 
 
 def test_the_chain_plan_saves_most_where_the_carry_is_large():
-    # derivation in `chain_plan`: what a bracketing can save is the n^2 (carry transfer) terms; the
-    # cross blocks q·n·m·L(L-1)/2 of the output itself stay
+    # derivation in `cheapest_bracketing`: what a bracketing can save is the n^2 (carry transfer)
+    # terms; the cross blocks q·n·m·L(L-1)/2 of the output itself stay
     large = dict(length=64, n=10, q=1, carry_columns=10, p=0, m=1)
     small = dict(length=64, n=1, q=8, carry_columns=1, p=0, m=8)
     for dims, ratio in ((large, 0.4), (small, 0.75)):
         pure = min(_loops.chain_muls(mode, **dims) for mode in ("forward", "reverse"))
-        muls, levels = _loops.chain_plan(**dims)
+        muls, levels = _loops.cheapest_bracketing(**dims)
         assert muls < ratio * pure and len(levels) > 1 and _loops.chain_mode(64, levels) == "bracketed"
+        # taken only where it multiplies 1/5 of the forward chain and 1/2 of the reverse one
+        assert _loops.chain_plan(**dims) == (pure, ((64, 64),))
+    rnn = dict(length=256, n=16, q=1, carry_columns=16, p=0, m=1)  # ran 1.3x faster than forward
+    assert _loops.chain_plan(**rnn) == _loops.cheapest_bracketing(**rnn) == (3_330_048, ((16, 8), (16, 8)))
+    assert _loops.chain_muls("forward", **rnn) == 18_939_904
     assert _loops.chain_plan(length=1000, n=3, q=0, carry_columns=3, p=3, m=0) == (
         _loops.chain_muls("forward", 1000, 3, 0, 3, 3, 0), ((1000, 1000),))  # an integrator's final state: forward
