@@ -219,19 +219,14 @@ def split_muls(length: int, s: int, n: int, q: int, carry_columns: int, p: int, 
     r = length - s
     columns = carry_columns + p + s * m
     total = s * (n + q) * n * columns + r * (n + r * q) * n * (n + p + m)
-    return total + ((n + r * q) * n * columns if 0 < s < length else 0)
+    return total + (n + r * q) * n * columns * ((0 < s) & (s < length))  # (s may be an array: `best_split`)
 
 
 def best_split(length: int, n: int, q: int, carry_columns: int, p: int, m: int) -> tuple[int, int]:
     """(multiplications, s): the cheapest `split_muls` over s = 0..length; on ties forward (s =
     length), then reverse (s = 0), then the smallest s. The cost is a cubic in s, evaluated at every s
     in floating point; the few candidates around its minimum are recounted exactly."""
-    s = np.arange(length + 1, dtype=np.float64)
-    r = length - s
-    columns = carry_columns + p + s * m
-    costs = s * (n + q) * n * columns + r * (n + r * q) * n * (n + p + m) + (n + r * q) * n * columns
-    costs[[0, length]] -= ((n + r * q) * n * columns)[[0, length]]  # no meeting product at the ends
-    k = int(np.argmin(costs))
+    k = int(np.argmin(split_muls(length, np.arange(length + 1, dtype=np.float64), n, q, carry_columns, p, m)))
     candidates = [length, 0, *sorted({max(k - 1, 0), k, min(k + 1, length)})]
     return min((split_muls(length, c, n, q, carry_columns, p, m), i, c) for i, c in enumerate(candidates))[::2]
 
