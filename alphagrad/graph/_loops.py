@@ -42,7 +42,8 @@ whose small sums the interpreter writes out), or where that needs at least
 `CHAIN_ADVANTAGE` times as many multiplications, a chain product of each iteration's local
 Jacobian blocks that the interpreter accumulates (`LoopPlan`: the blocks by eliminating inside the
 body, the chain across the iterations bracketed by dynamic programming, `chain_plan`: forward,
-reverse, split between them at a carry block, or in nested segments, whichever counts least);
+reverse, split between them at a carry block, or in nested segments: the pure mode that counts
+least, or the cheapest bracketing where it counts at most 1/`BRACKETED_ADVANTAGE` of both);
 `partial_muls` reports the chain's multiplications beside the elimination's `graph.cost`. Every
 `while`/`cond` is one dense vertex per output whose partials JAX computes (docs/cost-model.md,
 "Loops").
