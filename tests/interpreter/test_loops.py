@@ -242,7 +242,7 @@ def chain_reference(blocks, columns, reverse):
         local[:, c + p + k * m : c + p + (k + 1) * m] = np.concatenate([B[k], GB[k]])
         Y[k] = GA[k] @ T + local[n:]
         T = A[k] @ T + local[:n]
-    return np.concatenate([T, Y.reshape(length * q, -1)])
+    return np.concatenate([T, Y.reshape(length * q, T.shape[1])])
 
 
 def test_the_chain_is_exact_and_counted_in_every_kind_of_level():
