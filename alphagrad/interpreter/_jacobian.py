@@ -6,6 +6,7 @@ import contextlib
 import functools
 import math
 import re
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -64,6 +65,20 @@ def _dtype_of(value: Any):
 
 def _is_float(value: Any) -> bool:
     return jnp.issubdtype(_dtype_of(value), jnp.floating)
+
+
+#: What the interpreter counted when it traced a Jacobian: per function, {(input signature,
+#: argnums, plan): multiplications}. `count_muls` returns a recorded count instead of tracing the
+#: elimination again (an abstract trace of a 150-vertex program takes seconds); a function that
+#: is gone takes its records with it.
+_PERFORMED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _record_performed(f: Callable, args: tuple, argnums, steps: tuple, total: int) -> None:
+    try:
+        _PERFORMED.setdefault(f, {})[(_signature(args), argnums, steps)] = total
+    except TypeError:  # an object without weak references (or unhashable): nothing recorded
+        pass
 
 
 def _signature(args: tuple) -> tuple:
@@ -1244,7 +1259,9 @@ def jacobian(
         if tape is not None:
             edges = _tape.run(tape, leaves)[1]
         else:
-            edges = _eliminate_all(graph, steps, leaves, MultiplicationCounter())[1]
+            counter = MultiplicationCounter()
+            edges = _eliminate_all(graph, steps, leaves, counter)[1]
+            _record_performed(target, args, argnums, steps, counter.total)
         return _assemble_dense(graph, edges) if output == "dense" else _assemble(graph, edges, argnums, args)
 
     return jacobian_fn
@@ -1317,7 +1334,10 @@ def count_muls(f: Callable, order: Any, *args: Any, argnums: int | Sequence[int]
 
     Counted from the shapes of the products the interpreter actually builds (traced abstractly,
     nothing is computed); each product's count is checked against the engine's plan as it is
-    built, so this equals ``graph.cost(graph_of(f, *args, argnums=argnums), order)``.
+    built, so this equals ``graph.cost(graph_of(f, *args, argnums=argnums), order)``. Where
+    ``jacobian(f, order, argnums)`` has already been traced at arguments of these shapes and
+    dtypes (the same f, the same plan), the count that trace made is returned instead of tracing
+    the elimination again.
     """
     if isinstance(argnums, list):
         argnums = tuple(argnums)
@@ -1330,6 +1350,10 @@ def count_muls(f: Callable, order: Any, *args: Any, argnums: int | Sequence[int]
     tape = _tape_of(graph, steps)
     if tape is not None:
         return tape.muls  # one multiply step per counted multiplication, checked against the plan
+    try:
+        return _PERFORMED[f][(_signature(args), argnums, steps)]
+    except (KeyError, TypeError):
+        pass
     counter = MultiplicationCounter()
 
     def run(*xs):

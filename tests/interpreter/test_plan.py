@@ -79,3 +79,28 @@ def test_a_product_that_departs_from_the_plan_is_an_internal_error(monkeypatch):
     monkeypatch.setattr("alphagrad.interpreter._jacobian.plan", wrong_plan)
     with pytest.raises(AlphagradError, match="internal error while eliminating vertex"):
         interpreter.count_muls(task.fn, "reverse", *task.args, argnums=tuple(range(len(task.args))))
+
+
+def test_count_muls_returns_what_the_traced_jacobian_counted():
+    """After jacobian(f, order) is traced, count_muls(f, order) is the count of that trace (the same
+    number a fresh abstract trace gives); another plan or other shapes trace afresh."""
+    from alphagrad.interpreter import _jacobian
+
+    def f(x, w):
+        h = jax.numpy.tanh(w @ x)
+        return jax.numpy.sin(h) * h[::-1], jax.numpy.sum(h * x[:3])
+
+    x, w = jax.numpy.linspace(0.1, 1.0, 4), jax.numpy.ones((3, 4)) / 4
+    fresh = {o: interpreter.count_muls(f, o, x, w, argnums=(0, 1)) for o in ("forward", "reverse", "markowitz")}
+    assert f not in _jacobian._PERFORMED  # counting alone records nothing
+    jax.jit(interpreter.jacobian(f, "markowitz", argnums=(0, 1))).lower(x, w)
+    (recorded,) = _jacobian._PERFORMED[f].values()
+    assert recorded == fresh["markowitz"] == interpreter.count_muls(f, "markowitz", x, w, argnums=(0, 1))
+    g = interpreter.graph_of(f, x, w, argnums=(0, 1))
+    assert fresh == {o: graph.cost(g, o) for o in fresh}
+    # Not recorded: another order, other shapes; both are counted by tracing, as before.
+    assert interpreter.count_muls(f, "forward", x, w, argnums=(0, 1)) == fresh["forward"]
+    x5, w5 = jax.numpy.ones(5), jax.numpy.ones((3, 5))
+    assert interpreter.count_muls(f, "markowitz", x5, w5, argnums=(0, 1)) == graph.cost(
+        interpreter.graph_of(f, x5, w5, argnums=(0, 1)), "markowitz")
+    assert len(_jacobian._PERFORMED[f]) == 1
