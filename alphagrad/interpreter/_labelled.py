@@ -5,8 +5,10 @@ the two arrays (`graph._dims`; codes 12 on, `Graph.structures`). Their values ar
 structure, both ends' structural dims and the value array laid out as ``ties.value_axes`` says.
 A product is one einsum with the letters `graph._structure.axis_product` gives, which performs
 exactly the multiplications the graph's `LabelledCostModel` counts; a product with a dense partial
-(code 1, whose far end need not be split) treats that end as one flat axis; products with index
-maps (code 11) and sums go through dense arrays, as for the 2-D codes (they multiply nothing).
+(code 1, whose far end need not be split) treats that end as one flat axis. A sum lays both terms
+out as the coarser structure they share (`relayout`: broadcasting and one select, no full tensor);
+a product with an index map (code 11) takes an elementwise labelled partial as its 2-D code (kept
+lazy by `_structured`), any other one as a dense array (they multiply nothing).
 """
 
 from __future__ import annotations
