@@ -220,9 +220,12 @@ def test_numbers_outside_argnums_that_f_loops_on_are_bound_in_every_layer_alike(
 def test_blocks_take_the_dtype_of_fs_output_not_of_the_computed_value():
     """The tape computes a program mixing float32 and float64 in float64 and hands back float64
     values for float32 outputs; the blocks of a float32 output by float32 inputs stay float32 (as on
-    the straight-line path and in jax.jacfwd). Checked on the assembly of those values (a tape
+    the straight-line path and in jax.jacfwd): the assembly takes the dtypes of the graph's
+    outputs, never of the edges it is handed. Checked on the assembly of float64 edges (a tape
     compilation takes seconds)."""
+    from alphagrad.graph import plan
     from alphagrad.interpreter import _jacobian
+    from alphagrad.interpreter._structured import MultiplicationCounter
 
     with jax.enable_x64(True):
         w = jnp.asarray(np.eye(2) * 0.5)  # float64
@@ -232,8 +235,13 @@ def test_blocks_take_the_dtype_of_fs_output_not_of_the_computed_value():
 
         a, b = jnp.array([0.3, -0.2], jnp.float32), jnp.array([1.0, 2.0], jnp.float32)
         g = interpreter.graph_of(f, a, b, argnums=(0, 1))
-        widened = [jnp.zeros(2, jnp.float64), jnp.zeros(2, jnp.float64)]  # what the tape returns
-        blocks = _jacobian._assemble(g, widened, {}, (0, 1), (a, b))
+        # The eliminated edges computed in float64, as the tape computes them.
+        leaves = [a.astype(jnp.float64), b.astype(jnp.float64)]
+        widened = _jacobian._eliminate_all(g, plan(g, graph.resolve_order(g, "reverse")), leaves, MultiplicationCounter())[1]
+        floats = {np.result_type(x) for e in widened.values() for x in jax.tree.leaves(e)
+                  if jnp.issubdtype(np.result_type(x), jnp.floating)}
+        assert floats == {np.dtype(np.float64)}
+        blocks = _jacobian._assemble(g, widened, (0, 1), (a, b))
         expected = jax.eval_shape(jax.jacfwd(f, argnums=(0, 1)), a, b)
         assert jax.tree.map(lambda x: x.dtype, blocks) == jax.tree.map(lambda x: x.dtype, expected)
 
