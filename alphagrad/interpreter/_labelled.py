@@ -227,7 +227,7 @@ def labelled_product(out, inp, counter, dtype, planned: int, dense_of: Callable)
         from alphagrad.interpreter._structured import contract  # here: _structured imports this module
 
         values = contract(plan.out_letters, jnp.asarray(a.values, dtype), plan.in_letters,
-                          jnp.asarray(b.values, dtype), plan.result_letters)
+                          jnp.asarray(b.values, dtype), plan.result_letters, result_order=True)
     result = plan.result
     if result.has_values and not result.ties:
         code = DENSE

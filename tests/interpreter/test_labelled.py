@@ -10,7 +10,9 @@ import pytest
 
 from alphagrad.graph import INDEX_MAP, axis_sum, axis_ties
 from alphagrad.interpreter._labelled import Labelled, densify_labelled, elementwise_code, relayout
-from alphagrad.interpreter._structured import IndexMap, MultiplicationCounter, Partial, Placed, densify, multiply
+from alphagrad.interpreter._structured import (
+    IndexMap, MultiplicationCounter, Partial, Placed, contract, densify, multiply,
+)
 
 
 def _reference(ties, out_dims, in_dims, values) -> np.ndarray:
@@ -143,3 +145,20 @@ def test_an_elementwise_partial_times_an_index_map_stays_lazy():
     for index in np.ndindex(*dims):
         expected[(*index, index[2])] = weights[index]
     np.testing.assert_array_equal(np.asarray(densify(product, jnp.float32)), expected.reshape(2, 12, 1, 4))
+
+
+def test_a_labelled_product_is_laid_out_in_the_result_order():
+    """bilinear_resize's last product, abcdo x bn -> abcdno: the joint space is built in the result's
+    order, so the broadcast product itself is never transposed (at batch 32,768 that transpose cost
+    more than the product); the numbers are einsum's."""
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(2, 4, 5, 3, 3)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
+    for result_order in (False, True):
+        def product(x, y, result_order=result_order):
+            return contract("abcdo", x, "bn", y, "abcdno", result_order=result_order)
+
+        np.testing.assert_allclose(np.asarray(product(a, b)), np.einsum("abcdo,bn->abcdno", a, b), rtol=1e-6)
+        jaxpr = jax.make_jaxpr(product)(a, b).jaxpr
+        whole = [e for e in jaxpr.eqns
+                 if e.primitive.name == "transpose" and np.prod(e.outvars[0].aval.shape) == a.size * 3]
+        assert bool(whole) == (not result_order)
