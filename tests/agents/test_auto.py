@@ -124,7 +124,7 @@ _X64_SCRIPT = textwrap.dedent(
     jax.config.update("jax_enable_x64", True)
     import alphagrad
     from alphagrad import graph, interpreter
-    from alphagrad.agents import anneal, beam_search
+    from alphagrad.agents import beam_search
 
     def f(u):
         return u[1:-1] + 0.1 * (u[2:] - 2.0 * u[1:-1] + u[:-2])
@@ -134,11 +134,9 @@ _X64_SCRIPT = textwrap.dedent(
     jac = jax.jit(interpreter.jacobian(f, "auto"))(x)
     assert jac.dtype == jnp.float64 and np.allclose(jac, jax.jacrev(f)(x))
     g = interpreter.graph_of(f, x)
-    for search in (lambda: anneal(g, seconds=300, chains=8, max_iterations=4),
-                   lambda: beam_search(g, seconds=300, width=4, per_state=2, max_passes=1)):
-        r = search()
-        assert r.cost == graph.cost(g, list(r.order)), r
-    record = alphagrad.optimize(f, x, minutes=0.02, method="sa")
+    r = beam_search(g, seconds=300, width=4, per_state=2, max_passes=1)
+    assert r.cost == graph.cost(g, list(r.order)), r
+    record = alphagrad.optimize(f, x, minutes=0.02, method="sa")  # the annealing, under x64
     assert record.multiplications == graph.cost(g, record)
     print("x64 ok")
     """
