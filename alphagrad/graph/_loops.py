@@ -65,8 +65,8 @@ from jax.extend.core import ClosedJaxpr, Jaxpr
 __all__ = [
     "UNROLL_MAX_EQUATIONS", "UNROLL_ADVANTAGE", "fits", "unrolls", "unrolled_graph", "unrolled_muls",
     "unrolled_size", "index_jaxpr", "stack_jaxpr", "evaluate", "Body", "analyse", "LoopPlan", "loop_plan",
-    "chain_muls", "split_muls", "best_split", "chain_plan", "cheapest_bracketing", "BRACKETED_ADVANTAGE", "bracketing_muls", "chain_mode", "whole_loop_muls", "seeded_graph",
-    "CHAIN_ADVANTAGE", "partial_muls",
+    "chain_muls", "split_muls", "best_split", "chain_plan", "cheapest_bracketing", "BRACKETED_ADVANTAGE",
+    "bracketing_muls", "chain_mode", "whole_loop_muls", "seeded_graph", "CHAIN_ADVANTAGE", "partial_muls",
 ]
 
 #: A `scan` is unrolled into the graph when its unrolled form has at most this many equations

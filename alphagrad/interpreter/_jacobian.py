@@ -1037,7 +1037,6 @@ def _tape_of(graph: Graph, steps: Sequence[Step]) -> _tape.Tape | None:
 OUTPUTS = ("pytree", "dense")
 
 
-
 def _output_avals(graph: Graph) -> list[tuple[tuple, Any]]:
     """The (shape, dtype) of each flattened output of the graph's function."""
     program = graph.program
