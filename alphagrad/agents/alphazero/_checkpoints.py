@@ -67,14 +67,11 @@ def restore_checkpoint(manager, like: TrainState) -> tuple[TrainState, dict[str,
     step = manager.latest_step()
     if step is None:
         return None
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(_abstract(like.params)),
-            state=ocp.args.StandardRestore(_abstract(_rest(like))),
-            meta=ocp.args.JsonRestore(),
-        ),
-    )
+    restored = _restore(manager, step, ocp.args.Composite(
+        params=ocp.args.StandardRestore(_abstract(like.params)),
+        state=ocp.args.StandardRestore(_abstract(_rest(like))),
+        meta=ocp.args.JsonRestore(),
+    ))
     ts = TrainState(params=restored["params"], **restored["state"])
     return ts, dict(restored["meta"])
 
@@ -99,8 +96,26 @@ def load_params(model_dir: str) -> tuple[Any, AlphaZeroConfig]:
     # Shapes of the parameters do not depend on the graph: any small state initialises them.
     example = env.init_state(_tiny_graph())
     like = jax.eval_shape(make_network(config).init, jax.random.PRNGKey(0), example, jnp.zeros(()))
-    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(like))))
+    restored = _restore(manager, step, ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(like))))
     return restored["params"], config
+
+
+def _restore(manager, step: int, args):
+    """`manager.restore` of `step`, with a checkpoint whose arrays do not fit the network and state
+    this version builds (one written by an older alphagrad, before the network embedded the
+    extended structure codes of rank >= 3 graphs, say) reported as such instead of as orbax's
+    structure error.
+
+    Raises:
+      AlphagradError: the checkpoint's trees or shapes differ from what this version restores.
+    """
+    try:
+        return manager.restore(step, args=args)
+    except ValueError as error:
+        raise AlphagradError(
+            f"the checkpoint at step {step} in {manager.directory} does not fit this version's network and "
+            f"training state (written by another alphagrad version or configuration: {error}); start a new run "
+            "in another directory, or use the alphagrad version that wrote it") from error
 
 
 def _tiny_graph() -> Graph:
