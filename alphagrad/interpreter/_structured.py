@@ -656,11 +656,41 @@ def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list
     return [Term(pattern, part.weight) for pattern, part in zip(patterns, parts)]
 
 
+def _is_scalar_row(partial: Partial, v_shape: Shape2D) -> bool:
+    """Whether `partial` is a dense partial (a plain value array) whose side on the shared vertex v has
+    a single entry: its product with a `Placed` partial scales each term by it (an outer product)."""
+    return (partial.code == 1 and math.prod(v_shape) == 1 and partial.value is not None
+            and not isinstance(partial.value, (Placed, Labelled)))
+
+
+def _scaled_terms(out: Partial, inp: Partial, placed_out: bool, dtype) -> list[Term]:
+    """out @ inp as terms, where v has a single entry and the partial that is not `Placed` is dense:
+    every term's pattern is broadcast over the dense side's entries, its weight multiplied by them
+    (a [c, 1] x [1, p] outer product, kept lazy: reverse mode through a division by a constant
+    reaches a stencil's index maps this way, burgers_upwind's, which a materialised product turned
+    into dense [7, 7] blocks)."""
+    c_shape, p_shape = out.out_shape, inp.in_shape
+    full = (*c_shape, *p_shape)
+    if placed_out:  # terms (v->c) [c1, c2, 1, 1] times the row [1, 1, p1, p2]
+        extra, terms = jnp.asarray(inp.value, dtype).reshape(1, 1, *p_shape), out.value.terms
+    else:  # the column [c1, c2, 1, 1] times terms (p->v) [1, 1, p1, p2]
+        extra, terms = jnp.asarray(out.value, dtype).reshape(*c_shape, 1, 1), inp.value.terms
+    done = []
+    for term in terms:
+        pattern = term.pattern
+        pattern = (np.broadcast_to(pattern, full) if isinstance(pattern, np.ndarray)
+                   else jnp.broadcast_to(pattern, full))
+        done.append(Term(pattern, extra if term.weight is None else term.weight * extra))
+    return done
+
+
 def _weighted_terms(out: Partial, inp: Partial, dtype) -> list[Term] | None:
     """out @ inp as terms where one is `Placed` and the other a permutation times weights (or an
     identity): the permutation moves the patterns (and weights), the weights multiply the terms'."""
     placed_out = isinstance(out.value, Placed)
     other = inp if placed_out else out
+    if _is_scalar_row(other, out.in_shape):
+        return _scaled_terms(out, inp, placed_out, dtype)
     if not (other.code in VALUELESS or _paired(other.code) is not None):
         return None
     permutation_code = other.code if other.code in VALUELESS else _permutation_code(other.code)

@@ -144,6 +144,30 @@ def test_weighted_maps_compose_lazily_and_equal_dense_arithmetic():
         np.testing.assert_allclose(got, expected, atol=1e-12)
 
 
+def test_a_placed_partial_times_a_dense_row_through_one_entry_stays_placed():
+    # v has one entry: a `Placed` (v->c) times a dense row (p->v), and a dense column times a `Placed`
+    # (p->v), are outer products; each term's weight takes the dense side's numbers (reverse mode
+    # through a division by a constant into a stencil's maps, as burgers_upwind's).
+    rng = np.random.default_rng(301)
+    paired = random_partial(rng, 9, (3, 3), (3, 3))
+    row = Partial(1, (1, 1), (2, 3), jnp.asarray(rng.normal(size=(1, 1, 2, 3))))
+    column = Partial(1, (2, 2), (1, 1), jnp.asarray(rng.normal(size=(2, 2, 1, 1))))
+
+    def run(weights):
+        checks = []
+        into_one = scatter_add_map((3, 3), (1, 1), jnp.zeros(9, jnp.int32))  # every entry into one
+        out_of_one = scatter_add_map((1, 1), (3, 3), jnp.array([4]))
+        gathered = product(into_one, paired._replace(value=weights), checks)  # weights per column: [1, 1, 3, 3]
+        spread = product(paired._replace(value=weights), out_of_one, checks)  # weights per row: [3, 3, 1, 1]
+        product(spread, row, checks)  # Placed (v->c) @ dense row: [3, 3, 2, 3]
+        product(column, gathered, checks)  # dense column @ Placed (p->v): [2, 2, 3, 3]
+        product(product(spread, row, checks), scatter_add_map((2, 2), (2, 3), jnp.array([5, 0, 0, 1])), checks)
+        return checks
+
+    for got, expected in jax.jit(run)(paired.value):
+        np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
 def test_a_weighted_map_drops_an_infinite_weight_it_does_not_read():
     # diag(w) with a NaN at entry 1, then maps that never read entry 1: exact zeros, no NaN
     pick = Partial(INDEX_MAP, (2, 1), (3, 1), IndexMap(
