@@ -21,7 +21,10 @@ not grow with the number of equations:
    so under `jax.vmap` nothing of size num_slots is copied per step. Where some kind's partials
    have more than `FUSED_PARTIALS` entries (wide vectors: a step must not copy thousands of
    padded entries), those kinds' partials are computed after the loop for all their equations
-   at once (one vmapped computation per kind: they read only the values), the others' in it.
+   at once (one vmapped computation per kind: they read only the values, in chunks of
+   equations, scattered into the buffer), the others' in it; under `jax.vmap` (a step writes
+   its padded partials for the whole batch) also the largest kinds of a few equations
+   (`_batched_limit`).
    XLA compiles every branch (35-50 ms each on a 2-core CPU), so kinds are kept few whatever the
    shapes (generated programs use the same primitives on many shapes and slice at many
    offsets): an *elementwise* equation (and a whole sum or a dot product of two vectors) runs
@@ -285,6 +288,9 @@ class Tape(NamedTuple):
       partials: per kind whose partials are larger, a `_PartialKind`: its function
         ``ops[K] -> partials[P]`` and, per equation of the kind, its operand runs and the first
         edge slot of its partials (all of a kind are computed at once, after the values).
+      batched_branches, batched_eq_partials, batched_partials: `branches`, `eq_partials` and
+        `partials` under `jax.vmap`, where the loop computes only partials of up to the size
+        `_batched_limit` chooses (a step writes its padded partials for the whole batch).
       width: (K, O).
       prod_steps, prod_patterns, prod_windowed: the lane steps of the products
         (`_tape_products.LaneSteps`).
@@ -312,6 +318,9 @@ class Tape(NamedTuple):
     row_width: int
     branches: tuple
     partials: tuple
+    batched_branches: tuple
+    batched_eq_partials: np.ndarray | None
+    batched_partials: tuple
     width: tuple[int, int]
     prod_steps: np.ndarray
     prod_patterns: np.ndarray
@@ -1049,25 +1058,43 @@ class _Builder:
         # wide partials no longer send every kind's partials out of the loop (each kind out of
         # it is a vmapped computation and a write loop of its own for XLA to compile: at 1,000
         # equations of the `control` form, 60 of them took 4 of its 7 s of lowering and compiling).
-        fused = [0 < size <= FUSED_PARTIALS for size in sizes]
-        P = max([size for size, f in zip(sizes, fused) if f] + [0])
-        num_edges = elim.next_slot + max(elim.steps.slack, P, 1)  # slack for windows, chunks and padded writes
-        partials = []
-        if P:  # the loop writes P partial entries per equation (the others' into the slack)
+        taken = [[r for r, (k, _, _, _, at, *_) in enumerate(eq_rows) if k == kind and at is not None]
+                 for kind in range(len(functions))]
+        # Under vmap a step writes its P padded partial entries for the whole batch (256 x 1,024
+        # where a multiplication has 32: two thirds of the loop's time at 1,000 equations of the
+        # `control` form): the loop computes only the partials of up to the size that leaves at
+        # most one equation in `BATCHED_AFTER` to the kinds after it.
+        counts = [len(t) if partial_fn is not None else 0 for t, (_, partial_fn) in zip(taken, functions)]
+        limit = min(FUSED_PARTIALS, _batched_limit(sizes, counts, len(eq_rows)))
+
+        def loop(limit):  # (branches, eq_partials, whether each kind's partials are in the loop)
+            fused = [0 < size <= limit for size in sizes]
+            P = max([size for size, f in zip(sizes, fused) if f] + [0])
+            if not P:
+                return tuple(value_fn for value_fn, _ in functions), None, fused
+            # The loop writes P partial entries per equation (the others' into the slack).
             branches = tuple(_fused(value_fn, partial_fn if f else None, P, self.dtype)
                              for (value_fn, partial_fn), f in zip(functions, fused))
             eq_partials = np.asarray([at if at is not None and fused[k] else elim.next_slot
                                       for k, _, _, _, at, *_ in eq_rows], np.int32)
-        else:
-            branches, eq_partials = tuple(value_fn for value_fn, _ in functions), None
+            return branches, eq_partials, fused
+
+        branches, eq_partials, fused = loop(FUSED_PARTIALS)
+        batched_branches, batched_eq_partials, batched_fused = loop(limit)
+        P = max([size for size, f in zip(sizes, fused) if f] + [0])
+        num_edges = elim.next_slot + max(elim.steps.slack, P, 1)  # slack for windows, chunks and padded writes
+        partials, batched_partials = [], []
         for kind, (_, partial_fn) in enumerate(functions):
-            taken = [r for r, (k, _, _, _, at, *_) in enumerate(eq_rows) if k == kind and at is not None]
-            if taken and partial_fn is not None and not fused[kind]:
-                at = np.asarray([eq_rows[r][4] for r in taken], np.int32)
+            if taken[kind] and partial_fn is not None and not batched_fused[kind]:
+                rows_of = taken[kind]
+                at = np.asarray([eq_rows[r][4] for r in rows_of], np.int32)
                 # A kind of read-off partials has one size per equation (its value arrays').
                 size = np.asarray([sizes[kind] if eq_rows[r][5] is None or eq_rows[r][5][-1] is None
-                                   else len(eq_rows[r][5][-1]) for r in taken], np.int32)
-                partials.append(_PartialKind(partial_fn, eq_runs[taken], eq_table_at[taken], at, eq_row[taken], size))
+                                   else len(eq_rows[r][5][-1]) for r in rows_of], np.int32)
+                batched_partials.append(_PartialKind(partial_fn, eq_runs[rows_of], eq_table_at[rows_of], at,
+                                                     eq_row[rows_of], size))
+                if not fused[kind]:
+                    partials.append(batched_partials[-1])
         constants = np.concatenate(self.constants) if self.constants else np.zeros(0, self.dtype)
         return Tape(
             dtype=self.dtype,
@@ -1088,6 +1115,9 @@ class _Builder:
             row_width=rows.width,
             branches=branches,
             partials=tuple(partials),
+            batched_branches=batched_branches,
+            batched_eq_partials=batched_eq_partials,
+            batched_partials=tuple(batched_partials),
             width=(K, O),
             prod_steps=prod_steps,
             prod_patterns=prod_patterns,
@@ -1549,6 +1579,22 @@ def _permutation(gather: np.ndarray, num_seeds: int, n_out: int) -> np.ndarray |
     return gather
 
 
+#: Under vmap the equation loop computes the partials of the smallest kinds, such that at most
+#: one equation in this many computes its partials after the loop (`_batched_limit`).
+BATCHED_AFTER = 16
+
+
+def _batched_limit(sizes: Sequence[int], counts: Sequence[int], equations: int) -> int:
+    """The largest partial size the equation loop computes under vmap: the smallest size such
+    that the kinds of larger partials (`sizes`, `counts` of their equations) have at most
+    ``equations // BATCHED_AFTER`` equations (each kind after the loop is one more computation
+    for XLA to compile; each entry of the loop's partials is written at every step)."""
+    for limit in sorted({0, *sizes}):
+        if sum(c for size, c in zip(sizes, counts) if size > limit) <= equations // BATCHED_AFTER:
+            return limit
+    return max(sizes, default=0)
+
+
 def _fused(value_fn, partial_fn, P: int, dtype):
     """A switch branch computing an equation's output and its partials, padded to `P` entries."""
     def branch(ops, row):
@@ -1686,11 +1732,50 @@ def build(graph: Graph, steps: Sequence[Step]) -> Tape:
 # ---- running the tape -------------------------------------------------------------------------
 
 
+#: Most entries (operand slots or partials, times the batch) a step of `_write_partials` gathers
+#: or computes at once: bounds the temporaries of partials computed after the equation loop.
+PARTIALS_CHUNK_ENTRIES = 1 << 22
+
+
+def _write_partials(edges: jax.Array, vals: jax.Array, kind: _PartialKind, K: int, slots_of, row_of) -> jax.Array:
+    """The partials of every equation of one kind, computed at once (vmapped over its equations:
+    they read only the values) in chunks of equations, and scattered into edges [num_edges,
+    *batch]: equation i's first ``size[i]`` entries from slot ``at[i]`` (the rest dropped)."""
+    batch = vals.shape[1:]
+    fn = jax.vmap(kind.fn)
+    if batch:
+        fn = jax.vmap(fn, in_axes=(2, None), out_axes=2)
+    P = int(jax.eval_shape(kind.fn, jax.ShapeDtypeStruct((K,), vals.dtype),
+                           jax.ShapeDtypeStruct(row_of(0).shape, jnp.int32)).shape[0])
+    n = len(kind.at)
+    chunk = max(1, min(n, PARTIALS_CHUNK_ENTRIES // (max(K, P) * math.prod(batch))))
+    count = -(-n // chunk)
+
+    def padded(table, fill=0):  # [count, chunk, ...]; padding equations have size 0: write nothing
+        table = np.asarray(table)
+        extra = np.full((count * chunk - n, *table.shape[1:]), fill, table.dtype)
+        return jnp.asarray(np.concatenate([table, extra]).reshape(count, chunk, *table.shape[1:]))
+
+    tables = (padded(kind.runs), padded(kind.table_at, -1), padded(kind.row_at), padded(kind.at), padded(kind.size))
+    inside = jnp.arange(P, dtype=jnp.int32)
+
+    def body(edges, tables):
+        runs, table_at, row_at, at, size = tables
+        values = fn(vals[jax.vmap(slots_of)(runs, table_at)], jax.vmap(row_of)(row_at))  # [chunk, P, *batch]
+        index = jnp.where(inside[None, :] < size[:, None], at[:, None] + inside[None, :], edges.shape[0])
+        return edges.at[index.reshape(-1)].set(values.reshape(chunk * P, *batch), mode="drop"), None
+
+    if count == 1:
+        return body(edges, jax.tree.map(lambda t: t[0], tables))[0]
+    return lax.scan(body, edges, tables)[0]
+
+
 def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The tape on buffers whose slot axis comes first: vals [num_values, *batch] (its leaves and
     constants filled in) -> (vals, edges [num_edges, *batch]), with at most one batch axis.
 
     With the batch axis last, each step reads and writes whole contiguous rows of the batch.
+    Batched, the loop computes fewer kinds' partials (`Tape.batched_branches`).
     """
     batch = vals.shape[1:]
 
@@ -1700,8 +1785,11 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
     def row_of(at):
         return lax.dynamic_slice_in_dim(rows, at, W)
 
+    branches, eq_partials, after = ((tape.batched_branches, tape.batched_eq_partials, tape.batched_partials) if batch
+                                    else (tape.branches, tape.eq_partials, tape.partials))
+
     def kinds(kind, ops, row_at):
-        return lax.switch(kind, tape.branches, ops, row_of(row_at))
+        return lax.switch(kind, branches, ops, row_of(row_at))
 
     if batch:  # the branches are written for one example; the kind and the row are the same for all
         kinds = jax.vmap(kinds, in_axes=(None, 1, None), out_axes=1)
@@ -1711,7 +1799,7 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
     table = jnp.asarray(tape.eq_table) if np.any(tape.eq_table_at >= 0) else None
     slots_of = functools.partial(_operand_slots, table=table, K=K, zero=tape.zero)
 
-    if tape.eq_partials is not None:
+    if eq_partials is not None:
         def equation(carry, row):
             vals, edges = carry
             kind, runs, table_at, out_at, partials_at, row_at = row
@@ -1719,7 +1807,7 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
             vals = lax.dynamic_update_slice_in_dim(vals, out, out_at, axis=0)
             return (vals, lax.dynamic_update_slice_in_dim(edges, partials, partials_at, axis=0)), None
 
-        steps = (tape.eq_kind, tape.eq_runs, tape.eq_table_at, tape.eq_out, tape.eq_partials, tape.eq_row)
+        steps = (tape.eq_kind, tape.eq_runs, tape.eq_table_at, tape.eq_out, eq_partials, tape.eq_row)
         (vals, edges), _ = lax.scan(equation, (vals, edges), steps)
     else:
         def equation(vals, row):
@@ -1729,25 +1817,8 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
 
         vals, _ = lax.scan(equation, vals, (tape.eq_kind, tape.eq_runs, tape.eq_table_at, tape.eq_out, tape.eq_row))
     # The partials of every equation of a kind at once: they read only the values.
-    for kind in tape.partials:
-        partials = jax.vmap(kind.fn)
-        if batch:
-            partials = jax.vmap(partials, in_axes=(2, None), out_axes=2)
-        slots = jax.vmap(slots_of)(jnp.asarray(kind.runs), jnp.asarray(kind.table_at))
-        values = partials(vals[slots], jax.vmap(row_of)(jnp.asarray(kind.row_at)))  # [equations, P, *batch]
-        at, size = jnp.asarray(kind.at), jnp.asarray(kind.size)
-        P = values.shape[1]
-        inside = lax.broadcasted_iota(jnp.int32, (P, *batch), 0)
-
-        # Each equation's partials written as one slice (a scatter's index table of every
-        # equation's slots was a constant of [equations, P]: 80 MB for `wide` at 10,888 equations);
-        # past an equation's own size the slots keep what they hold (other equations' partials).
-        def write(i, edges, values=values, at=at, size=size, P=P, inside=inside):
-            old = lax.dynamic_slice_in_dim(edges, at[i], P, axis=0)
-            new = jnp.where(inside < size[i], lax.dynamic_index_in_dim(values, i, keepdims=False), old)
-            return lax.dynamic_update_slice_in_dim(edges, new, at[i], axis=0)
-
-        edges = lax.fori_loop(0, len(kind.at), write, edges)
+    for kind in after:
+        edges = _write_partials(edges, vals, kind, K, slots_of, row_of)
     return vals, run_steps(edges, tape.prod_steps, tape.prod_patterns, tape.prod_windowed)
 
 

@@ -350,13 +350,15 @@ def test_lane_steps_equal_jacfwd(force_tape, monkeypatch, fn, args, lanes, block
     """Products planned as steps of several lanes (what plans of millions of multiplications
     take) give jax.jacfwd's Jacobian in two orders, under jit and vmap; products enumerated in
     blocks of a few points (as wide products are). `after`: the partials computed after the
-    equation loop, a kind at a time (as wide programs compute them), and every equation of two
-    or more runs of operand slots reading them from the table (`MAX_RUNS` 1)."""
+    equation loop, a kind at a time (as wide programs compute them, and every program under
+    vmap), an equation a chunk (the chunks' loop), and every equation of two or more runs of
+    operand slots reading them from the table (`MAX_RUNS` 1)."""
     monkeypatch.setattr(_tape, "lanes_for", lambda muls: lanes)
     monkeypatch.setattr(_tape_products, "_POINTS_PER_BLOCK", block)
     if after:
         monkeypatch.setattr(_tape, "FUSED_PARTIALS", 0)
         monkeypatch.setattr(_tape, "MAX_RUNS", 1)
+        monkeypatch.setattr(_tape, "PARTIALS_CHUNK_ENTRIES", 1)
     with jax.enable_x64(True):
         args = tuple(jnp.asarray(a, jnp.float64) for a in args)
         argnums = tuple(range(len(args)))
