@@ -517,6 +517,8 @@ def _materialise(placed: Placed, shape, dtype) -> jax.Array:
     """The dense [v1, v2, p1, p2] array of a `Placed` value: one fused elementwise sum of placed
     products (the patterns, computed from constants wherever the maps' indices are, are folded by
     XLA into constants)."""
+    if not placed.terms:  # a product through a vertex with no entries (an empty slice)
+        return jnp.zeros(shape, dtype)
     known = _materialise_known(placed, shape, dtype)
     if known is not None:
         return known
