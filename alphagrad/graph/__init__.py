@@ -33,6 +33,7 @@ from alphagrad.graph._orders import (
     reverse,
 )
 from alphagrad.graph._reference import ReferenceInfo, load_reference, reference_info, reference_names
+from alphagrad.graph._rules import LINEAR_IN as LINEAR_OPERANDS
 from alphagrad.graph._rules import LINEARISED_INDEX_MAPS, edge_codes
 from alphagrad.graph._rules import normalise as normalise_shape
 from alphagrad.graph._structure import (
@@ -68,6 +69,7 @@ from alphagrad.graph._trace import (
 )
 
 __all__ = [
+    "LINEAR_OPERANDS",
     "LINEARISED_INDEX_MAPS",
     "CLASSIC_ORDERS",
     "CODES",

@@ -9,6 +9,7 @@ compact value array laid out as `structure_of(code).value_axes` says, nothing (a
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -26,7 +27,7 @@ from alphagrad.interpreter._labelled import (
 
 __all__ = [
     "IndexMap", "Partial", "Placed", "Term", "MultiplicationCounter", "multiply", "add", "densify", "convert",
-    "extract", "read_constant", "contract",
+    "extract", "read_constant", "contract", "broadcast_partial",
 ]
 
 Shape2D = tuple[int, int]
@@ -561,6 +562,37 @@ def _materialise_known(placed: Placed, shape, dtype) -> jax.Array | None:
     return jnp.broadcast_to(total, shape)
 
 
+def broadcast_partial(out_shape: Shape2D, in_shape: Shape2D, operand_shape: tuple, result_shape: tuple,
+                      weight: Callable[[], jax.Array], dtype) -> Partial | None:
+    """The dense partial of an elementwise operation's output (`result_shape`, normalised
+    `out_shape`) with respect to an operand broadcast to it along size-1 axes (`operand_shape`,
+    normalised `in_shape`), as a `Placed` term: the broadcast's 0/1 matrix [v1, v2, p1, p2] (a NumPy
+    constant) times ``weight()``, the local derivative at every output entry ([v1, v2]), one number
+    where they are all equal. None where the operand is not such a broadcast, has a single entry (its
+    dense partial is a column already), the matrix would exceed PATTERN_AT_TRACE_TIME_MAX entries,
+    or ``weight()`` is not known while tracing.
+
+    Products with it then stay lazy (a map composes with the pattern, an elementwise partial scales
+    the weights) where a dense [v, p] array was built and multiplied: the pair differences of
+    ``x[:, None] - x[None, :]`` (lennard_jones) gave a dense [48, 12] partial of -1s."""
+    operand_shape, result_shape = tuple(operand_shape), tuple(result_shape)
+    entries_out, entries_in = math.prod(out_shape), math.prod(in_shape)
+    if (entries_in <= 1 or operand_shape == result_shape or len(operand_shape) != len(result_shape)
+            or any(n not in (1, m) for n, m in zip(operand_shape, result_shape))
+            or entries_out * entries_in > PATTERN_AT_TRACE_TIME_MAX):
+        return None
+    values = _at_trace_time(weight, entries_out)
+    if not isinstance(values, np.ndarray):
+        return None
+    values = np.asarray(values, np.dtype(dtype)).reshape(*out_shape, 1, 1)
+    if values.size and np.all(values == values.flat[0]):
+        values = values.reshape(-1)[:1].reshape(1, 1, 1, 1)  # one number: it varies along no axis a map meets
+    source = np.broadcast_to(np.arange(entries_in).reshape(operand_shape), result_shape).reshape(-1)
+    pattern = np.zeros((entries_out, entries_in), np.dtype(dtype))
+    pattern[np.arange(entries_out), source] = 1
+    return Partial(1, out_shape, in_shape, Placed((Term(pattern.reshape(*out_shape, *in_shape), values),)))
+
+
 def _placed(out_shape: Shape2D, in_shape: Shape2D, terms, dtype) -> Partial:
     """A dense partial of these terms: `Placed` while they are few, else materialised."""
     value = Placed(tuple(terms))
@@ -631,23 +663,27 @@ def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list
     """(map v->c) @ the sum of `terms` (p->v) where `after`, else the sum of `terms` (v->c) @ (map
     p->v), as terms; None where too many would be needed. `shape` is the terms' [4] shape."""
     axes = (0, 1) if after else (2, 3)  # the terms' axes the map meets
-    parts = []
-    for term in terms:
-        if _varies(term.weight, axes):
-            if shape[axes[0]] * shape[axes[1]] > PLACED_SPLIT_MAX:
-                return None
-            parts += _split(term, axes)
-        else:
-            parts.append(term)
-    if len(parts) > PLACED_MAX_TERMS:
-        return None
 
     def moved(pattern):
         return _apply_on_v(the_map, pattern) if after else _apply_on_p(pattern, the_map)
 
     entries = math.prod(shape)  # the moved patterns' size is about that of those they are moved from
+    parts, done = [], []
+    for term in terms:
+        if _varies(term.weight, axes):
+            reindexed = _reindexed(term, moved, axes, shape)
+            if reindexed is not None:
+                done.append(reindexed)
+                continue
+            if shape[axes[0]] * shape[axes[1]] > PLACED_SPLIT_MAX:
+                return None
+            parts += _split(term, axes)
+        else:
+            parts.append(term)
+    if len(parts) + len(done) > PLACED_MAX_TERMS:
+        return None
     if len(parts) <= 1:  # none (a zero-size partial) or one: nothing to stack
-        return [Term(_at_trace_time(lambda: moved(part.pattern), entries), part.weight) for part in parts]
+        return done + [Term(_at_trace_time(lambda: moved(part.pattern), entries), part.weight) for part in parts]
     # The map moves every part's pattern in one vmapped application: where its indices are known only
     # at run time (a scatter-add onto receivers passed as an argument), one kernel instead of one per
     # part (message_passing: 57 -> 31 kernels at batch 256, where the time is the same; 43 -> 36 ms at
@@ -655,7 +691,76 @@ def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list
     patterns = _at_trace_time(
         lambda: jax.vmap(moved)(jnp.stack([jnp.broadcast_to(part.pattern, shape) for part in parts])),
         len(parts) * entries)
-    return [Term(pattern, part.weight) for pattern, part in zip(patterns, parts)]
+    return done + [Term(pattern, part.weight) for pattern, part in zip(patterns, parts)]
+
+
+#: `_reindexed` labels the moved entries with their index (squared) in the partials' dtype: exact in
+#: float32 up to this many entries of the side the map meets.
+REINDEX_MAX_ENTRIES = 2048
+
+
+def _reindexed(term: Term, moved: Callable, axes: tuple[int, int], shape) -> Term | None:
+    """`term` moved by an index map that meets the axes along which its weight varies (`axes` of
+    its [4] `shape`), as one term whose weight is the old one reshaped, where every entry of the
+    moved pattern comes from a single entry of those axes and the weight read there keeps its order
+    (a sum over a broadcast's copies); else None (the term is split per entry, or materialised).
+
+    (M diag(w) P)[c, p] = M[c, v] w[v] P[v, p] for the single v that reaches (c, p): the weight at
+    (c, p) is w[v(c, p)], an array of the moved shape that is constant along the axes on which v
+    (and the weight's other axes) do not depend, so it keeps size 1 there. lennard_jones's squared
+    pair differences summed over the coordinate axis: a [4, 4 | 4, 3] term weighted by the
+    differences as [4, 4, 1, 3], where the sum was materialised as [4, 12 | 4, 3] and moved through
+    a transposing copy per example (peer/auto 0.21 -> 0.55 at batch 32,768). A weight read in another
+    order would need a gather per example under a vmap, which ran slower than the split
+    (embed_and_pool at batch 32,768: 1.6x), so it is not taken.
+    """
+    pattern = term.pattern
+    sides = shape[axes[0]] * shape[axes[1]]
+    if not isinstance(pattern, np.ndarray) or sides > REINDEX_MAX_ENTRIES or 0 in shape:
+        return None
+    full = np.broadcast_to(pattern, shape)
+    label_shape = [1, 1, 1, 1]
+    label_shape[axes[0]], label_shape[axes[1]] = shape[axes[0]], shape[axes[1]]
+    labels = np.arange(1, sides + 1, dtype=full.dtype).reshape(label_shape)
+    support = (full != 0).astype(full.dtype)
+    entries = math.prod(shape)
+    moved_pattern, count, first, second = (
+        _at_trace_time(lambda x=x: moved(x), entries) for x in (full, support, support * labels, support * labels**2))
+    if not all(isinstance(x, np.ndarray) for x in (moved_pattern, count, first, second)) or moved_pattern.size == 0:
+        return None
+    # A single v reaches (c, p) iff its labels' mean squared equals their mean of squares.
+    reached = count != 0
+    if not np.array_equal(first[reached] ** 2, second[reached] * count[reached]):
+        return None
+    v = np.where(reached, np.rint(first / np.where(reached, count, 1)) - 1, -1).astype(np.int64)
+    # Index of the old weight read at each moved entry, -1 where nothing is.
+    weight = jnp.asarray(term.weight)
+    weight_shape = (1,) * (4 - weight.ndim) + tuple(weight.shape)
+    out_shape = moved_pattern.shape
+    grids = list(np.indices(out_shape, sparse=True))
+    grids[axes[0]], grids[axes[1]] = np.unravel_index(np.maximum(v, 0), (shape[axes[0]], shape[axes[1]]))
+    index = np.ravel_multi_index(
+        [np.broadcast_to(g, out_shape) if n > 1 else np.zeros(out_shape, np.int64)
+         for g, n in zip(grids, weight_shape)], weight_shape)
+    index = np.where(reached, index, -1)
+    # Size 1 along axes the read index does not vary on where reached: of the arrangements with the
+    # fewest entries, one in the old weight's order (a reshape) rather than a gather. On the support
+    # two axes may carry the same index (a broadcast copy: c1 == p1), so several may do.
+    best = None
+    for dropped in itertools.product((False, True), repeat=4):
+        kept = index
+        for axis in (a for a in range(4) if dropped[a]):
+            kept = kept.max(axis=axis, keepdims=True)
+        if not np.array_equal(np.where(reached, index, 0), np.where(reached, np.broadcast_to(kept, index.shape), 0)):
+            continue
+        kept = np.maximum(kept, 0)
+        in_order = kept.size == math.prod(weight_shape) and np.array_equal(kept.reshape(-1), np.arange(kept.size))
+        if best is None or (kept.size, not in_order) < (best[0].size, not best[1]):
+            best = (kept, in_order)
+    index, in_order = best
+    if not in_order:  # a gather per example under a vmap: slower than the split or the dense product
+        return None
+    return Term(moved_pattern, weight.reshape(index.shape))
 
 
 def _is_scalar_row(partial: Partial, v_shape: Shape2D) -> bool:
@@ -874,11 +979,14 @@ def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCount
     """The product out(v->c) @ in(p->v), laid out as `code` (the cost model's product code)."""
     c_shape, v_shape, p_shape = out.out_shape, out.in_shape, inp.in_shape
     if isinstance(out.value, Labelled) or isinstance(inp.value, Labelled):
-        if INDEX_MAP not in (out.code, inp.code):
+        labelled, other = (out, inp) if isinstance(out.value, Labelled) else (inp, out)
+        scales_placed = isinstance(other.value, Placed) and elementwise_code(labelled.value, dtype) is not None
+        if INDEX_MAP not in (out.code, inp.code) and not scales_placed:
             result, value = labelled_product(out, inp, counter, dtype, code, lambda x: densify(x, dtype))
             return Partial(result, c_shape, p_shape, value)
         # With an index map: a relabelling is one too, an elementwise partial its 2-D code (which the
-        # map keeps lazy, `Placed`), another labelled partial with values is dense.
+        # map keeps lazy, `Placed`), another labelled partial with values is dense. An elementwise
+        # partial times a `Placed` one scales its terms' weights, as a 2-D diagonal does.
         out, inp = (_unlabelled(x, dtype) for x in (out, inp))
     moves_only = {INDEX_MAP} | VALUELESS
     lazy_out, lazy_in = isinstance(out.value, Placed), isinstance(inp.value, Placed)

@@ -14,7 +14,9 @@ from alphagrad import interpreter
 from alphagrad.graph import cost_model
 from alphagrad.graph._structure import STRUCTURED_CODES, VALUELESS, exact_tables, structure_of
 from alphagrad.graph import INDEX_MAP
-from alphagrad.interpreter._structured import IndexMap, MultiplicationCounter, Partial, Placed, add, densify, multiply
+from alphagrad.interpreter._structured import (
+    IndexMap, MultiplicationCounter, Partial, Placed, Term, add, broadcast_partial, densify, multiply,
+)
 from tests.interpreter.test_index_maps import index_map_adding_into
 
 MODEL = cost_model("exact")
@@ -165,6 +167,51 @@ def test_a_placed_partial_times_a_dense_row_through_one_entry_stays_placed():
         return checks
 
     for got, expected in jax.jit(run)(paired.value):
+        np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+def broadcast_pattern(out_shape, in_shape, operand_shape, result_shape):
+    """The 0/1 [v1, v2, p1, p2] matrix of an operand broadcast along size-1 axes."""
+    source = np.broadcast_to(np.arange(np.prod(operand_shape)).reshape(operand_shape), result_shape).reshape(-1)
+    pattern = np.zeros((len(source), int(np.prod(in_shape))))
+    pattern[np.arange(len(source)), source] = 1
+    return pattern.reshape(*out_shape, *in_shape)
+
+
+def test_a_broadcast_operand_partial_is_its_pattern_times_the_local_derivative():
+    rng = np.random.default_rng(303)
+    a, b = rng.normal(size=(4, 1, 3)), rng.normal(size=(1, 4, 3))
+    local = -np.ones((4, 4, 3))  # d(a - b)/db at every output entry
+    partial = broadcast_partial((4, 12), (1, 12), b.shape, (4, 4, 3), lambda: jnp.asarray(local), jnp.float64)
+    assert isinstance(partial.value, Placed)
+    expected = jax.jacfwd(lambda y: a - y)(b).reshape(48, 12)
+    np.testing.assert_array_equal(dense(partial), expected)
+    assert broadcast_partial((4, 12), (4, 12), (4, 4, 3), (4, 4, 3), lambda: local, jnp.float64) is None  # no broadcast
+    assert broadcast_partial((4, 12), (1, 1), (1, 1, 1), (4, 4, 3), lambda: local, jnp.float64) is None  # a scalar
+
+
+def test_a_map_moves_weights_it_meets_by_reindexing_them_where_each_entry_comes_from_one():
+    # x[:, None, :] with a weight per pair entry (4 x 4 x 3 = 48 > PLACED_SPLIT_MAX), summed over
+    # the last axis: every result entry comes from one weighted entry, so the product stays one
+    # term whose weight is the old one reshaped (lennard_jones); a map that adds several weighted
+    # entries into one result entry, or reads the weight in another order, is materialised.
+    rng = np.random.default_rng(302)
+    pattern = broadcast_pattern((4, 12), (4, 3), (4, 1, 3), (4, 4, 3))
+    weights = jnp.asarray(rng.normal(size=(4, 12, 1, 1)))
+
+    def run(weights):
+        checks = []
+        term = Partial(1, (4, 12), (4, 3), Placed((Term(pattern, weights),)))
+        summed = scatter_add_map((4, 12), (4, 4), np.arange(48) // 3)  # sum over the last axis
+        moved = product(summed, term, checks)
+        assert len(moved.value.terms) == 1 and np.shape(moved.value.terms[0].weight) == (4, 4, 1, 3)
+        over_pairs = scatter_add_map((4, 12), (4, 3), (np.arange(48) // 12) * 3 + np.arange(48) % 3)
+        product(over_pairs, term, checks, False)  # four weighted entries into each result entry
+        over_first = scatter_add_map((4, 12), (4, 3), np.arange(48) % 12)  # sum over the first axis
+        product(over_first, term, checks, False)  # the weight read in another order: materialised
+        return checks
+
+    for got, expected in jax.jit(run)(weights):
         np.testing.assert_allclose(got, expected, atol=1e-12)
 
 
