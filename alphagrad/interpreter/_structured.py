@@ -694,11 +694,6 @@ def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list
     return done + [Term(pattern, part.weight) for pattern, part in zip(patterns, parts)]
 
 
-#: `_reindexed` labels the moved entries with their index (squared) in the partials' dtype: exact in
-#: float32 up to this many entries of the side the map meets.
-REINDEX_MAX_ENTRIES = 2048
-
-
 def _reindexed(term: Term, moved: Callable, axes: tuple[int, int], shape) -> Term | None:
     """`term` moved by an index map that meets the axes along which its weight varies (`axes` of
     its [4] `shape`), as one term whose weight is the old one reshaped, where every entry of the
@@ -710,29 +705,30 @@ def _reindexed(term: Term, moved: Callable, axes: tuple[int, int], shape) -> Ter
     (and the weight's other axes) do not depend, so it keeps size 1 there. lennard_jones's squared
     pair differences summed over the coordinate axis: a [4, 4 | 4, 3] term weighted by the
     differences as [4, 4, 1, 3], where the sum was materialised as [4, 12 | 4, 3] and moved through
-    a transposing copy per example (peer/auto 0.21 -> 0.55 at batch 32,768). A weight read in another
+    a transposing copy per example (peer/auto 0.22 -> 0.48 at batch 32,768). A weight read in another
     order would need a gather per example under a vmap, which ran slower than the split
     (embed_and_pool at batch 32,768: 1.6x), so it is not taken.
     """
     pattern = term.pattern
-    sides = shape[axes[0]] * shape[axes[1]]
-    if not isinstance(pattern, np.ndarray) or sides > REINDEX_MAX_ENTRIES or 0 in shape:
+    sides, entries = shape[axes[0]] * shape[axes[1]], math.prod(shape)
+    if not isinstance(pattern, np.ndarray) or 0 in shape or sides * entries > PATTERN_AT_TRACE_TIME_MAX:
         return None
     full = np.broadcast_to(pattern, shape)
-    label_shape = [1, 1, 1, 1]
-    label_shape[axes[0]], label_shape[axes[1]] = shape[axes[0]], shape[axes[1]]
-    labels = np.arange(1, sides + 1, dtype=full.dtype).reshape(label_shape)
-    support = (full != 0).astype(full.dtype)
-    entries = math.prod(shape)
-    moved_pattern, count, first, second = (
-        _at_trace_time(lambda x=x: moved(x), entries) for x in (full, support, support * labels, support * labels**2))
-    if not all(isinstance(x, np.ndarray) for x in (moved_pattern, count, first, second)) or moved_pattern.size == 0:
+    # The support restricted to each single entry of the axes the map meets, moved: which entries
+    # of those axes reach each moved entry (0/1 sums of small integers: exact in any float dtype).
+    one_hot_shape = [sides, 1, 1, 1, 1]
+    one_hot_shape[1 + axes[0]], one_hot_shape[1 + axes[1]] = shape[axes[0]], shape[axes[1]]
+    one_hot = np.eye(sides, dtype=full.dtype).reshape(one_hot_shape)
+    by_entry = (full != 0).astype(full.dtype)[None] * one_hot
+    moved_pattern = _at_trace_time(lambda: moved(full), entries)
+    reaching = _at_trace_time(lambda: jax.vmap(moved)(by_entry), sides * entries)
+    if not isinstance(moved_pattern, np.ndarray) or not isinstance(reaching, np.ndarray) or moved_pattern.size == 0:
         return None
-    # A single v reaches (c, p) iff its labels' mean squared equals their mean of squares.
-    reached = count != 0
-    if not np.array_equal(first[reached] ** 2, second[reached] * count[reached]):
+    hits = reaching != 0
+    if np.any(hits.sum(axis=0) > 1):  # several weighted entries add into one moved entry
         return None
-    v = np.where(reached, np.rint(first / np.where(reached, count, 1)) - 1, -1).astype(np.int64)
+    reached = hits.any(axis=0)
+    v = np.where(reached, hits.argmax(axis=0), -1)
     # Index of the old weight read at each moved entry, -1 where nothing is.
     weight = jnp.asarray(term.weight)
     weight_shape = (1,) * (4 - weight.ndim) + tuple(weight.shape)
