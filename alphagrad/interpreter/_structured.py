@@ -739,24 +739,18 @@ def _reindexed(term: Term, moved: Callable, axes: tuple[int, int], shape) -> Ter
         [np.broadcast_to(g, out_shape) if n > 1 else np.zeros(out_shape, np.int64)
          for g, n in zip(grids, weight_shape)], weight_shape)
     index = np.where(reached, index, -1)
-    # Size 1 along axes the read index does not vary on where reached: of the arrangements with the
-    # fewest entries, one in the old weight's order (a reshape) rather than a gather. On the support
-    # two axes may carry the same index (a broadcast copy: c1 == p1), so several may do.
-    best = None
+    # The weight is taken as a reshape only: some choice of axes of size 1 (those the read index does
+    # not vary on where reached; on the support two axes may carry the same index, a broadcast copy:
+    # c1 == p1) must leave the old weight's entries in order. A gather per example under a vmap ran
+    # slower than the split or the dense product.
     for dropped in itertools.product((False, True), repeat=4):
         kept = index
         for axis in (a for a in range(4) if dropped[a]):
             kept = kept.max(axis=axis, keepdims=True)
-        if not np.array_equal(np.where(reached, index, 0), np.where(reached, np.broadcast_to(kept, index.shape), 0)):
-            continue
-        kept = np.maximum(kept, 0)
-        in_order = kept.size == math.prod(weight_shape) and np.array_equal(kept.reshape(-1), np.arange(kept.size))
-        if best is None or (kept.size, not in_order) < (best[0].size, not best[1]):
-            best = (kept, in_order)
-    index, in_order = best
-    if not in_order:  # a gather per example under a vmap: slower than the split or the dense product
-        return None
-    return Term(moved_pattern, weight.reshape(index.shape))
+        if (kept.size == math.prod(weight_shape) and np.array_equal(kept.reshape(-1), np.arange(kept.size))
+                and np.array_equal(np.where(reached, index, 0), np.where(reached, np.broadcast_to(kept, index.shape), 0))):
+            return Term(moved_pattern, weight.reshape(kept.shape))
+    return None
 
 
 def _is_scalar_row(partial: Partial, v_shape: Shape2D) -> bool:
