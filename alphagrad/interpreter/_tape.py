@@ -114,8 +114,8 @@ from alphagrad.graph import (
 )
 from alphagrad.interpreter._structured import Partial
 from alphagrad.interpreter._tape_products import (
-    FIRST_EDGE_SLOT, ONE, ZERO, Eliminator, Map, Unplannable, Valued, _positions, lanes_for, layout, run_steps, support,
-    terms,
+    DOT, DOT_INNER, FIRST_EDGE_SLOT, FLAT, FLAT_GROUP_ENTRIES, MUL, ONE, SELECT, ZERO, Eliminator, FlatShape, Map, Unplannable, Valued,
+    _positions, lanes_for, layout, run_steps, support, terms,
 )
 
 __all__ = [
@@ -294,6 +294,8 @@ class Tape(NamedTuple):
       width: (K, O).
       prod_steps, prod_patterns, prod_windowed: the lane steps of the products
         (`_tape_products.LaneSteps`).
+      prod_records, prod_shapes: the records and shapes of their flat steps
+        (`LaneSteps.emit_flat`), or None.
       outputs: per flattened output of the program: a `_NodeOutput` (slot and shape), or the
         `Operand.value` of a constant output (a constant or a `LeafRef`).
       jacobian_edges: {(input node, output node): (first edge slot, out_shape, in_shape)}.
@@ -328,6 +330,8 @@ class Tape(NamedTuple):
     outputs: tuple
     jacobian_edges: dict
     muls: int
+    prod_records: np.ndarray | None = None
+    prod_shapes: np.ndarray | None = None
 
 
 # ---- partial layouts ------------------------------------------------------------------------
@@ -1002,8 +1006,12 @@ class _Builder:
         # Product edges reuse the slots of deleted edges (value arrays only; maps keep theirs).
         elim = Eliminator(edges, next_slot, lanes_for([p.muls for s in self.steps for p in s.products if p.muls]))
         muls = 0
+        identities: dict[int, tuple] = {}
+        maps: dict[int, tuple] = {}
         for step in self.steps:
-            for planned in step.products:
+            products, flat_muls = _flat_products(elim, step.products, identities, maps)
+            muls += flat_muls
+            for planned in products:
                 muls += self._product(elim, planned)
             vertex = graph.node_id(step.vertex)
             for key in [(p, vertex) for p in step.preds] + [(vertex, c) for c in step.succs]:
@@ -1023,7 +1031,7 @@ class _Builder:
                     elim.write(dense.base, 1, edge.out_shape, edge.in_shape, terms(edge), fresh=True)
                     edge = dense
                 jacobian_edges[(src, dst)] = (edge.base, edge.out_shape, edge.in_shape)
-        prod_steps, prod_patterns = elim.steps.finish()
+        prod_steps, prod_patterns, prod_records, prod_shapes = elim.steps.finish()
         outputs = []
         for op in program.outputs:
             if op.node in self.known:
@@ -1125,6 +1133,8 @@ class _Builder:
             outputs=tuple(outputs),
             jacobian_edges=jacobian_edges,
             muls=muls,
+            prod_records=prod_records,
+            prod_shapes=prod_shapes,
         )
 
     def _product(self, elim: Eliminator, planned) -> int:
@@ -1205,6 +1215,200 @@ def _identity_product(elim: Eliminator, out_edge, in_edge, code: int) -> Valued 
                 and elim.share(valued)):
             return valued
     return None
+
+
+#: A step's products run as flat steps (`LaneSteps.emit_flat`) when at least this many of them
+#: can, with at least `FLAT_MIN_ENTRIES` result entries in all (a wide program's elimination
+#: writes hundreds of output blocks a step: one record each, planned at once, where planning
+#: each product's lane steps cost 100-150 us of Python); the others keep their lane steps, whose
+#: one-operation loop is the fastest for a few small products.
+FLAT_MIN_PRODUCTS = 8
+FLAT_MIN_ENTRIES = 256
+#: Contractions of more terms than this keep their lane steps or blocks.
+FLAT_MAX_INNER = 8 * DOT_INNER
+
+
+def _is_identity(edge, identities: dict[int, tuple]) -> bool:
+    """Whether a map is an identity between values of one shape (an addition's or a copy's
+    partial; memoised by object, the object held so that its id is not reused)."""
+    found = identities.get(id(edge))
+    if found is None:
+        found = identities[id(edge)] = (edge, (
+            edge.code in _IDENTITIES and tuple(edge.out_shape) == tuple(edge.in_shape)
+            and len(edge.out) == math.prod(edge.out_shape) and np.array_equal(edge.out, edge.inp)
+            and np.array_equal(edge.out, np.arange(len(edge.out))) and bool(np.all(edge.mask == ONE))))
+    return found[1]
+
+
+def _flat_spec(out_edge, in_edge, old, planned, identities: dict) -> tuple | None:
+    """How flat records compute the product (v->c)(p->v) of `planned` into a dense p->c (`old`:
+    the dense edge it adds to, or None): (kind, op, a base, f base, the `FlatShape` fields but
+    `inner` and `new`, contracted terms, multiplications), ("map", ...) for a dense block times
+    a map (`_map_records`), or None where they do not (the product's lane steps run it).
+    Products of a dense block and a diagonal, a scalar multiple of the identity or a dense
+    block (either side), and copies and sums of a dense block into a dense one (`op` SELECT, the
+    dense block's base as `a`)."""
+    out_code, in_code = out_edge.code, in_edge.code
+    if planned.code != 1 or out_code != planned.out_code or in_code != planned.in_code:
+        return None
+    if old is None:
+        if planned.old_code != 0:
+            return None
+    elif old.code != 1 or planned.sum_code != 1 or not isinstance(old, Valued):
+        return None
+    out_valued, in_valued = isinstance(out_edge, Valued), isinstance(in_edge, Valued)
+    n = _size_of(in_edge.in_shape)
+    # Strides (cols, a_row, a_col, f_row, f_col, c_row, c_col, a_k, f_k) of a result C [nc, n].
+    if out_valued and in_valued:
+        if out_code == 1:
+            if in_code == 6:  # C[i, j] = A[i, j] d[j]
+                return FLAT, MUL, out_edge.base, in_edge.base, (n, n, 1, 0, 1, n, 1, 0, 0), 1, _size_of(out_edge.out_shape) * n
+            if in_code == 10:  # C = A s
+                return FLAT, MUL, out_edge.base, in_edge.base, (n, n, 1, 0, 0, n, 1, 0, 0), 1, _size_of(out_edge.out_shape) * n
+            if in_code == 1:
+                nv = _size_of(out_edge.in_shape)
+                muls = _size_of(out_edge.out_shape) * nv * n
+                if nv == 1:  # C[i, j] = A[i, 0] B[0, j]
+                    return FLAT, MUL, out_edge.base, in_edge.base, (n, 1, 0, 0, 1, n, 1, 0, 0), 1, muls
+                if nv <= FLAT_MAX_INNER:  # C[i, j] = sum_k A[i, k] B[k, j]
+                    return DOT, MUL, out_edge.base, in_edge.base, (n, nv, 0, 0, 1, n, 1, 1, n), nv, muls
+            return None
+        if in_code == 1 and out_code == 6:  # C[i, j] = d[i] B[i, j]
+            return FLAT, MUL, in_edge.base, out_edge.base, (n, n, 1, 1, 0, n, 1, 0, 0), 1, _size_of(out_edge.out_shape) * n
+        if in_code == 1 and out_code == 10:  # C = s B
+            return FLAT, MUL, in_edge.base, out_edge.base, (n, n, 1, 0, 0, n, 1, 0, 0), 1, _size_of(out_edge.in_shape) * n
+        return None
+    if out_valued and out_code == 1 and isinstance(in_edge, Map):
+        if _is_identity(in_edge, identities):  # C (+)= A
+            return FLAT, SELECT, out_edge.base, ONE, (n, n, 1, 0, 0, n, 1, 0, 0), 1, 0
+        return _MAP_SPEC
+    if in_valued and in_code == 1 and _is_identity(out_edge, identities):  # C (+)= B
+        return FLAT, SELECT, in_edge.base, ONE, (n, n, 1, 0, 0, n, 1, 0, 0), 1, 0
+    return None
+
+
+_MAP_SPEC = ("map", SELECT, None, None, None, 1, 0)
+
+
+@functools.lru_cache(maxsize=4096)
+def _size_of(shape: tuple) -> int:
+    return math.prod(shape)
+
+
+def _map_moves(moves: Map, maps: dict) -> tuple:
+    """Of a map (v -> p, mask entries, memoised by object like `_is_identity`): its entries in
+    rounds (entries adding into one column in successive rounds, as a step writes a slot once):
+    [(v, p, mask) arrays per round], and the columns no entry reaches."""
+    found = maps.get(id(moves))
+    if found is None:
+        v, p, mask = moves.out, moves.inp, moves.mask
+        order = np.argsort(p, kind="stable")
+        starts = np.r_[0, np.nonzero(np.diff(p[order]))[0] + 1] if len(p) else np.zeros(0, np.int64)
+        rank = np.empty(len(p), np.int64)
+        rank[order] = np.arange(len(p)) - np.repeat(starts, np.diff(np.r_[starts, len(p)]))
+        rounds = [(v[rank == r], p[rank == r], mask[rank == r]) for r in range(int(rank.max(initial=-1)) + 1)]
+        untouched = np.setdiff1d(np.arange(_size_of(moves.in_shape)), p)
+        found = maps[id(moves)] = (moves, rounds, untouched)
+    return found[1], found[2]
+
+
+def _map_records(groups: list, maps: dict, steps, batches: dict) -> None:
+    """Flat records of products C[c, p] (+)= sum over a map's entries (v -> p, mask) of
+    select(mask, A[c, v]) (dense A [nc, nv], C [nc, n]), a column of C a record, by groups of
+    products of one map, nv and freshness (`groups`: (map, nv, fresh, [(A base, C base, nc)])),
+    added to `batches` by round; fresh, the columns no entry reaches are written zeros (their
+    slots may hold anything)."""
+    for moves, nv, fresh, products in groups:
+        rounds, untouched = _map_moves(moves, maps)
+        n = _size_of(moves.in_shape)
+        a_base, c_base, nc = (np.asarray(x, np.int64) for x in zip(*products))
+        column = FlatShape(1, nv, 0, 0, 0, n, 0, 0, 0, 1, 0)
+        for r, (v, p, mask) in enumerate(rounds):
+            shape = steps.flat_shape(column._replace(new=int(fresh and r == 0)))
+            batches.setdefault((FLAT, SELECT, r), []).append(np.stack([
+                np.repeat(nc, len(v)), (a_base[:, None] + v).reshape(-1), np.tile(mask, len(nc)),
+                (c_base[:, None] + p).reshape(-1), np.full(len(nc) * len(v), shape)], axis=1))
+        if fresh and len(untouched):
+            shape = steps.flat_shape(column._replace(a_row=0, new=1))
+            count = len(nc) * len(untouched)
+            batches.setdefault((FLAT, SELECT, 0), []).append(np.stack([
+                np.repeat(nc, len(untouched)), np.full(count, ZERO), np.full(count, ONE),
+                (c_base[:, None] + untouched).reshape(-1), np.full(count, shape)], axis=1))
+
+
+def _flat_products(elim: Eliminator, products: Sequence, identities: dict, maps: dict) -> tuple[list, int]:
+    """The products of one elimination that flat steps can run (`_flat_spec`), as flat records
+    (`LaneSteps.emit_flat`: they read the eliminated vertex's edges and write distinct edges,
+    so all of them are independent), when there are enough of them (`FLAT_MIN_PRODUCTS`,
+    `FLAT_MIN_ENTRIES`); returns the other products (for their lane steps) and the flat ones'
+    multiplications (each checked against the plan's)."""
+    if len(products) < FLAT_MIN_PRODUCTS:
+        return list(products), 0
+    edges = elim.edges
+    get = edges.get
+    found, rest, entries = [], [], 0
+    for planned in products:
+        out_edge, in_edge = edges[(planned.vertex, planned.succ)], edges[(planned.pred, planned.vertex)]
+        old = get((planned.pred, planned.succ))
+        spec = _flat_spec(out_edge, in_edge, old, planned, identities)
+        if spec is None or spec[-1] != planned.muls:
+            rest.append(planned)
+            continue
+        size = _size_of(out_edge.out_shape) * _size_of(in_edge.in_shape)
+        if size > FLAT_GROUP_ENTRIES:
+            rest.append(planned)
+            continue
+        found.append((planned, out_edge, in_edge, old, spec, size))
+        entries += size
+    if len(found) < FLAT_MIN_PRODUCTS or entries < FLAT_MIN_ENTRIES:
+        return list(products), 0
+    # Fresh results are allocated before the other products' lane steps free anything: no flat
+    # result takes slots a lane step of this elimination still reads.
+    batches: dict[tuple[int, int, int], list] = {}  # (kind, op, round) -> records
+    map_groups: dict[tuple, list] = {}
+    records: list[tuple] = []  # (kind, op, round, size, a, f, c, shape)
+    steps, muls = elim.steps, 0
+    shape_ids: dict[tuple, int] = {}
+    for planned, out_edge, in_edge, old, (kind, op, a, f, strides, inner, count), size in found:
+        key = (planned.pred, planned.succ)
+        c_shape, p_shape = out_edge.out_shape, in_edge.in_shape
+        if old is None and op == SELECT and kind == FLAT:  # a copy: shares the block's slots if it may
+            dense = out_edge if isinstance(out_edge, Valued) else in_edge
+            if dense.size and elim.share(dense):
+                edges[key] = dense._replace(out_shape=c_shape, in_shape=p_shape)
+                continue
+        if old is None:
+            base = elim.allocate(size)
+            edges[key] = Valued(1, base, c_shape, p_shape)
+        else:
+            base = old.base
+        muls += count
+        if kind == "map":
+            map_groups.setdefault((id(in_edge), _size_of(out_edge.in_shape), old is None), (in_edge, []))[1].append(
+                (out_edge.base, base, _size_of(c_shape)))
+            continue
+        fresh = int(old is None)
+        if kind == FLAT:
+            shape_key = (strides, fresh)
+            shape = shape_ids.get(shape_key)
+            if shape is None:
+                shape = shape_ids[shape_key] = steps.flat_shape(FlatShape(*strides, 1, fresh))
+            records.append((kind, op, 0, size, a, f, base, shape))
+            continue
+        a_k, f_k = strides[7], strides[8]
+        for r, k in enumerate(range(0, inner, DOT_INNER)):  # a contraction's rounds, in order
+            shape = steps.flat_shape(FlatShape(*strides, min(DOT_INNER, inner - k), int(fresh and r == 0)))
+            records.append((kind, op, r, size, a + k * a_k, f + k * f_k, base, shape))
+    for kind, op, r, *record in records:
+        batches.setdefault((kind, op, r), []).append(record)
+    _map_records([(moves, nv, fresh, group) for (_, nv, fresh), (moves, group) in map_groups.items()], maps, steps,
+                 batches)
+    for (kind, op, _), parts in sorted(batches.items()):
+        tables = [part for part in parts if isinstance(part, np.ndarray)]
+        rows = [part for part in parts if not isinstance(part, np.ndarray)]
+        table = np.concatenate([np.asarray(rows, np.int64).reshape(-1, 5), *tables])
+        steps.emit_flat(kind, op, *table.T)
+    return rest, muls
 
 
 class _Rows(NamedTuple):
@@ -1823,7 +2027,8 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
     # The partials of every equation of a kind at once: they read only the values.
     for kind in after:
         edges = _write_partials(edges, vals, kind, K, slots_of, row_of)
-    return vals, run_steps(edges, tape.prod_steps, tape.prod_patterns, tape.prod_windowed)
+    return vals, run_steps(edges, tape.prod_steps, tape.prod_patterns, tape.prod_windowed, tape.prod_records,
+                           tape.prod_shapes)
 
 
 def _buffers(tape: Tape, leaves: list[Any]) -> tuple[jax.Array, jax.Array]:

@@ -46,7 +46,8 @@ from alphagrad.graph import VALUELESS, product_plan, structure_of
 
 __all__ = [
     "ONE", "ZERO", "FIRST_EDGE_SLOT", "MUL", "SELECT", "Valued", "Map", "Unplannable",
-    "layout", "support", "Eliminator", "LaneSteps", "run_steps", "lanes_for",
+    "layout", "support", "Eliminator", "LaneSteps", "run_steps", "lanes_for", "FLAT", "DOT", "ONE_OP", "FlatShape",
+    "DOT_INNER", "FLAT_GROUP_ENTRIES", "FLAT_SELECT",
 ]
 
 #: Edge-buffer slots holding constants: a selection whose mask is `ONE` is a copy, `ONE` as the
@@ -57,6 +58,21 @@ FIRST_EDGE_SLOT = 2
 #: of a matrix product: `emit_block`); *chunks* of a dense block scaled by a diagonal or a scalar,
 #: or moved by an identity (`emit_chunks`).
 MUL, SELECT, MATMUL, SCALE, MOVE, TILE = range(6)
+#: *Flat* steps (`LaneSteps.emit_flat`): `FLAT_TILE` entries of many products' results a step, each
+#: one multiplication (``FLAT``) or selection (``FLAT_SELECT``) of two entries or a dot product of
+#: up to `DOT_INNER` terms (``DOT``), their slots computed in the step from a table of records (a
+#: product's bases) and the strides of their `FlatShape`; ``ONE_OP``: a one-operation step
+#: ([2 * kind + new, x, y, dst] in columns 1-4) among them.
+FLAT, DOT, ONE_OP, FLAT_SELECT = 6, 7, 8, 9
+#: Families of steps (each runs in a loop of its own: a conditional choosing the operation in
+#: a flat step made it 1.5x slower): lanes, tiles, chunks, flat, dot, one-op, flat selections.
+_FAMILY_OF_KIND = np.array([0, 0, 1, 2, 2, 2, 3, 4, 5, 6])
+#: Result entries of a flat step (`FLAT`) and of a dot step (`DOT`, each a dot product of up to
+#: `DOT_INNER` terms: a contraction of n terms takes ceil(n / `DOT_INNER`) rounds).
+FLAT_TILE, DOT_TILE, DOT_INNER = 1024, 256, 8
+#: Entries of a group of flat records (of one size): a step finds an entry's record and place
+#: by float32 divisions, exact below 2**20 (`_flat_step`).
+FLAT_GROUP_ENTRIES = 1 << 20
 #: How a chunk reads its factors: one slot for all, a slice of a periodic copy, a gather.
 BROADCAST_FACTOR, PERIODIC_FACTOR, GATHERED_FACTOR = range(3)
 #: Block steps compute tiles of `BLOCK` x `BLOCK` result entries (a matrix product's contraction
@@ -72,6 +88,26 @@ TILE_COST = 6
 #: Chunk steps cover `CHUNK` consecutive entries of a dense block (read and written as slices);
 #: blocks of at least half as many entries take them.
 CHUNK = 4096
+
+
+class FlatShape(NamedTuple):
+    """How a flat record (`LaneSteps.emit_flat`) reads its factors: its entry ``o = i * cols + j``
+    is written at ``i * c_row + j * c_col`` past its base (a dense result row-major: ``c_row =
+    cols``, ``c_col = 1``; one column of it: `cols` 1) and reads a at ``i * a_row + j * a_col +
+    k * a_k`` and f at ``i * f_row + j * f_col + k * f_k`` past theirs, for k < `inner`; `new`: 1
+    where it writes the result afresh, 0 where it adds to it."""
+
+    cols: int
+    a_row: int
+    a_col: int
+    f_row: int
+    f_col: int
+    c_row: int
+    c_col: int
+    a_k: int
+    f_k: int
+    inner: int
+    new: int
 
 
 class Unplannable(Exception):
@@ -250,6 +286,60 @@ class LaneSteps:
         self._low = self._high = 0  # the open step's destinations' range
         self._grids: dict[tuple, np.ndarray] = {}  # `_grid_steps`
         self.blocks = False  # whether some step is a block step (`run_steps` then runs both kinds)
+        self.records: list[np.ndarray] = []  # flat steps' records [n, 5] (`emit_flat`)
+        self.shapes: dict[tuple, int] = {}  # their distinct `FlatShape`s, numbered
+        self._num_records = 0
+
+    def flat_shape(self, shape: "FlatShape") -> int:
+        """The number of a record shape in the shape table (added if new)."""
+        found = self.shapes.get(shape)
+        if found is None:
+            found = self.shapes[shape] = len(self.shapes)
+        return found
+
+    def emit_flat(self, kind: int, op: int, size, a, f, c, shape) -> None:
+        """Records (arrays [n]) of independent products, none of which reads or writes what
+        another writes, as steps of `FLAT_TILE` (``FLAT``) or `DOT_TILE` (``DOT``) entries: record
+        r stands for the `size[r]` entries ``o = i * cols + j`` of a result at slot `c[r]` (its
+        `FlatShape`'s strides; ``C[o]`` below is ``edges[c + i * c_row + j * c_col]``)
+
+            C[o] = (0 if new else C[o]) + sum over k < inner of
+                   op(edges[a + i * a_row + j * a_col + k * a_k], edges[f + i * f_row + j * f_col + k * f_k])
+
+        (one term for ``FLAT``; `shape[r]` numbers the record's `FlatShape`; ``op`` `MUL` or
+        `SELECT`: one per call). The records are grouped by size and shape (so that a step finds
+        an entry's record by a division, not a search, and reads one shape), groups of at most
+        `FLAT_GROUP_ENTRIES` entries. Step rows: kind, op, the group's first record (numbered
+        across all calls), the step's first entry in the group, its entries, the group's record
+        size and shape."""
+        size, a, f, c, shape = (np.asarray(v, np.int64) for v in (size, a, f, c, shape))
+        if not len(size):
+            return
+        if size.max() > FLAT_GROUP_ENTRIES or (op == SELECT and kind != FLAT):
+            raise AssertionError("internal error: a flat record larger than a group, or a dot product of selections")
+        if self.lanes == 1:
+            self._expand_flat(op, size, a, f, c, shape)
+            return
+        self._flush()
+        # Groups: runs of one size and shape, cut every FLAT_GROUP_ENTRIES // size records.
+        order = np.lexsort((shape, size))
+        size, a, f, c, shape = size[order], a[order], f[order], c[order], shape[order]
+        tile = FLAT_TILE if kind == FLAT else DOT_TILE
+        run = np.r_[0, np.nonzero((np.diff(size) != 0) | (np.diff(shape) != 0))[0] + 1, len(size)]
+        pieces = []
+        for lo, hi in zip(run[:-1].tolist(), run[1:].tolist()):
+            per = FLAT_GROUP_ENTRIES // int(size[lo])
+            for start in range(lo, hi, per):
+                total = min(per, hi - start) * int(size[lo])
+                first = np.arange(0, total, tile, dtype=np.int64)
+                rows = np.zeros((len(first), 10), np.int64)
+                rows[:, 0] = FLAT_SELECT if op == SELECT else kind
+                rows[:, 1], rows[:, 2] = op, self._num_records + start
+                rows[:, 3], rows[:, 4], rows[:, 5], rows[:, 6] = first, np.minimum(tile, total - first), size[lo], shape[lo]
+                pieces.append(rows)
+        self.records.append(np.stack([a, f, c], axis=1))
+        self.rows.extend(pieces)
+        self._num_records += len(size)
 
     def emit(self, kind: int, x, y, dst, new) -> None:
         """Operations ``edges[dst] = (0 if new else edges[dst]) + op(edges[x], edges[y])`` (arrays
@@ -276,6 +366,22 @@ class LaneSteps:
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             lanes = by_round[lo:hi]
             self._emit_round(kind, x[lanes], y[lanes], dst[lanes], new[lanes])
+
+    def _expand_flat(self, op: int, size, a, f, c, shape) -> None:
+        """`emit_flat`'s records as one-operation steps (their operations enumerated with numpy):
+        the leanest loop for plans of up to `SCALAR_STEPS_MAX_MULS` multiplications, whose step
+        table stays small."""
+        fields = np.asarray(list(self.shapes), np.int64).reshape(-1, len(FlatShape._fields))[shape]
+        record = np.repeat(np.arange(len(size)), size)
+        entry = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
+        s = fields[record]
+        i, j = np.divmod(entry, s[:, 0])
+        x, y = a[record] + i * s[:, 1] + j * s[:, 2], f[record] + i * s[:, 3] + j * s[:, 4]
+        dst = c[record] + i * s[:, 5] + j * s[:, 6]
+        for k in range(int(fields[:, 9].max())):  # a dot product's terms in order
+            these = np.nonzero(s[:, 9] > k)[0] if k else slice(None)
+            self.emit(op, x[these] + k * s[these, 7], y[these] + k * s[these, 8], dst[these],
+                      s[these, 10] if k == 0 else np.zeros(len(dst[these]), np.int64))
 
     def _emit_round(self, kind: int, x, y, dst, new) -> None:
         n = len(x)
@@ -574,18 +680,33 @@ class LaneSteps:
         """Slots the edge buffer needs beyond its last edge (windows and chunks read slices)."""
         return max(self.lanes, CHUNK if self.blocks else 0)
 
-    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(steps int32 [S, 10]: kind, lanes used, pattern, the x, y and dst bases, their modes
         (`CONTIGUOUS`...) and the `new` flags (`NONE_NEW`...), block steps as `emit_block` says,
-        or with one lane [S, 4]:
-        2 * kind + new, x, y, dst; patterns int32 [num_patterns, 4, lanes]: x, y and dst offsets
-        and per-lane `new` flags)."""
+        flat steps as `emit_flat`, or with one lane and no flat steps [S, 4]: 2 * kind + new,
+        x, y, dst (among flat steps, the same in columns 1-4 of ``ONE_OP`` rows);
+        patterns int32 [num_patterns, 4, lanes]: x, y and dst offsets and per-lane `new` flags;
+        the flat steps' records int32 [R, 3] (a, f, c) and shapes int32 [num_shapes, 11] (`FlatShape`), or
+        None and None)."""
         self._flush()
-        width, slots = (4, slice(1, 4)) if self.lanes == 1 else (10, slice(3, 6))
-        steps = np.concatenate(self.rows) if self.rows else np.zeros((0, width), np.int64)
+        rows = self.rows
+        if self.lanes == 1 and self.records:
+            rows = [r if r.shape[1] == 10 else np.concatenate([np.full((len(r), 1), ONE_OP), r,
+                                                                  np.zeros((len(r), 5), np.int64)], axis=1)
+                    for r in rows]
+        width = 4 if self.lanes == 1 and not self.records else 10
+        steps = np.concatenate(rows) if rows else np.zeros((0, width), np.int64)
+        slots = slice(1, 4) if width == 4 else slice(3, 6)
         if steps.size and steps[:, slots].max() >= 2**31 - 2 * self.lanes:
             raise Unplannable("the edge buffer needs more than 2**31 slots")
-        return steps.astype(np.int32), np.stack(self.table)
+        records = shapes = None
+        if self.records:
+            records = np.concatenate(self.records)
+            if records[:, :3].max() >= 2**31 - FLAT_GROUP_ENTRIES:
+                raise Unplannable("the flat steps need more than 2**31 slots")
+            records = records.astype(np.int32)
+            shapes = np.asarray(list(self.shapes), np.int32).reshape(-1, len(FlatShape._fields))
+        return steps.astype(np.int32), np.stack(self.table), records, shapes
 
 
 #: Points of a product enumerated at once (index arrays of a few tens of MB).
@@ -912,6 +1033,8 @@ def _scalar_step(edges: jax.Array, row) -> tuple[jax.Array, None]:
 
 
 def _has_blocks(steps: np.ndarray) -> bool:
+    """Whether steps of other families than lanes are among `steps` (`run_steps` then runs them
+    by segments)."""
     return steps.shape[1] == 10 and bool(np.any(steps[:, 0] >= MATMUL))
 
 
@@ -959,28 +1082,76 @@ def _chunk_step(edges: jax.Array, row) -> jax.Array:
     return lax.dynamic_update_slice_in_dim(edges, jnp.where(mask, new, old), bd, axis=0)
 
 
+def _flat_step(edges: jax.Array, row, records: jax.Array, shapes: jax.Array, tile: int, inner: int,
+               select: bool = False) -> jax.Array:
+    """A flat step (`LaneSteps.emit_flat`): `tile` result entries of a group of records of one
+    size, each (``inner`` 1) one multiplication (a selection if `select`) or a dot product of up
+    to `inner` terms. Terms beyond
+    a record's `FlatShape.inner` are read as zeros by selection (their slots may hold anything);
+    entries beyond the step's are written nowhere (dropped)."""
+    group, first, count, size = row[2], row[3], row[4], row[5]
+    shape = shapes[row[6]]
+    lane = jnp.arange(tile, dtype=jnp.int32)
+
+    def divide(n, d):  # quotient and remainder of n < 2**20 by d > 0 (float32 is exact there;
+        q = jnp.floor((n.astype(jnp.float32) + 0.5) / d.astype(jnp.float32)).astype(jnp.int32)
+        return q, n - q * d  # integer division does not vectorise on the CPU)
+
+    # The group's records all have `size` entries: an entry's record and place by a division.
+    at, entry = divide(first + lane, size)
+    record = records[jnp.minimum(group + at, records.shape[0] - 1)]
+    i, j = divide(entry, shape[0])
+    a = record[:, 0] + i * shape[1] + j * shape[2]
+    f = record[:, 1] + i * shape[3] + j * shape[4]
+    c = record[:, 2] + i * shape[5] + j * shape[6]
+    last = edges.shape[0] - 1
+    batch = (1,) * (edges.ndim - 1)
+    zero = jnp.zeros((), edges.dtype)
+
+    def get(at):  # lanes past the step's entries may point anywhere: clipped, and not written
+        return edges[jnp.clip(at, 0, last)]
+
+    if inner == 1:
+        x, y = get(a), get(f)
+        value = jnp.where(y != 0, x, zero) if select else x * y  # a selection multiplies nothing
+    else:
+        k = jnp.arange(inner)
+        ok = (k < shape[9]).reshape(1, inner, *batch)
+        x = jnp.where(ok, get(a[:, None] + k[None, :] * shape[7]), zero)
+        y = jnp.where(ok, get(f[:, None] + k[None, :] * shape[8]), zero)
+        value = jnp.sum(x * y, axis=1)
+    old = get(c)
+    new = jnp.where(shape[10] == 1, zero, old) + value
+    at = jnp.where(lane < count, c, edges.shape[0] + lane)
+    return edges.at[at].set(new, unique_indices=True, mode="drop")
+
+
 def _segments(steps: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The steps split by family (lanes, matrix-product tiles, chunks: each family's steps in
-    order) and segments [n, 6] (first step and count in each family) such that running each
-    segment's lane steps, then its tiles, then its chunks runs every step in the plan's order."""
-    family = np.where(steps[:, 0] < MATMUL, 0, np.where(steps[:, 0] == MATMUL, 1, 2))
-    families = [steps[family == f] for f in range(3)]
-    # A new segment wherever the family goes back (lanes after tiles or chunks, tiles after chunks).
+    """The steps split by family (`_FAMILY_OF_KIND`: lanes, matrix-product tiles, chunks, flat,
+    dot and one-operation steps; each family's steps in order) and segments [n, 2 * families]
+    (first step and count in each family) such that running each segment's families in turn
+    runs every step in the plan's order."""
+    family = _FAMILY_OF_KIND[steps[:, 0]]
+    count = int(_FAMILY_OF_KIND.max()) + 1
+    families = [steps[family == f] for f in range(count)]
+    # A new segment wherever the family goes back (lanes after tiles or chunks, tiles after chunks...).
     starts = np.r_[0, np.nonzero(family[1:] < family[:-1])[0] + 1]
     segment = np.cumsum(np.isin(np.arange(len(steps)), starts)) - 1
-    counts = np.zeros((len(starts), 3), np.int64)
+    counts = np.zeros((len(starts), count), np.int64)
     np.add.at(counts, (segment, family), 1)
     firsts = np.cumsum(counts, axis=0) - counts
-    return np.concatenate([firsts, counts], axis=1)[:, [0, 3, 1, 4, 2, 5]], families
+    return np.stack([firsts, counts], axis=2).reshape(len(starts), 2 * count), families
 
 
-def run_steps(edges: jax.Array, steps: np.ndarray, patterns: np.ndarray, windowed: bool) -> jax.Array:
-    """Runs the lane steps (`LaneSteps.finish`) on the edge buffer [num_edges, *batch] (at most
-    one batch axis; the buffer needs `LaneSteps.slack` slots at its end for windows and chunks)."""
+def run_steps(edges: jax.Array, steps: np.ndarray, patterns: np.ndarray, windowed: bool,
+              records: np.ndarray | None = None, shapes: np.ndarray | None = None) -> jax.Array:
+    """Runs the lane steps (`LaneSteps.finish`: steps, patterns, records and shapes) on the edge
+    buffer [num_edges, *batch] (at most one batch axis; the buffer needs `LaneSteps.slack` slots
+    at its end for windows and chunks)."""
     if not steps.size:
         return edges
     lanes = patterns.shape[-1]
-    if lanes == 1:
+    if lanes == 1 and steps.shape[1] == 4:
         return lax.scan(_scalar_step, edges, jnp.asarray(steps))[0]
     table = jnp.asarray(patterns)
     lane = jnp.arange(lanes)
@@ -1037,11 +1208,21 @@ def run_steps(edges: jax.Array, steps: np.ndarray, patterns: np.ndarray, windowe
         # scatter, a slice): one loop each, run by segments in the plan's order (a conditional
         # choosing among them per step would return the buffer, and XLA copies it then).
         segments, families = _segments(steps)
+        used = [len(f) > 0 for f in families]
         families = [jnp.asarray(f if len(f) else np.zeros((1, 10), np.int64), jnp.int32) for f in families]
-        bodies = (lambda e, row: step(e, row)[0], _matmul_step, _chunk_step)
+        if records is not None:
+            records, shapes = jnp.asarray(records), jnp.asarray(shapes)
+        bodies = (lambda e, row: step(e, row)[0], _matmul_step, _chunk_step,
+                  lambda e, row: _flat_step(e, row, records, shapes, FLAT_TILE, 1),
+                  lambda e, row: _flat_step(e, row, records, shapes, DOT_TILE, DOT_INNER),
+                  lambda e, row: _scalar_step(e, row[1:5])[0],
+                  lambda e, row: _flat_step(e, row, records, shapes, FLAT_TILE, 1, select=True))
 
         def segment(edges, row):
-            for f in range(3):
+            for f in range(len(families)):
+                if not used[f]:  # no loop to compile for a family without steps
+                    continue
+
                 def body(i, edges, f=f):
                     return bodies[f](edges, lax.dynamic_index_in_dim(families[f], i, keepdims=False))
 

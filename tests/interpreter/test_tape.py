@@ -4,6 +4,8 @@ graph.cost; graphs outside its class fall back to the straight-line path."""
 
 from __future__ import annotations
 
+import math
+
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -531,3 +533,63 @@ def test_numpy_maps_equal_the_bound_primitive(name, shapes, fixed, params):
     repeated = [np.zeros((4, 4)), np.array([[1], [1]]), np.eye(4)[:2]]
     if name == "scatter":
         assert _tape._numpy_map(name, params, repeated[:1] + [repeated[1]] + [np.zeros((4, 2))], [None, repeated[1], None]) is None
+
+
+def many_outputs(x, w, s):
+    """Values read by many outputs (each elimination in reverse order writes a block per
+    output): dense blocks times diagonals, scalars and dense blocks (10 contracted terms: two
+    rounds of dot products; one: an outer product), copies and sums (identities), a gather
+    with repeated indices (an index map adding two entries into one column, and columns no
+    entry reaches)."""
+    h = jnp.tanh(w @ x)
+    h = jnp.sin(h) * s + 0.5 * h[jnp.array([0, 0, 3, 5, 2, 1, 7, 7, 8, 9])]
+    return h * 2.0, jnp.outer(h[:3], x[:2]), jnp.sum(h) * x[0], h + x, w @ h
+
+
+def _scalar_products(steps: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """One-operation product steps ([2 * kind + new, x, y, dst] rows) run in numpy."""
+    edges = edges.copy()
+    for code, x, y, dst in steps.tolist():
+        value = edges[x] * edges[y] if code // 2 == _tape_products.MUL else np.where(edges[y] != 0, edges[x], 0.0)
+        edges[dst] = value if code % 2 else edges[dst] + value
+    return edges
+
+
+def test_flat_products_equal_lane_steps(force_tape, monkeypatch):
+    """Products of one elimination planned at once as flat records (`_tape._flat_products`),
+    forced onto every elimination of a small program in reverse order: enumerated into
+    one-operation steps (one lane), or run as flat and dot steps (128 lanes, `run_steps` under
+    jit on a buffer of two examples), they give the Jacobian blocks the products' lane steps
+    give from the same partials (random values; the steps run without the equation loop, which
+    the other tests cover); the multiplications are the plan's."""
+    rng = np.random.default_rng(5)
+    with jax.enable_x64(True):
+        args = (jnp.asarray(rng.normal(size=10)), jnp.asarray(rng.normal(size=(10, 10)) / 3), jnp.float64(0.7))
+        g = interpreter.graph_of(many_outputs, *args, argnums=(0, 1, 2))
+        steps = graph.plan(g, graph.resolve_order(g, "reverse"))
+        monkeypatch.setattr(_tape, "lanes_for", lambda muls: 1)
+        reference = _tape.build(g, steps)
+        monkeypatch.setattr(_tape, "FLAT_MIN_PRODUCTS", 1)
+        monkeypatch.setattr(_tape, "FLAT_MIN_ENTRIES", 1)
+        expanded = _tape.build(g, steps)
+        monkeypatch.setattr(_tape, "lanes_for", lambda muls: 128)
+        flat = _tape.build(g, steps)
+        assert reference.muls == expanded.muls == flat.muls == graph.cost(g, "reverse")
+        assert expanded.prod_records is None and not np.array_equal(expanded.prod_steps, reference.prod_steps)
+        assert {_tape_products.FLAT, _tape_products.DOT, _tape_products.FLAT_SELECT} <= set(flat.prod_steps[:, 0])
+        size = max(t.num_edges for t in (reference, expanded, flat))
+        edges = rng.normal(size=(size, 2))
+        edges[_tape_products.ONE], edges[_tape_products.ZERO] = 1.0, 0.0
+
+        def blocks(tape, result):
+            return {key: result[base:base + math.prod(o) * math.prod(i)] for key, (base, o, i) in tape.jacobian_edges.items()}
+
+        expected = blocks(reference, _scalar_products(reference.prod_steps, edges))
+        run = jax.jit(lambda e: _tape_products.run_steps(e, flat.prod_steps, flat.prod_patterns, flat.prod_windowed,
+                                                         flat.prod_records, flat.prod_shapes))
+        for tape, result in ((expanded, _scalar_products(expanded.prod_steps, edges)),
+                             (flat, np.asarray(run(jnp.asarray(edges[:flat.num_edges]))))):
+            actual = blocks(tape, result)
+            assert actual.keys() == expected.keys()
+            for key in expected:
+                np.testing.assert_allclose(actual[key], expected[key], rtol=1e-12, atol=1e-12)
