@@ -1014,8 +1014,7 @@ class _Builder:
             for planned in products:
                 muls += self._product(elim, planned)
             vertex = graph.node_id(step.vertex)
-            for key in [(p, vertex) for p in step.preds] + [(vertex, c) for c in step.succs]:
-                elim.release(edges.pop(key))
+            elim.release_all([edges.pop((p, vertex)) for p in step.preds] + [edges.pop((vertex, c)) for c in step.succs])
         if muls != sum(step.cost for step in self.steps):
             raise AssertionError("internal error: the tape's multiplications differ from the plan's")
 
@@ -1362,26 +1361,29 @@ def _flat_products(elim: Eliminator, products: Sequence, identities: dict, maps:
         entries += size
     if len(found) < FLAT_MIN_PRODUCTS or entries < FLAT_MIN_ENTRIES:
         return list(products), 0
-    # Fresh results are allocated before the other products' lane steps free anything: no flat
-    # result takes slots a lane step of this elimination still reads.
+    # Fresh results are allocated before the other products' lane steps free anything (no flat
+    # result takes slots a lane step of this elimination still reads), side by side (freed
+    # together when their source is eliminated: `Eliminator.release_all`).
+    fresh_sizes = [size for _, _, _, old, spec, size in found if old is None and spec[1] != SELECT]
+    bases = iter(elim.allocate_all(fresh_sizes))
     batches: dict[tuple[int, int, int], list] = {}  # (kind, op, round) -> records
     map_groups: dict[tuple, list] = {}
-    records: list[tuple] = []  # (kind, op, round, size, a, f, c, shape)
     steps, muls = elim.steps, 0
     shape_ids: dict[tuple, int] = {}
     for planned, out_edge, in_edge, old, (kind, op, a, f, strides, inner, count), size in found:
         key = (planned.pred, planned.succ)
         c_shape, p_shape = out_edge.out_shape, in_edge.in_shape
-        if old is None and op == SELECT and kind == FLAT:  # a copy: shares the block's slots if it may
-            dense = out_edge if isinstance(out_edge, Valued) else in_edge
-            if dense.size and elim.share(dense):
-                edges[key] = dense._replace(out_shape=c_shape, in_shape=p_shape)
-                continue
-        if old is None:
+        if old is not None:
+            base = old.base
+        elif op != SELECT:
+            base = next(bases)
+            edges[key] = Valued(1, base, c_shape, p_shape)
+        elif kind == FLAT and (dense := out_edge if isinstance(out_edge, Valued) else in_edge).size and elim.share(dense):
+            edges[key] = dense._replace(out_shape=c_shape, in_shape=p_shape)  # a copy holding the block's slots
+            continue
+        else:
             base = elim.allocate(size)
             edges[key] = Valued(1, base, c_shape, p_shape)
-        else:
-            base = old.base
         muls += count
         if kind == "map":
             map_groups.setdefault((id(in_edge), _size_of(out_edge.in_shape), old is None), (in_edge, []))[1].append(
@@ -1389,18 +1391,18 @@ def _flat_products(elim: Eliminator, products: Sequence, identities: dict, maps:
             continue
         fresh = int(old is None)
         if kind == FLAT:
-            shape_key = (strides, fresh)
-            shape = shape_ids.get(shape_key)
+            shape = shape_ids.get((strides, fresh))
             if shape is None:
-                shape = shape_ids[shape_key] = steps.flat_shape(FlatShape(*strides, 1, fresh))
-            records.append((kind, op, 0, size, a, f, base, shape))
+                shape = shape_ids[(strides, fresh)] = steps.flat_shape(FlatShape(*strides, 1, fresh))
+            batch = batches.get((FLAT, op, 0))
+            if batch is None:
+                batch = batches[(FLAT, op, 0)] = []
+            batch.append((size, a, f, base, shape))
             continue
         a_k, f_k = strides[7], strides[8]
         for r, k in enumerate(range(0, inner, DOT_INNER)):  # a contraction's rounds, in order
             shape = steps.flat_shape(FlatShape(*strides, min(DOT_INNER, inner - k), int(fresh and r == 0)))
-            records.append((kind, op, r, size, a + k * a_k, f + k * f_k, base, shape))
-    for kind, op, r, *record in records:
-        batches.setdefault((kind, op, r), []).append(record)
+            batches.setdefault((kind, op, r), []).append((size, a + k * a_k, f + k * f_k, base, shape))
     _map_records([(moves, nv, fresh, group) for (_, nv, fresh), (moves, group) in map_groups.items()], maps, steps,
                  batches)
     for (kind, op, _), parts in sorted(batches.items()):

@@ -787,6 +787,33 @@ class Eliminator:
                 return
             self._give(edge.base, edge.size)
 
+    def release_all(self, edges) -> None:
+        """`release` of each edge, neighbouring runs of slots freed as one (an elimination frees
+        the hundreds of blocks its products wrote side by side: `allocate_all`)."""
+        runs = []
+        for edge in edges:
+            if isinstance(edge, Valued) and (size := edge.size):
+                if edge.base in self._shared:
+                    del self._shared[edge.base]
+                else:
+                    runs.append((edge.base, size))
+        if len(runs) > 1:
+            runs.sort()
+            merged = [list(runs[0])]
+            for base, size in runs[1:]:
+                if base == merged[-1][0] + merged[-1][1]:
+                    merged[-1][1] += size
+                else:
+                    merged.append([base, size])
+            runs = merged
+        for base, size in runs:
+            self._give(base, size)
+
+    def allocate_all(self, sizes: list[int]) -> list[int]:
+        """`allocate` of consecutive runs of these sizes at once (one search of the free runs)."""
+        base = self.allocate(sum(sizes))
+        return (base + np.cumsum([0] + sizes[:-1])).tolist() if sizes else []
+
     def share(self, edge: Valued) -> bool:
         """Whether a new edge may hold `edge`'s slots as they are (the product of `edge` and an
         identity): only while no other edge shares them, so that a later sum into one of the two
