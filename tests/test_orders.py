@@ -6,6 +6,7 @@ import json
 import os
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from alphagrad import files, graph, orders
@@ -24,6 +25,43 @@ def test_markowitz_reproduces_the_reference_order_on_scalar_graphs(name, referen
     g = reference_graphs[name]
     assert orders.markowitz(g) == list(reference_info[name].minimal_markowitz_order)
     assert orders.markowitz(g, degree="components") == list(reference_info[name].minimal_markowitz_order)
+
+
+def mass_action_kinetics(steps: int, species: int = 12, reactions: int = 18, seed: int = 0):
+    """Explicit Euler steps of random mass-action kinetics, the state read entry by entry and
+    restacked every step: many eliminations that multiply nothing (sums, index maps)."""
+    rng = np.random.default_rng(seed)
+    scheme = [(rng.choice(species, size=rng.integers(1, 3), replace=False),
+               rng.choice(species, size=rng.integers(1, 3), replace=False)) for _ in range(reactions)]
+
+    def f(y):
+        for _ in range(steps):
+            c = [y[i] for i in range(species)]
+            d = [0.0] * species
+            for reactants, products in scheme:
+                rate = 0.5
+                for i in reactants:
+                    rate = rate * c[i]
+                for i in reactants:
+                    d[i] = d[i] - rate
+                for i in products:
+                    d[i] = d[i] + rate
+            y = jnp.stack([c[i] + 0.01 * d[i] for i in range(species)])
+        return y
+
+    return f
+
+
+def test_markowitz_takes_free_eliminations_by_fewest_products():
+    """Free eliminations taken in vertex order filled this integrator in: Markowitz's cost grew
+    quadratically with the steps (59,500 at 8 steps, 209,444 at 16; reverse mode 7,632 and
+    15,408); fewest products first keeps it linear."""
+    costs = {}
+    for steps in (8, 16):
+        g = graph.jacobian_graph(mass_action_kinetics(steps), jnp.ones(12))
+        costs[steps] = graph.cost(g, orders.markowitz(g))
+        assert costs[steps] <= 6 * graph.cost(g, "reverse")
+    assert costs[16] <= 2.2 * costs[8]
 
 
 @pytest.mark.parametrize("name", graph.reference_names())

@@ -138,7 +138,7 @@ def _argmin(candidates: list[int], score: Callable[[int], float]) -> list[int]:
 #: reach is how far from a vertex its score reads edges (`Eliminator.greedy`): 1 for its own
 #: edges, 2 where it also reads its neighbours' edges (new edges, the neighbours' cost change).
 _SCORES: dict[str, tuple[int, Callable[[_Context], Callable[[int], float]]]] = {
-    "markowitz": (1, lambda ctx: ctx.state.elimination_cost),
+    "markowitz": (1, lambda ctx: ctx.state.markowitz_key),
     "relative_markowitz": (1, lambda ctx: lambda v: ctx.state.elimination_cost(v) - ctx.indep[v] * ctx.dep[v]),
     "fill_in": (2, lambda ctx: ctx.state.fill_in),
     "lmmd": (2, lambda ctx: lambda v: ctx.state.elimination_cost(v) + ctx.lmmd_weight * ctx.state.neighbour_change(v)),

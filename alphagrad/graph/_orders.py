@@ -82,7 +82,8 @@ def markowitz(graph: Graph, *, degree: str = "cost") -> list[int]:
     Args:
       graph: the graph.
       degree: "cost" (default) measures a vertex by the multiplications its elimination costs now
-        under the graph's cost model; "components" uses the reference's per-component estimate
+        under the graph's cost model, free eliminations by their number of products
+        (`Eliminator.markowitz_key`); "components" uses the reference's per-component estimate
         (`markowitz_degree`). On scalar graphs both equal in-degree × out-degree and reproduce the
         reference's order exactly; on tensor graphs "cost" finds much cheaper orders
         (docs/cost-model.md lists both).
@@ -93,7 +94,7 @@ def markowitz(graph: Graph, *, degree: str = "cost") -> list[int]:
     if degree not in ("cost", "components"):
         raise ValueError(f"degree must be 'cost' or 'components', got {degree!r}")
     eliminator = Eliminator(graph)
-    measure = eliminator.elimination_cost if degree == "cost" else (lambda k: markowitz_degree(eliminator, k))
+    measure = eliminator.markowitz_key if degree == "cost" else (lambda k: markowitz_degree(eliminator, k))
     # Both degrees depend on a vertex's own edges only: the engine's heap recomputes the
     # neighbours' degrees after each step (near-linear in the edges, not quadratic).
     return eliminator.greedy(measure)[0]

@@ -34,7 +34,7 @@ HEAP_CHAINS = (
 def reference_markowitz(g: graph.Graph, degree: str) -> list[int]:
     """The former implementation: a scan of every remaining vertex per step (O(V²) degrees)."""
     if degree == "cost":
-        return scan_order(g, lambda eliminator: eliminator.elimination_cost)
+        return scan_order(g, lambda eliminator: eliminator.markowitz_key)
     return scan_order(g, lambda eliminator: functools.partial(graph.markowitz_degree, eliminator))
 
 
@@ -186,16 +186,18 @@ def test_cached_costs_updated_in_place_equal_recomputed_ones(counted, seed, mode
 
 def brute_force_markowitz(g: graph.Graph) -> list[int]:
     """Markowitz (degree "cost") from first principles: at every step every remaining vertex is
-    priced by summing `CostModel.pair_cost` over its current edges (no cached or counted costs)."""
+    priced by summing `CostModel.pair_cost` over its current edges (no cached or counted costs),
+    a free one by its number of products."""
     model = graph.cost_model(g.cost_model)
 
     def pricer(state: graph.Eliminator):
         src, dst = state.src_shape, state.dst_shape
 
-        def price(k: int) -> int:
+        def price(k: int) -> tuple[int, int]:
             node = g.num_inputs + k
-            return sum(model.pair_cost(ic, oc, dst[c], src[node], src[p])
+            cost = sum(model.pair_cost(ic, oc, dst[c], src[node], src[p])
                        for c, oc in state.succs[node].items() for p, ic in state.preds[node].items())
+            return cost, 0 if cost else len(state.preds[node]) * len(state.succs[node])
 
         return price
 
