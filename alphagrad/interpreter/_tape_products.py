@@ -322,7 +322,7 @@ class LaneSteps:
             return
         self._flush()
         # Groups: runs of one size and shape, cut every FLAT_GROUP_ENTRIES // size records.
-        order = np.lexsort((shape, size))
+        order = np.lexsort((c, shape, size))  # within a group by result slot
         size, a, f, c, shape = size[order], a[order], f[order], c[order], shape[order]
         tile = FLAT_TILE if kind == FLAT else DOT_TILE
         run = np.r_[0, np.nonzero((np.diff(size) != 0) | (np.diff(shape) != 0))[0] + 1, len(size)]
