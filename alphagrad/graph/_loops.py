@@ -60,7 +60,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import ClosedJaxpr, Jaxpr
+from jax.extend.core import ClosedJaxpr, DropVar, Jaxpr, JaxprEqn, Literal
 
 __all__ = [
     "UNROLL_MAX_EQUATIONS", "UNROLL_ADVANTAGE", "fits", "unrolls", "unrolled_graph", "unrolled_muls",
@@ -634,3 +634,165 @@ def partial_muls(graph) -> int:
     if graph.program is None:
         return 0
     return sum(e.loop.muls for e in graph.program.equations if getattr(e, "loop", None) is not None)
+
+
+# ---- per-step outputs summed after the loop ----------------------------------------------------
+
+#: A scan's stacked output read only by a sum over its steps is folded into the loop (`fold_step_sums`)
+#: where its partial with respect to the per-step inputs, L·q x L·m entries for L iterations, q
+#: entries of the output and m of the inputs per step, would have at least this many entries.
+FOLD_STEP_SUMS_MIN_ENTRIES = 2**22
+
+
+#: Elementwise primitives that may stand between a stacked output and the sum over its steps
+#: (``jnp.sum(0.5 * ys ** 2)``): applied to each step's output inside the loop instead.
+_STEPWISE_UNARY = frozenset(
+    "neg abs exp exp2 log log1p expm1 sin cos tan tanh sinh cosh logistic sqrt rsqrt cbrt "
+    "integer_pow square erf".split())
+_STEPWISE_BINARY = frozenset("add sub mul div max min pow".split())
+
+
+class _Fold(NamedTuple):
+    """A stacked output of a scan summed over its steps: the elementwise equations between them
+    (in order), each with the position of the value the chain carries, and the sum's index."""
+    chain: tuple[tuple[int, int], ...]
+    reader: int
+
+
+def _step_sum_folds(jaxpr: Jaxpr) -> dict[int, dict[int, _Fold]]:
+    """{scan equation index: {stacked output j: its `_Fold`}} for the scans of `jaxpr` (top level)
+    whose partials would be large and whose stacked output j only an elementwise chain of
+    `_STEPWISE_UNARY` equations and `_STEPWISE_BINARY` ones with a scalar defined before the scan
+    (or a literal), each read once, and then a sum over the step axis read."""
+    uses: dict[Any, list[tuple[int, int]]] = {}
+    defined: dict[Any, int] = {}
+    for i, eqn in enumerate(jaxpr.eqns):
+        for position, v in enumerate(eqn.invars):
+            if not isinstance(v, Literal):
+                uses.setdefault(v, []).append((i, position))
+        for v in eqn.outvars:
+            defined[v] = i
+    returned = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
+    folds: dict[int, dict[int, _Fold]] = {}
+    for i, eqn in enumerate(jaxpr.eqns):
+        if eqn.primitive.name != "scan":
+            continue
+        num_consts, num_carry, length = eqn.params["num_consts"], eqn.params["num_carry"], eqn.params["length"]
+        xs_entries = sum(math.prod(v.aval.shape[1:]) for v in eqn.invars[num_consts + num_carry:]
+                         if _floating(v.aval))
+        for j, y in enumerate(eqn.outvars[num_carry:]):
+            if isinstance(y, DropVar) or not _floating(y.aval):
+                continue
+            if length * length * math.prod(y.aval.shape[1:]) * xs_entries < FOLD_STEP_SUMS_MIN_ENTRIES:
+                continue
+            chain, v = [], y
+            while True:
+                readers = uses.get(v, [])
+                if v in returned or len(readers) != 1:
+                    break
+                reader, position = readers[0]
+                r = jaxpr.eqns[reader]
+                name = r.primitive.name
+                if name == "reduce_sum" and 0 in r.params["axes"]:
+                    folds.setdefault(i, {})[j] = _Fold(tuple(chain), reader)
+                    break
+                others = [w for k, w in enumerate(r.invars) if k != position]
+                stepwise = name in _STEPWISE_UNARY or (name in _STEPWISE_BINARY and all(
+                    isinstance(w, Literal) or (w.aval.shape == () and defined.get(w, -1) < i) for w in others))
+                if not stepwise or len(r.outvars) != 1 or r.outvars[0].aval.shape != v.aval.shape:
+                    break
+                chain.append((reader, position))
+                v = r.outvars[0]
+    return folds
+
+
+def fold_step_sums(closed: ClosedJaxpr) -> ClosedJaxpr:
+    """`closed` with each large scan's stacked output that only a sum over the steps reads
+    (``jnp.sum(ys)``) accumulated in an extra carry instead (the same sum, added in step order).
+
+    Kept as a loop, a scan is one vertex whose partial of a stacked output with respect to the
+    stacked per-step inputs is block lower-triangular, L·q x L·m for L steps (a 10,000-step scan
+    with 2 inputs per step: 1.6 GB in float64, and gigabytes more in the copies around it), where
+    the Jacobian of the sum is one row per entry. Accumulated, the output is a carry: its partials
+    are the carry's, q x L·m. Top level only (a call's body is left as it is); scans whose partial
+    would have fewer than FOLD_STEP_SUMS_MIN_ENTRIES entries are left as they are."""
+    jaxpr = closed.jaxpr
+    folds = _step_sum_folds(jaxpr)
+    if not folds:
+        return closed
+    replaced = {k for per_scan in folds.values() for fold in per_scan.values()
+                for k in (*(e for e, _ in fold.chain), fold.reader)}
+
+    def run(*args):
+        env: dict[Any, Any] = {}
+
+        def read(v):
+            return v.val if isinstance(v, Literal) else env[v]
+
+        for v, a in zip(jaxpr.constvars, closed.consts):
+            env[v] = a
+        for v, a in zip(jaxpr.invars, args):
+            env[v] = a
+        for i, eqn in enumerate(jaxpr.eqns):
+            if i in replaced:
+                continue
+            invals = [read(v) for v in eqn.invars]
+            if i in folds:
+                outvals, sums = _folded_scan(eqn, invals, folds[i], jaxpr.eqns, read)
+                for reader, total in sums.items():
+                    env[jaxpr.eqns[reader].outvars[0]] = total
+            else:
+                outvals = _bind(eqn, invals)
+            for v, val in zip(eqn.outvars, outvals):
+                if not isinstance(v, DropVar):
+                    env[v] = val
+        return [read(v) for v in jaxpr.outvars]
+
+    return jax.make_jaxpr(run)(*(jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in jaxpr.invars))
+
+
+def _bind(eqn: JaxprEqn, operands: Sequence[Any]) -> list[Any]:
+    """The outputs of `eqn`'s primitive applied to `operands`, as jax.core.eval_jaxpr binds it."""
+    result = eqn.primitive.bind(*operands, **eqn.primitive.get_bind_params(eqn.params))
+    return list(result) if eqn.primitive.multiple_results else [result]
+
+
+def _folded_scan(eqn: JaxprEqn, invals: list[Any], folded: dict[int, _Fold], eqns,
+                 read: Callable[[Any], Any]) -> tuple[list[Any], dict[int, Any]]:
+    """The outputs of scan `eqn` at `invals` (None for the stacked outputs in `folded`), and per
+    equation index of a sum that read one of those, its value: each step's output through its
+    chain, accumulated in an extra carry (`fold_step_sums`). `read` gives the chain's scalars."""
+    params = eqn.params
+    num_consts, num_carry = params["num_consts"], params["num_carry"]
+    body = params["jaxpr"]
+    consts, carry0, xs = invals[:num_consts], invals[num_consts:num_consts + num_carry], invals[num_consts + num_carry:]
+    num_ys = len(eqn.outvars) - num_carry
+    order = sorted(folded)
+    step_axes = {j: tuple(a - 1 for a in eqns[folded[j].reader].params["axes"] if a != 0) for j in order}
+    scalars = {j: [[read(w) for k, w in enumerate(eqns[e].invars) if k != position] for e, position in folded[j].chain]
+               for j in order}
+
+    def through_chain(j, value):
+        for (e, position), others in zip(folded[j].chain, scalars[j]):
+            chained = eqns[e]
+            operands = list(others)
+            operands.insert(position, value)
+            value = _bind(chained, operands)[0]
+        return value
+
+    def step(state, x):
+        carry, sums = state
+        outs = jax.core.eval_jaxpr(body.jaxpr, body.consts, *consts, *carry, *x)
+        ys = outs[num_carry:]
+        sums = [s + jnp.sum(through_chain(j, ys[j]), axis=step_axes[j]).astype(s.dtype) for s, j in zip(sums, order)]
+        return (outs[:num_carry], sums), [y for j, y in enumerate(ys) if j not in folded]
+
+    zeros = []
+    for j in order:
+        result = eqns[folded[j].reader].outvars[0].aval
+        zeros.append(jnp.zeros(result.shape, result.dtype))
+    (carry, sums), rest = jax.lax.scan(step, (list(carry0), zeros), list(xs), length=params["length"],
+                                       reverse=params["reverse"], unroll=params["unroll"])
+    rest = iter(rest)
+    outvals = list(carry) + [None if j in folded else next(rest) for j in range(num_ys)]
+    return outvals, {folded[j].reader: total for j, total in zip(order, sums)}

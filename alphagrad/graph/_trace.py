@@ -695,6 +695,7 @@ def _trace(
                              f"{_static_hint(example_args, argnums)}") from err
     _, in_tree = jax.tree.flatten(example_args)
     _, out_tree = jax.tree.flatten(out_shapes)
+    closed = _loops.fold_step_sums(closed)
     jaxpr = closed.jaxpr
     leaf_avals = tuple(v.aval for v in jaxpr.invars)
     input_leaves = _differentiated_leaves(example_args, argnums)

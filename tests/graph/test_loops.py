@@ -284,3 +284,42 @@ def test_the_chain_plan_saves_most_where_the_carry_is_large():
     assert _loops.chain_muls("forward", **rnn) == 18_939_904
     assert _loops.chain_plan(length=1000, n=3, q=0, carry_columns=3, p=3, m=0) == (
         _loops.chain_muls("forward", 1000, 3, 0, 3, 3, 0), ((1000, 1000),))  # an integrator's final state: forward
+
+
+def forced(c, xs):
+    """A scan with per-step inputs and outputs; its stacked outputs summed over the steps."""
+    final, (per_step, weighted) = jax.lax.scan(
+        lambda h, x: (h + 0.1 * jnp.tanh(h[::-1] * x[0]), (h * x[1], h[0] * x[1])), c, xs)
+    return final, jnp.mean(0.5 * weighted**2), jnp.sum(per_step, axis=0)
+
+
+def test_long_scans_accumulate_stacked_outputs_that_only_a_sum_over_the_steps_reads():
+    """The partial of `weighted` with respect to xs would be 3,000 x 6,000 entries as one loop
+    vertex; summed inside the loop, the largest partial is that of the carries."""
+    xs = jnp.asarray(RNG_FOLD.normal(size=(3000, 2)))
+    g = graph.jacobian_graph(forced, jnp.ones(2), xs, argnums=(0, 1))
+    largest = max(math.prod(e.out_shape) * math.prod(e.in_shape) for e in g.edges)
+    assert largest <= 3 * 6000
+    short = jax.make_jaxpr(forced)(jnp.ones(2), xs[:50])
+    assert _loops.fold_step_sums(short) is short  # small: left as it is
+
+
+def test_only_sums_over_the_step_axis_of_outputs_read_once_are_folded(monkeypatch):
+    monkeypatch.setattr(_loops, "FOLD_STEP_SUMS_MIN_ENTRIES", 0)
+
+    def carries(closed):
+        return [e.params["num_carry"] for e in closed.jaxpr.eqns if e.primitive.name == "scan"]
+
+    xs = jnp.ones((4, 2))
+    assert carries(_loops.fold_step_sums(jax.make_jaxpr(forced)(jnp.ones(2), xs))) == [1 + 2]
+    read_twice = lambda c, xs: (lambda ys: jnp.sum(ys[1]) + ys[1][0])(forced_ys(c, xs))  # noqa: E731
+    within_steps = lambda c, xs: jnp.sum(forced_ys(c, xs)[0], axis=1)  # noqa: E731
+    for f in (read_twice, within_steps):
+        assert carries(_loops.fold_step_sums(jax.make_jaxpr(f)(jnp.ones(2), xs))) == [1]
+
+
+def forced_ys(c, xs):
+    return jax.lax.scan(lambda h, x: (h + 0.1 * jnp.tanh(h[::-1] * x[0]), (h * x[1], h[0] * x[1])), c, xs)[1]
+
+
+RNG_FOLD = np.random.default_rng(14)
