@@ -316,6 +316,8 @@ def test_only_sums_over_the_step_axis_of_outputs_read_once_are_folded(monkeypatc
     within_steps = lambda c, xs: jnp.sum(forced_ys(c, xs)[0], axis=1)  # noqa: E731
     for f in (read_twice, within_steps):
         assert carries(_loops.fold_step_sums(jax.make_jaxpr(f)(jnp.ones(2), xs))) == [1]
+    jitted = _loops.fold_step_sums(jax.make_jaxpr(jax.jit(forced))(jnp.ones(2), xs))
+    assert carries(jitted.jaxpr.eqns[0].params["jaxpr"]) == [1 + 2]  # inside the jitted call
 
 
 def forced_ys(c, xs):
