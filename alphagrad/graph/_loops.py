@@ -654,16 +654,17 @@ _STEPWISE_BINARY = frozenset("add sub mul div max min pow".split())
 
 class _Fold(NamedTuple):
     """A stacked output of a scan summed over its steps: the elementwise equations between them
-    (in order), each with the position of the value the chain carries, and the sum's index."""
+    (in order), each with the position of the value the chain carries, and the sum's index; or
+    read by nothing (no chain, reader None: dropped)."""
     chain: tuple[tuple[int, int], ...]
-    reader: int
+    reader: int | None
 
 
 def _step_sum_folds(jaxpr: Jaxpr) -> dict[int, dict[int, _Fold]]:
     """{scan equation index: {stacked output j: its `_Fold`}} for the scans of `jaxpr` (top level)
-    whose partials would be large and whose stacked output j only an elementwise chain of
-    `_STEPWISE_UNARY` equations and `_STEPWISE_BINARY` ones with a scalar defined before the scan
-    (or a literal), each read once, and then a sum over the step axis read."""
+    whose partials would be large and whose stacked output j nothing reads, or only an elementwise
+    chain of `_STEPWISE_UNARY` equations and `_STEPWISE_BINARY` ones with a scalar defined before
+    the scan (or a literal), each read once, and then a sum over the step axis."""
     uses: dict[Any, list[tuple[int, int]]] = {}
     defined: dict[Any, int] = {}
     for i, eqn in enumerate(jaxpr.eqns):
@@ -681,9 +682,12 @@ def _step_sum_folds(jaxpr: Jaxpr) -> dict[int, dict[int, _Fold]]:
         xs_entries = sum(math.prod(v.aval.shape[1:]) for v in eqn.invars[num_consts + num_carry:]
                          if _floating(v.aval))
         for j, y in enumerate(eqn.outvars[num_carry:]):
-            if isinstance(y, DropVar) or not _floating(y.aval):
+            if not _floating(y.aval):
                 continue
             if length * length * math.prod(y.aval.shape[1:]) * xs_entries < FOLD_STEP_SUMS_MIN_ENTRIES:
+                continue
+            if isinstance(y, DropVar) or (not uses.get(y) and y not in returned):  # read by nothing: dropped
+                folds.setdefault(i, {})[j] = _Fold((), None)
                 continue
             chain, v = [], y
             while True:
@@ -712,7 +716,8 @@ _FOLDED_CALLS = frozenset({"jit", "pjit"})
 
 def fold_step_sums(closed: ClosedJaxpr) -> ClosedJaxpr:
     """`closed` with each large scan's stacked output that only a sum over the steps reads
-    (``jnp.sum(ys)``) accumulated in an extra carry instead (the same sum, added in step order).
+    (``jnp.sum(ys)``) accumulated in an extra carry instead (the same sum, added in step order),
+    and each one that nothing reads (``lax.scan(...)[0]``) dropped.
 
     Kept as a loop, a scan is one vertex whose partial of a stacked output with respect to the
     stacked per-step inputs is block lower-triangular, L·q x L·m for L steps (a 10,000-step scan
@@ -732,7 +737,7 @@ def fold_step_sums(closed: ClosedJaxpr) -> ClosedJaxpr:
     if not folds and not calls:
         return closed
     replaced = {k for per_scan in folds.values() for fold in per_scan.values()
-                for k in (*(e for e, _ in fold.chain), fold.reader)}
+                for k in (*(e for e, _ in fold.chain), fold.reader) if k is not None}
 
     def run(*args):
         env: dict[Any, Any] = {}
@@ -780,7 +785,7 @@ def _folded_scan(eqn: JaxprEqn, invals: list[Any], folded: dict[int, _Fold], eqn
     body = params["jaxpr"]
     consts, carry0, xs = invals[:num_consts], invals[num_consts:num_consts + num_carry], invals[num_consts + num_carry:]
     num_ys = len(eqn.outvars) - num_carry
-    order = sorted(folded)
+    order = sorted(j for j, fold in folded.items() if fold.reader is not None)
     step_axes = {j: tuple(a - 1 for a in eqns[folded[j].reader].params["axes"] if a != 0) for j in order}
     scalars = {j: [[read(w) for k, w in enumerate(eqns[e].invars) if k != position] for e, position in folded[j].chain]
                for j in order}
