@@ -28,6 +28,14 @@ consecutive entries of a dense block scaled by a diagonal or a scalar (SCALE) or
 identity (MOVE), read and written as slices. Lane steps, tiles and chunks write the buffer in
 different ways (a window, a scatter, a slice), so each family runs in a loop of its own, the
 loops by segments in the plan's order (`run_steps`).
+
+An elimination that writes many dense results (a wide program's vertex read by hundreds of
+outputs, in reverse order) plans its products at once as *flat records* (`LaneSteps.emit_flat`,
+called by `_tape._flat_products`): per product its three base slots and a `FlatShape` (strides,
+contracted terms, fresh or adding). With one lane they are enumerated into one-operation steps;
+with several they run as flat steps (`FLAT_TILE` result entries of records of one size and shape
+a step, a multiplication or a selection each) and dot steps (`DOT_TILE` entries, dot products of
+up to `DOT_INNER` terms), families of their own.
 """
 
 from __future__ import annotations
