@@ -663,8 +663,9 @@ class _Fold(NamedTuple):
 def _step_sum_folds(jaxpr: Jaxpr) -> dict[int, dict[int, _Fold]]:
     """{scan equation index: {stacked output j: its `_Fold`}} for the scans of `jaxpr` (top level)
     whose partials would be large and whose stacked output j nothing reads, or only an elementwise
-    chain of `_STEPWISE_UNARY` equations and `_STEPWISE_BINARY` ones with a scalar defined before
-    the scan (or a literal), each read once, and then a sum over the step axis."""
+    chain of `_STEPWISE_UNARY` equations and `_STEPWISE_BINARY` ones with a literal, or a scalar or
+    an array of the stacked shape defined before the scan (data per step: ``ys - target``), each
+    read once, and then a sum over the step axis."""
     uses: dict[Any, list[tuple[int, int]]] = {}
     defined: dict[Any, int] = {}
     for i, eqn in enumerate(jaxpr.eqns):
@@ -702,7 +703,8 @@ def _step_sum_folds(jaxpr: Jaxpr) -> dict[int, dict[int, _Fold]]:
                     break
                 others = [w for k, w in enumerate(r.invars) if k != position]
                 stepwise = name in _STEPWISE_UNARY or (name in _STEPWISE_BINARY and all(
-                    isinstance(w, Literal) or (w.aval.shape == () and defined.get(w, -1) < i) for w in others))
+                    isinstance(w, Literal) or (w.aval.shape in ((), v.aval.shape) and defined.get(w, -1) < i)
+                    for w in others))
                 if not stepwise or len(r.outvars) != 1 or r.outvars[0].aval.shape != v.aval.shape:
                     break
                 chain.append((reader, position))
@@ -779,7 +781,7 @@ def _folded_scan(eqn: JaxprEqn, invals: list[Any], folded: dict[int, _Fold], eqn
                  read: Callable[[Any], Any]) -> tuple[list[Any], dict[int, Any]]:
     """The outputs of scan `eqn` at `invals` (None for the stacked outputs in `folded`), and per
     equation index of a sum that read one of those, its value: each step's output through its
-    chain, accumulated in an extra carry (`fold_step_sums`). `read` gives the chain's scalars."""
+    chain, accumulated in an extra carry (`fold_step_sums`). `read` gives the chain's other operands."""
     params = eqn.params
     num_consts, num_carry = params["num_consts"], params["num_carry"]
     body = params["jaxpr"]
@@ -787,29 +789,45 @@ def _folded_scan(eqn: JaxprEqn, invals: list[Any], folded: dict[int, _Fold], eqn
     num_ys = len(eqn.outvars) - num_carry
     order = sorted(j for j, fold in folded.items() if fold.reader is not None)
     step_axes = {j: tuple(a - 1 for a in eqns[folded[j].reader].params["axes"] if a != 0) for j in order}
-    scalars = {j: [[read(w) for k, w in enumerate(eqns[e].invars) if k != position] for e, position in folded[j].chain]
-               for j in order}
+    # The chains' other operands: literals and scalars as they are, arrays of the stacked shape
+    # as extra per-step inputs of the loop (an int: the index of that input).
+    stepped: list[Any] = []
+    others: dict[int, list[list[Any]]] = {}
+    for j in order:
+        others[j] = []
+        for e, position in folded[j].chain:
+            row = []
+            for k, w in enumerate(eqns[e].invars):
+                if k == position:
+                    continue
+                if isinstance(w, Literal) or w.aval.shape == ():
+                    row.append((read(w),))
+                else:
+                    row.append(len(stepped))
+                    stepped.append(read(w))
+            others[j].append(row)
 
-    def through_chain(j, value):
-        for (e, position), others in zip(folded[j].chain, scalars[j]):
-            chained = eqns[e]
-            operands = list(others)
+    def through_chain(j, value, extra):
+        for (e, position), row in zip(folded[j].chain, others[j]):
+            operands = [extra[w] if isinstance(w, int) else w[0] for w in row]
             operands.insert(position, value)
-            value = _bind(chained, operands)[0]
+            value = _bind(eqns[e], operands)[0]
         return value
 
     def step(state, x):
         carry, sums = state
+        x, extra = x[:len(xs)], x[len(xs):]
         outs = jax.core.eval_jaxpr(body.jaxpr, body.consts, *consts, *carry, *x)
         ys = outs[num_carry:]
-        sums = [s + jnp.sum(through_chain(j, ys[j]), axis=step_axes[j]).astype(s.dtype) for s, j in zip(sums, order)]
+        sums = [s + jnp.sum(through_chain(j, ys[j], extra), axis=step_axes[j]).astype(s.dtype)
+                for s, j in zip(sums, order)]
         return (outs[:num_carry], sums), [y for j, y in enumerate(ys) if j not in folded]
 
     zeros = []
     for j in order:
         result = eqns[folded[j].reader].outvars[0].aval
         zeros.append(jnp.zeros(result.shape, result.dtype))
-    (carry, sums), rest = jax.lax.scan(step, (list(carry0), zeros), list(xs), length=params["length"],
+    (carry, sums), rest = jax.lax.scan(step, (list(carry0), zeros), [*xs, *stepped], length=params["length"],
                                        reverse=params["reverse"], unroll=params["unroll"])
     rest = iter(rest)
     outvals = list(carry) + [None if j in folded else next(rest) for j in range(num_ys)]

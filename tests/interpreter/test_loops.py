@@ -270,14 +270,15 @@ def test_the_chain_is_exact_and_counted_in_every_kind_of_level():
 
 
 def test_stacked_outputs_summed_inside_the_loop_are_exact(monkeypatch):
-    """`graph._loops.fold_step_sums` (forced on a short scan): a mean of squares and a sum over the
-    steps of a reverse scan, accumulated in extra carries; the stacked output also read elsewhere
-    stays stacked."""
+    """`graph._loops.fold_step_sums` (forced on a short scan): a mean of squared misfits to data
+    per step and a sum over the steps of a reverse scan, accumulated in extra carries; the stacked
+    output also read elsewhere stays stacked."""
     monkeypatch.setattr(_loops, "FOLD_STEP_SUMS_MIN_ENTRIES", 0)
+    data = RNG.normal(size=4)
 
     def f(c, xs):
         final, (states, weighted) = jax.lax.scan(
             lambda h, x: (h * jnp.cos(x[0]), (h * x[1], h[0] * x[1])), c, xs, reverse=True)
-        return final, jnp.mean(0.5 * weighted**2), jnp.sum(states, axis=0) + states[2]
+        return final, jnp.mean(0.5 * (weighted - data) ** 2), jnp.sum(states, axis=0) + states[2]
 
     check_exact_and_counted(f, (RNG.normal(size=2), RNG.normal(size=(4, 2))), (0, 1))
