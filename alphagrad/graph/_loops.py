@@ -666,6 +666,11 @@ def _step_sum_folds(jaxpr: Jaxpr) -> dict[int, dict[int, _Fold]]:
     chain of `_STEPWISE_UNARY` equations and `_STEPWISE_BINARY` ones with a literal, or a scalar or
     an array of the stacked shape defined before the scan (data per step: ``ys - target``), each
     read once, and then a sum over the step axis."""
+    large = [i for i, eqn in enumerate(jaxpr.eqns) if eqn.primitive.name == "scan" and _block_entries(
+        eqn, max((math.prod(y.aval.shape[1:]) for y in eqn.outvars[eqn.params["num_carry"]:] if _floating(y.aval)),
+                 default=0)) > 0]
+    if not large:  # the common case: no scan's block can reach the threshold
+        return {}
     uses: dict[Any, list[tuple[int, int]]] = {}
     defined: dict[Any, int] = {}
     for i, eqn in enumerate(jaxpr.eqns):
@@ -676,16 +681,11 @@ def _step_sum_folds(jaxpr: Jaxpr) -> dict[int, dict[int, _Fold]]:
             defined[v] = i
     returned = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
     folds: dict[int, dict[int, _Fold]] = {}
-    for i, eqn in enumerate(jaxpr.eqns):
-        if eqn.primitive.name != "scan":
-            continue
-        num_consts, num_carry, length = eqn.params["num_consts"], eqn.params["num_carry"], eqn.params["length"]
-        xs_entries = sum(math.prod(v.aval.shape[1:]) for v in eqn.invars[num_consts + num_carry:]
-                         if _floating(v.aval))
+    for i in large:
+        eqn = jaxpr.eqns[i]
+        num_carry = eqn.params["num_carry"]
         for j, y in enumerate(eqn.outvars[num_carry:]):
-            if not _floating(y.aval):
-                continue
-            if length * length * math.prod(y.aval.shape[1:]) * xs_entries < FOLD_STEP_SUMS_MIN_ENTRIES:
+            if not _floating(y.aval) or _block_entries(eqn, math.prod(y.aval.shape[1:])) == 0:
                 continue
             if isinstance(y, DropVar) or (not uses.get(y) and y not in returned):  # read by nothing: dropped
                 folds.setdefault(i, {})[j] = _Fold((), None)
@@ -710,6 +710,15 @@ def _step_sum_folds(jaxpr: Jaxpr) -> dict[int, dict[int, _Fold]]:
                 chain.append((reader, position))
                 v = r.outvars[0]
     return folds
+
+
+def _block_entries(eqn: JaxprEqn, per_step: int) -> int:
+    """Entries of scan `eqn`'s partial of a stacked output of `per_step` entries a step with
+    respect to its floating-point per-step inputs, or 0 below FOLD_STEP_SUMS_MIN_ENTRIES."""
+    num_consts, num_carry, length = eqn.params["num_consts"], eqn.params["num_carry"], eqn.params["length"]
+    xs_entries = sum(math.prod(v.aval.shape[1:]) for v in eqn.invars[num_consts + num_carry:] if _floating(v.aval))
+    entries = length * per_step * length * xs_entries
+    return entries if entries >= FOLD_STEP_SUMS_MIN_ENTRIES else 0
 
 
 #: Calls whose bodies `fold_step_sums` folds as well (the graph inlines them).
