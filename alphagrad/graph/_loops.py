@@ -60,12 +60,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import ClosedJaxpr, DropVar, Jaxpr, JaxprEqn, Literal
+from jax.extend.core import ClosedJaxpr, DebugInfo, DropVar, Jaxpr, JaxprEqn, Literal, new_jaxpr_eqn
+from jax.extend.core.primitives import closed_call_p
 
 __all__ = [
     "UNROLL_MAX_EQUATIONS", "UNROLL_ADVANTAGE", "fits", "unrolls", "unrolled_graph", "unrolled_muls",
     "unrolled_size", "index_jaxpr", "stack_jaxpr", "evaluate", "Body", "analyse", "LoopPlan", "loop_plan",
-    "chain_muls", "split_muls", "best_split", "chain_plan", "cheapest_bracketing", "BRACKETED_ADVANTAGE",
+    "chain_muls", "split_muls", "fuse_loop_spans", "is_loop_span", "best_split", "chain_plan", "cheapest_bracketing", "BRACKETED_ADVANTAGE",
     "bracketing_muls", "chain_mode", "whole_loop_muls", "seeded_graph", "CHAIN_ADVANTAGE", "partial_muls",
 ]
 
@@ -841,3 +842,121 @@ def _folded_scan(eqn: JaxprEqn, invals: list[Any], folded: dict[int, _Fold], eqn
     rest = iter(rest)
     outvals = list(carry) + [None if j in folded else next(rest) for j in range(num_ys)]
     return outvals, {folded[j].reader: total for j, total in zip(order, sums)}
+
+
+# ---- large loops fused with what they read and what reads them ---------------------------------
+
+#: The name (``DebugInfo.traced_for``) of the calls `fuse_loop_spans` makes: the graph keeps them as
+#: one vertex (it inlines other calls).
+LOOP_SPAN = "alphagrad loop span"
+
+
+def is_loop_span(eqn: JaxprEqn) -> bool:
+    """Whether `eqn` is a call made by `fuse_loop_spans` (kept whole by the graph, not inlined)."""
+    if eqn.primitive is not closed_call_p:
+        return False
+    info = getattr(eqn.params["call_jaxpr"].jaxpr, "debug_info", None)
+    return getattr(info, "traced_for", None) == LOOP_SPAN
+
+
+def _depends_on_inputs(jaxpr: Jaxpr) -> set:
+    """The variables of `jaxpr` computed (at any distance) from its inputs."""
+    reached = set(jaxpr.invars)
+    for eqn in jaxpr.eqns:
+        if any(not isinstance(v, Literal) and v in reached for v in eqn.invars):
+            reached.update(eqn.outvars)
+    return reached
+
+
+def _large_stacked_partial(eqn: JaxprEqn, reached: set, read: set) -> bool:
+    """Whether scan `eqn` would be a vertex whose partial of a stacked output something reads with
+    respect to its per-step inputs computed from the function's inputs has at least
+    FOLD_STEP_SUMS_MIN_ENTRIES entries (L·q x L·m)."""
+    num_consts, num_carry, length = eqn.params["num_consts"], eqn.params["num_carry"], eqn.params["length"]
+    per_step_in = sum(math.prod(v.aval.shape[1:]) for v in eqn.invars[num_consts + num_carry:]
+                      if not isinstance(v, Literal) and _floating(v.aval) and v in reached)
+    per_step_out = sum(math.prod(v.aval.shape[1:]) for v in eqn.outvars[num_carry:]
+                       if not isinstance(v, DropVar) and _floating(v.aval) and v in read)
+    return per_step_out * per_step_in > 0 and length * per_step_out * length * per_step_in >= FOLD_STEP_SUMS_MIN_ENTRIES
+
+
+def fuse_loop_spans(jaxpr: Jaxpr) -> Jaxpr:
+    """`jaxpr` with each large scan whose stacked outputs are read after it (and not only summed
+    over the steps: `fold_step_sums` folds those) fused with the equations around it into one call
+    that the graph keeps as a single dense vertex (`is_loop_span`).
+
+    Kept as a loop vertex, such a scan has a partial of its stacked outputs with respect to its
+    stacked per-step inputs of L·q x L·m entries (a 10,000-step scan with one input and one output
+    per step: 800 MB in float64, and several copies of it), even where what reads the stacked
+    outputs is small (``ys @ w``, ``jnp.max(ys)``, ``ys[::100]``) and the per-step inputs are
+    computed from a few parameters (a forcing ``jnp.sin(omega * ts)``). The span runs from the
+    first equation that computes a value of at least L entries the span reads to the last one
+    that reads a value of at least L entries the span computes (a contiguous range, grown to a
+    fixed point), so that only values of fewer entries, the function's inputs and its outputs
+    cross its border; its partials, JAX's differentiation of the span by rows or columns
+    (whichever side is smaller, the interpreter's dense fallback), then have as many entries as
+    those borders allow. A scan whose span would be itself alone (its stacked values are
+    the function's inputs or outputs) is left as it is; scans with partials below
+    FOLD_STEP_SUMS_MIN_ENTRIES entries are never fused."""
+    eqns = list(jaxpr.eqns)
+    scans = [i for i, e in enumerate(eqns) if e.primitive.name == "scan"]
+    if not scans:
+        return jaxpr
+    reached = _depends_on_inputs(jaxpr)
+    read = {v for e in eqns for v in e.invars if not isinstance(v, Literal)}
+    read.update(v for v in jaxpr.outvars if not isinstance(v, Literal))
+    large = [i for i in scans if _large_stacked_partial(eqns[i], reached, read)]
+    if not large:
+        return jaxpr
+    defined = {v: i for i, e in enumerate(eqns) for v in e.outvars if not isinstance(v, DropVar)}
+    last_use: dict[Any, int] = {}
+    for i, e in enumerate(eqns):
+        for v in e.invars:
+            if not isinstance(v, Literal):
+                last_use[v] = i
+    returned = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
+    spans: list[tuple[int, int]] = []
+    for i in large:
+        if spans and i <= spans[-1][1]:
+            continue  # inside the previous span
+        floor = eqns[i].params["length"]
+
+        def big(v) -> bool:
+            return not isinstance(v, (Literal, DropVar)) and math.prod(v.aval.shape) >= floor
+
+        start, end, grown = i, i, True
+        while grown:
+            grown = False
+            for e in eqns[start:end + 1]:
+                for v in e.invars:
+                    if big(v) and defined.get(v, start) < start:
+                        start, grown = defined[v], True
+                for v in e.outvars:
+                    if big(v) and v not in returned and last_use.get(v, end) > end:
+                        end, grown = last_use[v], True
+        if spans and start <= spans[-1][1]:
+            start = spans[-1][0]
+            spans.pop()
+        if start < end:
+            spans.append((start, end))
+    if not spans:
+        return jaxpr
+    fused_eqns: list[JaxprEqn] = []
+    at = 0
+    for start, end in spans:
+        fused_eqns.extend(eqns[at:start])
+        span = eqns[start:end + 1]
+        inside = {v for e in span for v in e.outvars}
+        invars = list(dict.fromkeys(v for e in span for v in e.invars
+                                    if not isinstance(v, Literal) and v not in inside))
+        outvars = [v for e in span for v in e.outvars
+                   if not isinstance(v, DropVar) and (last_use.get(v, -1) > end or v in returned)]
+        effects = frozenset().union(*(e.effects for e in span))
+        names = DebugInfo(LOOP_SPAN, None, tuple(f"in{k}" for k in range(len(invars))),
+                          tuple(f"out{k}" for k in range(len(outvars))))
+        body = ClosedJaxpr(Jaxpr([], invars, outvars, span, effects, names), [])
+        fused_eqns.append(new_jaxpr_eqn(invars, outvars, closed_call_p, {"call_jaxpr": body}, effects,
+                                        span[0].source_info))
+        at = end + 1
+    fused_eqns.extend(eqns[at:])
+    return jaxpr.replace(eqns=fused_eqns)

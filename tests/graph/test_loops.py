@@ -327,3 +327,28 @@ def forced_ys(c, xs):
 
 
 RNG_FOLD = np.random.default_rng(14)
+
+
+def forcing_response(p, weights):
+    """A scan driven by a forcing computed from a parameter, its stacked outputs read by a weighted
+    sum over the steps, a maximum and a strided slice (not a plain sum: not folded)."""
+    ts = jnp.arange(weights.shape[0]) * 0.01
+    _, ys = jax.lax.scan(lambda h, x: (h + 0.01 * jnp.stack([h[1] + x, -jnp.sin(h[0])]), h[0] * h[1]),
+                         p[1:], jnp.sin(p[0] * ts))
+    return ys @ weights, jnp.max(ys), ys[:: weights.shape[0] // 5]
+
+
+def test_long_scans_with_stacked_outputs_read_otherwise_become_one_vertex_with_what_feeds_and_reads_them():
+    """As one loop vertex the partial of ys w.r.t. the forcing would be 3,000 x 3,000 entries; fused
+    with the forcing's equations and ys's readers (`_loops.fuse_loop_spans`), the vertex's partials
+    are those of its outputs (7 entries) w.r.t. p (3)."""
+    p = jnp.array([1.0, 0.1, 0.2])
+    weights = jnp.asarray(RNG_FOLD.normal(size=3000))
+    g = graph.jacobian_graph(forcing_response, p, weights, argnums=0)
+    assert max(math.prod(e.out_shape) * math.prod(e.in_shape) for e in g.edges) <= 7 * 3
+    assert sum(v.primitive.startswith("loop_span") for v in g.vertices) == 3
+    short = jax.make_jaxpr(forcing_response)(p, weights[:50]).jaxpr
+    assert _loops.fuse_loop_spans(short) is short  # small: left as it is
+    # The stacked values are the function's own input and output: nothing to fuse with.
+    passthrough = jax.make_jaxpr(lambda xs: jax.lax.scan(lambda h, x: (h + x, h * x), 0.0, xs)[1])(weights).jaxpr
+    assert _loops.fuse_loop_spans(passthrough) is passthrough

@@ -282,3 +282,20 @@ def test_stacked_outputs_summed_inside_the_loop_are_exact(monkeypatch):
         return final, jnp.mean(0.5 * (weighted - data) ** 2), jnp.sum(states, axis=0) + states[2]
 
     check_exact_and_counted(f, (RNG.normal(size=2), RNG.normal(size=(4, 2))), (0, 1))
+
+
+def test_loops_fused_with_what_feeds_and_reads_their_stacked_outputs_are_exact(monkeypatch):
+    """`graph._loops.fuse_loop_spans` (forced on a short scan): the forcing computed from a
+    parameter, the scan and the stacked outputs' readers (a weighted sum, a maximum, a slice) become
+    one dense vertex; the final carry is read apart."""
+    monkeypatch.setattr(_loops, "FOLD_STEP_SUMS_MIN_ENTRIES", 0)
+    weights = RNG.normal(size=6)
+
+    def f(p, c):
+        ts = jnp.arange(6) * 0.3
+        final, ys = jax.lax.scan(lambda h, x: (h * jnp.cos(x) + 0.1 * c, h[0] * h[1] * x), p[1:], jnp.sin(p[0] * ts))
+        return ys @ weights + jnp.max(ys), ys[::2], jnp.tanh(final)
+
+    g = graph.jacobian_graph(f, RNG.normal(size=3), RNG.normal(size=2), argnums=(0, 1))
+    assert any(v.primitive.startswith("loop_span") for v in g.vertices)
+    check_exact_and_counted(f, (RNG.normal(size=3), RNG.normal(size=2)), (0, 1))
