@@ -378,8 +378,10 @@ def _freeze(value: Any) -> Any:
 #: Primitives with sub-programs the tape binds whole, with partials by their JVP: branches, while
 #: loops, scans whose partials the graph's loop plan takes whole (small fori_loops and scans inside
 #: long generated code; a scan whose plan chains local Jacobians takes the straight-line path),
-#: functions with custom JVP rules (custom VJP rules have no JVP: straight-line path, by rows).
-_SUB_PROGRAMS = frozenset({"cond", "while", "scan", "custom_jvp_call"})
+#: functions with custom JVP rules (custom VJP rules have no JVP: straight-line path, by rows), and
+#: the calls the graph keeps whole (a span of complex arithmetic, a large loop fused with what feeds
+#: and reads its stacked values: `graph._loops.fuse_loop_spans`).
+_SUB_PROGRAMS = frozenset({"cond", "while", "scan", "custom_jvp_call", "closed_call"})
 
 
 def _params_key(eqn) -> Any:

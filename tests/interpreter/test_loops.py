@@ -299,3 +299,30 @@ def test_loops_fused_with_what_feeds_and_reads_their_stacked_outputs_are_exact(m
     g = graph.jacobian_graph(f, RNG.normal(size=3), RNG.normal(size=2), argnums=(0, 1))
     assert any(v.primitive.startswith("loop_span") for v in g.vertices)
     check_exact_and_counted(f, (RNG.normal(size=3), RNG.normal(size=2)), (0, 1))
+
+
+def test_long_programs_run_fused_spans_on_the_tape(monkeypatch):
+    """A long program (the tape's class) holding a loop span and a span of complex arithmetic:
+    both calls are bound whole by the tape (not the straight-line path, whose compilation grows
+    quadratically with the program), exact and counted."""
+    from alphagrad.graph import _trace
+    from alphagrad.interpreter import _tape
+
+    monkeypatch.setattr(_loops, "FOLD_STEP_SUMS_MIN_ENTRIES", 0)
+    monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)
+    monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
+    monkeypatch.setattr(_trace, "LABELLED_MAX_EQUATIONS", -1)
+
+    def f(p):
+        smooth = jnp.fft.irfft(jnp.fft.rfft(p * p) * jnp.array([1.0, 0.5, 0.25]), n=4)
+        _, ys = jax.lax.scan(lambda h, x: (h * jnp.cos(x) + 0.1, h * x), p[0], jnp.sin(p[1] * jnp.arange(5.0)))
+        return jnp.max(ys) * smooth + ys[::2].sum()
+
+    with jax.enable_x64(True):
+        p = jnp.asarray(RNG.normal(size=4))
+        g = interpreter.graph_of(f, p)
+        assert {v.primitive.split("[")[0] for v in g.vertices if "span" in v.primitive} == {"complex_span", "loop_span"}
+        order = graph.resolve_order(g, "reverse")
+        assert _tape.build(g, graph.plan(g, order)).muls == graph.cost(g, order)
+        np.testing.assert_allclose(np.asarray(jax.jit(interpreter.jacobian(f, "reverse"))(p)),
+                                   np.asarray(jax.jacfwd(f)(p)), rtol=1e-10, atol=1e-12)
