@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import ClosedJaxpr, DebugInfo, DropVar, Jaxpr, JaxprEqn, Literal, new_jaxpr_eqn
+from jax.extend.core import ClosedJaxpr, DebugInfo, DropVar, Jaxpr, JaxprEqn, Literal, jaxpr_as_fun, new_jaxpr_eqn
 from jax.extend.core.primitives import closed_call_p
 
 from alphagrad.errors import TraceError, UnsupportedPrimitiveError
@@ -226,6 +226,40 @@ def _too_many_dimensions(shape, number: int, where: str, name: str) -> Unsupport
     )
 
 
+def _rule_closes_over_trace(eqn: JaxprEqn) -> bool:
+    """Whether the JVP rule of a `custom_jvp_call` equation reads a tracer of the trace that made it.
+
+    ``custom_jvp(f, nondiff_argnums=...)`` binds its rule with those arguments as Python values; a
+    traced array there (``expn(n, x)`` with n an argument) stays a tracer of that trace inside the
+    rule, which then raises UnexpectedTracerError wherever the equation is differentiated again.
+    Checked abstractly on the equation alone: the stale tracer becomes a constant of a new trace of
+    its JVP (only rules with constant operands, where such arrays end up, are checked)."""
+    invars = [v for v in eqn.invars if not isinstance(v, Literal)]
+    names = DebugInfo("alphagrad custom_jvp check", None, tuple(f"in{k}" for k in range(len(invars))),
+                      tuple(f"out{k}" for k in range(len(eqn.outvars))))
+    fun = jaxpr_as_fun(ClosedJaxpr(Jaxpr([], invars, list(eqn.outvars), [eqn], eqn.effects, names), []))
+    avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in invars]
+    floats = [i for i, v in enumerate(invars) if _is_differentiable(v.aval)]
+
+    def jvp(*args):
+        def of_floats(*xs):
+            full = list(args)
+            for i, x in zip(floats, xs):
+                full[i] = x
+            return fun(*full)
+        xs = [args[i] for i in floats]
+        return jax.jvp(of_floats, xs, xs)
+
+    try:
+        consts = jax.make_jaxpr(jvp)(*avals).consts
+    except jax.errors.UnexpectedTracerError:
+        return True
+    except Exception:  # noqa: BLE001 - anything else is the interpreter's to report, as before
+        return False
+    # The dead trace's tracer is captured as a constant of the new trace.
+    return any(isinstance(c, jax.core.Tracer) for c in consts)
+
+
 def _fuse_complex_spans(jaxpr: Jaxpr) -> list[tuple[JaxprEqn, bool]]:
     """The equations of `jaxpr`, each span that computes with complex values fused into one call.
 
@@ -369,6 +403,17 @@ class _Builder:
                 continue
             index = len(self.equations)
             number = index + 1  # the equation's number in messages
+            if (name == "custom_jvp_call" and eqn.params.get("num_consts", 0)
+                    and any(op.node in self.active for op in operands) and _rule_closes_over_trace(eqn)):
+                raise TraceError(
+                    f"equation {number} (a function with a custom JVP rule{', from ' + source if source else ''}) "
+                    "has a JVP rule that closes over a traced array: an array passed in the function's "
+                    "nondiff_argnums (jax.scipy.special.expn's n, jnp.linalg.pinv's rtol) that is an argument "
+                    "of the differentiated function or computed from one. JAX cannot differentiate that rule "
+                    "outside the trace that made it (jax.jvp of the function's jaxpr fails the same way), so "
+                    "neither can alphagrad. Make that array a constant: close over it (a Python number or a "
+                    "NumPy/JAX array that is not an argument), or use jax.jacfwd."
+                )
             out_avals = [v.aval for v in eqn.outvars]
             for aval in [a.aval for a in eqn.invars] + out_avals:
                 if len(getattr(aval, "shape", ())) > 2 and model.name != "exact":
