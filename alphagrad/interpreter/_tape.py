@@ -101,6 +101,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -219,10 +220,13 @@ _NO_SEGMENT = 2**30
 
 class _Lanes(NamedTuple):
     """The switch branch kind of an elementwise primitive on padded lanes (stands in for it);
-    `gathered`: its partials are read off from the lanes' responses by the equation's row."""
+    `gathered`: its partials are read off from the lanes' responses by the equation's row;
+    `shape`: for an elementwise function of fixed shapes (`_Builder._generic`), the output shape
+    and the operand shapes of the kind's representative equation, else None."""
 
     primitive: Any
     gathered: bool = False
+    shape: tuple | None = None
 
     @property
     def name(self) -> str:
@@ -400,6 +404,52 @@ def _params_key(eqn) -> Any:
                 _freeze([np.asarray(c) for c in consts]), params["num_consts"], params["symbolic_zeros"])
     except Exception as err:  # noqa: BLE001 - JAX's internals: any failure keeps the tape off
         raise Unsupported(f"the JVP rule of a custom_jvp function cannot be compared: {err}") from err
+
+
+#: Primitives that call a sub-program: one whose equations are all elementwise (`_elementwise`)
+#: runs on lanes, one kind per program text whatever its shape (`_Builder._generic`).
+_CALLS = frozenset({"custom_jvp_call", "cond", "closed_call", "pjit", "jit"})
+
+
+def _call_jaxprs(name: str, params: dict) -> list | None:
+    """The sub-programs a call primitive runs (a cond: its branches), or None."""
+    if name == "cond":
+        return list(params.get("branches", ())) or None
+    jaxpr = params.get("call_jaxpr", params.get("jaxpr"))
+    return None if jaxpr is None else [jaxpr]
+
+
+def _elementwise(jaxpr, shape: tuple) -> bool:
+    """Whether every value of `jaxpr` (its inputs, constants, outputs and every equation's) has
+    `shape` or is a scalar and every equation is elementwise (`_LANEWISE`, a scalar broadcast, a
+    call or cond of such programs): each output entry then depends only on the same entry of
+    each array input, whatever `shape` is."""
+    inner = getattr(jaxpr, "jaxpr", jaxpr)
+    if any(np.shape(c) != () for c in getattr(jaxpr, "consts", ())):
+        return False
+
+    def fits(v):
+        return tuple(getattr(getattr(v, "aval", None), "shape", (None,))) in ((), shape)
+
+    if not all(fits(v) for v in (*inner.invars, *inner.constvars, *inner.outvars)):
+        return False
+    for e in inner.eqns:
+        name = e.primitive.name
+        if not all(fits(v) for v in (*e.invars, *e.outvars)):
+            return False
+        if name in _LANEWISE or (name == "broadcast_in_dim" and tuple(e.invars[0].aval.shape) == ()):
+            continue
+        subs = _call_jaxprs(name, e.params) if name in _CALLS else None
+        if subs is None or not all(_elementwise(j, shape) for j in subs):
+            return False
+    return True
+
+
+def _erase_shapes(key: Any) -> str:
+    """`key`'s text with the shapes of its programs' values erased (``f64[4,2]`` -> ``f64[]``,
+    a broadcast's ``shape=(4, 2)`` -> ``shape=()``: `_elementwise` checked that each is the
+    output's shape)."""
+    return re.sub(r"shape=\([0-9, ]*\)", "shape=()", re.sub(r"\[[0-9,]*\]", "[]", repr(key)))
 
 
 def _is_jaxpr(value: Any) -> bool:
@@ -587,6 +637,58 @@ class _Builder:
             left.append(eqn)
         return left
 
+    def _generic(self, equations) -> None:
+        """Finds the calls (`_CALLS`: jax.nn.relu, logaddexp, a cond's branches) whose programs
+        are elementwise (`_elementwise`; a custom JVP rule too): they run on lanes, one kind per
+        program text with its shapes erased, by the program of the kind's largest equation (its
+        `self.generic_rep`: size, output shape, operand shapes, params) on the lanes reshaped to
+        its shape. A generated program calls them on many shapes: 42 kinds of custom_jvp_call and
+        19 of cond at 10,000 equations of benchmarks/scale.py's `many-io`, each compiled by XLA.
+        Sets ``self.generic``: {id(equation): kind key}."""
+        self.generic: dict[int, Any] = {}
+        self.generic_rep: dict[Any, tuple] = {}
+        for eqn in equations:
+            name = eqn.primitive.name if eqn.primitive is not None else None
+            if name not in _CALLS or eqn.aval is None or len(eqn.outputs) != 1:
+                continue
+            shape = tuple(eqn.aval.shape)
+            subs = _call_jaxprs(name, eqn.params)
+            if not subs:
+                continue
+            try:
+                in_avals = list(subs[0].in_avals)
+                if name == "cond":
+                    in_avals = [jax.core.ShapedArray((), np.int32)] + in_avals
+                checked = list(subs)
+                if name == "custom_jvp_call":
+                    rule, consts, _ = eqn.params["jvp_jaxpr_fun"].call_wrapped(*([False] * len(eqn.operands)))
+                    if any(np.shape(c) != () for c in consts):
+                        continue
+                    checked.append(rule)
+                if len(in_avals) != len(eqn.operands) or not all(_elementwise(j, shape) for j in checked):
+                    continue
+                # Per operand: a scalar beside an array output? (A scalar call runs on lane 0 of
+                # any representative: its operands are read as lanes.)
+                key = (name, _erase_shapes(_params_key(eqn)),
+                       tuple((tuple(a.shape) == () and shape != (), np.dtype(a.dtype).str) for a in in_avals),
+                       np.dtype(eqn.aval.dtype).str)
+            except Exception:  # noqa: BLE001 - JAX's internals: such a call keeps a kind of its own
+                continue
+            self.generic[id(eqn)] = key
+            size = math.prod(shape)
+            if key not in self.generic_rep or size > self.generic_rep[key][0]:
+                self.generic_rep[key] = (size, shape, tuple(tuple(a.shape) for a in in_avals), eqn.params)
+
+    def _lanes_kind(self, eqn, gathered: bool, params_key, pattern, width: int, lane_groups) -> tuple:
+        """(signature, params) of a lanes kind: an elementwise call's is its kind's largest call
+        (`_generic`), bound on the lanes reshaped; another's its primitive and parameters."""
+        if id(eqn) in self.generic:
+            key = self.generic[id(eqn)]
+            _, rep_shape, rep_operands, params = self.generic_rep[key]
+            return (_Lanes(eqn.primitive, gathered, (rep_shape, rep_operands)), key, pattern,
+                    ((width,), self.dtype.str), lane_groups), params
+        return (_Lanes(eqn.primitive, gathered), params_key, pattern, ((width,), self.dtype.str), lane_groups), eqn.params
+
     def _static_edge(self, e, eqn, operands, positions, head) -> Map | None:
         """The edge `e` as a map when its partial moves data at fixed positions (an identity, or a
         static index map: `_static_map`), else None."""
@@ -617,7 +719,7 @@ class _Builder:
                 return None
             if name == "reduce_sum" and tuple(eqn.params["axes"]) != tuple(range(len(operands[0][1]))):
                 return None
-        elif name not in _LANEWISE:
+        elif name not in _LANEWISE and id(eqn) not in self.generic:
             return None
         if any(shp not in ((), shape) for _, shp, _ in operands) and name not in _LANE_REDUCTIONS:
             return None
@@ -662,10 +764,13 @@ class _Builder:
         its group's index; else None. Its partials are read off from the lanes' responses
         (`_read_off`), so any structure code's value array serves."""
         name = eqn.primitive.name if eqn.primitive is not None else None
-        if name not in _LANEWISE or not shape:
+        generic = id(eqn) in self.generic  # (its operands reshaped to its kind's: no broadcasts)
+        if (name not in _LANEWISE and not generic) or not shape:
             return None
         sources = []
         for _, op_shape, _ in operands:
+            if generic and op_shape not in ((), shape):
+                return None
             if op_shape != () and (len(op_shape) != len(shape) or any(a not in (1, b) for a, b in zip(op_shape, shape))):
                 return None
             entries = np.arange(math.prod(op_shape)).reshape(op_shape)
@@ -691,7 +796,12 @@ class _Builder:
         floating-point operand, or zero, at fixed positions): the value slot of each output
         entry (`zero` for a zero), else None. Such equations run as copies of their sources, all
         of one kind, so the slices, gathers and shifts of a program (each with its own
-        parameters) add no switch branches."""
+        parameters) add no switch branches. An appended output copy (primitive None) is one too."""
+        if eqn.primitive is None and len(operands) == 1 and _floating(eqn.aval.dtype):
+            base, op_shape, dtype = operands[0]
+            if tuple(op_shape) == tuple(shape) and np.dtype(dtype) == np.dtype(eqn.aval.dtype):
+                return (base + np.arange(math.prod(shape))).tolist()
+            return None
         if eqn.primitive is None or eqn.primitive.name not in _MOVEMENTS or not _floating(eqn.aval.dtype):
             return None
         n_out = math.prod(shape)
@@ -839,6 +949,7 @@ class _Builder:
             if len(eqn.outputs) != 1:  # (a sort of one array has one result, in a list)
                 raise Unsupported(f"{where} has several outputs")
         equations = self._fold(equations, incoming)
+        self._generic(equations)
         # Leaves, then the constants in one contiguous block (written at once by `run`).
         for wanted in (LeafRef, object):
             for eqn in equations:
@@ -859,7 +970,8 @@ class _Builder:
         sizes = {n: math.prod(self.node_shape[n]) for n in range(1, graph.num_inputs + 1)}
         sizes.update((eqn.outputs[0].node, math.prod(eqn.aval.shape)) for eqn in equations if eqn.aval is not None)
         width = max([sizes[eqn.outputs[0].node] for eqn in equations
-                     if eqn.primitive is not None and eqn.primitive.name in _LANEWISE and eqn.aval is not None]
+                     if eqn.primitive is not None and eqn.aval is not None
+                     and (eqn.primitive.name in _LANEWISE or id(eqn) in self.generic)]
                     + [sizes.get(op.node, np.size(op.value)) if op.node is not None or not isinstance(op.value, LeafRef)
                        else math.prod(program.leaf_avals[op.value.index].shape)
                        for eqn in equations if eqn.primitive is not None and eqn.primitive.name in _LANE_REDUCTIONS
@@ -891,6 +1003,7 @@ class _Builder:
             head = (eqn.primitive, _params_key(eqn) if eqn.primitive is not None else None, op_avals,
                     (shape, np.dtype(aval.dtype).str))
             partials_at = next_slot
+            kind_params = eqn.params  # the parameters its kind's branch binds
             row = None  # integer parts the kind reads besides its operands, the last the partials' read-off (`_rows`)
             lanes = self._lanes(eqn, operands, shape, incoming.get(node, ()), width, head)
             gathered = None if lanes is not None else self._gathered_lanes(eqn, operands, shape, incoming.get(node, ()), head)
@@ -916,7 +1029,7 @@ class _Builder:
                                              group * width))
                 row = (np.concatenate(readoff),) if readoff else None
                 pattern = tuple((False, np.dtype(dt).str) for _, _, dt in operands)
-                signature = (_Lanes(eqn.primitive, True), head[1], pattern, ((width,), self.dtype.str), lane_groups)
+                signature, kind_params = self._lanes_kind(eqn, True, head[1], pattern, width, lane_groups)
                 has_partials = row is not None
             elif lanes is not None:  # one kind per primitive and operand pattern, whatever the shape
                 pattern, lane_groups = lanes
@@ -937,8 +1050,8 @@ class _Builder:
                         edges[(e.src, node)] = Valued(e.code, at, out_shape, in_shape)
                 next_slot += len(lane_groups) * width
                 reduction = eqn.primitive.name in _LANE_REDUCTIONS  # parameters fixed by `_lanes`
-                signature = (_Lanes(eqn.primitive), None if reduction else head[1], pattern,
-                             ((width,), self.dtype.str), lane_groups)
+                signature, kind_params = self._lanes_kind(eqn, False, None if reduction else head[1], pattern, width,
+                                                          lane_groups)
                 has_partials = bool(lane_groups)
             else:
                 # Partials, one per source node with an edge: value arrays and run-time masks are
@@ -989,7 +1102,7 @@ class _Builder:
                 has_partials = bool(groups)
             if signature not in kinds:
                 kinds[signature] = len(kinds)
-                templates.append((signature, eqn.params))
+                templates.append((signature, kind_params))
                 if len(kinds) > max(MAX_KINDS, len(equations) // EQUATIONS_PER_KIND):
                     raise Unsupported(f"more than {max(MAX_KINDS, len(equations) // EQUATIONS_PER_KIND)} "
                                       "distinct equation kinds")
@@ -1692,7 +1805,7 @@ def _branch(signature, params: dict, O: int, dtype, widths: tuple[int, ...]):
     if isinstance(primitive, _Lanes):
         out_shape = out_shape[0]
         return _lanes_branch(primitive.primitive, params, op_avals, out_shape[0], groups, O, dtype,
-                             (widths[-1] if widths else 0) if primitive.gathered else None)
+                             (widths[-1] if widths else 0) if primitive.gathered else None, primitive.shape)
     if primitive is _SELECTION:  # the operand slots are the output's sources, in order
         def select(ops, row):
             return jnp.pad(ops, (0, max(0, O - ops.shape[0])))[:O].astype(dtype)
@@ -1859,17 +1972,26 @@ def _bilinear_branch(op_dtype, has_partials: bool, O: int, dtype, widths: tuple[
     return value, (partials if has_partials else None)
 
 
-def _lanes_branch(primitive, params: dict, pattern, width: int, groups, O: int, dtype, readoff: int | None = None):
+def _lanes_branch(primitive, params: dict, pattern, width: int, groups, O: int, dtype, readoff: int | None = None,
+                  shape: tuple | None = None):
     """The functions of an elementwise kind: operand i in lanes [i * width, (i + 1) * width) of
     the operand slots (a broadcast scalar in the first); the output and each group's partial
     (the JVP response to a tangent of ones) on `width` lanes, or, given `readoff`, the value
-    arrays read off from those responses by the first `readoff` entries of the row."""
+    arrays read off from those responses by the first `readoff` entries of the row. Given
+    `shape` (an elementwise call's output and operand shapes, `_Builder._generic`), the call
+    is bound on the first lanes reshaped to them (the rest of the lanes are padding)."""
 
     reduction = primitive.name in _LANE_REDUCTIONS
 
     def full(values):
         if reduction:  # padding lanes read the zero slot: they add nothing
             return jnp.sum(values[0] * values[1] if len(values) == 2 else values[0])
+        if shape is not None:
+            out_shape, op_shapes = shape
+            n = math.prod(out_shape)
+            shaped = [(v if v.ndim == 0 else v[0]) if s == () else v[:n].reshape(s) for v, s in zip(values, op_shapes)]
+            out = jnp.reshape(_bind(primitive, params, shaped), (-1,))
+            return jnp.pad(out, (0, width - n))
         return _bind(primitive, params, [jnp.broadcast_to(v, (width,)) for v in values])
 
     def operand_values(ops):

@@ -593,3 +593,37 @@ def test_flat_products_equal_lane_steps(force_tape, monkeypatch):
             assert actual.keys() == expected.keys()
             for key in expected:
                 np.testing.assert_allclose(actual[key], expected[key], rtol=1e-12, atol=1e-12)
+
+
+def elementwise_calls(x, m, v, s):
+    """Functions with custom JVP rules (relu, logaddexp with a scalar) and conds whose
+    branches are elementwise, each called on several shapes; outputs that are also read (copies)."""
+    outs = []
+    for a in (x, m, v, s):
+        a = a + jax.nn.relu(a - 0.1) + 0.1 * jnp.logaddexp(a, s)
+        a = a + 0.1 * jax.lax.cond(s > 0.3, lambda a=a: jnp.sin(a), lambda a=a: a * 0.5)
+        outs.append(a)
+        s = s + 0.1 * jnp.sum(a)
+    return (*outs, outs[0] * s, s)
+
+
+def test_tape_runs_elementwise_calls_on_lanes_whatever_their_shape(force_tape):
+    """An elementwise call (custom JVP rule, cond) runs on lanes by its kind's largest call,
+    reshaped: one kind per function (and one more for its scalar calls), not one per shape; the
+    Jacobians are jax.jacfwd's, also under vmap."""
+    with jax.enable_x64(True):
+        args = (jnp.array([-0.5, -0.2, 0.1, 0.4, 0.7]), jnp.array([[0.3, -0.2], [0.1, 0.4]]),
+                jnp.array([0.2, -0.6, 0.9]), jnp.float64(0.45))
+        argnums = (0, 1, 2, 3)
+        g = interpreter.graph_of(elementwise_calls, *args, argnums=argnums)
+        builder = _tape._Builder(g, graph.plan(g, graph.resolve_order(g, "reverse")))
+        tape = builder.build()
+        calls = [e for e in g.program.equations if e.primitive is not None and e.primitive.name in ("custom_jvp_call", "cond")]
+        assert len(calls) >= 12 and len(builder.generic) == len(calls)
+        assert len(set(builder.generic.values())) <= 8  # relu, logaddexp, cond: array and scalar calls
+        assert tape.muls == graph.cost(g, "reverse")
+        jac = interpreter.jacobian(elementwise_calls, "reverse", argnums=argnums)
+        reference = jax.jacfwd(elementwise_calls, argnums=argnums)
+        _close(jax.jit(jac)(*args), jax.jit(reference)(*args), rtol=1e-10)
+        batch = tuple(a + 0.05 * jnp.arange(2.0).reshape((2,) + (1,) * a.ndim) for a in args)
+        _close(jax.jit(jax.vmap(jac))(*batch), jax.jit(jax.vmap(reference))(*batch), rtol=1e-10)
