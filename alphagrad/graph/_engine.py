@@ -15,6 +15,7 @@ tested equal to this engine on random graphs.
 from __future__ import annotations
 
 import functools
+import gc
 import heapq
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -460,6 +461,45 @@ class Eliminator:
         self._rewrite(vertex, products)
         return Step(vertex, preds, succs, tuple(products))
 
+    def _plan_step(self, vertex: int) -> Step:
+        """`step` for `plan`: a fresh state that prices nothing (no cached costs, no edge classes,
+        no snapshots), so the elimination only rewrites the edges and records the products, their
+        multiplications by shapes (memoised per cost model): ~5 us a product through `_rewrite`'s
+        class counts, a third of the first call at 10,000 equations of benchmarks/scale.py's
+        many-io (1.75 M products)."""
+        node = self.num_inputs + vertex
+        all_preds, all_succs = self.preds, self.succs
+        preds, succs = all_preds[node], all_succs[node]
+        mul, add, pairs = self._mul, self._add, self._model_pairs
+        dst_shape, src_shape = self.dst_shape, self.src_shape
+        v_shape = src_shape[node]
+        rows = [(p, in_code, mul[in_code - MIN_CODE], all_succs[p], src_shape[p]) for p, in_code in preds.items()]
+        products: list[Product] = []
+        append = products.append
+        for c, out_code in succs.items():
+            c_preds, c_shape, out_index = all_preds[c], dst_shape[c], out_code - MIN_CODE
+            for p, in_code, mul_row, p_succs, p_shape in rows:
+                new = mul_row[out_index]
+                old = p_succs.get(c)
+                key = (in_code, out_code, c_shape, v_shape, p_shape)
+                muls = pairs.get(key)
+                if muls is None:
+                    muls = self._shape_pair(key)
+                if old is None:
+                    p_succs[c] = c_preds[p] = new
+                    append(Product(p, node, c, in_code, out_code, new, 0, 0, muls))
+                else:
+                    code = add[old - MIN_CODE][new - MIN_CODE]
+                    p_succs[c] = c_preds[p] = code
+                    append(Product(p, node, c, in_code, out_code, new, old, code, muls))
+        for c in succs:
+            del all_preds[c][node]
+        for p in preds:
+            del all_succs[p][node]
+        all_preds[node], all_succs[node] = {}, {}
+        self._remaining &= ~(1 << vertex)
+        return Step(vertex, tuple(preds), tuple(succs), tuple(products))
+
     def _rewrite(self, vertex: int, record: list[Product] | None) -> None:
         """The elimination itself; appends a `Product` per product to `record` unless it is None."""
         I = self.num_inputs
@@ -677,5 +717,13 @@ def plan(graph: Graph, order: Iterable[int]) -> tuple[Step, ...]:
       OrderError: `order` is not a permutation of ``graph.intermediates``.
     """
     eliminator = Eliminator(graph)
-    eliminator.count_edge_classes()
-    return tuple(eliminator.step(k) for k in check_order(graph, order))
+    # Without the cyclic garbage collector meanwhile: the products are millions of new tuples
+    # (none in a cycle), and each collection rescans every one made so far (many-io at 3,021
+    # equations: 2.2 s with it, 0.6-1.0 s without).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return tuple(eliminator._plan_step(k) for k in check_order(graph, order))
+    finally:
+        if enabled:
+            gc.enable()
