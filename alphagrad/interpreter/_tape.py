@@ -2165,11 +2165,21 @@ def _buffers(tape: Tape, leaves: list[Any]) -> tuple[jax.Array, jax.Array]:
     every scalar step reads and writes a strided column of the buffer, several times slower.
     """
     dtype = tape.dtype
-    vals = jnp.zeros((tape.num_values,), dtype)
-    for leaf, base in tape.leaves:
-        vals = lax.dynamic_update_slice(vals, jnp.asarray(leaves[leaf]).reshape(-1).astype(dtype), (base,))
+    # One concatenation of the leaves and the constants at their slots, zeros between: an update
+    # of the buffer per leaf was an XLA kernel each to compile (200 arguments of benchmarks/
+    # scale.py's many-io: about 1 s of its first call).
+    pieces = [(base, jnp.asarray(leaves[leaf]).reshape(-1).astype(dtype)) for leaf, base in tape.leaves]
     if tape.constants.size:
-        vals = lax.dynamic_update_slice(vals, jnp.asarray(tape.constants, dtype), (tape.constants_at,))
+        pieces.append((tape.constants_at, jnp.asarray(tape.constants, dtype)))
+    parts, at = [], 0
+    for base, value in sorted(pieces, key=lambda piece: piece[0]):
+        if base > at:
+            parts.append(jnp.zeros((base - at,), dtype))
+        parts.append(value)
+        at = base + value.shape[0]
+    if tape.num_values > at:
+        parts.append(jnp.zeros((tape.num_values - at,), dtype))
+    vals = jnp.concatenate(parts) if parts else jnp.zeros((tape.num_values,), dtype)
 
     def plain(vals):
         return _execute(tape, vals)
