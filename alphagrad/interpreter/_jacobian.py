@@ -156,6 +156,13 @@ DOT_BY_SELECTION = True
 #: Values of `_dot_general_value` with at most this many entries gather at constant indices.
 DOT_VALUE_CONSTANT_INDICES_MAX = 2**16
 
+#: A dense partial (code 1) whose one-hot seeds would have more entries than this, of fewer output
+#: entries than half its operand entries, is built by rows (one VJP per output entry, as jax.jacrev
+#: does) instead: ``jnp.max`` of a 65,536-entry vector would otherwise seed 65,536 JVPs with an
+#: identity of 32 GB (jax.jacrev: one VJP, 0.6 s). Below, the seeded JVP is kept (it fuses with the
+#: primal; small per-example graphs run the programs the run-time benchmarks measured).
+DENSE_SEEDS_MAX = 2**20
+
 #: A dot_general partial with tied operand axes whose seeds or responses would have more entries
 #: than this is gathered (`_dot_general_value`); below, the seeded JVP is kept, so small
 #: per-example graphs run the programs the run-time benchmarks measured (an interleaved A/B on a
@@ -385,6 +392,9 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
             # Tied operand positions, and seeds or responses too large to hold: gathered instead.
             return Partial(code, out_shape, in_shape,
                            _dot_general_value(values, eqn.params, positions[0], dtype, code, out_shape, in_shape))
+    if (code == 1 and num_seeds * math.prod(in_shape) > DENSE_SEEDS_MAX
+            and _ROW_COST * math.prod(out_shape) < num_seeds):
+        return Partial(code, out_shape, in_shape, _dense_by_rows(of_operand, values[positions[0]], out_shape, in_shape, dtype))
     seeds = jnp.ones((num_seeds, *in_shape), dtype)
     if num_seeds > 1:
         onehots = jnp.eye(num_seeds, dtype=dtype).reshape(num_seeds, *(sizes[pos] for pos in free_p))
@@ -402,6 +412,15 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
     permutation = [remaining.index(pos) for pos in structure.value_axes]
     value = reduced if permutation == sorted(permutation) else jnp.transpose(reduced, permutation)
     return Partial(code, out_shape, in_shape, value)
+
+
+def _dense_by_rows(of_operand: Callable, primal, out_shape, in_shape, dtype) -> jax.Array:
+    """The dense [v1, v2, p1, p2] partial of `of_operand` at `primal` by rows: one VJP per output
+    entry (the seeded JVP's columns transposed), for partials of few outputs and many inputs."""
+    out, pullback = jax.vjp(of_operand, jnp.asarray(primal))
+    rows = math.prod(out_shape)
+    basis = jnp.eye(rows, dtype=out.dtype).reshape(rows, *np.shape(out))
+    return jax.vmap(lambda ct: pullback(ct)[0])(basis).reshape(*out_shape, *in_shape).astype(dtype)
 
 
 def _constant_local_derivative(eqn: Equation, values: list[Any], position: int, output: int) -> Callable | None:

@@ -391,3 +391,23 @@ def test_python_arguments_outside_argnums_pass_through_as_jax_does():
     assert_close(jax.jit(jac, static_argnums=1)(x, "tanh", w), jax.jacfwd(f, argnums=(0, 2))(x, "tanh", w))
     g = interpreter.graph_of(f, x, "tanh", w, argnums=(0, 2))
     assert interpreter.count_muls(f, "reverse", x, "tanh", w, argnums=(0, 2)) == graph.cost(g, "reverse")
+
+
+def test_dense_partials_of_few_outputs_and_many_inputs_are_built_by_rows():
+    """A maximum and a product over a long vector: dense 1 x n partials, built by one VJP row each
+    (n one-hot JVP seeds would hold an n x n identity: 32 GB at n = 65,536); exact and counted."""
+    n = 2048
+
+    def f(u):
+        y = jnp.sin(u) * u
+        return jnp.stack([jnp.max(y), jnp.prod(1 + 1e-4 * y)])
+
+    with jax.enable_x64(True):
+        u = jnp.linspace(0.0, 3.0, n)
+        jaxpr = jax.make_jaxpr(interpreter.jacobian(f, "reverse"))(u)
+        largest = max(math.prod(v.aval.shape) for e in jaxpr.jaxpr.eqns for v in e.outvars)
+        assert largest < n * n // 4
+        np.testing.assert_allclose(np.asarray(jax.jit(interpreter.jacobian(f, "reverse"))(u)),
+                                   np.asarray(jax.jacrev(f)(u)), rtol=1e-12, atol=1e-15)
+        g = interpreter.graph_of(f, u)
+        assert interpreter.count_muls(f, "forward", u) == graph.cost(g, "forward")
