@@ -435,6 +435,10 @@ def edge_codes(
     if name in ("dynamic_slice", "dynamic_update_slice"):
         data = (0,) if name == "dynamic_slice" else (0, 1)
         return {i: 11 for i in live if i in data}
+    if name == "conv_general_dilated":
+        # No spatial axis (jnp.convolve or jax.scipy.signal.convolve of 0-d arrays): a product of
+        # [batch, feature] matrices, dense as any unruled primitive's partials.
+        return {i: DENSE for i in live}
     raise KeyError(name)
 
 

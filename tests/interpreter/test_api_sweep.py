@@ -41,3 +41,23 @@ def test_custom_jvp_rules_without_traced_closures_are_not_refused():
 
         g = interpreter.graph_of(f, x)
         assert "custom_jvp_call" in [v.primitive for v in g.vertices]
+
+
+def test_a_convolution_without_spatial_axes_is_dense():
+    # jax.scipy.signal.convolve of 0-d arrays is a conv_general_dilated on [1, 1] arrays (rank 2):
+    # it had no rule under either model (KeyError).
+    with jax.enable_x64(True):
+        a, b = jnp.float64(0.7), jnp.float64(-0.4)
+
+        def f(a, b):
+            return jnp.sin(jax.scipy.signal.convolve(a * a, b))
+
+        expected = jax.jacfwd(f, argnums=(0, 1))(a, b)
+        g = interpreter.graph_of(f, a, b, argnums=(0, 1))
+        assert "conv_general_dilated" in [v.primitive for v in g.vertices]
+        for order in ("forward", "reverse"):
+            actual = interpreter.jacobian(f, order, argnums=(0, 1))(a, b)
+            for x, y in zip(actual, expected):
+                np.testing.assert_allclose(x, y, rtol=1e-12)
+            assert interpreter.count_muls(f, order, a, b, argnums=(0, 1)) == graph.cost(g, order)
+        assert graph.trace(f, a, b, argnums=(0, 1), cost_model="alphagrad-2024").edges
