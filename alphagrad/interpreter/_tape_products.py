@@ -881,6 +881,10 @@ class Eliminator:
         letters = "".join(dict.fromkeys(plan.out_letters + plan.in_letters))
         if not set(plan.result_letters) <= set(letters):
             raise Unplannable(f"the product of codes {out_edge.code} and {in_edge.code} broadcasts")
+        if c == v == p == (1, 1):  # scalars (most products of scalar programs): one multiply-add
+            self.steps.emit(MUL, np.asarray([out_edge.base]), np.asarray([in_edge.base]), np.asarray([base]),
+                            np.asarray([1.0 if fresh else 0.0]))
+            return 1
         results = math.prod(size[letter] for letter in plan.result_letters)
         count = self._block(out_edge, in_edge, base, fresh, plan.result_code)
         if count is not None:
