@@ -164,7 +164,7 @@ MAX_RUNS = 4
 
 #: Primitives that may only move data (`_Builder._selection` checks each equation's map).
 _MOVEMENTS = frozenset(
-    "slice concatenate reshape squeeze transpose rev broadcast_in_dim dynamic_slice gather copy copy_p "
+    "slice concatenate stack reshape squeeze transpose rev broadcast_in_dim dynamic_slice gather copy copy_p "
     "convert_element_type pad".split()
 )
 
@@ -384,7 +384,7 @@ def _freeze(value: Any) -> Any:
 #: long generated code; a scan whose plan chains local Jacobians takes the straight-line path),
 #: functions with custom JVP rules (custom VJP rules have no JVP: straight-line path, by rows), and
 #: the calls the graph keeps whole (a span of complex arithmetic, a large loop fused with what feeds
-#: and reads its stacked values: `graph._loops.fuse_loop_spans`).
+#: and reads its stacked values: `graph._loops.fuse_large_spans`).
 _SUB_PROGRAMS = frozenset({"cond", "while", "scan", "custom_jvp_call", "closed_call"})
 
 
