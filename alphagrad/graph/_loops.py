@@ -63,10 +63,12 @@ import numpy as np
 from jax.extend.core import ClosedJaxpr, DebugInfo, DropVar, Jaxpr, JaxprEqn, Literal, new_jaxpr_eqn
 from jax.extend.core.primitives import closed_call_p
 
+from alphagrad.graph import _rules, _structure
+
 __all__ = [
     "UNROLL_MAX_EQUATIONS", "UNROLL_ADVANTAGE", "fits", "unrolls", "unrolled_graph", "unrolled_muls",
     "unrolled_size", "index_jaxpr", "stack_jaxpr", "evaluate", "Body", "analyse", "LoopPlan", "loop_plan",
-    "chain_muls", "split_muls", "fuse_loop_spans", "is_loop_span", "best_split", "chain_plan", "cheapest_bracketing", "BRACKETED_ADVANTAGE",
+    "chain_muls", "split_muls", "fuse_large_spans", "is_large_span", "DENSE_SPAN_MIN_ENTRIES", "best_split", "chain_plan", "cheapest_bracketing", "BRACKETED_ADVANTAGE",
     "bracketing_muls", "chain_mode", "whole_loop_muls", "seeded_graph", "CHAIN_ADVANTAGE", "partial_muls",
 ]
 
@@ -846,17 +848,17 @@ def _folded_scan(eqn: JaxprEqn, invals: list[Any], folded: dict[int, _Fold], eqn
 
 # ---- large loops fused with what they read and what reads them ---------------------------------
 
-#: The name (``DebugInfo.traced_for``) of the calls `fuse_loop_spans` makes: the graph keeps them as
+#: The name (``DebugInfo.traced_for``) of the calls `fuse_large_spans` makes: the graph keeps them as
 #: one vertex (it inlines other calls).
-LOOP_SPAN = "alphagrad loop span"
+LARGE_SPAN = "alphagrad large span"
 
 
-def is_loop_span(eqn: JaxprEqn) -> bool:
-    """Whether `eqn` is a call made by `fuse_loop_spans` (kept whole by the graph, not inlined)."""
+def is_large_span(eqn: JaxprEqn) -> bool:
+    """Whether `eqn` is a call made by `fuse_large_spans` (kept whole by the graph, not inlined)."""
     if eqn.primitive is not closed_call_p:
         return False
     info = getattr(eqn.params["call_jaxpr"].jaxpr, "debug_info", None)
-    return getattr(info, "traced_for", None) == LOOP_SPAN
+    return getattr(info, "traced_for", None) == LARGE_SPAN
 
 
 def _depends_on_inputs(jaxpr: Jaxpr) -> set:
@@ -880,32 +882,94 @@ def _large_stacked_partial(eqn: JaxprEqn, reached: set, read: set) -> bool:
     return per_step_out * per_step_in > 0 and length * per_step_out * length * per_step_in >= FOLD_STEP_SUMS_MIN_ENTRIES
 
 
-def fuse_loop_spans(jaxpr: Jaxpr) -> Jaxpr:
-    """`jaxpr` with each large scan whose stacked outputs are read after it (and not only summed
-    over the steps: `fold_step_sums` folds those) fused with the equations around it into one call
-    that the graph keeps as a single dense vertex (`is_loop_span`).
+#: An equation other than a scan starts a span (`fuse_large_spans`) where its partial of an output with
+#: respect to an operand would hold at least this many values (32 MB in float64).
+DENSE_SPAN_MIN_ENTRIES = 2**22
 
-    Kept as a loop vertex, such a scan has a partial of its stacked outputs with respect to its
-    stacked per-step inputs of L·q x L·m entries (a 10,000-step scan with one input and one output
-    per step: 800 MB in float64, and several copies of it), even where what reads the stacked
-    outputs is small (``ys @ w``, ``jnp.max(ys)``, ``ys[::100]``) and the per-step inputs are
-    computed from a few parameters (a forcing ``jnp.sin(omega * ts)``). The span runs from the
-    first equation that computes a value of at least L entries the span reads to the last one
-    that reads a value of at least L entries the span computes (a contiguous range, grown to a
-    fixed point), so that only values of fewer entries, the function's inputs and its outputs
-    cross its border; its partials, JAX's differentiation of the span by rows or columns
-    (whichever side is smaller, the interpreter's dense fallback), then have as many entries as
-    those borders allow. A scan whose span would be itself alone (its stacked values are
-    the function's inputs or outputs) is left as it is; scans with partials below
-    FOLD_STEP_SUMS_MIN_ENTRIES entries are never fused."""
+
+def _large_dense_partial(eqn: JaxprEqn, reached: set, read: set) -> int | None:
+    """For an equation (not a scan) whose partial of an output something reads with respect to an
+    operand computed from the function's inputs would hold at least DENSE_SPAN_MIN_ENTRIES values
+    (a dense partial, or one dense along an axis: ``jnp.cumprod``, a convolution of a long signal, a
+    Cholesky factor of a 120 x 120 matrix, a while loop over a large state), the smaller of that
+    output's and that operand's entries; else None."""
+    floor = None
+    operands = [(i, v) for i, v in enumerate(eqn.invars)
+                if not isinstance(v, Literal) and _floating(v.aval) and v in reached]
+    for k, out in enumerate(eqn.outvars):
+        if isinstance(out, DropVar) or out not in read or not _floating(out.aval):
+            continue
+        out_entries = math.prod(out.aval.shape)
+        candidates = [(i, v) for i, v in operands if out_entries * math.prod(v.aval.shape) >= DENSE_SPAN_MIN_ENTRIES]
+        if not candidates:
+            continue
+        in_shapes = [tuple(getattr(v.aval, "shape", ())) for v in eqn.invars]
+        try:
+            codes = _rules.edge_codes(eqn.primitive.name, in_shapes, tuple(out.aval.shape), eqn.params,
+                                      [any(i == j for j, _ in operands) for i in range(len(eqn.invars))],
+                                      model="exact", output=k)
+        except Exception:  # noqa: BLE001 - the graph builder reports what it cannot take, not this pass
+            continue
+        v1, v2 = _rules.normalise(out.aval.shape)
+        for i, v in candidates:
+            code = codes.get(i, 0)
+            if code in (0, _structure.INDEX_MAP) or code in _structure.VALUELESS:
+                continue
+            p1, p2 = _rules.normalise(v.aval.shape)
+            sizes = {1: v1, 2: v2, 3: p1, 4: p2}
+            if math.prod(sizes[a] for a in _structure.structure_of(code).value_axes) >= DENSE_SPAN_MIN_ENTRIES:
+                entries = min(out_entries, math.prod(v.aval.shape))
+                floor = entries if floor is None else min(floor, entries)
+    return floor
+
+
+def fuse_large_spans(jaxpr: Jaxpr) -> Jaxpr:
+    """`jaxpr` with each equation whose partial would be too large to hold fused with the equations
+    around it into one call that the graph keeps as a single dense vertex (`is_large_span`).
+
+    Two kinds of equation start a span (a *seed*), each where its partial would hold at least
+    FOLD_STEP_SUMS_MIN_ENTRIES (scans) or DENSE_SPAN_MIN_ENTRIES (others) values:
+
+    - a scan whose stacked outputs are read after it (and not only summed over the steps:
+      `fold_step_sums` folds those): kept as a loop vertex, its partial of the stacked outputs with
+      respect to its stacked per-step inputs is L·q x L·m entries (a 10,000-step scan with one
+      input and one output per step: 800 MB in float64, and several copies), even where what reads
+      them is small (``ys @ w``, ``jnp.max(ys)``, ``ys[::100]``) and the per-step inputs are computed
+      from a few parameters (a forcing ``jnp.sin(omega * ts)``); the span's floor is L;
+    - any other equation with a dense partial (or one dense along an axis) between large arrays:
+      ``jnp.cumprod`` or a convolution of a 65,536-entry signal (a 32-64 GB partial where
+      jax.jacrev runs one VJP), a Cholesky factor of a 120 x 120 matrix; the floor is the smaller of
+      the two arrays' entries.
+
+    The span runs from the first equation that computes a value of at least floor entries the span
+    reads to the last one that reads a value of at least floor entries the span computes (a
+    contiguous range, grown to a fixed point), so that only values of fewer entries, the
+    function's inputs and its outputs cross its border; its partials, JAX's differentiation of the
+    span by rows or columns (whichever side is smaller, the interpreter's dense fallback), then
+    have as many entries as those borders allow. A seed whose span would be itself alone (its
+    large values are the function's inputs or outputs) is left as it is."""
     eqns = list(jaxpr.eqns)
-    scans = [i for i, e in enumerate(eqns) if e.primitive.name == "scan"]
-    if not scans:
+    # The cheap test first: an equation between arrays whose sizes multiply to the threshold.
+    candidates = [i for i, e in enumerate(eqns) if e.primitive.name == "scan" or (
+        e.primitive is not closed_call_p
+        and max((math.prod(getattr(v.aval, "shape", ())) for v in e.outvars if not isinstance(v, DropVar)), default=0)
+        * max((math.prod(getattr(v.aval, "shape", ())) for v in e.invars), default=0)
+        >= DENSE_SPAN_MIN_ENTRIES)]
+    if not candidates:
         return jaxpr
     reached = _depends_on_inputs(jaxpr)
     read = {v for e in eqns for v in e.invars if not isinstance(v, Literal)}
     read.update(v for v in jaxpr.outvars if not isinstance(v, Literal))
-    large = [i for i in scans if _large_stacked_partial(eqns[i], reached, read)]
+    floors: dict[int, int] = {}
+    for i in candidates:
+        if eqns[i].primitive.name == "scan":
+            if _large_stacked_partial(eqns[i], reached, read):
+                floors[i] = eqns[i].params["length"]
+        else:
+            floor = _large_dense_partial(eqns[i], reached, read)
+            if floor is not None:
+                floors[i] = floor
+    large = sorted(floors)
     if not large:
         return jaxpr
     defined = {v: i for i, e in enumerate(eqns) for v in e.outvars if not isinstance(v, DropVar)}
@@ -919,7 +983,7 @@ def fuse_loop_spans(jaxpr: Jaxpr) -> Jaxpr:
     for i in large:
         if spans and i <= spans[-1][1]:
             continue  # inside the previous span
-        floor = eqns[i].params["length"]
+        floor = floors[i]
 
         def big(v) -> bool:
             return not isinstance(v, (Literal, DropVar)) and math.prod(v.aval.shape) >= floor
@@ -952,7 +1016,7 @@ def fuse_loop_spans(jaxpr: Jaxpr) -> Jaxpr:
         outvars = [v for e in span for v in e.outvars
                    if not isinstance(v, DropVar) and (last_use.get(v, -1) > end or v in returned)]
         effects = frozenset().union(*(e.effects for e in span))
-        names = DebugInfo(LOOP_SPAN, None, tuple(f"in{k}" for k in range(len(invars))),
+        names = DebugInfo(LARGE_SPAN, None, tuple(f"in{k}" for k in range(len(invars))),
                           tuple(f"out{k}" for k in range(len(outvars))))
         body = ClosedJaxpr(Jaxpr([], invars, outvars, span, effects, names), [])
         fused_eqns.append(new_jaxpr_eqn(invars, outvars, closed_call_p, {"call_jaxpr": body}, effects,

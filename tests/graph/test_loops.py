@@ -340,15 +340,32 @@ def forcing_response(p, weights):
 
 def test_long_scans_with_stacked_outputs_read_otherwise_become_one_vertex_with_what_feeds_and_reads_them():
     """As one loop vertex the partial of ys w.r.t. the forcing would be 3,000 x 3,000 entries; fused
-    with the forcing's equations and ys's readers (`_loops.fuse_loop_spans`), the vertex's partials
+    with the forcing's equations and ys's readers (`_loops.fuse_large_spans`), the vertex's partials
     are those of its outputs (7 entries) w.r.t. p (3)."""
     p = jnp.array([1.0, 0.1, 0.2])
     weights = jnp.asarray(RNG_FOLD.normal(size=3000))
     g = graph.jacobian_graph(forcing_response, p, weights, argnums=0)
     assert max(math.prod(e.out_shape) * math.prod(e.in_shape) for e in g.edges) <= 7 * 3
-    assert sum(v.primitive.startswith("loop_span") for v in g.vertices) == 3
+    assert sum(v.primitive.startswith("large_span") for v in g.vertices) == 3
     short = jax.make_jaxpr(forcing_response)(p, weights[:50]).jaxpr
-    assert _loops.fuse_loop_spans(short) is short  # small: left as it is
+    assert _loops.fuse_large_spans(short) is short  # small: left as it is
     # The stacked values are the function's own input and output: nothing to fuse with.
     passthrough = jax.make_jaxpr(lambda xs: jax.lax.scan(lambda h, x: (h + x, h * x), 0.0, xs)[1])(weights).jaxpr
-    assert _loops.fuse_loop_spans(passthrough) is passthrough
+    assert _loops.fuse_large_spans(passthrough) is passthrough
+
+
+def test_equations_with_large_dense_partials_become_one_vertex_with_their_large_neighbours():
+    """jnp.cumprod of 4,096 entries and a convolution of a 4,096-entry signal: their partials would
+    hold 4,096^2 values; fused with the equations that compute and read their large values, the
+    vertices' partials are those of the few entries read after them."""
+    def f(u):
+        grown = jnp.cumprod(1 + 1e-4 * jnp.sin(u))
+        smooth = jnp.convolve(u * u, jnp.array([1.0, -2.0, 1.0]), mode="same")
+        return jnp.stack([grown[-1], grown[7], jnp.max(smooth)])
+
+    u = jnp.linspace(0.0, 1.0, 4096)
+    g = graph.jacobian_graph(f, u)
+    assert max(math.prod(e.out_shape) * math.prod(e.in_shape) for e in g.edges) <= 3 * 4096
+    assert any(v.primitive.startswith("large_span") for v in g.vertices)
+    small = jax.make_jaxpr(f)(u[:64]).jaxpr
+    assert _loops.fuse_large_spans(small) is small

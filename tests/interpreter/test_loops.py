@@ -285,7 +285,7 @@ def test_stacked_outputs_summed_inside_the_loop_are_exact(monkeypatch):
 
 
 def test_loops_fused_with_what_feeds_and_reads_their_stacked_outputs_are_exact(monkeypatch):
-    """`graph._loops.fuse_loop_spans` (forced on a short scan): the forcing computed from a
+    """`graph._loops.fuse_large_spans` (forced on a short scan): the forcing computed from a
     parameter, the scan and the stacked outputs' readers (a weighted sum, a maximum, a slice) become
     one dense vertex; the final carry is read apart."""
     monkeypatch.setattr(_loops, "FOLD_STEP_SUMS_MIN_ENTRIES", 0)
@@ -297,12 +297,12 @@ def test_loops_fused_with_what_feeds_and_reads_their_stacked_outputs_are_exact(m
         return ys @ weights + jnp.max(ys), ys[::2], jnp.tanh(final)
 
     g = graph.jacobian_graph(f, RNG.normal(size=3), RNG.normal(size=2), argnums=(0, 1))
-    assert any(v.primitive.startswith("loop_span") for v in g.vertices)
+    assert any(v.primitive.startswith("large_span") for v in g.vertices)
     check_exact_and_counted(f, (RNG.normal(size=3), RNG.normal(size=2)), (0, 1))
 
 
 def test_long_programs_run_fused_spans_on_the_tape(monkeypatch):
-    """A long program (the tape's class) holding a loop span and a span of complex arithmetic:
+    """A long program (the tape's class) holding a large span (a scan fused with what feeds and reads its stacked values) and a span of complex arithmetic:
     both calls are bound whole by the tape (not the straight-line path, whose compilation grows
     quadratically with the program), exact and counted."""
     from alphagrad.graph import _trace
@@ -321,8 +321,23 @@ def test_long_programs_run_fused_spans_on_the_tape(monkeypatch):
     with jax.enable_x64(True):
         p = jnp.asarray(RNG.normal(size=4))
         g = interpreter.graph_of(f, p)
-        assert {v.primitive.split("[")[0] for v in g.vertices if "span" in v.primitive} == {"complex_span", "loop_span"}
+        assert {v.primitive.split("[")[0] for v in g.vertices if "span" in v.primitive} == {"complex_span", "large_span"}
         order = graph.resolve_order(g, "reverse")
         assert _tape.build(g, graph.plan(g, order)).muls == graph.cost(g, order)
         np.testing.assert_allclose(np.asarray(jax.jit(interpreter.jacobian(f, "reverse"))(p)),
                                    np.asarray(jax.jacfwd(f)(p)), rtol=1e-10, atol=1e-12)
+
+
+def test_equations_with_large_dense_partials_fused_with_their_neighbours_are_exact(monkeypatch):
+    """`graph._loops.fuse_large_spans` (forced on small arrays): a cumprod and a convolution with
+    the equations computing and reading their values as one dense vertex each."""
+    monkeypatch.setattr(_loops, "DENSE_SPAN_MIN_ENTRIES", 16)
+
+    def f(u, k):
+        grown = jnp.cumprod(1 + 0.1 * jnp.sin(u))
+        smooth = jnp.convolve(u * k[0], k, mode="same")
+        return jnp.stack([grown[-1], grown[2], jnp.max(smooth)]), jnp.tanh(u[:2])
+
+    g = graph.jacobian_graph(f, RNG.normal(size=8), RNG.normal(size=3), argnums=(0, 1))
+    assert any(v.primitive.startswith("large_span") for v in g.vertices)
+    check_exact_and_counted(f, (RNG.normal(size=8), RNG.normal(size=3)), (0, 1))
