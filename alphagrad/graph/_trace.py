@@ -369,7 +369,7 @@ class _Builder:
                 read_vars.update(a for a in jaxpr.outvars if not isinstance(a, Literal))
             return read_vars
 
-        for eqn, fused in _fuse_complex_spans(_loops.fuse_large_spans(jaxpr)):
+        for eqn, fused in _fuse_complex_spans(_loops.fuse_large_spans(jaxpr, _INLINED)):
             name = "complex_span" if fused else "large_span" if _loops.is_large_span(eqn) else eqn.primitive.name
             fused = fused or name == "large_span"
             operands = [read(a) for a in eqn.invars]
@@ -411,8 +411,9 @@ class _Builder:
                     "nondiff_argnums (jax.scipy.special.expn's n, jnp.linalg.pinv's rtol) that is an argument "
                     "of the differentiated function or computed from one. JAX cannot differentiate that rule "
                     "outside the trace that made it (jax.jvp of the function's jaxpr fails the same way), so "
-                    "neither can alphagrad. Make that array a constant: close over it (a Python number or a "
-                    "NumPy/JAX array that is not an argument), or use jax.jacfwd."
+                    "neither can alphagrad. Make that array a constant: close over a concrete value (a Python "
+                    "number or a NumPy/JAX array that is neither an argument nor traced by an enclosing "
+                    "jax.jit), or use jax.jacfwd."
                 )
             out_avals = [v.aval for v in eqn.outvars]
             for aval in [a.aval for a in eqn.invars] + out_avals:
