@@ -923,7 +923,21 @@ def _large_dense_partial(eqn: JaxprEqn, reached: set, read: set) -> int | None:
     return floor
 
 
-def fuse_large_spans(jaxpr: Jaxpr) -> Jaxpr:
+def _inner_dense_floor(call: JaxprEqn, inlined: Mapping[str, str]) -> int | None:
+    """The smallest floor (`_large_dense_partial`) of the equations inside a call the graph inlines
+    (``jnp.cumprod`` and ``jnp.convolve`` are jitted functions), nested calls included; None where
+    none would start a span (``jnp.roll``: slices and a concatenation)."""
+    body = call.params[inlined[call.primitive.name]]
+    body = body.jaxpr if isinstance(body, ClosedJaxpr) else body
+    reached = _depends_on_inputs(body)
+    read = {v for e in body.eqns for v in e.invars if not isinstance(v, Literal)}
+    read.update(v for v in body.outvars if not isinstance(v, Literal))
+    floors = [_inner_dense_floor(e, inlined) if e.primitive.name in inlined else _large_dense_partial(e, reached, read)
+              for e in body.eqns if e.primitive.name != "scan"]
+    return min((f for f in floors if f is not None), default=None)
+
+
+def fuse_large_spans(jaxpr: Jaxpr, inlined: Mapping[str, str]) -> Jaxpr:
     """`jaxpr` with each equation whose partial would be too large to hold fused with the equations
     around it into one call that the graph keeps as a single dense vertex (`is_large_span`).
 
@@ -947,12 +961,13 @@ def fuse_large_spans(jaxpr: Jaxpr) -> Jaxpr:
     function's inputs and its outputs cross its border; its partials, JAX's differentiation of the
     span by rows or columns (whichever side is smaller, the interpreter's dense fallback), then
     have as many entries as those borders allow. A seed whose span would be itself alone (its
-    large values are the function's inputs or outputs) is left as it is."""
+    large values are the function's inputs or outputs) is left as it is. A call the graph inlines
+    (`inlined`: jit, checkpoint, ... bodies) is a seed where an equation inside it would be one
+    (`_inner_dense_floor`), never for its own sake."""
     eqns = list(jaxpr.eqns)
     # The cheap test first: an equation between arrays whose sizes multiply to the threshold.
     candidates = [i for i, e in enumerate(eqns) if e.primitive.name == "scan" or (
-        e.primitive is not closed_call_p
-        and max((math.prod(getattr(v.aval, "shape", ())) for v in e.outvars if not isinstance(v, DropVar)), default=0)
+        max((math.prod(getattr(v.aval, "shape", ())) for v in e.outvars if not isinstance(v, DropVar)), default=0)
         * max((math.prod(getattr(v.aval, "shape", ())) for v in e.invars), default=0)
         >= DENSE_SPAN_MIN_ENTRIES)]
     if not candidates:
@@ -966,7 +981,8 @@ def fuse_large_spans(jaxpr: Jaxpr) -> Jaxpr:
             if _large_stacked_partial(eqns[i], reached, read):
                 floors[i] = eqns[i].params["length"]
         else:
-            floor = _large_dense_partial(eqns[i], reached, read)
+            floor = (_inner_dense_floor(eqns[i], inlined) if eqns[i].primitive.name in inlined
+                     else _large_dense_partial(eqns[i], reached, read))
             if floor is not None:
                 floors[i] = floor
     large = sorted(floors)

@@ -369,7 +369,7 @@ class _Builder:
                 read_vars.update(a for a in jaxpr.outvars if not isinstance(a, Literal))
             return read_vars
 
-        for eqn, fused in _fuse_complex_spans(_loops.fuse_large_spans(jaxpr)):
+        for eqn, fused in _fuse_complex_spans(_loops.fuse_large_spans(jaxpr, _INLINED)):
             name = "complex_span" if fused else "large_span" if _loops.is_large_span(eqn) else eqn.primitive.name
             fused = fused or name == "large_span"
             operands = [read(a) for a in eqn.invars]

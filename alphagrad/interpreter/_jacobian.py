@@ -1226,7 +1226,7 @@ def jacobian(
       ``jax.vmap``. The graph is traced once per input signature. Zero-size arrays are fine (their
       blocks are empty or zero, as jax.jacrev's); integer and boolean arguments get float0 blocks
       (as ``jax.grad(..., allow_int=True)`` gives). A long straight-line program (at least
-      ``interpreter._tape.TAPE_MIN_SIZE`` straight-line operations, values of at most 4,096 entries) runs as a compact
+      ``interpreter._tape.TAPE_MIN_SIZE`` straight-line operations, values of at most ``_tape.MAX_COMPONENTS`` entries) runs as a compact
       tape: two XLA loops whose compiled size does not grow with the program, performing the same
       products (module ``interpreter._tape``); other programs run one XLA operation per
       equation and product.

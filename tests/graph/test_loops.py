@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from alphagrad import graph, tasks
-from alphagrad.graph import _loops
+from alphagrad.graph import _loops, _trace
 
 
 @pytest.fixture
@@ -348,10 +348,10 @@ def test_long_scans_with_stacked_outputs_read_otherwise_become_one_vertex_with_w
     assert max(math.prod(e.out_shape) * math.prod(e.in_shape) for e in g.edges) <= 7 * 3
     assert sum(v.primitive.startswith("large_span") for v in g.vertices) == 3
     short = jax.make_jaxpr(forcing_response)(p, weights[:50]).jaxpr
-    assert _loops.fuse_large_spans(short) is short  # small: left as it is
+    assert _loops.fuse_large_spans(short, _trace._INLINED) is short  # small: left as it is
     # The stacked values are the function's own input and output: nothing to fuse with.
     passthrough = jax.make_jaxpr(lambda xs: jax.lax.scan(lambda h, x: (h + x, h * x), 0.0, xs)[1])(weights).jaxpr
-    assert _loops.fuse_large_spans(passthrough) is passthrough
+    assert _loops.fuse_large_spans(passthrough, _trace._INLINED) is passthrough
 
 
 def test_equations_with_large_dense_partials_become_one_vertex_with_their_large_neighbours():
@@ -368,4 +368,15 @@ def test_equations_with_large_dense_partials_become_one_vertex_with_their_large_
     assert max(math.prod(e.out_shape) * math.prod(e.in_shape) for e in g.edges) <= 3 * 4096
     assert any(v.primitive.startswith("large_span") for v in g.vertices)
     small = jax.make_jaxpr(f)(u[:64]).jaxpr
-    assert _loops.fuse_large_spans(small) is small
+    assert _loops.fuse_large_spans(small, _trace._INLINED) is small
+
+
+def test_calls_the_graph_inlines_never_start_a_span():
+    """jnp.roll of a 4,096-entry vector is a jitted call (an index map once inlined): 4,096^2 entries
+    between its operand and result, but no dense partial, so the graph keeps every equation."""
+    def f(u):
+        return jnp.sum((jnp.roll(u, 1) - 2 * u + jnp.roll(u, -1)) ** 2)
+
+    g = graph.jacobian_graph(f, jnp.linspace(0.0, 1.0, 4096))
+    assert not any(v.primitive.startswith("large_span") for v in g.vertices)
+    assert len(g.vertices) >= 8

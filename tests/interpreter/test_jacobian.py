@@ -411,3 +411,31 @@ def test_dense_partials_of_few_outputs_and_many_inputs_are_built_by_rows():
                                    np.asarray(jax.jacrev(f)(u)), rtol=1e-12, atol=1e-15)
         g = interpreter.graph_of(f, u)
         assert interpreter.count_muls(f, "forward", u) == graph.cost(g, "forward")
+
+
+def test_the_tape_takes_vectors_of_more_than_4096_entries_up_to_its_total(monkeypatch):
+    """A diffusion step on a 5,000-point grid runs on the tape (values up to
+    `_tape.MAX_COMPONENTS` = 16,384 entries), exact; past `_tape.MAX_VALUE_SLOTS` entries in all the
+    tape refuses it (the straight-line path takes it)."""
+    from alphagrad.graph import _trace
+    from alphagrad.interpreter import _tape
+
+    monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)
+    monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
+    monkeypatch.setattr(_trace, "LABELLED_MAX_EQUATIONS", -1)
+
+    def f(u, p):
+        u = u + 0.01 * (jnp.roll(u, 1) - 2 * u + jnp.roll(u, -1)) * p[0] - 0.01 * u**3
+        return jnp.stack([jnp.sum(u**2), u[0] * p[1]])
+
+    with jax.enable_x64(True):
+        args = (jnp.sin(jnp.linspace(0.0, 6.0, 5000)), jnp.array([1.0, 0.5]))
+        g = interpreter.graph_of(f, *args, argnums=(0, 1))
+        order = graph.resolve_order(g, "reverse")
+        assert _tape.build(g, graph.plan(g, order)).muls == graph.cost(g, order)
+        got = jax.jit(interpreter.jacobian(f, "reverse", argnums=(0, 1)))(*args)
+        for a, b in zip(got, jax.jacrev(f, argnums=(0, 1))(*args)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-15)
+        monkeypatch.setattr(_tape, "MAX_VALUE_SLOTS", 10_000)
+        with pytest.raises(_tape.Unsupported, match="entries in all"):
+            _tape.build(g, graph.plan(g, order))
