@@ -644,14 +644,16 @@ class _Builder:
             left.append(eqn)
         return left
 
-    def _generic(self, equations) -> None:
+    def _generic(self, equations, width: int) -> None:
         """Finds the calls (`_CALLS`: jax.nn.relu, logaddexp, a cond's branches) whose programs
         are elementwise (`_elementwise`; a custom JVP rule too): they run on lanes, one kind per
         program text with its shapes erased, by the program of the kind's largest equation (its
         `self.generic_rep`: size, output shape, operand shapes, params) on the lanes reshaped to
         its shape. A generated program calls them on many shapes: 42 kinds of custom_jvp_call and
         19 of cond at 10,000 equations of benchmarks/scale.py's `many-io`, each compiled by XLA.
-        Sets ``self.generic``: {id(equation): kind key}."""
+        Calls of more entries than the elementwise primitives' lanes (`width`) keep kinds of
+        their own (wider lanes would slow every elementwise step). Sets ``self.generic``:
+        {id(equation): kind key}."""
         self.generic: dict[int, Any] = {}
         self.generic_rep: dict[Any, tuple] = {}
         for eqn in equations:
@@ -956,7 +958,6 @@ class _Builder:
             if len(eqn.outputs) != 1:  # (a sort of one array has one result, in a list)
                 raise Unsupported(f"{where} has several outputs")
         equations = self._fold(equations, incoming)
-        self._generic(equations)
         # Leaves, then the constants in one contiguous block (written at once by `run`).
         for wanted in (LeafRef, object):
             for eqn in equations:
@@ -977,13 +978,13 @@ class _Builder:
         sizes = {n: math.prod(self.node_shape[n]) for n in range(1, graph.num_inputs + 1)}
         sizes.update((eqn.outputs[0].node, math.prod(eqn.aval.shape)) for eqn in equations if eqn.aval is not None)
         width = max([sizes[eqn.outputs[0].node] for eqn in equations
-                     if eqn.primitive is not None and eqn.aval is not None
-                     and (eqn.primitive.name in _LANEWISE or id(eqn) in self.generic)]
+                     if eqn.primitive is not None and eqn.primitive.name in _LANEWISE and eqn.aval is not None]
                     + [sizes.get(op.node, np.size(op.value)) if op.node is not None or not isinstance(op.value, LeafRef)
                        else math.prod(program.leaf_avals[op.value.index].shape)
                        for eqn in equations if eqn.primitive is not None and eqn.primitive.name in _LANE_REDUCTIONS
                        for op in eqn.operands]
                     + [1])
+        self._generic(equations, width)
         for k, eqn in enumerate(equations):
             where = f"equation {k + 1}"
             node = eqn.outputs[0].node
