@@ -662,7 +662,7 @@ class _Builder:
                 continue
             shape = tuple(eqn.aval.shape)
             subs = _call_jaxprs(name, eqn.params)
-            if not subs:
+            if not subs or math.prod(shape) > width:
                 continue
             try:
                 in_avals = list(subs[0].in_avals)
