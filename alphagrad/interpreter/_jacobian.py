@@ -879,6 +879,20 @@ def _is_elementwise(partial: Partial) -> bool:
     return partial.code == 1 and math.prod(partial.out_shape) == 1
 
 
+def _maps_entrywise(partial: Partial) -> bool:
+    """Whether `partial` sends entry k of p to entry k of v only (same shape; valued or not): an
+    identity (add, sub), a constant multiple of it (neg, x * 2), a diagonal."""
+    if isinstance(partial.value, Labelled):
+        value = partial.value
+        return (value.out_dims == value.in_dims and len(value.ties.ties) == len(value.out_dims)
+                and all(o == i for o, i, _ in value.ties.ties))
+    if partial.out_shape != partial.in_shape:
+        return False
+    if partial.code in (6, 8, -8, 10, -1, -6):  # ties (1, 3) and (2, 4), diagonal or Kronecker
+        return True
+    return partial.code == 1 and math.prod(partial.out_shape) == 1
+
+
 def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial], env: dict, leaves: list) -> None:
     """Zeroes, in place, the entries of elementwise partials that only reach the outputs through the
     case a select (``jnp.where``) does not take, as jax.jacfwd discards those tangents.
@@ -916,7 +930,7 @@ def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial]
         every = None
         for w in uses[u]:
             here = masked.get((u, w))
-            later = discarded.get(w) if _is_elementwise(edges[(u, w)]) else None
+            later = discarded.get(w) if _maps_entrywise(edges[(u, w)]) else None
             if here is None and later is None:
                 every = None
                 break
