@@ -846,7 +846,7 @@ def _folded_scan(eqn: JaxprEqn, invals: list[Any], folded: dict[int, _Fold], eqn
     return outvals, {folded[j].reader: total for j, total in zip(order, sums)}
 
 
-# ---- large loops fused with what they read and what reads them ---------------------------------
+# ---- large spans: a scan or a huge dense partial fused with what feeds and reads its large values ----
 
 #: The name (``DebugInfo.traced_for``) of the calls `fuse_large_spans` makes: the graph keeps them as
 #: one vertex (it inlines other calls).
