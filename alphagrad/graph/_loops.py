@@ -68,7 +68,7 @@ from alphagrad.graph import _rules, _structure
 __all__ = [
     "UNROLL_MAX_EQUATIONS", "UNROLL_ADVANTAGE", "fits", "unrolls", "unrolled_graph", "unrolled_muls",
     "unrolled_size", "index_jaxpr", "stack_jaxpr", "evaluate", "Body", "analyse", "LoopPlan", "loop_plan",
-    "chain_muls", "split_muls", "fuse_large_spans", "is_large_span", "DENSE_SPAN_MIN_ENTRIES", "best_split", "chain_plan", "cheapest_bracketing", "BRACKETED_ADVANTAGE",
+    "chain_muls", "split_muls", "fuse_large_spans", "is_large_span", "span_call", "DENSE_SPAN_MIN_ENTRIES", "best_split", "chain_plan", "cheapest_bracketing", "BRACKETED_ADVANTAGE",
     "bracketing_muls", "chain_mode", "whole_loop_muls", "seeded_graph", "CHAIN_ADVANTAGE", "partial_muls",
 ]
 
@@ -853,6 +853,24 @@ def _folded_scan(eqn: JaxprEqn, invals: list[Any], folded: dict[int, _Fold], eqn
 LARGE_SPAN = "alphagrad large span"
 
 
+def span_call(span: Sequence[JaxprEqn], read_after: Callable[[Any], bool], label: str) -> JaxprEqn | None:
+    """One `closed_call` equation running the contiguous equations `span`: from the values they
+    read and do not compute to those they compute that `read_after` says are read after them (None
+    where there are none), its body named `label` (``DebugInfo.traced_for``), so that the graph
+    can tell the calls it keeps whole (a span of complex arithmetic, a large span) from those it
+    inlines."""
+    inside = {v for e in span for v in e.outvars}
+    invars = list(dict.fromkeys(v for e in span for v in e.invars if not isinstance(v, Literal) and v not in inside))
+    outvars = [v for e in span for v in e.outvars if not isinstance(v, DropVar) and read_after(v)]
+    if not outvars:
+        return None
+    effects = frozenset().union(*(e.effects for e in span))
+    names = DebugInfo(label, None, tuple(f"in{k}" for k in range(len(invars))),
+                      tuple(f"out{k}" for k in range(len(outvars))))
+    body = ClosedJaxpr(Jaxpr([], invars, outvars, list(span), effects, names), [])
+    return new_jaxpr_eqn(invars, outvars, closed_call_p, {"call_jaxpr": body}, effects, span[0].source_info)
+
+
 def is_large_span(eqn: JaxprEqn) -> bool:
     """Whether `eqn` is a call made by `fuse_large_spans` (kept whole by the graph, not inlined)."""
     if eqn.primitive is not closed_call_p:
@@ -1025,18 +1043,8 @@ def fuse_large_spans(jaxpr: Jaxpr, inlined: Mapping[str, str]) -> Jaxpr:
     at = 0
     for start, end in spans:
         fused_eqns.extend(eqns[at:start])
-        span = eqns[start:end + 1]
-        inside = {v for e in span for v in e.outvars}
-        invars = list(dict.fromkeys(v for e in span for v in e.invars
-                                    if not isinstance(v, Literal) and v not in inside))
-        outvars = [v for e in span for v in e.outvars
-                   if not isinstance(v, DropVar) and (last_use.get(v, -1) > end or v in returned)]
-        effects = frozenset().union(*(e.effects for e in span))
-        names = DebugInfo(LARGE_SPAN, None, tuple(f"in{k}" for k in range(len(invars))),
-                          tuple(f"out{k}" for k in range(len(outvars))))
-        body = ClosedJaxpr(Jaxpr([], invars, outvars, span, effects, names), [])
-        fused_eqns.append(new_jaxpr_eqn(invars, outvars, closed_call_p, {"call_jaxpr": body}, effects,
-                                        span[0].source_info))
+        call = span_call(eqns[start:end + 1], lambda v: last_use.get(v, -1) > end or v in returned, LARGE_SPAN)
+        fused_eqns.extend(eqns[start:end + 1] if call is None else [call])
         at = end + 1
     fused_eqns.extend(eqns[at:])
     return jaxpr.replace(eqns=fused_eqns)

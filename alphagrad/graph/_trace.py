@@ -25,8 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import ClosedJaxpr, DebugInfo, DropVar, Jaxpr, JaxprEqn, Literal, jaxpr_as_fun, new_jaxpr_eqn
-from jax.extend.core.primitives import closed_call_p
+from jax.extend.core import ClosedJaxpr, DebugInfo, DropVar, Jaxpr, JaxprEqn, Literal, jaxpr_as_fun
 
 from alphagrad.errors import TraceError, UnsupportedPrimitiveError
 from alphagrad.graph import _dims, _loops, _rules, _structure
@@ -304,17 +303,8 @@ def _fuse_complex_spans(jaxpr: Jaxpr) -> list[tuple[JaxprEqn, bool]]:
         if end >= len(eqns):  # a complex output: nothing to fuse
             result.extend((e, False) for e in eqns[i:])
             break
-        defined = {v for e in span for v in e.outvars}
-        reads = [a for e in span for a in e.invars if not isinstance(a, Literal) and a not in defined]
-        invars = list(dict.fromkeys(reads))
-        outvars = [v for e in span for v in e.outvars if not isinstance(v, DropVar) and last_use.get(v, -1) > end]
-        if outvars:
-            effects = frozenset().union(*(e.effects for e in span))
-            names = DebugInfo("alphagrad complex span", None, tuple(f"in{k}" for k in range(len(invars))),
-                              tuple(f"out{k}" for k in range(len(outvars))))
-            body = ClosedJaxpr(Jaxpr([], invars, outvars, span, effects, names), [])
-            fused = new_jaxpr_eqn(invars, outvars, closed_call_p, {"call_jaxpr": body}, effects,
-                                  span[0].source_info)
+        fused = _loops.span_call(span, lambda v: last_use.get(v, -1) > end, "alphagrad complex span")
+        if fused is not None:
             result.append((fused, True))
         i = end + 1
     return result

@@ -394,7 +394,9 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
                            _dot_general_value(values, eqn.params, positions[0], dtype, code, out_shape, in_shape))
     if (code == 1 and num_seeds * math.prod(in_shape) > DENSE_SEEDS_MAX
             and _ROW_COST * math.prod(out_shape) < num_seeds):
-        return Partial(code, out_shape, in_shape, _dense_by_rows(of_operand, values[positions[0]], out_shape, in_shape, dtype))
+        _, by_rows = _dense_partials_by_rows(lambda x: (of_operand(x),), (jnp.asarray(values[positions[0]]),), [0],
+                                             {0: ([0], in_shape)}, [out_shape])
+        return by_rows[0][0]
     seeds = jnp.ones((num_seeds, *in_shape), dtype)
     if num_seeds > 1:
         onehots = jnp.eye(num_seeds, dtype=dtype).reshape(num_seeds, *(sizes[pos] for pos in free_p))
@@ -412,15 +414,6 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
     permutation = [remaining.index(pos) for pos in structure.value_axes]
     value = reduced if permutation == sorted(permutation) else jnp.transpose(reduced, permutation)
     return Partial(code, out_shape, in_shape, value)
-
-
-def _dense_by_rows(of_operand: Callable, primal, out_shape, in_shape, dtype) -> jax.Array:
-    """The dense [v1, v2, p1, p2] partial of `of_operand` at `primal` by rows: one VJP per output
-    entry (the seeded JVP's columns transposed), for partials of few outputs and many inputs."""
-    out, pullback = jax.vjp(of_operand, jnp.asarray(primal))
-    rows = math.prod(out_shape)
-    basis = jnp.eye(rows, dtype=out.dtype).reshape(rows, *np.shape(out))
-    return jax.vmap(lambda ct: pullback(ct)[0])(basis).reshape(*out_shape, *in_shape).astype(dtype)
 
 
 def _constant_local_derivative(eqn: Equation, values: list[Any], position: int, output: int) -> Callable | None:
