@@ -42,6 +42,7 @@ from alphagrad.graph import (
     structure_of,
 )
 from alphagrad.interpreter import _loops, _tape
+from alphagrad.interpreter._discard import elementwise_code, entrywise_code, plan_discard
 from alphagrad.interpreter._labelled import Labelled, labelled_partial
 from alphagrad.interpreter._structured import (
     _NUMPY_RULES,
@@ -865,11 +866,10 @@ def _is_elementwise(partial: Partial) -> bool:
         return (value.out_dims == value.in_dims and value.ties.has_values
                 and len(value.ties.ties) == len(value.out_dims)
                 and all(o == i and kind == "D" for o, i, kind in value.ties.ties))
-    if partial.out_shape != partial.in_shape or not hasattr(partial.value, "shape"):
+    if not hasattr(partial.value, "shape") or not elementwise_code(partial.code, partial.out_shape, partial.in_shape):
         return False
-    if partial.code == 6:  # diagonal on both axes: the value array has v's shape
-        return tuple(np.shape(partial.value)) == tuple(partial.out_shape)
-    return partial.code == 1 and math.prod(partial.out_shape) == 1
+    # A diagonal's value array has v's shape (not a constant broadcast along it).
+    return partial.code != 6 or tuple(np.shape(partial.value)) == tuple(partial.out_shape)
 
 
 def _maps_entrywise(partial: Partial) -> bool:
@@ -879,65 +879,45 @@ def _maps_entrywise(partial: Partial) -> bool:
         value = partial.value
         return (value.out_dims == value.in_dims and len(value.ties.ties) == len(value.out_dims)
                 and all(o == i for o, i, _ in value.ties.ties))
-    if partial.out_shape != partial.in_shape:
-        return False
-    if partial.code in (6, 8, -8, 10, -1, -6):  # ties (1, 3) and (2, 4), diagonal or Kronecker
-        return True
-    return partial.code == 1 and math.prod(partial.out_shape) == 1
+    return entrywise_code(partial.code, partial.out_shape, partial.in_shape)
 
 
 def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial], env: dict, leaves: list) -> None:
     """Zeroes, in place, the entries of elementwise partials that only reach the outputs through the
-    case a select (``jnp.where``) does not take, as jax.jacfwd discards those tangents.
+    case a select (``jnp.where``) does not take, as jax.jacfwd discards those tangents
+    (`_discard.plan_discard`, evaluated here vertex by vertex).
 
     ``jnp.where(x > 0, jnp.sqrt(x), 0.0)`` at x < 0, ``jnp.where(p > 0, p * jnp.log(p), 0.0)`` at
     p = 0, or a norm at 0 behind ``jnp.where(r > 0, r, 1.0)``: the partials of the discarded case are
-    NaN or infinite there, and the select's zero would multiply them into NaN (jax.jacrev's answer);
-    jax.jacfwd's select drops them. An entry is discarded when every use of it is a select that does
-    not take it, or an elementwise partial into an entry discarded in turn (never an output). Only
-    values change, never a code, so the plan and its count stand; a finite product with the select's
-    zero was zero anyway.
+    NaN or infinite there, and the select's zero would multiply them into NaN (jax.jacrev's answer).
     """
-    program: Program = graph.program
-    masked: dict[tuple[int, int], jax.Array] = {}  # (case node, select node) -> [size] not taken
-    for eqn in program.equations:
-        if eqn.primitive is None or eqn.primitive.name != "select_n" or eqn.outputs[0].node is None:
-            continue
-        s = eqn.outputs[0].node
-        size = math.prod(np.shape(env[s]))
-        pred = jnp.broadcast_to(_operand_value(eqn.operands[0], env, leaves), np.shape(env[s])).reshape(size)
-        for k, op in enumerate(eqn.operands[1:]):
-            if op.node is not None and (op.node, s) in edges and _is_elementwise(edges[(op.node, s)]):
-                not_taken = pred != k
-                masked[(op.node, s)] = masked[(op.node, s)] & not_taken if (op.node, s) in masked else not_taken
-    if not masked:
+    plan = plan_discard(graph.program, edges,
+                        is_elementwise=lambda p, u: (p, u) in edges and _is_elementwise(edges[(p, u)]),
+                        maps_entrywise=lambda p, u: _maps_entrywise(edges[(p, u)]))
+    if plan is None:
         return
-    uses: dict[int, list[int]] = {}
-    for src, dst in edges:
-        uses.setdefault(src, []).append(dst)
-    outputs = {op.node for op in program.outputs if op.node is not None}
+    masked: dict[tuple[int, int], jax.Array] = {}  # (case node, select node) -> [size] not taken
+    for case in plan.cases:
+        shape = np.shape(env[case.select])
+        pred = jnp.broadcast_to(_operand_value(case.predicate, env, leaves), shape).reshape(math.prod(shape))
+        not_taken = pred != case.index
+        key = (case.case, case.select)
+        masked[key] = masked[key] & not_taken if key in masked else not_taken
     discarded: dict[int, jax.Array] = {}  # node -> [size] entries no output needs
-    for u in sorted(uses, reverse=True):  # a node's uses have larger numbers
-        if u in outputs:
-            continue
+    for u, uses in plan.nodes:
         every = None
-        for w in uses[u]:
-            here = masked.get((u, w))
-            later = discarded.get(w) if _maps_entrywise(edges[(u, w)]) else None
-            if here is None and later is None:
-                every = None
-                break
+        for w, through in uses:
+            here, later = masked.get((u, w)), discarded[w] if through else None
             here = later if here is None else (here if later is None else here | later)
             every = here if every is None else every & here
-        if every is not None:
-            discarded[u] = every
-    for (p, u), partial in list(edges.items()):
-        if u in discarded and _is_elementwise(partial):
-            labelled = isinstance(partial.value, Labelled)
-            value = partial.value.values if labelled else partial.value
-            drop = discarded[u].reshape(np.shape(value))
-            value = jnp.where(drop, jnp.zeros((), value.dtype), value)
-            edges[(p, u)] = partial._replace(value=partial.value._replace(values=value) if labelled else value)
+        discarded[u] = every
+    for p, u in plan.zeroed:
+        partial = edges[(p, u)]
+        labelled = isinstance(partial.value, Labelled)
+        value = partial.value.values if labelled else partial.value
+        drop = discarded[u].reshape(np.shape(value))
+        value = jnp.where(drop, jnp.zeros((), value.dtype), value)
+        edges[(p, u)] = partial._replace(value=partial.value._replace(values=value) if labelled else value)
 
 
 def _replay(graph: Graph, steps: Sequence[Step], edges: dict[tuple[int, int], Partial],

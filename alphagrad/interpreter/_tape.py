@@ -113,6 +113,7 @@ from jax import lax
 from alphagrad.graph import (
     INDEX_MAP, VALUELESS, Graph, LeafRef, Operand, Step, ValueRef, normalise_shape, product_plan, structure_of,
 )
+from alphagrad.interpreter._discard import elementwise_code, entrywise_code, plan_discard
 from alphagrad.interpreter._structured import Partial
 from alphagrad.interpreter._tape_products import (
     DOT, DOT_INNER, FIRST_EDGE_SLOT, FLAT, FLAT_GROUP_ENTRIES, MUL, ONE, SELECT, ZERO, Eliminator, FlatShape, Map, Unplannable, Valued,
@@ -263,6 +264,32 @@ class _PartialKind(NamedTuple):
     size: np.ndarray
 
 
+class _Discard(NamedTuple):
+    """The discard of a select's untaken cases (`_discard.plan_discard`) as tables, per *term*
+    (a use of one entry of a vertex the plan may discard) and per zeroed edge entry.
+
+    Attributes:
+      size: D, the entries of the vertices that may be discarded (entry D of the sweep: never).
+      depth: the sweeps that settle them (the longest chain of discards through entrywise uses).
+      target: int32[R] each term's entry (in [0, D)): discarded where all its terms hold.
+      predicate: int32[R] the value slot of the predicate read at that entry of a masked case.
+      taken_by: int32[R] the case indices the term's use is (a bit each; 0: not a masked case):
+        the term holds where the predicate is none of them...
+      successor: int32[R] ...or where the successor's entry (D: none) is discarded.
+      slots: int32[Z] edge slots of the entries of elementwise partials into those vertices,
+      reads: int32[Z] the entry (in [0, D)) whose discard zeroes each.
+    """
+
+    size: int
+    depth: int
+    target: np.ndarray
+    predicate: np.ndarray
+    taken_by: np.ndarray
+    successor: np.ndarray
+    slots: np.ndarray
+    reads: np.ndarray
+
+
 class Tape(NamedTuple):
     """A program and an elimination plan as arrays, with the branches that execute them.
 
@@ -341,6 +368,7 @@ class Tape(NamedTuple):
     muls: int
     prod_records: np.ndarray | None = None
     prod_shapes: np.ndarray | None = None
+    discard: _Discard | None = None
 
 
 # ---- partial layouts ------------------------------------------------------------------------
@@ -985,6 +1013,7 @@ class _Builder:
                        for op in eqn.operands]
                     + [1])
         self._generic(equations, width)
+        self.predicates: dict[int, tuple] = {}  # select vertex -> (slot, shape, dtype) of its predicate
         for k, eqn in enumerate(equations):
             where = f"equation {k + 1}"
             node = eqn.outputs[0].node
@@ -1003,6 +1032,8 @@ class _Builder:
                 self.node_base[node], self.node_shape[node], self.node_dtype[node] = 0, shape, np.dtype(aval.dtype)
                 continue
             operands = [self._operand(op) for op in eqn.operands]
+            if eqn.primitive is not None and eqn.primitive.name == "select_n":
+                self.predicates[node] = operands[0]  # for the select's discard (`_discard_tables`)
             sizes_in = [math.prod(shp) for _, shp, _ in operands]
             runs = np.stack([[base for base, _, _ in operands], sizes_in, np.cumsum([0] + sizes_in[:-1]),
                              [1] * len(operands)], axis=1).reshape(-1, 4) if operands else np.zeros((0, 4), np.int64)
@@ -1126,6 +1157,7 @@ class _Builder:
         K = max([length for _, _, length, *_ in eq_rows] + [1])
         O = max([math.prod(sig[3][0]) for sig, _ in templates] + [1] + [n_out for *_, n_out in eq_rows]
                 + [length for kind, _, length, *_ in eq_rows if templates[kind][0][0] is _SELECTION])
+        discard = self._discard_tables(edges, zero)
         # Product edges reuse the slots of deleted edges (value arrays only; maps keep theirs).
         elim = Eliminator(edges, next_slot, lanes_for([p.muls for s in self.steps for p in s.products if p.muls]))
         muls = 0
@@ -1257,7 +1289,52 @@ class _Builder:
             muls=muls,
             prod_records=prod_records,
             prod_shapes=prod_shapes,
+            discard=discard,
         )
+
+    def _discard_tables(self, edges: dict, zero: int) -> _Discard | None:
+        """The discard of a select's untaken cases (`_discard.plan_discard`) as tables over the
+        plan's entries (`_Discard`), or None when there is nothing to discard."""
+        def is_elementwise(p, u):
+            edge = edges.get((p, u))
+            return isinstance(edge, Valued) and elementwise_code(edge.code, edge.out_shape, edge.in_shape)
+
+        def maps_entrywise(p, u):
+            edge = edges[(p, u)]
+            return entrywise_code(edge.code, edge.out_shape, edge.in_shape)
+
+        plan = plan_discard(self.program, edges, is_elementwise=is_elementwise, maps_entrywise=maps_entrywise)
+        if plan is None or not plan.nodes:
+            return None
+        offset, at = {}, 0
+        for u, _ in plan.nodes:
+            offset[u], at = at, at + math.prod(self.node_shape[u])
+        cases: dict[tuple[int, int], int] = {}  # (case, select) -> bit set of the case indices it is
+        for case in plan.cases:
+            cases[(case.case, case.select)] = cases.get((case.case, case.select), 0) | (1 << case.index)
+        target, predicate, taken_by, successor, depth = [], [], [], [], {}
+        for u, uses in plan.nodes:
+            n = math.prod(self.node_shape[u])
+            entries = np.arange(n)
+            for w, through in uses:
+                bits = cases.get((u, w), 0)
+                slot, shape, _ = self.predicates.get(w, (zero, (), None))
+                if bits >= 2**31 or (bits and w not in self.predicates):
+                    bits = 0  # a case index past 30, or an empty select: never discarded by this use
+                target.append(offset[u] + entries)
+                predicate.append(slot + (entries if math.prod(shape) > 1 else 0 * entries))
+                taken_by.append(np.full(n, bits))
+                successor.append(offset[w] + entries if through else np.full(n, at))
+            depth[u] = 1 + max([depth[w] for w, through in uses if through] + [0])
+        slots, reads = [], []
+        for p, u in plan.zeroed:
+            edge = edges[(p, u)]
+            out, _ = layout(edge.code, edge.out_shape, edge.in_shape)
+            slots.append(edge.base + np.arange(len(out)))
+            reads.append(offset[u] + out)
+        as_int32 = functools.partial(np.concatenate, dtype=np.int32)
+        return _Discard(at, max(depth.values()), as_int32(target), as_int32(predicate), as_int32(taken_by),
+                        as_int32(successor), as_int32(slots or [np.zeros(0)]), as_int32(reads or [np.zeros(0)]))
 
     def _product(self, elim: Eliminator, planned) -> int:
         """One planned product (the plan's `graph.Product`) as lane steps; its multiplications."""
@@ -2108,6 +2185,29 @@ def _write_partials(edges: jax.Array, vals: jax.Array, kind: _PartialKind, K: in
     return lax.scan(body, edges, tables)[0]
 
 
+def _discard_untaken(edges: jax.Array, vals: jax.Array, discard: _Discard) -> jax.Array:
+    """Zeroes the partial entries that only reach the outputs through a select's untaken case
+    (`_Discard`), as the straight-line path does (`_jacobian._discard_masked_partials`):
+    edges [num_edges, *batch], vals [num_values, *batch]."""
+    batch = vals.shape[1:]
+    expand = (slice(None),) + (None,) * len(batch)
+    predicate = jnp.clip(vals[discard.predicate].astype(jnp.int32), 0, 30)
+    taken_by = jnp.asarray(discard.taken_by)[expand]
+    masked = (taken_by != 0) & ((taken_by >> predicate) & 1 == 0)  # [R, *batch]
+    target, successor = jnp.asarray(discard.target), jnp.asarray(discard.successor)
+    never = jnp.zeros((1, *batch), bool)
+
+    def sweep(_, discarded):  # [D + 1, *batch]: an entry holds where every term of it holds
+        holds = masked | discarded[successor]
+        kept = jnp.zeros((discard.size, *batch), bool).at[target].max(~holds)
+        return jnp.concatenate([~kept, never])
+
+    discarded = lax.fori_loop(0, discard.depth, sweep, jnp.zeros((discard.size + 1, *batch), bool))
+    slots = jnp.asarray(discard.slots)
+    return edges.at[slots].set(jnp.where(discarded[jnp.asarray(discard.reads)], jnp.zeros((), edges.dtype),
+                                         edges[slots]))
+
+
 def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The tape on buffers whose slot axis comes first: vals [num_values, *batch] (its leaves and
     constants filled in) -> (vals, edges [num_edges, *batch]), with at most one batch axis.
@@ -2161,6 +2261,8 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
     # The partials of every equation of a kind at once: they read only the values.
     for kind in after:
         edges = _write_partials(edges, vals, kind, K, slots_of, row_of)
+    if tape.discard is not None:
+        edges = _discard_untaken(edges, vals, tape.discard)
     return vals, run_steps(edges, tape.prod_steps, tape.prod_patterns, tape.prod_windowed, tape.prod_records,
                            tape.prod_shapes)
 

@@ -1,0 +1,118 @@
+"""Which partials a select's untaken case discards: one plan, run by both interpreters.
+
+``jnp.where(x > 0, jnp.sqrt(x), 0.0)`` at x < 0: the partial of ``sqrt`` is NaN there, and the
+select's partial with respect to the case it does not take is 0, so their product is NaN
+(``jax.jacrev``'s answer), where ``jax.jacfwd`` drops the tangent of the untaken case and
+returns 0. Both interpreters follow jax.jacfwd: an entry of a vertex whose every use is a select
+that does not take it, or an entrywise partial into an entry discarded in turn (never an
+output), is *discarded*, and the entries of the elementwise partials into it are zeroed before
+any product. Only values change, never a code, so the plan and its count stand; a finite
+product with the select's zero was zero anyway.
+
+Which vertices can be discarded, and through which uses, depends on the graph alone
+(`plan_discard`); which of their entries are, on the predicates' values at run time: the
+straight-line interpreter evaluates the plan vertex by vertex (`_jacobian`), the tape as a few
+vectorised sweeps over all the plan's entries at once (`_tape`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from alphagrad.graph import Operand, Program
+
+
+#: 2-D codes that send entry k of p to entry k of v only, when the two shapes agree: ties (1, 3)
+#: and (2, 4), diagonal or Kronecker, valued or not (an identity, a constant multiple, a diagonal).
+_ENTRYWISE_CODES = frozenset({6, 8, -8, 10, -1, -6})
+
+
+def entrywise_code(code: int, out_shape: tuple, in_shape: tuple) -> bool:
+    """Whether a partial of 2-D `code` sends entry k of p to entry k of v only (a discard of v's
+    entry k passes back to p's)."""
+    if out_shape != in_shape:
+        return False
+    return code in _ENTRYWISE_CODES or (code == 1 and math.prod(out_shape) == 1)
+
+
+def elementwise_code(code: int, out_shape: tuple, in_shape: tuple) -> bool:
+    """Whether a partial of 2-D `code` holds one value per entry, tying v's entry k to p's (a
+    diagonal of the same shape, a scalar): a select's case partial of this kind is masked, and
+    partials of this kind are the ones zeroed."""
+    return out_shape == in_shape and (code == 6 or (code == 1 and math.prod(out_shape) == 1))
+
+
+class MaskedCase(NamedTuple):
+    """A case of a select whose partial is elementwise: entry j of `case` reaches entry j of
+    `select` only where the predicate (broadcast to the select's shape) equals `index`."""
+
+    case: int
+    select: int
+    predicate: Operand
+    index: int
+
+
+class DiscardPlan(NamedTuple):
+    """The static part of the discard (`plan_discard`).
+
+    Attributes:
+      cases: every elementwise (case, select) use, one per occurrence of the case.
+      nodes: per vertex that may be discarded, latest first: (vertex u, its uses), each use
+        ``(w, through)``: entry j of u is discarded where, for every use, (u, w) is a masked
+        case not taken at j or (`through`) entry j of w is discarded.
+      zeroed: the edges (p, u) into those vertices whose partials are elementwise: their
+        entries at discarded entries of u are zeroed.
+    """
+
+    cases: tuple[MaskedCase, ...]
+    nodes: tuple[tuple[int, tuple[tuple[int, bool], ...]], ...]
+    zeroed: tuple[tuple[int, int], ...]
+
+
+def plan_discard(program: Program, edges: Iterable[tuple[int, int]], *,
+                 is_elementwise: Callable[[int, int], bool],
+                 maps_entrywise: Callable[[int, int], bool]) -> DiscardPlan | None:
+    """The vertices a select's untaken cases may discard, or None when no select has an
+    elementwise case (the common program: nothing to do).
+
+    Args:
+      program: the graph's program (its select_n equations and outputs).
+      edges: every (src, dst) pair with a partial; a vertex's uses are its edges out.
+      is_elementwise: whether the partial of an edge ties dst and src entry by entry with a value
+        per entry (a diagonal of the same shape, a scalar): a select's case partial qualifies it
+        as masked, and such partials are the ones zeroed.
+      maps_entrywise: whether an edge sends entry k of src to entry k of dst only (valued or
+        not: an identity, a constant multiple, a diagonal): a discard passes back through it.
+    """
+    edges = list(edges)
+    cases = []
+    for eqn in program.equations:
+        if eqn.primitive is None or eqn.primitive.name != "select_n" or eqn.outputs[0].node is None:
+            continue
+        s = eqn.outputs[0].node
+        for k, op in enumerate(eqn.operands[1:]):
+            if op.node is not None and is_elementwise(op.node, s):
+                cases.append(MaskedCase(op.node, s, eqn.operands[0], k))
+    if not cases:
+        return None
+    masked = {(c.case, c.select) for c in cases}
+    uses: dict[int, list[int]] = {}
+    for src, dst in edges:
+        uses.setdefault(src, []).append(dst)
+    outputs = {op.node for op in program.outputs if op.node is not None}
+    nodes: dict[int, tuple[tuple[int, bool], ...]] = {}
+    for u in sorted(uses, reverse=True):  # a vertex's uses have larger numbers
+        if u in outputs:
+            continue
+        terms = []
+        for w in uses[u]:
+            through = w in nodes and maps_entrywise(u, w)
+            if (u, w) not in masked and not through:
+                break
+            terms.append((w, through))
+        else:
+            nodes[u] = tuple(terms)
+    zeroed = tuple((p, u) for p, u in edges if u in nodes and is_elementwise(p, u))
+    return DiscardPlan(tuple(c for c in cases if c.case in nodes), tuple(nodes.items()), zeroed)

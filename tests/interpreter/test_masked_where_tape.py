@@ -1,0 +1,84 @@
+"""The tape discards a select's untaken case as the straight-line path does (`_discard`): no NaN
+from ``jnp.where(x > 0, jnp.sqrt(x), 0)`` at x < 0 in a program long enough for the tape, in every
+order, batched and under jit, where jax.jacfwd is finite (session 16: the tape had no discard)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from alphagrad import graph, interpreter
+from alphagrad.graph import _trace
+from alphagrad.interpreter import _tape
+
+
+@pytest.fixture
+def force_tape(monkeypatch):
+    monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)
+    monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
+    monkeypatch.setattr(_trace, "LABELLED_MAX_EQUATIONS", -1)
+
+
+def chained(x, p):
+    """The untaken case's NaN partial passes a product and a sum before the select (a discard
+    two vertices deep), beside a select whose predicate is a broadcast scalar."""
+    y = jnp.sin(x) * p[0]
+    root = jnp.sqrt(x) * y + y  # NaN partials at x < 0
+    safe = jnp.where(x > 0, root, 0.0)
+    scaled = jnp.where(p[1] > 0, jnp.log(p[1]) * x, x)  # the scalar predicate broadcast to x
+    return safe * 2.0 + scaled
+
+
+def safe_norm(x, p):
+    """The usual safe norm: the sqrt at 0 is infinite, hidden by the inner where."""
+    r2 = jnp.sum(x * x)
+    r = jnp.where(r2 > 0, jnp.sqrt(jnp.where(r2 > 0, r2, 1.0)), 0.0)
+    return jnp.stack([r * p[0], jnp.tanh(r) + p[1]])
+
+
+def three_cases(x, p):
+    """lax.select_n with an integer predicate of three cases (two of them NaN somewhere)."""
+    which = jnp.where(x > 1, 2, jnp.where(x > 0, 1, 0))
+    return lax.select_n(which, jnp.cos(x) * p[0], jnp.sqrt(x), jnp.log(x - 1.0)) + p[1]
+
+
+X = np.array([0.7, -0.4, 2.5, -1.3, 1.2, 0.0])
+P = np.array([1.3, 0.6])
+CASES = {"chained": (chained, X), "safe_norm_zero": (safe_norm, np.zeros(4)), "safe_norm": (safe_norm, X[:4]),
+         "three_cases": (three_cases, X)}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_tape_discards_the_untaken_case(force_tape, name):
+    f, x = CASES[name]
+    with jax.enable_x64(True):
+        x, p = jnp.asarray(x), jnp.asarray(P)
+        expected = jax.jacfwd(f, argnums=(0, 1))(x, p)
+        assert all(np.isfinite(e).all() for e in expected)
+        g = interpreter.graph_of(f, x, p, argnums=(0, 1))
+        assert _tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse"))).discard is not None  # it is the tape that runs
+        for order in ("forward", "reverse", "markowitz"):
+            actual = jax.jit(interpreter.jacobian(f, order, argnums=(0, 1)))(x, p)
+            for a, e in zip(actual, expected):
+                np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-14)
+            assert interpreter.count_muls(f, order, x, p, argnums=(0, 1)) == graph.cost(g, order)
+
+
+def test_tape_discards_per_example_under_vmap(force_tape):
+    """Batched (the buffers' batch axis last), each example's predicate decides its own discard."""
+    with jax.enable_x64(True):
+        xs = jnp.asarray(np.stack([X, -X, np.abs(X) + 0.1]))
+        p = jnp.asarray(P)
+        expected = jax.vmap(jax.jacfwd(chained), in_axes=(0, None))(xs, p)
+        actual = jax.vmap(interpreter.jacobian(chained, "reverse"), in_axes=(0, None))(xs, p)
+        np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_tape_discard_in_float32(force_tape):
+    x, p = jnp.asarray(X, jnp.float32), jnp.asarray(P, jnp.float32)
+    expected = jax.jacfwd(chained)(x, p)
+    actual = interpreter.jacobian(chained, "forward")(x, p)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
