@@ -265,24 +265,22 @@ class _PartialKind(NamedTuple):
 
 
 class _Discard(NamedTuple):
-    """The discard of a select's untaken cases (`_discard.plan_discard`) as tables, per *term*
-    (a use of one entry of a vertex the plan may discard) and per zeroed edge entry.
+    """The discard of a select's untaken cases (`_discard.plan_discard`) as tables over the D
+    entries of the vertices it may discard, each with T *terms* (its uses, padded): an entry is
+    discarded where every term holds.
 
     Attributes:
-      size: D, the entries of the vertices that may be discarded (entry D of the sweep: never).
       depth: the sweeps that settle them (the longest chain of discards through entrywise uses).
-      target: int32[R] each term's entry (in [0, D)): discarded where all its terms hold.
-      predicate: int32[R] the value slot of the predicate read at that entry of a masked case.
-      taken_by: int32[R] the case indices the term's use is (a bit each; 0: not a masked case):
+      predicate: int32[D, T] the value slot of the predicate a term of a masked case reads.
+      taken_by: int32[D, T] the case indices the term's use is (a bit each; 0: not a masked case):
         the term holds where the predicate is none of them...
-      successor: int32[R] ...or where the successor's entry (D: none) is discarded.
+      successor: int32[D, T] ...or where the successor's entry is discarded (D: none, never
+        discarded; D + 1: a padding term, always).
       slots: int32[Z] edge slots of the entries of elementwise partials into those vertices,
       reads: int32[Z] the entry (in [0, D)) whose discard zeroes each.
     """
 
-    size: int
     depth: int
-    target: np.ndarray
     predicate: np.ndarray
     taken_by: np.ndarray
     successor: np.ndarray
@@ -1312,19 +1310,22 @@ class _Builder:
         cases: dict[tuple[int, int], int] = {}  # (case, select) -> bit set of the case indices it is
         for case in plan.cases:
             cases[(case.case, case.select)] = cases.get((case.case, case.select), 0) | (1 << case.index)
-        target, predicate, taken_by, successor, depth = [], [], [], [], {}
+        T = max(len(uses) for _, uses in plan.nodes)
+        # Padding terms hold always: no mask, and the successor D + 1 (discarded, by convention).
+        predicate = np.full((at, T), zero, np.int64)
+        taken_by = np.zeros((at, T), np.int64)
+        successor = np.full((at, T), at + 1, np.int64)
+        depth = {}
         for u, uses in plan.nodes:
-            n = math.prod(self.node_shape[u])
-            entries = np.arange(n)
-            for w, through in uses:
+            entries = offset[u] + np.arange(math.prod(self.node_shape[u]))
+            for t, (w, through) in enumerate(uses):
                 bits = cases.get((u, w), 0)
                 slot, shape, _ = self.predicates.get(w, (zero, (), None))
                 if bits >= 2**31 or (bits and w not in self.predicates):
                     bits = 0  # a case index past 30, or an empty select: never discarded by this use
-                target.append(offset[u] + entries)
-                predicate.append(slot + (entries if math.prod(shape) > 1 else 0 * entries))
-                taken_by.append(np.full(n, bits))
-                successor.append(offset[w] + entries if through else np.full(n, at))
+                predicate[entries, t] = slot + (entries - offset[u] if math.prod(shape) > 1 else 0)
+                taken_by[entries, t] = bits
+                successor[entries, t] = offset[w] + entries - offset[u] if through else at
             depth[u] = 1 + max([depth[w] for w, through in uses if through] + [0])
         slots, reads = [], []
         for p, u in plan.zeroed:
@@ -1333,8 +1334,8 @@ class _Builder:
             slots.append(edge.base + np.arange(len(out)))
             reads.append(offset[u] + out)
         as_int32 = functools.partial(np.concatenate, dtype=np.int32)
-        return _Discard(at, max(depth.values()), as_int32(target), as_int32(predicate), as_int32(taken_by),
-                        as_int32(successor), as_int32(slots or [np.zeros(0)]), as_int32(reads or [np.zeros(0)]))
+        return _Discard(max(depth.values()), predicate.astype(np.int32), taken_by.astype(np.int32),
+                        successor.astype(np.int32), as_int32(slots or [np.zeros(0)]), as_int32(reads or [np.zeros(0)]))
 
     def _product(self, elim: Eliminator, planned) -> int:
         """One planned product (the plan's `graph.Product`) as lane steps; its multiplications."""
@@ -2190,19 +2191,20 @@ def _discard_untaken(edges: jax.Array, vals: jax.Array, discard: _Discard) -> ja
     (`_Discard`), as the straight-line path does (`_jacobian._discard_masked_partials`):
     edges [num_edges, *batch], vals [num_values, *batch]."""
     batch = vals.shape[1:]
-    expand = (slice(None),) + (None,) * len(batch)
-    predicate = jnp.clip(vals[discard.predicate].astype(jnp.int32), 0, 30)
+    expand = (slice(None), slice(None)) + (None,) * len(batch)
+    predicate = jnp.clip(vals[discard.predicate].astype(jnp.int32), 0, 30)  # [D, T, *batch]
     taken_by = jnp.asarray(discard.taken_by)[expand]
-    masked = (taken_by != 0) & ((taken_by >> predicate) & 1 == 0)  # [R, *batch]
-    target, successor = jnp.asarray(discard.target), jnp.asarray(discard.successor)
-    never = jnp.zeros((1, *batch), bool)
+    masked = (taken_by != 0) & ((taken_by >> predicate) & 1 == 0)
+    successor = jnp.asarray(discard.successor)
+    ends = jnp.asarray(np.array([False, True]).reshape(2, *(1,) * len(batch)))  # entries D (never), D + 1 (always)
 
-    def sweep(_, discarded):  # [D + 1, *batch]: an entry holds where every term of it holds
+    def sweep(_, discarded):  # [D + 2, *batch]
         holds = masked | discarded[successor]
-        kept = jnp.zeros((discard.size, *batch), bool).at[target].max(~holds)
-        return jnp.concatenate([~kept, never])
+        return jnp.concatenate([jnp.all(holds, axis=1), jnp.broadcast_to(ends, (2, *batch))])
 
-    discarded = lax.fori_loop(0, discard.depth, sweep, jnp.zeros((discard.size + 1, *batch), bool))
+    size = successor.shape[0]
+    start = jnp.concatenate([jnp.zeros((size, *batch), bool), jnp.broadcast_to(ends, (2, *batch))])
+    discarded = lax.fori_loop(0, discard.depth, sweep, start)
     slots = jnp.asarray(discard.slots)
     return edges.at[slots].set(jnp.where(discarded[jnp.asarray(discard.reads)], jnp.zeros((), edges.dtype),
                                          edges[slots]))
