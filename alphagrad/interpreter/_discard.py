@@ -4,9 +4,10 @@
 select's partial with respect to the case it does not take is 0, so their product is NaN
 (``jax.jacrev``'s answer), where ``jax.jacfwd`` drops the tangent of the untaken case and
 returns 0. Both interpreters follow jax.jacfwd: an entry of a vertex whose every use is a select
-that does not take it, or an entrywise partial into an entry discarded in turn (never an
-output), is *discarded*, and the entries of the elementwise partials into it are zeroed before
-any product. Only values change, never a code, so the plan and its count stand; a finite
+that does not take it, an entrywise partial into an entry discarded in turn, or a partial that
+moves data (transpose, reshape, broadcast, slice, gather, sum: ``jnp.where(jnp.all(x > 0),
+jnp.sum(jnp.log(x)), -jnp.inf)``) whose every reader of it is discarded (never an output), is
+*discarded*, and the entries of the elementwise partials into it are zeroed before any product. Only values change, never a code, so the plan and its count stand; a finite
 product with the select's zero was zero anyway.
 
 Which vertices can be discarded, and through which uses, depends on the graph alone
@@ -54,26 +55,46 @@ class MaskedCase(NamedTuple):
     index: int
 
 
+class Use(NamedTuple):
+    """A use of a vertex u that may be discarded: its edge to `w`.
+
+    Attributes:
+      w: the vertex the edge reaches.
+      through: whether w may be discarded in turn (the use keeps only the entries of u that
+        kept entries of w need); otherwise only a masked case's predicate decides.
+      moves: whether the edge moves data (an index map, a transpose: entry j of u is needed
+        where some kept entry of w reads it); otherwise it is entrywise (entry j of w only).
+    """
+
+    w: int
+    through: bool
+    moves: bool
+
+
 class DiscardPlan(NamedTuple):
     """The static part of the discard (`plan_discard`).
 
+    Entry j of a vertex u of `nodes` is *kept* where some use keeps it: a use of `cases` (u a
+    case of the select w) where the select takes u at j, and, if `through`, w's entry j is kept;
+    any other use where, entrywise, w's entry j is kept, or, `moves`, some kept entry of w reads
+    entry j. Every other entry is discarded.
+
     Attributes:
       cases: every elementwise (case, select) use, one per occurrence of the case.
-      nodes: per vertex that may be discarded, latest first: (vertex u, its uses), each use
-        ``(w, through)``: entry j of u is discarded where, for every use, (u, w) is a masked
-        case not taken at j or (`through`) entry j of w is discarded.
+      nodes: per vertex that may be discarded, latest first: (u, its uses (`Use`)).
       zeroed: the edges (p, u) into those vertices whose partials are elementwise: their
         entries at discarded entries of u are zeroed.
     """
 
     cases: tuple[MaskedCase, ...]
-    nodes: tuple[tuple[int, tuple[tuple[int, bool], ...]], ...]
+    nodes: tuple[tuple[int, tuple[Use, ...]], ...]
     zeroed: tuple[tuple[int, int], ...]
 
 
 def plan_discard(program: Program, edges: Iterable[tuple[int, int]], *,
                  is_elementwise: Callable[[int, int], bool],
-                 maps_entrywise: Callable[[int, int], bool]) -> DiscardPlan | None:
+                 maps_entrywise: Callable[[int, int], bool],
+                 moves_data: Callable[[int, int], bool]) -> DiscardPlan | None:
     """The vertices a select's untaken cases may discard, or None when no select has an
     elementwise case (the common program: nothing to do).
 
@@ -85,6 +106,8 @@ def plan_discard(program: Program, edges: Iterable[tuple[int, int]], *,
         as masked, and such partials are the ones zeroed.
       maps_entrywise: whether an edge sends entry k of src to entry k of dst only (valued or
         not: an identity, a constant multiple, a diagonal): a discard passes back through it.
+      moves_data: whether an edge's partial only moves data (an index map, a transpose, a
+        reshape, a broadcast, a sum): a discard passes back through it to the entries it reads.
     """
     edges = list(edges)
     cases = []
@@ -102,17 +125,21 @@ def plan_discard(program: Program, edges: Iterable[tuple[int, int]], *,
     for src, dst in edges:
         uses.setdefault(src, []).append(dst)
     outputs = {op.node for op in program.outputs if op.node is not None}
-    nodes: dict[int, tuple[tuple[int, bool], ...]] = {}
+    nodes: dict[int, tuple[Use, ...]] = {}
     for u in sorted(uses, reverse=True):  # a vertex's uses have larger numbers
         if u in outputs:
             continue
         terms = []
         for w in uses[u]:
-            through = w in nodes and maps_entrywise(u, w)
+            entrywise = maps_entrywise(u, w)
+            moves = not entrywise and (u, w) not in masked and moves_data(u, w)
+            through = w in nodes and (entrywise or moves)
             if (u, w) not in masked and not through:
                 break
-            terms.append((w, through))
+            terms.append(Use(w, through, moves))
         else:
             nodes[u] = tuple(terms)
+    if not nodes:
+        return None
     zeroed = tuple((p, u) for p, u in edges if u in nodes and is_elementwise(p, u))
     return DiscardPlan(tuple(c for c in cases if c.case in nodes), tuple(nodes.items()), zeroed)

@@ -47,6 +47,7 @@ from alphagrad.interpreter._labelled import Labelled, labelled_partial
 from alphagrad.interpreter._structured import (
     _NUMPY_RULES,
     IndexMap,
+    _identity_map,
     MultiplicationCounter,
     Partial,
     add,
@@ -882,6 +883,16 @@ def _maps_entrywise(partial: Partial) -> bool:
     return entrywise_code(partial.code, partial.out_shape, partial.in_shape)
 
 
+def _moving_map(partial: Partial) -> IndexMap | None:
+    """The map of a partial that only moves data (an index map, a transpose, a reshape), through
+    which a discard passes back (`_discard_masked_partials`), or None."""
+    if partial.code == INDEX_MAP and isinstance(partial.value, IndexMap):
+        return partial.value
+    if partial.code in VALUELESS:
+        return _identity_map(partial.code, partial.out_shape, partial.in_shape)
+    return None
+
+
 def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial], env: dict, leaves: list) -> None:
     """Zeroes, in place, the entries of elementwise partials that only reach the outputs through the
     case a select (``jnp.where``) does not take, as jax.jacfwd discards those tangents
@@ -893,24 +904,30 @@ def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial]
     """
     plan = plan_discard(graph.program, edges,
                         is_elementwise=lambda p, u: (p, u) in edges and _is_elementwise(edges[(p, u)]),
-                        maps_entrywise=lambda p, u: _maps_entrywise(edges[(p, u)]))
+                        maps_entrywise=lambda p, u: _maps_entrywise(edges[(p, u)]),
+                        moves_data=lambda p, u: _moving_map(edges[(p, u)]) is not None)
     if plan is None:
         return
-    masked: dict[tuple[int, int], jax.Array] = {}  # (case node, select node) -> [size] not taken
+    taken: dict[tuple[int, int], jax.Array] = {}  # (case node, select node) -> [size] where the select takes it
     for case in plan.cases:
         shape = np.shape(env[case.select])
         pred = jnp.broadcast_to(_operand_value(case.predicate, env, leaves), shape).reshape(math.prod(shape))
-        not_taken = pred != case.index
         key = (case.case, case.select)
-        masked[key] = masked[key] & not_taken if key in masked else not_taken
-    discarded: dict[int, jax.Array] = {}  # node -> [size] entries no output needs
+        taken[key] = taken[key] | (pred == case.index) if key in taken else pred == case.index
+    kept: dict[int, jax.Array] = {}  # node -> [size] entries some output needs
     for u, uses in plan.nodes:
-        every = None
-        for w, through in uses:
-            here, later = masked.get((u, w)), discarded[w] if through else None
-            here = later if here is None else (here if later is None else here | later)
-            every = here if every is None else every & here
-        discarded[u] = every
+        alive = None
+        for w, through, moves in uses:
+            here = kept[w] if through else None
+            if (u, w) in taken:
+                here = taken[(u, w)] if here is None else here & taken[(u, w)]
+            if moves:  # the entries of u that a kept entry of w reads
+                partial = edges[(u, w)]
+                read = _moving_map(partial).transpose(here.astype(jnp.float32).reshape(partial.out_shape))
+                here = read.reshape(-1) > 0
+            alive = here if alive is None else alive | here
+        kept[u] = alive
+    discarded = {u: ~alive for u, alive in kept.items()}
     for p, u in plan.zeroed:
         partial = edges[(p, u)]
         labelled = isinstance(partial.value, Labelled)

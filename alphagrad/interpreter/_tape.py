@@ -50,6 +50,9 @@ not grow with the number of equations:
    and become copies. *Run-time* maps (sort, clamp, max pooling,
    gathers/scatters/dynamic slices at computed indices, whose JVPs select one entry, so every
    entry is exactly 0 or 1) are computed by the branch as 0/1 masks.
+   Before the eliminations, the entries of partials that reach the outputs only through a
+   select's untaken case are zeroed, as jax.jacfwd drops them (`_discard`; a few vectorised
+   sweeps over the entries of the vertices that may be discarded, `_discard_untaken`).
 2. **Eliminations** (`_tape_products`). Every `graph.Product` of ``graph.plan(graph, order)``
    becomes operations on the edge buffer, planned with numpy a product at a time: between two
    value arrays, exactly the multiply-adds its `graph.product_plan` enumerates (one per point
@@ -266,16 +269,17 @@ class _PartialKind(NamedTuple):
 
 class _Discard(NamedTuple):
     """The discard of a select's untaken cases (`_discard.plan_discard`) as tables over the D
-    entries of the vertices it may discard, each with T *terms* (its uses, padded): an entry is
-    discarded where every term holds.
+    entries of the vertices it may discard: an entry is kept where one of its T entrywise
+    *terms* (its uses, padded) or one of the M *reads* of its moving uses keeps it.
 
     Attributes:
-      depth: the sweeps that settle them (the longest chain of discards through entrywise uses).
+      depth: the sweeps that settle them (the longest chain of discards through uses).
       predicate: int32[D, T] the value slot of the predicate a term of a masked case reads.
       taken_by: int32[D, T] the case indices the term's use is (a bit each; 0: not a masked case):
-        the term holds where the predicate is none of them...
-      successor: int32[D, T] ...or where the successor's entry is discarded (D: none, never
-        discarded; D + 1: a padding term, always).
+        the term keeps where the predicate is one of them (or 0) and...
+      successor: int32[D, T] ...the successor's entry is kept (D: always, D + 1: never).
+      target, source, mask: int32[M] the entry kept where the `source` entry is kept and the
+        edge slot `mask` (a moving partial's 0/1 entry) is not 0.
       slots: int32[Z] edge slots of the entries of elementwise partials into those vertices,
       reads: int32[Z] the entry (in [0, D)) whose discard zeroes each.
     """
@@ -284,6 +288,9 @@ class _Discard(NamedTuple):
     predicate: np.ndarray
     taken_by: np.ndarray
     successor: np.ndarray
+    target: np.ndarray
+    source: np.ndarray
+    mask: np.ndarray
     slots: np.ndarray
     reads: np.ndarray
 
@@ -1301,32 +1308,41 @@ class _Builder:
             edge = edges[(p, u)]
             return entrywise_code(edge.code, edge.out_shape, edge.in_shape)
 
-        plan = plan_discard(self.program, edges, is_elementwise=is_elementwise, maps_entrywise=maps_entrywise)
-        if plan is None or not plan.nodes:
+        plan = plan_discard(self.program, edges, is_elementwise=is_elementwise, maps_entrywise=maps_entrywise,
+                            moves_data=lambda p, u: isinstance(edges[(p, u)], Map))
+        if plan is None:
             return None
-        offset, at = {}, 0
+        offset, D = {}, 0
         for u, _ in plan.nodes:
-            offset[u], at = at, at + math.prod(self.node_shape[u])
+            offset[u], D = D, D + math.prod(self.node_shape[u])
         cases: dict[tuple[int, int], int] = {}  # (case, select) -> bit set of the case indices it is
         for case in plan.cases:
             cases[(case.case, case.select)] = cases.get((case.case, case.select), 0) | (1 << case.index)
-        T = max(len(uses) for _, uses in plan.nodes)
-        # Padding terms hold always: no mask, and the successor D + 1 (discarded, by convention).
-        predicate = np.full((at, T), zero, np.int64)
-        taken_by = np.zeros((at, T), np.int64)
-        successor = np.full((at, T), at + 1, np.int64)
+        T = max([sum(not use.moves for use in uses) for _, uses in plan.nodes] + [1])
+        predicate = np.full((D, T), zero, np.int64)
+        taken_by = np.zeros((D, T), np.int64)
+        successor = np.full((D, T), D + 1, np.int64)  # padding terms keep nothing
+        target, source, mask = [], [], []
         depth = {}
         for u, uses in plan.nodes:
-            entries = offset[u] + np.arange(math.prod(self.node_shape[u]))
-            for t, (w, through) in enumerate(uses):
+            entries = np.arange(math.prod(self.node_shape[u]))
+            t = 0
+            for w, through, moves in uses:
+                if moves:  # entry j is kept where a kept entry of w reads it
+                    edge = edges[(u, w)]
+                    target.append(offset[u] + edge.inp)
+                    source.append(offset[w] + edge.out)
+                    mask.append(edge.mask)
+                    continue
                 bits = cases.get((u, w), 0)
                 slot, shape, _ = self.predicates.get(w, (zero, (), None))
                 if bits >= 2**31 or (bits and w not in self.predicates):
-                    bits = 0  # a case index past 30, or an empty select: never discarded by this use
-                predicate[entries, t] = slot + (entries - offset[u] if math.prod(shape) > 1 else 0)
-                taken_by[entries, t] = bits
-                successor[entries, t] = offset[w] + entries - offset[u] if through else at
-            depth[u] = 1 + max([depth[w] for w, through in uses if through] + [0])
+                    bits = 0  # a case index past 30, or an empty select: kept by this use
+                predicate[offset[u] + entries, t] = slot + (entries if math.prod(shape) > 1 else 0)
+                taken_by[offset[u] + entries, t] = bits
+                successor[offset[u] + entries, t] = offset[w] + entries if through else D
+                t += 1
+            depth[u] = 1 + max([depth[w] for w, through, _ in uses if through] + [0])
         slots, reads = [], []
         for p, u in plan.zeroed:
             edge = edges[(p, u)]
@@ -1335,7 +1351,9 @@ class _Builder:
             reads.append(offset[u] + out)
         as_int32 = functools.partial(np.concatenate, dtype=np.int32)
         return _Discard(max(depth.values()), predicate.astype(np.int32), taken_by.astype(np.int32),
-                        successor.astype(np.int32), as_int32(slots or [np.zeros(0)]), as_int32(reads or [np.zeros(0)]))
+                        successor.astype(np.int32), as_int32(target or [np.zeros(0, np.int64)]),
+                        as_int32(source or [np.zeros(0, np.int64)]), as_int32(mask or [np.zeros(0, np.int64)]),
+                        as_int32(slots or [np.zeros(0, np.int64)]), as_int32(reads or [np.zeros(0, np.int64)]))
 
     def _product(self, elim: Eliminator, planned) -> int:
         """One planned product (the plan's `graph.Product`) as lane steps; its multiplications."""
@@ -2194,20 +2212,23 @@ def _discard_untaken(edges: jax.Array, vals: jax.Array, discard: _Discard) -> ja
     expand = (slice(None), slice(None)) + (None,) * len(batch)
     predicate = jnp.clip(vals[discard.predicate].astype(jnp.int32), 0, 30)  # [D, T, *batch]
     taken_by = jnp.asarray(discard.taken_by)[expand]
-    masked = (taken_by != 0) & ((taken_by >> predicate) & 1 == 0)
+    taken = (taken_by == 0) | ((taken_by >> predicate) & 1 == 1)
     successor = jnp.asarray(discard.successor)
-    ends = jnp.asarray(np.array([False, True]).reshape(2, *(1,) * len(batch)))  # entries D (never), D + 1 (always)
-
-    def sweep(_, discarded):  # [D + 2, *batch]
-        holds = masked | discarded[successor]
-        return jnp.concatenate([jnp.all(holds, axis=1), jnp.broadcast_to(ends, (2, *batch))])
-
+    ends = jnp.broadcast_to(jnp.asarray([True, False]).reshape(2, *(1,) * len(batch)), (2, *batch))
     size = successor.shape[0]
-    start = jnp.concatenate([jnp.zeros((size, *batch), bool), jnp.broadcast_to(ends, (2, *batch))])
-    discarded = lax.fori_loop(0, discard.depth, sweep, start)
+    target, source = jnp.asarray(discard.target), jnp.asarray(discard.source)
+    read = edges[jnp.asarray(discard.mask)] != 0  # [M, *batch]
+
+    def sweep(_, kept):  # [D + 2, *batch]: entries D (always kept) and D + 1 (never)
+        alive = jnp.any(taken & kept[successor], axis=1)
+        if len(discard.target):
+            alive = alive.at[target].max(kept[source] & read)
+        return jnp.concatenate([alive, ends])
+
+    kept = lax.fori_loop(0, discard.depth, sweep, jnp.ones((size + 2, *batch), bool))
     slots = jnp.asarray(discard.slots)
-    return edges.at[slots].set(jnp.where(discarded[jnp.asarray(discard.reads)], jnp.zeros((), edges.dtype),
-                                         edges[slots]))
+    return edges.at[slots].set(jnp.where(kept[jnp.asarray(discard.reads)], edges[slots],
+                                         jnp.zeros((), edges.dtype)))
 
 
 def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -82,3 +82,35 @@ def test_tape_discard_in_float32(force_tape):
     expected = jax.jacfwd(chained)(x, p)
     actual = interpreter.jacobian(chained, "forward")(x, p)
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+MOVED = {  # data moved between the untaken case's NaN partial and the select (session 16)
+    "transpose": (lambda x: jnp.where(x.T > 0, jnp.sqrt(x).T, 0.0), X[:4].reshape(2, 2)),
+    "broadcast": (lambda x: jnp.where(x[:, None] > 0, jnp.broadcast_to(jnp.sqrt(x)[:, None], (6, 3)), 0.0), X),
+    "slice": (lambda x: jnp.where(x[:3] > 0, jnp.sqrt(x)[:3], 0.0), X),
+    "concatenate": (lambda x: jnp.where(jnp.concatenate([x, x]) > 0, jnp.concatenate([jnp.sqrt(x), x]), 0.0), X),
+    "gather": (lambda x: jnp.where(x[jnp.array([1, 0, 1])] > 0, jnp.sqrt(x)[jnp.array([1, 0, 1])], 0.0), X),
+    "sum_behind_a_scalar_predicate": (lambda x: jnp.where(jnp.all(x > 0), jnp.sum(jnp.log(x) * x), -1.0), X),
+}
+
+
+@pytest.mark.parametrize("path", ["straight_line", "tape"])
+@pytest.mark.parametrize("name", sorted(MOVED))
+def test_discard_passes_through_data_movement(monkeypatch, name, path):
+    """A transpose, broadcast, slice, concatenation, gather or sum between the NaN partial and the
+    select: an entry is discarded where every entry that reads it is."""
+    if path == "tape":
+        monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)
+        monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
+        monkeypatch.setattr(_trace, "LABELLED_MAX_EQUATIONS", -1)
+    f, x = MOVED[name]
+    with jax.enable_x64(True):
+        x = jnp.asarray(x)
+        expected = jax.jacfwd(f)(x)
+        assert np.isfinite(expected).all()
+        g = interpreter.graph_of(f, x)
+        if path == "tape":
+            assert _tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse"))).discard is not None
+        for order in ("forward", "reverse", "markowitz"):
+            np.testing.assert_allclose(interpreter.jacobian(f, order)(x), expected, rtol=1e-12, atol=1e-14)
+            assert interpreter.count_muls(f, order, x) == graph.cost(g, order)
