@@ -6,7 +6,8 @@ select's partial with respect to the case it does not take is 0, so their produc
 returns 0. Both interpreters follow jax.jacfwd: an entry of a vertex whose every use is a select
 that does not take it, an entrywise partial into an entry discarded in turn, or a partial that
 moves data (transpose, reshape, broadcast, slice, gather, sum: ``jnp.where(jnp.all(x > 0),
-jnp.sum(jnp.log(x)), -jnp.inf)``) whose every reader of it is discarded (never an output), is
+jnp.sum(jnp.log(x)), -jnp.inf)``) or a small partial of known pattern (a dot product, a
+matrix) whose every reader of it is discarded (never an output), is
 *discarded*, and the entries of the elementwise partials into it are zeroed before any product. Only values change, never a code, so the plan and its count stand; a finite
 product with the select's zero was zero anyway.
 
@@ -22,7 +23,10 @@ import math
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from alphagrad.graph import Operand, Program
+import numpy as np
+
+from alphagrad.graph import FIRST_EXTENDED_CODE, INDEX_MAP, Operand, Program
+from alphagrad.interpreter._tape_products import support
 
 
 #: 2-D codes that send entry k of p to entry k of v only, when the two shapes agree: ties (1, 3)
@@ -45,6 +49,23 @@ def elementwise_code(code: int, out_shape: tuple, in_shape: tuple) -> bool:
     return out_shape == in_shape and (code == 6 or (code == 1 and math.prod(out_shape) == 1))
 
 
+#: Most entries a partial's pattern may have for a discard to pass back through it
+#: (`structural_reads`): a dense partial of 256 x 256 entries.
+READS_MAX = 2**16
+
+
+def structural_reads(code: int, out_shape: tuple, in_shape: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+    """(flat output index [N], flat operand index [N]): the entries a partial of 2-D `code` can
+    hold (every entry a dense one can), or None for an index map (its pattern depends on the
+    map), a labelled structure, or more than `READS_MAX` entries."""
+    if code in (0, INDEX_MAP) or code >= FIRST_EXTENDED_CODE:
+        return None
+    if code == 1 and math.prod(out_shape) * math.prod(in_shape) > READS_MAX:
+        return None
+    out, inp, _ = support(code, tuple(out_shape), tuple(in_shape))
+    return (out, inp) if len(out) <= READS_MAX else None
+
+
 class MaskedCase(NamedTuple):
     """A case of a select whose partial is elementwise: entry j of `case` reaches entry j of
     `select` only where the predicate (broadcast to the select's shape) equals `index`."""
@@ -62,13 +83,14 @@ class Use(NamedTuple):
       w: the vertex the edge reaches.
       through: whether w may be discarded in turn (the use keeps only the entries of u that
         kept entries of w need); otherwise only a masked case's predicate decides.
-      moves: whether the edge moves data (an index map, a transpose: entry j of u is needed
-        where some kept entry of w reads it); otherwise it is entrywise (entry j of w only).
+      by_pattern: whether entry j of u is kept where some kept entry of w reads it through the
+        partial's pattern (an index map, a transpose, a dense or structured partial); otherwise
+        the edge is entrywise (entry j of w only).
     """
 
     w: int
     through: bool
-    moves: bool
+    by_pattern: bool
 
 
 class DiscardPlan(NamedTuple):
@@ -76,8 +98,8 @@ class DiscardPlan(NamedTuple):
 
     Entry j of a vertex u of `nodes` is *kept* where some use keeps it: a use of `cases` (u a
     case of the select w) where the select takes u at j, and, if `through`, w's entry j is kept;
-    any other use where, entrywise, w's entry j is kept, or, `moves`, some kept entry of w reads
-    entry j. Every other entry is discarded.
+    any other use where, entrywise, w's entry j is kept, or, `by_pattern`, some kept entry of w
+    reads entry j. Every other entry is discarded.
 
     Attributes:
       cases: every elementwise (case, select) use, one per occurrence of the case.
@@ -94,7 +116,7 @@ class DiscardPlan(NamedTuple):
 def plan_discard(program: Program, edges: Iterable[tuple[int, int]], *,
                  is_elementwise: Callable[[int, int], bool],
                  maps_entrywise: Callable[[int, int], bool],
-                 moves_data: Callable[[int, int], bool]) -> DiscardPlan | None:
+                 has_pattern: Callable[[int, int], bool]) -> DiscardPlan | None:
     """The vertices a select's untaken cases may discard, or None when no select has an
     elementwise case (the common program: nothing to do).
 
@@ -106,8 +128,9 @@ def plan_discard(program: Program, edges: Iterable[tuple[int, int]], *,
         as masked, and such partials are the ones zeroed.
       maps_entrywise: whether an edge sends entry k of src to entry k of dst only (valued or
         not: an identity, a constant multiple, a diagonal): a discard passes back through it.
-      moves_data: whether an edge's partial only moves data (an index map, a transpose, a
-        reshape, a broadcast, a sum): a discard passes back through it to the entries it reads.
+      has_pattern: whether the interpreter knows which entries of dst read which of src through
+        an edge's partial (an index map, a transpose, a broadcast, a sum, a small dense or
+        structured partial, `structural_reads`): a discard passes back through it.
     """
     edges = list(edges)
     cases = []
@@ -132,11 +155,11 @@ def plan_discard(program: Program, edges: Iterable[tuple[int, int]], *,
         terms = []
         for w in uses[u]:
             entrywise = maps_entrywise(u, w)
-            moves = not entrywise and (u, w) not in masked and moves_data(u, w)
-            through = w in nodes and (entrywise or moves)
+            by_pattern = not entrywise and (u, w) not in masked and w in nodes and has_pattern(u, w)
+            through = w in nodes and (entrywise or by_pattern)
             if (u, w) not in masked and not through:
                 break
-            terms.append(Use(w, through, moves))
+            terms.append(Use(w, through, by_pattern))
         else:
             nodes[u] = tuple(terms)
     if not nodes:

@@ -42,12 +42,11 @@ from alphagrad.graph import (
     structure_of,
 )
 from alphagrad.interpreter import _loops, _tape
-from alphagrad.interpreter._discard import elementwise_code, entrywise_code, plan_discard
+from alphagrad.interpreter._discard import elementwise_code, entrywise_code, plan_discard, structural_reads
 from alphagrad.interpreter._labelled import Labelled, labelled_partial
 from alphagrad.interpreter._structured import (
     _NUMPY_RULES,
     IndexMap,
-    _identity_map,
     MultiplicationCounter,
     Partial,
     add,
@@ -883,14 +882,21 @@ def _maps_entrywise(partial: Partial) -> bool:
     return entrywise_code(partial.code, partial.out_shape, partial.in_shape)
 
 
-def _moving_map(partial: Partial) -> IndexMap | None:
-    """The map of a partial that only moves data (an index map, a transpose, a reshape), through
-    which a discard passes back (`_discard_masked_partials`), or None."""
+def _readers(partial: Partial) -> Callable[[jax.Array], jax.Array] | None:
+    """For a partial d(v)/d(p) through which a discard passes back (`_discard`): the function from
+    v's kept entries [size v] to the entries of p some kept entry of v reads [size p]; or None.
+    An index map's readers are its adjoint's image (no matrix); any other 2-D code's, its pattern
+    (`_discard.structural_reads`)."""
+    size = math.prod(partial.in_shape)
     if partial.code == INDEX_MAP and isinstance(partial.value, IndexMap):
-        return partial.value
-    if partial.code in VALUELESS:
-        return _identity_map(partial.code, partial.out_shape, partial.in_shape)
-    return None
+        def read(kept):
+            return partial.value.transpose(kept.astype(jnp.float32).reshape(partial.out_shape)).reshape(size) > 0
+        return read
+    if isinstance(partial.value, Labelled) or (reads := structural_reads(partial.code, partial.out_shape,
+                                                                         partial.in_shape)) is None:
+        return None
+    out, inp = reads
+    return lambda kept: jnp.zeros(size, bool).at[inp].max(kept[out])
 
 
 def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial], env: dict, leaves: list) -> None:
@@ -905,7 +911,7 @@ def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial]
     plan = plan_discard(graph.program, edges,
                         is_elementwise=lambda p, u: (p, u) in edges and _is_elementwise(edges[(p, u)]),
                         maps_entrywise=lambda p, u: _maps_entrywise(edges[(p, u)]),
-                        moves_data=lambda p, u: _moving_map(edges[(p, u)]) is not None)
+                        has_pattern=lambda p, u: _readers(edges[(p, u)]) is not None)
     if plan is None:
         return
     taken: dict[tuple[int, int], jax.Array] = {}  # (case node, select node) -> [size] where the select takes it
@@ -917,14 +923,12 @@ def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial]
     kept: dict[int, jax.Array] = {}  # node -> [size] entries some output needs
     for u, uses in plan.nodes:
         alive = None
-        for w, through, moves in uses:
+        for w, through, by_pattern in uses:
             here = kept[w] if through else None
             if (u, w) in taken:
                 here = taken[(u, w)] if here is None else here & taken[(u, w)]
-            if moves:  # the entries of u that a kept entry of w reads
-                partial = edges[(u, w)]
-                read = _moving_map(partial).transpose(here.astype(jnp.float32).reshape(partial.out_shape))
-                here = read.reshape(-1) > 0
+            if by_pattern:  # the entries of u that a kept entry of w reads
+                here = _readers(edges[(u, w)])(here)
             alive = here if alive is None else alive | here
         kept[u] = alive
     discarded = {u: ~alive for u, alive in kept.items()}

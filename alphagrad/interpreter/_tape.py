@@ -116,7 +116,7 @@ from jax import lax
 from alphagrad.graph import (
     INDEX_MAP, VALUELESS, Graph, LeafRef, Operand, Step, ValueRef, normalise_shape, product_plan, structure_of,
 )
-from alphagrad.interpreter._discard import elementwise_code, entrywise_code, plan_discard
+from alphagrad.interpreter._discard import elementwise_code, entrywise_code, plan_discard, structural_reads
 from alphagrad.interpreter._structured import Partial
 from alphagrad.interpreter._tape_products import (
     DOT, DOT_INNER, FIRST_EDGE_SLOT, FLAT, FLAT_GROUP_ENTRIES, MUL, ONE, SELECT, ZERO, Eliminator, FlatShape, Map, Unplannable, Valued,
@@ -279,7 +279,8 @@ class _Discard(NamedTuple):
         the term keeps where the predicate is one of them (or 0) and...
       successor: int32[D, T] ...the successor's entry is kept (D: always, D + 1: never).
       target, source, mask: int32[M] the entry kept where the `source` entry is kept and the
-        edge slot `mask` (a moving partial's 0/1 entry) is not 0.
+        edge slot `mask` is not 0 (a map's 0/1 entry; `ONE` for an entry of a valued partial's
+        pattern).
       slots: int32[Z] edge slots of the entries of elementwise partials into those vertices,
       reads: int32[Z] the entry (in [0, D)) whose discard zeroes each.
     """
@@ -1308,8 +1309,15 @@ class _Builder:
             edge = edges[(p, u)]
             return entrywise_code(edge.code, edge.out_shape, edge.in_shape)
 
+        def reads(p, u):  # (out, inp, mask slots) of the entries a partial can hold, or None
+            edge = edges[(p, u)]
+            if isinstance(edge, Map):
+                return edge.out, edge.inp, edge.mask
+            pattern = structural_reads(edge.code, edge.out_shape, edge.in_shape)
+            return None if pattern is None else (*pattern, np.full(len(pattern[0]), ONE))
+
         plan = plan_discard(self.program, edges, is_elementwise=is_elementwise, maps_entrywise=maps_entrywise,
-                            moves_data=lambda p, u: isinstance(edges[(p, u)], Map))
+                            has_pattern=lambda p, u: reads(p, u) is not None)
         if plan is None:
             return None
         offset, D = {}, 0
@@ -1318,7 +1326,7 @@ class _Builder:
         cases: dict[tuple[int, int], int] = {}  # (case, select) -> bit set of the case indices it is
         for case in plan.cases:
             cases[(case.case, case.select)] = cases.get((case.case, case.select), 0) | (1 << case.index)
-        T = max([sum(not use.moves for use in uses) for _, uses in plan.nodes] + [1])
+        T = max([sum(not use.by_pattern for use in uses) for _, uses in plan.nodes] + [1])
         predicate = np.full((D, T), zero, np.int64)
         taken_by = np.zeros((D, T), np.int64)
         successor = np.full((D, T), D + 1, np.int64)  # padding terms keep nothing
@@ -1327,12 +1335,12 @@ class _Builder:
         for u, uses in plan.nodes:
             entries = np.arange(math.prod(self.node_shape[u]))
             t = 0
-            for w, through, moves in uses:
-                if moves:  # entry j is kept where a kept entry of w reads it
-                    edge = edges[(u, w)]
-                    target.append(offset[u] + edge.inp)
-                    source.append(offset[w] + edge.out)
-                    mask.append(edge.mask)
+            for w, through, by_pattern in uses:
+                if by_pattern:  # entry j is kept where a kept entry of w reads it
+                    out, inp, slots = reads(u, w)
+                    target.append(offset[u] + inp)
+                    source.append(offset[w] + out)
+                    mask.append(slots)
                     continue
                 bits = cases.get((u, w), 0)
                 slot, shape, _ = self.predicates.get(w, (zero, (), None))

@@ -91,14 +91,17 @@ MOVED = {  # data moved between the untaken case's NaN partial and the select (s
     "concatenate": (lambda x: jnp.where(jnp.concatenate([x, x]) > 0, jnp.concatenate([jnp.sqrt(x), x]), 0.0), X),
     "gather": (lambda x: jnp.where(x[jnp.array([1, 0, 1])] > 0, jnp.sqrt(x)[jnp.array([1, 0, 1])], 0.0), X),
     "sum_behind_a_scalar_predicate": (lambda x: jnp.where(jnp.all(x > 0), jnp.sum(jnp.log(x) * x), -1.0), X),
+    "dot_behind_a_scalar_predicate": (lambda x: jnp.where(jnp.all(x > 0), jnp.dot(jnp.arange(6.0), jnp.log(x)), -1.0),
+                                      X),
+    "matrix_product": (lambda x: jnp.where(x[:2] > 5, jnp.arange(12.0).reshape(2, 6) @ jnp.sqrt(x), 0.0), X),
 }
 
 
 @pytest.mark.parametrize("path", ["straight_line", "tape"])
 @pytest.mark.parametrize("name", sorted(MOVED))
 def test_discard_passes_through_data_movement(monkeypatch, name, path):
-    """A transpose, broadcast, slice, concatenation, gather or sum between the NaN partial and the
-    select: an entry is discarded where every entry that reads it is."""
+    """A transpose, broadcast, slice, concatenation, gather, sum, dot or matrix product between the
+    NaN partial and the select: an entry is discarded where every entry that reads it is."""
     if path == "tape":
         monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)
         monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
