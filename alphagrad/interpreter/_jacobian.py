@@ -981,12 +981,13 @@ def _replay(graph: Graph, steps: Sequence[Step], edges: dict[tuple[int, int], Pa
     return performed
 
 
+@functools.lru_cache(maxsize=None)
 def _block_dtype(in_dtype, out_dtype):
     """The dtype of the Jacobian block of a flattened input of `in_dtype` and an output of
     `out_dtype`: float0 for a non-floating input (as ``jax.grad(..., allow_int=True)``), else the
     wider of the two floating dtypes (jax.jacrev's blocks take the input's dtype, jax.jacfwd's the
     output's: the wider keeps every digit, so float32 flax parameters of a float64 model give
-    float64 blocks)."""
+    float64 blocks). Cached: a Jacobian of 40,200 blocks spent 1.5 s here."""
     dtype = jnp.result_type(in_dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         return jax.dtypes.float0
@@ -1030,11 +1031,17 @@ def _blocks(graph: Graph, edges) -> list[list[Any]]:
 
 def _assemble(graph: Graph, edges, argnums, args: tuple):
     """Dense Jacobian blocks in jax.jacrev's output structure."""
+    return _grouped(graph, _blocks(graph, edges), argnums, args)
+
+
+def _grouped(graph: Graph, blocks: list[list[Any]], argnums, args: tuple):
+    """The grid of blocks (per flattened output, per differentiated input leaf) in jax.jacrev's
+    output structure."""
     single = isinstance(argnums, int)
     selected = (argnums,) if single else tuple(argnums)
     arg_trees = [jax.tree.structure(args[k]) for k in selected]
     blocks_per_output = []
-    for per_input in _blocks(graph, edges):
+    for per_input in blocks:
         # Regroup the flat input blocks by argument.
         grouped, start = [], 0
         for tree in arg_trees:
@@ -1043,6 +1050,120 @@ def _assemble(graph: Graph, edges, argnums, args: tuple):
             start += count
         blocks_per_output.append(grouped[0] if single else tuple(grouped))
     return graph.program.out_tree.unflatten(blocks_per_output)
+
+
+#: An eagerly called ``output="pytree"`` Jacobian of at least this many blocks (outputs times
+#: differentiated input leaves) makes its zero blocks outside the compiled function
+#: (`_SplitPytree`), and one of at least `SPLIT_MIN_NONZERO` nonzero blocks returns those as one
+#: array, split into the blocks after the call. XLA compiles an operation and an output buffer
+#: per output of a computation, and assigns the output buffers in time quadratic in their number:
+#: the 40,200 blocks of benchmarks/scale.py's ``many-io`` form at 1,000 equations (37,523 of
+#: them zero) took minutes and over 13 GB to compile as outputs.
+SPLIT_MIN_BLOCKS = 256
+#: Splitting costs a dispatch per nonzero block and call (about 40 us on a CPU): 1.5 ms against
+#: 10 ms a call for 256 blocks of 64 x 64, where XLA compiled the blocks as outputs in 0.6 s. On
+#: the tape (`SPLIT_MIN_NONZERO_TAPE`) each block as an output is a slice of the edge buffer, about
+#: 20 ms of compilation each (the 2,677 of many-io at 1,000 equations: 65 s and 2.9 GB against 8 s
+#: and 0.7 GB split).
+SPLIT_MIN_NONZERO = 1024
+SPLIT_MIN_NONZERO_TAPE = 128
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _block_of(flat: jax.Array, start, shape: tuple, dtype) -> jax.Array:
+    """The block of `shape` and `dtype` raveled in `flat` from `start` (a traced offset: one
+    compilation per block shape and dtype, not per block)."""
+    return jax.lax.dynamic_slice_in_dim(flat, start, math.prod(shape)).reshape(shape).astype(dtype)
+
+
+class _SplitPytree:
+    """`jacobian`'s eager ``output="pytree"`` call of a Jacobian of many blocks
+    (`SPLIT_MIN_BLOCKS`), per input signature. One compiled function computes the nonzero blocks
+    (those read off an edge): as its outputs, or, when there are many (`SPLIT_MIN_NONZERO`,
+    `SPLIT_MIN_NONZERO_TAPE`), as one array, the blocks raveled one after another (on the tape one
+    gather out of its edge buffer: `_tape.run_blocks`), cut into the blocks after the call by a
+    dynamic slice each (compiled once per block shape). The zero blocks are arrays made once per shape and dtype and
+    shared by every block and call that has them (JAX arrays are immutable; one deleted, by
+    donation, is made again). The values are `_assemble`'s: each block is computed in the same
+    dtype and cast to its block's, the one array holding the widest (exactly). Under a trace (the
+    caller's jax.jit or jax.vmap) the blocks are outputs of the caller's computation and
+    `_assemble` builds them there."""
+
+    def __init__(self, graph: Graph, steps: Sequence[Step], tape: _tape.Tape | None, treedef, argnums,
+                 on_counted: Callable):
+        self.graph, self.steps, self.tape, self.treedef = graph, steps, tape, treedef
+        self.argnums, self.on_counted = argnums, on_counted
+        out_shapes, in_shapes, dtypes = _layout(graph)
+        # Per output, per input leaf: (shape, dtype) of the block.
+        self.template = [[(out_shape + in_shape, dtype) for in_shape, dtype in zip(in_shapes, row)]
+                         for out_shape, row in zip(out_shapes, dtypes)]
+        self.nonzero: list[tuple[int, int]] | None = None  # (output, input leaf) of the computed blocks, set by tracing
+        self.zeros: dict[tuple, jax.Array] = {}
+        self.compute = jax.jit(self._compute)
+
+    def _nonzero(self, has_edge: Callable[[tuple[int, int]], bool]) -> list[tuple[int, int]]:
+        """(output, input leaf) of the blocks read off an edge: floating, not empty, in row-major order."""
+        return [(o, i) for o, (op, row) in enumerate(zip(self.graph.program.outputs, self.template))
+                for i, (shape, dtype) in enumerate(row)
+                if dtype != jax.dtypes.float0 and op.node is not None and math.prod(shape) > 0
+                and has_edge((i + 1, op.node))]
+
+    def _compute(self, leaves: list[Any]) -> jax.Array | list[jax.Array]:
+        outputs = self.graph.program.outputs
+        if self.tape is not None:
+            nonzero = self._nonzero(lambda key: key in self.tape.jacobian_edges)
+            self.nonzero = nonzero
+            keys = [(i + 1, outputs[o].node) for o, i in nonzero]
+            if len(nonzero) >= SPLIT_MIN_NONZERO_TAPE:
+                return _tape.run_blocks(self.tape, leaves, keys)
+            edges = _tape.run(self.tape, leaves)[1]
+        else:
+            counter = MultiplicationCounter()
+            edges = _eliminate_all(self.graph, self.steps, leaves, counter)[1]
+            self.on_counted(jax.tree.unflatten(self.treedef, leaves), counter.total)
+            nonzero = self._nonzero(lambda key: key in edges)
+            self.nonzero = nonzero
+        blocks = []
+        for o, i in nonzero:  # as `_blocks`
+            shape, dtype = self.template[o][i]
+            blocks.append(densify(edges[(i + 1, outputs[o].node)], dtype).reshape(shape).astype(dtype))
+        if len(nonzero) < SPLIT_MIN_NONZERO:
+            return blocks
+        dtype = _dense_dtype([[d for _, d in row] for row in self.template])
+        return jnp.concatenate([block.reshape(-1).astype(dtype) for block in blocks])
+
+    def _zeros(self, shape: tuple, dtype) -> jax.Array:
+        key = (shape, np.dtype(dtype))
+        zeros = self.zeros.get(key)
+        if zeros is None or zeros.is_deleted():  # a transfer: jnp.zeros compiles per shape
+            zeros = self.zeros[key] = jax.device_put(np.zeros(shape, dtype))
+        return zeros
+
+    def __call__(self, leaves: list[Any]) -> Any:
+        computed = self.compute(leaves)
+        zeros = {}  # (shape, dtype) -> the shared zero block, checked once per call
+        grid = []
+        for row in self.template:
+            per_input = []
+            for shape, dtype in row:
+                if dtype == jax.dtypes.float0:
+                    per_input.append(np.zeros(shape, dtype))
+                else:
+                    key = (shape, dtype)
+                    if key not in zeros:
+                        zeros[key] = self._zeros(shape, dtype)
+                    per_input.append(zeros[key])
+            grid.append(per_input)
+        if isinstance(computed, list):
+            for (o, i), block in zip(self.nonzero, computed):
+                grid[o][i] = block
+        else:
+            start = 0
+            for o, i in self.nonzero:
+                shape, dtype = self.template[o][i]
+                grid[o][i] = _block_of(computed, start, shape, dtype)
+                start += math.prod(shape)
+        return _grouped(self.graph, grid, self.argnums, jax.tree.unflatten(self.treedef, leaves))
 
 
 def _dense_dtype(dtypes: list[list[Any]]):
@@ -1218,10 +1339,14 @@ def jacobian(
         (``J @ ravel_pytree(dx)[0]`` is ``ravel_pytree(jvp)[0]``). Its dtype is the widest of the
         blocks' (below); integer and boolean inputs give zero columns (a float0 array if every
         input is one); under ``jax.vmap`` it gains the leading batch axis. Programs whose
-        Jacobian has thousands of blocks compile in seconds this way, where XLA compiles an
-        operation and an output per block of the pytree (a long program on the tape reads the
-        whole array out of the tape's edge buffer with one gather). `unravel_jacobian` splits
-        it into the pytree outside ``jax.jit``.
+        Jacobian has thousands of blocks compile in seconds this way under ``jax.jit``, where
+        every block of the pytree is an output of the caller's computation and XLA compiles an
+        operation and an output buffer per block (minutes for 40,200 blocks, as for
+        jax.jacrev's); a long program on the tape reads the whole array out of the tape's edge
+        buffer with one gather. `unravel_jacobian` splits it into the pytree outside
+        ``jax.jit``. Called outside ``jax.jit``, the pytree output of many blocks compiles in
+        seconds too: its zero blocks are made outside the compiled function and many nonzero
+        blocks come out of it as one array, split after the call.
 
     Returns:
       A function with f's signature (keyword arguments are passed on, never differentiated)
@@ -1308,11 +1433,16 @@ def jacobian(
         else:
             # Called eagerly: the elimination compiled once per input signature (op by op, a
             # small network's Jacobian took 20 s of dispatch; jit(jacobian(f)) runs the same).
-            prepare(args)
+            graph, steps, tape = prepare(args)
             key = _signature(args)
             if key not in compiled:
                 treedef = jax.tree.structure(args)
-                compiled[key] = jax.jit(lambda leaves: evaluate(jax.tree.unflatten(treedef, leaves)))
+                if output == "pytree" and len(graph.program.outputs) * len(graph.program.input_leaves) >= SPLIT_MIN_BLOCKS:
+                    # Many blocks: one compiled output, split after the call (`_SplitPytree`).
+                    compiled[key] = _SplitPytree(graph, steps, tape, treedef, argnums,
+                                                 lambda a, total: _record_performed(target, a, argnums, steps, total))
+                else:
+                    compiled[key] = jax.jit(lambda leaves: evaluate(jax.tree.unflatten(treedef, leaves)))
             try:
                 jac = compiled[key](leaves) if compiled[key] is not None else evaluate(args)
             except NotImplementedError:  # a primitive with an implementation but no lowering

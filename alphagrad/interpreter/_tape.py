@@ -2417,3 +2417,29 @@ def run_dense(tape: Tape, leaves: list[Any], out_nodes: Sequence[int | None], ou
     """
     edges = _buffers(tape, leaves)[1]
     return edges[dense_index(tape, out_nodes, out_sizes, in_nodes, in_sizes)]
+
+
+def run_blocks(tape: Tape, leaves: list[Any], keys: Sequence[tuple[int, int]]) -> jax.Array:
+    """Executes the tape on the flattened arguments and reads the Jacobian blocks of `keys` (keys
+    of `Tape.jacobian_edges`) out of its edge buffer with one gather: their value arrays raveled,
+    one after another ([their entries], the tape's dtype). `_jacobian._SplitPytree` cuts the
+    blocks out of it after the call: a slice per block, each an output of the compiled
+    computation, made XLA compile for minutes when a Jacobian had thousands of blocks (`run_dense`).
+
+    The index is computed in the program from tables of one entry per block (`dense_index`).
+    """
+    spans = [tape.jacobian_edges[key] for key in keys]
+    sizes = np.asarray([math.prod(out_shape) * math.prod(in_shape) for _, out_shape, in_shape in spans], np.int64)
+    total = int(sizes.sum())
+    if total == 0:
+        return jnp.zeros((0,), tape.dtype)
+    bases = np.asarray([base for base, _, _ in spans], np.int64)
+    if int((bases + sizes).max()) >= 2**31 or total >= 2**31:
+        raise Unsupported("the edge buffer has more slots than an int32 index reaches")
+    starts = np.cumsum(sizes) - sizes
+    tables = lax.optimization_barrier(tuple(jnp.asarray(t.astype(np.int32)) for t in (bases, starts, sizes)))
+    base, start, size = tables
+    block = jnp.repeat(jnp.arange(len(spans), dtype=np.int32), size, total_repeat_length=total)
+    index = base[block] + jnp.arange(total, dtype=np.int32) - start[block]
+    edges = _buffers(tape, leaves)[1]
+    return edges[index]
