@@ -1098,7 +1098,10 @@ class _SplitPytree:
         self.template = [[(out_shape + in_shape, dtype) for in_shape, dtype in zip(in_shapes, row)]
                          for out_shape, row in zip(out_shapes, dtypes)]
         self.nonzero: list[tuple[int, int]] | None = None  # (output, input leaf) of the computed blocks, set by tracing
-        self.zeros: dict[tuple, jax.Array] = {}
+        self.float0 = [(o, i) for o, row in enumerate(self.template) for i, (_, dtype) in enumerate(row)
+                       if dtype == jax.dtypes.float0]
+        self.zeros: dict[tuple, jax.Array] = {}  # (shape, dtype) -> the shared zero block
+        self.zero_grid: list[list[Any]] | None = None
         self.compute = jax.jit(self._compute)
 
     def _nonzero(self, has_edge: Callable[[tuple[int, int]], bool]) -> list[tuple[int, int]]:
@@ -1139,21 +1142,20 @@ class _SplitPytree:
             zeros = self.zeros[key] = jax.device_put(np.zeros(shape, dtype))
         return zeros
 
+    def _zero_grid(self) -> list[list[Any]]:
+        """The grid of the zero blocks (the shared arrays; None at the computed and the float0
+        blocks), made again where one of its arrays was deleted."""
+        if self.zero_grid is None or any(zeros.is_deleted() for zeros in self.zeros.values()):
+            computed = set(self.nonzero)
+            self.zero_grid = [[None if dtype == jax.dtypes.float0 or (o, i) in computed else self._zeros(shape, dtype)
+                               for i, (shape, dtype) in enumerate(row)] for o, row in enumerate(self.template)]
+        return self.zero_grid
+
     def __call__(self, leaves: list[Any]) -> Any:
         computed = self.compute(leaves)
-        zeros = {}  # (shape, dtype) -> the shared zero block, checked once per call
-        grid = []
-        for row in self.template:
-            per_input = []
-            for shape, dtype in row:
-                if dtype == jax.dtypes.float0:
-                    per_input.append(np.zeros(shape, dtype))
-                else:
-                    key = (shape, dtype)
-                    if key not in zeros:
-                        zeros[key] = self._zeros(shape, dtype)
-                    per_input.append(zeros[key])
-            grid.append(per_input)
+        grid = [row.copy() for row in self._zero_grid()]
+        for o, i in self.float0:  # NumPy arrays, which can be written: made per call
+            grid[o][i] = np.zeros(self.template[o][i][0], jax.dtypes.float0)
         if isinstance(computed, list):
             for (o, i), block in zip(self.nonzero, computed):
                 grid[o][i] = block
