@@ -3,13 +3,15 @@
 ``jnp.where(x > 0, jnp.sqrt(x), 0.0)`` at x < 0: the partial of ``sqrt`` is NaN there, and the
 select's partial with respect to the case it does not take is 0, so their product is NaN
 (``jax.jacrev``'s answer), where ``jax.jacfwd`` drops the tangent of the untaken case and
-returns 0. Both interpreters follow jax.jacfwd: an entry of a vertex whose every use is a select
-that does not take it, an entrywise partial into an entry discarded in turn, or a partial that
-moves data (transpose, reshape, broadcast, slice, gather, sum: ``jnp.where(jnp.all(x > 0),
-jnp.sum(jnp.log(x)), -jnp.inf)``) or a small partial of known pattern (a dot product, a
-matrix) whose every reader of it is discarded (never an output), is
-*discarded*, and the entries of the elementwise partials into it are zeroed before any product. Only values change, never a code, so the plan and its count stand; a finite
-product with the select's zero was zero anyway.
+returns 0. Both interpreters follow jax.jacfwd. An entry of a vertex (never an output) is
+*discarded* where every use of it is a select that does not take it there, or a partial whose
+every reader of that entry is discarded in turn: an entrywise one, one that moves data
+(transpose, reshape, broadcast, slice, gather, sum: ``jnp.where(jnp.all(x > 0),
+jnp.sum(jnp.log(x)), -jnp.inf)``) or a small one of known pattern (a dot product, a matrix).
+The entries of the partials into a vertex at its discarded entries (rows) are then zeroed before
+any product (also where a bilinear partial holds the NaN: ``jnp.dot(x, jnp.log(x))``'s with
+respect to x holds log(x)). Only values change, never a code, so the plan and its count stand; a
+finite product with the select's zero was zero anyway.
 
 Which vertices can be discarded, and through which uses, depends on the graph alone
 (`plan_discard`); which of their entries are, on the predicates' values at run time: the
@@ -23,10 +25,12 @@ import math
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from alphagrad.graph import FIRST_EXTENDED_CODE, INDEX_MAP, Operand, Program
-from alphagrad.interpreter._tape_products import support
+from alphagrad.graph import FIRST_EXTENDED_CODE, INDEX_MAP, Operand, Program, structure_of
+from alphagrad.interpreter._tape_products import support, value_grid
 
 
 #: 2-D codes that send entry k of p to entry k of v only, when the two shapes agree: ties (1, 3)
@@ -64,6 +68,50 @@ def structural_reads(code: int, out_shape: tuple, in_shape: tuple) -> tuple[np.n
         return None
     out, inp, _ = support(code, tuple(out_shape), tuple(in_shape))
     return (out, inp) if len(out) <= READS_MAX else None
+
+
+class RowCover(NamedTuple):
+    """Which entries of v (rows of the partial d(v)/d(p)) each entry of its value array stands for.
+
+    Attributes:
+      out_dims: v's dims, as the partial's structure sees them.
+      coordinates: per axis of v, the coordinate of every value entry along it ([R]), or None
+        where the value is constant along the axis (a Kronecker tie: the entry stands for every
+        coordinate).
+      count: R, the value entries.
+    """
+
+    out_dims: tuple[int, ...]
+    coordinates: tuple[np.ndarray | None, ...]
+    count: int
+
+    def dropped(self, discarded: np.ndarray | jax.Array) -> jax.Array:
+        """[R]: the value entries all of whose rows are discarded (discarded: [prod(out_dims)])."""
+        every = jnp.reshape(discarded, self.out_dims)
+        free = tuple(a for a, c in enumerate(self.coordinates) if c is None)
+        if free:
+            every = jnp.all(every, axis=free)
+        if len(free) == len(self.out_dims):
+            return jnp.broadcast_to(every, (self.count,))
+        return every[tuple(c for c in self.coordinates if c is not None)]
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(value entry [N], flat row [N]): every row each value entry stands for."""
+        grids = [np.arange(self.count)] + [np.zeros(1, np.int64) if c is not None else np.arange(d)
+                                      for c, d in zip(self.coordinates, self.out_dims)]
+        mesh = np.meshgrid(*grids, indexing="ij")
+        entry = mesh[0].reshape(-1)
+        coords = [c[entry] if c is not None else m.reshape(-1) for c, m in zip(self.coordinates, mesh[1:])]
+        return entry, np.ravel_multi_index(coords, self.out_dims) if coords else np.zeros_like(entry)
+
+
+def value_cover(code: int, out_shape: tuple, in_shape: tuple) -> RowCover | None:
+    """The `RowCover` of the value array of a 2-D `code` (its layout: row-major over the value
+    axes), or None for an index map or a value-less code."""
+    if code in (0, INDEX_MAP) or code >= FIRST_EXTENDED_CODE or not structure_of(code).has_values:
+        return None
+    at, count = value_grid(code, tuple(out_shape), tuple(in_shape))
+    return RowCover(tuple(out_shape), tuple(at.get(position) for position in (1, 2)), count)
 
 
 class MaskedCase(NamedTuple):
@@ -104,8 +152,8 @@ class DiscardPlan(NamedTuple):
     Attributes:
       cases: every elementwise (case, select) use, one per occurrence of the case.
       nodes: per vertex that may be discarded, latest first: (u, its uses (`Use`)).
-      zeroed: the edges (p, u) into those vertices whose partials are elementwise: their
-        entries at discarded entries of u are zeroed.
+      zeroed: the edges (p, u) into those vertices whose value entries the interpreter can
+        zero by row (`RowCover`): their entries all of whose rows are discarded entries of u.
     """
 
     cases: tuple[MaskedCase, ...]
@@ -116,7 +164,8 @@ class DiscardPlan(NamedTuple):
 def plan_discard(program: Program, edges: Iterable[tuple[int, int]], *,
                  is_elementwise: Callable[[int, int], bool],
                  maps_entrywise: Callable[[int, int], bool],
-                 has_pattern: Callable[[int, int], bool]) -> DiscardPlan | None:
+                 has_pattern: Callable[[int, int], bool],
+                 can_zero: Callable[[int, int], bool]) -> DiscardPlan | None:
     """The vertices a select's untaken cases may discard, or None when no select has an
     elementwise case (the common program: nothing to do).
 
@@ -131,6 +180,7 @@ def plan_discard(program: Program, edges: Iterable[tuple[int, int]], *,
       has_pattern: whether the interpreter knows which entries of dst read which of src through
         an edge's partial (an index map, a transpose, a broadcast, a sum, a small dense or
         structured partial, `structural_reads`): a discard passes back through it.
+      can_zero: whether the interpreter can zero an edge's partial by rows (of dst).
     """
     edges = list(edges)
     cases = []
@@ -164,5 +214,5 @@ def plan_discard(program: Program, edges: Iterable[tuple[int, int]], *,
             nodes[u] = tuple(terms)
     if not nodes:
         return None
-    zeroed = tuple((p, u) for p, u in edges if u in nodes and is_elementwise(p, u))
+    zeroed = tuple((p, u) for p, u in edges if u in nodes and can_zero(p, u))
     return DiscardPlan(tuple(c for c in cases if c.case in nodes), tuple(nodes.items()), zeroed)

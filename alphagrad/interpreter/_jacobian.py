@@ -42,8 +42,10 @@ from alphagrad.graph import (
     structure_of,
 )
 from alphagrad.interpreter import _loops, _tape
-from alphagrad.interpreter._discard import elementwise_code, entrywise_code, plan_discard, structural_reads
-from alphagrad.interpreter._labelled import Labelled, labelled_partial
+from alphagrad.interpreter._discard import (
+    READS_MAX, RowCover, elementwise_code, entrywise_code, plan_discard, structural_reads, value_cover,
+)
+from alphagrad.interpreter._labelled import Labelled, densify_labelled, labelled_partial
 from alphagrad.interpreter._structured import (
     _NUMPY_RULES,
     IndexMap,
@@ -892,10 +894,19 @@ def _readers(partial: Partial) -> Callable[[jax.Array], jax.Array] | None:
         def read(kept):
             return partial.value.transpose(kept.astype(jnp.float32).reshape(partial.out_shape)).reshape(size) > 0
         return read
-    if isinstance(partial.value, Labelled) or (reads := structural_reads(partial.code, partial.out_shape,
-                                                                         partial.in_shape)) is None:
+    if isinstance(partial.value, Labelled):
+        value, n_out = partial.value, math.prod(partial.out_shape)
+        if (n_out * size > READS_MAX or math.prod(value.out_dims) != n_out
+                or math.prod(value.in_dims) != size):
+            return None
+        ones = None if value.values is None else np.ones(np.shape(value.values), np.float32)
+        with jax.ensure_compile_time_eval():  # the pattern alone: concrete
+            pattern = np.asarray(densify_labelled(value._replace(values=ones), jnp.float32)).reshape(n_out, size)
+        out, inp = np.nonzero(pattern)
+    elif (reads := structural_reads(partial.code, partial.out_shape, partial.in_shape)) is not None:
+        out, inp = reads
+    else:
         return None
-    out, inp = reads
     return lambda kept: jnp.zeros(size, bool).at[inp].max(kept[out])
 
 
@@ -911,7 +922,8 @@ def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial]
     plan = plan_discard(graph.program, edges,
                         is_elementwise=lambda p, u: (p, u) in edges and _is_elementwise(edges[(p, u)]),
                         maps_entrywise=lambda p, u: _maps_entrywise(edges[(p, u)]),
-                        has_pattern=lambda p, u: _readers(edges[(p, u)]) is not None)
+                        has_pattern=lambda p, u: _readers(edges[(p, u)]) is not None,
+                        can_zero=lambda p, u: _cover(edges[(p, u)]) is not None)
     if plan is None:
         return
     taken: dict[tuple[int, int], jax.Array] = {}  # (case node, select node) -> [size] where the select takes it
@@ -936,9 +948,42 @@ def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial]
         partial = edges[(p, u)]
         labelled = isinstance(partial.value, Labelled)
         value = partial.value.values if labelled else partial.value
-        drop = discarded[u].reshape(np.shape(value))
+        drop = _cover(partial).dropped(discarded[u]).reshape(np.shape(value))
         value = jnp.where(drop, jnp.zeros((), value.dtype), value)
         edges[(p, u)] = partial._replace(value=partial.value._replace(values=value) if labelled else value)
+
+
+def _labelled_cover(value: Labelled, size: int) -> RowCover | None:
+    """`_cover` of a labelled partial: an output axis is a value axis, or tied as a diagonal to an
+    input value axis (its coordinate is that axis's), or the value is constant along it."""
+    ties = value.ties
+    if value.values is None or math.prod(value.out_dims) != size:
+        return None
+    axes = list(ties.value_axes)
+    extent = [(value.out_dims if side == "out" else value.in_dims)[k] for side, k in axes]
+    if tuple(np.shape(value.values)) != tuple(extent):
+        return None
+    grid = np.indices(extent).reshape(len(extent), -1) if extent else np.zeros((0, 1), np.int64)
+    coordinate = {axis: grid[n] for n, axis in enumerate(axes)}
+    diagonal = {o: i for o, i, kind in ties.ties if kind == "D"}
+    return RowCover(tuple(value.out_dims), tuple(
+        coordinate.get(("out", o), coordinate.get(("in", diagonal.get(o, -1)))) for o in range(len(value.out_dims))),
+        grid.shape[1])
+
+
+def _cover(partial: Partial) -> RowCover | None:
+    """Which rows each entry of a partial's value array (flattened) stands for (`_discard.RowCover`),
+    or None where the interpreter cannot zero the partial by rows: elementwise partials (rank-n
+    too), labelled ones, and 2-D codes whose value array is laid out in full."""
+    if _is_elementwise(partial):
+        size = math.prod(partial.out_shape)
+        return RowCover((size,), (np.arange(size),), size)
+    if isinstance(partial.value, Labelled):
+        return _labelled_cover(partial.value, math.prod(partial.out_shape))
+    if not hasattr(partial.value, "shape"):
+        return None
+    cover = value_cover(partial.code, partial.out_shape, partial.in_shape)
+    return cover if cover is not None and math.prod(np.shape(partial.value)) == cover.count else None
 
 
 def _replay(graph: Graph, steps: Sequence[Step], edges: dict[tuple[int, int], Partial],

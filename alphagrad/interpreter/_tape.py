@@ -116,7 +116,9 @@ from jax import lax
 from alphagrad.graph import (
     INDEX_MAP, VALUELESS, Graph, LeafRef, Operand, Step, ValueRef, normalise_shape, product_plan, structure_of,
 )
-from alphagrad.interpreter._discard import elementwise_code, entrywise_code, plan_discard, structural_reads
+from alphagrad.interpreter._discard import (
+    elementwise_code, entrywise_code, plan_discard, structural_reads, value_cover,
+)
 from alphagrad.interpreter._structured import Partial
 from alphagrad.interpreter._tape_products import (
     DOT, DOT_INNER, FIRST_EDGE_SLOT, FLAT, FLAT_GROUP_ENTRIES, MUL, ONE, SELECT, ZERO, Eliminator, FlatShape, Map, Unplannable, Valued,
@@ -281,8 +283,9 @@ class _Discard(NamedTuple):
       target, source, mask: int32[M] the entry kept where the `source` entry is kept and the
         edge slot `mask` is not 0 (a map's 0/1 entry; `ONE` for an entry of a valued partial's
         pattern).
-      slots: int32[Z] edge slots of the entries of elementwise partials into those vertices,
-      reads: int32[Z] the entry (in [0, D)) whose discard zeroes each.
+      slots: int32[Z] edge slots of the value entries of the partials into those vertices, each
+        zeroed where every row it stands for is discarded: the pairs
+      entries, rows: int32[N] (index into `slots`, entry in [0, D)).
     """
 
     depth: int
@@ -293,7 +296,8 @@ class _Discard(NamedTuple):
     source: np.ndarray
     mask: np.ndarray
     slots: np.ndarray
-    reads: np.ndarray
+    entries: np.ndarray
+    rows: np.ndarray
 
 
 class Tape(NamedTuple):
@@ -1316,8 +1320,13 @@ class _Builder:
             pattern = structural_reads(edge.code, edge.out_shape, edge.in_shape)
             return None if pattern is None else (*pattern, np.full(len(pattern[0]), ONE))
 
+        def cover(p, u):  # the rows each value entry of a valued edge stands for
+            edge = edges[(p, u)]
+            return value_cover(edge.code, edge.out_shape, edge.in_shape) if isinstance(edge, Valued) else None
+
         plan = plan_discard(self.program, edges, is_elementwise=is_elementwise, maps_entrywise=maps_entrywise,
-                            has_pattern=lambda p, u: reads(p, u) is not None)
+                            has_pattern=lambda p, u: reads(p, u) is not None,
+                            can_zero=lambda p, u: cover(p, u) is not None)
         if plan is None:
             return None
         offset, D = {}, 0
@@ -1337,10 +1346,10 @@ class _Builder:
             t = 0
             for w, through, by_pattern in uses:
                 if by_pattern:  # entry j is kept where a kept entry of w reads it
-                    out, inp, slots = reads(u, w)
+                    out, inp, mask_slots = reads(u, w)
                     target.append(offset[u] + inp)
                     source.append(offset[w] + out)
-                    mask.append(slots)
+                    mask.append(mask_slots)
                     continue
                 bits = cases.get((u, w), 0)
                 slot, shape, _ = self.predicates.get(w, (zero, (), None))
@@ -1351,17 +1360,20 @@ class _Builder:
                 successor[offset[u] + entries, t] = offset[w] + entries if through else D
                 t += 1
             depth[u] = 1 + max([depth[w] for w, through, _ in uses if through] + [0])
-        slots, reads = [], []
+        zeroed_slots, zeroed_entries, zeroed_rows = [], [], []
         for p, u in plan.zeroed:
-            edge = edges[(p, u)]
-            out, _ = layout(edge.code, edge.out_shape, edge.in_shape)
-            slots.append(edge.base + np.arange(len(out)))
-            reads.append(offset[u] + out)
+            rows = cover(p, u)
+            entry, row = rows.pairs()
+            zeroed_entries.append(sum(map(len, zeroed_slots)) + entry)
+            zeroed_rows.append(offset[u] + row)
+            zeroed_slots.append(edges[(p, u)].base + np.arange(rows.count))
         as_int32 = functools.partial(np.concatenate, dtype=np.int32)
         return _Discard(max(depth.values()), predicate.astype(np.int32), taken_by.astype(np.int32),
                         successor.astype(np.int32), as_int32(target or [np.zeros(0, np.int64)]),
                         as_int32(source or [np.zeros(0, np.int64)]), as_int32(mask or [np.zeros(0, np.int64)]),
-                        as_int32(slots or [np.zeros(0, np.int64)]), as_int32(reads or [np.zeros(0, np.int64)]))
+                        as_int32(zeroed_slots or [np.zeros(0, np.int64)]),
+                        as_int32(zeroed_entries or [np.zeros(0, np.int64)]),
+                        as_int32(zeroed_rows or [np.zeros(0, np.int64)]))
 
     def _product(self, elim: Eliminator, planned) -> int:
         """One planned product (the plan's `graph.Product`) as lane steps; its multiplications."""
@@ -2235,8 +2247,9 @@ def _discard_untaken(edges: jax.Array, vals: jax.Array, discard: _Discard) -> ja
 
     kept = lax.fori_loop(0, discard.depth, sweep, jnp.ones((size + 2, *batch), bool))
     slots = jnp.asarray(discard.slots)
-    return edges.at[slots].set(jnp.where(kept[jnp.asarray(discard.reads)], edges[slots],
-                                         jnp.zeros((), edges.dtype)))
+    needed = jnp.zeros((len(discard.slots), *batch), bool).at[jnp.asarray(discard.entries)].max(
+        kept[jnp.asarray(discard.rows)])
+    return edges.at[slots].set(jnp.where(needed, edges[slots], jnp.zeros((), edges.dtype)))
 
 
 def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -54,7 +54,7 @@ from alphagrad.graph import VALUELESS, product_plan, structure_of
 
 __all__ = [
     "ONE", "ZERO", "FIRST_EDGE_SLOT", "MUL", "SELECT", "Valued", "Map", "Unplannable",
-    "layout", "support", "Eliminator", "LaneSteps", "run_steps", "lanes_for", "FLAT", "DOT", "ONE_OP", "FlatShape",
+    "layout", "support", "value_grid", "Eliminator", "LaneSteps", "run_steps", "lanes_for", "FLAT", "DOT", "ONE_OP", "FlatShape",
     "DOT_INNER", "FLAT_GROUP_ENTRIES", "FLAT_SELECT",
 ]
 
@@ -126,7 +126,7 @@ def _positions(out_shape: tuple, in_shape: tuple) -> dict[int, int]:
     return {1: out_shape[0], 2: out_shape[1], 3: in_shape[0], 4: in_shape[1]}
 
 
-def _value_grid(code: int, out_shape: tuple, in_shape: tuple) -> tuple[dict, int]:
+def value_grid(code: int, out_shape: tuple, in_shape: tuple) -> tuple[dict, int]:
     """Per position (1..4), the index of every entry of the code's value array (row-major over
     its value axes), diagonal ties applied; and the number of entries."""
     structure = structure_of(code)
@@ -146,7 +146,7 @@ def _value_grid(code: int, out_shape: tuple, in_shape: tuple) -> tuple[dict, int
 def layout(code: int, out_shape: tuple, in_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Per entry of the value array of a valued `code` (row-major over its value axes): the dense
     entry (flat output index [R], flat operand index [R]) it holds; along a Kronecker tie, index 0."""
-    at, count = _value_grid(code, out_shape, in_shape)
+    at, count = value_grid(code, out_shape, in_shape)
     for a, b, kind in structure_of(code).ties:
         if kind == "K":
             at[a] = at[b] = np.zeros(count, np.int64)
@@ -162,7 +162,7 @@ def support(code: int, out_shape: tuple, in_shape: tuple) -> tuple[np.ndarray, n
     index [N], the entry of its value array that holds it [N]; 0 for a value-less code)."""
     structure = structure_of(code)
     sizes = _positions(out_shape, in_shape)
-    at, count = _value_grid(code, out_shape, in_shape)
+    at, count = value_grid(code, out_shape, in_shape)
     kronecker = [(a, b) for a, b, kind in structure.ties if kind == "K"]
     along = math.prod(sizes[a] for a, _ in kronecker)
     rows = np.repeat(np.arange(count), along)

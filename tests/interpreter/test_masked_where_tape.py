@@ -47,6 +47,7 @@ def three_cases(x, p):
 
 X = np.array([0.7, -0.4, 2.5, -1.3, 1.2, 0.0])
 P = np.array([1.3, 0.6])
+M = np.array([[1.0, 2.0], [3.0, 4.0]])
 CASES = {"chained": (chained, X), "safe_norm_zero": (safe_norm, np.zeros(4)), "safe_norm": (safe_norm, X[:4]),
          "three_cases": (three_cases, X)}
 
@@ -94,6 +95,13 @@ MOVED = {  # data moved between the untaken case's NaN partial and the select (s
     "dot_behind_a_scalar_predicate": (lambda x: jnp.where(jnp.all(x > 0), jnp.dot(jnp.arange(6.0), jnp.log(x)), -1.0),
                                       X),
     "matrix_product": (lambda x: jnp.where(x[:2] > 5, jnp.arange(12.0).reshape(2, 6) @ jnp.sqrt(x), 0.0), X),
+    # The NaN is in the dot's partial with respect to x (log(x)), not in a partial below it.
+    "dot_partial_holds_the_nan": (lambda x: jnp.where(jnp.all(x > 0), jnp.dot(x, jnp.log(x)), -1.0), X),
+    "matrix_partial_holds_the_nan": (lambda x: jnp.where(x[:2] > 5, jnp.log(x).reshape(2, 3) @ x[:3], 0.0), X),
+    # A value entry stands for several rows (constant along an output axis: a Kronecker tie).
+    "kronecker_rows": (lambda x: jnp.where(x.reshape(3, 2).T > 5, M @ jnp.log(x.reshape(3, 2)).T, 0.0), X),
+    "batched_matmul": (lambda x: jnp.where(x.reshape(1, 3, 2)[..., :1] > 5, jnp.einsum(
+        "ijk,ilk->ijl", x.reshape(1, 3, 2), jnp.log(x.reshape(1, 3, 2))), 0.0), X),
 }
 
 
@@ -101,7 +109,9 @@ MOVED = {  # data moved between the untaken case's NaN partial and the select (s
 @pytest.mark.parametrize("name", sorted(MOVED))
 def test_discard_passes_through_data_movement(monkeypatch, name, path):
     """A transpose, broadcast, slice, concatenation, gather, sum, dot or matrix product between the
-    NaN partial and the select: an entry is discarded where every entry that reads it is."""
+    NaN partial and the select, or the NaN in a product's partial itself: an entry is discarded
+    where every entry that reads it is, and a value entry of a partial into it is zeroed where
+    every row it stands for is discarded."""
     if path == "tape":
         monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)
         monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
