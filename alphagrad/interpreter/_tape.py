@@ -552,7 +552,7 @@ class _Builder:
         self.num_values = 0
         self.constants: list[np.ndarray] = []
         self.constant_base: dict[Any, int] = {}
-        self.int_bound: dict[int, float] = {}  # integer vertex -> bound on its absolute value
+        self.int_range: dict[int, tuple[float, float]] = {}  # integer vertex -> (least, greatest) value
 
     def _allocate_value(self, size: int) -> int:
         base = self.num_values
@@ -568,7 +568,17 @@ class _Builder:
         return size
 
     def _value_dtype_ok(self, dtype) -> bool:
-        return np.dtype(dtype) in self.float_dtypes or np.dtype(dtype) == np.dtype(bool)
+        """Floating-point values of the program's dtypes, booleans, and integers of a dtype whose
+        every value the buffer holds exactly (int8 to int32 and uint8 to uint32 in a float64
+        buffer, 16 bits in a float32 one): computed in their own dtype, stored without loss."""
+        return np.dtype(dtype) in self.float_dtypes or np.dtype(dtype) == np.dtype(bool) or self._exact_integers(dtype)
+
+    def _exact_integers(self, dtype) -> bool:
+        """Whether every value of the integer `dtype` is well within the buffer's exact integers."""
+        if np.dtype(dtype).kind not in "iu":
+            return False
+        info, limit = np.iinfo(dtype), 2.0 ** (np.finfo(self.dtype).nmant - 1)
+        return -limit < float(info.min) and float(info.max) < limit
 
     def _leaf(self, index: int) -> int:
         if index not in self.leaf_base:
@@ -599,38 +609,93 @@ class _Builder:
             self.constants.append(value.reshape(-1).astype(self.dtype))
         return self.constant_base[key], tuple(value.shape), value.dtype
 
+    def _integer_range(self, op: Operand) -> tuple[float, float] | None:
+        """(least, greatest) value an integer or boolean operand may take (None: a float, or unknown)."""
+        if isinstance(op.value, ValueRef) and op.node is None:
+            return None
+        if op.node is not None:
+            if op.node in self.int_range:
+                return self.int_range[op.node]
+            dtype = self.node_dtype[op.node]
+        elif isinstance(op.value, LeafRef):
+            dtype = np.dtype(self.program.leaf_avals[op.value.index].dtype)
+        else:
+            value = np.asarray(op.value)
+            if value.dtype.kind not in "biu":
+                return None
+            return float(np.min(value, initial=0)), float(np.max(value, initial=0))
+        if dtype == np.dtype(bool):
+            return 0.0, 1.0
+        if dtype.kind in "iu":  # any value of its dtype
+            return float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
+        return None
+
     def _small_integer(self, eqn, aval) -> bool:
         """Whether an integer value is bounded well within the integers the buffer's dtype holds
-        exactly (so it survives being stored there): an index from argmax/argmin, or small
-        integers combined by additions, selections and data movement (as indexing computes them)."""
-        if np.dtype(aval.dtype).kind not in "iu" or eqn.primitive is None:
+        exactly (so it survives being stored there), by the range of values its operands may take
+        (interval arithmetic): an index from argmax/argmin, small integers combined by additions,
+        products, remainders, quotients, selections, clamps and data movement (as indexing
+        computes them: ``x[(jnp.argmax(y) + 1) % n]``), a float converted to an integer dtype whose
+        every value is exact (`_exact_integers`). A result that may overflow its dtype (and wrap)
+        may take any value of it."""
+        dtype = np.dtype(aval.dtype)
+        if dtype.kind not in "iu" or eqn.primitive is None:
             return False
         name = eqn.primitive.name
-        bounds = []
-        for op in eqn.operands:
-            if op.node is not None:
-                bounds.append(self.int_bound.get(op.node, 1 if self.node_dtype[op.node] == np.dtype(bool) else None))
-            elif isinstance(op.value, (LeafRef, ValueRef)):
-                bounds.append(None)
-            else:
-                bounds.append(float(np.max(np.abs(np.asarray(op.value)), initial=0)))
+        ranges = [self._integer_range(op) for op in eqn.operands]
+        full = float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
         if name in ("argmax", "argmin") or (name == "top_k" and isinstance(eqn.primitive, _OutputOf)):
-            bound = float(MAX_COMPONENTS)  # an index into an operand of at most that many entries
-        elif name == "sort" and isinstance(eqn.primitive, _OutputOf) and bounds[eqn.primitive.k] is not None:
-            bound = bounds[eqn.primitive.k]  # a permutation of that operand (argsort: of an iota)
-        elif None in bounds:
+            r = 0.0, float(MAX_COMPONENTS)  # an index into an operand of at most that many entries
+        elif name == "sort" and isinstance(eqn.primitive, _OutputOf) and ranges[eqn.primitive.k] is not None:
+            r = ranges[eqn.primitive.k]  # a permutation of that operand (argsort: of an iota)
+        elif name == "convert_element_type" and ranges[0] is None:
+            r = full  # from a float: any value of the dtype
+        elif None in ranges or not ranges:
             return False
-        elif name in ("add", "sub"):
-            bound = sum(bounds)
-        elif name in ("select_n", "clamp", "max", "min", "neg", "abs", "convert_element_type", "broadcast_in_dim",
-                      "reshape", "squeeze", "concatenate", "slice", "copy", "copy_p"):
-            bound = max(bounds)
+        elif name == "add":
+            r = ranges[0][0] + ranges[1][0], ranges[0][1] + ranges[1][1]
+        elif name == "sub":
+            r = ranges[0][0] - ranges[1][1], ranges[0][1] - ranges[1][0]
+        elif name == "mul":
+            products = [a * b for a in ranges[0] for b in ranges[1]]
+            r = min(products), max(products)
+        elif name == "neg":
+            r = -ranges[0][1], -ranges[0][0]
+        elif name == "abs":
+            low, high = ranges[0]
+            r = 0.0 if low <= 0 <= high else min(abs(low), abs(high)), max(abs(low), abs(high))
+        elif name == "sign":
+            r = -1.0, 1.0
+        elif name == "max":
+            r = max(x[0] for x in ranges), max(x[1] for x in ranges)
+        elif name == "min":
+            r = min(x[0] for x in ranges), min(x[1] for x in ranges)
+        elif name == "clamp":  # clamp(low, x, high) = min(max(x, low), high)
+            low, x, high = ranges
+            r = min(max(x[0], low[0]), high[0]), min(max(x[1], low[1]), high[1])
+        elif name == "select_n":
+            r = min(x[0] for x in ranges[1:]), max(x[1] for x in ranges[1:])
+        elif name == "rem":  # the dividend's sign, no larger than it (XLA: x rem 0 is x), smaller than the divisor
+            size = max(abs(ranges[0][0]), abs(ranges[0][1]))
+            if not ranges[1][0] <= 0 <= ranges[1][1]:
+                size = min(size, max(abs(ranges[1][0]), abs(ranges[1][1])) - 1)
+            r = 0.0 if ranges[0][0] >= 0 else -size, 0.0 if ranges[0][1] <= 0 else size
+        elif name == "div":  # no larger than the dividend (XLA: x / 0 is -1, or the largest unsigned value)
+            size = max(abs(ranges[0][0]), abs(ranges[0][1]), 1.0)
+            r = (-size, size) if dtype.kind == "i" else full
+        elif name in ("concatenate", "reduce_max", "reduce_min"):
+            r = min(x[0] for x in ranges), max(x[1] for x in ranges)
+        elif name in ("convert_element_type", "broadcast_in_dim", "reshape", "squeeze", "expand_dims", "slice",
+                      "transpose", "rev", "copy", "copy_p", "dynamic_slice", "gather"):  # the operand's entries
+            r = ranges[0]
         else:
             return False
+        if not (full[0] <= r[0] and r[1] <= full[1]):
+            r = full  # it may overflow and wrap
         limit = 2.0 ** (np.finfo(self.dtype).nmant - 1)
-        if bound >= limit:
+        if not (-limit < r[0] and r[1] < limit):
             return False
-        self.int_bound[eqn.outputs[0].node] = bound
+        self.int_range[eqn.outputs[0].node] = r
         return True
 
     def _static_map(self, eqn, operands, positions, signature) -> tuple[np.ndarray, ...] | None:

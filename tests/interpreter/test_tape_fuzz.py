@@ -1,0 +1,83 @@
+"""Long programs of forms users write (found by helper fuzz16's probes): on the tape, in every
+order, equal to jax.jacfwd; programs just over the tape's thresholds (lowered here)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from alphagrad import graph, interpreter
+from alphagrad.graph import _trace
+from alphagrad.interpreter import _tape
+
+
+@pytest.fixture
+def small_tape(monkeypatch):
+    """Programs of a few dozen equations run on the tape (2-D codes, as long programs do)."""
+    monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)
+    monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
+    monkeypatch.setattr(_trace, "LABELLED_MAX_EQUATIONS", -1)
+
+
+def _on_tape_and_exact(fn, args, argnums, orders=("forward", "reverse", "markowitz")):
+    expected = jax.jacfwd(fn, argnums=argnums)(*args)
+    g = interpreter.graph_of(fn, *args, argnums=argnums)
+    for order in orders:
+        tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, order)))  # raises Unsupported if refused
+        assert tape.muls == graph.cost(g, order)
+        actual = jax.jit(interpreter.jacobian(fn, order, argnums=argnums))(*args)
+        for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
+
+
+def remainder_indices(x, y):
+    """Indices computed by integer arithmetic on argmax (int64 under x64): a remainder, a
+    quotient, a product, a clamp, the wrap-around of negative indices."""
+    for _ in range(2):
+        k = jnp.argmax(x)
+        x = x * 0.9 + 0.1 * y[(k + 1) % 5] + 0.05 * y[k // 2] + 0.01 * y[jnp.clip(3 * k - 4, 0, 4)]
+        y = y.at[(2 * k) % 5].add(0.1 * x[k])
+        y = lax.dynamic_update_slice(y, jnp.tanh(x[1:3]), (jnp.argmin(y) % 3,))
+    return x, y
+
+
+def floor_index(x, table, n):
+    """Interpolation at an index converted from a float (int32: exact in a float64 buffer),
+    clipped; an int32 argument."""
+    t = (jnp.tanh(x) + 1.0) * 3.5
+    i = jnp.clip(jnp.floor(t).astype(jnp.int32), 0, 6)
+    w = t - i
+    return (1 - w) * table[i] + w * table[i + 1] + table[n % 8] * x
+
+
+def searchsorted(x, yp):
+    """jnp.interp: a searchsorted (uint32 indices) and gathers at them."""
+    return jnp.interp(x, jnp.linspace(-2.0, 2.0, 8), yp) * x
+
+
+@pytest.mark.parametrize("fn, args, argnums", [
+    (remainder_indices, (np.array([0.3, -0.2, 0.9, 0.1, 0.5]), np.array([0.4, -0.7, 0.2, 0.8, -0.1])), (0, 1)),
+    (floor_index, (np.array([0.3, -1.5, 2.0, 0.01]), np.linspace(-1.0, 1.0, 8) ** 2, np.int32(11)), (0, 1)),
+    (searchsorted, (np.array([0.3, -1.5, 1.2, 0.01]), np.linspace(-1.0, 1.0, 8) ** 3), (0, 1)),
+])
+def test_computed_integer_indices_run_on_the_tape(small_tape, fn, args, argnums):
+    with jax.enable_x64(True):
+        args = tuple(jnp.asarray(a) for a in args)
+        _on_tape_and_exact(fn, args, argnums)
+
+
+def test_integer_ranges_refuse_what_may_not_be_exact(small_tape):
+    """An int64 converted from a float may exceed the float64 buffer's exact integers: refused
+    (the straight-line path runs it); its remainder by 5 would be bounded but reads it."""
+    def fn(x):
+        return x * (jnp.floor(x * 1e3).astype(jnp.int64) % 5)
+
+    with jax.enable_x64(True):
+        x = jnp.array([0.3, -0.2, 0.9])
+        g = interpreter.graph_of(fn, x)
+        with pytest.raises(_tape.Unsupported, match="int64"):
+            _tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse")))
+        np.testing.assert_allclose(interpreter.jacobian(fn, "reverse")(x), jax.jacfwd(fn)(x), rtol=1e-12)
