@@ -87,14 +87,17 @@ at most `MAX_COMPONENTS` entries (empty values are fine); an equation of several
 as one equation per result used (a ``split`` as slices; a sort of several operands, top_k, a
 ``while`` or ``scan`` as the primitive with that result picked); no equation holds a sub-jaxpr
 but a ``cond``, a ``while``, a ``scan`` whose loop plan takes its partials whole (mode "whole";
-chained plans count products the tape does not perform), a scatter's combiner or a function with
-a custom JVP rule (bound whole, differentiated by JAX's JVP of it, its rule for the latter); the
+chained plans count products the tape does not perform), a scatter's combiner, a linear solve
+(``custom_linear_solve``: ``jnp.linalg.solve``) or a function with a custom JVP rule (bound
+whole, differentiated by JAX's JVP of it, its rule for the latter); the
 buffers are float64 when
 the program has float64 values, else float32, and every value is floating-point (float16,
 bfloat16, float32 each computed in its own dtype and held exactly in the buffer) or boolean,
-except integer constants (exactly representable in the buffer's dtype) and small integers
-computed at run time (argmax/argmin indices and sums, selections and movements of them, bounded
-well inside the dtype's exact integers); an index
+except integer constants (exactly representable in the buffer's dtype), integers of a dtype
+whose every value the buffer holds exactly (up to 32 bits in float64, 16 in float32: arguments
+and values) and integers computed at run time whose range of values is bounded well inside the
+buffer's exact integers (`_Builder._small_integer`: argmax/argmin indices, sums, products,
+remainders, clamps, selections and movements of them); an index
 map whose partial depends on the values is one of the 0/1 kinds above (cummax/cummin split ties
 0.5/0.5 and fall back); at most `MAX_KINDS` equation kinds (one per `EQUATIONS_PER_KIND`
 equations in longer programs).
@@ -425,10 +428,11 @@ def _freeze(value: Any) -> Any:
 #: Primitives with sub-programs the tape binds whole, with partials by their JVP: branches, while
 #: loops, scans whose partials the graph's loop plan takes whole (small fori_loops and scans inside
 #: long generated code; a scan whose plan chains local Jacobians takes the straight-line path),
-#: functions with custom JVP rules (custom VJP rules have no JVP: straight-line path, by rows), and
+#: functions with custom JVP rules (custom VJP rules have no JVP: straight-line path, by rows), linear
+#: solves (``jnp.linalg.solve``, ``jax.scipy.linalg.cho_solve``: JAX's JVP solves again), and
 #: the calls the graph keeps whole (a span of complex arithmetic, a large loop fused with what feeds
 #: and reads its stacked values: `graph._loops.fuse_large_spans`).
-_SUB_PROGRAMS = frozenset({"cond", "while", "scan", "custom_jvp_call", "closed_call"})
+_SUB_PROGRAMS = frozenset({"cond", "while", "scan", "custom_jvp_call", "custom_linear_solve", "closed_call"})
 
 
 def _params_key(eqn) -> Any:

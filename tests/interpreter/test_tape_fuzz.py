@@ -81,3 +81,23 @@ def test_integer_ranges_refuse_what_may_not_be_exact(small_tape):
         with pytest.raises(_tape.Unsupported, match="int64"):
             _tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse")))
         np.testing.assert_allclose(interpreter.jacobian(fn, "reverse")(x), jax.jacfwd(fn)(x), rtol=1e-12)
+
+
+def linear_solves(a, b):
+    """jnp.linalg.solve and a Cholesky solve (custom_linear_solve: bound whole, JAX's JVP)."""
+    m = a @ a.T + 3.0 * jnp.eye(3)
+    x = jnp.linalg.solve(m, b)
+    y = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(m), jnp.tanh(x))
+    return x * y, jnp.linalg.solve(m + jnp.diag(y), x)
+
+
+def test_linear_solves_run_on_the_tape(small_tape):
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        a, b = jnp.asarray(rng.normal(size=(3, 3))), jnp.asarray(rng.normal(size=3))
+        _on_tape_and_exact(linear_solves, (a, b), (0, 1), orders=("reverse", "markowitz"))
+        batch = (jnp.stack([a, 0.5 * a]), jnp.stack([b, -b]))
+        jac = jax.jit(jax.vmap(interpreter.jacobian(linear_solves, "forward", argnums=(0, 1))))(*batch)
+        expected = jax.vmap(jax.jacfwd(linear_solves, argnums=(0, 1)))(*batch)
+        for x, y in zip(jax.tree.leaves(jac), jax.tree.leaves(expected)):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-10, atol=1e-12)
