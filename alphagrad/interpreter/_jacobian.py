@@ -1129,10 +1129,10 @@ class _SplitPytree:
     gather out of its edge buffer: `_tape.run_blocks`), cut into the blocks after the call by a
     dynamic slice each (compiled once per block shape). The zero blocks are arrays made once per
     shape and dtype and shared by every block and call that has them (JAX arrays are immutable;
-    where one was deleted, by donation, they are made again). The values are `_assemble`'s: each block is computed in the same
-    dtype and cast to its block's, the one array holding the widest (exactly). Under a trace (the
-    caller's jax.jit or jax.vmap) the blocks are outputs of the caller's computation and
-    `_assemble` builds them there."""
+    where one was deleted, by donation, they are made again). The values are `_assemble`'s:
+    each block is computed in the same dtype and cast to its block's, the one array holding the
+    widest (exactly). Under a trace (the caller's jax.jit or jax.vmap) the blocks are outputs of
+    the caller's computation and `_assemble` builds them there."""
 
     def __init__(self, graph: Graph, steps: Sequence[Step], tape: _tape.Tape | None, treedef, argnums,
                  on_counted: Callable):
