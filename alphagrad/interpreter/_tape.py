@@ -557,6 +557,7 @@ class _Builder:
         self.constants: list[np.ndarray] = []
         self.constant_base: dict[Any, int] = {}
         self.int_range: dict[int, tuple[float, float]] = {}  # integer vertex -> (least, greatest) value
+        self.int_exact: set[int] = set()  # integer vertices held exactly whatever their range (`_small_integer`)
 
     def _allocate_value(self, size: int) -> int:
         base = self.num_values
@@ -627,7 +628,7 @@ class _Builder:
             value = np.asarray(op.value)
             if value.dtype.kind not in "biu":
                 return None
-            return float(np.min(value, initial=0)), float(np.max(value, initial=0))
+            return (float(value.min()), float(value.max())) if value.size else (0.0, 0.0)
         if dtype == np.dtype(bool):
             return 0.0, 1.0
         if dtype.kind in "iu":  # any value of its dtype
@@ -639,21 +640,32 @@ class _Builder:
         exactly (so it survives being stored there), by the range of values its operands may take
         (interval arithmetic): an index from argmax/argmin, small integers combined by additions,
         products, remainders, quotients, selections, clamps and data movement (as indexing
-        computes them: ``x[(jnp.argmax(y) + 1) % n]``), a float converted to an integer dtype whose
-        every value is exact (`_exact_integers`). A result that may overflow its dtype (and wrap)
-        may take any value of it."""
+        computes them: ``x[(jnp.argmax(y) + 1) % n]``). A result that may overflow its dtype (and
+        wrap) may take any value of it. A float converted to an integer is held exactly whatever its
+        range (an integer-valued float of at most the buffer's precision; out of range, XLA
+        saturates it, and the buffer's rounding of the bound saturates back to it), and so is a
+        selection, clamp or movement of such values (every integer operand being held exactly, a
+        result is refused only where its range may hold integers the buffer rounds):
+        ``jnp.clip(jnp.floor(t).astype(int), 0, n - 1) + 1`` and ``jnp.floor(t).astype(int) % n``
+        are exact, ``jnp.floor(t).astype(int) + 1`` is not (an int64 in a float64 buffer)."""
         dtype = np.dtype(aval.dtype)
         if dtype.kind not in "iu" or eqn.primitive is None:
             return False
         name = eqn.primitive.name
         ranges = [self._integer_range(op) for op in eqn.operands]
         full = float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
+        limit = 2.0 ** (np.finfo(self.dtype).nmant - 1)
         if name in ("argmax", "argmin") or (name == "top_k" and isinstance(eqn.primitive, _OutputOf)):
             r = 0.0, float(MAX_COMPONENTS)  # an index into an operand of at most that many entries
         elif name == "sort" and isinstance(eqn.primitive, _OutputOf) and ranges[eqn.primitive.k] is not None:
             r = ranges[eqn.primitive.k]  # a permutation of that operand (argsort: of an iota)
         elif name == "convert_element_type" and ranges[0] is None:
             r = full  # from a float: any value of the dtype
+            op = eqn.operands[0]
+            source = (self.node_dtype.get(op.node) if op.node is not None else
+                      np.dtype(self.program.leaf_avals[op.value.index].dtype) if isinstance(op.value, LeafRef) else None)
+            if source is not None and _floating(source) and np.finfo(source).nmant <= np.finfo(self.dtype).nmant:
+                self.int_exact.add(eqn.outputs[0].node)
         elif None in ranges or not ranges:
             return False
         elif name == "add":
@@ -684,6 +696,8 @@ class _Builder:
             if not ranges[1][0] <= 0 <= ranges[1][1]:
                 size = min(size, max(abs(ranges[1][0]), abs(ranges[1][1])) - 1)
             r = 0.0 if ranges[0][0] >= 0 else -size, 0.0 if ranges[0][1] <= 0 else size
+            if max(abs(ranges[1][0]), abs(ranges[1][1])) < limit:  # the (exact) dividend, or less than the divisor
+                self.int_exact.add(eqn.outputs[0].node)
         elif name == "div":  # no larger than the dividend (XLA: x / 0 is -1, or the largest unsigned value)
             size = max(abs(ranges[0][0]), abs(ranges[0][1]), 1.0)
             r = (-size, size) if dtype.kind == "i" else full
@@ -696,8 +710,13 @@ class _Builder:
             return False
         if not (full[0] <= r[0] and r[1] <= full[1]):
             r = full  # it may overflow and wrap
-        limit = 2.0 ** (np.finfo(self.dtype).nmant - 1)
-        if not (-limit < r[0] and r[1] < limit):
+        if name in ("max", "min", "clamp", "select_n", "concatenate", "reduce_max", "reduce_min", "neg", "abs",
+                    "broadcast_in_dim", "reshape", "squeeze", "expand_dims", "slice", "transpose", "rev", "copy",
+                    "copy_p", "dynamic_slice", "gather"):
+            # Each entry is an entry of an operand or its negation, and every integer operand is
+            # held exactly (the builder takes no other): so is the result.
+            self.int_exact.add(eqn.outputs[0].node)
+        if not (-limit < r[0] and r[1] < limit) and eqn.outputs[0].node not in self.int_exact:
             return False
         self.int_range[eqn.outputs[0].node] = r
         return True

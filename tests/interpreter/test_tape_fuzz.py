@@ -69,11 +69,38 @@ def test_computed_integer_indices_run_on_the_tape(small_tape, fn, args, argnums)
         _on_tape_and_exact(fn, args, argnums)
 
 
+def floor_index_int64(x, table):
+    """The same with ``astype(int)`` (int64 under x64: any value, held exactly as an
+    integer-valued float64), clipped and shifted; a remainder of it."""
+    t = (jnp.tanh(x) + 1.0) * 3.5
+    i = jnp.clip(jnp.floor(t).astype(int), 0, 6)
+    return (t - i) * table[i + 1] + table[jnp.floor(t * 100).astype(int) % 8] * x
+
+
+def float32_indices(x, table):
+    """A float32 program (a float32 buffer: integers exact to 2^24): int32 indices converted from
+    floats, clipped, and argmax arithmetic."""
+    i = jnp.clip(jnp.floor((jnp.tanh(x) + 1) * 3).astype(jnp.int32), 0, 5)
+    return 0.5 * table[i] * x + 0.1 * table[(jnp.argmax(x) + 2) % 6]
+
+
+def test_integers_converted_from_floats_run_on_the_tape(small_tape):
+    with jax.enable_x64(True):
+        x, table = jnp.array([0.3, -1.5, 2.0, 0.01]), jnp.linspace(-1.0, 1.0, 8) ** 2
+        _on_tape_and_exact(floor_index_int64, (x, table), (0, 1), orders=("reverse",))
+    x, table = jnp.array([0.3, -1.5, 2.0], jnp.float32), jnp.linspace(-1.0, 1.0, 6, dtype=jnp.float32) ** 2
+    g = interpreter.graph_of(float32_indices, x, table, argnums=(0, 1))
+    _tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse")))  # raises Unsupported if refused
+    actual = interpreter.jacobian(float32_indices, "reverse", argnums=(0, 1))(x, table)
+    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(jax.jacfwd(float32_indices, argnums=(0, 1))(x, table))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
 def test_integer_ranges_refuse_what_may_not_be_exact(small_tape):
-    """An int64 converted from a float may exceed the float64 buffer's exact integers: refused
-    (the straight-line path runs it); its remainder by 5 would be bounded but reads it."""
+    """An int64 converted from a float is held exactly (an integer-valued float64), but one more
+    than it may not be: refused (the straight-line path runs it)."""
     def fn(x):
-        return x * (jnp.floor(x * 1e3).astype(jnp.int64) % 5)
+        return x * ((jnp.floor(x * 1e3).astype(jnp.int64) + 1) % 5)
 
     with jax.enable_x64(True):
         x = jnp.array([0.3, -0.2, 0.9])
