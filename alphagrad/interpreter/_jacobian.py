@@ -599,9 +599,43 @@ def _dense_partials_over(eqn: Equation, values: list[Any], sources: Mapping[int,
         rows_first = rows * total > _COLUMNS_MAX_ENTRIES and _ROW_COST * rows < total
     first, second = (by_rows, by_columns) if rows_first else (by_columns, by_rows)
     try:
-        return first()
+        result = first()
     except Exception:  # noqa: BLE001 - JAX reports a missing JVP or transpose rule with many types
         return second()
+    if first is by_rows and eqn.primitive.name not in _VJP_RULED and _holds_a_select(eqn):
+        return _finite_or_columns(result, by_columns)
+    return result
+
+
+#: Primitives whose VJP multiplies the untaken case's partials by a zero cotangent (NaN where one
+#: is infinite), where their JVP drops that case's tangent (jax.jacrev's answer against jax.jacfwd's).
+_SELECTING = frozenset({"select_n", "clamp"})
+
+
+def _holds_a_select(eqn: Equation) -> bool:
+    """Whether a sub-program of `eqn` (a loop's body, a branch, a call) selects among floats
+    (`_SELECTING`; a select of integers, as indexing wraps negative indices, has no partials)."""
+    def selects_floats(e) -> bool:
+        return e.primitive.name in _SELECTING and jnp.issubdtype(e.outvars[0].aval.dtype, jnp.inexact)
+
+    return any(_has_equation(inner, selects_floats) for inner in _sub_jaxprs(eqn.params))
+
+
+def _finite_or_columns(result: tuple, by_columns: Callable) -> tuple:
+    """Dense partials built by rows, or, where any entry is not finite, by columns (decided at run
+    time): a ``jnp.where`` inside a loop or branch whose untaken case has an infinite partial
+    (``jnp.sqrt`` at 0, ``jnp.log`` at a negative) gives NaN rows, as jax.jacrev, where the columns
+    follow jax.jacfwd (the discard's rule, `_discard`). Under vmap both are computed."""
+    results, partials = result
+    values, tree = jax.tree.flatten({src: [p.value for p in ps] for src, ps in partials.items()})
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in values]))
+
+    def columns(_):
+        again = jax.tree.leaves({src: [p.value for p in ps] for src, ps in by_columns()[1].items()})
+        return [c.astype(v.dtype).reshape(np.shape(v)) for c, v in zip(again, values)]
+
+    values = jax.tree.unflatten(tree, jax.lax.cond(finite, lambda _: values, columns, None))
+    return results, {src: [p._replace(value=v) for p, v in zip(ps, values[src])] for src, ps in partials.items()}
 
 
 #: The work of one VJP row against one JVP column, for choosing how a dense partial is built.
@@ -637,7 +671,7 @@ def _check_linear_vjp_rule(eqn: Equation, of_floats, primals) -> None:
         transposed = jax.linear_transpose(pullback, cotangents)
         jax.eval_shape(transposed, tuple(jax.ShapeDtypeStruct(np.shape(p), p.dtype) for p in primals))
     except Exception as err:  # noqa: BLE001 - JAX reports a missing transpose rule with many types
-        if _has_while_loop(jax.make_jaxpr(pullback)(cotangents).jaxpr):
+        if _has_equation(jax.make_jaxpr(pullback)(cotangents).jaxpr, lambda e: e.primitive.name == "while"):
             return
         body = eqn.params.get("call_jaxpr")
         info = getattr(getattr(body, "jaxpr", None), "debug_info", None)
@@ -650,17 +684,17 @@ def _check_linear_vjp_rule(eqn: Equation, of_floats, primals) -> None:
         ) from err
 
 
-def _has_while_loop(jaxpr) -> bool:
-    """Whether `jaxpr` or a jaxpr in its equations' parameters has a while loop."""
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "while":
-            return True
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns") and _has_while_loop(inner):
-                    return True
-    return False
+def _sub_jaxprs(params: Mapping[str, Any]) -> list:
+    """The (open) jaxprs among an equation's parameters."""
+    subs = [getattr(sub, "jaxpr", sub) for param in params.values()
+            for sub in (param if isinstance(param, (tuple, list)) else (param,))]
+    return [sub for sub in subs if hasattr(sub, "eqns")]
+
+
+def _has_equation(jaxpr, test: Callable) -> bool:
+    """Whether `jaxpr` or a jaxpr in its equations' parameters has an equation that passes `test`."""
+    return any(test(eqn) or any(_has_equation(inner, test) for inner in _sub_jaxprs(eqn.params))
+               for eqn in jaxpr.eqns)
 
 
 #: Call primitives whose bodies `_small_dots_fused` evaluates equation by equation.

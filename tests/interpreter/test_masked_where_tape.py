@@ -127,3 +127,29 @@ def test_discard_passes_through_data_movement(monkeypatch, name, path):
         for order in ("forward", "reverse"):
             np.testing.assert_allclose(interpreter.jacobian(f, order)(x), expected, rtol=1e-12, atol=1e-14)
             assert interpreter.count_muls(f, order, x) == graph.cost(g, order)
+
+
+def _safe_step(c, x):
+    return jnp.sin(jnp.where(c > 0, jnp.sqrt(c), 0.0) + x * c) * 0.9
+
+
+def fori_with_where(c, xs):
+    """A loop kept whole, whose dense partials are built by VJP rows (four outputs, 24 inputs)."""
+    return lax.fori_loop(0, 40, lambda i, c: _safe_step(c, xs[i % 5]), c)
+
+
+def test_rows_of_a_loop_with_a_where_follow_jacfwd():
+    """Rows (a VJP) of a loop whose body selects give NaN where the untaken case's partial is
+    infinite, as jax.jacrev does: those partials are built by columns instead, as jax.jacfwd."""
+    with jax.enable_x64(True):
+        c, xs = jnp.asarray([0.5, -0.3, 1.2, -0.01]), jnp.linspace(-1.0, 1.0, 20).reshape(5, 4)
+        assert np.isnan(jax.jacrev(fori_with_where)(c, xs)).any()
+        expected = jax.jacfwd(fori_with_where, argnums=(0, 1))(c, xs)
+        for order in ("forward", "reverse"):
+            actual = interpreter.jacobian(fori_with_where, order, argnums=(0, 1))(c, xs)
+            for a, e in zip(actual, expected):
+                np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-14)
+        batched = jax.jit(jax.vmap(interpreter.jacobian(fori_with_where, "reverse"), in_axes=(0, None)))(
+            jnp.stack([c, -c]), xs)
+        np.testing.assert_allclose(batched, jax.vmap(jax.jacfwd(fori_with_where), in_axes=(0, None))(
+            jnp.stack([c, -c]), xs), rtol=1e-12, atol=1e-14)
