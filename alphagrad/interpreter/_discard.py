@@ -198,12 +198,20 @@ def plan_discard(program: Program, edges: Iterable[tuple[int, int]], *,
     for src, dst in edges:
         uses.setdefault(src, []).append(dst)
     outputs = {op.node for op in program.outputs if op.node is not None}
+    # Only uses that reach an output count: a select in code whose result is never returned must
+    # not keep its case (jax.jacfwd never sees it).
+    live = set(outputs)
+    for u in sorted(uses, reverse=True):
+        if any(w in live for w in uses[u]):
+            live.add(u)
     nodes: dict[int, tuple[Use, ...]] = {}
     for u in sorted(uses, reverse=True):  # a vertex's uses have larger numbers
-        if u in outputs:
+        if u in outputs or u not in live:
             continue
         terms = []
         for w in uses[u]:
+            if w not in live:
+                continue
             entrywise = maps_entrywise(u, w)
             by_pattern = not entrywise and (u, w) not in masked and w in nodes and has_pattern(u, w)
             through = w in nodes and (entrywise or by_pattern)

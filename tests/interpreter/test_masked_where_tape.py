@@ -85,6 +85,13 @@ def test_tape_discard_in_float32(force_tape):
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
 
 
+def _with_dead_code(x):
+    """A select whose result is never returned must not keep its case (jax.jacfwd never sees it)."""
+    r = jnp.sqrt(x)
+    unused = jnp.where(jnp.sum(x) < 10, jnp.sum(r), 0.0) * 2.0  # noqa: F841 - dead code, as users write it
+    return jnp.where(x > 0, r, 0.0)
+
+
 MOVED = {  # data moved between the untaken case's NaN partial and the select (session 16)
     "transpose": (lambda x: jnp.where(x.T > 0, jnp.sqrt(x).T, 0.0), X[:4].reshape(2, 2)),
     "broadcast": (lambda x: jnp.where(x[:, None] > 0, jnp.broadcast_to(jnp.sqrt(x)[:, None], (6, 3)), 0.0), X),
@@ -100,6 +107,7 @@ MOVED = {  # data moved between the untaken case's NaN partial and the select (s
     "matrix_partial_holds_the_nan": (lambda x: jnp.where(x[:2] > 5, jnp.log(x).reshape(2, 3) @ x[:3], 0.0), X),
     # A value entry stands for several rows (constant along an output axis: a Kronecker tie).
     "kronecker_rows": (lambda x: jnp.where(x.reshape(3, 2).T > 5, M @ jnp.log(x.reshape(3, 2)).T, 0.0), X),
+    "dead_select": (lambda x: _with_dead_code(x), X),
     "batched_matmul": (lambda x: jnp.where(x.reshape(1, 3, 2)[..., :1] > 5, jnp.einsum(
         "ijk,ilk->ijl", x.reshape(1, 3, 2), jnp.log(x.reshape(1, 3, 2))), 0.0), X),
 }
