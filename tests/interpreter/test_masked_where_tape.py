@@ -161,3 +161,48 @@ def test_rows_of_a_loop_with_a_where_follow_jacfwd():
             jnp.stack([c, -c]), xs)
         np.testing.assert_allclose(batched, jax.vmap(jax.jacfwd(fori_with_where), in_axes=(0, None))(
             jnp.stack([c, -c]), xs), rtol=1e-12, atol=1e-14)
+
+
+_RANDOM_STEPS = (
+    lambda a, b: jnp.where(a > 0, jnp.sqrt(a), 0.0),
+    lambda a, b: jnp.where(a > b, jnp.log(a) * b, a - b),
+    lambda a, b: jnp.where(jnp.all(a > 0), jnp.sum(jnp.log(a)) * jnp.ones_like(b), b),
+    lambda a, b: jnp.where(a[::-1] > 0.1, jnp.sqrt(a)[::-1], a),
+    lambda a, b: a * b + jnp.sin(a),
+    lambda a, b: jnp.where(a > 0, a, 0.0) + jnp.sqrt(jnp.abs(b) + 1.0),
+    lambda a, b: jnp.dot(a, jnp.log(jnp.abs(b) + 0.5)) * a,
+    lambda a, b: jnp.where(a > 0, jnp.sqrt(a), 1.0) + jnp.where(b > 0, jnp.sqrt(a) * 0, 0.0),
+    lambda a, b: jnp.where(a > 0, jnp.concatenate([jnp.sqrt(a)[:2], a[2:]]), b),
+    lambda a, b: jnp.cumsum(jnp.where(a > 0, jnp.sqrt(a), 0.0)),
+    lambda a, b: jnp.where(jnp.sum(a) > 0, jnp.outer(jnp.log(a), b).sum(0), a),
+    lambda a, b: jnp.maximum(a, b) * jnp.where(b > -0.2, jnp.log(b + 0.2), 1.0),
+    lambda a, b: jax.nn.relu(a) * jnp.where(a > 0, 1.0 / a, 0.0),
+    lambda a, b: jnp.where(a > 0.3, jnp.arcsin(jnp.clip(a, -2, 2) / 2), jnp.sqrt(a) * 0 + b),
+)
+
+
+def _random_where_program(seed):
+    """4-11 random steps over earlier values, most of them selects hiding NaN partials; unread
+    values are dead code."""
+    def f(x, y):
+        rng = np.random.default_rng(seed)
+        values = [x, y, x[::-1] * 0.5, jnp.tanh(y)]
+        for _ in range(rng.integers(4, 12)):
+            a, b = values[rng.integers(len(values))], values[rng.integers(len(values))]
+            values.append(_RANDOM_STEPS[rng.integers(len(_RANDOM_STEPS))](a, b))
+        return values[-1] + 0.1 * values[-2], jnp.sum(values[-3])
+    return f
+
+
+@pytest.mark.parametrize("seed", [2, 3, 13, 14, 16, 20, 22, 23])  # NaN at session 16's start, finite jacfwd
+def test_random_where_programs_follow_jacfwd(seed):
+    f = _random_where_program(seed)
+    rng = np.random.default_rng(1000 + seed)
+    with jax.enable_x64(True):
+        x, y = jnp.asarray(rng.normal(size=5)), jnp.asarray(rng.normal(size=5))
+        expected = jax.jacfwd(f, argnums=(0, 1))(x, y)
+        assert all(np.isfinite(e).all() for e in jax.tree.leaves(expected))
+        for order in ("forward", "reverse"):
+            actual = interpreter.jacobian(f, order, argnums=(0, 1))(x, y)
+            for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+                np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-11)
