@@ -573,10 +573,7 @@ class _Builder:
         return size
 
     def _value_dtype_ok(self, dtype) -> bool:
-        """Floating-point values of the program's dtypes, booleans, and integers of a dtype whose
-        every value the buffer holds exactly (int8 to int32 and uint8 to uint32 in a float64
-        buffer, 16 bits in a float32 one): computed in their own dtype, stored without loss."""
-        return np.dtype(dtype) in self.float_dtypes or np.dtype(dtype) == np.dtype(bool) or self._exact_integers(dtype)
+        return np.dtype(dtype) in self.float_dtypes or np.dtype(dtype) == np.dtype(bool)
 
     def _exact_integers(self, dtype) -> bool:
         """Whether every value of the integer `dtype` is well within the buffer's exact integers."""
@@ -588,7 +585,8 @@ class _Builder:
     def _leaf(self, index: int) -> int:
         if index not in self.leaf_base:
             aval = self.program.leaf_avals[index]
-            if jax.dtypes.issubdtype(aval.dtype, jax.dtypes.extended) or not self._value_dtype_ok(aval.dtype):
+            if jax.dtypes.issubdtype(aval.dtype, jax.dtypes.extended) or not (
+                    self._value_dtype_ok(aval.dtype) or self._exact_integers(aval.dtype)):  # (int32 in float64)
                 raise Unsupported(f"argument leaf {index} has dtype {aval.dtype}")
             self.leaf_base[index] = self._allocate_value(self._check_size(aval.shape, f"argument leaf {index}"))
         return self.leaf_base[index]
@@ -640,8 +638,11 @@ class _Builder:
         exactly (so it survives being stored there), by the range of values its operands may take
         (interval arithmetic): an index from argmax/argmin, small integers combined by additions,
         products, remainders, quotients, selections, clamps and data movement (as indexing
-        computes them: ``x[(jnp.argmax(y) + 1) % n]``). A result that may overflow its dtype (and
-        wrap) may take any value of it. A float converted to an integer is held exactly whatever its
+        computes them: ``x[(jnp.argmax(y) + 1) % n]``); any value of an integer dtype whose every
+        value the buffer holds exactly (`_exact_integers`: int32 in float64). A result that may
+        overflow its dtype is refused: a wrapping conversion (uint32 to int32) read from and
+        written to the buffer in one kind was folded by XLA's CPU compiler into no conversion
+        (f64 -> u32 -> s32 -> f64 gave 4294967216 for -80). A float converted to an integer is held exactly whatever its
         range (an integer-valued float of at most the buffer's precision; out of range, XLA
         saturates it, and the buffer's rounding of the bound saturates back to it), and so is a
         selection, clamp or movement of such values (every integer operand being held exactly, a
@@ -666,6 +667,8 @@ class _Builder:
                       np.dtype(self.program.leaf_avals[op.value.index].dtype) if isinstance(op.value, LeafRef) else None)
             if source is not None and _floating(source) and np.finfo(source).nmant <= np.finfo(self.dtype).nmant:
                 self.int_exact.add(eqn.outputs[0].node)
+        elif self._exact_integers(dtype) and all(x is None or x == (0.0, 1.0) for x in ranges):
+            r = full  # computed from floats and booleans in its own dtype (lu's pivots)
         elif None in ranges or not ranges:
             return False
         elif name == "add":
@@ -709,14 +712,15 @@ class _Builder:
         else:
             return False
         if not (full[0] <= r[0] and r[1] <= full[1]):
-            r = full  # it may overflow and wrap
+            return False  # it may overflow and wrap
         if name in ("max", "min", "clamp", "select_n", "concatenate", "reduce_max", "reduce_min", "neg", "abs",
                     "broadcast_in_dim", "reshape", "squeeze", "expand_dims", "slice", "transpose", "rev", "copy",
                     "copy_p", "dynamic_slice", "gather"):
             # Each entry is an entry of an operand or its negation, and every integer operand is
             # held exactly (the builder takes no other): so is the result.
             self.int_exact.add(eqn.outputs[0].node)
-        if not (-limit < r[0] and r[1] < limit) and eqn.outputs[0].node not in self.int_exact:
+        if not (-limit < r[0] and r[1] < limit or eqn.outputs[0].node in self.int_exact
+                or self._exact_integers(dtype)):
             return False
         self.int_range[eqn.outputs[0].node] = r
         return True
