@@ -2269,7 +2269,9 @@ def build(graph: Graph, steps: Sequence[Step]) -> Tape:
         raise Unsupported("the tape executes the 2-D codes only, not labelled structures")
     try:
         return _Builder(graph, steps).build()
-    except TypeError as err:  # an unhashable primitive parameter
+    except TypeError as err:  # an unhashable primitive parameter; any other TypeError is a bug
+        if "unhashable" not in str(err):
+            raise
         raise Unsupported(f"a primitive parameter cannot be compared: {err}") from err
     except Unplannable as err:
         raise Unsupported(str(err)) from err
