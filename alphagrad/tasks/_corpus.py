@@ -15,7 +15,10 @@ added (`_corpus_wild`: a 2-D FFT filter, a minmod-limited MUSCL step, registered
 equinox-style frozen modules, a 3-D convolution, scatter max/min at repeated indices, a tolerance
 while loop, a batch axis inside an einsum operand), and functions of the session-16 held-out
 rehearsal (`_corpus_heldout16`: normalisation by a clamped norm at a zero row, a -inf attention
-mask, MGH residuals, a reverse scan, a while loop with a fixed trip count, ties). The test suite
+mask, MGH residuals, a reverse scan, a while loop with a fixed trip count, ties), and of the
+session-17 one (`_corpus_heldout17`: collectives inside `jax.vmap`, `lax.reduce_precision`, real
+FFTs, scatter mode "drop", a value-dependent while loop, a dict of scanned
+sequences, the polar decomposition, kinks at exact zeros). The test suite
 checks every function's Jacobian in several orders, under ``jax.jit``, and its counted
 multiplications (tests/interpreter/test_corpus.py); docs/corpus.md is its table.
 
@@ -30,8 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alphagrad.tasks import (_corpus_control, _corpus_heldout16, _corpus_nn, _corpus_outsider, _corpus_practice,
-                             _corpus_science, _corpus_wild)
+from alphagrad.tasks import (_corpus_control, _corpus_heldout16, _corpus_heldout17, _corpus_nn, _corpus_outsider,
+                             _corpus_practice, _corpus_science, _corpus_wild)
 from alphagrad.tasks._registry import Task
 
 __all__ = ["corpus", "corpus_groups"]
@@ -214,13 +217,14 @@ _FORWARD_ONLY = frozenset({"fori_dynamic", "newton_sqrt", "cubic_root_newton"})
 
 #: Functions whose reference Jacobian is jax.jacfwd (see `corpus`).
 _JACFWD_REFERENCE = (_FORWARD_ONLY | _corpus_outsider.JACFWD_REFERENCE | _corpus_practice.JACFWD_REFERENCE
-                     | _corpus_wild.JACFWD_REFERENCE | _corpus_heldout16.JACFWD_REFERENCE)
+                     | _corpus_wild.JACFWD_REFERENCE | _corpus_heldout16.JACFWD_REFERENCE
+                     | _corpus_heldout17.JACFWD_REFERENCE)
 
 
 def _entries() -> list[tuple]:
     return (_primitive_entries() + _corpus_nn.entries() + _corpus_science.entries()
             + _corpus_control.entries() + _corpus_outsider.entries() + _corpus_practice.entries()
-            + _corpus_wild.entries() + _corpus_heldout16.entries())
+            + _corpus_wild.entries() + _corpus_heldout16.entries() + _corpus_heldout17.entries())
 
 
 def corpus() -> dict[str, Task]:
@@ -231,7 +235,7 @@ def corpus() -> dict[str, Task]:
     statistics of ``flax_batchnorm``; an int when there is one). ``Task.reference_jacobian`` is
     ``"jacfwd"`` for the while loops (``fori_dynamic``, ``newton_sqrt``, ``cubic_root_newton``,
     ``float_clock_while``, ``nested_while``, ``while_dict_state``, ``tolerance_while``,
-    ``bisection_cube_root``), which ``jax.jacrev`` cannot differentiate, for the normalisations by
+    ``bisection_cube_root``, ``armijo_backtracking``), which ``jax.jacrev`` cannot differentiate, for the normalisations by
     a clamped norm at a zero row (``cosine_similarity_zero_row``, ``padded_token_normalise``: jax.jacrev
     has NaN where jax.jacfwd is finite), and for ``mixed_precision_dense`` (float32 parameters
     in a float64 model: jax.jacrev rounds the blocks to float32, jax.jacfwd and alphagrad keep

@@ -65,7 +65,7 @@ def test_a_corpus_function_resolves_with_its_argnums_and_stays_out_of_the_regist
     assert {n for n, t in corpus.items() if t.reference_jacobian == "jacfwd"} == {
         "fori_dynamic", "newton_sqrt", "cubic_root_newton", "mixed_precision_dense",
         "float_clock_while", "nested_while", "while_dict_state", "tolerance_while", "bisection_cube_root",
-        "cosine_similarity_zero_row", "padded_token_normalise"}
+        "cosine_similarity_zero_row", "padded_token_normalise", "armijo_backtracking"}
     assert all(t.description and t.name == n for n, t in corpus.items())
     task = tasks.resolve("corpus:window")  # window(x, start): the integer offset is not differentiated
     assert task.fn is corpus["window"].fn and task.argnums == 0 and task.reference is None
