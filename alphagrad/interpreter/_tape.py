@@ -1156,9 +1156,11 @@ class _Builder:
             shape = tuple(aval.shape) if aval is not None else ()
             if aval is None or not (self._value_dtype_ok(aval.dtype) or self._small_integer(eqn, aval)):
                 raise Unsupported(f"{where} makes a value of dtype {getattr(aval, 'dtype', None)}")
-            if math.prod(shape) > MAX_COMPONENTS and self._late(eqn, node, shape, incoming.get(node, ()), edges, zero):
+            reads_late = any(op.node in self.late_nodes for op in eqn.operands)  # (traj[-1] of a late traj)
+            if ((reads_late or math.prod(shape) > MAX_COMPONENTS)
+                    and self._late(eqn, node, shape, incoming.get(node, ()), edges, zero)):
                 continue
-            if any(op.node in self.late_nodes for op in eqn.operands):
+            if reads_late:
                 raise Unsupported(f"{where} reads a value of more than {MAX_COMPONENTS} entries")
             if self._check_size(shape, where) == 0:  # an empty slice (jnp.roll by 0 makes one): nothing to run
                 for e in incoming.get(node, ()):
@@ -1296,8 +1298,9 @@ class _Builder:
         of the loop is widened to its size, and its partials are copies like any static map's.
         A trajectory returned by ``jnp.stack`` (an unrolled 10,000-equation integrator of 588
         steps of 30 states: 17,640 entries) ran on the straight-line path (did not finish in 150 s).
-        Only outputs and other late movements may read it (checked by the caller). False (nothing
-        laid out) for any other equation."""
+        A data movement reading a late value is late too, whatever its size (``traj[-1]``); only
+        outputs and late movements may read one (checked by the caller). False (nothing laid out)
+        for any other equation."""
         operands = [self._operand(op) for op in eqn.operands]
         op_avals = tuple((shp, np.dtype(dt).str) for _, shp, dt in operands)
         head = (eqn.primitive, _params_key(eqn) if eqn.primitive is not None else None, op_avals,
