@@ -50,7 +50,9 @@ from alphagrad.interpreter._structured import (
     _NUMPY_RULES,
     IndexMap,
     MultiplicationCounter,
+    PATTERN_AT_TRACE_TIME_MAX,
     Partial,
+    Placed,
     add,
     broadcast_partial,
     contract,
@@ -239,6 +241,29 @@ def _dot_general_partial(values: list[Any], params: dict, wrt: int, dtype) -> ja
         eq = jax.lax.broadcasted_iota(jnp.int32, full_shape, a) == jax.lax.broadcasted_iota(jnp.int32, full_shape, b)
         mask = eq if mask is None else mask & eq
     return full if mask is None else jnp.where(mask, full, jnp.zeros((), dtype))
+
+
+def _dot_general_support(values: list[Any], params: dict, positions: list[int], partial: Partial) -> Partial:
+    """`partial`, a dense d dot_general / d operand (at `positions`: both, for ``x @ x.T``), with
+    the entries it can hold kept (`Partial.support`: its ties' diagonals, NumPy) where some are
+    structural zeros (a batched or a row-tied contraction) and they are few enough to hold while
+    tracing: a product with an infinite partial keeps NaN off the rows that never read it."""
+    if partial.code != 1 or isinstance(partial.value, Placed) or partial.support is not None:
+        return partial
+    held = None
+    for wrt in positions:
+        me, _, sizes_out, _, ties = _dot_general_layout(values, params, wrt)
+        full_shape = sizes_out + list(np.shape(me))
+        if not ties or math.prod(full_shape) > PATTERN_AT_TRACE_TIME_MAX:
+            return partial
+        mine = np.ones(full_shape, bool)
+        for a, b in ties:
+            grid = np.indices(full_shape, sparse=True)
+            mine &= grid[a] == grid[b]
+        held = mine if held is None else held | mine
+    if held is None or held.all():
+        return partial
+    return partial._replace(support=held.reshape(*partial.out_shape, *partial.in_shape))
 
 
 def _dot_general_value(values: list[Any], params: dict, wrt: int, dtype, code: int, out_shape, in_shape) -> jax.Array:
@@ -826,7 +851,9 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                         raise
                     except Exception as err:  # noqa: BLE001 - a missing JVP rule has many types
                         raise _undifferentiable(eqn, err) from err
-                    edges[(e.src, e.dst)] = partial
+                    if eqn.primitive is jax.lax.dot_general_p:
+                        partial = _dot_general_support(values, eqn.params, positions, partial)
+                    edges[(e.src, e.dst)] = partial._replace(finite=_has_finite_partials(eqn, values, partial))
             continue
         # No structural rule (every multi-output primitive): dense partials, one JVP per source for
         # all the outputs it reaches.
@@ -861,6 +888,30 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
     performed = _replay(graph, steps, edges, counter, dtype)
     outputs = [_operand_value(op, env, leaves) for op in program.outputs]
     return outputs, edges, performed
+
+
+#: Primitives whose partials are finite wherever their operands are: sums, products, data
+#: movement, selections and functions whose derivatives have no pole (`Partial.finite`: a dense
+#: partial's structural zeros meet no infinity in a product with one, `_structured.multiply`).
+_FINITE_PARTIALS = frozenset(
+    "add add_any sub mul neg dot_general reduce_sum reduce_max reduce_min max min select_n clamp exp exp2 "
+    "sin cos sinh cosh tanh logistic erf erfc atan asinh expm1 abs sign square convert_element_type copy "
+    "copy_p broadcast_in_dim reshape transpose squeeze expand_dims slice dynamic_slice dynamic_update_slice "
+    "concatenate stack pad gather scatter scatter-add rev cumsum conv_general_dilated real imag "
+    "stop_gradient floor ceil round reduce_precision".split())
+
+
+def _has_finite_partials(eqn: Equation, values: list[Any], partial: Partial) -> bool:
+    """Whether `partial` of `eqn` is finite wherever its operands are: one that only moves data, one
+    of `_FINITE_PARTIALS`, of a power with a non-negative integer exponent, of a division by a
+    constant without zeros, or an output's copy."""
+    if eqn.primitive is None or partial.code in VALUELESS or partial.code == INDEX_MAP:
+        return True
+    name = eqn.primitive.name
+    if name == "div" and eqn.operands[1].node is None:
+        divisor = values[1]
+        return not isinstance(divisor, jax.core.Tracer) and bool(np.all(np.asarray(divisor) != 0))
+    return name in _FINITE_PARTIALS or (name == "integer_pow" and eqn.params.get("y", -1) >= 0)
 
 
 #: An equation whose operands are all known while tracing (constants, and values computed from

@@ -21,6 +21,7 @@ from jax.extend.core import jaxpr_as_fun
 
 from alphagrad.graph import INDEX_MAP, VALUELESS, product_plan, structure_of
 from alphagrad.graph import FIRST_EXTENDED_CODE, axis_sum
+from alphagrad.interpreter._tape_products import support
 from alphagrad.interpreter._labelled import (
     Labelled, as_index_map, densify_labelled, elementwise_code, labelled_product, relayout,
 )
@@ -90,12 +91,21 @@ class Partial(NamedTuple):
       in_shape: p's normalised shape (p1, p2).
       value: the value array (layout given by the code), None for an identity, an IndexMap (code
         11), or a `Placed` sum of weighted maps (code 1).
+      support: for a plain dense value (code 1), the [v1, v2, p1, p2] entries its structure lets
+        it hold (bool, NumPy) where some are structural zeros and that is known while tracing
+        (`_keeping_zeros`); else None. Outside them it holds zeros, or NaN in rows that a pole
+        reaches (as jax.jacfwd has them).
+      finite: whether every entry is finite wherever the primal values are (a partial of a
+        primitive whose derivative has no pole, and products and sums of such partials); False
+        where that is not known.
     """
 
     code: int
     out_shape: Shape2D
     in_shape: Shape2D
     value: Any
+    support: Any = None
+    finite: bool = False
 
 
 class MultiplicationCounter:
@@ -361,7 +371,20 @@ def convert(partial: Partial, code: int, dtype) -> Partial:
 
 
 def add(old: Partial, new: Partial, code: int, dtype) -> Partial:
-    """old + new, laid out as `code` (the cost model's sum code). Additions are free."""
+    """old + new, laid out as `code` (the cost model's sum code). Additions are free. A dense sum
+    keeps the structural zeros both its terms have (`_keeping_zeros`)."""
+    total = _add(old, new, code, dtype)
+    finite = old.finite and new.finite
+    if total.finite != finite:
+        total = total._replace(finite=finite)
+    return _keeping_zeros(total, lambda: _union(_support(old), _support(new)))
+
+
+def _union(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None or b is None else a | b
+
+
+def _add(old: Partial, new: Partial, code: int, dtype) -> Partial:
     if code >= FIRST_EXTENDED_CODE:  # two labelled partials: the ties both share
         ties = axis_sum(old.value.ties, new.value.ties)
         a, b = relayout(old.value, ties, dtype), relayout(new.value, ties, dtype)
@@ -818,6 +841,129 @@ def _weighted_terms(out: Partial, inp: Partial, dtype) -> list[Term] | None:
     return done
 
 
+#: Most points of the joint index space (c x v x p) of a product whose result's support is
+#: computed while tracing (`_product_support`, one NumPy matrix product).
+SUPPORT_PRODUCT_MAX = 2**24
+#: Whether products keep a dense factor's structural zeros away from infinite partials
+#: (`_zeros_meeting_poles`); False gives the plain products (for A/B measurements).
+KEEP_STRUCTURAL_ZEROS = True
+
+
+def _support(partial: Partial) -> np.ndarray | None:
+    """The [v1, v2, p1, p2] entries `partial` can hold (bool, NumPy): those of its code's ties, its
+    labelled ties, its index map's matrix or its `Placed` patterns; None where that is known only
+    at run time (a map at indices passed as arguments) or has more than PATTERN_AT_TRACE_TIME_MAX
+    entries."""
+    shape = (*partial.out_shape, *partial.in_shape)
+    entries = math.prod(shape)
+    if partial.support is not None:
+        return partial.support
+    if entries > PATTERN_AT_TRACE_TIME_MAX:
+        return None
+    if isinstance(partial.value, Placed):
+        if not all(isinstance(t.pattern, np.ndarray) for t in partial.value.terms):
+            return None
+        found = np.zeros(shape, bool)
+        for term in partial.value.terms:
+            found |= np.broadcast_to(term.pattern, shape) != 0
+        return found
+    if isinstance(partial.value, Labelled):
+        ones = partial.value._replace(values=None)  # its ties' selections and broadcasts of ones
+        matrix = _at_trace_time(lambda: densify_labelled(ones, jnp.float32), entries)
+    elif partial.code == INDEX_MAP:
+        matrix = densify(partial, jnp.float32)
+    elif partial.code == 1 or partial.code >= FIRST_EXTENDED_CODE:
+        return np.ones(shape, bool)
+    else:
+        out, inp, _ = support(partial.code, tuple(partial.out_shape), tuple(partial.in_shape))
+        found = np.zeros((math.prod(partial.out_shape), math.prod(partial.in_shape)), bool)
+        found[out, inp] = True
+        return found.reshape(shape)
+    return np.asarray(matrix).reshape(shape) != 0 if isinstance(matrix, np.ndarray) else None
+
+
+def _product_support(out: Partial, inp: Partial) -> np.ndarray | None:
+    """The entries of out(v->c) @ in(p->v) that some pair of entries the factors can hold reaches
+    (bool, NumPy), or None where a factor's support is unknown while tracing."""
+    c, v, p = (math.prod(s) for s in (out.out_shape, out.in_shape, inp.in_shape))
+    if c * p > PATTERN_AT_TRACE_TIME_MAX or c * v * p > SUPPORT_PRODUCT_MAX:
+        return None
+    held_out, held_in = _support(out), _support(inp)
+    if held_out is None or held_in is None:
+        return None
+    if v and held_out.all() and held_in.all():
+        return np.ones((*out.out_shape, *inp.in_shape), bool)
+    reached = (held_out.reshape(c, v).astype(np.float32) @ held_in.reshape(v, p).astype(np.float32)) > 0
+    return reached.reshape(*out.out_shape, *inp.in_shape)
+
+
+def _keeping_zeros(partial: Partial, support: Callable[[], np.ndarray | None]) -> Partial:
+    """`partial`, with its structural support (`support()`, known while tracing) kept where it is a
+    plain dense array with structural zeros (`Partial.support`): a later product with it as the
+    factor nearer the outputs multiplies those zeros (`_zeros_meeting_poles`)."""
+    if (not KEEP_STRUCTURAL_ZEROS or partial.code != 1 or partial.value is None
+            or isinstance(partial.value, (Placed, Labelled, IndexMap))):
+        return partial
+    held = support()
+    if held is None or held.all():
+        return partial
+    return partial._replace(support=held)
+
+
+def _zeros_meeting_poles(out: Partial, inp: Partial) -> np.ndarray | None:
+    """out's support ([c, v] bool, NumPy) where out(v->c) @ in(p->v) pairs a structural zero of a
+    dense `out` with an entry of `in` that may be infinite (`Partial.finite`); else None.
+
+    Such a term is NaN (0 x inf), and the sum it enters reaches row c, which jax.jacfwd keeps
+    finite: row c reads nothing of vertex entry v there, and jax.jacfwd's NaN stays in the rows
+    reachable from a pole (a derivative's infinity: sqrt's at 0). A structured factor's ties pair
+    values alone, and an infinite entry of `out` at (c, v) lies on a path from a pole to c."""
+    if not KEEP_STRUCTURAL_ZEROS or out.code != 1 or inp.finite:
+        return None
+    c, v, p = (math.prod(s) for s in (out.out_shape, out.in_shape, inp.in_shape))
+    if c * v * p > SUPPORT_PRODUCT_MAX:
+        return None
+    held_out, held_in = _support(out), _support(inp)
+    if held_out is None or held_in is None or held_out.all():
+        return None
+    zeros = 1 - held_out.reshape(c, v).astype(np.float32)
+    if not np.any((zeros @ held_in.reshape(v, p).astype(np.float32)) > 0):
+        return None
+    return held_out.reshape(c, v)
+
+
+def _finite_part(partial: Partial, dtype) -> Partial:
+    """`partial` with every entry that is not finite set to 0 (selects on its value array)."""
+    def finite(x):
+        x = jnp.asarray(x, dtype)
+        return jnp.where(jnp.isfinite(x), x, jnp.zeros((), dtype))
+
+    value = partial.value
+    if value is None or isinstance(value, IndexMap):
+        return partial
+    if isinstance(value, Labelled):
+        value = value if value.values is None else value._replace(values=finite(value.values))
+    elif isinstance(value, Placed):
+        value = Placed(tuple(t if t.weight is None else t._replace(weight=finite(t.weight)) for t in value.terms))
+    else:
+        value = finite(value)
+    return partial._replace(value=value)
+
+
+def _poles_kept(product: Partial, held_out: np.ndarray, inp: Partial, dtype) -> Partial:
+    """`product` (of `out` and `in`'s finite part) with NaN where a pair of entries out can hold
+    (`held_out`, [c, v]) and in's entries that are not finite meet: jax.jacfwd's NaN, without
+    the terms that pair out's structural zeros with them. One 0/1 matrix product (bookkeeping of
+    which terms meet a pole, not a product of partials: the cost model does not count it)."""
+    c, v = held_out.shape
+    p = math.prod(inp.in_shape)
+    poles = ~jnp.isfinite(densify(inp, dtype).reshape(v, p))
+    met = jnp.matmul(held_out.astype(np.float32), poles.astype(jnp.float32)) > 0
+    shape = (*product.out_shape, *product.in_shape)
+    value = jnp.where(met.reshape(shape), jnp.asarray(jnp.nan, dtype), densify(product, dtype))
+    return Partial(1, product.out_shape, product.in_shape, value)
+
+
 def _apply_on_v(out_map: IndexMap, dense_in: jax.Array) -> jax.Array:
     """(map v->c) @ dense [v1, v2, p1, p2] -> [c1, c2, p1, p2]."""
     v1, v2, p1, p2 = dense_in.shape
@@ -962,11 +1108,31 @@ def _unlabelled(partial: Partial, dtype) -> Partial:
     if not value.ties.has_values:
         return Partial(INDEX_MAP, partial.out_shape, partial.in_shape,
                        as_index_map(value, partial.out_shape, partial.in_shape))
-    return Partial(1, partial.out_shape, partial.in_shape, densify(partial, dtype))
+    return _keeping_zeros(Partial(1, partial.out_shape, partial.in_shape, densify(partial, dtype)),
+                          lambda: _support(partial))
 
 
 def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCounter, dtype) -> Partial:
-    """The product out(v->c) @ in(p->v), laid out as `code` (the cost model's product code)."""
+    """The product out(v->c) @ in(p->v), laid out as `code` (the cost model's product code).
+
+    Where a dense `out` has structural zeros that would meet entries of `in` that may be
+    infinite (`_zeros_meeting_poles`: an index map's sum times a partial tied along rows is dense,
+    zero between rows; times sqrt's infinite partial at an all-zero row the zeros were NaN in every
+    row), the product is of in's finite part, and NaN is put back where out's support meets in's
+    poles (`_poles_kept`), as jax.jacfwd has it."""
+    held_out = _zeros_meeting_poles(out, inp)
+    if held_out is None:
+        product = _multiply(out, inp, code, counter, dtype)
+    else:
+        product = _multiply(out, _finite_part(inp, dtype), code, counter, dtype)
+        product = convert(_poles_kept(product, held_out, inp, dtype), code, dtype)
+    finite = out.finite and inp.finite
+    if product.finite != finite:
+        product = product._replace(finite=finite)
+    return _keeping_zeros(product, lambda: _product_support(out, inp))
+
+
+def _multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCounter, dtype) -> Partial:
     c_shape, v_shape, p_shape = out.out_shape, out.in_shape, inp.in_shape
     if isinstance(out.value, Labelled) or isinstance(inp.value, Labelled):
         labelled, other = (out, inp) if isinstance(out.value, Labelled) else (inp, out)
