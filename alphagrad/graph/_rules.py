@@ -17,6 +17,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from jax.extend.core import Var
+
 from alphagrad.graph._structure import INDEX_MAP, AxisTies, axis_ties
 
 __all__ = [
@@ -77,9 +79,15 @@ _BODY_PARAMS = ("jaxpr", "call_jaxpr")
 
 def _is_pointwise(jaxpr, shape: Shape) -> bool:
     """Whether `jaxpr` computes elementwise: only elementwise primitives (and calls of such), every
-    value of shape `shape` or a scalar (so output entry k depends only on operand entries k)."""
+    value of shape `shape` or a scalar (so output entry k depends only on operand entries k).
+    Values computed from constants alone may have any shape (a rule batched by jax.vmap builds its
+    zero tangent as a broadcast of a smaller constant)."""
     jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    varying = set(jaxpr.invars)
     for eqn in jaxpr.eqns:
+        if not any(isinstance(v, Var) and v in varying for v in eqn.invars):
+            continue  # constants only: no entry of an operand reaches it
+        varying.update(eqn.outvars)
         if eqn.primitive.name not in _POINTWISE_BODY:
             return False
         avals = [a.aval for a in list(eqn.invars) + list(eqn.outvars)]

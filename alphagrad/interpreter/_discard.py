@@ -116,7 +116,10 @@ def value_cover(code: int, out_shape: tuple, in_shape: tuple) -> RowCover | None
 
 class MaskedCase(NamedTuple):
     """A case of a select whose partial is elementwise: entry j of `case` reaches entry j of
-    `select` only where the predicate (broadcast to the select's shape) equals `index`."""
+    `select` only where the predicate (broadcast to the select's shape) equals `index`; or, with
+    no predicate (None), an operand (at position `index`) of a custom JVP rule that may select its
+    tangent (``jax.nn.relu``'s ``where(x > 0, t, 0)``): entry j reaches entry j of `select` only
+    where the rule's tangent of the output is not finite for a NaN tangent of that operand."""
 
     case: int
     select: int
@@ -165,7 +168,8 @@ def plan_discard(program: Program, edges: Iterable[tuple[int, int]], *,
                  is_elementwise: Callable[[int, int], bool],
                  maps_entrywise: Callable[[int, int], bool],
                  has_pattern: Callable[[int, int], bool],
-                 can_zero: Callable[[int, int], bool]) -> DiscardPlan | None:
+                 can_zero: Callable[[int, int], bool],
+                 rules: bool = False) -> DiscardPlan | None:
     """The vertices a select's untaken cases may discard, or None when no select has an
     elementwise case (the common program: nothing to do).
 
@@ -181,16 +185,24 @@ def plan_discard(program: Program, edges: Iterable[tuple[int, int]], *,
         an edge's partial (an index map, a transpose, a broadcast, a sum, a small dense or
         structured partial, `structural_reads`): a discard passes back through it.
       can_zero: whether the interpreter can zero an edge's partial by rows (of dst).
+      rules: whether the interpreter evaluates custom JVP rules' selections (`MaskedCase` without
+        a predicate): the operands of single-output ``custom_jvp_call`` equations with
+        elementwise partials are then cases too.
     """
     edges = list(edges)
     cases = []
     for eqn in program.equations:
-        if eqn.primitive is None or eqn.primitive.name != "select_n" or eqn.outputs[0].node is None:
+        if eqn.primitive is None or eqn.outputs[0].node is None:
             continue
         s = eqn.outputs[0].node
-        for k, op in enumerate(eqn.operands[1:]):
-            if op.node is not None and is_elementwise(op.node, s):
-                cases.append(MaskedCase(op.node, s, eqn.operands[0], k))
+        if eqn.primitive.name == "select_n":
+            for k, op in enumerate(eqn.operands[1:]):
+                if op.node is not None and is_elementwise(op.node, s):
+                    cases.append(MaskedCase(op.node, s, eqn.operands[0], k))
+        elif rules and eqn.primitive.name == "custom_jvp_call" and len(eqn.outputs) == 1:
+            for k, op in enumerate(eqn.operands):
+                if op.node is not None and is_elementwise(op.node, s):
+                    cases.append(MaskedCase(op.node, s, None, k))
     if not cases:
         return None
     masked = {(c.case, c.select) for c in cases}

@@ -1008,15 +1008,20 @@ def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial]
                         is_elementwise=lambda p, u: (p, u) in edges and _is_elementwise(edges[(p, u)]),
                         maps_entrywise=lambda p, u: _maps_entrywise(edges[(p, u)]),
                         has_pattern=lambda p, u: _readers(edges[(p, u)]) is not None,
-                        can_zero=lambda p, u: _cover(edges[(p, u)]) is not None)
+                        can_zero=lambda p, u: _cover(edges[(p, u)]) is not None, rules=True)
     if plan is None:
         return
+    equation_of = {eqn.outputs[0].node: eqn for eqn in graph.program.equations if eqn.outputs}
     taken: dict[tuple[int, int], jax.Array] = {}  # (case node, select node) -> [size] where the select takes it
     for case in plan.cases:
         shape = np.shape(env[case.select])
-        pred = jnp.broadcast_to(_operand_value(case.predicate, env, leaves), shape).reshape(math.prod(shape))
+        if case.predicate is None:  # a custom JVP rule: where it lets a NaN tangent through
+            here = _rule_takes(equation_of[case.select], env, leaves, case.index).reshape(math.prod(shape))
+        else:
+            pred = jnp.broadcast_to(_operand_value(case.predicate, env, leaves), shape).reshape(math.prod(shape))
+            here = pred == case.index
         key = (case.case, case.select)
-        taken[key] = taken[key] | (pred == case.index) if key in taken else pred == case.index
+        taken[key] = taken[key] | here if key in taken else here
     kept: dict[int, jax.Array] = {}  # node -> [size] entries some output needs
     for u, uses in plan.nodes:
         alive = None
@@ -1036,6 +1041,21 @@ def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial]
         drop = _cover(partial).dropped(discarded[u]).reshape(np.shape(value))
         value = jnp.where(drop, jnp.zeros((), value.dtype), value)
         edges[(p, u)] = partial._replace(value=partial.value._replace(values=value) if labelled else value)
+
+
+def _rule_takes(eqn: Equation, env: dict, leaves: list, position: int) -> jax.Array:
+    """Where the JVP rule of `eqn` (a ``custom_jvp_call``) passes operand `position`'s tangent to its
+    output: where the output's tangent is not finite for a NaN tangent of that operand (and zero
+    tangents of the others). ``jax.nn.relu``'s rule, ``where(x > 0, t, 0)``, drops it at x <= 0, as
+    jax.jacfwd then drops an infinite partial before it; a rule that multiplies (``t * mask``)
+    passes it everywhere. One more evaluation of the rule (elementwise: no multiplication the cost
+    model counts)."""
+    values = [_operand_value(op, env, leaves) for op in eqn.operands]
+    tangents = [jnp.full(np.shape(v), jnp.nan, _dtype_of(v)) if i == position
+                else jnp.zeros(np.shape(v), _dtype_of(v)) if _is_float(v)
+                else np.zeros(np.shape(v), jax.dtypes.float0) for i, v in enumerate(values)]
+    _, out = jax.jvp(lambda *a: _bind_all(eqn, list(a))[0], values, tangents)
+    return ~jnp.isfinite(out)
 
 
 def _labelled_cover(value: Labelled, size: int) -> RowCover | None:

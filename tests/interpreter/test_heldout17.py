@@ -26,8 +26,29 @@ def _normalise(x):
 
 
 def relu_after_sqrt(x):
-    """jax.nn.relu's JVP rule selects the tangent (where(x > 0, g, 0)); alphagrad multiplies by its 0."""
+    """jax.nn.relu's JVP rule selects the tangent (where(x > 0, g, 0)): a discard, as a select's."""
     return jax.nn.relu(-jnp.sqrt(x))
+
+
+@jax.custom_jvp
+def _scaled_relu(x, k):
+    return jnp.maximum(x, 0.0) * k
+
+
+@_scaled_relu.defjvp
+def _scaled_relu_jvp(primals, tangents):
+    (x, k), (t, _) = primals, tangents
+    return _scaled_relu(x, k), jnp.where(x > 0, t * k, 0.0)
+
+
+def scaled_relu_with_an_integer(x):
+    """A user's selecting rule with an integer operand (its tangent is float0)."""
+    return _scaled_relu(-jnp.sqrt(x), 3)
+
+
+def relu_under_vmap(x):
+    """The same rule batched by jax.vmap (its zero tangent a broadcast of a smaller constant)."""
+    return jax.vmap(lambda row: jax.nn.relu(-jnp.sqrt(row)).sum())(x)
 
 
 def pointnet_max(x):
@@ -46,9 +67,13 @@ def cond_drops_entry(x):
     return jax.lax.cond(x[2] > 0, lambda v: v[1:3], lambda v: v[:2], jnp.sqrt(x)) @ jnp.array([1.0, -2.0])
 
 
-CASES = {
+FIXED = {
     "relu_after_sqrt": (relu_after_sqrt, np.array([0.0, 1.0, 4.0]), ("forward", "reverse")),
-    "pointnet_max": (pointnet_max, _POINTS, ("forward",)),
+    "relu_under_vmap": (relu_under_vmap, np.array([[0.0, 1.0], [4.0, 0.0]]), ("reverse", "markowitz")),
+    "pointnet_max": (pointnet_max, _POINTS, ("forward", "markowitz")),
+    "scaled_relu_with_an_integer": (scaled_relu_with_an_integer, np.array([0.0, 1.0, 4.0]), ("reverse",)),
+}
+CASES = {
     "top_k_then_dot": (top_k_then_dot, np.array([0.0, 1.0, 2.0]), ("reverse",)),
     "cond_drops_entry": (cond_drops_entry, np.array([0.0, 1.0, 2.0]), ("forward",)),
 }  # the zero-norm token normalisation before an einsum across tokens is fixed: test_structural_zeros
@@ -62,6 +87,14 @@ def _assert_follows_jacfwd(f, x, orders):
         got = np.asarray(interpreter.jacobian(f, order)(x))
         assert np.isfinite(got[finite]).all(), (order, np.argwhere(finite & ~np.isfinite(got))[:3])
         np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-8, atol=1e-10, err_msg=order)
+
+
+@pytest.mark.parametrize("name", sorted(FIXED))
+def test_a_custom_rule_that_selects_its_tangent_drops_an_infinite_partial(name):
+    # `_jacobian._rule_takes`: where the rule passes a NaN tangent on, as a select's predicate.
+    f, x, orders = FIXED[name]
+    with jax.enable_x64(True):
+        _assert_follows_jacfwd(f, jnp.asarray(x), orders)
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason="open: a selection drops an infinite partial "
