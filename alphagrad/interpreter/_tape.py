@@ -129,7 +129,8 @@ from alphagrad.interpreter._tape_products import (
 )
 
 __all__ = [
-    "TAPE_MIN_SIZE", "TAPE_MIN_EQUATIONS", "ARRAY_WEIGHT", "MAX_COMPONENTS", "MAX_VALUE_SLOTS", "FUSED_PARTIALS", "MAX_KINDS", "EQUATIONS_PER_KIND",
+    "TAPE_MIN_SIZE", "TAPE_MIN_EQUATIONS", "ARRAY_WEIGHT", "MAX_COMPONENTS", "MAX_VALUE_SLOTS", "LATE_MIN_ENTRIES",
+    "FUSED_PARTIALS", "MAX_KINDS", "EQUATIONS_PER_KIND",
     "Tape", "Unsupported", "build", "dense_index", "run", "run_dense", "straight_line_size",
 ]
 
@@ -160,6 +161,11 @@ MAX_COMPONENTS = 16384
 #: float64, the partials and products included): the same integrator on a 16,384-point grid (56 M
 #: components) peaked at 7 GB on the tape, and is left to the straight-line path.
 MAX_VALUE_SLOTS = 2**25
+#: A data movement of more entries than this that no equation reads (a returned trajectory,
+#: ``jnp.stack`` of the states) runs after the equation loop (`_Builder._late`), not widening
+#: every step of it to its size: 176 states of 30 stacked (3,000 equations) made every step
+#: gather and write 5,280 entries.
+LATE_MIN_ENTRIES = 1024
 #: Programs whose equations' partials have at most this many entries each compute them in the
 #: equation loop (as small arrays padded to the largest; one compiled loop); larger ones after
 #: it, one vmapped computation per kind (a loop step must not copy thousands of entries).
@@ -349,8 +355,9 @@ class Tape(NamedTuple):
         `Operand.value` of a constant output (a constant or a `LeafRef`).
       jacobian_edges: {(input node, output node): (first edge slot, out_shape, in_shape)}.
       muls: multiplications of the product steps (equals the plan's).
-      late: per data movement whose output has more than `MAX_COMPONENTS` entries (a trajectory
-        returned by ``jnp.stack``), in equation order: (first value slot, int32 source slot of
+      late: per data movement whose output has more than `MAX_COMPONENTS` entries, or more than
+        `LATE_MIN_ENTRIES` that no equation reads (a trajectory returned by ``jnp.stack``), in
+        equation order: (first value slot, int32 source slot of
         each output entry); computed after the equation loop (`_Builder._late`).
     """
 
@@ -1147,6 +1154,7 @@ class _Builder:
         self.predicates: dict[int, tuple] = {}  # select vertex -> (slot, shape, dtype) of its predicate
         self.late: list[tuple[int, np.ndarray]] = []
         self.late_nodes: set[int] = set()
+        read = {op.node for eqn in equations for op in eqn.operands if op.node is not None}
         for k, eqn in enumerate(equations):
             where = f"equation {k + 1}"
             node = eqn.outputs[0].node
@@ -1157,8 +1165,8 @@ class _Builder:
             if aval is None or not (self._value_dtype_ok(aval.dtype) or self._small_integer(eqn, aval)):
                 raise Unsupported(f"{where} makes a value of dtype {getattr(aval, 'dtype', None)}")
             reads_late = any(op.node in self.late_nodes for op in eqn.operands)  # (traj[-1] of a late traj)
-            if ((reads_late or math.prod(shape) > MAX_COMPONENTS)
-                    and self._late(eqn, node, shape, incoming.get(node, ()), edges, zero)):
+            large = math.prod(shape) > MAX_COMPONENTS or (math.prod(shape) > LATE_MIN_ENTRIES and node not in read)
+            if (reads_late or large) and self._late(eqn, node, shape, incoming.get(node, ()), edges, zero):
                 continue
             if reads_late:
                 raise Unsupported(f"{where} reads a value of more than {MAX_COMPONENTS} entries")
@@ -1292,10 +1300,11 @@ class _Builder:
         return self._finish(eq_rows, templates, edges, next_slot, constants_at, zero)
 
     def _late(self, eqn, node: int, shape: tuple, incoming, edges: dict, zero: int) -> bool:
-        """Lays out an equation whose output has more than `MAX_COMPONENTS` entries as a *late*
-        data movement when it only moves data (`_selection`) and its partials are static maps:
-        its value is one gather of its sources after the equation loop (`Tape.late`), so no step
-        of the loop is widened to its size, and its partials are copies like any static map's.
+        """Lays out an equation whose output has more than `MAX_COMPONENTS` entries (or more than
+        `LATE_MIN_ENTRIES` and no equation reads it) as a *late* data movement when it only moves
+        data (`_selection`) and its partials are static maps: its value is one gather of its
+        sources after the equation loop (`Tape.late`), so no step of the loop is widened to its
+        size, and its partials are copies like any static map's.
         A trajectory returned by ``jnp.stack`` (an unrolled 10,000-equation integrator of 588
         steps of 30 states: 17,640 entries) ran on the straight-line path (did not finish in 150 s).
         A data movement reading a late value is late too, whatever its size (``traj[-1]``); only

@@ -3,7 +3,8 @@
 A trajectory returned by ``jnp.stack`` (an unrolled integrator's states, an output larger than
 its input) has more entries than the tape's values (`_tape.MAX_COMPONENTS`, patched small here):
 it runs on the tape as a data movement after the equation loop (`Tape.late`), not on the
-straight-line path.
+straight-line path. Under the limit, a large movement no equation reads (over
+`_tape.LATE_MIN_ENTRIES`) runs there too, so that no loop step is widened to its size.
 """
 
 import jax
@@ -78,3 +79,21 @@ def test_a_large_value_read_by_arithmetic_stays_refused(small_tape):
         with pytest.raises(_tape.Unsupported, match="entries"):
             _tape.build(g, steps)
         assert _jacobian._tape_of(g, steps) is None
+
+
+def test_unread_large_movements_run_after_the_loop(monkeypatch):
+    """Under the tape's limit, a large movement no equation reads (a returned trajectory) is late
+    too (`_tape.LATE_MIN_ENTRIES`, patched to 32): no loop step is widened to it; one that
+    arithmetic reads stays in the loop."""
+    monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)
+    monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
+    monkeypatch.setattr(_tape, "LATE_MIN_ENTRIES", 32)
+    monkeypatch.setattr(_trace, "LABELLED_MAX_EQUATIONS", -1)
+    with jax.enable_x64(True):
+        theta = jnp.asarray(THETA)
+        for fn, late in ((stacked, True), (summed, False)):
+            g = interpreter.graph_of(fn, theta)
+            tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, "forward")))
+            assert bool(tape.late) == late and (tape.width[1] < 96) == late
+        np.testing.assert_allclose(jax.jit(interpreter.jacobian(stacked, "forward"))(theta), jax.jacfwd(stacked)(theta),
+                                   rtol=1e-12, atol=1e-14)
