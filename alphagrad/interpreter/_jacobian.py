@@ -831,11 +831,15 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
         if e.code != 0:  # a zero partial is no edge (as in the engine)
             incoming.setdefault(e.dst, []).append(e)
     edges: dict[tuple[int, int], Partial] = {}
+    bounded: dict[Any, bool] = {}  # node or ValueRef -> finite wherever the arguments are (`_bounded`)
     for eqn in program.equations:
         values = [_operand_value(op, env, leaves) for op in eqn.operands]
         results = _bind_constant(eqn, values)  # evaluated once, whatever its number of outputs
+        operands_bounded = all(_bounded(op, value, bounded) for op, value in zip(eqn.operands, values))
         for out, result in zip(eqn.outputs, results):
             env[out.node if out.node is not None else out.value] = result
+            bounded[out.node if out.node is not None else out.value] = operands_bounded and (
+                eqn.primitive is None or eqn.primitive.name in _BOUNDED_VALUES)
         # Structured partials for primitives with rules; a fused complex span (a closed_call the
         # trace did not inline) has none.
         if eqn.primitive is None or (eqn.primitive.name in SUPPORTED_PRIMITIVES and eqn.primitive is not closed_call_p):
@@ -853,7 +857,8 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                         raise _undifferentiable(eqn, err) from err
                     if eqn.primitive is jax.lax.dot_general_p:
                         partial = _dot_general_support(values, eqn.params, positions, partial)
-                    edges[(e.src, e.dst)] = partial._replace(finite=_has_finite_partials(eqn, values, partial))
+                    finite = operands_bounded and _has_finite_partials(eqn, values, partial)
+                    edges[(e.src, e.dst)] = partial._replace(finite=finite)
             continue
         # No structural rule (every multi-output primitive): dense partials, one JVP per source for
         # all the outputs it reaches.
@@ -892,13 +897,33 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
 
 #: Primitives whose partials are finite wherever their operands are: sums, products, data
 #: movement, selections and functions whose derivatives have no pole (`Partial.finite`: a dense
-#: partial's structural zeros meet no infinity in a product with one, `_structured.multiply`).
+#: partial's structural zeros meet no infinity in a product with one, `_structured.multiply`;
+#: the operands must be finite too: `_bounded`, as ``p * log(p)``'s partial is log(0) = -inf).
 _FINITE_PARTIALS = frozenset(
     "add add_any sub mul neg dot_general reduce_sum reduce_max reduce_min max min select_n clamp exp exp2 "
     "sin cos sinh cosh tanh logistic erf erfc atan asinh expm1 abs sign square convert_element_type copy "
     "copy_p broadcast_in_dim reshape transpose squeeze expand_dims slice dynamic_slice dynamic_update_slice "
     "concatenate stack pad gather scatter scatter-add rev cumsum conv_general_dilated real imag "
     "stop_gradient floor ceil round reduce_precision".split())
+
+
+#: Primitives whose values are finite wherever their operands are (overflow aside): those of
+#: `_FINITE_PARTIALS` and square roots (their pole is in the derivative alone).
+_BOUNDED_VALUES = _FINITE_PARTIALS | frozenset("sqrt cbrt integer_pow".split())
+
+
+def _bounded(op: Operand, value: Any, bounded: dict) -> bool:
+    """Whether an operand is finite wherever the function's arguments are: an argument, a value
+    computed by `_BOUNDED_VALUES` from such values (`bounded`), or a constant without infinities."""
+    if op.node is not None:
+        return bounded.get(op.node, True)  # nodes before every equation are the arguments
+    if isinstance(op.value, LeafRef):
+        return True
+    if isinstance(op.value, ValueRef):
+        return bounded.get(op.value, False)
+    if isinstance(value, jax.core.Tracer) or not _is_float(value):
+        return not isinstance(value, jax.core.Tracer)
+    return bool(np.all(np.isfinite(np.asarray(value))))
 
 
 def _has_finite_partials(eqn: Equation, values: list[Any], partial: Partial) -> bool:
@@ -995,6 +1020,11 @@ def _readers(partial: Partial) -> Callable[[jax.Array], jax.Array] | None:
     return lambda kept: jnp.zeros(size, bool).at[inp].max(kept[out])
 
 
+#: Whether custom JVP rules that select their tangent discard like selects (`_rule_takes`); False
+#: only for A/B measurements.
+DISCARD_BY_RULES = True
+
+
 def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial], env: dict, leaves: list) -> None:
     """Zeroes, in place, the entries of elementwise partials that only reach the outputs through the
     case a select (``jnp.where``) does not take, as jax.jacfwd discards those tangents
@@ -1008,9 +1038,10 @@ def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial]
                         is_elementwise=lambda p, u: (p, u) in edges and _is_elementwise(edges[(p, u)]),
                         maps_entrywise=lambda p, u: _maps_entrywise(edges[(p, u)]),
                         has_pattern=lambda p, u: _readers(edges[(p, u)]) is not None,
-                        can_zero=lambda p, u: _cover(edges[(p, u)]) is not None, rules=True)
-    if plan is None:
-        return
+                        can_zero=lambda p, u: not edges[(p, u)].finite and _cover(edges[(p, u)]) is not None,
+                        rules=DISCARD_BY_RULES)
+    if plan is None or not plan.zeroed:  # nothing to zero that may be infinite: a finite partial
+        return  # times the select's zero is zero anyway (relu after a matrix product)
     equation_of = {eqn.outputs[0].node: eqn for eqn in graph.program.equations if eqn.outputs}
     taken: dict[tuple[int, int], jax.Array] = {}  # (case node, select node) -> [size] where the select takes it
     for case in plan.cases:
