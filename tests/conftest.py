@@ -56,12 +56,20 @@ from alphagrad.graph import Edge, Graph, Vertex  # noqa: E402
 #: first: the two workers take whole files (`--dist loadfile`), and a long file started last
 #: leaves the other worker idle for its whole length at the end of the run.
 LONGEST_FILES = (
-    "tests/agents/test_alphazero.py",
     "tests/interpreter/test_corpus.py",
+    "tests/agents/test_alphazero.py",
     "tests/interpreter/test_tape.py",
     "tests/interpreter/test_jacobian.py",
     "tests/interpreter/test_structured.py",
 )  # (test_alphazero_sharding.py keeps its place: it reuses test_alphazero.py's compiled iteration)
+
+
+def pytest_configure(config) -> None:
+    """Hands the files to the xdist workers in that order: xdist's default (`--loadscope-reorder`,
+    3.8) sends the files with the most tests first, which ignored `LONGEST_FILES` and left
+    single-test files of half a minute (the sharding, scale and Ctrl-C runs) to the end of the run."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items) -> None:
