@@ -857,7 +857,8 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                         raise _undifferentiable(eqn, err) from err
                     if eqn.primitive is jax.lax.dot_general_p:
                         partial = _dot_general_support(values, eqn.params, positions, partial)
-                    finite = operands_bounded and _has_finite_partials(eqn, values, partial)
+                    moves = partial.code in VALUELESS or partial.code == INDEX_MAP  # no values to be infinite
+                    finite = (operands_bounded or moves) and _has_finite_partials(eqn, values, partial)
                     edges[(e.src, e.dst)] = partial._replace(finite=finite)
             continue
         # No structural rule (every multi-output primitive): dense partials, one JVP per source for

@@ -918,8 +918,9 @@ def _zeros_meeting_poles(out: Partial, inp: Partial) -> np.ndarray | None:
     finite: row c reads nothing of vertex entry v there, and jax.jacfwd's NaN stays in the rows
     reachable from a pole (a derivative's infinity: sqrt's at 0). A structured factor's ties pair
     values alone, and an infinite entry of `out` at (c, v) lies on a path from a pole to c."""
-    if not KEEP_STRUCTURAL_ZEROS or out.code != 1 or inp.finite:
-        return None
+    if (not KEEP_STRUCTURAL_ZEROS or out.code != 1 or inp.finite or inp.value is None
+            or isinstance(inp.value, IndexMap) or (isinstance(inp.value, Labelled) and inp.value.values is None)):
+        return None  # a partial without values moves data: nothing in it is infinite
     c, v, p = (math.prod(s) for s in (out.out_shape, out.in_shape, inp.in_shape))
     if c * v * p > SUPPORT_PRODUCT_MAX:
         return None
@@ -950,17 +951,32 @@ def _finite_part(partial: Partial, dtype) -> Partial:
     return partial._replace(value=value)
 
 
-def _poles_kept(product: Partial, held_out: np.ndarray, inp: Partial, dtype) -> Partial:
+def _poles_of(partial: Partial, dtype) -> Partial:
+    """`partial` with each entry of its value array 1 where it is not finite, else 0 (same code)."""
+    def poles(x):
+        return (~jnp.isfinite(jnp.asarray(x, dtype))).astype(dtype)
+
+    value = partial.value
+    if isinstance(value, Labelled):
+        value = value._replace(values=poles(value.values))
+    elif isinstance(value, Placed):
+        value = Placed(tuple(t._replace(weight=poles(t.weight)) for t in value.terms if t.weight is not None))
+    else:
+        value = poles(value)
+    return partial._replace(value=value, finite=True)
+
+
+def _poles_kept(product: Partial, out: Partial, held_out: np.ndarray, inp: Partial, code: int, dtype) -> Partial:
     """`product` (of `out` and `in`'s finite part) with NaN where a pair of entries out can hold
     (`held_out`, [c, v]) and in's entries that are not finite meet: jax.jacfwd's NaN, without
-    the terms that pair out's structural zeros with them. One 0/1 matrix product (bookkeeping of
-    which terms meet a pole, not a product of partials: the cost model does not count it)."""
-    c, v = held_out.shape
-    p = math.prod(inp.in_shape)
-    poles = ~jnp.isfinite(densify(inp, dtype).reshape(v, p))
-    met = jnp.matmul(held_out.astype(np.float32), poles.astype(jnp.float32)) > 0
+    the terms that pair out's structural zeros with them. The pairs are found by the same product
+    of out's support and in's poles (0/1 indicators, in in's own structure: elementwise for a
+    diagonal); bookkeeping, not a product of partials, so the cost model does not count it."""
+    support = Partial(1, out.out_shape, out.in_shape,
+                      held_out.reshape(*out.out_shape, *out.in_shape).astype(np.dtype(dtype)))
+    met = _multiply(support, _poles_of(inp, dtype), code, MultiplicationCounter(), dtype)
     shape = (*product.out_shape, *product.in_shape)
-    value = jnp.where(met.reshape(shape), jnp.asarray(jnp.nan, dtype), densify(product, dtype))
+    value = jnp.where(densify(met, dtype).reshape(shape) > 0, jnp.asarray(jnp.nan, dtype), densify(product, dtype))
     return Partial(1, product.out_shape, product.in_shape, value)
 
 
@@ -1125,7 +1141,7 @@ def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCount
         product = _multiply(out, inp, code, counter, dtype)
     else:
         product = _multiply(out, _finite_part(inp, dtype), code, counter, dtype)
-        product = convert(_poles_kept(product, held_out, inp, dtype), code, dtype)
+        product = convert(_poles_kept(product, out, held_out, inp, code, dtype), code, dtype)
     finite = out.finite and inp.finite
     if product.finite != finite:
         product = product._replace(finite=finite)
