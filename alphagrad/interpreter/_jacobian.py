@@ -830,6 +830,7 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
     for e in graph.edges:
         if e.code != 0:  # a zero partial is no edge (as in the engine)
             incoming.setdefault(e.dst, []).append(e)
+    read = _read_nodes(graph)
     edges: dict[tuple[int, int], Partial] = {}
     bounded: dict[Any, bool] = {}  # node or ValueRef -> finite wherever the arguments are (`_bounded`)
     for eqn in program.equations:
@@ -866,7 +867,11 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
         by_source: dict[int, list] = {}
         for k, out in enumerate(eqn.outputs):
             for e in incoming.get(out.node, ()) if out.node is not None else ():
-                by_source.setdefault(e.src, []).append((k, e))
+                if out.node in read:
+                    by_source.setdefault(e.src, []).append((k, e))
+                else:  # an output nothing reads: its partials are dropped unused (`_read_nodes`)
+                    zeros = jnp.zeros((*e.out_shape, *e.in_shape))
+                    edges[(e.src, e.dst)] = Partial(1, e.out_shape, e.in_shape, zeros, finite=True)
         if eqn.loop is not None:  # a scan kept as a loop: its partials by the plan's chain product
             edges.update(_loops.loop_partials(eqn, values, by_source, counter, jacobian, count_muls))
             continue
@@ -938,6 +943,15 @@ def _has_finite_partials(eqn: Equation, values: list[Any], partial: Partial) -> 
         divisor = values[1]
         return not isinstance(divisor, jax.core.Tracer) and bool(np.all(np.asarray(divisor) != 0))
     return name in _FINITE_PARTIALS or (name == "integer_pow" and eqn.params.get("y", -1) >= 0)
+
+
+def _read_nodes(graph: Graph) -> set[int]:
+    """The nodes something reads: the source of an edge, or an output. Partials into any other node
+    are only dropped by the elimination (a vertex without out-edges forms no product), so a
+    multi-output equation's dense partials leave those outputs out: flax's ``nn.RNN`` returns its
+    scan's final carry from an inlined call whose caller drops it, and the whole-loop VJP pulled
+    back 6 cotangent rows where the 4 of the stacked outputs are read (flax_gru_sequence)."""
+    return {e.src for e in graph.edges if e.code != 0} | {graph.node_id(o) for o in graph.outputs}
 
 
 #: An equation whose operands are all known while tracing (constants, and values computed from

@@ -152,6 +152,46 @@ def test_a_kept_loop_whose_stacked_output_is_its_carry(monkeypatch):
     check_exact_and_counted(recorded, (np.array([0.5, 0.7]), np.array(1.3)), (0, 1))
 
 
+def test_a_loop_output_that_the_caller_drops_is_left_out_of_its_partials(monkeypatch):
+    # flax's nn.RNN returns its scan's final carry from a jitted (inlined) call whose caller drops it:
+    # the carry's vertex has no out-edge, and the whole loop's VJP pulls back only the 6 rows of the
+    # stacked outputs (2 steps of 3 entries), not also the 4 of the carry (36 columns: by rows)
+    monkeypatch.setattr(_loops, "UNROLL_MAX_EQUATIONS", 0)
+
+    def f(w, u, h0):
+        @jax.jit
+        def run(w, u, h):
+            def step(h, _):
+                h = jnp.tanh(w @ h + u @ jnp.sin(h))
+                return h, h[:3]
+
+            return jax.lax.scan(step, h, None, length=2)
+
+        return run(w, u, h0)[1]
+
+    args = (RNG.normal(size=(4, 4)) / 3, RNG.normal(size=(4, 4)) / 3, RNG.normal(size=4))
+    g = check_exact_and_counted(f, args, (0, 1, 2))
+    assert [e.loop.mode for e in g.program.equations if e.loop is not None] == ["whole"]
+    read = _jacobian._read_nodes(g)
+    dropped = [v for v in g.vertices if g.node_id(v.number) not in read]
+    assert [v.primitive for v in dropped] == ["scan[0]"]
+
+    def axes(jaxpr) -> set[int]:
+        found = {d for e in jaxpr.eqns for v in e.outvars for d in getattr(v.aval, "shape", ())}
+        for e in jaxpr.eqns:
+            for sub in jax.extend.core.jaxprs_in_params(e.params):
+                found |= axes(sub)
+        return found
+
+    def rows_pulled_back() -> set[int]:
+        jaxpr = jax.make_jaxpr(interpreter.jacobian(f, "reverse", argnums=(0, 1, 2)))(*args).jaxpr
+        return axes(jaxpr) & {6, 10}
+
+    assert rows_pulled_back() == {6}
+    monkeypatch.setattr(_jacobian, "_read_nodes", lambda graph: {e.src for e in graph.edges} | set(range(99)))
+    assert rows_pulled_back() == {6, 10}  # the dropped carry's rows too, where every node counts as read
+
+
 def check_exact_and_counted(f, args, argnums):
     """jacobian(f, o) == jax.jacfwd(f) (1e-10 relative, float64) and count_muls == graph.cost for forward,
     reverse, Markowitz and a random order, compiled in one jit; returns the graph."""
