@@ -18,7 +18,9 @@ rehearsal (`_corpus_heldout16`: normalisation by a clamped norm at a zero row, a
 mask, MGH residuals, a reverse scan, a while loop with a fixed trip count, ties), and of the
 session-17 one (`_corpus_heldout17`: collectives inside `jax.vmap`, `lax.reduce_precision`, real
 FFTs, scatter mode "drop", a value-dependent while loop, a dict of scanned
-sequences, the polar decomposition, kinks at exact zeros). The test suite
+sequences, the polar decomposition, kinks at exact zeros), and of the session-18 one
+(`_corpus_heldout18`: top-2 expert gating, a transposed then depthwise convolution, the MGH Watson
+residuals, Gauss–Seidel sweeps, a straight-through histogram, an LU log-determinant). The test suite
 checks every function's Jacobian in several orders, under ``jax.jit``, and its counted
 multiplications (tests/interpreter/test_corpus.py); docs/corpus.md is its table.
 
@@ -33,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alphagrad.tasks import (_corpus_control, _corpus_heldout16, _corpus_heldout17, _corpus_nn, _corpus_outsider,
-                             _corpus_practice, _corpus_science, _corpus_wild)
+from alphagrad.tasks import (_corpus_control, _corpus_heldout16, _corpus_heldout17, _corpus_heldout18, _corpus_nn,
+                             _corpus_outsider, _corpus_practice, _corpus_science, _corpus_wild)
 from alphagrad.tasks._registry import Task
 
 __all__ = ["corpus", "corpus_groups"]
@@ -218,13 +220,14 @@ _FORWARD_ONLY = frozenset({"fori_dynamic", "newton_sqrt", "cubic_root_newton"})
 #: Functions whose reference Jacobian is jax.jacfwd (see `corpus`).
 _JACFWD_REFERENCE = (_FORWARD_ONLY | _corpus_outsider.JACFWD_REFERENCE | _corpus_practice.JACFWD_REFERENCE
                      | _corpus_wild.JACFWD_REFERENCE | _corpus_heldout16.JACFWD_REFERENCE
-                     | _corpus_heldout17.JACFWD_REFERENCE)
+                     | _corpus_heldout17.JACFWD_REFERENCE | _corpus_heldout18.JACFWD_REFERENCE)
 
 
 def _entries() -> list[tuple]:
     return (_primitive_entries() + _corpus_nn.entries() + _corpus_science.entries()
             + _corpus_control.entries() + _corpus_outsider.entries() + _corpus_practice.entries()
-            + _corpus_wild.entries() + _corpus_heldout16.entries() + _corpus_heldout17.entries())
+            + _corpus_wild.entries() + _corpus_heldout16.entries() + _corpus_heldout17.entries()
+            + _corpus_heldout18.entries())
 
 
 def corpus() -> dict[str, Task]:
