@@ -45,6 +45,7 @@ from alphagrad.interpreter import _loops, _tape
 from alphagrad.interpreter._discard import (
     READS_MAX, RowCover, elementwise_code, entrywise_code, plan_discard, structural_reads, value_cover,
 )
+from alphagrad.interpreter._poles import BOUNDED_VALUES, bounded_operand, has_finite_partials
 from alphagrad.interpreter._labelled import Labelled, densify_labelled, labelled_partial
 from alphagrad.interpreter._structured import (
     _NUMPY_RULES,
@@ -832,15 +833,15 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
             incoming.setdefault(e.dst, []).append(e)
     read = _read_nodes(graph)
     edges: dict[tuple[int, int], Partial] = {}
-    bounded: dict[Any, bool] = {}  # node or ValueRef -> finite wherever the arguments are (`_bounded`)
+    bounded: dict[Any, bool] = {}  # node or ValueRef -> finite wherever the arguments are (`bounded_operand`)
     for eqn in program.equations:
         values = [_operand_value(op, env, leaves) for op in eqn.operands]
         results = _bind_constant(eqn, values)  # evaluated once, whatever its number of outputs
-        operands_bounded = all(_bounded(op, value, bounded) for op, value in zip(eqn.operands, values))
+        operands_bounded = all(bounded_operand(op, value, bounded) for op, value in zip(eqn.operands, values))
         for out, result in zip(eqn.outputs, results):
             env[out.node if out.node is not None else out.value] = result
             bounded[out.node if out.node is not None else out.value] = operands_bounded and (
-                eqn.primitive is None or eqn.primitive.name in _BOUNDED_VALUES)
+                eqn.primitive is None or eqn.primitive.name in BOUNDED_VALUES)
         # Structured partials for primitives with rules; a fused complex span (a closed_call the
         # trace did not inline) has none.
         if eqn.primitive is None or (eqn.primitive.name in SUPPORTED_PRIMITIVES and eqn.primitive is not closed_call_p):
@@ -859,7 +860,7 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                     if eqn.primitive is jax.lax.dot_general_p:
                         partial = _dot_general_support(values, eqn.params, positions, partial)
                     moves = partial.code in VALUELESS or partial.code == INDEX_MAP  # no values to be infinite
-                    finite = (operands_bounded or moves) and _has_finite_partials(eqn, values, partial)
+                    finite = (operands_bounded or moves) and has_finite_partials(eqn, values, partial.code)
                     edges[(e.src, e.dst)] = partial._replace(finite=finite)
             continue
         # No structural rule (every multi-output primitive): dense partials, one JVP per source for
@@ -899,50 +900,6 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
     performed = _replay(graph, steps, edges, counter, dtype)
     outputs = [_operand_value(op, env, leaves) for op in program.outputs]
     return outputs, edges, performed
-
-
-#: Primitives whose partials are finite wherever their operands are: sums, products, data
-#: movement, selections and functions whose derivatives have no pole (`Partial.finite`: a dense
-#: partial's structural zeros meet no infinity in a product with one, `_structured.multiply`;
-#: the operands must be finite too: `_bounded`, as ``p * log(p)``'s partial is log(0) = -inf).
-_FINITE_PARTIALS = frozenset(
-    "add add_any sub mul neg dot_general reduce_sum reduce_max reduce_min max min select_n clamp exp exp2 "
-    "sin cos sinh cosh tanh logistic erf erfc atan asinh expm1 abs sign square convert_element_type copy "
-    "copy_p broadcast_in_dim reshape transpose squeeze expand_dims slice dynamic_slice dynamic_update_slice "
-    "concatenate stack pad gather scatter scatter-add rev cumsum conv_general_dilated real imag "
-    "stop_gradient floor ceil round reduce_precision".split())
-
-
-#: Primitives whose values are finite wherever their operands are (overflow aside): those of
-#: `_FINITE_PARTIALS` and square roots (their pole is in the derivative alone).
-_BOUNDED_VALUES = _FINITE_PARTIALS | frozenset("sqrt cbrt integer_pow".split())
-
-
-def _bounded(op: Operand, value: Any, bounded: dict) -> bool:
-    """Whether an operand is finite wherever the function's arguments are: an argument, a value
-    computed by `_BOUNDED_VALUES` from such values (`bounded`), or a constant without infinities."""
-    if op.node is not None:
-        return bounded.get(op.node, True)  # nodes before every equation are the arguments
-    if isinstance(op.value, LeafRef):
-        return True
-    if isinstance(op.value, ValueRef):
-        return bounded.get(op.value, False)
-    if isinstance(value, jax.core.Tracer) or not _is_float(value):
-        return not isinstance(value, jax.core.Tracer)
-    return bool(np.all(np.isfinite(np.asarray(value))))
-
-
-def _has_finite_partials(eqn: Equation, values: list[Any], partial: Partial) -> bool:
-    """Whether `partial` of `eqn` is finite wherever its operands are: one that only moves data, one
-    of `_FINITE_PARTIALS`, of a power with a non-negative integer exponent, of a division by a
-    constant without zeros, or an output's copy."""
-    if eqn.primitive is None or partial.code in VALUELESS or partial.code == INDEX_MAP:
-        return True
-    name = eqn.primitive.name
-    if name == "div" and eqn.operands[1].node is None:
-        divisor = values[1]
-        return not isinstance(divisor, jax.core.Tracer) and bool(np.all(np.asarray(divisor) != 0))
-    return name in _FINITE_PARTIALS or (name == "integer_pow" and eqn.params.get("y", -1) >= 0)
 
 
 def _read_nodes(graph: Graph) -> set[int]:

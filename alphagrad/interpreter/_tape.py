@@ -122,6 +122,7 @@ from alphagrad.graph import (
 from alphagrad.interpreter._discard import (
     elementwise_code, entrywise_code, plan_discard, structural_reads, value_cover,
 )
+from alphagrad.interpreter._poles import BOUNDED_VALUES, bounded_operand, has_finite_partials
 from alphagrad.interpreter._structured import Partial
 from alphagrad.interpreter._tape_products import (
     DOT, DOT_INNER, FIRST_EDGE_SLOT, FLAT, FLAT_GROUP_ENTRIES, MUL, ONE, SELECT, ZERO, Eliminator, FlatShape, Map, Unplannable, Valued,
@@ -1155,11 +1156,17 @@ class _Builder:
         self.late: list[tuple[int, np.ndarray]] = []
         self.late_nodes: set[int] = set()
         read = {op.node for eqn in equations for op in eqn.operands if op.node is not None}
+        bounded: dict[Any, bool] = {}  # node -> finite wherever the arguments are (module `_poles`)
+        self.finite: list[tuple[int, int]] = []  # edge slots of partials without poles (`Eliminator`)
+        self.zeros: list[np.ndarray] = []  # edge slots of partials' structural zeros (`Eliminator`)
         for k, eqn in enumerate(equations):
             where = f"equation {k + 1}"
             node = eqn.outputs[0].node
             if node is None:
                 raise Unsupported(f"{where} has no vertex")
+            constants = [op.value if op.node is None else None for op in eqn.operands]
+            operands_bounded = all(bounded_operand(op, value, bounded) for op, value in zip(eqn.operands, constants))
+            bounded[node] = operands_bounded and (eqn.primitive is None or eqn.primitive.name in BOUNDED_VALUES)
             aval = eqn.aval
             shape = tuple(aval.shape) if aval is not None else ()
             if aval is None or not (self._value_dtype_ok(aval.dtype) or self._small_integer(eqn, aval)):
@@ -1292,6 +1299,15 @@ class _Builder:
                 if len(kinds) > max(MAX_KINDS, len(equations) // EQUATIONS_PER_KIND):
                     raise Unsupported(f"more than {max(MAX_KINDS, len(equations) // EQUATIONS_PER_KIND)} "
                                       "distinct equation kinds")
+            for e in incoming.get(node, ()):
+                edge = edges.get((e.src, node))
+                if (isinstance(edge, Valued) and edge.size and operands_bounded
+                        and has_finite_partials(eqn, constants, e.code)):
+                    self.finite.append((edge.base, edge.size))
+            if has_partials and row is not None and row[-1] is not None:
+                # Partials read off from local derivatives (`_read_off`): the entries of their
+                # value arrays (consecutive from partials_at) that none is are structural zeros.
+                self.zeros.append(partials_at + np.flatnonzero(np.asarray(row[-1]) < 0))
             self.node_base[node] = self._allocate_value(math.prod(shape))
             self.node_shape[node] = shape
             self.node_dtype[node] = np.dtype(aval.dtype)
@@ -1338,7 +1354,8 @@ class _Builder:
                 + [length for kind, _, length, *_ in eq_rows if templates[kind][0][0] is _SELECTION])
         discard = self._discard_tables(edges, zero)
         # Product edges reuse the slots of deleted edges (value arrays only; maps keep theirs).
-        elim = Eliminator(edges, next_slot, lanes_for([p.muls for s in self.steps for p in s.products if p.muls]))
+        elim = Eliminator(edges, next_slot, lanes_for([p.muls for s in self.steps for p in s.products if p.muls]),
+                          self.finite, self.zeros)
         muls = 0
         identities: dict[int, tuple] = {}
         maps: dict[int, tuple] = {}
@@ -1759,7 +1776,8 @@ def _flat_products(elim: Eliminator, products: Sequence, identities: dict, maps:
         out_edge, in_edge = edges[(planned.vertex, planned.succ)], edges[(planned.pred, planned.vertex)]
         old = get((planned.pred, planned.succ))
         spec = _flat_spec(out_edge, in_edge, old, planned, identities)
-        if spec is None or spec[-1] != planned.muls:
+        if spec is None or spec[-1] != planned.muls or (
+                spec[1] == MUL and elim.would_guard(out_edge, in_edge, planned.muls)):  # (guarded: lane steps)
             rest.append(planned)
             continue
         size = _size_of(out_edge.out_shape) * _size_of(in_edge.in_shape)

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from alphagrad import interpreter
-from alphagrad.interpreter import _tape
 
 _RNG = np.random.default_rng(17)
 _W1 = _RNG.normal(size=(4, 3)) * 0.5
@@ -102,14 +101,7 @@ def test_a_dropped_infinite_partial_leaves_the_jacobian_finite(name):
         _assert_follows_jacfwd(f, jnp.asarray(x), orders)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="open: the tape keeps no structural zeros of "
-                   "dense products (corpus17 report, class 2b)")
-def test_a_zero_row_normalisation_on_the_tape(monkeypatch):
-    monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)
-    monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
-    with jax.enable_x64(True):
-        x = jnp.array([[0.0, 0.0, 0.0], [1.0, -1.0, 2.0], [0.5, 0.2, 0.1]])
-        _assert_follows_jacfwd(lambda x: _normalise(x).sum(-1), x, ("reverse",))
+# The zero-row normalisation on the tape (class 2b) is fixed: test_structural_zeros.
 
 
 def test_the_same_functions_with_a_primal_select_follow_jacfwd():

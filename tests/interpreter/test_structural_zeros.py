@@ -7,7 +7,9 @@ broadcast) with a partial tied along rows comes out dense, and its zeros between
 by the infinite partial, were NaN in every row (reverse and Markowitz order; session 16). Such
 products keep the support of such dense partials (`_structured._keeping_zeros`), and a product
 of one with a partial that may be infinite multiplies the finite part and puts NaN back only
-where the support meets the infinities (`_zeros_meeting_poles`, `_poles_kept`).
+where the support meets the infinities (`_zeros_meeting_poles`, `_poles_kept`). The tape (long
+programs) knows at plan time which edge slots hold structural zeros and which may be infinite, and
+a multiplication of the two reads the zero slot instead of the infinity (`LaneSteps.guarded`).
 """
 
 import jax
@@ -15,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alphagrad import interpreter
+from alphagrad import graph as graph_lib, interpreter
+from alphagrad.interpreter import _tape
+from alphagrad.interpreter._tape_products import MUL, SELECT, ZERO, LaneSteps
 from alphagrad.interpreter._structured import (
     INDEX_MAP, IndexMap, MultiplicationCounter, Partial, densify, multiply,
 )
@@ -35,6 +39,24 @@ ZERO_ROW = np.array([[0.0, 0.0, 0.0], [1.0, -1.0, 2.0], [0.5, 0.2, 0.1]])
 # A batch of token vectors, token (0, 1) all zero; the similarity einsum contracts over the batch.
 ZERO_TOKEN = np.array([[[1.0, 2.0], [0.0, 0.0]], [[0.5, -1.0], [1.0, 0.3]]])
 FUNCTIONS["token_similarities"] = lambda x: jnp.einsum("btd,bsd->ts", normalise(x), normalise(x))
+# Centred rows (a dense partial of a broadcast subtraction whose zeros are read off, on the tape)
+# scaled by a row statistic of the reversed rows' normalisation.
+def centred_times_reversed_scale(x):
+    scaled = (x - x.mean(-1, keepdims=True)) * jnp.log1p(jnp.abs(normalise(x[::-1])).sum(-1, keepdims=True))
+    return (scaled - scaled.mean(-1, keepdims=True)).sum(-1) + scaled[:, 0]
+
+
+FUNCTIONS["centred_times_reversed_scale"] = centred_times_reversed_scale
+
+
+def _assert_finite_where_jacfwd_is(f, x, orders):
+    expected = np.asarray(jax.jacfwd(f)(x))
+    assert np.isnan(expected).any()  # the zero row's own entries: jax.jacfwd's NaN
+    finite = np.isfinite(expected)
+    for order in orders:
+        got = np.asarray(interpreter.jacobian(f, order)(x))
+        assert np.isfinite(got[finite]).all(), (order, np.argwhere(finite & ~np.isfinite(got))[:3])
+        np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(FUNCTIONS))
@@ -42,13 +64,36 @@ def test_a_zero_row_leaves_the_other_rows_finite_in_every_order(name):
     with jax.enable_x64(True):
         f = FUNCTIONS[name]
         x = jnp.asarray(ZERO_TOKEN if name == "token_similarities" else ZERO_ROW)
-        expected = np.asarray(jax.jacfwd(f)(x))
-        assert np.isnan(expected).any()  # the zero row's own entries: jax.jacfwd's NaN
-        for order in ("forward", "reverse", "markowitz"):
-            got = np.asarray(interpreter.jacobian(f, order)(x))
-            finite = np.isfinite(expected)
-            assert np.isfinite(got[finite]).all(), (order, np.argwhere(finite & ~np.isfinite(got))[:3])
-            np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-10, atol=1e-12)
+        _assert_finite_where_jacfwd_is(f, x, ("forward", "reverse", "markowitz"))
+
+
+@pytest.mark.parametrize("name", ["row_sums", "centred_times_reversed_scale", "cosine_of_reversed_rows"])
+def test_the_tape_keeps_structural_zeros_away_from_infinite_partials(name, monkeypatch):
+    # The same functions on the tape (forced: they are short); a random order too.
+    monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)
+    monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
+    with jax.enable_x64(True):
+        f = FUNCTIONS[name]
+        x = jnp.asarray(ZERO_TOKEN if name == "token_similarities" else ZERO_ROW)
+        graph = interpreter.graph_of(f, x)
+        _tape.build(graph, graph_lib.plan(graph, graph_lib.resolve_order(graph, "reverse")))  # in the tape's class
+        shuffled = [int(v) for v in np.random.default_rng(0).permutation(list(graph.intermediates))]
+        _assert_finite_where_jacfwd_is(f, x, ("reverse", "markowitz", shuffled))
+
+
+def test_lane_steps_guard_a_structural_zero_against_a_possible_infinity():
+    steps = LaneSteps(1)
+    steps.forget(2, 6)  # slots 2..7: nothing known (possibly infinite)
+    steps.forget(4, 2, pole=False)  # 4, 5: finite
+    steps.emit(SELECT, [ZERO], [0], [6], [1])  # slot 6 := select(ONE, ZERO): a structural zero
+    x, y = steps.guarded(np.array([6, 6, 2]), np.array([2, 4, 3]))
+    np.testing.assert_array_equal(x, [6, 6, 2])
+    np.testing.assert_array_equal(y, [ZERO, 4, 3])  # only the possibly infinite partner reads zero
+    steps.emit(MUL, [6, 2], [2, 4], [7, 7], [1, 0])  # 7 := 6 * 2 (guarded: zero), += 2 * 4
+    assert not steps.zero[7] and steps.pole[7]
+    steps.emit(MUL, [6], [3], [7], [1])
+    assert steps.zero[7] and not steps.pole[7]
+    assert len(np.concatenate(steps.rows)) == 4  # every multiplication is still performed (counted)
 
 
 def test_a_map_times_a_tied_partial_keeps_its_zeros_against_an_infinite_diagonal():

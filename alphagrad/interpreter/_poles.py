@@ -1,0 +1,73 @@
+"""Which values and partials may be infinite where the function's arguments are finite (poles).
+
+A product of a partial that is structurally zero at some entry (the value array of a dense code
+whose entry no path reaches) with a partial that is infinite there gives ``0 * inf = NaN`` where
+jax.jacfwd, which never forms that product, is finite. Both interpreters guard such products
+(`_structured.multiply` on the straight-line path, `_tape_products.LaneSteps` on the tape) only
+where one factor may be infinite: these rules say where, conservatively (a partial said finite
+that is not costs a NaN where jax.jacfwd is finite, never a wrong finite number; a partial said
+possibly infinite that is not costs only the guard).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alphagrad.graph import INDEX_MAP, VALUELESS, LeafRef, Operand, ValueRef
+
+__all__ = ["FINITE_PARTIALS", "BOUNDED_VALUES", "bounded_operand", "has_finite_partials"]
+
+#: Primitives whose partials are finite wherever their operands are: sums, products, data
+#: movement, selections and functions whose derivatives have no pole (`Partial.finite`: a dense
+#: partial's structural zeros meet no infinity in a product with one, `_structured.multiply`;
+#: the operands must be finite too: `bounded_operand`, as ``p * log(p)``'s partial is log(0) = -inf).
+FINITE_PARTIALS = frozenset(
+    "add add_any sub mul neg dot_general reduce_sum reduce_max reduce_min max min select_n clamp exp exp2 "
+    "sin cos sinh cosh tanh logistic erf erfc atan asinh expm1 abs sign square convert_element_type copy "
+    "copy_p broadcast_in_dim reshape transpose squeeze expand_dims slice dynamic_slice dynamic_update_slice "
+    "concatenate stack pad gather scatter scatter-add rev cumsum conv_general_dilated real imag "
+    "stop_gradient floor ceil round reduce_precision".split())
+
+#: Primitives whose values are finite wherever their operands are (overflow aside): those of
+#: `FINITE_PARTIALS` and square roots (their pole is in the derivative alone).
+BOUNDED_VALUES = FINITE_PARTIALS | frozenset("sqrt cbrt integer_pow".split())
+
+
+def _is_float(value: Any) -> bool:
+    dtype = value.dtype if hasattr(value, "dtype") else jnp.result_type(value)
+    return jnp.issubdtype(dtype, jnp.floating)
+
+
+def bounded_operand(op: Operand, value: Any, bounded: dict) -> bool:
+    """Whether an operand is finite wherever the function's arguments are: an argument, a value
+    computed by `BOUNDED_VALUES` from such values (`bounded`: node or `ValueRef` -> bool), or a
+    constant without infinities (`value`: the constant; read only for constants)."""
+    if op.node is not None:
+        return bounded.get(op.node, True)  # nodes before every equation are the arguments
+    if isinstance(op.value, LeafRef):
+        return True
+    if isinstance(op.value, ValueRef):
+        return bounded.get(op.value, False)
+    if isinstance(value, jax.core.Tracer) or not _is_float(value):
+        return not isinstance(value, jax.core.Tracer)
+    return bool(np.all(np.isfinite(np.asarray(value))))
+
+
+def has_finite_partials(eqn, values: list[Any], code: int) -> bool:
+    """Whether the partial (of structure `code`) of equation `eqn` is finite wherever its operands
+    are: one that only moves data, one of `FINITE_PARTIALS`, of a power with a non-negative integer
+    exponent, of a division by a constant without zeros (`values[1]`, read only when the divisor
+    is a constant), or an output's copy."""
+    if eqn.primitive is None or code in VALUELESS or code == INDEX_MAP:
+        return True
+    name = eqn.primitive.name
+    if name == "div" and eqn.operands[1].node is None:
+        if isinstance(eqn.operands[1].value, (LeafRef, ValueRef)):
+            return False  # a value computed at run time: it may be zero
+        divisor = values[1]
+        return not isinstance(divisor, jax.core.Tracer) and bool(np.all(np.asarray(divisor) != 0))
+    return name in FINITE_PARTIALS or (name == "integer_pow" and eqn.params.get("y", -1) >= 0)
