@@ -1,12 +1,12 @@
-"""Open case of helper corpus18's held-out rehearsal (session 18): a refusal without a clear error.
+"""A case of helper corpus18's held-out rehearsal (session 18), fixed: typed PRNG keys get float0 blocks.
 
 A typed PRNG key (``jax.random.key``, dtype ``key<fry>``) among the leaves of a differentiated
-argument (a state dict holding the weights and the key, as training code keeps it) fails inside
-``interpreter._jacobian._block_dtype`` with a bare ``TypeError: Cannot determine dtype of key<fry>``.
+argument (a state dict holding the weights and the key, as training code keeps it) made
+``interpreter._jacobian._block_dtype`` fail with a bare ``TypeError: Cannot determine dtype of key<fry>``.
 jax.jacfwd and jax.jacrev refuse it too, so this counts against no Jacobian; but alphagrad's
 refusals should be an `alphagrad.errors` exception that names the leaf, or the key's block should
 be float0 as for integer leaves (a raw ``jax.random.PRNGKey``, a uint32 array, already gets float0).
-Strict expected failure: it flips when either is done, and must then be unmarked. Repro and
+Fixed the second way (`_jacobian._block_dtype`: float0, the dtype of a key's tangent). Repro and
 diagnosis: /work/notes/corpus18_report.md.
 """
 
@@ -23,8 +23,6 @@ def _noisy_layer(state, x):
     return jnp.tanh(x @ state["w"]) + 0.1 * noise
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="open: a typed PRNG key leaf in a differentiated "
-                   "argument gives a bare TypeError from _block_dtype (corpus18 report)")
 def test_a_typed_key_in_a_differentiated_argument_is_refused_clearly_or_gets_a_float0_block():
     state = {"key": jax.random.key(1), "w": jnp.ones((3, 2))}
     x = jnp.ones((4, 3))
