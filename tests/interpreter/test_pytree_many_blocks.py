@@ -45,6 +45,17 @@ def arguments(k=jnp.int32(3)):
     return scalars, vectors, jnp.asarray(RNG.normal(size=2), jnp.float32), k
 
 
+def on_path(monkeypatch, path):
+    """many_io's arguments and argnums, on the straight-line path or (forced) on the tape, which
+    takes no integer arguments: k a float there, not differentiated."""
+    if path == "tape":
+        monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)
+        monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
+        monkeypatch.setattr(_trace, "LABELLED_MAX_EQUATIONS", -1)
+        return arguments(jnp.float64(3.0)), (0, 1, 2)
+    return arguments(), (0, 1, 2, 3)
+
+
 def calls(monkeypatch, target, name):
     """Records the calls of `target.name` (still calling it)."""
     seen = []
@@ -80,13 +91,7 @@ def test_many_blocks_split_after_the_call(monkeypatch, path, split):
     many = 0 if split == "one array" else 10**9
     monkeypatch.setattr(_jacobian, "SPLIT_MIN_NONZERO", many)
     monkeypatch.setattr(_jacobian, "SPLIT_MIN_NONZERO_TAPE", many)
-    if path == "tape":
-        monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)
-        monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
-        monkeypatch.setattr(_trace, "LABELLED_MAX_EQUATIONS", -1)
-    # The tape takes no integer arguments: k a float there, not differentiated.
-    args = arguments() if path == "straight-line" else arguments(jnp.float64(3.0))
-    argnums = (0, 1, 2, 3) if path == "straight-line" else (0, 1, 2)
+    args, argnums = on_path(monkeypatch, path)
     made = calls(monkeypatch, _jacobian._SplitPytree, "__init__")
     gathers = calls(monkeypatch, _tape, "run_blocks")
     sliced = calls(monkeypatch, _jacobian, "_block_of")
@@ -140,3 +145,83 @@ def test_few_blocks_and_vmap_keep_the_traced_assembly(monkeypatch):
     expected = jax.jacfwd(many_io, argnums=0)([s + 0.1 for s in args[0]], *args[1:])
     for got, want in zip(jax.tree.leaves(batched), jax.tree.leaves(expected)):
         np.testing.assert_allclose(got[1], want, rtol=1e-12, atol=1e-14)
+
+
+def special(xs, c):
+    """Blocks holding NaN, infinities and -0.0 (the derivatives of x * c), many of one shape."""
+    return [x * c[k % c.shape[0]] for k, x in enumerate(xs)], jnp.stack(xs[:3]) * c[:3]
+
+
+def entry_kernels(compiled) -> int:
+    """The kernels (fusions) of a compiled computation's entry, nested computations included."""
+    return sum(line.count(" fusion(") for line in compiled.as_text().splitlines())
+
+
+@pytest.mark.parametrize("path", ["straight-line", "tape"])
+def test_many_blocks_under_a_trace_written_in_groups(monkeypatch, path):
+    """Under the caller's jax.jit and jax.vmap the blocks read off edges come out of one XLA
+    operation per group (`_jacobian._written_in_groups`): XLA:CPU compiles a kernel per output
+    otherwise. The blocks are those built one by one, bit for bit (NaN, infinities, -0.0, mixed
+    dtypes, zero and float0 blocks; the tests above compare those with the dense output's and
+    jax.jacfwd's) and stay differentiable."""
+    args, argnums = on_path(monkeypatch, path)
+    written = calls(monkeypatch, _jacobian, "_copied")
+
+    def blocks_of(grouped_min, fn, *a, argnums=None):
+        """jax.jit of fn's Jacobian (or of fn itself, argnums None), compiled, and that Jacobian."""
+        monkeypatch.setattr(_jacobian, "GROUPED_MIN_BLOCKS", grouped_min)
+        jac = fn if argnums is None else interpreter.jacobian(fn, "reverse", argnums=argnums)
+        return jax.jit(jac).lower(*a).compile(), jac
+
+    monkeypatch.setattr(_jacobian, "GROUP_BLOCKS", 4)  # groups of 4, and one left alone
+    alone, jac_alone = blocks_of(10**9, many_io, *args, argnums=argnums)
+    assert not written
+    grouped, jac = blocks_of(8, many_io, *args, argnums=argnums)
+    assert written
+    nonzero = sum(1 for x in jax.tree.leaves(alone(*args)) if x.dtype != jax.dtypes.float0 and np.any(x))
+    if jax.default_backend() == "cpu":  # a kernel per group, not per block
+        assert entry_kernels(alone) >= nonzero and entry_kernels(grouped) <= entry_kernels(alone) - nonzero // 3
+    # On the tape the blocks are read out of its edge buffer: bit for bit; on the straight-line
+    # path XLA fuses their computation into the group's kernel: to the last digit or two.
+    def same(got, want):
+        if path == "tape":
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-15)
+
+    blocks, alone_blocks = grouped(*args), alone(*args)
+    assert jax.tree.structure(blocks) == jax.tree.structure(alone_blocks)
+    for x, y in zip(jax.tree.leaves(blocks), jax.tree.leaves(alone_blocks)):
+        assert x.shape == y.shape and x.dtype == y.dtype
+        if y.dtype != jax.dtypes.float0:
+            same(x, y)
+    if path == "straight-line":
+        assert blocks["s0"][3].dtype == jax.dtypes.float0  # the integer argument
+    assert blocks["c32"][2].dtype == jnp.float64 and blocks["const"][0][5].dtype == jnp.float64
+
+    # Under jit and vmap: the batched blocks built one by one.
+    batched = [jnp.stack([s, s * 0.5]) for s in args[0]]
+    batched_alone, _ = blocks_of(10**9, jax.vmap(jac_alone, in_axes=(0, None, None, None)), batched, *args[1:])
+    batched_grouped, _ = blocks_of(8, jax.vmap(jac, in_axes=(0, None, None, None)), batched, *args[1:])
+    for x, y in zip(jax.tree.leaves(batched_grouped(batched, *args[1:])),
+                    jax.tree.leaves(batched_alone(batched, *args[1:]))):
+        assert x.dtype == y.dtype and x.shape == y.shape and (y.dtype == jax.dtypes.float0 or x.shape[0] == 2)
+        if y.dtype != jax.dtypes.float0:
+            same(x, y)
+
+    # NaN, infinities and -0.0 pass unchanged; the Jacobian stays differentiable (its derivative
+    # the one of the blocks built one by one).
+    xs = [jnp.asarray(x) for x in RNG.normal(size=20)]
+    c = jnp.asarray([np.nan, np.inf, -0.0, -np.inf, 0.0, 1.5])
+    alone, jac_alone = blocks_of(10**9, special, xs, c, argnums=0)
+    grouped, jac = blocks_of(8, special, xs, c, argnums=0)
+    for x, y in zip(jax.tree.leaves(grouped(xs, c)), jax.tree.leaves(alone(xs, c))):
+        np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(np.signbit(x), np.signbit(y))
+    assert np.isnan(grouped(xs, c)[0][0][0]) and np.signbit(grouped(xs, c)[0][2][2])
+    finite = jnp.asarray([0.5, 2.0, -0.0, -1.0, 3.0, 1.5])
+    alone, _ = blocks_of(10**9, jax.jacfwd(jac_alone, argnums=1), xs, finite)
+    grouped, _ = blocks_of(8, jax.jacfwd(jac, argnums=1), xs, finite)
+    for x, y in zip(jax.tree.leaves(grouped(xs, finite)), jax.tree.leaves(alone(xs, finite))):
+        np.testing.assert_array_equal(x, y)
+    assert np.any(jax.tree.leaves(grouped(xs, finite))[0])
