@@ -1776,8 +1776,7 @@ def _flat_products(elim: Eliminator, products: Sequence, identities: dict, maps:
         out_edge, in_edge = edges[(planned.vertex, planned.succ)], edges[(planned.pred, planned.vertex)]
         old = get((planned.pred, planned.succ))
         spec = _flat_spec(out_edge, in_edge, old, planned, identities)
-        if spec is None or spec[-1] != planned.muls or (
-                spec[1] == MUL and elim.would_guard(out_edge, in_edge, planned.muls)):  # (guarded: lane steps)
+        if spec is None or spec[-1] != planned.muls:
             rest.append(planned)
             continue
         size = _size_of(out_edge.out_shape) * _size_of(in_edge.in_shape)

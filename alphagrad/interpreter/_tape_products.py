@@ -29,6 +29,14 @@ identity (MOVE), read and written as slices. Lane steps, tiles and chunks write 
 different ways (a window, a scatter, a slice), so each family runs in a loop of its own, the
 loops by segments in the plan's order (`run_steps`).
 
+In plans of one operation a step, a multiplication of a *structural zero* (an entry of a dense
+value array that no path reaches: written from the `ZERO` slot, read off from no local derivative,
+or a product of such) and a value that may be infinite (module `_poles`) reads `ZERO` for the
+latter (`LaneSteps.guarded`): ``0 * inf`` would be NaN where jax.jacfwd, which never forms that
+product, is finite (a zero-norm row normalised, then summed). Still one multiplication, counted;
+no cost at run time (a step reads whatever slot its row names). Steps of several lanes (plans of
+more than `SCALAR_STEPS_MAX_MULS` multiplications) read slices and patterns and are not guarded.
+
 An elimination that writes many dense results (a wide program's vertex read by hundreds of
 outputs, in reverse order) plans its products at once as *flat records* (`LaneSteps.emit_flat`,
 called by `_tape._flat_products`): per product its three base slots and a `FlatShape` (strides,
@@ -298,14 +306,12 @@ class LaneSteps:
         self.records: list[np.ndarray] = []  # flat steps' records [n, 5] (`emit_flat`)
         self.shapes: dict[tuple, int] = {}  # their distinct `FlatShape`s, numbered
         self._num_records = 0
-        # Per edge slot, what the plan knows of its value (the guard of structural zeros, module
-        # docstring): `zero`, a structural zero (written from `ZERO`, or a product or selection of
-        # one); `pole`, possibly infinite where the arguments are finite (module `_poles`).
-        # A slot nothing is known of is (False, True): never assumed zero.
+        # Per edge slot, in one-operation plans (`guarded`, module docstring): `zero`, a structural
+        # zero; `pole`, possibly infinite where the arguments are finite (module `_poles`). A slot
+        # nothing is known of is (False, True): never assumed zero.
         self.zero = np.zeros(FIRST_EDGE_SLOT, bool)
         self.pole = np.zeros(FIRST_EDGE_SLOT, bool)
         self.zero[ZERO] = True
-        self.guarding = True  # whether `emit` guards its multiplications (`Eliminator.would_guard`)
 
     def flags_to(self, end: int) -> None:
         """Grows the slot flags to cover slots below `end` (new slots: nothing known)."""
@@ -314,29 +320,13 @@ class LaneSteps:
             self.zero = np.concatenate([self.zero, np.zeros(grow, bool)])
             self.pole = np.concatenate([self.pole, np.ones(grow, bool)])
 
-    def forget(self, base: int, size: int, pole: bool = True, fresh: bool = True) -> None:
-        """Slots [base, base + size) are written (`fresh`) or added to by steps whose entries are
-        not tracked one by one (or allocated): not zero; possibly infinite where `pole` (or,
-        added to, where they were)."""
-        self.flags_to(base + size)
-        self.zero[base:base + size] = False
-        if fresh or pole:
+    def forget(self, base: int, size: int, pole: bool = True) -> None:
+        """Slots [base, base + size) hold values nothing is known of (allocated; or partials):
+        not zero, possibly infinite unless `pole` is False. (One-operation plans only.)"""
+        if self.lanes == 1:
+            self.flags_to(base + size)
+            self.zero[base:base + size] = False
             self.pole[base:base + size] = pole
-
-    def _span_poles(self, *spans: tuple[int, int]) -> bool:
-        return any(self.holds(base, size)[1] for base, size in spans)
-
-    def holds(self, base: int, size: int) -> tuple[bool, bool]:
-        """Whether slots [base, base + size) hold a structural zero, and a possibly infinite value."""
-        self.flags_to(base + size)
-        return bool(self.zero[base:base + size].any()), bool(self.pole[base:base + size].any())
-
-    def meets(self, a: tuple[int, int], b: tuple[int, int]) -> bool:
-        """Whether a product of the value arrays at slots a = (base, size) and b may multiply a
-        structural zero of one by a possibly infinite entry of the other (its steps must then be
-        `guarded` one by one: blocks, chunks, grids and flat steps read slices)."""
-        (a_zero, a_pole), (b_zero, b_pole) = self.holds(*a), self.holds(*b)
-        return (a_zero and b_pole) or (a_pole and b_zero)
 
     def guarded(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The slots multiplications ``edges[x] * edges[y]`` read: where one factor is a structural
@@ -347,6 +337,24 @@ class LaneSteps:
         x_off, y_off = self.zero[y] & self.pole[x], self.zero[x] & self.pole[y]
         if x_off.any() or y_off.any():
             x, y = np.where(x_off, ZERO, x), np.where(y_off, ZERO, y)
+        return x, y
+
+    def _one(self, kind: int, x: int, y: int, dst: int, new: bool) -> tuple[int, int]:
+        """`guarded` and `_track` of one operation (most products of scalar programs: Python
+        scalars); its x and y."""
+        self.flags_to(max(x, y, dst) + 1)
+        zero, pole = self.zero, self.pole
+        x_zero, y_zero = bool(zero[x]), bool(zero[y])  # (a zero slot is never a pole: `_track`)
+        if kind == MUL and y_zero and pole[x]:
+            x, x_zero = ZERO, True
+        if kind == MUL and x_zero and pole[y]:
+            y, y_zero = ZERO, True
+        is_zero = x_zero or y_zero
+        is_pole = not is_zero and bool(pole[x] or (kind == MUL and pole[y]))
+        if new:
+            zero[dst], pole[dst] = is_zero, is_pole
+        else:
+            zero[dst], pole[dst] = zero[dst] and is_zero, pole[dst] or is_pole
         return x, y
 
     def _track(self, kind: int, x: np.ndarray, y: np.ndarray, dst: np.ndarray, new: np.ndarray) -> None:
@@ -415,15 +423,6 @@ class LaneSteps:
         self.records.append(np.stack([a, f, c], axis=1))
         self.rows.extend(pieces)
         self._num_records += len(size)
-        # Flags: the results are not zero, possibly infinite (the caller guards: `meets`).
-        fields = np.asarray(list(self.shapes), np.int64).reshape(-1, len(FlatShape._fields))[shape]
-        cols = fields[:, 0]
-        last = c + (size - 1) // cols * fields[:, 5] + np.minimum(size, cols) * fields[:, 6] - fields[:, 6]
-        order = np.argsort(c, kind="stable")
-        starts, ends = c[order], np.maximum.accumulate(last[order])
-        cut = np.r_[0, np.nonzero(starts[1:] > ends[:-1] + 1)[0] + 1]
-        for lo, hi in zip(starts[cut].tolist(), ends[np.r_[cut[1:] - 1, len(c) - 1]].tolist()):
-            self.forget(lo, hi + 1 - lo)
 
     def emit(self, kind: int, x, y, dst, new) -> None:
         """Operations ``edges[dst] = (0 if new else edges[dst]) + op(edges[x], edges[y])`` (arrays
@@ -431,10 +430,14 @@ class LaneSteps:
         x, y, dst, new = (np.asarray(a, np.int64) for a in (x, y, dst, new))
         if len(x) == 0:
             return
-        if kind == MUL and self.guarding:
-            x, y = self.guarded(x, y)
-        self._track(kind, x, y, dst, new)
         if self.lanes == 1:  # one operation a step, in order: kind and flag, x, y, dst
+            if len(x) == 1:
+                one = self._one(kind, int(x[0]), int(y[0]), int(dst[0]), bool(new[0]))
+                self.rows.append(np.asarray([[2 * kind + (new[0] != 0), *one, dst[0]]], np.int64))
+                return
+            if kind == MUL:
+                x, y = self.guarded(x, y)
+            self._track(kind, x, y, dst, new)
             self.rows.append(np.stack([2 * kind + (new != 0), x, y, dst], axis=1))
             return
         # A step writes each destination once (it reads, adds and writes back), so operations
@@ -626,7 +629,6 @@ class LaneSteps:
         out[:, 8] = np.minimum(BLOCK, cols - j)
         out[:, 9] = np.where(fresh & (k == 0), ALL_NEW, NONE_NEW)
         self.rows.append(out)
-        self.forget(dst, rows * cols, self._span_poles((x, rows * inner), (y, inner * cols)), fresh)
 
     def emit_chunks(self, kind: int, x: int, y: int, dst: int, rows: int, cols: int, strides: tuple[int, int],
                     fresh: bool, scratch: int | None = None) -> None:
@@ -645,7 +647,7 @@ class LaneSteps:
             raise AssertionError("internal error: chunk steps run among steps of several lanes")
         self._flush()
         self.blocks = True
-        factor, by_row, factors = BROADCAST_FACTOR, 0, y
+        factor, by_row = BROADCAST_FACTOR, 0
         if strides == (0, 1) and scratch is not None and cols <= CHUNK:
             tile = np.zeros((2, 10), np.int64)
             tile[:, 0], tile[:, 1], tile[:, 2], tile[:, 4] = TILE, CHUNK, cols, y
@@ -665,25 +667,6 @@ class LaneSteps:
         out[:, 7], out[:, 8] = factor, by_row
         out[:, 9] = ALL_NEW if fresh else NONE_NEW
         self.rows.append(out)
-        self._chunk_flags(kind, x, factors, dst, rows, cols, strides, fresh)
-
-    def _chunk_flags(self, kind: int, x: int, y: int, dst: int, rows: int, cols: int, strides: tuple[int, int],
-                     fresh: bool) -> None:
-        """The flags of an `emit_chunks` result: a copy's (MOVE by one mask) follow its source's
-        entry by entry; a scaled block's are not zero (the caller guards: `meets`)."""
-        n = rows * cols
-        if kind == MOVE and strides == (0, 0):
-            self.flags_to(max(x + n, y + 1, dst + n))
-            zero = self.zero[x:x + n] | self.zero[y]
-            pole = self.pole[x:x + n] & ~zero
-            if fresh:
-                self.zero[dst:dst + n], self.pole[dst:dst + n] = zero, pole
-            else:
-                self.zero[dst:dst + n] &= zero
-                self.pole[dst:dst + n] |= pole
-            return
-        length = {(0, 0): 1, (0, 1): cols, (1, 0): rows}.get(tuple(strides), rows * cols)
-        self.forget(dst, n, self._span_poles((x, n), (y, length)), fresh)
 
     def emit_rows(self, kind: int, rows: int, x, x_stride: int, y, y_stride: int, dst, dst_stride: int,
                   new: bool) -> None:
@@ -702,13 +685,6 @@ class LaneSteps:
             self.emit(kind, (x + at * x_stride).reshape(-1), (y + at * y_stride).reshape(-1),
                       (dst + at * dst_stride).reshape(-1), np.full(rows * len(x), new))
             return
-        if kind != SELECT:  # (shifted patterns cannot be guarded entry by entry: `guarded`)
-            raise AssertionError("internal error: rows of steps other than selections")
-        per = max(1, _POINTS_PER_BLOCK // len(x))
-        for first in range(0, rows, per):  # the flags, a block of rows at a time
-            at = np.arange(first, min(rows, first + per))[:, None]
-            self._track(kind, (x + at * x_stride).reshape(-1), (y + at * y_stride).reshape(-1),
-                        (dst + at * dst_stride).reshape(-1), np.full(len(at) * len(x), new))
         self._flush()
         at = np.arange(group)[:, None]
         saved, self.rows = self.rows, []
@@ -747,10 +723,6 @@ class LaneSteps:
         rows[:, 5] += dst_base
         rows[:, 9] = np.where((per_round == 0) & fresh, ALL_NEW, NONE_NEW)
         self.rows.append(rows)
-        # (The caller guards: `meets`; poles read anywhere in the factors' spans.)
-        extent = [(int(np.min(bases)), int(np.max(bases)) + sum((n - 1) * abs(step) for n, step in zip(sizes, steps)) + 1)
-                  for bases, steps in ((x_bases, x_steps), (y_bases, y_steps))]
-        self.forget(dst_base, math.prod(sizes), self._span_poles(*((lo, hi - lo) for lo, hi in extent)), fresh)
 
     def _grid_steps(self, sizes: tuple, x_steps: tuple, y_steps: tuple) -> np.ndarray:
         """The steps of one round of `emit_grid` with bases 0 [steps, 10] (cached). A step's reads
@@ -829,12 +801,6 @@ class LaneSteps:
 
 #: Points of a product enumerated at once (index arrays of a few tens of MB).
 _POINTS_PER_BLOCK = 1 << 21
-#: Most multiplications a plan of steps of several lanes guards (`Eliminator.would_guard`): a
-#: guarded product runs as lanes (10-15 ns a multiplication, against 0.35 in a block), and its
-#: redirected reads make irregular steps, each with a pattern of its own (16 bytes a lane): an
-#: unrolled n-body integrator of 3,000 equations, every product guarded, captured 3.5 GB of
-#: step tables.
-GUARDED_MULS_MAX = 1 << 18
 #: Products with more result entries than this (and than half a step's lanes) are enumerated a
 #: round at a time.
 _DISTINCT_ROUND = 64
@@ -853,23 +819,22 @@ class Eliminator:
     """Executes an elimination plan on the builder's edges as lane steps (numpy planning).
 
     `edges` maps (source node, target node) to a `Valued` or `Map` edge; value arrays live in
-    edge slots from `next_slot` on (slots of deleted edges are reused: `allocate`). `finite`:
-    (base, size) of the slots below `next_slot` that are finite wherever the arguments are (the
-    value arrays of partials without poles: module `_poles`); the others may be infinite.
-    `zeros`: slots below `next_slot` that hold structural zeros of partials (arrays)."""
+    edge slots from `next_slot` on (slots of deleted edges are reused: `allocate`). For the guard
+    of structural zeros (module docstring): `finite`, (base, size) of the slots below `next_slot`
+    that are finite wherever the arguments are (the others may be infinite); `zeros`, arrays of
+    the slots below it that hold structural zeros of partials."""
 
     def __init__(self, edges: dict, next_slot: int, lanes: int, finite: Sequence[tuple[int, int]] = (),
                  zeros: Sequence[np.ndarray] = ()):
         self.edges = edges
         self.next_slot = next_slot  # the edge buffer's high-water mark
         self.steps = LaneSteps(lanes)
-        # Multiplications of steps of several lanes left to guard (`would_guard`).
-        self.guard_budget = None if lanes == 1 else GUARDED_MULS_MAX
-        self.steps.forget(FIRST_EDGE_SLOT, next_slot - FIRST_EDGE_SLOT)
-        for base, size in finite:
-            self.steps.forget(base, size, pole=False)
-        for slots in zeros:
-            self.steps.zero[slots], self.steps.pole[slots] = True, False
+        if lanes == 1:
+            self.steps.forget(FIRST_EDGE_SLOT, next_slot - FIRST_EDGE_SLOT)
+            for base, size in finite:
+                self.steps.forget(base, size, pole=False)
+            for slots in zeros:
+                self.steps.zero[slots], self.steps.pole[slots] = True, False
         # Free runs of slots, neighbours merged: (size, first slot) sorted, and by first and end slot.
         self._free: list[tuple[int, int]] = []
         self._free_at: dict[int, int] = {}
@@ -877,17 +842,6 @@ class Eliminator:
         self._shared: dict[int, Valued] = {}  # slots two edges hold (`share`), by first slot
         self._scratch: int | None = None  # slots of periodic factors (`LaneSteps.emit_chunks`)
         self._conjunctions: dict[tuple[int, int], int] = {}
-
-    def would_guard(self, out_edge: Valued, in_edge: Valued, muls: int) -> bool:
-        """Whether the valued product out @ in of `muls` multiplications is guarded one
-        multiplication at a time (`LaneSteps.guarded`): where a structural zero of one may meet a
-        possibly infinite entry of the other (`LaneSteps.meets`), in one-operation steps always,
-        in steps of several lanes within `GUARDED_MULS_MAX` multiplications of all products (else
-        it runs unguarded, as blocks, chunks, grids or flat steps where it can: a NaN where
-        jax.jacfwd may be finite)."""
-        if not self.steps.meets((out_edge.base, out_edge.size), (in_edge.base, in_edge.size)):
-            return False
-        return self.guard_budget is None or muls <= self.guard_budget
 
     def allocate(self, size: int) -> int:
         """The first of `size` consecutive free slots: the smallest free run that holds them (its
@@ -1029,22 +983,7 @@ class Eliminator:
                             np.asarray([1.0 if fresh else 0.0]))
             return 1
         results = math.prod(size[letter] for letter in plan.result_letters)
-        # Where a structural zero may meet an infinite entry, the multiplications are guarded one
-        # by one (`LaneSteps.guarded`): lanes, not blocks, chunks or grids, which read slices.
-        muls = math.prod(size[letter] for letter in letters)
-        guarded = self.would_guard(out_edge, in_edge, muls)
-        if guarded and self.guard_budget is not None:
-            self.guard_budget -= muls
-        self.steps.guarding = guarded
-        try:
-            return self._multiply(plan, out_edge, in_edge, base, fresh, letters, size, results, guarded)
-        finally:
-            self.steps.guarding = True
-
-    def _multiply(self, plan, out_edge: Valued, in_edge: Valued, base: int, fresh: bool, letters: str, size: dict,
-                  results: int, guarded: bool) -> int:
-        """`multiply` of more than one entry, `guarded` or not (`would_guard`)."""
-        count = None if guarded else self._block(out_edge, in_edge, base, fresh, plan.result_code)
+        count = self._block(out_edge, in_edge, base, fresh, plan.result_code)
         if count is not None:
             if count != math.prod(size[letter] for letter in letters):
                 raise AssertionError("internal error: a block product counts other multiplications than its plan")
@@ -1057,8 +996,7 @@ class Eliminator:
             summed = [letter for letter in letters if letter not in plan.result_letters]
             letters = "".join(summed) + plan.result_letters
             rounds = math.prod(size[letter] for letter in summed)
-            return self._multiply_in_rounds(plan, out_edge, in_edge, base, fresh, letters, size, rounds, results,
-                                            guarded)
+            return self._multiply_in_rounds(plan, out_edge, in_edge, base, fresh, letters, size, rounds, results)
         extent = [size[letter] for letter in letters]
         count = math.prod(extent)
         written = np.zeros(results, bool)
@@ -1125,13 +1063,13 @@ class Eliminator:
         return rows * cols
 
     def _multiply_in_rounds(self, plan, out_edge: Valued, in_edge: Valued, base: int, fresh: bool, letters: str,
-                            size: dict, rounds: int, results: int, guarded: bool) -> int:
+                            size: dict, rounds: int, results: int) -> int:
         """`multiply` for products of many result entries: one round of `results` distinct,
         ascending destinations per value of the summed letters (`letters` lists them first)."""
         summed = letters[: len(letters) - len(plan.result_letters)]
         summed_grid = np.indices([size[letter] for letter in summed]).reshape(len(summed), rounds).astype(np.int64)
         distinct = all(len(set(word)) == len(word) for word in (plan.out_letters, plan.in_letters, plan.result_letters))
-        if self.steps.windowed and distinct and not guarded:  # all rounds as grid steps: no index arrays at all
+        if self.steps.windowed and distinct:  # all rounds as grid steps: no index arrays at all
             out_steps, in_steps = _slot_steps(plan.out_letters, size), _slot_steps(plan.in_letters, size)
             x_bases = out_edge.base + sum(out_steps[l] * i for l, i in zip(summed, summed_grid) if l in out_steps)
             y_bases = in_edge.base + sum(in_steps[l] * i for l, i in zip(summed, summed_grid) if l in in_steps)
