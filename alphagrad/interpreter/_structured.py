@@ -9,6 +9,7 @@ compact value array laid out as `structure_of(code).value_axes` says, nothing (a
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable
@@ -882,13 +883,14 @@ def _support(partial: Partial) -> np.ndarray | None:
     return np.asarray(matrix).reshape(shape) != 0 if isinstance(matrix, np.ndarray) else None
 
 
-def _product_support(out: Partial, inp: Partial) -> np.ndarray | None:
+def _product_support(out: Partial, inp: Partial, supports: Callable[[], tuple]) -> np.ndarray | None:
     """The entries of out(v->c) @ in(p->v) that some pair of entries the factors can hold reaches
-    (bool, NumPy), or None where a factor's support is unknown while tracing."""
+    (bool, NumPy), or None where a factor's support is unknown while tracing. `supports()`: the
+    factors' `_support`s (computed once per product for this and `_zeros_meeting_poles`)."""
     c, v, p = (math.prod(s) for s in (out.out_shape, out.in_shape, inp.in_shape))
     if c * p > PATTERN_AT_TRACE_TIME_MAX or c * v * p > SUPPORT_PRODUCT_MAX:
         return None
-    held_out, held_in = _support(out), _support(inp)
+    held_out, held_in = supports()
     if held_out is None or held_in is None:
         return None
     if v and held_out.all() and held_in.all():
@@ -910,9 +912,10 @@ def _keeping_zeros(partial: Partial, support: Callable[[], np.ndarray | None]) -
     return partial._replace(support=held)
 
 
-def _zeros_meeting_poles(out: Partial, inp: Partial) -> np.ndarray | None:
+def _zeros_meeting_poles(out: Partial, inp: Partial, supports: Callable[[], tuple]) -> np.ndarray | None:
     """out's support ([c, v] bool, NumPy) where out(v->c) @ in(p->v) pairs a structural zero of a
     dense `out` with an entry of `in` that may be infinite (`Partial.finite`); else None.
+    `supports()`: the factors' `_support`s, as for `_product_support`.
 
     Such a term is NaN (0 x inf), and the sum it enters reaches row c, which jax.jacfwd keeps
     finite: row c reads nothing of vertex entry v there, and jax.jacfwd's NaN stays in the rows
@@ -924,7 +927,7 @@ def _zeros_meeting_poles(out: Partial, inp: Partial) -> np.ndarray | None:
     c, v, p = (math.prod(s) for s in (out.out_shape, out.in_shape, inp.in_shape))
     if c * v * p > SUPPORT_PRODUCT_MAX:
         return None
-    held_out, held_in = _support(out), _support(inp)
+    held_out, held_in = supports()
     if held_out is None or held_in is None or held_out.all():
         return None
     zeros = 1 - held_out.reshape(c, v).astype(np.float32)
@@ -1136,7 +1139,8 @@ def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCount
     zero between rows; times sqrt's infinite partial at an all-zero row the zeros were NaN in every
     row), the product is of in's finite part, and NaN is put back where out's support meets in's
     poles (`_poles_kept`), as jax.jacfwd has it."""
-    held_out = _zeros_meeting_poles(out, inp)
+    supports = functools.cache(lambda: (_support(out), _support(inp)))  # (read by both checks, once)
+    held_out = _zeros_meeting_poles(out, inp, supports)
     if held_out is None:
         product = _multiply(out, inp, code, counter, dtype)
     else:
@@ -1145,7 +1149,7 @@ def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCount
     finite = out.finite and inp.finite
     if product.finite != finite:
         product = product._replace(finite=finite)
-    return _keeping_zeros(product, lambda: _product_support(out, inp))
+    return _keeping_zeros(product, lambda: _product_support(out, inp, supports))
 
 
 def _multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCounter, dtype) -> Partial:
