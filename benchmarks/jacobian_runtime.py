@@ -123,26 +123,44 @@ def consumed(fn):
     return flat
 
 
+#: Each sample times a burst of calls lasting at least this long (seconds): a single call of a small
+#: Jacobian takes 20-60 us, of the order of the timer's and the dispatcher's jitter, and one
+#: function's medians of single calls read 18, 38 and 56 us in three runs (`indexed` at batch 256).
+BURST_SECONDS = 2e-3
+
+
 def interleaved_medians(compiled: dict, args, reps: int, rounds: int = 6) -> dict[str, float]:
     """Median milliseconds per call of each compiled function, timed round-robin in `rounds` rounds.
+
+    A sample is a burst of back-to-back calls (as many as last `BURST_SECONDS`, at least one),
+    divided by their number: steady-state time per call, as `timeit` measures it.
 
     Each round starts one candidate later (a rotation): with a fixed order, the same compiled program
     measured in two places of one round read up to 2x apart on this machine (gulf_research at batch
     32,768: 14 and 7.4 ms, RoeFlux_3d 25.6 and 13.7 ms, lorenz_rk4 23.4 and 18.2 ms, the slower
     each time the candidate timed right after jax.jacrev); rotated, those three pairs read within
     3-7%, though another (osborne1: 12.1 and 5.8 ms) still read 2x apart at load 8."""
-    for fn in compiled.values():
+    burst = {}
+    for label, fn in compiled.items():
         jax.block_until_ready(fn(*args))
+        once = []
+        for _ in range(3):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            once.append(time.perf_counter() - start)
+        burst[label] = max(1, math.ceil(BURST_SECONDS / max(min(once), 1e-7)))
     samples = {label: [] for label in compiled}
     per_round = max(1, reps // rounds)
     labels = list(compiled)
     for r in range(rounds):
         for label in labels[r % len(labels):] + labels[:r % len(labels)]:
-            fn = compiled[label]
+            fn, calls = compiled[label], burst[label]
             for _ in range(per_round):
                 start = time.perf_counter()
-                jax.block_until_ready(fn(*args))
-                samples[label].append(time.perf_counter() - start)
+                for _ in range(calls):
+                    out = fn(*args)
+                jax.block_until_ready(out)
+                samples[label].append((time.perf_counter() - start) / calls)
     return {label: 1e3 * statistics.median(s) for label, s in samples.items()}
 
 
