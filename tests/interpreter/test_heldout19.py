@@ -1,0 +1,62 @@
+"""Cases of helper corpus19's held-out rehearsal (session 19) that alphagrad gets wrong, as strict expected failures.
+
+1. Python numbers outside ``argnums``. jax.jacfwd and jax.jacrev pass the arguments they do not differentiate to f
+   unchanged; alphagrad traces Python numbers there as arrays whenever tracing with them succeeds (it binds them as
+   Python values only when tracing fails, e.g. on ``if flag:``). Code that looks at the Python type or identity of
+   such an argument (``isinstance(k, int)``, ``flag is True``, ``type(s) is float``, ``str(s)``) then takes another
+   path while alphagrad traces it, and alphagrad returns the Jacobian of another function, silently.
+   Repros: /work/notes/s19/corpus19/repros/python_number_outside_argnums.py and python_numbers_patterns.py.
+2. The blocks of Python-float arguments: jax.jacfwd's and jax.jacrev's are weak-typed (as the arguments are), so
+   that ``J * bf16_array`` stays bfloat16; alphagrad's are strongly typed. Repro: repros/weak_type_python_float.py.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alphagrad import interpreter
+
+_X = jnp.linspace(0.1, 1.2, 5)
+
+
+def _roll_then_maybe_sin(x, k, flag):
+    y = jnp.roll(x, k)
+    if isinstance(flag, bool) and flag:
+        y = jnp.sin(y)
+    return y * x
+
+
+_PATTERNS = {
+    "isinstance_bool": (_roll_then_maybe_sin, (_X, 1, True)),
+    "is_true": (lambda x, flag: jnp.sin(x) if flag is True else x, (_X, True)),
+    "type_is_float": (lambda x, s: x * s if type(s) is float else x, (_X, 0.5)),
+    "isinstance_int": (lambda x, k: x * (2.0 if isinstance(k, int) else 3.0), (_X, 2)),
+}
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="Python numbers outside argnums are traced as arrays when tracing succeeds; f's checks of "
+                          "their type or identity then take another path than under jax.jacfwd (corpus19 report)")
+@pytest.mark.parametrize("pattern", list(_PATTERNS))
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_a_python_number_outside_argnums_reaches_f_unchanged(pattern, order):
+    f, args = _PATTERNS[pattern]
+    np.testing.assert_allclose(interpreter.jacobian(f, order)(*args), jax.jacfwd(f)(*args), rtol=1e-6)
+
+
+def test_a_python_flag_that_f_branches_on_is_bound_already():
+    # The control: `if flag:` cannot trace, so the flag is bound as a Python value, as jax.jacfwd sees it.
+    f = lambda x, flag: jnp.sin(x) if flag else x
+    np.testing.assert_allclose(interpreter.jacobian(f, "reverse")(_X, True), jax.jacfwd(f)(_X, True), rtol=1e-6)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the blocks of Python-float arguments are strongly typed; jax.jacfwd's and jax.jacrev's are "
+                          "weak-typed like the arguments (corpus19 report)")
+def test_the_blocks_of_python_float_arguments_are_weak_typed_as_jax_jacfwds():
+    f = lambda a, b: a * b + jnp.exp(a) / b
+    expected = jax.jacfwd(f, argnums=(0, 1))(1.5, 0.3)
+    actual = interpreter.jacobian(f, "reverse", argnums=(0, 1))(1.5, 0.3)
+    assert [e.weak_type for e in expected] == [True, True]
+    assert [(a.dtype, a.weak_type) for a in actual] == [(e.dtype, e.weak_type) for e in expected]
