@@ -665,22 +665,23 @@ def _varies(weight, axes) -> bool:
     return weight is not None and any(np.shape(weight)[a] != 1 for a in axes)
 
 
-def _split(term: Term, axes: tuple[int, int]) -> list[Term]:
-    """`term` as one term per entry of its `axes` (0, 1: its rows; 2, 3: its columns), each with the
-    pattern kept at that entry only and the weight of that entry (size 1 along `axes`)."""
+def _split(term: Term, axes: tuple[int, int]) -> tuple[np.ndarray, list]:
+    """`term` as one term per entry of its `axes` (0, 1: its rows; 2, 3: its columns): the masks
+    [entries, ...] that keep its pattern at one entry each (broadcastable against the pattern's [4]
+    shape after the leading axis), and the weight of each entry (size 1 along `axes`)."""
     shape = np.shape(term.pattern)
     weight = jnp.broadcast_to(term.weight, [shape[a] if a in axes else n for a, n in enumerate(np.shape(term.weight))])
-    terms = []
+    mask_shape = [shape[a] if a in axes else 1 for a in range(4)]
+    masks, weights = [], []
     for i in range(shape[axes[0]]):
         for j in range(shape[axes[1]]):
             index = [slice(None)] * 4
             index[axes[0]], index[axes[1]] = slice(i, i + 1), slice(j, j + 1)
-            mask = np.zeros([shape[a] if a in axes else 1 for a in range(4)], bool)
+            mask = np.zeros(mask_shape, bool)
             mask[tuple(index)] = True
-            kept = _at_trace_time(lambda: jnp.where(mask, term.pattern, jnp.zeros((), term.pattern.dtype)),
-                                  math.prod(shape))
-            terms.append(Term(kept, weight[tuple(index)]))
-    return terms
+            masks.append(mask)
+            weights.append(weight[tuple(index)])
+    return np.stack(masks) if masks else np.zeros((0, *mask_shape), bool), weights
 
 
 def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list[Term] | None:
@@ -692,7 +693,7 @@ def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list
         return _apply_on_v(the_map, pattern) if after else _apply_on_p(pattern, the_map)
 
     entries = math.prod(shape)  # the moved patterns' size is about that of those they are moved from
-    parts, done = [], []
+    groups, weights, done = [], [], []  # groups: (pattern, masks of its split entries or None)
     for term in terms:
         if _varies(term.weight, axes):
             reindexed = _reindexed(term, moved, axes, shape)
@@ -701,21 +702,34 @@ def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list
                 continue
             if shape[axes[0]] * shape[axes[1]] > PLACED_SPLIT_MAX:
                 return None
-            parts += _split(term, axes)
+            masks, entry_weights = _split(term, axes)
+            groups.append((term.pattern, masks))
+            weights += entry_weights
         else:
-            parts.append(term)
-    if len(parts) + len(done) > PLACED_MAX_TERMS:
+            groups.append((term.pattern, None))
+            weights.append(term.weight)
+    if len(weights) + len(done) > PLACED_MAX_TERMS:
         return None
-    if len(parts) <= 1:  # none (a zero-size partial) or one: nothing to stack
-        return done + [Term(_at_trace_time(lambda: moved(part.pattern), entries), part.weight) for part in parts]
-    # The map moves every part's pattern in one vmapped application: where its indices are known only
-    # at run time (a scatter-add onto receivers passed as an argument), one kernel instead of one per
-    # part (message_passing: 57 -> 31 kernels at batch 256, where the time is the same; 43 -> 36 ms at
-    # 32,768). Where the indices are constants XLA folds the patterns either way.
-    patterns = _at_trace_time(
-        lambda: jax.vmap(moved)(jnp.stack([jnp.broadcast_to(part.pattern, shape) for part in parts])),
-        len(parts) * entries)
-    return done + [Term(pattern, part.weight) for pattern, part in zip(patterns, parts)]
+    if not weights:
+        return done
+    if len(groups) == 1 and groups[0][1] is None:  # one part: nothing to mask or stack
+        return done + [Term(_at_trace_time(lambda: moved(groups[0][0]), entries), weights[0])]
+
+    def stacked():
+        # A split term's entries are masked in one operation (not one per entry, then stacked), and
+        # the map moves every part's pattern in one vmapped application: where its indices are known
+        # only at run time (a scatter-add onto receivers passed as an argument), a few kernels
+        # instead of a few per part (message_passing: 57 -> 31 kernels at batch 256 by the vmapped
+        # map, 31 -> 17 by the masking). Where the indices are constants XLA folds the patterns
+        # either way.
+        pieces = []
+        for pattern, masks in groups:
+            full = jnp.broadcast_to(pattern, shape)[None]
+            pieces.append(full if masks is None else jnp.where(masks, full, jnp.zeros((), full.dtype)))
+        return jax.vmap(moved)(pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces))
+
+    patterns = _at_trace_time(stacked, len(weights) * entries)
+    return done + [Term(pattern, weight) for pattern, weight in zip(patterns, weights)]
 
 
 def _reindexed(term: Term, moved: Callable, axes: tuple[int, int], shape) -> Term | None:
