@@ -20,7 +20,9 @@ session-17 one (`_corpus_heldout17`: collectives inside `jax.vmap`, `lax.reduce_
 FFTs, scatter mode "drop", a value-dependent while loop, a dict of scanned
 sequences, the polar decomposition, kinks at exact zeros), and of the session-18 one
 (`_corpus_heldout18`: top-2 expert gating, a transposed then depthwise convolution, the MGH Watson
-residuals, Gauss–Seidel sweeps, a straight-through histogram, an LU log-determinant). The test suite
+residuals, Gauss–Seidel sweeps, a straight-through histogram, an LU log-determinant), and of the
+session-19 one, in float32 (`_corpus_heldout19`: float16 and bfloat16 arguments, a finfo.min attention
+mask, Welford's scan, a registered-dataclass MLP, sinusoidal positions, global-norm clipping). The test suite
 checks every function's Jacobian in several orders, under ``jax.jit``, and its counted
 multiplications (tests/interpreter/test_corpus.py); docs/corpus.md is its table.
 
@@ -35,8 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alphagrad.tasks import (_corpus_control, _corpus_heldout16, _corpus_heldout17, _corpus_heldout18, _corpus_nn,
-                             _corpus_outsider, _corpus_practice, _corpus_science, _corpus_wild)
+from alphagrad.tasks import (_corpus_control, _corpus_heldout16, _corpus_heldout17, _corpus_heldout18,
+                             _corpus_heldout19, _corpus_nn, _corpus_outsider, _corpus_practice, _corpus_science,
+                             _corpus_wild)
 from alphagrad.tasks._registry import Task
 
 __all__ = ["corpus", "corpus_groups"]
@@ -220,14 +223,15 @@ _FORWARD_ONLY = frozenset({"fori_dynamic", "newton_sqrt", "cubic_root_newton"})
 #: Functions whose reference Jacobian is jax.jacfwd (see `corpus`).
 _JACFWD_REFERENCE = (_FORWARD_ONLY | _corpus_outsider.JACFWD_REFERENCE | _corpus_practice.JACFWD_REFERENCE
                      | _corpus_wild.JACFWD_REFERENCE | _corpus_heldout16.JACFWD_REFERENCE
-                     | _corpus_heldout17.JACFWD_REFERENCE | _corpus_heldout18.JACFWD_REFERENCE)
+                     | _corpus_heldout17.JACFWD_REFERENCE | _corpus_heldout18.JACFWD_REFERENCE
+                     | _corpus_heldout19.JACFWD_REFERENCE)
 
 
 def _entries() -> list[tuple]:
     return (_primitive_entries() + _corpus_nn.entries() + _corpus_science.entries()
             + _corpus_control.entries() + _corpus_outsider.entries() + _corpus_practice.entries()
             + _corpus_wild.entries() + _corpus_heldout16.entries() + _corpus_heldout17.entries()
-            + _corpus_heldout18.entries())
+            + _corpus_heldout18.entries() + _corpus_heldout19.entries())
 
 
 def corpus() -> dict[str, Task]:

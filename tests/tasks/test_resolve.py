@@ -60,12 +60,14 @@ def test_a_corpus_function_resolves_with_its_argnums_and_stays_out_of_the_regist
     corpus = tasks.corpus()
     assert not set(corpus) & set(tasks.names())
     # jax.jacrev cannot differentiate while loops, rounds the float32 parameters' blocks of a
-    # float64 model to float32 (jax.jacfwd and alphagrad keep float64), and has NaN behind a masked
-    # zero norm where jax.jacfwd is finite.
+    # float64 model to float32 (jax.jacfwd and alphagrad keep float64) and the blocks of float16 /
+    # bfloat16 arguments of a float32 output to their dtype, and has NaN behind a masked zero norm
+    # where jax.jacfwd is finite.
     assert {n for n, t in corpus.items() if t.reference_jacobian == "jacfwd"} == {
         "fori_dynamic", "newton_sqrt", "cubic_root_newton", "mixed_precision_dense",
         "float_clock_while", "nested_while", "while_dict_state", "tolerance_while", "bisection_cube_root",
-        "cosine_similarity_zero_row", "padded_token_normalise", "armijo_backtracking"}
+        "cosine_similarity_zero_row", "padded_token_normalise", "armijo_backtracking",
+        "float16_argument_upcast", "bfloat16_weights_matmul"}
     assert all(t.description and t.name == n for n, t in corpus.items())
     task = tasks.resolve("corpus:window")  # window(x, start): the integer offset is not differentiated
     assert task.fn is corpus["window"].fn and task.argnums == 0 and task.reference is None
