@@ -54,6 +54,7 @@ from alphagrad.interpreter._structured import (
     PATTERN_AT_TRACE_TIME_MAX,
     Partial,
     Placed,
+    RunTimeSupport,
     add,
     broadcast_partial,
     contract,
@@ -627,10 +628,53 @@ def _dense_partials_over(eqn: Equation, values: list[Any], sources: Mapping[int,
     try:
         result = first()
     except Exception:  # noqa: BLE001 - JAX reports a missing JVP or transpose rule with many types
-        return second()
-    if first is by_rows and eqn.primitive.name not in _VJP_RULED and _holds_a_select(eqn):
-        return _finite_or_columns(result, by_columns)
+        result = second()
+    else:
+        if first is by_rows and eqn.primitive.name not in _VJP_RULED and _holds_a_select(eqn):
+            result = _finite_or_columns(result, by_columns)
+    # A platform-dependent conditional (jnp.linalg's LU and QR choose their pivoting code by
+    # backend) takes the same branch on every run: its partials are left as they are.
+    if eqn.primitive.name in _BRANCHING and not eqn.params.get("branches_platforms"):
+        def reached():
+            # Where a NaN tangent of each source entry reaches each output entry: the entries the
+            # taken branch can hold, as jax.jacfwd propagates a pole's infinity through it.
+            seeds = jnp.where(jnp.eye(total, dtype=bool), jnp.asarray(jnp.nan, dtype), jnp.zeros((), dtype))
+            columns = jax.vmap(lambda t: jax.jvp(of_floats, primals, tangents(t))[1], out_axes=-1)(seeds)
+            return [jnp.isnan(c).reshape(-1, total) for c in columns]
+
+        result = _with_run_time_supports(result, reached, offsets, sizes)
     return result
+
+
+#: Primitives whose dense partials' structural zeros are known only at run time: a conditional's
+#: taken branch may ignore an operand entry that another branch reads.
+_BRANCHING = frozenset({"cond"})
+
+
+def _with_run_time_supports(result: tuple, reached: Callable[[], list], offsets: dict, sizes: dict) -> tuple:
+    """Dense partials (`_dense_partials_over`'s result) with the entries they can hold as a
+    `RunTimeSupport` each, sliced from `reached()` (per output, [out entries, all sources' entries]
+    bool), which runs only if a product asks for one: a product that pairs a zero there with a
+    pole (sqrt's infinite derivative at 0, in an entry the taken branch ignores) then keeps it 0, as
+    jax.jacfwd does (`_structured.multiply`). Where `reached` cannot be traced (a branch JAX can
+    differentiate only in reverse), every entry is taken as held: the plain product."""
+    results, partials = result
+    reach = functools.cache(reached)
+
+    def held(k: int, src: int, partial: Partial) -> RunTimeSupport:
+        shape = (*partial.out_shape, *partial.in_shape)
+
+        def compute():
+            try:
+                columns = reach()
+            except Exception:  # noqa: BLE001 - JAX reports a missing JVP rule with many types
+                return jnp.ones(shape, bool)
+            return columns[k][:, offsets[src] : offsets[src] + sizes[src]].reshape(shape)
+
+        return RunTimeSupport(compute)
+
+    return results, {src: [p._replace(support=held(k, src, p)) for k, p in enumerate(ps)]
+                     for src, ps in partials.items()}
 
 
 #: Primitives whose VJP multiplies the untaken case's partials by a zero cotangent (NaN where one

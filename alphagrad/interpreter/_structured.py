@@ -93,9 +93,9 @@ class Partial(NamedTuple):
       value: the value array (layout given by the code), None for an identity, an IndexMap (code
         11), or a `Placed` sum of weighted maps (code 1).
       support: for a plain dense value (code 1), the [v1, v2, p1, p2] entries its structure lets
-        it hold (bool, NumPy) where some are structural zeros and that is known while tracing
-        (`_keeping_zeros`); else None. Outside them it holds zeros, or NaN in rows that a pole
-        reaches (as jax.jacfwd has them).
+        it hold where some are structural zeros (`_keeping_zeros`): bool NumPy where that is known
+        while tracing, a `RunTimeSupport` where only at run time; else None. Outside them it holds
+        zeros, or NaN in rows that a pole reaches (as jax.jacfwd has them).
       finite: whether every entry is finite wherever the primal values are (a partial of a
         primitive whose derivative has no pole, and products and sums of such partials); False
         where that is not known.
@@ -107,6 +107,32 @@ class Partial(NamedTuple):
     value: Any
     support: Any = None
     finite: bool = False
+
+
+class RunTimeSupport:
+    """The entries a dense partial can hold where they are known only at run time (a conditional's
+    taken branch): a traced bool array [v1, v2, p1, p2], computed on demand while tracing and once.
+    Nothing is computed for a partial whose support no later product asks for
+    (`_zeros_meeting_poles`).
+
+    Index maps at run-time indices get none: a max-pool's selection times relu's partial (not
+    known to be finite) was guarded in every product after it, and cnn_pool's Jacobian ran 20x
+    slower at batch 256; `x[jnp.argmax(x)]` in reverse order stays NaN at the unread entries
+    where sqrt's partial is infinite (jax.jacrev's answer)."""
+
+    def __init__(self, compute: Callable[[], jax.Array]):
+        self._compute = compute
+        self._value = None
+
+    def __call__(self) -> jax.Array:
+        if self._value is None:
+            self._value = jnp.asarray(self._compute(), bool)
+        return self._value
+
+
+def _as_bool_array(held) -> jax.Array | np.ndarray:
+    """A support (NumPy or `RunTimeSupport`) as an array."""
+    return held() if isinstance(held, RunTimeSupport) else held
 
 
 class MultiplicationCounter:
@@ -381,8 +407,13 @@ def add(old: Partial, new: Partial, code: int, dtype) -> Partial:
     return _keeping_zeros(total, lambda: _union(_support(old), _support(new)))
 
 
-def _union(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
-    return None if a is None or b is None else a | b
+def _union(a, b):
+    """The union of two supports (NumPy or `RunTimeSupport`), None where either is unknown."""
+    if a is None or b is None:
+        return None
+    if isinstance(a, RunTimeSupport) or isinstance(b, RunTimeSupport):
+        return RunTimeSupport(lambda: jnp.logical_or(_as_bool_array(a), _as_bool_array(b)))
+    return a | b
 
 
 def _add(old: Partial, new: Partial, code: int, dtype) -> Partial:
@@ -907,10 +938,17 @@ def _product_support(out: Partial, inp: Partial, supports: Callable[[], tuple]) 
     held_out, held_in = supports()
     if held_out is None or held_in is None:
         return None
+    shape = (*out.out_shape, *inp.in_shape)
+    if isinstance(held_out, RunTimeSupport) or isinstance(held_in, RunTimeSupport):
+        # Known at run time: computed only where a later product asks (a [c, v] @ [v, p] matmul of
+        # 0/1 values).
+        return RunTimeSupport(lambda: (jnp.reshape(_as_bool_array(held_out), (c, v)).astype(jnp.float32)
+                                       @ jnp.reshape(_as_bool_array(held_in), (v, p)).astype(jnp.float32)
+                                       > 0).reshape(shape))
     if v and held_out.all() and held_in.all():
-        return np.ones((*out.out_shape, *inp.in_shape), bool)
+        return np.ones(shape, bool)
     reached = (held_out.reshape(c, v).astype(np.float32) @ held_in.reshape(v, p).astype(np.float32)) > 0
-    return reached.reshape(*out.out_shape, *inp.in_shape)
+    return reached.reshape(shape)
 
 
 def _keeping_zeros(partial: Partial, support: Callable[[], np.ndarray | None]) -> Partial:
@@ -921,7 +959,7 @@ def _keeping_zeros(partial: Partial, support: Callable[[], np.ndarray | None]) -
             or isinstance(partial.value, (Placed, Labelled, IndexMap))):
         return partial
     held = support()
-    if held is None or held.all():
+    if held is None or (not isinstance(held, RunTimeSupport) and held.all()):
         return partial
     return partial._replace(support=held)
 
@@ -942,8 +980,14 @@ def _zeros_meeting_poles(out: Partial, inp: Partial, supports: Callable[[], tupl
     if c * v * p > SUPPORT_PRODUCT_MAX:
         return None
     held_out, held_in = supports()
-    if held_out is None or held_in is None or held_out.all():
+    if held_out is None or held_in is None:
         return None
+    if isinstance(held_out, RunTimeSupport):
+        return jnp.reshape(held_out(), (c, v))
+    if held_out.all():
+        return None
+    if isinstance(held_in, RunTimeSupport):
+        return held_out.reshape(c, v)
     zeros = 1 - held_out.reshape(c, v).astype(np.float32)
     if not np.any((zeros @ held_in.reshape(v, p).astype(np.float32)) > 0):
         return None
@@ -983,14 +1027,16 @@ def _poles_of(partial: Partial, dtype) -> Partial:
     return partial._replace(value=value, finite=True)
 
 
-def _poles_kept(product: Partial, out: Partial, held_out: np.ndarray, inp: Partial, code: int, dtype) -> Partial:
+def _poles_kept(product: Partial, out: Partial, held_out, inp: Partial, code: int, dtype) -> Partial:
     """`product` (of `out` and `in`'s finite part) with NaN where a pair of entries out can hold
-    (`held_out`, [c, v]) and in's entries that are not finite meet: jax.jacfwd's NaN, without
-    the terms that pair out's structural zeros with them. The pairs are found by the same product
-    of out's support and in's poles (0/1 indicators, in in's own structure: elementwise for a
-    diagonal); bookkeeping, not a product of partials, so the cost model does not count it."""
+    (`held_out`, [c, v], NumPy or traced) and in's entries that are not finite meet: jax.jacfwd's
+    NaN, without the terms that pair out's structural zeros with them. The pairs are found by the
+    same product of out's support and in's poles (0/1 indicators, in in's own structure:
+    elementwise for a diagonal); bookkeeping, not a product of partials, so the cost model does
+    not count it."""
+    held = held_out.reshape(*out.out_shape, *out.in_shape)
     support = Partial(1, out.out_shape, out.in_shape,
-                      held_out.reshape(*out.out_shape, *out.in_shape).astype(np.dtype(dtype)))
+                      held.astype(np.dtype(dtype)) if isinstance(held, np.ndarray) else held.astype(dtype))
     met = _multiply(support, _poles_of(inp, dtype), code, MultiplicationCounter(), dtype)
     shape = (*product.out_shape, *product.in_shape)
     value = jnp.where(densify(met, dtype).reshape(shape) > 0, jnp.asarray(jnp.nan, dtype), densify(product, dtype))

@@ -115,3 +115,36 @@ def test_a_map_times_a_tied_partial_keeps_its_zeros_against_an_infinite_diagonal
     np.testing.assert_array_equal(got[1], [0.0, 15.0])  # no NaN in the row that never reads inf
     assert np.isnan(got[0, 0]) and got[0, 1] == 0.0  # the pole's own entry: NaN, as jax.jacfwd's
     assert muls == 4  # a dense [2, 1] x [2, 1] block times a diagonal: still counted as planned
+
+
+# Zeros known only at run time (`_structured.RunTimeSupport`): the branch a conditional takes
+# ignores an entry whose partial is infinite (sqrt at 0). jax.jacfwd's tangent never reaches the
+# ignored entry; the products made it 0 x inf = NaN in every order (found session 19).
+SQRT_AT_ZEROS = np.array([0.0, 1.0, 4.0, 0.0, 9.0])
+RUN_TIME_ZEROS = {
+    "cond_takes_the_second_entry": lambda x: jax.lax.cond(
+        x[1] > 5, lambda y: y[0] * 2, lambda y: y[1] * 3, jnp.sqrt(x)),
+    "switch_takes_the_third_entry": lambda x: jax.lax.switch(
+        jnp.argmax(x) // 2, [lambda y: y[0], lambda y: y[1], lambda y: y[2] * y[4]], jnp.sqrt(x)),
+    "cond_then_elementwise": lambda x: jnp.tanh(jax.lax.cond(
+        x[4] > 5, lambda y: y[1:3] * 2, lambda y: y[:2], jnp.sqrt(x)) * 3.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUN_TIME_ZEROS))
+def test_zeros_known_only_at_run_time_stay_zero_against_infinite_partials(name):
+    f = RUN_TIME_ZEROS[name]
+    with jax.enable_x64(True):
+        x = jnp.asarray(SQRT_AT_ZEROS)
+        expected = np.asarray(jax.jacfwd(f)(x))
+        assert np.isfinite(expected).all()
+        graph = interpreter.graph_of(f, x)
+        shuffled = [int(v) for v in np.random.default_rng(1).permutation(list(graph.intermediates))]
+        for order in ("forward", "reverse", shuffled):
+            got = np.asarray(jax.jit(interpreter.jacobian(f, order))(x))
+            np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0, err_msg=str(order))
+            assert interpreter.count_muls(f, order, x) == graph_lib.cost(graph, order)
+        # Under vmap the supports are per example (the other branch is taken in the second).
+        xs = jnp.stack([x, jnp.array([1.0, 6.0, 0.0, 0.0, 2.0])])
+        np.testing.assert_allclose(jax.vmap(interpreter.jacobian(f, "reverse"))(xs), jax.vmap(jax.jacfwd(f))(xs),
+                                   rtol=1e-12, atol=0)
