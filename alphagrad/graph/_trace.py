@@ -555,14 +555,16 @@ def python_leaves(args: tuple, argnums, numbers: bool = False) -> tuple[int, ...
     Args:
       args: the positional arguments (pytrees).
       argnums: the differentiated positions (int or tuple; None: all).
-      numbers: also Python and NumPy scalars (an int step count, a bool flag, a float); without,
-        only leaves JAX cannot trace at all (strings, callables, enums, other objects).
+      numbers: also Python and NumPy scalars (an int step count, a float); without, only leaves
+        JAX cannot trace at all (strings, callables, enums, other objects) and Python and NumPy
+        bools: a flag has two values, and f may test it as a Python object (``flag is True``,
+        ``isinstance(flag, bool)``), which a traced flag fails silently.
 
     Returns:
       Their indices in ``jax.tree.leaves(args)``, increasing.
     """
     return tuple(i for i, leaf in _outside_argnums(args, argnums)
-                 if not _is_traceable(leaf) or (numbers and _is_number(leaf)))
+                 if not _is_traceable(leaf) or isinstance(leaf, (bool, np.bool_)) or (numbers and _is_number(leaf)))
 
 
 class PythonLeaves(NamedTuple):
@@ -679,9 +681,9 @@ def trace(
         differentiated input (its derivative would be lost: the graph has real partials only).
 
     Leaves of the arguments outside `argnums` that JAX cannot trace (a mode string, a callable)
-    are bound as Python values, as ``jax.jacrev`` passes them; so are Python and NumPy numbers
-    there (a step count, a flag) where tracing them fails (`f` loops on them or makes shapes of
-    them): traced, they keep one graph for every value (and the graph ``jax.jit`` traces). The
+    and bool flags are bound as Python values, as ``jax.jacrev`` passes them; so are Python and
+    NumPy numbers there (a step count) where tracing them fails (`f` loops on them or makes shapes
+    of them): traced, they keep one graph for every value (and the graph ``jax.jit`` traces). The
     graph's ``program.bound`` names the bound leaves (`python_leaves`).
     """
     label = name if name is not None else getattr(f, "__name__", type(f).__name__)

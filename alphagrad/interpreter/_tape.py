@@ -404,9 +404,11 @@ _MAP_CODES = VALUELESS | {INDEX_MAP}
 _VALUE_DEPENDENT = frozenset("sort clamp reduce_window_max reduce_window_min cummax cummin top_k".split())
 #: Index maps applied as run-time masks (value-dependent, or reading computed indices): their JVPs
 #: select one tangent entry per output entry, so every entry of the partial is exactly 0 or 1.
-#: (cummax/cummin are not among them: JAX splits a tie 0.5/0.5.)
+#: (cummax/cummin are not among them: JAX splits a tie 0.5/0.5; a long program with one runs on
+#: the straight-line path, one XLA operation per equation and product.)
 _MASK_MAPS = frozenset(
-    "sort clamp reduce_window_max reduce_window_min gather scatter scatter-add dynamic_slice dynamic_update_slice".split()
+    "sort top_k clamp reduce_window_max reduce_window_min gather scatter scatter-add dynamic_slice "
+    "dynamic_update_slice".split()
 )
 
 

@@ -319,8 +319,9 @@ def test_untraceable_function_raises_trace_error():
 
 
 def test_python_values_outside_argnums_are_bound_as_jax_jacrev_passes_them():
-    """Strings are always bound; numbers outside argnums only where tracing them fails (f loops
-    on them, makes a shape of them): then the graph is the bound one and program.bound says so."""
+    """Strings and bools are always bound; other numbers outside argnums only where tracing them
+    fails (f loops on them, makes a shape of them): then the graph is the bound one and
+    program.bound says so."""
     def f(x, cfg, mode):
         z = jnp.zeros(cfg["size"]) + jnp.sum(x)
         for _ in range(cfg["steps"]):
@@ -340,6 +341,9 @@ def test_python_values_outside_argnums_are_bound_as_jax_jacrev_passes_them():
 
     g1, g2 = graph.jacobian_graph(window, jnp.ones(4), 1), graph.jacobian_graph(window, jnp.ones(4), 2)
     assert g1.program.bound == () and g1.fingerprint == g2.fingerprint
+    # A flag is bound even where it would trace: f may test it as a Python object.
+    flagged = graph.jacobian_graph(lambda x, flag: jnp.sin(x) if flag is True else x, jnp.ones(2), True)
+    assert flagged.program.bound == (1,) and [v.primitive for v in flagged.vertices] == ["sin"]
     under_jit = []
     jax.jit(lambda x, s: under_jit.append(graph.jacobian_graph(window, x, s).fingerprint) or x)(jnp.ones(4), 1)
     assert under_jit == [g1.fingerprint]
