@@ -267,8 +267,11 @@ def to_order_file(graph: Graph, result: SearchResult, *, task: str = "", path: s
 AUTO_SECONDS = 10.0
 
 #: The largest budget of ``order="auto"``: beyond 2,000 edges it grows with the edges (the floor's
-#: chains and the exact solver's bound take longer), up to this (reached at 12,000 edges).
-AUTO_MAX_SECONDS = 60.0
+#: chains and the exact solver's bound take longer), up to this (reached at 6,000 edges). The first
+#: call of a 10,000-equation program should stay within a minute with its compilation (about 30 s
+#: on 2 cores); at 60 s the search alone took the minute (a generated 10,086-equation program,
+#: which found an order of reverse's cost).
+AUTO_MAX_SECONDS = 30.0
 
 
 def cache_dir() -> str:
