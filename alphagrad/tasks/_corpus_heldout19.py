@@ -1,10 +1,11 @@
 """Corpus functions from the session-19 held-out rehearsal: float32 code as users who never enable x64 write it.
 
-A probe of 197 functions in float32 with ``jax_enable_x64`` off (JAX's default: the whole corpus and 34 new
+A probe of 280 functions in float32 with ``jax_enable_x64`` off (JAX's default: the whole corpus, 34 new
 numerically touchy functions: saturated softmax, cancellation in variances and layer norms of large means, long
-sums, ill-conditioned solves, float16 and bfloat16 arguments, bfloat16 matmuls inside), each compared with
-jax.jacfwd in float32 and with a float64 reference at the same inputs, found every Jacobian as close to the float64
-truth as jax.jacfwd's own (within a factor 4.4 of jacfwd's error where it is above 1e-7 of max|J|), no NaN where
+sums, ill-conditioned solves, float16 and bfloat16 arguments, bfloat16 matmuls inside; 78 functions of the
+session-18 rehearsal and 5 generated programs), each compared with jax.jacfwd in float32 and with a float64
+reference at the same inputs, found every Jacobian as close to the float64 truth as jax.jacfwd's own (within a
+factor 4.4 of jacfwd's error where it is above 1e-7 of max|J|), no NaN where
 jax.jacfwd is finite and every count equal to ``graph.cost``; the exception is ``lax.reduce_precision``, whose
 JAX rule rounds tangents (jax.jacfwd and jax.jacrev disagree there; alphagrad takes the straight-through
 derivative). These seven, cheap to test, stand for its forms: a float16 argument computed in float32, bfloat16
