@@ -751,7 +751,7 @@ def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list
         # the map moves every part's pattern in one vmapped application: where its indices are known
         # only at run time (a scatter-add onto receivers passed as an argument), a few kernels
         # instead of a few per part (message_passing: 57 -> 31 kernels at batch 256 by the vmapped
-        # map, 31 -> 17 by the masking). Where the indices are constants XLA folds the patterns
+        # map, 31 -> 15 by the masking). Where the indices are constants XLA folds the patterns
         # either way.
         pieces = []
         for pattern, masks in groups:
@@ -928,10 +928,11 @@ def _support(partial: Partial) -> np.ndarray | None:
     return np.asarray(matrix).reshape(shape) != 0 if isinstance(matrix, np.ndarray) else None
 
 
-def _product_support(out: Partial, inp: Partial, supports: Callable[[], tuple]) -> np.ndarray | None:
+def _product_support(out: Partial, inp: Partial, supports: Callable[[], tuple]):
     """The entries of out(v->c) @ in(p->v) that some pair of entries the factors can hold reaches
-    (bool, NumPy), or None where a factor's support is unknown while tracing. `supports()`: the
-    factors' `_support`s (computed once per product for this and `_zeros_meeting_poles`)."""
+    (bool, NumPy; a `RunTimeSupport` where a factor's is one), or None where a factor's support is
+    unknown. `supports()`: the factors' `_support`s (computed once per product for this and
+    `_zeros_meeting_poles`)."""
     c, v, p = (math.prod(s) for s in (out.out_shape, out.in_shape, inp.in_shape))
     if c * p > PATTERN_AT_TRACE_TIME_MAX or c * v * p > SUPPORT_PRODUCT_MAX:
         return None
@@ -964,10 +965,11 @@ def _keeping_zeros(partial: Partial, support: Callable[[], np.ndarray | None]) -
     return partial._replace(support=held)
 
 
-def _zeros_meeting_poles(out: Partial, inp: Partial, supports: Callable[[], tuple]) -> np.ndarray | None:
-    """out's support ([c, v] bool, NumPy) where out(v->c) @ in(p->v) pairs a structural zero of a
-    dense `out` with an entry of `in` that may be infinite (`Partial.finite`); else None.
-    `supports()`: the factors' `_support`s, as for `_product_support`.
+def _zeros_meeting_poles(out: Partial, inp: Partial, supports: Callable[[], tuple]):
+    """out's support ([c, v] bool: NumPy, or traced where it is a `RunTimeSupport`) where
+    out(v->c) @ in(p->v) pairs a structural zero of a dense `out` with an entry of `in` that may be
+    infinite (`Partial.finite`); else None. `supports()`: the factors' `_support`s, as for
+    `_product_support`.
 
     Such a term is NaN (0 x inf), and the sum it enters reaches row c, which jax.jacfwd keeps
     finite: row c reads nothing of vertex entry v there, and jax.jacfwd's NaN stays in the rows
@@ -1036,7 +1038,7 @@ def _poles_kept(product: Partial, out: Partial, held_out, inp: Partial, code: in
     not count it."""
     held = held_out.reshape(*out.out_shape, *out.in_shape)
     support = Partial(1, out.out_shape, out.in_shape,
-                      held.astype(np.dtype(dtype)) if isinstance(held, np.ndarray) else held.astype(dtype))
+                      held.astype(np.dtype(dtype)))
     met = _multiply(support, _poles_of(inp, dtype), code, MultiplicationCounter(), dtype)
     shape = (*product.out_shape, *product.in_shape)
     value = jnp.where(densify(met, dtype).reshape(shape) > 0, jnp.asarray(jnp.nan, dtype), densify(product, dtype))
