@@ -370,6 +370,48 @@ def test_known_patterns_are_selected_onto_their_supports_with_the_same_numbers()
     np.testing.assert_array_equal(got, expected)
 
 
+def test_known_patterns_in_separate_slabs_are_built_slab_by_slab_with_the_same_numbers():
+    # Supports in separate rows (a jnp.stack's) are concatenated slab by slab, each slab from its own
+    # terms, weights per row or per column sliced to it; an empty pattern is dropped; the numbers
+    # are those of the where-sum over every entry, NaN and infinities only where a pattern reads them.
+    from alphagrad.interpreter import _structured
+    from alphagrad.interpreter._structured import Term
+
+    shape = (6, 1, 5, 1)
+    patterns = []
+    for row in range(4):  # one diagonal-like term per row, per-column weights
+        p = np.zeros(shape)
+        p[row, 0, row, 0] = p[row, 0, (row + 2) % 5, 0] = 1.0
+        patterns.append(p)
+    across = np.zeros(shape)
+    across[4, 0, 1, 0], across[5, 0, 3, 0] = 3.0, 1.0  # spans rows 4-5, a pattern other than 1
+    patterns += [across, np.zeros(shape)]  # the last one reads nothing
+
+    def run(columns, rows):
+        weights = [columns.reshape(1, 1, 5, 1)] * 4 + [rows.reshape(6, 1, 1, 1), rows.reshape(6, 1, 1, 1)]
+        known = Placed(tuple(Term(p, w) for p, w in zip(patterns, weights)))
+        traced = Placed(tuple(Term(jnp.asarray(p), w) for p, w in zip(patterns, weights)))
+        return _structured._materialise(known, shape, jnp.float64), _structured._materialise(traced, shape, jnp.float64)
+
+    columns = jnp.array([1.5, -2.0, np.inf, 4.0, 0.5])
+    rows = jnp.array([np.nan, np.nan, np.nan, np.nan, -1.0, 2.0])  # NaN rows are read by no term
+    assert "concatenate" in str(jax.make_jaxpr(run)(columns, rows))
+    got, reference = jax.jit(run)(columns, rows)
+    np.testing.assert_array_equal(got, reference)
+    assert np.isinf(got[2, 0, 2, 0]) and np.isinf(got[0, 0, 2, 0]) and not np.isnan(got).any()
+    assert got[4, 0, 1, 0] == -3.0 and got[5, 0, 3, 0] == 2.0
+
+    # Slabs that save too few selects (rows 0-4 with three terms, row 5 with one: 80 of 120) stay
+    # one chain: no concatenation.
+    crowded = [np.zeros(shape) for _ in range(3)]
+    for k, p in enumerate(crowded):
+        p[0, 0, k, 0] = p[4, 0, 4 - k, 0] = 1.0
+    solo = np.zeros(shape)
+    solo[5, 0, 0, 0] = 1.0
+    placed = Placed(tuple(Term(p, columns.reshape(1, 1, 5, 1)) for p in crowded + [solo]))
+    assert "concatenate" not in str(jax.make_jaxpr(lambda: _structured._materialise(placed, shape, jnp.float64))())
+
+
 def test_indices_built_inside_f_give_index_maps_known_while_tracing(monkeypatch):
     # x.at[jnp.array(...)]: the index arrays are equations of f on constants, evaluated while tracing
     # (`_jacobian._bind_constant`), so the scatters' matrices are known then and the Jacobian's
