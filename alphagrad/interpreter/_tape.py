@@ -49,7 +49,9 @@ not grow with the number of equations:
    primitive on the basis of its operand; entries checked to be non-negative integer counts)
    and become copies. *Run-time* maps (sort, clamp, max pooling,
    gathers/scatters/dynamic slices at computed indices, whose JVPs select one entry, so every
-   entry is exactly 0 or 1) are computed by the branch as 0/1 masks.
+   entry is exactly 0 or 1; cumulative maxima and minima, whose JVPs split a tie as JAX's
+   ``lax.max`` does, 1/2 each, 1/4... down a plateau) are computed by the branch as masks (JVP
+   responses, as jax.jacfwd's), applied by selections that weigh by them.
    Before the eliminations, the entries of partials that reach the outputs only through a
    select's untaken case are zeroed, as jax.jacfwd drops them (`_discard`; a few vectorised
    sweeps over the entries of the vertices that may be discarded, `_discard_untaken`).
@@ -58,8 +60,9 @@ not grow with the number of equations:
    value arrays, exactly the multiply-adds its `graph.product_plan` enumerates (one per point
    of the joint index space of the two value arrays, ``edges[dst] = (edges[dst] or 0) + out *
    in``: what the cost model counts); with a map on either side, selections ``where(mask != 0,
-   value, 0)`` and additions (data movement, free in the model, as in the straight-line path;
-   the composition of two run-time masks is their conjunction, one selection). A sum into an
+   value * mask, 0)`` (``value * 1`` is `value`; a tie of a cumulative maximum weighs) and
+   additions (data movement, free in the model, as in the straight-line path; the composition
+   of two run-time masks is their conjunction, one selection). A sum into an
    existing edge of another code first re-lays the old edge out in the sum code (copies). Two
    constant slots (1 and 0) make copies and structural ones selections too. A plan of up to
    `_tape_products.SCALAR_STEPS_MAX_MULS` multiplications runs one operation per loop step (the
@@ -97,10 +100,10 @@ except integer constants (exactly representable in the buffer's dtype), integers
 whose every value the buffer holds exactly (up to 32 bits in float64, 16 in float32: arguments
 and values) and integers computed at run time whose range of values is bounded well inside the
 buffer's exact integers (`_Builder._small_integer`: argmax/argmin indices, sums, products,
-remainders, clamps, selections and movements of them); an index
-map whose partial depends on the values is one of the 0/1 kinds above (cummax/cummin split ties
-0.5/0.5 and fall back); at most `MAX_KINDS` equation kinds (one per `EQUATIONS_PER_KIND`
-equations in longer programs).
+remainders, clamps, selections and movements of them; sums and products that may wrap around
+in a dtype whose every value the buffer holds); an index map whose partial depends on the
+values is one of the mask kinds above; at most `MAX_KINDS` equation kinds (one per
+`EQUATIONS_PER_KIND` equations in longer programs).
 """
 
 from __future__ import annotations
@@ -188,6 +191,11 @@ _MOVEMENTS = frozenset(
     "slice concatenate stack reshape squeeze transpose rev broadcast_in_dim dynamic_slice gather copy copy_p "
     "convert_element_type pad".split()
 )
+
+
+#: Integer primitives computed in their operands' dtype whose results wrap around (two's
+#: complement) where they overflow (`_Builder._small_integer`).
+_WRAPPING_ARITHMETIC = frozenset({"add", "sub", "mul", "neg"})
 
 
 class _Selection:
@@ -291,7 +299,7 @@ class _Discard(NamedTuple):
         the term keeps where the predicate is one of them (or 0) and...
       successor: int32[D, T] ...the successor's entry is kept (D: always, D + 1: never).
       target, source, mask: int32[M] the entry kept where the `source` entry is kept and the
-        edge slot `mask` is not 0 (a map's 0/1 entry; `ONE` for an entry of a valued partial's
+        edge slot `mask` is not 0 (a map's entry; `ONE` for an entry of a valued partial's
         pattern).
       slots: int32[Z] edge slots of the value entries of the partials into those vertices, each
         zeroed where every row it stands for is discarded: the pairs
@@ -402,14 +410,88 @@ class Tape(NamedTuple):
 _MAP_CODES = VALUELESS | {INDEX_MAP}
 #: Index maps whose partial depends on the values: never tabulated when the tape is built.
 _VALUE_DEPENDENT = frozenset("sort clamp reduce_window_max reduce_window_min cummax cummin top_k".split())
-#: Index maps applied as run-time masks (value-dependent, or reading computed indices): their JVPs
-#: select one tangent entry per output entry, so every entry of the partial is exactly 0 or 1.
-#: (cummax/cummin are not among them: JAX splits a tie 0.5/0.5; a long program with one runs on
-#: the straight-line path, one XLA operation per equation and product.)
+#: Index maps applied as run-time masks (value-dependent, or reading computed indices), their
+#: [n_out, n_operand] matrices computed whole by JVPs, as jax.jacfwd's columns: most select one
+#: tangent entry per output entry (every entry exactly 0 or 1); cummax/cummin weigh a tie as
+#: JAX's associative scan of ``lax.max`` does (1/2 each, 1/4... along a plateau), and the
+#: products' selections weigh by the entry (`_tape_products._select`: ``value * 1`` is `value`),
+#: free in the cost model as every index map's product is (the straight-line path applies JAX's
+#: linearisation there, also uncounted).
 _MASK_MAPS = frozenset(
-    "sort top_k clamp reduce_window_max reduce_window_min gather scatter scatter-add dynamic_slice "
+    "sort top_k clamp reduce_window_max reduce_window_min cummax cummin gather scatter scatter-add dynamic_slice "
     "dynamic_update_slice".split()
 )
+
+
+#: Run-time maps along one axis (their parameter naming it): an output entry depends only on the
+#: operand entries of its *fiber*, those of the same index on every other axis.
+_ALONG_AXIS = {"sort": "dimension", "cummax": "axis", "cummin": "axis", "top_k": "axis"}
+
+
+def _mask_support(eqn, position: int | None, out_shape: tuple, in_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(output entry, operand entry) of every entry of a run-time map's [n_out, n_operand] matrix
+    (of operand `position`; None: of several operands at once, the same node) that may be nonzero whatever the values and indices, row-major: the
+    fibers of a map along one axis (`_ALONG_AXIS`: a sort or cumulative maximum along an axis of a
+    [4, 4, 4] array has 256 of 4,096), the diagonal of an operand a clamp, scatter or dynamic
+    update keeps entrywise, the bands of windows at computed offsets (`_window_bands`: a gather's
+    axes taken whole, ``jnp.take`` along one axis of a [4, 4, 4, 4] array has 1,024 of 65,536),
+    else all. The branch computes the whole matrix; its other entries are 0 whatever the values,
+    and the products' selections skip them."""
+    n_out, n_in = math.prod(out_shape), math.prod(in_shape)
+    name = eqn.primitive.name if eqn.primitive is not None else None
+    axis = eqn.params.get(_ALONG_AXIS[name]) if name in _ALONG_AXIS else None
+    rank = len(out_shape)
+    if axis is not None and len(in_shape) == rank and all(
+            o == i for k, (o, i) in enumerate(zip(out_shape, in_shape)) if k != axis % rank):
+        axis %= rank
+        other = [k for k in range(rank) if k != axis]
+        dims = [out_shape[k] for k in other]
+
+        def fiber(shape):  # the fiber of each entry, numbered row-major over the other axes
+            at = np.indices(shape).reshape(rank, -1)
+            return np.ravel_multi_index(at[other], dims) if other else np.zeros(at.shape[1], np.int64)
+
+        length = in_shape[axis]
+        members = np.argsort(fiber(in_shape), kind="stable").reshape(-1, length)  # [fibers, length], ascending
+        return np.repeat(np.arange(n_out), length), members[fiber(out_shape)].reshape(-1)
+    out, inp = (a.reshape(-1) for a in np.indices((n_out, n_in)))
+    bands = _window_bands(name, eqn.params, position, tuple(out_shape), tuple(in_shape))
+    if bands:
+        at_out, at_in = np.unravel_index(out, out_shape), np.unravel_index(inp, in_shape)
+        keep = np.ones(len(out), bool)
+        for out_axis, in_axis, low, high in bands:
+            offset = at_in[in_axis] - at_out[out_axis]
+            keep &= (low <= offset) & (offset <= high)
+        out, inp = out[keep], inp[keep]
+    return out, inp
+
+
+def _window_bands(name, params: dict, position: int | None, out_shape: tuple, in_shape: tuple) -> list[tuple]:
+    """Bands (output axis, operand axis, least, greatest) of ``operand index - output index``
+    outside which a run-time map of operand `position` is 0 whatever its computed indices: a
+    window moved by a start index in ``[0, size - window]`` (clamped, or dropped out of bounds
+    with a zero derivative), an operand entry kept entrywise (0, 0 on every axis); [] where
+    nothing is known."""
+    if position is None:
+        return []
+    same = [(k, k, 0, 0) for k in range(len(out_shape))] if out_shape == in_shape else []
+    if name == "clamp" or (name in ("scatter", "scatter-add", "dynamic_update_slice") and position == 0):
+        return same
+    if name == "dynamic_slice" and position == 0 and len(out_shape) == len(in_shape):
+        return [(k, k, 0, n - w) for k, (w, n) in enumerate(zip(out_shape, in_shape))]
+    if name == "dynamic_update_slice" and position == 1 and len(out_shape) == len(in_shape):
+        return [(k, k, w - n, 0) for k, (n, w) in enumerate(zip(out_shape, in_shape))]
+    if name == "gather" and position == 0:
+        dn, sizes = params["dimension_numbers"], params["slice_sizes"]
+        skipped = set(dn.collapsed_slice_dims) | set(getattr(dn, "operand_batching_dims", ()))
+        kept = [a for a in range(len(in_shape)) if a not in skipped]  # in the order of offset_dims
+        return [(o, a, 0, in_shape[a] - sizes[a]) for o, a in zip(dn.offset_dims, kept)]
+    if name in ("scatter", "scatter-add") and position == 2:
+        dn = params["dimension_numbers"]
+        skipped = set(dn.inserted_window_dims) | set(getattr(dn, "operand_batching_dims", ()))
+        kept = [a for a in range(len(out_shape)) if a not in skipped]  # in the order of update_window_dims
+        return [(a, u, in_shape[u] - out_shape[a], 0) for u, a in zip(dn.update_window_dims, kept)]
+    return []
 
 
 #: Tabulated static index maps by equation signature, operand positions and integer constants
@@ -661,10 +743,12 @@ class _Builder:
         (interval arithmetic): an index from argmax/argmin, small integers combined by additions,
         products, remainders, quotients, selections, clamps and data movement (as indexing
         computes them: ``x[(jnp.argmax(y) + 1) % n]``); any value of an integer dtype whose every
-        value the buffer holds exactly (`_exact_integers`: int32 in float64). A result that may
-        overflow its dtype is refused: a wrapping conversion (uint32 to int32) read from and
-        written to the buffer in one kind was folded by XLA's CPU compiler into no conversion
-        (f64 -> u32 -> s32 -> f64 gave 4294967216 for -80). A float converted to an integer is held exactly whatever its
+        value the buffer holds exactly (`_exact_integers`: int32 in float64), a sum, difference
+        or product that may wrap around included (`_WRAPPING_ARITHMETIC`: computed in its dtype
+        in the kind, as in JAX). Any other result that may overflow its dtype is refused: a
+        wrapping conversion (uint32 to int32) read from and written to the buffer in one kind
+        was folded by XLA's CPU compiler into no conversion (f64 -> u32 -> s32 -> f64 gave
+        4294967216 for -80). A float converted to an integer is held exactly whatever its
         range (an integer-valued float of at most the buffer's precision; out of range, XLA
         saturates it, and the buffer's rounding of the bound saturates back to it), and so is a
         selection, clamp or movement of such values (every integer operand being held exactly, a
@@ -734,7 +818,12 @@ class _Builder:
         else:
             return False
         if not (full[0] <= r[0] and r[1] <= full[1]):
-            return False  # it may overflow and wrap
+            if not (name in _WRAPPING_ARITHMETIC and self._exact_integers(dtype)):
+                return False  # it may overflow and wrap
+            # Integer arithmetic wraps in its own dtype, in the kind as in JAX, and the buffer
+            # holds every value of the dtype: indexing's ``where(i < 0, i + n, i)`` of an index
+            # converted from a float (any int32; an int32 in float64).
+            r = full
         if name in ("max", "min", "clamp", "select_n", "concatenate", "reduce_max", "reduce_min", "neg", "abs",
                     "broadcast_in_dim", "reshape", "squeeze", "expand_dims", "slice", "transpose", "rev", "copy",
                     "copy_p", "dynamic_slice", "gather"):
@@ -1272,7 +1361,8 @@ class _Builder:
                         if name not in _MASK_MAPS:
                             raise Unsupported(f"{where}: the index map of {name} depends on the values")
                         groups.append((positions, INDEX_MAP, out_shape, in_shape))
-                        out, inp = (a.reshape(-1) for a in np.indices((n_out, n_in)))
+                        out, inp = _mask_support(eqn, positions[0] if len(positions) == 1 else None, shape,
+                                                 operands[positions[0]][1])
                         edges[(e.src, node)] = Map(INDEX_MAP, out, inp, next_slot + out * n_in + inp, out_shape, in_shape)
                         next_slot += n_out * n_in
                         continue

@@ -3,15 +3,15 @@
 The tape (`_tape`) holds every partial in a flat edge buffer ``edges[num_edge_slots]``: a valued
 partial as its code's value array (a diagonal, a Kronecker factor, dense...) in consecutive
 slots, a partial that only moves data as a *map* (which dense entries are which 0/1 slots: a
-structural one, or a run-time mask). Here the plan's products (`graph.plan`) become *lane
+structural one, or a run-time mask; a cumulative maximum's mask weighs a tie as JAX does, 1/2...). Here the plan's products (`graph.plan`) become *lane
 steps*: one step applies up to `lanes` independent scalar operations at once,
 
     edges[dst[l]] = (0 if new[l] else edges[dst[l]]) + op(edges[x[l]], edges[y[l]])
 
 with ``op`` a multiplication (``MUL``: exactly the multiply-adds `graph.product_plan`
 enumerates, so ``count_muls == graph.cost`` holds by construction) or a selection
-(``SELECT``: ``where(mask != 0, value, 0)``, data movement, free in the model, as in the
-straight-line path). Everything is planned with numpy, a product at a time (a 128 x 128 dense
+(``SELECT``: ``where(mask != 0, value * mask, 0)``, data movement, free in the model, as in the
+straight-line path; ``value * 1`` is `value`: only a tie of a cumulative maximum weighs, `_select`). Everything is planned with numpy, a product at a time (a 128 x 128 dense
 block times a diagonal is one call, not 16,384 Python steps), and run as one `lax.scan` over the
 steps (`run_steps`). Small independent operations share a step (the products of one elimination
 read the eliminated vertex's edges and write distinct edges); a step never reads or writes what
@@ -215,7 +215,8 @@ class Valued(NamedTuple):
 
 class Map(NamedTuple):
     """An edge of a value-less code or an index map (code 11): dense entry (out[k], inp[k]) adds
-    the 0/1 slot mask[k] (`ONE` for a structural 1; an entry may appear several times, a sum).
+    the 0/1 slot mask[k] (`ONE` for a structural 1; an entry may appear several times, a sum;
+    JAX's tie weight, 1/2, 1/4..., for a cumulative maximum or minimum: `_select`).
     Mask slots are never freed (other maps may share them)."""
 
     code: int
@@ -236,7 +237,7 @@ def _entries(edge) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def terms(edge) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The dense entries of an edge as a sum of selections: (out, inp, value slot, mask slot); a
-    map's masks are its values (each 0 or 1)."""
+    map's masks are its values (each 0 or 1, or a tie's weight)."""
     out, inp, slots = _entries(edge)
     return out, inp, slots, np.full(len(out), ONE, np.int64)
 
@@ -930,7 +931,8 @@ class Eliminator:
         return True
 
     def _both(self, m1: np.ndarray, m2: np.ndarray) -> np.ndarray:
-        """Slots holding m1 AND m2 (masks of 0/1): selections, no multiplication."""
+        """Slots holding m1 AND m2 (masks of 0/1; of tie weights, their product): selections, no
+        counted multiplication."""
         result = np.where(m1 == ONE, m2, np.where(m2 == ONE, m1, -1))
         pending = np.nonzero(result < 0)[0]
         fresh = []
@@ -1150,9 +1152,18 @@ class Eliminator:
         return out, inp, c_slot[left], p_slot[right]
 
 
+def _select(value: jax.Array, mask: jax.Array) -> jax.Array:
+    """A selection: `value` weighed by its map's entry where that is not 0, else 0 (never ``0 *
+    inf``). A map's entry is 1 (a copy: ``value * 1`` is `value`, bit for bit) or 0, but for a
+    cumulative maximum or minimum at a tie, where it is JAX's weight (1/2, 1/4, ...: `_tape`'s
+    `_MASK_MAPS`); like the straight-line path's application of JAX's linearisation of an index
+    map, not a multiplication the cost model counts (it prices index maps' products free)."""
+    return jnp.where(mask != 0, value * mask, jnp.zeros((), value.dtype))
+
+
 _STEP_OPS = (
     lambda a, b, base: base + a * b,
-    lambda a, b, base: base + jnp.where(b != 0, a, jnp.zeros((), a.dtype)),
+    lambda a, b, base: base + _select(a, b),
 )
 
 
@@ -1210,9 +1221,8 @@ def _chunk_step(edges: jax.Array, row) -> jax.Array:
         lambda: lax.dynamic_slice_in_dim(edges, by + first % cols, CHUNK, axis=0),
         lambda: edges[by + jnp.where(by_row == 1, entry // cols, entry % cols)],
     ))
-    # A switch on the (never batched) kind: a selection multiplies nothing.
-    value = lax.switch(kind - SCALE, (lambda: a * factors, lambda: jnp.where(factors != 0, a, jnp.zeros((), a.dtype)),
-                                      lambda: factors))
+    # A switch on the (never batched) kind: a selection is no counted multiplication.
+    value = lax.switch(kind - SCALE, (lambda: a * factors, lambda: _select(a, factors), lambda: factors))
     mask = (jnp.arange(CHUNK) < valid).reshape(-1, *(1,) * (edges.ndim - 1))
     new = jnp.where(flags == ALL_NEW, jnp.zeros((), edges.dtype), old) + value
     return lax.dynamic_update_slice_in_dim(edges, jnp.where(mask, new, old), bd, axis=0)
@@ -1249,7 +1259,7 @@ def _flat_step(edges: jax.Array, row, records: jax.Array, shapes: jax.Array, til
 
     if inner == 1:
         x, y = get(a), get(f)
-        value = jnp.where(y != 0, x, zero) if select else x * y  # a selection multiplies nothing
+        value = _select(x, y) if select else x * y  # a selection: no counted multiplication
     else:
         k = jnp.arange(inner)
         ok = (k < shape[9]).reshape(1, inner, *batch)
@@ -1322,7 +1332,7 @@ def run_steps(edges: jax.Array, steps: np.ndarray, patterns: np.ndarray, windowe
         old = lax.cond(md == CONTIGUOUS, lambda: target, lambda: target[jnp.minimum(at, lanes - 1)])
         base = jnp.where(_lane_mask(new, old), jnp.zeros((), old.dtype), old)
         # A switch on the (never batched) step kind: only the chosen operation runs, so a
-        # selection multiplies nothing and the multiplications are exactly the counted ones.
+        # selection (`_select`) is no counted multiplication and the MUL steps' are exactly the counted ones.
         value = lax.switch(kind, _STEP_OPS, a, b, base)
         return lax.cond(md == CONTIGUOUS,
                         lambda: jnp.where(_lane_mask(used, value), value, target),

@@ -163,10 +163,6 @@ def large_program(x, w):
     return jnp.sum(h * h), h[0] * x[1]
 
 
-def cummax_program(x):
-    return jnp.sin(jax.lax.cummax(x * x, axis=0))  # a tie splits its derivative: not a 0/1 mask
-
-
 @jax.custom_vjp
 def _sin(x):
     return jnp.sin(x)
@@ -184,7 +180,6 @@ def loop_program(x, y):
 @pytest.mark.parametrize("fn, args, reason", [
     (large_program, (np.linspace(-0.3, 0.5, 65), np.arange(65.0**2).reshape(65, 65) / 4e3), "entries"),
     (loop_program, (0.4, 0.7), "sub-program"),
-    (cummax_program, (np.array([0.3, -0.2, 0.5]),), "depends on the values"),
 ])
 def test_unsupported_graphs_fall_back_to_the_straight_line_path(force_tape, monkeypatch, fn, args, reason):
     monkeypatch.setattr(_tape, "MAX_COMPONENTS", 4096)  # (16,384: a 65 x 65 matrix would be taken)
@@ -199,6 +194,83 @@ def test_unsupported_graphs_fall_back_to_the_straight_line_path(force_tape, monk
         actual = jax.jit(interpreter.jacobian(fn, "reverse", argnums=argnums))(*args)
         _close(actual, jax.jacrev(fn, argnums=argnums)(*args), rtol=1e-10)  # (a custom VJP has no jacfwd)
         assert interpreter.count_muls(fn, "reverse", *args, argnums=argnums) == graph.cost(g, "reverse")
+
+
+def cumulative_extrema(x, m):
+    """Cumulative maxima and minima over plateaus and ties (x * x of +-1, rounded values, a
+    constant row), along either axis of a matrix, reversed, and one of another (two run-time
+    masks composed): JAX's JVP splits each tie as lax.max does, 1/2 each, 1/4... down a plateau.
+    A sort and a top_k along an axis of the matrix (maps held on their fibers, `_mask_support`)."""
+    a = jax.lax.cummax(x * x, axis=0)
+    b = jax.lax.cummin(jnp.round(2.0 * x) / 2.0, axis=0, reverse=True)
+    c = jax.lax.cummax(m, axis=1) + jax.lax.cummin(m, axis=0, reverse=True) * jnp.sort(m, axis=0)
+    d = jax.lax.cummax(jnp.flip(jax.lax.cummax(x, axis=0)), axis=0)
+    return jnp.sin(a) * b + d, c * m[0] + jnp.sum(jax.lax.top_k(m * m[:, ::-1], 2)[0])
+
+
+def test_cumulative_extrema_run_on_the_tape_with_jax_jacfwds_tie_weights(force_tape):
+    """cummax/cummin's partials are run-time masks whose entries are JAX's tie weights (not 0/1):
+    the tape is built (no fall-back) and its Jacobian is jax.jacfwd's, ties included."""
+    with jax.enable_x64(True):
+        args = (jnp.array([1.0, -1.0, 1.0, 0.3, 2.0, 2.0, -2.0, 0.5, 2.0]),
+                jnp.array([[1.0, 1.0, 0.5, 1.0], [0.2, 0.3, 0.3, 0.3], [2.0, 2.0, 2.0, 2.0]]))
+        argnums = (0, 1)
+        expected = jax.jit(jax.jacfwd(cumulative_extrema, argnums=argnums))(*args)  # (eager: 12 s of dispatch)
+        weights = np.asarray(jax.jit(jax.jacfwd(jax.lax.cummax))(args[0] ** 2)).ravel()
+        assert {0.125, 0.25, 0.5} <= set(weights.tolist())  # the ties are ties
+        g = interpreter.graph_of(cumulative_extrema, *args, argnums=argnums)
+        for order in _orders(g):
+            steps = graph.plan(g, graph.resolve_order(g, order))
+            assert _tape.build(g, steps).muls == graph.cost(g, order)
+        # A random order (products of maps with maps and with values) is computed: one compilation.
+        assert _jacobian._tape_of(g, steps) is not None
+        assert interpreter.count_muls(cumulative_extrema, order, *args, argnums=argnums) == graph.cost(g, order)
+        _close(jax.jit(interpreter.jacobian(cumulative_extrema, order, argnums=argnums))(*args), expected,
+               rtol=1e-12, atol=1e-14)
+
+
+def computed_windows(a, v):
+    """Gathers, scatters and dynamic slices at computed indices along some axes of a [3, 4, 2]
+    array (maps held on their bands, `_tape._window_bands`): ``jnp.take`` along an axis (fill and
+    clip modes), duplicate scatter indices, starts clamped at the far end, a dynamic update."""
+    i = jnp.argsort(v)  # a permutation of 0..3
+    k = (jnp.argmax(v) + 2) % 4  # a start that the slices clamp
+    b = jnp.take(a, i, axis=1) * jnp.take(a, i[:2] % 3, axis=0, mode="clip")[:1]
+    c = a.at[:, i[::2] % 2].add(b[:, :2] ** 2).at[i[:2] % 3].set(jnp.sin(a[:2]))
+    d = jax.lax.dynamic_slice(c, (k % 3, k, 0), (2, 2, 2)) * jax.lax.dynamic_slice_in_dim(b, k, 3, axis=1)[1:, :2]
+    return jax.lax.dynamic_update_slice(c, d * v[0], (k, k - 2, 0)), a[:, i[0]] * jnp.cos(v[i[3]])
+
+
+def test_maps_at_computed_indices_are_held_on_their_bands(force_tape):
+    """Run-time maps at computed indices hold only the entries their windows may reach (a
+    restricted band misses one: this test fails), and give jax.jacfwd's Jacobians."""
+    with jax.enable_x64(True):
+        args = (jnp.arange(24.0).reshape(3, 4, 2) / 10 - 1.0, jnp.array([0.95, -0.8, 0.9, 0.1]))
+        expected = jax.jit(jax.jacfwd(computed_windows, argnums=(0, 1)))(*args)
+        g = interpreter.graph_of(computed_windows, *args, argnums=(0, 1))
+        for order in _orders(g):
+            assert _tape.build(g, graph.plan(g, graph.resolve_order(g, order))).muls == graph.cost(g, order)
+        # A random order is computed (one compilation).
+        _close(jax.jit(interpreter.jacobian(computed_windows, order, argnums=(0, 1)))(*args), expected,
+               rtol=1e-12, atol=1e-14)
+
+
+def float_indices(x):
+    """Indices converted from floats: any int32 (saturated at +-2**31 for the large entries), so
+    indexing's ``where(i < 0, i + n, i)`` may wrap around in int32 (where it is not taken)."""
+    i = (x * 1e10).astype(jnp.int32)
+    return jnp.sin(x) * x[i] + x.at[i[:2]].add(x[2:4] ** 2)
+
+
+def test_indices_converted_from_floats_run_on_the_tape(force_tape):
+    """Integer arithmetic that may wrap around runs in its dtype, in the tape's kind as in JAX; a
+    float64 buffer holds every int32 exactly: gathers and scatters at such indices stay on the tape."""
+    with jax.enable_x64(True):
+        x = jnp.array([1e-12, -3e-10, 1e3, -1e3, 0.4, -0.2])
+        g = interpreter.graph_of(float_indices, x)
+        steps = graph.plan(g, graph.resolve_order(g, "reverse"))
+        assert _tape.build(g, steps).muls == graph.cost(g, "reverse")
+        _close(jax.jit(interpreter.jacobian(float_indices, "reverse"))(x), jax.jacfwd(float_indices)(x), rtol=1e-12)
 
 
 def test_short_programs_keep_the_straight_line_path():
