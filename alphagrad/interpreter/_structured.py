@@ -935,6 +935,24 @@ def _scaled_terms(out: Partial, inp: Partial, placed_out: bool, dtype) -> list[T
     return done
 
 
+def _through_one_entry(out: Partial, inp: Partial, dtype) -> list[Term] | None:
+    """out @ inp as one term where one is an index map whose matrix is known while tracing and the
+    other a dense partial whose side on v (a single entry) is shared: the map's matrix broadcast
+    over the dense side's entries, weighted by them (`_scaled_terms`). A reverse sweep reaches each
+    scalar parameter ``x[k]`` this way; the columns stay lazy, and their sum is written column by
+    column (`_materialise_by_slabs`), where a pad per column summed made XLA evaluate every column
+    at every entry (osborne2: 11 columns, each with its exponentials). None where the matrix
+    depends on run-time indices."""
+    the_map = inp if inp.code == INDEX_MAP else out
+    pattern = densify(the_map, dtype)
+    if not isinstance(pattern, np.ndarray):
+        return None
+    lazy = the_map._replace(code=1, value=Placed((Term(pattern, None),)))
+    if the_map is inp:
+        return _scaled_terms(out, lazy, False, dtype)
+    return _scaled_terms(lazy, inp, True, dtype)
+
+
 def _weighted_terms(out: Partial, inp: Partial, dtype) -> list[Term] | None:
     """out @ inp as terms where one is `Placed` and the other a permutation times weights (or an
     identity): the permutation moves the patterns (and weights), the weights multiply the terms'."""
@@ -1334,6 +1352,8 @@ def _multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCoun
             terms = [Term(pattern, _weights(out, "out", dtype)[:, :, None, None])]
         elif lazy_out:
             terms = _map_terms(inp.value, list(out.value.terms), (*c_shape, *v_shape), after=False)
+        elif _is_scalar_row(out if inp.code == INDEX_MAP else inp, v_shape):
+            terms = _through_one_entry(out, inp, dtype)
         if terms is not None:
             return convert(_placed(c_shape, p_shape, terms, dtype), code, dtype)
         placed = math.prod(c_shape) * math.prod(p_shape)
