@@ -737,11 +737,20 @@ class _Builder:
             return float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
         return None
 
+    def _shape_of(self, op: Operand) -> tuple:
+        """The shape of an operand (a vertex, an argument leaf or a constant)."""
+        if op.node is not None:
+            return tuple(self.node_shape[op.node])
+        if isinstance(op.value, LeafRef):
+            return tuple(self.program.leaf_avals[op.value.index].shape)
+        return tuple(np.shape(op.value))
+
     def _small_integer(self, eqn, aval) -> bool:
         """Whether an integer value is bounded well within the integers the buffer's dtype holds
         exactly (so it survives being stored there), by the range of values its operands may take
         (interval arithmetic): an index from argmax/argmin, small integers combined by additions,
-        products, remainders, quotients, selections, clamps and data movement (as indexing
+        sums (``jnp.cumsum(x > 0)``), scatters (``jnp.bincount``), products, remainders,
+        quotients, selections, clamps and data movement (as indexing
         computes them: ``x[(jnp.argmax(y) + 1) % n]``); any value of an integer dtype whose every
         value the buffer holds exactly (`_exact_integers`: int32 in float64), a sum, difference
         or product that may wrap around included (`_WRAPPING_ARITHMETIC`: computed in its dtype
@@ -773,7 +782,8 @@ class _Builder:
                       np.dtype(self.program.leaf_avals[op.value.index].dtype) if isinstance(op.value, LeafRef) else None)
             if source is not None and _floating(source) and np.finfo(source).nmant <= np.finfo(self.dtype).nmant:
                 self.int_exact.add(eqn.outputs[0].node)
-        elif self._exact_integers(dtype) and all(x is None or x == (0.0, 1.0) for x in ranges):
+        elif (self._exact_integers(dtype) and name != "convert_element_type"
+              and all(x is None or x == (0.0, 1.0) for x in ranges)):
             r = full  # computed from floats and booleans in its own dtype (lu's pivots)
         elif None in ranges or not ranges:
             return False
@@ -810,6 +820,15 @@ class _Builder:
         elif name == "div":  # no larger than the dividend (XLA: x / 0 is -1, or the largest unsigned value)
             size = max(abs(ranges[0][0]), abs(ranges[0][1]), 1.0)
             r = (-size, size) if dtype.kind == "i" else full
+        elif name in ("cumsum", "reduce_sum"):  # a sum of at most `terms` operand entries
+            in_shape, out_shape = self._shape_of(eqn.operands[0]), tuple(aval.shape)
+            terms = in_shape[eqn.params["axis"]] if name == "cumsum" else math.prod(in_shape) // max(1, math.prod(out_shape))
+            r = min(ranges[0][0], terms * ranges[0][0]), max(ranges[0][1], terms * ranges[0][1])
+        elif name in ("scatter", "scatter-add") and len(ranges) == 3:  # operand entries, updates (or their sums)
+            updates = math.prod(self._shape_of(eqn.operands[2]))
+            (low, high), (u_low, u_high) = ranges[0], ranges[2]
+            r = ((min(low, u_low), max(high, u_high)) if name == "scatter"
+                 else (low + updates * min(0.0, u_low), high + updates * max(0.0, u_high)))
         elif name in ("concatenate", "reduce_max", "reduce_min"):
             r = min(x[0] for x in ranges), max(x[1] for x in ranges)
         elif name in ("convert_element_type", "broadcast_in_dim", "reshape", "squeeze", "expand_dims", "slice",

@@ -273,6 +273,26 @@ def test_indices_converted_from_floats_run_on_the_tape(force_tape):
         _close(jax.jit(interpreter.jacobian(float_indices, "reverse"))(x), jax.jacfwd(float_indices)(x), rtol=1e-12)
 
 
+def small_integer_sums(x):
+    """Integers summed from booleans and ones (int64 under x64: the buffer holds them exactly only
+    by their bounded range): a cumulative count, a bincount (a scatter-add), a searchsorted by
+    comparisons (a sum of booleans converted to int32), used as indices."""
+    counts = jnp.bincount(jnp.argsort(x) % 3, length=4)
+    rank = jnp.cumsum(x > 0.0)
+    where = jnp.searchsorted(jnp.linspace(-1.0, 1.0, 5), x, method="compare_all")
+    return x * counts[where % 4] + x[jnp.clip(rank, 0, 5)]
+
+
+def test_integer_sums_and_scatters_of_bounded_range_run_on_the_tape(force_tape):
+    with jax.enable_x64(True):
+        x = jnp.array([0.3, -0.8, 0.9, 0.1, -0.2, 0.5])
+        g = interpreter.graph_of(small_integer_sums, x)
+        steps = graph.plan(g, graph.resolve_order(g, "reverse"))
+        assert _tape.build(g, steps).muls == graph.cost(g, "reverse")
+        expected = jax.jit(jax.jacfwd(small_integer_sums))(x)
+        _close(jax.jit(interpreter.jacobian(small_integer_sums, "reverse"))(x), expected, rtol=1e-12)
+
+
 def test_short_programs_keep_the_straight_line_path():
     args = (jnp.asarray(S, jnp.float32), jnp.asarray(P, jnp.float32))
     g = interpreter.graph_of(integrator, *args, argnums=(0, 1))
