@@ -51,7 +51,9 @@ not grow with the number of equations:
    gathers/scatters/dynamic slices at computed indices, whose JVPs select one entry, so every
    entry is exactly 0 or 1; cumulative maxima and minima, whose JVPs split a tie as JAX's
    ``lax.max`` does, 1/2 each, 1/4... down a plateau) are computed by the branch as masks (JVP
-   responses, as jax.jacfwd's), applied by selections that weigh by them.
+   responses, as jax.jacfwd's), applied by selections that weigh by them, each map held on the
+   entries it may reach whatever the values and indices (`_mask_support`: an axis's fibers, a
+   window's band, a diagonal; a product with a map is a selection per entry it holds).
    Before the eliminations, the entries of partials that reach the outputs only through a
    select's untaken case are zeroed, as jax.jacfwd drops them (`_discard`; a few vectorised
    sweeps over the entries of the vertices that may be discarded, `_discard_untaken`).
