@@ -1,0 +1,128 @@
+"""Cases of helper corpus20's held-out rehearsal (session 20): what alphagrad gets wrong as strict expected
+failures, and a few of the new kinds it gets right as controls. Report: /work/notes/corpus20_report.md.
+
+1. NaN where jax.jacfwd is finite: a zero (padding) row goes through a pole (sqrt at 0), and ``where`` with a
+   column mask then *selects* a constant for some of that row's entries. jax.jacfwd's tangent there is the
+   selected constant's (0); alphagrad multiplies the select's 0 by the NaN of the pole's chain. Seen in set
+   attention over a padded set (keys normalised by a clamped norm, padded keys masked by -1e9), where a finite
+   RMS output block turns NaN in every order. Repros: /work/notes/corpus20/repros/masked_columns_after_pole.py,
+   padded_set_attention_rms_nan.py.
+2. NaN in reverse order only after a run-time selection (the open class of test_heldout17's top_k_then_dot),
+   in a natural form: the longest row of a zero-padded batch by ``argmax`` of sqrt norms, normalised.
+   Repro: repros/pick_longest_padded_row.py.
+3. A max ``lax.reduce_window`` with ``window_dilation``: alphagrad asks JAX for the VJP of select_and_gather,
+   which JAX lacks with window dilation, and raises JAX's NotImplementedError, where jax.jacfwd differentiates
+   it. Repro: repros/reduce_window_max_window_dilation.py.
+4. A user ``custom_jvp`` whose rule is not linear in the tangent (it clips the tangent, as gradient-clipping code
+   does): jax.jacfwd pushes f's basis vectors through the rule, jax.jacrev refuses (no transpose of min), and
+   alphagrad silently returns the rule's partial at a unit tangent times the chain's factor — a different
+   Jacobian. Either jax.jacfwd's answer or an AlphagradError would do. Repro:
+   repros/custom_jvp_nonlinear_tangent_rule.py.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from alphagrad import AlphagradError, interpreter
+
+_COLUMNS = jnp.array([True, True, True, True, False, False])
+_PADDED = jnp.asarray(np.concatenate([np.random.default_rng(2024).normal(size=(4, 3)) * 0.5, np.zeros((2, 3))]))
+
+
+def _masked_columns_after_pole(x):
+    return jnp.where(_COLUMNS[None], jnp.sqrt(jnp.sum(x ** 2, 1, keepdims=True)) * jnp.ones((1, 6)), 0.0)
+
+
+def _padded_set_attention_rms(x):
+    k = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+    y = jax.nn.softmax(jnp.where(_COLUMNS[None, :], k @ k.T, -1e9), -1) @ x
+    return jnp.sqrt(jnp.sum(jnp.where(_COLUMNS[:, None], y ** 2, 0.0), 0) / 4)
+
+
+def _pick_longest_padded_row(x):
+    norms = jnp.sqrt(jnp.sum(x ** 2, 1))
+    i = jnp.argmax(norms)
+    return x[i] / norms[i]
+
+
+def _no_nan_where_jacfwd_is_finite(f, order, x):
+    expected = np.asarray(jax.jacfwd(f)(x))
+    actual = np.asarray(interpreter.jacobian(f, order)(x))
+    assert not np.any(np.isnan(actual) & np.isfinite(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(actual[finite], expected[finite], rtol=1e-6, atol=1e-9)
+
+
+_SELECTED_CONSTANT = pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="a where that selects a constant over a zero row's pole: alphagrad multiplies the select's 0 by the "
+           "pole chain's NaN where jax.jacfwd selects 0 (corpus20 report, finding 1)")
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+@pytest.mark.parametrize("f", [pytest.param(_masked_columns_after_pole, marks=_SELECTED_CONSTANT, id="masked_columns"),
+                               pytest.param(_padded_set_attention_rms, marks=_SELECTED_CONSTANT, id="set_attention_rms")])
+def test_a_where_that_selects_a_constant_after_a_zero_rows_pole_gives_no_nan(f, order):
+    _no_nan_where_jacfwd_is_finite(f, order, _PADDED)
+
+
+def test_masking_the_zero_rows_themselves_is_right_already():
+    # The control: the mask on the rows (not the columns) of the pole's output.
+    rows = lambda x: jnp.where(_COLUMNS[:, None], jnp.sqrt(jnp.sum(x ** 2, 1, keepdims=True)) * jnp.ones((1, 6)), 0.0)
+    for order in ("forward", "reverse"):
+        _no_nan_where_jacfwd_is_finite(rows, order, _PADDED)
+
+
+@pytest.mark.parametrize("order", ["forward", pytest.param("reverse", marks=pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="a run-time selection (argmax) after a zero row's pole: reverse order keeps jax.jacrev's NaN "
+           "(test_heldout17's top_k_then_dot class; corpus20 finding 2)"))])
+def test_the_longest_row_of_a_padded_batch(order):
+    _no_nan_where_jacfwd_is_finite(_pick_longest_padded_row, order, _PADDED)
+
+
+_DILATED_MAX = lambda v: lax.reduce_window(v, -jnp.inf, lax.max, (2, 2), (1, 1), "VALID", window_dilation=(1, 2))
+_GRID = jnp.arange(30.0).reshape(5, 6) % 7 + 0.01 * jnp.arange(30.0).reshape(5, 6)
+
+
+@pytest.mark.xfail(strict=True, raises=NotImplementedError,
+                   reason="alphagrad takes a max reduce_window's partial through JAX's VJP of select_and_gather, "
+                          "not implemented with window dilation; jax.jacfwd works (corpus20 finding 3)")
+def test_a_max_reduce_window_with_window_dilation():
+    np.testing.assert_allclose(interpreter.jacobian(_DILATED_MAX, "reverse")(_GRID), jax.jacfwd(_DILATED_MAX)(_GRID))
+
+
+def test_a_min_reduce_window_with_base_dilation_is_right_already():
+    f = lambda v: lax.reduce_window(v, jnp.inf, lax.min, (2, 2), (1, 1), "VALID", base_dilation=(2, 1))
+    np.testing.assert_allclose(interpreter.jacobian(f, "forward")(_GRID), jax.jacfwd(f)(_GRID))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _tanh_clipped_tangent(x, c):
+    return jnp.tanh(x)
+
+
+@_tanh_clipped_tangent.defjvp
+def _tanh_clipped_tangent_jvp(c, primals, tangents):
+    (x,), (t,) = primals, tangents
+    y = jnp.tanh(x)
+    return y, jnp.clip((1 - y ** 2) * t, -c, c)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="a custom_jvp rule that is not linear in the tangent: alphagrad silently differs from "
+                          "jax.jacfwd (jax.jacrev refuses) (corpus20 finding 4)")
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_a_custom_jvp_rule_not_linear_in_the_tangent_is_followed_or_refused(order):
+    f = lambda x: _tanh_clipped_tangent(3 * x, 0.5) + x
+    x = jnp.array([0.05, -0.3, 0.6, 0.01])
+    try:
+        actual = interpreter.jacobian(f, order)(x)
+    except AlphagradError:
+        return
+    np.testing.assert_allclose(actual, jax.jacfwd(f)(x), rtol=1e-6)
