@@ -177,7 +177,9 @@ def entries() -> list[tuple]:
     """(group, function, example arguments, argnums) for every function of this module."""
     triangle_nodes = np.array([[0, 0], [1, 0], [1, 1], [0, 1], [0.5, 0.5]]) + _normal(5, 2, scale=0.05)
     box_positions = np.array([[0.1, 0.2, 0.3], [1.3, 0.2, 0.4], [0.5, 1.5, 2.6], [2.8, 2.9, 0.2], [1.6, 1.4, 1.5]])
-    rotation = np.array(jax.scipy.linalg.expm(jnp.array([[0, -0.3, 0.2], [0.3, 0, -0.1], [-0.2, 0.1, 0]])))
+    axis, angle = np.array([0.1, 0.2, 0.3]) / np.linalg.norm([0.1, 0.2, 0.3]), np.linalg.norm([0.1, 0.2, 0.3])
+    skew = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation = np.eye(3) + np.sin(angle) * skew + (1 - np.cos(angle)) * skew @ skew  # Rodrigues, float64
     return [
         ("losses", sparsemax, (np.array([[1.0, 0.5, -0.3, 0.9], [0.1, 0.2, 0.3, 0.05], [2.0, -1.0, 0.0, 0.4]]),), 0),
         ("losses", crf_neg_log_likelihood, (_normal(6, 4), _normal(4, 4)), (0, 1)),
