@@ -391,10 +391,58 @@ def convert(partial: Partial, code: int, dtype) -> Partial:
         return Partial(1, partial.out_shape, partial.in_shape, densify(partial, dtype))
     if code == 1 and (partial.code == INDEX_MAP or partial.code in VALUELESS):
         return Partial(1, partial.out_shape, partial.in_shape, Placed(tuple(_terms(partial, dtype))))
+    if code != 1:
+        relaxed = _relaxed(partial, code, dtype)
+        if relaxed is not None:
+            return relaxed
     dense = densify(partial, dtype)
     if code == 1:
         return Partial(1, partial.out_shape, partial.in_shape, dense)
     return Partial(code, partial.out_shape, partial.in_shape, extract(dense, code))
+
+
+#: The codes described by ties alone (not dense, not an index map, not a rank-n extended code).
+_TIED_CODES = frozenset(c for c in range(-10, 11) if c not in (0, 1))
+
+
+def _relaxed(partial: Partial, code: int, dtype) -> Partial | None:
+    """`convert` to a `code` whose ties are some of `partial`'s (a diagonal from a multiple of the
+    identity, a full [v, p] Kronecker block from a diagonal one, ...), read straight off the value
+    array: broadcast to the target's value axes, times a delta mask for each tie the target drops.
+    The same numbers as `extract(densify(partial))`, without the dense [v1, v2, p1, p2] tensor
+    (allen_cahn_step: a scalar times the identity laid out as a [4, 4] diagonal went through a
+    [256, 4, 4, 4, 4] select and two reductions). None where a tie of `code` is not one of
+    `partial`'s (a D tie from a K tie counts), `code` has no values, or `partial`'s value is not a
+    plain array."""
+    if partial.code not in _TIED_CODES or code not in _TIED_CODES or code in VALUELESS:
+        return None
+    if partial.value is not None and not isinstance(partial.value, (jax.Array, np.ndarray)):
+        return None
+    source, target = structure_of(partial.code), structure_of(code)
+    kinds = {(a, b): kind for a, b, kind in source.ties}
+    if any(kinds.get((a, b)) not in (("K",) if kind == "K" else ("D", "K")) for a, b, kind in target.ties):
+        return None
+    sizes = dict(zip((1, 2, 3, 4), (*partial.out_shape, *partial.in_shape)))
+    letter = {pos: pos for pos in sizes}  # positions tied in the target share a letter
+    for a, b, _ in target.ties:
+        letter[b] = letter[a]
+    target_letters = [letter[pos] for pos in target.value_axes]
+    target_shape = tuple(sizes[pos] for pos in target.value_axes)
+    source_letters = [letter[pos] for pos in source.value_axes]
+    value = jnp.ones((), dtype) if partial.value is None else jnp.asarray(partial.value, dtype)
+    order = sorted(range(len(source_letters)), key=lambda i: target_letters.index(source_letters[i]))
+    if order != list(range(len(order))):
+        value = jnp.transpose(value, order)
+    value = value.reshape(tuple(n if t in source_letters else 1 for t, n in zip(target_letters, target_shape)))
+    value = jnp.broadcast_to(value, target_shape)
+    for a, b, _ in source.ties:
+        if letter[a] != letter[b]:  # a tie the target drops: its delta, as a constant mask
+            i, j = target_letters.index(letter[a]), target_letters.index(letter[b])
+            mask_shape = [1] * len(target_shape)
+            mask_shape[i], mask_shape[j] = target_shape[i], target_shape[j]
+            eye = np.eye(target_shape[i], target_shape[j], dtype=bool).reshape(mask_shape)
+            value = jnp.where(eye, value, jnp.zeros((), dtype))
+    return Partial(code, partial.out_shape, partial.in_shape, value)
 
 
 def add(old: Partial, new: Partial, code: int, dtype) -> Partial:

@@ -79,6 +79,35 @@ def test_products_and_sums_equal_dense_arithmetic(in_code):
             )
 
 
+def test_conversions_that_drop_ties_read_the_value_array_and_equal_the_dense_tensor():
+    # A code whose ties are some of the partial's (D from K counts) is read off the value array
+    # (`_relaxed`: broadcast, a delta mask per dropped tie); the others go through the dense tensor.
+    from alphagrad.interpreter import _structured
+
+    rng = np.random.default_rng(7)
+    tied = [c for c in STRUCTURED_CODES if c not in (1, 11)]
+    relaxations = 0
+    for source in tied:
+        for target in tied:
+            if source == target:
+                continue
+            ties = [(a - 1, b - 1) for a, b, _ in structure_of(source).ties + structure_of(target).ties]
+            c1, c2, p1, p2, _, _ = consistent_sizes(rng, ties)
+            partial = random_partial(rng, source, (c1, c2), (p1, p2))
+            kinds = {(a, b): kind for a, b, kind in structure_of(source).ties}
+            keeps = target not in VALUELESS and all(kinds.get((a, b)) in (("K",) if kind == "K" else ("D", "K"))
+                                                    for a, b, kind in structure_of(target).ties)
+            relaxed = _structured._relaxed(partial, target, jnp.float64)
+            assert (relaxed is not None) == keeps, (source, target)
+            if relaxed is not None:
+                relaxations += 1
+                assert relaxed.code == target
+                np.testing.assert_array_equal(densify(relaxed, jnp.float64), densify(partial, jnp.float64))
+                expected = _structured.extract(densify(partial, jnp.float64), target)
+                np.testing.assert_array_equal(relaxed.value, expected)
+    assert relaxations > 40
+
+
 def test_shipped_exact_tables_match_the_algebra():
     text = importlib.resources.files("alphagrad.graph").joinpath("data", "exact.json").read_text()
     shipped = json.loads(text)
