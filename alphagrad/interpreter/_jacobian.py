@@ -45,7 +45,7 @@ from alphagrad.interpreter import _loops, _tape
 from alphagrad.interpreter._discard import (
     READS_MAX, RowCover, elementwise_code, entrywise_code, plan_discard, structural_reads, value_cover,
 )
-from alphagrad.interpreter._poles import BOUNDED_VALUES, bounded_operand, has_finite_partials
+from alphagrad.interpreter._poles import bounded_operand, bounded_value, has_finite_partials, reads_only_the_others
 from alphagrad.interpreter._labelled import Labelled, densify_labelled, labelled_partial
 from alphagrad.interpreter._structured import (
     _NUMPY_RULES,
@@ -889,11 +889,12 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
     for eqn in program.equations:
         values = [_operand_value(op, env, leaves) for op in eqn.operands]
         results = _bind_constant(eqn, values)  # evaluated once, whatever its number of outputs
-        operands_bounded = all(bounded_operand(op, value, bounded) for op, value in zip(eqn.operands, values))
+        operand_bounds = [bounded_operand(op, value, bounded) for op, value in zip(eqn.operands, values)]
+        operands_bounded = all(operand_bounds)
+        outputs_bounded = bounded_value(eqn, values, operand_bounds)
         for out, result in zip(eqn.outputs, results):
             env[out.node if out.node is not None else out.value] = result
-            bounded[out.node if out.node is not None else out.value] = operands_bounded and (
-                eqn.primitive is None or eqn.primitive.name in BOUNDED_VALUES)
+            bounded[out.node if out.node is not None else out.value] = outputs_bounded
         # Structured partials for primitives with rules; a fused complex span (a closed_call the
         # trace did not inline) has none.
         if eqn.primitive is None or (eqn.primitive.name in SUPPORTED_PRIMITIVES and eqn.primitive is not closed_call_p):
@@ -912,7 +913,8 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                     if eqn.primitive is jax.lax.dot_general_p:
                         partial = _dot_general_support(values, eqn.params, positions, partial)
                     moves = partial.code in VALUELESS or partial.code == INDEX_MAP  # no values to be infinite
-                    finite = (operands_bounded or moves) and has_finite_partials(eqn, values, partial.code)
+                    finite = ((operands_bounded or moves or reads_only_the_others(eqn, positions, operand_bounds))
+                              and has_finite_partials(eqn, values, partial.code))
                     edges[(e.src, e.dst)] = partial._replace(finite=finite)
             continue
         # No structural rule (every multi-output primitive): dense partials, one JVP per source for

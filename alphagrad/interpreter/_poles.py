@@ -19,7 +19,8 @@ import numpy as np
 
 from alphagrad.graph import INDEX_MAP, VALUELESS, LeafRef, Operand, ValueRef
 
-__all__ = ["FINITE_PARTIALS", "BOUNDED_VALUES", "bounded_operand", "has_finite_partials"]
+__all__ = ["FINITE_PARTIALS", "BOUNDED_VALUES", "LINEAR_IN_EACH", "bounded_operand", "bounded_value",
+           "has_finite_partials", "reads_only_the_others"]
 
 #: Primitives whose partials are finite wherever their operands are: sums, products, data
 #: movement, selections and functions whose derivatives have no pole (`Partial.finite`: a dense
@@ -37,15 +38,28 @@ FINITE_PARTIALS = frozenset(
 BOUNDED_VALUES = FINITE_PARTIALS | frozenset("sqrt cbrt integer_pow".split())
 
 
+#: Primitives linear in each operand: the partial with respect to an operand read once is made of
+#: the other operands (and constants) alone, so it is finite wherever they are, whatever that
+#: operand holds (``targets * log_softmax(x)``'s partial in the log_softmax is ``targets``).
+LINEAR_IN_EACH = frozenset(
+    "add add_any sub neg mul div dot_general reduce_sum broadcast_in_dim reshape transpose squeeze "
+    "expand_dims slice dynamic_slice dynamic_update_slice concatenate pad select_n convert_element_type "
+    "copy copy_p rev cumsum conv_general_dilated real imag gather scatter-add stop_gradient".split())
+
+
 def _is_float(value: Any) -> bool:
     dtype = value.dtype if hasattr(value, "dtype") else jnp.result_type(value)
     return jnp.issubdtype(dtype, jnp.floating)
 
 
 def bounded_operand(op: Operand, value: Any, bounded: dict) -> bool:
-    """Whether an operand is finite wherever the function's arguments are: an argument, a value
-    computed by `BOUNDED_VALUES` from such values (`bounded`: node or `ValueRef` -> bool), or a
-    constant without infinities (`value`: the constant; read only for constants)."""
+    """Whether an operand is finite wherever the function's arguments are: an argument, a value that
+    is not floating-point (a comparison, an index), a value computed by `bounded_value` from such
+    values (`bounded`: node or `ValueRef` -> bool), or a constant without infinities (`value`: the
+    operand's value; only its dtype is read for values computed at run time)."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.complexfloating)):
+        return True  # a comparison, an index: never infinite
     if op.node is not None:
         return bounded.get(op.node, True)  # nodes before every equation are the arguments
     if isinstance(op.value, LeafRef):
@@ -71,3 +85,36 @@ def has_finite_partials(eqn, values: list[Any], code: int) -> bool:
         divisor = values[1]
         return not isinstance(divisor, jax.core.Tracer) and bool(np.all(np.asarray(divisor) != 0))
     return name in FINITE_PARTIALS or (name == "integer_pow" and eqn.params.get("y", -1) >= 0)
+
+
+def _constant_without(op: Operand, value: Any, excluded: float) -> bool:
+    """Whether `op` is a constant (known while tracing) holding neither NaN nor `excluded`."""
+    if op.node is not None or isinstance(op.value, (LeafRef, ValueRef)) or isinstance(value, jax.core.Tracer):
+        return False
+    held = np.asarray(value)
+    return not np.any(np.isnan(held)) and not np.any(held == excluded)
+
+
+def bounded_value(eqn, values: list[Any], operands_bounded: list[bool]) -> bool:
+    """Whether the outputs of `eqn` are finite wherever the function's arguments are, given which
+    of its operands are (`bounded_operand`): a primitive of `BOUNDED_VALUES` of bounded operands,
+    a division by a constant without zeros of a bounded numerator, or a maximum (minimum) of
+    bounded operands and constants without +inf (-inf) or NaN, at least one operand bounded
+    (``jax.nn.log_softmax``'s ``max(-inf, reduce_max(x))``)."""
+    if eqn.primitive is None:
+        return all(operands_bounded)
+    name = eqn.primitive.name
+    if name == "div" and has_finite_partials(eqn, values, 1):  # the divisor is such a constant
+        return operands_bounded[0]
+    if name in ("max", "min"):
+        excluded = np.inf if name == "max" else -np.inf
+        return any(operands_bounded) and all(
+            ok or _constant_without(op, value, excluded) for op, value, ok in zip(eqn.operands, values, operands_bounded))
+    return all(operands_bounded) and name in BOUNDED_VALUES
+
+
+def reads_only_the_others(eqn, positions: list[int], operands_bounded: list[bool]) -> bool:
+    """Whether the partial of `eqn` with respect to its operand at `positions` (read once) is made of
+    other operands that are all bounded (`LINEAR_IN_EACH`)."""
+    return (eqn.primitive is not None and eqn.primitive.name in LINEAR_IN_EACH and len(positions) == 1
+            and all(ok for i, ok in enumerate(operands_bounded) if i != positions[0]))

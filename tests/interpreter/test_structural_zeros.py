@@ -47,6 +47,11 @@ def centred_times_reversed_scale(x):
 
 
 FUNCTIONS["centred_times_reversed_scale"] = centred_times_reversed_scale
+# Values the bounds rules call finite (a comparison, a division by a constant, max with -inf)
+# around a true pole (the zero row's norm): the guard must still keep the other rows finite.
+FUNCTIONS["norm_after_a_select"] = lambda x: normalise(jnp.where(x > 0.3, 2 * x, x)).sum(-1)
+FUNCTIONS["norm_after_a_division"] = lambda x: normalise(x / 2.0).sum(-1) + x[0, 0]
+FUNCTIONS["log_softmax_of_norms"] = lambda x: jax.nn.log_softmax(normalise(x), -1).sum(-1)
 
 
 def _assert_finite_where_jacfwd_is(f, x, orders):
@@ -65,6 +70,29 @@ def test_a_zero_row_leaves_the_other_rows_finite_in_every_order(name):
         f = FUNCTIONS[name]
         x = jnp.asarray(ZERO_TOKEN if name == "token_similarities" else ZERO_ROW)
         _assert_finite_where_jacfwd_is(f, x, ("forward", "reverse", "markowitz"))
+
+
+def test_products_of_provably_finite_partials_take_no_guard(monkeypatch):
+    # A comparison (a select's predicate, a switch's index), a division by a constant without zeros
+    # (jnp.gradient) and a product's partial in one factor (the other bounded) are finite wherever
+    # the arguments are: no product of these corpus functions is guarded (burgers_upwind took 10
+    # guards, spline_switch 8, before the bounds rules), and the Jacobians are jax.jacfwd's.
+    from alphagrad import tasks
+    from alphagrad.interpreter import _structured
+
+    guarded = []
+    original = _structured._poles_kept
+    monkeypatch.setattr(_structured, "_poles_kept", lambda *a: guarded.append(1) or original(*a))
+    corpus = tasks.corpus()
+    with jax.enable_x64(True):
+        for name in ("burgers_upwind", "spline_switch"):
+            task = corpus[name]
+            expected = jax.jacfwd(task.fn, argnums=task.argnums)(*task.args)
+            for order in ("forward", "reverse", "markowitz"):
+                got = interpreter.jacobian(task.fn, order, argnums=task.argnums)(*task.args)
+                for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+                    np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12)
+            assert not guarded, name
 
 
 @pytest.mark.parametrize("name", ["row_sums", "centred_times_reversed_scale", "cosine_of_reversed_rows"])
