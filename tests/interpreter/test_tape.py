@@ -293,6 +293,37 @@ def test_integer_sums_and_scatters_of_bounded_range_run_on_the_tape(force_tape):
         _close(jax.jit(interpreter.jacobian(small_integer_sums, "reverse"))(x), expected, rtol=1e-12)
 
 
+def test_selection_maps_are_tabulated_from_numberings_as_from_the_identity_basis():
+    # A map that moves each output entry from at most one operand entry is tabulated from three
+    # numberings of the operand (one pass) instead of its identity basis (n passes): the same
+    # entries; a map that sums entries (reduce_sum) is left to the basis.
+    shape = (6, 4, 3)
+    cases = [
+        ("slice", {"start_indices": (1, 0, 0), "limit_indices": (5, 4, 3), "strides": (2, 1, 2)}, [None]),
+        ("squeeze", {"dimensions": (0,)}, [None], (1, 4, 3)),
+        ("reshape", {"new_sizes": (12, 6), "dimensions": None}, [None]),
+        ("transpose", {"permutation": (2, 0, 1)}, [None]),
+        ("rev", {"dimensions": (0, 2)}, [None]),
+        ("broadcast_in_dim", {"shape": (2, 6, 4, 3), "broadcast_dimensions": (1, 2, 3)}, [None]),
+        ("dynamic_slice", {"slice_sizes": (2, 4, 1)}, [None, np.int32(5), np.int32(0), np.int32(2)]),
+    ]
+    for name, params, fixed, *operand in cases:
+        shapes = [operand[0] if operand else shape] + [() for _ in fixed[1:]]
+        n = math.prod(shapes[0])
+        basis = np.eye(n).reshape(n, *shapes[0])
+        batch = [basis] + [v for v in fixed[1:]]
+        matrix = np.asarray(_tape._numpy_map(name, params, batch, fixed), np.float64).reshape(n, -1).T
+        rows, cols = np.nonzero(matrix)
+        got = _tape._selection_map(name, params, shapes, 0, fixed)
+        assert got is not None, name
+        np.testing.assert_array_equal(got[0], rows)
+        np.testing.assert_array_equal(got[1], cols)
+        np.testing.assert_array_equal(got[2], matrix[rows, cols].astype(np.int64))
+    assert _tape._selection_map("reduce_sum", {"axes": (1,)}, [shape], 0, [None]) is None
+    assert _tape._selection_map("reduce_sum", {"axes": (0,)}, [(5,)], 0, [None]) is None
+    assert _tape._selection_map("broadcast_in_dim", {"shape": (3, 5), "broadcast_dimensions": (1,)}, [(5,)], 0, [None])
+
+
 def test_short_programs_keep_the_straight_line_path():
     args = (jnp.asarray(S, jnp.float32), jnp.asarray(P, jnp.float32))
     g = interpreter.graph_of(integrator, *args, argnums=(0, 1))
