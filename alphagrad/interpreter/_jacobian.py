@@ -328,10 +328,23 @@ def _linearised_index_map(eqn: Equation, values: list[Any], positions: list[int]
     with jax.ensure_compile_time_eval() if small else contextlib.nullcontext():
         result, linear = jax.linearize(of_operand, x)
     transposed = jax.linear_transpose(linear, jax.ShapeDtypeStruct(x.shape, x.dtype))
-    return IndexMap(
-        lambda t: linear(t.reshape(x.shape).astype(x.dtype)).reshape(out_shape),
-        lambda ct: transposed(ct.reshape(result.shape).astype(result.dtype))[0].reshape(in_shape),
-    )
+
+    def apply(t):
+        return linear(t.reshape(x.shape).astype(x.dtype)).reshape(out_shape)
+
+    def transpose(ct):
+        ct = ct.reshape(result.shape).astype(result.dtype)
+        try:
+            return transposed(ct)[0].reshape(in_shape)
+        except NotImplementedError:
+            # JAX has no transpose of this linearisation (a max reduce_window with window
+            # dilation: select_and_gather's): the adjoint read off the map's columns, each
+            # cotangent entry taken where a column holds a count (never 0 * inf).
+            columns = jax.vmap(lambda t: apply(t).reshape(-1))(jnp.eye(x.size, dtype=x.dtype).reshape(-1, *x.shape))
+            flat = ct.reshape(-1).astype(columns.dtype)
+            return jnp.where(columns != 0, columns * flat, 0).sum(-1).astype(x.dtype).reshape(in_shape)
+
+    return IndexMap(apply, transpose)
 
 
 def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: int,
