@@ -332,17 +332,21 @@ def _linearised_index_map(eqn: Equation, values: list[Any], positions: list[int]
     def apply(t):
         return linear(t.reshape(x.shape).astype(x.dtype)).reshape(out_shape)
 
+    untransposable = []  # set once JAX is found to lack the transpose: not tried again
+
     def transpose(ct):
         ct = ct.reshape(result.shape).astype(result.dtype)
-        try:
-            return transposed(ct)[0].reshape(in_shape)
-        except NotImplementedError:
-            # JAX has no transpose of this linearisation (a max reduce_window with window
-            # dilation: select_and_gather's): the adjoint read off the map's columns, each
-            # cotangent entry taken where a column holds a count (never 0 * inf).
-            columns = jax.vmap(lambda t: apply(t).reshape(-1))(jnp.eye(x.size, dtype=x.dtype).reshape(-1, *x.shape))
-            flat = ct.reshape(-1).astype(columns.dtype)
-            return jnp.where(columns != 0, columns * flat, 0).sum(-1).astype(x.dtype).reshape(in_shape)
+        if not untransposable:
+            try:
+                return transposed(ct)[0].reshape(in_shape)
+            except NotImplementedError:
+                untransposable.append(True)
+        # JAX has no transpose of this linearisation (a max reduce_window with window dilation:
+        # select_and_gather's): the adjoint read off the map's columns, each cotangent entry taken
+        # where a column holds a count (never 0 * inf).
+        columns = jax.vmap(lambda t: apply(t).reshape(-1))(jnp.eye(x.size, dtype=x.dtype).reshape(-1, *x.shape))
+        flat = ct.reshape(-1).astype(columns.dtype)
+        return jnp.where(columns != 0, columns * flat, 0).sum(-1).astype(x.dtype).reshape(in_shape)
 
     return IndexMap(apply, transpose)
 

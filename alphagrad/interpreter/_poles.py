@@ -57,8 +57,7 @@ def bounded_operand(op: Operand, value: Any, bounded: dict) -> bool:
     is not floating-point (a comparison, an index), a value computed by `bounded_value` from such
     values (`bounded`: node or `ValueRef` -> bool), or a constant without infinities (`value`: the
     operand's value; only its dtype is read for values computed at run time)."""
-    dtype = getattr(value, "dtype", None)
-    if dtype is not None and not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.complexfloating)):
+    if hasattr(value, "dtype") and not jnp.issubdtype(value.dtype, jnp.inexact):
         return True  # a comparison, an index: never infinite
     if op.node is not None:
         return bounded.get(op.node, True)  # nodes before every equation are the arguments
