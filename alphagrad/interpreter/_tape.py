@@ -87,8 +87,10 @@ so the edge buffer holds the largest number of edge entries alive at once, not e
 made (mask slots are kept: maps may share them).
 
 **The class the tape executes** (`build` raises `Unsupported` otherwise and `_jacobian` falls back
-to the straight-line path, never to a wrong number): every argument leaf, constant and vertex has
-at most `MAX_COMPONENTS` entries (empty values are fine); an equation of several results runs
+to the straight-line path, never to a wrong number): every vertex has at most `MAX_COMPONENTS`
+entries (empty values are fine), but for data movements run before or after the equation loop
+(`Tape.early`, `Tape.late`); an argument leaf or constant of more is read only by data
+movements (``W[l]`` of a stacked parameter: each reads the entries it moves); an equation of several results runs
 as one equation per result used (a ``split`` as slices; a sort of several operands, top_k, a
 ``while`` or ``scan`` as the primitive with that result picked); no equation holds a sub-jaxpr
 but a ``cond``, a ``while``, a ``scan`` whose loop plan takes its partials whole (mode "whole";
@@ -162,6 +164,8 @@ ARRAY_WEIGHT = 8
 #: array would slow every step (the 512- and 1,024-entry vectors of benchmarks/scale.py's `wide`
 #: programs are in). A 1-D PDE integrator on an 8,192-point grid (3,406 equations) runs on the tape
 #: in 10 s and 2 GB, where its straight-line program did not finish compiling in 10 minutes.
+#: Argument leaves and constants may be larger where only data movements read them (a net of
+#: 1,030 tiny layers reading ``W[l]`` of one stacked W [1030, 4, 4]: first call 8 s, 0.4 GB).
 MAX_COMPONENTS = 16384
 #: Most components of all the tape's values together (about 70 bytes of peak memory each in
 #: float64, the partials and products included): the same integrator on a 16,384-point grid (56 M
@@ -370,6 +374,9 @@ class Tape(NamedTuple):
         `LATE_MIN_ENTRIES` that no equation reads (a trajectory returned by ``jnp.stack``), in
         equation order: (first value slot, int32 source slot of
         each output entry); computed after the equation loop (`_Builder._late`).
+      early: the same for each data movement of more than `MAX_COMPONENTS` entries of argument
+        leaves, constants and earlier early values that some equation reads; computed before
+        the equation loop (`_Builder._early`).
     """
 
     dtype: Any
@@ -404,6 +411,7 @@ class Tape(NamedTuple):
     prod_shapes: np.ndarray | None = None
     discard: _Discard | None = None
     late: tuple = ()
+    early: tuple = ()
 
 
 # ---- partial layouts ------------------------------------------------------------------------
@@ -694,7 +702,10 @@ class _Builder:
             if jax.dtypes.issubdtype(aval.dtype, jax.dtypes.extended) or not (
                     self._value_dtype_ok(aval.dtype) or self._exact_integers(aval.dtype)):  # (int32 in float64)
                 raise Unsupported(f"argument leaf {index} has dtype {aval.dtype}")
-            self.leaf_base[index] = self._allocate_value(self._check_size(aval.shape, f"argument leaf {index}"))
+            # Any size (the slots of all values are bounded by MAX_VALUE_SLOTS): an equation
+            # reading a value of more than MAX_COMPONENTS entries must move data (`build`), so
+            # no step gathers it whole.
+            self.leaf_base[index] = self._allocate_value(math.prod(aval.shape))
         return self.leaf_base[index]
 
     def _operand(self, op: Operand) -> tuple[int, tuple, Any]:
@@ -711,7 +722,6 @@ class _Builder:
         value = value.astype(dtype)
         if value.dtype.kind not in "biuf" or not _storable(value, self.dtype):
             raise Unsupported(f"a constant of dtype {value.dtype} is not exactly representable in {self.dtype}")
-        self._check_size(value.shape, "a constant")
         key = (value.dtype.str, value.shape, value.tobytes())
         if key not in self.constant_base:
             self.constant_base[key] = self._allocate_value(value.size)
@@ -1262,12 +1272,16 @@ class _Builder:
         width = max([sizes[eqn.outputs[0].node] for eqn in equations
                      if eqn.primitive is not None and eqn.primitive.name in _LANEWISE and eqn.aval is not None
                      and sizes[eqn.outputs[0].node] <= MAX_COMPONENTS]
-                    + [sizes.get(op.node, np.size(op.value)) if op.node is not None or not isinstance(op.value, LeafRef)
-                       else math.prod(program.leaf_avals[op.value.index].shape)
-                       for eqn in equations if eqn.primitive is not None and eqn.primitive.name in _LANE_REDUCTIONS
-                       for op in eqn.operands]
+                    + [size for eqn in equations if eqn.primitive is not None and eqn.primitive.name in _LANE_REDUCTIONS
+                       for op in eqn.operands
+                       for size in [sizes.get(op.node, np.size(op.value)) if op.node is not None
+                                    or not isinstance(op.value, LeafRef)
+                                    else math.prod(program.leaf_avals[op.value.index].shape)]
+                       if size <= MAX_COMPONENTS]  # (a larger operand may only be moved: see below)
                     + [1])
         self._generic(equations, width)
+        self.early: list[tuple[int, np.ndarray]] = []
+        self.early_base = self._early(equations, read_by={op.node for eqn in equations for op in eqn.operands})
         self.predicates: dict[int, tuple] = {}  # select vertex -> (slot, shape, dtype) of its predicate
         self.late: list[tuple[int, np.ndarray]] = []
         self.late_nodes: set[int] = set()
@@ -1287,6 +1301,9 @@ class _Builder:
             shape = tuple(aval.shape) if aval is not None else ()
             if aval is None or not (self._value_dtype_ok(aval.dtype) or self._small_integer(eqn, aval)):
                 raise Unsupported(f"{where} makes a value of dtype {getattr(aval, 'dtype', None)}")
+            if node in self.early_base and self._late(eqn, node, shape, incoming.get(node, ()), edges, zero,
+                                                      early=self.early_base[node]):
+                continue
             reads_late = any(op.node in self.late_nodes for op in eqn.operands)  # (traj[-1] of a late traj)
             large = math.prod(shape) > MAX_COMPONENTS or (math.prod(shape) > LATE_MIN_ENTRIES and node not in read)
             if (reads_late or large) and self._late(eqn, node, shape, incoming.get(node, ()), edges, zero):
@@ -1302,6 +1319,10 @@ class _Builder:
                 self.node_base[node], self.node_shape[node], self.node_dtype[node] = 0, shape, np.dtype(aval.dtype)
                 continue
             operands = [self._operand(op) for op in eqn.operands]
+            # An operand of more than MAX_COMPONENTS entries (a stacked parameter W [L, 4, 4] read
+            # as W[l], an early movement of one): only a data movement may read it, as copies of
+            # the entries it moves (`_selection`), so no step gathers the operand whole.
+            moves_large = any(math.prod(shp) > MAX_COMPONENTS for _, shp, _ in operands)
             if eqn.primitive is not None and eqn.primitive.name == "select_n":
                 self.predicates[node] = operands[0]  # for the select's discard (`_discard_tables`)
             sizes_in = [math.prod(shp) for _, shp, _ in operands]
@@ -1314,8 +1335,9 @@ class _Builder:
             partials_at = next_slot
             kind_params = eqn.params  # the parameters its kind's branch binds
             row = None  # integer parts the kind reads besides its operands, the last the partials' read-off (`_rows`)
-            lanes = self._lanes(eqn, operands, shape, incoming.get(node, ()), width, head)
-            gathered = None if lanes is not None else self._gathered_lanes(eqn, operands, shape, incoming.get(node, ()), head)
+            lanes = None if moves_large else self._lanes(eqn, operands, shape, incoming.get(node, ()), width, head)
+            gathered = None if lanes is not None or moves_large else self._gathered_lanes(
+                eqn, operands, shape, incoming.get(node, ()), head)
             if gathered is not None:  # one kind per primitive and dtypes, whatever the shapes and codes
                 sources, lane_groups = gathered
                 n_out = math.prod(shape)
@@ -1396,6 +1418,9 @@ class _Builder:
                     next_slot += edges[(e.src, node)].size
                 signature = (*head, tuple(groups))
                 sources = None if groups else self._selection(eqn, operands, head, shape, zero)
+                if moves_large and sources is None:
+                    raise Unsupported(f"{where} reads a value of more than {MAX_COMPONENTS} entries (and does not "
+                                      "only move data)")
                 segments = None if sources is not None else self._segments(eqn, operands, shape, groups)
                 bilinear = None if sources is not None or segments is not None else self._bilinear(
                     eqn, operands, shape, groups)
@@ -1432,7 +1457,29 @@ class _Builder:
                             partials_at if has_partials else None, row, math.prod(shape)))
         return self._finish(eq_rows, templates, edges, next_slot, constants_at, zero)
 
-    def _late(self, eqn, node: int, shape: tuple, incoming, edges: dict, zero: int) -> bool:
+    def _early(self, equations, read_by: set) -> dict[int, int]:
+        """Lays out the *early* data movements: equations whose output has more than
+        `MAX_COMPONENTS` entries, some equation reads it, and that may only move entries of
+        argument leaves, constants and earlier early values (``W.reshape(L, 4, 4)`` of a large
+        flat parameter, then read as ``W[l]``). Each is one gather of its sources before the
+        equation loop (`Tape.early`, `_late`), and the loop's data movements read only the
+        entries they move from it. Returns {node: first value slot}; the slots come before every
+        vertex's, so no step's padded write (`_finish`'s O entries from its output slot)
+        reaches them."""
+        before = set(range(1, self.graph.num_inputs + 1))
+        early = {}
+        for eqn in equations:
+            node = eqn.outputs[0].node if len(eqn.outputs) == 1 else None
+            if (node is None or node not in read_by or eqn.aval is None
+                    or math.prod(eqn.aval.shape) <= MAX_COMPONENTS
+                    or not (eqn.primitive is None or eqn.primitive.name in _MOVEMENTS)
+                    or any(op.node is not None and op.node not in before for op in eqn.operands)):
+                continue
+            early[node] = self._allocate_value(math.prod(eqn.aval.shape))
+            before.add(node)
+        return early
+
+    def _late(self, eqn, node: int, shape: tuple, incoming, edges: dict, zero: int, early: int | None = None) -> bool:
         """Lays out an equation whose output has more than `MAX_COMPONENTS` entries (or more than
         `LATE_MIN_ENTRIES` and no equation reads it) as a *late* data movement when it only moves
         data (`_selection`) and its partials are static maps: its value is one gather of its
@@ -1458,8 +1505,11 @@ class _Builder:
                 return False
             maps[(e.src, node)] = static
         edges.update(maps)
-        self.node_base[node] = self._allocate_value(math.prod(shape))
+        self.node_base[node] = self._allocate_value(math.prod(shape)) if early is None else early
         self.node_shape[node], self.node_dtype[node] = shape, np.dtype(eqn.aval.dtype)
+        if early is not None:  # (`_early`: computed before the loop, from leaves, constants and early values)
+            self.early.append((early, np.asarray(sources, np.int32)))
+            return True
         self.late.append((self.node_base[node], np.asarray(sources, np.int32)))
         self.late_nodes.add(node)
         return True
@@ -1604,6 +1654,7 @@ class _Builder:
             prod_shapes=prod_shapes,
             discard=discard,
             late=tuple(self.late),
+            early=tuple(self.early),
         )
 
     def _discard_tables(self, edges: dict, zero: int) -> _Discard | None:
@@ -2617,6 +2668,8 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
     # and batch 1,024), held in the executable and copied at every call.
     one = lax.optimization_barrier(jnp.ones((1, *batch), vals.dtype))
     edges = lax.dynamic_update_slice_in_dim(jnp.zeros((tape.num_edges, *batch), vals.dtype), one, ONE, axis=0)
+    for base, sources in tape.early:  # large data movements of the arguments and constants, in equation order
+        vals = lax.dynamic_update_slice_in_dim(vals, vals[jnp.asarray(sources)], base, axis=0)
     K = tape.width[0]
     table = jnp.asarray(tape.eq_table) if np.any(tape.eq_table_at >= 0) else None
     slots_of = functools.partial(_operand_slots, table=table, K=K, zero=tape.zero)
