@@ -6,6 +6,11 @@ failures, and a dozen of the new kinds it gets right as controls. Report: /work/
    is finite; reverse order keeps jax.jacrev's NaN (the open class of test_heldout17's top_k_then_dot and
    test_heldout20's longest padded row, in a third natural form). Repro:
    /work/notes/corpus21/repros/argsort_by_norm_take_top_padded.py.
+2. A raw JAX ValueError (not an AlphagradError) in reverse order where jax.jacfwd works and forward order is
+   exact: ``jnp.trace`` (a select on an iota == iota mask, then a sum) of a [4, 4] reshape of a broadcast
+   [2, 2, 2, 2] product of the argument, as ``jnp.trace(jnp.kron(a, jnp.eye(2)), offset=1)`` writes it ("Incompatible
+   shapes for broadcasting: shapes=[(1, 1, 2, 8), (1, 1, 4, 4), ()]"). Repro:
+   /work/notes/corpus21/repros/trace_of_reshaped_broadcast_reverse_crash.py.
 
 The controls: gather and scatter modes with out-of-range indices, clamped dynamic slices, negative and interior
 padding, scatter-max and segment-max at exact ties, ``lax.custom_root`` and ``lax.custom_linear_solve``, a deep
@@ -51,6 +56,35 @@ def test_the_top_rows_by_norm_of_a_padded_batch(order):
         assert np.all(np.isfinite(expected))
         assert not np.any(np.isnan(actual))
         np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)
+
+
+def _trace_of_kron(a):
+    return jnp.trace(jnp.kron(a, jnp.eye(2)), offset=1)
+
+
+def _trace_of_reshaped_broadcast(a):
+    return jnp.trace(jnp.broadcast_to(a[:, None, :, None], (2, 2, 2, 2)).reshape(4, 4))
+
+
+@pytest.mark.parametrize("f", [_trace_of_kron, _trace_of_reshaped_broadcast])
+@pytest.mark.parametrize("order", [
+    "forward", "markowitz",
+    pytest.param("reverse", marks=pytest.mark.xfail(
+        strict=True, raises=ValueError,
+        reason="reverse order's product of the trace's masked select with the reshaped broadcast raises JAX's "
+               "'Incompatible shapes for broadcasting' (corpus21 finding 2)"))])
+def test_the_trace_of_a_reshaped_broadcast(f, order):
+    with jax.enable_x64(True):
+        a = jnp.asarray(np.random.default_rng(0).normal(size=(2, 2)))
+        np.testing.assert_allclose(interpreter.jacobian(f, order)(a), jax.jacfwd(f)(a), rtol=1e-12, atol=1e-14)
+
+
+def test_the_diagonal_sum_of_a_kron_is_right_already():
+    f = lambda a: jnp.diagonal(jnp.kron(a, jnp.eye(2)), offset=1).sum()
+    with jax.enable_x64(True):
+        a = jnp.asarray(np.random.default_rng(0).normal(size=(2, 2)))
+        for order in ("forward", "reverse"):
+            np.testing.assert_allclose(interpreter.jacobian(f, order)(a), jax.jacfwd(f)(a), rtol=1e-12)
 
 
 # ---- controls: new kinds that are right ----
