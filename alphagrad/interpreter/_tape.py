@@ -24,7 +24,10 @@ not grow with the number of equations:
    at once (one vmapped computation per kind: they read only the values, in chunks of
    equations, scattered into the buffer), the others' in it; under `jax.vmap` (a step writes
    its padded partials for the whole batch) also the largest kinds of a few equations
-   (`_batched_limit`).
+   (`_batched_limit`). A program whose long runs of tiny equations (at most `NARROW_WIDTH`
+   entries) sit beside wide ones runs them in *narrow* segments of the loop: a second loop body
+   with its own lanes, K, O and P, the two bodies taking turns over the segments
+   (`Tape.segments`), so a scalar step no longer gathers and writes the wide equations' lanes.
    XLA compiles every branch (35-50 ms each on a 2-core CPU), so kinds are kept few whatever the
    shapes (generated programs use the same primitives on many shapes and slice at many
    offsets): an *elementwise* equation (and a whole sum or a dot product of two vectors) runs
@@ -187,6 +190,18 @@ MAX_KINDS = 256
 #: (hours at 10,000 equations), so a long program with many kinds keeps the tape.
 EQUATIONS_PER_KIND = 8
 
+#: Most entries of an equation's output and operands in a *narrow* segment of the equation loop
+#: (`_Builder._narrow`: a step of its own loop body gathers and writes only that many lanes), and
+#: the most lanes of the other equations (`width`) beside which no segment is made (0: one loop).
+#: soft-DTW by a Python double loop (588 equations of up to 3 entries after 5 of 60) ran each
+#: step with the 60-entry equations' lanes (K = 180 operand slots gathered, O = 60 written): at
+#: batch 256 the loop ran 8-10x faster in two segments (101 -> 23 ms at 8 lanes, 84 -> 7.8 ms at
+#: the segment's own 3), and a 10,584-equation kinetics program's first call took no longer.
+NARROW_WIDTH = 4
+#: Fewest consecutive narrow equations that make a narrow segment (each class of segments is one
+#: more loop body for XLA to compile, whatever the number of segments).
+NARROW_MIN_RUN = 64
+
 #: Most runs of consecutive value slots a step reads an equation's operands as (`Tape.eq_runs`;
 #: an elementwise equation has one per operand, a select_n three); equations of more (a
 #: transpose, a gather at scattered indices) read their slots from a table.
@@ -324,6 +339,23 @@ class _Discard(NamedTuple):
     rows: np.ndarray
 
 
+class _LoopSegment(NamedTuple):
+    """A segment of the equation loop (`_Builder._loop_segments`): its equations' tables, as
+    `Tape`'s, with kinds numbered among its own branches, and its operand vector length K."""
+
+    eq_kind: np.ndarray
+    eq_runs: np.ndarray
+    eq_table_at: np.ndarray
+    eq_table: np.ndarray
+    eq_out: np.ndarray
+    eq_row: np.ndarray
+    K: int
+    branches: tuple
+    eq_partials: np.ndarray | None
+    batched_branches: tuple
+    batched_eq_partials: np.ndarray | None
+
+
 class Tape(NamedTuple):
     """A program and an elimination plan as arrays, with the branches that execute them.
 
@@ -377,6 +409,9 @@ class Tape(NamedTuple):
       early: the same for each data movement of more than `MAX_COMPONENTS` entries of argument
         leaves, constants and earlier early values that some equation reads; computed before
         the equation loop (`_Builder._early`).
+      segments: () for one equation loop, else (wide, narrow, schedule): the equations of the
+        wide and of the narrow segments (`_LoopSegment`, `_Builder._narrow`) and, per turn,
+        int32 [narrow start, narrow stop, wide start, wide stop) in their tables.
     """
 
     dtype: Any
@@ -412,6 +447,7 @@ class Tape(NamedTuple):
     discard: _Discard | None = None
     late: tuple = ()
     early: tuple = ()
+    segments: tuple = ()
 
 
 # ---- partial layouts ------------------------------------------------------------------------
@@ -916,7 +952,7 @@ class _Builder:
             left.append(eqn)
         return left
 
-    def _generic(self, equations, width: int) -> None:
+    def _generic(self, equations, widths: list) -> None:
         """Finds the calls (`_CALLS`: jax.nn.relu, logaddexp, a cond's branches) whose programs
         are elementwise (`_elementwise`; a custom JVP rule too): they run on lanes, one kind per
         program text with its shapes erased, by the program of the kind's largest equation (its
@@ -928,7 +964,7 @@ class _Builder:
         {id(equation): kind key}."""
         self.generic: dict[int, Any] = {}
         self.generic_rep: dict[Any, tuple] = {}
-        for eqn in equations:
+        for eqn, width in zip(equations, widths):
             name = eqn.primitive.name if eqn.primitive is not None else None
             if name not in _CALLS or eqn.aval is None or len(eqn.outputs) != 1:
                 continue
@@ -952,7 +988,7 @@ class _Builder:
                 # any representative: its operands are read as lanes.)
                 key = (name, _erase_shapes(_params_key(eqn)),
                        tuple((tuple(a.shape) == () and shape != (), np.dtype(a.dtype).str) for a in in_avals),
-                       np.dtype(eqn.aval.dtype).str)
+                       np.dtype(eqn.aval.dtype).str, width)
             except Exception:  # noqa: BLE001 - JAX's internals: such a call keeps a kind of its own
                 continue
             self.generic[id(eqn)] = key
@@ -1262,6 +1298,7 @@ class _Builder:
         zero = self._operand(Operand(node=None, value=np.zeros((), self.dtype)))[0]
         # Vertices, in equation order.
         eq_rows = []  # (kind, operand runs [r, 4], operand vector length, out slot, first partial slot)
+        eq_segment: list[int] = []  # the loop segment of each row (`_narrow`)
         kinds: dict[Any, int] = {}
         templates: list[tuple] = []
         edges: dict[tuple[int, int], Any] = {}
@@ -1279,7 +1316,22 @@ class _Builder:
                                     else math.prod(program.leaf_avals[op.value.index].shape)]
                        if size <= MAX_COMPONENTS]  # (a larger operand may only be moved: see below)
                     + [1])
-        self._generic(equations, width)
+        wide_width = width
+        narrow = self._narrow(equations, sizes, wide_width)
+        self.segment_of = np.cumsum([0] + [int(a != b) for a, b in zip(narrow[:-1], narrow[1:])]) if narrow else []
+        # A narrow segment's lanes: its largest elementwise output or whole reduction's operand.
+        need = [max([sizes.get(eqn.outputs[0].node, 1)] + ([sizes.get(op.node, 1) if op.node is not None else
+                     int(np.prod(self._shape_of(op))) for op in eqn.operands]
+                    if eqn.primitive is not None and eqn.primitive.name in _LANE_REDUCTIONS else []))
+                if eqn.aval is not None and len(eqn.outputs) == 1 else 1 for eqn in equations]
+        segment_width: dict[int, int] = {}
+        for k, n in enumerate(narrow):
+            if n:
+                segment_width[self.segment_of[k]] = max(segment_width.get(self.segment_of[k], 1), need[k])
+        self.segment_narrow = {int(self.segment_of[k]): n for k, n in enumerate(narrow)}
+        eq_widths = [min(segment_width[self.segment_of[k]], wide_width) if n else wide_width
+                     for k, n in enumerate(narrow)]
+        self._generic(equations, eq_widths)
         self.early: list[tuple[int, np.ndarray]] = []
         self.early_base = self._early(equations, read_by={op.node for eqn in equations for op in eqn.operands})
         self.predicates: dict[int, tuple] = {}  # select vertex -> (slot, shape, dtype) of its predicate
@@ -1291,6 +1343,7 @@ class _Builder:
         self.zeros: list[np.ndarray] = []  # edge slots of partials' structural zeros (`Eliminator`)
         for k, eqn in enumerate(equations):
             where = f"equation {k + 1}"
+            width = eq_widths[k]
             node = eqn.outputs[0].node
             if node is None:
                 raise Unsupported(f"{where} has no vertex")
@@ -1455,7 +1508,38 @@ class _Builder:
             self.node_dtype[node] = np.dtype(aval.dtype)
             eq_rows.append((kinds[signature], runs[runs[:, 1] > 0], length, self.node_base[node],
                             partials_at if has_partials else None, row, math.prod(shape)))
+            eq_segment.append(int(self.segment_of[k]))
+        self.eq_segment = eq_segment
         return self._finish(eq_rows, templates, edges, next_slot, constants_at, zero)
+
+    def _narrow(self, equations, sizes: dict, width: int) -> list[bool]:
+        """Per equation: whether it runs in a *narrow* segment of the equation loop, one whose
+        steps gather, compute and write at most `NARROW_WIDTH` lanes (their own K and O, their
+        lanes kinds `NARROW_WIDTH` wide). An equation is narrow where its output and (but for a
+        data movement, which reads only the entries it moves) its operands have at most
+        `NARROW_WIDTH` entries; runs of fewer than `NARROW_MIN_RUN` narrow equations stay in the
+        wide loop, and a program with no narrow run keeps one loop (all False)."""
+        def size(op):
+            if op.node is not None:
+                return sizes.get(op.node, 0)
+            if isinstance(op.value, LeafRef):
+                return math.prod(self.program.leaf_avals[op.value.index].shape)
+            return int(np.size(op.value)) if not isinstance(op.value, ValueRef) else MAX_COMPONENTS + 1
+        small = []
+        for eqn in equations:
+            out = math.prod(eqn.aval.shape) if eqn.aval is not None else MAX_COMPONENTS + 1
+            moves = eqn.primitive is None or eqn.primitive.name in _MOVEMENTS
+            small.append(out <= NARROW_WIDTH and (moves or all(size(op) <= NARROW_WIDTH for op in eqn.operands)))
+        narrow = [False] * len(equations)
+        start = 0
+        for k in range(1, len(equations) + 1):
+            if k == len(equations) or small[k] != small[start]:
+                if small[start] and k - start >= NARROW_MIN_RUN:
+                    narrow[start:k] = [True] * (k - start)
+                start = k
+        if not any(narrow) or NARROW_WIDTH <= 0 or width <= 2 * NARROW_WIDTH:
+            return [False] * len(equations)
+        return narrow
 
     def _early(self, equations, read_by: set) -> dict[int, int]:
         """Lays out the *early* data movements: equations whose output has more than
@@ -1620,6 +1704,8 @@ class _Builder:
                                                      eq_row[rows_of], size))
                 if not fused[kind]:
                     partials.append(batched_partials[-1])
+        segments = self._loop_segments(eq_rows, templates, widths, sizes, fused, batched_fused, eq_out, eq_row,
+                                       zero, elim.next_slot)
         constants = np.concatenate(self.constants) if self.constants else np.zeros(0, self.dtype)
         return Tape(
             dtype=self.dtype,
@@ -1655,7 +1741,64 @@ class _Builder:
             discard=discard,
             late=tuple(self.late),
             early=tuple(self.early),
+            segments=segments,
         )
+
+    def _loop_segments(self, eq_rows, templates, widths, sizes, fused, batched_fused, eq_out, eq_row, zero,
+                       slack_slot) -> tuple:
+        """The equation loop as consecutive segments (`_narrow`), each with its own operand vector
+        length K, output width O, partials P and branches (of the kinds it runs), or () for one loop."""
+        segment = np.asarray(self.eq_segment, np.int64)
+        if not len(segment) or segment.max() == 0:
+            return ()
+        # Segments alternate between the two classes (`_narrow`); each class runs as one loop body,
+        # over the ranges of its equations the schedule gives (so XLA compiles two bodies, whatever
+        # the number of segments).
+        narrow_class = np.asarray([self.segment_narrow[s] for s in segment], bool)
+        out = []
+        for cls in (False, True):
+            idx = np.flatnonzero(narrow_class == cls)
+            rows = [eq_rows[i] for i in idx]
+            K = max([length for _, _, length, *_ in rows] + [1])
+            used = sorted({kind for kind, *_ in rows})
+            local = {kind: i for i, kind in enumerate(used)}
+            O = max([math.prod(templates[kind][0][3][0]) for kind in used] + [1] + [n_out for *_, n_out in rows]
+                    + [length for kind, _, length, *_ in rows if templates[kind][0][0] is _SELECTION])
+            functions = [_branch(templates[kind][0], templates[kind][1], O, self.dtype, widths[kind]) for kind in used]
+
+            def loop(flags):
+                P = max([sizes[kind] for kind in used if flags[kind] and sizes[kind] > 0] + [0])
+                if not P:
+                    return tuple(value_fn for value_fn, _ in functions), None
+                branches = tuple(_fused(value_fn, partial_fn if flags[kind] and sizes[kind] > 0 else None, P, self.dtype)
+                                 for kind, (value_fn, partial_fn) in zip(used, functions))
+                at = np.asarray([a if a is not None and flags[k] and sizes[k] > 0 else slack_slot
+                                 for k, _, _, _, a, *_ in rows], np.int32)
+                return branches, at
+
+            runs, table_at, table = _operand_tables([(r, length) for _, r, length, *_ in rows], K, zero)
+            branches, eq_partials = loop(fused)
+            batched_branches, batched_eq_partials = loop(batched_fused)
+            out.append(_LoopSegment(np.asarray([local[kind] for kind, *_ in rows], np.int32), runs, table_at, table,
+                                    eq_out[idx], eq_row[idx], K, branches, eq_partials, batched_branches,
+                                    batched_eq_partials))
+        # Schedule: per alternation, [narrow start, narrow end, wide start, wide end) in the classes' tables.
+        position = np.zeros(len(segment), np.int64)
+        for cls in (False, True):
+            position[narrow_class == cls] = np.arange(int(np.sum(narrow_class == cls)))
+        schedule = []
+        for s in range(int(segment.max()) + 1):
+            idx = np.flatnonzero(segment == s)
+            if not len(idx):
+                continue
+            lo, hi = int(position[idx[0]]), int(position[idx[-1]]) + 1
+            if self.segment_narrow[s]:
+                schedule.append([lo, hi, 0, 0])
+            elif schedule and schedule[-1][3] == 0 and schedule[-1][1] > schedule[-1][0]:
+                schedule[-1][2:] = [lo, hi]
+            else:
+                schedule.append([0, 0, lo, hi])
+        return (out[0], out[1], np.asarray(schedule, np.int32))
 
     def _discard_tables(self, edges: dict, zero: int) -> _Discard | None:
         """The discard of a select's untaken cases (`_discard.plan_discard`) as tables over the
@@ -2654,14 +2797,7 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
     def row_of(at):
         return lax.dynamic_slice_in_dim(rows, at, W)
 
-    branches, eq_partials, after = ((tape.batched_branches, tape.batched_eq_partials, tape.batched_partials) if batch
-                                    else (tape.branches, tape.eq_partials, tape.partials))
-
-    def kinds(kind, ops, row_at):
-        return lax.switch(kind, branches, ops, row_of(row_at))
-
-    if batch:  # the branches are written for one example; the kind and the row are the same for all
-        kinds = jax.vmap(kinds, in_axes=(None, 1, None), out_axes=1)
+    after = tape.batched_partials if batch else tape.partials
 
     # The constant slot's 1 behind a barrier: a buffer of zeros with a constant 1 written in is
     # folded by XLA into a constant of the whole buffer (268 MB for `control` at 1,000 equations
@@ -2673,24 +2809,20 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
     K = tape.width[0]
     table = jnp.asarray(tape.eq_table) if np.any(tape.eq_table_at >= 0) else None
     slots_of = functools.partial(_operand_slots, table=table, K=K, zero=tape.zero)
-
-    if eq_partials is not None:
-        def equation(carry, row):
-            vals, edges = carry
-            kind, runs, table_at, out_at, partials_at, row_at = row
-            out, partials = kinds(kind, vals[slots_of(runs, table_at)], row_at)
-            vals = lax.dynamic_update_slice_in_dim(vals, out, out_at, axis=0)
-            return (vals, lax.dynamic_update_slice_in_dim(edges, partials, partials_at, axis=0)), None
-
-        steps = (tape.eq_kind, tape.eq_runs, tape.eq_table_at, tape.eq_out, eq_partials, tape.eq_row)
-        (vals, edges), _ = lax.scan(equation, (vals, edges), steps)
+    if not tape.segments:
+        whole = _LoopSegment(tape.eq_kind, tape.eq_runs, tape.eq_table_at, tape.eq_table, tape.eq_out, tape.eq_row, K,
+                             tape.branches, tape.eq_partials, tape.batched_branches, tape.batched_eq_partials)
+        vals, edges = _run_segment(whole, vals, edges, batch, row_of, tape.zero)
     else:
-        def equation(vals, row):
-            kind, runs, table_at, out_at, row_at = row
-            out = kinds(kind, vals[slots_of(runs, table_at)], row_at)
-            return lax.dynamic_update_slice_in_dim(vals, out, out_at, axis=0), None
+        wide, narrow, schedule = tape.segments
 
-        vals, _ = lax.scan(equation, vals, (tape.eq_kind, tape.eq_runs, tape.eq_table_at, tape.eq_out, tape.eq_row))
+        def alternation(carry, bounds):
+            vals, edges = carry
+            vals, edges = _run_segment(narrow, vals, edges, batch, row_of, tape.zero, bounds[0], bounds[1])
+            vals, edges = _run_segment(wide, vals, edges, batch, row_of, tape.zero, bounds[2], bounds[3])
+            return (vals, edges), None
+
+        (vals, edges), _ = lax.scan(alternation, (vals, edges), jnp.asarray(schedule))
     for base, sources in tape.late:  # data movements too large for the loop's steps, in equation order
         vals = lax.dynamic_update_slice_in_dim(vals, vals[jnp.asarray(sources)], base, axis=0)
     # The partials of every equation of a kind at once: they read only the values.
@@ -2700,6 +2832,47 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
         edges = _discard_untaken(edges, vals, tape.discard)
     return vals, run_steps(edges, tape.prod_steps, tape.prod_patterns, tape.prod_windowed, tape.prod_records,
                            tape.prod_shapes)
+
+
+def _run_segment(seg: _LoopSegment, vals: jax.Array, edges: jax.Array, batch: tuple, row_of, zero: int,
+                 start=None, stop=None):
+    """The equation loop over a segment's equations (all, by a scan; or those in [start, stop),
+    by a loop of as many trips): (vals, edges)."""
+    branches, eq_partials = (seg.batched_branches, seg.batched_eq_partials) if batch else (seg.branches, seg.eq_partials)
+
+    def kinds(kind, ops, row_at):
+        return lax.switch(kind, branches, ops, row_of(row_at))
+
+    if batch:  # the branches are written for one example; the kind and the row are the same for all
+        kinds = jax.vmap(kinds, in_axes=(None, 1, None), out_axes=1)
+    table = jnp.asarray(seg.eq_table) if np.any(seg.eq_table_at >= 0) else None
+    slots_of = functools.partial(_operand_slots, table=table, K=seg.K, zero=zero)
+    if eq_partials is not None:
+        def equation(carry, row):
+            vals, edges = carry
+            kind, runs, table_at, out_at, partials_at, row_at = row
+            out, partials = kinds(kind, vals[slots_of(runs, table_at)], row_at)
+            vals = lax.dynamic_update_slice_in_dim(vals, out, out_at, axis=0)
+            return (vals, lax.dynamic_update_slice_in_dim(edges, partials, partials_at, axis=0)), None
+
+        steps = (seg.eq_kind, seg.eq_runs, seg.eq_table_at, seg.eq_out, eq_partials, seg.eq_row)
+        if start is not None:
+            tables = tuple(jnp.asarray(t) for t in steps)
+            return lax.fori_loop(start, stop, lambda i, c: equation(c, tuple(t[i] for t in tables))[0], (vals, edges))
+        (vals, edges), _ = lax.scan(equation, (vals, edges), steps)
+        return vals, edges
+
+    def equation(vals, row):
+        kind, runs, table_at, out_at, row_at = row
+        out = kinds(kind, vals[slots_of(runs, table_at)], row_at)
+        return lax.dynamic_update_slice_in_dim(vals, out, out_at, axis=0), None
+
+    steps = (seg.eq_kind, seg.eq_runs, seg.eq_table_at, seg.eq_out, seg.eq_row)
+    if start is not None:
+        tables = tuple(jnp.asarray(t) for t in steps)
+        return lax.fori_loop(start, stop, lambda i, v: equation(v, tuple(t[i] for t in tables))[0], vals), edges
+    vals, _ = lax.scan(equation, vals, steps)
+    return vals, edges
 
 
 def _buffers(tape: Tape, leaves: list[Any]) -> tuple[jax.Array, jax.Array]:
