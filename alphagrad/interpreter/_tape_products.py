@@ -249,8 +249,17 @@ def _first_occurrences(dst: np.ndarray) -> np.ndarray:
     return first
 
 
-#: Plans of at most this many counted multiplications run one operation a step (`lanes_for`).
+#: Plans of at most this many counted multiplications run one operation a step (`lanes_for`)...
 SCALAR_STEPS_MAX_MULS = 4_000_000
+#: ... unless their valued products average at least this many multiplications: a few large
+#: dense products run as lane steps of slices and chunks far fewer than their operations
+#: (lattice_boltzmann_d2q9: 48 products of 788,400 multiplications, 903,720 steps of one
+#: operation against 652 lane steps: 1.3x faster at batch 1, 6.3x at 32, 1.9-2.3x at 256;
+#: gaussian_splat_2d in forward order, 7,523 on average: 1.6x at 256), where many small ones do
+#: not (an unrolled random vector program, 93 on average: lane steps 2.7x slower at batch 256;
+#: benchmarks/scale.py's `wide` at 300 equations, 4,260 on average: as fast at batch 1, 14%
+#: slower at 256, so the bound lies between those two).
+LANE_MIN_MEAN_MULS = 6144
 
 
 def lanes_for(muls: list[int]) -> int:
@@ -262,8 +271,9 @@ def lanes_for(muls: list[int]) -> int:
     an unrolled 1,000-equation random vector program, 115,000 multiplications, 2.4 ms at one
     lane against 19-28 ms at 16-256). Longer plans would hold a row per operation (16 bytes
     each; their selections several times the multiplications): lanes cover nine in ten of their
-    products (a power of two, 8 to 1,024)."""
-    if sum(muls) <= SCALAR_STEPS_MAX_MULS:
+    products (a power of two, 8 to 1,024). So do plans of a few large products
+    (`LANE_MIN_MEAN_MULS`: dense blocks, read and written as slices)."""
+    if sum(muls) <= SCALAR_STEPS_MAX_MULS and sum(muls) < LANE_MIN_MEAN_MULS * max(len(muls), 1):
         return 1
     typical = float(np.percentile(muls, 90))
     return int(min(1024, max(8, 2 ** math.ceil(math.log2(max(typical, 1.0))))))
