@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import Literal
 from jax.extend.core.primitives import closed_call_p
 
 from alphagrad import orders as orders_lib
@@ -55,6 +56,8 @@ from alphagrad.interpreter._structured import (
     Partial,
     Placed,
     RunTimeSupport,
+    _diagonal_support,
+    _support,
     add,
     broadcast_partial,
     contract,
@@ -245,12 +248,77 @@ def _dot_general_partial(values: list[Any], params: dict, wrt: int, dtype) -> ja
     return full if mask is None else jnp.where(mask, full, jnp.zeros((), dtype))
 
 
+#: How an infinite partial may reach a node (`_eliminate_all`): not at all; only through partials
+#: that send entry k to entry k (a pole's own node, then elementwise steps: a select's discard
+#: zeroes the pole where its case is not taken, `_discard_masked_partials`); or through a partial
+#: that spreads an entry over others (a broadcast, a dense partial), where the discard cannot.
+_NO_POLE, _POLE_ENTRYWISE, _POLE_SPREAD = 0, 1, 2
+
+
+def _pole_passes(poles: dict[int, int], e, partial: Partial, finite: bool) -> None:
+    """Updates `poles` (`_NO_POLE`...) at e.dst for the partial d dst / d src of edge `e`."""
+    upstream = poles.get(e.src, _NO_POLE)
+    reach = upstream if _maps_entrywise(partial) else (_POLE_SPREAD if upstream != _NO_POLE else _NO_POLE)
+    if not finite:
+        reach = max(reach, _POLE_ENTRYWISE)
+    poles[e.dst] = max(poles.get(e.dst, _NO_POLE), reach)
+
+
+def _run_time_map_support(partial: Partial) -> Partial:
+    """`partial`, an index map, with the entries it moves as a run-time support where its indices
+    are known at run time only (``x[jnp.argmax(n)]``, ``x[jnp.argsort(n)[:3]]``) and it has at
+    most PATTERN_AT_TRACE_TIME_MAX entries: in reverse order the entries it does not read are
+    structural zeros of the products after it, which a pole (sqrt's at a zero row that is never
+    selected) would otherwise turn to NaN where jax.jacfwd is finite. Asked for only where a pole
+    may reach the map's operand."""
+    shape = (*partial.out_shape, *partial.in_shape)
+    if partial.support is not None or math.prod(shape) > PATTERN_AT_TRACE_TIME_MAX or _support(partial) is not None:
+        return partial
+    return partial._replace(support=RunTimeSupport(lambda: densify(partial, jnp.float32).reshape(shape) != 0))
+
+
+def _select_support(values: list[Any], positions: list[int], partial: Partial) -> Partial:
+    """`partial`, an elementwise d select_n / d case (the cases at `positions`), with the entries
+    its case is taken at kept as its support (`Partial.support`, [v1, v2, v1, v2]: NumPy where the
+    predicate is known while tracing, else a `RunTimeSupport` with its `diagonal`), where they are
+    few enough to hold: the select's zeros are structural (jax.jacfwd drops the untaken case's
+    tangent), so a product that pairs them with a NaN that reached the case from further up (sqrt's
+    pole at a zero row, then a broadcast into masked columns) keeps them 0. The discard
+    (`_discard_masked_partials`) covers a pole in a partial into the untaken case itself."""
+    n = math.prod(partial.out_shape)
+    if (not _is_elementwise(partial) or 0 in positions
+            or n * n > PATTERN_AT_TRACE_TIME_MAX or partial.support is not None):
+        return partial
+    predicate = values[0]
+
+    def taken(xp):
+        cases = xp.asarray(predicate)
+        if cases.dtype == bool:
+            cases = cases.astype(np.int32)
+        mask = functools.reduce(xp.logical_or, [cases == (i - 1) for i in positions])
+        return xp.broadcast_to(mask, np.shape(values[positions[0]])).reshape(n)
+
+    def embedded(mask):
+        return (np.eye(n, dtype=bool) & mask[None, :]).reshape(*partial.out_shape, *partial.in_shape)
+
+    if not isinstance(predicate, jax.core.Tracer):
+        mask = np.asarray(taken(np))
+        if mask.all():
+            return partial
+        return partial._replace(support=embedded(mask))
+    held = RunTimeSupport(lambda: _diagonal_support(taken(jnp), (*partial.out_shape, *partial.in_shape)),
+                          diagonal=lambda: taken(jnp).reshape(partial.out_shape), rows=lambda: taken(jnp),
+                          static=np.eye(n, dtype=bool).reshape(*partial.out_shape, *partial.in_shape))
+    return partial._replace(support=held)
+
+
 def _dot_general_support(values: list[Any], params: dict, positions: list[int], partial: Partial) -> Partial:
     """`partial`, a dense d dot_general / d operand (at `positions`: both, for ``x @ x.T``), with
     the entries it can hold kept (`Partial.support`: its ties' diagonals, NumPy) where some are
     structural zeros (a batched or a row-tied contraction) and they are few enough to hold while
     tracing: a product with an infinite partial keeps NaN off the rows that never read it."""
-    if partial.code != 1 or isinstance(partial.value, Placed) or partial.support is not None:
+    if ((partial.code != 1 and not isinstance(partial.value, Labelled)) or isinstance(partial.value, Placed)
+            or partial.support is not None):
         return partial
     held = None
     for wrt in positions:
@@ -265,7 +333,10 @@ def _dot_general_support(values: list[Any], params: dict, positions: list[int], 
         held = mine if held is None else held | mine
     if held is None or held.all():
         return partial
-    return partial._replace(support=held.reshape(*partial.out_shape, *partial.in_shape))
+    held = held.reshape(*partial.out_shape, *partial.in_shape)
+    if isinstance(partial.value, Labelled) and np.array_equal(_support(partial), held):
+        return partial  # its labelled ties hold the same zeros: its products never form them
+    return partial._replace(support=held)
 
 
 def _dot_general_value(values: list[Any], params: dict, wrt: int, dtype, code: int, out_shape, in_shape) -> jax.Array:
@@ -709,11 +780,26 @@ _SELECTING = frozenset({"select_n", "clamp"})
 
 def _holds_a_select(eqn: Equation) -> bool:
     """Whether a sub-program of `eqn` (a loop's body, a branch, a call) selects among floats
-    (`_SELECTING`; a select of integers, as indexing wraps negative indices, has no partials)."""
-    def selects_floats(e) -> bool:
-        return e.primitive.name in _SELECTING and jnp.issubdtype(e.outvars[0].aval.dtype, jnp.inexact)
+    (`_SELECTING`; a select of integers, as indexing wraps negative indices, has no partials) where
+    the select's value reaches the sub-program's outputs other than through ``stop_gradient``
+    (logsumexp's ``where(isfinite(max), max, 0)`` has no derivative: rows built past it need no
+    run-time check, which under vmap computed the columns too: sinkhorn_log's fori_loop ran 9 rows
+    and 29 columns)."""
+    return any(_selects_into_outputs(inner) for inner in _sub_jaxprs(eqn.params))
 
-    return any(_has_equation(inner, selects_floats) for inner in _sub_jaxprs(eqn.params))
+
+def _selects_into_outputs(jaxpr) -> bool:
+    """`_holds_a_select` of one jaxpr, by backward liveness from its outputs (every output of a
+    jaxpr inside it taken as live)."""
+    live = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
+    for eqn in reversed(jaxpr.eqns):
+        if eqn.primitive.name == "stop_gradient" or not any(v in live for v in eqn.outvars):
+            continue
+        if ((eqn.primitive.name in _SELECTING and jnp.issubdtype(eqn.outvars[0].aval.dtype, jnp.inexact))
+                or any(_selects_into_outputs(inner) for inner in _sub_jaxprs(eqn.params))):
+            return True
+        live.update(v for v in eqn.invars if not isinstance(v, Literal))
+    return False
 
 
 def _finite_or_columns(result: tuple, by_columns: Callable) -> tuple:
@@ -819,7 +905,7 @@ def _eval_small_dots(jaxpr, consts, args) -> list[Any]:
     env = {}
 
     def read(v):
-        return v.val if isinstance(v, jax.extend.core.Literal) else env[v]
+        return v.val if isinstance(v, Literal) else env[v]
 
     for var, val in zip(jaxpr.constvars, consts):
         env[var] = val
@@ -903,6 +989,10 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
     read = _read_nodes(graph)
     edges: dict[tuple[int, int], Partial] = {}
     bounded: dict[Any, bool] = {}  # node or ValueRef -> finite wherever the arguments are (`bounded_operand`)
+    # node -> how an infinite partial may reach it (`_pole_passes`): only then do the partials it
+    # enters keep supports (`_dot_general_support`, `_select_support`); elsewhere no product could
+    # meet a pole, and a support would only cost guards.
+    poles: dict[int, int] = {}
     for eqn in program.equations:
         values = [_operand_value(op, env, leaves) for op in eqn.operands]
         results = _bind_constant(eqn, values)  # evaluated once, whatever its number of outputs
@@ -927,12 +1017,19 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                         raise
                     except Exception as err:  # noqa: BLE001 - a missing JVP rule has many types
                         raise _undifferentiable(eqn, err) from err
-                    if eqn.primitive is jax.lax.dot_general_p:
+                    # A support matters only where a product meets an infinite partial from further
+                    # up, which needs one on some path into the operand.
+                    if eqn.primitive is jax.lax.dot_general_p and poles.get(e.src, _NO_POLE) != _NO_POLE:
                         partial = _dot_general_support(values, eqn.params, positions, partial)
+                    elif eqn.primitive is jax.lax.select_n_p and poles.get(e.src, _NO_POLE) == _POLE_SPREAD:
+                        partial = _select_support(values, positions, partial)
+                    elif partial.code == INDEX_MAP and poles.get(e.src, _NO_POLE) != _NO_POLE:
+                        partial = _run_time_map_support(partial)
                     moves = partial.code in VALUELESS or partial.code == INDEX_MAP  # no values to be infinite
                     finite = ((operands_bounded or moves or reads_only_the_others(eqn, positions, operand_bounds))
                               and has_finite_partials(eqn, values, partial.code))
                     edges[(e.src, e.dst)] = partial._replace(finite=finite)
+                    _pole_passes(poles, e, partial, finite)
             continue
         # No structural rule (every multi-output primitive): dense partials, one JVP per source for
         # all the outputs it reaches.
@@ -946,6 +1043,13 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                     edges[(e.src, e.dst)] = Partial(1, e.out_shape, e.in_shape, zeros, finite=True)
         if eqn.loop is not None:  # a scan kept as a loop: its partials by the plan's chain product
             edges.update(_loops.loop_partials(eqn, values, by_source, counter, jacobian, count_muls))
+            for reached in by_source.values():
+                for _, e in reached:
+                    loop_partial = edges.get((e.src, e.dst))
+                    if loop_partial is None:
+                        poles[e.dst] = _POLE_SPREAD
+                    else:
+                        _pole_passes(poles, e, loop_partial, loop_partial.finite)
             continue
         if not by_source:
             continue
@@ -962,6 +1066,7 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                 if e.code != 1:
                     raise AlphagradError(f"internal error: edge {e} of a primitive without rule is not dense")
                 edges[(e.src, e.dst)] = partials[src][outputs.index(k)]
+                _pole_passes(poles, e, edges[(e.src, e.dst)], False)
 
     # The dtype of the partials: that of the numbers the graph computes (not of PRNG keys).
     numbers = [v for n, v in env.items()

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import jaxpr_as_fun
 
+from alphagrad.errors import AlphagradError
 from alphagrad.graph import INDEX_MAP, VALUELESS, product_plan, structure_of
 from alphagrad.graph import FIRST_EXTENDED_CODE, axis_sum
 from alphagrad.interpreter._tape_products import support
@@ -120,9 +121,18 @@ class RunTimeSupport:
     slower at batch 256; `x[jnp.argmax(x)]` in reverse order stays NaN at the unread entries
     where sqrt's partial is infinite (jax.jacrev's answer)."""
 
-    def __init__(self, compute: Callable[[], jax.Array]):
+    def __init__(self, compute: Callable[[], jax.Array], diagonal: Callable[[], jax.Array] | None = None,
+                 rows: Callable[[], jax.Array] | None = None, static: np.ndarray | None = None):
         self._compute = compute
         self._value = None
+        # For an elementwise partial (a select's case): its diagonal alone, [v1, v2] bool, so that a
+        # product reads it without the [v1, v2, v1, v2] array (`_rows_taken`).
+        self.diagonal = diagonal
+        # Where the support is rows()[c] (flat, bool, run time) and static[c, p] (NumPy): a product
+        # with a factor of known support further in keeps this form, its static part multiplied
+        # while tracing (`_product_support`: a select's case times the partials before it, in
+        # reverse order, with no product of supports at run time).
+        self.rows, self.static = rows, static
 
     def __call__(self) -> jax.Array:
         if self._value is None:
@@ -460,7 +470,8 @@ def add(old: Partial, new: Partial, code: int, dtype) -> Partial:
     finite = old.finite and new.finite
     if total.finite != finite:
         total = total._replace(finite=finite)
-    return _keeping_zeros(total, lambda: _union(_support(old), _support(new)))
+    return _keeping_zeros(total, lambda: _union(_support(old), _support(new)),
+                          explicit=old.support is not None or new.support is not None)
 
 
 def _union(a, b):
@@ -791,7 +802,9 @@ def broadcast_partial(out_shape: Shape2D, in_shape: Shape2D, operand_shape: tupl
 
 def _placed(out_shape: Shape2D, in_shape: Shape2D, terms, dtype) -> Partial:
     """A dense partial of these terms: `Placed` while they are few, else materialised."""
-    value = Placed(tuple(terms))
+    shape = (*out_shape, *in_shape)
+    value = Placed(tuple(t if t.weight is None else t._replace(weight=_in_pattern_split(t.weight, shape))
+                         for t in terms))
     if len(terms) > PLACED_MAX_TERMS:
         value = _materialise(value, (*out_shape, *in_shape), dtype)
     return Partial(1, out_shape, in_shape, value)
@@ -837,12 +850,32 @@ def _varies(weight, axes) -> bool:
     return weight is not None and any(np.shape(weight)[a] != 1 for a in axes)
 
 
+def _in_pattern_split(weight, shape: tuple) -> Any:
+    """A term's `weight` [4] laid out as its pattern's `shape` splits each side: a vertex's entries
+    are one flat axis, split in two as each partial's normalised shape says, and a weight read off
+    a partial of another split (``jnp.trace`` of a [2, 2, 2, 2] broadcast reshaped to [4, 4]: the
+    weight [1, 1, 4, 4] of a pattern [1, 1, 2, 8]) is the same entries in the same order."""
+    if weight is None:
+        return weight
+    wshape = list(np.shape(weight))
+    for side in (0, 2):
+        pair, wanted = wshape[side:side + 2], list(shape[side:side + 2])
+        if pair == wanted or all(n in (1, m) for n, m in zip(pair, wanted)) or math.prod(pair) == 1:
+            continue
+        if math.prod(pair) != math.prod(wanted):
+            raise AlphagradError(f"internal error: a weight of shape {tuple(np.shape(weight))} for a pattern "
+                                 f"of shape {shape}")
+        wshape[side:side + 2] = wanted
+    return weight if wshape == list(np.shape(weight)) else jnp.reshape(weight, wshape)
+
+
 def _split(term: Term, axes: tuple[int, int]) -> tuple[np.ndarray, list]:
     """`term` as one term per entry of its `axes` (0, 1: its rows; 2, 3: its columns): the masks
     [entries, ...] that keep its pattern at one entry each (broadcastable against the pattern's [4]
     shape after the leading axis), and the weight of each entry (size 1 along `axes`)."""
     shape = np.shape(term.pattern)
-    weight = jnp.broadcast_to(term.weight, [shape[a] if a in axes else n for a, n in enumerate(np.shape(term.weight))])
+    weight = _in_pattern_split(term.weight, shape)
+    weight = jnp.broadcast_to(weight, [shape[a] if a in axes else n for a, n in enumerate(np.shape(weight))])
     mask_shape = [shape[a] if a in axes else 1 for a in range(4)]
     masks, weights = [], []
     for i in range(shape[axes[0]]):
@@ -1099,6 +1132,23 @@ def _product_support(out: Partial, inp: Partial, supports: Callable[[], tuple]):
     if held_out is None or held_in is None:
         return None
     shape = (*out.out_shape, *inp.in_shape)
+    if isinstance(held_out, RunTimeSupport) and held_out.static is not None and isinstance(held_in, np.ndarray):
+        static = (held_out.static.reshape(c, v).astype(np.float32) @ held_in.reshape(v, p).astype(np.float32)) > 0
+        rows = held_out.rows
+        return RunTimeSupport(lambda: (jnp.reshape(rows(), (c, 1)) & static).reshape(shape), rows=rows,
+                              static=static.reshape(shape))
+    diagonal_out, diagonal_in = (held.diagonal if isinstance(held, RunTimeSupport) else None
+                                 for held in (held_out, held_in))
+    if diagonal_out is not None and diagonal_in is not None:  # two elementwise factors
+        return RunTimeSupport(lambda: _diagonal_support(diagonal_out() & diagonal_in(), shape),
+                              diagonal=lambda: diagonal_out() & diagonal_in())
+    if diagonal_out is not None:
+        # An elementwise factor's support (a select's case): its entries of the other's rows.
+        return RunTimeSupport(lambda: (jnp.reshape(diagonal_out(), (c, 1))
+                                       & jnp.reshape(_as_bool_array(held_in), (v, p))).reshape(shape))
+    if diagonal_in is not None:
+        return RunTimeSupport(lambda: (jnp.reshape(_as_bool_array(held_out), (c, v))
+                                       & jnp.reshape(diagonal_in(), (1, v))).reshape(shape))
     if isinstance(held_out, RunTimeSupport) or isinstance(held_in, RunTimeSupport):
         # Known at run time: computed only where a later product asks (a [c, v] @ [v, p] matmul of
         # 0/1 values).
@@ -1111,12 +1161,20 @@ def _product_support(out: Partial, inp: Partial, supports: Callable[[], tuple]):
     return reached.reshape(shape)
 
 
-def _keeping_zeros(partial: Partial, support: Callable[[], np.ndarray | None]) -> Partial:
+def _diagonal_support(diagonal, shape) -> jax.Array:
+    """The support [v1, v2, v1, v2] (`shape`) of an elementwise partial holding `diagonal` ([v1, v2])."""
+    n = math.prod(shape[:2])
+    return (jnp.asarray(np.eye(n, dtype=bool)) & jnp.reshape(diagonal, (1, n))).reshape(shape)
+
+
+def _keeping_zeros(partial: Partial, support: Callable[[], np.ndarray | None], explicit: bool = False) -> Partial:
     """`partial`, with its structural support (`support()`, known while tracing) kept where it is a
     plain dense array with structural zeros (`Partial.support`): a later product with it as the
-    factor nearer the outputs multiplies those zeros (`_zeros_meeting_poles`)."""
-    if (not KEEP_STRUCTURAL_ZEROS or partial.code != 1 or partial.value is None
-            or isinstance(partial.value, (Placed, Labelled, IndexMap))):
+    factor nearer the outputs multiplies those zeros (`_zeros_meeting_poles`). `explicit`: a factor
+    or term held a support of its own (a select's case: zeros among its values), kept whatever
+    the code, as the code's ties alone do not say where those zeros are."""
+    if (not KEEP_STRUCTURAL_ZEROS or (partial.code != 1 and not explicit) or partial.value is None
+            or isinstance(partial.value, IndexMap) or (isinstance(partial.value, (Placed, Labelled)) and not explicit)):
         return partial
     held = support()
     if held is None or (not isinstance(held, RunTimeSupport) and held.all()):
@@ -1134,7 +1192,7 @@ def _zeros_meeting_poles(out: Partial, inp: Partial, supports: Callable[[], tupl
     finite: row c reads nothing of vertex entry v there, and jax.jacfwd's NaN stays in the rows
     reachable from a pole (a derivative's infinity: sqrt's at 0). A structured factor's ties pair
     values alone, and an infinite entry of `out` at (c, v) lies on a path from a pole to c."""
-    if (not KEEP_STRUCTURAL_ZEROS or out.code != 1 or inp.finite or inp.value is None
+    if (not KEEP_STRUCTURAL_ZEROS or (out.code != 1 and out.support is None) or inp.finite or inp.value is None
             or isinstance(inp.value, IndexMap) or (isinstance(inp.value, Labelled) and inp.value.values is None)):
         return None  # a partial without values moves data: nothing in it is infinite
     c, v, p = (math.prod(s) for s in (out.out_shape, out.in_shape, inp.in_shape))
@@ -1202,6 +1260,33 @@ def _poles_kept(product: Partial, out: Partial, held_out, inp: Partial, code: in
     shape = (*product.out_shape, *product.in_shape)
     value = jnp.where(densify(met, dtype).reshape(shape) > 0, jnp.asarray(jnp.nan, dtype), densify(product, dtype))
     return Partial(1, product.out_shape, product.in_shape, value)
+
+
+def _poles_met(out: Partial, held_out, inp: Partial, dtype) -> jax.Array:
+    """Where out's support (`held_out`, [c, v]) meets in's entries that are not finite: bool
+    [c1, c2, p1, p2] (a product of 0/1 indicators; bookkeeping, not counted)."""
+    held = held_out.reshape(*out.out_shape, *out.in_shape)
+    support = Partial(1, out.out_shape, out.in_shape, held.astype(np.dtype(dtype)))
+    met = _multiply(support, _poles_of(inp, dtype), 1, MultiplicationCounter(), dtype)
+    return densify(met, dtype).reshape(*out.out_shape, *inp.in_shape) > 0
+
+
+def _labelled_poles_kept(product: Partial, out: Partial, held_out, inp: Partial, dtype) -> Partial:
+    """`_poles_kept` for a labelled `product`: NaN in each entry of its value array that stands
+    for an entry where out's support meets in's poles (`_poles_met`, read at the value array's
+    layout by one einsum: a tie's two axes share a letter, a Kronecker-tied axis is summed), the
+    product keeping its labelled structure."""
+    value = product.value
+    ties = value.ties
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    out_letters = [next(letters) for _ in value.out_dims]
+    tied = {i: o for o, i, _ in ties.ties}
+    in_letters = [out_letters[tied[i]] if i in tied else next(letters) for i in range(len(value.in_dims))]
+    wanted = "".join(out_letters[k] if side == "out" else in_letters[k] for side, k in ties.value_axes)
+    met = _poles_met(out, held_out, inp, dtype).reshape(*value.out_dims, *value.in_dims).astype(np.dtype(dtype))
+    at_values = jnp.einsum(f"{''.join(out_letters + in_letters)}->{wanted}", met) > 0
+    values = jnp.broadcast_to(jnp.asarray(value.values, dtype), at_values.shape)
+    return product._replace(value=value._replace(values=jnp.where(at_values, jnp.asarray(jnp.nan, dtype), values)))
 
 
 def _apply_on_v(out_map: IndexMap, dense_in: jax.Array) -> jax.Array:
@@ -1361,16 +1446,53 @@ def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCount
     row), the product is of in's finite part, and NaN is put back where out's support meets in's
     poles (`_poles_kept`), as jax.jacfwd has it."""
     supports = functools.cache(lambda: (_support(out), _support(inp)))  # (read by both checks, once)
-    held_out = _zeros_meeting_poles(out, inp, supports)
-    if held_out is None:
+    taken = _rows_taken(out, inp)
+    held_out = None if taken is not None else _zeros_meeting_poles(out, inp, supports)
+    if taken is not None:
+        product = _multiply(out, _rows_zeroed(inp, taken, dtype), code, counter, dtype)
+    elif held_out is None:
         product = _multiply(out, inp, code, counter, dtype)
     else:
         product = _multiply(out, _finite_part(inp, dtype), code, counter, dtype)
-        product = convert(_poles_kept(product, out, held_out, inp, code, dtype), code, dtype)
+        if isinstance(product.value, Labelled):
+            product = _labelled_poles_kept(product, out, held_out, inp, dtype)
+        else:
+            product = convert(_poles_kept(product, out, held_out, inp, code, dtype), code, dtype)
     finite = out.finite and inp.finite
     if product.finite != finite:
         product = product._replace(finite=finite)
-    return _keeping_zeros(product, lambda: _product_support(out, inp, supports))
+    return _keeping_zeros(product, lambda: _product_support(out, inp, supports),
+                          explicit=out.support is not None or inp.support is not None)
+
+
+def _rows_taken(out: Partial, inp: Partial):
+    """Where `out` is an elementwise partial (a diagonal) with a support of its own (a select's
+    case, `Partial.support`) and `in` may be infinite and is a diagonal or a plain array: the
+    entries of v the diagonal holds ([v1, v2] bool, NumPy or traced); else None. Row v of the
+    product out @ in is out's entry v times in's row v, so zeroing in's rows outside them keeps the
+    select's zeros 0 without the dense guard of `_zeros_meeting_poles` (NaN where jax.jacfwd has
+    it: in's pole on a row the case is taken at stays)."""
+    if (not KEEP_STRUCTURAL_ZEROS or out.support is None or inp.finite or out.code != 6
+            or tuple(np.shape(out.value)) != tuple(out.out_shape) or out.out_shape != out.in_shape
+            or isinstance(inp.value, (Placed, Labelled, IndexMap)) or inp.value is None
+            or not (inp.code == 1 or (inp.code == 6 and tuple(np.shape(inp.value)) == tuple(inp.out_shape)))):
+        return None
+    held = out.support
+    if isinstance(held, RunTimeSupport):
+        if held.diagonal is not None:
+            return held.diagonal()
+        held = held()
+    n = math.prod(out.out_shape)
+    diagonal = held.reshape(n, n).diagonal() if isinstance(held, np.ndarray) else jnp.diagonal(held.reshape(n, n))
+    return diagonal.reshape(out.out_shape)
+
+
+def _rows_zeroed(inp: Partial, rows, dtype) -> Partial:
+    """`inp` (a diagonal or a plain array, d v / d p) with 0 in v's entries outside `rows`
+    ([v1, v2] bool), by a select (a NaN there is replaced, not multiplied)."""
+    value = jnp.asarray(inp.value, dtype)
+    mask = rows if inp.code == 6 else jnp.reshape(rows, (*np.shape(rows), 1, 1))
+    return inp._replace(value=jnp.where(mask, value, jnp.zeros((), dtype)))
 
 
 def _multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCounter, dtype) -> Partial:

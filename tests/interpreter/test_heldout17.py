@@ -4,7 +4,7 @@ Each function has an infinite partial (a square root at 0: a zero norm, a self-d
 *selection* drops, so jax.jacfwd (which applies the selection to tangents that already hold the
 infinity) is finite, while alphagrad multiplies the infinite partial by a zero of another partial
 (0 * inf = NaN). They are strict expected failures: each flips when its class is fixed, and must then
-be unmarked. Reproducers and diagnosis: /work/notes/corpus17_report.md.
+be unmarked (all are fixed as of session 21: FIXED). Reproducers and diagnosis: /work/notes/corpus17_report.md.
 """
 
 import jax
@@ -73,10 +73,11 @@ FIXED = {
     "scaled_relu_with_an_integer": (scaled_relu_with_an_integer, np.array([0.0, 1.0, 4.0]), ("reverse",)),
     # The cond's partials carry the taken branch's support, known at run time (session 19).
     "cond_drops_entry": (cond_drops_entry, np.array([0.0, 1.0, 2.0]), ("forward", "reverse", "markowitz")),
+    # An index map at run-time indices carries its entries as a run-time support where a pole may
+    # reach its operand (session 21).
+    "top_k_then_dot": (top_k_then_dot, np.array([0.0, 1.0, 2.0]), ("forward", "reverse", "markowitz")),
 }
-CASES = {
-    "top_k_then_dot": (top_k_then_dot, np.array([0.0, 1.0, 2.0]), ("reverse",)),
-}  # the zero-norm token normalisation before an einsum across tokens is fixed: test_structural_zeros
+CASES = {}  # the zero-norm token normalisation before an einsum across tokens is fixed: test_structural_zeros
 
 
 def _assert_follows_jacfwd(f, x, orders):

@@ -5,12 +5,14 @@ failures, and a dozen of the new kinds it gets right as controls. Report: /work/
    (``argsort``), the top rows normalised by their norms. The padding rows' 0/0 is never selected, and jax.jacfwd
    is finite; reverse order keeps jax.jacrev's NaN (the open class of test_heldout17's top_k_then_dot and
    test_heldout20's longest padded row, in a third natural form). Repro:
-   /work/notes/corpus21/repros/argsort_by_norm_take_top_padded.py.
+   /work/notes/corpus21/repros/argsort_by_norm_take_top_padded.py. Mended in session 21 (an index map at run-time
+   indices keeps its entries as a run-time support where a pole may reach its operand): now a passing test.
 2. A raw JAX ValueError (not an AlphagradError) in reverse order where jax.jacfwd works and forward order is
    exact: ``jnp.trace`` (a select on an iota == iota mask, then a sum) of a [4, 4] reshape of a broadcast
    [2, 2, 2, 2] product of the argument, as ``jnp.trace(jnp.kron(a, jnp.eye(2)), offset=1)`` writes it ("Incompatible
    shapes for broadcasting: shapes=[(1, 1, 2, 8), (1, 1, 4, 4), ()]"). Repro:
-   /work/notes/corpus21/repros/trace_of_reshaped_broadcast_reverse_crash.py.
+   /work/notes/corpus21/repros/trace_of_reshaped_broadcast_reverse_crash.py. Mended in session 21: a product's
+   terms take their weights in the product's own split of each side (`_structured._in_pattern_split`).
 
 The controls: gather and scatter modes with out-of-range indices, clamped dynamic slices, negative and interior
 padding, scatter-max and segment-max at exact ties, ``lax.custom_root`` and ``lax.custom_linear_solve``, a deep
@@ -41,13 +43,7 @@ def _top_unit_rows_by_norm(x):
     return (x / _norms(x)[:, None])[order[:3]]
 
 
-@pytest.mark.parametrize("order", [
-    "forward",
-    *(pytest.param(o, marks=pytest.mark.xfail(
-        strict=True, raises=AssertionError,
-        reason="a run-time selection (argsort + gather) after a zero row's pole: reverse-mode products keep "
-               "jax.jacrev's NaN (test_heldout17's top_k_then_dot class; corpus21 finding 1)"))
-      for o in ("reverse", "markowitz"))])
+@pytest.mark.parametrize("order", ["forward", "reverse", "markowitz"])
 def test_the_top_rows_by_norm_of_a_padded_batch(order):
     with jax.enable_x64(True):
         x = jnp.asarray(_PADDED)
@@ -67,12 +63,7 @@ def _trace_of_reshaped_broadcast(a):
 
 
 @pytest.mark.parametrize("f", [_trace_of_kron, _trace_of_reshaped_broadcast])
-@pytest.mark.parametrize("order", [
-    "forward", "markowitz",
-    pytest.param("reverse", marks=pytest.mark.xfail(
-        strict=True, raises=ValueError,
-        reason="reverse order's product of the trace's masked select with the reshaped broadcast raises JAX's "
-               "'Incompatible shapes for broadcasting' (corpus21 finding 2)"))])
+@pytest.mark.parametrize("order", ["forward", "markowitz", "reverse"])
 def test_the_trace_of_a_reshaped_broadcast(f, order):
     with jax.enable_x64(True):
         a = jnp.asarray(np.random.default_rng(0).normal(size=(2, 2)))

@@ -211,3 +211,25 @@ def test_random_where_programs_follow_jacfwd(seed):
             actual = interpreter.jacobian(f, order, argnums=(0, 1))(x, y)
             for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
                 np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-11)
+
+
+def _masked_columns_after_pole(x, p):
+    """A zero row's sqrt pole broadcast into columns that a constant mask then replaces by 0."""
+    columns = jnp.array([True, True, True, False])
+    return jnp.where(columns[None], jnp.sqrt(jnp.sum(x ** 2, 1, keepdims=True)) * p[0] * jnp.ones((1, 4)), 0.0)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the tape's structural zeros are known while building it: a select's untaken case met "
+                          "by a NaN from further up (not in a partial into the case, which the discard zeroes) is "
+                          "0 * NaN on the tape; the straight-line path keeps a select's support (session 21)")
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_tape_keeps_a_selected_constant_after_a_pole_finite(force_tape, order):
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.concatenate([np.array([[0.3, -1.2, 0.5], [0.8, 0.1, -0.4]]), np.zeros((1, 3))]))
+        p = jnp.asarray(P)
+        expected = np.asarray(jax.jacfwd(_masked_columns_after_pole)(x, p))
+        actual = np.asarray(interpreter.jacobian(_masked_columns_after_pole, order)(x, p))
+    finite = np.isfinite(expected)
+    assert not np.any(np.isnan(actual) & finite)
+    np.testing.assert_allclose(actual[finite], expected[finite], rtol=1e-10)
