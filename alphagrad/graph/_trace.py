@@ -336,8 +336,11 @@ class _Builder:
             code = model.sum_code(self.edges[key].code, code)
         self.edges[key] = Edge(src, dst, code, out_shape, in_shape)
 
-    def walk(self, jaxpr: Jaxpr, consts: list[Any], args: list[Operand], model, caller: str = "") -> list[Operand]:
-        """Adds the equations of `jaxpr` (inlining calls); `caller` is the source of the call site."""
+    def walk(self, jaxpr: Jaxpr, consts: list[Any], args: list[Operand], model, caller: str = "",
+             final: Sequence[bool] | None = None) -> list[Operand]:
+        """Adds the equations of `jaxpr` (inlining calls); `caller` is the source of the call site;
+        `final`, per output of `jaxpr`, whether it is one of f's outputs that nothing else reads (None
+        where that is not known: a kept loop is then never fused with its tail, `_loops.narrow_tail_span`)."""
         env: dict[Any, Operand] = {}
         for var, value in zip(jaxpr.constvars, consts):
             env[var] = Operand(None, value)
@@ -359,7 +362,22 @@ class _Builder:
                 read_vars.update(a for a in jaxpr.outvars if not isinstance(a, Literal))
             return read_vars
 
-        for eqn, fused in _fuse_complex_spans(_loops.fuse_large_spans(jaxpr, _INLINED)):
+        pending = list(_fuse_complex_spans(_loops.fuse_large_spans(jaxpr, _INLINED)))
+        returned: dict[Any, bool] = {}  # an output of `jaxpr` -> whether it is f's own (`final`)
+        for var, flag in zip(jaxpr.outvars, final or ()):
+            if not isinstance(var, Literal):
+                returned[var] = returned.get(var, True) and flag
+        read_inside = {a for e, _ in pending for a in e.invars if not isinstance(a, Literal)}
+
+        def differentiated(var) -> bool:
+            # A value the walk has not reached yet (computed after the loop by an equation that
+            # does not read it) is taken as differentiated.
+            return var not in env or self.dense_source(env[var], var)
+
+        at = 0
+        while at < len(pending):
+            eqn, fused = pending[at]
+            at += 1
             name = "complex_span" if fused else "large_span" if _loops.is_large_span(eqn) else eqn.primitive.name
             fused = fused or name == "large_span"
             operands = [read(a) for a in eqn.invars]
@@ -367,10 +385,12 @@ class _Builder:
             source = _source_of(eqn) or caller
             if name in _INLINED and not fused:
                 body = eqn.params[_INLINED[name]]
+                inner = (None if final is None
+                         else [returned.get(v) is True and v not in read_inside for v in eqn.outvars])
                 if isinstance(body, ClosedJaxpr):
-                    outs = self.walk(body.jaxpr, list(body.consts), operands, model, source)
+                    outs = self.walk(body.jaxpr, list(body.consts), operands, model, source, inner)
                 else:
-                    outs = self.walk(body, [], operands, model, source)
+                    outs = self.walk(body, [], operands, model, source, inner)
                 for var, out in zip(eqn.outvars, outs):
                     env[var] = out
                 continue
@@ -385,6 +405,17 @@ class _Builder:
                 if unroll:
                     for var, out in zip(eqn.outvars, self.unroll_scan(eqn, operands, model, source)):
                         env[var] = out
+                    continue
+            if final is not None and name in ("scan", "while") and not fused:
+                # A kept loop whose values reach only a narrow part of f's outputs: one span with
+                # the equations that read them, its partial by VJP rows of those outputs.
+                tail = _loops.narrow_tail_span([e for e, _ in pending], at - 1, returned.get, differentiated)
+                if tail is not None:
+                    call, members = tail
+                    replaced = set(members)
+                    rest = [p for i, p in enumerate(pending) if i >= at - 1 and i not in replaced]
+                    pending[at - 1:] = [*rest, (call, False)]
+                    at -= 1
                     continue
             folded = self.fold(eqn, operands) if self.unrolling else None
             if folded is not None:
@@ -756,7 +787,7 @@ def _trace(
     leaf_operands = [Operand(None, LeafRef(i)) for i in range(len(leaf_avals))]
     for node, leaf in enumerate(input_leaves, start=1):
         leaf_operands[leaf] = Operand(node)
-    outs = builder.walk(jaxpr, list(closed.consts), leaf_operands, model)
+    outs = builder.walk(jaxpr, list(closed.consts), leaf_operands, model, final=[True] * len(jaxpr.outvars))
 
     outputs: list[int] = []
     output_operands: list[Operand] = []
