@@ -46,7 +46,9 @@ from alphagrad.interpreter import _loops, _tape
 from alphagrad.interpreter._discard import (
     READS_MAX, RowCover, elementwise_code, entrywise_code, plan_discard, structural_reads, value_cover,
 )
-from alphagrad.interpreter._poles import bounded_operand, bounded_value, has_finite_partials, reads_only_the_others
+from alphagrad.interpreter._poles import (
+    away_from_zero_value, bounded_operand, bounded_value, has_finite_partials, reads_only_the_others,
+)
 from alphagrad.interpreter._labelled import Labelled, densify_labelled, labelled_partial
 from alphagrad.interpreter._structured import (
     _NUMPY_RULES,
@@ -993,12 +995,15 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
     # enters keep supports (`_dot_general_support`, `_select_support`); elsewhere no product could
     # meet a pole, and a support would only cost guards.
     poles: dict[int, int] = {}
+    away_from_zero: dict[int, bool] = {}  # node -> at least a positive constant in magnitude (`_poles`)
     for eqn in program.equations:
         values = [_operand_value(op, env, leaves) for op in eqn.operands]
         results = _bind_constant(eqn, values)  # evaluated once, whatever its number of outputs
         operand_bounds = [bounded_operand(op, value, bounded) for op, value in zip(eqn.operands, values)]
         operands_bounded = all(operand_bounds)
         outputs_bounded = bounded_value(eqn, values, operand_bounds)
+        if eqn.outputs and eqn.outputs[0].node is not None and away_from_zero_value(eqn, values):
+            away_from_zero[eqn.outputs[0].node] = True
         for out, result in zip(eqn.outputs, results):
             env[out.node if out.node is not None else out.value] = result
             bounded[out.node if out.node is not None else out.value] = outputs_bounded
@@ -1027,7 +1032,7 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                         partial = _run_time_map_support(partial)
                     moves = partial.code in VALUELESS or partial.code == INDEX_MAP  # no values to be infinite
                     finite = ((operands_bounded or moves or reads_only_the_others(eqn, positions, operand_bounds))
-                              and has_finite_partials(eqn, values, partial.code))
+                              and has_finite_partials(eqn, values, partial.code, away_from_zero))
                     edges[(e.src, e.dst)] = partial._replace(finite=finite)
                     _pole_passes(poles, e, partial, finite)
             continue

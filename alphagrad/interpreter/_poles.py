@@ -19,8 +19,8 @@ import numpy as np
 
 from alphagrad.graph import INDEX_MAP, VALUELESS, LeafRef, Operand, ValueRef
 
-__all__ = ["FINITE_PARTIALS", "BOUNDED_VALUES", "LINEAR_IN_EACH", "bounded_operand", "bounded_value",
-           "has_finite_partials", "reads_only_the_others"]
+__all__ = ["FINITE_PARTIALS", "BOUNDED_VALUES", "LINEAR_IN_EACH", "away_from_zero_value", "bounded_operand",
+           "bounded_value", "has_finite_partials", "reads_only_the_others"]
 
 #: Primitives whose partials are finite wherever their operands are: sums, products, data
 #: movement, selections and functions whose derivatives have no pole (`Partial.finite`: a dense
@@ -70,14 +70,17 @@ def bounded_operand(op: Operand, value: Any, bounded: dict) -> bool:
     return bool(np.all(np.isfinite(np.asarray(value))))
 
 
-def has_finite_partials(eqn, values: list[Any], code: int) -> bool:
+def has_finite_partials(eqn, values: list[Any], code: int, away_from_zero: dict | None = None) -> bool:
     """Whether the partial (of structure `code`) of equation `eqn` is finite wherever its operands
     are: one that only moves data, one of `FINITE_PARTIALS`, of a power with a non-negative integer
     exponent, of a division by a constant without zeros (`values[1]`, read only when the divisor
-    is a constant), or an output's copy."""
+    is a constant) or by a node bounded away from zero (`away_from_zero`: node -> bool,
+    `away_from_zero_value`), or an output's copy."""
     if eqn.primitive is None or code in VALUELESS or code == INDEX_MAP:
         return True
     name = eqn.primitive.name
+    if name == "div" and eqn.operands[1].node is not None and away_from_zero:
+        return away_from_zero.get(eqn.operands[1].node, False)
     if name == "div" and eqn.operands[1].node is None:
         if isinstance(eqn.operands[1].value, (LeafRef, ValueRef)):
             return False  # a value computed at run time: it may be zero
@@ -92,6 +95,21 @@ def _constant_without(op: Operand, value: Any, excluded: float) -> bool:
         return False
     held = np.asarray(value)
     return not np.any(np.isnan(held)) and not np.any(held == excluded)
+
+
+def away_from_zero_value(eqn, values: list[Any]) -> bool:
+    """Whether the output of `eqn` is at least a positive constant in magnitude wherever it is not
+    NaN: ``jnp.maximum(norm, eps)`` with a constant eps > 0 (a minimum with a negative constant), the
+    clamped norm of a normalisation, so a division by it has no pole."""
+    if eqn.primitive is None or eqn.primitive.name not in ("max", "min"):
+        return False
+    positive = eqn.primitive.name == "max"
+    for op, value in zip(eqn.operands, values):
+        if op.node is None and not isinstance(op.value, (LeafRef, ValueRef)) and not isinstance(value, jax.core.Tracer):
+            held = np.asarray(value)
+            if held.size and jnp.issubdtype(held.dtype, jnp.floating) and bool(np.all(held > 0 if positive else held < 0)):
+                return True
+    return False
 
 
 def bounded_value(eqn, values: list[Any], operands_bounded: list[bool]) -> bool:

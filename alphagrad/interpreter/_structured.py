@@ -23,6 +23,7 @@ from jax.extend.core import jaxpr_as_fun
 from alphagrad.errors import AlphagradError
 from alphagrad.graph import INDEX_MAP, VALUELESS, product_plan, structure_of
 from alphagrad.graph import FIRST_EXTENDED_CODE, axis_sum
+from alphagrad.interpreter._discard import RowCover, value_cover
 from alphagrad.interpreter._tape_products import support
 from alphagrad.interpreter._labelled import (
     Labelled, as_index_map, densify_labelled, elementwise_code, labelled_product, relayout,
@@ -1262,6 +1263,23 @@ def _poles_kept(product: Partial, out: Partial, held_out, inp: Partial, code: in
     return Partial(1, product.out_shape, product.in_shape, value)
 
 
+def _tied_poles_kept(product: Partial, out: Partial, held_out, inp: Partial, code: int, dtype) -> Partial | None:
+    """`_poles_kept` in the product's own layout where `out` and the product have codes described by
+    ties (a diagonal, a Kronecker block...): out's support read into out's value layout, times in's
+    poles as the same structured product, NaN where it is positive; no dense tensor. None where a
+    layout does not allow it (the dense `_poles_kept` then)."""
+    if (out.code not in _TIED_CODES or code not in _TIED_CODES or code in VALUELESS or out.code in VALUELESS
+            or not isinstance(product.value, (jax.Array, np.ndarray))
+            or any(kind == "K" for c in (out.code, code) for _, _, kind in structure_of(c).ties)):
+        return None  # (a Kronecker tie's one value stands for a whole diagonal: not a support's layout)
+    held = jnp.reshape(held_out, (*out.out_shape, *out.in_shape)).astype(dtype)
+    support = Partial(out.code, out.out_shape, out.in_shape, extract(held, out.code))
+    met = _multiply(support, _poles_of(inp, dtype), code, MultiplicationCounter(), dtype)
+    if met.code != code or not isinstance(met.value, (jax.Array, np.ndarray)) or np.shape(met.value) != np.shape(product.value):
+        return None
+    return product._replace(value=jnp.where(met.value > 0, jnp.asarray(jnp.nan, dtype), product.value))
+
+
 def _poles_met(out: Partial, held_out, inp: Partial, dtype) -> jax.Array:
     """Where out's support (`held_out`, [c, v]) meets in's entries that are not finite: bool
     [c1, c2, p1, p2] (a product of 0/1 indicators; bookkeeping, not counted)."""
@@ -1457,7 +1475,8 @@ def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCount
         if isinstance(product.value, Labelled):
             product = _labelled_poles_kept(product, out, held_out, inp, dtype)
         else:
-            product = convert(_poles_kept(product, out, held_out, inp, code, dtype), code, dtype)
+            product = (_tied_poles_kept(product, out, held_out, inp, code, dtype)
+                       or convert(_poles_kept(product, out, held_out, inp, code, dtype), code, dtype))
     finite = out.finite and inp.finite
     if product.finite != finite:
         product = product._replace(finite=finite)
@@ -1475,7 +1494,7 @@ def _rows_taken(out: Partial, inp: Partial):
     if (not KEEP_STRUCTURAL_ZEROS or out.support is None or inp.finite or out.code != 6
             or tuple(np.shape(out.value)) != tuple(out.out_shape) or out.out_shape != out.in_shape
             or isinstance(inp.value, (Placed, Labelled, IndexMap)) or inp.value is None
-            or not (inp.code == 1 or (inp.code == 6 and tuple(np.shape(inp.value)) == tuple(inp.out_shape)))):
+            or _one_row_each(inp) is None):
         return None
     held = out.support
     if isinstance(held, RunTimeSupport):
@@ -1487,12 +1506,22 @@ def _rows_taken(out: Partial, inp: Partial):
     return diagonal.reshape(out.out_shape)
 
 
+def _one_row_each(partial: Partial) -> RowCover | None:
+    """The `RowCover` of a 2-D partial's full value array where each of its entries stands for
+    exactly one row (no Kronecker tie on v), else None."""
+    cover = value_cover(partial.code, partial.out_shape, partial.in_shape)
+    if (cover is None or any(c is None for c in cover.coordinates)
+            or math.prod(np.shape(partial.value)) != cover.count):
+        return None
+    return cover
+
+
 def _rows_zeroed(inp: Partial, rows, dtype) -> Partial:
-    """`inp` (a diagonal or a plain array, d v / d p) with 0 in v's entries outside `rows`
-    ([v1, v2] bool), by a select (a NaN there is replaced, not multiplied)."""
+    """`inp` (a 2-D partial d v / d p whose value entries stand for one row each) with 0 in v's
+    entries outside `rows` ([v1, v2] bool), by a select (a NaN there is replaced, not multiplied)."""
     value = jnp.asarray(inp.value, dtype)
-    mask = rows if inp.code == 6 else jnp.reshape(rows, (*np.shape(rows), 1, 1))
-    return inp._replace(value=jnp.where(mask, value, jnp.zeros((), dtype)))
+    kept = ~_one_row_each(inp).dropped(~jnp.reshape(rows, (-1,)))
+    return inp._replace(value=jnp.where(kept.reshape(np.shape(value)), value, jnp.zeros((), dtype)))
 
 
 def _multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCounter, dtype) -> Partial:
