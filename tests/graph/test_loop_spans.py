@@ -183,3 +183,19 @@ def test_a_narrow_output_read_again_inside_a_call_keeps_the_loop():
     g = check_exact_and_counted(scaled, *_CRF)
     names = _primitives(g)
     assert "large_span" not in names and any(n.startswith("scan") for n in names)
+
+
+def newton_sqrt(x):
+    """A while loop with a value-dependent trip count (no transpose: its VJP rows fail)."""
+    def body(state):
+        y, k = state
+        return 0.5 * (y + x / y), k + 1
+
+    y, _ = jax.lax.while_loop(lambda s: (jnp.max(jnp.abs(s[0] * s[0] - x)) > 1e-12) & (s[1] < 50), body,
+                              (jnp.ones_like(x), 0))
+    return jnp.sum(jnp.sin(y))
+
+
+def test_a_while_loop_without_a_transpose_is_fused_and_built_by_columns():
+    g = check_exact_and_counted(newton_sqrt, (np.linspace(1.0, 3.0, 10),), 0)
+    assert _primitives(g) == ["broadcast_in_dim", "large_span"]
