@@ -25,7 +25,11 @@ session-19 one, in float32 (`_corpus_heldout19`: float16 and bfloat16 arguments,
 mask, Welford's scan, a registered-dataclass MLP, sinusoidal positions, global-norm clipping), and of the
 session-20 one (`_corpus_heldout20`: sparsemax, a CRF likelihood, a selective scan, a Fourier layer, a
 particle-in-cell deposit, NeRF rendering, the SO(3) log, periodic Lennard-Jones, finite-element assembly, a typed
-PRNG key in a scan carry, `jnp.unique(size=)` groups, `lax.all_to_all` in `jax.vmap`). The test suite
+PRNG key in a scan carry, `jnp.unique(size=)` groups, `lax.all_to_all` in `jax.vmap`), and of the
+session-21 one (`_corpus_heldout21`: message passing with edge features and scatter-max, a masked
+autoregressive flow, a mixture density network, VICReg, a pharmacokinetic RK4 model, a Kalman likelihood, van
+Leer advection, a three-qubit circuit, a biquad cascade, quaternion kinematics, a GP posterior by cho_solve,
+NeuralSort). The test suite
 checks every function's Jacobian in several orders, under ``jax.jit``, and its counted
 multiplications (tests/interpreter/test_corpus.py); docs/corpus.md is its table.
 
@@ -41,8 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from alphagrad.tasks import (_corpus_control, _corpus_heldout16, _corpus_heldout17, _corpus_heldout18,
-                             _corpus_heldout19, _corpus_heldout20, _corpus_nn, _corpus_outsider, _corpus_practice,
-                             _corpus_science, _corpus_wild)
+                             _corpus_heldout19, _corpus_heldout20, _corpus_heldout21, _corpus_nn, _corpus_outsider,
+                             _corpus_practice, _corpus_science, _corpus_wild)
 from alphagrad.tasks._registry import Task
 
 __all__ = ["corpus", "corpus_groups"]
@@ -227,14 +231,16 @@ _FORWARD_ONLY = frozenset({"fori_dynamic", "newton_sqrt", "cubic_root_newton"})
 _JACFWD_REFERENCE = (_FORWARD_ONLY | _corpus_outsider.JACFWD_REFERENCE | _corpus_practice.JACFWD_REFERENCE
                      | _corpus_wild.JACFWD_REFERENCE | _corpus_heldout16.JACFWD_REFERENCE
                      | _corpus_heldout17.JACFWD_REFERENCE | _corpus_heldout18.JACFWD_REFERENCE
-                     | _corpus_heldout19.JACFWD_REFERENCE | _corpus_heldout20.JACFWD_REFERENCE)
+                     | _corpus_heldout19.JACFWD_REFERENCE | _corpus_heldout20.JACFWD_REFERENCE
+                     | _corpus_heldout21.JACFWD_REFERENCE)
 
 
 def _entries() -> list[tuple]:
     return (_primitive_entries() + _corpus_nn.entries() + _corpus_science.entries()
             + _corpus_control.entries() + _corpus_outsider.entries() + _corpus_practice.entries()
             + _corpus_wild.entries() + _corpus_heldout16.entries() + _corpus_heldout17.entries()
-            + _corpus_heldout18.entries() + _corpus_heldout19.entries() + _corpus_heldout20.entries())
+            + _corpus_heldout18.entries() + _corpus_heldout19.entries() + _corpus_heldout20.entries()
+            + _corpus_heldout21.entries())
 
 
 def corpus() -> dict[str, Task]:
