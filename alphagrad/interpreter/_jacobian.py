@@ -995,15 +995,19 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
     # enters keep supports (`_dot_general_support`, `_select_support`); elsewhere no product could
     # meet a pole, and a support would only cost guards.
     poles: dict[int, int] = {}
-    away_from_zero: dict[int, bool] = {}  # node -> at least a positive constant in magnitude (`_poles`)
+    away_from_zero: dict[Any, bool] = {}  # node or ValueRef -> at least a positive constant in magnitude
+    defined_by: dict[Any, Equation] = {}  # node or ValueRef -> its equation (`_poles.away_from_zero_value`)
     for eqn in program.equations:
         values = [_operand_value(op, env, leaves) for op in eqn.operands]
         results = _bind_constant(eqn, values)  # evaluated once, whatever its number of outputs
         operand_bounds = [bounded_operand(op, value, bounded) for op, value in zip(eqn.operands, values)]
         operands_bounded = all(operand_bounds)
-        outputs_bounded = bounded_value(eqn, values, operand_bounds)
-        if eqn.outputs and eqn.outputs[0].node is not None and away_from_zero_value(eqn, values):
-            away_from_zero[eqn.outputs[0].node] = True
+        outputs_bounded = bounded_value(eqn, values, operand_bounds, away_from_zero)
+        for out in eqn.outputs:
+            defined_by[out.node if out.node is not None else out.value] = eqn
+        if len(eqn.outputs) == 1 and away_from_zero_value(eqn, values, away_from_zero, defined_by):
+            out = eqn.outputs[0]
+            away_from_zero[out.node if out.node is not None else out.value] = True
         for out, result in zip(eqn.outputs, results):
             env[out.node if out.node is not None else out.value] = result
             bounded[out.node if out.node is not None else out.value] = outputs_bounded

@@ -97,31 +97,119 @@ def _constant_without(op: Operand, value: Any, excluded: float) -> bool:
     return not np.any(np.isnan(held)) and not np.any(held == excluded)
 
 
-def away_from_zero_value(eqn, values: list[Any]) -> bool:
+def _known(value: Any) -> np.ndarray | None:
+    """A float value known while tracing, as NumPy; else None."""
+    if isinstance(value, jax.core.Tracer) or not hasattr(value, "dtype") or not jnp.issubdtype(value.dtype, jnp.floating):
+        return None
+    return np.asarray(value)
+
+
+def away_from_zero_value(eqn, values: list[Any], away: dict, defined_by: dict) -> bool:
     """Whether the output of `eqn` is at least a positive constant in magnitude wherever it is not
-    NaN: ``jnp.maximum(norm, eps)`` with a constant eps > 0 (a minimum with a negative constant), the
-    clamped norm of a normalisation, so a division by it has no pole."""
-    if eqn.primitive is None or eqn.primitive.name not in ("max", "min"):
+    NaN, so a division by it has no pole: ``jnp.maximum(norm, eps)`` with a constant eps > 0 (a
+    minimum with a negative constant), the clamped norm of a normalisation; and a select whose every
+    case is a constant without zeros, such a value, or the value its predicate bounds away from
+    zero where it takes it (``jnp.where(jnp.abs(d) > eps, d, eps)``, the safe denominator of a
+    limiter). `away`: operand key -> bool for earlier values; `defined_by`: operand key -> its
+    equation (keys: node, or the `ValueRef` of a value without a vertex)."""
+    if eqn.primitive is None:
         return False
-    positive = eqn.primitive.name == "max"
-    for op, value in zip(eqn.operands, values):
-        if op.node is None and not isinstance(op.value, (LeafRef, ValueRef)) and not isinstance(value, jax.core.Tracer):
-            held = np.asarray(value)
-            if held.size and jnp.issubdtype(held.dtype, jnp.floating) and bool(np.all(held > 0 if positive else held < 0)):
+    name = eqn.primitive.name
+    if name in _MOVES_ONE and len(eqn.operands) == 1:  # a constant broadcast, converted, reshaped
+        held = _known(values[0])
+        return (held is not None and held.size and bool(np.all(held != 0))) or away.get(_key(eqn.operands[0]), False)
+    if name == "add" and len(eqn.operands) == 2:  # eps + |x| (or x**2, sqrt, exp): at least eps
+        for (c_op, c_value), (x_op, _) in ((pair[0], pair[1]) for pair in (tuple(zip(eqn.operands, values)),
+                                                                            tuple(zip(eqn.operands, values))[::-1])):
+            held = _known(c_value)
+            if held is not None and held.size and bool(np.all(held > 0)) and _nonnegative(defined_by.get(_key(x_op))):
                 return True
-    return False
+        return False
+    if name in ("max", "min"):
+        for value in values:
+            held = _known(value)
+            if held is not None and held.size and bool(np.all(held > 0 if name == "max" else held < 0)):
+                return True
+        return False
+    if name != "select_n":
+        return False
+    predicate = defined_by.get(_key(eqn.operands[0]))
+    for case, (op, value) in enumerate(zip(eqn.operands[1:], values[1:])):
+        held = _known(value)
+        if (held is not None and held.size and bool(np.all(held != 0))) or away.get(_key(op), False):
+            continue
+        if not (len(eqn.operands) == 3 and predicate is not None and _bounds_where_taken(predicate, op, case, values, defined_by)):
+            return False
+    return True
 
 
-def bounded_value(eqn, values: list[Any], operands_bounded: list[bool]) -> bool:
+#: Primitives that move or convert the entries of their one operand.
+_MOVES_ONE = frozenset("broadcast_in_dim convert_element_type reshape squeeze expand_dims copy copy_p".split())
+
+
+def _nonnegative(eqn) -> bool:
+    """Whether the equation's output is never negative: abs, sqrt, exp, an even integer power."""
+    if eqn is None or eqn.primitive is None:
+        return False
+    name = eqn.primitive.name
+    return name in ("abs", "sqrt", "exp") or (name == "integer_pow" and eqn.params.get("y", 1) % 2 == 0)
+
+
+def _key(op: Operand) -> Any:
+    """The key of a traced operand in `away_from_zero_value`'s dicts (a node, a `ValueRef`); None for a
+    constant or an argument leaf."""
+    if op.node is not None:
+        return op.node
+    return op.value if isinstance(op.value, ValueRef) else None
+
+
+def _bounds_where_taken(predicate, case: Operand, which: int, values, defined_by: dict) -> bool:
+    """Whether a boolean select's `predicate` equation says its case `which` (0: taken where False,
+    1: where True) is at least a positive constant in magnitude where taken: ``|case| > c`` or
+    ``case > c`` with a constant c > 0 for the case taken where True, ``|case| < c`` (or <=) for the
+    one taken where False (and mirrored comparisons)."""
+    if predicate.primitive is None or len(predicate.operands) != 2:
+        return False
+    name = predicate.primitive.name
+    flipped = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}
+    if name not in flipped:
+        return False
+    (a, b) = predicate.operands
+    if _key(a) is not None and _is_constant(b):
+        subject, bound, relation = a, b, name
+    elif _is_constant(a):
+        subject, bound, relation = b, a, flipped[name]
+    else:
+        return False
+    held = np.asarray(bound.value)
+    if not (held.size and bool(np.all(held > 0))):
+        return False
+    if relation in ("gt", "ge") and which != 1 or relation in ("lt", "le") and which != 0:
+        return False
+    if _key(subject) == _key(case) and _key(case) is not None:
+        return relation in ("gt", "ge")  # case > c > 0 where taken (not |case| < c)
+    source = defined_by.get(_key(subject))
+    return (source is not None and source.primitive is not None and source.primitive.name == "abs"
+            and _key(source.operands[0]) == _key(case))
+
+
+def _is_constant(op: Operand) -> bool:
+    """Whether `op` is a float constant written in the program (a literal)."""
+    return (op.node is None and not isinstance(op.value, (LeafRef, ValueRef))
+            and _known(op.value) is not None)
+
+
+def bounded_value(eqn, values: list[Any], operands_bounded: list[bool], away_from_zero: dict | None = None) -> bool:
     """Whether the outputs of `eqn` are finite wherever the function's arguments are, given which
     of its operands are (`bounded_operand`): a primitive of `BOUNDED_VALUES` of bounded operands,
-    a division by a constant without zeros of a bounded numerator, or a maximum (minimum) of
+    a division of a bounded numerator by a constant without zeros or by a node bounded away from
+    zero (`away_from_zero`: node -> bool, `away_from_zero_value`), or a maximum (minimum) of
     bounded operands and constants without +inf (-inf) or NaN, at least one operand bounded
     (``jax.nn.log_softmax``'s ``max(-inf, reduce_max(x))``)."""
     if eqn.primitive is None:
         return all(operands_bounded)
     name = eqn.primitive.name
-    if name == "div" and has_finite_partials(eqn, values, 1):  # the divisor is such a constant
+    if name == "div" and has_finite_partials(eqn, values, 1, away_from_zero):  # a divisor without zeros
         return operands_bounded[0]
     if name in ("max", "min"):
         excluded = np.inf if name == "max" else -np.inf
