@@ -300,17 +300,14 @@ def _select_support(values: list[Any], positions: list[int], partial: Partial) -
         mask = functools.reduce(xp.logical_or, [cases == (i - 1) for i in positions])
         return xp.broadcast_to(mask, np.shape(values[positions[0]])).reshape(n)
 
-    def embedded(mask):
-        return (np.eye(n, dtype=bool) & mask[None, :]).reshape(*partial.out_shape, *partial.in_shape)
-
+    shape = (*partial.out_shape, *partial.in_shape)
+    diagonal = np.eye(n, dtype=bool)
     if not isinstance(predicate, jax.core.Tracer):
         mask = np.asarray(taken(np))
-        if mask.all():
-            return partial
-        return partial._replace(support=embedded(mask))
-    held = RunTimeSupport(lambda: _diagonal_support(taken(jnp), (*partial.out_shape, *partial.in_shape)),
-                          diagonal=lambda: taken(jnp).reshape(partial.out_shape), rows=lambda: taken(jnp),
-                          static=np.eye(n, dtype=bool).reshape(*partial.out_shape, *partial.in_shape))
+        return partial if mask.all() else partial._replace(support=(diagonal & mask[None, :]).reshape(shape))
+    held = RunTimeSupport(lambda: _diagonal_support(taken(jnp), shape),
+                          diagonal=lambda: taken(jnp).reshape(partial.out_shape),
+                          rows=lambda: taken(jnp), static=diagonal.reshape(shape))
     return partial._replace(support=held)
 
 

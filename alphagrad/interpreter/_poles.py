@@ -119,8 +119,8 @@ def away_from_zero_value(eqn, values: list[Any], away: dict, defined_by: dict) -
         held = _known(values[0])
         return (held is not None and held.size and bool(np.all(held != 0))) or away.get(_key(eqn.operands[0]), False)
     if name == "add" and len(eqn.operands) == 2:  # eps + |x| (or x**2, sqrt, exp): at least eps
-        for (c_op, c_value), (x_op, _) in ((pair[0], pair[1]) for pair in (tuple(zip(eqn.operands, values)),
-                                                                            tuple(zip(eqn.operands, values))[::-1])):
+        pairs = list(zip(eqn.operands, values))
+        for (_, c_value), (x_op, _) in (pairs, pairs[::-1]):
             held = _known(c_value)
             if held is not None and held.size and bool(np.all(held > 0)) and _nonnegative(defined_by.get(_key(x_op))):
                 return True

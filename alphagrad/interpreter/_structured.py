@@ -1254,12 +1254,8 @@ def _poles_kept(product: Partial, out: Partial, held_out, inp: Partial, code: in
     same product of out's support and in's poles (0/1 indicators, in in's own structure:
     elementwise for a diagonal); bookkeeping, not a product of partials, so the cost model does
     not count it."""
-    held = held_out.reshape(*out.out_shape, *out.in_shape)
-    support = Partial(1, out.out_shape, out.in_shape,
-                      held.astype(np.dtype(dtype)))
-    met = _multiply(support, _poles_of(inp, dtype), code, MultiplicationCounter(), dtype)
-    shape = (*product.out_shape, *product.in_shape)
-    value = jnp.where(densify(met, dtype).reshape(shape) > 0, jnp.asarray(jnp.nan, dtype), densify(product, dtype))
+    met = _poles_met(out, held_out, inp, dtype, code)
+    value = jnp.where(met, jnp.asarray(jnp.nan, dtype), densify(product, dtype))
     return Partial(1, product.out_shape, product.in_shape, value)
 
 
@@ -1280,12 +1276,13 @@ def _tied_poles_kept(product: Partial, out: Partial, held_out, inp: Partial, cod
     return product._replace(value=jnp.where(met.value > 0, jnp.asarray(jnp.nan, dtype), product.value))
 
 
-def _poles_met(out: Partial, held_out, inp: Partial, dtype) -> jax.Array:
+def _poles_met(out: Partial, held_out, inp: Partial, dtype, code: int = 1) -> jax.Array:
     """Where out's support (`held_out`, [c, v]) meets in's entries that are not finite: bool
-    [c1, c2, p1, p2] (a product of 0/1 indicators; bookkeeping, not counted)."""
+    [c1, c2, p1, p2] (a product of 0/1 indicators laid out as `code`, in in's own structure:
+    elementwise for a diagonal; bookkeeping, not counted)."""
     held = held_out.reshape(*out.out_shape, *out.in_shape)
     support = Partial(1, out.out_shape, out.in_shape, held.astype(np.dtype(dtype)))
-    met = _multiply(support, _poles_of(inp, dtype), 1, MultiplicationCounter(), dtype)
+    met = _multiply(support, _poles_of(inp, dtype), code, MultiplicationCounter(), dtype)
     return densify(met, dtype).reshape(*out.out_shape, *inp.in_shape) > 0
 
 
@@ -1486,7 +1483,8 @@ def multiply(out: Partial, inp: Partial, code: int, counter: MultiplicationCount
 
 def _rows_taken(out: Partial, inp: Partial):
     """Where `out` is an elementwise partial (a diagonal) with a support of its own (a select's
-    case, `Partial.support`) and `in` may be infinite and is a diagonal or a plain array: the
+    case, `Partial.support`) and `in` may be infinite and has a 2-D value array whose entries stand
+    for one row each (`_one_row_each`): the
     entries of v the diagonal holds ([v1, v2] bool, NumPy or traced); else None. Row v of the
     product out @ in is out's entry v times in's row v, so zeroing in's rows outside them keeps the
     select's zeros 0 without the dense guard of `_zeros_meeting_poles` (NaN where jax.jacfwd has
