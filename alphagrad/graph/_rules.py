@@ -115,6 +115,97 @@ def _jvp_rule_is_pointwise(params, num_operands: int, shape: Shape) -> bool:
     return _is_pointwise(rule, shape)
 
 
+#: Primitives linear in every operand the tangents reach (sums, data movement, reductions by sums).
+_LINEAR_IN_ALL = frozenset(
+    "add add_any sub neg convert_element_type reshape broadcast_in_dim transpose squeeze expand_dims slice pad "
+    "concatenate rev reduce_sum cumsum copy copy_p real imag conj complex reduce_precision fft device_put "
+    "reduce_window_sum sharding_constraint optimization_barrier".split()
+)
+#: Primitives linear in the operands at these positions, provided no other operand carries a tangent.
+_LINEAR_AT = {
+    "mul": (0, 1), "dot_general": (0, 1), "conv_general_dilated": (0, 1),  # one tangent factor at most
+    "div": (0,), "triangular_solve": (1,), "dynamic_slice": (0,), "dynamic_update_slice": (0, 1),
+    "gather": (0,), "scatter-add": (0, 2), "scatter": (0, 2), "select_and_scatter_add": (0,),
+}
+#: ... and those linear only while a single one of those operands carries a tangent (a product of two).
+_ONE_FACTOR = frozenset({"mul", "dot_general", "conv_general_dilated"})
+#: Primitives that are not linear in any operand (elementwise functions, comparisons, orderings):
+#: a JVP rule applying one to a tangent is not linear in it. Primitives in neither set (loops,
+#: conditionals, primitives JAX adds later) are trusted: only a rule known to be nonlinear is refused.
+_NONLINEAR = (UNARY | ZERO_DERIVATIVE | frozenset(
+    "pow atan2 max min rem nextafter clamp reduce_max reduce_min reduce_prod reduce_and reduce_or sort top_k "
+    "cummax cummin cumprod cumlogsumexp reduce_window_max reduce_window_min".split()
+)) - frozenset({"neg", "stop_gradient", "iota"})
+_CALL_BODIES = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
+                "remat": "jaxpr", "remat2": "jaxpr", "checkpoint": "jaxpr", "custom_jvp_call": "call_jaxpr"}
+
+
+def _nonlinear_use(jaxpr, carries: Sequence[bool]) -> tuple[list[bool], list[bool], str | None]:
+    """Which outputs of `jaxpr` a tangent reaches, given which inputs carry one (`carries`), and which
+    of them a nonlinear operation on a tangent reaches ("tainted"), with that operation's name.
+
+    Returns (carries of the outputs, tainted outputs, the first nonlinear primitive met or None)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    carrying = {v for v, c in zip(jaxpr.invars, carries) if c}
+    tainted: set = set()
+    culprit = None
+
+    def has(var, among) -> bool:
+        return isinstance(var, Var) and var in among
+
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        reached = [k for k, v in enumerate(eqn.invars) if has(v, carrying)]
+        if not reached:
+            continue
+        body = eqn.params.get(_CALL_BODIES.get(name, ""), None)
+        if body is not None and len(getattr(getattr(body, "jaxpr", body), "invars", ())) == len(eqn.invars):
+            inner_carries, inner_tainted, inner_culprit = _nonlinear_use(body, [has(v, carrying) for v in eqn.invars])
+            for v, c, t in zip(eqn.outvars, inner_carries, inner_tainted):
+                if c:
+                    carrying.add(v)
+                if t or (c and any(has(u, tainted) for u in eqn.invars)):
+                    tainted.add(v)
+            culprit = culprit or inner_culprit
+            continue
+        carrying.update(eqn.outvars)
+        nonlinear = name in _NONLINEAR
+        if name == "select_n":
+            nonlinear = 0 in reached  # the predicate depends on a tangent
+        elif name in _LINEAR_AT:
+            nonlinear = (any(k not in _LINEAR_AT[name] for k in reached)
+                         or (name in _ONE_FACTOR and len(reached) > 1))
+        if nonlinear:
+            culprit = culprit or name
+        if nonlinear or any(has(v, tainted) for v in eqn.invars):
+            tainted.update(eqn.outvars)
+    outs = jaxpr.outvars
+    return [has(v, carrying) for v in outs], [has(v, tainted) for v in outs], culprit
+
+
+def jvp_rule_nonlinearity(params, num_operands: int) -> str | None:
+    """The name of a primitive through which the custom JVP rule of a `custom_jvp_call` applies a
+    nonlinear function to a tangent (a clipped or normalised tangent), or None where every tangent
+    output is linear in the tangents as far as the rule's operations tell (unknown primitives,
+    loops and conditionals are trusted) or the rule cannot be traced here.
+
+    Such a rule is no derivative: jax.jacfwd's columns then depend on the seeds' scale, jax.jacrev
+    cannot transpose it, and a product of its partials reproduces neither."""
+    fun = params.get("jvp_jaxpr_fun")
+    if fun is None:
+        return None
+    try:
+        rule = fun.call_wrapped(*([False] * num_operands))[0]
+    except Exception:  # noqa: BLE001 - JAX's internals: nothing to check
+        return None
+    invars = getattr(rule, "jaxpr", rule).invars
+    if len(invars) != 2 * num_operands:
+        return None
+    _, tainted, culprit = _nonlinear_use(rule, [False] * num_operands + [True] * num_operands)
+    half = len(tainted) // 2
+    return culprit if any(tainted[half:]) else None
+
+
 def _custom_jvp_codes(in_shapes, out_shape: Shape, params, live) -> dict[int, int]:
     """A function with a custom JVP rule: diagonal in each operand of its output's shape when both
     its primal and its rule are pointwise (relu, logaddexp, xlogy), dense otherwise; its partials

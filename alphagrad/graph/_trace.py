@@ -81,7 +81,10 @@ def structural_primitives_markdown() -> str:
          "dense in the updates"),
         ("custom derivatives", _rules.CUSTOM_DERIVATIVES,
          "one vertex whose partials follow the function's own JVP rule: diagonal (6) where the function "
-         "is pointwise, dense otherwise; `custom_vjp_call` is dense, its partials by its VJP rule"),
+         "is pointwise, dense otherwise; `custom_vjp_call` is dense, its partials by its VJP rule. A rule "
+         "not linear in its tangent (or cotangent) is refused: no Jacobian represents it (a JVP rule is "
+         "checked while tracing by the operations its tangents pass: a clip, `abs`, a comparison or a "
+         "product of two tangents is nonlinear; loops, conditionals and unknown primitives are trusted)"),
         ("calls (inlined)", set(_INLINED), "no vertex: their bodies' equations are numbered in place"),
     ]
     rows = ["| group | primitives | edges |", "|---|---|---|"]
@@ -436,6 +439,20 @@ class _Builder:
                     "number or a NumPy/JAX array that is neither an argument nor traced by an enclosing "
                     "jax.jit), or use jax.jacfwd."
                 )
+            if name == "custom_jvp_call" and any(op.node in self.active for op in operands):
+                culprit = _rules.jvp_rule_nonlinearity(eqn.params, len(eqn.invars))
+                if culprit is not None:
+                    info = getattr(getattr(eqn.params.get("call_jaxpr"), "jaxpr", None), "debug_info", None)
+                    function = getattr(info, "func_src_info", None) or "a custom_jvp function"
+                    raise UnsupportedPrimitiveError(
+                        f"equation {number} (the custom JVP rule of {function}"
+                        f"{', from ' + source if source else ''}) is not linear in its tangent: it applies "
+                        f"'{culprit}' to a tangent (it clips, normalises or branches on it). Such a rule is no "
+                        "derivative: jax.jacfwd's columns then depend on the scale of each seed and jax.jacrev "
+                        "cannot transpose it, so no Jacobian represents it. Make the rule linear in the tangent "
+                        "(apply the clip or normalisation to the primal only), or use jax.jacfwd if its seed-"
+                        "dependent columns are what you want."
+                    )
             out_avals = [v.aval for v in eqn.outvars]
             for aval in [a.aval for a in eqn.invars] + out_avals:
                 if len(getattr(aval, "shape", ())) > 2 and model.name != "exact":
