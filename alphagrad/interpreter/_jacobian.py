@@ -7,6 +7,7 @@ import functools
 import math
 import re
 import weakref
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -67,6 +68,7 @@ from alphagrad.interpreter._structured import (
     extract,
     multiply,
     read_constant,
+    shared,
 )
 
 __all__ = ["jacobian", "unravel_jacobian", "count_muls", "graph_of", "OUTPUTS"]
@@ -1288,6 +1290,11 @@ def _replay(graph: Graph, steps: Sequence[Step], edges: dict[tuple[int, int], Pa
     performed = []
     labelled = cost_model_of(graph) if graph.structures else None
     for step in steps:
+        reads = Counter(key for planned in step.products
+                        for key in ((planned.vertex, planned.succ), (planned.pred, planned.vertex)))
+        for key, count in reads.items():
+            if count > 1:
+                edges[key] = shared(edges[key], count)
         for planned in step.products:
             p, v, c = planned.pred, planned.vertex, planned.succ
             out, inp = edges[(v, c)], edges[(p, v)]
