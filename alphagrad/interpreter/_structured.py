@@ -1239,10 +1239,11 @@ def _keeping_zeros(partial: Partial, support: Callable[[], np.ndarray | None], e
     """`partial`, with its structural support (`support()`, known while tracing) kept where it is a
     plain dense array with structural zeros (`Partial.support`): a later product with it as the
     factor nearer the outputs multiplies those zeros (`_zeros_meeting_poles`). `explicit`: a factor
-    or term held a support of its own (a select's case: zeros among its values), kept whatever
-    the code, as the code's ties alone do not say where those zeros are."""
+    or term held a support of its own (a select's case: zeros among its values; a run-time index
+    map's entries, kept through the maps composed with it), kept whatever the code, as the code's
+    ties alone do not say where those zeros are."""
     if (not KEEP_STRUCTURAL_ZEROS or (partial.code != 1 and not explicit) or partial.value is None
-            or isinstance(partial.value, IndexMap) or (isinstance(partial.value, (Placed, Labelled)) and not explicit)):
+            or (isinstance(partial.value, (IndexMap, Placed, Labelled)) and not explicit)):
         return partial
     held = support()
     if held is None or (not isinstance(held, RunTimeSupport) and held.all()):
