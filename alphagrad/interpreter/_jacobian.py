@@ -650,6 +650,11 @@ def _undifferentiable(eqn: Equation, err: Exception) -> UnsupportedPrimitiveErro
     # primitive inside it that JAX could not differentiate, where JAX's message names one.
     inner = re.search(r"rule for '([^']+)'", said)
     where = f"{inner.group(1)!r} (inside {name!r})" if inner and inner.group(1) != name else repr(name)
+    if not inner:  # JAX's message names none (eig's eigenvectors): name what the call holds
+        held = list(dict.fromkeys(e.primitive.name for body in _sub_jaxprs(getattr(eqn, "params", None) or {})
+                                  for e in body.eqns))
+        if held:
+            where += f" (a call of {', '.join(held[:8])}{', ...' if len(held) > 8 else ''})"
     return UnsupportedPrimitiveError(
         f"JAX cannot differentiate the primitive {where} here ({type(err).__name__}: {said}), so "
         "neither can alphagrad, which takes its partials from JAX's derivative rules (jax.jacfwd and "

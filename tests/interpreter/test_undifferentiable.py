@@ -34,6 +34,13 @@ def test_a_fused_vertex_is_refused_by_the_primitive_inside_it():
         interpreter.jacobian(f, "reverse")(jnp.eye(3, dtype=jnp.float32) * 2 + 0.1)
 
 
+def test_a_fused_vertex_whose_failure_names_no_primitive_lists_what_it_calls():
+    # JAX's refusal of eig's eigenvector derivatives names no primitive: the fused call's are listed.
+    f = lambda a: jnp.linalg.eig(a)[1].real.sum(0)
+    with pytest.raises(UnsupportedPrimitiveError, match=r"'closed_call' \(a call of eig, real\)"):
+        interpreter.jacobian(f, "reverse")(jnp.array([[2.0, 0.3], [0.1, 1.0]], jnp.float32))
+
+
 def test_rules_without_tangents_for_constant_operands():
     # polygamma's order and betainc's a, b have no JVP: JAX refuses even a zero tangent for them.
     from jax.scipy import special
