@@ -71,7 +71,9 @@ not grow with the number of equations:
    existing edge of another code first re-lays the old edge out in the sum code (copies). Two
    constant slots (1 and 0) make copies and structural ones selections too. A plan of up to
    `_tape_products.SCALAR_STEPS_MAX_MULS` multiplications runs one operation per loop step (the
-   leanest loop body) unless its products average `_tape_products.LANE_MIN_MEAN_MULS` or more; a
+   leanest loop body; under `jax.vmap` at a batch of 16 or more the independent operations of one
+   level share a step, `_tape_products.packed_lanes`) unless its products average
+   `_tape_products.LANE_MIN_MEAN_MULS` or more; a
    longer one (wide vectors: millions of multiply-adds) runs *lane steps*
    of up to 1,024 independent operations, read and written as slices where contiguous, and its
    dense products as *block steps* (64 x 64 tiles of a matrix product: small matrix products) and

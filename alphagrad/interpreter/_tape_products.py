@@ -29,6 +29,15 @@ identity (MOVE), read and written as slices. Lane steps, tiles and chunks write 
 different ways (a window, a scatter, a slice), so each family runs in a loop of its own, the
 loops by segments in the plan's order (`run_steps`).
 
+Under `jax.vmap` (a batch of at least `PACKED_MIN_BATCH` examples) a plan of one operation a step
+runs *packed* (`run_steps`, `_packed`): at a batch a trip of the loop costs about 1 us however
+little it moves, so the operations are grouped by *level* (`_levels`: an operation comes after
+those that write what it reads or writes, and not before those that read what it writes) and the
+operations of a level share steps of up to 64 lanes (a width chosen from the levels' sizes and the
+batch, `packed_lanes`), read at once and then written. Each destination still receives its
+terms in the plan's order, so the numbers are the same, bit for bit (quaternion_chain_fk at batch
+256: 10,635 steps -> 243, 21 -> 2.4 ms for the product loop alone).
+
 In plans of one operation a step, a multiplication of a *structural zero* (an entry of a dense
 value array that no path reaches: written from the `ZERO` slot, read off from no local derivative,
 or a product of such) and a value that may be infinite (module `_poles`) reads `ZERO` for the
@@ -1189,6 +1198,119 @@ def _scalar_step(edges: jax.Array, row) -> tuple[jax.Array, None]:
     return lax.dynamic_update_index_in_dim(edges, lax.switch(code // 2, _STEP_OPS, a, b, base), dst, 0), None
 
 
+#: One-operation plans run *packed* under `jax.vmap` (`packed_lanes`): independent operations of
+#: one level (`_levels`) share a step of one of these widths...
+PACKED_LANES = (8, 16, 32, 64)
+#: ... where the batch has at least this many examples (one operation a step costs about 0.01 us
+#: at batch 1, where XLA runs the loop's trips back to back, but 0.5-2 us at 32-256: the trips
+#: dominate), and the plan has at most `PACKED_MAX_STEPS` operations (their levels are found by
+#: a Python loop when the program is traced: about 1 s a million operations).
+PACKED_MIN_BATCH = 16
+PACKED_MAX_STEPS = 1_000_000
+#: A packed step of L lanes on a batch of B costs about ``1 + L * B / PACKED_STEP_ENTRIES`` units
+#: (the step's own overhead, then the entries it gathers and scatters), a step of one operation
+#: ``SCALAR_STEP_COST + B / PACKED_STEP_ENTRIES`` (measured at batch 256 on a 2-core CPU: a packed
+#: step about 2 us plus 0.3-0.4 ns an entry, one operation 0.6-2 us): the width of least total
+#: cost is taken, one operation a step included (benchmarks/scale.py's `random` at 1,000
+#: equations: 427 steps in 234 levels, kept). quaternion_chain_fk's plan: 10,635 steps in 159
+#: levels, 243 steps of 64 lanes at batch 256 (16 lanes at 4,096: 196 -> 131 ms for its products).
+PACKED_STEP_ENTRIES = 8192
+SCALAR_STEP_COST = 0.5
+
+
+def packed_lanes(steps: np.ndarray, batch: int) -> int:
+    """The lanes of a packed step for the one-operation plan `steps` run on a batch of `batch`
+    examples (1: one operation a step, as planned)."""
+    if batch < PACKED_MIN_BATCH or len(steps) > PACKED_MAX_STEPS or not PACKED_LANES:
+        return 1
+    sizes = np.bincount(_levels(steps))[1:]
+    sizes = sizes[sizes > 0]
+    costs = {lanes: int(np.sum(-(-sizes // lanes))) * (1 + lanes * batch / PACKED_STEP_ENTRIES) for lanes in PACKED_LANES}
+    costs[1] = len(steps) * (SCALAR_STEP_COST + batch / PACKED_STEP_ENTRIES)
+    return min(costs, key=lambda lanes: (costs[lanes], lanes))
+
+
+_LEVELS: dict = {}
+
+
+def _levels(steps: np.ndarray) -> np.ndarray:
+    """The level of each one-operation step ``[2 * kind + new, x, y, dst]``: one more than the
+    latest level that writes a slot it reads or writes, and no less than the latest level that
+    reads the slot it writes (a packed step reads all its lanes before it writes them). Steps of
+    one level are independent; run level by level, each level's steps in the plan's order, they
+    compute what the plan does, every sum in the same order (bit for bit). Cached per plan."""
+    hit = _LEVELS.get(id(steps))
+    if hit is not None and hit[0] is steps:
+        return hit[1]
+    _, xs, ys, ds = steps.T.tolist()
+    n = int(steps[:, 1:].max()) + 1 if len(steps) else 0
+    written, read = [0] * n, [0] * n
+    out = [0] * len(xs)
+    for i, (a, b, d) in enumerate(zip(xs, ys, ds)):
+        level = written[a]
+        if written[b] > level:
+            level = written[b]
+        if written[d] > level:
+            level = written[d]
+        level += 1
+        if read[d] > level:
+            level = read[d]
+        out[i] = level
+        written[d] = level
+        if read[a] < level:
+            read[a] = level
+        if read[b] < level:
+            read[b] = level
+    if len(_LEVELS) >= 8:
+        _LEVELS.clear()
+    _LEVELS[id(steps)] = (steps, np.asarray(out, np.int64))
+    return _LEVELS[id(steps)][1]
+
+
+_PACKED: dict = {}
+
+
+def _packed(steps: np.ndarray, lanes: int, num_edges: int) -> np.ndarray:
+    """One-operation steps packed by level (`_levels`): int32 [S, 4, lanes] (codes, x, y, dst per
+    lane; a level of more than `lanes` operations takes several steps in the plan's order).
+    Unused lanes multiply the `ZERO` slots into slots past the buffer (``num_edges + lane``:
+    dropped, and distinct). Cached per plan."""
+    key = (id(steps), lanes, num_edges)
+    hit = _PACKED.get(key)
+    if hit is not None and hit[0] is steps:
+        return hit[1]
+    level = _levels(steps)
+    order = np.argsort(level, kind="stable")
+    level = level[order]
+    starts = np.r_[0, np.nonzero(np.diff(level))[0] + 1]
+    sizes = np.diff(np.r_[starts, len(level)])
+    per = -(-sizes // lanes)  # steps of each level
+    first = np.cumsum(per) - per
+    rank = np.arange(len(level)) - np.repeat(starts, sizes)  # place within its level
+    step = np.repeat(first, sizes) + rank // lanes
+    lane = rank % lanes
+    packed = np.empty((int(per.sum()), 4, lanes), np.int64)
+    packed[:, 0] = 2 * MUL + 1
+    packed[:, 1] = packed[:, 2] = ZERO
+    packed[:, 3] = num_edges + np.arange(lanes)
+    packed[step, :, lane] = steps[order]
+    if len(_PACKED) >= 8:
+        _PACKED.clear()
+    _PACKED[key] = (steps, packed.astype(np.int32))
+    return _PACKED[key][1]
+
+
+def _packed_step(edges: jax.Array, row) -> tuple[jax.Array, None]:
+    """A packed step (`_packed`): row [4, lanes] of independent one-operation steps, read at
+    once, then written (distinct destinations; unused lanes' are past the buffer, dropped)."""
+    code, x, y, dst = row[0], row[1], row[2], row[3]
+    a, b = edges[x], edges[y]
+    old = edges[jnp.minimum(dst, edges.shape[0] - 1)]
+    base = jnp.where(_lane_mask(code % 2 == 1, old), jnp.zeros((), old.dtype), old)
+    value = base + jnp.where(_lane_mask(code // 2 == SELECT, a), _select(a, b), a * b)
+    return edges.at[dst].set(value, unique_indices=True, mode="drop"), None
+
+
 def _has_blocks(steps: np.ndarray) -> bool:
     """Whether steps of other families than lanes are among `steps` (`run_steps` then runs them
     by segments)."""
@@ -1307,7 +1429,10 @@ def run_steps(edges: jax.Array, steps: np.ndarray, patterns: np.ndarray, windowe
     if not steps.size:
         return edges
     lanes = patterns.shape[-1]
-    if lanes == 1 and steps.shape[1] == 4:
+    if lanes == 1 and steps.shape[1] == 4:  # one operation a step: packed by level under vmap
+        width = packed_lanes(steps, math.prod(edges.shape[1:]))
+        if width > 1 and edges.shape[0] + width < 2**31:
+            return lax.scan(_packed_step, edges, jnp.asarray(_packed(steps, width, edges.shape[0])))[0]
         return lax.scan(_scalar_step, edges, jnp.asarray(steps))[0]
     table = jnp.asarray(patterns)
     lane = jnp.arange(lanes)
