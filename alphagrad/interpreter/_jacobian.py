@@ -7,7 +7,6 @@ import functools
 import math
 import re
 import weakref
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -67,8 +66,8 @@ from alphagrad.interpreter._structured import (
     densify,
     extract,
     multiply,
+    SharedReads,
     read_constant,
-    shared,
 )
 
 __all__ = ["jacobian", "unravel_jacobian", "count_muls", "graph_of", "OUTPUTS"]
@@ -1368,12 +1367,9 @@ def _replay(graph: Graph, steps: Sequence[Step], edges: dict[tuple[int, int], Pa
     """
     performed = []
     labelled = cost_model_of(graph) if graph.structures else None
+    sharing = SharedReads()
     for step in steps:
-        reads = Counter(key for planned in step.products
-                        for key in ((planned.vertex, planned.succ), (planned.pred, planned.vertex)))
-        for key, count in reads.items():
-            if count > 1:
-                edges[key] = shared(edges[key], count)
+        sharing.read(edges, step.products)
         for planned in step.products:
             p, v, c = planned.pred, planned.vertex, planned.succ
             out, inp = edges[(v, c)], edges[(p, v)]
@@ -1386,6 +1382,7 @@ def _replay(graph: Graph, steps: Sequence[Step], edges: dict[tuple[int, int], Pa
                     f"{product.value.ties} is not that of code {product.code} in the engine's model; please report this")
             old = edges.get((p, c))
             edges[(p, c)] = product if old is None else add(old, product, planned.sum_code, dtype)
+            sharing.made(planned, old is not None)
             done = Product(p, v, c, inp.code, out.code, product.code, 0 if old is None else old.code,
                            0 if old is None else edges[(p, c)].code, counter.total - before)
             if done != planned:

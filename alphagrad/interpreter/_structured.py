@@ -9,6 +9,7 @@ compact value array laid out as `structure_of(code).value_axes` says, nothing (a
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import math
@@ -596,29 +597,70 @@ def _kept(x: jax.Array) -> jax.Array:
 
 
 #: Under a smaller vmap (or none), a partial's value array of more than SHARED_KEEP_ABOVE entries
-#: (per example) that one elimination step reads in several products is computed once (`shared`).
-#: None: only the large-batch rule (`_keeps`).
+#: (per example) that one elimination step reads in several products, and that XLA would already
+#: compute more than once where it is fused, is computed once (`SharedReads`). None: only the
+#: large-batch rule (`_keeps`).
 SHARED_KEEP_ABOVE: int | None = 1
 
 
 def shared(partial: Partial, reads: int) -> Partial:
-    """`partial`, its value array computed once (`_kept`) where `reads` (>= 2) products of one step
-    read it and it holds more than SHARED_KEEP_ABOVE entries, on XLA:CPU.
-
-    XLA:CPU fuses a cheap producer (multiplies, adds, selects) into every fusion that reads it, and a
-    reverse sweep reads the partial of an output through a vertex once per predecessor of the
-    vertex, whose products are read once per predecessor of theirs: the recomputation compounds
-    along the sweep. van_leer_advection (4 steps of a 16-cell stencil, two or three predecessors per
-    vertex) in reverse order at batch 256 fused [16, 16] products 30-68 multiplies deep into each of
-    20 fusions: 75 ms, where the same program with the shared partials computed once runs in
-    1.7 ms (jax.jacrev 2.3; float32, same process). Scalars stay fusible: a kernel each cost more
-    than their recomputation (RoeFlux_1d, KEEP_PRODUCTS_ABOVE)."""
+    """`partial`, its value array computed once (`_kept`) where `reads` (>= 2) products read it and
+    it holds more than SHARED_KEEP_ABOVE entries, on XLA:CPU, under a vmap smaller than the one that
+    keeps every product (`_keeps`)."""
     value = partial.value
     if (SHARED_KEEP_ABOVE is None or reads < 2 or not isinstance(value, jax.core.Tracer)
             or math.prod(np.shape(value)) <= SHARED_KEEP_ABOVE or jax.default_backend() != "cpu"
             or _keeps(value)):  # (a large-batch product is kept already)
         return partial
     return partial._replace(value=_kept(value))
+
+
+#: A partial read by several products of a step is computed once (`SharedReads`) where XLA would
+#: evaluate it at least this many times fused: its reads times those of the partials read several
+#: times, and not computed once, that it descends from (the largest such product along a path).
+SHARED_FAN_MIN = 4
+
+
+class SharedReads:
+    """Which partials of an elimination to compute once (`shared`), step by step.
+
+    XLA:CPU fuses a cheap producer (multiplies, adds, selects) into every fusion that reads it, and a
+    reverse sweep reads the partial of an output through a vertex once per predecessor of the
+    vertex, whose products are read once per predecessor of theirs: the recomputation compounds
+    along the sweep. van_leer_advection (4 steps of a 16-cell stencil, two or three predecessors per
+    vertex) in reverse order at batch 256 fused [16, 16] products 30-68 multiplies deep into each of
+    20 fusions: 75 ms, 1.7 ms with the shared partials computed once (jax.jacrev 2.3; float32, same
+    process). A partial is computed once where the reads of it compound to SHARED_FAN_MIN
+    evaluations, not every partial read twice (where nothing compounds, that added 3-16 kernels to
+    osborne2, power_iteration and dh_chain at batch 256 for no measurable gain). Scalars stay
+    fusible (RoeFlux_1d: a kernel each cost more than their recomputation)."""
+
+    def __init__(self):
+        self.fan: dict[tuple[int, int], int] = {}  # edge -> evaluations of its value, fused
+        self.reads: dict[tuple[int, int], int] = {}  # this step's reads of those not computed once
+
+    def read(self, edges: dict, products) -> None:
+        """Before a step's `products` (planned, with pred, vertex, succ): computes once the partials
+        in `edges` they read several times whose evaluations compound to SHARED_FAN_MIN."""
+        reads = collections.Counter(key for planned in products
+                                    for key in ((planned.vertex, planned.succ), (planned.pred, planned.vertex)))
+        self.reads = {}
+        for key, count in reads.items():
+            if count < 2:
+                continue
+            fan = self.fan.get(key, 1) * count
+            kept = shared(edges[key], count) if fan >= SHARED_FAN_MIN else edges[key]
+            if kept is edges[key]:
+                self.reads[key] = count
+            else:
+                edges[key] = kept
+                self.fan[key] = 1
+
+    def made(self, planned, summed: bool) -> None:
+        """After the product of `planned` went into edge (pred, succ) (added to one there: `summed`)."""
+        p, v, c = planned.pred, planned.vertex, planned.succ
+        fan = max(self.fan.get(key, 1) * self.reads.get(key, 1) for key in ((v, c), (p, v)))
+        self.fan[(p, c)] = max(fan, self.fan.get((p, c), 1)) if summed else fan
 
 
 def _bits_type(x: jax.Array):

@@ -70,7 +70,7 @@ def _multiplies(hlo: str) -> int:
 def test_shared_partials_are_computed_once(order, monkeypatch):
     """The compiled program of a reverse sweep through a stencil multiplies about as often as the
     traced program does: each shared partial computed once, not fused into every reader (without
-    `shared`: reverse 7.0x the traced multiplies at these sizes, forward 3.6x; with it 1.1x and 0.8x)."""
+    `shared`: reverse 7.0x the traced multiplies at these sizes, forward 3.6x; with it 1.1x and 0.9x)."""
     u, c = jnp.asarray(np.sin(np.linspace(0, 6, 10)), jnp.float32), jnp.float32(0.7)
     batched = (jnp.broadcast_to(u, (8, 10)) + jnp.arange(8.0, dtype=jnp.float32)[:, None] * 0.01,
                jnp.full((8,), c, jnp.float32))
