@@ -615,6 +615,11 @@ def unrolled_muls(eqn, inputs: Sequence[Any], constants: Sequence[Any], live: Se
     return min(cost(g, name) for name in CLASSIC_ORDERS) + partial_muls(g)
 
 
+#: Whether a scan with no floating-point output that reads values known only at run time is
+#: unrolled (False: kept as one equation without vertices; its constant-only cousins still fold).
+UNROLL_WITHOUT_DERIVATIVE = False
+
+
 def unrolls(eqn, inlined: Mapping[str, str], inputs: Sequence[Any], constants: Sequence[Any],
             live: Sequence[bool]) -> tuple[bool, Body | None]:
     """Whether the trace unrolls the `scan` equation `eqn` (arguments as for `unrolled_graph`), and
@@ -622,9 +627,17 @@ def unrolls(eqn, inlined: Mapping[str, str], inputs: Sequence[Any], constants: S
 
     It is unrolled where it `fits` and its unrolled graph's cheapest classic elimination costs at
     most `UNROLL_ADVANTAGE` times its partials kept whole (`Body.kept_muls`); one without a
-    differentiated operand or floating-point output (no partials either way) is unrolled where it fits.
+    differentiated operand or floating-point output (no partials either way) is unrolled where it
+    fits, except one without a floating-point output that reads a value known only at run time
+    (`UNROLL_WITHOUT_DERIVATIVE`): that one is kept whole, an equation without vertices.
     """
     if not fits(eqn, inlined):
+        return False, None
+    if (not UNROLL_WITHOUT_DERIVATIVE and not any(_floating(v.aval) for v in eqn.outvars)
+            and any(c is None for c in constants)):
+        # Integers or booleans out of values known only at run time (jnp.searchsorted's binary
+        # search): no derivative passes, and unrolled, every step of every such loop would be
+        # several more XLA operations to compile.
         return False, None
     if _UNROLL_NEXT.get():
         _UNROLL_NEXT.set(False)  # the scans inside its body are decided as everywhere
