@@ -15,7 +15,13 @@ import pytest
 from alphagrad import interpreter
 from alphagrad.interpreter import _jacobian
 
-jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    # Within each test only: the suite's other files run in the same worker (pytest-xdist).
+    with jax.enable_x64(True):
+        yield
 
 _RNG = np.random.default_rng(22)
 
