@@ -328,9 +328,6 @@ class _Discard(NamedTuple):
       slots: int32[Z] edge slots of the value entries of the partials into those vertices, each
         zeroed where every row it stands for is discarded: the pairs
       entries, rows: int32[N] (index into `slots`, entry in [0, D)).
-      flags: in one-operation product plans, the first of Z edge slots that get 1 where the slot
-        of `slots` is kept, 0 where it is zeroed: the run-time support of the products that read
-        it (`_tape_products.LaneSteps.support`); else -1.
     """
 
     depth: int
@@ -343,7 +340,6 @@ class _Discard(NamedTuple):
     slots: np.ndarray
     entries: np.ndarray
     rows: np.ndarray
-    flags: int = -1
 
 
 class _LoopSegment(NamedTuple):
@@ -1614,16 +1610,6 @@ class _Builder:
         # Product edges reuse the slots of deleted edges (value arrays only; maps keep theirs).
         elim = Eliminator(edges, next_slot, lanes_for([p.muls for s in self.steps for p in s.products if p.muls]),
                           self.finite, self.zeros)
-        if discard is not None and elim.steps.lanes == 1 and len(discard.slots):
-            # The discard's zeroed entries are a run-time support: a product of one of them and a
-            # possible infinity is guarded by its flag, and so on down every product it reaches
-            # (jax.jacfwd never forms the terms through an untaken case: 0 * inf further up).
-            flags = elim.allocate(len(discard.slots))
-            elim.steps.scratch = elim.allocate(1)
-            elim.steps.pole[flags:flags + len(discard.slots)] = False
-            elim.steps.support[discard.slots] = flags + np.arange(len(discard.slots))
-            elim.steps.new_flag = functools.partial(elim.allocate, 1)
-            discard = discard._replace(flags=flags)
         muls = 0
         identities: dict[int, tuple] = {}
         maps: dict[int, tuple] = {}
@@ -2796,10 +2782,7 @@ def _discard_untaken(edges: jax.Array, vals: jax.Array, discard: _Discard) -> ja
     slots = jnp.asarray(discard.slots)
     needed = jnp.zeros((len(discard.slots), *batch), bool).at[jnp.asarray(discard.entries)].max(
         kept[jnp.asarray(discard.rows)])
-    edges = edges.at[slots].set(jnp.where(needed, edges[slots], jnp.zeros((), edges.dtype)))
-    if discard.flags >= 0:
-        edges = lax.dynamic_update_slice_in_dim(edges, needed.astype(edges.dtype), discard.flags, axis=0)
-    return edges
+    return edges.at[slots].set(jnp.where(needed, edges[slots], jnp.zeros((), edges.dtype)))
 
 
 def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -45,13 +45,6 @@ latter (`LaneSteps.guarded`): ``0 * inf`` would be NaN where jax.jacfwd, which n
 product, is finite (a zero-norm row normalised, then summed). Still one multiplication, counted;
 no cost at run time (a step reads whatever slot its row names). Steps of several lanes (plans of
 more than `SCALAR_STEPS_MAX_MULS` multiplications) read slices and patterns and are not guarded.
-The same plans keep the zeros of a select's discard, known only at run time (`LaneSteps.support`):
-each zeroed partial entry has a 0/1 flag slot (`_tape._Discard.flags`), every slot the flag of the
-terms written into it (a conjunction of two flags for a product of flagged factors; none for a sum
-of terms of different flags), and a multiplication of a flagged term by a factor that may be
-infinite runs as ``scratch = x * y``, ``dst (+)= where(flag != 0, scratch, 0)``: one counted
-multiplication, the selection free (a NaN further up than the select's case, met by an untaken
-entry: jax.jacfwd never forms that term).
 
 An elimination that writes many dense results (a wide program's vertex read by hundreds of
 outputs, in reverse order) plans its products at once as *flat records* (`LaneSteps.emit_flat`,
@@ -339,15 +332,6 @@ class LaneSteps:
         self.zero = np.zeros(FIRST_EDGE_SLOT, bool)
         self.pole = np.zeros(FIRST_EDGE_SLOT, bool)
         self.zero[ZERO] = True
-        # Per edge slot, in one-operation plans: `support`, the slot of a run-time 0/1 flag (the
-        # `_tape` discard's: 0 where the entries it was written from all reach the outputs only
-        # through a select's untaken case, so the slot holds 0 as a sum of such terms), or -1
-        # (always supported). A multiplication of a flagged slot and one that may be infinite is
-        # *guarded*: written to `scratch` and selected by the flag (`_one`).
-        self.support = np.full(FIRST_EDGE_SLOT, -1, np.int64)
-        self.scratch = -1
-        self.new_flag = None  # a callable allocating a slot for a conjunction of two flags (`_and`)
-        self._flag_and: dict[tuple[int, int], int] = {}
 
     def flags_to(self, end: int) -> None:
         """Grows the slot flags to cover slots below `end` (new slots: nothing known)."""
@@ -355,7 +339,6 @@ class LaneSteps:
             grow = max(end, 2 * len(self.zero)) - len(self.zero)
             self.zero = np.concatenate([self.zero, np.zeros(grow, bool)])
             self.pole = np.concatenate([self.pole, np.ones(grow, bool)])
-            self.support = np.concatenate([self.support, np.full(grow, -1, np.int64)])
 
     def forget(self, base: int, size: int, pole: bool = True) -> None:
         """Slots [base, base + size) hold values nothing is known of (allocated; or partials):
@@ -364,7 +347,6 @@ class LaneSteps:
             self.flags_to(base + size)
             self.zero[base:base + size] = False
             self.pole[base:base + size] = pole
-            self.support[base:base + size] = -1
 
     def guarded(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The slots multiplications ``edges[x] * edges[y]`` read: where one factor is a structural
@@ -377,13 +359,11 @@ class LaneSteps:
             x, y = np.where(x_off, ZERO, x), np.where(y_off, ZERO, y)
         return x, y
 
-    def _one(self, kind: int, x: int, y: int, dst: int, new: bool) -> list[list[int]]:
+    def _one(self, kind: int, x: int, y: int, dst: int, new: bool) -> tuple[int, int]:
         """`guarded` and `_track` of one operation (most products of scalar programs: Python
-        scalars), and its run-time support (`support`); its rows [2 * kind + new, x, y, dst]:
-        one, or two where guarded (``scratch = x * y``, then ``dst (= if new, else +=)
-        where(flag != 0, scratch, 0)``: still one multiplication, the selection uncounted)."""
+        scalars); its x and y."""
         self.flags_to(max(x, y, dst) + 1)
-        zero, pole, support = self.zero, self.pole, self.support
+        zero, pole = self.zero, self.pole
         x_zero, y_zero = bool(zero[x]), bool(zero[y])  # (a zero slot is never a pole: `_track`)
         if kind == MUL and y_zero and pole[x]:
             x, x_zero = ZERO, True
@@ -391,78 +371,11 @@ class LaneSteps:
             y, y_zero = ZERO, True
         is_zero = x_zero or y_zero
         is_pole = not is_zero and bool(pole[x] or (kind == MUL and pole[y]))
-        # The term's support: the flag of either factor, the conjunction of two (`_and`). A sum of
-        # terms of different supports is always supported (-1: their disjunction is not kept,
-        # so it may hold a NaN jax.jacfwd does not; never a 0 where it has a value).
-        sx, sy = int(support[x]), int(support[y])
-        term = -1 if is_zero else sy if sx < 0 else sx if sy < 0 or sy == sx else self._and(sx, sy)
         if new:
             zero[dst], pole[dst] = is_zero, is_pole
         else:
             zero[dst], pole[dst] = zero[dst] and is_zero, pole[dst] or is_pole
-        if new or is_zero:  # (adding a structural zero leaves the support as it is)
-            support[dst] = term if new else support[dst]
-        elif support[dst] != term:
-            support[dst] = -1
-        if kind == MUL and term >= 0 and self.scratch >= 0 and ((sx != term and pole[x]) or (sy != term and pole[y])):
-            return [[2 * MUL + 1, x, y, self.scratch], [2 * SELECT + int(new), self.scratch, term, dst]]
-        return [[2 * kind + int(new), x, y, dst]]
-
-    def _supported(self, kind: int, x: np.ndarray, y: np.ndarray, dst: np.ndarray, new: np.ndarray) -> None:
-        """`_one` of operations (arrays [n], in order, `guarded` already) at once: none reads what
-        another writes (the products of one elimination), so the factors' supports are fixed and
-        a destination's support is its first term's (or its old one) where all its terms agree."""
-        support, pole = self.support, self.pole
-        is_zero = self.zero[x] | self.zero[y]
-        sx, sy = support[x], support[y]
-        term = np.where(sx < 0, sy, sx)
-        both = (sx >= 0) & (sy >= 0) & (sx != sy)
-        for i in np.nonzero(both)[0].tolist():
-            term[i] = self._and(int(sx[i]), int(sy[i]))
-        term[is_zero] = -1
-        # Guarded where a factor that gives no flag may be infinite (a flagged slot holds 0 where
-        # its flag is: every term into it was 0 or guarded).
-        guard = (term >= 0) & ~is_zero & (((sx != term) & pole[x]) | ((sy != term) & pole[y])) if kind == MUL else \
-            np.zeros(len(x), bool)
-        self._track(kind, x, y, dst, new)
-        # Destinations' supports, in order: a new term's, kept by terms that agree, else -1.
-        fresh = new != 0
-        start = np.where(fresh, term, support[dst])
-        order = np.argsort(dst, kind="stable")
-        d, t, z = dst[order], term[order], is_zero[order]
-        first = np.r_[True, d[1:] != d[:-1]]
-        group = np.cumsum(first) - 1
-        head = start[order][first]
-        agree = np.ones(int(group[-1]) + 1, bool)
-        np.logical_and.at(agree, group, (t == head[group]) | z | (first & fresh[order]))
-        support[d[first]] = np.where(agree, head, -1)
-        code = 2 * kind + fresh.astype(np.int64)
-        if not guard.any():
-            self.rows.append(np.stack([code, x, y, dst], axis=1))
-            return
-        count = 1 + guard.astype(np.int64)
-        at = np.cumsum(count) - count
-        rows = np.zeros((int(count.sum()), 4), np.int64)
-        rows[at] = np.stack([code, x, y, dst], axis=1)
-        g = at[guard]
-        rows[g] = np.stack([np.full(len(g), 2 * MUL + 1), x[guard], y[guard], np.full(len(g), self.scratch)], axis=1)
-        rows[g + 1] = np.stack([2 * SELECT + fresh[guard].astype(np.int64), np.full(len(g), self.scratch),
-                                term[guard], dst[guard]], axis=1)
-        self.rows.append(rows)
-
-    def _and(self, a: int, b: int) -> int:
-        """The slot of the conjunction of the 0/1 flags at `a` and `b` (``where(b != 0, a * b,
-        0)``: 0 or 1, a selection), written once by a step before the operations that read it."""
-        key = (min(a, b), max(a, b))
-        found = self._flag_and.get(key)
-        if found is None:
-            if self.new_flag is None:
-                return -1
-            found = self._flag_and[key] = self.new_flag()
-            self.flags_to(found + 1)
-            self.zero[found], self.pole[found], self.support[found] = False, False, -1
-            self.rows.append(np.asarray([[2 * SELECT + 1, key[0], key[1], found]], np.int64))
-        return found
+        return x, y
 
     def _track(self, kind: int, x: np.ndarray, y: np.ndarray, dst: np.ndarray, new: np.ndarray) -> None:
         """The flags of `dst` after the operations ``edges[dst] (= if new, else +=) op(edges[x],
@@ -539,18 +452,12 @@ class LaneSteps:
             return
         if self.lanes == 1:  # one operation a step, in order: kind and flag, x, y, dst
             if len(x) == 1:
-                self.rows.append(np.asarray(self._one(kind, int(x[0]), int(y[0]), int(dst[0]), bool(new[0])),
-                                            np.int64))
+                one = self._one(kind, int(x[0]), int(y[0]), int(dst[0]), bool(new[0]))
+                self.rows.append(np.asarray([[2 * kind + (new[0] != 0), *one, dst[0]]], np.int64))
                 return
-            self.flags_to(int(max(x.max(), y.max(), dst.max())) + 1)
-            supported = self.scratch >= 0 and (np.any(self.support[x] >= 0) or np.any(self.support[y] >= 0))
             if kind == MUL:
                 x, y = self.guarded(x, y)
-            if supported:
-                self._supported(kind, x, y, dst, new)
-                return
             self._track(kind, x, y, dst, new)
-            self.support[dst] = -1
             self.rows.append(np.stack([2 * kind + (new != 0), x, y, dst], axis=1))
             return
         # A step writes each destination once (it reads, adds and writes back), so operations
