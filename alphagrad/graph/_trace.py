@@ -461,8 +461,9 @@ class _Builder:
                 dtype = next(a.dtype for a in out_avals if _is_complex(a))
                 raise TraceError(
                     f"equation {number} (primitive '{name}'{', from ' + source if source else ''}) makes a "
-                    f"{dtype} value from one that depends on a differentiated input; no derivative "
-                    f"can pass through it. {_COMPLEX_ADVICE}."
+                    f"{dtype} value from one that depends on a differentiated input, and that value reaches "
+                    f"the function's outputs (complex values used only inside, with real outputs, are "
+                    f"differentiated): its Jacobian would be complex. {_COMPLEX_ADVICE}."
                 )
             # An operand no input reaches gets no edge (its partial never reaches the Jacobian,
             # and JAX may not differentiate it at all: jnp.quantile's clamp in a computed bound).
