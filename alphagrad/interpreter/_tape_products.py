@@ -60,7 +60,7 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -1239,9 +1239,11 @@ def _levels(steps: np.ndarray) -> np.ndarray:
     reads the slot it writes (a packed step reads all its lanes before it writes them). Steps of
     one level are independent; run level by level, each level's steps in the plan's order, they
     compute what the plan does, every sum in the same order (bit for bit). Cached per plan."""
-    hit = _LEVELS.get(id(steps))
-    if hit is not None and hit[0] is steps:
-        return hit[1]
+    return _per_plan(_LEVELS, id(steps), steps, lambda: _levels_of(steps))
+
+
+def _levels_of(steps: np.ndarray) -> np.ndarray:
+    """`_levels`, computed."""
     _, xs, ys, ds = steps.T.tolist()
     n = int(steps[:, 1:].max()) + 1 if len(steps) else 0
     written, read = [0] * n, [0] * n
@@ -1261,10 +1263,20 @@ def _levels(steps: np.ndarray) -> np.ndarray:
             read[a] = level
         if read[b] < level:
             read[b] = level
-    if len(_LEVELS) >= 8:
-        _LEVELS.clear()
-    _LEVELS[id(steps)] = (steps, np.asarray(out, np.int64))
-    return _LEVELS[id(steps)][1]
+    return np.asarray(out, np.int64)
+
+
+def _per_plan(cache: dict, key, steps: np.ndarray, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """``compute()``, kept in `cache` under `key` (holding `steps` too, so that an id reused by another
+    plan misses) for the last few plans."""
+    hit = cache.get(key)
+    if hit is not None and hit[0] is steps:
+        return hit[1]
+    if len(cache) >= 8:
+        cache.clear()
+    value = compute()
+    cache[key] = (steps, value)
+    return value
 
 
 _PACKED: dict = {}
@@ -1275,10 +1287,11 @@ def _packed(steps: np.ndarray, lanes: int, num_edges: int) -> np.ndarray:
     lane; a level of more than `lanes` operations takes several steps in the plan's order).
     Unused lanes multiply the `ZERO` slots into slots past the buffer (``num_edges + lane``:
     dropped, and distinct). Cached per plan."""
-    key = (id(steps), lanes, num_edges)
-    hit = _PACKED.get(key)
-    if hit is not None and hit[0] is steps:
-        return hit[1]
+    return _per_plan(_PACKED, (id(steps), lanes, num_edges), steps, lambda: _packed_of(steps, lanes, num_edges))
+
+
+def _packed_of(steps: np.ndarray, lanes: int, num_edges: int) -> np.ndarray:
+    """`_packed`, computed."""
     level = _levels(steps)
     order = np.argsort(level, kind="stable")
     level = level[order]
@@ -1294,10 +1307,7 @@ def _packed(steps: np.ndarray, lanes: int, num_edges: int) -> np.ndarray:
     packed[:, 1] = packed[:, 2] = ZERO
     packed[:, 3] = num_edges + np.arange(lanes)
     packed[step, :, lane] = steps[order]
-    if len(_PACKED) >= 8:
-        _PACKED.clear()
-    _PACKED[key] = (steps, packed.astype(np.int32))
-    return _PACKED[key][1]
+    return packed.astype(np.int32)
 
 
 def _packed_step(edges: jax.Array, row) -> tuple[jax.Array, None]:
