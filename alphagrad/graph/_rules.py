@@ -105,14 +105,20 @@ def _jvp_rule_is_pointwise(params, num_operands: int, shape: Shape) -> bool:
     The partials are the rule's, not the primal's: a pointwise primal whose rule mixes entries
     (``jnp.sin(x)`` with a tangent ``cos(x) * t + t[::-1]``) has a dense Jacobian. A rule that
     cannot be traced here counts as not pointwise (dense partials are exact for any rule)."""
+    rule = _jvp_rule(params, num_operands)
+    return rule is not None and _is_pointwise(rule, shape)
+
+
+def _jvp_rule(params, num_operands: int):
+    """The jaxpr of a `custom_jvp_call`'s JVP rule (primals, then every tangent, in; primal outputs,
+    then tangent outputs, out), or None where it cannot be traced here."""
     fun = params.get("jvp_jaxpr_fun")
     if fun is None:
-        return False
+        return None
     try:
-        rule = fun.call_wrapped(*([False] * num_operands))[0]
-    except Exception:  # noqa: BLE001 - JAX's internals; dense is always exact
-        return False
-    return _is_pointwise(rule, shape)
+        return fun.call_wrapped(*([False] * num_operands))[0]
+    except Exception:  # noqa: BLE001 - JAX's internals: dense partials are exact for any rule
+        return None
 
 
 #: Primitives linear in every operand the tangents reach (sums, data movement, reductions by sums).
@@ -191,15 +197,8 @@ def jvp_rule_nonlinearity(params, num_operands: int) -> str | None:
 
     Such a rule is no derivative: jax.jacfwd's columns then depend on the seeds' scale, jax.jacrev
     cannot transpose it, and a product of its partials reproduces neither."""
-    fun = params.get("jvp_jaxpr_fun")
-    if fun is None:
-        return None
-    try:
-        rule = fun.call_wrapped(*([False] * num_operands))[0]
-    except Exception:  # noqa: BLE001 - JAX's internals: nothing to check
-        return None
-    invars = getattr(rule, "jaxpr", rule).invars
-    if len(invars) != 2 * num_operands:
+    rule = _jvp_rule(params, num_operands)
+    if rule is None or len(getattr(rule, "jaxpr", rule).invars) != 2 * num_operands:
         return None
     _, tainted, culprit = _nonlinear_use(rule, [False] * num_operands + [True] * num_operands)
     half = len(tainted) // 2
