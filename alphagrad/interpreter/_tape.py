@@ -805,10 +805,12 @@ class _Builder:
         computes them: ``x[(jnp.argmax(y) + 1) % n]``); any value of an integer dtype whose every
         value the buffer holds exactly (`_exact_integers`: int32 in float64), a sum, difference
         or product that may wrap around included (`_WRAPPING_ARITHMETIC`: computed in its dtype
-        in the kind, as in JAX). Any other result that may overflow its dtype is refused: a
-        wrapping conversion (uint32 to int32) read from and written to the buffer in one kind
-        was folded by XLA's CPU compiler into no conversion (f64 -> u32 -> s32 -> f64 gave
-        4294967216 for -80). A float converted to an integer is held exactly whatever its
+        in the kind, as in JAX), and so is a conversion between integer dtypes that may wrap
+        (`_wrapping_conversion`, in floats: a plain one read from and written to the buffer in
+        one kind was folded by XLA's CPU compiler into no conversion, f64 -> u32 -> s32 -> f64
+        giving 4294967216 for -80), and any integer result of a loop or call bound
+        whole (`_SUB_PROGRAMS`: jnp.searchsorted's binary search). Any other result that may
+        overflow its dtype is refused. A float converted to an integer is held exactly whatever its
         range (an integer-valued float of at most the buffer's precision; out of range, XLA
         saturates it, and the buffer's rounding of the bound saturates back to it), and so is a
         selection, clamp or movement of such values (every integer operand being held exactly, a
@@ -836,6 +838,8 @@ class _Builder:
         elif (self._exact_integers(dtype) and name != "convert_element_type"
               and all(x is None or x == (0.0, 1.0) for x in ranges)):
             r = full  # computed from floats and booleans in its own dtype (lu's pivots)
+        elif name in _SUB_PROGRAMS and self._exact_integers(dtype):
+            r = full  # a loop's or call's integer result (jnp.searchsorted's binary search): any value of its dtype
         elif None in ranges or not ranges:
             return False
         elif name == "add":
@@ -888,11 +892,12 @@ class _Builder:
         else:
             return False
         if not (full[0] <= r[0] and r[1] <= full[1]):
-            if not (name in _WRAPPING_ARITHMETIC and self._exact_integers(dtype)):
+            if not ((name in _WRAPPING_ARITHMETIC or name == "convert_element_type") and self._exact_integers(dtype)):
                 return False  # it may overflow and wrap
             # Integer arithmetic wraps in its own dtype, in the kind as in JAX, and the buffer
             # holds every value of the dtype: indexing's ``where(i < 0, i + n, i)`` of an index
-            # converted from a float (any int32; an int32 in float64).
+            # converted from a float (any int32; an int32 in float64); so does a conversion
+            # between integer dtypes (`_wrapping_conversion`).
             r = full
         if name in ("max", "min", "clamp", "select_n", "concatenate", "reduce_max", "reduce_min", "neg", "abs",
                     "broadcast_in_dim", "reshape", "squeeze", "expand_dims", "slice", "transpose", "rev", "copy",
@@ -2432,10 +2437,32 @@ def _numpy_eval(name: str, params: dict, values: list) -> np.ndarray | None:
     return None if moved is None else moved[0]
 
 
+def _wrapping_conversion(x: jax.Array, new_dtype) -> jax.Array:
+    """`x` (integers) converted to the integer `new_dtype` as XLA converts them, wrapping around
+    modulo 2^bits, with no conversion that changes a value: a kind reads its operands from the
+    float buffer and writes its result back, and LLVM folded f64 -> uint32 -> int32 -> f64 (a plain
+    conversion, or a bit cast) into no conversion (4294967216 for -80). The wrap-around is
+    computed in floats instead, exactly: every integer of at most 32 bits is one in float64 (in
+    float32 the builder holds only 8- and 16-bit integers of any value, `_Builder._small_integer`)."""
+    source, target = np.dtype(x.dtype), np.dtype(new_dtype)
+    info, real = np.iinfo(target), jax.dtypes.canonicalize_dtype(np.float64)
+    if ((np.iinfo(source).min >= info.min and np.iinfo(source).max <= info.max)
+            or 8 * max(source.itemsize, target.itemsize) > np.finfo(real).nmant + 1):
+        return lax.convert_element_type(x, target)  # every value kept (or none held beyond the float's integers)
+    value = lax.convert_element_type(x, real)
+    span = real.type(2.0 ** (8 * target.itemsize))
+    wrapped = value - span * lax.floor((value - real.type(info.min)) / span)
+    return lax.convert_element_type(wrapped, target)
+
+
 def _bind(primitive, params: dict, values: list) -> jax.Array:
-    """The one output of an equation (an appended output copy when `primitive` is None)."""
+    """The one output of an equation (an appended output copy when `primitive` is None); a
+    conversion between integer dtypes by `_wrapping_conversion`."""
     if primitive is None:
         return values[0]
+    if (primitive is lax.convert_element_type_p and np.dtype(values[0].dtype).kind in "iu"
+            and np.dtype(params["new_dtype"]).kind in "iu"):
+        return _wrapping_conversion(values[0], params["new_dtype"])
     # get_bind_params: call primitives (custom_jvp_call) take their bodies as bind arguments.
     result = primitive.bind(*values, **primitive.get_bind_params(params))
     if primitive.multiple_results:

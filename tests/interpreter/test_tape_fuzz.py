@@ -127,19 +127,44 @@ def test_linear_solves_run_on_the_tape(small_tape):
 def wrapping_conversion(x, t):
     """uint32 arithmetic that wraps, converted to int32 (-80), an index: the tape read it from the
     float64 buffer as uint32, converted it to int32 and wrote it back in one kind, which XLA's CPU
-    compiler folded into no conversion (4294967216): the wrong entry was updated."""
+    compiler folded into no conversion (4294967216): the wrong entry was updated. Conversions
+    between integer dtypes are now bit casts (`_tape._wrapping_conversion`)."""
     k = jnp.floor((jnp.tanh(x[0]) + 1) * 31.9).astype(jnp.uint32)
     k = k * jnp.uint32(4294967294) + jnp.uint32(2)
     return lax.dynamic_update_slice(x, jnp.tanh(t[:2] * x[:2]), (k.astype(jnp.int32) % 6,))
 
 
-def test_integers_that_may_wrap_are_refused(small_tape):
+def table_lookups(x, a):
+    """jnp.interp and jnp.searchsorted: a binary search (an integer scan kept whole) whose uint32
+    result is converted to int32, clipped, an index."""
+    xs = jnp.linspace(-2.0, 2.0, 8)
+    for k in range(3):
+        y = jnp.interp(x, xs, jnp.sin(xs + k))
+        i = jnp.clip(jnp.searchsorted(xs, x) - 1, 0, 6)
+        x = jnp.sort(0.7 * x + 0.3 * y * a + 0.1 * (x - xs[i]) / (xs[i + 1] - xs[i]))
+    return x
+
+
+@pytest.mark.parametrize("fn", [wrapping_conversion, table_lookups])
+def test_integers_that_may_wrap_run_on_the_tape(small_tape, fn):
     with jax.enable_x64(True):
         x, t = jnp.array([0.3, -0.2, 0.9, 0.1, 0.5, -0.4, 0.2]), jnp.linspace(-1.0, 1.0, 7)
-        g = interpreter.graph_of(wrapping_conversion, x, t, argnums=(0, 1))
-        with pytest.raises(_tape.Unsupported, match="int32"):
-            _tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse")))
-        actual = interpreter.jacobian(wrapping_conversion, "reverse", argnums=(0, 1))(x, t)
-        expected = jax.jacfwd(wrapping_conversion, argnums=(0, 1))(x, t)
-        for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
+        _on_tape_and_exact(fn, (x, t), (0, 1), orders=("reverse",))
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_wrapping_conversions_are_xlas(x64):
+    ints = [jnp.int8, jnp.int16, jnp.int32, jnp.uint8, jnp.uint16, jnp.uint32]
+    with jax.enable_x64(x64):
+        _assert_conversions_are_xlas(ints)
+
+
+def _assert_conversions_are_xlas(ints):
+    for source in ints:
+        info = np.iinfo(source)
+        values = jnp.asarray(np.linspace(info.min, info.max, 41).astype(source))
+        for target in ints:
+            expected = lax.convert_element_type(values, target)
+            actual = jax.jit(lambda v, target=target: _tape._wrapping_conversion(v, target))(values)
+            assert actual.dtype == expected.dtype
+            np.testing.assert_array_equal(actual, expected, err_msg=f"{source.__name__} -> {target.__name__}")
