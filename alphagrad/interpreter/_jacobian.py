@@ -69,6 +69,7 @@ from alphagrad.interpreter._structured import (
     SharedReads,
     read_constant,
 )
+from alphagrad.interpreter._windows import WindowChoiceMap, window_choice_map
 
 __all__ = ["jacobian", "unravel_jacobian", "count_muls", "graph_of", "OUTPUTS"]
 
@@ -277,6 +278,9 @@ def _run_time_map_support(partial: Partial) -> Partial:
     shape = (*partial.out_shape, *partial.in_shape)
     if partial.support is not None or math.prod(shape) > PATTERN_AT_TRACE_TIME_MAX or _support(partial) is not None:
         return partial
+    if isinstance(partial.value, WindowChoiceMap):  # a max-pool's choice: one comparison, no matrix
+        known = partial.value.support
+        return partial._replace(support=RunTimeSupport(lambda: known().reshape(shape)))
     return partial._replace(support=RunTimeSupport(lambda: densify(partial, jnp.float32).reshape(shape) != 0))
 
 
@@ -398,6 +402,10 @@ def _linearised_index_map(eqn: Equation, values: list[Any], positions: list[int]
     small = max(math.prod(np.shape(v)) for v in values) <= LINEARISE_AT_TRACE_TIME_MAX
     with jax.ensure_compile_time_eval() if small else contextlib.nullcontext():
         result, linear = jax.linearize(of_operand, x)
+        if eqn.primitive.name in ("reduce_window_max", "reduce_window_min"):
+            chosen = window_choice_map(eqn, x, linear, out_shape, in_shape)
+            if chosen is not None:
+                return chosen
     transposed = jax.linear_transpose(linear, jax.ShapeDtypeStruct(x.shape, x.dtype))
 
     def apply(t):
