@@ -279,8 +279,12 @@ def _run_time_map_support(partial: Partial) -> Partial:
     if partial.support is not None or math.prod(shape) > PATTERN_AT_TRACE_TIME_MAX or _support(partial) is not None:
         return partial
     if isinstance(partial.value, WindowChoiceMap):  # a max-pool's choice: one comparison, no matrix
-        known = partial.value.support
-        return partial._replace(support=RunTimeSupport(lambda: known().reshape(shape)))
+        choice = partial.value
+        held = RunTimeSupport(lambda: choice.support().reshape(shape))
+        # The support of rows @ this map ([r, v] bool -> [r, p]) by the map's own selections, for
+        # a product's support (`_structured._product_support` reads it where it knows `pull`).
+        held.pull = choice.pull_support
+        return partial._replace(support=held)
     return partial._replace(support=RunTimeSupport(lambda: densify(partial, jnp.float32).reshape(shape) != 0))
 
 

@@ -22,6 +22,7 @@ of the positions with an iota, not the matrix built through the transpose. Nothi
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -35,7 +36,8 @@ __all__ = ["window_choice_map", "WindowChoiceMap", "WINDOW_CHOICE_MAX_OFFSETS"]
 
 class WindowChoiceMap(IndexMap):
     """An `IndexMap` whose matrix's support (bool [v1, v2, p1, p2]: where a window chose an entry)
-    is known without building the matrix: ``support()``, set on the instance."""
+    is known without building the matrix: ``support()``, and the support of rows times the map,
+    ``pull_support(rows)`` (bool [r, v1 * v2] -> [r, p1 * p2]), set on the instance."""
 
 
 #: Windows of at most this many offsets are taken by selection (the transpose reads one gather per
@@ -106,8 +108,15 @@ def window_choice_map(eqn, x, linear, out_shape, in_shape) -> IndexMap | None:
         given_back = sum(jnp.where(given[k], ct[readers[k]], zero) for k in range(len(reads)))
         return jnp.asarray(given_back, x.dtype).reshape(in_shape)
 
+    def pull_support(rows):
+        # bool [r, count] -> [r, size]: the entries some chosen window of a held row reads (the
+        # support of rows @ this map, by the transpose's selections instead of a matmul of 0/1s).
+        rows = jnp.reshape(rows, (-1, count))
+        return functools.reduce(jnp.logical_or, [rows[:, readers[k]] & given[k] for k in range(len(reads))])
+
     choice = WindowChoiceMap(apply, transpose)
     # The map's matrix holds 1 where a window chose an entry: its support without the matrix.
     choice.support = lambda: (chosen[:, None] == np.arange(1, size + 1, dtype=np.int32)[None, :]).reshape(
         *out_shape, *in_shape)
+    choice.pull_support = pull_support
     return choice

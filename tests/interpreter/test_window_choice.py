@@ -15,6 +15,7 @@ from alphagrad import interpreter
 from alphagrad.interpreter import _windows
 
 ORDERS = ("forward", "reverse", "markowitz")
+HEAD = np.random.default_rng(4).normal(size=(8, 3))
 
 
 @pytest.fixture(autouse=True)
@@ -101,3 +102,23 @@ def test_choice_map_falls_back_where_positions_do_not_fit(monkeypatch):
     x, w = _example(2)
     want = jax.jacfwd(f, argnums=(0, 1))(x, w)
     _assert_same(interpreter.jacobian(f, "reverse", argnums=(0, 1))(x, w), want)
+
+
+def test_pole_outside_the_chosen_entries_stays_finite():
+    """sqrt's infinite partial at a zero that no window keeps: jax.jacfwd is finite there (the
+    pool drops its tangent), and so is every order (the choice's support guards the products,
+    through a sum pool and a dense head after it as in cnn_pool)."""
+
+    def f(x):
+        y = jax.lax.reduce_window(jnp.sqrt(x), -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 1, 1, 1), "VALID")
+        z = jax.lax.reduce_window(y, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") * 0.25
+        return z.reshape(2, -1) @ HEAD  # dense rows in reverse order
+
+    x = np.abs(np.random.default_rng(3).normal(size=(2, 5, 5, 2))) + 0.5
+    x[0, 0, 0, 0] = 0.0  # never the maximum of its windows
+    x[1, 4, 4, 1] = 0.0
+    want = jax.jacfwd(f)(x)
+    assert np.isfinite(want).all()
+    for order in ORDERS:
+        got = interpreter.jacobian(f, order)(x)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-8, atol=1e-8, err_msg=order)
