@@ -563,7 +563,7 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
     if isinstance(value, np.ndarray):
-        return (value.dtype.str, value.shape, value.tobytes())
+        return (value.dtype.name, value.shape, value.tobytes())
     if _is_jaxpr(value):  # a branch or loop body: made anew at every call, compared by its text
         return ("jaxpr", str(value), _freeze([np.asarray(c) for c in getattr(value, "consts", ())]))
     hash(value)  # raises TypeError for anything else unhashable
@@ -761,7 +761,7 @@ class _Builder:
         value = value.astype(dtype)
         if value.dtype.kind not in "biuf" or not _storable(value, self.dtype):
             raise Unsupported(f"a constant of dtype {value.dtype} is not exactly representable in {self.dtype}")
-        key = (value.dtype.str, value.shape, value.tobytes())
+        key = (value.dtype.name, value.shape, value.tobytes())
         if key not in self.constant_base:
             self.constant_base[key] = self._allocate_value(value.size)
             self.constants.append(value.reshape(-1).astype(self.dtype))
@@ -799,7 +799,7 @@ class _Builder:
     def _small_integer(self, eqn, aval) -> bool:
         """Whether an integer value is bounded well within the integers the buffer's dtype holds
         exactly (so it survives being stored there), by the range of values its operands may take
-        (interval arithmetic): an index from argmax/argmin, small integers combined by additions,
+        (interval arithmetic): an index from argmax/argmin, lu's pivots, small integers combined by additions,
         sums (``jnp.cumsum(x > 0)``), scatters (``jnp.bincount``), products, remainders,
         quotients, selections, clamps and data movement (as indexing
         computes them: ``x[(jnp.argmax(y) + 1) % n]``); any value of an integer dtype whose every
@@ -826,6 +826,8 @@ class _Builder:
         limit = 2.0 ** (np.finfo(self.dtype).nmant - 1)
         if name in ("argmax", "argmin") or (name == "top_k" and isinstance(eqn.primitive, _OutputOf)):
             r = 0.0, float(MAX_COMPONENTS)  # an index into an operand of at most that many entries
+        elif name == "lu" and isinstance(eqn.primitive, _OutputOf):
+            r = 0.0, float(self._shape_of(eqn.operands[0])[-2] - 1)  # pivots and permutation: row numbers
         elif name == "sort" and isinstance(eqn.primitive, _OutputOf) and ranges[eqn.primitive.k] is not None:
             r = ranges[eqn.primitive.k]  # a permutation of that operand (argsort: of an iota)
         elif name == "convert_element_type" and ranges[0] is None:
@@ -995,8 +997,8 @@ class _Builder:
                 # Per operand: a scalar beside an array output? (A scalar call runs on lane 0 of
                 # any representative: its operands are read as lanes.)
                 key = (name, _erase_shapes(_params_key(eqn)),
-                       tuple((tuple(a.shape) == () and shape != (), np.dtype(a.dtype).str) for a in in_avals),
-                       np.dtype(eqn.aval.dtype).str, width)
+                       tuple((tuple(a.shape) == () and shape != (), np.dtype(a.dtype).name) for a in in_avals),
+                       np.dtype(eqn.aval.dtype).name, width)
             except Exception:  # noqa: BLE001 - JAX's internals: such a call keeps a kind of its own
                 continue
             self.generic[id(eqn)] = key
@@ -1011,8 +1013,8 @@ class _Builder:
             key = self.generic[id(eqn)]
             _, rep_shape, rep_operands, params = self.generic_rep[key]
             return (_Lanes(eqn.primitive, gathered, (rep_shape, rep_operands)), key, pattern,
-                    ((width,), self.dtype.str), lane_groups), params
-        return (_Lanes(eqn.primitive, gathered), params_key, pattern, ((width,), self.dtype.str), lane_groups), eqn.params
+                    ((width,), self.dtype.name), lane_groups), params
+        return (_Lanes(eqn.primitive, gathered), params_key, pattern, ((width,), self.dtype.name), lane_groups), eqn.params
 
     def _static_edge(self, e, eqn, operands, positions, head) -> Map | None:
         """The edge `e` as a map when its partial moves data at fixed positions (an identity, or a
@@ -1048,7 +1050,7 @@ class _Builder:
             return None
         if any(shp not in ((), shape) for _, shp, _ in operands) and name not in _LANE_REDUCTIONS:
             return None
-        pattern = tuple((shp == () and shape != (), np.dtype(dt).str) for _, shp, dt in operands)
+        pattern = tuple((shp == () and shape != (), np.dtype(dt).name) for _, shp, dt in operands)
         # A partial per floating-point operand, a vertex or not (a vertex read twice: one for
         # both), so that the operands' being constants or vertices makes no kinds of its own.
         groups: dict[Any, list[int]] = {}
@@ -1390,9 +1392,9 @@ class _Builder:
             runs = np.stack([[base for base, _, _ in operands], sizes_in, np.cumsum([0] + sizes_in[:-1]),
                              [1] * len(operands)], axis=1).reshape(-1, 4) if operands else np.zeros((0, 4), np.int64)
             length = sum(sizes_in)
-            op_avals = tuple((shp, np.dtype(dt).str) for _, shp, dt in operands)
+            op_avals = tuple((shp, np.dtype(dt).name) for _, shp, dt in operands)
             head = (eqn.primitive, _params_key(eqn) if eqn.primitive is not None else None, op_avals,
-                    (shape, np.dtype(aval.dtype).str))
+                    (shape, np.dtype(aval.dtype).name))
             partials_at = next_slot
             kind_params = eqn.params  # the parameters its kind's branch binds
             row = None  # integer parts the kind reads besides its operands, the last the partials' read-off (`_rows`)
@@ -1420,7 +1422,7 @@ class _Builder:
                     readoff.append(_read_off(e.code, out_shape, in_shape, lanes_out, sources[positions[0]],
                                              group * width))
                 row = (np.concatenate(readoff),) if readoff else None
-                pattern = tuple((False, np.dtype(dt).str) for _, _, dt in operands)
+                pattern = tuple((False, np.dtype(dt).name) for _, _, dt in operands)
                 signature, kind_params = self._lanes_kind(eqn, True, head[1], pattern, width, lane_groups)
                 has_partials = row is not None
             elif lanes is not None:  # one kind per primitive and operand pattern, whatever the shape
@@ -1486,15 +1488,15 @@ class _Builder:
                 bilinear = None if sources is not None or segments is not None else self._bilinear(
                     eqn, operands, shape, groups)
                 if sources is not None:  # one kind, whatever the movement
-                    signature = (_SELECTION, None, (), ((1,), self.dtype.str), ())
+                    signature = (_SELECTION, None, (), ((1,), self.dtype.name), ())
                     runs, length = _runs_of(np.asarray(sources, np.int64), zero), len(sources)
                 elif segments is not None:  # one kind per combiner and dtype, whatever the axes and shapes
                     row = segments
                     signature = (_Segments(_SEGMENT_REDUCTIONS[eqn.primitive.name]), None, op_avals[0][1],
-                                 ((1,), np.dtype(aval.dtype).str), bool(groups))
+                                 ((1,), np.dtype(aval.dtype).name), bool(groups))
                 elif bilinear is not None:  # one kind per dtype, whatever the shapes and axes
                     row = bilinear
-                    signature = (_BILINEAR, None, op_avals[0][1], ((1,), np.dtype(aval.dtype).str), bool(groups))
+                    signature = (_BILINEAR, None, op_avals[0][1], ((1,), np.dtype(aval.dtype).name), bool(groups))
                 has_partials = bool(groups)
             if signature not in kinds:
                 kinds[signature] = len(kinds)
@@ -1583,9 +1585,9 @@ class _Builder:
         outputs and late movements may read one (checked by the caller). False (nothing laid out)
         for any other equation."""
         operands = [self._operand(op) for op in eqn.operands]
-        op_avals = tuple((shp, np.dtype(dt).str) for _, shp, dt in operands)
+        op_avals = tuple((shp, np.dtype(dt).name) for _, shp, dt in operands)
         head = (eqn.primitive, _params_key(eqn) if eqn.primitive is not None else None, op_avals,
-                (shape, np.dtype(eqn.aval.dtype).str))
+                (shape, np.dtype(eqn.aval.dtype).name))
         sources = self._selection(eqn, operands, head, shape, zero)
         if sources is None:
             return False
@@ -2494,12 +2496,12 @@ def _branch(signature, params: dict, O: int, dtype, widths: tuple[int, ...]):
 
         return select, None
     if isinstance(primitive, _Segments):
-        return _segments_branch(primitive.combine, np.dtype(op_avals), groups, O, dtype, widths)
+        return _segments_branch(primitive.combine, jnp.dtype(op_avals), groups, O, dtype, widths)
     if primitive is _BILINEAR:
-        return _bilinear_branch(np.dtype(op_avals), groups, O, dtype, widths)
+        return _bilinear_branch(jnp.dtype(op_avals), groups, O, dtype, widths)
     out_shape = out_shape[0]
     shapes = [shape for shape, _ in op_avals]
-    dtypes = [np.dtype(dt) for _, dt in op_avals]
+    dtypes = [jnp.dtype(dt) for _, dt in op_avals]
     offsets = np.cumsum([0] + [math.prod(s) for s in shapes]).tolist()
     n_out = math.prod(out_shape)
     plans = []
@@ -2677,7 +2679,7 @@ def _lanes_branch(primitive, params: dict, pattern, width: int, groups, O: int, 
         return _bind(primitive, params, [jnp.broadcast_to(v, (width,)) for v in values])
 
     def operand_values(ops):
-        return [(ops[i * width] if scalar else ops[i * width:(i + 1) * width]).astype(np.dtype(dt))
+        return [(ops[i * width] if scalar else ops[i * width:(i + 1) * width]).astype(jnp.dtype(dt))
                 for i, (scalar, dt) in enumerate(pattern)]
 
     def value(ops, row):
