@@ -138,7 +138,8 @@ from alphagrad.interpreter._discard import (
 from alphagrad.interpreter._poles import BOUNDED_VALUES, bounded_operand, has_finite_partials
 from alphagrad.interpreter._structured import Partial
 from alphagrad.interpreter._tape_products import (
-    DOT, DOT_INNER, FIRST_EDGE_SLOT, FLAT, FLAT_GROUP_ENTRIES, MUL, ONE, SELECT, ZERO, Eliminator, FlatShape, Map, Unplannable, Valued,
+    DOT, DOT_INNER, FIRST_EDGE_SLOT, FLAT, FLAT_GROUP_ENTRIES, GUARD_SCRATCH, MUL, ONE, SELECT, ZERO, Eliminator,
+    FlatShape, Map, Unplannable, Valued,
     _positions, lanes_for, layout, run_steps, support, terms,
 )
 
@@ -165,6 +166,11 @@ TAPE_MIN_EQUATIONS = 200
 #: Weight of an equation, partial or product on arrays against one on scalars in `straight_line_size`
 #: (a structured product of arrays is a handful of XLA operations: reshapes, broadcasts, a multiply, a sum).
 ARRAY_WEIGHT = 8
+#: Whether one-operation product plans keep a select's discard as a run-time support (`_Discard.flags`,
+#: `_tape_products.LaneSteps.support`): a discarded case's zeros guard the products that carry them
+#: as the out factor against an infinity further up, as the straight-line path does; False gives
+#: the plain products (for A/B measurements: ``--patch alphagrad.interpreter._tape.DISCARD_SUPPORT=False``).
+DISCARD_SUPPORT = True
 #: Most components (array entries) a value of the tape may have: every step of the equation loop
 #: gathers the largest equation's operand components and writes its output's, so a very large
 #: array would slow every step (the 512- and 1,024-entry vectors of benchmarks/scale.py's `wide`
@@ -328,6 +334,9 @@ class _Discard(NamedTuple):
       slots: int32[Z] edge slots of the value entries of the partials into those vertices, each
         zeroed where every row it stands for is discarded: the pairs
       entries, rows: int32[N] (index into `slots`, entry in [0, D)).
+      flags: in one-operation product plans, the first of Z edge slots that get 1 where the slot
+        of `slots` is kept, 0 where it is zeroed: the run-time support of the products that read
+        it (`_tape_products.LaneSteps.support`); else -1.
     """
 
     depth: int
@@ -340,6 +349,7 @@ class _Discard(NamedTuple):
     slots: np.ndarray
     entries: np.ndarray
     rows: np.ndarray
+    flags: int = -1
 
 
 class _LoopSegment(NamedTuple):
@@ -1617,6 +1627,17 @@ class _Builder:
         # Product edges reuse the slots of deleted edges (value arrays only; maps keep theirs).
         elim = Eliminator(edges, next_slot, lanes_for([p.muls for s in self.steps for p in s.products if p.muls]),
                           self.finite, self.zeros)
+        if DISCARD_SUPPORT and discard is not None and elim.steps.lanes == 1 and len(discard.slots):
+            # The discard's zeroed entries are a run-time support: a product of one of them (as the
+            # out factor) and a possible infinity is guarded by its flag, and so on down every
+            # product it reaches (jax.jacfwd drops the terms through an untaken case: 0 * inf
+            # further up); `LaneSteps._term` says which terms keep it.
+            flags = elim.allocate(len(discard.slots))
+            elim.steps.scratch = elim.allocate(GUARD_SCRATCH)
+            elim.steps.pole[flags:flags + len(discard.slots)] = False
+            elim.steps.support[discard.slots] = flags + np.arange(len(discard.slots))
+            elim.steps.new_flag = functools.partial(elim.allocate, 1)
+            discard = discard._replace(flags=flags)
         muls = 0
         identities: dict[int, tuple] = {}
         maps: dict[int, tuple] = {}
@@ -2137,6 +2158,11 @@ def _flat_products(elim: Eliminator, products: Sequence, identities: dict, maps:
                 (out_edge.base, base, _size_of(c_shape)))
             continue
         fresh = int(old is None)
+        if steps.lanes == 1 and op == MUL and out_edge.code in (6, 10):
+            # A diagonal or scalar times a dense block: the out factor first, as every
+            # multiplication of a one-operation plan (`LaneSteps._term`: which side a flag is on).
+            cols, a_row, a_col, f_row, f_col, c_row, c_col, a_k, f_k = strides
+            a, f, strides = f, a, (cols, f_row, f_col, a_row, a_col, c_row, c_col, f_k, a_k)
         if kind == FLAT:
             shape = shape_ids.get((strides, fresh))
             if shape is None:
@@ -2811,7 +2837,10 @@ def _discard_untaken(edges: jax.Array, vals: jax.Array, discard: _Discard) -> ja
     slots = jnp.asarray(discard.slots)
     needed = jnp.zeros((len(discard.slots), *batch), bool).at[jnp.asarray(discard.entries)].max(
         kept[jnp.asarray(discard.rows)])
-    return edges.at[slots].set(jnp.where(needed, edges[slots], jnp.zeros((), edges.dtype)))
+    edges = edges.at[slots].set(jnp.where(needed, edges[slots], jnp.zeros((), edges.dtype)))
+    if discard.flags >= 0:
+        edges = lax.dynamic_update_slice_in_dim(edges, needed.astype(edges.dtype), discard.flags, axis=0)
+    return edges
 
 
 def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -12,7 +12,7 @@ from jax import lax
 
 from alphagrad import graph, interpreter
 from alphagrad.graph import _trace
-from alphagrad.interpreter import _tape
+from alphagrad.interpreter import _tape, _tape_products
 
 
 @pytest.fixture
@@ -219,17 +219,129 @@ def _masked_columns_after_pole(x, p):
     return jnp.where(columns[None], jnp.sqrt(jnp.sum(x ** 2, 1, keepdims=True)) * p[0] * jnp.ones((1, 4)), 0.0)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the tape's structural zeros are known while building it: a select's untaken case met "
-                          "by a NaN from further up (not in a partial into the case, which the discard zeroes) is "
-                          "0 * NaN on the tape; the straight-line path keeps a select's support (session 21)")
-@pytest.mark.parametrize("order", ["forward", "reverse"])
-def test_tape_keeps_a_selected_constant_after_a_pole_finite(force_tape, order):
+def _masked_by_an_argument(x, p, columns):
+    """The same with the mask an argument (not differentiated: known only at run time)."""
+    return jnp.where(columns[None], jnp.sqrt(jnp.sum(x ** 2, 1, keepdims=True)) * p[0] * jnp.ones((1, 4)), 0.0)
+
+
+def _masked_rank3(x, p):
+    """Rank 3: a zero slice's norm over the last axis, broadcast along it and masked there, then
+    summed with a product of the masked value (two paths into the select's case)."""
+    mask = jnp.array([False, True, False, True])
+    r = jnp.sqrt(jnp.sum(x * x, 2, keepdims=True)) * jnp.ones((1, 1, 4))
+    return jnp.where(mask[None, None], r * p[1], jnp.tanh(p[0])) * (1.0 + 0.5 * x[..., :1])
+
+
+_X2 = np.concatenate([np.array([[0.3, -1.2, 0.5], [0.8, 0.1, -0.4]]), np.zeros((1, 3))])
+_X3 = np.concatenate([np.linspace(-1.0, 1.0, 9).reshape(1, 3, 3), np.zeros((1, 3, 3))]).copy()
+_X3[0, 1] = 0.0  # a zero row beside non-zero ones in the first slice too
+POLE_CASES = {
+    "constant_mask": (_masked_columns_after_pole, (_X2, P)),
+    "mask_argument": (_masked_by_an_argument, (_X2, P, np.array([True, False, True, False]))),
+    "rank3": (_masked_rank3, (_X3, P)),
+}
+
+
+def _on_the_tape(monkeypatch):
+    monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)
+    monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
+    monkeypatch.setattr(_trace, "LABELLED_MAX_EQUATIONS", -1)
+
+
+def _same_nan_and_values(actual, straight, expected):
+    """Finite wherever jax.jacfwd is; NaN exactly where the straight-line path in reverse order
+    is (`straight`: jax.jacfwd's NaN where a taken entry reads the pole; not where the pole meets
+    a structural zero, which the tape keeps 0 in every order); elsewhere jax.jacfwd's values."""
+    assert any(np.isnan(s).any() for s in straight)  # a taken entry reads the pole
+    for a, s, e in zip(actual, straight, expected):
+        a, s, e = np.asarray(a), np.asarray(s), np.asarray(e)
+        assert not np.any(np.isnan(a) & np.isfinite(e))
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(s))
+        assert np.all(np.isnan(e)[np.isnan(s)])
+        finite = np.isfinite(e)
+        np.testing.assert_allclose(a[finite], e[finite], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(a[~finite & ~np.isnan(a)], s[~finite & ~np.isnan(a)], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse", "markowitz"])
+@pytest.mark.parametrize("name", sorted(POLE_CASES))
+def test_tape_keeps_a_selected_constant_after_a_pole_finite(monkeypatch, name, order):
+    """A select's untaken entries met by a NaN from further up (sqrt of a zero row's sum of
+    squares, broadcast into columns a mask replaces): jax.jacfwd is finite there, and NaN where a
+    taken entry reads the pole. The tape keeps both (the discard's zeroed entries as a run-time
+    support of the products that read them), under jit and with count_muls the plan's cost."""
+    f, args = POLE_CASES[name]
     with jax.enable_x64(True):
-        x = jnp.asarray(np.concatenate([np.array([[0.3, -1.2, 0.5], [0.8, 0.1, -0.4]]), np.zeros((1, 3))]))
+        args = tuple(jnp.asarray(a) for a in args)
+        argnums = (0, 1)
+        expected = jax.jacfwd(f, argnums=argnums)(*args)
+        straight = interpreter.jacobian(f, "reverse", argnums=argnums)(*args)
+        _on_the_tape(monkeypatch)
+        g = interpreter.graph_of(f, *args, argnums=argnums)
+        assert _tape.build(g, graph.plan(g, graph.resolve_order(g, order))).discard is not None
+        actual = jax.jit(interpreter.jacobian(f, order, argnums=argnums))(*args)
+        _same_nan_and_values(actual, straight, expected)
+        assert interpreter.count_muls(f, order, *args, argnums=argnums) == graph.cost(g, order)
+
+
+def test_tape_keeps_a_selected_constant_after_a_pole_under_vmap(monkeypatch):
+    """Batched, each example's mask and zero rows decide its own support."""
+    with jax.enable_x64(True):
+        xs = jnp.asarray(np.stack([_X2, _X2[::-1], np.zeros_like(_X2)]))
+        masks = jnp.asarray(np.array([[True, False, True, False], [False, False, True, True],
+                                      [True, True, True, True]]))
         p = jnp.asarray(P)
-        expected = np.asarray(jax.jacfwd(_masked_columns_after_pole)(x, p))
-        actual = np.asarray(interpreter.jacobian(_masked_columns_after_pole, order)(x, p))
-    finite = np.isfinite(expected)
-    assert not np.any(np.isnan(actual) & finite)
-    np.testing.assert_allclose(actual[finite], expected[finite], rtol=1e-10)
+        batched = jax.vmap(interpreter.jacobian(_masked_by_an_argument, "reverse"), in_axes=(0, None, 0))
+        expected = jax.vmap(jax.jacfwd(_masked_by_an_argument), in_axes=(0, None, 0))(xs, p, masks)
+        straight = batched(xs, p, masks)
+        _on_the_tape(monkeypatch)
+        _same_nan_and_values([jax.jit(batched)(xs, p, masks)], [straight], [expected])
+
+
+def _taken_nan_times_a_discarded_zero(x, y):
+    """A taken entry's own NaN (log of a negative tanh) times a select's output whose other case
+    (sqrt of the reversed negative y, discarded: its partial zeroed) is read crosswise: jax.jacfwd
+    multiplies the NaN by that case's exact 0 tangent (NaN), and so must the tape."""
+    v = jnp.where(y[::-1] > 0.1, jnp.sqrt(y)[::-1], y)
+    t = jnp.tanh(y)
+    return jnp.where(t > v, jnp.log(t) * v, v - t) + x
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse", "markowitz"])
+def test_tape_keeps_a_taken_nan_times_a_discarded_zero(monkeypatch, order):
+    """The discard's flag guards a product only where it is on the out factor (the path into the
+    select's case is dropped, whatever reaches it); on the in factor the zero is a tangent that
+    jax.jacfwd multiplies by the out factor's NaN (11a8d82 guarded both: 4 of these 9 NaN lost in
+    reverse and Markowitz order)."""
+    with jax.enable_x64(True):
+        x, y = jnp.linspace(0.1, 0.5, 5), -jnp.linspace(0.3, 1.5, 5)
+        expected = jax.jacfwd(_taken_nan_times_a_discarded_zero, argnums=1)(x, y)
+        straight = interpreter.jacobian(_taken_nan_times_a_discarded_zero, "reverse", argnums=1)(x, y)
+        assert np.isnan(straight).sum() == 9  # the diagonal and the anti-diagonal
+        _on_the_tape(monkeypatch)
+        g = interpreter.graph_of(_taken_nan_times_a_discarded_zero, x, y, argnums=1)
+        assert _tape.build(g, graph.plan(g, graph.resolve_order(g, order))).discard is not None
+        actual = jax.jit(interpreter.jacobian(_taken_nan_times_a_discarded_zero, order, argnums=1))(x, y)
+        _same_nan_and_values([actual], [straight], [expected])
+
+
+def test_tape_guards_run_packed_bit_for_bit(monkeypatch):
+    """A batch large enough for packed steps (`_tape_products.PACKED_MIN_BATCH`): the guards'
+    selections and their scratch slots keep every example's Jacobian bit for bit that of the
+    one-operation steps (batch 1), NaN positions included."""
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        xs = np.repeat(_X2[None], _tape_products.PACKED_MIN_BATCH, 0) * rng.uniform(0.5, 2.0, (16, 1, 1))
+        xs[::3, 0] = 0.0  # zero rows in other places
+        masks = jnp.asarray(rng.uniform(size=(16, 4)) > 0.4)
+        xs, p = jnp.asarray(xs), jnp.asarray(P)
+        _on_the_tape(monkeypatch)
+        g = interpreter.graph_of(_masked_by_an_argument, xs[0], p, masks[0])
+        tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, "forward")))
+        assert tape.discard.flags >= 0 and _tape_products.packed_lanes(np.asarray(tape.prod_steps), len(xs)) > 1
+        jac = interpreter.jacobian(_masked_by_an_argument, "forward")
+        packed = jax.jit(jax.vmap(jac, in_axes=(0, None, 0)))(xs, p, masks)
+        single = np.asarray(jax.jit(lambda xs, masks: lax.map(lambda a: jac(a[0], p, a[1]), (xs, masks)))(xs, masks))
+        np.testing.assert_array_equal(np.asarray(packed), single)
+        expected = jax.vmap(jax.jacfwd(_masked_by_an_argument), in_axes=(0, None, 0))(xs, p, masks)
+        assert not np.any(np.isnan(single) & np.isfinite(np.asarray(expected)))
