@@ -56,7 +56,7 @@ ZERO_DERIVATIVE = frozenset(
 # Primitives that only move, copy or reinterpret values.
 STRUCTURAL = frozenset(
     "reshape slice dynamic_slice dynamic_update_slice concatenate stack squeeze broadcast_in_dim "
-    "transpose convert_element_type copy copy_p device_put reduce_precision rev pad".split()
+    "transpose convert_element_type copy copy_p device_put reduce_precision rev pad tile".split()
 )
 REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min".split())
 # Primitives of several operands and as many outputs, output k computed from operand k alone
@@ -124,7 +124,7 @@ def _jvp_rule(params, num_operands: int):
 #: Primitives linear in every operand the tangents reach (sums, data movement, reductions by sums).
 _LINEAR_IN_ALL = frozenset(
     "add add_any sub neg convert_element_type reshape broadcast_in_dim transpose squeeze expand_dims slice pad "
-    "concatenate rev reduce_sum cumsum copy copy_p real imag conj complex reduce_precision fft device_put "
+    "concatenate rev tile reduce_sum cumsum copy copy_p real imag conj complex reduce_precision fft device_put "
     "reduce_window_sum sharding_constraint optimization_barrier".split()
 )
 #: Primitives linear in the operands at these positions, provided no other operand carries a tangent.
@@ -470,7 +470,7 @@ def _high_rank_codes(name, norm, out, params, live, in_shapes, out_shape) -> dic
         return {i: (1 if out == (1, 1) else 6) for i in live}  # a unary elementwise map: diagonal
     if name in ("convert_element_type", "copy", "copy_p", "device_put", "reduce_precision"):
         return {i: -1 for i in live}
-    if name in ("slice", "concatenate", "stack", "rev", "pad"):
+    if name in ("slice", "concatenate", "stack", "rev", "pad", "tile"):
         return {i: INDEX_MAP for i in live}
     if name in ("dynamic_slice", "dynamic_update_slice"):
         data = (0,) if name == "dynamic_slice" else (0, 1)
@@ -552,7 +552,7 @@ def edge_codes(
         return {i: (-7 if permutation == (1, 0) else -6) for i in live}
     if name in ("convert_element_type", "copy", "copy_p", "device_put", "reduce_precision"):
         return {i: -1 for i in live}
-    if name in ("reshape", "slice", "concatenate", "stack", "rev", "pad"):
+    if name in ("reshape", "slice", "concatenate", "stack", "rev", "pad", "tile"):
         return {i: 11 for i in live}
     if name in ("dynamic_slice", "dynamic_update_slice"):
         data = (0,) if name == "dynamic_slice" else (0, 1)

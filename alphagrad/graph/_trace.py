@@ -335,8 +335,13 @@ class _Builder:
     def add_edge(self, src: int, dst: int, code: int, out_shape, in_shape, model) -> None:
         key = (src, dst)
         if key in self.edges:
-            # The same variable feeding two operands: the partials add up.
-            code = model.sum_code(self.edges[key].code, code)
+            # The same variable feeding two operands: the partials add up. Two index maps of one
+            # equation (``jnp.concatenate([s, s])``, ``jnp.tile``, ``jnp.roll`` by a traced shift)
+            # are its map with the variable in both places, an index map: the interpreter computes
+            # each edge's partial with the tangent in all its positions. A dense sum would multiply
+            # the zeros of the copies not taken by the infinite partials of a square root at 0.
+            old = self.edges[key].code
+            code = _structure.INDEX_MAP if old == code == _structure.INDEX_MAP else model.sum_code(old, code)
         self.edges[key] = Edge(src, dst, code, out_shape, in_shape)
 
     def walk(self, jaxpr: Jaxpr, consts: list[Any], args: list[Operand], model, caller: str = "",

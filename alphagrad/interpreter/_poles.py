@@ -30,7 +30,7 @@ FINITE_PARTIALS = frozenset(
     "add add_any sub mul neg dot_general reduce_sum reduce_max reduce_min max min select_n clamp exp exp2 "
     "sin cos sinh cosh tanh logistic erf erfc atan asinh expm1 abs sign square convert_element_type copy "
     "copy_p broadcast_in_dim reshape transpose squeeze expand_dims slice dynamic_slice dynamic_update_slice "
-    "concatenate stack pad gather scatter scatter-add rev cumsum conv_general_dilated real imag "
+    "concatenate stack tile pad gather scatter scatter-add rev cumsum conv_general_dilated real imag "
     "stop_gradient floor ceil round reduce_precision".split())
 
 #: Primitives whose values are finite wherever their operands are (overflow aside): those of
@@ -44,7 +44,7 @@ BOUNDED_VALUES = FINITE_PARTIALS | frozenset("sqrt cbrt integer_pow".split())
 LINEAR_IN_EACH = frozenset(
     "add add_any sub neg mul div dot_general reduce_sum broadcast_in_dim reshape transpose squeeze "
     "expand_dims slice dynamic_slice dynamic_update_slice concatenate pad select_n convert_element_type "
-    "copy copy_p rev cumsum conv_general_dilated real imag gather scatter-add stop_gradient".split())
+    "copy copy_p rev tile cumsum conv_general_dilated real imag gather scatter-add stop_gradient".split())
 
 
 def _is_float(value: Any) -> bool:
