@@ -1,12 +1,13 @@
-"""Cases of helper corpus23's held-out rehearsal (session 23): what alphagrad got wrong (strict xfails), and new
-kinds it gets right (the functions of alphagrad/tasks/_corpus_heldout23.py) as controls.
-Report: /work/notes/corpus23_report.md.
+"""Cases of helper corpus23's held-out rehearsal (session 23): what alphagrad got wrong (mended in the same
+session: passing tests now), and new kinds it gets right (the functions of alphagrad/tasks/_corpus_heldout23.py)
+as controls. Report: /work/notes/corpus23_report.md.
 
-1. NaN where jax.jacfwd is finite: one equation whose output holds two copies of the same input entry
-   (``jnp.tile``, ``concatenate`` or ``stack`` with an operand repeated; ``jnp.roll`` by a traced shift is
-   ``concatenate([a, a])`` + ``dynamic_slice``), then one copy selected, after a partial with a pole
-   (``sqrt`` at 0). jax.jacfwd is finite, jax.jacrev is NaN; alphagrad is NaN in every order.
-   Repro: /work/notes/corpus23/repros/roll_traced_shift_nan.py.
+1. NaN where jax.jacfwd is finite: one equation whose output holds the same input entry twice (``jnp.tile``,
+   ``concatenate`` or ``stack`` with an operand repeated, ``jnp.roll`` by a traced shift), then one copy
+   selected, after a partial with a pole (``sqrt`` at 0): NaN in every order, on the tape too. Mended in 4d0aca3,
+   whose tests/graph/test_same_operand_twice.py holds concatenate, roll, tile, stack and sort forms; here the
+   forms it does not hold: ``jnp.resize``, ``jnp.pad(mode="wrap")`` as wide as the array, and a tile after a long
+   chain (the tape's path). Repro: /work/notes/corpus23/repros/roll_traced_shift_nan.py.
 """
 
 import jax
@@ -22,40 +23,34 @@ _X = np.array([0.3, 0.0, 0.4, 0.0, 0.6])
 _ORDERS = ("forward", "reverse", "markowitz")
 
 
-def _tile_then_entry(x):
-    return jnp.tile(jnp.sqrt(x), 2)[4]
+def _resize_then_entry(x):
+    return jnp.resize(jnp.sqrt(x), 10)[4]
 
 
-def _concatenate_same_twice_then_entry(x):
-    s = jnp.sqrt(x)
-    return jnp.concatenate([s, s])[4]
+def _full_wrap_pad_then_entry(x):
+    return jnp.pad(jnp.sqrt(x), (0, 5), mode="wrap")[4]
 
 
-def _roll_by_argmax_then_first(x):
-    return jnp.roll(jnp.sqrt(x), -jnp.argmax(x))[:1]
+def _long_chain_then_tile(x):
+    y = x
+    for _ in range(120):  # past the straight-line path's size: the tape
+        y = jnp.sin(y) * 0.5 + x
+    return jnp.tile(jnp.sqrt(x), 2)[4] + y[0]
 
 
-_SAME_INPUT_TWICE = pytest.mark.xfail(
-    strict=True, reason="corpus23 finding 1: a copy map holding one input entry twice loses the structural zeros "
-                        "of the selection after it (0 * inf = NaN where jax.jacfwd is finite)")
-
-
-@_SAME_INPUT_TWICE
 @pytest.mark.parametrize("order", _ORDERS)
-def test_tile_then_one_entry(order):
-    _nan_free_where_jacfwd_is(_tile_then_entry, order, (_X,))
+@pytest.mark.parametrize("f", [_resize_then_entry, _full_wrap_pad_then_entry], ids=["resize", "wrap_pad"])
+def test_one_copy_of_an_entry_held_twice(f, order):
+    _nan_free_where_jacfwd_is(f, order, (_X,))
 
 
-@_SAME_INPUT_TWICE
-@pytest.mark.parametrize("order", _ORDERS)
-def test_concatenate_of_one_operand_twice_then_one_entry(order):
-    _nan_free_where_jacfwd_is(_concatenate_same_twice_then_entry, order, (_X,))
-
-
-@_SAME_INPUT_TWICE
-@pytest.mark.parametrize("order", ("reverse",))
-def test_roll_by_a_traced_shift_then_one_entry(order):
-    _nan_free_where_jacfwd_is(_roll_by_argmax_then_first, order, (_X,))
+def test_one_copy_of_an_entry_held_twice_on_the_tape():
+    with jax.enable_x64(True):
+        x = jnp.asarray(_X)
+        expected = np.asarray(jax.jacfwd(_long_chain_then_tile)(x))
+        actual = np.asarray(jax.jit(interpreter.jacobian(_long_chain_then_tile, "reverse"))(x))
+    assert np.all(np.isfinite(expected))
+    np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)
 
 
 # ---- controls: the corpus module's functions, exact under one jit (forward, reverse, Markowitz, auto) ----
