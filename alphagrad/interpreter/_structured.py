@@ -615,10 +615,41 @@ def shared(partial: Partial, reads: int) -> Partial:
     return partial._replace(value=_kept(value))
 
 
-#: A partial read by several products of a step is computed once (`SharedReads`) where XLA would
-#: evaluate it at least this many times fused: its reads times those of the partials read several
-#: times, and not computed once, that it descends from (the largest such product along a path).
-SHARED_FAN_MIN = 4
+#: A partial read by several products of a step is computed once (`SharedReads`) where that saves
+#: XLA at least this many operations per call: (reads - 1) x the operations of one fused evaluation
+#: per entry (its own and those of the partials it descends from that no kernel computed, each as
+#: often as it is read on the way) x its entries x the examples of the vmap. A kernel of its own
+#: costs about as much as that many operations on XLA:CPU (at batch 256, float32, same process:
+#: Perceptron's [1, 8] row of ~30 fused operations read twice, 63k operations, ran 1.2-2x slower kept).
+SHARED_SAVED_MIN = 2**17
+
+
+def _by_dot(out: Partial, inp: Partial) -> tuple[bool, bool, bool]:
+    """Whether `multiply(out, inp)` computes the product in a dot_general (`contract`'s "dot": a
+    summed index beyond the unrolling caps), and whether that dot reads out's and in's value arrays
+    as they are. XLA:CPU fuses no producer into a dot: its operand is computed once, in a kernel,
+    however many dots read it, and the dot's result is a kernel's output. Every other product
+    (elementwise, an unrolled sum, a data move, `Placed` terms, labelled) is fusible, and a factor
+    the product first materialises (`Placed`) or guards (in's finite part or rows, where it may be
+    infinite) is read by that fusible step."""
+    if isinstance(out.value, Labelled) or isinstance(inp.value, Labelled) or INDEX_MAP in (out.code, inp.code):
+        return False, False, False
+    placed_out, placed_in = isinstance(out.value, Placed), isinstance(inp.value, Placed)
+    if placed_out != placed_in:
+        other = inp if placed_out else out
+        if (_is_scalar_row(other, out.in_shape) or other.code in VALUELESS
+                or _paired(other.code) is not None):  # (`_weighted_terms`: the product is terms)
+            return False, False, False
+    shapes = [(*x.out_shape, *x.in_shape) if placed else np.shape(x.value) if hasattr(x.value, "shape") else None
+              for x, placed in ((out, placed_out), (inp, placed_in))]
+    if None in shapes:
+        return False, False, False
+    plan = product_plan(inp.code, out.code)
+    size = {c: n for letters, shape in zip((plan.out_letters, plan.in_letters), shapes) for c, n in zip(letters, shape)}
+    large_batch = max(_vmapped_examples(out.value), _vmapped_examples(inp.value)) >= KEEP_PRODUCTS_MIN_BATCH
+    if _contraction_kind(plan.out_letters, plan.in_letters, plan.result_letters, size, large_batch) != "dot":
+        return False, False, False
+    return True, not placed_out, not placed_in and inp.finite
 
 
 class SharedReads:
@@ -630,37 +661,64 @@ class SharedReads:
     along the sweep. van_leer_advection (4 steps of a 16-cell stencil, two or three predecessors per
     vertex) in reverse order at batch 256 fused [16, 16] products 30-68 multiplies deep into each of
     20 fusions: 75 ms, 1.7 ms with the shared partials computed once (jax.jacrev 2.3; float32, same
-    process). A partial is computed once where the reads of it compound to SHARED_FAN_MIN
-    evaluations, not every partial read twice (where nothing compounds, that added 3-16 kernels to
-    osborne2, power_iteration and dh_chain at batch 256 for no measurable gain). Scalars stay
-    fusible (RoeFlux_1d: a kernel each cost more than their recomputation)."""
+    process). A partial is computed once where that saves SHARED_SAVED_MIN operations per call: its
+    work (the operations one fused evaluation performs per entry, back to the last kernel output: a
+    dot's result, a kept partial, a constant) times its entries, its reads less one and the examples.
+    Not every partial read twice (that added 3-16 kernels to osborne2, power_iteration and dh_chain
+    at batch 256), nor where reads compound only through scalars and dot_generals: Perceptron's
+    [1, 8] rows read twice behind matrix products (f885f62's count of reads kept three: 0.84 of
+    jax.jacrev against 0.94 without). Scalars stay fusible (RoeFlux_1d: a kernel each cost more
+    than their recomputation)."""
 
     def __init__(self):
-        self.fan: dict[tuple[int, int], int] = {}  # edge -> evaluations of its value, fused
-        self.reads: dict[tuple[int, int], int] = {}  # this step's reads of those not computed once
+        self.work: dict[tuple[int, int], int] = {}  # edge -> operations per evaluation of its value, fused
+        self.dots: set[tuple[int, int, int]] = set()  # this step's products computed by a dot_general
+        self.computed: set[tuple[int, int]] = set()  # edges whose value is a kernel's output (kept, a dot's)
 
     def read(self, edges: dict, products) -> None:
         """Before a step's `products` (planned, with pred, vertex, succ): computes once the partials
-        in `edges` they read several times whose evaluations compound to SHARED_FAN_MIN."""
-        reads = collections.Counter(key for planned in products
-                                    for key in ((planned.vertex, planned.succ), (planned.pred, planned.vertex)))
-        self.reads = {}
-        for key, count in reads.items():
-            if count < 2:
+        in `edges` they read several times where that saves SHARED_SAVED_MIN operations per call. A
+        fusible product evaluates what it reads once per product; the dots of a step read a factor
+        computed once, however many they are (`_by_dot`); a value computed once already (a kernel's
+        output, a constant) or without values is read, not evaluated."""
+        fused, dotted = collections.Counter(), set()
+        self.dots = set()
+        for planned in products:
+            keys = ((planned.vertex, planned.succ), (planned.pred, planned.vertex))
+            dot, *by_dot = _by_dot(*(edges[key] for key in keys))
+            if dot:
+                self.dots.add((planned.pred, planned.vertex, planned.succ))
+            for key, dot in zip(keys, by_dot):
+                if dot:
+                    dotted.add(key)
+                else:
+                    fused[key] += 1
+        for key in set(fused) | dotted:
+            count = fused[key] + (key in dotted)
+            value = edges[key].value
+            if count < 2 or key in self.computed or not isinstance(value, (jax.core.Tracer, Placed)):
                 continue
-            fan = self.fan.get(key, 1) * count
-            kept = shared(edges[key], count) if fan >= SHARED_FAN_MIN else edges[key]
-            if kept is edges[key]:
-                self.reads[key] = count
-            else:
-                edges[key] = kept
-                self.fan[key] = 1
+            entries = math.prod(np.shape(value)) if isinstance(value, jax.core.Tracer) else 0
+            if (count - 1) * self.work.get(key, 1) * entries * _vmapped_examples(value) >= SHARED_SAVED_MIN:
+                kept = shared(edges[key], count)
+                if kept is not edges[key]:
+                    edges[key] = kept
+                    self.computed.add(key)
+
+    def _evaluated(self, key) -> int:
+        return 0 if key in self.computed else self.work.get(key, 1)
 
     def made(self, planned, summed: bool) -> None:
-        """After the product of `planned` went into edge (pred, succ) (added to one there: `summed`)."""
+        """After the product of `planned` went into edge (pred, succ) (added to one there: `summed`).
+        A dot's result is a kernel's output: reading it evaluates nothing it was computed from."""
         p, v, c = planned.pred, planned.vertex, planned.succ
-        fan = max(self.fan.get(key, 1) * self.reads.get(key, 1) for key in ((v, c), (p, v)))
-        self.fan[(p, c)] = max(fan, self.fan.get((p, c), 1)) if summed else fan
+        dot = (p, v, c) in self.dots
+        work = 0 if dot else 1 + self._evaluated((v, c)) + self._evaluated((p, v))
+        self.work[(p, c)] = work + 1 + self._evaluated((p, c)) if summed else work
+        if dot and not summed:
+            self.computed.add((p, c))
+        else:
+            self.computed.discard((p, c))
 
 
 def _bits_type(x: jax.Array):
@@ -955,6 +1013,14 @@ def _permutation_pattern(code: int, out_shape: Shape2D, in_shape: Shape2D, dtype
     return full
 
 
+#: Where a map known only at run time (a scatter-add onto receivers passed as an argument) meets
+#: the entries along which a term's weight varies, the split terms' patterns are computed per
+#: example, each of the moved size: more than RUN_TIME_SPLIT_MAX parts cost more than the product
+#: materialised and moved once (message_passing at batch 256: 15 parts of [4, 3, 4, 3] scattered,
+#: 2,160 entries per example, against the [5, 3, 4, 3] product moved). None: always split.
+RUN_TIME_SPLIT_MAX: int | None = None
+
+
 def _varies(weight, axes) -> bool:
     """Whether a term's weight varies along any of these of its axes."""
     return weight is not None and any(np.shape(weight)[a] != 1 for a in axes)
@@ -1044,6 +1110,9 @@ def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list
         return jax.vmap(moved)(pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces))
 
     patterns = _at_trace_time(stacked, len(weights) * entries)
+    if (RUN_TIME_SPLIT_MAX is not None and not isinstance(patterns, np.ndarray) and len(weights) > RUN_TIME_SPLIT_MAX
+            and any(masks is not None for _, masks in groups)):
+        return None  # (the product materialised, then moved: `patterns` is not used, and XLA drops it)
     return done + [Term(pattern, weight) for pattern, weight in zip(patterns, weights)]
 
 
@@ -1488,6 +1557,22 @@ def _unrolled_contract(letters_a: str, a: jax.Array, letters_b: str, b: jax.Arra
     return total.reshape([size[c] for c in result])
 
 
+def _contraction_kind(letters_a: str, letters_b: str, result: str, size: dict[str, int], large_batch: bool) -> str:
+    """How `contract` computes einsum(a, b) of these letters (`size`: each letter's size): "unrolled"
+    (`_unrolled_contract`, a fusible elementwise sum), "dot" (a dot_general: summed indices beyond
+    the unrolling caps) or "broadcast" (a broadcast multiply, summed or not: fusible)."""
+    live = [c for c in dict.fromkeys(letters_a + letters_b) if size[c] != 1]
+    summed = [c for c in live if c not in result]
+    own_a = [c for c in live if c in result and c in letters_a and c not in letters_b]
+    own_b = [c for c in live if c in result and c in letters_b and c not in letters_a]
+    if not summed:
+        return "broadcast"
+    if (own_a and own_b and math.prod(size[c] for c in summed) <= UNROLL_CONTRACTION
+            and math.prod(size[c] for c in live) <= (UNROLL_JOINT if large_batch else UNROLL_JOINT_SMALL_BATCH)):
+        return "unrolled"
+    return "dot"
+
+
 def contract(letters_a: str, a: jax.Array, letters_b: str, b: jax.Array, result: str,
              result_order: bool = False) -> jax.Array:
     """einsum(a, b) as one broadcast multiply over the joint index space, then a sum.
@@ -1516,13 +1601,11 @@ def contract(letters_a: str, a: jax.Array, letters_b: str, b: jax.Array, result:
         return x.reshape([size[c] if c in mine else 1 for c in live])
 
     summed_letters = [c for c in live if c not in result]
-    own_a = [c for c in live if c in result and c in letters_a and c not in letters_b]
-    own_b = [c for c in live if c in result and c in letters_b and c not in letters_a]
     large_batch = max(_vmapped_examples(a), _vmapped_examples(b)) >= KEEP_PRODUCTS_MIN_BATCH
-    if (summed_letters and own_a and own_b and math.prod(size[c] for c in summed_letters) <= UNROLL_CONTRACTION
-            and math.prod(size[c] for c in live) <= (UNROLL_JOINT if large_batch else UNROLL_JOINT_SMALL_BATCH)):
+    kind = _contraction_kind(letters_a, letters_b, result, size, large_batch)
+    if kind == "unrolled":
         return _unrolled_contract(letters_a, a, letters_b, b, result, size, summed_letters)
-    if summed_letters:
+    if kind == "dot":
         # A real contraction: one dot_general performs the same multiplications with far less
         # memory traffic than materialising the joint index space.
         mine_a = "".join(c for c in letters_a if size[c] != 1)
