@@ -8,12 +8,17 @@ as controls. Report: /work/notes/corpus23_report.md.
    whose tests/graph/test_same_operand_twice.py holds concatenate, roll, tile, stack and sort forms; here the
    forms it does not hold: ``jnp.resize``, ``jnp.pad(mode="wrap")`` as wide as the array, and a tile after a long
    chain (the tape's path). Repro: /work/notes/corpus23/repros/roll_traced_shift_nan.py.
+2. NaN where jax.jacfwd is finite: a convolution after a pole whose kept outputs' windows avoid the pole (a
+   stride-2 convolution of ``sqrt(x)`` skipping the zeros of x): NaN in every order (the convolution's dense
+   partial's zeros times sqrt's inf; XLA's convolution of jax.jacfwd's tangents never forms those products).
+   Open: strict xfails. Repro: /work/notes/corpus23/repros/conv_after_sqrt_nan.py.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from alphagrad import interpreter
 from alphagrad.tasks import _corpus_heldout23 as corpus
@@ -51,6 +56,17 @@ def test_one_copy_of_an_entry_held_twice_on_the_tape():
         actual = np.asarray(jax.jit(interpreter.jacobian(_long_chain_then_tile, "reverse"))(x))
     assert np.all(np.isfinite(expected))
     np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)
+
+
+def _strided_convolution_of_sqrt(x):
+    return lax.conv_general_dilated(jnp.sqrt(x)[None, None], jnp.full((1, 1, 1), 2.0), (2,), "VALID")[0, 0]
+
+
+@pytest.mark.xfail(strict=True, reason="corpus23 finding 2: a convolution's dense partial's zeros times a pole "
+                                       "before it (NaN where jax.jacfwd is finite)")
+@pytest.mark.parametrize("order", _ORDERS)
+def test_a_strided_convolution_that_skips_the_poles(order):
+    _nan_free_where_jacfwd_is(_strided_convolution_of_sqrt, order, (_X,))
 
 
 # ---- controls: the corpus module's functions, exact under one jit (forward, reverse, Markowitz, auto) ----
