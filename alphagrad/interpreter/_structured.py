@@ -1328,6 +1328,13 @@ def _product_support(out: Partial, inp: Partial, supports: Callable[[], tuple]):
     if diagonal_in is not None:
         return RunTimeSupport(lambda: (jnp.reshape(_as_bool_array(held_out), (c, v))
                                        & jnp.reshape(diagonal_in(), (1, v))).reshape(shape))
+    pull = getattr(held_in, "pull", None)
+    if pull is not None:
+        # A run-time index map that pulls rows back by its own selections (a max-pool's choice,
+        # `_windows.WindowChoiceMap.pull_support`): out's rows through it, no [v, p] array and no
+        # matmul of 0/1 values (cnn_pool: [16, 64] @ [64, 100] per example, run as a transposed
+        # copy and a matmul of [64, batch * 100], about half of its "auto" Jacobian's time).
+        return RunTimeSupport(lambda: jnp.reshape(pull(jnp.reshape(_as_bool_array(held_out), (c, v))), shape))
     if isinstance(held_out, RunTimeSupport) or isinstance(held_in, RunTimeSupport):
         # Known at run time: computed only where a later product asks (a [c, v] @ [v, p] matmul of
         # 0/1 values).
