@@ -26,6 +26,7 @@ import functools
 import itertools
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -92,7 +93,11 @@ def window_choice_map(eqn, x, linear, out_shape, in_shape) -> IndexMap | None:
         inside = read >= 0
         readers[k, read[inside]] = np.arange(count, dtype=np.int32)[inside]
         reading[k, read[inside]] = True
-    given = (chosen[readers] == np.arange(1, size + 1, dtype=np.int32)[None, :]) & reading
+    # Computed once and kept (bool [offsets, size] per example): fused into each reader, XLA
+    # recomputed its gather of `chosen` per entry of every transposed row and of the products'
+    # supports (cnn_pool "auto" at batch 256: 45 -> 38 ms, reverse 6.3 -> 5.2 ms, one process).
+    given = jax.lax.optimization_barrier((chosen[readers] == np.arange(1, size + 1, dtype=np.int32)[None, :])
+                                         & reading)
     zero = jnp.zeros((), x.dtype)
     kept = chosen > 0
     index = jnp.maximum(chosen - 1, 0)
