@@ -11,7 +11,8 @@ as controls. Report: /work/notes/corpus23_report.md.
 2. NaN where jax.jacfwd is finite: a convolution after a pole whose kept outputs' windows avoid the pole (a
    stride-2 convolution of ``sqrt(x)`` skipping the zeros of x): NaN in every order (the convolution's dense
    partial's zeros times sqrt's inf; XLA's convolution of jax.jacfwd's tangents never forms those products).
-   Open: strict xfails. Repro: /work/notes/corpus23/repros/conv_after_sqrt_nan.py.
+   Likewise the first entry of ``jnp.cumprod(1 + sqrt(x))``. Open: strict xfails.
+   Repro: /work/notes/corpus23/repros/conv_after_sqrt_nan.py.
 """
 
 import jax
@@ -62,11 +63,17 @@ def _strided_convolution_of_sqrt(x):
     return lax.conv_general_dilated(jnp.sqrt(x)[None, None], jnp.full((1, 1, 1), 2.0), (2,), "VALID")[0, 0]
 
 
-@pytest.mark.xfail(strict=True, reason="corpus23 finding 2: a convolution's dense partial's zeros times a pole "
-                                       "before it (NaN where jax.jacfwd is finite)")
+def _first_cumulative_product_of_sqrt(x):
+    return jnp.cumprod(1.0 + jnp.sqrt(x))[:1]
+
+
+@pytest.mark.xfail(strict=True, reason="corpus23 finding 2: a convolution's or cumprod's dense partial's zeros "
+                                       "times a pole before it (NaN where jax.jacfwd is finite)")
 @pytest.mark.parametrize("order", _ORDERS)
-def test_a_strided_convolution_that_skips_the_poles(order):
-    _nan_free_where_jacfwd_is(_strided_convolution_of_sqrt, order, (_X,))
+@pytest.mark.parametrize("f", [_strided_convolution_of_sqrt, _first_cumulative_product_of_sqrt],
+                         ids=["strided_convolution", "cumprod"])
+def test_outputs_that_do_not_read_the_poles(f, order):
+    _nan_free_where_jacfwd_is(f, order, (_X,))
 
 
 # ---- controls: the corpus module's functions, exact under one jit (forward, reverse, Markowitz, auto) ----
