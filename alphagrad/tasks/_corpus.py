@@ -29,7 +29,11 @@ PRNG key in a scan carry, `jnp.unique(size=)` groups, `lax.all_to_all` in `jax.v
 session-21 one (`_corpus_heldout21`: message passing with edge features and scatter-max, a masked
 autoregressive flow, a mixture density network, VICReg, a pharmacokinetic RK4 model, a Kalman likelihood, van
 Leer advection, a three-qubit circuit, a biquad cascade, quaternion kinematics, a GP posterior by cho_solve,
-NeuralSort). The test suite
+NeuralSort), and of the session-22 one (`_corpus_heldout22`: rotary and multi-query attention, top-2
+mixture-of-experts routing, a CTC loss by scan, a masked softmax with all-masked rows, backward Euler with Newton
+iterations, leapfrog in a fori loop, finite elements by segment_sum, an adaptive Heun while loop, searchsorted
+interpolation on traced knots, a dynamic_update_slice ring buffer, expm of a rotation generator, a QR
+log-determinant). The test suite
 checks every function's Jacobian in several orders, under ``jax.jit``, and its counted
 multiplications (tests/interpreter/test_corpus.py); docs/corpus.md is its table.
 
@@ -45,8 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from alphagrad.tasks import (_corpus_control, _corpus_heldout16, _corpus_heldout17, _corpus_heldout18,
-                             _corpus_heldout19, _corpus_heldout20, _corpus_heldout21, _corpus_nn, _corpus_outsider,
-                             _corpus_practice, _corpus_science, _corpus_wild)
+                             _corpus_heldout19, _corpus_heldout20, _corpus_heldout21, _corpus_heldout22, _corpus_nn,
+                             _corpus_outsider, _corpus_practice, _corpus_science, _corpus_wild)
 from alphagrad.tasks._registry import Task
 
 __all__ = ["corpus", "corpus_groups"]
@@ -232,7 +236,7 @@ _JACFWD_REFERENCE = (_FORWARD_ONLY | _corpus_outsider.JACFWD_REFERENCE | _corpus
                      | _corpus_wild.JACFWD_REFERENCE | _corpus_heldout16.JACFWD_REFERENCE
                      | _corpus_heldout17.JACFWD_REFERENCE | _corpus_heldout18.JACFWD_REFERENCE
                      | _corpus_heldout19.JACFWD_REFERENCE | _corpus_heldout20.JACFWD_REFERENCE
-                     | _corpus_heldout21.JACFWD_REFERENCE)
+                     | _corpus_heldout21.JACFWD_REFERENCE | _corpus_heldout22.JACFWD_REFERENCE)
 
 
 def _entries() -> list[tuple]:
@@ -240,7 +244,7 @@ def _entries() -> list[tuple]:
             + _corpus_control.entries() + _corpus_outsider.entries() + _corpus_practice.entries()
             + _corpus_wild.entries() + _corpus_heldout16.entries() + _corpus_heldout17.entries()
             + _corpus_heldout18.entries() + _corpus_heldout19.entries() + _corpus_heldout20.entries()
-            + _corpus_heldout21.entries())
+            + _corpus_heldout21.entries() + _corpus_heldout22.entries())
 
 
 def corpus() -> dict[str, Task]:

@@ -67,7 +67,7 @@ def test_a_corpus_function_resolves_with_its_argnums_and_stays_out_of_the_regist
         "fori_dynamic", "newton_sqrt", "cubic_root_newton", "mixed_precision_dense",
         "float_clock_while", "nested_while", "while_dict_state", "tolerance_while", "bisection_cube_root",
         "cosine_similarity_zero_row", "padded_token_normalise", "armijo_backtracking",
-        "float16_argument_upcast", "bfloat16_weights_matmul"}
+        "float16_argument_upcast", "bfloat16_weights_matmul", "adaptive_heun_while_maxsteps"}
     assert all(t.description and t.name == n for n, t in corpus.items())
     task = tasks.resolve("corpus:window")  # window(x, start): the integer offset is not differentiated
     assert task.fn is corpus["window"].fn and task.argnums == 0 and task.reference is None
