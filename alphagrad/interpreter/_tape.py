@@ -422,6 +422,10 @@ class Tape(NamedTuple):
       early: the same for each data movement of more than `MAX_COMPONENTS` entries of argument
         leaves, constants and earlier early values that some equation reads; computed before
         the equation loop (`_Builder._early`).
+      bounded_leaves: (flattened-argument index, bound) of the integer leaves whose dtype the
+        buffer does not hold exactly (int32 in float32, int64 in float64: token ids, labels, edge
+        lists): held where every entry is at most the bound in magnitude; beyond it the outputs
+        and the Jacobian are NaN (`_buffers`), never rounded indices.
       segments: () for one equation loop, else (wide, narrow, schedule): the equations of the
         wide and of the narrow segments (`_LoopSegment`, `_Builder._narrow`) and, per turn,
         int32 [narrow start, narrow stop, wide start, wide stop) in their tables.
@@ -458,6 +462,7 @@ class Tape(NamedTuple):
     prod_records: np.ndarray | None = None
     prod_shapes: np.ndarray | None = None
     discard: _Discard | None = None
+    bounded_leaves: tuple[tuple[int, float], ...] = ()
     late: tuple = ()
     early: tuple = ()
     segments: tuple = ()
@@ -716,6 +721,7 @@ class _Builder:
         self.node_base: dict[int, int] = {}
         self.node_shape: dict[int, tuple] = {}
         self.leaf_base: dict[int, int] = {}
+        self.bounded_leaves: dict[int, float] = {}  # integer leaves held within a bound (`Tape.bounded_leaves`)
         self.num_values = 0
         self.constants: list[np.ndarray] = []
         self.constant_base: dict[Any, int] = {}
@@ -749,8 +755,10 @@ class _Builder:
         if index not in self.leaf_base:
             aval = self.program.leaf_avals[index]
             if jax.dtypes.issubdtype(aval.dtype, jax.dtypes.extended) or not (
-                    self._value_dtype_ok(aval.dtype) or self._exact_integers(aval.dtype)):  # (int32 in float64)
+                    self._value_dtype_ok(aval.dtype) or np.dtype(aval.dtype).kind in "iu"):
                 raise Unsupported(f"argument leaf {index} has dtype {aval.dtype}")
+            if not (self._value_dtype_ok(aval.dtype) or self._exact_integers(aval.dtype)):
+                self.bounded_leaves[index] = self._leaf_bound()  # (int32 in float32: checked at run time)
             # Any size (the slots of all values are bounded by MAX_VALUE_SLOTS): an equation
             # reading a value of more than MAX_COMPONENTS entries must move data (`build`), so
             # no step gathers it whole.
@@ -777,6 +785,12 @@ class _Builder:
             self.constants.append(value.reshape(-1).astype(self.dtype))
         return self.constant_base[key], tuple(value.shape), value.dtype
 
+    def _leaf_bound(self) -> float:
+        """The largest magnitude an integer leaf whose dtype the buffer does not hold exactly may
+        have (`Tape.bounded_leaves`): 2^(mantissa bits - 4) (float32: 524,288; float64: 2^48),
+        leaving room for the index arithmetic of `_small_integer` within the exact integers."""
+        return float(2 ** (np.finfo(self.dtype).nmant - 4))
+
     def _integer_range(self, op: Operand) -> tuple[float, float] | None:
         """(least, greatest) value an integer or boolean operand may take (None: a float, or unknown)."""
         if isinstance(op.value, ValueRef) and op.node is None:
@@ -787,6 +801,8 @@ class _Builder:
             dtype = self.node_dtype[op.node]
         elif isinstance(op.value, LeafRef):
             dtype = np.dtype(self.program.leaf_avals[op.value.index].dtype)
+            if dtype.kind in "iu" and not self._exact_integers(dtype):  # `Tape.bounded_leaves`
+                return (0.0 if dtype.kind == "u" else -self._leaf_bound()), self._leaf_bound()
         else:
             value = np.asarray(op.value)
             if value.dtype.kind not in "biu":
@@ -1741,6 +1757,7 @@ class _Builder:
         return Tape(
             dtype=self.dtype,
             leaves=tuple(sorted(self.leaf_base.items())),
+            bounded_leaves=tuple(sorted(self.bounded_leaves.items())),
             constants=constants,
             constants_at=constants_at,
             num_values=self.num_values + O,
@@ -2982,7 +2999,12 @@ def _buffers(tape: Tape, leaves: list[Any]) -> tuple[jax.Array, jax.Array]:
     def _jvp(primals, tangents):
         return jax.jvp(plain, primals, tangents)
 
-    return execute(vals)
+    vals, edges = execute(vals)
+    if tape.bounded_leaves:  # an integer leaf beyond its bound: NaN, not rounded indices
+        held = functools.reduce(jnp.logical_and, [jnp.all(jnp.abs(jnp.asarray(leaves[leaf])) <= bound)
+                                                  for leaf, bound in tape.bounded_leaves])
+        vals, edges = (jnp.where(held, a, jnp.asarray(jnp.nan, a.dtype)) for a in (vals, edges))
+    return vals, edges
 
 
 def run(tape: Tape, leaves: list[Any]) -> tuple[list[Any], dict[tuple[int, int], Partial]]:

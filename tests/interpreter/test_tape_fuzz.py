@@ -140,6 +140,37 @@ def test_float32_lu_pivots_and_bfloat16_operands_run_on_the_tape(small_tape):
     _on_tape_and_exact(bfloat16_weights, (b, w), (0, 1), orders=("reverse",), rtol=1e-4)
 
 
+def edge_messages(x, w, senders, receivers):
+    """Message passing over an edge list given as int32 arguments (token ids, labels and edge
+    lists are arguments the float32 buffer does not hold exactly whatever their value)."""
+    for _ in range(2):
+        messages = jnp.tanh(x[senders] * w[: senders.shape[0]] - x[receivers])
+        x = x + 0.5 * jax.ops.segment_sum(messages, receivers, num_segments=x.shape[0])
+    return x
+
+
+def _edge_arguments(bound_exceeded=False):
+    rng = np.random.default_rng(5)
+    senders = rng.integers(0, 6, 9).astype(np.int32)
+    if bound_exceeded:
+        senders[2] = 2**24 + 3  # out of bounds: jnp indexing clamps it; beyond the buffer's exact integers
+    x, w = (jnp.asarray(rng.normal(size=n), jnp.float32) for n in (6, 9))
+    return x, w, jnp.asarray(senders), jnp.asarray(rng.integers(0, 6, 9).astype(np.int32))
+
+
+def test_integer_arguments_run_on_a_float32_tape_within_their_bound(small_tape):
+    args = _edge_arguments()
+    g = interpreter.graph_of(edge_messages, *args, argnums=(0, 1))
+    tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse")))
+    assert [leaf for leaf, _ in tape.bounded_leaves] == [2, 3]
+    _on_tape_and_exact(edge_messages, args, (0, 1), orders=("reverse",), rtol=1e-4)
+    # Beyond the bound the buffer would round the index: NaN, never another entry's derivative.
+    far = _edge_arguments(bound_exceeded=True)
+    jac = jax.jit(interpreter.jacobian(edge_messages, "reverse", argnums=(0, 1)))(*far)
+    assert all(np.isnan(np.asarray(block)).all() for block in jax.tree.leaves(jac))
+    assert np.isfinite(np.asarray(jax.jacfwd(edge_messages, argnums=(0, 1))(*far)[0])).all()
+
+
 def wrapping_conversion(x, t):
     """uint32 arithmetic that wraps, converted to int32 (-80), an index: the tape read it from the
     float64 buffer as uint32, converted it to int32 and wrote it back in one kind, which XLA's CPU
