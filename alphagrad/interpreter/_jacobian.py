@@ -1859,7 +1859,10 @@ def jacobian(
       ``interpreter._tape.TAPE_MIN_SIZE`` straight-line operations, values of at most ``_tape.MAX_COMPONENTS`` entries) runs as a compact
       tape: two XLA loops whose compiled size does not grow with the program, performing the same
       products (module ``interpreter._tape``); other programs run one XLA operation per
-      equation and product.
+      equation and product. On the tape an integer argument whose dtype its float buffer does
+      not hold exactly (int32 in a float32 program, int64 in a float64 one) must stay within
+      2^(mantissa bits - 4) in magnitude (524,288 in float32): beyond that the outputs and the
+      Jacobian are NaN rather than computed at a rounded index.
 
     Raises (when the returned function is called):
       TraceError: f cannot be traced into a graph; in particular a differentiated argument leaf,
