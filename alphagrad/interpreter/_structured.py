@@ -1018,7 +1018,7 @@ def _permutation_pattern(code: int, out_shape: Shape2D, in_shape: Shape2D, dtype
 #: example, each of the moved size: more than RUN_TIME_SPLIT_MAX parts cost more than the product
 #: materialised and moved once (message_passing at batch 256: 15 parts of [4, 3, 4, 3] scattered,
 #: 2,160 entries per example, against the [5, 3, 4, 3] product moved). None: always split.
-RUN_TIME_SPLIT_MAX: int | None = None
+RUN_TIME_SPLIT_MAX: int | None = 2
 
 
 def _varies(weight, axes) -> bool:

@@ -142,7 +142,13 @@ def product(out, inp, checks, expect_placed=True):
     return result
 
 
-def test_weighted_maps_compose_lazily_and_equal_dense_arithmetic():
+def test_weighted_maps_compose_lazily_and_equal_dense_arithmetic(monkeypatch):
+    # The maps here are traced (known only at run time, as jnp arrays under jit): their split terms
+    # are kept as terms (RUN_TIME_SPLIT_MAX=None) so that the split's arithmetic is checked; by
+    # default such a product is materialised, then moved (tests/interpreter/test_shared_reads.py).
+    from alphagrad.interpreter import _structured
+
+    monkeypatch.setattr(_structured, "RUN_TIME_SPLIT_MAX", None)
     rng = np.random.default_rng(300)
     # a transpose with a weight per row (code 9): the identity case is the same without transposes
     paired = [random_partial(rng, code, (3, 3), (3, 3)) for code in PAIRED]
@@ -175,7 +181,10 @@ def test_weighted_maps_compose_lazily_and_equal_dense_arithmetic():
         np.testing.assert_allclose(got, expected, atol=1e-12)
 
 
-def test_a_placed_partial_times_a_dense_row_through_one_entry_stays_placed():
+def test_a_placed_partial_times_a_dense_row_through_one_entry_stays_placed(monkeypatch):
+    from alphagrad.interpreter import _structured
+
+    monkeypatch.setattr(_structured, "RUN_TIME_SPLIT_MAX", None)  # (as above: the split of a traced map)
     # v has one entry: a `Placed` (v->c) times a dense row (p->v), and a dense column times a `Placed`
     # (p->v), are outer products; each term's weight takes the dense side's numbers (reverse mode
     # through a division by a constant into a stencil's maps, as burgers_upwind's).
