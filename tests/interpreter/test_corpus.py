@@ -8,7 +8,7 @@ Markowitz and a fixed-seed random order, ``count_muls == graph.cost`` for each o
 
 Speed (the suite runs on 2 cores): each function is compiled once, as one jitted function returning
 the reference Jacobian and the Jacobians of all five orders (op-by-op dispatch of either costs more
-than compiling), with XLA's backend at level 0; the multiplication counts are traced abstractly.
+than compiling); the multiplication counts are traced abstractly.
 
 A function that alphagrad gets wrong, refuses or cannot compile in reasonable time is listed in
 KNOWN_FAILURES with its reproducer in the failure log, as a strict expected failure: the test flips
@@ -40,11 +40,11 @@ KNOWN_FAILURES: dict[str, str] = {
 
 ORDERS = ("forward", "reverse", "markowitz", "random", "auto")
 
-#: XLA's backend (LLVM) at level 0: the one program per function runs once on tiny arguments, so
-#: compiling is its whole cost, and level 0 compiles it about 40% faster (the package's tracing,
-#: the other half of a case, is unchanged). The reference and the five Jacobians are compiled
-#: together, at the same level, as before.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
+#: Options of the one program per function (the reference and the five Jacobians, compiled
+#: together). XLA's backend at level 0 ({"xla_backend_optimization_level": 0}) compiled it about
+#: 40% faster, but twice failed nnx_mlp's float32 Markowitz block in whole-suite runs on 2 workers
+#: (3.1e-5 against 2.7e-5 allowed, never alone): the default level until that is understood.
+FAST_COMPILE = None
 
 
 @pytest.fixture
