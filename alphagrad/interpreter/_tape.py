@@ -135,6 +135,7 @@ from alphagrad.graph import (
 from alphagrad.interpreter._discard import (
     elementwise_code, entrywise_code, plan_discard, structural_reads, value_cover,
 )
+from alphagrad.interpreter import _ranges
 from alphagrad.interpreter._poles import BOUNDED_VALUES, bounded_operand, has_finite_partials
 from alphagrad.interpreter._structured import Partial
 from alphagrad.interpreter._tape_products import (
@@ -426,6 +427,10 @@ class Tape(NamedTuple):
         buffer does not hold exactly (int32 in float32, int64 in float64: token ids, labels, edge
         lists): held where every entry is at most the bound in magnitude; beyond it the outputs
         and the Jacobian are NaN (`_buffers`), never rounded indices.
+      bounded_values: (first value slot, entries, bound) of the integer results of loops and
+        branches kept whole whose range their body's interval arithmetic does not bound within the
+        buffer's exact integers (`_ranges`; float32 buffers): held where every entry is at most the
+        bound in magnitude, as `bounded_leaves`.
       segments: () for one equation loop, else (wide, narrow, schedule): the equations of the
         wide and of the narrow segments (`_LoopSegment`, `_Builder._narrow`) and, per turn,
         int32 [narrow start, narrow stop, wide start, wide stop) in their tables.
@@ -463,6 +468,7 @@ class Tape(NamedTuple):
     prod_shapes: np.ndarray | None = None
     discard: _Discard | None = None
     bounded_leaves: tuple[tuple[int, float], ...] = ()
+    bounded_values: tuple[tuple[int, int, float], ...] = ()
     late: tuple = ()
     early: tuple = ()
     segments: tuple = ()
@@ -722,6 +728,7 @@ class _Builder:
         self.node_shape: dict[int, tuple] = {}
         self.leaf_base: dict[int, int] = {}
         self.bounded_leaves: dict[int, float] = {}  # integer leaves held within a bound (`Tape.bounded_leaves`)
+        self.bounded_values: dict[Any, float] = {}  # loops' integer results held within one (`Tape.bounded_values`)
         self.num_values = 0
         self.constants: list[np.ndarray] = []
         self.constant_base: dict[Any, int] = {}
@@ -814,6 +821,30 @@ class _Builder:
             return float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
         return None
 
+    def _sub_program_range(self, eqn, ranges: list) -> tuple[float, float] | None:
+        """The range of a loop's, branch's or call's integer result (`_ranges`), or None."""
+        primitive, k = (eqn.primitive.primitive, eqn.primitive.k) if isinstance(eqn.primitive, _OutputOf) else (
+            eqn.primitive, 0)
+        in_avals = [jax.core.ShapedArray(self._shape_of(op), self._dtype_of(op)) for op in eqn.operands]
+        return _ranges.sub_program_range(primitive, eqn.params, ranges, in_avals, k)
+
+    def _bounded_value_slots(self) -> tuple[tuple[int, int, float], ...]:
+        """`Tape.bounded_values` from the vertices held within a bound."""
+        slots = []
+        for node, bound in self.bounded_values.items():
+            if node not in self.node_base:
+                raise Unsupported("an integer result of a loop that its body does not bound is not in the buffer")
+            slots.append((self.node_base[node], math.prod(self.node_shape[node]), bound))
+        return tuple(sorted(slots))
+
+    def _dtype_of(self, op: Operand):
+        """The dtype of an operand (a vertex, an argument leaf or a constant)."""
+        if op.node is not None:
+            return self.node_dtype[op.node]
+        if isinstance(op.value, LeafRef):
+            return np.dtype(self.program.leaf_avals[op.value.index].dtype)
+        return np.dtype(jnp.result_type(op.value))
+
     def _shape_of(self, op: Operand) -> tuple:
         """The shape of an operand (a vertex, an argument leaf or a constant)."""
         if op.node is not None:
@@ -868,6 +899,14 @@ class _Builder:
             r = full  # computed from floats and booleans in its own dtype (lu's pivots)
         elif name in _SUB_PROGRAMS and self._exact_integers(dtype):
             r = full  # a loop's or call's integer result (jnp.searchsorted's binary search): any value of its dtype
+        elif name in _SUB_PROGRAMS:  # bounded by its body's interval arithmetic (the binary search: [0, n])
+            r = self._sub_program_range(eqn, ranges)
+            if r is None or not (-limit < r[0] and r[1] < limit):
+                # Intervals cannot bound it (jnp.searchsorted's ``low + (high - low) // 2`` in
+                # uint32: they do not know high >= low): held within the leaves' bound, checked
+                # at run time (`Tape.bounded_values`).
+                r = (0.0 if dtype.kind == "u" else -self._leaf_bound()), self._leaf_bound()
+                self.bounded_values[eqn.outputs[0].node] = self._leaf_bound()
         elif None in ranges or not ranges:
             return False
         elif name == "add":
@@ -1758,6 +1797,7 @@ class _Builder:
             dtype=self.dtype,
             leaves=tuple(sorted(self.leaf_base.items())),
             bounded_leaves=tuple(sorted(self.bounded_leaves.items())),
+            bounded_values=self._bounded_value_slots(),
             constants=constants,
             constants_at=constants_at,
             num_values=self.num_values + O,
@@ -3003,6 +3043,10 @@ def _buffers(tape: Tape, leaves: list[Any]) -> tuple[jax.Array, jax.Array]:
     if tape.bounded_leaves:  # an integer leaf beyond its bound: NaN, not rounded indices
         held = functools.reduce(jnp.logical_and, [jnp.all(jnp.abs(jnp.asarray(leaves[leaf])) <= bound)
                                                   for leaf, bound in tape.bounded_leaves])
+        vals, edges = (jnp.where(held, a, jnp.asarray(jnp.nan, a.dtype)) for a in (vals, edges))
+    if tape.bounded_values:  # a loop's integer result beyond its bound (stored rounded): NaN as well
+        held = functools.reduce(jnp.logical_and, [jnp.all(jnp.abs(vals[at:at + size]) <= bound)
+                                                  for at, size, bound in tape.bounded_values])
         vals, edges = (jnp.where(held, a, jnp.asarray(jnp.nan, a.dtype)) for a in (vals, edges))
     return vals, edges
 
