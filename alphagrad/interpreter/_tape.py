@@ -102,7 +102,9 @@ as one equation per result used (a ``split`` as slices; a sort of several operan
 but a ``cond``, a ``while``, a ``scan`` whose loop plan takes its partials whole (mode "whole";
 chained plans count products the tape does not perform), a scatter's combiner, a linear solve
 (``custom_linear_solve``: ``jnp.linalg.solve``) or a function with a custom JVP rule (bound
-whole, differentiated by JAX's JVP of it, its rule for the latter); the
+whole, differentiated by JAX's JVP of it, its rule for the latter; the floating-point literals of
+its sub-programs are constant operands, `_lift_literals`, so steps that differ only in their
+coefficients share a kind); the
 buffers are float64 when
 the program has float64 values, else float32, and every value is floating-point (float16,
 bfloat16, float32 each computed in its own dtype and held exactly in the buffer) or boolean,
@@ -128,6 +130,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.extend.core import ClosedJaxpr, Literal, Var
 
 from alphagrad.graph import (
     INDEX_MAP, VALUELESS, Graph, LeafRef, Operand, Step, ValueRef, normalise_shape, product_plan, structure_of,
@@ -619,6 +622,83 @@ def _params_key(eqn) -> Any:
         raise Unsupported(f"the JVP rule of a custom_jvp function cannot be compared: {err}") from err
 
 
+def _lifted_jaxpr(closed) -> tuple[Any, list[np.ndarray]]:
+    """`closed` (a ClosedJaxpr) with its floating-point literals, at every depth of the loops,
+    branches and calls it binds (`_lift_literals`), as new leading inputs, and their values
+    (none: `closed` itself). One input per literal, in the order of the program's text."""
+    jaxpr = closed.jaxpr
+    new_vars, values, eqns = [], [], []
+
+    def lift(atom):
+        if (isinstance(atom, Literal) and np.shape(atom.val) == ()
+                and not jax.dtypes.issubdtype(atom.aval.dtype, jax.dtypes.extended) and _floating(atom.aval.dtype)):
+            var = Var(atom.aval.update(weak_type=False))
+            new_vars.append(var)
+            values.append(np.asarray(atom.val, atom.aval.dtype))
+            return var
+        return atom
+
+    for e in jaxpr.eqns:
+        before = len(values)
+        invars = [lift(a) for a in e.invars]
+        params, pieces = _lift_literals(e.primitive.name, e.params)
+        for at, vals in reversed(pieces):  # (ascending positions: inserted from the last)
+            inner = [Var(jax.core.ShapedArray((), v.dtype)) for v in vals]
+            invars[at:at] = inner
+            new_vars.extend(inner)
+            values.extend(vals)
+        eqns.append(e.replace(invars=invars, params=params) if len(values) > before else e)
+    outvars = [lift(a) for a in jaxpr.outvars]
+    if not values:
+        return closed, []
+    lifted = jaxpr.replace(invars=new_vars + list(jaxpr.invars), eqns=eqns, outvars=outvars)
+    return ClosedJaxpr(lifted, closed.consts), values
+
+
+def _lift_literals(name: str, params: dict) -> tuple[dict, list[tuple[int, list[np.ndarray]]]]:
+    """The parameters of a ``cond``, ``scan``, ``while`` or ``closed_call`` whose sub-programs'
+    floating-point literals are inputs (`_lifted_jaxpr`), and where their values go among its
+    operands: [(position in the original operands, values)], ascending (none: `params` itself).
+
+    A generated program runs one loop or branch per step, each with its own coefficients
+    (``lax.cond(p, lambda h: h * c, ...)``): as literals they made every step's program text, so
+    its tape kind (a branch XLA compiles), its own; as operands (constants of the buffer, without
+    edges: the graph and its cost are unchanged, and the kind computes no partial for them) the
+    steps share one kind."""
+    if name == "cond":
+        lifted = [_lifted_jaxpr(b) for b in params["branches"]]
+        if not any(vals for _, vals in lifted):
+            return params, []
+        counts = [len(vals) for _, vals in lifted]
+        branches = []
+        for i, (branch, vals) in enumerate(lifted):  # every branch takes all branches' values, reads its own
+            before = [Var(jax.core.ShapedArray((), v.dtype)) for _, vs in lifted[:i] for v in vs]
+            after = [Var(jax.core.ShapedArray((), v.dtype)) for _, vs in lifted[i + 1:] for v in vs]
+            own, rest = branch.jaxpr.invars[:counts[i]], branch.jaxpr.invars[counts[i]:]
+            branches.append(ClosedJaxpr(branch.jaxpr.replace(invars=before + own + after + rest), branch.consts))
+        return {**params, "branches": tuple(branches)}, [(1, [v for _, vals in lifted for v in vals])]
+    if name == "scan":
+        body, vals = _lifted_jaxpr(params["jaxpr"])
+        if not vals:
+            return params, []
+        new = {**params, "jaxpr": body, "num_consts": params["num_consts"] + len(vals)}
+        if "linear" in params:
+            new["linear"] = (False,) * len(vals) + tuple(params["linear"])
+        return new, [(0, vals)]
+    if name == "while":
+        cond, cond_vals = _lifted_jaxpr(params["cond_jaxpr"])
+        body, body_vals = _lifted_jaxpr(params["body_jaxpr"])
+        if not cond_vals and not body_vals:
+            return params, []
+        new = {**params, "cond_jaxpr": cond, "cond_nconsts": params["cond_nconsts"] + len(cond_vals),
+               "body_jaxpr": body, "body_nconsts": params["body_nconsts"] + len(body_vals)}
+        return new, [(0, cond_vals), (params["cond_nconsts"], body_vals)]
+    if name == "closed_call":
+        body, vals = _lifted_jaxpr(params["call_jaxpr"])
+        return ({**params, "call_jaxpr": body}, [(0, vals)]) if vals else (params, [])
+    return params, []
+
+
 #: Primitives that call a sub-program: one whose equations are all elementwise (`_elementwise`)
 #: runs on lanes, one kind per program text whatever its shape (`_Builder._generic`).
 _CALLS = frozenset({"custom_jvp_call", "cond", "closed_call", "pjit", "jit"})
@@ -734,6 +814,7 @@ class _Builder:
         self.constant_base: dict[Any, int] = {}
         self.int_range: dict[int, tuple[float, float]] = {}  # integer vertex -> (least, greatest) value
         self.int_exact: set[int] = set()  # integer vertices held exactly whatever their range (`_small_integer`)
+        self.lifted: dict[int, frozenset] = {}  # id(equation) -> positions of its lifted literals (`_lift`)
 
     def _allocate_value(self, size: int) -> int:
         base = self.num_values
@@ -1119,8 +1200,9 @@ class _Builder:
         # A partial per floating-point operand, a vertex or not (a vertex read twice: one for
         # both), so that the operands' being constants or vertices makes no kinds of its own.
         groups: dict[Any, list[int]] = {}
+        lifted = self.lifted.get(id(eqn), ())  # (constants in every equation of the kind: no partial)
         for i, (op, (_, _, dt)) in enumerate(zip(eqn.operands, operands)):
-            if _floating(dt) and name != "reduce_sum":
+            if _floating(dt) and name != "reduce_sum" and i not in lifted:
                 groups.setdefault(op.node if op.node is not None else ("operand", i), []).append(i)
         lane_groups = tuple(tuple(g) for g in groups.values())
         n_out = math.prod(shape)
@@ -1168,8 +1250,9 @@ class _Builder:
             entries = np.arange(math.prod(op_shape)).reshape(op_shape)
             sources.append(np.broadcast_to(entries, shape).reshape(-1))
         groups: dict[Any, list[int]] = {}
+        lifted = self.lifted.get(id(eqn), ())
         for i, (op, (_, _, dt)) in enumerate(zip(eqn.operands, operands)):
-            if _floating(dt):
+            if _floating(dt) and i not in lifted:
                 groups.setdefault(op.node if op.node is not None else ("operand", i), []).append(i)
         lane_groups = tuple(tuple(g) for g in groups.values())
         for e in incoming:
@@ -1360,7 +1443,7 @@ class _Builder:
                 raise Unsupported(f"{where} is a loop whose partials the plan chains ({eqn.loop.mode} mode)")
             if len(eqn.outputs) != 1:  # (a sort of one array has one result, in a list)
                 raise Unsupported(f"{where} has several outputs")
-        equations = self._fold(equations, incoming)
+        equations = [self._lift(eqn) for eqn in self._fold(equations, incoming)]
         # Leaves, then the constants in one contiguous block (written at once by `run`).
         for wanted in (LeafRef, object):
             for eqn in equations:
@@ -1586,6 +1669,23 @@ class _Builder:
             eq_segment.append(int(self.segment_of[k]))
         self.eq_segment = eq_segment
         return self._finish(eq_rows, templates, edges, next_slot, constants_at, zero)
+
+    def _lift(self, eqn):
+        """`eqn` with the floating-point literals of the sub-programs it binds whole as constant
+        operands (`_lift_literals`: steps of a generated program that differ only in their
+        coefficients share a kind), their positions in ``self.lifted`` (by id of the equation)."""
+        if eqn.primitive is None or eqn.primitive.name not in _SUB_PROGRAMS:
+            return eqn
+        params, pieces = _lift_literals(eqn.primitive.name, eqn.params)
+        if not pieces:
+            return eqn
+        operands, lifted = list(eqn.operands), []
+        for at, vals in reversed(pieces):
+            operands[at:at] = [Operand(None, v) for v in vals]
+            lifted = [p + len(vals) for p in lifted] + list(range(at, at + len(vals)))
+        eqn = eqn._replace(params=params, operands=tuple(operands))
+        self.lifted[id(eqn)] = frozenset(lifted)
+        return eqn
 
     def _narrow(self, equations, sizes: dict, width: int) -> list[bool]:
         """Per equation: whether it runs in a *narrow* segment of the equation loop, one whose

@@ -4,6 +4,7 @@ graph.cost; graphs outside its class fall back to the straight-line path."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import hypothesis.strategies as st
@@ -455,6 +456,34 @@ def test_tape_binds_conds_and_while_loops_whole(force_tape):
         assert tape.muls == graph.cost(g, "reverse")
         actual = jax.jit(interpreter.jacobian(branches, "reverse", argnums=(0, 1)))(*args)
         _close(actual, jax.jacfwd(branches, argnums=(0, 1))(*args), rtol=1e-10)
+
+
+def coefficient_steps(x, a, coefficients=(0.3, 0.7)):
+    """Steps alike but for their coefficients (literals of the bodies): a cond on a value, a
+    scan (with a cond in its body), a while loop of fixed trip count."""
+    for c in coefficients:
+        x = jax.lax.cond(jnp.sum(x) > 0, lambda h: h * c + a, lambda h: jnp.cos(h) - c, x)
+        ys = jax.lax.scan(lambda h, y: (jax.lax.cond(y > 0, lambda: jnp.tanh(c * h + y), lambda: h * (1 - c)),) * 2,
+                          x[0], x, reverse=True)[1]
+        x = jax.lax.while_loop(lambda s: s[0] < 2, lambda s: (s[0] + 1, s[1] * c + 0.1 * s[1] ** 2), (0, x + ys))[1]
+    return x
+
+
+def test_steps_differing_in_literals_share_kinds(force_tape):
+    """The float literals of bodies bound whole are constant operands (`_tape._lift_literals`):
+    a second step that differs only in its coefficients adds no kind (no branch XLA compiles);
+    the graph, its cost and the Jacobians are unchanged."""
+    with jax.enable_x64(True):
+        args = (jnp.array([0.6, -0.4, 0.9]), jnp.array([0.2, 0.5, -0.3]))
+        tapes = []
+        for coefficients in [(0.3,), (0.3, 0.7)]:
+            fn = functools.partial(coefficient_steps, coefficients=coefficients)
+            g = interpreter.graph_of(fn, *args, argnums=(0, 1))
+            tapes.append(_tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse"))))
+            assert tapes[-1].muls == graph.cost(g, "reverse")
+        assert len(tapes[1].branches) == len(tapes[0].branches)
+        actual = jax.jit(interpreter.jacobian(fn, "reverse", argnums=(0, 1)))(*args)
+        _close(actual, jax.jacfwd(fn, argnums=(0, 1))(*args), rtol=1e-10)
 
 
 def lorenz96(x, forcing):
