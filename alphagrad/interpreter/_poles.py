@@ -11,6 +11,7 @@ possibly infinite that is not costs only the guard).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -75,10 +76,13 @@ def has_finite_partials(eqn, values: list[Any], code: int, away_from_zero: dict 
     are: one that only moves data, one of `FINITE_PARTIALS`, of a power with a non-negative integer
     exponent, of a division by a constant without zeros (`values[1]`, read only when the divisor
     is a constant) or by a node bounded away from zero (`away_from_zero`: node -> bool,
-    `away_from_zero_value`), or an output's copy."""
+    `away_from_zero_value`), of a log, square root, reciprocal square root or integer power of
+    such a node (``log(sum(exp(x - max(x))))``, ``rsqrt(var + eps)``), or an output's copy."""
     if eqn.primitive is None or code in VALUELESS or code == INDEX_MAP:
         return True
     name = eqn.primitive.name
+    if name in _POLES_AT_ZERO_ONLY and away_from_zero and away_from_zero.get(eqn.operands[0].node, False):
+        return True
     if name == "div" and eqn.operands[1].node is not None and away_from_zero:
         return away_from_zero.get(eqn.operands[1].node, False)
     if name == "div" and eqn.operands[1].node is None:
@@ -87,6 +91,10 @@ def has_finite_partials(eqn, values: list[Any], code: int, away_from_zero: dict 
         divisor = values[1]
         return not isinstance(divisor, jax.core.Tracer) and bool(np.all(np.asarray(divisor) != 0))
     return name in FINITE_PARTIALS or (name == "integer_pow" and eqn.params.get("y", -1) >= 0)
+
+
+#: Primitives of one operand whose partial is infinite only where the operand is 0.
+_POLES_AT_ZERO_ONLY = frozenset({"log", "sqrt", "rsqrt", "integer_pow"})
 
 
 def _constant_without(op: Operand, value: Any, excluded: float) -> bool:
@@ -110,11 +118,15 @@ def away_from_zero_value(eqn, values: list[Any], away: dict, defined_by: dict) -
     minimum with a negative constant), the clamped norm of a normalisation; and a select whose every
     case is a constant without zeros, such a value, or the value its predicate bounds away from
     zero where it takes it (``jnp.where(jnp.abs(d) > eps, d, eps)``, the safe denominator of a
-    limiter). `away`: operand key -> bool for earlier values; `defined_by`: operand key -> its
+    limiter); and a sum of exponentials shifted by their maximum (`_shifted_exponential_sum`: the
+    denominator of ``jax.nn.softmax``, the argument of ``jax.nn.logsumexp``'s log), at least 1.
+    `away`: operand key -> bool for earlier values; `defined_by`: operand key -> its
     equation (keys: node, or the `ValueRef` of a value without a vertex)."""
     if eqn.primitive is None:
         return False
     name = eqn.primitive.name
+    if name == "reduce_sum":
+        return _shifted_exponential_sum(eqn, values, defined_by)
     if name in _MOVES_ONE and len(eqn.operands) == 1:  # a constant broadcast, converted, reshaped
         held = _known(values[0])
         return (held is not None and held.size and bool(np.all(held != 0))) or away.get(_key(eqn.operands[0]), False)
@@ -147,11 +159,81 @@ def away_from_zero_value(eqn, values: list[Any], away: dict, defined_by: dict) -
 _MOVES_ONE = frozenset("broadcast_in_dim convert_element_type reshape squeeze expand_dims copy copy_p".split())
 
 
+def _shifted_exponential_sum(eqn, values: list[Any], defined_by: dict) -> bool:
+    """Whether a reduce_sum adds ``exp(x - m)`` over the axes along which ``m = max(x)`` (the same
+    value x, m broadcast back along those axes, through data movement, ``stop_gradient`` and a
+    maximum with -inf): each sum holds the term exp(0) = 1 of x's greatest entry and no negative
+    one, so it is at least 1 wherever it is not NaN (an infinite or NaN entry of x). A sum whose
+    terms are selected (``jax.nn.softmax(x, where=mask)``) is not one: its row may be empty."""
+    exp = defined_by.get(_key(eqn.operands[0]))
+    shifted = defined_by.get(_key(exp.operands[0])) if _named(exp, "exp") else None
+    if not _named(shifted, "sub") or _key(shifted.operands[0]) is None:
+        return False
+    x, axes, shape = shifted.operands[0], tuple(eqn.params["axes"]), tuple(np.shape(values[0]))
+    chain, source = [], defined_by.get(_key(shifted.operands[1]))
+    while source is not None and not _named(source, "reduce_max"):
+        if _named(source, *_MOVES_ONE, "stop_gradient") and len(source.operands) == 1:
+            moved = source.operands[0]
+        elif _named(source, "max") and len(source.operands) == 2 and any(map(_minus_infinity, source.operands)):
+            moved = source.operands[1] if _minus_infinity(source.operands[0]) else source.operands[0]
+        else:
+            return False
+        chain.append(source)
+        source = defined_by.get(_key(moved))
+    if (source is None or _key(source.operands[0]) != _key(x) or tuple(source.params["axes"]) != axes
+            or tuple(source.aval.shape) != tuple(np.delete(shape, axes))):
+        return False
+    # The maximum must come back to the entries it was taken over: numbered, moved as the chain
+    # moves it, each entry of x meets the number of its own slice.
+    numbers = np.arange(math.prod(source.aval.shape)).reshape(source.aval.shape)
+    moved_numbers = numbers
+    for step in reversed(chain):
+        moved_numbers = _move(step, moved_numbers)
+        if moved_numbers is None:
+            return False
+    try:
+        placed = np.broadcast_to(moved_numbers, shape)
+    except ValueError:
+        return False
+    return bool(np.array_equal(placed, np.broadcast_to(np.expand_dims(numbers, axes), shape)))
+
+
+def _minus_infinity(op: Operand) -> bool:
+    """Whether `op` is a constant -inf (jnp.max's initial value: a maximum with it is the maximum itself)."""
+    return _is_constant(op) and bool(np.all(np.asarray(op.value) == -np.inf))
+
+
+def _named(eqn, *names: str) -> bool:
+    return eqn is not None and eqn.primitive is not None and eqn.primitive.name in names
+
+
+def _move(eqn, entries: np.ndarray) -> np.ndarray | None:
+    """`entries` moved as `eqn` (of `_MOVES_ONE`, stop_gradient, a maximum with -inf) moves its
+    operand, in NumPy; None where the move is not one of those."""
+    name, params = eqn.primitive.name, eqn.params
+    if name == "broadcast_in_dim":
+        shape, dims = tuple(params["shape"]), tuple(params["broadcast_dimensions"])
+        kept = [1] * len(shape)
+        for d, size in zip(dims, entries.shape):
+            kept[d] = size
+        return np.broadcast_to(entries.reshape(kept), shape)
+    if name == "reshape":
+        return None if params.get("dimensions") is not None else entries.reshape(params["new_sizes"])
+    if name == "squeeze":
+        return np.squeeze(entries, tuple(params["dimensions"]))
+    if name == "expand_dims":
+        return np.expand_dims(entries, tuple(params["dimensions"]))
+    return entries  # convert_element_type, copy, stop_gradient, the maximum with -inf
+
+
 def _nonnegative(eqn) -> bool:
-    """Whether the equation's output is never negative: abs, sqrt, exp, an even integer power."""
+    """Whether the equation's output is never negative: abs, sqrt, exp, an even integer power, a
+    maximum with a constant at least 0 (flax's ``jnp.maximum(0.0, mean2 - mean ** 2)``)."""
     if eqn is None or eqn.primitive is None:
         return False
     name = eqn.primitive.name
+    if name == "max":
+        return any(_is_constant(op) and bool(np.all(np.asarray(op.value) >= 0)) for op in eqn.operands)
     return name in ("abs", "sqrt", "exp") or (name == "integer_pow" and eqn.params.get("y", 1) % 2 == 0)
 
 
