@@ -1677,8 +1677,8 @@ class _Builder:
         if eqn.primitive is None or eqn.primitive.name not in _SUB_PROGRAMS:
             return eqn
         params, pieces = _lift_literals(eqn.primitive.name, eqn.params)
-        if not pieces:
-            return eqn
+        if not pieces or not all(_storable(v, self.dtype) for _, vals in pieces for v in vals):
+            return eqn  # (a float64 literal of a body in a float32 program: kept in the text)
         operands, lifted = list(eqn.operands), []
         for at, vals in reversed(pieces):
             operands[at:at] = [Operand(None, v) for v in vals]
