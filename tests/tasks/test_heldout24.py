@@ -1,0 +1,155 @@
+"""Cases of helper corpus24's held-out rehearsal (session 24): what alphagrad gets wrong (strict xfails while
+open), and new kinds it gets right (the functions of alphagrad/tasks/_corpus_heldout24.py) as controls. Report:
+/work/notes/corpus24_report.md.
+
+1. NaN where jax.jacfwd is finite: a pole behind ``jnp.where`` (``sqrt``/``log``/``1/x`` at 0, the other branch
+   selected) whose value has a second use that does not read the pole (a slice ``s[0]``, a gather, a
+   ``dynamic_slice``, a second output): NaN at the pole's own entry, every order, eager and under jit. Natural
+   forms: rows normalised by a guarded norm with the first norm returned too, a thin-plate-spline kernel with a
+   guarded log on the zero diagonal plus the distances to one point.
+   Repro: /work/notes/corpus24/repros/where_guard_plus_second_use_nan.py.
+2. NaN where jax.jacfwd is finite: a pole feeding a loop carry whose entries stay apart (a ``while_loop`` with any
+   body, a ``scan``/``fori_loop`` whose body permutes the carry) and ``segment_max`` / ``.at[].max`` of a pole
+   (corpus23's finding 2, dense partials with exact zeros, through loops and scatter-max).
+   Repro: /work/notes/corpus24/repros/loop_carry_after_sqrt_nan.py.
+3. A crash where JAX differentiates: ``jax.debug.print`` / ``jax.debug.callback`` inside the function (an
+   equation without outputs): IndexError in every order. Repro: /work/notes/corpus24/repros/debug_print_inside_crash.py.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from alphagrad import interpreter
+from alphagrad.tasks import _corpus_heldout24 as corpus
+
+_ORDERS = ("forward", "reverse", "markowitz")
+_X2 = np.array([0.3, 0.0])  # sqrt's derivative is infinite at x[1], which the where does not select
+_X6 = np.array([0.3, 0.0, 0.4, 0.0, 0.6, 0.2])
+_ROWS = np.array([[0.3, 0.4], [0.0, 0.0], [1.0, 2.0]])  # a zero row
+_POINTS = np.array([[0.0, 0.0], [1.0, 0.5], [0.3, 1.2], [1.5, 1.0]])
+
+
+def _nan_free_where_jacfwd_is(f, orders, args, argnums=0, jit=False):
+    # Equal to jax.jacfwd wherever jax.jacfwd is finite (no NaN there), in each order (all under one jax.jit
+    # with jit=True); jax.jacfwd must be finite somewhere.
+    orders = (orders,) if isinstance(orders, str) else orders
+    with jax.enable_x64(True):
+        args = jax.tree.map(jnp.asarray, args)
+        expected = jax.jit(jax.jacfwd(f, argnums=argnums))(*args)
+
+        def all_orders(*xs):
+            return [interpreter.jacobian(f, o, argnums=argnums)(*xs) for o in orders]
+        jacobians = (jax.jit(all_orders) if jit else all_orders)(*args)
+    for actual in jacobians:
+        assert jax.tree.structure(actual) == jax.tree.structure(expected)
+        for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+            a, b = np.asarray(a), np.asarray(b)
+            finite = np.isfinite(b)
+            assert a.shape == b.shape and finite.any()
+            np.testing.assert_allclose(a[finite], b[finite], rtol=1e-10, atol=1e-12)
+
+
+# ---- finding 1: a guarded pole used a second time ----
+
+def _first_entry_plus_guarded(x):
+    s = jnp.sqrt(x)
+    return s[0] + jnp.where(x > 0.25, s, 0.0)
+
+
+def _direction_and_magnitude(V):
+    r = jnp.linalg.norm(V, axis=-1)
+    return V / jnp.where(r > 0, r, 1.0)[:, None], r
+
+
+def _normalised_rows_and_first_norm(X):
+    r = jnp.sqrt(jnp.sum(X ** 2, 1))
+    return X / jnp.where(r > 0, r, 1.0)[:, None], r[0]
+
+
+def _thin_plate_spline_and_distances(P):
+    eye = jnp.eye(P.shape[0], dtype=bool)
+    D = jnp.sqrt(jnp.sum((P[:, None] - P[None]) ** 2, -1))  # zero diagonal
+    phi = jnp.where(eye, 0.0, D ** 2 * jnp.log(jnp.where(eye, 1.0, D)))
+    return (phi @ jnp.ones(P.shape[0]))[1:] + D[0, 1:]
+
+
+# the minimal form in every order, the others in reverse order (the budget of this file)
+_GUARDED = [(_first_entry_plus_guarded, _X2, o) for o in _ORDERS] + [
+    (_direction_and_magnitude, _ROWS, "reverse"), (_normalised_rows_and_first_norm, _ROWS, "reverse"),
+    (_thin_plate_spline_and_distances, _POINTS, "reverse")]
+
+
+@pytest.mark.xfail(strict=True, reason="corpus24 finding 1: a where's guard lost when the pole has a second use")
+@pytest.mark.parametrize("f, x, order", _GUARDED, ids=[f"{f.__name__[1:]}-{o}" for f, _, o in _GUARDED])
+def test_a_guarded_pole_used_twice(f, x, order):
+    _nan_free_where_jacfwd_is(f, order, (x,))
+
+
+def test_a_guarded_pole_used_once_control():
+    # The same where without the second use is exact (the guard works alone).
+    _nan_free_where_jacfwd_is(lambda x: x + jnp.where(x > 0.25, jnp.sqrt(x), 0.0), "reverse", (_X2,))
+
+
+# ---- finding 2: loop carries and scatter-max after a pole ----
+
+def _while_halving(x):
+    return lax.while_loop(lambda c: c[0] < 2, lambda c: (c[0] + 1, c[1] * 0.5), (0, jnp.sqrt(x)))[1][::2]
+
+
+def _scan_rolling(x):
+    return lax.scan(lambda h, _: (jnp.roll(h, 2) * 1.1, None), jnp.sqrt(x), None, length=2)[0][::2]
+
+
+def _segment_max_of_sqrt(x):
+    return jax.ops.segment_max(jnp.sqrt(x), jnp.array([0, 1, 1, 2, 2, 3]), 4)[jnp.array([0, 3])]
+
+
+_THROUGH = [(_while_halving, o) for o in _ORDERS] + [(_scan_rolling, "reverse"), (_segment_max_of_sqrt, "reverse")]
+
+
+@pytest.mark.xfail(strict=True, reason="corpus24 finding 2: a pole through a loop carry or a scatter-max")
+@pytest.mark.parametrize("f, order", _THROUGH, ids=[f"{f.__name__[1:]}-{o}" for f, o in _THROUGH])
+def test_a_pole_through_a_loop_carry_or_a_scatter_max(f, order):
+    _nan_free_where_jacfwd_is(f, order, (_X6,))
+
+
+# ---- controls: the corpus module's functions, exact under one jit (forward, reverse, Markowitz) ----
+
+_CHEAP = ("tridiagonal_solve", "gradient_of_loss", "registered_class_mlp")
+
+
+def _entry(name):
+    return next(e for e in corpus.entries() if e[1].__name__ == name)
+
+
+@pytest.mark.parametrize("name", _CHEAP)
+def test_corpus_function_exact_in_every_order(name):
+    _, f, args, argnums = _entry(name)
+    _nan_free_where_jacfwd_is(f, _ORDERS, args, argnums, jit=True)
+
+
+def test_every_entry_is_described():
+    names = [e[1].__name__ for e in corpus.entries()]
+    assert len(names) == len(set(names)) >= 15
+    assert all(e[1].__doc__ for e in corpus.entries())
+
+
+# ---- finding 3: jax.debug.print inside the function (an equation without outputs) ----
+
+def _debug_print_inside(x):
+    y = jnp.sin(x) * 2.0
+    jax.debug.print("y = {y}", y=y)
+    return y * x
+
+
+@pytest.mark.xfail(strict=True, raises=IndexError, reason="corpus24 finding 3: _discard.plan_discard reads "
+                   "outputs[0] of an equation without outputs")
+def test_debug_print_inside():
+    with jax.enable_x64(True):
+        x = jnp.array([0.3, -0.2, 0.5])
+        expected = jax.jacfwd(_debug_print_inside)(x)
+        actual = interpreter.jacobian(_debug_print_inside, "reverse")(x)
+    np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)
