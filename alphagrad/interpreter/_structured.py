@@ -13,6 +13,8 @@ import collections
 import functools
 import itertools
 import math
+import types
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -185,7 +187,7 @@ def densify(partial: Partial, dtype) -> jax.Array:
     if isinstance(partial.value, Placed):
         return _materialise(partial.value, (o1, o2, p1, p2), dtype)
     if partial.code == INDEX_MAP:
-        return _at_trace_time(lambda: _index_map_matrix(partial, dtype), o1 * o2 * p1 * p2)
+        return _index_map_pattern(partial, dtype)
     structure = structure_of(partial.code)
     sizes = _position_sizes(partial.out_shape, partial.in_shape)
     if partial.value is None:
@@ -212,6 +214,35 @@ def densify(partial: Partial, dtype) -> jax.Array:
 #: Index-map matrices of at most this many entries are built by applying the map to an identity
 #: (`_index_map_matrix`), whichever side is smaller.
 MAP_BY_ITSELF_MAX_ENTRIES = 2**12
+
+
+#: The matrices of index maps computed while tracing (NumPy, read-only), by the map's `apply`
+#: function (a plain function, held weakly: an entry goes with its map) and then by the dtype, the
+#: shapes and whether x64 is on: a map's matrix is read again by later products (its support, a
+#: `Placed` term, a dense product): 311 of 1,071 densified maps over 31 corpus functions' orders.
+_INDEX_MAP_PATTERNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _index_map_pattern(partial: Partial, dtype):
+    """The [v1, v2, p1, p2] matrix of an index map (code 11): `_index_map_matrix` at trace time
+    (`_at_trace_time`), the same NumPy array again for the same map, dtype and shapes."""
+    (o1, o2), (p1, p2) = partial.out_shape, partial.in_shape
+    the_map = partial.value
+    cacheable = type(the_map.apply) is types.FunctionType
+    key = (np.dtype(dtype), tuple(partial.out_shape), tuple(partial.in_shape), jax.dtypes.canonicalize_dtype(np.int64))
+    if cacheable:
+        known = _INDEX_MAP_PATTERNS.get(the_map.apply, {}).get(key)
+        if known is not None and known[0]() is the_map.transpose:
+            return known[1]
+    matrix = _at_trace_time(lambda: _index_map_matrix(partial, dtype), o1 * o2 * p1 * p2)
+    if cacheable and isinstance(matrix, np.ndarray):
+        try:
+            transpose = weakref.ref(the_map.transpose)
+        except TypeError:  # (not weakly referable: not kept)
+            return matrix
+        matrix.flags.writeable = False
+        _INDEX_MAP_PATTERNS.setdefault(the_map.apply, {})[key] = (transpose, matrix)
+    return matrix
 
 
 def _index_map_matrix(partial: Partial, dtype) -> jax.Array:
