@@ -149,12 +149,14 @@ class DiscardPlan(NamedTuple):
 
     Entry j of a vertex u of `nodes` is *kept* where some use keeps it: a use of `cases` (u a
     case of the select w) where the select takes u at j, and, if `through`, w's entry j is kept;
-    any other use where, entrywise, w's entry j is kept, or, `by_pattern`, some kept entry of w
-    reads entry j. Every other entry is discarded.
+    any other use where, entrywise, w's entry j is kept (every entry, if not `through`: an
+    output's use of itself), or, `by_pattern`, some kept entry of w reads entry j. Every other
+    entry is discarded.
 
     Attributes:
       cases: every elementwise (case, select) use, one per occurrence of the case.
-      nodes: per vertex that may be discarded, latest first: (u, its uses (`Use`)).
+      nodes: per vertex that may be discarded, latest first, after the outputs (kept at every
+        entry: a use of themselves, neither through nor a case): (u, its uses (`Use`)).
       zeroed: the edges (p, u) into those vertices whose value entries the interpreter can
         zero by row (`RowCover`): their entries all of whose rows are discarded entries of u.
     """
@@ -216,7 +218,10 @@ def plan_discard(program: Program, edges: Iterable[tuple[int, int]], *,
     for u in sorted(uses, reverse=True):
         if any(w in live for w in uses[u]):
             live.add(u)
-    nodes: dict[int, tuple[Use, ...]] = {}
+    # An output is kept at every entry: a use of itself, no case (``s[0] + jnp.where(c, s, 0)``
+    # returned: s's entry that the slice does not read is discarded where the where does not
+    # take it; without the output's node the slice's use would keep all of s).
+    nodes: dict[int, tuple[Use, ...]] = {o: (Use(o, False, False),) for o in sorted(outputs, reverse=True)}
     for u in sorted(uses, reverse=True):  # a vertex's uses have larger numbers
         if u in outputs or u not in live:
             continue
@@ -232,7 +237,8 @@ def plan_discard(program: Program, edges: Iterable[tuple[int, int]], *,
             terms.append(Use(w, through, by_pattern))
         else:
             nodes[u] = tuple(terms)
-    if not nodes:
+    if len(nodes) == len(outputs):
         return None
-    zeroed = tuple((p, u) for p, u in edges if u in nodes and can_zero(p, u))
-    return DiscardPlan(tuple(c for c in cases if c.case in nodes), tuple(nodes.items()), zeroed)
+    zeroed = tuple((p, u) for p, u in edges if u in nodes and u not in outputs and can_zero(p, u))
+    return DiscardPlan(tuple(c for c in cases if c.case in nodes and c.case not in outputs), tuple(nodes.items()),
+                       zeroed)

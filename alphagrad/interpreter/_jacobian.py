@@ -1308,6 +1308,8 @@ def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial]
                 here = taken[(u, w)] if here is None else here & taken[(u, w)]
             if by_pattern:  # the entries of u that a kept entry of w reads
                 here = _readers(edges[(u, w)])(here)
+            if here is None:  # an output's use of itself: every entry
+                here = jnp.ones(math.prod(np.shape(env[u])), bool)
             alive = here if alive is None else alive | here
         kept[u] = alive
     discarded = {u: ~alive for u, alive in kept.items()}
