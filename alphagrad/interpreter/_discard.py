@@ -194,7 +194,7 @@ def plan_discard(program: Program, edges: Iterable[tuple[int, int]], *,
     edges = list(edges)
     cases = []
     for eqn in program.equations:
-        if eqn.primitive is None or eqn.outputs[0].node is None:
+        if eqn.primitive is None or not eqn.outputs or eqn.outputs[0].node is None:
             continue
         s = eqn.outputs[0].node
         if eqn.primitive.name == "select_n":
