@@ -377,6 +377,11 @@ class _Builder:
                 returned[var] = returned.get(var, True) and flag
         read_inside = {a for e, _ in pending for a in e.invars if not isinstance(a, Literal)}
 
+        @functools.cache
+        def least_exit() -> int | None:
+            """The fewest float entries of a value `jaxpr` returns (`_loops.tail_may_be_narrow`)."""
+            return min((n for n in (_loops.float_entries([v]) for v in returned) if n > 0), default=None)
+
         def differentiated(var) -> bool:
             # A value the walk has not reached yet (computed after the loop by an equation that
             # does not read it) is taken as differentiated.
@@ -414,7 +419,8 @@ class _Builder:
                     for var, out in zip(eqn.outvars, self.unroll_scan(eqn, operands, model, source)):
                         env[var] = out
                     continue
-            if final is not None and name in ("scan", "while") and not fused:
+            if (final is not None and name in ("scan", "while") and not fused
+                    and _loops.tail_may_be_narrow(eqn, least_exit(), differentiated)):
                 # A kept loop whose values reach only a narrow part of f's outputs: one span with
                 # the equations that read them, its partial by VJP rows of those outputs.
                 tail = _loops.narrow_tail_span([e for e, _ in pending], at - 1, returned.get, differentiated)

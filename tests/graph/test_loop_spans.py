@@ -199,3 +199,17 @@ def newton_sqrt(x):
 def test_a_while_loop_without_a_transpose_is_fused_and_built_by_columns():
     g = check_exact_and_counted(newton_sqrt, (np.linspace(1.0, 3.0, 10),), 0)
     assert _primitives(g) == ["broadcast_in_dim", "large_span"]
+
+
+def test_the_tail_is_walked_only_where_the_narrowest_output_allows_a_narrow_one(monkeypatch):
+    """`_loops.tail_may_be_narrow` spares the walk through the rest of the program (each kept loop's,
+    quadratic in a chain of loops) where even f's narrowest float output is too wide; the scalar
+    costs still reach `narrow_tail_span`."""
+    walked = []
+    walk = _loops.narrow_tail_span
+    monkeypatch.setattr(_loops, "narrow_tail_span", lambda *a, **k: walked.append(a[1]) or walk(*a, **k))
+    with jax.enable_x64(True):
+        for f, args, argnums in (WIDE["sinkhorn_plan"], NARROW["sinkhorn"]):
+            before = len(walked)
+            names = _primitives(interpreter.graph_of(f, *_as64(args), argnums=argnums))
+            assert (len(walked) > before) == ("large_span" in names)
