@@ -276,22 +276,36 @@ def _at_trace_time(fn: Callable[[], jax.Array], entries: int,
     `entries` and depends on nothing known only at run time (indices passed as arguments); else
     fn() traced as usual.
 
-    `numpy`, where given, computes the same array (values, shape and dtype) in NumPy directly, or
-    returns None where it cannot (an operand known only at run time): a product of a `Placed`
-    partial and a permutation moves each term's pattern by a reshape or a transpose, for which
-    tracing fn cost ~0.6 ms against ~10 us (2,582 patterns for lorenz_rk4's four orders)."""
+    `numpy`, where given, computes the same array (values, shape and dtype) a cheaper way while
+    tracing: in NumPy directly (a product of a `Placed` partial and a permutation moves each term's
+    pattern by a reshape or a transpose: tracing fn cost ~0.6 ms against ~10 us, for 2,004 of
+    lorenz_rk4's 2,582 patterns over four orders), or with an index map applied once to a NumPy
+    batch (`_moved_numpy`); it returns None where it cannot (fn is then evaluated as below), or
+    `_AT_RUN_TIME` where the array depends on run-time values (fn() is traced as usual)."""
     if entries > PATTERN_AT_TRACE_TIME_MAX:
         return fn()
     if numpy is not None:
         result = numpy()
+        if result is _AT_RUN_TIME:
+            return fn()
         if result is not None:
             return result
+    result = _evaluated_now(fn)
+    return fn() if result is _AT_RUN_TIME else result
+
+
+#: What `_evaluated_now` returns for a computation that reads values known only at run time.
+_AT_RUN_TIME = object()
+
+
+def _evaluated_now(fn: Callable[[], jax.Array]):
+    """fn() as a NumPy array computed while tracing, or `_AT_RUN_TIME` where it reads a traced value."""
     # fn is traced to one program, evaluated in NumPy or compiled as a whole (evaluated eagerly, JAX
     # compiles each of its operations apart the first time: 54 small compilations, 2 s under load,
     # for `scattered`). Where it reads a traced value (indices passed to f), it is traced as usual.
     closed = jax.make_jaxpr(fn)()
     if any(isinstance(c, jax.core.Tracer) for c in closed.consts):
-        return fn()
+        return _AT_RUN_TIME
     consts = [np.asarray(c) for c in closed.consts]
     result = _numpy_eval(closed.jaxpr, consts)
     if result is not None:
@@ -302,6 +316,37 @@ def _at_trace_time(fn: Callable[[], jax.Array], entries: int,
             _COMPILED_PATTERNS.clear()  # a long process tracing many functions: start over
         _COMPILED_PATTERNS[key] = jax.jit(lambda: jaxpr_as_fun(closed)()[0]).lower().compile()
     return np.asarray(_COMPILED_PATTERNS[key]())
+
+
+def _moved_numpy(the_map: IndexMap, patterns, after: bool):
+    """``jax.vmap(moved)(patterns)`` for NumPy `patterns` [k, 4 axes], where moved is
+    ``_apply_on_v(the_map, .)`` (`after`) or ``_apply_on_p(., the_map)``, computed while tracing
+    with the map applied once to all the patterns' [v1, v2] slices (one vmap over a NumPy batch,
+    not a vmap of `moved`'s vmap, nor the masking and stacking traced): the same array; None where
+    `patterns` is not NumPy (or its dtype not JAX's canonical one), `_AT_RUN_TIME` where the map
+    reads run-time values (`_at_trace_time` then traces its fn as before)."""
+    if not isinstance(patterns, np.ndarray) or patterns.ndim != 5:
+        return None
+    if patterns.dtype != jax.dtypes.canonicalize_dtype(patterns.dtype):
+        return None
+    k, a1, a2, b1, b2 = patterns.shape
+    if 0 in patterns.shape:
+        return None
+    if after:  # the columns [p1, p2] of each: slices [v1, v2] moved to [c1, c2]
+        batch, fn = np.moveaxis(patterns, (3, 4), (1, 2)).reshape(k * b1 * b2, a1, a2), the_map.apply
+    else:  # the rows [c1, c2] of each: slices [v1, v2] pulled back to [p1, p2]
+        batch, fn = patterns.reshape(k * a1 * a2, b1, b2), the_map.transpose
+    moved = _evaluated_now(lambda: jax.vmap(fn)(batch))
+    if moved is _AT_RUN_TIME:
+        return moved
+    if after:
+        return np.moveaxis(moved.reshape(k, b1, b2, *moved.shape[1:]), (1, 2), (3, 4))
+    return moved.reshape(k, a1, a2, *moved.shape[1:])
+
+
+def _first(moved):
+    """The first of `_moved_numpy`'s arrays (a batch of one), or what it returned instead."""
+    return moved[0] if isinstance(moved, np.ndarray) else moved
 
 
 #: Compiled pattern computations (`_at_trace_time`) by their program and constants: the same
@@ -1114,11 +1159,14 @@ def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list
     def moved(pattern):
         return _apply_on_v(the_map, pattern) if after else _apply_on_p(pattern, the_map)
 
+    def moved_numpy(patterns):  # jax.vmap(moved)(patterns) while tracing (`_moved_numpy`)
+        return _moved_numpy(the_map, patterns, after)
+
     entries = math.prod(shape)  # the moved patterns' size is about that of those they are moved from
     groups, weights, done = [], [], []  # groups: (pattern, masks of its split entries or None)
     for term in terms:
         if _varies(term.weight, axes):
-            reindexed = _reindexed(term, moved, axes, shape)
+            reindexed = _reindexed(term, moved, axes, shape, moved_numpy)
             if reindexed is not None:
                 done.append(reindexed)
                 continue
@@ -1135,7 +1183,10 @@ def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list
     if not weights:
         return done
     if len(groups) == 1 and groups[0][1] is None:  # one part: nothing to mask or stack
-        return done + [Term(_at_trace_time(lambda: moved(groups[0][0]), entries), weights[0])]
+        pattern = groups[0][0]
+        return done + [Term(_at_trace_time(lambda: moved(pattern), entries, lambda: _first(
+            moved_numpy(pattern[None] if isinstance(pattern, np.ndarray) and pattern.ndim == 4 else None))),
+            weights[0])]
 
     def stacked():
         # A split term's entries are masked in one operation (not one per entry, then stacked), and
@@ -1150,14 +1201,26 @@ def _map_terms(the_map: IndexMap, terms: list[Term], shape, after: bool) -> list
             pieces.append(full if masks is None else jnp.where(masks, full, jnp.zeros((), full.dtype)))
         return jax.vmap(moved)(pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces))
 
-    patterns = _at_trace_time(stacked, len(weights) * entries)
+    def stacked_numpy():  # the same parts masked and stacked in NumPy, then moved (`_moved_numpy`)
+        if not all(isinstance(pattern, np.ndarray) for pattern, _ in groups):
+            return None
+        if len({pattern.dtype for pattern, _ in groups}) != 1:
+            return None  # (jnp.concatenate would promote)
+        pieces = []
+        for pattern, masks in groups:
+            full = np.broadcast_to(pattern, shape)[None]
+            pieces.append(full if masks is None else np.where(masks, full, np.zeros((), full.dtype)))
+        return moved_numpy(np.concatenate(pieces))
+
+    patterns = _at_trace_time(stacked, len(weights) * entries, stacked_numpy)
     if (RUN_TIME_SPLIT_MAX is not None and not isinstance(patterns, np.ndarray) and len(weights) > RUN_TIME_SPLIT_MAX
             and any(masks is not None for _, masks in groups)):
         return None  # (the product materialised, then moved: `patterns` is not used, and XLA drops it)
     return done + [Term(pattern, weight) for pattern, weight in zip(patterns, weights)]
 
 
-def _reindexed(term: Term, moved: Callable, axes: tuple[int, int], shape) -> Term | None:
+def _reindexed(term: Term, moved: Callable, axes: tuple[int, int], shape,
+               moved_numpy: Callable | None = None) -> Term | None:
     """`term` moved by an index map that meets the axes along which its weight varies (`axes` of
     its [4] `shape`), as one term whose weight is the old one reshaped, where every entry of the
     moved pattern comes from a single entry of those axes and the weight read there keeps its order
@@ -1183,8 +1246,9 @@ def _reindexed(term: Term, moved: Callable, axes: tuple[int, int], shape) -> Ter
     one_hot_shape[1 + axes[0]], one_hot_shape[1 + axes[1]] = shape[axes[0]], shape[axes[1]]
     one_hot = np.eye(sides, dtype=full.dtype).reshape(one_hot_shape)
     by_entry = (full != 0).astype(full.dtype)[None] * one_hot
-    moved_pattern = _at_trace_time(lambda: moved(full), entries)
-    reaching = _at_trace_time(lambda: jax.vmap(moved)(by_entry), sides * entries)
+    moved_now = moved_numpy or (lambda _: None)  # (`_moved_numpy`: the same arrays while tracing)
+    moved_pattern = _at_trace_time(lambda: moved(full), entries, lambda: _first(moved_now(full[None])))
+    reaching = _at_trace_time(lambda: jax.vmap(moved)(by_entry), sides * entries, lambda: moved_now(by_entry))
     if not isinstance(moved_pattern, np.ndarray) or not isinstance(reaching, np.ndarray) or moved_pattern.size == 0:
         return None
     hits = reaching != 0
