@@ -7,13 +7,16 @@ open), and new kinds it gets right (the functions of alphagrad/tasks/_corpus_hel
    ``dynamic_slice``, a second output): NaN at the pole's own entry, every order, eager and under jit. Natural
    forms: rows normalised by a guarded norm with the first norm returned too, a thin-plate-spline kernel with a
    guarded log on the zero diagonal plus the distances to one point.
-   Repro: /work/notes/corpus24/repros/where_guard_plus_second_use_nan.py.
+   Repro: /work/notes/corpus24/repros/where_guard_plus_second_use_nan.py. Mended in dcdbe9e where the other use
+   reaches an output through data movement (passing tests now); open where it is the pole's value itself as an
+   output (unit vectors and their lengths) or a read inside a ``lax.cond`` (strict xfails).
 2. NaN where jax.jacfwd is finite: a pole feeding a loop carry whose entries stay apart (a ``while_loop`` with any
    body, a ``scan``/``fori_loop`` whose body permutes the carry) and ``segment_max`` / ``.at[].max`` of a pole
    (corpus23's finding 2, dense partials with exact zeros, through loops and scatter-max).
    Repro: /work/notes/corpus24/repros/loop_carry_after_sqrt_nan.py.
 3. A crash where JAX differentiates: ``jax.debug.print`` / ``jax.debug.callback`` inside the function (an
-   equation without outputs): IndexError in every order. Repro: /work/notes/corpus24/repros/debug_print_inside_crash.py.
+   equation without outputs): IndexError in every order; mended in 760b67b (passing tests now).
+   Repro: /work/notes/corpus24/repros/debug_print_inside_crash.py.
 """
 
 import jax
@@ -76,16 +79,30 @@ def _thin_plate_spline_and_distances(P):
     return (phi @ jnp.ones(P.shape[0]))[1:] + D[0, 1:]
 
 
-# the minimal form in every order, the others in reverse order (the budget of this file)
-_GUARDED = [(_first_entry_plus_guarded, _X2, o) for o in _ORDERS] + [
-    (_direction_and_magnitude, _ROWS, "reverse"), (_normalised_rows_and_first_norm, _ROWS, "reverse"),
-    (_thin_plate_spline_and_distances, _POINTS, "reverse")]
+def _guarded_and_read_in_a_cond(x):
+    s = jnp.sqrt(x)
+    return jnp.where(x > 0.25, s, 0.0) + lax.cond(x[0] > 0, lambda: s[0], lambda: 0.0)
+
+
+# Mended in dcdbe9e (the other use reaches an output through data movement): the minimal form in every order,
+# the others in reverse order (the budget of this file).
+_MENDED = [(_first_entry_plus_guarded, _X2, o) for o in _ORDERS] + [
+    (_normalised_rows_and_first_norm, _ROWS, "reverse"), (_thin_plate_spline_and_distances, _POINTS, "reverse")]
+
+
+@pytest.mark.parametrize("f, x, order", _MENDED, ids=[f"{f.__name__[1:]}-{o}" for f, _, o in _MENDED])
+def test_a_guarded_pole_used_twice(f, x, order):
+    _nan_free_where_jacfwd_is(f, order, (x,))
+
+
+# Open at f5b0e9a: the other use is the pole's value itself as an output, or a read inside a lax.cond.
+_OPEN = [(_direction_and_magnitude, _ROWS), (_guarded_and_read_in_a_cond, _X2)]
 
 
 @pytest.mark.xfail(strict=True, reason="corpus24 finding 1: a where's guard lost when the pole has a second use")
-@pytest.mark.parametrize("f, x, order", _GUARDED, ids=[f"{f.__name__[1:]}-{o}" for f, _, o in _GUARDED])
-def test_a_guarded_pole_used_twice(f, x, order):
-    _nan_free_where_jacfwd_is(f, order, (x,))
+@pytest.mark.parametrize("f, x", _OPEN, ids=[f.__name__[1:] for f, _ in _OPEN])
+def test_a_guarded_pole_used_twice_still_open(f, x):
+    _nan_free_where_jacfwd_is(f, "reverse", (x,))
 
 
 def test_a_guarded_pole_used_once_control():
@@ -118,7 +135,7 @@ def test_a_pole_through_a_loop_carry_or_a_scatter_max(f, order):
 
 # ---- controls: the corpus module's functions, exact under one jit (forward, reverse, Markowitz) ----
 
-_CHEAP = ("tridiagonal_solve", "gradient_of_loss", "registered_class_mlp")
+_CHEAP = ("tridiagonal_solve", "gradient_of_loss")
 
 
 def _entry(name):
@@ -137,7 +154,7 @@ def test_every_entry_is_described():
     assert all(e[1].__doc__ for e in corpus.entries())
 
 
-# ---- finding 3: jax.debug.print inside the function (an equation without outputs) ----
+# ---- finding 3 (mended in 760b67b): jax.debug.print inside the function (an equation without outputs) ----
 
 def _debug_print_inside(x):
     y = jnp.sin(x) * 2.0
@@ -145,11 +162,14 @@ def _debug_print_inside(x):
     return y * x
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason="corpus24 finding 3: _discard.plan_discard reads "
-                   "outputs[0] of an equation without outputs")
-def test_debug_print_inside():
-    with jax.enable_x64(True):
-        x = jnp.array([0.3, -0.2, 0.5])
-        expected = jax.jacfwd(_debug_print_inside)(x)
-        actual = interpreter.jacobian(_debug_print_inside, "reverse")(x)
-    np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)
+def _debug_print_in_a_scan(x):
+    def body(c, xi):
+        jax.debug.print("c = {c}", c=c)
+        return c * 0.5 + jnp.sin(xi), c
+    return lax.scan(body, 0.0, x)[1]
+
+
+@pytest.mark.parametrize("f", [_debug_print_inside, _debug_print_in_a_scan], ids=["top_level", "in_a_scan"])
+def test_debug_print_inside(f):
+    # IndexError in _discard.plan_discard before 760b67b, every order.
+    _nan_free_where_jacfwd_is(f, "reverse", (np.array([0.3, -0.2, 0.5]),))
