@@ -58,6 +58,7 @@ from alphagrad.interpreter._structured import (
     Partial,
     Placed,
     RunTimeSupport,
+    _at_trace_time,
     _diagonal_support,
     _support,
     add,
@@ -347,6 +348,43 @@ def _dot_general_support(values: list[Any], params: dict, positions: list[int], 
     return partial._replace(support=held)
 
 
+#: Primitives linear in each operand whose partials hold the exact zeros of windows (a convolution:
+#: the lhs entries a strided, dilated or cropped window skips; the kernel taps that meet only the
+#: padding), whatever the other operand's values: `_window_support`.
+_WINDOWED = frozenset({"conv_general_dilated"})
+
+
+def _window_support(eqn: Equation, values: list[Any], positions: list[int], partial: Partial, output: int) -> Partial:
+    """`partial`, of a `_WINDOWED` equation w.r.t. the operand at `positions` (read once), with the
+    entries its windows reach as its support (`Partial.support`, NumPy, computed while tracing where
+    it has at most PATTERN_AT_TRACE_TIME_MAX entries): the equation applied to one-hot seeds of the
+    operand with every other operand all ones, so no product of values cancels and each output
+    entry is nonzero exactly where its window reads the seed. Those are the entries XLA's
+    convolution of jax.jacfwd's tangents multiplies (a kernel's zero too: NaN there in jax.jacfwd),
+    so a product that pairs an entry outside them with a pole before the convolution (sqrt at 0 in
+    a column a stride-2 window skips) keeps it 0 (`_structured.multiply`)."""
+    shape = (*partial.out_shape, *partial.in_shape)
+    entries = math.prod(shape)
+    if partial.support is not None or len(positions) != 1 or entries > PATTERN_AT_TRACE_TIME_MAX:
+        return partial
+    position = positions[0]
+    x_shape, dtype = np.shape(values[position]), _dtype_of(values[position])
+    ones = [np.ones(np.shape(v), _dtype_of(v)) if _is_float(v) else v for v in values]
+    size = math.prod(partial.in_shape)
+
+    def columns():  # [operand entries, output entries]
+        def of_seed(t):
+            return _bind_all(eqn, [t if i == position else v for i, v in enumerate(ones)])[output].reshape(-1)
+
+        return jax.vmap(of_seed)(np.eye(size, dtype=dtype).reshape(size, *x_shape))
+
+    found = _at_trace_time(columns, entries)
+    if not isinstance(found, np.ndarray):
+        return partial
+    held = (np.asarray(found).reshape(size, -1).T != 0).reshape(shape)
+    return partial if held.all() else partial._replace(support=held)
+
+
 def _dot_general_value(values: list[Any], params: dict, wrt: int, dtype, code: int, out_shape, in_shape) -> jax.Array:
     """The value array of structure `code` of d dot_general / d operand `wrt` (as `extract` reads
     it off the dense [v1, v2, p1, p2] partial), gathered off the other operand entry by entry.
@@ -599,7 +637,8 @@ def _labelled_partial_of(graph: Graph, eqn: Equation, values: list[Any], positio
 
 
 def _dense_partials(eqn: Equation, values: list[Any], sources: Mapping[int, tuple[list[int], tuple]],
-                    outputs: list[int], out_shapes: list) -> tuple[tuple, dict[int, list[Partial]]]:
+                    outputs: list[int], out_shapes: list,
+                    probe: bool = False) -> tuple[tuple, dict[int, list[Partial]]]:
     """Dense partials (code 1) of outputs of an equation without a structural rule w.r.t. each of its
     source nodes (JAX's own derivative of the primitive: the dense fallback).
 
@@ -613,6 +652,9 @@ def _dense_partials(eqn: Equation, values: list[Any], sources: Mapping[int, tupl
     Args:
       sources: per source node, the operand positions it occupies and its normalised shape (p1, p2).
       outputs: the equation's outputs reached from the sources; out_shapes: their normalised shapes.
+      probe: whether a ruled partial's pole may reach a source (`_eliminate_all`'s ruled_poles): the
+        partials then carry the entries a NaN tangent reaches as their support (`_static_reach`,
+        `_nan_reach`).
 
     Returns:
       (the values of `outputs` computed with the partials, or None where they could not be: a
@@ -639,7 +681,7 @@ def _dense_partials(eqn: Equation, values: list[Any], sources: Mapping[int, tupl
     attempts = list(dict.fromkeys(tuple(a) for a in (*first, every_float)))
     for k, floats in enumerate(attempts):
         try:
-            return _dense_partials_over(eqn, values, sources, outputs, out_shapes, list(floats))
+            return _dense_partials_over(eqn, values, sources, outputs, out_shapes, list(floats), probe)
         except AlphagradError:
             raise
         except Exception as err:  # noqa: BLE001 - JAX reports a missing rule with many types
@@ -676,7 +718,8 @@ def _undifferentiable(eqn: Equation, err: Exception) -> UnsupportedPrimitiveErro
 
 
 def _dense_partials_over(eqn: Equation, values: list[Any], sources: Mapping[int, tuple[list[int], tuple]],
-                         outputs: list[int], out_shapes: list, floats: list[int]) -> tuple[tuple, dict[int, list[Partial]]]:
+                         outputs: list[int], out_shapes: list, floats: list[int],
+                         probe: bool = False) -> tuple[tuple, dict[int, list[Partial]]]:
     """`_dense_partials` with the operands at `floats` as JAX primals (the others constant)."""
     dtype = jnp.result_type(*(values[positions[0]] for positions, _ in sources.values()))
     sizes = {src: math.prod(in_shape) for src, (_, in_shape) in sources.items()}
@@ -684,15 +727,7 @@ def _dense_partials_over(eqn: Equation, values: list[Any], sources: Mapping[int,
     total = sum(sizes.values())
     source_at = {i: src for src, (positions, _) in sources.items() for i in positions}
     primals = tuple(jnp.asarray(values[i]) for i in floats)
-
-    def of_floats(*xs):
-        # Constants captured by the trace are numpy arrays; a rule may index one with a traced
-        # integer (odeint's VJP indexes its times in a scan), which only a JAX array allows.
-        operands = [jnp.asarray(v) if isinstance(v, np.ndarray) else v for v in values]
-        for i, y in zip(floats, xs):
-            operands[i] = y
-        results = _bind_all(eqn, operands)
-        return tuple(results[k] for k in outputs)
+    of_floats = _of_floats(eqn, values, floats, outputs)
 
     def tangents(t):  # t: one column of all the sources' entries, [total]
         def tangent(i, primal):
@@ -750,18 +785,195 @@ def _dense_partials_over(eqn: Equation, values: list[Any], sources: Mapping[int,
     else:
         if first is by_rows and eqn.primitive.name not in _VJP_RULED and _holds_a_select(eqn):
             result = _finite_or_columns(result, by_columns)
-    # A platform-dependent conditional (jnp.linalg's LU and QR choose their pivoting code by
-    # backend) takes the same branch on every run: its partials are left as they are.
-    if eqn.primitive.name in _BRANCHING and not eqn.params.get("branches_platforms"):
-        def reached():
-            # Where a NaN tangent of each source entry reaches each output entry: the entries the
-            # taken branch can hold, as jax.jacfwd propagates a pole's infinity through it.
-            seeds = jnp.where(jnp.eye(total, dtype=bool), jnp.asarray(jnp.nan, dtype), jnp.zeros((), dtype))
-            columns = jax.vmap(lambda t: jax.jvp(of_floats, primals, tangents(t))[1], out_axes=-1)(seeds)
-            return [jnp.isnan(c).reshape(-1, total) for c in columns]
-
-        result = _with_run_time_supports(result, reached, offsets, sizes)
+    # For any primitive after a pole, the exact zeros of its partial that jax.jacfwd never multiplies
+    # (a cumulative product's upper triangle, a triangular solve's): while tracing where they do not
+    # depend on the values, else at run time where RUN_TIME_PROBE says so.
+    probe = probe and DENSE_SUPPORT_PROBE
+    static = _static_reach(of_floats, primals, tangents, total, dtype) if probe and STATIC_REACH else None
+    if static is not None:
+        result = _with_static_supports(result, static, offsets, sizes)
+    elif (probe and RUN_TIME_PROBE) or (eqn.primitive.name in _BRANCHING and not eqn.params.get("branches_platforms")):
+        # The entries the taken branch can hold (a conditional's, always: `_BRANCHING`). A
+        # platform-dependent conditional (jnp.linalg's LU and QR choose their pivoting code by
+        # backend) takes the same branch on every run: its partials are left as they are.
+        result = _with_run_time_supports(result, _nan_reach(of_floats, primals, tangents, total, dtype),
+                                         offsets, sizes)
     return result
+
+
+#: Whether `_static_reach` may give a dense partial's support while tracing (False: the run-time
+#: probe where RUN_TIME_PROBE allows it; for A/B measurements).
+STATIC_REACH = True
+
+#: Whether a dense partial after a pole whose support `_static_reach` cannot give (a select, a
+#: gather or a collective on its tangents' path: scatter-max, psum, custom_linear_solve) takes it at
+#: run time (`_nan_reach`). Off: the probe, a JVP per source entry beside the partial's, and the
+#: guards it brings cost 1.4-2.2x at batch 256 on the corpus functions that have one after a pole
+#: (edge_message_scatter_max forward 2.15x, fem_1d_assembly_segment_sum 1.7-2.2x,
+#: batchnorm_by_collectives 1.3-1.4x), where none of corpus23's forms needs it. Conditionals
+#: (`_BRANCHING`) take it whatever this says.
+RUN_TIME_PROBE = False
+
+#: Primitives that send a NaN tangent to the same entries whatever the values of their operands that
+#: carry none (sums, products by a value, data movement at static positions): `_static_reach` reads
+#: those operands as ones.
+_REACH_STATIC = frozenset(
+    "mul neg add add_any sub div dot_general conv_general_dilated transpose reshape broadcast_in_dim squeeze "
+    "expand_dims slice pad concatenate reduce_sum cumsum convert_element_type rev copy copy_p real imag conj "
+    "complex".split())
+#: ... and those that do so where only the operands at these positions carry a tangent (a triangular
+#: solve reads its matrix's triangle alone, every entry of it, zeros included).
+_REACH_STATIC_AT = {"triangular_solve": (1,)}
+_REACH_CALLS = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr"}
+
+
+def _static_flow(jaxpr, carrying: Sequence[bool]) -> list[bool] | None:
+    """Which outputs of `jaxpr` the tangents entering it at `carrying` reach, where they pass through
+    `_REACH_STATIC` primitives alone (calls and scans of such programs included): the entries they
+    reach then do not depend on any value; else None."""
+    reached = {v for v, c in zip(jaxpr.invars, carrying) if c}
+    known: set = set()  # values computed from literals alone (a triangle's mask from iotas)
+    for eqn in jaxpr.eqns:
+        hit = [not isinstance(v, Literal) and v in reached for v in eqn.invars]
+        if not any(hit):
+            if all(isinstance(v, Literal) or v in known for v in eqn.invars) and not _sub_jaxprs(eqn.params):
+                known.update(eqn.outvars)
+            continue
+        name = eqn.primitive.name
+        if name == "select_n" and not hit[0] and (isinstance(eqn.invars[0], Literal) or eqn.invars[0] in known):
+            reached.update(eqn.outvars)  # a select by a mask known while tracing
+            continue
+        if name in _REACH_CALLS:
+            body = eqn.params[_REACH_CALLS[name]]
+            outs = _static_flow(getattr(body, "jaxpr", body), hit)
+            if outs is None:
+                return None
+            reached.update(v for v, o in zip(eqn.outvars, outs) if o)
+            continue
+        if name == "scan":  # a carry reached once is reached from then on: until no new one is
+            consts, carries = eqn.params["num_consts"], eqn.params["num_carry"]
+            while True:
+                outs = _static_flow(eqn.params["jaxpr"].jaxpr, hit)
+                if outs is None:
+                    return None
+                more = [h or o for h, o in zip(hit[consts : consts + carries], outs[:carries])]
+                if more == hit[consts : consts + carries]:
+                    break
+                hit[consts : consts + carries] = more
+            reached.update(v for v, o in zip(eqn.outvars, outs) if o)
+            continue
+        if name in _REACH_STATIC_AT:
+            if any(h for i, h in enumerate(hit) if i not in _REACH_STATIC_AT[name]):
+                return None
+        elif name not in _REACH_STATIC:
+            return None
+        reached.update(eqn.outvars)
+    return [not isinstance(v, Literal) and v in reached for v in jaxpr.outvars]
+
+
+def _reach_eval(jaxpr, args: list) -> list:
+    """`jaxpr` evaluated on the equations a tangent reaches (`args`: None where an input carries
+    none), every value no tangent reaches read as ones (finite, without zeros: a stand-in that
+    neither cancels nor adds a NaN). A scan runs as it is on such stand-ins (its body's values
+    computed from ones: an infinity among them can only add entries, never drop one)."""
+    env = {v: a for v, a in zip(jaxpr.invars, args) if a is not None}
+    known: dict = {}  # values computed from literals alone, as `_static_flow` takes them
+
+    def read(v):
+        if isinstance(v, Literal):
+            return v.val
+        if v in known:
+            return known[v]
+        return env[v] if v in env else np.ones(v.aval.shape, v.aval.dtype)
+
+    for eqn in jaxpr.eqns:
+        hit = [not isinstance(v, Literal) and v in env for v in eqn.invars]
+        if not any(hit):
+            if all(isinstance(v, Literal) or v in known for v in eqn.invars) and not _sub_jaxprs(eqn.params):
+                result = eqn.primitive.bind(*(read(v) for v in eqn.invars), **eqn.params)
+                known.update(zip(eqn.outvars, list(result) if eqn.primitive.multiple_results else [result]))
+            continue
+        name = eqn.primitive.name
+        if name in _REACH_CALLS:
+            body = eqn.params[_REACH_CALLS[name]]
+            outs = _reach_eval(getattr(body, "jaxpr", body), [read(v) if h else None for v, h in zip(eqn.invars, hit)])
+        else:
+            result = eqn.primitive.bind(*(read(v) for v in eqn.invars), **eqn.params)
+            outs = list(result) if eqn.primitive.multiple_results else [result]
+        env.update(zip(eqn.outvars, outs))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _static_reach(of_floats: Callable, primals: tuple, tangents: Callable, total: int, dtype) -> list | None:
+    """`_nan_reach`'s result computed while tracing (per output, [out entries, `total`] bool NumPy)
+    where the JVP rule's tangents pass only through `_REACH_STATIC` primitives (a cumulative
+    product's or log-sum-exp's prefix sums and products, a triangular solve with a constant matrix):
+    which entries a NaN tangent reaches is then the same whatever the primal values, so the
+    products see the support's zeros while tracing (no probe at run time, and no guard where no
+    zero meets a pole). None otherwise (a select, a gather or a loop on the tangents' path: the
+    run-time probe), or where it has more than PATTERN_AT_TRACE_TIME_MAX entries."""
+    try:
+        closed = jax.make_jaxpr(lambda t: jax.jvp(of_floats, primals, tangents(t))[1])(
+            jax.ShapeDtypeStruct((total,), dtype))
+    except Exception:  # noqa: BLE001 - JAX reports a missing JVP rule with many types
+        return None
+    rows = [math.prod(v.aval.shape) for v in closed.jaxpr.outvars]
+    if sum(rows) * total > PATTERN_AT_TRACE_TIME_MAX or _static_flow(closed.jaxpr, [True]) is None:
+        return None
+
+    def reach():
+        seeds = np.where(np.eye(total, dtype=bool), np.nan, 0).astype(dtype)
+        columns = jax.vmap(lambda t: _reach_eval(closed.jaxpr, [t]), out_axes=-1)(seeds)
+        return jnp.concatenate([jnp.isnan(c).reshape(-1, total) for c in columns])
+
+    try:
+        found = _at_trace_time(reach, sum(rows) * total)
+    except Exception:  # noqa: BLE001 - a rule's operation JAX cannot batch or bind on stand-ins
+        return None
+    if not isinstance(found, np.ndarray):
+        return None
+    return np.split(found.astype(bool), np.cumsum(rows)[:-1])
+
+
+def _with_static_supports(result: tuple, static: list, offsets: dict, sizes: dict) -> tuple:
+    """Dense partials with the entries `_static_reach` found as their NumPy supports (none where
+    every entry is held)."""
+    results, partials = result
+
+    def held(k: int, src: int, partial: Partial | None) -> Partial | None:
+        if partial is None:
+            return None
+        found = static[k][:, offsets[src] : offsets[src] + sizes[src]]
+        shape = (*partial.out_shape, *partial.in_shape)
+        return partial if found.all() else partial._replace(support=found.reshape(shape))
+
+    return results, {src: [held(k, src, p) for k, p in enumerate(ps)] for src, ps in partials.items()}
+
+
+#: Whether the partials of a primitive without a structural rule that an infinite partial may meet
+#: carry the entries a NaN tangent reaches as their support (`_static_reach` while tracing, else
+#: `_nan_reach` at run time), and a convolution's its windows' (`_window_support`); False for A/B
+#: measurements: the plain products, NaN where the partial's exact zeros meet a pole.
+DENSE_SUPPORT_PROBE = True
+
+
+def _nan_reach(of_floats: Callable, primals: tuple, tangents: Callable, total: int, dtype) -> Callable[[], list]:
+    """A function computing where a NaN tangent of each source entry reaches each output entry
+    (per output, [out entries, `total`] bool; `tangents(t)`: the operands' tangents for a column t
+    of all the sources' entries), as jax.jacfwd propagates a pole's infinity through the primitive:
+    the same JVP rule, one NaN seed per source entry (vmapped), so an exact zero of the partial that
+    the rule never multiplies (XLA's convolution outside a window, a triangular solve's upper
+    triangle) is no entry, and one it multiplies (``x * 0``) is, NaN in jax.jacfwd too. It runs
+    only where a product asks for the support (`RunTimeSupport`), as a JVP beside the partial's:
+    bookkeeping, not a product of partials, so the cost model does not count it."""
+    def reached():
+        seeds = jnp.where(jnp.eye(total, dtype=bool), jnp.asarray(jnp.nan, dtype), jnp.zeros((), dtype))
+        # Its triangular solves by substitution, as the partial's own (`_small_dots_fused`): one
+        # LAPACK solve per seed was 3-30x slower under vmap.
+        columns = _small_dots_fused(jax.vmap(lambda t: jax.jvp(of_floats, primals, tangents(t))[1], out_axes=-1))(seeds)
+        return [jnp.isnan(c).reshape(-1, total) for c in columns]
+
+    return reached
 
 
 #: Primitives whose dense partials' structural zeros are known only at run time: a conditional's
@@ -791,7 +1003,7 @@ def _with_run_time_supports(result: tuple, reached: Callable[[], list], offsets:
 
         return RunTimeSupport(compute)
 
-    return results, {src: [p._replace(support=held(k, src, p)) for k, p in enumerate(ps)]
+    return results, {src: [p if p is None else p._replace(support=held(k, src, p)) for k, p in enumerate(ps)]
                      for src, ps in partials.items()}
 
 
@@ -1084,6 +1296,12 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
     # enters keep supports (`_dot_general_support`, `_select_support`); elsewhere no product could
     # meet a pole, and a support would only cost guards.
     poles: dict[int, int] = {}
+    # The same, for the poles of ruled partials alone (sqrt's at 0, a division's): a dense vertex's
+    # own partial (cholesky's at a singular matrix) adds none. Only these give the partials after
+    # them the support of their exact zeros (`_window_support`, `_static_reach`, `_nan_reach`): their
+    # guards cost 1.5-2.6x on the linear-algebra corpus (cho_solve_spd, mvn_logpdf at batch 256),
+    # for matrices singular only where jax.jacfwd is NaN too.
+    ruled_poles: dict[int, int] = {}
     away_from_zero: dict[Any, bool] = {}  # node or ValueRef -> at least a positive constant in magnitude
     defined_by: dict[Any, Equation] = {}  # node or ValueRef -> its equation (`_poles.away_from_zero_value`)
     for eqn in program.equations:
@@ -1123,11 +1341,15 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                         partial = _select_support(values, positions, partial)
                     elif partial.code == INDEX_MAP and poles.get(e.src, _NO_POLE) != _NO_POLE:
                         partial = _run_time_map_support(partial)
+                    elif (DENSE_SUPPORT_PROBE and eqn.primitive is not None and eqn.primitive.name in _WINDOWED
+                          and ruled_poles.get(e.src, _NO_POLE) != _NO_POLE):
+                        partial = _window_support(eqn, values, positions, partial, k)
                     moves = partial.code in VALUELESS or partial.code == INDEX_MAP  # no values to be infinite
                     finite = ((operands_bounded or moves or reads_only_the_others(eqn, positions, operand_bounds))
                               and has_finite_partials(eqn, values, partial.code, away_from_zero))
                     edges[(e.src, e.dst)] = partial._replace(finite=finite)
                     _pole_passes(poles, e, partial, finite)
+                    _pole_passes(ruled_poles, e, partial, finite)
             continue
         # No structural rule (every multi-output primitive): dense partials, one JVP per source for
         # all the outputs it reaches.
@@ -1140,14 +1362,20 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                     zeros = jnp.zeros((*e.out_shape, *e.in_shape))
                     edges[(e.src, e.dst)] = Partial(1, e.out_shape, e.in_shape, zeros, finite=True)
         if eqn.loop is not None:  # a scan kept as a loop: its partials by the plan's chain product
-            edges.update(_loops.loop_partials(eqn, values, by_source, counter, jacobian, count_muls))
+            looped = _loops.loop_partials(eqn, values, by_source, counter, jacobian, count_muls)
+            if DENSE_SUPPORT_PROBE and any(ruled_poles.get(src, _NO_POLE) != _NO_POLE for src in by_source):
+                looped = _loop_supports(eqn, values, by_source, looped)
+            edges.update(looped)
             for reached in by_source.values():
                 for _, e in reached:
                     loop_partial = edges.get((e.src, e.dst))
                     if loop_partial is None:
                         poles[e.dst] = _POLE_SPREAD
+                        if ruled_poles.get(e.src, _NO_POLE) != _NO_POLE:
+                            ruled_poles[e.dst] = _POLE_SPREAD
                     else:
                         _pole_passes(poles, e, loop_partial, loop_partial.finite)
+                        _pole_passes(ruled_poles, e, loop_partial, True)
             continue
         if not by_source:
             continue
@@ -1155,7 +1383,8 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                    for src, reached in by_source.items()}
         out_shape_of = {k: e.out_shape for reached in by_source.values() for k, e in reached}
         outputs = sorted(out_shape_of)
-        results, partials = _dense_partials(eqn, values, sources, outputs, [out_shape_of[k] for k in outputs])
+        probe = any(ruled_poles.get(src, _NO_POLE) != _NO_POLE for src in sources)
+        results, partials = _dense_partials(eqn, values, sources, outputs, [out_shape_of[k] for k in outputs], probe)
         for k, result in zip(outputs, results or ()):  # later equations read the values computed with them
             out = eqn.outputs[k]
             env[out.node if out.node is not None else out.value] = result
@@ -1165,6 +1394,7 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                     raise AlphagradError(f"internal error: edge {e} of a primitive without rule is not dense")
                 edges[(e.src, e.dst)] = partials[src][outputs.index(k)]
                 _pole_passes(poles, e, edges[(e.src, e.dst)], False)
+                _pole_passes(ruled_poles, e, edges[(e.src, e.dst)], True)
 
     # The dtype of the partials: that of the numbers the graph computes (not of PRNG keys).
     numbers = [v for n, v in env.items()
@@ -1174,6 +1404,59 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
     performed = _replay(graph, steps, edges, counter, dtype)
     outputs = [_operand_value(op, env, leaves) for op in program.outputs]
     return outputs, edges, performed
+
+
+def _of_floats(eqn: Equation, values: list[Any], floats: list[int], outputs: list[int]) -> Callable:
+    """The equation's `outputs` as a function of its operands at `floats` (the others as in `values`)."""
+    def of_floats(*xs):
+        # Constants captured by the trace are numpy arrays; a rule may index one with a traced
+        # integer (odeint's VJP indexes its times in a scan), which only a JAX array allows.
+        operands = [jnp.asarray(v) if isinstance(v, np.ndarray) else v for v in values]
+        for i, y in zip(floats, xs):
+            operands[i] = y
+        results = _bind_all(eqn, operands)
+        return tuple(results[k] for k in outputs)
+
+    return of_floats
+
+
+def _loop_supports(eqn: Equation, values: list[Any], by_source: dict[int, list], looped: dict) -> dict:
+    """The partials of a scan kept as a loop (`_loops.loop_partials`, dense) with the entries a NaN
+    tangent of each source entry reaches through the scan as their support (`_static_reach` while
+    tracing, else `_nan_reach` at run time where RUN_TIME_PROBE says so; else as they are), for a
+    pole before it: a running product's carry times a factor it has not read yet is an exact zero
+    that jax.jacfwd never multiplies."""
+    sources = {src: [i for i, op in enumerate(eqn.operands) if op.node == src] for src in by_source}
+    floats = sorted({i for positions in sources.values() for i in positions})
+    outputs = sorted({k for reached in by_source.values() for k, _ in reached})
+    sizes = {src: math.prod(np.shape(values[positions[0]])) for src, positions in sources.items()}
+    offsets = dict(zip(sizes, np.cumsum([0, *sizes.values()])[:-1].tolist()))
+    total = sum(sizes.values())
+    dtype = jnp.result_type(*(values[positions[0]] for positions in sources.values()))
+    primals = tuple(jnp.asarray(values[i]) for i in floats)
+    source_at = {i: src for src, positions in sources.items() for i in positions}
+    of_floats = _of_floats(eqn, values, floats, outputs)
+
+    def tangents(t):
+        return tuple(t[offsets[source_at[i]] : offsets[source_at[i]] + sizes[source_at[i]]]
+                     .reshape(np.shape(p)).astype(p.dtype) for i, p in zip(floats, primals))
+
+    # Per source, its partial into each of `outputs` (None where it reaches none there).
+    dst_of = {(src, k): e.dst for src, reached in by_source.items() for k, e in reached}
+    partials = {src: [looped.get((src, dst_of.get((src, k)))) for k in outputs] for src in sources}
+    static = _static_reach(of_floats, primals, tangents, total, dtype) if STATIC_REACH else None
+    if static is not None:
+        _, held = _with_static_supports((None, partials), static, offsets, sizes)
+    elif not RUN_TIME_PROBE:
+        return looped
+    else:
+        _, held = _with_run_time_supports((None, partials), _nan_reach(of_floats, primals, tangents, total, dtype),
+                                          offsets, sizes)
+    result = dict(looped)
+    for (src, k), dst in dst_of.items():
+        if (src, dst) in looped:
+            result[(src, dst)] = held[src][outputs.index(k)]
+    return result
 
 
 def _read_nodes(graph: Graph) -> set[int]:

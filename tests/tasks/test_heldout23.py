@@ -11,7 +11,9 @@ as controls. Report: /work/notes/corpus23_report.md.
 2. NaN where jax.jacfwd is finite: a convolution after a pole whose kept outputs' windows avoid the pole (a
    stride-2 convolution of ``sqrt(x)`` skipping the zeros of x): NaN in every order (the convolution's dense
    partial's zeros times sqrt's inf; XLA's convolution of jax.jacfwd's tangents never forms those products).
-   Likewise the first entry of ``jnp.cumprod(1 + sqrt(x))``. Open: strict xfails.
+   Likewise the first entry of ``jnp.cumprod(1 + sqrt(x))``. Mended in session 24 (helper nanprobe24: a
+   convolution's partial keeps its windows' entries as its support, a dense partial the entries a NaN tangent
+   reaches; tests/interpreter/test_dense_partial_zeros.py holds more forms).
    Repro: /work/notes/corpus23/repros/conv_after_sqrt_nan.py.
 """
 
@@ -67,8 +69,6 @@ def _first_cumulative_product_of_sqrt(x):
     return jnp.cumprod(1.0 + jnp.sqrt(x))[:1]
 
 
-@pytest.mark.xfail(strict=True, reason="corpus23 finding 2: a convolution's or cumprod's dense partial's zeros "
-                                       "times a pole before it (NaN where jax.jacfwd is finite)")
 @pytest.mark.parametrize("order", _ORDERS)
 @pytest.mark.parametrize("f", [_strided_convolution_of_sqrt, _first_cumulative_product_of_sqrt],
                          ids=["strided_convolution", "cumprod"])
