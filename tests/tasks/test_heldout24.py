@@ -124,13 +124,19 @@ def _segment_max_of_sqrt(x):
     return jax.ops.segment_max(jnp.sqrt(x), jnp.array([0, 1, 1, 2, 2, 3]), 4)[jnp.array([0, 3])]
 
 
-_THROUGH = [(_while_halving, o) for o in _ORDERS] + [(_scan_rolling, "reverse"), (_segment_max_of_sqrt, "reverse")]
+_THROUGH = [(_while_halving, o) for o in _ORDERS] + [(_segment_max_of_sqrt, "reverse")]
 
 
-@pytest.mark.xfail(strict=True, reason="corpus24 finding 2: a pole through a loop carry or a scatter-max")
+@pytest.mark.xfail(strict=True, reason="corpus24 finding 2: a pole through a while loop's carry or a scatter-max "
+                                       "(mended by _jacobian.RUN_TIME_PROBE = True, off for its cost: nanprobe24)")
 @pytest.mark.parametrize("f, order", _THROUGH, ids=[f"{f.__name__[1:]}-{o}" for f, o in _THROUGH])
 def test_a_pole_through_a_loop_carry_or_a_scatter_max(f, order):
     _nan_free_where_jacfwd_is(f, order, (_X6,))
+
+
+def test_a_pole_through_a_permuting_scan_carry():
+    # Mended in e148db6 (nanprobe24: a scan kept as a loop holds the entries a NaN tangent reaches, while tracing).
+    _nan_free_where_jacfwd_is(_scan_rolling, _ORDERS, (_X6,))
 
 
 # ---- controls: the corpus module's functions, exact under one jit (forward, reverse, Markowitz) ----
