@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import math
@@ -1289,6 +1290,11 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
     for e in graph.edges:
         if e.code != 0:  # a zero partial is no edge (as in the engine)
             incoming.setdefault(e.dst, []).append(e)
+    # Vertices read by more than one edge or returned too: where one of them is a select's case, the
+    # discard (`_discard_masked_partials`) cannot zero a pole the other use keeps (a norm returned
+    # beside the rows it safely divides), so the select's own zeros must hold (`_select_support`).
+    shared = {src for src, n in collections.Counter(e.src for e in graph.edges if e.code != 0).items() if n > 1}
+    shared |= {op.node for op in program.outputs if op.node is not None}
     read = _read_nodes(graph)
     edges: dict[tuple[int, int], Partial] = {}
     bounded: dict[Any, bool] = {}  # node or ValueRef -> finite wherever the arguments are (`bounded_operand`)
@@ -1337,7 +1343,10 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                     # up, which needs one on some path into the operand.
                     if eqn.primitive is jax.lax.dot_general_p and poles.get(e.src, _NO_POLE) != _NO_POLE:
                         partial = _dot_general_support(values, eqn.params, positions, partial)
-                    elif eqn.primitive is jax.lax.select_n_p and poles.get(e.src, _NO_POLE) == _POLE_SPREAD:
+                    elif eqn.primitive is jax.lax.select_n_p and (
+                            poles.get(e.src, _NO_POLE) == _POLE_SPREAD
+                            or (SHARED_CASE_SUPPORT and ruled_poles.get(e.src, _NO_POLE) == _POLE_ENTRYWISE
+                                and e.src in shared)):
                         partial = _select_support(values, positions, partial)
                     elif partial.code == INDEX_MAP and poles.get(e.src, _NO_POLE) != _NO_POLE:
                         partial = _run_time_map_support(partial)
@@ -1552,6 +1561,11 @@ def _readers(partial: Partial) -> Callable[[jax.Array], jax.Array] | None:
 #: Whether custom JVP rules that select their tangent discard like selects (`_rule_takes`); False
 #: only for A/B measurements.
 DISCARD_BY_RULES = True
+
+#: Whether a select whose case is read elsewhere too (or returned) keeps its zeros as a support
+#: where an entrywise pole reaches the case (`_eliminate_all`'s `shared`); False only for A/B
+#: measurements.
+SHARED_CASE_SUPPORT = True
 
 
 def _discard_masked_partials(graph: Graph, edges: dict[tuple[int, int], Partial], env: dict, leaves: list) -> None:

@@ -8,8 +8,9 @@ open), and new kinds it gets right (the functions of alphagrad/tasks/_corpus_hel
    forms: rows normalised by a guarded norm with the first norm returned too, a thin-plate-spline kernel with a
    guarded log on the zero diagonal plus the distances to one point.
    Repro: /work/notes/corpus24/repros/where_guard_plus_second_use_nan.py. Mended in dcdbe9e where the other use
-   reaches an output through data movement (passing tests now); open where it is the pole's value itself as an
-   output (unit vectors and their lengths) or a read inside a ``lax.cond`` (strict xfails).
+   reaches an output through data movement, and where it is the pole's value itself as an output (unit vectors
+   and their lengths) or a read inside a ``lax.cond``: the select's zeros are its support when its case is read
+   elsewhere (the lead's follow-up to dcdbe9e; passing tests now).
 2. NaN where jax.jacfwd is finite: a pole feeding a loop carry whose entries stay apart (a ``while_loop`` with any
    body, a ``scan``/``fori_loop`` whose body permutes the carry) and ``segment_max`` / ``.at[].max`` of a pole
    (corpus23's finding 2, dense partials with exact zeros, through loops and scatter-max).
@@ -95,13 +96,13 @@ def test_a_guarded_pole_used_twice(f, x, order):
     _nan_free_where_jacfwd_is(f, order, (x,))
 
 
-# Open at f5b0e9a: the other use is the pole's value itself as an output, or a read inside a lax.cond.
-_OPEN = [(_direction_and_magnitude, _ROWS), (_guarded_and_read_in_a_cond, _X2)]
+# The other use is the pole's value itself as an output, or a read inside a lax.cond: the select keeps its
+# zeros as a support (`_jacobian.SHARED_CASE_SUPPORT`).
+_SHARED = [(_direction_and_magnitude, _ROWS), (_guarded_and_read_in_a_cond, _X2)]
 
 
-@pytest.mark.xfail(strict=True, reason="corpus24 finding 1: a where's guard lost when the pole has a second use")
-@pytest.mark.parametrize("f, x", _OPEN, ids=[f.__name__[1:] for f, _ in _OPEN])
-def test_a_guarded_pole_used_twice_still_open(f, x):
+@pytest.mark.parametrize("f, x", _SHARED, ids=[f.__name__[1:] for f, _ in _SHARED])
+def test_a_guarded_pole_returned_or_read_in_a_cond(f, x):
     _nan_free_where_jacfwd_is(f, "reverse", (x,))
 
 
