@@ -64,3 +64,19 @@ def test_an_entry_another_output_reads_keeps_that_outputs_infinity():
         finite = np.isfinite(np.asarray(want))
         assert np.isfinite(np.asarray(got)[finite]).all()
         np.testing.assert_allclose(np.asarray(got)[finite], np.asarray(want)[finite], rtol=1e-10)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="open on the tape: a select whose case is also returned keeps no support there "
+                          "(the straight-line path's SHARED_CASE_SUPPORT)")
+def test_a_guarded_norm_returned_too_on_the_tape(small_tape):
+    def direction_and_length(v):
+        r = jnp.linalg.norm(v, axis=-1)
+        return v / jnp.where(r > 0, r, 1.0)[:, None], r
+    with jax.enable_x64(True):
+        v = jnp.array([[0.3, 0.4], [0.0, 0.0], [1.0, -2.0]])
+        expected = jax.jacfwd(direction_and_length)(v)
+        actual = jax.jit(interpreter.jacobian(direction_and_length, "reverse"))(v)
+    for got, want in zip(actual, expected):
+        finite = np.isfinite(np.asarray(want))
+        assert np.isfinite(np.asarray(got)[finite]).all()
