@@ -106,6 +106,20 @@ def test_a_guarded_pole_returned_or_read_in_a_cond(f, x):
     _nan_free_where_jacfwd_is(f, "reverse", (x,))
 
 
+def _guarded_product_of_two_poles_one_reused(x):
+    # x[:3] and x[3:] stand for two arguments; the where guards sqrt(a) * sqrt(b), sqrt(a) is returned too
+    a, b = x[:3], x[3:]
+    s = jnp.sqrt(a)
+    return jnp.where((a > 0) & (b > 0), s * jnp.sqrt(b), 0.0), s
+
+
+@pytest.mark.xfail(strict=True, reason="corpus24 finding 1, open at 4bfba7d: a guarded product of two poles, one "
+                   "reused (a cosine similarity with a norm penalty)")
+def test_a_guarded_product_of_two_poles_one_reused():
+    _nan_free_where_jacfwd_is(_guarded_product_of_two_poles_one_reused, "reverse",
+                              (np.array([0.3, 0.0, 0.5, 0.2, 0.4, 0.0]),))
+
+
 def test_a_guarded_pole_used_once_control():
     # The same where without the second use is exact (the guard works alone).
     _nan_free_where_jacfwd_is(lambda x: x + jnp.where(x > 0.25, jnp.sqrt(x), 0.0), "reverse", (_X2,))
