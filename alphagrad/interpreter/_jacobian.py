@@ -1295,6 +1295,13 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
     # beside the rows it safely divides), so the select's own zeros must hold (`_select_support`).
     shared = {src for src, n in collections.Counter(e.src for e in graph.edges if e.code != 0).items() if n > 1}
     shared |= {op.node for op in program.outputs if op.node is not None}
+    # ... and the vertices a ruled pole reaches through such a vertex (``where(c, sqrt(x) * sqrt(y), 0)``
+    # beside sqrt(x) returned: the product is read once, its pole's source twice).
+    pole_shared: set[int] = set()
+
+    def share_pole(e) -> None:
+        if ruled_poles.get(e.src, _NO_POLE) != _NO_POLE and (e.src in shared or e.src in pole_shared):
+            pole_shared.add(e.dst)
     read = _read_nodes(graph)
     edges: dict[tuple[int, int], Partial] = {}
     bounded: dict[Any, bool] = {}  # node or ValueRef -> finite wherever the arguments are (`bounded_operand`)
@@ -1346,7 +1353,7 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                     elif eqn.primitive is jax.lax.select_n_p and (
                             poles.get(e.src, _NO_POLE) == _POLE_SPREAD
                             or (SHARED_CASE_SUPPORT and ruled_poles.get(e.src, _NO_POLE) == _POLE_ENTRYWISE
-                                and e.src in shared)):
+                                and (e.src in shared or e.src in pole_shared))):
                         partial = _select_support(values, positions, partial)
                     elif partial.code == INDEX_MAP and poles.get(e.src, _NO_POLE) != _NO_POLE:
                         partial = _run_time_map_support(partial)
@@ -1359,6 +1366,7 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                     edges[(e.src, e.dst)] = partial._replace(finite=finite)
                     _pole_passes(poles, e, partial, finite)
                     _pole_passes(ruled_poles, e, partial, finite)
+                    share_pole(e)
             continue
         # No structural rule (every multi-output primitive): dense partials, one JVP per source for
         # all the outputs it reaches.
@@ -1385,6 +1393,7 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                     else:
                         _pole_passes(poles, e, loop_partial, loop_partial.finite)
                         _pole_passes(ruled_poles, e, loop_partial, True)
+                    share_pole(e)
             continue
         if not by_source:
             continue
@@ -1404,6 +1413,7 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                 edges[(e.src, e.dst)] = partials[src][outputs.index(k)]
                 _pole_passes(poles, e, edges[(e.src, e.dst)], False)
                 _pole_passes(ruled_poles, e, edges[(e.src, e.dst)], True)
+                share_pole(e)
 
     # The dtype of the partials: that of the numbers the graph computes (not of PRNG keys).
     numbers = [v for n, v in env.items()

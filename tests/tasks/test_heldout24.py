@@ -10,7 +10,8 @@ open), and new kinds it gets right (the functions of alphagrad/tasks/_corpus_hel
    Repro: /work/notes/corpus24/repros/where_guard_plus_second_use_nan.py. Mended in dcdbe9e where the other use
    reaches an output through data movement, and where it is the pole's value itself as an output (unit vectors
    and their lengths) or a read inside a ``lax.cond``: the select's zeros are its support when its case is read
-   elsewhere (the lead's follow-up to dcdbe9e; passing tests now).
+   elsewhere or its pole came through a value read elsewhere (a guarded product of two poles, one reused: a
+   cosine similarity with a norm penalty) (the lead's follow-ups to dcdbe9e; passing tests now).
 2. NaN where jax.jacfwd is finite: a pole feeding a loop carry whose entries stay apart (a ``while_loop`` with any
    body, a ``scan``/``fori_loop`` whose body permutes the carry) and ``segment_max`` / ``.at[].max`` of a pole
    (corpus23's finding 2, dense partials with exact zeros, through loops and scatter-max).
@@ -113,9 +114,8 @@ def _guarded_product_of_two_poles_one_reused(x):
     return jnp.where((a > 0) & (b > 0), s * jnp.sqrt(b), 0.0), s
 
 
-@pytest.mark.xfail(strict=True, reason="corpus24 finding 1, open at 4bfba7d: a guarded product of two poles, one "
-                   "reused (a cosine similarity with a norm penalty)")
 def test_a_guarded_product_of_two_poles_one_reused():
+    # (open at 4bfba7d; the select's support now also where its case's pole came through a shared vertex)
     _nan_free_where_jacfwd_is(_guarded_product_of_two_poles_one_reused, "reverse",
                               (np.array([0.3, 0.0, 0.5, 0.2, 0.4, 0.0]),))
 
