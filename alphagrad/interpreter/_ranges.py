@@ -142,9 +142,9 @@ _RULES: dict[str, Callable[..., Any]] = {
     "argmax": _index_along,
     "argmin": _index_along,
 }
-for _name in ("convert_element_type", "broadcast_in_dim", "reshape", "squeeze", "expand_dims", "slice",
-              "transpose", "rev", "copy", "copy_p", "dynamic_slice", "gather"):  # the operand's entries
-    _RULES[_name] = lambda ranges, **_: ranges[0]
+_RULES.update(dict.fromkeys(  # the operand's entries
+    ("convert_element_type", "broadcast_in_dim", "reshape", "squeeze", "expand_dims", "slice", "transpose", "rev",
+     "copy", "copy_p", "dynamic_slice", "gather"), lambda ranges, **_: ranges[0]))
 
 #: Rules that read only some operands (the others may be floats: a gather's operand and
 #: indices, an argmax's operand; None: all but a select's predicate).
