@@ -863,6 +863,12 @@ def _static_flow(jaxpr, carrying: Sequence[bool]) -> list[bool] | None:
                 hit[consts : consts + carries] = more
             reached.update(v for v, o in zip(eqn.outvars, outs) if o)
             continue
+        if name == "while":  # any trip count: the carries reached after some number of steps
+            carried = _while_reach_flow(eqn, hit)
+            if carried is None:
+                return None
+            reached.update(v for v, o in zip(eqn.outvars, carried) if o)
+            continue
         if name in _REACH_STATIC_AT:
             if any(h for i, h in enumerate(hit) if i not in _REACH_STATIC_AT[name]):
                 return None
@@ -898,11 +904,92 @@ def _reach_eval(jaxpr, args: list) -> list:
         if name in _REACH_CALLS:
             body = eqn.params[_REACH_CALLS[name]]
             outs = _reach_eval(getattr(body, "jaxpr", body), [read(v) if h else None for v, h in zip(eqn.invars, hit)])
+        elif name == "while":
+            outs = _while_reach_eval(eqn, [read(v) if h else None for v, h in zip(eqn.invars, hit)], hit,
+                                     [isinstance(v, Literal) or v in known for v in eqn.invars], read)
         else:
             result = eqn.primitive.bind(*(read(v) for v in eqn.invars), **eqn.params)
             outs = list(result) if eqn.primitive.multiple_results else [result]
         env.update(zip(eqn.outvars, outs))
     return [read(v) for v in jaxpr.outvars]
+
+
+def _while_reach_flow(eqn, hit: list[bool]) -> list[bool] | None:
+    """`_static_flow` of a while loop (`hit`: which of its operands a tangent reaches): the carries
+    a tangent reaches after any number of steps (the loop's condition reads the primal carries
+    alone, and the trip count is known only at run time), None where its body's are not static."""
+    cond_consts, body_consts = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
+    if any(hit[:cond_consts]):
+        return None
+    consts, carried = hit[cond_consts : cond_consts + body_consts], hit[cond_consts + body_consts :]
+    while True:  # a carry reached once is reached from then on: until no new one is
+        outs = _static_flow(eqn.params["body_jaxpr"].jaxpr, consts + carried)
+        if outs is None:
+            return None
+        more = [c or o for c, o in zip(carried, outs)]
+        if more == carried:
+            return carried
+        carried = more
+
+
+def _trip_count_known(eqn, known: list[bool]) -> bool:
+    """Whether a while loop's trip count is known while tracing (`known`: which of its operands are):
+    its condition reads only known constants and carries that stay known (a carry whose start is
+    known and whose body computes it from known values alone, a counter from a constant)."""
+    cond_consts, body_consts = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
+    body, cond = eqn.params["body_jaxpr"].jaxpr, eqn.params["cond_jaxpr"].jaxpr
+    carried = known[cond_consts + body_consts :]
+    while True:
+        values = {v for v, k in zip(body.invars, known[cond_consts : cond_consts + body_consts] + carried) if k}
+        for inner in body.eqns:
+            if all(isinstance(v, Literal) or v in values for v in inner.invars) and not _sub_jaxprs(inner.params):
+                values.update(inner.outvars)
+        more = [c and (isinstance(v, Literal) or v in values) for c, v in zip(carried, body.outvars)]
+        if more == carried:
+            break
+        carried = more
+    reads = {v for inner in cond.eqns for v in inner.invars if not isinstance(v, Literal)}
+    reads |= {v for v in cond.outvars if not isinstance(v, Literal)}
+    inputs = known[:cond_consts] + carried
+    # values computed inside the condition from its inputs: what it reads must trace back to known inputs
+    needed = set(reads)
+    for inner in reversed(cond.eqns):
+        if any(v in needed for v in inner.outvars):
+            needed.update(v for v in inner.invars if not isinstance(v, Literal))
+    return all(k for v, k in zip(cond.invars, inputs) if v in needed) and not any(
+        _sub_jaxprs(inner.params) for inner in cond.eqns)
+
+
+def _while_reach_eval(eqn, args: list, hit: list[bool], known: list[bool], read: Callable) -> list:
+    """`_reach_eval` of a while loop (`args`: None where an operand carries no tangent): its carries
+    hold the union of the entries a NaN tangent reaches over every trip count (zero steps included),
+    a superset of what any run reaches (the body applied until the union stops growing: its NaN
+    entries grow with its operands' in `_REACH_STATIC` primitives). Carries no tangent reaches are
+    read as ones, as every value off the tangents' path. Where the loop's condition reads only values
+    known while tracing (`known`: per operand; `read`: an operand's value), the loop runs as it is."""
+    cond_consts, body_consts = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
+    body = eqn.params["body_jaxpr"].jaxpr
+    consts = args[cond_consts : cond_consts + body_consts]
+    if _trip_count_known(eqn, [a is None and k for a, k in zip(args, known)]):
+        # The loop as it is (a counter from a constant to a constant): the exact reach of its trip count.
+        return list(eqn.primitive.bind(*(a if a is not None else read(v) for v, a in zip(eqn.invars, args)),
+                                       **eqn.params))
+    reached = _while_reach_flow(eqn, hit)
+    carries = eqn.invars[cond_consts + body_consts :]
+    start = tuple((a if a is not None else jnp.zeros(v.aval.shape, v.aval.dtype)) if r else None
+                  for v, a, r in zip(carries, args[cond_consts + body_consts :], reached))
+
+    def grow(state):
+        union, _ = state
+        outs = _reach_eval(body, list(consts) + list(union))
+        grown = tuple(None if u is None else jnp.where(jnp.isnan(u), u, o) for u, o in zip(union, outs))
+        changed = functools.reduce(jnp.logical_or, [jnp.any(jnp.isnan(g) != jnp.isnan(u))
+                                                    for g, u in zip(grown, union) if u is not None],
+                                   jnp.asarray(False))
+        return grown, changed
+
+    union, _ = jax.lax.while_loop(lambda state: state[1], grow, (start, jnp.asarray(True)))
+    return [u if u is not None else np.ones(v.aval.shape, v.aval.dtype) for v, u in zip(carries, union)]
 
 
 def _static_reach(of_floats: Callable, primals: tuple, tangents: Callable, total: int, dtype) -> list | None:

@@ -139,14 +139,33 @@ def _segment_max_of_sqrt(x):
     return jax.ops.segment_max(jnp.sqrt(x), jnp.array([0, 1, 1, 2, 2, 3]), 4)[jnp.array([0, 3])]
 
 
-_THROUGH = [(_while_halving, o) for o in _ORDERS] + [(_segment_max_of_sqrt, "reverse")]
+def _while_rolling(x):
+    # the carry's entries move each step: which output entries a pole reaches depends on the trip count
+    return lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, jnp.roll(c[1], 1) * 0.5), (0, jnp.sqrt(x)))[1][::2]
 
 
-@pytest.mark.xfail(strict=True, reason="corpus24 finding 2: a pole through a while loop's carry or a scatter-max "
-                                       "(mended by _jacobian.RUN_TIME_PROBE = True, off for its cost: nanprobe24)")
-@pytest.mark.parametrize("f, order", _THROUGH, ids=[f"{f.__name__[1:]}-{o}" for f, o in _THROUGH])
-def test_a_pole_through_a_loop_carry_or_a_scatter_max(f, order):
+def _while_to_tolerance(x):
+    def body(c):
+        y, _ = c
+        smoothed = 0.5 * y + 0.1 * jnp.roll(y, 1)
+        return smoothed, jnp.max(jnp.abs(smoothed - y))
+    return lax.while_loop(lambda c: c[1] > 1e-3, body, (jnp.sqrt(x), jnp.asarray(1.0)))[0][::2]
+
+
+_WHILE = [(f, o) for f in (_while_halving, _while_rolling, _while_to_tolerance) for o in _ORDERS]
+
+
+@pytest.mark.parametrize("f, order", _WHILE, ids=[f"{f.__name__[1:]}-{o}" for f, o in _WHILE])
+def test_a_pole_through_a_while_loop_carry(f, order):
+    # Mended in session 25: a while loop's dense partial holds the entries a NaN tangent reaches over any
+    # trip count (`_jacobian._while_reach_flow`, `_while_reach_eval`), while tracing.
     _nan_free_where_jacfwd_is(f, order, (_X6,))
+
+
+@pytest.mark.xfail(strict=True, reason="corpus24 finding 2: a pole through a scatter-max (mended by "
+                                       "_jacobian.RUN_TIME_PROBE = True, off for its cost: nanprobe24)")
+def test_a_pole_through_a_scatter_max():
+    _nan_free_where_jacfwd_is(_segment_max_of_sqrt, "reverse", (_X6,))
 
 
 def test_a_pole_through_a_permuting_scan_carry():
