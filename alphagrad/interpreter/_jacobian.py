@@ -1409,7 +1409,7 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
         results = _bind_constant(eqn, values)  # evaluated once, whatever its number of outputs
         operand_bounds = [bounded_operand(op, value, bounded) for op, value in zip(eqn.operands, values)]
         operands_bounded = all(operand_bounds)
-        outputs_bounded = bounded_value(eqn, values, operand_bounds, away_from_zero)
+        outputs_bounded = bounded_value(eqn, values, operand_bounds, away_from_zero, defined_by)
         for out in eqn.outputs:
             defined_by[out.node if out.node is not None else out.value] = eqn
         if len(eqn.outputs) == 1 and away_from_zero_value(eqn, values, away_from_zero, defined_by):

@@ -17,11 +17,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import Literal, Var
 
 from alphagrad.graph import INDEX_MAP, VALUELESS, LeafRef, Operand, ValueRef
 
-__all__ = ["FINITE_PARTIALS", "BOUNDED_VALUES", "LINEAR_IN_EACH", "away_from_zero_value", "bounded_operand",
-           "bounded_value", "has_finite_partials", "reads_only_the_others"]
+__all__ = ["FINITE_PARTIALS", "BOUNDED_VALUES", "LINEAR_IN_EACH", "CALL_BODIES", "SIGNED_POLES",
+           "away_from_zero_value", "bounded_operand", "bounded_value", "has_finite_partials", "reads_only_the_others"]
 
 #: Primitives whose partials are finite wherever their operands are: sums, products, data
 #: movement, selections and functions whose derivatives have no pole (`Partial.finite`: a dense
@@ -81,6 +82,8 @@ def has_finite_partials(eqn, values: list[Any], code: int, away_from_zero: dict 
     if eqn.primitive is None or code in VALUELESS or code == INDEX_MAP:
         return True
     name = eqn.primitive.name
+    if name == "custom_jvp_call" and CALL_BODIES:
+        return _rule_has_finite_partials(eqn.params, len(eqn.operands))
     if name in _POLES_AT_ZERO_ONLY and away_from_zero and away_from_zero.get(eqn.operands[0].node, False):
         return True
     if name == "div" and eqn.operands[1].node is not None and away_from_zero:
@@ -237,6 +240,40 @@ def _nonnegative(eqn) -> bool:
     return name in ("abs", "sqrt", "exp") or (name == "integer_pow" and eqn.params.get("y", 1) % 2 == 0)
 
 
+#: Primitives of one operand whose entries are some of their operand's entries (moved, converted, kept).
+_KEEPS_SIGN = _MOVES_ONE | frozenset(
+    "transpose slice dynamic_slice gather rev reduce_max reduce_min stop_gradient reduce_precision".split())
+
+
+def _never_negative(op: Operand, value: Any, defined_by: dict, depth: int = 0) -> bool:
+    """Whether operand `op` is never negative where it is not NaN: a constant without negative
+    entries, or the value of `_nonnegative`'s equations, a square ``x * x``, a sum, product,
+    maximum or minimum of such values, a division of one by another, a select of them, their
+    entries moved or reduced by sum or maximum (``sqrt(sum(x ** 2))`` of jnp.linalg.norm, the
+    variance ``mean((x - m) ** 2)`` of jnp.std)."""
+    held = _known(value) if op.node is None and not isinstance(op.value, (LeafRef, ValueRef)) else None
+    if held is not None:
+        return bool(np.all(held >= 0))
+    eqn = defined_by.get(_key(op)) if _key(op) is not None else None
+    if eqn is None or eqn.primitive is None or depth > 32:
+        return False
+    if _nonnegative(eqn):
+        return True
+    name, ops = eqn.primitive.name, eqn.operands
+    below = lambda k: _never_negative(ops[k], ops[k].value, defined_by, depth + 1)  # noqa: E731
+    if name == "mul" and len(ops) == 2 and _key(ops[0]) is not None and _key(ops[0]) == _key(ops[1]):
+        return True
+    if name in ("add", "mul", "div", "min", "reduce_sum", "cumsum", "concatenate", "pad"):
+        return all(below(k) for k in range(len(ops)))
+    if name in _KEEPS_SIGN:  # the operand (not a gather's or a dynamic slice's indices)
+        return below(0)
+    if name == "max":
+        return any(below(k) for k in range(len(ops)))
+    if name == "select_n":
+        return all(below(k) for k in range(1, len(ops)))
+    return name == "square"
+
+
 def _key(op: Operand) -> Any:
     """The key of a traced operand in `away_from_zero_value`'s dicts (a node, a `ValueRef`); None for a
     constant or an argument leaf."""
@@ -281,16 +318,29 @@ def _is_constant(op: Operand) -> bool:
             and _known(op.value) is not None)
 
 
-def bounded_value(eqn, values: list[Any], operands_bounded: list[bool], away_from_zero: dict | None = None) -> bool:
+def bounded_value(eqn, values: list[Any], operands_bounded: list[bool], away_from_zero: dict | None = None,
+                  defined_by: dict | None = None) -> bool:
     """Whether the outputs of `eqn` are finite wherever the function's arguments are, given which
     of its operands are (`bounded_operand`): a primitive of `BOUNDED_VALUES` of bounded operands,
     a division of a bounded numerator by a constant without zeros or by a node bounded away from
     zero (`away_from_zero`: node -> bool, `away_from_zero_value`), or a maximum (minimum) of
     bounded operands and constants without +inf (-inf) or NaN, at least one operand bounded
-    (``jax.nn.log_softmax``'s ``max(-inf, reduce_max(x))``)."""
+    (``jax.nn.log_softmax``'s ``max(-inf, reduce_max(x))``); a custom_jvp_call or call whose body
+    is (`CALL_BODIES`). A square root only of a value never negative (`_never_negative`, through
+    `defined_by`: operand key -> its equation): sqrt(-1) is NaN, and so are the partials after it
+    (``exp``'s), which a select dropping that entry would meet (``where(x > 0, exp(sqrt(x)), 0)``
+    at x = -1: NaN where jax.jacfwd is 0); a negative integer power only of a value away from zero."""
     if eqn.primitive is None:
         return all(operands_bounded)
     name = eqn.primitive.name
+    if name == "sqrt" and SIGNED_POLES:
+        return operands_bounded[0] and _never_negative(eqn.operands[0], values[0], defined_by or {})
+    if name in _BODIES and CALL_BODIES:
+        body = _body_of(eqn.params, name)
+        return body is not None and all(bound for bound, _ in _walk(body, [(ok, None) for ok in operands_bounded]))
+    if name == "integer_pow" and eqn.params.get("y", 1) < 0 and SIGNED_POLES:  # 1 / x**2: infinite at 0
+        return (operands_bounded[0] and away_from_zero is not None and eqn.operands[0].node is not None
+                and away_from_zero.get(eqn.operands[0].node, False))
     if name == "div" and has_finite_partials(eqn, values, 1, away_from_zero):  # a divisor without zeros
         return operands_bounded[0]
     if name in ("max", "min"):
@@ -305,3 +355,154 @@ def reads_only_the_others(eqn, positions: list[int], operands_bounded: list[bool
     other operands that are all bounded (`LINEAR_IN_EACH`)."""
     return (eqn.primitive is not None and eqn.primitive.name in LINEAR_IN_EACH and len(positions) == 1
             and all(ok for i, ok in enumerate(operands_bounded) if i != positions[0]))
+
+
+#: Whether `custom_jvp_call` and call equations (pjit, closed_call, ...) are judged by walking their
+#: bodies (`_walk`): a custom_jvp_call has finite partials where its JVP rule's tangents are finite
+#: for finite primals and tangents, and finite outputs where its primal body has. False judges them
+#: as before (possibly infinite partials and outputs): for A/B measurements.
+CALL_BODIES = True
+
+#: Whether a square root's value counts as finite only where its operand is never negative, and
+#: a negative integer power's only where its operand is away from zero (`bounded_value`). False
+#: judges them as before (finite wherever their operands are): for A/B measurements.
+SIGNED_POLES = True
+
+#: Equations with a body, and the parameter holding it (a `ClosedJaxpr`, or a `Jaxpr` without consts).
+_BODIES = {"custom_jvp_call": "call_jaxpr", "pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr",
+           "core_call": "call_jaxpr", "remat": "jaxpr", "remat2": "jaxpr", "checkpoint": "jaxpr"}
+
+#: Primitives of one operand that keep a lower bound on their operand's values (data movement, the
+#: greatest or least of its entries).
+_KEEPS_LOWER = frozenset(
+    "broadcast_in_dim reshape squeeze expand_dims transpose convert_element_type copy copy_p slice dynamic_slice "
+    "gather rev reduce_max reduce_min stop_gradient reduce_precision".split())
+#: Primitives whose values are never negative (where they are not NaN).
+_NONNEGATIVE = frozenset("exp exp2 abs sqrt logistic".split())
+
+
+def _body_of(params, name: str):
+    """The body of a call equation as (jaxpr, consts), or None."""
+    body = params.get(_BODIES[name])
+    if body is None:
+        return None
+    return (body.jaxpr, list(body.consts)) if hasattr(body, "consts") else (body, [])
+
+
+def _rule_has_finite_partials(params, num_operands: int) -> bool:
+    """Whether a `custom_jvp_call`'s partials are finite wherever its operands are: its JVP rule
+    (JAX's ``jvp_jaxpr_fun``, traced with every tangent present: primals, then tangents, in; primal
+    outputs, then tangent outputs, out) gives finite tangents for finite primals and tangents
+    (`_walk`). The partials are the rule's tangents for unit tangents, so then they are finite:
+    ``jax.nn.softplus``'s (``t * exp(x - softplus(x))``), ``jax.nn.relu``'s (a select of t and 0)
+    are; ``xlogy``'s (``t * log(y)``), ``logit``'s (a division by ``x * (1 - x)``) are not. A rule
+    over consts (closed-over tracers) or one that cannot be traced here counts as possibly infinite."""
+    if params.get("num_consts", 0) or params.get("jvp_jaxpr_fun") is None:
+        return False
+    try:
+        jaxpr, consts, _ = params["jvp_jaxpr_fun"].call_wrapped(*([False] * num_operands))
+    except Exception:  # noqa: BLE001 - JAX's internals: possibly infinite is always safe
+        return False
+    if len(jaxpr.invars) != 2 * num_operands:
+        return False
+    outs = _walk((jaxpr, list(consts)), [(True, None)] * (2 * num_operands))
+    return all(bound for bound, _ in outs[len(outs) - len(outs) // 2:])
+
+
+def _walk(body, ins: list[tuple[bool, float | None]], depth: int = 0) -> list[tuple[bool, float | None]]:
+    """(bounded, lower) of each output of `body` ((jaxpr, consts)) given those of its inputs:
+    bounded, finite wherever the function's arguments are (the rules of `bounded_value`, overflow
+    aside, through nested calls and custom_jvp_calls' primal bodies); lower, a number the values are
+    at least wherever they are not NaN, or None. A log, log1p, reciprocal square root, negative
+    integer power or division is bounded only where its operand's lower bound keeps it off its pole
+    (``log1p(exp(-|d|))`` of jnp.logaddexp). Unknown primitives (loops, conditionals, linear
+    algebra) are unbounded."""
+    jaxpr, consts = body
+    env: dict[Any, tuple[bool, float | None]] = {}
+    known: dict[Any, np.ndarray] = {}
+    for var, value in zip(jaxpr.constvars, consts):
+        known[var] = value
+    for var, state in zip(jaxpr.invars, ins):
+        env[var] = state
+
+    def constant(atom) -> np.ndarray | None:  # a literal's or a const's value; None for a variable
+        value = atom.val if isinstance(atom, Literal) else known.get(atom)
+        return None if value is None or isinstance(value, jax.core.Tracer) else np.asarray(value)
+
+    def read(atom) -> tuple[bool, float | None]:
+        held = constant(atom)
+        if held is None:
+            return env.get(atom, (False, None)) if isinstance(atom, Var) and atom not in known else (False, None)
+        if not (np.issubdtype(held.dtype, np.floating) or np.issubdtype(held.dtype, np.integer)):
+            return True, None
+        finite = bool(np.all(np.isfinite(held)))
+        return finite, (float(np.min(held)) if held.size and finite else None)
+
+    for eqn in jaxpr.eqns:
+        states = [read(v) for v in eqn.invars]
+        outs = _equation(eqn, states, [constant(v) for v in eqn.invars], depth)
+        for var, state in zip(eqn.outvars, outs):
+            aval = getattr(var, "aval", None)
+            if aval is not None and not jnp.issubdtype(getattr(aval, "dtype", np.float32), jnp.inexact):
+                state = (True, None)  # comparisons, indices, float0 tangents: never infinite
+            env[var] = state
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _equation(eqn, states, constants, depth: int) -> list[tuple[bool, float | None]]:
+    """`_walk`'s rule for one equation of a body: (bounded, lower) of each output."""
+    name = eqn.primitive.name
+    n_out = len(eqn.outvars)
+    unknown = [(False, None)] * n_out
+    bounded = [b for b, _ in states]
+    lower = [lo for _, lo in states]
+    if name in _BODIES:
+        body = _body_of(eqn.params, name)
+        return unknown if body is None or depth > 8 else _walk(body, states, depth + 1)
+    if n_out != 1:
+        return unknown
+    positive = lambda k: lower[k] is not None and lower[k] > 0  # noqa: E731
+    if name == "integer_pow":
+        y = eqn.params.get("y", 1)
+        ok = bounded[0] and (y >= 0 or positive(0))
+        low = 1.0 if y == 0 else (0.0 if y % 2 == 0 else (lower[0] ** y if positive(0) else None))
+        return [(ok, low)]
+    if name == "div":
+        divisor = constants[1]
+        nonzero = positive(1) or (divisor is not None and divisor.size > 0 and bool(np.all(divisor != 0)))
+        low = lower[0] / constants[1].max() if (divisor is not None and nonzero and lower[0] is not None
+                                                and lower[0] >= 0 and bool(np.all(divisor > 0))) else None
+        return [(bounded[0] and nonzero, low)]
+    if name in ("log", "rsqrt"):
+        low = (0.0 if lower[0] is not None and lower[0] >= 1 else None) if name == "log" else None
+        return [(bounded[0] and positive(0), low)]
+    if name == "log1p":
+        above = lower[0] is not None and lower[0] > -1
+        return [(bounded[0] and above, 0.0 if above and lower[0] >= 0 else None)]
+    if name in ("max", "min"):
+        excluded = np.inf if name == "max" else -np.inf
+        ok = any(bounded) and all(
+            b or (c is not None and not np.any(np.isnan(c)) and not np.any(c == excluded))
+            for b, c in zip(bounded, constants))
+        known = [lo for lo in lower if lo is not None]
+        low = (max(known) if known else None) if name == "max" else (min(known) if len(known) == len(lower) else None)
+        return [(ok, low)]
+    if name == "select_n":
+        cases = states[1:]
+        lows = [lo for _, lo in cases]
+        return [(all(b for b, _ in cases), min(lows) if all(lo is not None for lo in lows) else None)]
+    ok = all(bounded) and name in BOUNDED_VALUES and (name != "sqrt" or (lower[0] is not None and lower[0] >= 0))
+    if name in _NONNEGATIVE:
+        return [(ok, 0.0)]
+    if name == "cosh":
+        return [(ok, 1.0)]
+    if name in _KEEPS_LOWER:
+        return [(ok, lower[0])]
+    if name == "add" and all(lo is not None for lo in lower):
+        return [(ok, sum(lower))]
+    if name == "mul" and all(lo is not None and lo >= 0 for lo in lower):
+        return [(ok, math.prod(lower))]
+    if name == "reduce_sum" and lower[0] is not None and lower[0] >= 0:
+        return [(ok, 0.0)]
+    return [(ok, None)]
+

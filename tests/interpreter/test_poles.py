@@ -14,22 +14,32 @@ from alphagrad.interpreter import _jacobian
 _X = np.array([[0.3, -1.2, 2.0, 0.1], [4.0, 0.5, -0.7, 1.1], [0.2, 0.2, 0.2, 0.2]], np.float32)
 
 
-def _proved_away(f, x) -> list[str]:
-    """The primitives of the equations whose results were proved away from zero while tracing
-    jacobian(f, "reverse") (a recording wrapper around the rule; no compilation)."""
-    proved, rule = [], _jacobian.away_from_zero_value
+def _traced_recording(name: str, record, f, x) -> None:
+    """Traces jacobian(f, "reverse") (no compilation) with `_jacobian`'s rule `name` wrapped:
+    record(eqn, values, held, *rest) sees each answer."""
+    rule = getattr(_jacobian, name)
 
-    def recording(eqn, values, away, defined_by):
-        held = rule(eqn, values, away, defined_by)
-        if held:
-            proved.append(eqn.primitive.name)
+    def recording(eqn, values, *rest):
+        held = rule(eqn, values, *rest)
+        record(eqn, values, held, *rest)
         return held
 
-    _jacobian.away_from_zero_value = recording
+    setattr(_jacobian, name, recording)
     try:
         jax.make_jaxpr(interpreter.jacobian(f, "reverse"))(x)
     finally:
-        _jacobian.away_from_zero_value = rule
+        setattr(_jacobian, name, rule)
+
+
+def _proved_away(f, x) -> list[str]:
+    """The primitives of the equations whose results were proved away from zero."""
+    proved = []
+
+    def record(eqn, values, held, *_):
+        if held:
+            proved.append(eqn.primitive.name)
+
+    _traced_recording("away_from_zero_value", record, f, x)
     return proved
 
 
@@ -74,3 +84,82 @@ def test_a_variance_clamped_at_zero_plus_epsilon():
         var = jnp.maximum(0.0, jnp.mean(x * x, axis=-1, keepdims=True) - mean * mean)
         return (x - mean) * jax.lax.rsqrt(var + 1e-6)
     assert "add" in _proved_away(layer_norm, _X)
+
+
+# --- custom_jvp_call and call bodies (`_poles.CALL_BODIES`) ------------------------------------
+
+_special = jax.scipy.special
+
+
+def _custom_jvp_classes(f, x) -> list[tuple[bool, bool]]:
+    """(outputs finite, partials finite) wherever the operands are, of each custom_jvp_call."""
+    classes = []
+
+    def record(eqn, values, held, operands_bounded, away=None, defined_by=None):
+        if eqn.primitive is not None and eqn.primitive.name == "custom_jvp_call":
+            classes.append((held, _jacobian.has_finite_partials(eqn, values, 1, away)))
+
+    _traced_recording("bounded_value", record, f, x)
+    return classes
+
+
+_FINITE_RULES = {
+    "softplus": jax.nn.softplus, "log_sigmoid": jax.nn.log_sigmoid, "mish": jax.nn.mish,
+    "logaddexp": lambda x: jnp.logaddexp(x, x[::-1]), "logaddexp2": lambda x: jnp.logaddexp2(x, 1.0),
+    "relu": jax.nn.relu, "relu6": jax.nn.relu6, "hard_swish": jax.nn.hard_swish,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_FINITE_RULES))
+def test_a_custom_jvp_whose_rule_has_finite_tangents_has_finite_partials(name):
+    # logaddexp's rule: t * exp(x - logaddexp(x, y)), its value max(x, y) + log1p(exp(-|x - y|)).
+    classes = _custom_jvp_classes(_FINITE_RULES[name], _X[0])
+    assert classes and all(c == (True, True) for c in classes)
+
+
+@pytest.mark.parametrize("f", [lambda x: _special.xlogy(x, x), lambda x: _special.xlog1py(x, x), _special.entr,
+                               _special.logit, lambda x: jax.nn.softplus(jnp.log(jnp.abs(x)))],
+                         ids=["xlogy", "xlog1py", "entr", "logit", "softplus_of_log"])
+def test_a_custom_jvp_whose_rule_may_be_infinite_stays_a_pole(f):
+    # t * log(y), t * log1p(y), -t * (1 + log x), t / (x * (1 - x)); softplus of log(0) = -inf
+    # has finite partials, but its operand is not finite.
+    classes = _custom_jvp_classes(f, _X[0])
+    assert classes and not any(value and partial for value, partial in classes)
+
+
+def _exact(f, *args):
+    with jax.enable_x64(True):
+        args = [jnp.asarray(a, jnp.float64) for a in args]
+        argnums = tuple(range(len(args)))
+        expected = [np.asarray(b) for b in jax.jit(jax.jacfwd(f, argnums=argnums))(*args)]
+        for order in ("forward", "reverse", "markowitz"):
+            actual = [np.asarray(b) for b in interpreter.jacobian(f, order, argnums=argnums)(*args)]
+            for a, e in zip(actual, expected):
+                finite = np.isfinite(e)
+                assert finite.any()
+                np.testing.assert_allclose(a[finite], e[finite], rtol=1e-8, atol=1e-8, err_msg=order)
+
+
+def test_finite_custom_rules_are_exact_at_extreme_inputs():
+    def f(x):
+        return jax.nn.softplus(x) * x[::-1] + jnp.logaddexp(x, -x) + jax.nn.silu(x) + jnp.logaddexp(x, -jnp.inf)
+    _exact(f, np.array([-np.inf, -1e3, -30.0, -1.0, 0.0, 0.5, 40.0, 1e3]))
+
+
+def test_poles_in_or_before_custom_rules_stay_guarded():
+    # log(0) in xlogy's rule and log1p(-1) in xlog1py's, selected away; sqrt's pole at 0 before
+    # relu (whose rule selects) and softplus (selected away).
+    def f(x):
+        return (jnp.where(x > 0, _special.xlogy(x, x), 0.0) + jnp.where(x > -1, _special.xlog1py(x, x), 0.0)
+                + jax.nn.relu(jnp.sqrt(jnp.abs(x))) + jnp.where(x > 0, jax.nn.softplus(jnp.sqrt(x)), 0.0))
+    _exact(f, np.array([0.0, 1e-300, -1.0, 4.0]))
+
+
+def test_a_root_of_a_negative_and_a_negative_power_are_not_bounded():
+    # sqrt(-1) is NaN, and so is exp's partial after it; x ** -2 is infinite at 0, and so is the
+    # product's partial in w: the selects' zeros there must be guarded (jax.jacfwd's selects drop
+    # those tangents).
+    def f(x, w):
+        return (jnp.where(x > 0, jnp.exp(jnp.sqrt(x)), 0.0) + jnp.where(x > 0, x ** -2 * w, 0.0)
+                + jnp.where(x > 0, (x ** -2) @ w, 0.0))
+    _exact(f, np.array([0.0, -1.0, 2.0]), np.array([1.0, 2.0, 3.0]))
