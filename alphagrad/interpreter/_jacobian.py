@@ -49,6 +49,7 @@ from alphagrad.interpreter._discard import (
 )
 from alphagrad.interpreter._poles import (
     away_from_zero_value, bounded_operand, bounded_value, has_finite_partials, reads_only_the_others,
+    tested_arguments,
 )
 from alphagrad.interpreter._labelled import Labelled, densify_labelled, labelled_partial
 from alphagrad.interpreter._structured import (
@@ -1392,6 +1393,9 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
     read = _read_nodes(graph)
     edges: dict[tuple[int, int], Partial] = {}
     bounded: dict[Any, bool] = {}  # node or ValueRef -> finite wherever the arguments are (`bounded_operand`)
+    # ... and the arguments a value tested for NaN or infinity is computed from are not: the function
+    # expects them non-finite somewhere (missing labels masked by jnp.nanmean).
+    bounded.update(dict.fromkeys(tested_arguments(program), False))
     # node -> how an infinite partial may reach it (`_pole_passes`): only then do the partials it
     # enters keep supports (`_dot_general_support`, `_select_support`); elsewhere no product could
     # meet a pole, and a support would only cost guards.

@@ -22,7 +22,7 @@ from jax.extend.core import Literal, Var
 from alphagrad.graph import INDEX_MAP, VALUELESS, LeafRef, Operand, ValueRef
 
 __all__ = ["FINITE_PARTIALS", "BOUNDED_VALUES", "LINEAR_IN_EACH", "CALL_BODIES", "SIGNED_POLES",
-           "away_from_zero_value", "bounded_operand", "bounded_value", "has_finite_partials", "reads_only_the_others"]
+           "away_from_zero_value", "bounded_operand", "bounded_value", "has_finite_partials", "reads_only_the_others", "tested_arguments"]
 
 #: Primitives whose partials are finite wherever their operands are: sums, products, data
 #: movement, selections and functions whose derivatives have no pole (`Partial.finite`: a dense
@@ -64,7 +64,7 @@ def bounded_operand(op: Operand, value: Any, bounded: dict) -> bool:
     if op.node is not None:
         return bounded.get(op.node, True)  # nodes before every equation are the arguments
     if isinstance(op.value, LeafRef):
-        return True
+        return bounded.get(op.value, True)  # an argument, unless tested for NaN (`tested_arguments`)
     if isinstance(op.value, ValueRef):
         return bounded.get(op.value, False)
     if isinstance(value, jax.core.Tracer) or not _is_float(value):
@@ -506,3 +506,57 @@ def _equation(eqn, states, constants, depth: int) -> list[tuple[bool, float | No
         return [(ok, 0.0)]
     return [(ok, None)]
 
+
+def _operand_key(op: Operand) -> Any:
+    """What `bounded` keys an operand by: its node, or its `ValueRef`/`LeafRef`; None for a constant."""
+    if op.node is not None:
+        return op.node
+    return op.value if isinstance(op.value, (ValueRef, LeafRef)) else None
+
+
+def _tests_non_finite(eqn) -> Operand | None:
+    """The operand `eqn` tests for NaN or infinity (``jnp.isnan``: ``ne(a, a)``; ``jnp.isfinite``:
+    ``is_finite``; ``jnp.isinf``/``isposinf``: ``eq(a, inf)``, also of ``abs(a)``), else None."""
+    name = eqn.primitive.name if eqn.primitive is not None else ""
+    if name == "is_finite":
+        return eqn.operands[0]
+    if name in ("eq", "ne") and len(eqn.operands) == 2:
+        a, b = eqn.operands
+        if name == "ne" and _operand_key(a) is not None and _operand_key(a) == _operand_key(b):
+            return a
+        for tested, other in ((a, b), (b, a)):
+            if other.node is None and not isinstance(other.value, (ValueRef, LeafRef)):
+                known = _known(other.value)
+                if known is not None and known.size and np.all(np.isinf(known)):
+                    return tested
+    return None
+
+
+def tested_arguments(program) -> set:
+    """The arguments (input nodes and `LeafRef`s) that a value tested for NaN or infinity
+    (`_tests_non_finite`) is computed from, through the program's equations: the function expects
+    them non-finite somewhere (``jnp.nanmean((pred - y) ** 2)`` over missing labels, ``nan_to_num``),
+    so the partials they enter may be NaN there and `bounded_operand` must not take them finite.
+    Empty where nothing is tested (the common case)."""
+    tested = [op for eqn in program.equations if (op := _tests_non_finite(eqn)) is not None]
+    if not tested:
+        return set()
+    defined: dict[Any, list] = {}
+    for index, eqn in enumerate(program.equations):
+        keys = [_operand_key(op) for op in eqn.operands]
+        for k, out in enumerate(eqn.outputs):
+            key = out.node if out.node is not None else out.value
+            defined[key] = keys
+    found: set = set()
+    stack = [_operand_key(op) for op in tested]
+    seen: set = set()
+    while stack:
+        key = stack.pop()
+        if key is None or key in seen:
+            continue
+        seen.add(key)
+        if key in defined:
+            stack.extend(defined[key])
+        else:
+            found.add(key)
+    return found
