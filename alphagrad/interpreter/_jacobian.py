@@ -826,15 +826,26 @@ _REACH_STATIC = frozenset(
 #: ... and those that do so where only the operands at these positions carry a tangent (a triangular
 #: solve reads its matrix's triangle alone, every entry of it, zeros included).
 _REACH_STATIC_AT = {"triangular_solve": (1,)}
+#: ... and those that move their tangents by indices: where only the operands at these positions
+#: carry a tangent and the others (the indices) are known while tracing (constants).
+_REACH_INDEXED = {"gather": (0,), "scatter-add": (0, 2), "scatter_add": (0, 2), "dynamic_slice": (0,),
+                  "dynamic_update_slice": (0, 1)}
+
+
+def _is_float_array(value: Any) -> bool:
+    """Whether a constant holds floating-point values (read as ones on the tangents' path, never as
+    indices: their values need not be carried into the reach's evaluation)."""
+    return jnp.issubdtype(jnp.result_type(value), jnp.inexact)
 _REACH_CALLS = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr"}
 
 
-def _static_flow(jaxpr, carrying: Sequence[bool]) -> list[bool] | None:
+def _static_flow(jaxpr, carrying: Sequence[bool], constants: Mapping | None = None) -> list[bool] | None:
     """Which outputs of `jaxpr` the tangents entering it at `carrying` reach, where they pass through
-    `_REACH_STATIC` primitives alone (calls and scans of such programs included): the entries they
-    reach then do not depend on any value; else None."""
+    `_REACH_STATIC` primitives alone (calls and scans of such programs included), or `_REACH_INDEXED`
+    ones by indices known while tracing: the entries they reach then do not depend on any value known
+    only at run time; else None. `constants`: the values of `jaxpr`'s constvars known while tracing."""
     reached = {v for v, c in zip(jaxpr.invars, carrying) if c}
-    known: set = set()  # values computed from literals alone (a triangle's mask from iotas)
+    known: set = set(constants or ())  # values computed from literals and known constants alone (a mask from iotas)
     for eqn in jaxpr.eqns:
         hit = [not isinstance(v, Literal) and v in reached for v in eqn.invars]
         if not any(hit):
@@ -870,7 +881,11 @@ def _static_flow(jaxpr, carrying: Sequence[bool]) -> list[bool] | None:
                 return None
             reached.update(v for v, o in zip(eqn.outvars, carried) if o)
             continue
-        if name in _REACH_STATIC_AT:
+        if name in _REACH_INDEXED:
+            if any(i not in _REACH_INDEXED[name] and (h or not (isinstance(v, Literal) or v in known))
+                   for i, (v, h) in enumerate(zip(eqn.invars, hit))):
+                return None
+        elif name in _REACH_STATIC_AT:
             if any(h for i, h in enumerate(hit) if i not in _REACH_STATIC_AT[name]):
                 return None
         elif name not in _REACH_STATIC:
@@ -879,13 +894,13 @@ def _static_flow(jaxpr, carrying: Sequence[bool]) -> list[bool] | None:
     return [not isinstance(v, Literal) and v in reached for v in jaxpr.outvars]
 
 
-def _reach_eval(jaxpr, args: list) -> list:
+def _reach_eval(jaxpr, args: list, constants: Mapping | None = None) -> list:
     """`jaxpr` evaluated on the equations a tangent reaches (`args`: None where an input carries
     none), every value no tangent reaches read as ones (finite, without zeros: a stand-in that
     neither cancels nor adds a NaN). A scan runs as it is on such stand-ins (its body's values
     computed from ones: an infinity among them can only add entries, never drop one)."""
     env = {v: a for v, a in zip(jaxpr.invars, args) if a is not None}
-    known: dict = {}  # values computed from literals alone, as `_static_flow` takes them
+    known: dict = dict(constants or {})  # values computed from literals and known constants alone
 
     def read(v):
         if isinstance(v, Literal):
@@ -1007,12 +1022,15 @@ def _static_reach(of_floats: Callable, primals: tuple, tangents: Callable, total
     except Exception:  # noqa: BLE001 - JAX reports a missing JVP rule with many types
         return None
     rows = [math.prod(v.aval.shape) for v in closed.jaxpr.outvars]
-    if sum(rows) * total > PATTERN_AT_TRACE_TIME_MAX or _static_flow(closed.jaxpr, [True]) is None:
+    # Constants known while tracing (a segment_max's segment ids): indices whose reach is fixed.
+    constants = {v: c for v, c in zip(closed.jaxpr.constvars, closed.consts)
+                 if not isinstance(c, jax.core.Tracer) and not _is_float_array(c)}
+    if sum(rows) * total > PATTERN_AT_TRACE_TIME_MAX or _static_flow(closed.jaxpr, [True], constants) is None:
         return None
 
     def reach():
         seeds = np.where(np.eye(total, dtype=bool), np.nan, 0).astype(dtype)
-        columns = jax.vmap(lambda t: _reach_eval(closed.jaxpr, [t]), out_axes=-1)(seeds)
+        columns = jax.vmap(lambda t: _reach_eval(closed.jaxpr, [t], constants), out_axes=-1)(seeds)
         return jnp.concatenate([jnp.isnan(c).reshape(-1, total) for c in columns])
 
     try:

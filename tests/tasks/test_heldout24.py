@@ -162,9 +162,9 @@ def test_a_pole_through_a_while_loop_carry(f, order):
     _nan_free_where_jacfwd_is(f, order, (_X6,))
 
 
-@pytest.mark.xfail(strict=True, reason="corpus24 finding 2: a pole through a scatter-max (mended by "
-                                       "_jacobian.RUN_TIME_PROBE = True, off for its cost: nanprobe24)")
 def test_a_pole_through_a_scatter_max():
+    # Mended in session 25: the scatter-max's partial holds the entries a NaN tangent reaches through its JVP's
+    # gathers and scatter-adds by segment ids known while tracing (`_jacobian._REACH_INDEXED`).
     _nan_free_where_jacfwd_is(_segment_max_of_sqrt, "reverse", (_X6,))
 
 
