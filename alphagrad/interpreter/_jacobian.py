@@ -1471,7 +1471,7 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                         partial = _window_support(eqn, values, positions, partial, k)
                     moves = partial.code in VALUELESS or partial.code == INDEX_MAP  # no values to be infinite
                     finite = ((operands_bounded or moves or reads_only_the_others(eqn, positions, operand_bounds))
-                              and has_finite_partials(eqn, values, partial.code, away_from_zero))
+                              and has_finite_partials(eqn, values, partial.code, away_from_zero, defined_by))
                     edges[(e.src, e.dst)] = partial._replace(finite=finite)
                     _pole_passes(poles, e, partial, finite)
                     _pole_passes(ruled_poles, e, partial, finite)

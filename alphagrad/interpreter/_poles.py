@@ -22,7 +22,8 @@ from jax.extend.core import Literal, Var
 from alphagrad.graph import INDEX_MAP, VALUELESS, LeafRef, Operand, ValueRef
 
 __all__ = ["FINITE_PARTIALS", "BOUNDED_VALUES", "LINEAR_IN_EACH", "CALL_BODIES", "SIGNED_POLES",
-           "away_from_zero_value", "bounded_operand", "bounded_value", "has_finite_partials", "reads_only_the_others", "tested_arguments"]
+           "away_from_zero_value", "bounded_operand", "bounded_value", "has_finite_partials", "reads_only_the_others",
+           "tested_arguments"]
 
 #: Primitives whose partials are finite wherever their operands are: sums, products, data
 #: movement, selections and functions whose derivatives have no pole (`Partial.finite`: a dense
@@ -72,20 +73,25 @@ def bounded_operand(op: Operand, value: Any, bounded: dict) -> bool:
     return bool(np.all(np.isfinite(np.asarray(value))))
 
 
-def has_finite_partials(eqn, values: list[Any], code: int, away_from_zero: dict | None = None) -> bool:
+def has_finite_partials(eqn, values: list[Any], code: int, away_from_zero: dict | None = None,
+                        defined_by: dict | None = None) -> bool:
     """Whether the partial (of structure `code`) of equation `eqn` is finite wherever its operands
     are: one that only moves data, one of `FINITE_PARTIALS`, of a power with a non-negative integer
     exponent, of a division by a constant without zeros (`values[1]`, read only when the divisor
     is a constant) or by a node bounded away from zero (`away_from_zero`: node -> bool,
     `away_from_zero_value`), of a log, square root, reciprocal square root or integer power of
-    such a node (``log(sum(exp(x - max(x))))``, ``rsqrt(var + eps)``), or an output's copy."""
+    such a node (``log(sum(exp(x - max(x))))``, ``rsqrt(var + eps)``), a root's only where that
+    node is never negative too (`_never_negative`, `defined_by`: operand key -> its equation; the
+    root's partial at ``jnp.where(jnp.abs(d) > eps, d, eps)`` = -1 is NaN), a custom_jvp_call's
+    where its rule's tangents are finite (`CALL_BODIES`), or an output's copy."""
     if eqn.primitive is None or code in VALUELESS or code == INDEX_MAP:
         return True
     name = eqn.primitive.name
     if name == "custom_jvp_call" and CALL_BODIES:
         return _rule_has_finite_partials(eqn.params, len(eqn.operands))
     if name in _POLES_AT_ZERO_ONLY and away_from_zero and away_from_zero.get(eqn.operands[0].node, False):
-        return True
+        return (name not in _ROOTS or not SIGNED_POLES
+                or _never_negative(eqn.operands[0], values[0], defined_by or {}))
     if name == "div" and eqn.operands[1].node is not None and away_from_zero:
         return away_from_zero.get(eqn.operands[1].node, False)
     if name == "div" and eqn.operands[1].node is None:
@@ -98,6 +104,8 @@ def has_finite_partials(eqn, values: list[Any], code: int, away_from_zero: dict 
 
 #: Primitives of one operand whose partial is infinite only where the operand is 0.
 _POLES_AT_ZERO_ONLY = frozenset({"log", "sqrt", "rsqrt", "integer_pow"})
+#: ... of which those whose partial is NaN where the operand is negative.
+_ROOTS = frozenset({"sqrt", "rsqrt"})
 
 
 def _constant_without(op: Operand, value: Any, excluded: float) -> bool:
@@ -364,7 +372,8 @@ def reads_only_the_others(eqn, positions: list[int], operands_bounded: list[bool
 CALL_BODIES = True
 
 #: Whether a square root's value counts as finite only where its operand is never negative, and
-#: a negative integer power's only where its operand is away from zero (`bounded_value`). False
+#: a negative integer power's only where its operand is away from zero (`bounded_value`), and a
+#: root's partial only where its operand is never negative as well as away from zero. False
 #: judges them as before (finite wherever their operands are): for A/B measurements.
 SIGNED_POLES = True
 

@@ -163,3 +163,31 @@ def test_a_root_of_a_negative_and_a_negative_power_are_not_bounded():
         return (jnp.where(x > 0, jnp.exp(jnp.sqrt(x)), 0.0) + jnp.where(x > 0, x ** -2 * w, 0.0)
                 + jnp.where(x > 0, (x ** -2) @ w, 0.0))
     _exact(f, np.array([0.0, -1.0, 2.0]), np.array([1.0, 2.0, 3.0]))
+
+
+def _root_partials(f, x) -> list[bool]:
+    """Whether the partial of each square root or reciprocal square root is finite."""
+    finite = []
+
+    def record(eqn, values, held, *_):
+        if eqn.primitive is not None and eqn.primitive.name in ("sqrt", "rsqrt"):
+            finite.append(held)
+
+    _traced_recording("has_finite_partials", record, f, x)
+    return finite
+
+
+def test_a_root_away_from_zero_has_a_finite_partial_only_if_never_negative():
+    def layer_norm(x):  # flax.linen.LayerNorm's statistics
+        mean = jnp.mean(x)
+        return (x - mean) * jax.lax.rsqrt(jnp.maximum(0.0, jnp.mean(x * x) - mean * mean) + 1e-6)
+
+    def clamped_norm(x):
+        return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x), 1e-12))
+
+    def safe_root(x):  # sqrt(-1) at x = -1: a NaN partial, which the select drops in jax.jacfwd
+        return jnp.where(x > 0, jnp.sqrt(jnp.where(jnp.abs(x) > 0.1, x, 0.1)), 0.0)
+
+    assert _root_partials(layer_norm, _X[0]) == [True]
+    assert _root_partials(clamped_norm, _X[0]) == [True]
+    assert _root_partials(safe_root, _X[0]) == [False]
