@@ -180,7 +180,8 @@ def _shifted_exponential_sum(eqn, values: list[Any], defined_by: dict) -> bool:
     shifted = defined_by.get(_key(exp.operands[0])) if _named(exp, "exp") else None
     if not _named(shifted, "sub") or _key(shifted.operands[0]) is None:
         return False
-    x, axes, shape = shifted.operands[0], tuple(eqn.params["axes"]), tuple(np.shape(values[0]))
+    # (the shape from the exp's equation: the tape passes no value for an operand computed at run time)
+    x, axes, shape = shifted.operands[0], tuple(eqn.params["axes"]), tuple(exp.aval.shape)
     chain, source = [], defined_by.get(_key(shifted.operands[1]))
     while source is not None and not _named(source, "reduce_max"):
         if _named(source, *_MOVES_ONE, "stop_gradient") and len(source.operands) == 1:
