@@ -48,8 +48,8 @@ from alphagrad.interpreter._discard import (
     READS_MAX, RowCover, elementwise_code, entrywise_code, plan_discard, structural_reads, value_cover,
 )
 from alphagrad.interpreter._poles import (
-    away_from_zero_value, bounded_operand, bounded_value, has_finite_partials, reads_only_the_others,
-    tested_arguments,
+    FINITE_PARTIALS, away_from_zero_value, bounded_operand, bounded_value, has_finite_partials,
+    reads_only_the_others, tested_arguments,
 )
 from alphagrad.interpreter._labelled import Labelled, densify_labelled, labelled_partial
 from alphagrad.interpreter._structured import (
@@ -776,7 +776,9 @@ def _dense_partials_over(eqn: Equation, values: list[Any], sources: Mapping[int,
     if eqn.primitive.name in _VJP_RULED:
         rows_first = True
     elif eqn.primitive.name in _ROWS_WHEN_NOT_MORE:
-        rows_first = rows <= total
+        # (by columns where a branch may hold an infinite partial: a VJP row pulls a cotangent's
+        # zeros through it, 0 * inf = NaN beside the pole, where a JVP column, as jax.jacfwd, has 0)
+        rows_first = rows <= total and not (POLE_BRANCHES_BY_COLUMNS and _may_hold_a_pole(eqn))
     else:
         rows_first = rows * total > _COLUMNS_MAX_ENTRIES and _ROW_COST * rows < total
     first, second = (by_rows, by_columns) if rows_first else (by_columns, by_rows)
@@ -1173,6 +1175,21 @@ _COLUMNS_MAX_ENTRIES = 8
 #: [out, in] layout, where columns would need a transposing pass over every partial that XLA cannot
 #: fuse across the conditional (lax.switch of an elementwise branch at batch 32,768: 2.3x slower).
 _ROWS_WHEN_NOT_MORE = frozenset({"cond"})
+
+#: Whether a conditional whose branches may hold an infinite partial is built by columns (False: by
+#: rows whenever the rows are not more, as the other conditionals; for A/B measurements).
+POLE_BRANCHES_BY_COLUMNS = True
+
+
+def _may_hold_a_pole(eqn: Equation) -> bool:
+    """Whether a sub-program of `eqn` has a floating-point equation whose partial may be infinite
+    where its operands are finite: one outside `_poles.FINITE_PARTIALS` (a square root, a log, a
+    division), calls looked into."""
+    def may_be_infinite(inner) -> bool:
+        return (inner.primitive.name not in FINITE_PARTIALS and not _sub_jaxprs(inner.params)
+                and any(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in inner.outvars))
+    return any(_has_equation(inner, may_be_infinite) for inner in _sub_jaxprs(eqn.params))
+
 
 #: Primitives whose derivative is a user's VJP rule: their partials are built by rows.
 _VJP_RULED = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr"})

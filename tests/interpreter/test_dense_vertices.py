@@ -133,3 +133,25 @@ def test_dense_partials_call_no_trsm_beyond_the_function(name):
     for order in ("forward", "reverse"):
         jacobian = jax.jit(jax.vmap(interpreter.jacobian(fn, order, argnums=argnums)))
         assert _trsm_calls(jacobian, args) <= primal, order
+
+
+def _cond_then_where(x):
+    # A pole inside a branch, guarded after the conditional (helper corpus25, session 25).
+    y = jax.lax.cond(x[0] > 0, jnp.sqrt, lambda z: z, x)
+    return jnp.where(x > 0, y, 0.0)
+
+
+def _switch_then_where(x):
+    y = jax.lax.switch(jnp.int32(x[0] > 0), [lambda z: z, jnp.sqrt], x)
+    return jnp.where(x > 0, y, 0.0)
+
+
+@pytest.mark.parametrize("f", [_cond_then_where, _switch_then_where], ids=["cond", "switch"])
+def test_a_branch_with_a_pole_is_built_by_columns(f):
+    # By VJP rows the branch's partial held 0 * inf = NaN beside each zero of x, which the where kept
+    # (NaN where jax.jacfwd is 0); by JVP columns (`_jacobian._may_hold_a_pole`) it is jax.jacfwd's.
+    x = jnp.array([0.3, 0.0, 0.5, 0.0])
+    expected = jax.jacfwd(f)(x)
+    assert np.isfinite(expected).all()
+    for order in ("forward", "reverse", "markowitz"):
+        np.testing.assert_allclose(interpreter.jacobian(f, order)(x), expected, rtol=1e-12, err_msg=order)
