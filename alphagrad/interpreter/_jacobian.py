@@ -809,8 +809,9 @@ def _dense_partials_over(eqn: Equation, values: list[Any], sources: Mapping[int,
 #: probe where RUN_TIME_PROBE allows it; for A/B measurements).
 STATIC_REACH = True
 
-#: Whether a dense partial after a pole whose support `_static_reach` cannot give (a select, a
-#: gather or a collective on its tangents' path: scatter-max, psum, custom_linear_solve) takes it at
+#: Whether a dense partial after a pole whose support `_static_reach` cannot give (a select by run-time
+#: values, a gather by run-time indices or a collective on its tangents' path: psum,
+#: custom_linear_solve, a scatter-max by computed segment ids) takes it at
 #: run time (`_nan_reach`). Off: the probe, a JVP per source entry beside the partial's, and the
 #: guards it brings cost 1.4-2.2x at batch 256 on the corpus functions that have one after a pole
 #: (edge_message_scatter_max forward 2.15x, fem_1d_assembly_segment_sum 1.7-2.2x,

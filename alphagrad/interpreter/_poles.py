@@ -552,11 +552,10 @@ def tested_arguments(program) -> set:
     if not tested:
         return set()
     defined: dict[Any, list] = {}
-    for index, eqn in enumerate(program.equations):
+    for eqn in program.equations:
         keys = [_operand_key(op) for op in eqn.operands]
-        for k, out in enumerate(eqn.outputs):
-            key = out.node if out.node is not None else out.value
-            defined[key] = keys
+        for out in eqn.outputs:
+            defined[out.node if out.node is not None else out.value] = keys
     found: set = set()
     stack = [_operand_key(op) for op in tested]
     seen: set = set()

@@ -14,7 +14,10 @@ open), and new kinds it gets right (the functions of alphagrad/tasks/_corpus_hel
    cosine similarity with a norm penalty) (the lead's follow-ups to dcdbe9e; passing tests now).
 2. NaN where jax.jacfwd is finite: a pole feeding a loop carry whose entries stay apart (a ``while_loop`` with any
    body, a ``scan``/``fori_loop`` whose body permutes the carry) and ``segment_max`` / ``.at[].max`` of a pole
-   (corpus23's finding 2, dense partials with exact zeros, through loops and scatter-max).
+   (corpus23's finding 2, dense partials with exact zeros, through loops and scatter-max). The scan mended in
+   e148db6; the while loop (its body's reach over every trip count, the loop run as it is where its trip count is
+   known while tracing) and the scatter-max (its JVP's gathers and scatter-adds by known segment ids) in session
+   25 (passing tests now).
    Repro: /work/notes/corpus24/repros/loop_carry_after_sqrt_nan.py.
 3. A crash where JAX differentiates: ``jax.debug.print`` / ``jax.debug.callback`` inside the function (an
    equation without outputs): IndexError in every order; mended in 760b67b (passing tests now).
