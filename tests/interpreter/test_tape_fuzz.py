@@ -23,14 +23,23 @@ def small_tape(monkeypatch):
 
 
 def _on_tape_and_exact(fn, args, argnums, orders=("forward", "reverse", "markowitz"), rtol=1e-10):
-    expected = jax.jacfwd(fn, argnums=argnums)(*args)
     g = interpreter.graph_of(fn, *args, argnums=argnums)
     for order in orders:
         tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, order)))  # raises Unsupported if refused
         assert tape.muls == graph.cost(g, order)
-        actual = jax.jit(interpreter.jacobian(fn, order, argnums=argnums))(*args)
+
+    # One compilation for jax.jacfwd's Jacobian and every order's (each order traced under jit, as
+    # jax.jit(interpreter.jacobian(fn, order)) is; compiling each apart, and jax.jacfwd op by op,
+    # cost about twice as much).
+    @jax.jit
+    def reference_and_orders(*xs):
+        return jax.jacfwd(fn, argnums=argnums)(*xs), [interpreter.jacobian(fn, o, argnums=argnums)(*xs) for o in orders]
+
+    expected, jacobians = reference_and_orders(*args)
+    for order, actual in zip(orders, jacobians):
+        assert jax.tree.structure(actual) == jax.tree.structure(expected), order
         for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=rtol / 100)
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=rtol / 100, err_msg=order)
 
 
 def remainder_indices(x, y):
@@ -118,8 +127,9 @@ def test_linear_solves_run_on_the_tape(small_tape):
         a, b = jnp.asarray(rng.normal(size=(3, 3))), jnp.asarray(rng.normal(size=3))
         _on_tape_and_exact(linear_solves, (a, b), (0, 1), orders=("reverse", "markowitz"))
         batch = (jnp.stack([a, 0.5 * a]), jnp.stack([b, -b]))
-        jac = jax.jit(jax.vmap(interpreter.jacobian(linear_solves, "forward", argnums=(0, 1))))(*batch)
-        expected = jax.vmap(jax.jacfwd(linear_solves, argnums=(0, 1)))(*batch)
+        jac, expected = jax.jit(lambda *xs: (jax.vmap(interpreter.jacobian(linear_solves, "forward", argnums=(0, 1)))(*xs),
+                                             jax.vmap(jax.jacfwd(linear_solves, argnums=(0, 1)))(*xs)))(*batch)
+        assert jax.tree.structure(jac) == jax.tree.structure(expected)
         for x, y in zip(jax.tree.leaves(jac), jax.tree.leaves(expected)):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-10, atol=1e-12)
 
@@ -210,8 +220,9 @@ def _assert_conversions_are_xlas(ints):
     for source in ints:
         info = np.iinfo(source)
         values = jnp.asarray(np.linspace(info.min, info.max, 41).astype(source))
-        for target in ints:
+        # One compilation per source type for all its targets (a jit per pair compiled 36 programs).
+        converted = jax.jit(lambda v: [_tape._wrapping_conversion(v, target) for target in ints])(values)
+        for target, actual in zip(ints, converted):
             expected = lax.convert_element_type(values, target)
-            actual = jax.jit(lambda v, target=target: _tape._wrapping_conversion(v, target))(values)
             assert actual.dtype == expected.dtype
             np.testing.assert_array_equal(actual, expected, err_msg=f"{source.__name__} -> {target.__name__}")
