@@ -251,7 +251,14 @@ def _nonnegative(eqn) -> bool:
 
 #: Primitives of one operand whose entries are some of their operand's entries (moved, converted, kept).
 _KEEPS_SIGN = _MOVES_ONE | frozenset(
-    "transpose slice dynamic_slice gather rev reduce_max reduce_min stop_gradient reduce_precision".split())
+    "transpose slice dynamic_slice rev reduce_max reduce_min stop_gradient reduce_precision".split())  # not gather
+
+
+def _fills_at_least(params, bound: float) -> bool:
+    """Whether a gather's entries out of bounds (if it fills them) are NaN (no `fill_value`: JAX's
+    default for floating-point values) or at least `bound`."""
+    fill = params.get("fill_value")
+    return fill is None or (not isinstance(fill, jax.core.Tracer) and bool(np.all(np.asarray(fill) >= bound)))
 
 
 def _never_negative(op: Operand, value: Any, defined_by: dict, depth: int = 0) -> bool:
@@ -274,8 +281,8 @@ def _never_negative(op: Operand, value: Any, defined_by: dict, depth: int = 0) -
         return True
     if name in ("add", "mul", "div", "min", "reduce_sum", "cumsum", "concatenate", "pad"):
         return all(below(k) for k in range(len(ops)))
-    if name in _KEEPS_SIGN:  # the operand (not a gather's or a dynamic slice's indices)
-        return below(0)
+    if name in _KEEPS_SIGN or (name == "gather" and _fills_at_least(eqn.params, 0.0)):
+        return below(0)  # the operand (not the indices)
     if name == "max":
         return any(below(k) for k in range(len(ops)))
     if name == "select_n":
@@ -386,7 +393,7 @@ _BODIES = {"custom_jvp_call": "call_jaxpr", "pjit": "jaxpr", "jit": "jaxpr", "cl
 #: greatest or least of its entries).
 _KEEPS_LOWER = frozenset(
     "broadcast_in_dim reshape squeeze expand_dims transpose convert_element_type copy copy_p slice dynamic_slice "
-    "gather rev reduce_max reduce_min stop_gradient reduce_precision".split())
+    "rev reduce_max reduce_min stop_gradient reduce_precision".split())  # not gather: it may fill
 #: Primitives whose values are never negative (where they are not NaN).
 _NONNEGATIVE = frozenset("exp exp2 abs sqrt logistic".split())
 
@@ -475,7 +482,8 @@ def _equation(eqn, states, constants, depth: int) -> list[tuple[bool, float | No
     if name == "integer_pow":
         y = eqn.params.get("y", 1)
         ok = bounded[0] and (y >= 0 or positive(0))
-        low = 1.0 if y == 0 else (0.0 if y % 2 == 0 else (lower[0] ** y if positive(0) else None))
+        # x ** y of x >= lower > 0 is at least lower ** y for y > 0 (increasing), above 0 for y < 0.
+        low = 1.0 if y == 0 else 0.0 if y % 2 == 0 else (lower[0] ** y if y > 0 else 0.0) if positive(0) else None
         return [(ok, low)]
     if name == "div":
         divisor = constants[1]
@@ -506,7 +514,7 @@ def _equation(eqn, states, constants, depth: int) -> list[tuple[bool, float | No
         return [(ok, 0.0)]
     if name == "cosh":
         return [(ok, 1.0)]
-    if name in _KEEPS_LOWER:
+    if name in _KEEPS_LOWER or (name == "gather" and lower[0] is not None and _fills_at_least(eqn.params, lower[0])):
         return [(ok, lower[0])]
     if name == "add" and all(lo is not None for lo in lower):
         return [(ok, sum(lower))]

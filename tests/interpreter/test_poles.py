@@ -191,3 +191,22 @@ def test_a_root_away_from_zero_has_a_finite_partial_only_if_never_negative():
     assert _root_partials(layer_norm, _X[0]) == [True]
     assert _root_partials(clamped_norm, _X[0]) == [True]
     assert _root_partials(safe_root, _X[0]) == [False]
+
+
+def _root_values(f, x) -> list[bool]:
+    """Whether the value of each square root is finite wherever the arguments are."""
+    finite = []
+
+    def record(eqn, values, held, *_):
+        if eqn.primitive is not None and eqn.primitive.name == "sqrt":
+            finite.append(held)
+
+    _traced_recording("bounded_value", record, f, x)
+    return finite
+
+
+def test_a_root_of_a_gather_is_finite_only_if_what_it_fills_is_not_negative():
+    idx = jnp.array([0, 9])  # 9 is out of bounds: filled
+    assert _root_values(lambda x: jnp.sqrt(jnp.take(x * x, idx, mode="fill", fill_value=0.0)), _X[0]) == [True]
+    assert _root_values(lambda x: jnp.sqrt(jnp.take(x * x, idx, mode="fill", fill_value=-1.0)), _X[0]) == [False]
+    assert _root_values(lambda x: jnp.sqrt(x), _X[0]) == [False]
