@@ -59,7 +59,13 @@ not grow with the number of equations:
    window's band, a diagonal; a product with a map is a selection per entry it holds).
    Before the eliminations, the entries of partials that reach the outputs only through a
    select's untaken case are zeroed, as jax.jacfwd drops them (`_discard`; a few vectorised
-   sweeps over the entries of the vertices that may be discarded, `_discard_untaken`).
+   sweeps over the entries of the vertices that may be discarded, `_discard_untaken`). Where a
+   pole reaches a select's case that the discard cannot zero (the case is returned or read
+   elsewhere too, or the pole came through a broadcast), the select's zeros are a run-time support
+   of its case partial (`_Builder._case_support`, `Tape.case_flags`); and the partials of a
+   primitive without a structural rule or of a convolution after a ruled pole hold the entries a
+   NaN tangent cannot reach as structural zeros (`_Builder._dense_zeros`), as the straight-line
+   path keeps both (its `_select_support`, `_static_reach`).
 2. **Eliminations** (`_tape_products`). Every `graph.Product` of ``graph.plan(graph, order)``
    becomes operations on the edge buffer, planned with numpy a product at a time: between two
    value arrays, exactly the multiply-adds its `graph.product_plan` enumerates (one per point
@@ -131,15 +137,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.extend.core import ClosedJaxpr, Literal, Var
+from jax.extend.core.primitives import closed_call_p
 
 from alphagrad.graph import (
-    INDEX_MAP, VALUELESS, Graph, LeafRef, Operand, Step, ValueRef, normalise_shape, product_plan, structure_of,
+    INDEX_MAP, SUPPORTED_PRIMITIVES, VALUELESS, Graph, LeafRef, Operand, Step, ValueRef, normalise_shape,
+    product_plan, structure_of,
 )
 from alphagrad.interpreter._discard import (
     elementwise_code, entrywise_code, plan_discard, structural_reads, value_cover,
 )
 from alphagrad.interpreter import _ranges
-from alphagrad.interpreter._poles import BOUNDED_VALUES, bounded_operand, has_finite_partials
+from alphagrad.interpreter._poles import (
+    BOUNDED_VALUES, away_from_zero_value, bounded_operand, has_finite_partials, reads_only_the_others,
+)
 from alphagrad.interpreter._structured import Partial
 from alphagrad.interpreter._tape_products import (
     DOT, DOT_INNER, FIRST_EDGE_SLOT, FLAT, FLAT_GROUP_ENTRIES, GUARD_SCRATCH, MUL, ONE, SELECT, ZERO, Eliminator,
@@ -175,6 +185,18 @@ ARRAY_WEIGHT = 8
 #: as the out factor against an infinity further up, as the straight-line path does; False gives
 #: the plain products (for A/B measurements: ``--patch alphagrad.interpreter._tape.DISCARD_SUPPORT=False``).
 DISCARD_SUPPORT = True
+#: Whether one-operation product plans keep a select's zeros (its case partial's untaken entries)
+#: as a run-time support where a pole reaches its case and the discard cannot zero it (the case is
+#: read elsewhere too or returned, or the pole came through a broadcast: `_Builder._case_support`),
+#: as the straight-line path's `_select_support` (its SHARED_CASE_SUPPORT); False for A/B
+#: measurements.
+CASE_SUPPORT = True
+#: Whether the partials of a primitive without a structural rule (cumprod, a triangular solve, a
+#: scan bound whole) and of a convolution, where a ruled partial's pole (sqrt's, a division's) may
+#: reach their source, hold the entries a NaN tangent cannot reach as structural zeros, known
+#: while building (`_Builder._dense_zeros`, the straight-line path's `_static_reach`); False for
+#: A/B measurements.
+DENSE_SUPPORT = True
 #: Most components (array entries) a value of the tape may have: every step of the equation loop
 #: gathers the largest equation's operand components and writes its output's, so a very large
 #: array would slow every step (the 512- and 1,024-entry vectors of benchmarks/scale.py's `wide`
@@ -434,6 +456,10 @@ class Tape(NamedTuple):
         branches kept whole whose range their body's interval arithmetic does not bound within the
         buffer's exact integers (`_ranges`; float32 buffers): held where every entry is at most the
         bound in magnitude, as `bounded_leaves`.
+      case_flags: (first flag slot, int32 [Z] edge slots of select partials kept as supports, int32
+        [Z] the discard's flag slot of each or -1): after the discard, flag z is 1 where slot z is
+        not 0 (the select takes the case) and the discard's flag, if any, is 1; or None
+        (`_Builder._case_support`).
       segments: () for one equation loop, else (wide, narrow, schedule): the equations of the
         wide and of the narrow segments (`_LoopSegment`, `_Builder._narrow`) and, per turn,
         int32 [narrow start, narrow stop, wide start, wide stop) in their tables.
@@ -470,6 +496,7 @@ class Tape(NamedTuple):
     prod_records: np.ndarray | None = None
     prod_shapes: np.ndarray | None = None
     discard: _Discard | None = None
+    case_flags: tuple[int, np.ndarray, np.ndarray] | None = None
     bounded_leaves: tuple[tuple[int, float], ...] = ()
     bounded_values: tuple[tuple[int, int, float], ...] = ()
     late: tuple = ()
@@ -815,6 +842,23 @@ class _Builder:
         self.int_range: dict[int, tuple[float, float]] = {}  # integer vertex -> (least, greatest) value
         self.int_exact: set[int] = set()  # integer vertices held exactly whatever their range (`_small_integer`)
         self.lifted: dict[int, frozenset] = {}  # id(equation) -> positions of its lifted literals (`_lift`)
+        # node -> how an infinite partial may reach it (`_reach`: `_NO_POLE`...), from any partial
+        # and from ruled partials alone (sqrt's, a division's; not a dense vertex's own).
+        self.poles: dict[int, int] = {}
+        self.ruled_poles: dict[int, int] = {}
+        self.away: dict[Any, bool] = {}  # node -> at least a positive constant in magnitude (`_poles`)
+        self.defined_by: dict[Any, Any] = {}  # node -> its equation
+        # Vertices read by more than one edge or returned, and those a ruled pole reaches through
+        # one of them: a select's case among them keeps the select's zeros (`_case_support`).
+        counts: dict[int, int] = {}
+        for e in graph.edges:
+            if e.code != 0:
+                counts[e.src] = counts.get(e.src, 0) + 1
+        self.shared = {src for src, n in counts.items() if n > 1}
+        self.shared |= {op.node for op in self.program.outputs if op.node is not None}
+        self.pole_shared: set[int] = set()
+        self.case_slots: list[np.ndarray] = []  # edge slots of select partials kept as supports
+        self.reach_of: dict[Any, np.ndarray | None] = {}  # `_dense_zeros`'s, by kind and positions
 
     def _allocate_value(self, size: int) -> int:
         base = self.num_values
@@ -1506,8 +1550,11 @@ class _Builder:
             if node is None:
                 raise Unsupported(f"{where} has no vertex")
             constants = [op.value if op.node is None else None for op in eqn.operands]
-            operands_bounded = all(bounded_operand(op, value, bounded) for op, value in zip(eqn.operands, constants))
+            operand_bounds = [bounded_operand(op, value, bounded) for op, value in zip(eqn.operands, constants)]
+            operands_bounded = all(operand_bounds)
             bounded[node] = operands_bounded and (eqn.primitive is None or eqn.primitive.name in BOUNDED_VALUES)
+            if CASE_SUPPORT or DENSE_SUPPORT:
+                self._reach(eqn, incoming.get(node, ()), constants, operand_bounds)
             aval = eqn.aval
             shape = tuple(aval.shape) if aval is not None else ()
             if aval is None or not (self._value_dtype_ok(aval.dtype) or self._small_integer(eqn, aval)):
@@ -1657,6 +1704,11 @@ class _Builder:
                 if (isinstance(edge, Valued) and edge.size and operands_bounded
                         and has_finite_partials(eqn, constants, e.code)):
                     self.finite.append((edge.base, edge.size))
+                if isinstance(edge, Valued) and edge.size:
+                    self._case_support(eqn, e, edge)
+                    if DENSE_SUPPORT and edge.size > 1 and self.ruled_poles.get(e.src, _NO_POLE) != _NO_POLE and (
+                            not _has_rule(eqn) or eqn.primitive.name in _WINDOWED):
+                        self._dense_zeros(eqn, e, edge, operands, head)
             if has_partials and row is not None and row[-1] is not None:
                 # Partials read off from local derivatives (`_read_off`): the entries of their
                 # value arrays (consecutive from partials_at) that none is are structural zeros.
@@ -1686,6 +1738,66 @@ class _Builder:
         eqn = eqn._replace(params=params, operands=tuple(operands))
         self.lifted[id(eqn)] = frozenset(lifted)
         return eqn
+
+    def _reach(self, eqn, incoming, constants: list, operand_bounds: list[bool]) -> None:
+        """How an infinite partial may reach the equation's vertex (`self.poles`, `self.ruled_poles`)
+        and whether a ruled pole reaches it through a shared vertex (`self.pole_shared`), from its
+        sources' and its partials' (its `incoming` graph edges), as the straight-line path's
+        `_eliminate_all` tracks them (`_pole_passes`, `share_pole`, with `_poles.away_from_zero_value`
+        on the constants alone: values computed at run time are unknown, a pole more, never one less)."""
+        node = eqn.outputs[0].node
+        self.defined_by[node] = eqn
+        if away_from_zero_value(eqn, constants, self.away, self.defined_by):
+            self.away[node] = True
+        ruled = _has_rule(eqn)
+        for e in incoming:
+            entrywise = entrywise_code(e.code, tuple(e.out_shape), tuple(e.in_shape))
+            if ruled:
+                positions = [i for i, op in enumerate(eqn.operands) if op.node == e.src]
+                moves = e.code in _MAP_CODES  # no values to be infinite
+                finite = ((all(operand_bounds) or moves or reads_only_the_others(eqn, positions, operand_bounds))
+                          and has_finite_partials(eqn, constants, e.code, self.away))
+            _pole_passes(self.poles, e, entrywise, finite if ruled else False)
+            _pole_passes(self.ruled_poles, e, entrywise, finite if ruled else True)
+            if self.ruled_poles.get(e.src, _NO_POLE) != _NO_POLE and (e.src in self.shared or e.src in self.pole_shared):
+                self.pole_shared.add(e.dst)
+
+    def _case_support(self, eqn, e, edge: Valued) -> None:
+        """Keeps the value slots of a select's partial w.r.t. a case (`edge`, 1 where the case is
+        taken, else 0) as a run-time support (`CASE_SUPPORT`, `_finish`) where a pole reaches the
+        case through a partial that spreads it (a broadcast) or a ruled pole reaches it entrywise
+        and the case is read elsewhere too or returned (or the pole came through such a vertex):
+        the discard (`_discard_untaken`) cannot zero that pole, so the products that pair the
+        select's zeros with it are guarded (`_tape_products.LaneSteps.support`), as the straight-line
+        path's `_select_support` keeps them."""
+        if not CASE_SUPPORT or eqn.primitive is not lax.select_n_p or eqn.operands[0].node == e.src:
+            return
+        if (self.poles.get(e.src, _NO_POLE) == _POLE_SPREAD
+                or (self.ruled_poles.get(e.src, _NO_POLE) == _POLE_ENTRYWISE
+                    and (e.src in self.shared or e.src in self.pole_shared))):
+            self.case_slots.append(edge.base + np.arange(edge.size))
+
+    def _dense_zeros(self, eqn, e, edge: Valued, operands: list, head) -> None:
+        """Adds to `self.zeros` the value slots of `edge` (a partial of a primitive without a
+        structural rule, or of a convolution, after a ruled pole) that a NaN tangent of its source
+        cannot reach through the primitive's JVP rule: exact zeros jax.jacfwd never multiplies (a
+        cumulative product's upper triangle, a convolution's entries outside its windows, a kernel
+        tap that meets only the padding), so a product with a pole reads 0 for it
+        (`_tape_products.LaneSteps.guarded`). The entries are the straight-line path's
+        (`_jacobian._static_reach`: computed while building where the tangents pass only through
+        sums, products and static data movement, whatever the values; none otherwise), one
+        computation per equation kind and operand positions."""
+        positions = tuple(i for i, op in enumerate(eqn.operands) if op.node == e.src)
+        key = (head, positions)
+        if key not in self.reach_of:
+            self.reach_of[key] = _static_support(eqn, operands, positions)
+        held = self.reach_of[key]
+        if held is None or held.shape != (math.prod(edge.out_shape), math.prod(edge.in_shape)):
+            return
+        out, inp = layout(edge.code, edge.out_shape, edge.in_shape)
+        off = np.flatnonzero(~held[out, inp])
+        if len(off):
+            self.zeros.append(edge.base + off)
 
     def _narrow(self, equations, sizes: dict, width: int) -> list[bool]:
         """Per equation: whether it runs in a *narrow* segment of the equation loop, one whose
@@ -1793,6 +1905,26 @@ class _Builder:
             elim.steps.support[discard.slots] = flags + np.arange(len(discard.slots))
             elim.steps.new_flag = functools.partial(elim.allocate, 1)
             discard = discard._replace(flags=flags)
+        case_flags = None
+        if self.case_slots and elim.steps.lanes == 1:
+            # A select's zeros kept as a run-time support (`_case_support`): a flag per value slot
+            # of its case partials, 1 where the case is taken (the partial's own 0/1, copied after
+            # the equation loop: the partial's slots are freed with its edge), guarding as the
+            # discard's flags do, and as the flags of a select's zeros (`LaneSteps.kills`: the
+            # select drops whatever reaches its case there, so a term keeps the flag whatever its out
+            # factor); a slot the discard flags gets the conjunction of both (its discard flag's, read).
+            slots = np.unique(np.concatenate(self.case_slots))
+            elim.steps.flags_to(int(slots.max()) + 1)
+            prior = elim.steps.support[slots].copy()
+            flags = elim.allocate(len(slots))
+            if elim.steps.scratch < 0:
+                elim.steps.scratch = elim.allocate(GUARD_SCRATCH)
+                elim.steps.new_flag = functools.partial(elim.allocate, 1)
+            targets = flags + np.arange(len(slots))
+            elim.steps.pole[targets] = False
+            elim.steps.support[slots] = targets
+            elim.steps.kill(targets)
+            case_flags = (flags, slots.astype(np.int32), prior.astype(np.int32))
         muls = 0
         identities: dict[int, tuple] = {}
         maps: dict[int, tuple] = {}
@@ -1927,6 +2059,7 @@ class _Builder:
             prod_records=prod_records,
             prod_shapes=prod_shapes,
             discard=discard,
+            case_flags=case_flags,
             late=tuple(self.late),
             early=tuple(self.early),
             segments=segments,
@@ -2640,6 +2773,62 @@ def _wrapping_conversion(x: jax.Array, new_dtype) -> jax.Array:
     return lax.convert_element_type(wrapped, target)
 
 
+#: How an infinite partial may reach a vertex (`_Builder._reach`), as in the straight-line path:
+#: not at all; only through partials that send entry k to entry k; or through one that spreads an
+#: entry over others (a broadcast, a dense partial), where a select's discard cannot zero it.
+_NO_POLE, _POLE_ENTRYWISE, _POLE_SPREAD = 0, 1, 2
+#: Primitives with a structural rule whose partials hold the exact zeros of windows (`_Builder._dense_zeros`).
+_WINDOWED = frozenset({"conv_general_dilated"})
+
+
+def _has_rule(eqn) -> bool:
+    """Whether the graph gives the equation's partials by a structural rule (else JAX's dense JVP)."""
+    return eqn.primitive is None or (eqn.primitive.name in SUPPORTED_PRIMITIVES
+                                     and getattr(eqn.primitive, "primitive", eqn.primitive) is not closed_call_p)
+
+
+def _pole_passes(poles: dict[int, int], e, entrywise: bool, finite: bool) -> None:
+    """Updates `poles` at e.dst for the partial d dst / d src of graph edge `e` (`entrywise`: it
+    sends entry k to entry k only; `finite`: it has no pole of its own)."""
+    upstream = poles.get(e.src, _NO_POLE)
+    reach = upstream if entrywise else (_POLE_SPREAD if upstream != _NO_POLE else _NO_POLE)
+    if not finite:
+        reach = max(reach, _POLE_ENTRYWISE)
+    poles[e.dst] = max(poles.get(e.dst, _NO_POLE), reach)
+
+
+def _static_support(eqn, operands: list, positions: tuple) -> np.ndarray | None:
+    """[output entries, operand entries] bool: where a NaN tangent of the operand at `positions`
+    reaches the equation's output through its JVP rule, computed while building by the
+    straight-line path's `_jacobian._static_reach` (other float operands read as ones, so no
+    product cancels), or None where that depends on the values or cannot be computed."""
+    from alphagrad.interpreter import _jacobian  # (_jacobian imports this module)
+
+    values = []
+    for op, (_, shape, dtype) in zip(eqn.operands, operands):
+        if _floating(dtype):
+            values.append(np.ones(shape, dtype))
+        elif op.node is None and not isinstance(op.value, (LeafRef, ValueRef)):
+            values.append(np.asarray(op.value))
+        else:
+            values.append(np.zeros(shape, dtype))
+    x = values[positions[0]]
+    if not _floating(x.dtype) or x.size == 0:
+        return None
+
+    def of_floats(y):
+        return (_bind(eqn.primitive, eqn.params, [y if i in positions else jnp.asarray(v) for i, v in enumerate(values)]),)
+
+    def tangents(t):
+        return (t.reshape(x.shape).astype(x.dtype),)
+
+    try:
+        found = _jacobian._static_reach(of_floats, (jnp.asarray(x),), tangents, x.size, x.dtype)
+    except Exception:  # noqa: BLE001 - a rule JAX cannot trace on stand-ins: no support
+        return None
+    return None if found is None else np.asarray(found[0], bool)
+
+
 def _bind(primitive, params: dict, values: list) -> jax.Array:
     """The one output of an equation (an appended output copy when `primitive` is None); a
     conversion between integer dtypes by `_wrapping_conversion`."""
@@ -3048,6 +3237,12 @@ def _execute(tape: Tape, vals: jax.Array) -> tuple[jax.Array, jax.Array]:
         edges = _write_partials(edges, vals, kind, K, slots_of, row_of)
     if tape.discard is not None:
         edges = _discard_untaken(edges, vals, tape.discard)
+    if tape.case_flags is not None:  # a select's zeros as a support (`_Builder._case_support`)
+        base, slots, prior = tape.case_flags
+        taken = edges[jnp.asarray(slots)] != 0
+        if np.any(prior >= 0):  # and kept by the discard
+            taken &= (prior < 0).reshape(-1, *(1,) * (edges.ndim - 1)) | (edges[jnp.asarray(np.maximum(prior, 0))] != 0)
+        edges = lax.dynamic_update_slice_in_dim(edges, taken.astype(edges.dtype), base, axis=0)
     return vals, run_steps(edges, tape.prod_steps, tape.prod_patterns, tape.prod_windowed, tape.prod_records,
                            tape.prod_shapes)
 

@@ -362,6 +362,9 @@ class LaneSteps:
         self.scratch = -1
         self._turn = 0
         self.new_flag = None  # a callable allocating a slot for a conjunction of two flags (`_and`)
+        # Per edge slot: whether it is the flag of a select's zeros (`kill`), which a term keeps as
+        # its in factor's whatever its out factor (`_term`).
+        self.kills = np.zeros(FIRST_EDGE_SLOT, bool)
         self._flag_and: dict[tuple[int, int], int] = {}
 
     def flags_to(self, end: int) -> None:
@@ -371,6 +374,16 @@ class LaneSteps:
             self.zero = np.concatenate([self.zero, np.zeros(grow, bool)])
             self.pole = np.concatenate([self.pole, np.ones(grow, bool)])
             self.support = np.concatenate([self.support, np.full(grow, -1, np.int64)])
+            self.kills = np.concatenate([self.kills, np.zeros(grow, bool)])
+
+    def kill(self, flags: np.ndarray) -> None:
+        """Flag slots of a select's zeros (`_tape._Builder._case_support`): 0 where the select does not
+        take its case, so jax.jacfwd's tangent of the select from the case is an exact 0 there, made
+        by the selection (not a product): whatever reaches the case is dropped, and the out factor's
+        own infinity times that 0 is NaN in the product's value itself. A term whose in factor has
+        such a flag keeps it whatever its out factor (`_term`)."""
+        self.flags_to(int(np.max(flags)) + 1)
+        self.kills[flags] = True
 
     def forget(self, base: int, size: int, pole: bool = True) -> None:
         """Slots [base, base + size) hold values nothing is known of (allocated; or partials):
@@ -380,6 +393,7 @@ class LaneSteps:
             self.zero[base:base + size] = False
             self.pole[base:base + size] = pole
             self.support[base:base + size] = -1
+            self.kills[base:base + size] = False
 
     def guarded(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The slots multiplications ``edges[x] * edges[y]`` read: where one factor is a structural
@@ -433,7 +447,7 @@ class LaneSteps:
             return -1
         if si < 0 or si == so:
             return so
-        if kind == MUL and out_pole:
+        if kind == MUL and out_pole and not self.kills[si]:
             return so  # (-1 where out has none: out * 0 may be jax.jacfwd's NaN)
         return si if so < 0 else self._and(so, si)
 
@@ -446,7 +460,7 @@ class LaneSteps:
         so, si = support[x], support[y]
         # `_term` at once: the out factor's flag, else the in factor's where the out factor cannot
         # be infinite (or is a selection's value), both flags' conjunction where both hold there.
-        keeps_in = (si >= 0) & (si != so) & ~(pole[x] if kind == MUL else np.zeros(len(x), bool))
+        keeps_in = (si >= 0) & (si != so) & ~((pole[x] & ~self.kills[si]) if kind == MUL else np.zeros(len(x), bool))
         term = np.where(keeps_in & (so < 0), si, so)
         for i in np.nonzero(keeps_in & (so >= 0))[0].tolist():
             term[i] = self._and(int(so[i]), int(si[i]))

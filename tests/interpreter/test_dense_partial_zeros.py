@@ -3,8 +3,9 @@ JAX-derived partial: cumprod, cumlogsumexp, a triangular solve, a scan with a pr
 pole (sqrt's infinite derivative at 0): jax.jacfwd never multiplies those zeros by the pole, so an
 output entry that does not read the pole is finite there. alphagrad keeps them out of the products
 (`_jacobian._window_support`: a convolution's windows, known while tracing; `_jacobian._nan_reach`:
-where a NaN tangent reaches through JAX's JVP rule, at run time), in every order. Session 24,
-corpus23's finding 2 (/work/notes/corpus23_report.md)."""
+where a NaN tangent reaches through JAX's JVP rule, at run time), in every order, and so does the
+tape (`_tape._Builder._dense_zeros`, session 25). Session 24, corpus23's finding 2
+(/work/notes/corpus23_report.md)."""
 
 import jax
 import jax.numpy as jnp
@@ -88,11 +89,10 @@ def test_an_entry_the_rule_multiplies_stays_nan(f, entry):
     np.testing.assert_allclose(actual[finite], expected[finite], rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="the tape (_tape, _tape_products) knows no entries of a dense or a "
-                                       "convolution's value array as structural zeros: NaN where jax.jacfwd is "
-                                       "finite (nanprobe24's report says what it needs)")
 @pytest.mark.parametrize("f", [_kernel_in_the_padding, _cumprod], ids=lambda f: f.__name__.strip("_"))
 def test_zeros_of_a_partial_do_not_meet_the_pole_on_the_tape(f, monkeypatch):
+    # The tape holds the same entries as structural zeros (`_tape._Builder._dense_zeros`, by
+    # `_jacobian._static_reach` while building), so its guarded products read 0 for the pole.
     from alphagrad.interpreter import _tape
     monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)  # these small programs on the tape's path
     monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
