@@ -123,17 +123,26 @@ def test_tape_equals_jacfwd_float64_every_order_jit_and_vmap(force_tape, fn, arg
     with jax.enable_x64(True):
         args = tuple(jnp.asarray(a, jnp.float64) for a in args)
         g = interpreter.graph_of(fn, *args, argnums=argnums)
-        expected = jax.jit(jax.jacfwd(fn, argnums=argnums))(*args)
         batch = tuple(jnp.stack([a, a * 0.9, a * 1.1]) for a in args)
-        expected_batch = jax.jit(jax.vmap(jax.jacfwd(fn, argnums=argnums)))(*batch)
-        for order in orders(g):
+        jacs = [(order, interpreter.jacobian(fn, order, argnums=argnums)) for order in orders(g)]
+
+        # One compilation for the references and every order, at the arguments and under vmap (in
+        # one or two orders: that keeps the test fast); a jit each compiled up to eight programs.
+        @jax.jit
+        def references_and_orders(xs, xs_batch):
+            return (jax.jacfwd(fn, argnums=argnums)(*xs), jax.vmap(jax.jacfwd(fn, argnums=argnums))(*xs_batch),
+                    [jac(*xs) for _, jac in jacs], [jax.vmap(jac)(*xs_batch) for o, jac in jacs if o in vmapped])
+
+        expected, expected_batch, at_args, batched = references_and_orders(args, batch)
+        assert len(batched) == len([o for o, _ in jacs if o in vmapped]) >= 1
+        batched = iter(batched)
+        for (order, _), jacobian in zip(jacs, at_args):
             tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, order)))  # in the class
             assert tape.muls == graph.cost(g, order)
             assert interpreter.count_muls(fn, order, *args, argnums=argnums) == graph.cost(g, order)
-            jac = interpreter.jacobian(fn, order, argnums=argnums)
-            _close(jax.jit(jac)(*args), expected, rtol=1e-10)
-            if order in vmapped:  # vmap in one or two orders keeps the test fast
-                _close(jax.jit(jax.vmap(jac))(*batch), expected_batch, rtol=1e-10)
+            _close(jacobian, expected, rtol=1e-10)
+            if order in vmapped:
+                _close(next(batched), expected_batch, rtol=1e-10)
 
 
 def test_tape_float32_and_has_aux(force_tape):
@@ -519,17 +528,23 @@ def test_lane_steps_equal_jacfwd(force_tape, monkeypatch, fn, args, lanes, block
         args = tuple(jnp.asarray(a, jnp.float64) for a in args)
         argnums = tuple(range(len(args)))
         g = interpreter.graph_of(fn, *args, argnums=argnums)
-        expected = jax.jacfwd(fn, argnums=argnums)(*args)
         for order in ("reverse", "markowitz"):
             tape = _tape.build(g, graph.plan(g, graph.resolve_order(g, order)))
             assert tape.prod_patterns.shape[-1] == lanes and tape.muls == graph.cost(g, order)
             assert not after or (tape.eq_partials is None and tape.partials and np.any(tape.eq_table_at >= 0))
-        # One compilation per order (each costs seconds): reverse at the arguments, Markowitz
-        # under vmap at two examples.
-        _close(jax.jit(interpreter.jacobian(fn, "reverse", argnums=argnums))(*args), expected, rtol=1e-10)
-        jac = interpreter.jacobian(fn, "markowitz", argnums=argnums)
+        # One compilation (each order's tape costs seconds): reverse at the arguments, Markowitz
+        # under vmap at two examples, and jax.jacfwd's Jacobians beside them.
         batch = tuple(jnp.stack([a, a * 0.9]) for a in args)
-        _close(jax.jit(jax.vmap(jac))(*batch), jax.vmap(jax.jacfwd(fn, argnums=argnums))(*batch), rtol=1e-10)
+
+        @jax.jit
+        def references_and_orders(xs, xs_batch):
+            return (jax.jacfwd(fn, argnums=argnums)(*xs), jax.vmap(jax.jacfwd(fn, argnums=argnums))(*xs_batch),
+                    interpreter.jacobian(fn, "reverse", argnums=argnums)(*xs),
+                    jax.vmap(interpreter.jacobian(fn, "markowitz", argnums=argnums))(*xs_batch))
+
+        expected, expected_batch, reverse, markowitz = references_and_orders(args, batch)
+        _close(reverse, expected, rtol=1e-10)
+        _close(markowitz, expected_batch, rtol=1e-10)
 
 
 def test_tape_folds_equations_without_operands(force_tape):
