@@ -68,10 +68,13 @@ def test_an_entry_another_output_reads_keeps_that_outputs_infinity():
 
 def test_a_guarded_norm_returned_too_on_the_tape(small_tape):
     # The select's zeros are a run-time support of its case partial (`_tape._Builder._case_support`):
-    # the norm is returned, so the discard keeps its sqrt's pole, which the guarded products drop.
+    # the norm is returned, so the discard keeps its sqrt's pole, which the guarded products drop;
+    # likewise a product of two poles, one of them returned (its pole reaches the case through it).
     def direction_and_length(v):
         r = jnp.linalg.norm(v, axis=-1)
-        return v / jnp.where(r > 0, r, 1.0)[:, None], r
+        x = v[:, 0]
+        a = jnp.sqrt(x)
+        return v / jnp.where(r > 0, r, 1.0)[:, None], r, jnp.where(x > 0.25, a * jnp.sqrt(x[::-1]), 0.0), a
     with jax.enable_x64(True):
         v = jnp.array([[0.3, 0.4], [0.0, 0.0], [1.0, -2.0]])
         expected = jax.jacfwd(direction_and_length)(v)
