@@ -1706,8 +1706,9 @@ class _Builder:
                     self.finite.append((edge.base, edge.size))
                 if isinstance(edge, Valued) and edge.size:
                     self._case_support(eqn, e, edge)
-                    if DENSE_SUPPORT and edge.size > 1 and self.ruled_poles.get(e.src, _NO_POLE) != _NO_POLE and (
-                            not _has_rule(eqn) or eqn.primitive.name in _WINDOWED):
+                    if (DENSE_SUPPORT and edge.size > 1 and self.ruled_poles.get(e.src, _NO_POLE) != _NO_POLE
+                            and (not _has_rule(eqn) or eqn.primitive.name in _WINDOWED)
+                            and eqn.primitive.name not in _BRANCHING):
                         self._dense_zeros(eqn, e, edge, operands, head)
             if has_partials and row is not None and row[-1] is not None:
                 # Partials read off from local derivatives (`_read_off`): the entries of their
@@ -2779,6 +2780,10 @@ def _wrapping_conversion(x: jax.Array, new_dtype) -> jax.Array:
 _NO_POLE, _POLE_ENTRYWISE, _POLE_SPREAD = 0, 1, 2
 #: Primitives with a structural rule whose partials hold the exact zeros of windows (`_Builder._dense_zeros`).
 _WINDOWED = frozenset({"conv_general_dilated"})
+#: Conditionals: which entries a NaN tangent reaches depends on the branch taken, which
+#: `_jacobian._static_reach` never says while building (the straight-line path probes them at run
+#: time, `_jacobian._BRANCHING`); `_Builder._dense_zeros` does not trace their JVPs (6-30 ms each).
+_BRANCHING = frozenset({"cond"})
 
 
 def _has_rule(eqn) -> bool:
