@@ -48,8 +48,8 @@ from alphagrad.interpreter._discard import (
     READS_MAX, RowCover, elementwise_code, entrywise_code, plan_discard, structural_reads, value_cover,
 )
 from alphagrad.interpreter._poles import (
-    FINITE_PARTIALS, away_from_zero_value, bounded_operand, bounded_value, has_finite_partials,
-    reads_only_the_others, tested_arguments,
+    FINITE_PARTIALS, away_from_zero_value, bounded_operand, bounded_value, computed_from_constants,
+    fold_constants, has_finite_partials, reads_only_the_others, tested_arguments,
 )
 from alphagrad.interpreter._labelled import Labelled, densify_labelled, labelled_partial
 from alphagrad.interpreter._structured import (
@@ -1444,15 +1444,23 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
     ruled_poles: dict[int, int] = {}
     away_from_zero: dict[Any, bool] = {}  # node or ValueRef -> at least a positive constant in magnitude
     defined_by: dict[Any, Equation] = {}  # node or ValueRef -> its equation (`_poles.away_from_zero_value`)
+    folded: dict[Any, Any] = {}  # node or ValueRef -> its value, computed from constants alone
     for eqn in program.equations:
         values = [_operand_value(op, env, leaves) for op in eqn.operands]
         results = _bind_constant(eqn, values)  # evaluated once, whatever its number of outputs
-        operand_bounds = [bounded_operand(op, value, bounded) for op, value in zip(eqn.operands, values)]
+        # The pole rules see values computed from constants alone as constants (`fold_constants`).
+        judged = fold_constants(eqn, folded)
+        seen = [j.value if j is not o else v for j, o, v in zip(judged.operands, eqn.operands, values)]
+        if computed_from_constants(judged):
+            known = _folded_values(judged, results)
+            if known is not None:
+                folded.update((out.node if out.node is not None else out.value, r) for out, r in zip(eqn.outputs, known))
+        operand_bounds = [bounded_operand(op, value, bounded) for op, value in zip(judged.operands, seen)]
         operands_bounded = all(operand_bounds)
-        outputs_bounded = bounded_value(eqn, values, operand_bounds, away_from_zero, defined_by)
+        outputs_bounded = bounded_value(judged, seen, operand_bounds, away_from_zero, defined_by)
         for out in eqn.outputs:
-            defined_by[out.node if out.node is not None else out.value] = eqn
-        if len(eqn.outputs) == 1 and away_from_zero_value(eqn, values, away_from_zero, defined_by):
+            defined_by[out.node if out.node is not None else out.value] = judged
+        if len(eqn.outputs) == 1 and away_from_zero_value(judged, seen, away_from_zero, defined_by):
             out = eqn.outputs[0]
             away_from_zero[out.node if out.node is not None else out.value] = True
         for out, result in zip(eqn.outputs, results):
@@ -1488,8 +1496,8 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                           and ruled_poles.get(e.src, _NO_POLE) != _NO_POLE):
                         partial = _window_support(eqn, values, positions, partial, k)
                     moves = partial.code in VALUELESS or partial.code == INDEX_MAP  # no values to be infinite
-                    finite = ((operands_bounded or moves or reads_only_the_others(eqn, positions, operand_bounds))
-                              and has_finite_partials(eqn, values, partial.code, away_from_zero, defined_by))
+                    finite = ((operands_bounded or moves or reads_only_the_others(judged, positions, operand_bounds))
+                              and has_finite_partials(judged, seen, partial.code, away_from_zero, defined_by))
                     edges[(e.src, e.dst)] = partial._replace(finite=finite)
                     _pole_passes(poles, e, partial, finite)
                     _pole_passes(ruled_poles, e, partial, finite)
@@ -1618,6 +1626,30 @@ def _read_nodes(graph: Graph) -> set[int]:
 #: them alone: an index array built inside f) and whose outputs have at most this many entries is
 #: evaluated while tracing (`_bind_constant`).
 CONSTANT_AT_TRACE_TIME_MAX = 2**16
+
+
+#: Values of at most this many entries computed from constants alone are evaluated in NumPy for the
+#: pole rules where the program leaves them to XLA's constant folding (`_folded_values`).
+FOLDED_MAX_ENTRIES = 64
+
+
+def _folded_values(eqn: Equation, results: list[Any]) -> list[Any] | None:
+    """The outputs of `eqn`, whose operands are all constants, as values known while tracing: its
+    results where they are (`_bind_constant`), else computed in NumPy where the primitive has a NumPy
+    form and the outputs are small (float arithmetic on constants is traced for XLA to fold: e.g.
+    ``jnp.var``'s normaliser ``n - ddof``, whose sign decides its select), else None. Used by the
+    pole rules alone (`_poles.fold_constants`): the program's own values are `results`."""
+    if not any(isinstance(r, jax.core.Tracer) for r in results):
+        return results
+    rule = _NUMPY_RULES.get(eqn.primitive.name) if eqn.primitive is not None else None
+    if rule is None or sum(math.prod(aval.shape) for aval in eqn.avals) > FOLDED_MAX_ENTRIES:
+        return None
+    try:
+        outs = rule(*(np.asarray(op.value) for op in eqn.operands), **eqn.params)
+    except Exception:  # noqa: BLE001 - a NumPy form that does not take these operands: not folded
+        return None
+    outs = list(outs) if eqn.primitive.multiple_results else [outs]
+    return [np.asarray(o, aval.dtype).reshape(aval.shape) for o, aval in zip(outs, eqn.avals)]
 
 
 def _bind_constant(eqn: Equation, values: list[Any]) -> list[Any]:

@@ -22,8 +22,8 @@ from jax.extend.core import Literal, Var
 from alphagrad.graph import INDEX_MAP, VALUELESS, LeafRef, Operand, ValueRef
 
 __all__ = ["FINITE_PARTIALS", "BOUNDED_VALUES", "LINEAR_IN_EACH", "CALL_BODIES", "SIGNED_POLES",
-           "away_from_zero_value", "bounded_operand", "bounded_value", "has_finite_partials", "reads_only_the_others",
-           "tested_arguments"]
+           "away_from_zero_value", "bounded_operand", "bounded_value", "computed_from_constants", "fold_constants",
+           "has_finite_partials", "reads_only_the_others", "tested_arguments"]
 
 #: Primitives whose partials are finite wherever their operands are: sums, products, data
 #: movement, selections and functions whose derivatives have no pole (`Partial.finite`: a dense
@@ -141,13 +141,15 @@ def away_from_zero_value(eqn, values: list[Any], away: dict, defined_by: dict) -
     if name in _MOVES_ONE and len(eqn.operands) == 1:  # a constant broadcast, converted, reshaped
         held = _known(values[0])
         return (held is not None and held.size and bool(np.all(held != 0))) or away.get(_key(eqn.operands[0]), False)
-    if name == "add" and len(eqn.operands) == 2:  # eps + |x| (or x**2, sqrt, exp): at least eps
+    if name == "add" and len(eqn.operands) == 2:  # eps + |x| (or x**2, a variance, sqrt, exp): at least eps
         pairs = list(zip(eqn.operands, values))
-        for (_, c_value), (x_op, _) in (pairs, pairs[::-1]):
+        for (_, c_value), (x_op, x_value) in (pairs, pairs[::-1]):
             held = _known(c_value)
-            if held is not None and held.size and bool(np.all(held > 0)) and _nonnegative(defined_by.get(_key(x_op))):
+            if held is not None and held.size and bool(np.all(held > 0)) and _never_negative(x_op, x_value, defined_by):
                 return True
         return False
+    if name == "sqrt":  # the root of a value at least eps > 0 is at least sqrt(eps)
+        return away.get(_key(eqn.operands[0]), False) and _never_negative(eqn.operands[0], values[0], defined_by)
     if name in ("max", "min"):
         for value in values:
             held = _known(value)
@@ -157,7 +159,10 @@ def away_from_zero_value(eqn, values: list[Any], away: dict, defined_by: dict) -
     if name != "select_n":
         return False
     predicate = defined_by.get(_key(eqn.operands[0]))
+    taken = _taken_cases(eqn)
     for case, (op, value) in enumerate(zip(eqn.operands[1:], values[1:])):
+        if taken is not None and case not in taken:
+            continue  # a case the constant predicate never takes
         held = _known(value)
         if (held is not None and held.size and bool(np.all(held != 0))) or away.get(_key(op), False):
             continue
@@ -286,7 +291,8 @@ def _never_negative(op: Operand, value: Any, defined_by: dict, depth: int = 0) -
     if name == "max":
         return any(below(k) for k in range(len(ops)))
     if name == "select_n":
-        return all(below(k) for k in range(1, len(ops)))
+        taken = _taken_cases(eqn)
+        return all(below(1 + case) for case in (taken if taken is not None else range(len(ops) - 1)))
     return name == "square"
 
 
@@ -351,6 +357,8 @@ def bounded_value(eqn, values: list[Any], operands_bounded: list[bool], away_fro
     name = eqn.primitive.name
     if name == "sqrt" and SIGNED_POLES:
         return operands_bounded[0] and _never_negative(eqn.operands[0], values[0], defined_by or {})
+    if name == "select_n" and (taken := _taken_cases(eqn)) is not None:
+        return all(operands_bounded[1 + case] for case in taken)
     if name in _BODIES and CALL_BODIES:
         body = _body_of(eqn.params, name)
         return body is not None and all(bound for bound, _ in _walk(body, [(ok, None) for ok in operands_bounded]))
@@ -577,3 +585,32 @@ def tested_arguments(program) -> set:
         else:
             found.add(key)
     return found
+
+
+def _taken_cases(eqn) -> list[int] | None:
+    """The cases a select takes where its predicate is a constant (known while tracing: ``jnp.var``'s
+    ``where(n - ddof > 0, var, nan)``), else None."""
+    predicate = eqn.operands[0]
+    if (predicate.node is not None or predicate.value is None or isinstance(predicate.value, (LeafRef, ValueRef))
+            or isinstance(predicate.value, jax.core.Tracer)):
+        return None
+    return sorted({int(c) for c in np.asarray(predicate.value).astype(np.int64).ravel()})
+
+
+def computed_from_constants(eqn) -> bool:
+    """Whether every operand of `eqn` is a constant (known while tracing; after `fold_constants`),
+    so that its outputs are too."""
+    return all(op.node is None and not isinstance(op.value, (LeafRef, ValueRef, jax.core.Tracer)) for op in eqn.operands)
+
+
+def fold_constants(eqn, folded: dict):
+    """`eqn` with its operands computed from constants alone as constants (`folded`: operand key ->
+    value known while tracing), for the rules of this module: ``jnp.var``'s normaliser ``n - ddof``
+    is a vertex of the program whose value is known, and a division by it has no pole."""
+    if not folded:
+        return eqn
+    operands = [Operand(None, folded[_key(op)]) if _key(op) is not None and _key(op) in folded else op
+                for op in eqn.operands]
+    if all(new is old for new, old in zip(operands, eqn.operands)):
+        return eqn
+    return eqn._replace(operands=tuple(operands) if isinstance(eqn.operands, tuple) else operands)

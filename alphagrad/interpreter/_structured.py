@@ -444,6 +444,8 @@ _NUMPY_RULES: dict[str, Callable] = {
     "add": lambda x, y, **_: np.add(x, y), "sub": lambda x, y, **_: np.subtract(x, y),
     "mul": lambda x, y, **_: np.multiply(x, y), "neg": lambda x, **_: np.negative(x),
     "eq": lambda x, y, **_: np.equal(x, y), "ne": lambda x, y, **_: np.not_equal(x, y),
+    "lt": lambda x, y, **_: np.less(x, y), "le": lambda x, y, **_: np.less_equal(x, y),
+    "gt": lambda x, y, **_: np.greater(x, y), "ge": lambda x, y, **_: np.greater_equal(x, y),
     "select_n": _np_select_n,
     "concatenate": lambda *xs, dimension: np.concatenate(xs, dimension),
     "split": lambda x, *, sizes, axis: np.split(x, np.cumsum(sizes)[:-1], axis),

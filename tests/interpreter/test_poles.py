@@ -210,3 +210,37 @@ def test_a_root_of_a_gather_is_finite_only_if_what_it_fills_is_not_negative():
     assert _root_values(lambda x: jnp.sqrt(jnp.take(x * x, idx, mode="fill", fill_value=0.0)), _X[0]) == [True]
     assert _root_values(lambda x: jnp.sqrt(jnp.take(x * x, idx, mode="fill", fill_value=-1.0)), _X[0]) == [False]
     assert _root_values(lambda x: jnp.sqrt(x), _X[0]) == [False]
+
+
+def _divisions_and_roots(f, x) -> list[tuple[str, bool]]:
+    """Whether the partial of each division, square root or reciprocal square root is finite."""
+    finite = []
+
+    def record(eqn, values, held, *_):
+        if eqn.primitive is not None and eqn.primitive.name in ("div", "sqrt", "rsqrt"):
+            finite.append((eqn.primitive.name, held))
+
+    _traced_recording("has_finite_partials", record, f, x)
+    return finite
+
+
+def test_a_layer_norm_by_jnp_var_has_no_pole():
+    # jnp.var divides by n - ddof, a vertex computed from constants, and selects NaN where it is not
+    # positive: folded while tracing (`_jacobian._folded_values`, `_poles.fold_constants`), the select
+    # takes the variance alone; var + eps is then away from zero and so is its root (session 25: the
+    # guards had made the reverse order 2.3x slower at batch 256).
+    def by_var(x):
+        centred = x - jnp.mean(x, -1, keepdims=True)
+        return centred / jnp.sqrt(jnp.var(x, -1, keepdims=True) + 1e-5)
+
+    def by_mean_of_squares(x):
+        centred = x - jnp.mean(x, -1, keepdims=True)
+        return centred * jax.lax.rsqrt(jnp.mean(centred ** 2, -1, keepdims=True) + 1e-5)
+
+    def by_std(x):  # no eps: a constant row divides by zero, a true pole
+        return (x - jnp.mean(x, -1, keepdims=True)) / jnp.std(x, -1, keepdims=True, ddof=1)
+
+    assert all(held for _, held in _divisions_and_roots(by_var, _X))
+    assert all(held for _, held in _divisions_and_roots(by_mean_of_squares, _X))
+    assert not all(held for _, held in _divisions_and_roots(by_std, _X))
+    _exact(by_var, np.array([0.5, 0.5, 0.5, 0.5]))  # a constant row: the variance is 0, eps keeps it finite
