@@ -796,7 +796,8 @@ def _dense_partials_over(eqn: Equation, values: list[Any], sources: Mapping[int,
     static = _static_reach(of_floats, primals, tangents, total, dtype) if probe and STATIC_REACH else None
     if static is not None:
         result = _with_static_supports(result, static, offsets, sizes)
-    elif (probe and RUN_TIME_PROBE) or (eqn.primitive.name in _BRANCHING and not eqn.params.get("branches_platforms")):
+    elif ((probe and (RUN_TIME_PROBE or eqn.primitive.name in _COUNTED_AT_RUN_TIME))
+          or (eqn.primitive.name in _BRANCHING and not eqn.params.get("branches_platforms"))):
         # The entries the taken branch can hold (a conditional's, always: `_BRANCHING`). A
         # platform-dependent conditional (jnp.linalg's LU and QR choose their pivoting code by
         # backend) takes the same branch on every run: its partials are left as they are.
@@ -878,7 +879,9 @@ def _static_flow(jaxpr, carrying: Sequence[bool], constants: Mapping | None = No
                 hit[consts : consts + carries] = more
             reached.update(v for v, o in zip(eqn.outvars, outs) if o)
             continue
-        if name == "while":  # any trip count: the carries reached after some number of steps
+        if name == "while":  # the carries reached after some number of steps
+            if not _trip_count_known(eqn, [isinstance(v, Literal) or v in known for v in eqn.invars]):
+                return None  # a trip count known only at run time: the reach depends on it (`_nan_reach`)
             carried = _while_reach_flow(eqn, hit)
             if carried is None:
                 return None
@@ -923,9 +926,8 @@ def _reach_eval(jaxpr, args: list, constants: Mapping | None = None) -> list:
         if name in _REACH_CALLS:
             body = eqn.params[_REACH_CALLS[name]]
             outs = _reach_eval(getattr(body, "jaxpr", body), [read(v) if h else None for v, h in zip(eqn.invars, hit)])
-        elif name == "while":
-            outs = _while_reach_eval(eqn, [read(v) if h else None for v, h in zip(eqn.invars, hit)], hit,
-                                     [isinstance(v, Literal) or v in known for v in eqn.invars], read)
+        elif name == "while":  # its trip count known while tracing (`_static_flow`): run as it is
+            outs = list(eqn.primitive.bind(*(read(v) for v in eqn.invars), **eqn.params))
         else:
             result = eqn.primitive.bind(*(read(v) for v in eqn.invars), **eqn.params)
             outs = list(result) if eqn.primitive.multiple_results else [result]
@@ -935,8 +937,8 @@ def _reach_eval(jaxpr, args: list, constants: Mapping | None = None) -> list:
 
 def _while_reach_flow(eqn, hit: list[bool]) -> list[bool] | None:
     """`_static_flow` of a while loop (`hit`: which of its operands a tangent reaches): the carries
-    a tangent reaches after any number of steps (the loop's condition reads the primal carries
-    alone, and the trip count is known only at run time), None where its body's are not static."""
+    a tangent may reach after some number of steps (the loop's condition reads the primal carries
+    alone), None where its body's are not static."""
     cond_consts, body_consts = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
     if any(hit[:cond_consts]):
         return None
@@ -977,38 +979,6 @@ def _trip_count_known(eqn, known: list[bool]) -> bool:
             needed.update(v for v in inner.invars if not isinstance(v, Literal))
     return all(k for v, k in zip(cond.invars, inputs) if v in needed) and not any(
         _sub_jaxprs(inner.params) for inner in cond.eqns)
-
-
-def _while_reach_eval(eqn, args: list, hit: list[bool], known: list[bool], read: Callable) -> list:
-    """`_reach_eval` of a while loop (`args`: None where an operand carries no tangent): its carries
-    hold the union of the entries a NaN tangent reaches over every trip count (zero steps included),
-    a superset of what any run reaches (the body applied until the union stops growing: its NaN
-    entries grow with its operands' in `_REACH_STATIC` primitives). Carries no tangent reaches are
-    read as ones, as every value off the tangents' path. Where the loop's condition reads only values
-    known while tracing (`known`: per operand; `read`: an operand's value), the loop runs as it is."""
-    cond_consts, body_consts = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
-    body = eqn.params["body_jaxpr"].jaxpr
-    consts = args[cond_consts : cond_consts + body_consts]
-    if _trip_count_known(eqn, [a is None and k for a, k in zip(args, known)]):
-        # The loop as it is (a counter from a constant to a constant): the exact reach of its trip count.
-        return list(eqn.primitive.bind(*(a if a is not None else read(v) for v, a in zip(eqn.invars, args)),
-                                       **eqn.params))
-    reached = _while_reach_flow(eqn, hit)
-    carries = eqn.invars[cond_consts + body_consts :]
-    start = tuple((a if a is not None else jnp.zeros(v.aval.shape, v.aval.dtype)) if r else None
-                  for v, a, r in zip(carries, args[cond_consts + body_consts :], reached))
-
-    def grow(state):
-        union, _ = state
-        outs = _reach_eval(body, list(consts) + list(union))
-        grown = tuple(None if u is None else jnp.where(jnp.isnan(u), u, o) for u, o in zip(union, outs))
-        changed = functools.reduce(jnp.logical_or, [jnp.any(jnp.isnan(g) != jnp.isnan(u))
-                                                    for g, u in zip(grown, union) if u is not None],
-                                   jnp.asarray(False))
-        return grown, changed
-
-    union, _ = jax.lax.while_loop(lambda state: state[1], grow, (start, jnp.asarray(True)))
-    return [u if u is not None else np.ones(v.aval.shape, v.aval.dtype) for v, u in zip(carries, union)]
 
 
 def _static_reach(of_floats: Callable, primals: tuple, tangents: Callable, total: int, dtype) -> list | None:
@@ -1089,6 +1059,12 @@ def _nan_reach(of_floats: Callable, primals: tuple, tangents: Callable, total: i
 #: Primitives whose dense partials' structural zeros are known only at run time: a conditional's
 #: taken branch may ignore an operand entry that another branch reads.
 _BRANCHING = frozenset({"cond"})
+
+#: Primitives whose dense partials after a ruled pole take their support at run time whatever
+#: RUN_TIME_PROBE says, where `_static_reach` cannot give it: a while loop whose trip count is known
+#: only at run time (its carry's entries move step by step: which a pole reaches depends on how
+#: many steps run). No corpus function has one after a pole; there it costs a JVP per source entry.
+_COUNTED_AT_RUN_TIME = frozenset({"while"})
 
 
 def _with_run_time_supports(result: tuple, reached: Callable[[], list], offsets: dict, sizes: dict) -> tuple:
