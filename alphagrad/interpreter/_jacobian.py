@@ -48,8 +48,8 @@ from alphagrad.interpreter._discard import (
     READS_MAX, RowCover, elementwise_code, entrywise_code, plan_discard, structural_reads, value_cover,
 )
 from alphagrad.interpreter._poles import (
-    FINITE_PARTIALS, away_from_zero_value, bounded_operand, bounded_value, computed_from_constants,
-    fold_constants, has_finite_partials, reads_only_the_others, tested_arguments,
+    FINITE_PARTIALS, NO_POLE, POLE_ENTRYWISE, POLE_SPREAD, away_from_zero_value, bounded_operand, bounded_value, computed_from_constants,
+    fold_constants, has_finite_partials, pole_passes, reads_only_the_others, tested_arguments,
 )
 from alphagrad.interpreter._labelled import Labelled, densify_labelled, labelled_partial
 from alphagrad.interpreter._structured import (
@@ -259,16 +259,12 @@ def _dot_general_partial(values: list[Any], params: dict, wrt: int, dtype) -> ja
 #: that send entry k to entry k (a pole's own node, then elementwise steps: a select's discard
 #: zeroes the pole where its case is not taken, `_discard_masked_partials`); or through a partial
 #: that spreads an entry over others (a broadcast, a dense partial), where the discard cannot.
-_NO_POLE, _POLE_ENTRYWISE, _POLE_SPREAD = 0, 1, 2
+_NO_POLE, _POLE_ENTRYWISE, _POLE_SPREAD = NO_POLE, POLE_ENTRYWISE, POLE_SPREAD
 
 
 def _pole_passes(poles: dict[int, int], e, partial: Partial, finite: bool) -> None:
-    """Updates `poles` (`_NO_POLE`...) at e.dst for the partial d dst / d src of edge `e`."""
-    upstream = poles.get(e.src, _NO_POLE)
-    reach = upstream if _maps_entrywise(partial) else (_POLE_SPREAD if upstream != _NO_POLE else _NO_POLE)
-    if not finite:
-        reach = max(reach, _POLE_ENTRYWISE)
-    poles[e.dst] = max(poles.get(e.dst, _NO_POLE), reach)
+    """`_poles.pole_passes` for a `Partial` (entrywise where `_maps_entrywise`)."""
+    pole_passes(poles, e, _maps_entrywise(partial), finite)
 
 
 def _run_time_map_support(partial: Partial) -> Partial:
@@ -1621,11 +1617,17 @@ def _folded_values(eqn: Equation, results: list[Any]) -> list[Any] | None:
     if rule is None or sum(math.prod(aval.shape) for aval in eqn.avals) > FOLDED_MAX_ENTRIES:
         return None
     try:
-        outs = rule(*(np.asarray(op.value) for op in eqn.operands), **eqn.params)
+        return _by_numpy_rule(eqn, rule, [op.value for op in eqn.operands])
     except Exception:  # noqa: BLE001 - a NumPy form that does not take these operands: not folded
         return None
-    outs = list(outs) if eqn.primitive.multiple_results else [outs]
-    return [np.asarray(o, aval.dtype).reshape(aval.shape) for o, aval in zip(outs, eqn.avals)]
+
+
+def _by_numpy_rule(eqn: Equation, rule: Callable, values: list[Any]) -> list[np.ndarray]:
+    """The outputs of `eqn` computed by its NumPy form `rule` (`_NUMPY_RULES`), in its avals' dtypes
+    and shapes."""
+    results = rule(*(np.asarray(v) for v in values), **eqn.params)
+    results = list(results) if eqn.primitive.multiple_results else [results]
+    return [np.asarray(r, aval.dtype).reshape(aval.shape) for r, aval in zip(results, eqn.avals)]
 
 
 def _bind_constant(eqn: Equation, values: list[Any]) -> list[Any]:
@@ -1642,9 +1644,7 @@ def _bind_constant(eqn: Equation, values: list[Any]) -> list[Any]:
                                 and (jnp.issubdtype(d, jnp.integer) or jnp.issubdtype(d, jnp.bool_)) for d in dtypes):
         # Index arithmetic in NumPy: JAX would compile the operation first (tens of ms each); floats
         # are left to JAX's own arithmetic.
-        results = rule(*(np.asarray(v) for v in values), **eqn.params)
-        results = list(results) if eqn.primitive.multiple_results else [results]
-        return [np.asarray(r, aval.dtype).reshape(aval.shape) for r, aval in zip(results, eqn.avals)]
+        return _by_numpy_rule(eqn, rule, values)
     if any(not jax.dtypes.issubdtype(d, jax.dtypes.extended) and jnp.issubdtype(d, jnp.inexact) for d in dtypes):
         # Float arithmetic is traced and left to XLA's constant folding: evaluated here, JAX compiles
         # each operation apart (about 11 ms each: jax.image.resize's 183 constant equations of

@@ -23,7 +23,8 @@ from alphagrad.graph import INDEX_MAP, VALUELESS, LeafRef, Operand, ValueRef
 
 __all__ = ["FINITE_PARTIALS", "BOUNDED_VALUES", "LINEAR_IN_EACH", "CALL_BODIES", "SIGNED_POLES",
            "away_from_zero_value", "bounded_operand", "bounded_value", "computed_from_constants", "fold_constants",
-           "has_finite_partials", "reads_only_the_others", "tested_arguments"]
+           "has_finite_partials", "reads_only_the_others", "tested_arguments", "NO_POLE", "POLE_ENTRYWISE",
+           "POLE_SPREAD", "pole_passes"]
 
 #: Primitives whose partials are finite wherever their operands are: sums, products, data
 #: movement, selections and functions whose derivatives have no pole (`Partial.finite`: a dense
@@ -534,10 +535,8 @@ def _equation(eqn, states, constants, depth: int) -> list[tuple[bool, float | No
 
 
 def _operand_key(op: Operand) -> Any:
-    """What `bounded` keys an operand by: its node, or its `ValueRef`/`LeafRef`; None for a constant."""
-    if op.node is not None:
-        return op.node
-    return op.value if isinstance(op.value, (ValueRef, LeafRef)) else None
+    """What `bounded` keys an operand by: `_key`'s, or its `LeafRef` (an argument not differentiated)."""
+    return op.value if isinstance(op.value, LeafRef) else _key(op)
 
 
 def _tests_non_finite(eqn) -> Operand | None:
@@ -614,3 +613,19 @@ def fold_constants(eqn, folded: dict):
     if all(new is old for new, old in zip(operands, eqn.operands)):
         return eqn
     return eqn._replace(operands=tuple(operands) if isinstance(eqn.operands, tuple) else operands)
+
+
+#: How an infinite partial may reach a vertex (`pole_passes`): not at all, entry by entry (the
+#: pole's own entries), or spread over others (through a broadcast, a sum, a dense product).
+NO_POLE, POLE_ENTRYWISE, POLE_SPREAD = 0, 1, 2
+
+
+def pole_passes(poles: dict[int, int], e, entrywise: bool, finite: bool) -> None:
+    """Updates `poles` (node -> `NO_POLE`...) at e.dst for the partial d dst / d src of graph edge `e`
+    (`entrywise`: it sends entry k to entry k only; `finite`: it has no pole of its own). Both
+    interpreters track poles by this rule (`_jacobian._eliminate_all`, `_tape._Builder._reach`)."""
+    upstream = poles.get(e.src, NO_POLE)
+    reach = upstream if entrywise else (POLE_SPREAD if upstream != NO_POLE else NO_POLE)
+    if not finite:
+        reach = max(reach, POLE_ENTRYWISE)
+    poles[e.dst] = max(poles.get(e.dst, NO_POLE), reach)

@@ -149,7 +149,8 @@ from alphagrad.interpreter._discard import (
 )
 from alphagrad.interpreter import _ranges
 from alphagrad.interpreter._poles import (
-    BOUNDED_VALUES, away_from_zero_value, bounded_operand, has_finite_partials, reads_only_the_others,
+    BOUNDED_VALUES, NO_POLE, POLE_ENTRYWISE, POLE_SPREAD, away_from_zero_value, bounded_operand,
+    has_finite_partials, pole_passes, reads_only_the_others,
 )
 from alphagrad.interpreter._structured import Partial
 from alphagrad.interpreter._tape_products import (
@@ -849,7 +850,7 @@ class _Builder:
         self.int_range: dict[int, tuple[float, float]] = {}  # integer vertex -> (least, greatest) value
         self.int_exact: set[int] = set()  # integer vertices held exactly whatever their range (`_small_integer`)
         self.lifted: dict[int, frozenset] = {}  # id(equation) -> positions of its lifted literals (`_lift`)
-        # node -> how an infinite partial may reach it (`_reach`: `_NO_POLE`...), from any partial
+        # node -> how an infinite partial may reach it (`_reach`: `NO_POLE`...), from any partial
         # and from ruled partials alone (sqrt's, a division's; not a dense vertex's own).
         self.poles: dict[int, int] = {}
         self.ruled_poles: dict[int, int] = {}
@@ -1713,7 +1714,7 @@ class _Builder:
                     self.finite.append((edge.base, edge.size))
                 if isinstance(edge, Valued) and edge.size:
                     self._case_support(eqn, e, edge)
-                    if (DENSE_SUPPORT and edge.size > 1 and self.ruled_poles.get(e.src, _NO_POLE) != _NO_POLE
+                    if (DENSE_SUPPORT and edge.size > 1 and self.ruled_poles.get(e.src, NO_POLE) != NO_POLE
                             and (not _has_rule(eqn) or eqn.primitive.name in _WINDOWED)
                             and eqn.primitive.name not in _BRANCHING):
                         self._dense_zeros(eqn, e, edge, operands, head)
@@ -1751,7 +1752,7 @@ class _Builder:
         """How an infinite partial may reach the equation's vertex (`self.poles`, `self.ruled_poles`)
         and whether a ruled pole reaches it through a shared vertex (`self.pole_shared`), from its
         sources' and its partials' (its `incoming` graph edges), as the straight-line path's
-        `_eliminate_all` tracks them (`_pole_passes`, `share_pole`, with `_poles.away_from_zero_value`
+        `_eliminate_all` tracks them (`_poles.pole_passes`, `share_pole`, with `_poles.away_from_zero_value`
         on the constants alone: values computed at run time are unknown, a pole more, never one less)."""
         node = eqn.outputs[0].node
         self.defined_by[node] = eqn
@@ -1765,9 +1766,9 @@ class _Builder:
                 moves = e.code in _MAP_CODES  # no values to be infinite
                 finite = ((all(operand_bounds) or moves or reads_only_the_others(eqn, positions, operand_bounds))
                           and has_finite_partials(eqn, constants, e.code, self.away))
-            _pole_passes(self.poles, e, entrywise, finite if ruled else False)
-            _pole_passes(self.ruled_poles, e, entrywise, finite if ruled else True)
-            if self.ruled_poles.get(e.src, _NO_POLE) != _NO_POLE and (e.src in self.shared or e.src in self.pole_shared):
+            pole_passes(self.poles, e, entrywise, finite if ruled else False)
+            pole_passes(self.ruled_poles, e, entrywise, finite if ruled else True)
+            if self.ruled_poles.get(e.src, NO_POLE) != NO_POLE and (e.src in self.shared or e.src in self.pole_shared):
                 self.pole_shared.add(e.dst)
 
     def _case_support(self, eqn, e, edge: Valued) -> None:
@@ -1780,8 +1781,8 @@ class _Builder:
         path's `_select_support` keeps them."""
         if not CASE_SUPPORT or eqn.primitive is not lax.select_n_p or eqn.operands[0].node == e.src:
             return
-        if (self.poles.get(e.src, _NO_POLE) == _POLE_SPREAD
-                or (self.ruled_poles.get(e.src, _NO_POLE) == _POLE_ENTRYWISE
+        if (self.poles.get(e.src, NO_POLE) == POLE_SPREAD
+                or (self.ruled_poles.get(e.src, NO_POLE) == POLE_ENTRYWISE
                     and (e.src in self.shared or e.src in self.pole_shared))):
             self.case_slots.append(edge.base + np.arange(edge.size))
 
@@ -2792,7 +2793,6 @@ def _wrapping_conversion(x: jax.Array, new_dtype) -> jax.Array:
 #: How an infinite partial may reach a vertex (`_Builder._reach`), as in the straight-line path:
 #: not at all; only through partials that send entry k to entry k; or through one that spreads an
 #: entry over others (a broadcast, a dense partial), where a select's discard cannot zero it.
-_NO_POLE, _POLE_ENTRYWISE, _POLE_SPREAD = 0, 1, 2
 #: Primitives with a structural rule whose partials hold the exact zeros of windows (`_Builder._dense_zeros`).
 _WINDOWED = frozenset({"conv_general_dilated"})
 #: Conditionals: which entries a NaN tangent reaches depends on the branch taken, which
@@ -2807,14 +2807,6 @@ def _has_rule(eqn) -> bool:
                                      and getattr(eqn.primitive, "primitive", eqn.primitive) is not closed_call_p)
 
 
-def _pole_passes(poles: dict[int, int], e, entrywise: bool, finite: bool) -> None:
-    """Updates `poles` at e.dst for the partial d dst / d src of graph edge `e` (`entrywise`: it
-    sends entry k to entry k only; `finite`: it has no pole of its own)."""
-    upstream = poles.get(e.src, _NO_POLE)
-    reach = upstream if entrywise else (_POLE_SPREAD if upstream != _NO_POLE else _NO_POLE)
-    if not finite:
-        reach = max(reach, _POLE_ENTRYWISE)
-    poles[e.dst] = max(poles.get(e.dst, _NO_POLE), reach)
 
 
 def _static_support(eqn, operands: list, positions: tuple) -> np.ndarray | None:
