@@ -33,6 +33,7 @@ from alphagrad.graph._orders import (
     reverse,
 )
 from alphagrad.graph._reference import ReferenceInfo, load_reference, reference_info, reference_names
+from alphagrad.graph._rules import BINARY as ELEMENTWISE_BINARY
 from alphagrad.graph._rules import LINEAR_IN as LINEAR_OPERANDS
 from alphagrad.graph._rules import LINEARISED_INDEX_MAPS, edge_codes
 from alphagrad.graph._rules import normalise as normalise_shape
@@ -69,6 +70,7 @@ from alphagrad.graph._trace import (
 )
 
 __all__ = [
+    "ELEMENTWISE_BINARY",
     "LINEAR_OPERANDS",
     "LINEARISED_INDEX_MAPS",
     "CLASSIC_ORDERS",

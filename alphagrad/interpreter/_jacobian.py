@@ -20,6 +20,7 @@ from jax.extend.core.primitives import closed_call_p
 from alphagrad import orders as orders_lib
 from alphagrad.errors import AlphagradError, AuxOutputError, TraceError, UnsupportedPrimitiveError
 from alphagrad.graph import (
+    ELEMENTWISE_BINARY,
     FIRST_EXTENDED_CODE,
     INDEX_MAP,
     LINEARISED_INDEX_MAPS,
@@ -344,6 +345,32 @@ def _dot_general_support(values: list[Any], params: dict, positions: list[int], 
     if isinstance(partial.value, Labelled) and np.array_equal(_support(partial), held):
         return partial  # its labelled ties hold the same zeros: its products never form them
     return partial._replace(support=held)
+
+
+def _broadcast_support(eqn: Equation, values: list[Any], positions: list[int], partial: Partial, output: int) -> Partial:
+    """`partial`, a dense d out / d operand of a binary elementwise equation whose operand (at
+    `positions`) is broadcast to the output along size-1 axes that the 2-D normalisation flattens
+    with others (``x / n`` with n [b, s, 1] against x [b, s, d]: dense over (s*d) x s per row, where
+    `graph._rules._broadcast_operand_code` has no tie), with the broadcast's pattern as its support
+    (`Partial.support`, NumPy) where it has at most PATTERN_AT_TRACE_TIME_MAX entries: a product
+    with an infinite partial further up (sqrt of a zero norm, guarded by ``jnp.maximum`` and a
+    padding mask) keeps its off-pattern zeros 0 in every row, and a product with a select's
+    support keeps the select's zeros (``jnp.where(mask, x / norm, 0)`` in reverse order), where the
+    dense pattern would give NaN in the rows of the other tokens. Labelled structures (programs of
+    at most `graph`'s LABELLED_MAX_EQUATIONS equations) tie these axes instead."""
+    if (partial.code != 1 or partial.support is not None or len(positions) != 1 or eqn.primitive is None
+            or eqn.primitive.name not in ELEMENTWISE_BINARY):
+        return partial
+    operand_shape, result_shape = tuple(np.shape(values[positions[0]])), tuple(eqn.avals[output].shape)
+    entries_out, entries_in = math.prod(partial.out_shape), math.prod(partial.in_shape)
+    if (operand_shape == result_shape or len(operand_shape) != len(result_shape) or entries_in <= 1
+            or any(n not in (1, m) for n, m in zip(operand_shape, result_shape))
+            or entries_out * entries_in > PATTERN_AT_TRACE_TIME_MAX):
+        return partial
+    source = np.broadcast_to(np.arange(entries_in).reshape(operand_shape), result_shape).reshape(-1)
+    held = np.zeros((entries_out, entries_in), bool)
+    held[np.arange(entries_out), source] = True
+    return partial._replace(support=held.reshape(*partial.out_shape, *partial.in_shape))
 
 
 #: Primitives linear in each operand whose partials hold the exact zeros of windows (a convolution:
@@ -1464,6 +1491,8 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                         partial = _select_support(values, positions, partial)
                     elif partial.code == INDEX_MAP and poles.get(e.src, _NO_POLE) != _NO_POLE:
                         partial = _run_time_map_support(partial)
+                    elif partial.code == 1 and poles.get(e.src, _NO_POLE) != _NO_POLE:
+                        partial = _broadcast_support(eqn, values, positions, partial, k)
                     elif (DENSE_SUPPORT_PROBE and eqn.primitive is not None and eqn.primitive.name in _WINDOWED
                           and ruled_poles.get(e.src, _NO_POLE) != _NO_POLE):
                         partial = _window_support(eqn, values, positions, partial, k)

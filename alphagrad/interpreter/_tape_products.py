@@ -422,13 +422,16 @@ class LaneSteps:
         is_pole = not is_zero and bool(pole[x] or (kind == MUL and pole[y]))
         so = int(support[x])
         term = self._term(kind, so, int(support[y]), bool(pole[x]), is_zero)
+        was_zero = bool(zero[dst])
         if new:
             zero[dst], pole[dst] = is_zero, is_pole
         else:
             zero[dst], pole[dst] = zero[dst] and is_zero, pole[dst] or is_pole
-        if new or is_zero:  # (adding a structural zero leaves the support as it is)
-            support[dst] = term if new else support[dst]
-        elif support[dst] != term:
+        # The support of a sum is that of its terms that are not structural zeros (adding one
+        # leaves it as it is; the first other term sets it), where they agree.
+        if new or (was_zero and not is_zero):
+            support[dst] = term
+        elif not is_zero and support[dst] != term:
             support[dst] = -1
         if kind == MUL and not is_zero and so >= 0 and pole[y] and self.scratch >= 0:
             t = dst if new else int(self._temporaries(1)[0])
@@ -468,18 +471,26 @@ class LaneSteps:
         # Guarded where the out factor is flagged and the in factor may be infinite (a flagged
         # slot holds 0 where its flag is: every term into it was 0 or guarded).
         guard = (so >= 0) & ~is_zero & pole[y] if kind == MUL else np.zeros(len(x), bool)
+        was_zero = self.zero[dst].copy()
         self._track(kind, x, y, dst, new)
-        # Destinations' supports, in order: a new term's, kept by terms that agree, else -1.
+        # Destinations' supports: that of the terms that are not structural zeros (with the old
+        # value's, where a destination is added to and was no structural zero), where they all
+        # agree, else -1 (-1 too where every term is a structural zero: the slot is one).
         fresh = new != 0
-        start = np.where(fresh, term, support[dst])
         order = np.argsort(dst, kind="stable")
-        d, t, z = dst[order], term[order], is_zero[order]
+        d = dst[order]
         first = np.r_[True, d[1:] != d[:-1]]
         group = np.cumsum(first) - 1
-        head = start[order][first]
-        agree = np.ones(int(group[-1]) + 1, bool)
-        np.logical_and.at(agree, group, (t == head[group]) | z | (first & fresh[order]))
-        support[d[first]] = np.where(agree, head, -1)
+        groups = int(group[-1]) + 1
+        counted = ~is_zero[order]
+        old = first & ~fresh[order] & ~was_zero[order]  # the old value counts as a term
+        values = np.concatenate([term[order][counted], support[d][old]])
+        owners = np.concatenate([group[counted], group[old]])
+        low = np.full(groups, np.iinfo(np.int64).max)
+        high = np.full(groups, -2, np.int64)
+        np.minimum.at(low, owners, values)
+        np.maximum.at(high, owners, values)
+        support[d[first]] = np.where((high >= -1) & (low == high), high, -1)
         code = 2 * kind + fresh.astype(np.int64)
         if not guard.any():
             self.rows.append(np.stack([code, x, y, dst], axis=1))

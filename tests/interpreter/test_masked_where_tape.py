@@ -370,3 +370,33 @@ def test_discard_work_grows_linearly_with_the_program(force_tape):
             assert discard.terms.size <= 3 * terms  # the sweeps' padding
             cells[steps] = discard.terms.size
     assert cells[20] <= 5 * cells[5]
+
+
+@pytest.mark.parametrize("path", ["straight_line", "tape"])
+def test_a_masked_norm_over_flattened_axes_follows_jacfwd(monkeypatch, path):
+    """``where(mask, x / max(norm(x, axis=-1, keepdims=True), eps), 0)`` of [batch, tokens, features]
+    embeddings whose padding row is zero, in the 2-D codes that programs past LABELLED_MAX_EQUATIONS
+    get: the division's partial by the [b, s, 1] norm is dense over (s*d) x s per row. The
+    straight-line path keeps the broadcast's pattern as its support (`_jacobian._broadcast_support`),
+    so neither the other tokens' rows (forward) nor the products after the select's support (reverse)
+    meet the zero norm's infinite sqrt partial; the tape's sums keep the flag of their terms that are
+    not structural zeros (`_tape_products.LaneSteps`). Before session 26: 32 to 160 NaN in every
+    order where jax.jacfwd is finite."""
+    from alphagrad.tasks._corpus_heldout16 import padded_token_normalise
+
+    monkeypatch.setattr(_trace, "LABELLED_MAX_EQUATIONS", -1)
+    if path == "tape":
+        monkeypatch.setattr(_tape, "TAPE_MIN_SIZE", 0)
+        monkeypatch.setattr(_tape, "TAPE_MIN_EQUATIONS", 0)
+    tokens = np.array([[1, 3, 0], [2, 0, 0]], np.int32)
+    with jax.enable_x64(True):
+        table = jnp.asarray(np.random.default_rng(0).normal(size=(5, 4))).at[0].set(0.0)
+        f = lambda t, k: jnp.tanh(padded_token_normalise(t, k))  # noqa: E731
+        expected = jax.jacfwd(f)(table, tokens)
+        assert np.isfinite(expected).all()
+        g = interpreter.graph_of(f, table, tokens)
+        # (The orders that gave NaN on each path; the straight-line path's forward order too.)
+        for order in ("reverse", "markowitz") if path == "tape" else ("forward", "reverse"):
+            if path == "tape":  # it is the tape that runs
+                assert _tape.build(g, graph.plan(g, graph.resolve_order(g, order))) is not None
+            np.testing.assert_allclose(interpreter.jacobian(f, order)(table, tokens), expected, rtol=1e-12, atol=1e-14)
