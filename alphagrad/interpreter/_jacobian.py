@@ -291,14 +291,14 @@ def _run_time_map_support(partial: Partial) -> Partial:
 def _select_support(values: list[Any], positions: list[int], partial: Partial) -> Partial:
     """`partial`, an elementwise d select_n / d case (the cases at `positions`), with the entries
     its case is taken at kept as its support (`Partial.support`, [v1, v2, v1, v2]: NumPy where the
-    predicate is known while tracing, else a `RunTimeSupport` with its `diagonal`), where they are
-    few enough to hold: the select's zeros are structural (jax.jacfwd drops the untaken case's
-    tangent), so a product that pairs them with a NaN that reached the case from further up (sqrt's
-    pole at a zero row, then a broadcast into masked columns) keeps them 0. The discard
-    (`_discard_masked_partials`) covers a pole in a partial into the untaken case itself."""
+    predicate is known while tracing, else a `RunTimeSupport` with its `diagonal`; the diagonal
+    alone where the whole would have more than PATTERN_AT_TRACE_TIME_MAX entries): the select's
+    zeros are structural (jax.jacfwd drops the untaken case's tangent), so a product that pairs
+    them with a NaN that reached the case from further up (sqrt's pole at a zero row, then a
+    broadcast into masked columns) keeps them 0. The discard (`_discard_masked_partials`) covers a
+    pole in a partial into the untaken case itself."""
     n = math.prod(partial.out_shape)
-    if (not _is_elementwise(partial) or 0 in positions
-            or n * n > PATTERN_AT_TRACE_TIME_MAX or partial.support is not None):
+    if not _is_elementwise(partial) or 0 in positions or partial.support is not None:
         return partial
     predicate = values[0]
 
@@ -310,6 +310,15 @@ def _select_support(values: list[Any], positions: list[int], partial: Partial) -
         return xp.broadcast_to(mask, np.shape(values[positions[0]])).reshape(n)
 
     shape = (*partial.out_shape, *partial.in_shape)
+    if n * n > PATTERN_AT_TRACE_TIME_MAX:
+        # Too many entries to hold [v1, v2, v1, v2] while tracing: the diagonal alone, which the
+        # products that read a support row by row take (`_structured._rows_taken`); the products
+        # that would need the whole array check their sizes first and go without.
+        xp = np if not isinstance(predicate, jax.core.Tracer) else jnp
+        if xp is np and np.asarray(taken(np)).all():
+            return partial
+        return partial._replace(support=RunTimeSupport(lambda: _diagonal_support(taken(jnp), shape),
+                                                       diagonal=lambda: taken(xp).reshape(partial.out_shape)))
     diagonal = np.eye(n, dtype=bool)
     if not isinstance(predicate, jax.core.Tracer):
         mask = np.asarray(taken(np))

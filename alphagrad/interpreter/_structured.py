@@ -1779,7 +1779,7 @@ def _unlabelled(partial: Partial, dtype) -> Partial:
     if elementwise is not None:
         code, values = elementwise
         return Partial(code, partial.out_shape, partial.in_shape,
-                       values.reshape(partial.out_shape) if code == 6 else values)
+                       values.reshape(partial.out_shape) if code == 6 else values, support=partial.support)
     if not value.ties.has_values:
         return Partial(INDEX_MAP, partial.out_shape, partial.in_shape,
                        as_index_map(value, partial.out_shape, partial.in_shape))
@@ -1824,10 +1824,14 @@ def _rows_taken(out: Partial, inp: Partial):
     product out @ in is out's entry v times in's row v, so zeroing in's rows outside them keeps the
     select's zeros 0 without the dense guard of `_zeros_meeting_poles` (NaN where jax.jacfwd has
     it: in's pole on a row the case is taken at stays)."""
-    if (not KEEP_STRUCTURAL_ZEROS or out.support is None or inp.finite or out.code != 6
-            or tuple(np.shape(out.value)) != tuple(out.out_shape) or out.out_shape != out.in_shape
+    if (not KEEP_STRUCTURAL_ZEROS or out.support is None or inp.finite or out.out_shape != out.in_shape
             or isinstance(inp.value, (Placed, Labelled, IndexMap)) or inp.value is None
             or _one_row_each(inp) is None):
+        return None
+    if isinstance(out.value, Labelled):  # (a select's case in a program of arrays of rank 3 or more)
+        if elementwise_code(out.value, jnp.float32) is None:
+            return None
+    elif out.code != 6 or tuple(np.shape(out.value)) != tuple(out.out_shape):
         return None
     held = out.support
     if isinstance(held, RunTimeSupport):

@@ -400,3 +400,24 @@ def test_a_masked_norm_over_flattened_axes_follows_jacfwd(monkeypatch, path):
             if path == "tape":  # it is the tape that runs
                 assert _tape.build(g, graph.plan(g, graph.resolve_order(g, order))) is not None
             np.testing.assert_allclose(interpreter.jacobian(f, order)(table, tokens), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_a_masked_norm_of_many_tokens_follows_jacfwd_in_forward_order():
+    """The same masked normalisation of [8, 16, 16] embeddings (labelled structures): the select's
+    case partial has 2,048 entries, so its support ([v, v]: 2^22 entries) was not held, nor the
+    gathers' (128 x 800), and in forward order every entry of the Jacobian was NaN (jax.jacfwd: none).
+    The select now keeps its diagonal alone (`_jacobian._select_support`), which zeroes the rows of
+    the partials it multiplies (`_structured._rows_taken`). (Reverse order still gives NaN in 2,048
+    entries at this size: the Placed pattern of the mean's index map past PATTERN_AT_TRACE_TIME_MAX
+    is traced, so its support is unknown; session 26 note.)"""
+    from alphagrad.tasks._corpus_heldout16 import padded_token_normalise
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 50, size=(8, 16)).astype(np.int32)
+    tokens[:, 8:] = 0
+    with jax.enable_x64(True):
+        table = jnp.asarray(rng.normal(size=(50, 16))).at[0].set(0.0)
+        f = lambda t, k: jnp.tanh(padded_token_normalise(t, k))  # noqa: E731
+        expected = jax.jacfwd(f)(table, tokens)
+        assert np.isfinite(expected).all()
+        np.testing.assert_allclose(interpreter.jacobian(f, "forward")(table, tokens), expected, rtol=1e-12, atol=1e-14)
