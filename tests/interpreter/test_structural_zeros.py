@@ -54,12 +54,20 @@ FUNCTIONS["norm_after_a_division"] = lambda x: normalise(x / 2.0).sum(-1) + x[0,
 FUNCTIONS["log_softmax_of_norms"] = lambda x: jax.nn.log_softmax(normalise(x), -1).sum(-1)
 
 
+def _jacfwd_and_orders(f, x, orders, argnums=0):
+    """jax.jacfwd's Jacobian and every order's, compiled as one program (a compilation per order and
+    jax.jacfwd op by op cost more than the checks)."""
+    return jax.jit(lambda *a: (jax.jacfwd(f, argnums=argnums)(*a),
+                               [interpreter.jacobian(f, order, argnums=argnums)(*a) for order in orders]))(*x)
+
+
 def _assert_finite_where_jacfwd_is(f, x, orders):
-    expected = np.asarray(jax.jacfwd(f)(x))
+    expected, jacobians = _jacfwd_and_orders(f, (x,), orders)
+    expected = np.asarray(expected)
     assert np.isnan(expected).any()  # the zero row's own entries: jax.jacfwd's NaN
     finite = np.isfinite(expected)
-    for order in orders:
-        got = np.asarray(interpreter.jacobian(f, order)(x))
+    for order, got in zip(orders, jacobians):
+        got = np.asarray(got)
         assert np.isfinite(got[finite]).all(), (order, np.argwhere(finite & ~np.isfinite(got))[:3])
         np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-10, atol=1e-12)
 
@@ -87,9 +95,9 @@ def test_products_of_provably_finite_partials_take_no_guard(monkeypatch):
     with jax.enable_x64(True):
         for name in ("burgers_upwind", "spline_switch"):
             task = corpus[name]
-            expected = jax.jacfwd(task.fn, argnums=task.argnums)(*task.args)
-            for order in ("forward", "reverse", "markowitz"):
-                got = interpreter.jacobian(task.fn, order, argnums=task.argnums)(*task.args)
+            expected, jacobians = _jacfwd_and_orders(task.fn, task.args, ("forward", "reverse", "markowitz"),
+                                                     task.argnums)
+            for got in jacobians:
                 for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
                     np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12)
             assert not guarded, name
@@ -164,18 +172,21 @@ def test_zeros_known_only_at_run_time_stay_zero_against_infinite_partials(name):
     f = RUN_TIME_ZEROS[name]
     with jax.enable_x64(True):
         x = jnp.asarray(SQRT_AT_ZEROS)
-        expected = np.asarray(jax.jacfwd(f)(x))
-        assert np.isfinite(expected).all()
         graph = interpreter.graph_of(f, x)
         shuffled = [int(v) for v in np.random.default_rng(1).permutation(list(graph.intermediates))]
-        for order in ("forward", "reverse", shuffled):
-            got = np.asarray(jax.jit(interpreter.jacobian(f, order))(x))
-            np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0, err_msg=str(order))
-            assert interpreter.count_muls(f, order, x) == graph_lib.cost(graph, order)
+        orders = ("forward", "reverse", shuffled)
         # Under vmap the supports are per example (the other branch is taken in the second).
         xs = jnp.stack([x, jnp.array([1.0, 6.0, 0.0, 0.0, 2.0])])
-        np.testing.assert_allclose(jax.vmap(interpreter.jacobian(f, "reverse"))(xs), jax.vmap(jax.jacfwd(f))(xs),
-                                   rtol=1e-12, atol=0)
+        # One program: jax.jacfwd's Jacobian and every order's, and both under vmap.
+        expected, jacobians, batched, batched_expected = jax.jit(lambda x, xs: (
+            jax.jacfwd(f)(x), [interpreter.jacobian(f, order)(x) for order in orders],
+            jax.vmap(interpreter.jacobian(f, "reverse"))(xs), jax.vmap(jax.jacfwd(f))(xs)))(x, xs)
+        expected = np.asarray(expected)
+        assert np.isfinite(expected).all()
+        for order, got in zip(orders, jacobians):
+            np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-12, atol=0, err_msg=str(order))
+            assert interpreter.count_muls(f, order, x) == graph_lib.cost(graph, order)
+        np.testing.assert_allclose(batched, batched_expected, rtol=1e-12, atol=0)
 
 
 def _van_leer_step(u):
@@ -213,6 +224,7 @@ def test_divisions_bounded_away_from_zero_take_no_nan_guard(monkeypatch, f, x):
     monkeypatch.setattr(_structured, "_zeros_meeting_poles", counting)
     with jax.enable_x64(True):
         x = jnp.asarray(x)
-        for order in ("forward", "reverse", "markowitz"):
-            np.testing.assert_allclose(interpreter.jacobian(f, order)(x), jax.jacfwd(f)(x), rtol=1e-10, atol=1e-12)
+        expected, jacobians = _jacfwd_and_orders(f, (x,), ("forward", "reverse", "markowitz"))
+        for got in jacobians:
+            np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
     assert guarded and not any(guarded)
