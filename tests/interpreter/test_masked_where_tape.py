@@ -45,6 +45,13 @@ def three_cases(x, p):
     return lax.select_n(which, jnp.cos(x) * p[0], jnp.sqrt(x), jnp.log(x - 1.0)) + p[1]
 
 
+def _jacfwd_and_orders(f, args, orders, argnums=0):
+    """jax.jacfwd's Jacobian and every order's, compiled as one program (a compilation per order and
+    jax.jacfwd op by op cost more than the checks)."""
+    return jax.jit(lambda *a: (jax.jacfwd(f, argnums=argnums)(*a),
+                               [interpreter.jacobian(f, order, argnums=argnums)(*a) for order in orders]))(*args)
+
+
 X = np.array([0.7, -0.4, 2.5, -1.3, 1.2, 0.0])
 P = np.array([1.3, 0.6])
 M = np.array([[1.0, 2.0], [3.0, 4.0]])
@@ -57,12 +64,11 @@ def test_tape_discards_the_untaken_case(force_tape, name):
     f, x = CASES[name]
     with jax.enable_x64(True):
         x, p = jnp.asarray(x), jnp.asarray(P)
-        expected = jax.jacfwd(f, argnums=(0, 1))(x, p)
-        assert all(np.isfinite(e).all() for e in expected)
         g = interpreter.graph_of(f, x, p, argnums=(0, 1))
         assert _tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse"))).discard is not None  # it is the tape that runs
-        for order in ("forward", "markowitz"):
-            actual = jax.jit(interpreter.jacobian(f, order, argnums=(0, 1)))(x, p)
+        expected, jacobians = _jacfwd_and_orders(f, (x, p), ("forward", "markowitz"), (0, 1))
+        assert all(np.isfinite(e).all() for e in expected)
+        for order, actual in zip(("forward", "markowitz"), jacobians):
             for a, e in zip(actual, expected):
                 np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-14)
             assert interpreter.count_muls(f, order, x, p, argnums=(0, 1)) == graph.cost(g, order)
@@ -73,15 +79,15 @@ def test_tape_discards_per_example_under_vmap(force_tape):
     with jax.enable_x64(True):
         xs = jnp.asarray(np.stack([X, -X, np.abs(X) + 0.1]))
         p = jnp.asarray(P)
-        expected = jax.vmap(jax.jacfwd(chained), in_axes=(0, None))(xs, p)
-        actual = jax.vmap(interpreter.jacobian(chained, "reverse"), in_axes=(0, None))(xs, p)
+        expected, actual = jax.jit(lambda xs, p: (  # one program (vmap op by op took seconds)
+            jax.vmap(jax.jacfwd(chained), in_axes=(0, None))(xs, p),
+            jax.vmap(interpreter.jacobian(chained, "reverse"), in_axes=(0, None))(xs, p)))(xs, p)
         np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-14)
 
 
 def test_tape_discard_in_float32(force_tape):
     x, p = jnp.asarray(X, jnp.float32), jnp.asarray(P, jnp.float32)
-    expected = jax.jacfwd(chained)(x, p)
-    actual = interpreter.jacobian(chained, "forward")(x, p)
+    expected, [actual] = _jacfwd_and_orders(chained, (x, p), ("forward",))
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -132,13 +138,13 @@ def test_discard_passes_through_data_movement(monkeypatch, name, path):
     f, x = MOVED[name]
     with jax.enable_x64(True):
         x = jnp.asarray(x)
-        expected = jax.jacfwd(f)(x)
-        assert np.isfinite(expected).all()
         g = interpreter.graph_of(f, x)
         if path == "tape":
             assert _tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse"))).discard is not None
-        for order in ("forward", "reverse"):
-            np.testing.assert_allclose(interpreter.jacobian(f, order)(x), expected, rtol=1e-12, atol=1e-14)
+        expected, jacobians = _jacfwd_and_orders(f, (x,), ("forward", "reverse"))
+        assert np.isfinite(expected).all()
+        for order, actual in zip(("forward", "reverse"), jacobians):
+            np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-14)
             assert interpreter.count_muls(f, order, x) == graph.cost(g, order)
 
 
@@ -156,16 +162,21 @@ def test_rows_of_a_loop_with_a_where_follow_jacfwd():
     infinite, as jax.jacrev does: those partials are built by columns instead, as jax.jacfwd."""
     with jax.enable_x64(True):
         c, xs = jnp.asarray([0.5, -0.3, 1.2, -0.01]), jnp.linspace(-1.0, 1.0, 20).reshape(5, 4)
-        assert np.isnan(jax.jacrev(fori_with_where)(c, xs)).any()
-        expected = jax.jacfwd(fori_with_where, argnums=(0, 1))(c, xs)
-        for order in ("forward", "reverse"):
-            actual = interpreter.jacobian(fori_with_where, order, argnums=(0, 1))(c, xs)
+        cs = jnp.stack([c, -c])
+
+        @jax.jit  # one program: the references, both orders and the batched Jacobians
+        def all_of_them(c, xs, cs):
+            return (jax.jacrev(fori_with_where)(c, xs), jax.jacfwd(fori_with_where, argnums=(0, 1))(c, xs),
+                    [interpreter.jacobian(fori_with_where, order, argnums=(0, 1))(c, xs) for order in ("forward", "reverse")],
+                    jax.vmap(interpreter.jacobian(fori_with_where, "reverse"), in_axes=(0, None))(cs, xs),
+                    jax.vmap(jax.jacfwd(fori_with_where), in_axes=(0, None))(cs, xs))
+
+        by_rows, expected, jacobians, batched, batched_expected = all_of_them(c, xs, cs)
+        assert np.isnan(by_rows).any()
+        for actual in jacobians:
             for a, e in zip(actual, expected):
                 np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-14)
-        batched = jax.jit(jax.vmap(interpreter.jacobian(fori_with_where, "reverse"), in_axes=(0, None)))(
-            jnp.stack([c, -c]), xs)
-        np.testing.assert_allclose(batched, jax.vmap(jax.jacfwd(fori_with_where), in_axes=(0, None))(
-            jnp.stack([c, -c]), xs), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(batched, batched_expected, rtol=1e-12, atol=1e-14)
 
 
 _RANDOM_STEPS = (
@@ -205,10 +216,9 @@ def test_random_where_programs_follow_jacfwd(seed):
     rng = np.random.default_rng(1000 + seed)
     with jax.enable_x64(True):
         x, y = jnp.asarray(rng.normal(size=5)), jnp.asarray(rng.normal(size=5))
-        expected = jax.jacfwd(f, argnums=(0, 1))(x, y)
+        expected, jacobians = _jacfwd_and_orders(f, (x, y), ("forward", "reverse"), (0, 1))
         assert all(np.isfinite(e).all() for e in jax.tree.leaves(expected))
-        for order in ("forward", "reverse"):
-            actual = interpreter.jacobian(f, order, argnums=(0, 1))(x, y)
+        for actual in jacobians:
             for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
                 np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-11)
 
@@ -235,6 +245,7 @@ def _masked_rank3(x, p):
 _X2 = np.concatenate([np.array([[0.3, -1.2, 0.5], [0.8, 0.1, -0.4]]), np.zeros((1, 3))])
 _X3 = np.concatenate([np.linspace(-1.0, 1.0, 9).reshape(1, 3, 3), np.zeros((1, 3, 3))]).copy()
 _X3[0, 1] = 0.0  # a zero row beside non-zero ones in the first slice too
+ORDERS = ("forward", "reverse", "markowitz")
 POLE_CASES = {
     "constant_mask": (_masked_columns_after_pole, (_X2, P)),
     "mask_argument": (_masked_by_an_argument, (_X2, P, np.array([True, False, True, False]))),
@@ -263,9 +274,8 @@ def _same_nan_and_values(actual, straight, expected):
         np.testing.assert_allclose(a[~finite & ~np.isnan(a)], s[~finite & ~np.isnan(a)], rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("order", ["forward", "reverse", "markowitz"])
 @pytest.mark.parametrize("name", sorted(POLE_CASES))
-def test_tape_keeps_a_selected_constant_after_a_pole_finite(monkeypatch, name, order):
+def test_tape_keeps_a_selected_constant_after_a_pole_finite(monkeypatch, name):
     """A select's untaken entries met by a NaN from further up (sqrt of a zero row's sum of
     squares, broadcast into columns a mask replaces): jax.jacfwd is finite there, and NaN where a
     taken entry reads the pole. The tape keeps both (the discard's zeroed entries as a run-time
@@ -274,14 +284,16 @@ def test_tape_keeps_a_selected_constant_after_a_pole_finite(monkeypatch, name, o
     with jax.enable_x64(True):
         args = tuple(jnp.asarray(a) for a in args)
         argnums = (0, 1)
-        expected = jax.jacfwd(f, argnums=argnums)(*args)
-        straight = interpreter.jacobian(f, "reverse", argnums=argnums)(*args)
+        expected, [straight] = _jacfwd_and_orders(f, args, ("reverse",), argnums)
         _on_the_tape(monkeypatch)
         g = interpreter.graph_of(f, *args, argnums=argnums)
-        assert _tape.build(g, graph.plan(g, graph.resolve_order(g, order))).discard is not None
-        actual = jax.jit(interpreter.jacobian(f, order, argnums=argnums))(*args)
-        _same_nan_and_values(actual, straight, expected)
-        assert interpreter.count_muls(f, order, *args, argnums=argnums) == graph.cost(g, order)
+        for order in ORDERS:
+            assert _tape.build(g, graph.plan(g, graph.resolve_order(g, order))).discard is not None
+        # Every order on the tape, compiled as one program.
+        jacobians = jax.jit(lambda *a: [interpreter.jacobian(f, order, argnums=argnums)(*a) for order in ORDERS])(*args)
+        for order, actual in zip(ORDERS, jacobians):
+            _same_nan_and_values(actual, straight, expected)
+            assert interpreter.count_muls(f, order, *args, argnums=argnums) == graph.cost(g, order)
 
 
 def test_tape_keeps_a_selected_constant_after_a_pole_under_vmap(monkeypatch):
@@ -292,8 +304,8 @@ def test_tape_keeps_a_selected_constant_after_a_pole_under_vmap(monkeypatch):
                                       [True, True, True, True]]))
         p = jnp.asarray(P)
         batched = jax.vmap(interpreter.jacobian(_masked_by_an_argument, "reverse"), in_axes=(0, None, 0))
-        expected = jax.vmap(jax.jacfwd(_masked_by_an_argument), in_axes=(0, None, 0))(xs, p, masks)
-        straight = batched(xs, p, masks)
+        expected, straight = jax.jit(lambda *a: (  # one program (vmap op by op took seconds)
+            jax.vmap(jax.jacfwd(_masked_by_an_argument), in_axes=(0, None, 0))(*a), batched(*a)))(xs, p, masks)
         _on_the_tape(monkeypatch)
         _same_nan_and_values([jax.jit(batched)(xs, p, masks)], [straight], [expected])
 
@@ -307,22 +319,24 @@ def _taken_nan_times_a_discarded_zero(x, y):
     return jnp.where(t > v, jnp.log(t) * v, v - t) + x
 
 
-@pytest.mark.parametrize("order", ["forward", "reverse", "markowitz"])
-def test_tape_keeps_a_taken_nan_times_a_discarded_zero(monkeypatch, order):
+def test_tape_keeps_a_taken_nan_times_a_discarded_zero(monkeypatch):
     """The discard's flag guards a product only where it is on the out factor (the path into the
     select's case is dropped, whatever reaches it); on the in factor the zero is a tangent that
     jax.jacfwd multiplies by the out factor's NaN (11a8d82 guarded both: 4 of these 9 NaN lost in
     reverse and Markowitz order)."""
     with jax.enable_x64(True):
         x, y = jnp.linspace(0.1, 0.5, 5), -jnp.linspace(0.3, 1.5, 5)
-        expected = jax.jacfwd(_taken_nan_times_a_discarded_zero, argnums=1)(x, y)
-        straight = interpreter.jacobian(_taken_nan_times_a_discarded_zero, "reverse", argnums=1)(x, y)
+        f = _taken_nan_times_a_discarded_zero
+        expected, [straight] = _jacfwd_and_orders(f, (x, y), ("reverse",), 1)
         assert np.isnan(straight).sum() == 9  # the diagonal and the anti-diagonal
         _on_the_tape(monkeypatch)
-        g = interpreter.graph_of(_taken_nan_times_a_discarded_zero, x, y, argnums=1)
-        assert _tape.build(g, graph.plan(g, graph.resolve_order(g, order))).discard is not None
-        actual = jax.jit(interpreter.jacobian(_taken_nan_times_a_discarded_zero, order, argnums=1))(x, y)
-        _same_nan_and_values([actual], [straight], [expected])
+        g = interpreter.graph_of(f, x, y, argnums=1)
+        for order in ORDERS:
+            assert _tape.build(g, graph.plan(g, graph.resolve_order(g, order))).discard is not None
+        # Every order on the tape, compiled as one program.
+        jacobians = jax.jit(lambda *a: [interpreter.jacobian(f, order, argnums=1)(*a) for order in ORDERS])(x, y)
+        for actual in jacobians:
+            _same_nan_and_values([actual], [straight], [expected])
 
 
 def test_tape_guards_run_packed_bit_for_bit(monkeypatch):
@@ -343,7 +357,7 @@ def test_tape_guards_run_packed_bit_for_bit(monkeypatch):
         packed = jax.jit(jax.vmap(jac, in_axes=(0, None, 0)))(xs, p, masks)
         single = np.asarray(jax.jit(lambda xs, masks: lax.map(lambda a: jac(a[0], p, a[1]), (xs, masks)))(xs, masks))
         np.testing.assert_array_equal(np.asarray(packed), single)
-        expected = jax.vmap(jax.jacfwd(_masked_by_an_argument), in_axes=(0, None, 0))(xs, p, masks)
+        expected = jax.jit(jax.vmap(jax.jacfwd(_masked_by_an_argument), in_axes=(0, None, 0)))(xs, p, masks)
         assert not np.any(np.isnan(single) & np.isfinite(np.asarray(expected)))
 
 
