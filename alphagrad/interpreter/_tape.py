@@ -632,11 +632,17 @@ def _freeze(value: Any) -> Any:
 #: Primitives with sub-programs the tape binds whole, with partials by their JVP: branches, while
 #: loops, scans whose partials the graph's loop plan takes whole (small fori_loops and scans inside
 #: long generated code; a scan whose plan chains local Jacobians takes the straight-line path),
-#: functions with custom JVP rules (custom VJP rules have no JVP: straight-line path, by rows), linear
-#: solves (``jnp.linalg.solve``, ``jax.scipy.linalg.cho_solve``: JAX's JVP solves again), and
-#: the calls the graph keeps whole (a span of complex arithmetic, a large loop fused with what feeds
-#: and reads its stacked values: `graph._loops.fuse_large_spans`).
-_SUB_PROGRAMS = frozenset({"cond", "while", "scan", "custom_jvp_call", "custom_linear_solve", "closed_call"})
+#: functions with custom JVP rules, linear solves (``jnp.linalg.solve``, ``jax.scipy.linalg.cho_solve``:
+#: JAX's JVP solves again), and the calls the graph keeps whole (a span of complex arithmetic, a
+#: large loop fused with what feeds and reads its stacked values: `graph._loops.fuse_large_spans`);
+#: and functions with custom VJP rules, whose partials are built by rows of their rule (`_VJP_RULED`).
+_SUB_PROGRAMS = frozenset({"cond", "while", "scan", "custom_jvp_call", "custom_linear_solve", "closed_call",
+                           "custom_vjp_call", "custom_vjp_call_jaxpr"})
+#: Primitives whose derivative is a user's VJP rule (no JVP): their partials are the rule's rows for
+#: one-hot cotangents, as jax.jacrev and the straight-line path build them. A long program with a
+#: gradient-reversal or straight-through function took the straight-line path: a generated program
+#: of 372 equations with one such function among its steps, 26.8 s to its first call.
+_VJP_RULED = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr"})
 
 
 def _params_key(eqn) -> Any:
@@ -645,6 +651,18 @@ def _params_key(eqn) -> Any:
     A function with a custom JVP rule (jax.nn.relu, softplus, logaddexp) carries its primal and
     its rule as objects made anew at every call: it is keyed by the text and constants of both
     (the rule traced once by JAX's own thunk), so every call of one function shares a kind."""
+    if eqn.primitive.name in _VJP_RULED:
+        # Its primal by its text; its rules by the user's functions (made once, shared by every
+        # call of one custom_vjp function; a closure made per call is a function of its own).
+        params = eqn.params
+        try:
+            call = params["call_jaxpr"]
+            rules = tuple(getattr(params.get(k), "f", params.get(k)) for k in ("fwd_jaxpr_thunk", "bwd"))
+            hash(rules)
+            return ("custom_vjp_call", str(call), _freeze([np.asarray(c) for c in call.consts]), rules,
+                    params.get("num_consts"), params.get("symbolic_zeros"))
+        except Exception as err:  # noqa: BLE001 - JAX's internals: any failure keeps the tape off
+            raise Unsupported(f"the VJP rule of a custom_vjp function cannot be compared: {err}") from err
     if eqn.primitive.name != "custom_jvp_call":
         return _freeze(eqn.params)
     params = eqn.params
@@ -867,6 +885,7 @@ class _Builder:
         self.pole_shared: set[int] = set()
         self.case_slots: list[np.ndarray] = []  # edge slots of select partials kept as supports
         self.reach_of: dict[Any, np.ndarray | None] = {}  # `_dense_zeros`'s, by kind and positions
+        self.vjp_rules_checked: set = set()  # custom VJP rules found linear (`_check_vjp_rule`), by kind
 
     def _allocate_value(self, size: int) -> int:
         base = self.num_values
@@ -1585,6 +1604,8 @@ class _Builder:
                 self.node_base[node], self.node_shape[node], self.node_dtype[node] = 0, shape, np.dtype(aval.dtype)
                 continue
             operands = [self._operand(op) for op in eqn.operands]
+            if eqn.primitive is not None and eqn.primitive.name in _VJP_RULED:
+                self._check_vjp_rule(eqn, operands)
             # An operand of more than MAX_COMPONENTS entries (a stacked parameter W [L, 4, 4] read
             # as W[l], an early movement of one): only a data movement may read it, as copies of
             # the entries it moves (`_selection`), so no step gathers the operand whole.
@@ -1785,6 +1806,31 @@ class _Builder:
                 or (self.ruled_poles.get(e.src, NO_POLE) == POLE_ENTRYWISE
                     and (e.src in self.shared or e.src in self.pole_shared))):
             self.case_slots.append(edge.base + np.arange(edge.size))
+
+    def _check_vjp_rule(self, eqn, operands: list) -> None:
+        """Refuses a custom VJP rule that is not linear in its cotangent (gradient clipping: no
+        Jacobian), as the straight-line path does (`_jacobian._check_linear_vjp_rule`), on abstract
+        operands, once per function."""
+        from alphagrad.interpreter import _jacobian  # (_jacobian imports this module)
+
+        key = _params_key(eqn)
+        if key in self.vjp_rules_checked:
+            return
+        floats = [i for i, (_, _, dtype) in enumerate(operands) if _floating(dtype)]
+        fixed = [np.asarray(op.value) if op.node is None and not isinstance(op.value, (LeafRef, ValueRef))
+                 else np.zeros(shape, dtype) for op, (_, shape, dtype) in zip(eqn.operands, operands)]
+
+        def check(*xs):
+            def of_floats(*ys):
+                values = [jnp.asarray(v) for v in fixed]
+                for i, y in zip(floats, ys):
+                    values[i] = y
+                return (_bind(eqn.primitive, eqn.params, values),)
+
+            _jacobian._check_linear_vjp_rule(eqn, of_floats, xs)
+
+        jax.eval_shape(check, *(jax.ShapeDtypeStruct(operands[i][1], operands[i][2]) for i in floats))
+        self.vjp_rules_checked.add(key)
 
     def _dense_zeros(self, eqn, e, edge: Valued, operands: list, head) -> None:
         """Adds to `self.zeros` the value slots of `edge` (a partial of a primitive without a
@@ -2928,7 +2974,15 @@ def _branch(signature, params: dict, O: int, dtype, widths: tuple[int, ...]):
                 return jax.jvp(of_x, (x,), (t.reshape(x.shape).astype(x.dtype),))[1].reshape(-1)
 
             seeds = _seeds(free, in_norm)
-            responses = response(seeds[0]) if len(seeds) == 1 else jax.vmap(response)(seeds)
+            if primitive is not None and primitive.name in _VJP_RULED:
+                # No JVP: the rule's rows (one-hot cotangents, [n_out, operand entries]), read as
+                # the seeds' responses (a 0/1 matrix product: bookkeeping, not counted).
+                y, pull = jax.vjp(of_x, x)
+                basis = jnp.eye(n_out, dtype=y.dtype).reshape(n_out, *np.shape(y))
+                rows = jax.vmap(lambda ct, pull=pull: pull(ct)[0].reshape(-1))(basis)
+                responses = seeds.reshape(len(seeds), -1).astype(rows.dtype) @ rows.T
+            else:
+                responses = response(seeds[0]) if len(seeds) == 1 else jax.vmap(response)(seeds)
             if isinstance(gather, str):  # the responses in order, or transposed
                 responses = responses.reshape(len(seeds), n_out).T if gather == "transpose" else responses
                 pieces.append(responses.reshape(-1).astype(dtype))

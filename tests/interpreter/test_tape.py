@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from alphagrad import graph, interpreter, tasks
+from alphagrad.errors import UnsupportedPrimitiveError
 from alphagrad.graph import _trace
 from alphagrad.interpreter import _jacobian, _tape, _tape_products
 
@@ -181,15 +182,22 @@ def _sin(x):
 _sin.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (g * jnp.cos(x),))
 
 
-def loop_program(x, y):
-    # a sub-program the tape does not bind: a custom VJP rule (no JVP; a cond, a while, a scan
-    # whose partials are taken whole and a custom JVP rule the tape binds whole)
+def custom_vjp_program(x, y):
+    # a function with a custom VJP rule (no JVP): the tape binds it whole, its partials by rows of
+    # its rule (session 26; before, it took the straight-line path)
     return _sin(x * y) * x
+
+
+@jax.custom_vjp
+def _clipped(x):
+    return x
+
+
+_clipped.defvjp(lambda x: (x, None), lambda _, g: (jnp.clip(g, -1.0, 1.0),))
 
 
 @pytest.mark.parametrize("fn, args, reason", [
     (large_program, (np.linspace(-0.3, 0.5, 65), np.arange(65.0**2).reshape(65, 65) / 4e3), "entries"),
-    (loop_program, (0.4, 0.7), "sub-program"),
 ])
 def test_unsupported_graphs_fall_back_to_the_straight_line_path(force_tape, monkeypatch, fn, args, reason):
     monkeypatch.setattr(_tape, "MAX_COMPONENTS", 4096)  # (16,384: a 65 x 65 matrix would be taken)
@@ -204,6 +212,21 @@ def test_unsupported_graphs_fall_back_to_the_straight_line_path(force_tape, monk
         actual = jax.jit(interpreter.jacobian(fn, "reverse", argnums=argnums))(*args)
         _close(actual, jax.jacrev(fn, argnums=argnums)(*args), rtol=1e-10)  # (a custom VJP has no jacfwd)
         assert interpreter.count_muls(fn, "reverse", *args, argnums=argnums) == graph.cost(g, "reverse")
+
+
+def test_custom_vjp_rules_run_on_the_tape_by_their_rows(force_tape):
+    """A custom VJP rule on the tape: its partials are the rule's rows, as jax.jacrev's; a rule that
+    is not linear in its cotangent (gradient clipping) is refused as on the straight-line path."""
+    with jax.enable_x64(True):
+        args = (jnp.asarray(0.4), jnp.asarray(0.7))
+        g = interpreter.graph_of(custom_vjp_program, *args, argnums=(0, 1))
+        expected = jax.jacrev(custom_vjp_program, argnums=(0, 1))(*args)  # (a custom VJP has no jacfwd)
+        for order in ("forward", "reverse"):
+            steps = graph.plan(g, graph.resolve_order(g, order))
+            assert _jacobian._tape_of(g, steps) is not None
+            _close(interpreter.jacobian(custom_vjp_program, order, argnums=(0, 1))(*args), expected, rtol=1e-12)
+        with pytest.raises(UnsupportedPrimitiveError, match="not linear in its cotangent"):
+            interpreter.jacobian(lambda x: _clipped(jnp.sin(x)) * x, "reverse")(jnp.linspace(0.1, 0.9, 3))
 
 
 def cumulative_extrema(x, m):
