@@ -1899,13 +1899,17 @@ def _block_dtype(in_dtype, out_dtype):
     `out_dtype`: float0 for a non-floating input (as ``jax.grad(..., allow_int=True)``), else the
     wider of the two floating dtypes (jax.jacrev's blocks take the input's dtype, jax.jacfwd's the
     output's: the wider keeps every digit, so float32 flax parameters of a float64 model give
-    float64 blocks). Cached: a Jacobian of 40,200 blocks spent 1.5 s here."""
+    float64 blocks); an integer output's block (its zeros) takes the output's dtype, as jax.jacfwd's
+    (jax.jacrev refuses such outputs; a float block there differed from jax.jacfwd's in dtype only).
+    Cached: a Jacobian of 40,200 blocks spent 1.5 s here."""
     if jax.dtypes.issubdtype(in_dtype, jax.dtypes.extended):  # a typed PRNG key: float0, as its tangent
         return jax.dtypes.float0
     dtype = jnp.result_type(in_dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         return jax.dtypes.float0
     out_dtype = jnp.result_type(out_dtype)
+    if jnp.issubdtype(out_dtype, jnp.integer):
+        return out_dtype
     return jnp.promote_types(dtype, out_dtype) if jnp.issubdtype(out_dtype, jnp.floating) else dtype
 
 
@@ -2334,7 +2338,8 @@ def jacobian(
       argnums when `argnums` is a tuple), or with ``output="dense"`` the one array above, plus
       aux with ``has_aux``. A block's dtype is the wider
       of its input's and output's: jax.jacrev's input dtype, except that float32 inputs of a float64
-      output (flax parameters in a float64 model) get float64 blocks with every digit, as jax.jacfwd. It works under ``jax.jit`` and
+      output (flax parameters in a float64 model) get float64 blocks with every digit, as jax.jacfwd, and an
+      integer output's blocks (zeros) the output's dtype, as jax.jacfwd's. It works under ``jax.jit`` and
       ``jax.vmap``. The graph is traced once per input signature. Zero-size arrays are fine (their
       blocks are empty or zero, as jax.jacrev's); integer and boolean arguments get float0 blocks
       (as ``jax.grad(..., allow_int=True)`` gives). A long straight-line program (at least
