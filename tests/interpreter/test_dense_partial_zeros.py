@@ -58,9 +58,9 @@ def _product_carry(x):
                                _triangular_solve, _product_carry], ids=lambda f: f.__name__.strip("_"))
 def test_zeros_of_a_partial_do_not_meet_the_pole(f):
     with jax.enable_x64(True):
-        x = jnp.asarray(_X)
-        expected = np.asarray(jax.jacfwd(f)(x))
-        jacobians = jax.jit(lambda x: [interpreter.jacobian(f, o)(x) for o in _ORDERS])(x)
+        x = jnp.asarray(_X)  # one program: jax.jacfwd's Jacobian (was op by op) and every order's
+        expected, jacobians = jax.jit(lambda x: (jax.jacfwd(f)(x), [interpreter.jacobian(f, o)(x) for o in _ORDERS]))(x)
+        expected = np.asarray(expected)
     assert np.all(np.isfinite(expected))
     for order, actual in zip(_ORDERS, jacobians):
         np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-10, atol=1e-12, err_msg=order)
@@ -80,9 +80,8 @@ def test_an_entry_the_rule_multiplies_stays_nan(f, entry):
     """The support is the entries JAX's rule multiplies, exact zeros included: the pole's column
     stays NaN in the rows that read it, NaN in jax.jacfwd too (none where jax.jacfwd is finite)."""
     with jax.enable_x64(True):
-        x = jnp.asarray(_X)
-        expected = np.asarray(jax.jacfwd(f)(x))
-        actual = np.asarray(jax.jit(interpreter.jacobian(f, "reverse"))(x))
+        x = jnp.asarray(_X)  # one program: jax.jacfwd's Jacobian (was op by op) and the order's
+        expected, actual = map(np.asarray, jax.jit(lambda x: (jax.jacfwd(f)(x), interpreter.jacobian(f, "reverse")(x)))(x))
     assert not np.any(np.isnan(actual) & np.isfinite(expected))
     assert np.isnan(expected[entry]) and np.isnan(actual[entry])
     finite = np.isfinite(actual) & np.isfinite(expected)
@@ -100,7 +99,6 @@ def test_zeros_of_a_partial_do_not_meet_the_pole_on_the_tape(f, monkeypatch):
         x = jnp.asarray(_X)
         graph = interpreter.graph_of(f, x)
         _tape.build(graph, interpreter._jacobian.plan(graph, interpreter._jacobian.resolve_order(graph, "reverse")))
-        expected = np.asarray(jax.jacfwd(f)(x))
-        actual = np.asarray(jax.jit(interpreter.jacobian(f, "reverse"))(x))
+        expected, actual = map(np.asarray, jax.jit(lambda x: (jax.jacfwd(f)(x), interpreter.jacobian(f, "reverse")(x)))(x))
     assert np.all(np.isfinite(expected))
     np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)
