@@ -35,7 +35,7 @@ from alphagrad.graph._orders import (
 from alphagrad.graph._reference import ReferenceInfo, load_reference, reference_info, reference_names
 from alphagrad.graph._rules import BINARY as ELEMENTWISE_BINARY
 from alphagrad.graph._rules import LINEAR_IN as LINEAR_OPERANDS
-from alphagrad.graph._rules import LINEARISED_INDEX_MAPS, edge_codes
+from alphagrad.graph._rules import LINEARISED_INDEX_MAPS, edge_codes, labelled_structure
 from alphagrad.graph._rules import normalise as normalise_shape
 from alphagrad.graph._structure import (
     FIRST_EXTENDED_CODE,
@@ -116,6 +116,7 @@ __all__ = [
     "extended_cost_model",
     "cost_models",
     "edge_codes",
+    "labelled_structure",
     "elimination_costs",
     "forward",
     "jacobian_graph",

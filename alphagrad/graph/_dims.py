@@ -11,7 +11,7 @@ more structural axes (row-major: the axis is their product, in order), and
 - a reshape, squeeze or expand_dims asks both sides to be split at the same flat strides,
 - an elementwise operation, transpose, broadcast, reduction, dot_general or convolution asks the
   axes it carries over (same axis, permuted axis, kept axis, batch and free axes, the batch of a
-  convolution) to be split alike.
+  convolution and its output features with the kernel's) to be split alike.
 
 Splits only ever get finer, so the fixed point exists and is reached. Two requests that cannot both
 hold (an axis of 12 split as 3 x 4 by one use and as 2 x 6 by another: no row-major split has both)
@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
+
+from alphagrad.graph import _rules
 
 __all__ = ["structural_dims", "structural_dims_of_jaxpr", "split_of", "EquationView"]
 
@@ -159,6 +161,17 @@ def _requests(eqn: EquationView) -> list[tuple]:
         for x, shape in eqn.ins:
             if x is not None and tuple(shape) == out_shape:
                 requests += [("axis", out, k, x, k) for k in range(len(out_shape))]
+    elif name == "conv_general_dilated":
+        # Batch with batch (d(out)/d(lhs) is tied there), the output's features with the kernel's
+        # output features (d(out)/d(kernel): `_rules._convolution_kernel_tie`).
+        lhs_spec, rhs_spec, out_spec = params["dimension_numbers"]
+        if params.get("batch_group_count", 1) == 1:
+            if first is not None:
+                requests.append(("axis", out, out_spec[0], first, lhs_spec[0]))
+                if _rules.depthwise(params, shape_of[first], out_shape):  # its features tie too
+                    requests.append(("axis", out, out_spec[1], first, lhs_spec[1]))
+            if len(ins) == 2 and ins[1] is not None:
+                requests.append(("axis", out, out_spec[1], ins[1], rhs_spec[0]))
     elif first is None:
         return []
     elif name in _RESHAPES:
@@ -182,10 +195,6 @@ def _requests(eqn: EquationView) -> list[tuple]:
         requests += [("axis", out, len(lb) + j, lhs, d) for j, d in enumerate(lfree)]
         requests += [("axis", out, len(lb) + len(lfree) + j, rhs, d) for j, d in enumerate(rfree)]
         requests += [("axis", lhs, a, rhs, b) for a, b in zip(lc, rc)]
-    elif name == "conv_general_dilated":
-        lhs_spec, _, out_spec = params["dimension_numbers"]
-        if params.get("batch_group_count", 1) == 1:
-            requests.append(("axis", out, out_spec[0], first, lhs_spec[0]))
     return requests
 
 

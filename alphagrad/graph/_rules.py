@@ -444,6 +444,25 @@ def _convolution_leading_ties(params) -> tuple[str | None, str | None]:
     return ("K" if batched else None), None
 
 
+def _convolution_kernel_tie(params) -> str:
+    """The kind of the tie of d(out)/d(kernel) between the output's feature axis and the kernel's
+    output-feature axis: output feature o reads only kernel slice o, so the partial is zero off
+    their diagonal. Without feature groups its values (the input's patches, [batch, spatial...,
+    window..., in features]) are the same for every o ("K"); with groups each o reads its group's
+    input features ("D": values per o)."""
+    return "K" if params.get("feature_group_count", 1) == 1 else "D"
+
+
+def depthwise(params, lhs_shape, out_shape) -> bool:
+    """Whether a convolution is depthwise with one output feature per input feature (feature groups
+    as many as the input's features, and as many output features): output feature c reads input
+    feature c alone, a "D" tie between the two feature axes of d(out)/d(lhs) (values: the kernel's
+    taps for c)."""
+    lhs_spec, _, out_spec = params["dimension_numbers"]
+    groups = params.get("feature_group_count", 1)
+    return groups > 1 and lhs_shape[lhs_spec[1]] == groups == out_shape[out_spec[1]]
+
+
 def _high_rank_codes(name, norm, out, params, live, in_shapes, out_shape) -> dict[int, int]:
     """Exact-model codes for an equation touching an array of 3 or more dimensions.
 
@@ -634,10 +653,18 @@ def labelled_structure(name: str, params: dict[str, Any], in_shapes: Sequence[Sh
         ties += _tied(out_runs, in_runs, out_dims, in_dims, [(offset + j, d) for j, d in enumerate(free)], "K")
         return axis_ties(rank_o, rank_i, ties, True) if ties else DENSE
     if name == "conv_general_dilated":
-        lhs_spec, _, out_spec = params["dimension_numbers"]
-        if position != 0 or params.get("batch_group_count", 1) != 1:
+        lhs_spec, rhs_spec, out_spec = params["dimension_numbers"]
+        if params.get("batch_group_count", 1) != 1:
             return DENSE
-        ties = _tied(out_runs, in_runs, out_dims, in_dims, [(out_spec[0], lhs_spec[0])], "K")
+        if position == 0:
+            ties = _tied(out_runs, in_runs, out_dims, in_dims, [(out_spec[0], lhs_spec[0])], "K")
+            if depthwise(params, in_shape, out_shape):  # output feature c reads input feature c only
+                ties += _tied(out_runs, in_runs, out_dims, in_dims, [(out_spec[1], lhs_spec[1])], "D")
+        elif out_shape[out_spec[1]] == 1:  # one output feature (jnp.convolve): nothing to tie
+            return DENSE
+        else:
+            ties = _tied(out_runs, in_runs, out_dims, in_dims, [(out_spec[1], rhs_spec[0])],
+                         _convolution_kernel_tie(params))
         return axis_ties(rank_o, rank_i, ties, True) if ties else DENSE
     if name in ("reduce_max", "reduce_min"):
         kept = [d for d in range(len(in_shape)) if d not in params["axes"]]

@@ -75,7 +75,8 @@ def structural_primitives_markdown() -> str:
          "index map 11 (`reduce_sum`, exact model), Kronecker/diagonal ties otherwise"),
         ("contraction", _rules.CONTRACTIONS,
          "Kronecker ties on free dimensions, diagonal ties on batch dimensions; a convolution is tied "
-         "along its batch axis (exact model, rank >= 3)"),
+         "along its batch axis in its input (a depthwise one also along its features) and between the "
+         "output's and the kernel's output features in its kernel (exact model, rank >= 3)"),
         ("scaling scatters", _rules.SCALING_SCATTERS,
          "diagonal (6; 1 on a scalar) in the operand (entry k times the updates scattered onto k), "
          "dense in the updates"),

@@ -52,6 +52,7 @@ from alphagrad.interpreter._poles import (
     FINITE_PARTIALS, NO_POLE, POLE_ENTRYWISE, POLE_SPREAD, away_from_zero_value, bounded_operand, bounded_value, computed_from_constants,
     fold_constants, has_finite_partials, pole_passes, reads_only_the_others, tested_arguments,
 )
+from alphagrad.interpreter._convolution import convolution_values
 from alphagrad.interpreter._labelled import Labelled, densify_labelled, labelled_partial
 from alphagrad.interpreter._structured import (
     _NUMPY_RULES,
@@ -655,6 +656,11 @@ def _constant_local_derivative(eqn: Equation, values: list[Any], position: int, 
     return local
 
 
+#: A convolution's labelled partials gathered from its operands (`_convolution.convolution_values`),
+#: not by one JVP per entry of the operand's untied axes; False for A/B.
+CONVOLUTION_VALUES = True
+
+
 def _labelled_partial_of(graph: Graph, eqn: Equation, values: list[Any], positions: list[int], edge,
                          output: int) -> Partial:
     """The partial of an edge with a labelled structure (code 12 on: `graph.Graph.structures`),
@@ -665,8 +671,14 @@ def _labelled_partial_of(graph: Graph, eqn: Equation, values: list[Any], positio
         return _bind_all(eqn, [y if i in positions else v for i, v in enumerate(values)])[output]
 
     ties = graph.structures[edge.code - FIRST_EXTENDED_CODE]
-    value = labelled_partial(of_operand, x, ties, graph.dims[edge.dst - 1], graph.dims[edge.src - 1],
-                             jnp.result_type(x))
+    out_dims, in_dims, dtype = graph.dims[edge.dst - 1], graph.dims[edge.src - 1], jnp.result_type(x)
+    if CONVOLUTION_VALUES and eqn.primitive is jax.lax.conv_general_dilated_p and len(positions) == 1:
+        gathered = convolution_values(eqn.params, values[0], values[1], positions[0], ties, eqn.avals[output].shape,
+                                      out_dims, in_dims, dtype)
+        if gathered is not None:
+            value = Labelled(ties, tuple(out_dims), tuple(in_dims), gathered.astype(dtype))
+            return Partial(edge.code, edge.out_shape, edge.in_shape, value)
+    value = labelled_partial(of_operand, x, ties, out_dims, in_dims, dtype)
     return Partial(edge.code, edge.out_shape, edge.in_shape, value)
 
 
