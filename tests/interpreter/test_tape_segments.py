@@ -56,25 +56,35 @@ def _close(got, want):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("fn, order", [(fn, order) for fn in (soft_dtw, turns) for order in ("forward", "reverse")])
-def test_narrow_segments_give_jacfwd(segmented, fn, order):
+@pytest.mark.parametrize("fn", [soft_dtw, turns], ids=["soft_dtw", "turns"])
+def test_narrow_segments_give_jacfwd(segmented, fn):
+    orders = ("forward", "reverse")
     with jax.enable_x64(True):
         args = tuple(jnp.asarray(a) for a in CASES[fn])
         g = interpreter.graph_of(fn, *args, argnums=(0, 1))
-        steps = graph.plan(g, graph.resolve_order(g, order))
-        tape = _tape.build(g, steps)
-        wide, narrow, schedule = tape.segments
-        assert narrow.K < wide.K and len(narrow.eq_kind) > len(wide.eq_kind) // 2
-        assert len(schedule) == (2 if fn is soft_dtw else 4)  # a wide start (empty narrow range), then turns
-        assert np.sum(schedule[:, 1] - schedule[:, 0]) == len(narrow.eq_kind)
-        assert np.sum(schedule[:, 3] - schedule[:, 2]) == len(wide.eq_kind)
-        assert _jacobian._tape_of(g, steps) is not None
-        expected = jax.jacfwd(fn, argnums=(0, 1))(*args)
-        _close(jax.jit(interpreter.jacobian(fn, order, argnums=(0, 1)))(*args), expected)
-        if order == "reverse":  # under vmap: the batched branches of both bodies
-            batched = tuple(jnp.stack([a, 0.9 * a]) for a in args)
-            _close(jax.jit(jax.vmap(interpreter.jacobian(fn, order, argnums=(0, 1))))(*batched),
-                   jax.vmap(jax.jacfwd(fn, argnums=(0, 1)))(*batched))
+        for order in orders:
+            steps = graph.plan(g, graph.resolve_order(g, order))
+            tape = _tape.build(g, steps)
+            wide, narrow, schedule = tape.segments
+            assert narrow.K < wide.K and len(narrow.eq_kind) > len(wide.eq_kind) // 2
+            assert len(schedule) == (2 if fn is soft_dtw else 4)  # a wide start (empty narrow range), then turns
+            assert np.sum(schedule[:, 1] - schedule[:, 0]) == len(narrow.eq_kind)
+            assert np.sum(schedule[:, 3] - schedule[:, 2]) == len(wide.eq_kind)
+            assert _jacobian._tape_of(g, steps) is not None
+        # Under vmap (reverse order): the batched branches of both bodies.
+        batched = tuple(jnp.stack([a, 0.9 * a]) for a in args)
+
+        @jax.jit  # one program: jax.jacfwd's Jacobians (were op by op) and both orders', batched too
+        def all_of_them(args, batched):
+            return (jax.jacfwd(fn, argnums=(0, 1))(*args),
+                    [interpreter.jacobian(fn, order, argnums=(0, 1))(*args) for order in orders],
+                    jax.vmap(interpreter.jacobian(fn, "reverse", argnums=(0, 1)))(*batched),
+                    jax.vmap(jax.jacfwd(fn, argnums=(0, 1)))(*batched))
+
+        expected, jacobians, batched_got, batched_expected = all_of_them(args, batched)
+        for got in jacobians:
+            _close(got, expected)
+        _close(batched_got, batched_expected)
 
 
 def test_without_wide_equations_one_loop(segmented):
