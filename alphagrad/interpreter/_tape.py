@@ -108,8 +108,9 @@ as one equation per result used (a ``split`` as slices; a sort of several operan
 ``while`` or ``scan`` as the primitive with that result picked); no equation holds a sub-jaxpr
 but a ``cond``, a ``while``, a ``scan`` whose loop plan takes its partials whole (mode "whole";
 chained plans count products the tape does not perform), a scatter's combiner, a linear solve
-(``custom_linear_solve``: ``jnp.linalg.solve``) or a function with a custom JVP rule (bound
-whole, differentiated by JAX's JVP of it, its rule for the latter; the floating-point literals of
+(``custom_linear_solve``: ``jnp.linalg.solve``), a function with a custom JVP rule or one with a
+custom VJP rule (bound whole, differentiated by JAX's JVP of it, its rule for a custom JVP, the
+rows of its rule for a custom VJP, `_VJP_RULED`; the floating-point literals of
 its sub-programs are constant operands, `_lift_literals`, so steps that differ only in their
 coefficients share a kind); the
 buffers are float64 when
