@@ -1512,7 +1512,8 @@ def _eliminate_all(graph: Graph, steps: Sequence[Step], leaves: list[Any], count
                         partial = _select_support(values, positions, partial)
                     elif partial.code == INDEX_MAP and poles.get(e.src, _NO_POLE) != _NO_POLE:
                         partial = _run_time_map_support(partial)
-                    elif partial.code == 1 and poles.get(e.src, _NO_POLE) != _NO_POLE:
+                    elif (partial.code == 1 and eqn.primitive is not None and eqn.primitive.name in ELEMENTWISE_BINARY
+                          and poles.get(e.src, _NO_POLE) != _NO_POLE):
                         partial = _broadcast_support(eqn, values, positions, partial, k)
                     elif (DENSE_SUPPORT_PROBE and eqn.primitive is not None and eqn.primitive.name in _WINDOWED
                           and ruled_poles.get(e.src, _NO_POLE) != _NO_POLE):
