@@ -60,27 +60,36 @@ def _close(a, b):
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-14), a, b)
 
 
-@pytest.mark.parametrize("order", ["forward", "reverse"])
 @pytest.mark.parametrize("fn", [stacked, flat])
-def test_large_arguments_read_by_movements_run_on_the_tape(small_tape, fn, order):
+def test_large_arguments_read_by_movements_run_on_the_tape(small_tape, fn):
+    orders = ("forward", "reverse")
     with jax.enable_x64(True):
         x, W, b = _args(np.random.default_rng(0))
         args = (x, W, b) if fn is stacked else (x, W.reshape(-1))
         argnums = tuple(range(len(args)))
         g = interpreter.graph_of(fn, *args, argnums=argnums)
-        steps = graph.plan(g, graph.resolve_order(g, order))
-        tape = _tape.build(g, steps)
-        assert max(tape.width) <= 32  # no loop step gathers or writes a large argument whole
-        assert bool(tape.early) == (fn is flat)
-        if fn is flat:  # the reshape and the transpose of it: 96 entries each, before the loop
-            assert [len(s) for _, s in tape.early] == [96, 96]
-        assert _jacobian._tape_of(g, steps) is not None
-        expected = jax.jacfwd(fn, argnums=argnums)(*args)
-        _close(jax.jit(interpreter.jacobian(fn, order, argnums=argnums))(*args), expected)
-        if order == "reverse":  # under vmap: [slots, batch] buffers, the early gather included
-            batched = tuple(jnp.stack([a, 1.1 * a]) for a in args)
-            _close(jax.jit(jax.vmap(interpreter.jacobian(fn, order, argnums=argnums)))(*batched),
-                   jax.vmap(jax.jacfwd(fn, argnums=argnums))(*batched))
+        for order in orders:
+            steps = graph.plan(g, graph.resolve_order(g, order))
+            tape = _tape.build(g, steps)
+            assert max(tape.width) <= 32  # no loop step gathers or writes a large argument whole
+            assert bool(tape.early) == (fn is flat)
+            if fn is flat:  # the reshape and the transpose of it: 96 entries each, before the loop
+                assert [len(s) for _, s in tape.early] == [96, 96]
+            assert _jacobian._tape_of(g, steps) is not None
+        # Under vmap (reverse order): [slots, batch] buffers, the early gather included.
+        batched = tuple(jnp.stack([a, 1.1 * a]) for a in args)
+
+        @jax.jit  # one program: jax.jacfwd's Jacobians (were op by op) and both orders', batched too
+        def all_of_them(args, batched):
+            return (jax.jacfwd(fn, argnums=argnums)(*args),
+                    [interpreter.jacobian(fn, order, argnums=argnums)(*args) for order in orders],
+                    jax.vmap(interpreter.jacobian(fn, "reverse", argnums=argnums))(*batched),
+                    jax.vmap(jax.jacfwd(fn, argnums=argnums))(*batched))
+
+        expected, jacobians, batched_got, batched_expected = all_of_them(args, batched)
+        for got in jacobians:
+            _close(got, expected)
+        _close(batched_got, batched_expected)
 
 
 def test_arithmetic_on_a_large_argument_stays_refused(small_tape):
