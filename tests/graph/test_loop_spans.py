@@ -16,6 +16,16 @@ from alphagrad.graph import _loops
 _TAGS = np.array([0, 2, 1, 3, 3, 0])
 
 
+@pytest.fixture(autouse=True)
+def auto_cache(tmp_path, monkeypatch):
+    """An empty order cache of the test's own and a tiny search budget for "auto" (as the corpus
+    tests): the default budget searched 1-10 s per graph (29 s over the file) and wrote its
+    orders to ~/.cache/alphagrad; these tests check that "auto"'s Jacobian is exact, not the
+    search."""
+    monkeypatch.setenv("ALPHAGRAD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ALPHAGRAD_AUTO_SECONDS", "0.05")  # the floor of classic orders, then a short search
+
+
 def _transport_plan(C, a, b):
     """Log-domain Sinkhorn (fori_loop of 20 steps, logsumexp); the transport plan."""
     eps = 0.1
