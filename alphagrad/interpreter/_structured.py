@@ -441,6 +441,20 @@ def _np_cumsum(x, *, axis, reverse):
     return np.flip(np.cumsum(np.flip(x, axis), axis), axis) if reverse else np.cumsum(x, axis)
 
 
+def _np_reduce_window_sum(x, *, window_dimensions, window_strides, padding, base_dilation, window_dilation):
+    """lax.reduce_window_sum in NumPy: the base dilated and padded (`_np_pad`), then each window's
+    (dilated) entries at each stride summed over a strided view (nothing copied but the sums)."""
+    x = _np_pad(x, np.zeros((), x.dtype),
+                padding_config=[(lo, hi, d - 1) for (lo, hi), d in zip(padding, base_dilation)])
+    spans = [(w - 1) * d + 1 for w, d in zip(window_dimensions, window_dilation)]
+    if any(span > n for span, n in zip(spans, x.shape)):  # no whole window: an empty output
+        return np.zeros([max(0, (n - span) // s + 1) for n, span, s in zip(x.shape, spans, window_strides)], x.dtype)
+    view = np.lib.stride_tricks.sliding_window_view(x, spans)
+    view = view[tuple(slice(None, None, s) for s in window_strides)
+                + tuple(slice(None, None, d) for d in window_dilation)]
+    return view.sum(axis=tuple(range(x.ndim, 2 * x.ndim)), dtype=x.dtype)
+
+
 def _np_iota(*, dtype, shape, dimension, **_):
     index = [1] * len(shape)
     index[dimension] = shape[dimension]
@@ -477,6 +491,7 @@ _NUMPY_RULES: dict[str, Callable] = {
     "gt": lambda x, y, **_: np.greater(x, y), "ge": lambda x, y, **_: np.greater_equal(x, y),
     "select_n": _np_select_n,
     "concatenate": lambda *xs, dimension: np.concatenate(xs, dimension),
+    "reduce_window_sum": _np_reduce_window_sum,
     "split": lambda x, *, sizes, axis: np.split(x, np.cumsum(sizes)[:-1], axis),
     "slice": lambda x, *, start_indices, limit_indices, strides: x[tuple(
         slice(a, b, s) for a, b, s in zip(start_indices, limit_indices, strides or [1] * x.ndim))],
