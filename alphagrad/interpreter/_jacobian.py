@@ -5,7 +5,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import itertools
 import math
+import operator
 import re
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +28,7 @@ from alphagrad.graph import (
     LINEARISED_INDEX_MAPS,
     LINEAR_OPERANDS,
     VALUELESS,
+    AxisTies,
     Equation,
     Graph,
     LeafRef,
@@ -34,6 +37,7 @@ from alphagrad.graph import (
     Product,
     SUPPORTED_PRIMITIVES,
     Step,
+    axis_ties_of,
     ValueRef,
     bind_python_leaves,
     cost_model_of,
@@ -182,11 +186,14 @@ DOT_VALUE_CONSTANT_INDICES_MAX = 2**16
 #: primal; small per-example graphs run the programs the run-time benchmarks measured).
 DENSE_SEEDS_MAX = 2**20
 
-#: A dot_general partial with tied operand axes whose seeds or responses would have more entries
-#: than this is gathered (`_dot_general_value`); below, the seeded JVP is kept, so small
-#: per-example graphs run the programs the run-time benchmarks measured (an interleaved A/B on a
-#: vmapped 3-8-2 MLP at batch 4096 found the gather no slower: 1.5 vs 2.9 ms forward, load 7).
-DOT_SEEDS_MAX = 2**20
+#: Build dot_general partials in their structure's layout straight off the other operand
+#: (`_dot_general_tied_value`: slices, a transpose, a broadcast and one select, the value's size);
+#: False (tests): the dense partial where no operand axis is tied, else the gather
+#: (`_dot_general_value`). Never a seeded JVP: with a Kronecker tie it multiplied the other operand
+#: by one-hot seeds along the tie and kept index 0 (x[16, 32] @ W1[32, 64]: 16*32*32*64
+#: multiply-adds for the 512 entries of x; a 2-layer MLP's jit(jacobian(loss)) ran 4.5-8.9x
+#: jax.jacrev's time, 0.6-1.1x built directly).
+DOT_DIRECT = True
 
 
 class _DotLayout(NamedTuple):
@@ -456,6 +463,146 @@ def _dot_general_value(values: list[Any], params: dict, wrt: int, dtype, code: i
     return jnp.broadcast_to(jnp.where(mask, gathered, jnp.zeros((), dtype)), value_shape)
 
 
+def _common_refinement(a: Sequence[int], b: Sequence[int]) -> list[int] | None:
+    """The coarsest row-major factorisation (sizes > 1) of which both `a` and `b` (factorisations of
+    the same count) are groupings of consecutive factors; None if there is none ((2, 3) and (3, 2))."""
+    def cuts(sizes):
+        return set(itertools.accumulate(sizes, operator.mul))
+
+    refined, previous = [], 1
+    for cut in sorted(cuts(a) | cuts(b)):
+        if cut % previous:
+            return None
+        if cut > previous:
+            refined.append(cut // previous)
+        previous = cut
+    return refined
+
+
+def _groups(sizes: Sequence[int], refined: Sequence[int]) -> list[list[int]]:
+    """The indices into `refined` that each axis of `sizes` (a grouping of them) spans."""
+    groups, at = [], 0
+    for size in sizes:
+        group, count = [], 1
+        while count < size:
+            count *= refined[at]
+            group.append(at)
+            at += 1
+        groups.append(group)
+    return groups
+
+
+def _dot_general_tied_value(values: list[Any], params: dict, wrt: int, ties: AxisTies, out_dims, in_dims,
+                            dtype) -> jax.Array | None:
+    """The value array of d dot_general / d operand `wrt` in the layout `ties` (between the
+    structural dims `out_dims` of the output and `in_dims` of the operand), built off the other
+    operand by slicing, transposing, broadcasting and one select: no multiplication, no gather,
+    nothing larger than the value itself.
+
+    The partial is the other operand placed on the diagonals of the product's ties
+    (`_dot_general_layout`); a Kronecker tie of `ties` reads it at index 0 of both its sides, a
+    diagonal one keeps its output side. Works on the common refinement of the product's axes and
+    the structural dims (a dim that merges or splits axes). None where they have none, where a tie
+    of `ties` is not one of the product's, or where the other operand would be read on a diagonal
+    (the caller then gathers).
+    """
+    layout = _dot_general_layout(values, params, wrt)
+    out_axes, me_axes = list(layout.out_sizes), list(np.shape(layout.me))
+    value_shape = [(out_dims if side == "out" else in_dims)[k] for side, k in ties.value_axes]
+    if 0 in out_axes or 0 in me_axes:
+        return jnp.zeros(value_shape, dtype)
+    out_ref = _common_refinement(out_axes, out_dims)
+    me_ref = _common_refinement(me_axes, in_dims)
+    if out_ref is None or me_ref is None:
+        return None
+    n_out = len(out_axes)
+    product_ties = {a: b - n_out for a, b in layout.ties}  # output axis -> operand axis
+
+    # Refine both sides until every tie (the product's, by axes; a diagonal one of `ties`, by dims)
+    # pairs runs of equal factors.
+    def spans():
+        return (_groups(out_axes, out_ref), _groups(me_axes, me_ref),
+                _groups(out_dims, out_ref), _groups(in_dims, me_ref))
+
+    for _ in range(64):
+        out_g, me_g, odim_g, idim_g = spans()
+        pairs = [(out_g[a], me_g[b]) for a, b in product_ties.items()]
+        pairs += [(odim_g[o], idim_g[i]) for o, i, kind in ties.ties if kind == "D"]
+        for left, right in pairs:
+            sizes_l, sizes_r = [out_ref[r] for r in left], [me_ref[r] for r in right]
+            if sizes_l != sizes_r:
+                common = _common_refinement(sizes_l, sizes_r)
+                if common is None:
+                    return None
+                if left:
+                    out_ref[left[0]:left[-1] + 1] = common
+                if right:
+                    me_ref[right[0]:right[-1] + 1] = common
+                break
+        else:
+            break
+    else:
+        return None
+    out_g, me_g, odim_g, idim_g = spans()
+    # Every tie of `ties` must be one of the product's, factor by factor.
+    tied_to = {}  # (out refined axis) <-> (operand refined axis) pairs of the product's ties
+    for a, b in product_ties.items():
+        for r, s in zip(out_g[a], me_g[b]):
+            tied_to[("out", r)], tied_to[("in", s)] = ("in", s), ("out", r)
+    other_on = {}  # refined axes of J the other operand runs along
+    for d in range(np.ndim(layout.other)):
+        t = layout.target[d]
+        for r in (out_g[t] if t < n_out else me_g[t - n_out]):
+            other_on[("out" if t < n_out else "in", r)] = True
+    for o, i, kind in ties.ties:
+        if len(odim_g[o]) != len(idim_g[i]):
+            return None
+        for r, s in zip(odim_g[o], idim_g[i]):
+            if tied_to.get(("out", r)) != ("in", s) or (kind == "K" and (("out", r) in other_on or ("in", s) in other_on)):
+                return None
+    # Where each refined axis of J is read: at 0 (a Kronecker tie) or along a refined value axis.
+    value_ref = []  # refined value axes: (side, refined axis)
+    for side, k in ties.value_axes:
+        value_ref += [(side, r) for r in (odim_g[k] if side == "out" else idim_g[k])]
+    read = {}
+    for o, i, kind in ties.ties:
+        for r, s in zip(odim_g[o], idim_g[i]):
+            read[("out", r)] = None if kind == "K" else value_ref.index(("out", r))
+            read[("in", s)] = read[("out", r)]
+    for u, axis in enumerate(value_ref):
+        read.setdefault(axis, u)
+    # The other operand, its axes split into their refined factors.
+    other = jnp.asarray(layout.other, dtype)
+    split, along = [], []
+    for d in range(np.ndim(other)):
+        t = layout.target[d]
+        for r in (out_g[t] if t < n_out else me_g[t - n_out]):
+            split.append(out_ref[r] if t < n_out else me_ref[r])
+            along.append(read[("out" if t < n_out else "in", r)])
+    placed = [u for u in along if u is not None]
+    if len(set(placed)) < len(placed):
+        return None  # the other operand read on a diagonal
+    other = other.reshape(split)[tuple(0 if u is None else slice(None) for u in along)]
+    other = jnp.transpose(other, np.argsort(placed)) if placed != sorted(placed) else other
+    value_sizes = [out_ref[r] if side == "out" else me_ref[r] for side, r in value_ref]
+    shape = [1] * len(value_sizes)
+    for u in placed:
+        shape[u] = value_sizes[u]
+    full = jnp.broadcast_to(other.reshape(shape), value_sizes)
+    # The product's ties that `ties` drops: a delta between two value axes, or index 0 of one.
+    mask = None
+    for r, s in ((r, s) for (side, r), (_, s) in tied_to.items() if side == "out"):
+        u, w = read[("out", r)], read[("in", s)]
+        if u == w:
+            continue
+        size = out_ref[r]
+        iota = functools.partial(jax.lax.broadcasted_iota, jnp.int32, value_sizes)
+        eq = (iota(u) == iota(w)) if u is not None and w is not None else (iota(u if w is None else w) == 0)
+        mask = eq if mask is None else mask & eq
+    value = full if mask is None else jnp.where(mask, full, jnp.zeros((), dtype))
+    return value.reshape(value_shape)
+
+
 #: Linearised index maps whose operands have at most this many entries each are linearised at
 #: trace time where their inputs are known then (`_linearised_index_map`).
 LINEARISE_AT_TRACE_TIME_MAX = 2**14
@@ -584,6 +731,12 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
     free_p = [pos for pos in (3, 4) if pos not in tied_p]
     # Seeds: ones along tied operand indices (the tie picks one entry), a one-hot per free index.
     num_seeds = math.prod(sizes[pos] for pos in free_p)
+    if DOT_BY_SELECTION and DOT_DIRECT and eqn.primitive is jax.lax.dot_general_p:
+        # One operand, or both (x @ x.T): the sum of both operands' partials, each in this layout.
+        terms = [_dot_general_tied_value(values, eqn.params, p, axis_ties_of(code), out_shape, in_shape, dtype)
+                 for p in positions]
+        if all(term is not None for term in terms):
+            return Partial(code, out_shape, in_shape, functools.reduce(operator.add, terms))
     if DOT_BY_SELECTION and eqn.primitive is jax.lax.dot_general_p and len(positions) == 1:
         if num_seeds == math.prod(in_shape):
             # Every operand entry needs its own seed anyway, so the dense partial is no larger than
@@ -591,10 +744,9 @@ def _partial_of(eqn: Equation, values: list[Any], positions: list[int], code: in
             dense = _dot_general_partial(values, eqn.params, positions[0], dtype)
             dense = dense.reshape(*out_shape, *in_shape)
             return Partial(code, out_shape, in_shape, dense if code == 1 else extract(dense, code))
-        if num_seeds * max(math.prod(in_shape), math.prod(out_shape)) > DOT_SEEDS_MAX:
-            # Tied operand positions, and seeds or responses too large to hold: gathered instead.
-            return Partial(code, out_shape, in_shape,
-                           _dot_general_value(values, eqn.params, positions[0], dtype, code, out_shape, in_shape))
+        # Tied operand positions: gathered, the value's size (seeds would cost it times the ties).
+        return Partial(code, out_shape, in_shape,
+                       _dot_general_value(values, eqn.params, positions[0], dtype, code, out_shape, in_shape))
     if (code == 1 and num_seeds * math.prod(in_shape) > DENSE_SEEDS_MAX
             and _ROW_COST * math.prod(out_shape) < num_seeds):
         _, by_rows = _dense_partials_by_rows(lambda x: (of_operand(x),), (jnp.asarray(values[positions[0]]),), [0],
@@ -678,6 +830,11 @@ def _labelled_partial_of(graph: Graph, eqn: Equation, values: list[Any], positio
         if gathered is not None:
             value = Labelled(ties, tuple(out_dims), tuple(in_dims), gathered.astype(dtype))
             return Partial(edge.code, edge.out_shape, edge.in_shape, value)
+    if DOT_BY_SELECTION and DOT_DIRECT and eqn.primitive is jax.lax.dot_general_p and ties.has_values:
+        terms = [_dot_general_tied_value(values, eqn.params, p, ties, out_dims, in_dims, dtype) for p in positions]
+        if all(term is not None for term in terms):
+            return Partial(edge.code, edge.out_shape, edge.in_shape,
+                           Labelled(ties, tuple(out_dims), tuple(in_dims), functools.reduce(operator.add, terms)))
     value = labelled_partial(of_operand, x, ties, out_dims, in_dims, dtype)
     return Partial(edge.code, edge.out_shape, edge.in_shape, value)
 

@@ -264,11 +264,12 @@ def test_a_weight_partial_is_gathered_at_its_own_size_not_seeded():
 
 
 def test_gathered_dot_general_partials_equal_jacfwd_in_every_layout(monkeypatch):
-    """The gathered values (`_dot_general_value`, used where seeds would be large), forced on small
-    products with batch, contracting and free axes on either side, give jax.jacfwd's Jacobian."""
+    """The gathered values (`_dot_general_value`, where the direct construction does not apply),
+    forced on small products with batch, contracting and free axes on either side, give
+    jax.jacfwd's Jacobian."""
     from alphagrad.interpreter import _jacobian
 
-    monkeypatch.setattr(_jacobian, "DOT_SEEDS_MAX", 0)
+    monkeypatch.setattr(_jacobian, "DOT_DIRECT", False)
     rng = np.random.default_rng(2)
     with jax.enable_x64(True):
         a, b, c = (jnp.asarray(rng.normal(size=shape)) for shape in ((2, 3, 2), (2, 2, 3), (3, 2)))

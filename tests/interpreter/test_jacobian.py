@@ -235,6 +235,7 @@ def test_order_file_from_the_default_trace_is_accepted(tmp_path):
         lambda x: jax.lax.dynamic_slice(x, (1,), (2,)) * x[0],
         lambda x: jnp.stack([x, 2.0 * x]).T @ jnp.ones(2),
         lambda x: jnp.broadcast_to(x, (3, 4)) * x[:3, None],
+        lambda x: (lambda m: jnp.sin(m @ m).T @ m)(x.reshape(2, 2)),  # both operands of a product
     ],
 )
 def test_structural_primitives(fn):
