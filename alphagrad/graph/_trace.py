@@ -420,10 +420,11 @@ class _Builder:
                     for var, out in zip(eqn.outvars, self.unroll_scan(eqn, operands, model, source)):
                         env[var] = out
                     continue
-            if (final is not None and name in ("scan", "while") and not fused
+            if (final is not None and (name in ("scan", "while") and not fused or name == "large_span")
                     and _loops.tail_may_be_narrow(eqn, least_exit(), differentiated)):
-                # A kept loop whose values reach only a narrow part of f's outputs: one span with
-                # the equations that read them, its partial by VJP rows of those outputs.
+                # A kept loop (or a large span: a CNN's convolutions and dense layer, whose output
+                # is the loss's input) whose values reach only a narrow part of f's outputs: one span
+                # with the equations that read them, its partial by VJP rows of those outputs.
                 tail = _loops.narrow_tail_span([e for e, _ in pending], at - 1, returned.get, differentiated)
                 if tail is not None:
                     call, members = tail
