@@ -504,7 +504,7 @@ def _dot_general_tied_value(values: list[Any], params: dict, wrt: int, ties: Axi
     diagonal one keeps its output side. Works on the common refinement of the product's axes and
     the structural dims (a dim that merges or splits axes). None where they have none, where a tie
     of `ties` is not one of the product's, or where the other operand would be read on a diagonal
-    (the caller then gathers).
+    (the caller then gathers a 2-D code's value, and seeds a labelled one: `labelled_partial`).
     """
     layout = _dot_general_layout(values, params, wrt)
     out_axes, me_axes = list(layout.out_sizes), list(np.shape(layout.me))
