@@ -303,11 +303,16 @@ def test_tape_keeps_a_selected_constant_after_a_pole_under_vmap(monkeypatch):
         masks = jnp.asarray(np.array([[True, False, True, False], [False, False, True, True],
                                       [True, True, True, True]]))
         p = jnp.asarray(P)
-        batched = jax.vmap(interpreter.jacobian(_masked_by_an_argument, "reverse"), in_axes=(0, None, 0))
+        def batched():
+            return jax.vmap(interpreter.jacobian(_masked_by_an_argument, "reverse"), in_axes=(0, None, 0))
+
         expected, straight = jax.jit(lambda *a: (  # one program (vmap op by op took seconds)
-            jax.vmap(jax.jacfwd(_masked_by_an_argument), in_axes=(0, None, 0))(*a), batched(*a)))(xs, p, masks)
+            jax.vmap(jax.jacfwd(_masked_by_an_argument), in_axes=(0, None, 0))(*a), batched()(*a)))(xs, p, masks)
         _on_the_tape(monkeypatch)
-        _same_nan_and_values([jax.jit(batched)(xs, p, masks)], [straight], [expected])
+        # A jacobian of its own: one object keeps the plan (straight-line) it traced first.
+        g = interpreter.graph_of(_masked_by_an_argument, xs[0], p, masks[0])
+        assert _tape.build(g, graph.plan(g, graph.resolve_order(g, "reverse"))).discard is not None
+        _same_nan_and_values([jax.jit(batched())(xs, p, masks)], [straight], [expected])
 
 
 def _taken_nan_times_a_discarded_zero(x, y):
