@@ -1105,9 +1105,10 @@ def tail_may_be_narrow(loop: JaxprEqn, least_exit: int | None, differentiated: C
 
 def narrow_tail_span(eqns: Sequence[JaxprEqn], k: int, returned: Callable[[Any], bool | None],
                      differentiated: Callable[[Any], bool]) -> tuple[JaxprEqn, list[int]] | None:
-    """The kept loop `eqns[k]` (a scan the trace does not unroll, or a while loop) fused with the
-    equations that read its values (at any distance: its descendants) into one large-span call,
-    where what they return is narrow; else None.
+    """The kept loop `eqns[k]` (a scan the trace does not unroll, or a while loop; or a large span
+    `fuse_large_spans` made: a CNN's layers before its loss) fused with the equations that read its
+    values (at any distance: its descendants) into one large-span call, where what they return is
+    narrow; else None.
 
     The loop's values reach only `returned` values (f's own outputs that nothing else reads:
     `returned(v)` is True; None for a value that is not returned, False for a returned value that
