@@ -71,6 +71,8 @@ from alphagrad.interpreter._structured import (
     _support,
     add,
     broadcast_partial,
+    broadcast_pattern,
+    is_broadcast,
     contract,
     densify,
     extract,
@@ -378,15 +380,12 @@ def _broadcast_support(eqn: Equation, values: list[Any], positions: list[int], p
     if (partial.code != 1 or partial.support is not None or len(positions) != 1 or eqn.primitive is None
             or eqn.primitive.name not in ELEMENTWISE_BINARY):
         return partial
-    operand_shape, result_shape = tuple(np.shape(values[positions[0]])), tuple(eqn.avals[output].shape)
+    operand_shape, result_shape = np.shape(values[positions[0]]), eqn.avals[output].shape
     entries_out, entries_in = math.prod(partial.out_shape), math.prod(partial.in_shape)
-    if (operand_shape == result_shape or len(operand_shape) != len(result_shape) or entries_in <= 1
-            or any(n not in (1, m) for n, m in zip(operand_shape, result_shape))
+    if (entries_in <= 1 or not is_broadcast(operand_shape, result_shape)
             or entries_out * entries_in > PATTERN_AT_TRACE_TIME_MAX):
         return partial
-    source = np.broadcast_to(np.arange(entries_in).reshape(operand_shape), result_shape).reshape(-1)
-    held = np.zeros((entries_out, entries_in), bool)
-    held[np.arange(entries_out), source] = True
+    held = broadcast_pattern(operand_shape, result_shape)
     return partial._replace(support=held.reshape(*partial.out_shape, *partial.in_shape))
 
 

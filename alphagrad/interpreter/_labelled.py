@@ -33,7 +33,7 @@ from alphagrad.graph import (
 )
 
 __all__ = ["Labelled", "labelled_partial", "labelled_product", "densify_labelled", "relayout", "is_labelled",
-           "as_index_map", "elementwise_code"]
+           "as_index_map", "elementwise_code", "is_elementwise"]
 
 DENSE = 1
 
@@ -243,6 +243,13 @@ def labelled_product(out, inp, counter, dtype, planned: int, dense_of: Callable)
     return code, Labelled(result, c_dims, p_dims, values)
 
 
+def is_elementwise(value: Labelled) -> bool:
+    """Whether a labelled partial ties each axis of v to the same axis of p (`elementwise_code`)."""
+    ties = value.ties
+    return (value.out_dims == value.in_dims and len(ties.ties) == len(value.out_dims)
+            and all(o == i for o, i, _ in ties.ties))
+
+
 def elementwise_code(value: Labelled, dtype) -> tuple[int, Any] | None:
     """A labelled partial that ties each axis of v to the same axis of p (an elementwise partial: a
     scalar, or a weight per entry, times the identity) as the 2-D code of the same partial between
@@ -251,8 +258,7 @@ def elementwise_code(value: Labelled, dtype) -> tuple[int, Any] | None:
     (`_structured.Placed`: the map's pattern times the weights) where the labelled one would be
     materialised whole ([v, v] entries) first."""
     ties = value.ties
-    if value.out_dims != value.in_dims or len(ties.ties) != len(value.out_dims) or any(
-            o != i for o, i, _ in ties.ties):
+    if not is_elementwise(value):
         return None
     if not ties.has_values:
         return -6, None  # the identity

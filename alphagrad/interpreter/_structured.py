@@ -29,12 +29,12 @@ from alphagrad.graph import FIRST_EXTENDED_CODE, axis_sum
 from alphagrad.interpreter._discard import RowCover, value_cover
 from alphagrad.interpreter._tape_products import support
 from alphagrad.interpreter._labelled import (
-    Labelled, as_index_map, densify_labelled, elementwise_code, labelled_product, relayout,
+    Labelled, as_index_map, densify_labelled, elementwise_code, is_elementwise, labelled_product, relayout,
 )
 
 __all__ = [
     "IndexMap", "Partial", "Placed", "Term", "MultiplicationCounter", "multiply", "add", "densify", "convert",
-    "extract", "read_constant", "contract", "broadcast_partial",
+    "extract", "read_constant", "contract", "broadcast_partial", "broadcast_pattern", "is_broadcast",
 ]
 
 Shape2D = tuple[int, int]
@@ -1078,10 +1078,8 @@ def broadcast_partial(out_shape: Shape2D, in_shape: Shape2D, operand_shape: tupl
     Products with it then stay lazy (a map composes with the pattern, an elementwise partial scales
     the weights) where a dense [v, p] array was built and multiplied: the pair differences of
     ``x[:, None] - x[None, :]`` (lennard_jones) gave a dense [48, 12] partial of -1s."""
-    operand_shape, result_shape = tuple(operand_shape), tuple(result_shape)
     entries_out, entries_in = math.prod(out_shape), math.prod(in_shape)
-    if (entries_in <= 1 or operand_shape == result_shape or len(operand_shape) != len(result_shape)
-            or any(n not in (1, m) for n, m in zip(operand_shape, result_shape))
+    if (entries_in <= 1 or not is_broadcast(operand_shape, result_shape)
             or entries_out * entries_in > PATTERN_AT_TRACE_TIME_MAX):
         return None
     values = _at_trace_time(weight, entries_out)
@@ -1090,10 +1088,26 @@ def broadcast_partial(out_shape: Shape2D, in_shape: Shape2D, operand_shape: tupl
     values = np.asarray(values, np.dtype(dtype)).reshape(*out_shape, 1, 1)
     if values.size and np.all(values == values.flat[0]):
         values = values.reshape(-1)[:1].reshape(1, 1, 1, 1)  # one number: it varies along no axis a map meets
-    source = np.broadcast_to(np.arange(entries_in).reshape(operand_shape), result_shape).reshape(-1)
-    pattern = np.zeros((entries_out, entries_in), np.dtype(dtype))
-    pattern[np.arange(entries_out), source] = 1
+    pattern = broadcast_pattern(operand_shape, result_shape).astype(np.dtype(dtype))
     return Partial(1, out_shape, in_shape, Placed((Term(pattern.reshape(*out_shape, *in_shape), values),)))
+
+
+def is_broadcast(operand_shape: tuple, result_shape: tuple) -> bool:
+    """Whether an operand of `operand_shape` is broadcast to `result_shape` along size-1 axes (and
+    is not the result's shape itself)."""
+    operand_shape, result_shape = tuple(operand_shape), tuple(result_shape)
+    return (operand_shape != result_shape and len(operand_shape) == len(result_shape)
+            and all(n in (1, m) for n, m in zip(operand_shape, result_shape)))
+
+
+def broadcast_pattern(operand_shape: tuple, result_shape: tuple) -> np.ndarray:
+    """bool [result entries, operand entries]: which operand entry each result entry is, for an
+    operand broadcast to `result_shape` along size-1 axes (`is_broadcast`)."""
+    entries_out, entries_in = math.prod(result_shape), math.prod(operand_shape)
+    source = np.broadcast_to(np.arange(entries_in).reshape(operand_shape), tuple(result_shape)).reshape(-1)
+    pattern = np.zeros((entries_out, entries_in), bool)
+    pattern[np.arange(entries_out), source] = True
+    return pattern
 
 
 #: Whether `_placed` merges the terms that share a pattern (False: the terms as they come, for A/B
@@ -1910,7 +1924,7 @@ def _rows_taken(out: Partial, inp: Partial):
             or _one_row_each(inp) is None):
         return None
     if isinstance(out.value, Labelled):  # (a select's case in a program of arrays of rank 3 or more)
-        if elementwise_code(out.value, jnp.float32) is None:
+        if not is_elementwise(out.value):
             return None
     elif out.code != 6 or tuple(np.shape(out.value)) != tuple(out.out_shape):
         return None
